@@ -1,0 +1,74 @@
+import {Command, Errors, Flags, Interfaces} from '@oclif/core'
+
+import {CxlforkError, ExitCode} from '../errors.js'
+import {Progress} from './progress.js'
+
+export const DEFAULT_POOL_PATH = '/dev/shm/cxlfork.pool'
+
+/**
+ * Base of every cxlfork command: the `--pool` flag, `--json`, progress on
+ * stderr, and one mapping from typed errors to exit codes and JSON envelopes.
+ */
+export abstract class BaseCommand extends Command {
+  static override enableJsonFlag = true
+
+  static override baseFlags = {
+    pool: Flags.string({
+      summary: 'Pool file on a shared-memory file system.',
+      description: `Defaults to $CXLFORK_POOL, else ${DEFAULT_POOL_PATH}.`,
+      env: 'CXLFORK_POOL',
+      default: DEFAULT_POOL_PATH,
+      helpGroup: 'GLOBAL',
+    }),
+  }
+
+  private progressInstance: Progress | undefined
+
+  /** Spinner and human lines on stderr; silent under --json or without a TTY. */
+  protected get progress(): Progress {
+    this.progressInstance ??= new Progress(!this.jsonEnabled() && Boolean(process.stderr.isTTY))
+    return this.progressInstance
+  }
+
+  /** Human output goes to stderr so stdout stays clean for pipes and --json. */
+  protected say(line: string): void {
+    if (!this.jsonEnabled()) process.stderr.write(line + '\n')
+  }
+
+  protected override async catch(err: Error & {exitCode?: number}): Promise<unknown> {
+    this.progressInstance?.fail()
+    if (err instanceof CxlforkError) {
+      process.exitCode = err.exitCode
+      if (this.jsonEnabled()) {
+        this.logJson({error: err.toJSON()})
+        return
+      }
+      throw new Errors.CLIError(err.message, {
+        code: err.code,
+        exit: err.exitCode,
+        ...(err.hint === undefined ? {} : {suggestions: [err.hint]}),
+      })
+    }
+    if (err instanceof Errors.CLIError || (err as {oclif?: unknown}).oclif !== undefined) {
+      // Parse and usage errors from oclif keep their own exit code (2).
+      if (this.jsonEnabled()) {
+        process.exitCode = (err as Errors.CLIError).oclif?.exit ?? ExitCode.usage
+        this.logJson({error: {code: 'USAGE', message: err.message, exitCode: process.exitCode}})
+        return
+      }
+      throw err
+    }
+    // Anything else is a bug in cxlfork: say so without a stack unless DEBUG is set.
+    process.exitCode = ExitCode.failure
+    const message = `internal error: ${err.message}`
+    if (process.env.DEBUG) process.stderr.write(String(err.stack) + '\n')
+    if (this.jsonEnabled()) {
+      this.logJson({error: {code: 'INTERNAL', message, exitCode: ExitCode.failure}})
+      return
+    }
+    throw new Errors.CLIError(message, {code: 'INTERNAL', exit: ExitCode.failure,
+      suggestions: ['Re-run with DEBUG=1 for a stack trace and report it.']})
+  }
+}
+
+export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>

@@ -1,0 +1,177 @@
+/**
+ * The captured state of one process, independent of where its memory bytes
+ * live. The pool path and the CRIU path both produce and consume this model;
+ * only the page store differs (pool segments vs pages-N.img).
+ *
+ * Addresses and 64-bit kernel values are bigint: user addresses fit in 2^47,
+ * but [vsyscall] and masks do not fit in a double.
+ */
+
+export const IMAGE_VERSION = 1
+
+/** x86_64 `struct user_regs_struct`, in kernel order (27 u64). */
+export const USER_REGS_NAMES = [
+  'r15', 'r14', 'r13', 'r12', 'rbp', 'rbx', 'r11', 'r10', 'r9', 'r8', 'rax', 'rcx', 'rdx', 'rsi', 'rdi',
+  'orig_rax', 'rip', 'cs', 'eflags', 'rsp', 'ss', 'fs_base', 'gs_base', 'ds', 'es', 'fs', 'gs',
+] as const
+export type UserRegName = (typeof USER_REGS_NAMES)[number]
+export type UserRegs = Record<UserRegName, bigint>
+
+/** A file a mapping or an fd refers to, identified so restore can refuse a changed file. */
+export interface FileIdentity {
+  path: string
+  /** st_dev as "major:minor". */
+  device: string
+  inode: bigint
+  size: bigint
+  /** st_mtime in nanoseconds since the epoch. */
+  mtimeNs: bigint
+  mode: number
+}
+
+export type VmaKind = 'anon' | 'heap' | 'stack' | 'file' | 'vdso' | 'vvar' | 'vvar_vclock' | 'vsyscall'
+
+export interface VmaImage {
+  start: bigint
+  end: bigint
+  /** PROT_* bits. */
+  prot: number
+  /** MAP_SHARED (1) or MAP_PRIVATE (2), plus MAP_ANONYMOUS (0x20) and MAP_GROWSDOWN (0x100) where they apply. */
+  flags: number
+  /** File offset in bytes (file mappings only). */
+  offset: bigint
+  kind: VmaKind
+  /** Index into ProcessImage.files for file mappings. */
+  fileIndex?: number
+  /** MADV_* advice the kernel reports in VmFlags that restore should re-apply (e.g. MADV_DONTDUMP). */
+  advice?: number[]
+}
+
+/** A run of consecutive virtual pages whose contents the checkpoint stores. */
+export interface PageRun {
+  vaddr: bigint
+  nrPages: number
+  vmaIndex: number
+}
+
+export interface SigAction {
+  signo: number
+  handler: bigint
+  flags: bigint
+  restorer: bigint
+  mask: bigint
+}
+
+export interface RseqRegistration {
+  address: bigint
+  length: number
+  signature: number
+}
+
+export interface ThreadImage {
+  tid: number
+  regs: UserRegs
+  /** Raw NT_X86_XSTATE buffer (legacy FXSAVE area, XSAVE header, extended components). */
+  xstate: Uint8Array
+  sigmask: bigint
+  /** Raw 128-byte siginfo_t of signals pending for this thread only. */
+  pendingSignals: Uint8Array[]
+  rseq?: RseqRegistration
+  robustList: {head: bigint; length: bigint}
+  clearTidAddress: bigint
+}
+
+export interface MmImage {
+  startCode: bigint
+  endCode: bigint
+  startData: bigint
+  endData: bigint
+  startBrk: bigint
+  brk: bigint
+  startStack: bigint
+  argStart: bigint
+  argEnd: bigint
+  envStart: bigint
+  envEnd: bigint
+  /** auxv as a flat list of (type, value) pairs, AT_NULL terminated. */
+  auxv: bigint[]
+  /** Index into ProcessImage.files of the executable. */
+  exeFileIndex: number
+}
+
+/** How an fd is restored. */
+export type FdKind = 'regular' | 'chardev' | 'tty' | 'pipe' | 'directory'
+
+export interface FdImage {
+  fd: number
+  kind: FdKind
+  /** Path as /proc/PID/fd showed it. */
+  path: string
+  /** open(2) flags as /proc/PID/fdinfo shows them (octal there), without O_CLOEXEC. */
+  flags: number
+  cloexec: boolean
+  offset: bigint
+  /** Index into ProcessImage.files for regular files and directories. */
+  fileIndex?: number
+}
+
+export interface Rlimit {
+  resource: number
+  cur: bigint
+  max: bigint
+}
+
+export interface TaskImage {
+  pid: number
+  ppid: number
+  pgid: number
+  sid: number
+  comm: string
+  uid: number
+  gid: number
+  umask: number
+  personality: number
+  cwd: string
+  root: string
+  rlimits: Rlimit[]
+  sigactions: SigAction[]
+  /** Raw 128-byte siginfo_t of process-wide pending signals. */
+  sharedPendingSignals: Uint8Array[]
+  cmdline: string[]
+}
+
+export interface KernelIdentity {
+  release: string
+  /** Sizes and relative placement of [vvar], [vvar_vclock], [vdso]: must match on restore. */
+  vdsoLayout: {name: string; offset: bigint; size: bigint}[]
+  /** Host the checkpoint was taken on (informational). */
+  hostname: string
+  bootId: string
+}
+
+export interface ProcessImage {
+  version: typeof IMAGE_VERSION
+  capturedAt: number
+  kernel: KernelIdentity
+  task: TaskImage
+  threads: ThreadImage[]
+  mm: MmImage
+  vmas: VmaImage[]
+  files: FileIdentity[]
+  fds: FdImage[]
+  /** Pages whose contents the checkpoint stores, in ascending address order. */
+  pageRuns: PageRun[]
+}
+
+export const PAGE_SIZE = 4096
+export const PAGE_SHIFT = 12
+
+export function totalPages(runs: readonly PageRun[]): number {
+  let pages = 0
+  for (const run of runs) pages += run.nrPages
+  return pages
+}
+
+export function emptyRegs(): UserRegs {
+  return Object.fromEntries(USER_REGS_NAMES.map((name) => [name, 0n])) as UserRegs
+}
