@@ -79,6 +79,8 @@ export interface ThreadImage {
   rseq?: RseqRegistration
   robustList: {head: bigint; length: bigint}
   clearTidAddress: bigint
+  /** sigaltstack(2) state: ss_sp, ss_flags, ss_size. */
+  altStack: {sp: bigint; flags: number; size: bigint}
 }
 
 export interface MmImage {

@@ -1,0 +1,151 @@
+/**
+ * Turns what /proc says about a process into the ProcessImage model: task
+ * attributes, mm fields, VMAs, file identities, fds, and the runs of pages
+ * whose contents must be stored. Register state, signal actions and the
+ * current brk come from the tracer (they are not in /proc) and are passed in.
+ */
+import {statSync} from 'node:fs'
+import {hostname} from 'node:os'
+
+import {UnsupportedError} from '../errors.js'
+import {
+  type FdImage, type FdKind, type FileIdentity, IMAGE_VERSION, type MmImage, type PageRun, type ProcessImage, type SigAction,
+  type TaskImage, type ThreadImage, type VmaImage, type VmaKind,
+} from '../image/process-image.js'
+import {
+  type FdInfo, PM, Pagemap, type SmapsVma, type Vma, bootId, kernelRelease, readAuxv, readCmdline, readCwd, readExe, readLimits,
+  readProcText, readRoot, readStat, readStatus, vdsoLayout,
+} from '../sys/proc.js'
+import {MAP} from '../sys/x86_64-syscalls.js'
+
+/** Collects files once each and hands out their index. */
+export class FileTable {
+  readonly files: FileIdentity[] = []
+  private readonly byKey = new Map<string, number>()
+
+  /** `statPath` is where to stat (a /proc magic link), `path` what restore will open. */
+  add(path: string, statPath: string): number {
+    const st = statSync(statPath, {bigint: true})
+    const key = `${st.dev}:${st.ino}:${path}`
+    const known = this.byKey.get(key)
+    if (known !== undefined) return known
+    const index = this.files.length
+    this.files.push({path, device: deviceName(st.dev), inode: st.ino, size: st.size, mtimeNs: st.mtimeNs, mode: Number(st.mode)})
+    this.byKey.set(key, index)
+    return index
+  }
+}
+
+/** st_dev as the kernel's "major:minor" (new_decode_dev). */
+export function deviceName(dev: bigint): string {
+  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn)
+  const minor = (dev & 0xffn) | ((dev >> 12n) & ~0xffn)
+  return `${major}:${minor}`
+}
+
+function toVmaKind(kind: Vma['kind']): VmaKind {
+  if (kind === 'special') throw new UnsupportedError('UNSUPPORTED_MEMORY', 'special kernel mapping', 'cxlfork cannot checkpoint it.')
+  return kind
+}
+
+/** VMAs from the snapshot's maps, with file identities looked up through /proc/PID/map_files. */
+export function captureVmas(pid: number, maps: readonly SmapsVma[], files: FileTable): VmaImage[] {
+  return maps.map((vma) => {
+    const kind = toVmaKind(vma.kind)
+    const prot = (vma.read ? 1 : 0) | (vma.write ? 2 : 0) | (vma.exec ? 4 : 0)
+    const file = kind === 'file'
+    const flags = (vma.shared ? MAP.SHARED : MAP.PRIVATE) | (file ? 0 : MAP.ANONYMOUS) | (kind === 'stack' || vma.vmFlags.has('gd') ? MAP.GROWSDOWN : 0)
+    const image: VmaImage = {start: vma.start, end: vma.end, prot, flags, offset: vma.offset, kind}
+    if (file) image.fileIndex = files.add(vma.path, `/proc/${pid}/map_files/${vma.start.toString(16)}-${vma.end.toString(16)}`)
+    return image
+  })
+}
+
+/**
+ * Pages whose contents must be stored: every present or swapped page of a
+ * private mapping that is anonymous (for file mappings: copied-on-write).
+ * Shared file mappings and kernel mappings keep their contents elsewhere.
+ */
+export function capturePageRuns(pid: number, vmas: readonly VmaImage[]): PageRun[] {
+  const pagemap = new Pagemap(pid)
+  try {
+    const runs: PageRun[] = []
+    vmas.forEach((vma, vmaIndex) => {
+      if ((vma.flags & MAP.SHARED) !== 0 || vma.kind === 'vdso' || vma.kind === 'vvar' || vma.kind === 'vvar_vclock' || vma.kind === 'vsyscall') return
+      for (const run of pagemap.runs(vma.start, vma.end)) {
+        // A present file page of a private mapping is still the file's page; only anonymous copies are process state.
+        if ((run.flags & PM.FILE) !== 0 && (run.flags & PM.SWAPPED) === 0) continue
+        const last = runs.at(-1)
+        if (last && last.vmaIndex === vmaIndex && last.vaddr + BigInt(last.nrPages * 4096) === run.vaddr) last.nrPages += run.nrPages
+        else runs.push({vaddr: run.vaddr, nrPages: run.nrPages, vmaIndex})
+      }
+    })
+    return runs
+  } finally {
+    pagemap.close()
+  }
+}
+
+const TTY_PATH = /^\/dev\/(pts\/\d+|tty\d*|console)$/
+
+export function captureFds(pid: number, fds: readonly {info: FdInfo; kind: FdKind}[], files: FileTable): FdImage[] {
+  const O_CLOEXEC = 0o2000000
+  return fds.map(({info, kind}) => {
+    const image: FdImage = {fd: info.fd, kind, path: info.target, flags: info.flags & ~O_CLOEXEC, cloexec: (info.flags & O_CLOEXEC) !== 0, offset: info.pos}
+    if (kind === 'regular' || kind === 'directory') image.fileIndex = files.add(info.target, `/proc/${pid}/fd/${info.fd}`)
+    if (kind === 'tty' && !TTY_PATH.test(info.target)) image.kind = 'chardev'
+    return image
+  })
+}
+
+export interface TracerState {
+  /** State of the (single) thread, read from the stopped target. */
+  thread: ThreadImage
+  sharedPendingSignals: Uint8Array[]
+  /** From injected rt_sigaction queries. */
+  sigactions: SigAction[]
+  /** From an injected brk(0). */
+  brk: bigint
+}
+
+/**
+ * Assemble the image. `target` is the original pid (identity, fds, limits);
+ * `snapshot` is the frozen fork-snapshot child whose memory layout is dumped
+ * (same as the target's at the instant of the snapshot).
+ */
+export function captureImage(target: number, snapshot: number, smaps: readonly SmapsVma[], fds: readonly {info: FdInfo; kind: FdKind}[], tracer: TracerState): {image: ProcessImage; files: FileTable} {
+  const files = new FileTable()
+  const stat = readStat(target)
+  const snapStat = readStat(snapshot)
+  const status = readStatus(target)
+  const vmas = captureVmas(snapshot, smaps, files)
+  const exePath = readExe(target)
+  const exeFileIndex = files.add(exePath, `/proc/${target}/exe`)
+  const auxv: bigint[] = []
+  for (const [type, value] of readAuxv(target)) auxv.push(type, value)
+  const mm: MmImage = {
+    startCode: snapStat.startCode, endCode: snapStat.endCode, startData: snapStat.startData, endData: snapStat.endData,
+    startBrk: snapStat.startBrk, brk: tracer.brk, startStack: snapStat.startStack, argStart: snapStat.argStart, argEnd: snapStat.argEnd,
+    envStart: snapStat.envStart, envEnd: snapStat.envEnd, auxv, exeFileIndex,
+  }
+  const umaskLine = /^Umask:\s*([0-7]+)/m.exec(readProcText(target, 'status'))
+  const task: TaskImage = {
+    pid: target, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, comm: stat.comm, uid: status.uid[0], gid: status.gid[0],
+    umask: umaskLine ? parseInt(umaskLine[1]!, 8) : 0o022, personality: parseInt(readProcText(target, 'personality').trim(), 16),
+    cwd: readCwd(target), root: readRoot(target),
+    rlimits: readLimits(target).map((limit, resource) => ({resource, cur: limit.cur, max: limit.max})),
+    sigactions: tracer.sigactions, sharedPendingSignals: tracer.sharedPendingSignals, cmdline: readCmdline(target),
+  }
+  const layout = vdsoLayout([...smaps])
+  const image: ProcessImage = {
+    version: IMAGE_VERSION,
+    capturedAt: Date.now(),
+    kernel: {
+      release: kernelRelease(), hostname: hostname(), bootId: bootId(),
+      vdsoLayout: layout.parts.map((part) => ({name: part.name, offset: BigInt(part.offset), size: BigInt(part.size)})),
+    },
+    task, threads: [tracer.thread], mm, vmas, files: files.files, fds: captureFds(target, fds, files),
+    pageRuns: capturePageRuns(snapshot, vmas),
+  }
+  return {image, files}
+}

@@ -1,0 +1,126 @@
+/**
+ * Checkpoint into the pool: live snapshot, then the snapshot's pages go once,
+ * with process_vm_readv, straight into a write-once pool extent; the state
+ * record and page map become metadata sections; publish is the commit point.
+ */
+import {ConflictError, SyscallError} from '../errors.js'
+import {encodeImage} from '../image/codec.js'
+import {encodePageMap} from '../image/page-map.js'
+import {PAGE_SIZE, type PageRun, totalPages} from '../image/process-image.js'
+import {Section} from '../image/sections.js'
+import {type CheckpointBuilder, type Pool} from '../pool/index.js'
+import {validateCheckpointName} from '../pool/names.js'
+import {type VmSegment, vmReadv} from '../sys/libc.js'
+import {type LiveSnapshot, killTarget, takeLiveSnapshot} from './snapshot.js'
+
+/** Statistics named as CRIU names them, in microseconds. */
+export interface DumpStats {
+  freezing_time: number
+  frozen_time: number
+  memdump_time: number
+  memwrite_time: number
+  pages_scanned: number
+  pages_written: number
+}
+
+export interface CheckpointResult {
+  name: string
+  pid: number
+  killed: boolean
+  vmas: number
+  fds: number
+  pages: number
+  bytes: number
+  /** µs the target was stopped. */
+  downtimeUs: number
+  totalUs: number
+  stats: DumpStats
+}
+
+/** Largest single iovec process_vm_readv accepts is MAX_RW_COUNT; stay well below. */
+const MAX_SEGMENT_BYTES = 1 << 30
+
+/** Remote page runs paired with consecutive local destinations. */
+export function runSegments(runs: readonly PageRun[], localBase: bigint): VmSegment[] {
+  const segments: VmSegment[] = []
+  let offset = 0n
+  for (const run of runs) {
+    let vaddr = run.vaddr
+    let left = run.nrPages * PAGE_SIZE
+    while (left > 0) {
+      const len = Math.min(left, MAX_SEGMENT_BYTES)
+      segments.push({local: localBase + offset, remote: vaddr, len})
+      vaddr += BigInt(len)
+      offset += BigInt(len)
+      left -= len
+    }
+  }
+  return segments
+}
+
+/** Pages scanned = every page of the private mappings whose page tables were walked. */
+function pagesScanned(snapshot: LiveSnapshot): number {
+  let pages = 0
+  for (const vma of snapshot.image.vmas) {
+    if ((vma.flags & 1) === 0 && vma.kind !== 'vdso' && vma.kind !== 'vvar' && vma.kind !== 'vvar_vclock' && vma.kind !== 'vsyscall') pages += Number((vma.end - vma.start) / BigInt(PAGE_SIZE))
+  }
+  return pages
+}
+
+function writePagesToPool(builder: CheckpointBuilder, snapshot: LiveSnapshot): Uint8Array {
+  const runs = snapshot.image.pageRuns
+  const pages = totalPages(runs)
+  if (pages === 0) return encodePageMap([])
+  const bytes = BigInt(pages) * BigInt(PAGE_SIZE)
+  const extent = builder.allocateData(bytes)
+  const copied = vmReadv(snapshot.snapshotPid, runSegments(runs, extent.address))
+  if (BigInt(copied) !== bytes) {
+    throw new SyscallError('process_vm_readv', 14, `snapshot ${snapshot.snapshotPid}: copied ${copied} of ${bytes} bytes`, 'The snapshot lost memory while being dumped; retry the checkpoint.')
+  }
+  let offset = extent.poolOffset
+  return encodePageMap(runs.map((run) => {
+    const entry = {vaddr: run.vaddr, poolOffset: offset, nrPages: run.nrPages, vmaIndex: run.vmaIndex}
+    offset += BigInt(run.nrPages * PAGE_SIZE)
+    return entry
+  }))
+}
+
+export function checkpointToPool(pool: Pool, request: {pid: number; name: string; kill: boolean}): CheckpointResult {
+  const t0 = performance.now()
+  validateCheckpointName(request.name)
+  // Refuse a taken name before the target is touched; publish re-checks atomically.
+  if (pool.lookup(request.name)) {
+    throw new ConflictError('NAME_TAKEN', `a checkpoint named ${request.name} already exists in ${pool.path}`, 'Pick another --name or remove it with `cxlfork rm`.')
+  }
+  const snapshot = takeLiveSnapshot(request.pid)
+  let builder: CheckpointBuilder | undefined
+  try {
+    builder = pool.beginCheckpoint()
+    const tWrite = performance.now()
+    const pageMap = writePagesToPool(builder, snapshot)
+    const tWritten = performance.now()
+    builder.addSection(Section.processState, encodeImage(snapshot.image))
+    builder.addSection(Section.pageMap, pageMap)
+    const pages = totalPages(snapshot.image.pageRuns)
+    builder.publish(request.name, {uid: snapshot.ownerUid, summary: {pid: request.pid, comm: snapshot.image.task.comm, pages, vmas: snapshot.image.vmas.length}})
+    builder = undefined
+    if (request.kill) killTarget(request.pid)
+    const stats: DumpStats = {
+      freezing_time: snapshot.timings.freezingUs,
+      frozen_time: snapshot.timings.frozenUs,
+      memdump_time: Math.round((tWritten - t0) * 1000) - snapshot.timings.frozenUs,
+      memwrite_time: Math.round((tWritten - tWrite) * 1000),
+      pages_scanned: pagesScanned(snapshot),
+      pages_written: pages,
+    }
+    return {
+      name: request.name, pid: request.pid, killed: request.kill, vmas: snapshot.image.vmas.length, fds: snapshot.image.fds.length,
+      pages, bytes: pages * PAGE_SIZE, downtimeUs: snapshot.timings.frozenUs, totalUs: Math.round((performance.now() - t0) * 1000), stats,
+    }
+  } catch (error) {
+    builder?.abort()
+    throw error
+  } finally {
+    snapshot.release()
+  }
+}

@@ -1,0 +1,98 @@
+/**
+ * Checks made before a target is touched, so that every refusal happens while
+ * the target runs undisturbed and names the exact feature that is missing.
+ */
+import {statSync} from 'node:fs'
+
+import {NotFoundError, PermissionError, UnsupportedError} from '../errors.js'
+import {type FdKind} from '../image/process-image.js'
+import {getuid} from '../sys/libc.js'
+import {type FdInfo, type SmapsVma, listFds, readSmaps, readStat, readStatus} from '../sys/proc.js'
+
+/** Character devices whose state is fully described by their path. */
+const STATELESS_CHARDEVS = new Set(['/dev/null', '/dev/zero', '/dev/full', '/dev/random', '/dev/urandom'])
+
+export interface FdClass {
+  kind: FdKind
+}
+
+/** How an fd can be restored, or why it cannot. */
+export function classifyFd(fd: FdInfo, pid: number): FdKind | {unsupported: string} {
+  const target = fd.target
+  if (target.startsWith('pipe:')) return fd.fd <= 2 ? 'pipe' : {unsupported: 'a pipe (only stdin/stdout/stderr may be pipes)'}
+  if (target.startsWith('socket:')) return {unsupported: 'a socket'}
+  if (target.startsWith('anon_inode:')) return {unsupported: `an anonymous inode ${target.slice('anon_inode:'.length)}`}
+  if (target.startsWith('/memfd:')) return {unsupported: 'a memfd'}
+  if (!target.startsWith('/')) return {unsupported: `an unsupported file (${target})`}
+  if (target.endsWith(' (deleted)')) return {unsupported: `a deleted file (${target})`}
+  if (/^\/dev\/(pts\/\d+|tty\d*|console)$/.test(target)) return fd.fd <= 2 ? 'tty' : {unsupported: `a terminal (${target}) above stderr`}
+  let stat
+  try {
+    // Follow the fd itself, not the path: the path may name another file by now.
+    stat = statSync(`/proc/${pid}/fd/${fd.fd}`)
+  } catch {
+    return {unsupported: `a file that vanished while being inspected (${target})`}
+  }
+  if (stat.isFile()) return 'regular'
+  if (stat.isDirectory()) return 'directory'
+  if (stat.isCharacterDevice() && STATELESS_CHARDEVS.has(target)) return 'chardev'
+  if (stat.isCharacterDevice()) return {unsupported: `the character device ${target}`}
+  return {unsupported: `a special file (${target})`}
+}
+
+/** Memory features a fork snapshot or a restore cannot carry. */
+export function unsupportedVmaReason(vma: SmapsVma): string | undefined {
+  const where = `0x${vma.start.toString(16)}-0x${vma.end.toString(16)}`
+  if (vma.vmFlags.has('ht')) return `hugetlb memory at ${where}`
+  if (vma.vmFlags.has('dc')) return `MADV_DONTFORK memory at ${where} (a fork snapshot cannot see it)`
+  if (vma.vmFlags.has('wf')) return `MADV_WIPEONFORK memory at ${where}`
+  if (vma.kind === 'vdso' || vma.kind === 'vvar' || vma.kind === 'vvar_vclock' || vma.kind === 'vsyscall') return undefined
+  if (vma.shared && (vma.kind === 'anon' || vma.path === '/dev/zero' || vma.path.startsWith('/SYSV') || vma.path.startsWith('/memfd:'))) {
+    return `shared anonymous memory at ${where}${vma.path ? ` (${vma.path})` : ''}`
+  }
+  if (vma.kind === 'special') return `the special mapping ${vma.path} at ${where}`
+  if (vma.deleted) return `a mapping of the deleted file ${vma.path} at ${where}`
+  if (vma.kind === 'file' && !vma.path.startsWith('/')) return `a mapping of ${vma.path} at ${where}`
+  return undefined
+}
+
+export interface PreflightResult {
+  uid: number
+  fds: {info: FdInfo; kind: FdKind}[]
+  smaps: SmapsVma[]
+}
+
+/** Refuse early, with the reason named, anything checkpoint cannot handle. */
+export function preflight(pid: number): PreflightResult {
+  if (!Number.isInteger(pid) || pid <= 0) throw new NotFoundError('PROCESS_NOT_FOUND', `no such process: ${pid}`, 'Give the pid of a running process (see `ps`).')
+  let stat
+  try {
+    stat = readStat(pid)
+  } catch {
+    throw new NotFoundError('PROCESS_NOT_FOUND', `no such process: ${pid}`, 'Give the pid of a running process (see `ps`).')
+  }
+  if (stat.isKernelThread) throw new UnsupportedError('KERNEL_THREAD', `process ${pid} (${stat.comm}) is a kernel thread`, 'Only user-space processes can be checkpointed.')
+  if (stat.state === 'Z' || stat.state === 'X') throw new UnsupportedError('PROCESS_ZOMBIE', `process ${pid} (${stat.comm}) is a zombie: it has exited and waits to be reaped`, 'A zombie has no memory left to checkpoint.')
+  const status = readStatus(pid)
+  const caller = getuid()
+  if (caller !== 0 && caller !== status.uid[0]) {
+    throw new PermissionError('NOT_PERMITTED', `process ${pid} belongs to uid ${status.uid[0]}; you are uid ${caller}`, 'Checkpoint your own processes, or run as root.')
+  }
+  if (stat.numThreads > 1) {
+    throw new UnsupportedError('MULTI_THREADED', `process ${pid} (${stat.comm}) has ${stat.numThreads} threads; cxlfork checkpoints single-threaded processes only for now`, 'Checkpoint the process before it starts threads.')
+  }
+  const fds: PreflightResult['fds'] = []
+  for (const info of listFds(pid)) {
+    const kind = classifyFd(info, pid)
+    if (typeof kind === 'object') {
+      throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, 'cxlfork restores regular files, directories, /dev/null-style devices, and a tty or pipe on fds 0-2. Close the fd before checkpointing.')
+    }
+    fds.push({info, kind})
+  }
+  const smaps = readSmaps(pid)
+  for (const vma of smaps) {
+    const reason = unsupportedVmaReason(vma)
+    if (reason) throw new UnsupportedError('UNSUPPORTED_MEMORY', `process ${pid} uses ${reason}`, 'cxlfork checkpoints private memory and file mappings.')
+  }
+  return {uid: status.uid[0], fds, smaps}
+}

@@ -1,0 +1,173 @@
+/**
+ * Live capture with fork semantics: the target is stopped only while its
+ * CPU and signal state are read and a copy-on-write fork snapshot is taken
+ * (an injected clone); it then runs on while the frozen snapshot is dumped.
+ * Shared by the pool path and the CRIU path, which differ only in where the
+ * snapshot's pages are written.
+ */
+import {type FdKind, type ProcessImage, type SigAction, type ThreadImage, USER_REGS_NAMES, type UserRegs} from '../image/process-image.js'
+import {Tracee, regsFromArray} from '../inject/tracee.js'
+import {PTRACE_O, killQuiet} from '../sys/libc.js'
+import {type FdInfo, listFds, readSmaps} from '../sys/proc.js'
+import {PR, SIG, SYS} from '../sys/x86_64-syscalls.js'
+import {captureImage} from './capture.js'
+import {preflight} from './preflight.js'
+
+export interface SnapshotTimings {
+  /** µs to seize and stop the target (CRIU: freezing_time). */
+  freezingUs: number
+  /** µs the target stayed stopped (CRIU: frozen_time): the downtime. */
+  frozenUs: number
+  /** µs to read the snapshot's layout and state after the target resumed. */
+  captureUs: number
+}
+
+export interface LiveSnapshot {
+  image: ProcessImage
+  /** The frozen fork child holding the memory to dump; killed by release(). */
+  snapshotPid: number
+  ownerUid: number
+  timings: SnapshotTimings
+  /** Kill and reap the snapshot child. Idempotent. */
+  release(): void
+}
+
+const now = (): number => performance.now()
+
+function toUserRegs(regs: ReturnType<typeof regsFromArray>): UserRegs {
+  const out = {} as UserRegs
+  for (const name of USER_REGS_NAMES) out[name] = BigInt((regs as Record<string, bigint>)[name] ?? 0n)
+  return out
+}
+
+/** The address glibc registered with set_tid_address, read through an injected prctl. */
+function readClearTidAddress(target: Tracee, rsp: bigint): bigint {
+  // Borrow 8 bytes of stack well below the red zone (128 bytes): the program
+  // cannot hold live data there, and we put the old bytes back.
+  const slot = (rsp - 512n) & ~7n
+  const saved = target.readMemory(slot, 8)
+  try {
+    const r = target.syscall(SYS.prctl, PR.GET_TID_ADDRESS, slot)
+    if (r < 0n) return 0n
+    return new DataView(target.readMemory(slot, 8).buffer).getBigUint64(0, true)
+  } finally {
+    target.writeMemory(slot, saved)
+  }
+}
+
+function readRobustList(target: Tracee, rsp: bigint): {head: bigint; length: bigint} {
+  const slot = (rsp - 528n) & ~7n
+  const saved = target.readMemory(slot, 16)
+  try {
+    const r = target.syscall(SYS.get_robust_list, 0, slot, slot + 8n)
+    if (r < 0n) return {head: 0n, length: 0n}
+    const view = new DataView(target.readMemory(slot, 16).buffer)
+    return {head: view.getBigUint64(0, true), length: view.getBigUint64(8, true)}
+  } finally {
+    target.writeMemory(slot, saved)
+  }
+}
+
+function readAltStack(target: Tracee, rsp: bigint): {sp: bigint; flags: number; size: bigint} {
+  const slot = (rsp - 576n) & ~7n
+  const saved = target.readMemory(slot, 24)
+  try {
+    const r = target.syscall(SYS.sigaltstack, 0, slot)
+    if (r < 0n) return {sp: 0n, flags: 2, size: 0n}
+    const view = new DataView(target.readMemory(slot, 24).buffer)
+    // SS_ONSTACK (1) describes the moment of capture, not a setting: keep SS_DISABLE/SS_AUTODISARM only.
+    return {sp: view.getBigUint64(0, true), flags: view.getInt32(8, true) & ~1, size: view.getBigUint64(16, true)}
+  } finally {
+    target.writeMemory(slot, saved)
+  }
+}
+
+/** Signal dispositions are not in /proc: ask the snapshot (same sighand as the target) with injected rt_sigaction. */
+function readSigactions(snapshot: Tracee): SigAction[] {
+  const out: SigAction[] = []
+  const buf = snapshot.scratchAlloc(32)
+  for (let signo = 1; signo <= 64; signo++) {
+    if (signo === SIG.KILL || signo === SIG.STOP) continue
+    const r = snapshot.syscall(SYS.rt_sigaction, signo, 0, buf, 8)
+    if (r < 0n) continue // 32/33 are reserved by glibc on some kernels: EINVAL
+    const view = new DataView(snapshot.readMemory(buf, 32).buffer)
+    const action = {signo, handler: view.getBigUint64(0, true), flags: view.getBigUint64(8, true), restorer: view.getBigUint64(16, true), mask: view.getBigUint64(24, true)}
+    if (action.handler !== 0n || action.flags !== 0n || action.mask !== 0n) out.push(action)
+  }
+  return out
+}
+
+/**
+ * Stop the target briefly, take its state and a fork snapshot, resume it.
+ * On any failure the target is detached running as it was and the snapshot
+ * child (if any) is killed.
+ */
+export function takeLiveSnapshot(pid: number): LiveSnapshot {
+  const checked = preflight(pid)
+  const t0 = now()
+  // No EXITKILL on the target: if cxlfork dies, the kernel detaches it and it runs on.
+  const target = Tracee.seize(pid, {options: 0})
+  const tStopped = now()
+  let snapshot: Tracee | undefined
+  let thread: ThreadImage
+  let sharedPending: Uint8Array[]
+  let fds: {info: FdInfo; kind: FdKind}[]
+  let tResumed: number
+  try {
+    const regsArray = target.getRegsArray()
+    const regs = toUserRegs(regsFromArray(regsArray))
+    const rseq = target.getRseqConfig()
+    const pending = target.peekPendingSignals()
+    sharedPending = pending.shared
+    thread = {
+      tid: pid, regs, xstate: target.getXState(), sigmask: target.getSigMask(), pendingSignals: pending.private,
+      ...(rseq.rseqAbiPointer === 0n ? {} : {rseq: {address: rseq.rseqAbiPointer, length: rseq.rseqAbiSize, signature: rseq.signature}}),
+      robustList: readRobustList(target, regs.rsp), clearTidAddress: readClearTidAddress(target, regs.rsp), altStack: readAltStack(target, regs.rsp),
+    }
+    // fd offsets are shared with the running target: read them while it is stopped.
+    const byFd = new Map(checked.fds.map((entry) => [entry.info.fd, entry.kind]))
+    fds = listFds(pid).map((info) => ({info, kind: byFd.get(info.fd) ?? 'regular'}))
+    if (fds.some((entry) => !byFd.has(entry.info.fd))) {
+      // An fd appeared after preflight: classify it the careful way.
+      fds = preflight(pid).fds
+    }
+    snapshot = target.injectFork().tracee
+    // The snapshot must not outlive us; the target must (no EXITKILL there).
+    snapshot.setOptions(snapshot.options | PTRACE_O.EXITKILL)
+    target.detach()
+    tResumed = now()
+  } catch (error) {
+    snapshot?.kill()
+    try {
+      target.detach()
+    } catch {
+      /* already gone: nothing to restore */
+    }
+    throw error
+  }
+  const snap = snapshot
+  const release = (): void => {
+    snap.kill()
+  }
+  try {
+    const smaps = readSmaps(snap.pid)
+    const brk = snap.syscall(SYS.brk, 0)
+    const sigactions = readSigactions(snap)
+    const scratch = snap.scratchRange
+    const layout = scratch ? smaps.filter((vma) => vma.end <= scratch[0] || vma.start >= scratch[1]) : smaps
+    const {image} = captureImage(pid, snap.pid, layout, fds, {thread, sharedPendingSignals: sharedPending, sigactions, brk})
+    const tCaptured = now()
+    return {
+      image, snapshotPid: snap.pid, ownerUid: checked.uid, release,
+      timings: {freezingUs: Math.round((tStopped - t0) * 1000), frozenUs: Math.round((tResumed - t0) * 1000), captureUs: Math.round((tCaptured - tResumed) * 1000)},
+    }
+  } catch (error) {
+    release()
+    throw error
+  }
+}
+
+/** End the original after a successful checkpoint (--kill). */
+export function killTarget(pid: number): void {
+  killQuiet(pid, SIG.KILL)
+}

@@ -1,0 +1,35 @@
+import {Flags} from '@oclif/core'
+
+import {BaseCommand} from '../cli/base-command.js'
+import {nameFlag, pidArg} from '../cli/flags.js'
+import type {CheckpointResult} from '../checkpoint/checkpoint.js'
+
+export default class CheckpointCommand extends BaseCommand {
+  static override summary = 'Checkpoint a running process into the pool; it keeps running unless --kill.'
+  static override description = `The target is stopped only while its registers, signal state and a copy-on-write fork snapshot are taken (the downtime), then runs on while the snapshot's memory is written once into write-once pool segments.
+Refused with a named reason: threads, sockets, pipes above fd 2, shared anonymous memory, other special files.`
+  static override examples = [
+    '<%= config.bin %> checkpoint 4242 --name web',
+    '<%= config.bin %> checkpoint 4242 --name web --kill --json',
+  ]
+  static override args = {pid: pidArg({required: true, description: 'Process id of the target.'})}
+  static override flags = {
+    name: nameFlag({required: true}),
+    kill: Flags.boolean({summary: 'End the target (SIGKILL) after a successful checkpoint.', default: false}),
+  }
+
+  async run(): Promise<CheckpointResult> {
+    const {args, flags} = await this.parse(CheckpointCommand)
+    const [{Pool}, {checkpointToPool}] = await Promise.all([import('../pool/index.js'), import('../checkpoint/checkpoint.js')])
+    await this.progress.start(`Checkpointing ${args.pid} as ${flags.name}`)
+    const pool = Pool.open(flags.pool, {create: true})
+    try {
+      const result = checkpointToPool(pool, {pid: args.pid, name: flags.name, kill: flags.kill})
+      this.progress.succeed(`Checkpointed ${args.pid} as ${result.name}`)
+      this.say(`${result.pages} pages (${(result.bytes / 1048576).toFixed(1)} MiB), ${result.vmas} VMAs, ${result.fds} fds; downtime ${(result.downtimeUs / 1000).toFixed(2)} ms, total ${(result.totalUs / 1000).toFixed(1)} ms${result.killed ? '; target killed' : ''}`)
+      return result
+    } finally {
+      pool.close()
+    }
+  }
+}

@@ -1,0 +1,195 @@
+/**
+ * CRIU image framing.
+ *
+ * Every protobuf image of CRIU's "v1.1" format (inventory img_version 2) starts with
+ * two little-endian u32 magics: IMG_COMMON_MAGIC (or IMG_SERVICE_MAGIC for the
+ * stats-*.img service files), then the image's own magic. inventory.img is the one
+ * exception: it starts with INVENTORY_MAGIC alone. After the head come records, each
+ * a u32 little-endian byte length followed by that many bytes of one protobuf
+ * message. pages-N.img is raw page data with no head at all.
+ *
+ * The protobuf schemas (src/criu/proto) are loaded with protobufjs on first use, so
+ * merely importing this module costs nothing at CLI start-up.
+ */
+import {closeSync, openSync, readFileSync, writeSync} from 'node:fs'
+import {createRequire} from 'node:module'
+import {basename, join} from 'node:path'
+import type * as Protobuf from 'protobufjs'
+
+import {CorruptError, CxlforkError, NotFoundError} from '../errors.js'
+import {projectRoot} from '../paths.js'
+
+export const IMG_COMMON_MAGIC = 0x54564319
+export const IMG_SERVICE_MAGIC = 0x55105940
+
+/** Image kinds cxlfork reads or writes, with CRIU's magic and the message type of their records. */
+export const IMAGE_KINDS = {
+  inventory: {magic: 0x58313116, head: 'none', type: 'inventory_entry'},
+  pstree: {magic: 0x50273030, head: 'common', type: 'pstree_entry'},
+  core: {magic: 0x55053847, head: 'common', type: 'core_entry'},
+  ids: {magic: 0x54432030, head: 'common', type: 'task_kobj_ids_entry'},
+  mm: {magic: 0x57492820, head: 'common', type: 'mm_entry'},
+  // pagemap: first record is pagemap_head, the rest pagemap_entry.
+  pagemap: {magic: 0x56084025, head: 'common', type: 'pagemap_entry'},
+  files: {magic: 0x56303138, head: 'common', type: 'file_entry'},
+  fdinfo: {magic: 0x56213732, head: 'common', type: 'fdinfo_entry'},
+  fs: {magic: 0x51403912, head: 'common', type: 'fs_entry'},
+  creds: {magic: 0x54023547, head: 'common', type: 'creds_entry'},
+  stats: {magic: 0x57093306, head: 'service', type: 'stats_entry'},
+} as const
+
+export type ImageKind = keyof typeof IMAGE_KINDS
+
+const PROTO_FILES = ['inventory.proto', 'core.proto', 'mm.proto', 'pagemap.proto', 'fdinfo.proto', 'fs.proto', 'pstree.proto', 'stats.proto', 'creds.proto']
+
+let root: Protobuf.Root | undefined
+let protobufModule: typeof Protobuf | undefined
+
+/** The protobufjs module, loaded on first call. */
+export function protobuf(): typeof Protobuf {
+  if (!protobufModule) protobufModule = createRequire(import.meta.url)('protobufjs') as typeof Protobuf
+  return protobufModule
+}
+
+/** The CRIU message types, parsed from src/criu/proto on first call. */
+export function criuRoot(): Protobuf.Root {
+  if (root) return root
+  const pb = protobuf()
+  const dir = join(projectRoot(), 'src/criu/proto')
+  try {
+    const loaded = new pb.Root()
+    loaded.loadSync(PROTO_FILES.map((file) => join(dir, file)), {keepCase: true})
+    loaded.resolveAll()
+    root = loaded
+  } catch (error) {
+    throw new NotFoundError('CRIU_PROTO_MISSING', `cannot load the CRIU protobuf schemas from ${dir}: ${(error as Error).message}`,
+      'The installation is incomplete: src/criu/proto/*.proto must ship with cxlfork.')
+  }
+  return root
+}
+
+export function messageType(name: string): Protobuf.Type {
+  return criuRoot().lookupType(name)
+}
+
+const hex = (value: number) => '0x' + value.toString(16).padStart(8, '0')
+
+function expectedHead(kind: ImageKind): number[] {
+  const spec = IMAGE_KINDS[kind]
+  if (spec.head === 'none') return [spec.magic]
+  return [spec.head === 'service' ? IMG_SERVICE_MAGIC : IMG_COMMON_MAGIC, spec.magic]
+}
+
+/** Encode one message of `typeName` from a plain object; a bad object is a programming error, reported as CorruptError. */
+export function encodeMessage(typeName: string, value: Record<string, unknown>, path = typeName): Uint8Array {
+  const type = messageType(typeName)
+  const problem = type.verify(value)
+  if (problem) throw new CorruptError('CRIU_IMAGE_ENCODE', `cannot encode ${typeName} for ${basename(path)}: ${problem}`, 'This is a cxlfork bug; report it with the process that was dumped.')
+  return type.encode(type.fromObject(value)).finish()
+}
+
+/** Decode one record; any decoding failure (bad wire data, missing proto2 required field) is a CorruptError. */
+export function decodeMessage<T = Record<string, unknown>>(typeName: string, bytes: Uint8Array, where: string): T {
+  try {
+    return messageType(typeName).decode(bytes) as unknown as T
+  } catch (error) {
+    if (error instanceof CxlforkError) throw error
+    throw new CorruptError('CRIU_IMAGE_CORRUPT', `${where}: cannot decode ${typeName}: ${(error as Error).message}`,
+      'The image file is damaged or was not written by CRIU/cxlfork; dump the process again.')
+  }
+}
+
+/** Frame records into a complete image file's bytes. */
+export function frameImage(kind: ImageKind, records: readonly Uint8Array[]): Uint8Array {
+  const head = expectedHead(kind)
+  let size = head.length * 4
+  for (const record of records) size += 4 + record.byteLength
+  const out = new Uint8Array(size)
+  const view = new DataView(out.buffer)
+  let at = 0
+  for (const magic of head) {
+    view.setUint32(at, magic, true)
+    at += 4
+  }
+  for (const record of records) {
+    view.setUint32(at, record.byteLength, true)
+    out.set(record, at + 4)
+    at += 4 + record.byteLength
+  }
+  return out
+}
+
+/** Write an image file of `kind` holding `messages` (plain objects of the kind's type, or pre-encoded records). */
+export function writeImage(path: string, kind: ImageKind, records: readonly Uint8Array[]): number {
+  const bytes = frameImage(kind, records)
+  const fd = openSync(path, 'w', 0o600)
+  try {
+    let at = 0
+    while (at < bytes.byteLength) at += writeSync(fd, bytes, at, bytes.byteLength - at)
+  } finally {
+    closeSync(fd)
+  }
+  return bytes.byteLength
+}
+
+/** Split an image file's bytes into its records after checking the magic head. */
+export function unframeImage(bytes: Uint8Array, kind: ImageKind, path: string): Uint8Array[] {
+  const name = basename(path)
+  const head = expectedHead(kind)
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  if (bytes.byteLength < head.length * 4) {
+    throw new CorruptError('CRIU_IMAGE_TRUNCATED', `${name} is truncated: ${bytes.byteLength} bytes, shorter than its ${head.length * 4}-byte magic head`,
+      'The image set is incomplete or damaged; dump the process again.')
+  }
+  for (let i = 0; i < head.length; i++) {
+    const found = view.getUint32(i * 4, true)
+    if (found !== head[i]) {
+      const what = head.length === 2 && i === 0 ? (IMAGE_KINDS[kind].head === 'service' ? 'IMG_SERVICE_MAGIC' : 'IMG_COMMON_MAGIC') : `${kind} magic`
+      throw new CorruptError('CRIU_IMAGE_MAGIC',
+        `${name} has wrong magic: expected ${what} ${hex(head[i]!)} (head ${head.map(hex).join(' ')}), found ${hex(found)}${head.length === 2 ? ` (head ${hex(view.getUint32(0, true))}${bytes.byteLength >= 8 ? ' ' + hex(view.getUint32(4, true)) : ''})` : ''}`,
+        kind === 'inventory' && found === IMG_COMMON_MAGIC
+          ? 'inventory.img must start with its own magic only; this file was framed like another image.'
+          : `Is this a CRIU ${kind} image? The file may be damaged or of another kind; dump the process again.`)
+    }
+  }
+  const records: Uint8Array[] = []
+  let at = head.length * 4
+  let index = 0
+  while (at < bytes.byteLength) {
+    if (bytes.byteLength - at < 4) {
+      throw new CorruptError('CRIU_IMAGE_TRUNCATED', `${name} is truncated: record ${index} at byte ${at} has only ${bytes.byteLength - at} of its 4 length bytes`,
+        'The image file was cut short; dump the process again.')
+    }
+    const length = view.getUint32(at, true)
+    if (length > bytes.byteLength - at - 4) {
+      throw new CorruptError('CRIU_IMAGE_TRUNCATED', `${name} is truncated: record ${index} at byte ${at} claims ${length} bytes but only ${bytes.byteLength - at - 4} remain`,
+        'The image file was cut short; dump the process again.')
+    }
+    records.push(bytes.subarray(at + 4, at + 4 + length))
+    at += 4 + length
+    index++
+  }
+  return records
+}
+
+/** Read an image file and return its raw records. A missing file is NotFoundError. */
+export function readImageRecords(path: string, kind: ImageKind): Uint8Array[] {
+  let bytes: Uint8Array
+  try {
+    bytes = readFileSync(path)
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    if (code === 'ENOENT') {
+      throw new NotFoundError('CRIU_IMAGE_MISSING', `${basename(path)} is missing from ${join(path, '..')}`,
+        'The directory does not hold a complete CRIU image set; dump the process again.')
+    }
+    throw new CorruptError('CRIU_IMAGE_UNREADABLE', `cannot read ${path}: ${(error as Error).message}`, 'Check the image directory and its permissions.')
+  }
+  return unframeImage(bytes, kind, path)
+}
+
+/** Read an image file and decode every record as the kind's message type. */
+export function readImage<T = Record<string, unknown>>(path: string, kind: ImageKind): T[] {
+  const name = basename(path)
+  return readImageRecords(path, kind).map((record, i) => decodeMessage<T>(IMAGE_KINDS[kind].type, record, `${name} record ${i}`))
+}

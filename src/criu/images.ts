@@ -1,0 +1,837 @@
+/**
+ * The CRIU-format baseline: a ProcessImage written as the image set CRIU 4.x writes
+ * for one process (inventory, pstree, core-TID, ids, mm, pagemap, pages-1, files,
+ * fdinfo, fs, stats-dump), and read back, from cxlfork's own sets or from sets real
+ * CRIU wrote for a single process whose files are regular files.
+ *
+ * Where CRIU has a field, the model goes there in CRIU's meaning. What CRIU has no
+ * field for (file identity beyond name/size/mode, cmdline, kernel identity, the exact
+ * xstate buffer, the model's fd kinds...) goes into field 1000 of the message it
+ * belongs to (see proto/cxlfork-ext.proto); CRIU and crit skip it. Reading a set
+ * written by CRIU itself fills those parts with the best available values (listed in
+ * readCriuImages).
+ */
+import {closeSync, existsSync, openSync, statSync, writeSync} from 'node:fs'
+import {join} from 'node:path'
+
+import {CorruptError, CxlforkError, NotFoundError, UnsupportedError} from '../errors.js'
+import {
+  type FdImage, type FdKind, type FileIdentity, IMAGE_VERSION, type PageRun, PAGE_SIZE, type ProcessImage, type Rlimit,
+  type SigAction, type ThreadImage, USER_REGS_NAMES, type UserRegName, type UserRegs, type VmaImage, type VmaKind,
+} from '../image/process-image.js'
+import {type ImageKind, encodeMessage, readImage, readImageRecords, decodeMessage, writeImage} from './image-file.js'
+import {big, has, str64, u64} from './values.js'
+import {fpregsToXstate, xstateToFpregs} from './xsave.js'
+
+// ---- constants from CRIU (criu/include/image.h, pagemap.h, magic.h, fdinfo.proto) ----
+
+/** inventory img_version: 1 = CRIU 1.0 images (no head magic), 2 = every image since (head magic pair). */
+export const CRTOOLS_IMAGES_V1 = 1
+export const CRTOOLS_IMAGES_V1_1 = 2
+
+export const PE_PARENT = 1 << 0
+export const PE_LAZY = 1 << 1
+export const PE_PRESENT = 1 << 2
+
+export const VMA_AREA_REGULAR = 1 << 0
+export const VMA_AREA_STACK = 1 << 1
+export const VMA_AREA_VSYSCALL = 1 << 2
+export const VMA_AREA_VDSO = 1 << 3
+export const VMA_AREA_HEAP = 1 << 5
+export const VMA_FILE_PRIVATE = 1 << 6
+export const VMA_FILE_SHARED = 1 << 7
+export const VMA_ANON_SHARED = 1 << 8
+export const VMA_ANON_PRIVATE = 1 << 9
+export const VMA_AREA_SYSVIPC = 1 << 10
+export const VMA_AREA_SOCKET = 1 << 11
+export const VMA_AREA_VVAR = 1 << 12
+export const VMA_AREA_AIORING = 1 << 13
+export const VMA_AREA_MEMFD = 1 << 14
+export const VMA_AREA_SHSTK = 1 << 15
+export const VMA_AREA_GUARD = 1 << 16
+export const VMA_AREA_UPROBES = 1 << 17
+export const VMA_EXT_PLUGIN = 1 << 27
+export const VMA_UNSUPP = 1 << 31
+
+const UNSUPPORTED_VMA_BITS: [number, string][] = [
+  [VMA_ANON_SHARED, 'VMA_ANON_SHARED'], [VMA_AREA_SYSVIPC, 'VMA_AREA_SYSVIPC'], [VMA_AREA_SOCKET, 'VMA_AREA_SOCKET'],
+  [VMA_AREA_AIORING, 'VMA_AREA_AIORING'], [VMA_AREA_MEMFD, 'VMA_AREA_MEMFD'], [VMA_AREA_SHSTK, 'VMA_AREA_SHSTK'],
+  [VMA_AREA_GUARD, 'VMA_AREA_GUARD'], [VMA_AREA_UPROBES, 'VMA_AREA_UPROBES'], [VMA_EXT_PLUGIN, 'VMA_EXT_PLUGIN'], [VMA_UNSUPP, 'VMA_UNSUPP'],
+]
+
+const FD_TYPE_REG = 1
+const FD_TYPE_PIPE = 2
+const FD_TYPE_NAMES: Record<number, string> = {
+  0: 'UND', 1: 'REG', 2: 'PIPE', 3: 'FIFO', 4: 'INETSK', 5: 'UNIXSK', 6: 'EVENTFD', 7: 'EVENTPOLL', 8: 'INOTIFY', 9: 'SIGNALFD',
+  10: 'PACKETSK', 11: 'TTY', 12: 'FANOTIFY', 13: 'NETLINKSK', 14: 'NS', 15: 'TUNF', 16: 'EXT', 17: 'TIMERFD', 18: 'MEMFD', 19: 'BPFMAP', 20: 'PIDFD',
+}
+const FD_CLOEXEC = 1
+const SS_DISABLE = 2
+const TASK_ALIVE = 1
+const MARCH_X86_64 = 1
+const REGS_MODE_NATIVE = 1
+/** CRIU keeps sigactions for signals 1..SIGMAX (64) except SIGKILL and SIGSTOP, positionally. */
+const SIGMAX = 64
+const SIGKILL = 9
+const SIGSTOP = 19
+const RLIM_NLIMITS = 16
+const RLIM_INFINITY = (1n << 64n) - 1n
+const MAP_SHARED = 0x01
+const MAP_GROWSDOWN = 0x100
+const PROT_WRITE = 0x2
+const O_RDWR = 2
+const S_IFMT = 0o170000
+const S_IFDIR = 0o040000
+const S_IFCHR = 0o020000
+/** Identifier CRIU gives the single vm/files/fs/sighand object of a one-process dump. */
+const KID = 1
+const PAGES_ID = 1
+
+/** CRIU's names for the user_regs_struct fields (same order as USER_REGS_NAMES). */
+const CRIU_REG_NAMES: Record<UserRegName, string> = {
+  r15: 'r15', r14: 'r14', r13: 'r13', r12: 'r12', rbp: 'bp', rbx: 'bx', r11: 'r11', r10: 'r10', r9: 'r9', r8: 'r8',
+  rax: 'ax', rcx: 'cx', rdx: 'dx', rsi: 'si', rdi: 'di', orig_rax: 'orig_ax', rip: 'ip', cs: 'cs', eflags: 'flags',
+  rsp: 'sp', ss: 'ss', fs_base: 'fs_base', gs_base: 'gs_base', ds: 'ds', es: 'es', fs: 'fs', gs: 'gs',
+}
+
+// ---- public types ----
+
+/** Where page contents come from when writing: typically process_vm_readv from the frozen target. */
+export interface PageSource {
+  /** Fill `into` (exactly run.nrPages * 4096 bytes) with the pages of `run`. */
+  read(run: PageRun, into: Uint8Array): void | Promise<void>
+}
+
+/** CRIU's dump statistics (stats-dump.img); times in microseconds. */
+export interface DumpStats {
+  freezingTime: number
+  frozenTime: number
+  memdumpTime: number
+  memwriteTime: number
+  pagesScanned: number
+  pagesWritten: number
+  pagesSkippedParent?: number
+  pagesLazy?: number
+}
+
+/** CRIU's restore statistics (stats-restore.img); times in microseconds. */
+export interface RestoreStats {
+  restoreTime: number
+  pagesRestored: number
+  forkingTime?: number
+  pagesCompared?: number
+  pagesSkippedCow?: number
+}
+
+export interface CriuPagemapEntry {
+  vaddr: bigint
+  nrPages: number
+  /** PE_* bits as read (old images without flags: PE_PRESENT, or PE_PARENT for in_parent). */
+  flags: number
+  /** Byte offset in pagesPath of the entry's first page (entries without PE_PRESENT store none: the offset they would have). */
+  pagesOffset: number
+}
+
+export interface CriuImageSet {
+  image: ProcessImage
+  pagemap: CriuPagemapEntry[]
+  pagesPath: string
+  /** Byte offset in pagesPath of each of image.pageRuns. */
+  runOffsets: number[]
+  stats?: DumpStats
+  restoreStats?: RestoreStats
+  /** 'cxlfork' when cxlfork's extension fields were present (exact model), 'criu' otherwise. */
+  writtenBy: 'cxlfork' | 'criu'
+}
+
+export interface WriteOptions {
+  /** Bytes gathered from the page source before each write to pages-1.img (default 8 MiB). */
+  chunkBytes?: number
+}
+
+// ---- writing ----
+
+type Obj = Record<string, unknown>
+
+const fown = () => ({uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0})
+
+function vmaStatus(vma: VmaImage, index: number): number {
+  const where = `VMA ${index} (${vma.start.toString(16)}-${vma.end.toString(16)}, ${vma.kind})`
+  switch (vma.kind) {
+    case 'anon':
+    case 'heap':
+    case 'stack':
+      if (vma.flags & MAP_SHARED) {
+        throw new UnsupportedError('CRIU_SHARED_ANON', `${where} is shared anonymous memory, which the CRIU-format path does not write`,
+          'CRIU keeps shared anonymous memory in pagemap-shmem images; use the pool path (`cxlfork checkpoint`) for this process.')
+      }
+      return VMA_AREA_REGULAR | VMA_ANON_PRIVATE | (vma.kind === 'heap' ? VMA_AREA_HEAP : 0) | (vma.kind === 'stack' ? VMA_AREA_STACK : 0)
+    case 'file':
+      return VMA_AREA_REGULAR | (vma.flags & MAP_SHARED ? VMA_FILE_SHARED : VMA_FILE_PRIVATE)
+    case 'vdso':
+      return VMA_AREA_REGULAR | VMA_AREA_VDSO | VMA_ANON_PRIVATE
+    case 'vvar':
+    case 'vvar_vclock':
+      return VMA_AREA_REGULAR | VMA_AREA_VVAR | VMA_ANON_PRIVATE
+    case 'vsyscall':
+      return VMA_AREA_VSYSCALL
+  }
+}
+
+function fileIdFor(image: ProcessImage, index: number | undefined, what: string): number {
+  if (index === undefined || !Number.isInteger(index) || index < 0 || index >= image.files.length) {
+    throw new CorruptError('IMAGE_INCONSISTENT', `${what} refers to file index ${String(index)}, but the image has ${image.files.length} files`,
+      'The captured image is inconsistent; this is a cxlfork bug.')
+  }
+  return index + 1
+}
+
+function siginfos(list: readonly Uint8Array[]): Obj {
+  return {signals: list.map((siginfo) => ({siginfo}))}
+}
+
+function coreFor(image: ProcessImage, thread: ThreadImage, leader: boolean): Obj {
+  const gpregs: Obj = {mode: REGS_MODE_NATIVE}
+  for (const name of USER_REGS_NAMES) gpregs[CRIU_REG_NAMES[name]] = str64(u64(thread.regs[name]))
+  const threadCore: Obj = {
+    futex_rla: str64(u64(thread.robustList.head)),
+    futex_rla_len: Number(thread.robustList.length),
+    blk_sigset: str64(u64(thread.sigmask)),
+    sas: {ss_sp: str64(u64(thread.altStack.sp)), ss_size: str64(u64(thread.altStack.size)), ss_flags: thread.altStack.flags >>> 0},
+    signals_p: siginfos(thread.pendingSignals),
+    creds: {
+      uid: image.task.uid, gid: image.task.gid, euid: image.task.uid, egid: image.task.gid, suid: image.task.uid, sgid: image.task.gid,
+      fsuid: image.task.uid, fsgid: image.task.gid, cap_inh: [], cap_prm: [], cap_eff: [], cap_bnd: [], secbits: 0, groups: [],
+    },
+  }
+  if (thread.rseq) {
+    threadCore['rseq_entry'] = {rseq_abi_pointer: str64(u64(thread.rseq.address)), rseq_abi_size: thread.rseq.length, signature: thread.rseq.signature >>> 0}
+  }
+  const core: Obj = {
+    mtype: MARCH_X86_64,
+    thread_info: {clear_tid_addr: str64(u64(thread.clearTidAddress)), gpregs, fpregs: xstateToFpregs(thread.xstate), tls: []},
+    thread_core: threadCore,
+  }
+  if (leader) core['tc'] = taskCore(image, thread)
+  return core
+}
+
+function taskCore(image: ProcessImage, leader: ThreadImage): Obj {
+  const {task} = image
+  // sigactions: 62 positional slots; signals without a slot travel in the extension.
+  const slots: Obj[] = []
+  const bySigno = new Map<number, SigAction>()
+  for (const action of task.sigactions) bySigno.set(action.signo, action)
+  const extra: Obj[] = []
+  for (const action of task.sigactions) {
+    if (action.signo < 1 || action.signo > SIGMAX || action.signo === SIGKILL || action.signo === SIGSTOP) {
+      extra.push({signo: action.signo >>> 0, handler: str64(u64(action.handler)), flags: str64(u64(action.flags)), restorer: str64(u64(action.restorer)), mask: str64(u64(action.mask))})
+    }
+  }
+  for (let signo = 1; signo <= SIGMAX; signo++) {
+    if (signo === SIGKILL || signo === SIGSTOP) continue
+    const action = bySigno.get(signo)
+    slots.push(action
+      ? {sigaction: str64(u64(action.handler)), flags: str64(u64(action.flags)), restorer: str64(u64(action.restorer)), mask: str64(u64(action.mask)), compat_sigaction: false}
+      : {sigaction: str64(0n), flags: str64(0n), restorer: str64(0n), mask: str64(0n), compat_sigaction: false})
+  }
+  // rlimits: positional by RLIMIT_* number; gaps are unlimited.
+  let count = RLIM_NLIMITS
+  for (const limit of task.rlimits) count = Math.max(count, limit.resource + 1)
+  const limits: Obj[] = Array.from({length: count}, () => ({cur: str64(RLIM_INFINITY), max: str64(RLIM_INFINITY)}))
+  for (const limit of task.rlimits) limits[limit.resource] = {cur: str64(u64(limit.cur)), max: str64(u64(limit.max))}
+  return {
+    task_state: TASK_ALIVE,
+    exit_code: 0,
+    personality: task.personality >>> 0,
+    flags: 0,
+    blk_sigset: str64(u64(leader.sigmask)),
+    comm: task.comm,
+    rlimits: {rlimits: limits},
+    signals_s: siginfos(task.sharedPendingSignals),
+    sigactions: slots,
+    cxlfork: {
+      cmdline: task.cmdline.map((arg) => Buffer.from(arg, 'utf8')),
+      sigaction_signos: task.sigactions.map((action) => action.signo >>> 0),
+      extra_sigactions: extra,
+      rlimit_resources: task.rlimits.map((limit) => limit.resource >>> 0),
+      listed: true,
+    },
+  }
+}
+
+function checkRuns(image: ProcessImage): void {
+  let previousEnd = 0n
+  image.pageRuns.forEach((run, i) => {
+    const vma = image.vmas[run.vmaIndex]
+    const end = run.vaddr + BigInt(run.nrPages) * BigInt(PAGE_SIZE)
+    if (!vma || run.nrPages <= 0 || run.vaddr < vma.start || end > vma.end || run.vaddr < previousEnd || run.vaddr % BigInt(PAGE_SIZE) !== 0n) {
+      throw new CorruptError('IMAGE_INCONSISTENT', `page run ${i} (${run.vaddr.toString(16)} +${run.nrPages} pages) is not inside VMA ${run.vmaIndex} or not in ascending order`,
+        'The captured image is inconsistent; this is a cxlfork bug.')
+    }
+    previousEnd = end
+  })
+}
+
+function writeAll(fd: number, bytes: Uint8Array): void {
+  let at = 0
+  while (at < bytes.byteLength) at += writeSync(fd, bytes, at, bytes.byteLength - at)
+}
+
+/**
+ * Write `image` as a CRIU image set into `dir` (which must exist). Pages are pulled from
+ * `pages` run by run (runs larger than the chunk are split) into one reusable buffer and
+ * written to pages-1.img in large sequential writes.
+ */
+export async function writeCriuImages(dir: string, image: ProcessImage, pages: PageSource, stats?: DumpStats, options: WriteOptions = {}): Promise<{files: string[]; bytes: number}> {
+  if (image.threads.length === 0) throw new CorruptError('IMAGE_INCONSISTENT', 'the image has no threads', 'This is a cxlfork bug.')
+  checkRuns(image)
+  const pid = image.task.pid
+  const files: string[] = []
+  let bytes = 0
+  const put = (name: string, kind: ImageKind, records: Uint8Array[]) => {
+    const path = join(dir, name)
+    bytes += writeImage(path, kind, records)
+    files.push(path)
+  }
+  const enc = (type: string, value: Obj, name: string) => encodeMessage(type, value, name)
+
+  // Pages first: the slow part, and a failure there leaves no half-described set behind.
+  const pagesPath = join(dir, `pages-${PAGES_ID}.img`)
+  const chunk = Math.max(PAGE_SIZE, Math.floor((options.chunkBytes ?? 8 << 20) / PAGE_SIZE) * PAGE_SIZE)
+  const chunkPages = chunk / PAGE_SIZE
+  const fd = openSync(pagesPath, 'w', 0o600)
+  try {
+    const buffer = new Uint8Array(chunk)
+    let fill = 0
+    for (const run of image.pageRuns) {
+      for (let done = 0; done < run.nrPages;) {
+        const nrPages = Math.min(chunkPages, run.nrPages - done)
+        const length = nrPages * PAGE_SIZE
+        if (fill + length > chunk) {
+          writeAll(fd, buffer.subarray(0, fill))
+          fill = 0
+        }
+        const piece: PageRun = {vaddr: run.vaddr + BigInt(done * PAGE_SIZE), nrPages, vmaIndex: run.vmaIndex}
+        await pages.read(piece, buffer.subarray(fill, fill + length))
+        fill += length
+        done += nrPages
+      }
+    }
+    writeAll(fd, buffer.subarray(0, fill))
+  } finally {
+    closeSync(fd)
+  }
+  files.push(pagesPath)
+  bytes += statSync(pagesPath).size
+
+  const ext = image.kernel
+  put('inventory.img', 'inventory', [enc('inventory_entry', {
+    img_version: CRTOOLS_IMAGES_V1_1,
+    fdinfo_per_id: true,
+    root_ids: {vm_id: KID, files_id: KID, fs_id: KID, sighand_id: KID},
+    lsmtype: 0,
+    cxlfork: {
+      model_version: image.version, captured_at: image.capturedAt, kernel_release: ext.release, hostname: ext.hostname, boot_id: ext.bootId,
+      vdso_layout: ext.vdsoLayout.map((area) => ({name: area.name, offset: str64(u64(area.offset)), size: str64(u64(area.size))})),
+    },
+  }, 'inventory.img')])
+
+  const threads = image.threads.map((thread) => thread.tid)
+  put('pstree.img', 'pstree', [enc('pstree_entry', {pid, ppid: image.task.ppid, pgid: image.task.pgid, sid: image.task.sid, threads}, 'pstree.img')])
+
+  image.threads.forEach((thread, i) => {
+    const name = `core-${thread.tid}.img`
+    put(name, 'core', [enc('core_entry', coreFor(image, thread, i === 0), name)])
+  })
+
+  put(`ids-${pid}.img`, 'ids', [enc('task_kobj_ids_entry', {vm_id: KID, files_id: KID, fs_id: KID, sighand_id: KID}, `ids-${pid}.img`)])
+
+  // files.img: one entry per tracked file (ids 1..n, index + 1), then one per fd, then cwd and root.
+  const fileRecords: Uint8Array[] = []
+  image.files.forEach((file, i) => {
+    fileRecords.push(enc('file_entry', {type: FD_TYPE_REG, id: i + 1, reg: {
+      id: i + 1, flags: 0, pos: str64(0n), fown: fown(), name: file.path, size: str64(u64(file.size)), mode: file.mode >>> 0,
+      cxlfork: {file_index: i, device: file.device, inode: str64(u64(file.inode)), mtime_ns: str64(BigInt.asIntN(64, file.mtimeNs))},
+    }}, 'files.img'))
+  })
+  let nextId = image.files.length + 1
+  const fdRecords: Uint8Array[] = []
+  for (const fdImage of image.fds) {
+    const id = nextId++
+    const fdExt: Obj = {kind: fdImage.kind, path: fdImage.path}
+    if (fdImage.fileIndex !== undefined) fdExt['file_index'] = fileIdFor(image, fdImage.fileIndex, `fd ${fdImage.fd}`) - 1
+    if (fdImage.kind === 'pipe') {
+      const pipeId = /^pipe:\[(\d+)\]$/.exec(fdImage.path)?.[1]
+      fileRecords.push(enc('file_entry', {type: FD_TYPE_PIPE, id, pipe: {id, pipe_id: Number(pipeId ?? 0) >>> 0, flags: fdImage.flags >>> 0, fown: fown()}}, 'files.img'))
+    } else {
+      const reg: Obj = {id, flags: fdImage.flags >>> 0, pos: str64(u64(fdImage.offset)), fown: fown(), name: fdImage.path}
+      const identity = fdImage.fileIndex === undefined ? undefined : image.files[fdImage.fileIndex]
+      if (identity) reg['mode'] = identity.mode >>> 0
+      fileRecords.push(enc('file_entry', {type: FD_TYPE_REG, id, reg}, 'files.img'))
+    }
+    fdRecords.push(enc('fdinfo_entry', {id, flags: fdImage.cloexec ? FD_CLOEXEC : 0, type: fdImage.kind === 'pipe' ? FD_TYPE_PIPE : FD_TYPE_REG, fd: fdImage.fd, cxlfork: fdExt}, `fdinfo-${KID}.img`))
+  }
+  const cwdId = nextId++
+  const rootId = nextId++
+  for (const [id, name] of [[cwdId, image.task.cwd], [rootId, image.task.root]] as const) {
+    fileRecords.push(enc('file_entry', {type: FD_TYPE_REG, id, reg: {id, flags: 0, pos: str64(0n), fown: fown(), name, mode: S_IFDIR | 0o755}}, 'files.img'))
+  }
+
+  const {mm} = image
+  const vmas = image.vmas.map((vma, i) => {
+    const entry: Obj = {
+      start: str64(u64(vma.start)), end: str64(u64(vma.end)), pgoff: str64(u64(vma.offset)),
+      shmid: str64(vma.kind === 'file' ? BigInt(fileIdFor(image, vma.fileIndex, `VMA ${i}`)) : 0n),
+      prot: vma.prot >>> 0, flags: vma.flags >>> 0, status: vmaStatus(vma, i) >>> 0, fd: str64(-1n),
+    }
+    if (vma.kind === 'file') entry['fdflags'] = vma.flags & MAP_SHARED && vma.prot & PROT_WRITE ? O_RDWR : 0
+    if (vma.advice) entry['madv'] = str64(vma.advice.reduce((bits, advice) => bits | (1n << BigInt(advice)), 0n))
+    return entry
+  })
+  put(`mm-${pid}.img`, 'mm', [enc('mm_entry', {
+    mm_start_code: str64(u64(mm.startCode)), mm_end_code: str64(u64(mm.endCode)), mm_start_data: str64(u64(mm.startData)), mm_end_data: str64(u64(mm.endData)),
+    mm_start_stack: str64(u64(mm.startStack)), mm_start_brk: str64(u64(mm.startBrk)), mm_brk: str64(u64(mm.brk)),
+    mm_arg_start: str64(u64(mm.argStart)), mm_arg_end: str64(u64(mm.argEnd)), mm_env_start: str64(u64(mm.envStart)), mm_env_end: str64(u64(mm.envEnd)),
+    exe_file_id: fileIdFor(image, mm.exeFileIndex, 'the executable'),
+    mm_saved_auxv: mm.auxv.map((word) => str64(u64(word))),
+    vmas,
+  }, `mm-${pid}.img`)])
+
+  const pagemapRecords = [encodeMessage('pagemap_head', {pages_id: PAGES_ID}, `pagemap-${pid}.img`)]
+  for (const run of image.pageRuns) {
+    pagemapRecords.push(enc('pagemap_entry', {vaddr: str64(run.vaddr), compat_nr_pages: run.nrPages, nr_pages: str64(BigInt(run.nrPages)), flags: PE_PRESENT}, `pagemap-${pid}.img`))
+  }
+  put(`pagemap-${pid}.img`, 'pagemap', pagemapRecords)
+  put('files.img', 'files', fileRecords)
+  put(`fdinfo-${KID}.img`, 'fdinfo', fdRecords)
+  put(`fs-${pid}.img`, 'fs', [enc('fs_entry', {cwd_id: cwdId, root_id: rootId, umask: image.task.umask >>> 0}, `fs-${pid}.img`)])
+  if (stats) {
+    put('stats-dump.img', 'stats', [enc('stats_entry', {dump: {
+      freezing_time: stats.freezingTime >>> 0, frozen_time: stats.frozenTime >>> 0, memdump_time: stats.memdumpTime >>> 0, memwrite_time: stats.memwriteTime >>> 0,
+      pages_scanned: str64(BigInt(stats.pagesScanned)), pages_skipped_parent: str64(BigInt(stats.pagesSkippedParent ?? 0)), pages_written: str64(BigInt(stats.pagesWritten)),
+      pages_lazy: str64(BigInt(stats.pagesLazy ?? 0)),
+    }}, 'stats-dump.img')])
+  }
+  return {files, bytes}
+}
+
+/** Write stats-restore.img (CRIU's restore statistics) into `dir`; returns its path. */
+export function writeRestoreStats(dir: string, stats: RestoreStats): string {
+  const path = join(dir, 'stats-restore.img')
+  writeImage(path, 'stats', [encodeMessage('stats_entry', {restore: {
+    pages_compared: str64(BigInt(stats.pagesCompared ?? 0)), pages_skipped_cow: str64(BigInt(stats.pagesSkippedCow ?? 0)),
+    forking_time: (stats.forkingTime ?? 0) >>> 0, restore_time: stats.restoreTime >>> 0, pages_restored: str64(BigInt(stats.pagesRestored)),
+  }}, 'stats-restore.img')])
+  return path
+}
+
+// ---- reading ----
+
+// Decoded protobufjs messages: fields are checked with has() before use where optional.
+type Msg = Record<string, any> // eslint-disable-line @typescript-eslint/no-explicit-any
+
+const corrupt = (message: string, hint = 'The image set is damaged or inconsistent; dump the process again.') => new CorruptError('CRIU_IMAGE_CORRUPT', message, hint)
+
+function only(records: Msg[], name: string): Msg {
+  if (records.length !== 1) throw corrupt(`${name} holds ${records.length} records, expected exactly 1`)
+  return records[0]!
+}
+
+function optionalImage<T>(path: string, read: () => T): T | undefined {
+  if (!existsSync(path)) return undefined
+  return read()
+}
+
+function dumpStatsFrom(entry: Msg): DumpStats | undefined {
+  if (!has(entry, 'dump')) return undefined
+  const d = entry['dump'] as Msg
+  const stats: DumpStats = {
+    freezingTime: d['freezing_time'], frozenTime: d['frozen_time'], memdumpTime: d['memdump_time'], memwriteTime: d['memwrite_time'],
+    pagesScanned: Number(big(d['pages_scanned'])), pagesWritten: Number(big(d['pages_written'])),
+  }
+  stats.pagesSkippedParent = Number(big(d['pages_skipped_parent']))
+  stats.pagesLazy = Number(big(d['pages_lazy']))
+  return stats
+}
+
+function restoreStatsFrom(entry: Msg): RestoreStats | undefined {
+  if (!has(entry, 'restore')) return undefined
+  const r = entry['restore'] as Msg
+  return {
+    restoreTime: r['restore_time'], pagesRestored: has(r, 'pages_restored') ? Number(big(r['pages_restored'])) : 0, forkingTime: r['forking_time'],
+    pagesCompared: Number(big(r['pages_compared'])), pagesSkippedCow: Number(big(r['pages_skipped_cow'])),
+  }
+}
+
+function vmaName(vma: Msg, index: number): string {
+  return `VMA ${index} (${big(vma['start']).toString(16)}-${big(vma['end']).toString(16)}, status ${'0x' + (vma['status'] >>> 0).toString(16)})`
+}
+
+function bitsToList(bits: bigint): number[] {
+  const out: number[] = []
+  for (let i = 0; i < 64; i++) if ((bits >> BigInt(i)) & 1n) out.push(i)
+  return out
+}
+
+/**
+ * Read a CRIU image set (cxlfork's own, or CRIU 4.x's for one single- or multi-threaded
+ * process with regular files and pipes) into the model.
+ *
+ * From a set CRIU itself wrote, these model parts are not in the images and get fill-in
+ * values: file device/inode/mtime ('0:0', 0, 0), cmdline ([]: it is in the process's
+ * memory), capturedAt (0), kernel release/hostname/boot id (''), vdsoLayout (derived
+ * from the [vvar]/[vvar_vclock]/[vdso] VMAs, offsets relative to the first of them),
+ * sigactions (only non-default ones), fd paths of regular files (CRIU's file name).
+ */
+export function readCriuImages(dir: string): CriuImageSet {
+  try {
+    return readSet(dir)
+  } catch (error) {
+    if (error instanceof CxlforkError) throw error
+    // Anything else (RangeError, TypeError from a malformed but decodable message) is a corrupt set.
+    throw corrupt(`${dir}: image set is malformed: ${(error as Error).message}`)
+  }
+}
+
+function readSet(dir: string): CriuImageSet {
+  const at = (name: string) => join(dir, name)
+  const inventory = only(readImage<Msg>(at('inventory.img'), 'inventory'), 'inventory.img')
+  const version = inventory['img_version'] as number
+  if (version !== CRTOOLS_IMAGES_V1_1) {
+    throw new UnsupportedError('CRIU_IMAGE_VERSION',
+      version === CRTOOLS_IMAGES_V1
+        ? 'inventory.img has image version 1 (CRIU 1.0 images without head magic), which is not supported'
+        : `inventory.img has unknown image version ${version}; supported is ${CRTOOLS_IMAGES_V1_1} (CRIU 1.1 to 4.x)`,
+      'Dump the process again with CRIU 3.x/4.x or cxlfork.')
+  }
+  if (!inventory['fdinfo_per_id']) {
+    throw new UnsupportedError('CRIU_IMAGE_VERSION', 'inventory.img lacks fdinfo_per_id: images from CRIU before 1.3 are not supported', 'Dump the process again with a current CRIU.')
+  }
+  const invExt = has(inventory, 'cxlfork') ? inventory['cxlfork'] as Msg : undefined
+  const ours = invExt !== undefined
+  if (invExt && invExt['model_version'] !== IMAGE_VERSION) {
+    throw new UnsupportedError('CRIU_IMAGE_VERSION', `inventory.img was written by a cxlfork with model version ${invExt['model_version']}, this one reads ${IMAGE_VERSION}`,
+      'Read the images with the cxlfork version that wrote them.')
+  }
+
+  const tree = readImage<Msg>(at('pstree.img'), 'pstree')
+  if (tree.length === 0) throw corrupt('pstree.img holds no task')
+  if (tree.length > 1) {
+    throw new UnsupportedError('CRIU_PROCESS_TREE', `pstree.img holds ${tree.length} tasks (${tree.map((t) => t['pid']).join(', ')}); only single-process image sets are supported`,
+      'Dump a single process (no children).')
+  }
+  const task = tree[0]!
+  const pid = task['pid'] as number
+  const tids: number[] = task['threads']?.length ? [...task['threads']] : [pid]
+  if (tids[0] !== pid && tids.includes(pid)) tids.splice(tids.indexOf(pid), 1), tids.unshift(pid)
+
+  const ids = optionalImage(at(`ids-${pid}.img`), () => only(readImage<Msg>(at(`ids-${pid}.img`), 'ids'), `ids-${pid}.img`)) ??
+    (has(inventory, 'root_ids') ? inventory['root_ids'] as Msg : undefined)
+  if (!ids) throw new NotFoundError('CRIU_IMAGE_MISSING', `ids-${pid}.img is missing from ${dir} and inventory.img has no root_ids`, 'The image set is incomplete; dump the process again.')
+
+  const cores = tids.map((tid) => ({tid, core: only(readImage<Msg>(at(`core-${tid}.img`), 'core'), `core-${tid}.img`)}))
+  for (const {tid, core} of cores) {
+    if (core['mtype'] !== MARCH_X86_64 || !has(core, 'thread_info')) {
+      throw new UnsupportedError('CRIU_ARCH', `core-${tid}.img is for architecture ${core['mtype']}, not x86_64`, 'Restore on the architecture the image was dumped on.')
+    }
+  }
+  const leaderCore = cores[0]!.core
+  if (!has(leaderCore, 'tc')) throw corrupt(`core-${pid}.img lacks the task core (tc)`)
+  const tc = leaderCore['tc'] as Msg
+  const taskExt = has(tc, 'cxlfork') ? tc['cxlfork'] as Msg : undefined
+
+  // Files.
+  const fileEntries = new Map<number, Msg>()
+  for (const entry of readImage<Msg>(at('files.img'), 'files')) fileEntries.set(entry['id'], entry)
+  const regOf = (id: number, what: string): Msg => {
+    const entry = fileEntries.get(id)
+    if (!entry) throw corrupt(`${what} refers to file id ${id}, which files.img does not hold`)
+    if (entry['type'] !== FD_TYPE_REG || !has(entry, 'reg')) {
+      throw new UnsupportedError('CRIU_FILE_TYPE', `${what} refers to file id ${id} of type ${FD_TYPE_NAMES[entry['type']] ?? entry['type']}, not a regular file`,
+        'Only regular files (and pipes for descriptors) are supported by the CRIU-format path.')
+    }
+    return entry['reg'] as Msg
+  }
+  const files: FileIdentity[] = []
+  const byName = new Map<string, number>()
+  const fileIndexOf = (id: number, what: string): number => {
+    const reg = regOf(id, what)
+    if (has(reg, 'cxlfork')) {
+      const fileExt = reg['cxlfork'] as Msg
+      const index = fileExt['file_index'] as number
+      if (!Number.isInteger(index) || index >= fileEntries.size) throw corrupt(`${what}: file id ${id} claims file index ${index}, beyond the ${fileEntries.size} entries of files.img`)
+      if (!files[index]) {
+        files[index] = {
+          path: reg['name'], device: fileExt['device'], inode: u64(big(fileExt['inode'])), size: has(reg, 'size') ? u64(big(reg['size'])) : 0n,
+          mtimeNs: big(fileExt['mtime_ns']), mode: has(reg, 'mode') ? reg['mode'] : 0,
+        }
+      }
+      return index
+    }
+    if (ours) throw corrupt(`${what}: file id ${id} (${reg['name']}) lacks its cxlfork identity`)
+    const known = byName.get(reg['name'])
+    if (known !== undefined) return known
+    files.push({path: reg['name'], device: '0:0', inode: 0n, size: has(reg, 'size') ? u64(big(reg['size'])) : 0n, mtimeNs: 0n, mode: has(reg, 'mode') ? reg['mode'] : 0})
+    byName.set(reg['name'], files.length - 1)
+    return files.length - 1
+  }
+
+  // Memory layout.
+  const mm = only(readImage<Msg>(at(`mm-${pid}.img`), 'mm'), `mm-${pid}.img`)
+  const exeFileIndex = fileIndexOf(mm['exe_file_id'], `mm-${pid}.img exe_file_id`)
+  const startStack = big(mm['mm_start_stack'])
+  const vmas: VmaImage[] = []
+  let previousEnd = 0n
+  let previous: {status: number; end: bigint} | undefined
+  ;(mm['vmas'] as Msg[]).forEach((entry, i) => {
+    const status = (entry['status'] as number) >>> 0
+    const start = big(entry['start'])
+    const end = big(entry['end'])
+    const where = vmaName(entry, i)
+    if (start >= end || start % BigInt(PAGE_SIZE) !== 0n || end % BigInt(PAGE_SIZE) !== 0n || start < previousEnd) {
+      throw corrupt(`mm-${pid}.img: ${where} is empty, unaligned or out of order`)
+    }
+    previousEnd = end
+    for (const [bit, name] of UNSUPPORTED_VMA_BITS) {
+      if (status & bit) throw new UnsupportedError('CRIU_VMA_UNSUPPORTED', `mm-${pid}.img: ${where} is ${name}, which the CRIU-format path does not restore`, 'Dump a process without such mappings, or use the pool path.')
+    }
+    const flags = (entry['flags'] as number) >>> 0
+    let kind: VmaKind
+    if (status & VMA_AREA_VSYSCALL) kind = 'vsyscall'
+    else if (!(status & VMA_AREA_REGULAR)) throw new UnsupportedError('CRIU_VMA_UNSUPPORTED', `mm-${pid}.img: ${where} is not VMA_AREA_REGULAR and of no known kind`, 'Dump the process again.')
+    else if (status & VMA_AREA_VDSO) kind = 'vdso'
+    else if (status & VMA_AREA_VVAR) kind = previous && previous.status & VMA_AREA_VVAR && previous.end === start ? 'vvar_vclock' : 'vvar'
+    else if (status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)) kind = 'file'
+    else if (status & VMA_ANON_PRIVATE) {
+      if (status & VMA_AREA_HEAP) kind = 'heap'
+      else if (status & VMA_AREA_STACK || (!ours && (flags & MAP_GROWSDOWN || (startStack >= start && startStack < end)))) kind = 'stack'
+      else kind = 'anon'
+    } else throw new UnsupportedError('CRIU_VMA_UNSUPPORTED', `mm-${pid}.img: ${where} has no known memory kind`, 'Dump the process again.')
+    previous = {status, end}
+    const vma: VmaImage = {start, end, prot: entry['prot'] >>> 0, flags, offset: u64(big(entry['pgoff'])), kind}
+    if (kind === 'file') vma.fileIndex = fileIndexOf(Number(big(entry['shmid'])), `mm-${pid}.img ${where}`)
+    if (has(entry, 'madv')) vma.advice = bitsToList(u64(big(entry['madv'])))
+    vmas.push(vma)
+  })
+
+  // Pages.
+  const pagemapPath = at(`pagemap-${pid}.img`)
+  const pmRecords = readImageRecords(pagemapPath, 'pagemap')
+  if (pmRecords.length === 0) throw corrupt(`pagemap-${pid}.img lacks its pagemap_head`)
+  const head = decodeMessage<Msg>('pagemap_head', pmRecords[0]!, `pagemap-${pid}.img record 0`)
+  const pagesPath = at(`pages-${head['pages_id']}.img`)
+  const pagemap: CriuPagemapEntry[] = []
+  const pageRuns: PageRun[] = []
+  const runOffsets: number[] = []
+  let offset = 0
+  let lastEnd = 0n
+  let vmaCursor = 0
+  pmRecords.slice(1).forEach((record, i) => {
+    const entry = decodeMessage<Msg>('pagemap_entry', record, `pagemap-${pid}.img record ${i + 1}`)
+    const vaddr = u64(big(entry['vaddr']))
+    const nrPages = has(entry, 'nr_pages') ? Number(big(entry['nr_pages'])) : entry['compat_nr_pages'] as number
+    let flags: number
+    if (has(entry, 'in_parent') && entry['in_parent']) flags = PE_PARENT
+    else flags = has(entry, 'flags') ? entry['flags'] >>> 0 : PE_PRESENT
+    const where = `pagemap-${pid}.img entry ${i} (${vaddr.toString(16)}, ${nrPages} pages, flags ${flags})`
+    if (nrPages <= 0 || vaddr % BigInt(PAGE_SIZE) !== 0n || vaddr < lastEnd) throw corrupt(`${where} is empty, unaligned or out of order`)
+    const end = vaddr + BigInt(nrPages) * BigInt(PAGE_SIZE)
+    lastEnd = end
+    pagemap.push({vaddr, nrPages, flags, pagesOffset: offset})
+    if (flags & PE_PARENT) {
+      throw new UnsupportedError('CRIU_PAGEMAP_PARENT', `${where} has PE_PARENT: its pages are in a parent (pre-dump) image set`,
+        'Incremental dumps are not supported; dump the process without --prev-images-dir / pre-dump.')
+    }
+    const present = (flags & PE_PRESENT) !== 0
+    if (!present && flags & PE_LAZY) {
+      throw new UnsupportedError('CRIU_PAGEMAP_LAZY', `${where} has PE_LAZY without PE_PRESENT: its pages are served by a lazy-pages daemon, not stored`,
+        'Dump without --lazy-pages (or with pages written to the image).')
+    }
+    // Split the entry at VMA boundaries; every page must lie in some VMA.
+    let cursor = vaddr
+    while (cursor < end) {
+      while (vmaCursor < vmas.length && vmas[vmaCursor]!.end <= cursor) vmaCursor++
+      const vma = vmas[vmaCursor]
+      if (!vma || vma.start > cursor) throw corrupt(`${where}: page ${cursor.toString(16)} lies outside every VMA of mm-${pid}.img`)
+      const pieceEnd = end < vma.end ? end : vma.end
+      const pieces = Number((pieceEnd - cursor) / BigInt(PAGE_SIZE))
+      if (present) {
+        pageRuns.push({vaddr: cursor, nrPages: pieces, vmaIndex: vmaCursor})
+        runOffsets.push(offset)
+        offset += pieces * PAGE_SIZE
+      }
+      cursor = pieceEnd
+    }
+    // Neither present, parent nor lazy: CRIU stores nothing and the pages stay zero-filled.
+  })
+  let pagesSize: number
+  try {
+    pagesSize = statSync(pagesPath).size
+  } catch {
+    throw new NotFoundError('CRIU_IMAGE_MISSING', `${pagesPath} (named by pagemap-${pid}.img) is missing`, 'The image set is incomplete; dump the process again.')
+  }
+  if (pagesSize < offset) {
+    throw corrupt(`pages-${head['pages_id']}.img is too short: ${pagesSize} bytes, but pagemap-${pid}.img describes ${offset / PAGE_SIZE} stored pages (${offset} bytes)`)
+  }
+
+  // Threads.
+  const threads: ThreadImage[] = cores.map(({tid, core}) => {
+    const info = core['thread_info'] as Msg
+    const gp = info['gpregs'] as Msg
+    if (has(gp, 'mode') && gp['mode'] !== REGS_MODE_NATIVE) {
+      throw new UnsupportedError('CRIU_COMPAT_TASK', `core-${tid}.img holds 32-bit (compat) registers`, 'Only native x86_64 tasks are supported.')
+    }
+    const regs = Object.fromEntries(USER_REGS_NAMES.map((name) => [name, u64(big(gp[CRIU_REG_NAMES[name]]))])) as UserRegs
+    const threadCore = has(core, 'thread_core') ? core['thread_core'] as Msg : undefined
+    const sigmask = threadCore && has(threadCore, 'blk_sigset') ? u64(big(threadCore['blk_sigset'])) : u64(big(tc['blk_sigset']))
+    const thread: ThreadImage = {
+      tid,
+      regs,
+      xstate: fpregsToXstate(info['fpregs'] as Msg, `core-${tid}.img`),
+      sigmask,
+      pendingSignals: threadCore && has(threadCore, 'signals_p') ? (threadCore['signals_p']['signals'] as Msg[]).map((s) => new Uint8Array(s['siginfo'])) : [],
+      robustList: {head: threadCore ? u64(big(threadCore['futex_rla'])) : 0n, length: threadCore ? BigInt(threadCore['futex_rla_len']) : 0n},
+      clearTidAddress: u64(big(info['clear_tid_addr'])),
+      altStack: threadCore && has(threadCore, 'sas')
+        ? {sp: u64(big(threadCore['sas']['ss_sp'])), flags: threadCore['sas']['ss_flags'], size: u64(big(threadCore['sas']['ss_size']))}
+        : {sp: 0n, flags: SS_DISABLE, size: 0n},
+    }
+    if (threadCore && has(threadCore, 'rseq_entry')) {
+      const rseq = threadCore['rseq_entry'] as Msg
+      const address = u64(big(rseq['rseq_abi_pointer']))
+      if (ours || address !== 0n) thread.rseq = {address, length: rseq['rseq_abi_size'], signature: rseq['signature']}
+    }
+    return thread
+  })
+
+  // Task-wide state.
+  const slots = (tc['sigactions'] ?? []) as Msg[]
+  const slotSignos: number[] = []
+  for (let signo = 1; signo <= SIGMAX; signo++) if (signo !== SIGKILL && signo !== SIGSTOP) slotSignos.push(signo)
+  if (slots.length !== 0 && slots.length !== slotSignos.length) throw corrupt(`core-${pid}.img holds ${slots.length} sigactions, expected ${slotSignos.length}`)
+  const bySigno = new Map<number, SigAction>()
+  slots.forEach((slot, i) => {
+    if (slot['compat_sigaction']) throw new UnsupportedError('CRIU_COMPAT_TASK', `core-${pid}.img holds a 32-bit (compat) sigaction for signal ${slotSignos[i]}`, 'Only native x86_64 tasks are supported.')
+    bySigno.set(slotSignos[i]!, {signo: slotSignos[i]!, handler: u64(big(slot['sigaction'])), flags: u64(big(slot['flags'])), restorer: u64(big(slot['restorer'])), mask: u64(big(slot['mask']))})
+  })
+  let sigactions: SigAction[]
+  if (taskExt && taskExt['listed']) {
+    for (const extra of (taskExt['extra_sigactions'] ?? []) as Msg[]) {
+      bySigno.set(extra['signo'], {signo: extra['signo'], handler: u64(big(extra['handler'])), flags: u64(big(extra['flags'])), restorer: u64(big(extra['restorer'])), mask: u64(big(extra['mask']))})
+    }
+    sigactions = ((taskExt['sigaction_signos'] ?? []) as number[]).map((signo) => {
+      const action = bySigno.get(signo)
+      if (!action) throw corrupt(`core-${pid}.img lists sigaction for signal ${signo} but holds none`)
+      return action
+    })
+  } else {
+    sigactions = [...bySigno.values()].filter((a) => a.handler !== 0n || a.flags !== 0n || a.restorer !== 0n || a.mask !== 0n)
+  }
+  const limitList = (has(tc, 'rlimits') ? tc['rlimits']['rlimits'] ?? [] : []) as Msg[]
+  const limitOf = (resource: number): Rlimit => {
+    const limit = limitList[resource]
+    if (!limit) throw corrupt(`core-${pid}.img lists rlimit ${resource} but holds only ${limitList.length}`)
+    return {resource, cur: u64(big(limit['cur'])), max: u64(big(limit['max']))}
+  }
+  const rlimits = taskExt && taskExt['listed'] ? ((taskExt['rlimit_resources'] ?? []) as number[]).map(limitOf) : limitList.map((_, i) => limitOf(i))
+
+  const leaderThreadCore = has(leaderCore, 'thread_core') ? leaderCore['thread_core'] as Msg : undefined
+  let creds: Msg | undefined = leaderThreadCore && has(leaderThreadCore, 'creds') ? leaderThreadCore['creds'] as Msg : undefined
+  if (!creds) creds = optionalImage(at(`creds-${pid}.img`), () => only(readImage<Msg>(at(`creds-${pid}.img`), 'creds'), `creds-${pid}.img`))
+
+  const fsPath = at(`fs-${pid}.img`)
+  const fs = only(readImage<Msg>(fsPath, 'fs'), `fs-${pid}.img`)
+
+  // Descriptors.
+  const fds: FdImage[] = []
+  const filesId = ids['files_id'] as number
+  const fdinfoName = `fdinfo-${filesId}.img`
+  const fdinfos = optionalImage(at(fdinfoName), () => readImage<Msg>(at(fdinfoName), 'fdinfo')) ?? []
+  for (const info of fdinfos) {
+    const fdNumber = info['fd'] as number
+    const what = `${fdinfoName} fd ${fdNumber}`
+    const fdExt = has(info, 'cxlfork') ? info['cxlfork'] as Msg : undefined
+    const entry = fileEntries.get(info['id'])
+    if (!entry) throw corrupt(`${what} refers to file id ${info['id']}, which files.img does not hold`)
+    let fdImage: FdImage
+    if (info['type'] === FD_TYPE_PIPE && entry['type'] === FD_TYPE_PIPE && has(entry, 'pipe')) {
+      const pipe = entry['pipe'] as Msg
+      fdImage = {fd: fdNumber, kind: 'pipe', path: fdExt ? fdExt['path'] : `pipe:[${pipe['pipe_id']}]`, flags: pipe['flags'], cloexec: (info['flags'] & FD_CLOEXEC) !== 0, offset: 0n}
+    } else if (info['type'] === FD_TYPE_REG && entry['type'] === FD_TYPE_REG && has(entry, 'reg')) {
+      const reg = entry['reg'] as Msg
+      const mode = has(reg, 'mode') ? reg['mode'] as number : 0
+      let kind: FdKind
+      if (fdExt) kind = fdExt['kind'] as FdKind
+      else if ((mode & S_IFMT) === S_IFDIR) kind = 'directory'
+      else if ((mode & S_IFMT) === S_IFCHR) kind = /^\/dev\/(pts\/|tty)/.test(reg['name']) ? 'tty' : 'chardev'
+      else kind = 'regular'
+      fdImage = {fd: fdNumber, kind, path: fdExt ? fdExt['path'] : reg['name'], flags: reg['flags'], cloexec: (info['flags'] & FD_CLOEXEC) !== 0, offset: u64(big(reg['pos']))}
+      if (fdExt) {
+        if (has(fdExt, 'file_index')) fdImage.fileIndex = fdExt['file_index']
+      } else if (kind === 'regular' || kind === 'directory') {
+        fdImage.fileIndex = fileIndexOf(info['id'], what)
+      }
+    } else {
+      const type = FD_TYPE_NAMES[info['type']] ?? String(info['type'])
+      throw new UnsupportedError('CRIU_FD_TYPE', `${what} is of type ${type}, which the CRIU-format path does not restore`,
+        'Only regular files, directories, character devices and pipes are supported; close other descriptors before dumping.')
+    }
+    fds.push(fdImage)
+  }
+  if (ours) {
+    for (let i = 0; i < files.length; i++) if (!files[i]) throw corrupt(`files.img lacks tracked file index ${i}`)
+    // Files tracked by the model but referenced by nothing above still travel in files.img.
+    for (const entry of fileEntries.values()) {
+      if (entry['type'] === FD_TYPE_REG && has(entry['reg'], 'cxlfork')) fileIndexOf(entry['id'], 'files.img')
+    }
+  }
+
+  const vdsoAreas = vmas.filter((vma) => vma.kind === 'vvar' || vma.kind === 'vvar_vclock' || vma.kind === 'vdso')
+  const vdsoBase = vdsoAreas[0]?.start ?? 0n
+  const kernel = invExt
+    ? {
+        release: invExt['kernel_release'] ?? '', hostname: invExt['hostname'] ?? '', bootId: invExt['boot_id'] ?? '',
+        vdsoLayout: ((invExt['vdso_layout'] ?? []) as Msg[]).map((area) => ({name: area['name'] as string, offset: u64(big(area['offset'])), size: u64(big(area['size']))})),
+      }
+    : {release: '', hostname: '', bootId: '', vdsoLayout: vdsoAreas.map((vma) => ({name: `[${vma.kind}]`, offset: vma.start - vdsoBase, size: vma.end - vma.start}))}
+
+  const image: ProcessImage = {
+    version: IMAGE_VERSION,
+    capturedAt: invExt && has(invExt, 'captured_at') ? invExt['captured_at'] : 0,
+    kernel,
+    task: {
+      pid, ppid: task['ppid'], pgid: task['pgid'], sid: task['sid'],
+      comm: tc['comm'],
+      uid: creds ? creds['uid'] : 0,
+      gid: creds ? creds['gid'] : 0,
+      umask: has(fs, 'umask') ? fs['umask'] : 0o022,
+      personality: tc['personality'],
+      cwd: regOf(fs['cwd_id'], `fs-${pid}.img cwd_id`)['name'],
+      root: regOf(fs['root_id'], `fs-${pid}.img root_id`)['name'],
+      rlimits,
+      sigactions,
+      sharedPendingSignals: has(tc, 'signals_s') ? (tc['signals_s']['signals'] as Msg[]).map((s) => new Uint8Array(s['siginfo'])) : [],
+      cmdline: taskExt ? ((taskExt['cmdline'] ?? []) as Uint8Array[]).map((arg) => Buffer.from(arg).toString('utf8')) : [],
+    },
+    threads,
+    mm: {
+      startCode: u64(big(mm['mm_start_code'])), endCode: u64(big(mm['mm_end_code'])), startData: u64(big(mm['mm_start_data'])), endData: u64(big(mm['mm_end_data'])),
+      startBrk: u64(big(mm['mm_start_brk'])), brk: u64(big(mm['mm_brk'])), startStack,
+      argStart: u64(big(mm['mm_arg_start'])), argEnd: u64(big(mm['mm_arg_end'])), envStart: u64(big(mm['mm_env_start'])), envEnd: u64(big(mm['mm_env_end'])),
+      auxv: ((mm['mm_saved_auxv'] ?? []) as unknown[]).map((word) => u64(big(word))),
+      exeFileIndex,
+    },
+    vmas,
+    files,
+    fds,
+    pageRuns,
+  }
+
+  const set: CriuImageSet = {image, pagemap, pagesPath, runOffsets, writtenBy: ours ? 'cxlfork' : 'criu'}
+  const dumpStats = optionalImage(at('stats-dump.img'), () => dumpStatsFrom(only(readImage<Msg>(at('stats-dump.img'), 'stats'), 'stats-dump.img')))
+  if (dumpStats) set.stats = dumpStats
+  const restoreStats = optionalImage(at('stats-restore.img'), () => restoreStatsFrom(only(readImage<Msg>(at('stats-restore.img'), 'stats'), 'stats-restore.img')))
+  if (restoreStats) set.restoreStats = restoreStats
+  return set
+}

@@ -1,0 +1,242 @@
+/**
+ * The restore stub: a minimal static x86_64 ELF executable generated here
+ * byte by byte (no compiler at run time, no libc, no TLS, no rseq: pitfall 2).
+ * It names itself "cxlfork-stub" (PR_SET_NAME) and loops on pause() forever.
+ *
+ * spawnStub() starts one with posix_spawn (never child_process: pitfall 14),
+ * signal dispositions reset to default and the blocked mask cleared (Node
+ * ignores SIGPIPE: pitfall 7), every fd but the requested 0/1/2 closed
+ * (pitfall 9), then seizes it with PTRACE_O_EXITKILL so a stub never outlives
+ * a failed caller (pitfall 15).
+ */
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import {createHash} from 'node:crypto'
+import {CxlforkError, SyscallError} from '../errors.js'
+import {close, killQuiet, MFD_CLOEXEC, O, open, MFD_EXEC, memfdCreate, posixSpawn, SIG, wait4, WNOHANG, writeAll, PTRACE_O} from '../sys/libc.js'
+import {readMaps, vdsoLayout, type VdsoLayout, type Vma} from '../sys/proc.js'
+import {Tracee} from './tracee.js'
+
+/** Default load address of the stub image: far from usual PIE/mmap/heap areas (0x2000000000 = 128 GiB). */
+export const STUB_DEFAULT_BASE = 0x2000000000n
+export const STUB_COMM = 'cxlfork-stub'
+
+const EHDR_SIZE = 64
+const PHDR_SIZE = 56
+const PT_LOAD = 1
+const PT_GNU_STACK = 0x6474e551
+const PF_X = 1
+const PF_W = 2
+const PF_R = 4
+
+/** The stub's machine code; `name` is appended right after it. */
+function stubCode(): Uint8Array {
+  // 0:  bf 0f 00 00 00          mov  edi, 15              ; PR_SET_NAME
+  // 5:  48 8d 35 XX XX XX XX    lea  rsi, [rip + name]
+  // 12: b8 9d 00 00 00          mov  eax, 157             ; prctl
+  // 17: 0f 05                   syscall
+  // 19: b8 22 00 00 00   loop:  mov  eax, 34              ; pause
+  // 24: 0f 05                   syscall
+  // 26: eb f7                   jmp  loop (-9)
+  // 28: name
+  const code = [
+    0xbf, 0x0f, 0x00, 0x00, 0x00,
+    0x48, 0x8d, 0x35, 0, 0, 0, 0,
+    0xb8, 0x9d, 0x00, 0x00, 0x00,
+    0x0f, 0x05,
+    0xb8, 0x22, 0x00, 0x00, 0x00,
+    0x0f, 0x05,
+    0xeb, 0xf7,
+  ]
+  const nameOff = code.length
+  const rel = nameOff - 12 // rip after the lea is 12
+  code[8] = rel & 0xff
+  code[9] = (rel >> 8) & 0xff
+  const name = Buffer.from(STUB_COMM + '\0', 'latin1')
+  return Uint8Array.from([...code, ...name])
+}
+
+/** Bytes of the stub ELF executable loaded at `base` (page aligned). */
+export function buildStubElf(base: bigint = STUB_DEFAULT_BASE): Uint8Array {
+  if (base % 4096n !== 0n) throw new RangeError('stub base must be page aligned')
+  const code = stubCode()
+  const codeOff = EHDR_SIZE + 2 * PHDR_SIZE
+  const total = codeOff + code.length
+  const b = new Uint8Array(total)
+  const dv = new DataView(b.buffer)
+  // e_ident
+  b.set([0x7f, 0x45, 0x4c, 0x46, 2 /* 64-bit */, 1 /* LE */, 1 /* version */, 0 /* SysV */], 0)
+  dv.setUint16(16, 2, true) // e_type = ET_EXEC
+  dv.setUint16(18, 0x3e, true) // e_machine = x86_64
+  dv.setUint32(20, 1, true) // e_version
+  dv.setBigUint64(24, base + BigInt(codeOff), true) // e_entry
+  dv.setBigUint64(32, BigInt(EHDR_SIZE), true) // e_phoff
+  dv.setBigUint64(40, 0n, true) // e_shoff
+  dv.setUint32(48, 0, true) // e_flags
+  dv.setUint16(52, EHDR_SIZE, true) // e_ehsize
+  dv.setUint16(54, PHDR_SIZE, true) // e_phentsize
+  dv.setUint16(56, 2, true) // e_phnum
+  dv.setUint16(58, 64, true) // e_shentsize
+  dv.setUint16(60, 0, true) // e_shnum
+  dv.setUint16(62, 0, true) // e_shstrndx
+  // PT_LOAD: the whole file, R+X
+  let p = EHDR_SIZE
+  dv.setUint32(p, PT_LOAD, true)
+  dv.setUint32(p + 4, PF_R | PF_X, true)
+  dv.setBigUint64(p + 8, 0n, true) // p_offset
+  dv.setBigUint64(p + 16, base, true) // p_vaddr
+  dv.setBigUint64(p + 24, base, true) // p_paddr
+  dv.setBigUint64(p + 32, BigInt(total), true) // p_filesz
+  dv.setBigUint64(p + 40, BigInt(total), true) // p_memsz
+  dv.setBigUint64(p + 48, 0x1000n, true) // p_align
+  // PT_GNU_STACK: non-executable stack
+  p += PHDR_SIZE
+  dv.setUint32(p, PT_GNU_STACK, true)
+  dv.setUint32(p + 4, PF_R | PF_W, true)
+  dv.setBigUint64(p + 48, 16n, true)
+  b.set(code, codeOff)
+  return b
+}
+
+interface StubFile {
+  path: string
+  base: bigint
+  size: number
+}
+
+const stubFiles = new Map<bigint, StubFile>()
+
+/**
+ * A path to an executable copy of the stub. First choice: a memfd of this
+ * process, executed through /proc/<our pid>/fd/N (no file on disk, nothing a
+ * noexec mount or another user can interfere with). Fallback (memfd exec
+ * forbidden by vm.memfd_noexec): a file in a private 0700 directory under
+ * os.tmpdir(), verified to be ours.
+ */
+export function stubExecutable(base: bigint = STUB_DEFAULT_BASE): StubFile {
+  const cached = stubFiles.get(base)
+  if (cached) return cached
+  const elf = buildStubElf(base)
+  let file: StubFile | null = null
+  try {
+    let fd: number
+    try {
+      fd = memfdCreate(STUB_COMM, MFD_CLOEXEC | MFD_EXEC)
+    } catch (err) {
+      if (!(err instanceof SyscallError) || err.errno !== 22) throw err
+      fd = memfdCreate(STUB_COMM, MFD_CLOEXEC) // kernel < 6.3: no MFD_EXEC
+    }
+    let ro: number
+    try {
+      writeAll(fd, elf)
+      // exec refuses a file open for writing (ETXTBSY): keep a read-only fd only.
+      ro = open(`/proc/self/fd/${fd}`, O.RDONLY)
+    } finally {
+      close(fd)
+    }
+    file = {path: `/proc/${process.pid}/fd/${ro}`, base, size: elf.length}
+  } catch {
+    file = null
+  }
+  if (file === null) {
+    const uid = process.getuid?.() ?? 0
+    const dir = path.join(os.tmpdir(), `cxlfork-${uid}`)
+    fs.mkdirSync(dir, {recursive: true, mode: 0o700})
+    const st = fs.lstatSync(dir)
+    if (!st.isDirectory() || st.uid !== uid || (st.mode & 0o077) !== 0) {
+      throw new CxlforkError('STUB_DIR_UNSAFE', `${dir} is not a private directory owned by uid ${uid}`, `remove ${dir} and retry`)
+    }
+    const hash = createHash('sha256').update(elf).digest('hex').slice(0, 16)
+    const p = path.join(dir, `stub-${hash}`)
+    let ok = false
+    try {
+      ok = Buffer.compare(fs.readFileSync(p), Buffer.from(elf)) === 0
+    } catch {
+      ok = false
+    }
+    if (!ok) {
+      const tmp = `${p}.${process.pid}.tmp`
+      fs.writeFileSync(tmp, elf, {mode: 0o700})
+      fs.renameSync(tmp, p)
+    }
+    file = {path: p, base, size: elf.length}
+  }
+  stubFiles.set(base, file)
+  return file
+}
+
+export interface StubOptions {
+  /** Parent fds that become the stub's 0, 1, 2 (null: /dev/null). Default: /dev/null for all three. */
+  stdin?: number | null
+  stdout?: number | null
+  stderr?: number | null
+  /**
+   * Full child fd table instead (index = child fd, value = parent fd or null
+   * for /dev/null); overrides stdin/stdout/stderr. Everything else is closed.
+   */
+  fds?: (number | null)[]
+  cwd?: string
+  /** Environment of the stub (default empty). */
+  env?: string[] | Record<string, string>
+  /** argv of the stub (default [STUB_COMM]). */
+  argv?: string[]
+  /** Start the stub in a new session (no controlling terminal, no job-control signals). Default true. */
+  setsid?: boolean
+  /** Load address of the stub image (default STUB_DEFAULT_BASE); pick one that does not collide with the image to restore. */
+  base?: bigint
+  /** Extra PTRACE_O_* bits (EXITKILL and TRACESYSGOOD are always set). */
+  ptraceOptions?: number
+}
+
+export interface Stub {
+  pid: number
+  /** The stub, seized and stopped. */
+  tracee: Tracee
+  /** Its memory map right after the seize. */
+  maps: Vma[]
+  /** [start, end) of the stub's own code mapping. */
+  image: [bigint, bigint]
+  vdso: VdsoLayout
+  /** SIGKILL + reap (idempotent). */
+  kill(): void
+}
+
+/**
+ * Spawns a stub and returns it seized and stopped (PTRACE_O_EXITKILL: it dies
+ * with us). On any failure the stub is killed and reaped before the error
+ * propagates.
+ */
+export function spawnStub(opts: StubOptions = {}): Stub {
+  const base = opts.base ?? STUB_DEFAULT_BASE
+  const exe = stubExecutable(base)
+  const fds = opts.fds ?? [opts.stdin ?? null, opts.stdout ?? null, opts.stderr ?? null]
+  const pid = posixSpawn({
+    path: exe.path, argv: opts.argv ?? [STUB_COMM], env: opts.env ?? [], fds, ...(opts.cwd === undefined ? {} : {cwd: opts.cwd}),
+    resetSignals: true, setsid: opts.setsid ?? true,
+  })
+  let tracee: Tracee | null = null
+  try {
+    tracee = Tracee.seize(pid, {options: PTRACE_O.EXITKILL | (opts.ptraceOptions ?? 0), timeoutMs: 10_000})
+    const maps = readMaps(pid)
+    const img = maps.find((v) => v.start === base)
+    if (!img) throw new CxlforkError('STUB_BAD_LAYOUT', `stub ${pid} has no image mapping at 0x${base.toString(16)}`)
+    const t = tracee
+    return {
+      pid, tracee: t, maps, image: [img.start, img.end], vdso: vdsoLayout(maps),
+      kill: () => t.kill(),
+    }
+  } catch (err) {
+    if (tracee) tracee.kill()
+    else {
+      killQuiet(pid, SIG.KILL)
+      try {
+        wait4(pid, 0)
+        wait4(pid, WNOHANG)
+      } catch {
+        /* reaped */
+      }
+    }
+    throw err
+  }
+}

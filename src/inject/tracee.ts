@@ -1,0 +1,799 @@
+/**
+ * A ptrace-stopped process we can inspect and drive with injected system calls.
+ *
+ * Model
+ * - `Tracee.seize()` attaches with PTRACE_SEIZE (+TRACESYSGOOD always) and
+ *   stops the thread with PTRACE_INTERRUPT. Only the thread `pid` is traced.
+ * - `syscall()` injects one system call: the registers are set to
+ *   {rip = a `0f 05` inside the tracee's own [vdso], rax = nr, args, orig_rax = -1}
+ *   and the tracee is run with PTRACE_SYSCALL to its syscall-entry stop and then
+ *   to its syscall-exit stop: no breakpoint, no code written into the tracee, no
+ *   signal involved (an int3/single-step SIGTRAP would be a *forced* signal, which
+ *   resets a blocked/ignored SIGTRAP disposition in the tracee).
+ * - While injecting, every signal is blocked in the tracee (PTRACE_SETSIGMASK)
+ *   so a pending signal cannot be dequeued and lost; the mask the program had is
+ *   put back before the tracee runs again (cont/detach). getSigMask()/setSigMask()
+ *   always act on the program's own mask.
+ * - The registers the program had are kept; after injections they are written
+ *   back (lazily, before anything reads them or the tracee resumes) with the
+ *   syscall-restart fix-up applied (pitfall 4), because resuming from a
+ *   syscall-exit stop does not re-run the kernel's restart logic.
+ * - Synchronous only, and from this thread only (pitfall 13).
+ */
+import {ConflictError, CxlforkError, NotFoundError, PermissionError, SyscallError, UnsupportedError} from '../errors.js'
+import {
+  decodeWaitStatus, describeWait, killQuiet, mmap, MAP, O, open, close, pread, pwrite, PROT, ptrace, PTRACE, PTRACE_EVENT,
+  PTRACE_O, ptraceRaw, SIG, SYS, view, vmRead, vmWrite, wait4, WNOHANG, type WaitStatus,
+} from '../sys/libc.js'
+import {readMaps, readStat, readStatus, type Vma} from '../sys/proc.js'
+
+// ---------------------------------------------------------------------------
+// Registers
+
+/** user_regs_struct field order (x86_64), 27 x u64. */
+export const REG_NAMES = [
+  'r15', 'r14', 'r13', 'r12', 'rbp', 'rbx', 'r11', 'r10', 'r9', 'r8', 'rax', 'rcx', 'rdx', 'rsi', 'rdi', 'orig_rax',
+  'rip', 'cs', 'eflags', 'rsp', 'ss', 'fs_base', 'gs_base', 'ds', 'es', 'fs', 'gs',
+] as const
+export type RegName = (typeof REG_NAMES)[number]
+export type Regs = Record<RegName, bigint>
+export const REG = Object.fromEntries(REG_NAMES.map((n, i) => [n, i])) as Record<RegName, number>
+export const USER_REGS_SIZE = 27 * 8
+
+export function regsFromArray(a: BigUint64Array): Regs {
+  const r = {} as Regs
+  REG_NAMES.forEach((n, i) => {
+    r[n] = a[i]!
+  })
+  return r
+}
+
+export function regsToArray(r: Regs): BigUint64Array {
+  const a = new BigUint64Array(27)
+  REG_NAMES.forEach((n, i) => {
+    a[i] = BigInt.asUintN(64, r[n])
+  })
+  return a
+}
+
+/** Interprets a u64 register value as signed (rax after a syscall: negative = -errno). */
+export function signed(v: bigint): bigint {
+  return BigInt.asIntN(64, v)
+}
+
+const ERESTARTSYS = 512n
+const ERESTARTNOINTR = 513n
+const ERESTARTNOHAND = 514n
+const ERESTART_RESTARTBLOCK = 516n
+const EINTR = 4n
+const NR_restart_syscall = 219n
+
+/**
+ * Syscall-restart fix-up of registers taken while stopped inside a system call
+ * (orig_rax >= 0 and rax = -ERESTART*), for resuming WITHOUT the kernel's
+ * restart logic (after injections, or in a restored process).
+ * - -ERESTARTSYS/NOINTR/NOHAND: re-run the call (rax = orig_rax, rip -= 2).
+ * - -ERESTART_RESTARTBLOCK: 'live' (same process, its restart_block intact):
+ *   rax = restart_syscall, rip -= 2; 'restore' (new process): rax = -EINTR.
+ * orig_rax becomes -1 in every case. Returns a new array; input untouched.
+ */
+export function restartFixup(regs: BigUint64Array, mode: 'live' | 'restore'): BigUint64Array {
+  const r = new BigUint64Array(regs)
+  const orig = signed(r[REG.orig_rax]!)
+  if (orig >= 0n) {
+    const ax = signed(r[REG.rax]!)
+    if (ax === -ERESTARTSYS || ax === -ERESTARTNOINTR || ax === -ERESTARTNOHAND) {
+      r[REG.rax] = BigInt(orig)
+      r[REG.rip] = r[REG.rip]! - 2n
+    } else if (ax === -ERESTART_RESTARTBLOCK) {
+      if (mode === 'live') {
+        r[REG.rax] = NR_restart_syscall
+        r[REG.rip] = r[REG.rip]! - 2n
+      } else {
+        r[REG.rax] = BigInt.asUintN(64, -EINTR)
+      }
+    }
+  }
+  r[REG.orig_rax] = 0xffffffffffffffffn
+  return r
+}
+
+// ---------------------------------------------------------------------------
+
+export const NT_PRSTATUS = 1
+export const NT_PRFPREG = 2
+export const NT_X86_XSTATE = 0x202
+
+export const CLONE = {
+  VM: 0x100, FS: 0x200, FILES: 0x400, SIGHAND: 0x800, PIDFD: 0x1000, PTRACE: 0x2000, VFORK: 0x4000, PARENT: 0x8000,
+  THREAD: 0x10000, NEWNS: 0x20000, SYSVSEM: 0x40000, SETTLS: 0x80000, PARENT_SETTID: 0x100000,
+  CHILD_CLEARTID: 0x200000, UNTRACED: 0x800000, CHILD_SETTID: 0x1000000,
+} as const
+
+export interface SeizeOptions {
+  /** PTRACE_O_* bits. TRACESYSGOOD is always added. Default: EXITKILL. */
+  options?: number
+  /** Stop the tracee after seizing (PTRACE_INTERRUPT + wait). Default true. */
+  interrupt?: boolean
+  /** Give up waiting for the stop after this many ms (polling); default: block. */
+  timeoutMs?: number
+}
+
+export interface RseqConfig {
+  rseqAbiPointer: bigint
+  rseqAbiSize: number
+  signature: number
+  flags: number
+}
+
+export interface PendingSignals {
+  /** Raw 128-byte siginfo_t of the thread's private queue, oldest first. */
+  private: Uint8Array[]
+  /** Raw 128-byte siginfo_t of the process-wide (shared) queue, oldest first. */
+  shared: Uint8Array[]
+}
+
+/** Result of fork injection: the child, stopped and traced by us. */
+export interface ForkResult {
+  pid: number
+  tracee: Tracee
+}
+
+export class TraceeGoneError extends NotFoundError {
+  constructor(readonly pid: number, readonly status: WaitStatus) {
+    super('TRACEE_GONE', `process ${pid} ${describeWait(status)}`, 'the process died while being traced')
+  }
+}
+
+type State = 'running' | 'stopped' | 'detached' | 'dead'
+
+// Reusable native buffers (off-heap, stable addresses).
+const XSTATE_MAX = 64 * 1024
+const nativeBuf = mmap(null, XSTATE_MAX + 8192, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS)
+const xstateAddr = nativeBuf
+const miscAddr = nativeBuf + BigInt(XSTATE_MAX)
+
+const ALL_SIGNALS = 0xffffffffffffffffn
+
+function sleepMs(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms)
+}
+
+export class Tracee {
+  private state: State
+  /** Program registers (kernel values as of the stop), or null if not read yet. */
+  private progRegs: BigUint64Array | null = null
+  /** The kernel currently holds registers other than progRegs (after an injection). */
+  private regsClobbered = false
+  /** The program's own signal mask while we hold every signal blocked. */
+  private progMask: bigint | null = null
+  private site: bigint | null = null
+  private scratchBase: bigint | null = null
+  private scratchSize = 0
+  private scratchUsed = 0
+  /** Signals dequeued by the tracee during an injection; re-delivered on cont(). */
+  private deferredSignals: number[] = []
+  /** Children reported by PTRACE_EVENT_FORK/VFORK/CLONE during the last injection. */
+  private newChildren: number[] = []
+  /** Last wait status that left the tracee stopped. */
+  lastStop: WaitStatus | null = null
+  private readonly peekBuf = new BigUint64Array(1)
+  /** Number of syscalls injected so far. */
+  injectedCount = 0
+
+  private constructor(readonly pid: number, public options: number, state: State) {
+    this.state = state
+  }
+
+  // -------------------------------------------------------------------------
+  // Attach
+
+  /**
+   * PTRACE_SEIZE + PTRACE_INTERRUPT and wait for the stop. Typed errors:
+   * NotFoundError (no such process / zombie), UnsupportedError (kernel thread,
+   * ourselves), ConflictError (already traced), PermissionError (EPERM).
+   */
+  static seize(pid: number, opts: SeizeOptions = {}): Tracee {
+    if (!Number.isInteger(pid) || pid <= 0) throw new NotFoundError('NO_SUCH_PROCESS', `invalid pid: ${pid}`)
+    if (pid === process.pid) {
+      throw new UnsupportedError('SELF_TRACE', 'cannot trace the cxlfork process itself', 'pass the pid of another process')
+    }
+    const st = readStat(pid) // NotFoundError if gone
+    if (st.isKernelThread) {
+      throw new UnsupportedError('KERNEL_THREAD', `process ${pid} (${st.comm}) is a kernel thread`, 'only user-space processes can be checkpointed')
+    }
+    if (st.state === 'Z' || st.state === 'X') {
+      throw new NotFoundError('ZOMBIE_PROCESS', `process ${pid} (${st.comm}) has exited (zombie), nothing to checkpoint`, 'its parent has not reaped it yet; pick a live process')
+    }
+    const options = (opts.options ?? PTRACE_O.EXITKILL) | PTRACE_O.TRACESYSGOOD
+    const r = ptraceRaw(PTRACE.SEIZE, pid, 0, options)
+    if (r < 0n) {
+      const e = Number(-r)
+      if (e === 3) throw new NotFoundError('NO_SUCH_PROCESS', `no such process: ${pid}`)
+      if (e === 1) {
+        let tracer = 0
+        try {
+          const s = readStatus(pid)
+          tracer = s.tracerPid
+          if (s.state === 'Z') throw new NotFoundError('ZOMBIE_PROCESS', `process ${pid} has exited (zombie)`)
+        } catch (err) {
+          if (err instanceof CxlforkError) throw err
+        }
+        if (tracer !== 0) {
+          throw new ConflictError('ALREADY_TRACED', `process ${pid} is already traced by process ${tracer}`, 'detach the debugger/strace (or the other cxlfork) first')
+        }
+        throw new PermissionError('PTRACE_DENIED', `not allowed to trace process ${pid}`, 'run as root or with CAP_SYS_PTRACE; check /proc/sys/kernel/yama/ptrace_scope')
+      }
+      throw new SyscallError(`ptrace(SEIZE, ${pid})`, e)
+    }
+    const t = new Tracee(pid, options, 'running')
+    if (opts.interrupt ?? true) {
+      try {
+        t.interrupt(opts.timeoutMs)
+      } catch (err) {
+        ptraceRaw(PTRACE.DETACH, pid, 0, 0)
+        throw err
+      }
+    }
+    return t
+  }
+
+  /**
+   * Adopt a process that is already our tracee (e.g. auto-attached by
+   * PTRACE_O_TRACEFORK) and wait for its first stop.
+   */
+  static adopt(pid: number, options: number, waitForStop = true): Tracee {
+    const t = new Tracee(pid, options, 'running')
+    if (waitForStop) t.waitStop()
+    return t
+  }
+
+  get isStopped(): boolean {
+    return this.state === 'stopped'
+  }
+
+  get isAlive(): boolean {
+    return this.state === 'stopped' || this.state === 'running'
+  }
+
+  /** PTRACE_INTERRUPT and wait for the resulting stop. */
+  interrupt(timeoutMs?: number): WaitStatus {
+    this.requireAttached()
+    if (this.state === 'stopped') return this.lastStop!
+    ptrace(PTRACE.INTERRUPT, this.pid)
+    for (;;) {
+      const w = this.waitStop(timeoutMs)
+      if (w.event === PTRACE_EVENT.STOP) return w
+      if (w.stopSignal !== undefined && w.event === 0 && w.stopSignal !== (SIG.TRAP | 0x80)) {
+        // signal-delivery-stop that raced with the interrupt: let it be delivered
+        // normally; the interrupt trap is still pending and follows.
+        this.resume(PTRACE.CONT, w.stopSignal)
+        continue
+      }
+      return w
+    }
+  }
+
+  /**
+   * Wait (wait4 __WALL on this pid only) for the next stop. Throws
+   * TraceeGoneError if the process exited or was killed.
+   */
+  waitStop(timeoutMs?: number): WaitStatus {
+    let w: WaitStatus | null
+    if (timeoutMs === undefined) {
+      w = wait4(this.pid, 0)
+    } else {
+      const deadline = Date.now() + timeoutMs
+      let spins = 0
+      for (;;) {
+        w = wait4(this.pid, WNOHANG)
+        if (w) break
+        if (Date.now() > deadline) {
+          throw new CxlforkError('TRACEE_STOP_TIMEOUT', `process ${this.pid} did not stop within ${timeoutMs} ms`, 'it may be in uninterruptible sleep (D state); retry later')
+        }
+        if (++spins > 100) sleepMs(1)
+      }
+    }
+    if (w!.exited || w!.signaled) {
+      this.state = 'dead'
+      // Reap the zombie too when we are also the real parent.
+      try {
+        wait4(this.pid, WNOHANG)
+      } catch {
+        /* not our child */
+      }
+      throw new TraceeGoneError(this.pid, w!)
+    }
+    this.state = 'stopped'
+    this.lastStop = w!
+    return w!
+  }
+
+  // -------------------------------------------------------------------------
+  // Registers and state
+
+  private requireAttached(): void {
+    if (this.state === 'dead') throw new NotFoundError('TRACEE_GONE', `process ${this.pid} is gone`)
+    if (this.state === 'detached') throw new CxlforkError('TRACEE_DETACHED', `process ${this.pid} is no longer traced`)
+  }
+
+  private requireStopped(): void {
+    this.requireAttached()
+    if (this.state !== 'stopped') throw new CxlforkError('TRACEE_RUNNING', `process ${this.pid} is running; interrupt it first`)
+  }
+
+  private readRegsKernel(): BigUint64Array {
+    const a = new BigUint64Array(27)
+    ptrace(PTRACE.GETREGS, this.pid, 0, a)
+    return a
+  }
+
+  private writeRegsKernel(a: BigUint64Array): void {
+    ptrace(PTRACE.SETREGS, this.pid, 0, a)
+  }
+
+  /** The program's registers as raw user_regs_struct (copy). */
+  getRegsArray(): BigUint64Array {
+    this.requireStopped()
+    this.progRegs ??= this.readRegsKernel()
+    return new BigUint64Array(this.progRegs)
+  }
+
+  /** The program's registers (what it had when stopped; unaffected by injections). */
+  getRegs(): Regs {
+    return regsFromArray(this.getRegsArray())
+  }
+
+  /** Sets the program's registers (written to the kernel immediately). */
+  setRegs(regs: Regs | BigUint64Array): void {
+    this.requireStopped()
+    const a = regs instanceof BigUint64Array ? new BigUint64Array(regs) : regsToArray(regs)
+    if (a.length !== 27) throw new RangeError('user_regs_struct has 27 registers')
+    this.writeRegsKernel(a)
+    this.progRegs = a
+    this.regsClobbered = false
+  }
+
+  /** Raw regset (PTRACE_GETREGSET) of type `nt`; returns a copy sized by the kernel. */
+  getRegset(nt: number): Uint8Array {
+    this.requireStopped()
+    const iov = new BigUint64Array([xstateAddr, BigInt(XSTATE_MAX)])
+    ptrace(PTRACE.GETREGSET, this.pid, nt, iov)
+    const n = Number(iov[1]!)
+    return new Uint8Array(view(xstateAddr, n))
+  }
+
+  setRegset(nt: number, bytes: Uint8Array): void {
+    this.requireStopped()
+    if (bytes.length > XSTATE_MAX) throw new RangeError(`regset of ${bytes.length} bytes exceeds ${XSTATE_MAX}`)
+    view(xstateAddr, bytes.length).set(bytes)
+    const iov = new BigUint64Array([xstateAddr, BigInt(bytes.length)])
+    ptrace(PTRACE.SETREGSET, this.pid, nt, iov)
+  }
+
+  /** NT_X86_XSTATE (FPU/SSE/AVX/... state, XSAVE layout). Size is the CPU's xstate size. */
+  getXState(): Uint8Array {
+    return this.getRegset(NT_X86_XSTATE)
+  }
+
+  setXState(bytes: Uint8Array): void {
+    this.setRegset(NT_X86_XSTATE, bytes)
+  }
+
+  /** NT_PRFPREG: the 512-byte FXSAVE area. */
+  getFpRegs(): Uint8Array {
+    return this.getRegset(NT_PRFPREG)
+  }
+
+  /** The program's blocked-signal mask (bit n-1 = signal n). */
+  getSigMask(): bigint {
+    this.requireStopped()
+    if (this.progMask !== null) return this.progMask
+    return this.readMaskKernel()
+  }
+
+  /** Sets the program's blocked-signal mask (applied before the tracee runs again). */
+  setSigMask(mask: bigint): void {
+    this.requireStopped()
+    if (this.progMask !== null) this.progMask = BigInt.asUintN(64, mask)
+    else this.writeMaskKernel(mask)
+  }
+
+  private readMaskKernel(): bigint {
+    const m = new BigUint64Array(1)
+    ptrace(PTRACE.GETSIGMASK, this.pid, 8, m)
+    return m[0]!
+  }
+
+  private writeMaskKernel(mask: bigint): void {
+    ptrace(PTRACE.SETSIGMASK, this.pid, 8, BigUint64Array.of(BigInt.asUintN(64, mask)))
+  }
+
+  /** Raw siginfo_t (128 bytes) of the current signal stop (PTRACE_GETSIGINFO). */
+  getSigInfo(): Uint8Array {
+    this.requireStopped()
+    const b = new Uint8Array(128)
+    ptrace(PTRACE.GETSIGINFO, this.pid, 0, b)
+    return b
+  }
+
+  /** PTRACE_GETEVENTMSG (new child pid after a fork event, exit status after EXIT...). */
+  getEventMsg(): bigint {
+    const m = new BigUint64Array(1)
+    ptrace(PTRACE.GETEVENTMSG, this.pid, 0, m)
+    return m[0]!
+  }
+
+  /** Pending (queued, not yet delivered) signals, private and shared queues, via PTRACE_PEEKSIGINFO. */
+  peekPendingSignals(): PendingSignals {
+    this.requireStopped()
+    const peek = (shared: boolean): Uint8Array[] => {
+      const out: Uint8Array[] = []
+      const batch = 32
+      const buf = new Uint8Array(128 * batch)
+      const args = new Uint8Array(16)
+      const dv = new DataView(args.buffer)
+      for (;;) {
+        dv.setBigUint64(0, BigInt(out.length), true)
+        dv.setUint32(8, shared ? 1 : 0, true)
+        dv.setInt32(12, batch, true)
+        const n = Number(ptrace(PTRACE.PEEKSIGINFO, this.pid, args, buf))
+        for (let i = 0; i < n; i++) out.push(buf.slice(i * 128, i * 128 + 128))
+        if (n < batch) break
+      }
+      return out
+    }
+    return {private: peek(false), shared: peek(true)}
+  }
+
+  /** PTRACE_GET_RSEQ_CONFIGURATION: the registered rseq area (pointer 0 if none). */
+  getRseqConfig(): RseqConfig {
+    this.requireStopped()
+    const b = new Uint8Array(32)
+    ptrace(PTRACE.GET_RSEQ_CONFIGURATION, this.pid, 32, b)
+    const dv = new DataView(b.buffer)
+    return {
+      rseqAbiPointer: dv.getBigUint64(0, true), rseqAbiSize: dv.getUint32(8, true), signature: dv.getUint32(12, true),
+      flags: dv.getUint32(16, true),
+    }
+  }
+
+  /** Changes the ptrace options (TRACESYSGOOD is always kept). */
+  setOptions(options: number): void {
+    this.requireStopped()
+    const o = options | PTRACE_O.TRACESYSGOOD
+    ptrace(PTRACE.SETOPTIONS, this.pid, 0, o)
+    this.options = o
+  }
+
+  // -------------------------------------------------------------------------
+  // Memory
+
+  /** Reads `len` bytes of the tracee. Falls back to /proc/PID/mem (reads PROT_NONE pages too). */
+  readMemory(addr: bigint, len: number): Uint8Array {
+    const out = new Uint8Array(len)
+    this.readMemoryInto(addr, out)
+    return out
+  }
+
+  readMemoryInto(addr: bigint, dest: Uint8Array | bigint, len?: number): void {
+    const n = len ?? (typeof dest === 'bigint' ? 0 : dest.byteLength)
+    try {
+      vmRead(this.pid, addr, dest, n)
+    } catch (err) {
+      if (!(err instanceof SyscallError) || err.errno !== 14) throw err
+      this.memIo(false, addr, dest, n)
+    }
+  }
+
+  /** Writes bytes into the tracee; falls back to /proc/PID/mem for read-only pages (FOLL_FORCE, COW). */
+  writeMemory(addr: bigint, bytes: Uint8Array | bigint, len?: number): void {
+    const n = len ?? (typeof bytes === 'bigint' ? 0 : bytes.byteLength)
+    try {
+      vmWrite(this.pid, addr, bytes, n)
+    } catch (err) {
+      if (!(err instanceof SyscallError) || err.errno !== 14) throw err
+      this.memIo(true, addr, bytes, n)
+    }
+  }
+
+  private memIo(write: boolean, addr: bigint, buf: Uint8Array | bigint, len: number): void {
+    const fd = open(`/proc/${this.pid}/mem`, write ? O.RDWR : O.RDONLY)
+    try {
+      let done = 0
+      while (done < len) {
+        const b = typeof buf === 'bigint' ? buf + BigInt(done) : buf.subarray(done)
+        const r = write ? pwrite(fd, b, addr + BigInt(done), len - done) : pread(fd, b, addr + BigInt(done), len - done)
+        if (r === 0) throw new SyscallError(write ? 'pwrite(/proc/pid/mem)' : 'pread(/proc/pid/mem)', 5, `at 0x${(addr + BigInt(done)).toString(16)}`)
+        done += r
+      }
+    } finally {
+      close(fd)
+    }
+  }
+
+  /** Current memory map of the tracee. */
+  maps(): Vma[] {
+    return readMaps(this.pid)
+  }
+
+  // -------------------------------------------------------------------------
+  // Syscall injection
+
+  /** Address of a `syscall` instruction (0f 05) inside the tracee's [vdso]. */
+  syscallSite(): bigint {
+    if (this.site !== null) return this.site
+    const vdso = readMaps(this.pid).find((v) => v.kind === 'vdso')
+    if (!vdso) throw new UnsupportedError('NO_VDSO', `process ${this.pid} has no [vdso]; no injection site`, 'call setSyscallSite() with the address of a syscall instruction')
+    const code = this.readMemory(vdso.start, vdso.size)
+    for (let i = 0; i + 1 < code.length; i++) {
+      if (code[i] === 0x0f && code[i + 1] === 0x05) {
+        this.site = vdso.start + BigInt(i)
+        return this.site
+      }
+    }
+    throw new UnsupportedError('NO_SYSCALL_SITE', `no syscall instruction in the [vdso] of process ${this.pid}`)
+  }
+
+  /** Overrides (or with null, forgets) the cached injection site, e.g. after moving the vDSO. */
+  setSyscallSite(addr: bigint | null): void {
+    this.site = addr
+  }
+
+  private blockAllSignals(): void {
+    if (this.progMask === null) {
+      this.progMask = this.readMaskKernel()
+      this.writeMaskKernel(ALL_SIGNALS)
+    }
+  }
+
+  /** Puts the program's registers and signal mask back into the kernel. */
+  private restoreProgramState(): void {
+    if (this.regsClobbered && this.progRegs) {
+      this.writeRegsKernel(restartFixup(this.progRegs, 'live'))
+      this.regsClobbered = false
+    }
+    if (this.progMask !== null) {
+      this.writeMaskKernel(this.progMask)
+      this.progMask = null
+    }
+  }
+
+  /**
+   * Injects one system call into the stopped tracee and returns rax as a
+   * signed value (negative = -errno). The program's registers are kept.
+   * For exit/exit_group the tracee dies and 0n is returned.
+   * Children created by an injected fork/clone are collected: see takeNewChildren().
+   */
+  syscall(nr: number, ...args: (number | bigint)[]): bigint {
+    this.requireStopped()
+    if (args.length > 6) throw new RangeError('at most 6 syscall arguments')
+    this.progRegs ??= this.readRegsKernel()
+    const site = this.syscallSite()
+    const r = new BigUint64Array(this.progRegs)
+    r[REG.rax] = BigInt(nr)
+    const argRegs = [REG.rdi, REG.rsi, REG.rdx, REG.r10, REG.r8, REG.r9]
+    for (let i = 0; i < 6; i++) r[argRegs[i]!] = BigInt.asUintN(64, BigInt(args[i] ?? 0))
+    r[REG.orig_rax] = 0xffffffffffffffffn
+    r[REG.rip] = site
+    this.blockAllSignals()
+    this.writeRegsKernel(r)
+    this.regsClobbered = true
+    this.injectedCount++
+
+    let sawEntry = false
+    try {
+      for (;;) {
+        this.resume(PTRACE.SYSCALL, 0)
+        const w = this.waitStop()
+        if (w.stopSignal === (SIG.TRAP | 0x80)) {
+          if (!sawEntry) {
+            sawEntry = true
+            continue
+          }
+          break // syscall-exit stop
+        }
+        const ev = w.event ?? 0
+        if (ev === PTRACE_EVENT.FORK || ev === PTRACE_EVENT.VFORK || ev === PTRACE_EVENT.CLONE) {
+          this.newChildren.push(Number(this.getEventMsg()))
+          continue
+        }
+        if (ev !== 0) continue // EXEC/EXIT/STOP (group stop): keep going
+        // signal-delivery-stop (a synchronous or unblockable signal): keep it for cont()
+        if (w.stopSignal !== undefined && w.stopSignal !== 0) this.deferredSignals.push(w.stopSignal)
+      }
+    } catch (err) {
+      if (err instanceof TraceeGoneError && (nr === SYS.exit || nr === SYS.exit_group)) return 0n
+      throw err
+    }
+    // Raw PTRACE_PEEKUSER stores the word at *data.
+    ptrace(PTRACE.PEEKUSER, this.pid, REG.rax * 8, this.peekBuf)
+    const ret = signed(this.peekBuf[0]!)
+    if (nr === SYS.munmap || nr === SYS.mremap || nr === SYS.execve || nr === SYS.arch_prctl) this.site = null
+    return ret
+  }
+
+  /** Like syscall() but throws SyscallError(name) for a negative result. */
+  syscallChecked(name: string, nr: number, ...args: (number | bigint)[]): bigint {
+    const r = this.syscall(nr, ...args)
+    if (r < 0n && r > -4096n) throw new SyscallError(`${name} (injected into ${this.pid})`, Number(-r))
+    return r
+  }
+
+  /** pids reported by PTRACE_EVENT_FORK/VFORK/CLONE since the last call. */
+  takeNewChildren(): number[] {
+    const c = this.newChildren
+    this.newChildren = []
+    return c
+  }
+
+  /**
+   * Fork snapshot (pitfall 16): injects clone(flags) — by default
+   * CLONE_PARENT|SIGCHLD, so the child is a sibling and the target gets no
+   * SIGCHLD — with fork tracing on, and returns the child, auto-attached and
+   * stopped (its registers are the injection's, rax = 0; use the parent's
+   * getRegs() for the program state). The child starts with every signal
+   * blocked; its `getSigMask()` reports the parent's program mask.
+   * MADV_DONTFORK / WIPEONFORK ranges are missing or zero in the child.
+   */
+  injectFork(flags: number = CLONE.PARENT | SIG.CHLD): ForkResult {
+    this.requireStopped()
+    const need = PTRACE_O.TRACEFORK | PTRACE_O.TRACECLONE | PTRACE_O.TRACEVFORK
+    const old = this.options
+    if ((old & need) !== need) this.setOptions(old | need)
+    let childPid: number
+    try {
+      this.takeNewChildren()
+      const r = this.syscall(SYS.clone, flags, 0, 0, 0, 0)
+      const kids = this.takeNewChildren()
+      if (r < 0n) throw new SyscallError(`clone (injected into ${this.pid})`, Number(-r))
+      childPid = Number(r)
+      if (!kids.includes(childPid)) kids.push(childPid)
+    } finally {
+      if ((old & need) !== need) this.setOptions(old)
+    }
+    const child = Tracee.adopt(childPid, this.options, false)
+    // The auto-attached child stops with PTRACE_EVENT_STOP (or a SIGSTOP).
+    for (;;) {
+      const w = child.waitStop()
+      if (w.event === PTRACE_EVENT.STOP || w.stopSignal === SIG.STOP) break
+      child.resume(PTRACE.CONT, 0)
+    }
+    child.progMask = this.progMask ?? this.readMaskKernel()
+    child.site = this.site
+    return {pid: childPid, tracee: child}
+  }
+
+  // -------------------------------------------------------------------------
+  // Scratch memory in the tracee
+
+  /**
+   * Ensures an RW anonymous scratch mapping in the tracee (injected mmap),
+   * of at least `size` bytes, and resets its bump allocator. Returns its address.
+   * It is MAP_SHARED|MAP_ANONYMOUS, so it shows as its own VMA '/dev/zero
+   * (deleted)' (see scratchRange): exclude it from dumps (a fork child
+   * inherits it, shared), or release it with freeScratch().
+   */
+  scratch(size = 4096): bigint {
+    size = Math.ceil(size / 4096) * 4096
+    if (this.scratchBase !== null && this.scratchSize >= size) {
+      this.scratchUsed = 0
+      return this.scratchBase
+    }
+    if (this.scratchBase !== null) this.freeScratch()
+    // MAP_SHARED anonymous (shmem, '/dev/zero (deleted)' in maps): unlike private
+    // anonymous memory it never merges with a neighbouring VMA of the program.
+    const addr = this.syscallChecked('mmap(scratch)', SYS.mmap, 0, size, PROT.READ | PROT.WRITE, MAP.SHARED | MAP.ANONYMOUS, -1, 0)
+    this.scratchBase = addr
+    this.scratchSize = size
+    this.scratchUsed = 0
+    return addr
+  }
+
+  /** [start, end) of the scratch mapping, or null. */
+  get scratchRange(): [bigint, bigint] | null {
+    return this.scratchBase === null ? null : [this.scratchBase, this.scratchBase + BigInt(this.scratchSize)]
+  }
+
+  /**
+   * Reserves `len` bytes of scratch (e.g. for an output struct); returns the
+   * remote address. Grows the mapping if needed (which invalidates earlier
+   * scratch addresses: size it up front with scratch(n) for multi-part arguments).
+   */
+  scratchAlloc(len: number, align = 8): bigint {
+    if (this.scratchBase === null) this.scratch(Math.max(4096, len))
+    let off = Math.ceil(this.scratchUsed / align) * align
+    if (off + len > this.scratchSize) {
+      this.scratch(Math.max(this.scratchSize * 2, len + 4096))
+      off = 0
+    }
+    this.scratchUsed = off + len
+    return this.scratchBase! + BigInt(off)
+  }
+
+  /** Copies bytes (or a string, NUL-terminated) into scratch memory; returns their remote address. */
+  scratchWrite(bytes: Uint8Array | string, align = 8): bigint {
+    const b = typeof bytes === 'string' ? Buffer.from(bytes + '\0', 'utf8') : bytes
+    const addr = this.scratchAlloc(b.length, align)
+    if (b.length) this.writeMemory(addr, b)
+    return addr
+  }
+
+  /** Resets the scratch bump allocator (keeps the mapping). */
+  scratchReset(): void {
+    this.scratchUsed = 0
+  }
+
+  /** munmap the scratch mapping (injected). */
+  freeScratch(): void {
+    if (this.scratchBase === null) return
+    const base = this.scratchBase
+    const size = this.scratchSize
+    this.scratchBase = null
+    this.scratchSize = 0
+    this.scratchUsed = 0
+    if (this.isAlive && this.isStopped) this.syscallChecked('munmap(scratch)', SYS.munmap, base, size)
+  }
+
+  // -------------------------------------------------------------------------
+  // Resume / detach / kill
+
+  private resume(request: number, sig: number): void {
+    ptrace(request, this.pid, 0, sig)
+    this.state = 'running'
+  }
+
+  /** Restores program registers/mask and continues (PTRACE_CONT), delivering `sig` (or a deferred signal). */
+  cont(sig = 0): void {
+    this.requireStopped()
+    this.restoreProgramState()
+    const s = sig || this.deferredSignals.shift() || 0
+    this.progRegs = null
+    this.resume(PTRACE.CONT, s)
+    for (const d of this.deferredSignals.splice(0)) killQuiet(this.pid, d)
+  }
+
+  /** Restores program state and detaches; the process runs on (optionally delivering `sig`). */
+  detach(sig = 0): void {
+    if (this.state === 'dead' || this.state === 'detached') return
+    if (this.state === 'running') this.interrupt()
+    this.restoreProgramState()
+    const s = sig || this.deferredSignals.shift() || 0
+    ptrace(PTRACE.DETACH, this.pid, 0, s)
+    this.state = 'detached'
+    for (const d of this.deferredSignals.splice(0)) killQuiet(this.pid, d)
+  }
+
+  /**
+   * SIGKILL and reap (as tracer; and as parent when we are that too).
+   * Safe to call in any state, never throws for an already-gone process.
+   */
+  kill(): void {
+    if (this.state === 'dead') return
+    killQuiet(this.pid, SIG.KILL)
+    if (this.state !== 'detached') {
+      for (;;) {
+        let w: WaitStatus | null
+        try {
+          w = wait4(this.pid, 0)
+        } catch {
+          break
+        }
+        if (!w || w.exited || w.signaled) break
+      }
+    }
+    // If we are also the real parent, the zombie is ours to reap.
+    try {
+      wait4(this.pid, WNOHANG)
+    } catch {
+      /* not our child */
+    }
+    this.state = 'dead'
+  }
+
+  /** Raw wait status decode helper re-exported for callers that wait themselves. */
+  static decodeStatus = decodeWaitStatus
+
+  /** Native scratch address used for regsets (for callers needing a stable local buffer of 8 KiB). */
+  static readonly localScratch = miscAddr
+}

@@ -1,0 +1,535 @@
+/**
+ * A mapped pool: open/create, the checkpoint directory, and entry points for
+ * building, reading, referencing, removing, collecting and checking. Every
+ * piece of shared state lives in the mapping; a Pool object caches only the
+ * immutable header and this process's host index.
+ */
+import {randomBytes} from 'node:crypto'
+import {closeSync, constants, fchmodSync, fstatSync, ftruncateSync, linkSync, openSync, readSync, renameSync, statSync, unlinkSync} from 'node:fs'
+import {basename, dirname, join, resolve} from 'node:path'
+
+import {ConflictError, CorruptError, NotFoundError, PermissionError, SyscallError, UsageError} from '../errors.js'
+import {BuildSlots, freeUnitsOf} from './allocator.js'
+import {CheckpointBuilder} from './builder.js'
+import {CheckpointReader} from './reader.js'
+import type {Descriptor} from './descriptor.js'
+import {decodeDescriptor, descriptorPageCount, peekDescriptorName} from './descriptor.js'
+import type {DirectoryEntry} from './directory.js'
+import {Directory, EntryState, decodeEntry, isLive, withState} from './directory.js'
+import {classifyFileSystem, requireShareableFileSystem} from './filesystem.js'
+import {runFsck} from './fsck.js'
+import {runGc} from './gc.js'
+import {HostTable, leaseMsFromEnvironment, localHostIdentity} from './hosts.js'
+import type {PoolHeader} from './layout.js'
+import {DEFAULT_POOL_SIZE, PAGE_SIZE, computeLayout, decodeHeader, encodeHeader} from './layout.js'
+import {PoolMapping} from './mapping.js'
+import {Liveness, processStartTime} from './owners.js'
+import type {ReferenceHandle} from './references.js'
+import {References} from './references.js'
+import {PoolRegions} from './regions.js'
+import type {CheckpointDetails, CheckpointInfo, FsckReport, GcReport, HostInfo, PoolInfo, RemoveResult} from './types.js'
+
+export interface PoolOpenOptions {
+  /** Create the pool when the file does not exist (first use). */
+  create?: boolean
+  /** Size for a pool created here; default 8 GiB, sparse. */
+  size?: bigint
+  /** Lease of this host in ms; default $CXLFORK_LEASE_MS or 10 minutes. */
+  leaseMs?: number
+}
+
+export interface PoolCreateOptions {
+  size?: bigint
+  /** Replace an existing file. Clones of the old pool keep their mapping of the old (unlinked) file. */
+  force?: boolean
+}
+
+/** A directory entry together with its decoded, validated descriptor. */
+export interface ResolvedEntry {
+  index: number
+  word: bigint
+  entry: DirectoryEntry
+  descriptor: Descriptor
+}
+
+type EntryRead = {kind: 'ok'; descriptor: Descriptor} | {kind: 'changed'} | {kind: 'corrupt'; error: CorruptError; name: string | undefined}
+
+function missingPool(path: string): NotFoundError {
+  return new NotFoundError('POOL_NOT_FOUND', `no pool at ${path}`,
+    `Create it with \`cxlfork pool init --pool ${path}\` (or a checkpoint creates it on first use); --pool and $CXLFORK_POOL choose another, the default is /dev/shm/cxlfork.pool.`)
+}
+
+function openFailure(path: string, error: NodeJS.ErrnoException): Error {
+  if (error.code === 'ENOENT') return missingPool(path)
+  if (error.code === 'EACCES' || error.code === 'EPERM') {
+    return new PermissionError('POOL_ACCESS', `no permission to open pool ${path}`, 'Pools are created mode 0600: run as the user who created it, or as root.')
+  }
+  return new SyscallError('open', -(error.errno ?? 0), path)
+}
+
+export class Pool {
+  readonly hosts: HostTable
+  readonly hostIndex: number
+  readonly liveness: Liveness
+  readonly directory: Directory
+  readonly buildSlots: BuildSlots
+  readonly references: References
+  private closed = false
+
+  private constructor(
+    readonly path: string,
+    readonly fd: number,
+    readonly header: PoolHeader,
+    readonly mapping: PoolMapping,
+    readonly regions: PoolRegions,
+    readonly fileSystem: string,
+    readonly leaseMs: number,
+  ) {
+    this.hosts = new HostTable(regions)
+    this.hostIndex = this.hosts.register(localHostIdentity(), leaseMs, Date.now())
+    this.liveness = new Liveness(this.hosts, this.hostIndex)
+    this.directory = new Directory(regions)
+    this.buildSlots = new BuildSlots(regions)
+    this.references = new References(this)
+  }
+
+  get size(): bigint {
+    return this.header.totalSize
+  }
+
+  get baseAddress(): bigint {
+    return this.mapping.baseAddress
+  }
+
+  get uuid(): string {
+    return this.header.uuid
+  }
+
+  /**
+   * Map the pool at `path`, creating it first if `create` is set and it does
+   * not exist. Validates the file system, the header and the file size.
+   */
+  static open(path: string, options: PoolOpenOptions = {}): Pool {
+    const absolute = resolve(path)
+    let exists = true
+    try {
+      statSync(absolute)
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw openFailure(absolute, error as NodeJS.ErrnoException)
+      exists = false
+    }
+    if (!exists) {
+      if (!options.create) throw missingPool(absolute)
+      Pool.createFile(absolute, {size: options.size ?? DEFAULT_POOL_SIZE, force: false}, true)
+    }
+    const verdict = requireShareableFileSystem(absolute, true)
+    let fd: number
+    try {
+      fd = openSync(absolute, constants.O_RDWR)
+    } catch (error) {
+      throw openFailure(absolute, error as NodeJS.ErrnoException)
+    }
+    try {
+      const stat = fstatSync(fd, {bigint: true})
+      if (!stat.isFile()) throw new CorruptError('POOL_FOREIGN', `${absolute} is not a regular file`)
+      const page = new Uint8Array(PAGE_SIZE)
+      const length = stat.size < BigInt(PAGE_SIZE) ? Number(stat.size) : PAGE_SIZE
+      const got = length === 0 ? 0 : readSync(fd, page, 0, length, 0)
+      const header = decodeHeader(page.subarray(0, got), stat.size, absolute)
+      const mapping = PoolMapping.map(fd, header.totalSize, Number(header.dataOffset))
+      return new Pool(absolute, fd, header, mapping, new PoolRegions(header, mapping.control), verdict.kind,
+        options.leaseMs ?? leaseMsFromEnvironment())
+    } catch (error) {
+      closeSync(fd)
+      throw error
+    }
+  }
+
+  /** `pool init`: create a new pool (ConflictError POOL_EXISTS unless `force`) and open it. */
+  static create(path: string, options: PoolCreateOptions = {}): Pool {
+    const absolute = resolve(path)
+    Pool.createFile(absolute, {size: options.size ?? DEFAULT_POOL_SIZE, force: options.force ?? false}, false)
+    return Pool.open(absolute)
+  }
+
+  /**
+   * Build the pool under a temporary name, then link it into place: the pool
+   * appears complete or not at all, and two first users racing to create it
+   * end up sharing whichever won.
+   */
+  private static createFile(path: string, options: {size: bigint; force: boolean}, tolerateExisting: boolean): void {
+    requireShareableFileSystem(path, false)
+    const layout = computeLayout(options.size)
+    const temporary = join(dirname(path), `.${basename(path)}.init-${process.pid}-${randomBytes(4).toString('hex')}`)
+    let fd: number
+    try {
+      fd = openSync(temporary, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o600)
+    } catch (error) {
+      throw openFailure(temporary, error as NodeJS.ErrnoException)
+    }
+    try {
+      fchmodSync(fd, 0o600)
+      try {
+        ftruncateSync(fd, Number(layout.totalSize))
+      } catch (error) {
+        throw new SyscallError('ftruncate', -((error as NodeJS.ErrnoException).errno ?? 0), `${temporary} to ${layout.totalSize} bytes`)
+      }
+      // Written through a mapping: hugetlbfs files do not support write(2).
+      const mapping = PoolMapping.map(fd, layout.totalSize, PAGE_SIZE)
+      new Uint8Array(mapping.control).set(encodeHeader(layout, randomBytes(16), Date.now()))
+      mapping.unmap()
+      if (options.force) {
+        renameSync(temporary, path)
+        return
+      }
+      try {
+        linkSync(temporary, path)
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
+        if (!tolerateExisting) {
+          throw new ConflictError('POOL_EXISTS', `a pool already exists at ${path}`, 'Pass --force to replace it (its checkpoints are lost; running clones are unaffected).')
+        }
+      }
+      unlinkSync(temporary)
+    } catch (error) {
+      try {
+        unlinkSync(temporary)
+      } catch {
+        // already renamed or unlinked
+      }
+      throw error
+    } finally {
+      closeSync(fd)
+    }
+  }
+
+  private ensureOpen(): void {
+    if (this.closed) throw new UsageError('POOL_CLOSED', `pool ${this.path} is closed`)
+  }
+
+  /** Push this host's lease forward; long operations call it as they go. */
+  renewLease(): void {
+    this.hosts.renew(this.hostIndex, this.leaseMs, Date.now())
+  }
+
+  // ---- building ---------------------------------------------------------
+
+  /** Start a checkpoint: claims a build slot and thereby a fresh serial. */
+  beginCheckpoint(): CheckpointBuilder {
+    this.ensureOpen()
+    this.renewLease()
+    return CheckpointBuilder.begin(this)
+  }
+
+  // ---- reading the directory --------------------------------------------
+
+  /** Byte offset of a metadata page inside the metadata view. */
+  metadataByteOffset(page: number): number {
+    return page * this.header.pageSize
+  }
+
+  /**
+   * Read and validate the descriptor of directory word `word` at `index`.
+   * A failed check is re-examined against the word: if the entry changed
+   * meanwhile (deleted, pages reused) the read was merely stale.
+   */
+  readEntry(index: number, word: bigint): EntryRead {
+    const entry = decodeEntry(word)
+    const at = this.metadataByteOffset(entry.descriptorPage)
+    try {
+      if (entry.descriptorPage >= this.header.metadataPageCount) {
+        throw new CorruptError('CHECKPOINT_CORRUPT', `directory slot ${index}: descriptor page ${entry.descriptorPage} outside the metadata region`)
+      }
+      return {kind: 'ok', descriptor: decodeDescriptor(this.regions.metadata, at, this.header, entry.serial)}
+    } catch (error) {
+      if (!(error instanceof CorruptError)) throw error
+      if (this.directory.load(index) !== word) return {kind: 'changed'}
+      return {kind: 'corrupt', error, name: peekDescriptorName(this.regions.metadata, at)}
+    }
+  }
+
+  /**
+   * Find the live entry named `name`. A corrupt record that carries this name
+   * is a CorruptError, not "not found".
+   */
+  lookup(name: string): ResolvedEntry | undefined {
+    for (const index of this.directory.probe(name)) {
+      for (;;) {
+        const word = this.directory.load(index)
+        if (word === 0n) return undefined
+        const entry = decodeEntry(word)
+        if (!isLive(entry)) break
+        const read = this.readEntry(index, word)
+        if (read.kind === 'changed') continue
+        if (read.kind === 'corrupt') {
+          if (read.name === name) throw read.error
+          break
+        }
+        if (read.descriptor.name === name) return {index, word, entry, descriptor: read.descriptor}
+        break
+      }
+    }
+    return undefined
+  }
+
+  private checkpointNotFound(name: string): NotFoundError {
+    return new NotFoundError('CHECKPOINT_NOT_FOUND', `no checkpoint named ${JSON.stringify(name)} in pool ${this.path}`,
+      'List checkpoints with `cxlfork ls`.')
+  }
+
+  private requireAccess(descriptor: Descriptor, uid: number, action: string): void {
+    if (uid !== 0 && uid !== descriptor.uid) {
+      throw new PermissionError('CHECKPOINT_ACCESS', `checkpoint ${descriptor.name} belongs to uid ${descriptor.uid}; uid ${uid} may not ${action} it`,
+        'Run as its owner or as root.')
+    }
+  }
+
+  /** Bytes of metadata pages a descriptor and its sections occupy. */
+  private metadataBytesOf(descriptor: Descriptor, descriptorPage: number): number {
+    const pageSize = this.header.pageSize
+    let pages = descriptorPageCount(this.regions.metadata, this.metadataByteOffset(descriptorPage), pageSize)
+    for (const section of descriptor.sections) pages += Math.ceil(section.length / pageSize)
+    return pages * pageSize
+  }
+
+  checkpointInfo(resolved: ResolvedEntry, liveRefs: number): CheckpointInfo {
+    const {descriptor, entry} = resolved
+    return {
+      name: descriptor.name,
+      serial: descriptor.serial,
+      uid: descriptor.uid,
+      createdAt: new Date(descriptor.createdAtMs).toISOString(),
+      dataBytes: Number(descriptor.extents.reduce((sum, extent) => sum + extent.length, 0n)),
+      metadataBytes: this.metadataBytesOf(descriptor, entry.descriptorPage),
+      state: entry.state === EntryState.deleting ? 'deleting' : 'published',
+      liveRefs,
+      ...(descriptor.summary === undefined ? {} : {summary: descriptor.summary}),
+    }
+  }
+
+  /** Every checkpoint, published or being deleted; corrupt records are listed as such. */
+  list(): CheckpointInfo[] {
+    this.ensureOpen()
+    const liveRefs = this.references.liveCounts()
+    const checkpoints: CheckpointInfo[] = []
+    for (const {index, word, entry} of this.directory.occupied()) {
+      if (!isLive(entry)) continue
+      const read = this.readEntry(index, word)
+      if (read.kind === 'changed') continue
+      if (read.kind === 'corrupt') {
+        checkpoints.push({name: read.name ?? `<corrupt directory slot ${index}>`, serial: entry.serial, uid: -1, createdAt: new Date(0).toISOString(),
+          dataBytes: 0, metadataBytes: 0, state: 'corrupt', liveRefs: liveRefs.get(entry.serial) ?? 0})
+        continue
+      }
+      checkpoints.push(this.checkpointInfo({index, word, entry, descriptor: read.descriptor}, liveRefs.get(entry.serial) ?? 0))
+    }
+    return checkpoints.sort((a, b) => a.name.localeCompare(b.name))
+  }
+
+  /** Open a published checkpoint for restore or inspection: descriptor and every section checksum verified. */
+  openCheckpoint(name: string, options: {uid?: number} = {}): CheckpointReader {
+    this.ensureOpen()
+    const resolved = this.lookup(name)
+    if (!resolved) throw this.checkpointNotFound(name)
+    this.requireAccess(resolved.descriptor, options.uid ?? process.getuid?.() ?? 0, 'open')
+    if (resolved.entry.state !== EntryState.published) {
+      throw new NotFoundError('CHECKPOINT_DELETING', `checkpoint ${name} is being deleted`, 'It stays until its last clone exits; pick another checkpoint.')
+    }
+    const reader = new CheckpointReader(this, resolved, this.checkpointInfo(resolved, this.references.liveCounts().get(resolved.entry.serial) ?? 0))
+    reader.verifyAll()
+    return reader
+  }
+
+  /** What the pool knows about one checkpoint, checksums verified. */
+  inspect(name: string, options: {uid?: number} = {}): CheckpointDetails {
+    this.ensureOpen()
+    const resolved = this.lookup(name)
+    if (!resolved) throw this.checkpointNotFound(name)
+    this.requireAccess(resolved.descriptor, options.uid ?? process.getuid?.() ?? 0, 'inspect')
+    const reader = new CheckpointReader(this, resolved, this.checkpointInfo(resolved, 0))
+    reader.verifyAll()
+    const references = this.references.describe(resolved.entry.serial)
+    return {
+      ...this.checkpointInfo(resolved, references.filter((reference) => reference.alive).length),
+      directorySlot: resolved.index,
+      descriptorPoolOffset: this.header.metadataOffset + this.metadataByteOffset(resolved.entry.descriptorPage),
+      dataExtents: resolved.descriptor.extents.map((extent) => ({poolOffset: Number(extent.poolOffset), length: Number(extent.length)})),
+      sections: resolved.descriptor.sections.map((section) => ({type: section.type, poolOffset: Number(section.poolOffset),
+        length: section.length, crc32c: section.crc.toString(16).padStart(8, '0')})),
+      references,
+    }
+  }
+
+  // ---- references -------------------------------------------------------
+
+  /** Record that process `pid` (with its /proc start time) maps checkpoint `name`. */
+  addReference(name: string, clone: {pid: number; startTime?: number}): ReferenceHandle {
+    this.ensureOpen()
+    this.renewLease()
+    const startTime = clone.startTime ?? processStartTime(clone.pid) ?? 0
+    for (;;) {
+      const resolved = this.lookup(name)
+      if (!resolved) throw this.checkpointNotFound(name)
+      if (resolved.entry.state !== EntryState.published) {
+        throw new NotFoundError('CHECKPOINT_DELETING', `checkpoint ${name} is being deleted`, 'It stays until its last clone exits; pick another checkpoint.')
+      }
+      const handle = this.references.claim(resolved.entry.serial, name, clone.pid, startTime)
+      // Handshake with rm: it flips the entry before scanning references, so
+      // either it sees this reference or this re-read sees its flip.
+      if (this.directory.load(resolved.index) === resolved.word) return handle
+      this.references.release(handle)
+      if (decodeEntry(this.directory.load(resolved.index)).state === EntryState.published) continue // rm backed off; retry
+      throw new NotFoundError('CHECKPOINT_DELETING', `checkpoint ${name} was deleted while being referenced`)
+    }
+  }
+
+  releaseReference(handle: ReferenceHandle): void {
+    this.ensureOpen()
+    this.references.release(handle)
+  }
+
+  // ---- removal ----------------------------------------------------------
+
+  /**
+   * Delete `name`. Refused (CHECKPOINT_IN_USE) while a live clone holds a
+   * reference; with `force` it is hidden from new restores and gc frees it
+   * after its last clone exits.
+   */
+  remove(name: string, options: {force?: boolean; uid?: number} = {}): RemoveResult {
+    this.ensureOpen()
+    this.renewLease()
+    const uid = options.uid ?? process.getuid?.() ?? 0
+    for (;;) {
+      const resolved = this.lookup(name)
+      if (!resolved) throw this.checkpointNotFound(name)
+      this.requireAccess(resolved.descriptor, uid, 'delete')
+      const serial = resolved.entry.serial
+      let deletingWord = resolved.word
+      let flippedHere = false
+      if (resolved.entry.state === EntryState.published) {
+        deletingWord = withState(resolved.word, EntryState.deleting)
+        if (!this.directory.swap(resolved.index, resolved.word, deletingWord)) continue
+        flippedHere = true
+      }
+      const liveRefs = this.references.collect(serial)
+      if (liveRefs > 0) {
+        if (!options.force) {
+          if (flippedHere) this.directory.swap(resolved.index, deletingWord, resolved.word)
+          throw new ConflictError('CHECKPOINT_IN_USE', `checkpoint ${name} is mapped by ${liveRefs} running clone${liveRefs === 1 ? '' : 's'}`,
+            'Stop the clones first, or pass --force to delete it once the last clone exits (`cxlfork pool gc` finishes it).')
+        }
+        return {name, serial, state: 'deleting', liveRefs, bytesFreed: 0}
+      }
+      const bytesFreed = this.finishDeletion(resolved.index, deletingWord)
+      return {name, serial, state: 'removed', liveRefs: 0, bytesFreed}
+    }
+  }
+
+  /**
+   * Tombstone a DELETING entry, then free its serial's units. Tombstoning
+   * first means the descriptor is never read after its pages could be reused;
+   * a crash between the two leaves garbage units that gc frees. Returns the
+   * bytes freed (0 if another process finished it).
+   */
+  finishDeletion(index: number, deletingWord: bigint): number {
+    if (!this.directory.swap(index, deletingWord, withState(deletingWord, EntryState.tombstone))) return 0
+    const {segments, pages} = this.freeSerial(decodeEntry(deletingWord).serial)
+    return segments * this.header.segmentSize + pages * this.header.pageSize
+  }
+
+  /** Free every unit of `serial`, punching holes so tmpfs returns the memory. */
+  freeSerial(serial: number): {segments: number; pages: number} {
+    const segments = freeUnitsOf(this.regions.segmentStates, serial, (unit) => this.punchSegment(unit))
+    const pages = freeUnitsOf(this.regions.pageStates, serial, (unit) => this.punchPage(unit))
+    return {segments, pages}
+  }
+
+  punchSegment(unit: number): void {
+    this.mapping.punchHole(this.header.dataOffset + BigInt(unit) * BigInt(this.header.segmentSize), BigInt(this.header.segmentSize))
+  }
+
+  punchPage(unit: number): void {
+    this.mapping.punchHole(BigInt(this.header.metadataOffset + unit * this.header.pageSize), BigInt(this.header.pageSize))
+  }
+
+  // ---- maintenance ------------------------------------------------------
+
+  gc(): GcReport {
+    this.ensureOpen()
+    this.renewLease()
+    return runGc(this)
+  }
+
+  fsck(options: {repair?: boolean} = {}): FsckReport {
+    this.ensureOpen()
+    this.renewLease()
+    return runFsck(this, options.repair ?? false)
+  }
+
+  info(): PoolInfo {
+    this.ensureOpen()
+    const header = this.header
+    const countUsed = (states: Uint32Array): number => {
+      let used = 0
+      for (let unit = 0; unit < states.length; unit++) if (Atomics.load(states, unit) !== 0) used++
+      return used
+    }
+    const segmentsUsed = countUsed(this.regions.segmentStates)
+    const pagesUsed = countUsed(this.regions.pageStates)
+    let checkpoints = 0
+    let deleting = 0
+    let tombstones = 0
+    let directoryUsed = 0
+    for (const {entry} of this.directory.occupied()) {
+      directoryUsed++
+      if (entry.state === EntryState.published) checkpoints++
+      else if (entry.state === EntryState.deleting) deleting++
+      else if (entry.state === EntryState.tombstone) tombstones++
+    }
+    let buildsInProgress = 0
+    for (let slot = 0; slot < this.buildSlots.count; slot++) {
+      const state = this.buildSlots.read(slot)
+      if (state.owner && this.liveness.isAlive(state.owner, state.startTime)) buildsInProgress++
+    }
+    let liveClones = 0
+    for (const count of this.references.liveCounts().values()) liveClones += count
+    const now = Date.now()
+    const hostsSeen: HostInfo[] = this.hosts.list().map((host) => ({
+      index: host.index, hostname: host.hostname, bootId: host.bootId,
+      leaseExpiresAt: new Date(host.leaseExpiresAtMs).toISOString(), leaseLive: host.leaseExpiresAtMs > now,
+      firstSeenAt: new Date(host.firstSeenAtMs).toISOString(), self: host.index === this.hostIndex,
+    }))
+    const dataBytes = Number(header.dataSize)
+    const dataUsed = segmentsUsed * header.segmentSize
+    const metadataUsed = pagesUsed * header.pageSize
+    return {
+      path: this.path,
+      uuid: header.uuid,
+      version: header.version,
+      createdAt: new Date(header.createdAtMs).toISOString(),
+      fileSystem: classifyFileSystem(this.path, true).kind,
+      size: Number(header.totalSize),
+      used: dataUsed + metadataUsed,
+      free: dataBytes - dataUsed + header.metadataSize - metadataUsed,
+      overhead: header.metadataOffset,
+      data: {bytes: dataBytes, used: dataUsed, free: dataBytes - dataUsed, segmentSize: header.segmentSize,
+        segments: header.segmentCount, segmentsUsed},
+      metadata: {bytes: header.metadataSize, used: metadataUsed, free: header.metadataSize - metadataUsed, pageSize: header.pageSize,
+        pages: header.metadataPageCount, pagesUsed},
+      checkpoints,
+      deleting,
+      buildsInProgress,
+      liveClones,
+      directory: {slots: header.directorySlots, used: directoryUsed, tombstones},
+      hostsSeen,
+    }
+  }
+
+  /** Unmap and close. Data addresses and readers obtained from this pool become invalid. */
+  close(): void {
+    if (this.closed) return
+    this.closed = true
+    this.mapping.unmap()
+    closeSync(this.fd)
+  }
+}

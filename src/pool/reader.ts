@@ -1,0 +1,70 @@
+/**
+ * Read access to one published checkpoint. Sections come back as copies,
+ * checked against their CRC32C; data is addressed in this process's mapping.
+ */
+import {CorruptError, NotFoundError, UsageError} from '../errors.js'
+import {crc32c} from './crc32c.js'
+import type {DataExtent, SectionRecord} from './descriptor.js'
+import type {Pool, ResolvedEntry} from './pool.js'
+import type {CheckpointInfo} from './types.js'
+
+export class CheckpointReader {
+  constructor(private readonly pool: Pool, private readonly resolved: ResolvedEntry, readonly info: CheckpointInfo) {}
+
+  get serial(): number {
+    return this.resolved.entry.serial
+  }
+
+  get dataExtents(): DataExtent[] {
+    return this.resolved.descriptor.extents.map((extent) => ({...extent}))
+  }
+
+  get sectionRecords(): SectionRecord[] {
+    return this.resolved.descriptor.sections.map((section) => ({...section}))
+  }
+
+  sectionTypes(): number[] {
+    return this.resolved.descriptor.sections.map((section) => section.type)
+  }
+
+  hasSection(type: number): boolean {
+    return this.resolved.descriptor.sections.some((section) => section.type === type)
+  }
+
+  /** The first section of `type`, CRC verified (NotFoundError SECTION_NOT_FOUND if absent). */
+  section(type: number): Uint8Array {
+    const record = this.resolved.descriptor.sections.find((section) => section.type === type)
+    if (!record) throw new NotFoundError('SECTION_NOT_FOUND', `checkpoint ${this.info.name} has no section of type ${type}`)
+    return this.readSection(record)
+  }
+
+  /** Every section of `type`, in the order they were added. */
+  sectionsOfType(type: number): Uint8Array[] {
+    return this.resolved.descriptor.sections.filter((section) => section.type === type).map((section) => this.readSection(section))
+  }
+
+  private readSection(record: SectionRecord): Uint8Array {
+    const start = Number(record.poolOffset) - this.pool.header.metadataOffset
+    const bytes = record.length === 0 ? new Uint8Array(0) : this.pool.regions.metadata.slice(start, start + record.length)
+    if (crc32c(bytes) !== record.crc) {
+      if (this.pool.directory.load(this.resolved.index) !== this.resolved.word) {
+        throw new NotFoundError('CHECKPOINT_DELETING', `checkpoint ${this.info.name} was deleted while being read`)
+      }
+      throw new CorruptError('CHECKPOINT_CORRUPT', `checkpoint ${this.info.name}: section of type ${record.type} at pool offset ${record.poolOffset} fails its CRC32C check`,
+        'Run `cxlfork pool fsck`; `--repair` removes unusable checkpoints.')
+    }
+    return bytes
+  }
+
+  /** Check every section's checksum (open and inspect refuse a damaged checkpoint up front). */
+  verifyAll(): void {
+    for (const record of this.resolved.descriptor.sections) this.readSection(record)
+  }
+
+  /** This process's address of `poolOffset`, which must lie inside one of the checkpoint's data extents. */
+  address(poolOffset: bigint): bigint {
+    const inside = this.resolved.descriptor.extents.some((extent) => poolOffset >= extent.poolOffset && poolOffset < extent.poolOffset + extent.length)
+    if (!inside) throw new UsageError('OFFSET_OUTSIDE_CHECKPOINT', `pool offset ${poolOffset} is not in checkpoint ${this.info.name}'s data`)
+    return this.pool.baseAddress + poolOffset
+  }
+}

@@ -1,0 +1,144 @@
+import assert from 'node:assert/strict'
+import {closeSync, fstatSync, ftruncateSync, openSync, readSync, writeFileSync, writeSync} from 'node:fs'
+import {randomBytes} from 'node:crypto'
+
+import {CorruptError} from '../../src/errors.js'
+import {Pool} from '../../src/pool/index.js'
+import {fillPattern, patternSeed, removeTestPools, testPoolPath} from './helpers.js'
+
+/** Flip one bit of the pool file at `offset`, through the file (as a stray writer would). */
+function flipBit(path: string, offset: number, bit = 3): void {
+  const fd = openSync(path, 'r+')
+  const byte = Buffer.alloc(1)
+  readSync(fd, byte, 0, 1, offset)
+  byte[0] = byte[0]! ^ (1 << bit)
+  writeSync(fd, byte, 0, 1, offset)
+  closeSync(fd)
+}
+
+function publish(pool: Pool, name: string): void {
+  const builder = pool.beginCheckpoint()
+  const data = builder.allocateData(1n << 20n)
+  fillPattern(data.address, Number(data.length), patternSeed(name))
+  builder.addSection(7, new TextEncoder().encode(`section of ${name}`.repeat(100)))
+  builder.publish(name, {uid: 0})
+}
+
+const isCorrupt = (code?: string) => (error: unknown): boolean =>
+  error instanceof CorruptError && error.exitCode === 6 && (code === undefined || error.code === code)
+
+describe('pool: integrity checks', () => {
+  after(removeTestPools)
+
+  it('a bit flip in a descriptor is refused by readers and found and repaired by fsck', () => {
+    const path = testPoolPath()
+    const pool = Pool.create(path, {size: 64n << 20n})
+    try {
+      publish(pool, 'good')
+      publish(pool, 'victim')
+      const details = pool.inspect('victim')
+      flipBit(path, details.descriptorPoolOffset + 25) // inside the creation time
+      assert.throws(() => pool.openCheckpoint('victim'), isCorrupt('CHECKPOINT_CORRUPT'))
+      assert.throws(() => pool.inspect('victim'), isCorrupt('CHECKPOINT_CORRUPT'))
+      assert.doesNotThrow(() => pool.openCheckpoint('good'))
+      assert.equal(pool.list().find((checkpoint) => checkpoint.name === 'victim')?.state, 'corrupt')
+
+      const report = pool.fsck()
+      assert.equal(report.clean, false)
+      assert.deepEqual(report.problems.filter((p) => p.severity === 'corrupt').map((p) => p.kind), ['DESCRIPTOR_CORRUPT'])
+      const repaired = pool.fsck({repair: true})
+      assert.equal(repaired.corruptionRepaired, 1)
+      assert.equal(pool.fsck().clean, true)
+      assert.ok(pool.gc().segmentsFreed >= 1, 'the removed checkpoint\'s space is collected')
+      assert.deepEqual(pool.list().map((checkpoint) => checkpoint.name), ['good'])
+    } finally {
+      pool.close()
+    }
+  })
+
+  it('a bit flip in a section is refused by readers and found by fsck', () => {
+    const path = testPoolPath()
+    const pool = Pool.create(path, {size: 64n << 20n})
+    try {
+      publish(pool, 'victim')
+      const section = pool.inspect('victim').sections[0]!
+      flipBit(path, section.poolOffset + 10, 0)
+      assert.throws(() => pool.openCheckpoint('victim'), isCorrupt('CHECKPOINT_CORRUPT'))
+      assert.throws(() => pool.inspect('victim'), isCorrupt())
+      const report = pool.fsck()
+      assert.equal(report.clean, false)
+      assert.ok(report.problems.some((p) => p.kind === 'SECTION_CORRUPT'))
+    } finally {
+      pool.close()
+    }
+  })
+
+  it('an impossible unit owner word is found and cleared by fsck --repair', () => {
+    const path = testPoolPath()
+    const pool = Pool.create(path, {size: 64n << 20n})
+    try {
+      publish(pool, 'one')
+      Atomics.store(pool.regions.segmentStates, pool.header.segmentCount - 1, 0xdead0000) // generation 0: no build issues it
+      const report = pool.fsck({repair: true})
+      assert.ok(report.problems.some((p) => p.kind === 'UNIT_STATE_INVALID' && p.repaired))
+      assert.equal(report.clean, true)
+      assert.equal(Atomics.load(pool.regions.segmentStates, pool.header.segmentCount - 1), 0)
+      // A checkpoint's own unit word knocked to 0 is given back.
+      const unit = Number((pool.openCheckpoint('one').dataExtents[0]!.poolOffset - pool.header.dataOffset) / 2097152n)
+      Atomics.store(pool.regions.segmentStates, unit, 0)
+      assert.ok(pool.fsck({repair: true}).problems.some((p) => p.kind === 'UNIT_OWNER_WRONG' && p.repaired))
+      assert.equal(pool.fsck().clean, true)
+    } finally {
+      pool.close()
+    }
+  })
+
+  it('a flipped header, a truncated file and a foreign file are CorruptErrors on open', () => {
+    const path = testPoolPath()
+    Pool.create(path, {size: 32n << 20n}).close()
+    flipBit(path, 40) // page size field
+    assert.throws(() => Pool.open(path), isCorrupt('POOL_HEADER_CORRUPT'))
+    flipBit(path, 40)
+    Pool.open(path).close()
+
+    const truncated = openSync(path, 'r+')
+    ftruncateSync(truncated, 16 << 20)
+    closeSync(truncated)
+    assert.throws(() => Pool.open(path), isCorrupt('POOL_TRUNCATED'))
+    const tiny = openSync(path, 'r+')
+    ftruncateSync(tiny, 100)
+    closeSync(tiny)
+    assert.throws(() => Pool.open(path), isCorrupt())
+
+    const foreign = testPoolPath()
+    writeFileSync(foreign, randomBytes(1 << 20))
+    assert.throws(() => Pool.open(foreign), isCorrupt('POOL_FOREIGN'))
+    const empty = testPoolPath()
+    writeFileSync(empty, '')
+    assert.throws(() => Pool.open(empty), isCorrupt())
+  })
+
+  it('creates the pool mode 0600 and refuses checkpoints of other uids', () => {
+    const path = testPoolPath()
+    const pool = Pool.open(path, {create: true, size: 32n << 20n})
+    try {
+      const {mode} = (() => {
+        const fd = openSync(path, 'r')
+        try {
+          return {mode: fstatSync(fd).mode & 0o777}
+        } finally {
+          closeSync(fd)
+        }
+      })()
+      assert.equal(mode, 0o600)
+      const builder = pool.beginCheckpoint()
+      builder.publish('owned', {uid: 1234})
+      assert.throws(() => pool.openCheckpoint('owned', {uid: 4321}), (error: any) => error.code === 'CHECKPOINT_ACCESS' && error.exitCode === 4)
+      assert.throws(() => pool.remove('owned', {uid: 4321}), (error: any) => error.code === 'CHECKPOINT_ACCESS')
+      assert.doesNotThrow(() => pool.openCheckpoint('owned', {uid: 1234}))
+      assert.equal(pool.remove('owned', {uid: 0}).state, 'removed')
+    } finally {
+      pool.close()
+    }
+  })
+})
