@@ -3,9 +3,10 @@ import {Args} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
 import type {CheckpointDetails} from '../pool/index.js'
 import {Pool, formatSize} from '../pool/index.js'
+import type {ProcessSummary} from '../image/summary.js'
 
-/** What inspect prints; process-level details decoded from sections are added alongside `pool`-level facts. */
-export type InspectResult = CheckpointDetails
+/** Pool-level facts plus, when the sections decode, what the process image holds. */
+export type InspectResult = CheckpointDetails & {process?: ProcessSummary}
 
 export default class Inspect extends BaseCommand {
   static override summary = 'Show what the pool knows about a checkpoint.'
@@ -20,10 +21,24 @@ export default class Inspect extends BaseCommand {
     const {args, flags} = await this.parse(Inspect)
     const pool = Pool.open(flags.pool)
     try {
-      const details = pool.inspect(args.name)
+      const uid = process.getuid?.() ?? 0
+      const details: InspectResult = pool.inspect(args.name, {uid})
+      const [{decodeImage}, {PageMapView}, {Section}, {summarizeImage}] = await Promise.all([
+        import('../image/codec.js'), import('../image/page-map.js'), import('../image/sections.js'), import('../image/summary.js')])
+      const reader = pool.openCheckpoint(args.name, {uid})
+      if (reader.hasSection(Section.processState) && reader.hasSection(Section.pageMap)) {
+        details.process = summarizeImage(decodeImage(reader.section(Section.processState)), new PageMapView(reader.section(Section.pageMap)))
+      }
       this.say(`${details.name}: serial ${details.serial}, uid ${details.uid}, created ${details.createdAt}, ${details.state}`)
       this.say(`data ${formatSize(details.dataBytes)} in ${details.dataExtents.length} extent(s); metadata ${formatSize(details.metadataBytes)}`)
       for (const section of details.sections) this.say(`  section type ${section.type}: ${section.length} bytes at ${section.poolOffset} crc32c ${section.crc32c}`)
+      const proc = details.process
+      if (proc) {
+        this.say(`process ${proc.pid} (${proc.comm}) uid ${proc.uid}, kernel ${proc.kernel} on ${proc.host}, ${proc.threads} thread(s), ${proc.signalHandlers} signal handler(s)`)
+        this.say(`memory ${proc.storedPages} pages stored (${formatSize(proc.storedBytes)}) in ${proc.pageRuns} run(s) over ${proc.vmas.length} VMAs`)
+        for (const vma of proc.vmas) this.say(`  ${vma.start}-${vma.end} ${vma.perms} ${vma.kind.padEnd(6)} ${String(vma.storedPages).padStart(7)} pages ${vma.path ?? ''}`)
+        for (const fd of proc.fds) this.say(`  fd ${fd.fd} ${fd.kind} ${fd.path}`)
+      }
       for (const reference of details.references) {
         this.say(`  clone pid ${reference.pid} on ${reference.hostname}: ${reference.alive ? 'alive' : 'gone'}`)
       }

@@ -119,7 +119,7 @@ export function frameImage(kind: ImageKind, records: readonly Uint8Array[]): Uin
   return out
 }
 
-/** Write an image file of `kind` holding `messages` (plain objects of the kind's type, or pre-encoded records). */
+/** Write an image file of `kind` holding the already encoded `records`; returns the bytes written. */
 export function writeImage(path: string, kind: ImageKind, records: readonly Uint8Array[]): number {
   const bytes = frameImage(kind, records)
   const fd = openSync(path, 'w', 0o600)

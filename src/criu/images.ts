@@ -256,6 +256,7 @@ function taskCore(image: ProcessImage, leader: ThreadImage): Obj {
       extra_sigactions: extra,
       rlimit_resources: task.rlimits.map((limit) => limit.resource >>> 0),
       listed: true,
+      ppid: task.ppid >>> 0,
     },
   }
 }
@@ -338,7 +339,7 @@ export async function writeCriuImages(dir: string, image: ProcessImage, pages: P
   }, 'inventory.img')])
 
   const threads = image.threads.map((thread) => thread.tid)
-  put('pstree.img', 'pstree', [enc('pstree_entry', {pid, ppid: image.task.ppid, pgid: image.task.pgid, sid: image.task.sid, threads}, 'pstree.img')])
+  put('pstree.img', 'pstree', [enc('pstree_entry', {pid, ppid: 0, pgid: image.task.pgid, sid: image.task.sid, threads}, 'pstree.img')])
 
   image.threads.forEach((thread, i) => {
     const name = `core-${thread.tid}.img`
@@ -368,6 +369,8 @@ export async function writeCriuImages(dir: string, image: ProcessImage, pages: P
       const reg: Obj = {id, flags: fdImage.flags >>> 0, pos: str64(u64(fdImage.offset)), fown: fown(), name: fdImage.path}
       const identity = fdImage.fileIndex === undefined ? undefined : image.files[fdImage.fileIndex]
       if (identity) reg['mode'] = identity.mode >>> 0
+      else if (fdImage.kind === 'chardev' || fdImage.kind === 'tty') reg['mode'] = S_IFCHR // file type only: the model has no permission bits here
+      else if (fdImage.kind === 'directory') reg['mode'] = S_IFDIR
       fileRecords.push(enc('file_entry', {type: FD_TYPE_REG, id, reg}, 'files.img'))
     }
     fdRecords.push(enc('fdinfo_entry', {id, flags: fdImage.cloexec ? FD_CLOEXEC : 0, type: fdImage.kind === 'pipe' ? FD_TYPE_PIPE : FD_TYPE_REG, fd: fdImage.fd, cxlfork: fdExt}, `fdinfo-${KID}.img`))
@@ -801,7 +804,7 @@ function readSet(dir: string): CriuImageSet {
     capturedAt: invExt && has(invExt, 'captured_at') ? invExt['captured_at'] : 0,
     kernel,
     task: {
-      pid, ppid: task['ppid'], pgid: task['pgid'], sid: task['sid'],
+      pid, ppid: taskExt && has(taskExt, 'ppid') ? taskExt['ppid'] : task['ppid'], pgid: task['pgid'], sid: task['sid'],
       comm: tc['comm'],
       uid: creds ? creds['uid'] : 0,
       gid: creds ? creds['gid'] : 0,

@@ -24,7 +24,8 @@ export function u64(value: bigint): bigint {
 
 /** A bigint as the Long protobufjs takes for 64-bit fields (unsigned unless negative). */
 export function str64(value: bigint): unknown {
-  return protobuf().util.Long.fromString(value.toString(), value >= 0n)
+  const Long = protobuf().util.Long as unknown as {fromString(text: string, unsigned: boolean): unknown}
+  return Long.fromString(value.toString(), value >= 0n)
 }
 
 /** Whether a decoded proto2 message carries an optional field (protobufjs leaves absent ones on the prototype). */

@@ -14,7 +14,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import {createHash} from 'node:crypto'
 import {CxlforkError, SyscallError} from '../errors.js'
-import {close, killQuiet, MFD_CLOEXEC, O, open, MFD_EXEC, memfdCreate, posixSpawn, SIG, wait4, WNOHANG, writeAll, PTRACE_O} from '../sys/libc.js'
+import {close, killQuiet, MFD_CLOEXEC, O, open, SYS, MFD_EXEC, memfdCreate, posixSpawn, SIG, wait4, WNOHANG, writeAll, PTRACE_O} from '../sys/libc.js'
 import {readMaps, vdsoLayout, type VdsoLayout, type Vma} from '../sys/proc.js'
 import {Tracee} from './tracee.js'
 
@@ -218,6 +218,14 @@ export function spawnStub(opts: StubOptions = {}): Stub {
   let tracee: Tracee | null = null
   try {
     tracee = Tracee.seize(pid, {options: PTRACE_O.EXITKILL | (opts.ptraceOptions ?? 0), timeoutMs: 10_000})
+    // Start race (pitfall 1): the seize may land before the stub has named
+    // itself and parked in pause(). Let it run until it is parked there.
+    for (let i = 0; tracee.getRegs().orig_rax !== BigInt(SYS.pause); i++) {
+      if (i > 2000) throw new CxlforkError('STUB_NOT_PARKED', `stub ${pid} did not reach its pause loop`)
+      tracee.cont()
+      if (i > 10) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1)
+      tracee.interrupt(10_000)
+    }
     const maps = readMaps(pid)
     const img = maps.find((v) => v.start === base)
     if (!img) throw new CxlforkError('STUB_BAD_LAYOUT', `stub ${pid} has no image mapping at 0x${base.toString(16)}`)

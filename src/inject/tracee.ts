@@ -145,6 +145,45 @@ export class TraceeGoneError extends NotFoundError {
   }
 }
 
+
+export interface BatchCall {
+  nr: number
+  args?: (number | bigint)[]
+}
+
+function signedErr(v: bigint): boolean {
+  return v < 0n && v > -4096n
+}
+
+/**
+ * The batch loop. Registers in: rbx = table, r12 = count, r13 = 1 to stop on
+ * error. Table entries are 8 x u64 {nr, a1..a6, result}.
+ */
+const BATCH_CODE = Uint8Array.from([
+  /* 0  loop: */ 0x4d, 0x85, 0xe4, //          test r12, r12
+  /* 3  */ 0x74, 0x36, //                      jz   done (+54 -> 57)
+  /* 5  */ 0x48, 0x8b, 0x03, //                mov  rax, [rbx]
+  /* 8  */ 0x48, 0x8b, 0x7b, 0x08, //          mov  rdi, [rbx+8]
+  /* 12 */ 0x48, 0x8b, 0x73, 0x10, //          mov  rsi, [rbx+16]
+  /* 16 */ 0x48, 0x8b, 0x53, 0x18, //          mov  rdx, [rbx+24]
+  /* 20 */ 0x4c, 0x8b, 0x53, 0x20, //          mov  r10, [rbx+32]
+  /* 24 */ 0x4c, 0x8b, 0x43, 0x28, //          mov  r8,  [rbx+40]
+  /* 28 */ 0x4c, 0x8b, 0x4b, 0x30, //          mov  r9,  [rbx+48]
+  /* 32 */ 0x0f, 0x05, //                      syscall
+  /* 34 */ 0x48, 0x89, 0x43, 0x38, //          mov  [rbx+56], rax
+  /* 38 */ 0x48, 0x83, 0xc3, 0x40, //          add  rbx, 64
+  /* 42 */ 0x49, 0xff, 0xcc, //                dec  r12
+  /* 45 */ 0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, // cmp rax, -4095
+  /* 51 */ 0x72, 0xcb, //                      jb   loop (-53 -> 0)
+  /* 53 */ 0x41, 0xf6, 0xc5, 0x01, //          test r13b, 1
+  /* 57 */ 0x74, 0xc5, //                      jz   loop (-59 -> 0)
+  /* 59 done: */ 0xcc, //                      int3
+])
+const BATCH_INT3_OFFSET = 59
+/** One code page + a 60 KiB call table. */
+const BATCH_AREA = 64 * 1024
+const BATCH_MAX = (BATCH_AREA - 4096) / 64
+
 type State = 'running' | 'stopped' | 'detached' | 'dead'
 
 // Reusable native buffers (off-heap, stable addresses).
@@ -178,6 +217,10 @@ export class Tracee {
   /** Last wait status that left the tracee stopped. */
   lastStop: WaitStatus | null = null
   private readonly peekBuf = new BigUint64Array(1)
+  /** RWX shared mapping holding the batch loop (code page + call table), or null. */
+  private batchBase: bigint | null = null
+  /** SIGTRAP ignored by the program: batches (which end on int3) fall back to single injections. */
+  private trapIgnored: boolean | null = null
   /** Number of syscalls injected so far. */
   injectedCount = 0
 
@@ -664,6 +707,114 @@ export class Tracee {
     return {pid: childPid, tracee: child}
   }
 
+
+  // -------------------------------------------------------------------------
+  // Batched injection
+
+  /**
+   * Runs several system calls with ONE resume of the tracee: a small loop
+   * (written once into an RWX MAP_SHARED page of the tracee) executes a table
+   * of {nr, 6 args} and ends on int3. Returns the results (negative = -errno),
+   * one per executed call; with stopOnError the batch stops after the first
+   * failing call (the returned array is then shorter than `calls`).
+   * Arguments must be plain values (addresses of scratch data written before).
+   * Falls back to one injection per call if the program ignores SIGTRAP or the
+   * system refuses an executable mapping.
+   */
+  syscalls(calls: readonly BatchCall[], opts: {stopOnError?: boolean} = {}): bigint[] {
+    this.requireStopped()
+    const out: bigint[] = []
+    if (calls.length === 0) return out
+    if (!this.batchUsable()) {
+      for (const c of calls) {
+        const r = this.syscall(c.nr, ...(c.args ?? []))
+        out.push(r)
+        if (opts.stopOnError && r < 0n && r > -4096n) break
+      }
+      return out
+    }
+    for (let i = 0; i < calls.length; i += BATCH_MAX) {
+      const part = calls.slice(i, i + BATCH_MAX)
+      const res = this.runBatch(part, opts.stopOnError ?? false)
+      out.push(...res)
+      if (res.length < part.length) break
+    }
+    return out
+  }
+
+  private batchUsable(): boolean {
+    if (this.trapIgnored === null) this.trapIgnored = (readStatus(this.pid).sigIgn & (1n << BigInt(SIG.TRAP - 1))) !== 0n
+    if (this.trapIgnored) return false
+    if (this.batchBase === null) {
+      const r = this.syscall(SYS.mmap, 0, BATCH_AREA, PROT.READ | PROT.WRITE | PROT.EXEC, MAP.SHARED | MAP.ANONYMOUS, -1, 0)
+      if (r < 0n && r > -4096n) return false
+      this.batchBase = r
+      this.writeMemory(r, BATCH_CODE)
+    }
+    return true
+  }
+
+  private runBatch(calls: readonly BatchCall[], stopOnError: boolean): bigint[] {
+    const n = calls.length
+    const table = new BigUint64Array(n * 8)
+    for (let k = 0; k < n; k++) {
+      const c = calls[k]!
+      const args = c.args ?? []
+      if (args.length > 6) throw new RangeError('at most 6 syscall arguments')
+      table[k * 8] = BigInt(c.nr)
+      for (let j = 0; j < 6; j++) table[k * 8 + 1 + j] = BigInt.asUintN(64, BigInt(args[j] ?? 0))
+      table[k * 8 + 7] = 0xffffffffffffffffn
+    }
+    const tableAddr = this.batchBase! + 4096n
+    this.writeMemory(tableAddr, new Uint8Array(table.buffer))
+    this.progRegs ??= this.readRegsKernel()
+    const r = new BigUint64Array(this.progRegs)
+    r[REG.rip] = this.batchBase!
+    r[REG.rbx] = tableAddr
+    r[REG.r12] = BigInt(n)
+    r[REG.r13] = stopOnError ? 1n : 0n
+    r[REG.orig_rax] = 0xffffffffffffffffn
+    this.blockAllSignals()
+    // int3 raises a forced SIGTRAP: were SIGTRAP blocked, the kernel would
+    // reset its disposition to SIG_DFL. Leave it unblocked for the batch.
+    this.writeMaskKernel(ALL_SIGNALS & ~(1n << BigInt(SIG.TRAP - 1)))
+    this.writeRegsKernel(r)
+    this.regsClobbered = true
+    this.injectedCount += n
+    const trapRip = this.batchBase! + BigInt(BATCH_INT3_OFFSET + 1)
+    try {
+      for (;;) {
+        this.resume(PTRACE.CONT, 0)
+        const w = this.waitStop()
+        const ev = w.event ?? 0
+        if (ev === PTRACE_EVENT.FORK || ev === PTRACE_EVENT.VFORK || ev === PTRACE_EVENT.CLONE) {
+          this.newChildren.push(Number(this.getEventMsg()))
+          continue
+        }
+        if (ev !== 0) continue
+        if (w.stopSignal === SIG.TRAP) {
+          ptrace(PTRACE.PEEKUSER, this.pid, REG.rip * 8, this.peekBuf)
+          if (this.peekBuf[0] === trapRip) break
+        }
+        if (w.stopSignal !== undefined && w.stopSignal !== 0) this.deferredSignals.push(w.stopSignal)
+      }
+    } finally {
+      if (this.isAlive) this.writeMaskKernel(ALL_SIGNALS)
+    }
+    const res = new BigUint64Array(n * 8)
+    this.readMemoryInto(tableAddr, new Uint8Array(res.buffer))
+    const out: bigint[] = []
+    for (let k = 0; k < n; k++) {
+      const v = signed(res[k * 8 + 7]!)
+      out.push(v)
+      const nr = calls[k]!.nr
+      if (nr === SYS.munmap || nr === SYS.mremap || nr === SYS.execve || nr === SYS.arch_prctl) this.site = null
+      // with stopOnError the loop ran exactly up to the first failure
+      if (stopOnError && signedErr(v)) break
+    }
+    return out
+  }
+
   // -------------------------------------------------------------------------
   // Scratch memory in the tracee
 
@@ -722,6 +873,22 @@ export class Tracee {
   /** Resets the scratch bump allocator (keeps the mapping). */
   scratchReset(): void {
     this.scratchUsed = 0
+  }
+
+  /** Every mapping this object created in the tracee ([start, end) pairs): exclude them from dumps. */
+  injectionRanges(): [bigint, bigint][] {
+    const out: [bigint, bigint][] = []
+    if (this.scratchBase !== null) out.push([this.scratchBase, this.scratchBase + BigInt(this.scratchSize)])
+    if (this.batchBase !== null) out.push([this.batchBase, this.batchBase + BigInt(BATCH_AREA)])
+    return out
+  }
+
+  /** munmap the batch-code mapping (injected). */
+  freeBatch(): void {
+    if (this.batchBase === null) return
+    const base = this.batchBase
+    this.batchBase = null
+    if (this.isAlive && this.isStopped) this.syscallChecked('munmap(batch)', SYS.munmap, base, BATCH_AREA)
   }
 
   /** munmap the scratch mapping (injected). */

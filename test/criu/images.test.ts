@@ -10,6 +10,7 @@ import {decodeMessage, encodeMessage, frameImage, IMG_COMMON_MAGIC, readImage, r
 import {
   type DumpStats, PE_LAZY, PE_PARENT, PE_PRESENT, readCriuImages, VMA_AREA_REGULAR, VMA_ANON_PRIVATE, writeCriuImages, writeRestoreStats,
 } from '../../src/criu/images.js'
+import {str64} from '../../src/criu/values.js'
 import {fpregsToXstate, xstateToFpregs} from '../../src/criu/xsave.js'
 import {captureFromProc, parseMaps, procMemSource, syntheticXstate} from './proc-capture.js'
 
@@ -176,7 +177,11 @@ describe('criu image set (real process)', function () {
     it('explores the set with crit x (ps, fds, mems, rss)', function () {
       assert.match(crit('x', dir, 'ps'), new RegExp(`\\b${pid}\\b`))
       assert.match(crit('x', dir, 'fds'), /\/etc\/hostname/)
-      assert.match(crit('x', dir, 'mems'), /\[heap\]|heap/)
+      const mems = crit('x', dir, 'mems')
+      assert.match(mems, /\[stack\]/)
+      assert.match(mems, /\[vdso\]/)
+      assert.match(mems, /libc\.so\.6/)
+      assert.match(mems, new RegExp(`exe\\s+${image.files[image.mm.exeFileIndex]!.path.replace(/[.]/g, '\\.')}`))
       crit('x', dir, 'rss')
     })
   })
@@ -231,13 +236,32 @@ describe('criu image set (real process)', function () {
     // crit keeps the legacy padding words, so the xstate named parts and sw bytes survive; AVX-512 parts are CRIU fields too.
     const xstate = set.image.threads[0]!.xstate
     assert.ok(Buffer.from(xstate.subarray(0, 512)).equals(Buffer.from(image.threads[0]!.xstate.subarray(0, 512))))
-    assert.deepEqual(set.image.task.sigactions, image.task.sigactions.filter((a) => a.signo !== 13 || a.handler !== 0n))
+    assert.deepEqual(set.image.task.sigactions, image.task.sigactions)
+    assert.equal(set.image.task.ppid, 0) // CRIU writes the dump root's ppid as 0
     assert.deepEqual(set.image.task.rlimits, image.task.rlimits)
     assert.equal(set.image.task.cwd, image.task.cwd)
     assert.equal(set.image.mm.exeFileIndex !== undefined, true)
     assert.equal(set.image.files[set.image.mm.exeFileIndex]!.path, image.files[image.mm.exeFileIndex]!.path)
     assert.deepEqual(set.image.fds.map((f) => [f.fd, f.kind, f.flags, f.cloexec, f.offset]),
       image.fds.map((f) => [f.fd, f.kind === 'tty' ? 'tty' : f.kind, f.flags, f.cloexec, f.offset]))
+  })
+
+  it('writes one core image per thread and reads the threads back in order', async function () {
+    const out = tempDir()
+    const second = {...image.threads[0]!, tid: pid + 100000, xstate: syntheticXstate(9).subarray(0, 2688), altStack: {sp: 0x7f0000100000n, flags: 0, size: 65536n}}
+    delete (second as {rseq?: unknown}).rseq
+    const threaded: ProcessImage = {...image, threads: [image.threads[0]!, second], pageRuns: []}
+    const result = await writeCriuImages(out, threaded, {read: () => assert.fail('no pages to read')})
+    assert.ok(result.files.includes(join(out, `core-${second.tid}.img`)))
+    assert.equal(statSync(join(out, 'pages-1.img')).size, 0)
+    if (hasCrit) {
+      const core = parseJson(crit('decode', '-i', join(out, `core-${second.tid}.img`))).entries[0]
+      assert.equal(core.tc, undefined)
+      assert.equal(core.thread_core.sas.ss_size, 65536)
+    }
+    const back = readCriuImages(out)
+    assert.deepEqual(back.image, threaded)
+    assert.equal(back.stats, undefined)
   })
 
   describe('bad images are typed errors', function () {
@@ -298,7 +322,7 @@ describe('criu image set (real process)', function () {
       const copy = copySet()
       const path = join(copy, `pagemap-${pid}.img`)
       const records = readImageRecords(path, 'pagemap')
-      records.push(encodeMessage('pagemap_entry', {vaddr: String(0x7fffffff0000n << 12n), compat_nr_pages: 1, nr_pages: '1', flags: PE_PRESENT}))
+      records.push(encodeMessage('pagemap_entry', {vaddr: str64(0x7fffffff0000n << 12n), compat_nr_pages: 1, nr_pages: str64(1n), flags: PE_PRESENT}))
       writeImage(path, 'pagemap', records)
       expectError(() => readCriuImages(copy), CorruptError, /lies outside every VMA/)
     })
@@ -309,7 +333,7 @@ describe('criu image set (real process)', function () {
       const records = readImageRecords(path, 'pagemap')
       const stack = image.vmas.find((v) => v.kind === 'stack')!
       const withEntry = (flags: number) => {
-        const extra = encodeMessage('pagemap_entry', {vaddr: String(stack.start), compat_nr_pages: 1, nr_pages: '1', flags})
+        const extra = encodeMessage('pagemap_entry', {vaddr: str64(stack.start), compat_nr_pages: 1, nr_pages: str64(1n), flags})
         // Insert in address order.
         const entries = records.slice(1)
         const index = entries.findIndex((r) => {

@@ -1,7 +1,7 @@
 import {strict as assert} from 'node:assert'
 import {fileURLToPath} from 'node:url'
 import * as path from 'node:path'
-import {close, pipe2, posixSpawn, read, SYS, wait4} from '../../src/sys/libc.js'
+import {close, pipe2, posixSpawn, prctl, read, SYS, wait4} from '../../src/sys/libc.js'
 import {listFds, readMaps, readStat, readStatus} from '../../src/sys/proc.js'
 import {buildStubElf, spawnStub, STUB_COMM, STUB_DEFAULT_BASE, type Stub} from '../../src/inject/stub.js'
 import {cleanupProcs, readLine, sleepMs, track} from '../sys/helpers.js'
@@ -78,6 +78,18 @@ describe('inject/stub', () => {
 
   it('a stub never outlives its spawner (PTRACE_O_EXITKILL)', function () {
     this.timeout(20000)
+    // Become a child subreaper for this test, so the orphaned stub is
+    // reparented to us (and reaped here) rather than to a pid 1 that may not reap.
+    prctl(36 /* PR_SET_CHILD_SUBREAPER */, 1)
+    try {
+      exitKillCase()
+    } finally {
+      prctl(36, 0)
+    }
+  })
+})
+
+function exitKillCase(): void {
     const here = path.dirname(fileURLToPath(import.meta.url))
     const stubJs = path.resolve(here, '../../src/inject/stub.js')
     const [r, w] = pipe2()
@@ -101,6 +113,7 @@ describe('inject/stub', () => {
       if (!gone) sleepMs(10)
     }
     assert.ok(gone, `stub ${stubPid} survived its spawner`)
+    const ws = wait4(stubPid)! // reparented to us (subreaper): reap it
+    assert.equal(ws.termSignal, 9, 'killed by PTRACE_O_EXITKILL')
     void read
-  })
-})
+}

@@ -223,6 +223,46 @@ describe('inject/tracee', () => {
     assert.deepEqual([restartFixup(r, 'restore')[REG.rax], restartFixup(r, 'restore')[REG.rip]], [230n, 0xffen])
   })
 
+  it('batched injection: results, stopOnError, SIGTRAP disposition untouched (handler and ignored)', () => {
+    const p = spawnPython([
+      'import signal, sys, os',
+      'hits = []',
+      'signal.signal(signal.SIGTRAP, lambda *a: hits.append(1))',
+      'print("ready", flush=True)',
+      'sys.stdin.readline()',
+      'print(len(hits), signal.getsignal(signal.SIGTRAP) is not signal.SIG_DFL, flush=True)',
+      'signal.signal(signal.SIGTRAP, signal.SIG_IGN)',
+      'print("ign", flush=True)',
+      'sys.stdin.readline()',
+      'print(signal.getsignal(signal.SIGTRAP) is signal.SIG_IGN, flush=True)',
+    ].join('\n'), {pipeIn: true})
+    assert.equal(readLine(p.out!), 'ready')
+    let t = Tracee.seize(p.pid)
+    tracees.push(t)
+    const regs = t.getRegs()
+    const res = t.syscalls([{nr: SYS.getpid}, {nr: SYS.close, args: [999]}, {nr: SYS.getppid}])
+    assert.deepEqual(res, [BigInt(p.pid), -9n, BigInt(process.pid)])
+    assert.deepEqual(t.syscalls([{nr: SYS.getpid}, {nr: SYS.close, args: [999]}, {nr: SYS.getppid}], {stopOnError: true}), [BigInt(p.pid), -9n])
+    // more than one table's worth
+    const many = t.syscalls(Array.from({length: 2500}, () => ({nr: SYS.getpid})))
+    assert.equal(many.length, 2500)
+    assert.ok(many.every((v) => v === BigInt(p.pid)))
+    assert.equal(t.injectionRanges().length, 1)
+    assert.deepEqual(t.getRegs(), regs)
+    t.freeBatch()
+    t.detach()
+    writeAll(p.in!, Buffer.from('\n'))
+    assert.equal(readLine(p.out!), '0 True', 'handler neither run nor reset by the int3 SIGTRAPs')
+    assert.equal(readLine(p.out!), 'ign')
+    t = Tracee.seize(p.pid)
+    tracees.push(t)
+    assert.deepEqual(t.syscalls([{nr: SYS.getpid}, {nr: SYS.getppid}]), [BigInt(p.pid), BigInt(process.pid)])
+    assert.equal(t.injectionRanges().length, 0, 'SIGTRAP ignored: fell back to single injections')
+    t.detach()
+    writeAll(p.in!, Buffer.from('\n'))
+    assert.equal(readLine(p.out!), 'True')
+  })
+
   it('measures injected syscall latency', () => {
     const p = spawnProc('/bin/sleep', ['sleep', '30'])
     waitState(p.pid, (s) => s === 'S')
@@ -232,8 +272,13 @@ describe('inject/tracee', () => {
     const t0 = process.hrtime.bigint()
     for (let i = 0; i < n; i++) t.syscall(SYS.getpid)
     const us = Number(process.hrtime.bigint() - t0) / n / 1000
-    console.log(`      injected syscall (warm): ${us.toFixed(1)} µs`)
     assert.equal(t.injectedCount, n + 1)
+    const calls = Array.from({length: 64}, () => ({nr: SYS.getpid}))
+    t.syscalls(calls)
+    const t1 = process.hrtime.bigint()
+    for (let i = 0; i < 50; i++) t.syscalls(calls)
+    const bus = Number(process.hrtime.bigint() - t1) / (50 * 64) / 1000
+    console.log(`      injected syscall (warm): ${us.toFixed(1)} µs single, ${bus.toFixed(2)} µs per call in batches of 64`)
     void sleepMs
   })
 })

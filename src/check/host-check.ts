@@ -1,0 +1,91 @@
+/**
+ * `cxlfork check`: probes, for real, what checkpoint and restore need from
+ * this kernel and this user, like `criu check`. Every probe runs the actual
+ * mechanism (a seized stub, an injected syscall, a real userfaultfd) rather
+ * than trusting configuration files.
+ */
+import {existsSync, statfsSync} from 'node:fs'
+import {dirname, resolve} from 'node:path'
+
+import {CxlforkError} from '../errors.js'
+import {spawnStub} from '../inject/stub.js'
+import {close, syscallRaw, vmRead} from '../sys/libc.js'
+import {readProcText} from '../sys/proc.js'
+import {classifyFileSystem} from '../pool/filesystem.js'
+
+export interface CheckItem {
+  name: string
+  ok: boolean
+  detail: string
+}
+
+export interface CheckResult {
+  ok: boolean
+  items: CheckItem[]
+}
+
+const CAP_SYS_ADMIN = 21n
+const CAP_SYS_PTRACE = 19n
+const CAP_CHECKPOINT_RESTORE = 40n
+const SYS_USERFAULTFD = 323
+const PR_SET_MM = 35
+const PR_SET_MM_MAP_SIZE = 15
+
+function effectiveCaps(): bigint {
+  const line = /^CapEff:\s*([0-9a-f]+)/m.exec(readProcText('self', 'status'))
+  return line ? BigInt('0x' + line[1]) : 0n
+}
+
+function probe(name: string, run: () => string): CheckItem {
+  try {
+    return {name, ok: true, detail: run()}
+  } catch (error) {
+    const message = error instanceof CxlforkError ? `${error.message}${error.hint ? ` (${error.hint})` : ''}` : (error as Error).message
+    return {name, ok: false, detail: message}
+  }
+}
+
+export function checkHost(poolPath: string, minFreeBytes = 64n << 20n): CheckResult {
+  const items: CheckItem[] = []
+  const caps = effectiveCaps()
+  const has = (bit: bigint): boolean => ((caps >> bit) & 1n) === 1n
+  items.push(probe('ptrace and syscall injection', () => {
+    const stub = spawnStub()
+    try {
+      const pid = Number(stub.tracee.syscallChecked('getpid', 39))
+      if (pid !== stub.pid) throw new Error(`injected getpid returned ${pid}, expected ${stub.pid}`)
+      vmRead(stub.pid, stub.image[0], new Uint8Array(16))
+      return `seized a stub, injected getpid, read its memory with process_vm_readv`
+    } finally {
+      stub.kill()
+    }
+  }))
+  items.push(probe('PR_SET_MM_MAP (restore mm fields, exe link)', () => {
+    if (!has(CAP_CHECKPOINT_RESTORE) && !has(CAP_SYS_ADMIN)) throw new Error('needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN')
+    const size = new Uint32Array(1)
+    const r = syscallRaw(157, PR_SET_MM, PR_SET_MM_MAP_SIZE, size, 0, 0)
+    if (r < 0n) throw new Error(`prctl(PR_SET_MM_MAP_SIZE) failed with errno ${-r}`)
+    return `struct prctl_mm_map is ${size[0]} bytes; capability present`
+  }))
+  items.push(probe('CAP_SYS_PTRACE', () => {
+    if (!has(CAP_SYS_PTRACE)) throw new Error('missing: only your own processes can be checkpointed')
+    return 'present'
+  }))
+  items.push(probe('userfaultfd (migrate-on-access)', () => {
+    const fd = syscallRaw(SYS_USERFAULTFD, 0o2000000, 0, 0, 0, 0)
+    if (fd < 0n) throw new Error(`userfaultfd() failed with errno ${-fd}`)
+    close(Number(fd))
+    return 'available'
+  }))
+  const absolute = resolve(poolPath)
+  items.push(probe(`pool file system (${absolute})`, () => {
+    const exists = existsSync(absolute)
+    const verdict = classifyFileSystem(absolute, exists)
+    if (!verdict.shareable) throw new Error(`${verdict.mountPoint} is ${verdict.kind}, which hosts cannot share; use tmpfs (/dev/shm), a DAX mount or famfs`)
+    const stats = statfsSync(exists ? absolute : dirname(absolute), {bigint: true})
+    const free = stats.bavail * stats.bsize
+    if (!exists && free < minFreeBytes) throw new Error(`only ${free} bytes free on ${verdict.mountPoint}`)
+    return `${verdict.kind} at ${verdict.mountPoint}, ${(Number(free) / 1073741824).toFixed(1)} GiB free${exists ? ', pool exists' : ', pool will be created on first use'}`
+  }))
+  return {ok: items.every((item) => item.ok), items}
+}

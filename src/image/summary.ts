@@ -1,0 +1,53 @@
+/**
+ * A JSON-friendly description of what a checkpoint holds, for `inspect`:
+ * VMAs with their stored page counts, fds, and totals. Numbers, not bigints,
+ * so scripts can read it; addresses are hex strings.
+ */
+import {type PageMapView} from './page-map.js'
+import {PAGE_SIZE, type ProcessImage} from './process-image.js'
+
+export interface VmaSummary {
+  start: string
+  end: string
+  /** 'rwxp' form. */
+  perms: string
+  kind: string
+  path?: string
+  /** Pages whose contents the checkpoint stores. */
+  storedPages: number
+}
+
+export interface ProcessSummary {
+  pid: number
+  comm: string
+  cmdline: string[]
+  uid: number
+  kernel: string
+  host: string
+  capturedAt: string
+  threads: number
+  vmas: VmaSummary[]
+  fds: {fd: number; kind: string; path: string; flags: number; offset: number}[]
+  storedPages: number
+  storedBytes: number
+  pageRuns: number
+  signalHandlers: number
+}
+
+export function summarizeImage(image: ProcessImage, pageMap: PageMapView): ProcessSummary {
+  const perVma = new Array<number>(image.vmas.length).fill(0)
+  for (const entry of pageMap.entries()) perVma[entry.vmaIndex] = (perVma[entry.vmaIndex] ?? 0) + entry.nrPages
+  const vmas = image.vmas.map((vma, index): VmaSummary => {
+    const perms = `${vma.prot & 1 ? 'r' : '-'}${vma.prot & 2 ? 'w' : '-'}${vma.prot & 4 ? 'x' : '-'}${vma.flags & 1 ? 's' : 'p'}`
+    const summary: VmaSummary = {start: '0x' + vma.start.toString(16), end: '0x' + vma.end.toString(16), perms, kind: vma.kind, storedPages: perVma[index] ?? 0}
+    if (vma.fileIndex !== undefined) summary.path = image.files[vma.fileIndex]?.path ?? '?'
+    return summary
+  })
+  return {
+    pid: image.task.pid, comm: image.task.comm, cmdline: image.task.cmdline, uid: image.task.uid, kernel: image.kernel.release,
+    host: image.kernel.hostname, capturedAt: new Date(image.capturedAt).toISOString(), threads: image.threads.length, vmas,
+    fds: image.fds.map((fd) => ({fd: fd.fd, kind: fd.kind, path: fd.path, flags: fd.flags, offset: Number(fd.offset)})),
+    storedPages: pageMap.totalPages, storedBytes: pageMap.totalPages * PAGE_SIZE, pageRuns: pageMap.entryCount,
+    signalHandlers: image.task.sigactions.length,
+  }
+}

@@ -1,0 +1,169 @@
+/**
+ * Helpers of the end-to-end restore tests (test/restore/*.test.ts): the CLI run as a user
+ * runs it (a separate process, asynchronously, so the test can signal processes meanwhile),
+ * per-file pool paths on /dev/shm, /proc readings.
+ */
+import {type ChildProcess, spawn} from 'node:child_process'
+import {readdirSync, readFileSync, rmSync} from 'node:fs'
+import {join} from 'node:path'
+
+import {projectRoot} from '../../src/paths.js'
+import {type LogEvent, procStat, readLog} from '../helpers/fixtures.js'
+
+export const PROJECT_ROOT = projectRoot()
+export const CLI = join(PROJECT_ROOT, 'bin', 'run.js')
+
+// ---------------------------------------------------------------------------------------
+// Pools
+
+let poolCounter = 0
+const pools: string[] = []
+
+/** A fresh pool path /dev/shm/cxlfork-rt-<test pid>-<tag>-<n>.pool, removed by removePools(). */
+export function poolPath(tag: string): string {
+  const path = `/dev/shm/cxlfork-rt-${process.pid}-${tag}-${poolCounter++}.pool`
+  pools.push(path)
+  return path
+}
+
+/** Removes every pool file poolPath() handed out (for an after hook). */
+export function removePools(): void {
+  for (const path of pools.splice(0)) rmSync(path, {force: true})
+}
+
+// ---------------------------------------------------------------------------------------
+// The CLI
+
+export interface CliResult {
+  args: string[]
+  status: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+  /** stdout parsed as JSON, when it is JSON. */
+  json: any
+  /** Wall-clock ms from spawn to exit. */
+  ms: number
+}
+
+export interface CliProcess {
+  child: ChildProcess
+  done: Promise<CliResult>
+}
+
+/** Starts `node bin/run.js ...args` (stdin ignored, stdout/stderr collected). */
+export function startCli(args: string[], options: {env?: Record<string, string>} = {}): CliProcess {
+  const t0 = performance.now()
+  const child = spawn(process.execPath, [CLI, ...args], {
+    cwd: PROJECT_ROOT,
+    env: {...process.env, ...options.env},
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout!.on('data', (chunk: Buffer) => {
+    stdout += chunk.toString()
+  })
+  child.stderr!.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString()
+  })
+  // 'exit', not 'close': with `restore --wait` the clone inherits our pipes.
+  const done = new Promise<CliResult>((resolve) => {
+    child.on('error', (error) => resolve({args, json: undefined, ms: performance.now() - t0, signal: null, status: null, stderr: String(error), stdout}))
+    child.on('exit', (status, signal) => {
+      // give the pipes a moment to drain what was written before exit
+      setTimeout(() => {
+        let json: unknown
+        try {
+          json = JSON.parse(stdout)
+        } catch {
+          json = undefined
+        }
+        resolve({args, json, ms: performance.now() - t0, signal, status, stderr, stdout})
+      }, 20)
+    })
+  })
+  return {child, done}
+}
+
+/** Runs the CLI to completion. */
+export function cli(args: string[], options: {env?: Record<string, string>} = {}): Promise<CliResult> {
+  return startCli(args, options).done
+}
+
+/** One-line description of a CLI run for assertion messages. */
+export function describeRun(run: CliResult): string {
+  return `cxlfork ${run.args.join(' ')} -> status ${run.status} signal ${run.signal}\nstdout: ${run.stdout.slice(0, 2000)}\nstderr: ${run.stderr.slice(0, 2000)}`
+}
+
+// ---------------------------------------------------------------------------------------
+// Log and /proc
+
+/** Every TICK line written by pid. */
+export function ticksOf(logPath: string, pid: number): LogEvent[] {
+  return readLog(logPath).filter((e) => e.kind === 'TICK' && e.pid === pid)
+}
+
+/** A field of /proc/PID/status in bytes (e.g. RssAnon), or undefined if the process is gone. */
+export function statusKb(pid: number, field: string): number | undefined {
+  let text: string
+  try {
+    text = readFileSync(`/proc/${pid}/status`, 'utf8')
+  } catch {
+    return undefined
+  }
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)
+  return m ? Number(m[1]) * 1024 : undefined
+}
+
+export function comm(pid: number): string | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim()
+  } catch {
+    return undefined
+  }
+}
+
+export interface ProcEntry {
+  pid: number
+  ppid: number
+  state: string
+  comm: string
+}
+
+/** Every process visible in /proc. */
+export function allProcesses(): ProcEntry[] {
+  const out: ProcEntry[] = []
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue
+    const pid = Number(name)
+    const st = procStat(pid)
+    const c = comm(pid)
+    if (st && c !== undefined) out.push({comm: c, pid, ppid: st.ppid, state: st.state})
+  }
+  return out
+}
+
+export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+
+/** Polls fn until it returns a truthy value; rejects with `what` after timeoutMs. */
+export async function until<T>(fn: () => T | undefined | false | null, what: string, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const value = fn()
+    if (value) return value
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await sleep(20)
+  }
+}
+
+/** Measurements collected by the tests, printed at the end of a file (for the report). */
+export const measurements: string[] = []
+export function note(line: string): void {
+  measurements.push(line)
+}
+export function printMeasurements(title: string): void {
+  if (measurements.length === 0) return
+  process.stdout.write(`\n    ${title} measurements:\n${measurements.map((m) => `      ${m}`).join('\n')}\n`)
+  measurements.length = 0
+}
