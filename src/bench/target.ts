@@ -1,0 +1,250 @@
+/**
+ * The benchmark target: a tiny static x86_64 ELF generated here byte by byte
+ * (no compiler, no libc, no interpreter at run time). It maps SIZE bytes of
+ * private anonymous memory, writes a deterministic pattern into every page
+ * (page i is filled with the 64-bit word PATTERN_BASE + i), writes one byte
+ * ("R") to fd 1 once every page is touched, then idles in pause() forever.
+ *
+ * Why not python3 or node: their base RSS (8-40 MiB of private memory, plus
+ * threads for node) would blur "restored RssAnon vs checkpointed bytes" and
+ * would not be exactly SIZE. This target's footprint is SIZE plus one stack
+ * page and its 4 KiB code page, and it is single-threaded, without rseq or TLS.
+ */
+import {closeSync, mkdtempSync, readSync, rmSync, writeFileSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+
+import {CxlforkError} from '../errors.js'
+import {O, killQuiet, pipe2, posixSpawn, SIG, vmRead, wait4} from '../sys/libc.js'
+
+/** comm of every target (and of its clones): the executable's file name, 15 characters. */
+export const TARGET_COMM = 'cxlbench-target'
+/** Page i of the target's memory holds this value + i in each of its 512 words. */
+export const PATTERN_BASE = 0x6378_6c66_6f72_6b00n
+const LOAD_BASE = 0x400000n
+
+/** A minimal assembler: raw bytes plus 32-bit rip-relative label fixups. */
+class Assembler {
+  private readonly bytes: number[] = []
+  private readonly labels = new Map<string, number>()
+  private readonly fixups: {at: number; label: string}[] = []
+
+  emit(...bytes: number[]): this {
+    this.bytes.push(...bytes)
+    return this
+  }
+
+  imm32(value: number): this {
+    return this.emit(value & 0xff, (value >>> 8) & 0xff, (value >>> 16) & 0xff, (value >>> 24) & 0xff)
+  }
+
+  imm64(value: bigint): this {
+    for (let i = 0n; i < 64n; i += 8n) this.bytes.push(Number((value >> i) & 0xffn))
+    return this
+  }
+
+  /** A rel32 operand pointing at `label`, relative to the end of the operand. */
+  rel32(label: string): this {
+    this.fixups.push({at: this.bytes.length, label})
+    return this.imm32(0)
+  }
+
+  label(name: string): this {
+    this.labels.set(name, this.bytes.length)
+    return this
+  }
+
+  finish(): Uint8Array {
+    const out = Uint8Array.from(this.bytes)
+    const view = new DataView(out.buffer)
+    for (const {at, label} of this.fixups) {
+      const target = this.labels.get(label)
+      if (target === undefined) throw new Error(`undefined label ${label}`)
+      view.setInt32(at, target - (at + 4), true)
+    }
+    return out
+  }
+}
+
+/** Machine code of the target for `size` bytes; `hugePages` false opts the region out of THP. */
+export function targetCode(size: number, hugePages: boolean): Uint8Array {
+  const a = new Assembler()
+  // mmap(NULL, size, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0)
+  a.emit(0x31, 0xff) //                          xor  edi, edi
+  a.emit(0x48, 0xbe).imm64(BigInt(size)) //      mov  rsi, size
+  a.emit(0xba).imm32(3) //                       mov  edx, 3
+  a.emit(0x41, 0xba).imm32(0x22) //              mov  r10d, 0x22
+  a.emit(0x49, 0xc7, 0xc0).imm32(-1) //          mov  r8, -1
+  a.emit(0x45, 0x31, 0xc9) //                    xor  r9d, r9d
+  a.emit(0xb8).imm32(9) //                       mov  eax, SYS_mmap
+  a.emit(0x0f, 0x05) //                          syscall
+  a.emit(0x48, 0x3d).imm32(-4095) //             cmp  rax, -4095
+  a.emit(0x0f, 0x83).rel32('fail') //            jae  fail
+  a.emit(0x49, 0x89, 0xc7) //                    mov  r15, rax        ; base
+  if (!hugePages) {
+    // madvise(base, size, MADV_NOHUGEPAGE); rsi still holds size (syscall clobbers rax, rcx, r11 only)
+    a.emit(0x48, 0x89, 0xc7) //                  mov  rdi, rax
+    a.emit(0xba).imm32(15) //                    mov  edx, MADV_NOHUGEPAGE
+    a.emit(0xb8).imm32(28) //                    mov  eax, SYS_madvise
+    a.emit(0x0f, 0x05) //                        syscall
+  }
+  a.emit(0x4c, 0x89, 0xff) //                    mov  rdi, r15
+  a.emit(0x4d, 0x8d, 0x2c, 0x37) //              lea  r13, [r15 + rsi] ; end
+  a.emit(0x49, 0xbe).imm64(PATTERN_BASE) //      mov  r14, PATTERN_BASE
+  a.label('page')
+  a.emit(0x4c, 0x39, 0xef) //                    cmp  rdi, r13
+  a.emit(0x0f, 0x83).rel32('done') //            jae  done
+  a.emit(0x4c, 0x89, 0xf0) //                    mov  rax, r14
+  a.emit(0xb9).imm32(512) //                     mov  ecx, 512
+  a.emit(0xf3, 0x48, 0xab) //                    rep stosq            ; one page, rdi += 4096
+  a.emit(0x49, 0xff, 0xc6) //                    inc  r14
+  a.emit(0xe9).rel32('page') //                  jmp  page
+  a.label('done')
+  a.emit(0xbf).imm32(1) //                       mov  edi, 1
+  a.emit(0x48, 0x8d, 0x35).rel32('ready') //     lea  rsi, [rip + ready]
+  a.emit(0xba).imm32(1) //                       mov  edx, 1
+  a.emit(0xb8).imm32(1) //                       mov  eax, SYS_write
+  a.emit(0x0f, 0x05) //                          syscall
+  a.label('idle')
+  a.emit(0xb8).imm32(34) //                      mov  eax, SYS_pause
+  a.emit(0x0f, 0x05) //                          syscall
+  a.emit(0xe9).rel32('idle') //                  jmp  idle
+  a.label('fail')
+  a.emit(0xbf).imm32(1) //                       mov  edi, 1
+  a.emit(0xb8).imm32(231) //                     mov  eax, SYS_exit_group
+  a.emit(0x0f, 0x05) //                          syscall
+  a.label('ready')
+  a.emit(0x52) //                                "R"
+  return a.finish()
+}
+
+/** A static ET_EXEC image: ELF header, one R+X PT_LOAD of the whole file, PT_GNU_STACK. */
+export function buildTargetElf(size: number, hugePages: boolean): Uint8Array {
+  const code = targetCode(size, hugePages)
+  const ehdr = 64
+  const phdr = 56
+  const codeOffset = ehdr + 2 * phdr
+  const out = new Uint8Array(codeOffset + code.length)
+  const dv = new DataView(out.buffer)
+  out.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0], 0)
+  dv.setUint16(16, 2, true) // ET_EXEC
+  dv.setUint16(18, 0x3e, true) // x86_64
+  dv.setUint32(20, 1, true)
+  dv.setBigUint64(24, LOAD_BASE + BigInt(codeOffset), true) // e_entry
+  dv.setBigUint64(32, BigInt(ehdr), true) // e_phoff
+  dv.setUint16(52, ehdr, true)
+  dv.setUint16(54, phdr, true)
+  dv.setUint16(56, 2, true) // e_phnum
+  dv.setUint16(58, 64, true)
+  let p = ehdr
+  dv.setUint32(p, 1, true) // PT_LOAD
+  dv.setUint32(p + 4, 5, true) // R+X
+  dv.setBigUint64(p + 16, LOAD_BASE, true)
+  dv.setBigUint64(p + 24, LOAD_BASE, true)
+  dv.setBigUint64(p + 32, BigInt(out.length), true)
+  dv.setBigUint64(p + 40, BigInt(out.length), true)
+  dv.setBigUint64(p + 48, 0x1000n, true)
+  p += phdr
+  dv.setUint32(p, 0x6474e551, true) // PT_GNU_STACK
+  dv.setUint32(p + 4, 6, true) // R+W
+  dv.setBigUint64(p + 48, 16n, true)
+  out.set(code, codeOffset)
+  return out
+}
+
+/**
+ * Executables of the targets, one per size, in a private temporary directory
+ * that lives for the whole run: checkpoints record the executable's path and
+ * restores map it again, so it must stay until the last restore.
+ */
+export class TargetFiles {
+  readonly dir: string
+  private readonly paths = new Map<number, string>()
+
+  constructor(private readonly hugePages: boolean) {
+    this.dir = mkdtempSync(join(tmpdir(), 'cxlfork-bench-'))
+  }
+
+  /** Write (once) and return the executable for `size` bytes. */
+  executable(size: number): string {
+    const known = this.paths.get(size)
+    if (known !== undefined) return known
+    const sub = mkdtempSync(join(this.dir, `${size}-`))
+    const path = join(sub, TARGET_COMM)
+    writeFileSync(path, buildTargetElf(size, this.hugePages), {mode: 0o700})
+    this.paths.set(size, path)
+    return path
+  }
+
+  remove(): void {
+    rmSync(this.dir, {recursive: true, force: true})
+  }
+}
+
+export interface RunningTarget {
+  pid: number
+  /** ms from posix_spawn until the target reported every page touched. */
+  readyMs: number
+}
+
+/**
+ * Spawn a target (posix_spawn: pitfall 14) with fd 1 on a pipe, and block
+ * until it writes its ready byte: that interval is the cold start.
+ */
+export function spawnTarget(executable: string): RunningTarget {
+  const [readEnd, writeEnd] = pipe2(O.CLOEXEC)
+  let writeOpen = true
+  let pid = 0
+  try {
+    const t0 = performance.now()
+    pid = posixSpawn({path: executable, argv: [executable], env: [], fds: [null, writeEnd, null], cwd: '/'})
+    closeSync(writeEnd)
+    writeOpen = false
+    const byte = new Uint8Array(1)
+    let got: number
+    for (;;) {
+      try {
+        got = readSync(readEnd, byte, 0, 1, null)
+        break
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code
+        if (code !== 'EAGAIN' && code !== 'EINTR') throw error
+      }
+    }
+    const readyMs = performance.now() - t0
+    if (got !== 1 || byte[0] !== 0x52) {
+      throw new CxlforkError('BENCH_TARGET_FAILED', `benchmark target ${executable} (pid ${pid}) exited before touching its memory`,
+        'Its mmap probably failed: lower --sizes or free memory.')
+    }
+    return {pid, readyMs}
+  } catch (error) {
+    if (pid > 0) stopProcess(pid)
+    throw error
+  } finally {
+    closeSync(readEnd)
+    if (writeOpen) closeSync(writeEnd)
+  }
+}
+
+/** SIGKILL a child (or orphan adopted as subreaper) and reap it. Never throws for a gone process. */
+export function stopProcess(pid: number): void {
+  killQuiet(pid, SIG.KILL)
+  try {
+    wait4(pid, 0)
+  } catch {
+    // not our child (already reaped elsewhere): wait for /proc to drop it
+  }
+}
+
+/** Check sampled pages (first, middle, last) of a live process against the pattern; returns the mismatching page or -1. */
+export function verifyPattern(pid: number, base: bigint, size: number): number {
+  const pages = size / 4096
+  const word = new BigUint64Array(1)
+  for (const page of [0, Math.floor(pages / 2), pages - 1]) {
+    for (const offset of [0, 4088]) {
+      vmRead(pid, base + BigInt(page * 4096 + offset), word, 8)
+      if (word[0] !== PATTERN_BASE + BigInt(page)) return page
+    }
+  }
+  return -1
+}

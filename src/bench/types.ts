@@ -1,0 +1,113 @@
+/**
+ * The typed result of `cxlfork bench` (printed as JSON with --json). Every
+ * figure is a summary of one sample per repetition, all taken in one run.
+ * Times are milliseconds (suffix Ms) unless a field says otherwise; memory
+ * is kB (suffix Kb, as /proc reports it) or bytes.
+ */
+
+/** Median, min and max of n samples. */
+export interface Summary {
+  median: number
+  min: number
+  max: number
+  n: number
+}
+
+export interface MachineInfo {
+  cpu: string
+  cores: number
+  ramBytes: number
+  kernel: string
+  node: string
+  /** /sys/kernel/mm/transparent_hugepage/enabled, the selected value. */
+  thp: string
+}
+
+/** One restore policy of one path, e.g. pool/mow. */
+export interface RestoreRow {
+  /** `${path}/${policy}`, the row's stable id. */
+  id: string
+  path: string
+  policy: string
+  /** In-process engine restore (pool: stats.restore_time). */
+  engineMs: Summary
+  /** Whole command, wall clock from spawn to exit, the clone detached and running by then. */
+  commandMs: Summary
+  /** RssAnon of the clone right after restore, kB. */
+  rssAnonKb: Summary
+  /** Median RssAnon as a percentage of the checkpointed bytes. */
+  rssAnonPct: number
+  /** Engine statistics by their own (CRIU-style) names; µs unless a count. */
+  engineStats: Record<string, Summary>
+}
+
+/** One checkpoint path at one size, e.g. the pool. */
+export interface PathResult {
+  path: string
+  /** Whole checkpoint, ms. */
+  checkpointMs: Summary
+  /** Time the target was stopped, ms. */
+  downtimeMs: Summary
+  /** Bytes of memory the checkpoint holds (pool: pages × 4 KiB; CRIU: image bytes). */
+  bytes: number
+  /** Engine statistics by their own names; µs unless a count. */
+  engineStats: Record<string, Summary>
+  restores: RestoreRow[]
+}
+
+export interface SizeResult {
+  /** Bytes the target touches. */
+  size: number
+  /** As given on the command line, e.g. 64M. */
+  label: string
+  /** Spawn of a fresh target until it has touched all its memory. */
+  coldStartMs: Summary
+  /** write(2) loop of the same bytes into a new file on the pool's file system (1 MiB buffer). */
+  plainWriteMs: Summary
+  /** ftruncate + mmap(MAP_SHARED) + copy, the other plain method. */
+  plainMmapMs: Summary
+  /** The faster of the two plain methods (by median): the anchor for checkpoint time. */
+  plainAnchor: 'write' | 'mmap'
+  /** Local fork() of the target, parent side: injected clone minus a no-op injected getpid. */
+  forkMs: Summary
+  /** Raw injected clone(CLONE_PARENT|SIGCHLD), ms. */
+  forkInjectionMs: Summary
+  /** Injected getpid (the injection overhead subtracted), ms. */
+  noopInjectionMs: Summary
+  paths: PathResult[]
+}
+
+export interface TargetVerdict {
+  id: string
+  description: string
+  measured: number
+  limit: number
+  unit: string
+  pass: boolean
+}
+
+export interface BenchResult {
+  /** The exact command line. */
+  command: string
+  /** ISO 8601 start time. */
+  date: string
+  durationS: number
+  machine: MachineInfo
+  config: {
+    sizes: number[]
+    runs: number
+    policies: string[]
+    pool: string
+    /** True when the pool was a temporary one, removed at the end. */
+    poolTemporary: boolean
+    target: string
+    hugePages: boolean
+  }
+  /** `node -e 0`, wall clock. */
+  nodeStartupMs: Summary
+  sizes: SizeResult[]
+  targets: TargetVerdict[]
+  pass: boolean
+  /** Every process the run created (targets, clones, fork children); all are gone when it returns. */
+  pids: number[]
+}

@@ -1,0 +1,23 @@
+import {Flags} from '@oclif/core'
+
+import {BaseCommand} from '../../cli/base-command.js'
+import type {CriuRestoreResult} from '../../criu/restore.js'
+
+export default class CriuRestoreCommand extends BaseCommand {
+  static override summary = 'Restore a CRIU-format image set by deserializing it and copying every page.'
+  static override description = 'Accepts sets written by cxlfork criu dump and by CRIU 4.x for a single-threaded process with regular files. The restore statistics are also written to stats-restore.img. Without --wait the clone runs detached; with --wait the command exits with its status.'
+  static override examples = ['<%= config.bin %> criu restore --images /dev/shm/web.img', '<%= config.bin %> criu restore --images /dev/shm/web.img --wait']
+  static override flags = {
+    images: Flags.string({summary: 'Directory holding the image set.', required: true}),
+    wait: Flags.boolean({summary: 'Stay until the clone exits and exit with its status.', default: false}),
+  }
+
+  async run(): Promise<CriuRestoreResult> {
+    const {flags} = await this.parse(CriuRestoreCommand)
+    const {criuRestore} = await import('../../criu/restore.js')
+    const result = criuRestore({images: flags.images, wait: flags.wait})
+    this.say(`Restored ${flags.images} as pid ${result.pid}: ${result.stats.pages_restored} pages copied, ${(result.stats.restore_time / 1000).toFixed(2)} ms`)
+    if (result.exit) process.exitCode = result.exit.signal === null ? result.exit.code ?? 0 : 128 + result.exit.signal
+    return result
+  }
+}

@@ -1,0 +1,87 @@
+/**
+ * `criu dump`: the same live fork-snapshot capture as `checkpoint`, but the
+ * state is serialized into CRIU protobuf images and every page is copied into
+ * pages-1.img: the "CRIU over shared memory" baseline.
+ */
+import {existsSync, mkdirSync, readdirSync} from 'node:fs'
+import {dirname, join, resolve} from 'node:path'
+
+import {type DumpStats as CheckpointDumpStats, runSegments} from '../checkpoint/checkpoint.js'
+import {type LiveSnapshot, killTarget, takeLiveSnapshot} from '../checkpoint/snapshot.js'
+import {ConflictError, SyscallError} from '../errors.js'
+import {PAGE_SIZE, type PageRun, totalPages} from '../image/process-image.js'
+import {addressOf, vmReadv} from '../sys/libc.js'
+import {writeCriuImages} from './images.js'
+
+export interface CriuDumpResult {
+  pid: number
+  images: string
+  files: string[]
+  /** Bytes of all image files, pages included. */
+  imageBytes: number
+  pages: number
+  killed: boolean
+  downtimeUs: number
+  totalUs: number
+  stats: CheckpointDumpStats
+}
+
+/** Default image directory: beside the pool, on the same shared-memory mount (CRIU over CXL keeps its images there). */
+export function defaultImagesDir(poolPath: string, pid: number): string {
+  return join(dirname(resolve(poolPath)), 'cxlfork-images', `${pid}-${Date.now()}`)
+}
+
+function prepareDir(dir: string): void {
+  if (existsSync(dir) && readdirSync(dir).some((name) => name.endsWith('.img'))) {
+    throw new ConflictError('IMAGES_EXIST', `${dir} already holds images`, 'Dump into an empty or new directory.')
+  }
+  mkdirSync(dir, {recursive: true, mode: 0o700})
+}
+
+/** Reads pages of the frozen snapshot straight into the writer's buffer. */
+function snapshotPages(snapshot: LiveSnapshot): {read(run: PageRun, into: Uint8Array): void} {
+  return {
+    read(run, into) {
+      const len = run.nrPages * PAGE_SIZE
+      const copied = vmReadv(snapshot.snapshotPid, runSegments([run], addressOf(into)))
+      if (copied !== len) throw new SyscallError('process_vm_readv', 14, `snapshot ${snapshot.snapshotPid}: ${copied} of ${len} bytes at 0x${run.vaddr.toString(16)}`)
+    },
+  }
+}
+
+export async function criuDump(request: {pid: number; images: string; kill: boolean}): Promise<CriuDumpResult> {
+  const t0 = performance.now()
+  const dir = resolve(request.images)
+  prepareDir(dir)
+  const snapshot = takeLiveSnapshot(request.pid)
+  try {
+    const pages = totalPages(snapshot.image.pageRuns)
+    const tWrite = performance.now()
+    let pagesScanned = 0
+    for (const vma of snapshot.image.vmas) if ((vma.flags & 1) === 0) pagesScanned += Number((vma.end - vma.start) / BigInt(PAGE_SIZE))
+    const timings = snapshot.timings
+    // stats-dump.img is encoded after pages-1.img is written: getters read the clock at that moment.
+    const written = await writeCriuImages(dir, snapshot.image, snapshotPages(snapshot), {
+      freezingTime: timings.freezingUs, frozenTime: timings.frozenUs,
+      get memdumpTime() {
+        return Math.round((performance.now() - t0) * 1000) - timings.frozenUs
+      },
+      get memwriteTime() {
+        return Math.round((performance.now() - tWrite) * 1000)
+      },
+      pagesScanned, pagesWritten: pages,
+    })
+    const tWritten = performance.now()
+    if (request.kill) killTarget(request.pid)
+    return {
+      pid: request.pid, images: dir, files: written.files, imageBytes: written.bytes, pages, killed: request.kill,
+      downtimeUs: timings.frozenUs, totalUs: Math.round((performance.now() - t0) * 1000),
+      stats: {
+        freezing_time: timings.freezingUs, frozen_time: timings.frozenUs, memdump_time: Math.round((tWritten - t0) * 1000) - timings.frozenUs,
+        memwrite_time: Math.round((tWritten - tWrite) * 1000), pages_scanned: pagesScanned, pages_written: pages,
+      },
+    }
+  } finally {
+    snapshot.release()
+  }
+}

@@ -1,0 +1,60 @@
+/**
+ * `criu import`: store a CRIU image set in the pool as a cxlfork checkpoint,
+ * pages read from pages-1.img straight into a write-once pool extent, so a
+ * process dumped by CRIU can be restored zero-copy.
+ */
+import {closeSync, openSync} from 'node:fs'
+
+import {SyscallError} from '../errors.js'
+import {encodeImage} from '../image/codec.js'
+import {encodePageMap} from '../image/page-map.js'
+import {PAGE_SIZE, totalPages} from '../image/process-image.js'
+import {Section} from '../image/sections.js'
+import {type CheckpointBuilder, type Pool} from '../pool/index.js'
+import {validateCheckpointName} from '../pool/names.js'
+import {getuid, preadFull} from '../sys/libc.js'
+import {readCriuImages} from './images.js'
+
+export interface CriuImportResult {
+  name: string
+  images: string
+  pages: number
+  bytes: number
+  writtenBy: 'cxlfork' | 'criu'
+  totalUs: number
+}
+
+export function criuImport(pool: Pool, request: {images: string; name: string}): CriuImportResult {
+  const t0 = performance.now()
+  validateCheckpointName(request.name)
+  const set = readCriuImages(request.images)
+  const image = set.image
+  const pages = totalPages(image.pageRuns)
+  let builder: CheckpointBuilder | undefined = pool.beginCheckpoint()
+  try {
+    const entries: {vaddr: bigint; poolOffset: bigint; nrPages: number; vmaIndex: number}[] = []
+    if (pages > 0) {
+      const extent = builder.allocateData(BigInt(pages) * BigInt(PAGE_SIZE))
+      const fd = openSync(set.pagesPath, 'r')
+      try {
+        let offset = 0n
+        image.pageRuns.forEach((run, i) => {
+          const len = run.nrPages * PAGE_SIZE
+          const got = preadFull(fd, extent.address + offset, set.runOffsets[i]!, len)
+          if (got !== len) throw new SyscallError('pread', 5, `${set.pagesPath}: ${got} of ${len} bytes at ${set.runOffsets[i]}`)
+          entries.push({vaddr: run.vaddr, poolOffset: extent.poolOffset + offset, nrPages: run.nrPages, vmaIndex: run.vmaIndex})
+          offset += BigInt(len)
+        })
+      } finally {
+        closeSync(fd)
+      }
+    }
+    builder.addSection(Section.processState, encodeImage(image))
+    builder.addSection(Section.pageMap, encodePageMap(entries))
+    builder.publish(request.name, {uid: getuid(), summary: {pid: image.task.pid, comm: image.task.comm, pages, vmas: image.vmas.length, importedFrom: request.images}})
+    builder = undefined
+  } finally {
+    builder?.abort()
+  }
+  return {name: request.name, images: request.images, pages, bytes: pages * PAGE_SIZE, writtenBy: set.writtenBy, totalUs: Math.round((performance.now() - t0) * 1000)}
+}

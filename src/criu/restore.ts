@@ -1,0 +1,69 @@
+/**
+ * `criu restore`: deserialize an image set and build the process with every
+ * page copied from pages-1.img into local anonymous memory, the full CRIU
+ * restore cost profile. The building machinery is the pool path's.
+ */
+import {openSync, closeSync, fstatSync} from 'node:fs'
+
+import {CorruptError} from '../errors.js'
+import {MAP, PROT, mmap, munmap} from '../sys/libc.js'
+import {buildProcess} from '../restore/build-process.js'
+import {type StoredRun, planRestore} from '../restore/plan.js'
+import {wait4} from '../sys/libc.js'
+import {readCriuImages, writeRestoreStats} from './images.js'
+
+export interface CriuRestoreResult {
+  pid: number
+  images: string
+  exit?: {code: number | null; signal: number | null}
+  stats: {
+    restore_time: number
+    forking_time: number
+    /** Reading and decoding the protobuf images. */
+    deserialize_time: number
+    memory_time: number
+    state_time: number
+    pages_restored: number
+  }
+}
+
+export function criuRestore(request: {images: string; wait: boolean}): CriuRestoreResult {
+  const t0 = performance.now()
+  const set = readCriuImages(request.images)
+  const runs: StoredRun[] = set.image.pageRuns.map((run, i) => ({...run, storeOffset: BigInt(set.runOffsets[i]!)}))
+  const plan = planRestore(set.image, runs, 'local')
+  const tDecoded = performance.now()
+  // The pages file is mapped read-only here and copied into the new process with process_vm_writev.
+  const fd = openSync(set.pagesPath, 'r')
+  let base = 0n
+  let size = 0
+  try {
+    size = Number(fstatSync(fd).size)
+    if (size > 0) base = mmap(null, size, PROT.READ, MAP.PRIVATE, fd, 0)
+  } finally {
+    closeSync(fd)
+  }
+  let built
+  try {
+    built = buildProcess(set.image, plan, {
+      localAddress: (offset) => {
+        if (offset < 0n || offset >= BigInt(size)) throw new CorruptError('IMAGE_CORRUPT', `pagemap points at offset ${offset} beyond ${set.pagesPath}`)
+        return base + offset
+      },
+    }, {stdio: request.wait ? 'inherit' : 'null', setsid: !request.wait})
+  } finally {
+    if (size > 0) munmap(base, size)
+  }
+  const tDone = performance.now()
+  const stats = {
+    restore_time: Math.round((tDone - t0) * 1000), forking_time: built.timings.spawnUs, deserialize_time: Math.round((tDecoded - t0) * 1000),
+    memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: plan.pagesCopied,
+  }
+  writeRestoreStats(request.images, {restoreTime: stats.restore_time, pagesRestored: stats.pages_restored, forkingTime: stats.forking_time})
+  const result: CriuRestoreResult = {pid: built.pid, images: request.images, stats}
+  if (request.wait) {
+    const status = wait4(built.pid, 0)
+    result.exit = {code: status?.exited ? status.exitCode ?? 0 : null, signal: status?.signaled ? status.termSignal ?? null : null}
+  }
+  return result
+}

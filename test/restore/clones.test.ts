@@ -1,0 +1,126 @@
+/**
+ * Several clones of one checkpoint at once, while the original runs on; the pool counts them
+ * as live references, refuses `rm` while any lives, and lets gc + rm reclaim everything after.
+ */
+import assert from 'node:assert/strict'
+
+import {cleanupAll, lastTick, processExists, requestCheck, requestGrow, startFixture, trackPid, waitForExit, waitForTicks} from '../helpers/fixtures.js'
+import {cli, describeRun, note, poolPath, printMeasurements, removePools} from './helpers.js'
+
+const CLONES = 4
+
+describe('restore: concurrent clones of one checkpoint', function () {
+  this.timeout(120_000)
+
+  afterEach(async () => {
+    const report = await cleanupAll()
+    assert.deepEqual(report.survivors, [], 'every process a test started is gone')
+  })
+  after(() => {
+    removePools()
+    printMeasurements('clones')
+  })
+
+  it(`${CLONES} clones run concurrently with the original; references follow them; rm refused until they are gone and gc ran`, async () => {
+    const pool = poolPath('clones')
+    const fx = await startFixture('memtouch', {mib: 16})
+    await waitForTicks(fx.logPath, fx.pid, 3)
+    const before = Number(lastTick(fx.logPath, fx.pid)!.fields.n)
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'many', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+
+    // CLONES restores at the same time, each its own CLI process.
+    const runs = await Promise.all(Array.from({length: CLONES}, () => cli(['restore', 'many', '--json', '--pool', pool])))
+    const clones: number[] = []
+    for (const run of runs) {
+      assert.equal(run.status, 0, describeRun(run))
+      clones.push(run.json.pid)
+      trackPid(run.json.pid)
+    }
+    note(`${CLONES} concurrent restores: restore_time ${runs.map((r) => (r.json.stats.restore_time / 1000).toFixed(1)).join(', ')} ms; CLI wall ${runs.map((r) => r.ms.toFixed(0)).join(', ')} ms`)
+    assert.equal(new Set(clones).size, CLONES, `distinct clone pids: ${clones.join(', ')}`)
+    assert.ok(!clones.includes(fx.pid))
+
+    // All of them (and the original) tick, each clone from the checkpointed counter on.
+    await Promise.all([fx.pid, ...clones].map((pid) => waitForTicks(fx.logPath, pid, 2)))
+    const checks = await Promise.all(clones.map((pid) => requestCheck(fx.logPath, pid)))
+    for (const check of checks) {
+      assert.equal(check.fields.ok, '1', check.line)
+      assert.equal(check.fields.crc, fx.ready.fields.crc, check.line)
+    }
+    for (const pid of clones) {
+      const first = Number(lastTick(fx.logPath, pid)!.fields.n)
+      assert.ok(first >= before, `clone ${pid} n=${first} >= ${before}`)
+    }
+
+    // Clones are private copies: one grows, the others do not see it.
+    const grew = await requestGrow(fx.logPath, clones[0]!)
+    assert.equal(grew.fields.ok, '1', grew.line)
+    const other = await requestCheck(fx.logPath, clones[1]!)
+    assert.equal(other.fields.ok, '1', other.line)
+    assert.equal(other.fields.grown, '0', `clone ${clones[1]} did not grow: ${other.line}`)
+    const original = await fx.check()
+    assert.equal(original.fields.ok, '1', original.line)
+    assert.equal(original.fields.grown, '0', original.line)
+
+    // The pool sees CLONES live references, held by exactly these pids.
+    const inspect = await cli(['inspect', 'many', '--json', '--pool', pool])
+    assert.equal(inspect.status, 0, describeRun(inspect))
+    assert.equal(inspect.json.liveRefs, CLONES, describeRun(inspect))
+    const alive = inspect.json.references.filter((r: any) => r.alive)
+    assert.deepEqual(alive.map((r: any) => r.pid).sort(), [...clones].sort(), 'references name the clone pids')
+    assert.ok(alive.every((r: any) => r.local === true), 'references are of this host')
+    const ls = await cli(['ls', '--json', '--pool', pool])
+    assert.equal(ls.status, 0, describeRun(ls))
+    assert.equal(ls.json.checkpoints.length, 1)
+    assert.equal(ls.json.checkpoints[0].liveRefs, CLONES)
+    const info = await cli(['pool', 'info', '--json', '--pool', pool])
+    assert.equal(info.json.liveClones, CLONES, describeRun(info))
+
+    // rm while clones live: refused with exit 7, nothing changes, clones undisturbed.
+    const refused = await cli(['rm', 'many', '--json', '--pool', pool])
+    assert.equal(refused.status, 7, describeRun(refused))
+    assert.equal(refused.json.error.code, 'CHECKPOINT_IN_USE', describeRun(refused))
+    assert.match(refused.json.error.message, /many/, 'the error names the checkpoint')
+    const still = await cli(['ls', '--json', '--pool', pool])
+    assert.equal(still.json.checkpoints[0].state, 'published')
+    assert.equal((await requestCheck(fx.logPath, clones[2]!)).fields.ok, '1')
+
+    // Kill half: live references drop to the survivors.
+    for (const pid of clones.slice(0, 2)) process.kill(pid, 'SIGKILL')
+    for (const pid of clones.slice(0, 2)) assert.ok(await waitForExit(pid), `clone ${pid} died`)
+    const half = await cli(['ls', '--json', '--pool', pool])
+    assert.equal(half.json.checkpoints[0].liveRefs, CLONES - 2, describeRun(half))
+    // still refused while 2 live
+    assert.equal((await cli(['rm', 'many', '--json', '--pool', pool])).status, 7)
+
+    for (const pid of clones.slice(2)) process.kill(pid, 'SIGKILL')
+    for (const pid of clones.slice(2)) assert.ok(await waitForExit(pid), `clone ${pid} died`)
+    const none = await cli(['ls', '--json', '--pool', pool])
+    assert.equal(none.json.checkpoints[0].liveRefs, 0, describeRun(none))
+
+    const gc = await cli(['pool', 'gc', '--json', '--pool', pool])
+    assert.equal(gc.status, 0, describeRun(gc))
+    assert.equal(gc.json.referencesReleased, CLONES, describeRun(gc))
+    const after = await cli(['inspect', 'many', '--json', '--pool', pool])
+    assert.deepEqual(after.json.references, [], 'gc released every dead reference')
+    assert.equal(after.json.liveRefs, 0)
+
+    const rm = await cli(['rm', 'many', '--json', '--pool', pool])
+    assert.equal(rm.status, 0, describeRun(rm))
+    assert.equal(rm.json.state, 'removed')
+    assert.ok(rm.json.bytesFreed >= 16 << 20, `rm freed the data: ${rm.stdout}`)
+    const empty = await cli(['ls', '--json', '--pool', pool])
+    assert.deepEqual(empty.json.checkpoints, [])
+    const fsck = await cli(['pool', 'fsck', '--json', '--pool', pool])
+    assert.equal(fsck.status, 0, describeRun(fsck))
+    assert.equal(fsck.json.clean, true)
+    assert.deepEqual(fsck.json.problems, [], describeRun(fsck))
+
+    // The original never noticed.
+    assert.ok(processExists(fx.pid))
+    assert.equal((await fx.check()).fields.ok, '1')
+    const gone = await cli(['restore', 'many', '--json', '--pool', pool])
+    assert.equal(gone.status, 3, describeRun(gone))
+  })
+})
