@@ -16,7 +16,7 @@ import {
   type FdInfo, PM, Pagemap, type SmapsVma, type Vma, bootId, kernelRelease, readAuxv, readCmdline, readCwd, readExe, readLimits,
   readProcText, readRoot, readStat, readStatus, vdsoLayout,
 } from '../sys/proc.js'
-import {MAP} from '../sys/x86_64-syscalls.js'
+import {MAP} from '../sys/libc.js'
 
 /** Collects files once each and hands out their index. */
 export class FileTable {

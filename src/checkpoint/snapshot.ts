@@ -7,9 +7,8 @@
  */
 import {type FdKind, type ProcessImage, type SigAction, type ThreadImage, USER_REGS_NAMES, type UserRegs} from '../image/process-image.js'
 import {Tracee, regsFromArray} from '../inject/tracee.js'
-import {PTRACE_O, killQuiet} from '../sys/libc.js'
 import {type FdInfo, listFds, readSmaps} from '../sys/proc.js'
-import {PR, SIG, SYS} from '../sys/x86_64-syscalls.js'
+import {PR, PTRACE_O, SIG, SYS, killQuiet} from '../sys/libc.js'
 import {captureImage} from './capture.js'
 import {preflight} from './preflight.js'
 

@@ -219,6 +219,8 @@ export class Tracee {
   private readonly peekBuf = new BigUint64Array(1)
   /** RWX shared mapping holding the batch loop (code page + call table), or null. */
   private batchBase: bigint | null = null
+  /** Where the batch area must go (MAP_FIXED_NOREPLACE), e.g. clear of a restore's target layout. */
+  private batchPlacement = 0n
   /** SIGTRAP ignored by the program: batches (which end on int3) fall back to single injections. */
   private trapIgnored: boolean | null = null
   /** Number of syscalls injected so far. */
@@ -742,11 +744,21 @@ export class Tracee {
     return out
   }
 
+  /** Bytes the batch area needs; place it with placeBatchArea() before the first batch. */
+  static readonly batchAreaSize = BigInt(BATCH_AREA)
+
+  /** Put the batch area at `addr` (must be free) instead of wherever the kernel picks. */
+  placeBatchArea(addr: bigint): void {
+    if (this.batchBase !== null) throw new CxlforkError('BATCH_AREA_EXISTS', 'the batch area is already mapped')
+    this.batchPlacement = addr
+  }
+
   private batchUsable(): boolean {
     if (this.trapIgnored === null) this.trapIgnored = (readStatus(this.pid).sigIgn & (1n << BigInt(SIG.TRAP - 1))) !== 0n
     if (this.trapIgnored) return false
     if (this.batchBase === null) {
-      const r = this.syscall(SYS.mmap, 0, BATCH_AREA, PROT.READ | PROT.WRITE | PROT.EXEC, MAP.SHARED | MAP.ANONYMOUS, -1, 0)
+      const fixed = this.batchPlacement === 0n ? 0 : MAP.FIXED_NOREPLACE
+      const r = this.syscall(SYS.mmap, this.batchPlacement, BATCH_AREA, PROT.READ | PROT.WRITE | PROT.EXEC, MAP.SHARED | MAP.ANONYMOUS | fixed, -1, 0)
       if (r < 0n && r > -4096n) return false
       this.batchBase = r
       this.writeMemory(r, BATCH_CODE)

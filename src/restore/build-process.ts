@@ -13,10 +13,9 @@ import {statSync} from 'node:fs'
 import {CxlforkError, NotFoundError, SyscallError, UnsupportedError} from '../errors.js'
 import {type FileIdentity, type ProcessImage, USER_REGS_NAMES, type VmaImage} from '../image/process-image.js'
 import {type Stub, spawnStub} from '../inject/stub.js'
-import {REG_NAMES, type Tracee, restartFixup, regsToArray} from '../inject/tracee.js'
-import {type VmSegment, prlimit, vmWrite, vmWritev} from '../sys/libc.js'
+import {REG_NAMES, Tracee, restartFixup, regsToArray} from '../inject/tracee.js'
 import {type VdsoLayout, kernelRelease, vdsoLayout} from '../sys/proc.js'
-import {MAP, MREMAP, O, PR, SYS} from '../sys/x86_64-syscalls.js'
+import {MAP, MREMAP, O, PR, SYS, type VmSegment, prlimit, vmWrite, vmWritev} from '../sys/libc.js'
 import {deviceName} from '../checkpoint/capture.js'
 import {type RestorePlan, needsProtectFixup} from './plan.js'
 
@@ -168,50 +167,82 @@ function moveVdso(inject: Injector, stub: VdsoLayout, image: ProcessImage, scrat
   inject.tracee.setSyscallSite(null)
 }
 
+/**
+ * Map every VMA in three batched phases (open files, map, close), each one
+ * resume of the stub: a restore costs O(VMAs + page runs) syscalls but only a
+ * handful of ptrace round trips.
+ */
 function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, store: PageStore): void {
-  const fileFds = new Map<number, number>()
-  let storeFd = -1
-  const fileFd = (index: number, vma: VmaImage): number => {
-    let fd = fileFds.get(index)
-    if (fd === undefined) {
-      const file = image.files[index]!
-      fd = inject.open(file.path, (vma.flags & MAP.SHARED) !== 0 && (vma.prot & 2) !== 0 ? O.RDWR : O.RDONLY)
-      fileFds.set(index, fd)
+  const tracee = inject.tracee
+  const opens: {key: number; path: string; flags: number}[] = []
+  const openIndex = new Map<number, number>()
+  const STORE_KEY = -1
+  const want = (key: number, path: string, flags: number): void => {
+    if (!openIndex.has(key)) {
+      openIndex.set(key, opens.length)
+      opens.push({key, path, flags})
     }
-    return fd
   }
+  for (const op of plan.ops) {
+    if (op.kind === 'file') {
+      const vma = image.vmas[op.vmaIndex]!
+      want(op.fileIndex, image.files[op.fileIndex]!.path, (vma.flags & MAP.SHARED) !== 0 && (vma.prot & 2) !== 0 ? O.RDWR : O.RDONLY)
+    } else if (op.kind === 'store-map') {
+      if (store.mapPath === undefined) throw new CxlforkError('STORE_NOT_MAPPABLE', 'this page store cannot be mapped')
+      want(STORE_KEY, store.mapPath, O.RDONLY)
+    }
+  }
+  const fds = new Map<number, number>()
+  if (opens.length > 0) {
+    const calls = opens.map((o) => ({nr: SYS.open, args: [inject.putString(o.path), o.flags | O.CLOEXEC, 0]}))
+    const results = tracee.syscalls(calls, {stopOnError: true})
+    opens.forEach((o, i) => {
+      const r = results[i]
+      if (r === undefined || r < 0n) {
+        for (const fd of results) if (fd >= 0n) tracee.syscall(SYS.close, fd)
+        throw new SyscallError(`open(${o.path}) in the new process`, r === undefined ? 5 : Number(-r))
+      }
+      fds.set(o.key, Number(r))
+    })
+  }
+  const maps: {nr: number; args: (number | bigint)[]; what: string}[] = []
   const copies: VmSegment[] = []
   for (const op of plan.ops) {
     const length = op.end - op.start
     switch (op.kind) {
       case 'anon':
-        inject.call(`mmap(anon ${hex(op.start)})`, SYS.mmap, op.start, length, op.prot, op.flags | MAP.FIXED, -1, 0)
+        maps.push({nr: SYS.mmap, args: [op.start, length, op.prot, op.flags | MAP.FIXED, -1, 0], what: `mmap(anon ${hex(op.start)})`})
         break
       case 'file':
-        inject.call(`mmap(${image.files[op.fileIndex]!.path} at ${hex(op.start)})`, SYS.mmap, op.start, length, op.prot, op.flags | MAP.FIXED,
-          fileFd(op.fileIndex, image.vmas[op.vmaIndex]!), op.offset)
+        maps.push({nr: SYS.mmap, args: [op.start, length, op.prot, op.flags | MAP.FIXED, fds.get(op.fileIndex)!, op.offset], what: `mmap(${image.files[op.fileIndex]!.path} at ${hex(op.start)})`})
         break
       case 'store-map':
-        if (store.mapPath === undefined) throw new CxlforkError('STORE_NOT_MAPPABLE', 'this page store cannot be mapped')
-        if (storeFd < 0) storeFd = inject.open(store.mapPath, O.RDONLY)
-        inject.call(`mmap(store ${hex(op.start)})`, SYS.mmap, op.start, length, op.prot, MAP.PRIVATE | MAP.FIXED, storeFd, op.storeOffset)
+        maps.push({nr: SYS.mmap, args: [op.start, length, op.prot, MAP.PRIVATE | MAP.FIXED, fds.get(STORE_KEY)!, op.storeOffset], what: `mmap(store ${hex(op.start)})`})
         break
       case 'copy':
         copies.push({local: store.localAddress(op.storeOffset), remote: op.start, len: Number(length)})
         break
     }
   }
+  const results = tracee.syscalls(maps, {stopOnError: true})
+  const failed = results.findIndex((r) => r < 0n && r > -4096n)
+  if (failed >= 0 || results.length < maps.length) {
+    const at = failed >= 0 ? failed : results.length
+    throw new SyscallError(`${maps[at]!.what} in the new process`, failed >= 0 ? Number(-results[failed]!) : 5)
+  }
   if (copies.length > 0) {
     let expected = 0
     for (const segment of copies) expected += segment.len!
-    const written = vmWritev(inject.tracee.pid, copies)
+    const written = vmWritev(tracee.pid, copies)
     if (written !== expected) throw new SyscallError('process_vm_writev', 14, `copied ${written} of ${expected} bytes into the new process`)
   }
-  for (const vma of needsProtectFixup(plan, image)) {
-    inject.call(`mprotect(${hex(vma.start)})`, SYS.mprotect, vma.start, vma.end - vma.start, vma.prot)
-  }
-  for (const fd of fileFds.values()) inject.call('close', SYS.close, fd)
-  if (storeFd >= 0) inject.call('close', SYS.close, storeFd)
+  const finish = [
+    ...needsProtectFixup(plan, image).map((vma) => ({nr: SYS.mprotect, args: [vma.start, vma.end - vma.start, vma.prot]})),
+    ...[...fds.values()].map((fd) => ({nr: SYS.close, args: [fd]})),
+  ]
+  const done = tracee.syscalls(finish, {stopOnError: true})
+  const bad = done.findIndex((r) => r < 0n && r > -4096n)
+  if (bad >= 0 || done.length < finish.length) throw new SyscallError('mprotect/close in the new process', bad >= 0 ? Number(-done[bad]!) : 5)
 }
 
 function restoreFds(inject: Injector, image: ProcessImage): void {
@@ -342,6 +373,8 @@ export function buildProcess(image: ProcessImage, plan: RestorePlan, store: Page
     ]
     const scratchSize = 0x100000n
     const scratchAt = findFreeRange(scratchSize, taken)
+    taken.push([scratchAt, scratchAt + scratchSize])
+    tracee.placeBatchArea(findFreeRange(BigInt(Tracee.batchAreaSize), taken))
     const scratch = tracee.syscallChecked('mmap(scratch)', SYS.mmap, scratchAt, scratchSize, 3, MAP.PRIVATE | MAP.ANONYMOUS | MAP.FIXED_NOREPLACE, -1, 0)
     const inject = new Injector(tracee, scratch, scratchSize)
     // Clear everything of the stub but its vDSO block and our scratch.
@@ -357,6 +390,7 @@ export function buildProcess(image: ProcessImage, plan: RestorePlan, store: Page
     restoreSignals(inject, image)
     restoreThreadState(inject, image, stub.pid)
     inject.call('munmap(scratch)', SYS.munmap, scratch, scratchSize)
+    tracee.freeBatch()
     const thread = image.threads[0]!
     tracee.setXState(thread.xstate)
     tracee.setRegs(finalRegisters(image))

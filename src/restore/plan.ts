@@ -6,7 +6,7 @@
  */
 import {UnsupportedError} from '../errors.js'
 import {PAGE_SIZE, type ProcessImage, type VmaImage} from '../image/process-image.js'
-import {MAP, PROT} from '../sys/x86_64-syscalls.js'
+import {MAP, PROT} from '../sys/libc.js'
 
 export type Policy = 'mow' | 'local'
 export const POLICIES: readonly Policy[] = ['mow', 'local']

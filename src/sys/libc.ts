@@ -35,10 +35,13 @@ export const SYS = {
   clock_gettime: 228, clock_nanosleep: 230, exit_group: 231, tgkill: 234, openat: 257, set_robust_list: 273,
   get_robust_list: 274, dup3: 292, pipe2: 293, prlimit64: 302, process_vm_readv: 310, process_vm_writev: 311,
   memfd_create: 319, rseq: 334, pidfd_send_signal: 424, pidfd_open: 434, clone3: 435, close_range: 436,
-  ptrace: 101,
+  ptrace: 101, umask: 95, personality: 135, chroot: 161, rt_sigqueueinfo: 129, rt_tgsigqueueinfo: 297,
 } as const
 
 export const PROT = {NONE: 0, READ: 1, WRITE: 2, EXEC: 4} as const
+export const MREMAP = {MAYMOVE: 1, FIXED: 2, DONTUNMAP: 4} as const
+/** prctl options (and PR_SET_MM sub-options) used by checkpoint and restore. */
+export const PR = {SET_NAME: 15, GET_NAME: 16, SET_MM: 35, SET_MM_MAP: 14, SET_MM_MAP_SIZE: 15, GET_TID_ADDRESS: 40} as const
 export const MAP = {
   SHARED: 0x01, PRIVATE: 0x02, FIXED: 0x10, ANONYMOUS: 0x20, GROWSDOWN: 0x100, NORESERVE: 0x4000,
   POPULATE: 0x8000, FIXED_NOREPLACE: 0x100000,
