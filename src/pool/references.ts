@@ -47,7 +47,12 @@ export class References {
   }
 
   *occupied(): Generator<ReferenceSlot> {
+    // Most slots are empty: test both halves of each owner word as u32 (no BigInt
+    // per slot), then read occupied ones atomically.
+    const words = this.words
+    const halves = new Uint32Array(words.buffer, words.byteOffset, words.length * 2)
     for (let slot = 0; slot < this.count; slot++) {
+      if ((halves[slot * 4]! | halves[slot * 4 + 1]!) === 0) continue
       const reference = this.read(slot)
       if (reference) yield reference
     }
