@@ -10,12 +10,13 @@
  * would not be exactly SIZE. This target's footprint is SIZE plus one stack
  * page and its 4 KiB code page, and it is single-threaded, without rseq or TLS.
  */
-import {closeSync, mkdtempSync, readSync, rmSync, writeFileSync} from 'node:fs'
+import {closeSync, mkdtempSync, readdirSync, readSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {CxlforkError} from '../errors.js'
 import {O, killQuiet, pipe2, posixSpawn, SIG, vmRead, wait4} from '../sys/libc.js'
+import {isAlive, readStat} from '../sys/proc.js'
 
 /** comm of every target (and of its clones): the executable's file name, 15 characters. */
 export const TARGET_COMM = 'cxlbench-target'
@@ -66,7 +67,7 @@ class Assembler {
   }
 }
 
-/** Machine code of the target for `size` bytes; `hugePages` false opts the region out of THP. */
+/** Machine code of the target for `size` bytes; the region is madvised MADV_HUGEPAGE or MADV_NOHUGEPAGE, so THP use does not depend on the system default. */
 export function targetCode(size: number, hugePages: boolean): Uint8Array {
   const a = new Assembler()
   // mmap(NULL, size, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0)
@@ -81,13 +82,11 @@ export function targetCode(size: number, hugePages: boolean): Uint8Array {
   a.emit(0x48, 0x3d).imm32(-4095) //             cmp  rax, -4095
   a.emit(0x0f, 0x83).rel32('fail') //            jae  fail
   a.emit(0x49, 0x89, 0xc7) //                    mov  r15, rax        ; base
-  if (!hugePages) {
-    // madvise(base, size, MADV_NOHUGEPAGE); rsi still holds size (syscall clobbers rax, rcx, r11 only)
-    a.emit(0x48, 0x89, 0xc7) //                  mov  rdi, rax
-    a.emit(0xba).imm32(15) //                    mov  edx, MADV_NOHUGEPAGE
-    a.emit(0xb8).imm32(28) //                    mov  eax, SYS_madvise
-    a.emit(0x0f, 0x05) //                        syscall
-  }
+  // madvise(base, size, MADV_HUGEPAGE or MADV_NOHUGEPAGE); rsi still holds size (syscall clobbers rax, rcx, r11 only)
+  a.emit(0x48, 0x89, 0xc7) //                    mov  rdi, rax
+  a.emit(0xba).imm32(hugePages ? 14 : 15) //     mov  edx, MADV_(NO)HUGEPAGE
+  a.emit(0xb8).imm32(28) //                      mov  eax, SYS_madvise
+  a.emit(0x0f, 0x05) //                          syscall
   a.emit(0x4c, 0x89, 0xff) //                    mov  rdi, r15
   a.emit(0x4d, 0x8d, 0x2c, 0x37) //              lea  r13, [r15 + rsi] ; end
   a.emit(0x49, 0xbe).imm64(PATTERN_BASE) //      mov  r14, PATTERN_BASE
@@ -226,14 +225,36 @@ export function spawnTarget(executable: string): RunningTarget {
   }
 }
 
-/** SIGKILL a child (or orphan adopted as subreaper) and reap it. Never throws for a gone process. */
+/** SIGKILL a child (or an orphan adopted as subreaper) and reap it; never throws for a gone process. */
 export function stopProcess(pid: number): void {
   killQuiet(pid, SIG.KILL)
   try {
     wait4(pid, 0)
+    return
   } catch {
-    // not our child (already reaped elsewhere): wait for /proc to drop it
+    // not our child: someone else reaps it
   }
+  const deadline = Date.now() + 5000
+  while (isAlive(pid) && Date.now() < deadline) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2)
+}
+
+/** Safety net: kill and reap our children (or adopted orphans) named like a target, a clone or a stub. */
+export function sweepChildren(): number[] {
+  const swept: number[] = []
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    const pid = Number(entry)
+    try {
+      const stat = readStat(pid)
+      if (stat.ppid === process.pid && (stat.comm === TARGET_COMM || stat.comm === 'cxlfork-stub')) {
+        stopProcess(pid)
+        swept.push(pid)
+      }
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return swept
 }
 
 /** Check sampled pages (first, middle, last) of a live process against the pattern; returns the mismatching page or -1. */

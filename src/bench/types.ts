@@ -21,6 +21,8 @@ export interface MachineInfo {
   node: string
   /** /sys/kernel/mm/transparent_hugepage/enabled, the selected value. */
   thp: string
+  /** 1-minute load average at the start and at the end of the run (other work on the machine skews timings). */
+  loadAverage: [number, number]
 }
 
 /** One restore policy of one path, e.g. pool/mow. */
@@ -33,6 +35,8 @@ export interface RestoreRow {
   engineMs: Summary
   /** Whole command, wall clock from spawn to exit, the clone detached and running by then. */
   commandMs: Summary
+  /** Engine restore time the whole command reported itself (a cold process); n = 0 if it reports none. */
+  commandEngineMs: Summary
   /** RssAnon of the clone right after restore, kB. */
   rssAnonKb: Summary
   /** Median RssAnon as a percentage of the checkpointed bytes. */
@@ -105,6 +109,8 @@ export interface BenchResult {
   }
   /** `node -e 0`, wall clock. */
   nodeStartupMs: Summary
+  /** `node bin/run.js --version`: the floor of any cxlfork command (Node + oclif), wall clock. */
+  cliVersionMs: Summary
   sizes: SizeResult[]
   targets: TargetVerdict[]
   pass: boolean

@@ -30,7 +30,7 @@ export class FileTable {
     const known = this.byKey.get(key)
     if (known !== undefined) return known
     const index = this.files.length
-    this.files.push({path, device: deviceName(st.dev), inode: st.ino, size: st.size, mtimeNs: st.mtimeNs, mode: Number(st.mode)})
+    this.files.push({path, device: deviceName(st.dev), inode: st.ino, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, mode: Number(st.mode)})
     this.byKey.set(key, index)
     return index
   }

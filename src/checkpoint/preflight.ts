@@ -2,7 +2,7 @@
  * Checks made before a target is touched, so that every refusal happens while
  * the target runs undisturbed and names the exact feature that is missing.
  */
-import {statSync} from 'node:fs'
+import {readFileSync, readdirSync, statSync} from 'node:fs'
 
 import {NotFoundError, PermissionError, UnsupportedError} from '../errors.js'
 import {type FdKind} from '../image/process-image.js'
@@ -56,6 +56,22 @@ export function unsupportedVmaReason(vma: SmapsVma): string | undefined {
   return undefined
 }
 
+/** Pids whose parent is `pid` (zombies included). /proc/PID/task/TID/children needs CONFIG_PROC_CHILDREN, so scan. */
+export function childrenOf(pid: number): number[] {
+  const children: number[] = []
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue
+    try {
+      const text = readFileSync(`/proc/${name}/stat`, 'utf8')
+      const fields = text.slice(text.lastIndexOf(')') + 2).split(' ')
+      if (Number(fields[1]) === pid) children.push(Number(name))
+    } catch {
+      // exited while we looked
+    }
+  }
+  return children
+}
+
 export interface PreflightResult {
   uid: number
   fds: {info: FdInfo; kind: FdKind}[]
@@ -80,6 +96,11 @@ export function preflight(pid: number): PreflightResult {
   }
   if (stat.numThreads > 1) {
     throw new UnsupportedError('MULTI_THREADED', `process ${pid} (${stat.comm}) has ${stat.numThreads} threads; cxlfork checkpoints single-threaded processes only for now`, 'Checkpoint the process before it starts threads.')
+  }
+  const children = childrenOf(pid)
+  if (children.length > 0) {
+    throw new UnsupportedError('HAS_CHILDREN', `process ${pid} (${stat.comm}) has ${children.length} child process(es) (${children.slice(0, 5).join(', ')}); cxlfork checkpoints a single process, not a process tree`,
+      'Checkpoint a process without children (a zombie child counts until it is reaped).')
   }
   const fds: PreflightResult['fds'] = []
   for (const info of listFds(pid)) {

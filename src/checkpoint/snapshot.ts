@@ -8,7 +8,8 @@
 import {type FdKind, type ProcessImage, type SigAction, type ThreadImage, USER_REGS_NAMES, type UserRegs} from '../image/process-image.js'
 import {Tracee, regsFromArray} from '../inject/tracee.js'
 import {type FdInfo, listFds, readSmaps} from '../sys/proc.js'
-import {PR, PTRACE_O, SIG, SYS, killQuiet} from '../sys/libc.js'
+import {SyscallError} from '../errors.js'
+import {PR, PTRACE_O, SIG, SYS, killQuiet, syscallRaw} from '../sys/libc.js'
 import {captureImage} from './capture.js'
 import {preflight} from './preflight.js'
 
@@ -39,11 +40,27 @@ function toUserRegs(regs: ReturnType<typeof regsFromArray>): UserRegs {
   return out
 }
 
-/** The address glibc registered with set_tid_address, read through an injected prctl. */
-function readClearTidAddress(target: Tracee, rsp: bigint): bigint {
+/** glibc keeps the thread id at THREAD_SELF->tid and registers that address with set_tid_address (x86_64: fs_base + 0x2d0 since glibc 2.26). */
+const GLIBC_TCB_TID_OFFSET = 0x2d0n
+
+/**
+ * The address the program registered with set_tid_address. Read without
+ * touching the target when glibc's thread block shows the tid at its known
+ * offset; otherwise asked with an injected prctl (a few more µs of injection
+ * in the target, the only part of a checkpoint a SIGKILLed cxlfork can break).
+ */
+function readClearTidAddress(target: Tracee, regs: UserRegs, tid: number): bigint {
+  if (regs.fs_base !== 0n) {
+    try {
+      const candidate = regs.fs_base + GLIBC_TCB_TID_OFFSET
+      if (new DataView(target.readMemory(candidate, 4).buffer).getInt32(0, true) === tid) return candidate
+    } catch {
+      // no readable thread block there: ask the kernel
+    }
+  }
   // Borrow 8 bytes of stack well below the red zone (128 bytes): the program
   // cannot hold live data there, and we put the old bytes back.
-  const slot = (rsp - 512n) & ~7n
+  const slot = (regs.rsp - 512n) & ~7n
   const saved = target.readMemory(slot, 8)
   try {
     const r = target.syscall(SYS.prctl, PR.GET_TID_ADDRESS, slot)
@@ -54,31 +71,23 @@ function readClearTidAddress(target: Tracee, rsp: bigint): bigint {
   }
 }
 
-function readRobustList(target: Tracee, rsp: bigint): {head: bigint; length: bigint} {
-  const slot = (rsp - 528n) & ~7n
-  const saved = target.readMemory(slot, 16)
-  try {
-    const r = target.syscall(SYS.get_robust_list, 0, slot, slot + 8n)
-    if (r < 0n) return {head: 0n, length: 0n}
-    const view = new DataView(target.readMemory(slot, 16).buffer)
-    return {head: view.getBigUint64(0, true), length: view.getBigUint64(8, true)}
-  } finally {
-    target.writeMemory(slot, saved)
-  }
+/** get_robust_list works on another process given ptrace access: no injection needed. */
+function readRobustList(pid: number): {head: bigint; length: bigint} {
+  const head = new BigUint64Array(1)
+  const length = new BigUint64Array(1)
+  const r = syscallRaw(SYS.get_robust_list, pid, head, length)
+  if (r < 0n) throw new SyscallError('get_robust_list', Number(-r), `pid ${pid}`)
+  return {head: head[0]!, length: length[0]!}
 }
 
-function readAltStack(target: Tracee, rsp: bigint): {sp: bigint; flags: number; size: bigint} {
-  const slot = (rsp - 576n) & ~7n
-  const saved = target.readMemory(slot, 24)
-  try {
-    const r = target.syscall(SYS.sigaltstack, 0, slot)
-    if (r < 0n) return {sp: 0n, flags: 2, size: 0n}
-    const view = new DataView(target.readMemory(slot, 24).buffer)
-    // SS_ONSTACK (1) describes the moment of capture, not a setting: keep SS_DISABLE/SS_AUTODISARM only.
-    return {sp: view.getBigUint64(0, true), flags: view.getInt32(8, true) & ~1, size: view.getBigUint64(16, true)}
-  } finally {
-    target.writeMemory(slot, saved)
-  }
+/** The alternate signal stack, asked of the snapshot (fork keeps it). */
+function readAltStack(snapshot: Tracee): {sp: bigint; flags: number; size: bigint} {
+  const slot = snapshot.scratchAlloc(24)
+  const r = snapshot.syscall(SYS.sigaltstack, 0, slot)
+  if (r < 0n) return {sp: 0n, flags: 2, size: 0n}
+  const view = new DataView(snapshot.readMemory(slot, 24).buffer)
+  // SS_ONSTACK describes the instant of capture, not a setting: keep SS_DISABLE/SS_AUTODISARM only.
+  return {sp: view.getBigUint64(0, true), flags: view.getInt32(8, true) & ~1, size: view.getBigUint64(16, true)}
 }
 
 /** Signal dispositions are not in /proc: ask the snapshot (same sighand as the target) with injected rt_sigaction. */
@@ -121,7 +130,8 @@ export function takeLiveSnapshot(pid: number): LiveSnapshot {
     thread = {
       tid: pid, regs, xstate: target.getXState(), sigmask: target.getSigMask(), pendingSignals: pending.private,
       ...(rseq.rseqAbiPointer === 0n ? {} : {rseq: {address: rseq.rseqAbiPointer, length: rseq.rseqAbiSize, signature: rseq.signature}}),
-      robustList: readRobustList(target, regs.rsp), clearTidAddress: readClearTidAddress(target, regs.rsp), altStack: readAltStack(target, regs.rsp),
+      robustList: readRobustList(pid), clearTidAddress: readClearTidAddress(target, regs, pid),
+      altStack: {sp: 0n, flags: 2, size: 0n}, // filled from the snapshot below
     }
     // fd offsets are shared with the running target: read them while it is stopped.
     const byFd = new Map(checked.fds.map((entry) => [entry.info.fd, entry.kind]))
@@ -152,6 +162,7 @@ export function takeLiveSnapshot(pid: number): LiveSnapshot {
     const smaps = readSmaps(snap.pid)
     const brk = snap.syscall(SYS.brk, 0)
     const sigactions = readSigactions(snap)
+    thread.altStack = readAltStack(snap)
     const scratch = snap.scratchRange
     const layout = scratch ? smaps.filter((vma) => vma.end <= scratch[0] || vma.start >= scratch[1]) : smaps
     const {image} = captureImage(pid, snap.pid, layout, fds, {thread, sharedPendingSignals: sharedPending, sigactions, brk})

@@ -2,6 +2,7 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../cli/base-command.js'
 import {nameFlag, pidArg} from '../cli/flags.js'
+import {withTerminationDeferred} from '../cli/signals.js'
 import type {CheckpointResult} from '../checkpoint/checkpoint.js'
 
 export default class CheckpointCommand extends BaseCommand {
@@ -24,7 +25,7 @@ Refused with a named reason: threads, sockets, pipes above fd 2, shared anonymou
     await this.progress.start(`Checkpointing ${args.pid} as ${flags.name}`)
     const pool = Pool.open(flags.pool, {create: true})
     try {
-      const result = checkpointToPool(pool, {pid: args.pid, name: flags.name, kill: flags.kill})
+      const result = await withTerminationDeferred(async () => checkpointToPool(pool, {pid: args.pid, name: flags.name, kill: flags.kill}))
       this.progress.succeed(`Checkpointed ${args.pid} as ${result.name}`)
       this.say(`${result.pages} pages (${(result.bytes / 1048576).toFixed(1)} MiB), ${result.vmas} VMAs, ${result.fds} fds; downtime ${(result.downtimeUs / 1000).toFixed(2)} ms, total ${(result.totalUs / 1000).toFixed(1)} ms${result.killed ? '; target killed' : ''}`)
       return result

@@ -3,7 +3,7 @@
  * state is serialized into CRIU protobuf images and every page is copied into
  * pages-1.img: the "CRIU over shared memory" baseline.
  */
-import {existsSync, mkdirSync, readdirSync} from 'node:fs'
+import {existsSync, mkdirSync, readdirSync, rmSync} from 'node:fs'
 import {dirname, join, resolve} from 'node:path'
 
 import {type DumpStats as CheckpointDumpStats, runSegments} from '../checkpoint/checkpoint.js'
@@ -31,11 +31,10 @@ export function defaultImagesDir(poolPath: string, pid: number): string {
   return join(dirname(resolve(poolPath)), 'cxlfork-images', `${pid}-${Date.now()}`)
 }
 
-function prepareDir(dir: string): void {
+function refuseExistingImages(dir: string): void {
   if (existsSync(dir) && readdirSync(dir).some((name) => name.endsWith('.img'))) {
     throw new ConflictError('IMAGES_EXIST', `${dir} already holds images`, 'Dump into an empty or new directory.')
   }
-  mkdirSync(dir, {recursive: true, mode: 0o700})
 }
 
 /** Reads pages of the frozen snapshot straight into the writer's buffer. */
@@ -52,8 +51,10 @@ function snapshotPages(snapshot: LiveSnapshot): {read(run: PageRun, into: Uint8A
 export async function criuDump(request: {pid: number; images: string; kill: boolean}): Promise<CriuDumpResult> {
   const t0 = performance.now()
   const dir = resolve(request.images)
-  prepareDir(dir)
+  refuseExistingImages(dir)
   const snapshot = takeLiveSnapshot(request.pid)
+  // Created only now, so a refused dump leaves nothing behind; removed again if this dump fails.
+  const created = mkdirSync(dir, {recursive: true, mode: 0o700})
   try {
     const pages = totalPages(snapshot.image.pageRuns)
     const tWrite = performance.now()
@@ -81,6 +82,10 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
         memwrite_time: Math.round((tWritten - tWrite) * 1000), pages_scanned: pagesScanned, pages_written: pages,
       },
     }
+  } catch (error) {
+    if (created !== undefined) rmSync(created, {recursive: true, force: true})
+    else for (const name of readdirSync(dir)) if (name.endsWith('.img')) rmSync(join(dir, name), {force: true})
+    throw error
   } finally {
     snapshot.release()
   }

@@ -26,6 +26,8 @@ export interface FileIdentity {
   size: bigint
   /** st_mtime in nanoseconds since the epoch. */
   mtimeNs: bigint
+  /** st_ctime in nanoseconds: catches an in-place rewrite whose mtime was set back. Absent in imported CRIU sets. */
+  ctimeNs?: bigint
   mode: number
 }
 

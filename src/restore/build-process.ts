@@ -92,7 +92,7 @@ export function checkFiles(image: ProcessImage): void {
         'Make the same file available at the same path (same mount) before restoring.')
     }
     const sameInode = deviceName(st.dev) === file.device && st.ino === file.inode
-    const changed = !sameInode || (mapped.has(index) && (st.size !== file.size || st.mtimeNs !== file.mtimeNs))
+    const changed = !sameInode || (mapped.has(index) && (st.size !== file.size || st.mtimeNs !== file.mtimeNs || (file.ctimeNs !== undefined && st.ctimeNs !== file.ctimeNs)))
     if (changed) {
       throw new UnsupportedError('BACKING_FILE_CHANGED', `${file.path} changed since the checkpoint (${describeChange(file, st)})`,
         'The checkpoint maps this file; restore it only with the exact file it was taken with.')
@@ -103,7 +103,8 @@ export function checkFiles(image: ProcessImage): void {
 function describeChange(file: FileIdentity, st: {dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint}): string {
   if (deviceName(st.dev) !== file.device || st.ino !== file.inode) return 'another file now has its path'
   if (st.size !== file.size) return `size ${file.size} -> ${st.size}`
-  return 'modification time differs'
+  if (st.mtimeNs !== file.mtimeNs) return 'modification time differs'
+  return 'inode change time differs: it was rewritten or its metadata changed'
 }
 
 /** Runs injected syscalls in the stub with one scratch area for arguments. */

@@ -167,3 +167,33 @@ export function printMeasurements(title: string): void {
   process.stdout.write(`\n    ${title} measurements:\n${measurements.map((m) => `      ${m}`).join('\n')}\n`)
   measurements.length = 0
 }
+
+// ---------------------------------------------------------------------------------------
+// Zombies of fork snapshots
+
+const FIXTURE_COMMS = /^(memtouch|sighandler|threads|socket|zombie|python3?(\.\d+)?)$/
+
+/**
+ * Zombie children of this (test) process that look like fixtures but are not the fixtures a
+ * helper started: cxlfork's fork snapshots (clone(CLONE_PARENT) makes them children of the
+ * target's parent, which must reap them).
+ */
+export function strayZombieChildren(known: readonly number[]): ProcEntry[] {
+  return allProcesses().filter((p) => p.ppid === process.pid && p.state === 'Z' && FIXTURE_COMMS.test(p.comm) && !known.includes(p.pid))
+}
+
+/** Reaps the zombies strayZombieChildren() finds (libuv only reaps children it spawned). Returns how many. */
+export async function reapStrayZombies(known: readonly number[]): Promise<number> {
+  const stray = strayZombieChildren(known)
+  if (stray.length === 0) return 0
+  const {WNOHANG, wait4} = await import('../../src/sys/libc.js')
+  let reaped = 0
+  for (const p of stray) {
+    try {
+      if (wait4(p.pid, WNOHANG)) reaped++
+    } catch {
+      // not ours after all
+    }
+  }
+  return reaped
+}

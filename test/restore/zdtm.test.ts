@@ -7,9 +7,11 @@ import assert from 'node:assert/strict'
 
 import {
   type Fixture, type LogEvent, cleanupAll, lastTick, readLog, requestCheck, requestExit, requestGrow, startFixture,
-  trackPid, waitForExit, waitForLine, waitForTicks, processExists,
+  trackPid, tracked, waitForExit, waitForLine, waitForTicks, processExists,
 } from '../helpers/fixtures.js'
-import {cli, comm, describeRun, note, poolPath, printMeasurements, removePools, startCli, statusKb, ticksOf, until} from './helpers.js'
+import {
+  cli, comm, describeRun, note, poolPath, printMeasurements, reapStrayZombies, removePools, sleep, startCli, statusKb, strayZombieChildren, ticksOf, until,
+} from './helpers.js'
 
 type Policy = 'mow' | 'local'
 
@@ -91,6 +93,7 @@ describe('restore: zdtm-style checkpoint/restore of live fixtures', function () 
 
   afterEach(async () => {
     const report = await cleanupAll()
+    await reapStrayZombies(tracked().pids)
     assert.deepEqual(report.survivors, [], 'every process a test started is gone')
   })
   after(() => {
@@ -179,6 +182,20 @@ describe('restore: zdtm-style checkpoint/restore of live fixtures', function () 
       })
     }
   }
+
+  it("checkpoint leaves no zombie (its fork snapshot) under the target's parent", async () => {
+    // The target is a child of this Node process, which (like Python's subprocess, or any
+    // supervisor that waits for the pids it knows) never reaps children it did not spawn.
+    const pool = poolPath('zdtm')
+    const fx = await startAndRun({fixture: 'memtouch', mib: 16})
+    const known = [fx.pid, ...tracked().pids]
+    const before = strayZombieChildren(known).map((p) => p.pid)
+    for (const name of ['z1', 'z2']) await checkpoint(fx, pool, name)
+    await sleep(300)
+    const left = strayZombieChildren(known).filter((p) => !before.includes(p.pid))
+    assert.deepEqual(left.map((p) => `${p.pid} (${p.comm}, state ${p.state}, ppid ${p.ppid})`), [],
+      `each checkpoint left its snapshot child as a zombie of the target's parent ${process.pid}: a pid leak per checkpoint`)
+  })
 
   it('checkpoint --kill: the target is gone, the clone carries on', async () => {
     const pool = poolPath('zdtm')

@@ -2,6 +2,7 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../cli/base-command.js'
 import {pidArg} from '../../cli/flags.js'
+import {withTerminationDeferred} from '../../cli/signals.js'
 import type {CriuDumpResult} from '../../criu/dump.js'
 
 export default class CriuDumpCommand extends BaseCommand {
@@ -20,7 +21,7 @@ Without --images, the set goes beside the pool on the same shared-memory mount, 
     const {criuDump, defaultImagesDir} = await import('../../criu/dump.js')
     const images = flags.images ?? defaultImagesDir(flags.pool, args.pid)
     await this.progress.start(`Dumping ${args.pid} into ${images}`)
-    const result = await criuDump({pid: args.pid, images, kill: flags.kill})
+    const result = await withTerminationDeferred(async () => criuDump({pid: args.pid, images, kill: flags.kill}))
     this.progress.succeed(`Dumped ${args.pid} into ${result.images}`)
     this.say(`${result.files.length} images, ${result.imageBytes} bytes, ${result.pages} pages; downtime ${(result.downtimeUs / 1000).toFixed(2)} ms, total ${(result.totalUs / 1000).toFixed(1)} ms${result.killed ? '; target killed' : ''}`)
     return result

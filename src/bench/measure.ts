@@ -1,0 +1,157 @@
+/**
+ * The anchors the pool path is compared with, each measured the plain way:
+ * writing the same bytes to a file, local fork(), Node's start-up, and the
+ * wall clock of a whole command.
+ */
+import {spawnSync} from 'node:child_process'
+import {closeSync, constants, ftruncateSync, openSync, unlinkSync, writeSync} from 'node:fs'
+import {join} from 'node:path'
+
+import {CxlforkError} from '../errors.js'
+import {Tracee} from '../inject/tracee.js'
+import {MAP, mmap, munmap, PROT, PTRACE_O, SIG, SYS, view} from '../sys/libc.js'
+import {CLONE} from '../sys/x86_64-syscalls.js'
+import type {WholeCommand} from './paths.js'
+
+const CHUNK = 1 << 20
+
+/** A 1 MiB buffer of the target's kind of content (non-zero, varying per word). */
+export function patternBuffer(): Buffer {
+  const buffer = Buffer.alloc(CHUNK)
+  for (let i = 0; i < CHUNK; i += 8) buffer.writeBigUInt64LE(0x6378_6c66_6f72_6b00n + BigInt(i), i)
+  return buffer
+}
+
+function scratchFile(dir: string): string {
+  return join(dir, `.cxlfork-bench-plain-${process.pid}-${Math.random().toString(16).slice(2, 10)}`)
+}
+
+/**
+ * Plain write, method 1: open(O_CREAT|O_EXCL), write(2) `size` bytes from a
+ * 1 MiB buffer, close; no fsync. Timed from open to close; the file is removed after.
+ */
+export function plainWrite(dir: string, size: number, buffer: Buffer): number {
+  const path = scratchFile(dir)
+  const t0 = performance.now()
+  const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600)
+  try {
+    for (let offset = 0; offset < size; offset += buffer.length) {
+      const len = Math.min(buffer.length, size - offset)
+      let done = 0
+      while (done < len) done += writeSync(fd, buffer, done, len - done)
+    }
+  } finally {
+    closeSync(fd)
+  }
+  const ms = performance.now() - t0
+  unlinkSync(path)
+  return ms
+}
+
+/**
+ * Plain write, method 2: open, ftruncate, mmap(MAP_SHARED), copy 1 MiB at a
+ * time into the mapping, munmap, close (the way the pool itself is written).
+ */
+export function plainMmap(dir: string, size: number, buffer: Buffer): number {
+  const path = scratchFile(dir)
+  const t0 = performance.now()
+  const fd = openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o600)
+  try {
+    ftruncateSync(fd, size)
+    const base = mmap(null, size, PROT.READ | PROT.WRITE, MAP.SHARED, fd, 0)
+    try {
+      for (let offset = 0; offset < size; offset += buffer.length) {
+        const len = Math.min(buffer.length, size - offset)
+        view(base + BigInt(offset), len).set(buffer.subarray(0, len))
+      }
+    } finally {
+      munmap(base, size)
+    }
+  } finally {
+    closeSync(fd)
+  }
+  const ms = performance.now() - t0
+  unlinkSync(path)
+  return ms
+}
+
+/** Wall clock of spawning a command and waiting for it to exit (child_process: not a tracee). */
+function timedSpawn(argv: readonly string[]): {ms: number; stdout: string; stderr: string; status: number | null} {
+  const t0 = performance.now()
+  const child = spawnSync(argv[0]!, argv.slice(1), {encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 16 << 20})
+  const ms = performance.now() - t0
+  if (child.error) throw child.error
+  return {ms, stdout: child.stdout, stderr: child.stderr, status: child.status}
+}
+
+/** `node -e 0`: the floor of any command written in Node. */
+export function nodeStartup(node: string): number {
+  const run = timedSpawn([node, '-e', '0'])
+  if (run.status !== 0) throw new CxlforkError('BENCH_NODE_FAILED', `${node} -e 0 exited with ${run.status}`)
+  return run.ms
+}
+
+/** Wall clock of a command that must succeed (e.g. `cxlfork --version`, the floor of any oclif command). */
+export function commandWallMs(argv: readonly string[]): number {
+  const run = timedSpawn(argv)
+  if (run.status !== 0) throw new CxlforkError('BENCH_COMMAND_FAILED', `${argv.join(' ')} exited with ${run.status}`)
+  return run.ms
+}
+
+/** Run a whole restore command; returns its wall clock and the clone it left running. */
+export function wholeCommand(command: WholeCommand): {ms: number; pid: number; engineUs?: number} {
+  const run = timedSpawn(command.argv)
+  if (run.status !== 0) {
+    throw new CxlforkError('BENCH_COMMAND_FAILED', `${command.argv.slice(1).join(' ')} exited with ${run.status}: ${(run.stderr || run.stdout).trim().slice(0, 400)}`)
+  }
+  return {ms: run.ms, ...command.parse(run.stdout)}
+}
+
+export interface ForkSample {
+  /** Injected clone minus the median injected no-op, ms. */
+  forkMs: number
+  cloneInjectionMs: number
+  noopInjectionMs: number
+  childPid: number
+}
+
+/**
+ * Local fork() of a running process, parent side: seize it (options 0: no
+ * EXITKILL, so it outlives us), time injected getpid() five times (after one
+ * warm-up) and one injected clone(CLONE_PARENT|SIGCHLD), i.e. fork(); the
+ * difference is the kernel's fork work plus one extra ptrace event stop
+ * (PTRACE_EVENT_FORK, tens of µs). The child (our child, by CLONE_PARENT)
+ * is killed and reaped, the target detached and running on.
+ */
+export function localFork(pid: number): ForkSample {
+  const tracee = Tracee.seize(pid, {options: 0})
+  let child: Tracee | undefined
+  try {
+    tracee.syscall(SYS.getpid) // warm-up: injection site, blocked mask
+    const noop: number[] = []
+    for (let i = 0; i < 5; i++) {
+      const t = performance.now()
+      tracee.syscall(SYS.getpid)
+      noop.push(performance.now() - t)
+    }
+    noop.sort((a, b) => a - b)
+    const noopMs = noop[2]!
+    tracee.setOptions(PTRACE_O.TRACEFORK | PTRACE_O.TRACEVFORK | PTRACE_O.TRACECLONE)
+    tracee.takeNewChildren()
+    const t = performance.now()
+    const ret = tracee.syscall(SYS.clone, CLONE.PARENT | SIG.CHLD, 0, 0, 0, 0)
+    const cloneMs = performance.now() - t
+    const kids = tracee.takeNewChildren()
+    if (ret <= 0n) throw new CxlforkError('BENCH_FORK_FAILED', `fork injected into ${pid} returned ${ret}`)
+    const childPid = Number(ret)
+    child = Tracee.adopt(childPid, tracee.options, false)
+    for (const kid of kids) if (kid !== childPid) Tracee.adopt(kid, tracee.options, false).kill()
+    child.kill()
+    child = undefined
+    tracee.setOptions(0)
+    return {forkMs: Math.max(0, cloneMs - noopMs), cloneInjectionMs: cloneMs, noopInjectionMs: noopMs, childPid}
+  } finally {
+    child?.kill()
+    tracee.detach()
+  }
+}

@@ -1,0 +1,109 @@
+/**
+ * Checkpoint/restore paths the benchmark compares. A path checkpoints a live
+ * target, restores the last checkpoint in process (engine) and names the
+ * command that restores it from a fresh process (whole command). The pool
+ * path is cxlfork itself; a CRIU-format path (dump to protobuf images,
+ * restore by copying) is one more implementation of BenchPath, added to the
+ * list the runner gets, with policies such as ['copy'].
+ */
+import type {Pool} from '../pool/index.js'
+import type {Policy} from '../restore/plan.js'
+
+export interface CheckpointSample {
+  /** Whole checkpoint, µs. */
+  timeUs: number
+  /** Time the target was stopped, µs. */
+  downtimeUs: number
+  /** Bytes of memory the checkpoint holds. */
+  bytes: number
+  /** Engine statistics by name (µs or counts), summarized per size. */
+  stats: Readonly<Record<string, number>>
+}
+
+export interface RestoreSample {
+  /** The clone, running detached; the runner measures, then kills and reaps it. */
+  pid: number
+  /** Engine restore, µs. */
+  engineUs: number
+  stats: Readonly<Record<string, number>>
+}
+
+export interface WholeCommand {
+  /** argv[0] is an absolute executable path. */
+  argv: string[]
+  /** The clone's pid from the command's stdout, and the engine time the command reported itself (µs), if it does. */
+  parse(stdout: string): {pid: number; engineUs?: number}
+}
+
+export interface BenchPath {
+  /** Row prefix, e.g. "pool" (rows are "pool/mow", "pool/local"). */
+  readonly name: string
+  readonly policies: readonly string[]
+  /** Checkpoint the live target as `label`; the target keeps running. */
+  checkpoint(pid: number, label: string): CheckpointSample
+  /** Restore the last checkpoint in this process. */
+  restore(policy: string): RestoreSample
+  /** The command that restores the last checkpoint on its own, timed wall clock. */
+  restoreCommand(policy: string): WholeCommand
+  /** Delete the last checkpoint (its clones are gone by then). */
+  cleanup(): void
+  /** End of run: release what the path holds. */
+  close(): void
+}
+
+/** cxlfork's own path: checkpointToPool / restoreFromPool on one pool file. */
+export class PoolPath implements BenchPath {
+  readonly name = 'pool'
+  private current: string | undefined
+
+  constructor(
+    private readonly pool: Pool,
+    readonly policies: readonly Policy[],
+    private readonly engine: {checkpointToPool: typeof import('../checkpoint/checkpoint.js').checkpointToPool; restoreFromPool: typeof import('../restore/restore.js').restoreFromPool},
+    /** `node bin/run.js` of this installation. */
+    private readonly cli: {node: string; entry: string},
+  ) {}
+
+  private get checkpointName(): string {
+    if (this.current === undefined) throw new Error('pool path: no checkpoint taken yet')
+    return this.current
+  }
+
+  checkpoint(pid: number, label: string): CheckpointSample {
+    const result = this.engine.checkpointToPool(this.pool, {pid, name: label, kill: false})
+    this.current = label
+    return {timeUs: result.totalUs, downtimeUs: result.downtimeUs, bytes: result.bytes, stats: {...result.stats}}
+  }
+
+  restore(policy: string): RestoreSample {
+    const result = this.engine.restoreFromPool(this.pool, {name: this.checkpointName, policy: policy as Policy, wait: false})
+    return {pid: result.pid, engineUs: result.stats.restore_time, stats: {...result.stats}}
+  }
+
+  restoreCommand(policy: string): WholeCommand {
+    return {
+      argv: [this.cli.node, this.cli.entry, 'restore', this.checkpointName, '--policy', policy, '--json', '--pool', this.pool.path],
+      parse: (stdout) => {
+        const parsed = JSON.parse(stdout) as {pid?: unknown; stats?: {restore_time?: unknown}}
+        if (typeof parsed.pid !== 'number') throw new Error(`cxlfork restore printed no pid: ${stdout.slice(0, 200)}`)
+        const engineUs = parsed.stats?.restore_time
+        return typeof engineUs === 'number' ? {pid: parsed.pid, engineUs} : {pid: parsed.pid}
+      },
+    }
+  }
+
+  cleanup(): void {
+    if (this.current === undefined) return
+    this.pool.remove(this.current)
+    this.pool.gc()
+    this.current = undefined
+  }
+
+  close(): void {
+    try {
+      this.cleanup()
+    } catch {
+      // a checkpoint still referenced is collected with the pool
+    }
+  }
+}

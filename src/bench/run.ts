@@ -1,0 +1,262 @@
+/**
+ * The benchmark run: for each size, one long-lived target is checkpointed
+ * --runs times; each checkpoint is restored per policy in process (engine)
+ * and by the whole `cxlfork restore` command, each clone measured, checked
+ * and killed, then the checkpoint removed. Plain write, local fork and cold
+ * start are measured in the same repetitions, so every ratio comes from one run.
+ */
+import {randomBytes} from 'node:crypto'
+import {loadavg} from 'node:os'
+import {dirname, join} from 'node:path'
+
+import {CxlforkError} from '../errors.js'
+import {Pool, SEGMENT_SIZE} from '../pool/index.js'
+import {isAlive, readMaps, readStatus} from '../sys/proc.js'
+import {prctl} from '../sys/libc.js'
+import {machineInfo} from './machine.js'
+import {commandWallMs, localFork, nodeStartup, patternBuffer, plainMmap, plainWrite, wholeCommand} from './measure.js'
+import type {BenchPath} from './paths.js'
+import {Samples, summarize} from './summary.js'
+import {spawnTarget, stopProcess, sweepChildren, TargetFiles, TARGET_COMM, verifyPattern} from './target.js'
+import type {BenchResult, PathResult, RestoreRow, SizeResult, TargetVerdict} from './types.js'
+import {evaluateTargets} from './verdicts.js'
+
+const PR_SET_CHILD_SUBREAPER = 36
+const WARMUP_SIZE = 4 << 20
+
+export interface BenchSize {
+  bytes: number
+  label: string
+}
+
+export interface BenchOptions {
+  sizes: readonly BenchSize[]
+  runs: number
+  policies: readonly ('mow' | 'local')[]
+  /** Use this pool (created if missing, kept); default: a temporary pool removed at the end. */
+  pool?: string
+  hugePages: boolean
+  /** The command line, recorded in the result. */
+  command: string
+  /** Absolute path of bin/run.js, for whole-command restores. */
+  cliEntry: string
+  log: (line: string) => void
+}
+
+const alignUp = (value: number, alignment: number): number => Math.ceil(value / alignment) * alignment
+
+/** Sparse pool for runs checkpoints of the largest size, plus metadata (1/32 of the pool) and slack. */
+export function temporaryPoolSize(largest: number, runs: number): bigint {
+  const data = (alignUp(largest, SEGMENT_SIZE) + 8 * SEGMENT_SIZE) * runs
+  return BigInt(alignUp(Math.ceil(data * 33 / 32) + 64 * SEGMENT_SIZE, SEGMENT_SIZE))
+}
+
+const ms = (us: number): number => us / 1000
+
+export async function runBench(options: BenchOptions): Promise<BenchResult> {
+  const started = new Date()
+  const loadAtStart = Math.round(loadavg()[0]! * 100) / 100
+  const t0 = performance.now()
+  const log = options.log
+  const [{checkpointToPool}, {restoreFromPool}, {PoolPath}] = await Promise.all([
+    import('../checkpoint/checkpoint.js'), import('../restore/restore.js'), import('./paths.js'),
+  ])
+  const largest = Math.max(...options.sizes.map((size) => size.bytes))
+  const temporary = options.pool === undefined
+  const poolPath = options.pool ?? join('/dev/shm', `cxlfork-bench-${process.pid}-${randomBytes(4).toString('hex')}.pool`)
+  const pids = new Set<number>()
+  const live = new Set<number>()
+  const track = (pid: number): number => {
+    pids.add(pid)
+    live.add(pid)
+    return pid
+  }
+  const stop = (pid: number): void => {
+    stopProcess(pid)
+    live.delete(pid)
+  }
+
+  // Clones restored by `cxlfork restore` outlive that command: adopt them so they can be reaped.
+  prctl(PR_SET_CHILD_SUBREAPER, 1)
+  const files = new TargetFiles(options.hugePages)
+  let pool: Pool | undefined
+  const paths: BenchPath[] = []
+  try {
+    if (temporary) {
+      const size = temporaryPoolSize(largest, options.runs)
+      log(`pool: temporary ${poolPath} (${size / (1n << 20n)} MiB, sparse)`)
+      pool = Pool.create(poolPath, {size})
+    } else {
+      log(`pool: ${poolPath}`)
+      pool = Pool.open(poolPath, {create: true})
+    }
+    paths.push(new PoolPath(pool, options.policies, {checkpointToPool, restoreFromPool}, {node: process.execPath, entry: options.cliEntry}))
+    const plainDir = dirname(pool.path)
+    const buffer = patternBuffer()
+
+    log(`node start-up: ${options.runs} runs of \`node -e 0\``)
+    nodeStartup(process.execPath) // warm the page cache
+    const nodeSamples: number[] = []
+    for (let run = 0; run < options.runs; run++) nodeSamples.push(nodeStartup(process.execPath))
+    const nodeStartupMs = summarize(nodeSamples)
+    log(`  node -e 0: ${nodeStartupMs.median.toFixed(1)} ms`)
+    const versionArgv = [process.execPath, options.cliEntry, '--version']
+    const cliSamples: number[] = []
+    for (let run = 0; run < options.runs; run++) cliSamples.push(commandWallMs(versionArgv))
+    const cliVersionMs = summarize(cliSamples)
+    log(`  node bin/run.js --version: ${cliVersionMs.median.toFixed(1)} ms`)
+
+    // Warm-up, untimed: a first checkpoint/restore/fork in this process pays for JIT and FFI binding.
+    log('warm-up: one untimed checkpoint, restore per policy and fork of a 4 MiB target')
+    const warm = spawnTarget(files.executable(WARMUP_SIZE))
+    track(warm.pid)
+    try {
+      for (const path of paths) {
+        path.checkpoint(warm.pid, `bench-warmup-${process.pid}`)
+        try {
+          for (const policy of path.policies) {
+            const clone = path.restore(policy)
+            track(clone.pid)
+            stop(clone.pid)
+          }
+        } finally {
+          path.cleanup()
+        }
+      }
+      pids.add(localFork(warm.pid).childPid)
+      plainWrite(plainDir, WARMUP_SIZE, buffer)
+      plainMmap(plainDir, WARMUP_SIZE, buffer)
+    } finally {
+      stop(warm.pid)
+    }
+
+    const sizes: SizeResult[] = []
+    for (const size of options.sizes) {
+      const exe = files.executable(size.bytes)
+      const samples = new Samples()
+      const bytesByPath = new Map<string, number>()
+      log(`[${size.label}] spawning the target`)
+      const target = spawnTarget(exe)
+      track(target.pid)
+      try {
+        const region = readMaps(target.pid).find((vma) => vma.size === size.bytes && vma.kind === 'anon')
+        if (!region) throw new CxlforkError('BENCH_TARGET_LAYOUT', `target ${target.pid} has no ${size.label} anonymous mapping`)
+        for (let run = 1; run <= options.runs; run++) {
+          const tag = `[${size.label} ${run}/${options.runs}]`
+          const write = plainWrite(plainDir, size.bytes, buffer)
+          const mapped = plainMmap(plainDir, size.bytes, buffer)
+          samples.add('plainWrite', write)
+          samples.add('plainMmap', mapped)
+          log(`${tag} plain write ${write.toFixed(1)} ms (write loop), ${mapped.toFixed(1)} ms (mmap+copy)`)
+
+          for (const path of paths) {
+            const checkpoint = path.checkpoint(target.pid, `bench-${size.label}-${run}-${process.pid}`)
+            bytesByPath.set(path.name, checkpoint.bytes)
+            samples.add(`${path.name}.checkpoint`, ms(checkpoint.timeUs))
+            samples.add(`${path.name}.downtime`, ms(checkpoint.downtimeUs))
+            samples.addAll(`${path.name}.stats.`, checkpoint.stats)
+            log(`${tag} ${path.name} checkpoint ${ms(checkpoint.timeUs).toFixed(1)} ms, downtime ${ms(checkpoint.downtimeUs).toFixed(2)} ms, ${(checkpoint.bytes / 1048576).toFixed(1)} MiB`)
+            try {
+              for (const policy of path.policies) {
+                const row = `${path.name}/${policy}`
+                const restored = path.restore(policy)
+                track(restored.pid)
+                try {
+                  const status = readStatus(restored.pid)
+                  if (status.state === 'Z' || status.state === 'X') throw new CxlforkError('BENCH_CLONE_DIED', `${row} clone ${restored.pid} died right after restore`)
+                  samples.add(`${row}.rss`, status.rssAnon / 1024)
+                  samples.add(`${row}.engine`, ms(restored.engineUs))
+                  samples.addAll(`${row}.stats.`, restored.stats)
+                  const bad = verifyPattern(restored.pid, region.start, size.bytes)
+                  if (bad >= 0) throw new CxlforkError('BENCH_CLONE_CORRUPT', `${row} clone ${restored.pid}: page ${bad} does not hold the target's pattern`)
+                  log(`${tag} ${row} engine restore ${ms(restored.engineUs).toFixed(2)} ms, RssAnon ${status.rssAnon / 1024} kB`)
+                } finally {
+                  stop(restored.pid)
+                }
+                const command = wholeCommand(path.restoreCommand(policy))
+                track(command.pid)
+                try {
+                  if (!isAlive(command.pid)) throw new CxlforkError('BENCH_CLONE_DIED', `${row} clone ${command.pid} of the whole command is not running`)
+                  samples.add(`${row}.command`, command.ms)
+                  if (command.engineUs !== undefined) samples.add(`${row}.commandEngine`, ms(command.engineUs))
+                  log(`${tag} ${row} whole command ${command.ms.toFixed(1)} ms`)
+                } finally {
+                  stop(command.pid)
+                }
+              }
+            } finally {
+              path.cleanup()
+            }
+          }
+
+          const fork = localFork(target.pid)
+          pids.add(fork.childPid)
+          samples.add('fork', fork.forkMs)
+          samples.add('forkInjection', fork.cloneInjectionMs)
+          samples.add('noopInjection', fork.noopInjectionMs)
+          log(`${tag} local fork ${fork.forkMs.toFixed(3)} ms (injected clone ${fork.cloneInjectionMs.toFixed(3)} - no-op ${fork.noopInjectionMs.toFixed(3)})`)
+
+          const cold = spawnTarget(exe)
+          track(cold.pid)
+          stop(cold.pid)
+          samples.add('coldStart', cold.readyMs)
+          log(`${tag} cold start ${cold.readyMs.toFixed(1)} ms`)
+        }
+      } finally {
+        stop(target.pid)
+      }
+
+      const plainWriteMs = samples.summary('plainWrite')
+      const plainMmapMs = samples.summary('plainMmap')
+      const pathResults: PathResult[] = paths.map((path) => {
+        const bytes = bytesByPath.get(path.name) ?? 0
+        const restores: RestoreRow[] = path.policies.map((policy) => {
+          const row = `${path.name}/${policy}`
+          const rssAnonKb = samples.summary(`${row}.rss`)
+          return {
+            id: row, path: path.name, policy, engineMs: samples.summary(`${row}.engine`), commandMs: samples.summary(`${row}.command`),
+            commandEngineMs: samples.summary(`${row}.commandEngine`),
+            rssAnonKb, rssAnonPct: bytes > 0 ? Math.round((rssAnonKb.median * 1024 / bytes) * 100 * 10000) / 10000 : Number.NaN,
+            engineStats: samples.group(`${row}.stats.`),
+          }
+        })
+        return {
+          path: path.name, checkpointMs: samples.summary(`${path.name}.checkpoint`), downtimeMs: samples.summary(`${path.name}.downtime`),
+          bytes, engineStats: samples.group(`${path.name}.stats.`), restores,
+        }
+      })
+      sizes.push({
+        size: size.bytes, label: size.label, coldStartMs: samples.summary('coldStart'), plainWriteMs, plainMmapMs,
+        plainAnchor: plainMmapMs.median < plainWriteMs.median ? 'mmap' : 'write',
+        forkMs: samples.summary('fork'), forkInjectionMs: samples.summary('forkInjection'), noopInjectionMs: samples.summary('noopInjection'),
+        paths: pathResults,
+      })
+    }
+
+    const targets: TargetVerdict[] = evaluateTargets(sizes, nodeStartupMs)
+    return {
+      command: options.command, date: started.toISOString(), durationS: Math.round((performance.now() - t0) / 100) / 10, machine: machineInfo(loadAtStart),
+      config: {
+        sizes: options.sizes.map((size) => size.bytes), runs: options.runs, policies: [...options.policies], pool: poolPath, poolTemporary: temporary,
+        target: `static ELF generated by cxlfork (${TARGET_COMM}): mmap SIZE private anonymous, ${options.hugePages ? 'MADV_HUGEPAGE' : 'MADV_NOHUGEPAGE'}, fill page i with the word 0x63786c666f726b00+i (rep stosq), report ready on a pipe, pause() forever`,
+        hugePages: options.hugePages,
+      },
+      nodeStartupMs, cliVersionMs, sizes, targets, pass: targets.every((verdict) => verdict.pass), pids: [...pids].sort((a, b) => a - b),
+    }
+  } finally {
+    for (const pid of live) stopProcess(pid)
+    sweepChildren()
+    for (const path of paths) path.close()
+    pool?.close()
+    if (temporary) {
+      try {
+        const {unlinkSync} = await import('node:fs')
+        unlinkSync(poolPath)
+      } catch {
+        // never created
+      }
+    }
+    files.remove()
+    prctl(PR_SET_CHILD_SUBREAPER, 0)
+  }
+}

@@ -1,0 +1,66 @@
+import {writeFileSync} from 'node:fs'
+import {join, relative} from 'node:path'
+
+import {Flags} from '@oclif/core'
+
+import {BaseCommand} from '../cli/base-command.js'
+import type {BenchResult} from '../bench/types.js'
+import {UsageError} from '../errors.js'
+
+/** How this process was started, e.g. `node bin/run.js bench --runs 5`, arguments quoted where needed. */
+function commandLine(): string {
+  const quote = (arg: string): string => (/^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", "'\\''")}'`)
+  const entry = relative(process.cwd(), process.argv[1] ?? '') || process.argv[1] || 'cxlfork'
+  return ['node', entry, ...process.argv.slice(2)].map(quote).join(' ')
+}
+
+export default class BenchCommand extends BaseCommand {
+  static override summary = 'Measure checkpoint, restore (mow/local), RssAnon, local fork(), plain write and cold start side by side.'
+  static override description = `For each size, a generated target process touches exactly that much anonymous memory and idles; it is checkpointed --runs times into a dedicated pool, each checkpoint restored per policy in process and by the whole \`cxlfork restore\` command, each clone measured, checked and killed. Plain write of the same bytes to the pool's file system, local fork() of the target, \`node -e 0\` and a cold start are measured in the same repetitions. Reports medians (min, max), ratios and pass/fail of the performance targets; exit status 0 even when a target fails (see "pass" in the JSON).
+Progress goes to stderr, one line per step (also under --json). Without --pool a temporary sparse pool under /dev/shm is created and removed at the end; every target and clone is killed.`
+  static override examples = [
+    '<%= config.bin %> bench',
+    '<%= config.bin %> bench --sizes 64M,256M,1G --runs 5 --markdown BENCHMARKS.md',
+    '<%= config.bin %> bench --sizes 16M --runs 2 --json',
+  ]
+  static override flags = {
+    // Overrides the global --pool: a benchmark never touches the default pool unless asked.
+    pool: Flags.string({summary: 'Pool file to use (created if missing, kept). Default: a temporary pool under /dev/shm, removed at the end.', helpGroup: 'GLOBAL'}),
+    sizes: Flags.string({summary: 'Comma-separated sizes of touched memory.', default: '64M,256M,1G', helpValue: '<size,...>'}),
+    runs: Flags.integer({summary: 'Repetitions per size (medians of these).', default: 5, min: 1, max: 1000}),
+    policies: Flags.string({summary: 'Comma-separated restore policies: mow, local.', default: 'mow,local', helpValue: '<policy,...>'}),
+    markdown: Flags.string({summary: 'Also write the report as Markdown to this file.', helpValue: '<file>'}),
+    'huge-pages': Flags.boolean({summary: "Ask for transparent huge pages for the target's memory (MADV_HUGEPAGE; default MADV_NOHUGEPAGE, 4 KiB pages).", default: false}),
+  }
+
+  async run(): Promise<BenchResult> {
+    const {flags} = await this.parse(BenchCommand)
+    const [{parseSize}, {runBench}, {renderMarkdown}, {diagnose}] = await Promise.all([
+      import('../pool/size.js'), import('../bench/run.js'), import('../bench/markdown.js'), import('../bench/diagnose.js'),
+    ])
+    const sizes = flags.sizes.split(',').map((text) => text.trim()).filter(Boolean).map((label) => {
+      const bytes = parseSize(label)
+      if (bytes < 4096n || bytes % 4096n !== 0n || bytes > 1n << 40n) throw new UsageError('INVALID_SIZE', `size ${label} must be a multiple of 4 KiB between 4K and 1T`)
+      return {bytes: Number(bytes), label}
+    })
+    if (sizes.length === 0) throw new UsageError('INVALID_SIZE', '--sizes names no size')
+    const policies = [...new Set(flags.policies.split(',').map((text) => text.trim()).filter(Boolean))]
+    for (const policy of policies) {
+      if (policy !== 'mow' && policy !== 'local') throw new UsageError('INVALID_POLICY', `unknown policy ${policy}`, 'Use mow, local or mow,local.')
+    }
+    const result = await runBench({
+      sizes, runs: flags.runs, policies: policies as ('mow' | 'local')[], hugePages: flags['huge-pages'],
+      ...(flags.pool === undefined ? {} : {pool: flags.pool}),
+      command: commandLine(),
+      cliEntry: join(this.config.root, 'bin', 'run.js'),
+      log: (line) => process.stderr.write(line + '\n'),
+    })
+    const notes = diagnose(result)
+    if (flags.markdown) {
+      writeFileSync(flags.markdown, renderMarkdown(result, notes))
+      this.say(`Wrote ${flags.markdown}`)
+    }
+    for (const target of result.targets) this.say(`${target.pass ? 'PASS' : 'FAIL'}  ${target.description}: ${target.measured} ${target.unit} (limit ${target.limit})`)
+    return result
+  }
+}

@@ -1,0 +1,345 @@
+/**
+ * Helpers of the CRIU-format end-to-end tests (test/criu-e2e/*.test.ts): the CLI run as a
+ * user runs it (a separate process), per-test image directories and pool files on /dev/shm
+ * (own names, removed by cleanupAll()), crit, /proc readings and leak checks.
+ *
+ * Deliberately self-contained (does not import test/restore/helpers.ts), so that other
+ * suites' helpers can change without breaking these tests.
+ */
+import assert from 'node:assert/strict'
+import {execFile, spawn} from 'node:child_process'
+import {readdirSync, readFileSync, readlinkSync, rmSync} from 'node:fs'
+import {join} from 'node:path'
+import {promisify} from 'node:util'
+
+import {projectRoot} from '../../src/paths.js'
+import {type LogEvent, lastTick, procStat, readLog, trackDir, waitForTicks} from '../helpers/fixtures.js'
+
+const execFileP = promisify(execFile)
+
+export const PROJECT_ROOT = projectRoot()
+export const CLI = join(PROJECT_ROOT, 'bin', 'run.js')
+export const MIB = 1 << 20
+export const PAGE = 4096
+
+export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+
+// ---------------------------------------------------------------------------------------
+// Scratch paths: /dev/shm/cxlfork-criu-e2e-<test pid>-<tag>-<n>[.pool]
+
+const PREFIX = `cxlfork-criu-e2e-${process.pid}-`
+let counter = 0
+
+/** A fresh (not yet existing) image directory path on /dev/shm; cleanupAll() removes it. */
+export function imagesDir(tag: string): string {
+  const path = `/dev/shm/${PREFIX}${tag}-${counter++}`
+  trackDir(path)
+  return path
+}
+
+/** A fresh pool file path on /dev/shm; cleanupAll() removes it. */
+export function poolFile(tag: string): string {
+  const path = `/dev/shm/${PREFIX}${tag}-${counter++}.pool`
+  trackDir(path)
+  return path
+}
+
+/** Safety net for an after() hook: removes anything this test process left on /dev/shm. */
+export function removeScratch(): void {
+  for (const name of readdirSync('/dev/shm')) {
+    if (name.startsWith(PREFIX)) rmSync(join('/dev/shm', name), {force: true, recursive: true})
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The CLI
+
+export interface CliResult {
+  args: string[]
+  /** pid of the CLI process itself. */
+  cliPid: number
+  status: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+  /** stdout parsed as JSON, when it is JSON. */
+  json: any // eslint-disable-line @typescript-eslint/no-explicit-any
+  /** Wall-clock ms from spawn to exit. */
+  ms: number
+}
+
+/** Runs `node bin/run.js ...args` to completion (stdin ignored, stdout/stderr collected). */
+export function cli(args: string[]): Promise<CliResult> {
+  const t0 = performance.now()
+  const child = spawn(process.execPath, [CLI, ...args], {cwd: PROJECT_ROOT, env: process.env, stdio: ['ignore', 'pipe', 'pipe']})
+  let stdout = ''
+  let stderr = ''
+  child.stdout!.on('data', (chunk: Buffer) => {
+    stdout += chunk.toString()
+  })
+  child.stderr!.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString()
+  })
+  const cliPid = child.pid ?? -1
+  return new Promise<CliResult>((resolve) => {
+    child.on('error', (error) => resolve({args, cliPid, json: undefined, ms: performance.now() - t0, signal: null, status: null, stderr: String(error), stdout}))
+    // 'exit', not 'close': a detached clone must not keep us waiting on inherited pipes.
+    child.on('exit', (status, signal) => {
+      setTimeout(() => {
+        let json: unknown
+        try {
+          json = JSON.parse(stdout)
+        } catch {
+          json = undefined
+        }
+        resolve({args, cliPid, json, ms: performance.now() - t0, signal, status, stderr, stdout})
+      }, 20)
+    })
+  })
+}
+
+export function describeRun(run: CliResult): string {
+  return `cxlfork ${run.args.join(' ')} -> status ${run.status} signal ${run.signal} (${run.ms.toFixed(0)} ms)\nstdout: ${run.stdout.slice(0, 3000)}\nstderr: ${run.stderr.slice(0, 3000)}`
+}
+
+/** Asserts a successful --json run and returns its JSON. */
+export function okJson(run: CliResult): any { // eslint-disable-line @typescript-eslint/no-explicit-any
+  assert.equal(run.status, 0, describeRun(run))
+  assert.ok(run.json && typeof run.json === 'object' && !('error' in run.json), describeRun(run))
+  return run.json
+}
+
+export interface ExpectedError {
+  exitCode: number
+  code: string | RegExp
+  /** Every pattern must match the message. */
+  message: (string | RegExp)[]
+}
+
+/** Asserts a failed --json run with a typed error envelope; returns the error object. */
+export function expectCliError(run: CliResult, want: ExpectedError): {code: string; message: string; hint?: string; exitCode: number} {
+  assert.equal(run.status, want.exitCode, `exit status ${want.exitCode} expected\n${describeRun(run)}`)
+  assert.ok(run.json && run.json.error, `a JSON error envelope on stdout\n${describeRun(run)}`)
+  const error = run.json.error
+  if (typeof want.code === 'string') assert.equal(error.code, want.code, describeRun(run))
+  else assert.match(error.code, want.code, describeRun(run))
+  assert.equal(error.exitCode, want.exitCode, 'the envelope carries the exit status')
+  assert.equal(typeof error.message, 'string')
+  for (const pattern of want.message) {
+    if (typeof pattern === 'string') assert.ok(error.message.includes(pattern), `message names ${pattern}: ${error.message}`)
+    else assert.match(error.message, pattern)
+  }
+  assert.ok(error.hint, `the error carries a hint: ${JSON.stringify(error)}`)
+  assert.notEqual(error.code, 'INTERNAL', 'a typed error, not an internal one')
+  return error
+}
+
+// ---------------------------------------------------------------------------------------
+// crit
+
+export type Json = any // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/** Runs crit, resolves with {status, stdout, stderr} (never throws on a non-zero exit). */
+export async function critRun(...args: string[]): Promise<{status: number; stdout: string; stderr: string}> {
+  try {
+    const {stdout, stderr} = await execFileP('crit', args, {encoding: 'utf8', maxBuffer: 256 << 20})
+    return {status: 0, stderr, stdout}
+  } catch (error) {
+    const e = error as {code?: number; stdout?: string; stderr?: string; message: string}
+    return {status: typeof e.code === 'number' ? e.code : -1, stderr: e.stderr ?? e.message, stdout: e.stdout ?? ''}
+  }
+}
+
+/** Runs crit and asserts it succeeded; returns stdout. */
+export async function crit(...args: string[]): Promise<string> {
+  const run = await critRun(...args)
+  assert.equal(run.status, 0, `crit ${args.join(' ')} failed:\n${run.stderr.slice(-2000)}`)
+  return run.stdout
+}
+
+/** JSON with every integer of 15+ digits kept as a string (crit prints u64 values beyond 2^53). */
+export function parseBigJson(text: string): Json {
+  return JSON.parse(text.replace(/([:[,]\s*)(-?\d{15,})(?=\s*[,\]}])/g, '$1"$2"'))
+}
+
+/** `crit decode -i FILE` (plain, numeric) parsed; throws with crit's stderr on failure. */
+export async function critDecode(file: string): Promise<Json> {
+  return parseBigJson(await crit('decode', '-i', file))
+}
+
+/** A decoded number (number, decimal or 0x-hex string) as bigint. */
+export function big(value: unknown): bigint {
+  if (typeof value === 'bigint') return value
+  if (typeof value === 'number') return BigInt(value)
+  if (typeof value === 'string') return BigInt(value)
+  throw new TypeError(`not a number: ${JSON.stringify(value)}`)
+}
+
+// ---------------------------------------------------------------------------------------
+// /proc
+
+/** A field of /proc/PID/status in bytes (e.g. RssAnon), or undefined if the process is gone. */
+export function statusBytes(pid: number, field: string): number | undefined {
+  let text: string
+  try {
+    text = readFileSync(`/proc/${pid}/status`, 'utf8')
+  } catch {
+    return undefined
+  }
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)
+  return m ? Number(m[1]) * 1024 : undefined
+}
+
+export function comm(pid: number): string | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim()
+  } catch {
+    return undefined
+  }
+}
+
+export interface MapsEntry {
+  start: bigint
+  end: bigint
+  perms: string
+  offset: bigint
+  path: string
+}
+
+export function readMaps(pid: number): MapsEntry[] {
+  return readFileSync(`/proc/${pid}/maps`, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => {
+      const m = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) \S+ \d+\s*(.*)$/.exec(line)
+      if (!m) throw new Error(`unparsable maps line: ${line}`)
+      return {end: BigInt('0x' + m[2]), offset: BigInt('0x' + m[4]), path: m[5]!.trim(), perms: m[3]!, start: BigInt('0x' + m[1])}
+    })
+}
+
+/** /proc/PID/syscall: [nr, ...args, sp, pc] when blocked in a syscall, undefined otherwise. */
+export function procSyscall(pid: number): {nr: number; sp: bigint; pc: bigint} | undefined {
+  let text: string
+  try {
+    text = readFileSync(`/proc/${pid}/syscall`, 'utf8').trim()
+  } catch {
+    return undefined
+  }
+  const f = text.split(/\s+/)
+  if (f.length !== 9 || !/^\d+$/.test(f[0]!)) return undefined
+  return {nr: Number(f[0]), pc: BigInt(f[8]!), sp: BigInt(f[7]!)}
+}
+
+function linksOf(pid: number): string[] {
+  const out: string[] = []
+  try {
+    out.push(readlinkSync(`/proc/${pid}/cwd`))
+  } catch {
+    // gone or not ours to read
+  }
+  try {
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      try {
+        out.push(readlinkSync(`/proc/${pid}/fd/${fd}`))
+      } catch {
+        // closed meanwhile
+      }
+    }
+  } catch {
+    // gone
+  }
+  return out
+}
+
+/**
+ * Live (non-zombie) processes other than `except` whose cwd or any fd lies in `dir` (a
+ * fixture's private temp dir): a restored clone of that fixture, finished or half-built,
+ * always has its cwd there and its log reopened from there.
+ */
+export function processesUsing(dir: string, except: readonly number[]): {pid: number; comm: string; links: string[]}[] {
+  const out: {pid: number; comm: string; links: string[]}[] = []
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue
+    const pid = Number(name)
+    if (except.includes(pid) || pid === process.pid) continue
+    const st = procStat(pid)
+    if (!st || st.state === 'Z' || st.state === 'X') continue
+    const links = linksOf(pid).filter((link) => link === dir || link.startsWith(dir + '/'))
+    if (links.length > 0) out.push({comm: comm(pid) ?? '?', links, pid})
+  }
+  return out
+}
+
+/** pids of live processes named `name` (e.g. the restore stub, "cxlfork-stub"). */
+export function pidsNamed(name: string): number[] {
+  const out: number[] = []
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    const pid = Number(entry)
+    if (comm(pid) !== name) continue
+    const st = procStat(pid)
+    if (st && st.state !== 'Z' && st.state !== 'X') out.push(pid)
+  }
+  return out
+}
+
+export const STUB_COMM = 'cxlfork-stub'
+
+/**
+ * Stubs that appeared since `before` and are orphans (parent = init or the finished CLI).
+ * Other sessions' restores running concurrently own stubs whose parent is their live CLI:
+ * those are not counted.
+ */
+export function orphanStubs(before: readonly number[], cliPid: number): number[] {
+  return pidsNamed(STUB_COMM).filter((pid) => {
+    if (before.includes(pid)) return false
+    const ppid = procStat(pid)?.ppid
+    return ppid === 1 || ppid === cliPid || (ppid !== undefined && procStat(ppid) === undefined)
+  })
+}
+
+// ---------------------------------------------------------------------------------------
+// Log
+
+/** Every TICK line written by pid. */
+export function ticksOf(logPath: string, pid: number): LogEvent[] {
+  return readLog(logPath).filter((e) => e.kind === 'TICK' && e.pid === pid)
+}
+
+export function assertOk(event: LogEvent, what: string): void {
+  assert.equal(event.fields.ok, '1', `${what}: ${event.line}`)
+}
+
+/**
+ * The clone continues the original's counter from the checkpoint: its first TICK's n is at
+ * least the original's last n before the dump, and at most a little past the original's
+ * last n when the dump ended (a restart would begin near 1, a wrong snapshot could be way
+ * off). Its clocks are fine and its counter moves.
+ */
+export async function assertContinues(logPath: string, clone: number, before: LogEvent, afterDump: LogEvent): Promise<{first: number}> {
+  const ticks = await waitForTicks(logPath, clone, 3)
+  const first = Number(ticksOf(logPath, clone)[0]!.fields.n)
+  const lo = Number(before.fields.n)
+  // Counter: +1 per ~10 ms; the clone ticks within ~50 ms of running. 100 = ~1 s of slack.
+  const hi = Number(afterDump.fields.n) + 100
+  assert.ok(first >= lo, `the clone's first TICK n=${first} continues from the original's n=${lo} before the dump (a restart begins near 1)`)
+  assert.ok(first <= hi, `the clone's first TICK n=${first} is close to the checkpointed value (original's n=${afterDump.fields.n} when the dump ended)`)
+  const originalNow = Number(lastTick(logPath, before.pid)?.fields.n ?? Number.POSITIVE_INFINITY)
+  assert.ok(first <= originalNow, `clone n=${first} is not ahead of the original's n=${originalNow}`)
+  for (const t of ticks) assert.equal(t.fields.clock, 'ok', `clocks in the clone: ${t.line}`)
+  assert.ok(Number(ticks[2]!.fields.n) > Number(ticks[0]!.fields.n), `the clone's counter moves: ${ticks.map((t) => t.fields.n).join(', ')}`)
+  return {first}
+}
+
+// ---------------------------------------------------------------------------------------
+// Measurements
+
+const measurements: string[] = []
+export function note(line: string): void {
+  measurements.push(line)
+}
+export function printMeasurements(title: string): void {
+  if (measurements.length === 0) return
+  process.stdout.write(`\n    ${title} measurements:\n${measurements.map((m) => `      ${m}`).join('\n')}\n`)
+  measurements.length = 0
+}

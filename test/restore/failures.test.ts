@@ -1,0 +1,429 @@
+/**
+ * What must fail, fails cleanly: refused checkpoints (with a named reason, the target left
+ * running untouched, nothing left in the pool), a checkpoint CLI killed at random moments,
+ * restores of unknown names and of checkpoints whose backing file changed.
+ */
+import assert from 'node:assert/strict'
+import {appendFileSync, closeSync, existsSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, utimesSync, writeSync} from 'node:fs'
+
+import {
+  type Fixture, cleanupAll, procStat, tracked, processExists, readLog, startFixture, trackPid, waitForTicks,
+} from '../helpers/fixtures.js'
+import {
+  type CliResult, allProcesses, cli, describeRun, note, poolPath, printMeasurements, reapStrayZombies, removePools, sleep, startCli,
+} from './helpers.js'
+
+const STUB_COMM = 'cxlfork-stub'
+
+/** State, wait channel, current syscall and signal masks of pid: for failure messages. */
+function procDiag(pid: number): string {
+  const read = (what: string) => {
+    try {
+      return readFileSync(`/proc/${pid}/${what}`, 'utf8').trim()
+    } catch (error) {
+      return `(${(error as Error).message})`
+    }
+  }
+  const status = read('status').split('\n').filter((l) => /^(State|TracerPid|SigPnd|ShdPnd|SigBlk|SigIgn|SigCgt|Threads):/.test(l)).join('; ')
+  return `pid ${pid}: ${status}; wchan ${read('wchan')}; syscall ${read('syscall')}`
+}
+
+function tracerPid(pid: number): number {
+  const m = /^TracerPid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+  return Number(m?.[1] ?? -1)
+}
+
+/** The target runs, untraced, ticks on, and its own CHECK passes. */
+async function assertUnharmed(fx: Fixture): Promise<void> {
+  assert.ok(processExists(fx.pid), `target ${fx.pid} still exists`)
+  const st = procStat(fx.pid)!
+  assert.ok(!['t', 'T'].includes(st.state), `target ${fx.pid} is not left stopped (state ${st.state})`)
+  assert.equal(tracerPid(fx.pid), 0, `target ${fx.pid} is not left traced`)
+  await waitForTicks(fx.logPath, fx.pid, 2)
+  const check = await fx.check()
+  assert.equal(check.fields.ok, '1', `target CHECK: ${check.line}`)
+  if (fx.ready.fields.crc) assert.equal(check.fields.crc, fx.ready.fields.crc)
+}
+
+/** The pool holds no checkpoint, no build, no corruption and no used space. */
+async function assertPoolEmpty(pool: string): Promise<void> {
+  const ls = await cli(['ls', '--json', '--pool', pool])
+  assert.equal(ls.status, 0, describeRun(ls))
+  assert.deepEqual(ls.json.checkpoints, [], 'no checkpoint left in ls')
+  await assertFsckClean(pool, false)
+  const info = await cli(['pool', 'info', '--json', '--pool', pool])
+  assert.equal(info.json.buildsInProgress, 0, describeRun(info))
+  assert.equal(info.json.used, 0, `nothing allocated: ${describeRun(info)}`)
+}
+
+async function assertFsckClean(pool: string, staleAllowed: boolean): Promise<CliResult> {
+  const fsck = await cli(['pool', 'fsck', '--json', '--pool', pool])
+  assert.equal(fsck.status, 0, describeRun(fsck))
+  assert.equal(fsck.json.clean, true, describeRun(fsck))
+  assert.equal(fsck.json.corruptionFound, 0, describeRun(fsck))
+  if (!staleAllowed) assert.deepEqual(fsck.json.problems, [], describeRun(fsck))
+  else assert.ok(fsck.json.problems.every((p: any) => p.severity === 'stale'), describeRun(fsck))
+  return fsck
+}
+
+interface Refusal {
+  status: number
+  codes: string[]
+  mentions: RegExp[]
+}
+
+async function expectCheckpointRefused(pool: string, pid: number, want: Refusal, name = 'refused'): Promise<any> {
+  const run = await cli(['checkpoint', String(pid), '--name', name, '--json', '--pool', pool])
+  assert.equal(run.status, want.status, describeRun(run))
+  const error = run.json?.error
+  assert.ok(error, `an error envelope on stdout: ${describeRun(run)}`)
+  assert.ok(want.codes.includes(error.code), `code ${error.code} is one of ${want.codes.join(', ')}`)
+  assert.equal(error.exitCode, want.status)
+  for (const re of want.mentions) assert.match(error.message, re, 'the message names what is wrong')
+  assert.equal(typeof error.hint, 'string', `a hint: ${JSON.stringify(error)}`)
+  assert.ok(error.hint.length > 10, `a useful hint: ${error.hint}`)
+  return error
+}
+
+/** A pid with no process (checked just before use). */
+function unusedPid(): number {
+  const max = Number(readFileSync('/proc/sys/kernel/pid_max', 'utf8'))
+  for (let pid = max - 1; pid > 1000; pid--) if (!existsSync(`/proc/${pid}`)) return pid
+  throw new Error('no free pid')
+}
+
+/** pids, other than `except`, of processes holding `path` open (leftover snapshots or clones). */
+function holdersOf(path: string, except: number[]): number[] {
+  const out: number[] = []
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || except.includes(Number(name))) continue
+    let fds: string[]
+    try {
+      fds = readdirSync(`/proc/${name}/fd`)
+    } catch {
+      continue
+    }
+    for (const fd of fds) {
+      try {
+        if (readlinkSync(`/proc/${name}/fd/${fd}`) === path) {
+          out.push(Number(name))
+          break
+        }
+      } catch {
+        // closed meanwhile
+      }
+    }
+  }
+  return out
+}
+
+function liveStubs(): number[] {
+  return allProcesses().filter((p) => p.comm === STUB_COMM && p.state !== 'Z').map((p) => p.pid)
+}
+
+describe('restore: failures are clean', function () {
+  this.timeout(120_000)
+
+  afterEach(async () => {
+    const report = await cleanupAll()
+    await reapStrayZombies(tracked().pids)
+    assert.deepEqual(report.survivors, [], 'every process a test started is gone')
+  })
+  after(() => {
+    removePools()
+    printMeasurements('failures')
+  })
+
+  describe('refused checkpoints', () => {
+    it('a pid with no process: exit 3, PROCESS_NOT_FOUND', async () => {
+      const pool = poolPath('fail')
+      const pid = unusedPid()
+      await expectCheckpointRefused(pool, pid, {status: 3, codes: ['PROCESS_NOT_FOUND', 'NO_SUCH_PROCESS'], mentions: [new RegExp(`\\b${pid}\\b`)]})
+      await assertPoolEmpty(pool)
+    })
+
+    it('a zombie (the zombie fixture\'s unreaped child): exit 5, PROCESS_ZOMBIE; parent and zombie untouched', async () => {
+      const pool = poolPath('fail')
+      const fx = await startFixture('zombie')
+      const zombie = Number(fx.ready.fields.zombie)
+      assert.equal(procStat(zombie)?.state, 'Z')
+      await expectCheckpointRefused(pool, zombie, {status: 5, codes: ['PROCESS_ZOMBIE'], mentions: [new RegExp(`\\b${zombie}\\b`), /zombie/]})
+      assert.equal(procStat(zombie)?.state, 'Z', 'the zombie is still an unreaped zombie')
+      await assertUnharmed(fx) // its CHECK verifies the zombie is still its own
+      await assertPoolEmpty(pool)
+    })
+
+    it('a kernel thread (pid 2): exit 5, KERNEL_THREAD', async () => {
+      const pool = poolPath('fail')
+      assert.ok(processExists(2))
+      await expectCheckpointRefused(pool, 2, {status: 5, codes: ['KERNEL_THREAD'], mentions: [/\b2\b/, /kernel thread/]})
+      assert.ok(processExists(2))
+      await assertPoolEmpty(pool)
+    })
+
+    it('a multi-threaded process (threads fixture): exit 5, MULTI_THREADED; its threads all alive', async () => {
+      const pool = poolPath('fail')
+      const fx = await startFixture('threads')
+      const threads = procStat(fx.pid)!.threads
+      assert.ok(threads >= 3, `the fixture runs ${threads} threads`)
+      await expectCheckpointRefused(pool, fx.pid, {status: 5, codes: ['MULTI_THREADED'], mentions: [new RegExp(`\\b${fx.pid}\\b`), new RegExp(`${threads} threads`)]})
+      assert.equal(procStat(fx.pid)!.threads, threads, 'no thread lost')
+      await assertUnharmed(fx) // CHECK verifies every thread still counts
+      await assertPoolEmpty(pool)
+    })
+
+    it('a process holding sockets (socket fixture): exit 5, UNSUPPORTED_FD naming the fd; also without --json', async () => {
+      const pool = poolPath('fail')
+      const fx = await startFixture('socket')
+      const error = await expectCheckpointRefused(pool, fx.pid, {status: 5, codes: ['UNSUPPORTED_FD'], mentions: [new RegExp(`\\b${fx.pid}\\b`), /socket/]})
+      const fd = Number(/fd (\d+)/.exec(error.message)?.[1])
+      const socketFds = [fx.ready.fields.listenfd, ...(fx.ready.fields.pairfds ?? '').split(',')].map(Number)
+      assert.ok(socketFds.includes(fd), `the message names one of the socket fds ${socketFds.join(',')}: ${error.message}`)
+      // Human output: the reason on stderr, nothing on stdout, same exit status.
+      const human = await cli(['checkpoint', String(fx.pid), '--name', 'human', '--pool', pool])
+      assert.equal(human.status, 5, describeRun(human))
+      assert.match(human.stderr, /socket/, describeRun(human))
+      assert.equal(human.stdout, '')
+      await assertUnharmed(fx) // CHECK verifies the listener and the unread data
+      await assertPoolEmpty(pool)
+    })
+
+    it('a parent with an unreaped child (the zombie fixture itself): refused, cxlfork does not checkpoint process trees', async () => {
+      // fixtures/README.md: zombie.c is a refusal fixture; checkpoint must refuse it and
+      // leave it running. A clone of it would not be the parent of the zombie (its CHECK fails).
+      const pool = poolPath('fail')
+      const fx = await startFixture('zombie')
+      const run = await cli(['checkpoint', String(fx.pid), '--name', 'tree', '--json', '--pool', pool])
+      if (run.status === 0) {
+        // Show why this matters: the clone's own CHECK fails.
+        const clone = await cli(['restore', 'tree', '--json', '--pool', pool])
+        if (clone.status === 0) {
+          trackPid(clone.json.pid)
+          await waitForTicks(fx.logPath, clone.json.pid, 1)
+          process.kill(clone.json.pid, 'SIGUSR1')
+          await sleep(300)
+        }
+        const cloneCheck = readLog(fx.logPath).filter((e) => e.kind === 'CHECK' && e.pid !== fx.pid).pop()
+        assert.fail(`checkpoint of a process with a child succeeded (should be refused, exit 5); the clone then says: ${cloneCheck?.line ?? '(nothing)'}`)
+      }
+      assert.equal(run.status, 5, describeRun(run))
+      assert.match(run.json.error.message, new RegExp(`\\b${fx.pid}\\b`))
+      await assertUnharmed(fx)
+      await assertPoolEmpty(pool)
+    })
+  })
+
+  it('name taken: exit 7 NAME_TAKEN, the target untouched, no space leaked', async () => {
+    const pool = poolPath('fail')
+    const fx = await startFixture('memtouch', {mib: 16})
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const first = await cli(['checkpoint', String(fx.pid), '--name', 'dup', '--json', '--pool', pool])
+    assert.equal(first.status, 0, describeRun(first))
+    const used = (await cli(['pool', 'info', '--json', '--pool', pool])).json.used
+    const error = await expectCheckpointRefused(pool, fx.pid, {status: 7, codes: ['NAME_TAKEN'], mentions: [/dup/]}, 'dup')
+    assert.ok(error)
+    await assertUnharmed(fx)
+    const ls = await cli(['ls', '--json', '--pool', pool])
+    assert.equal(ls.json.checkpoints.length, 1)
+    const info = await cli(['pool', 'info', '--json', '--pool', pool])
+    assert.equal(info.json.used, used, 'the refused checkpoint allocated nothing')
+    assert.equal(info.json.buildsInProgress, 0)
+    await assertFsckClean(pool, false)
+  })
+
+  it('restore of an unknown name: exit 3 CHECKPOINT_NOT_FOUND; of a missing pool: exit 3, pool not created', async () => {
+    const pool = poolPath('fail')
+    assert.equal((await cli(['pool', 'init', '--size', '64M', '--json', '--pool', pool])).status, 0)
+    const stubsBefore = new Set(liveStubs())
+    const run = await cli(['restore', 'nosuch', '--json', '--pool', pool])
+    assert.equal(run.status, 3, describeRun(run))
+    assert.equal(run.json.error.code, 'CHECKPOINT_NOT_FOUND')
+    assert.match(run.json.error.message, /nosuch/)
+    const missing = poolPath('missing')
+    const run2 = await cli(['restore', 'nosuch', '--json', '--pool', missing])
+    assert.equal(run2.status, 3, describeRun(run2))
+    assert.match(run2.json.error.message, new RegExp(missing.replaceAll('.', '\\.')))
+    assert.ok(!existsSync(missing), 'restore does not create a pool')
+    assert.deepEqual(liveStubs().filter((p) => !stubsBefore.has(p)), [], 'no stub process started')
+  })
+
+  interface KillRig {
+    fx: Fixture
+    pool: string
+    mapsBefore: string
+    baseline: number
+    /** ms of a complete checkpoint CLI run, and of its start-up before the checkpoint proper. */
+    fullMs: number
+    startupMs: number
+    outcomes: string[]
+    completed: string[]
+  }
+
+  /** A 256 MiB memtouch, an initialised pool, and one complete checkpoint (removed) for timing. */
+  async function killRig(): Promise<KillRig> {
+    const pool = poolPath('fail')
+    const fx = await startFixture('memtouch', {mib: 256, timeoutMs: 60_000})
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const mapsBefore = readFileSync(`/proc/${fx.pid}/maps`, 'utf8')
+    assert.equal((await cli(['pool', 'init', '--json', '--pool', pool])).status, 0)
+    const baseline = (await cli(['pool', 'info', '--json', '--pool', pool])).json.used
+    const full = await cli(['checkpoint', String(fx.pid), '--name', 'calibrate', '--json', '--pool', pool])
+    assert.equal(full.status, 0, describeRun(full))
+    assert.equal((await cli(['rm', 'calibrate', '--json', '--pool', pool])).status, 0)
+    note(`memtouch 256 MiB checkpoint: CLI wall ${full.ms.toFixed(0)} ms, total ${(full.json.totalUs / 1000).toFixed(0)} ms, downtime ${(full.json.downtimeUs / 1000).toFixed(1)} ms`)
+    return {baseline, completed: [], fullMs: full.ms, fx, mapsBefore, outcomes: [], pool, startupMs: Math.max(0, full.ms - full.json.totalUs / 1000)}
+  }
+
+  /** Busy-waits (precisely) until the target's TracerPid satisfies `want`; false on timeout. */
+  function waitTracer(pid: number, want: (tracer: number) => boolean, timeoutMs = 15_000): boolean {
+    const deadline = Date.now() + timeoutMs
+    while (!want(tracerPid(pid))) if (Date.now() > deadline) return false
+    return true
+  }
+
+  function busySleep(ms: number): void {
+    const t = performance.now()
+    while (performance.now() - t < ms) {
+      /* busy: be precise */
+    }
+  }
+
+  /** Starts a checkpoint, waits for `killWhen` to say when, SIGKILLs the CLI; the target must run on. */
+  async function killAttempt(rig: KillRig, name: string, killWhen: () => Promise<string>): Promise<void> {
+    const {fx} = rig
+    const run = startCli(['checkpoint', String(fx.pid), '--name', name, '--json', '--pool', rig.pool])
+    const when = await killWhen()
+    run.child.kill('SIGKILL')
+    const result = await run.done
+    const outcome = result.signal === 'SIGKILL' ? 'killed' : `finished with ${result.status}`
+    if (result.status === 0) rig.completed.push(name)
+    rig.outcomes.push(`${name}: ${when} -> ${outcome}`)
+    // right after each kill: the target is alive, not left stopped or traced, and ticks on
+    if (!processExists(fx.pid)) {
+      const how = await Promise.race([fx.exited(), sleep(1000).then(() => 'not reaped')])
+      const tail = readLog(fx.logPath).slice(-2).map((e) => e.line).join(' | ')
+      assert.fail(`the target died after ${name} (${when} -> ${outcome}): ${JSON.stringify(how)}; log: ${tail}`)
+    }
+    assert.equal(tracerPid(fx.pid), 0, `target not traced after ${name}`)
+    await waitForTicks(fx.logPath, fx.pid, 2).catch((error: Error) => {
+      throw new Error(`after ${rig.outcomes.at(-1)}: the target stopped ticking: ${procDiag(fx.pid)}\nmaps changed: ${readFileSync(`/proc/${fx.pid}/maps`, 'utf8') !== rig.mapsBefore}\n${error.message}`)
+    })
+  }
+
+  /** After the kills: target intact, no leftovers, fsck clean (stale only), gc gives every byte back. */
+  async function assertRecovered(rig: KillRig): Promise<void> {
+    const {fx, pool} = rig
+    note(`kill outcomes (start-up ~${rig.startupMs.toFixed(0)} ms of ${rig.fullMs.toFixed(0)} ms): ${rig.outcomes.join('; ')}`)
+    await assertUnharmed(fx)
+    assert.equal(readFileSync(`/proc/${fx.pid}/maps`, 'utf8'), rig.mapsBefore, 'the target\'s mappings are unchanged (no injected scratch left)')
+
+    // No leftover process: nothing but the target holds its log; no live snapshot child of ours.
+    await sleep(200)
+    assert.deepEqual(holdersOf(fx.logPath, [fx.pid]), [], 'no leftover snapshot or clone holds the target\'s log')
+    const ours = allProcesses().filter((p) => p.ppid === process.pid && p.comm === 'memtouch' && p.pid !== fx.pid)
+    assert.deepEqual(ours.filter((p) => p.state !== 'Z'), [], 'no live snapshot child')
+    note(`zombie snapshot children left to the target's parent (the test process): ${ours.filter((p) => p.state === 'Z').length}`)
+
+    const fsck = await assertFsckClean(pool, true)
+    note(`fsck after the kills: ${fsck.json.problems.map((p: any) => `${p.severity} ${p.kind}`).join(', ') || 'no problems'}`)
+    const gc = await cli(['pool', 'gc', '--json', '--pool', pool])
+    assert.equal(gc.status, 0, describeRun(gc))
+    note(`gc after the kills: ${JSON.stringify(gc.json)}`)
+    const ls = await cli(['ls', '--json', '--pool', pool])
+    assert.deepEqual(ls.json.checkpoints.map((c: any) => c.name).sort(), [...rig.completed].sort(), 'only checkpoints whose CLI finished are listed')
+    for (const name of rig.completed) assert.equal((await cli(['rm', name, '--json', '--pool', pool])).status, 0)
+    const info = await cli(['pool', 'info', '--json', '--pool', pool])
+    assert.equal(info.json.used, rig.baseline, `gc gave back every byte: ${describeRun(info)}`)
+    assert.equal(info.json.buildsInProgress, 0)
+    await assertFsckClean(pool, false)
+    await assertUnharmed(fx)
+  }
+
+  it('checkpoint CLI SIGKILLed while dumping (memtouch --mib 256): target runs on, fsck clean, gc recovers the space, no leftovers', async function () {
+    this.timeout(150_000)
+    const rig = await killRig()
+    // One kill at a random moment of the whole run (start-up included) ...
+    await killAttempt(rig, 'any', async () => {
+      const delay = Math.random() * rig.fullMs
+      await sleep(delay)
+      return `${delay.toFixed(0)} ms after start`
+    })
+    // ... then kills at random moments of the dump: after the target was seized and let go
+    // again (its downtime is over), while the snapshot's pages go into the pool.
+    for (let i = 0; i < 4; i++) {
+      await killAttempt(rig, `dump${i}`, async () => {
+        if (!waitTracer(rig.fx.pid, (t) => t !== 0)) return 'tracer never attached'
+        if (!waitTracer(rig.fx.pid, (t) => t === 0)) return 'tracer never detached'
+        const delay = Math.random() * (rig.fullMs - rig.startupMs) * 0.9
+        await sleep(delay)
+        return `${delay.toFixed(0)} ms after the target was let go`
+      })
+    }
+    await assertRecovered(rig)
+  })
+
+  it('checkpoint CLI SIGKILLed while the target is seized (its downtime): the target runs on unharmed', async function () {
+    this.timeout(150_000)
+    const rig = await killRig()
+    // Poll the target's TracerPid and kill a random 0-6 ms after the tracer attached: within
+    // the ~6-15 ms the target is stopped for registers, signal state and the injected fork.
+    for (let i = 0; i < 4; i++) {
+      await killAttempt(rig, `stop${i}`, async () => {
+        const extra = Math.random() * 6
+        if (!waitTracer(rig.fx.pid, (t) => t !== 0)) return 'tracer never attached'
+        busySleep(extra)
+        return `${extra.toFixed(1)} ms after the target was seized`
+      })
+    }
+    await assertRecovered(rig)
+  })
+
+  describe('restore with a changed backing file (memtouch maps LOGFILE.map privately)', () => {
+    const tamperings: {what: string; change: (path: string) => void; mention: RegExp}[] = [
+      {what: 'a byte appended', change: (path) => appendFileSync(path, 'x'), mention: /size/},
+      {
+        what: 'a byte rewritten in place (same size, new mtime)',
+        change: (path) => {
+          const fd = openSync(path, 'r+')
+          try {
+            writeSync(fd, Buffer.from([0x5a]), 0, 1, 2 * 4096 + 17)
+          } finally {
+            closeSync(fd)
+          }
+          const st = statSync(path)
+          utimesSync(path, st.atime, new Date(st.mtimeMs + 2000))
+        },
+        mention: /modification time/,
+      },
+    ]
+    for (const t of tamperings) {
+      it(`${t.what}: refused with BACKING_FILE_CHANGED (exit 5), no stub left, no reference`, async () => {
+        const pool = poolPath('fail')
+        const fx = await startFixture('memtouch', {mib: 16})
+        await waitForTicks(fx.logPath, fx.pid, 2)
+        const mapFile = fx.ready.fields.map!
+        assert.ok(mapFile && existsSync(mapFile), `READY names the mapped file: ${fx.readyLine}`)
+        const ck = await cli(['checkpoint', String(fx.pid), '--name', 'tamper', '--kill', '--json', '--pool', pool])
+        assert.equal(ck.status, 0, describeRun(ck))
+        t.change(mapFile)
+
+        const stubsBefore = new Set(liveStubs())
+        const logBefore = readLog(fx.logPath).length
+        const run = await cli(['restore', 'tamper', '--json', '--pool', pool])
+        assert.equal(run.status, 5, describeRun(run))
+        assert.equal(run.json.error.code, 'BACKING_FILE_CHANGED', describeRun(run))
+        assert.ok(run.json.error.message.includes(mapFile), `the message names ${mapFile}: ${run.json.error.message}`)
+        assert.match(run.json.error.message, t.mention)
+        assert.ok(run.json.error.hint)
+        await sleep(200)
+        assert.deepEqual(liveStubs().filter((p) => !stubsBefore.has(p)), [], `no ${STUB_COMM} left behind`)
+        assert.deepEqual(holdersOf(fx.logPath, []), [], 'no half-built process holds the log')
+        assert.ok(!readLog(fx.logPath).slice(logBefore).some((e) => e.kind === 'TICK'), 'nothing ran')
+        const inspect = await cli(['inspect', 'tamper', '--json', '--pool', pool])
+        assert.equal(inspect.json.liveRefs, 0)
+        assert.deepEqual(inspect.json.references, [], 'no reference was left in the pool')
+        await assertFsckClean(pool, false)
+      })
+    }
+  })
+})
