@@ -121,6 +121,7 @@ export function takeLiveSnapshot(pid: number): LiveSnapshot {
   let sharedPending: Uint8Array[]
   let fds: {info: FdInfo; kind: FdKind}[]
   let tResumed: number
+  let transient: [bigint, bigint][] = []
   try {
     const regsArray = target.getRegsArray()
     const regs = toUserRegs(regsFromArray(regsArray))
@@ -140,7 +141,9 @@ export function takeLiveSnapshot(pid: number): LiveSnapshot {
       // An fd appeared after preflight: classify it the careful way.
       fds = preflight(pid).fds
     }
-    snapshot = target.injectFork().tracee
+    const fork = target.injectForkSelfHealing()
+    snapshot = fork.tracee
+    transient = fork.transientRanges
     // The snapshot must not outlive us; the target must (no EXITKILL there).
     snapshot.setOptions(snapshot.options | PTRACE_O.EXITKILL)
     target.detach()
@@ -163,8 +166,9 @@ export function takeLiveSnapshot(pid: number): LiveSnapshot {
     const brk = snap.syscall(SYS.brk, 0)
     const sigactions = readSigactions(snap)
     thread.altStack = readAltStack(snap)
-    const scratch = snap.scratchRange
-    const layout = scratch ? smaps.filter((vma) => vma.end <= scratch[0] || vma.start >= scratch[1]) : smaps
+    // Leave out what the injections themselves mapped (trampoline inherited by the child, scratch).
+    const excluded = [...transient, ...(snap.scratchRange ? [snap.scratchRange] : [])]
+    const layout = smaps.filter((vma) => excluded.every(([start, end]) => vma.end <= start || vma.start >= end))
     const {image} = captureImage(pid, snap.pid, layout, fds, {thread, sharedPendingSignals: sharedPending, sigactions, brk})
     const tCaptured = now()
     return {

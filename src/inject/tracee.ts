@@ -26,6 +26,7 @@ import {
   PTRACE_O, ptraceRaw, SIG, SYS, view, vmRead, vmWrite, wait4, WNOHANG, type WaitStatus,
 } from '../sys/libc.js'
 import {readMaps, readStat, readStatus, type Vma} from '../sys/proc.js'
+import {faultPoint} from '../fault.js'
 
 // ---------------------------------------------------------------------------
 // Registers
@@ -137,7 +138,33 @@ export interface PendingSignals {
 export interface ForkResult {
   pid: number
   tracee: Tracee
+  /** Mappings the injection itself created that the child inherited (exclude them from a dump). */
+  transientRanges: [bigint, bigint][]
 }
+
+/**
+ * Code of the self-healing fork trampoline (one page, r-x):
+ *   syscall                 ; the injected clone
+ *   test rax, rax
+ *   je   child
+ *   mov  eax, 15            ; parent: rt_sigreturn to the frame below rsp
+ *   syscall
+ * child:
+ *   mov  eax, 231           ; an orphaned snapshot must not run on: exit_group(0)
+ *   xor  edi, edi
+ *   syscall
+ */
+const FORK_TRAMPOLINE = Uint8Array.from([
+  0x0f, 0x05, 0x48, 0x85, 0xc0, 0x74, 0x07, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xb8, 0xe7, 0x00, 0x00, 0x00, 0x31, 0xff, 0x0f, 0x05,
+])
+const FP_XSTATE_MAGIC1 = 0x46505853
+const FP_XSTATE_MAGIC2 = 0x46505845
+const UC_FP_XSTATE = 1n
+const UC_SIGCONTEXT_SS = 2n
+const UC_STRICT_RESTORE_SS = 4n
+/** An ss_flags value sigaltstack rejects: rt_sigreturn then leaves the alternate stack as it is. */
+const SS_FLAGS_KEEP = 0x10
+const RT_SIGFRAME_SIZE = 440
 
 export class TraceeGoneError extends NotFoundError {
   constructor(readonly pid: number, readonly status: WaitStatus) {
@@ -706,7 +733,161 @@ export class Tracee {
     }
     child.progMask = this.progMask ?? this.readMaskKernel()
     child.site = this.site
-    return {pid: childPid, tracee: child}
+    return {pid: childPid, tracee: child, transientRanges: []}
+  }
+
+  /**
+   * The fork snapshot of injectFork(), made safe against our own death: at
+   * every instant but two short syscalls (mapping and unmapping a trampoline
+   * page) the target's kernel state is one it can resume from on its own.
+   * Below its red zone lies an rt_sigframe holding the program's registers
+   * (syscall restart applied), signal mask and XSAVE state; the clone runs
+   * from a trampoline that returns through rt_sigreturn to that frame in the
+   * parent and makes an orphaned child exit. If cxlfork is SIGKILLed, the
+   * kernel detaches the target, which sigreturns to exactly where it was.
+   * Falls back to injectFork() when the stack has no room for the frame.
+   */
+  injectForkSelfHealing(flags: number = CLONE.PARENT | SIG.CHLD): ForkResult {
+    this.requireStopped()
+    const prog = (this.progRegs ??= this.readRegsKernel())
+    const progMask = this.progMask ?? this.readMaskKernel()
+    const resume = restartFixup(prog, 'live')
+    const xstate = this.getXState()
+    const rsp = prog[REG.rsp]!
+    const fpstate = (rsp - 256n - BigInt(xstate.length + 4)) & ~63n
+    const frame = (fpstate - BigInt(RT_SIGFRAME_SIZE) - 64n) & ~15n
+    const stack = readMaps(this.pid).find((vma) => vma.start <= rsp && rsp < vma.end)
+    if (!stack || frame < stack.start || xstate.length < 576) return this.injectFork(flags)
+
+    // XSAVE image as a signal frame expects it: software bytes at 464, magic after the end.
+    const fp = new Uint8Array(xstate.length + 4)
+    fp.set(xstate)
+    const fpView = new DataView(fp.buffer)
+    const xfeatures = new DataView(xstate.buffer, xstate.byteOffset).getBigUint64(464, true) // XCR0, as ptrace reports it
+    fpView.setUint32(464, FP_XSTATE_MAGIC1, true)
+    fpView.setUint32(468, xstate.length + 4, true)
+    fpView.setBigUint64(472, xfeatures, true)
+    fpView.setUint32(480, xstate.length, true)
+    for (let off = 484; off < 512; off += 4) fpView.setUint32(off, 0, true)
+    fpView.setUint32(xstate.length, FP_XSTATE_MAGIC2, true)
+
+    const f = new DataView(new ArrayBuffer(RT_SIGFRAME_SIZE))
+    const uc = 8
+    f.setBigUint64(uc, UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS, true)
+    f.setBigUint64(uc + 16, 0n, true)
+    f.setInt32(uc + 24, SS_FLAGS_KEEP, true)
+    const sc = uc + 40
+    const order: RegName[] = ['r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rdi', 'rsi', 'rbp', 'rbx', 'rdx', 'rax', 'rcx', 'rsp', 'rip', 'eflags']
+    order.forEach((name, i) => f.setBigUint64(sc + i * 8, resume[REG[name]]!, true))
+    f.setUint16(sc + 144, Number(resume[REG.cs]!), true)
+    f.setUint16(sc + 150, Number(resume[REG.ss]!), true)
+    f.setBigUint64(sc + 184, fpstate, true)
+    f.setBigUint64(sc + 256, progMask, true)
+    this.writeMemory(fpstate, fp)
+    this.writeMemory(frame, new Uint8Array(f.buffer))
+
+    // From here on the kernel registers always lead back through rt_sigreturn.
+    const site = this.syscallSite()
+    const heal = new BigUint64Array(prog)
+    heal[REG.rip] = site
+    heal[REG.rax] = 15n
+    heal[REG.orig_rax] = 0xffffffffffffffffn
+    heal[REG.rsp] = frame + 8n
+    this.blockAllSignals()
+    this.writeRegsKernel(heal)
+    this.regsClobbered = true
+    faultPoint('fork-frame-ready')
+
+    /** Run one syscall by turning the pending rt_sigreturn into it at syscall entry. */
+    const viaSigreturnEntry = (nr: number, args: bigint[]): bigint => {
+      this.toSyscallStop()
+      const regs = this.readRegsKernel()
+      regs[REG.orig_rax] = BigInt(nr)
+      const argRegs = [REG.rdi, REG.rsi, REG.rdx, REG.r10, REG.r8, REG.r9]
+      args.forEach((value, i) => {
+        regs[argRegs[i]!] = BigInt.asUintN(64, value)
+      })
+      this.writeRegsKernel(regs)
+      this.toSyscallStop()
+      const result = signed(this.readRegsKernel()[REG.rax]!)
+      this.writeRegsKernel(heal)
+      return result
+    }
+
+    // A cxlfork killed between mapping and unmapping leaves its trampoline page behind: reuse (and so remove) it.
+    const leftover = this.findLeftoverTrampoline()
+    const page = leftover ?? viaSigreturnEntry(SYS.mmap, [0n, 4096n, BigInt(PROT.READ | PROT.EXEC), BigInt(MAP.PRIVATE | MAP.ANONYMOUS), -1n, 0n])
+    if (page < 0n && page > -4096n) throw new SyscallError(`mmap (injected into ${this.pid})`, Number(-page))
+    let childPid = 0
+    try {
+      this.writeMemory(page, FORK_TRAMPOLINE)
+      faultPoint('fork-trampoline-ready')
+      const need = PTRACE_O.TRACEFORK | PTRACE_O.TRACECLONE | PTRACE_O.TRACEVFORK
+      const old = this.options
+      if ((old & need) !== need) this.setOptions(old | need)
+      try {
+        const regs = new BigUint64Array(heal)
+        regs[REG.rip] = page
+        regs[REG.rax] = BigInt(SYS.clone)
+        regs[REG.rdi] = BigInt(flags)
+        regs[REG.rsi] = 0n
+        regs[REG.rdx] = 0n
+        regs[REG.r10] = 0n
+        regs[REG.r8] = 0n
+        this.writeRegsKernel(regs)
+        this.takeNewChildren()
+        this.toSyscallStop() // entry
+        faultPoint('fork-clone-entry')
+        this.toSyscallStop() // exit; the fork event in between is collected
+        faultPoint('fork-clone-exit')
+        const r = signed(this.readRegsKernel()[REG.rax]!)
+        if (r < 0n) throw new SyscallError(`clone (injected into ${this.pid})`, Number(-r))
+        childPid = Number(r)
+        this.takeNewChildren()
+      } finally {
+        this.writeRegsKernel(heal)
+        if ((old & need) !== need) this.setOptions(old)
+      }
+    } finally {
+      viaSigreturnEntry(SYS.munmap, [page, 4096n])
+    }
+    const child = Tracee.adopt(childPid, this.options, false)
+    for (;;) {
+      const w = child.waitStop()
+      if (w.event === PTRACE_EVENT.STOP || w.stopSignal === SIG.STOP) break
+      child.resume(PTRACE.CONT, 0)
+    }
+    child.progMask = progMask
+    child.site = this.site
+    return {pid: childPid, tracee: child, transientRanges: [[page, page + 4096n]]}
+  }
+
+  private findLeftoverTrampoline(): bigint | undefined {
+    for (const vma of readMaps(this.pid)) {
+      if (vma.kind !== 'anon' || vma.perms !== 'r-xp') continue
+      for (let page = vma.start; page < vma.end; page += 4096n) {
+        const bytes = this.readMemory(page, FORK_TRAMPOLINE.length)
+        // Only a page holding exactly our trampoline, the rest zero, is ours to take.
+        if (bytes.every((b, i) => b === FORK_TRAMPOLINE[i]) && this.readMemory(page, 4096).subarray(FORK_TRAMPOLINE.length).every((b) => b === 0)) return page
+      }
+    }
+    return undefined
+  }
+
+  /** Resume to the next syscall-entry or -exit stop, collecting fork children and deferring signals on the way. */
+  private toSyscallStop(): void {
+    for (;;) {
+      this.resume(PTRACE.SYSCALL, 0)
+      const w = this.waitStop()
+      if (w.stopSignal === (SIG.TRAP | 0x80)) return
+      const ev = w.event ?? 0
+      if (ev === PTRACE_EVENT.FORK || ev === PTRACE_EVENT.VFORK || ev === PTRACE_EVENT.CLONE) {
+        this.newChildren.push(Number(this.getEventMsg()))
+        continue
+      }
+      if (ev !== 0) continue
+      if (w.stopSignal !== undefined && w.stopSignal !== 0) this.deferredSignals.push(w.stopSignal)
+    }
   }
 
 

@@ -1,0 +1,8 @@
+/**
+ * Fault injection for tests, in the spirit of CRIU's CRIU_FAULT: when
+ * CXLFORK_FAULT names a point, cxlfork SIGKILLs itself there, so tests can
+ * prove that dying at that exact instant leaves the target unharmed.
+ */
+export function faultPoint(name: string): void {
+  if (process.env.CXLFORK_FAULT === name) process.kill(process.pid, 'SIGKILL')
+}

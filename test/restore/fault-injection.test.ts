@@ -1,0 +1,78 @@
+/**
+ * cxlfork SIGKILLed at each step of the fork snapshot (CXLFORK_FAULT points):
+ * the target must run on exactly as it was, the orphaned snapshot child must
+ * not run on as a second copy, and the pool must hold no half-built checkpoint.
+ */
+import assert from 'node:assert/strict'
+import {readFileSync} from 'node:fs'
+
+import {cleanupAll, procStat, processExists, readLog, requestCheck, startFixture, waitForTicks} from '../helpers/fixtures.js'
+import {cli, describeRun, poolPath, reapStrayZombies, removePools} from './helpers.js'
+
+const FAULT_POINTS = ['fork-frame-ready', 'fork-trampoline-ready', 'fork-clone-entry', 'fork-clone-exit'] as const
+
+function tracerPid(pid: number): number {
+  return Number(/^TracerPid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? -1)
+}
+
+/** Mappings other than cxlfork's trampoline leftovers (anonymous r-x pages). */
+function mapsWithoutTrampolines(pid: number): string[] {
+  return readFileSync(`/proc/${pid}/maps`, 'utf8').trim().split('\n')
+    .map((line) => line.split(/\s+/))
+    .filter((f) => !(f[1] === 'r-xp' && (f[5] ?? '') === ''))
+    .map((f) => `${f[0]} ${f[1]} ${f[5] ?? ''}`)
+}
+
+describe('restore: cxlfork killed inside the fork snapshot leaves the target as it was', function () {
+  this.timeout(120_000)
+  const pool = poolPath('fault')
+
+  afterEach(async () => {
+    await cleanupAll()
+  })
+  after(() => removePools())
+
+  for (const point of FAULT_POINTS) {
+    it(`SIGKILL at ${point}: target unharmed, no second copy, pool clean`, async () => {
+      const fx = await startFixture('memtouch', {mib: 32})
+      await waitForTicks(fx.logPath, fx.pid, 2)
+      const mapsBefore = mapsWithoutTrampolines(fx.pid)
+      const run = await cli(['checkpoint', String(fx.pid), '--name', `f-${point}`, '--pool', pool, '--json'], {env: {CXLFORK_FAULT: point}})
+      assert.equal(run.signal, 'SIGKILL', `the CLI died at the fault point\n${describeRun(run)}`)
+
+      // The kernel detached the target: it must run untraced, ticking, with its state intact.
+      assert.ok(processExists(fx.pid), 'target alive')
+      assert.equal(tracerPid(fx.pid), 0, 'target no longer traced')
+      assert.ok(!['t', 'T'].includes(procStat(fx.pid)!.state), 'target not left stopped')
+      const before = readLog(fx.logPath).length
+      await waitForTicks(fx.logPath, fx.pid, 3)
+      const check = await requestCheck(fx.logPath, fx.pid)
+      assert.equal(check.fields['ok'], '1', `target's own CHECK: ${check.line}`)
+      assert.equal(check.fields['crc'], fx.ready.fields['crc'], 'memory checksum unchanged')
+      assert.equal(check.fields['clockbad'], '0')
+      // Its layout is unchanged but for at most one leftover trampoline page.
+      assert.deepEqual(mapsWithoutTrampolines(fx.pid), mapsBefore)
+
+      // No orphaned snapshot ran on as a second copy writing to the log.
+      const writers = new Set(readLog(fx.logPath).slice(before).map((event) => event.pid))
+      assert.deepEqual([...writers], [fx.pid], 'only the target writes to its log')
+      await reapStrayZombies([fx.pid])
+
+      // Nothing visible in the pool; gc recovers whatever the dead build held.
+      const ls = await cli(['ls', '--pool', pool, '--json'])
+      if (ls.status === 0) {
+        assert.deepEqual((ls.json as {checkpoints: {name: string}[]}).checkpoints.map((c) => c.name).filter((n) => n.startsWith('f-')), [], describeRun(ls))
+        const gc = await cli(['pool', 'gc', '--pool', pool, '--json'])
+        assert.equal(gc.status, 0, describeRun(gc))
+        const fsck = await cli(['pool', 'fsck', '--pool', pool, '--json'])
+        assert.equal(fsck.status, 0, describeRun(fsck))
+      }
+
+      // And the next checkpoint works, reclaiming the leftover trampoline page.
+      const ok = await cli(['checkpoint', String(fx.pid), '--name', `after-${point}`, '--pool', pool, '--json'])
+      assert.equal(ok.status, 0, describeRun(ok))
+      const again = await requestCheck(fx.logPath, fx.pid)
+      assert.equal(again.fields['ok'], '1', again.line)
+    })
+  }
+})
