@@ -58,15 +58,15 @@ export function renderMarkdown(result: BenchResult, extraNotes: readonly string[
   ]), '')
 
   out.push('## Checkpoint', '')
-  out.push(table(['Size', 'Checkpointed', 'Checkpoint', 'Downtime', 'Plain write (write loop)', 'Plain write (mmap+copy)', 'Checkpoint / plain'],
+  out.push(table(['Size', 'Path', 'Checkpointed (pool: memory; criu: image bytes)', 'Checkpoint', 'Downtime', 'Plain write (write loop)', 'Plain write (mmap+copy)', 'Checkpoint / plain'],
     result.sizes.flatMap((size) => size.paths.map((path) => [
-      size.label, mib(path.bytes), cell(path.checkpointMs), cell(path.downtimeMs), cell(size.plainWriteMs), cell(size.plainMmapMs),
+      size.label, path.path, mib(path.bytes), cell(path.checkpointMs), cell(path.downtimeMs), cell(size.plainWriteMs), cell(size.plainMmapMs),
       `${fmt(path.checkpointMs.median / plainAnchorMs(size))}x`,
     ]))), '')
   out.push('Where checkpoint time goes (engine statistics, CRIU names, ms):', '')
-  out.push(table(['Size', 'freezing_time', 'frozen_time', 'memdump_time', 'memwrite_time', 'pages_written'],
+  out.push(table(['Size', 'Path', 'freezing_time', 'frozen_time', 'memdump_time', 'memwrite_time', 'pages_written'],
     result.sizes.flatMap((size) => size.paths.map((path) => [
-      size.label, cell(path.engineStats['freezing_time'], 1e-3), cell(path.engineStats['frozen_time'], 1e-3), cell(path.engineStats['memdump_time'], 1e-3),
+      size.label, path.path, cell(path.engineStats['freezing_time'], 1e-3), cell(path.engineStats['frozen_time'], 1e-3), cell(path.engineStats['memdump_time'], 1e-3),
       cell(path.engineStats['memwrite_time'], 1e-3), fmt(path.engineStats['pages_written']?.median ?? Number.NaN),
     ]))), '')
 

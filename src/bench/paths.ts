@@ -6,6 +6,9 @@
  * restore by copying) is one more implementation of BenchPath, added to the
  * list the runner gets, with policies such as ['copy'].
  */
+import {rmSync} from 'node:fs'
+import {join} from 'node:path'
+
 import type {Pool} from '../pool/index.js'
 import type {Policy} from '../restore/plan.js'
 
@@ -40,7 +43,7 @@ export interface BenchPath {
   readonly name: string
   readonly policies: readonly string[]
   /** Checkpoint the live target as `label`; the target keeps running. */
-  checkpoint(pid: number, label: string): CheckpointSample
+  checkpoint(pid: number, label: string): CheckpointSample | Promise<CheckpointSample>
   /** Restore the last checkpoint in this process. */
   restore(policy: string): RestoreSample
   /** The command that restores the last checkpoint on its own, timed wall clock. */
@@ -105,5 +108,62 @@ export class PoolPath implements BenchPath {
     } catch {
       // a checkpoint still referenced is collected with the pool
     }
+  }
+}
+
+/**
+ * The CRIU-style baseline, "CRIU over shared memory": dump to a CRIU image set
+ * on the pool's own mount, restore by deserializing and copying every page.
+ */
+export class CriuPath implements BenchPath {
+  readonly name = 'criu'
+  readonly policies = ['copy'] as const
+  private current: string | undefined
+  private sequence = 0
+
+  constructor(
+    /** Directory on the pool's file system that receives one image set per checkpoint. */
+    private readonly imagesRoot: string,
+    private readonly engine: {criuDump: typeof import('../criu/dump.js').criuDump; criuRestore: typeof import('../criu/restore.js').criuRestore},
+    private readonly cli: {node: string; entry: string},
+  ) {}
+
+  private get images(): string {
+    if (this.current === undefined) throw new Error('criu path: no dump taken yet')
+    return this.current
+  }
+
+  async checkpoint(pid: number, label: string): Promise<CheckpointSample> {
+    const images = join(this.imagesRoot, `${label}-${++this.sequence}`)
+    const result = await this.engine.criuDump({pid, images, kill: false})
+    this.current = images
+    return {timeUs: result.totalUs, downtimeUs: result.downtimeUs, bytes: result.imageBytes, stats: {...result.stats, image_bytes: result.imageBytes}}
+  }
+
+  restore(_policy: string): RestoreSample {
+    const result = this.engine.criuRestore({images: this.images, wait: false})
+    return {pid: result.pid, engineUs: result.stats.restore_time, stats: {...result.stats}}
+  }
+
+  restoreCommand(_policy: string): WholeCommand {
+    return {
+      argv: [this.cli.node, this.cli.entry, 'criu', 'restore', '--images', this.images, '--json'],
+      parse: (stdout) => {
+        const parsed = JSON.parse(stdout) as {pid?: unknown; stats?: {restore_time?: unknown}}
+        if (typeof parsed.pid !== 'number') throw new Error(`cxlfork criu restore printed no pid: ${stdout.slice(0, 200)}`)
+        const engineUs = parsed.stats?.restore_time
+        return typeof engineUs === 'number' ? {pid: parsed.pid, engineUs} : {pid: parsed.pid}
+      },
+    }
+  }
+
+  cleanup(): void {
+    if (this.current !== undefined) rmSync(this.current, {recursive: true, force: true})
+    this.current = undefined
+  }
+
+  close(): void {
+    this.cleanup()
+    rmSync(this.imagesRoot, {recursive: true, force: true})
   }
 }

@@ -36,6 +36,8 @@ export interface BenchOptions {
   /** Use this pool (created if missing, kept); default: a temporary pool removed at the end. */
   pool?: string
   hugePages: boolean
+  /** Also measure the CRIU-format baseline path (criu dump / criu restore). */
+  criu: boolean
   /** The command line, recorded in the result. */
   command: string
   /** Absolute path of bin/run.js, for whole-command restores. */
@@ -58,8 +60,8 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   const loadAtStart = Math.round(loadavg()[0]! * 100) / 100
   const t0 = performance.now()
   const log = options.log
-  const [{checkpointToPool}, {restoreFromPool}, {PoolPath}] = await Promise.all([
-    import('../checkpoint/checkpoint.js'), import('../restore/restore.js'), import('./paths.js'),
+  const [{checkpointToPool}, {restoreFromPool}, {PoolPath, CriuPath}, {criuDump}, {criuRestore}] = await Promise.all([
+    import('../checkpoint/checkpoint.js'), import('../restore/restore.js'), import('./paths.js'), import('../criu/dump.js'), import('../criu/restore.js'),
   ])
   const largest = Math.max(...options.sizes.map((size) => size.bytes))
   const temporary = options.pool === undefined
@@ -91,6 +93,10 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
       pool = Pool.open(poolPath, {create: true})
     }
     paths.push(new PoolPath(pool, options.policies, {checkpointToPool, restoreFromPool}, {node: process.execPath, entry: options.cliEntry}))
+    if (options.criu) {
+      const imagesRoot = join(dirname(pool.path), `cxlfork-bench-images-${process.pid}`)
+      paths.push(new CriuPath(imagesRoot, {criuDump, criuRestore}, {node: process.execPath, entry: options.cliEntry}))
+    }
     const plainDir = dirname(pool.path)
     const buffer = patternBuffer()
 
@@ -112,7 +118,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     track(warm.pid)
     try {
       for (const path of paths) {
-        path.checkpoint(warm.pid, `bench-warmup-${process.pid}`)
+        await path.checkpoint(warm.pid, `bench-warmup-${process.pid}`)
         try {
           for (const policy of path.policies) {
             const clone = path.restore(policy)
@@ -150,7 +156,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
           log(`${tag} plain write ${write.toFixed(1)} ms (write loop), ${mapped.toFixed(1)} ms (mmap+copy)`)
 
           for (const path of paths) {
-            const checkpoint = path.checkpoint(target.pid, `bench-${size.label}-${run}-${process.pid}`)
+            const checkpoint = await path.checkpoint(target.pid, `bench-${size.label}-${run}-${process.pid}`)
             bytesByPath.set(path.name, checkpoint.bytes)
             samples.add(`${path.name}.checkpoint`, ms(checkpoint.timeUs))
             samples.add(`${path.name}.downtime`, ms(checkpoint.downtimeUs))

@@ -30,6 +30,7 @@ Progress goes to stderr, one line per step (also under --json). Without --pool a
     runs: Flags.integer({summary: 'Repetitions per size (medians of these).', default: 5, min: 1, max: 1000}),
     policies: Flags.string({summary: 'Comma-separated restore policies: mow, local.', default: 'mow,local', helpValue: '<policy,...>'}),
     markdown: Flags.string({summary: 'Also write the report as Markdown to this file.', helpValue: '<file>'}),
+    criu: Flags.boolean({summary: 'Also measure the CRIU-format baseline (criu dump to images on the pool\'s mount, criu restore by copying).', default: true, allowNo: true}),
     'huge-pages': Flags.boolean({summary: "Ask for transparent huge pages for the target's memory (MADV_HUGEPAGE; default MADV_NOHUGEPAGE, 4 KiB pages).", default: false}),
   }
 
@@ -49,7 +50,7 @@ Progress goes to stderr, one line per step (also under --json). Without --pool a
       if (policy !== 'mow' && policy !== 'local') throw new UsageError('INVALID_POLICY', `unknown policy ${policy}`, 'Use mow, local or mow,local.')
     }
     const result = await runBench({
-      sizes, runs: flags.runs, policies: policies as ('mow' | 'local')[], hugePages: flags['huge-pages'],
+      sizes, runs: flags.runs, policies: policies as ('mow' | 'local')[], hugePages: flags['huge-pages'], criu: flags.criu,
       ...(flags.pool === undefined ? {} : {pool: flags.pool}),
       command: commandLine(),
       cliEntry: join(this.config.root, 'bin', 'run.js'),
