@@ -9,6 +9,9 @@ import type {Pool, ResolvedEntry} from './pool.js'
 import type {CheckpointInfo} from './types.js'
 
 export class CheckpointReader {
+  /** Sections already copied out and verified: metadata is write-once, so one check per reader suffices. */
+  private readonly verified = new Map<SectionRecord, Uint8Array>()
+
   constructor(private readonly pool: Pool, private readonly resolved: ResolvedEntry, readonly info: CheckpointInfo) {}
 
   get serial(): number {
@@ -44,6 +47,14 @@ export class CheckpointReader {
   }
 
   private readSection(record: SectionRecord): Uint8Array {
+    const cached = this.verified.get(record)
+    if (cached) return cached
+    const bytes = this.copyAndVerify(record)
+    this.verified.set(record, bytes)
+    return bytes
+  }
+
+  private copyAndVerify(record: SectionRecord): Uint8Array {
     const start = Number(record.poolOffset) - this.pool.header.metadataOffset
     const bytes = record.length === 0 ? new Uint8Array(0) : this.pool.regions.metadata.slice(start, start + record.length)
     if (crc32c(bytes) !== record.crc) {
