@@ -10,7 +10,7 @@ import {PAGE_SIZE, type PageRun, totalPages} from '../image/process-image.js'
 import {Section} from '../image/sections.js'
 import {type CheckpointBuilder, type Pool} from '../pool/index.js'
 import {validateCheckpointName} from '../pool/names.js'
-import {type VmSegment, vmReadv} from '../sys/libc.js'
+import {O, PROT, SYS, type VmSegment, vmReadv} from '../sys/libc.js'
 import {type LiveSnapshot, killTarget, takeLiveSnapshot} from './snapshot.js'
 
 /** Statistics named as CRIU names them, in microseconds. */
@@ -67,15 +67,71 @@ function pagesScanned(snapshot: LiveSnapshot): number {
   return pages
 }
 
-function writePagesToPool(builder: CheckpointBuilder, snapshot: LiveSnapshot): Uint8Array {
+/**
+ * The snapshot writes its own pages into the pool file: pwrite64 injected into
+ * the throwaway fork child, batched. Each page is copied once, from the
+ * snapshot's memory straight into the pool's page cache by the kernel's
+ * write path, with no intermediate buffer and no page fault per destination
+ * page (what a copy through our MAP_SHARED mapping pays on tmpfs). Returns
+ * false, having written nothing that matters, when the child cannot open the
+ * pool (another mount namespace): the caller then copies with process_vm_readv.
+ */
+function writeFromSnapshot(pool: Pool, snapshot: LiveSnapshot, poolOffset: bigint): boolean {
+  const child = snapshot.snapshotTracee
+  const image = snapshot.image
+  let fd = child.syscall(SYS.open, child.scratchWrite(pool.path), O.WRONLY | O.CLOEXEC, 0)
+  // Same file through our own fd, if the child sees another mount namespace.
+  if (fd < 0n) fd = child.syscall(SYS.open, child.scratchWrite(`/proc/${process.pid}/fd/${pool.fd}`), O.WRONLY | O.CLOEXEC, 0)
+  if (fd < 0n) return false
+  try {
+    const calls: {nr: number; args: bigint[]}[] = []
+    // The snapshot is thrown away afterwards: unreadable pages may be made readable for the write.
+    const unreadable = new Set(image.pageRuns.map((run) => run.vmaIndex).filter((index) => (image.vmas[index]!.prot & PROT.READ) === 0))
+    for (const index of unreadable) {
+      const vma = image.vmas[index]!
+      calls.push({nr: SYS.mprotect, args: [vma.start, vma.end - vma.start, BigInt(vma.prot | PROT.READ)]})
+    }
+    const writes: {vaddr: bigint; len: bigint; offset: bigint}[] = []
+    let offset = poolOffset
+    for (const segment of runSegments(image.pageRuns, 0n)) {
+      writes.push({vaddr: segment.remote, len: BigInt(segment.len!), offset})
+      offset += BigInt(segment.len!)
+    }
+    for (const w of writes) calls.push({nr: SYS.pwrite64, args: [fd, w.vaddr, w.len, w.offset]})
+    const results = child.syscalls(calls, {stopOnError: true})
+    results.forEach((result, i) => {
+      const write = i >= unreadable.size ? writes[i - unreadable.size] : undefined
+      if (result < 0n) throw new SyscallError(write ? 'pwrite64 (in the snapshot)' : 'mprotect (in the snapshot)', Number(-result), write ? `pool offset ${write.offset}` : undefined,
+        Number(-result) === 28 ? 'The pool file system is full.' : undefined)
+      // tmpfs writes complete in full; finish any short one the slow way.
+      if (write && result < write.len) writeRemainder(child, fd, write, result)
+    })
+    if (results.length < calls.length) throw new SyscallError('pwrite64 (in the snapshot)', 5, 'batch stopped early')
+    return true
+  } finally {
+    child.syscall(SYS.close, fd)
+  }
+}
+
+function writeRemainder(child: LiveSnapshot['snapshotTracee'], fd: bigint, write: {vaddr: bigint; len: bigint; offset: bigint}, done: bigint): void {
+  while (done < write.len) {
+    const r = child.syscallChecked('pwrite64 (in the snapshot)', SYS.pwrite64, fd, write.vaddr + done, write.len - done, write.offset + done)
+    if (r === 0n) throw new SyscallError('pwrite64 (in the snapshot)', 5, 'no progress')
+    done += r
+  }
+}
+
+function writePagesToPool(pool: Pool, builder: CheckpointBuilder, snapshot: LiveSnapshot): Uint8Array {
   const runs = snapshot.image.pageRuns
   const pages = totalPages(runs)
   if (pages === 0) return encodePageMap([])
   const bytes = BigInt(pages) * BigInt(PAGE_SIZE)
   const extent = builder.allocateData(bytes)
-  const copied = vmReadv(snapshot.snapshotPid, runSegments(runs, extent.address))
-  if (BigInt(copied) !== bytes) {
-    throw new SyscallError('process_vm_readv', 14, `snapshot ${snapshot.snapshotPid}: copied ${copied} of ${bytes} bytes`, 'The snapshot lost memory while being dumped; retry the checkpoint.')
+  if (!writeFromSnapshot(pool, snapshot, extent.poolOffset)) {
+    const copied = vmReadv(snapshot.snapshotPid, runSegments(runs, extent.address))
+    if (BigInt(copied) !== bytes) {
+      throw new SyscallError('process_vm_readv', 14, `snapshot ${snapshot.snapshotPid}: copied ${copied} of ${bytes} bytes`, 'The snapshot lost memory while being dumped; retry the checkpoint.')
+    }
   }
   let offset = extent.poolOffset
   return encodePageMap(runs.map((run) => {
@@ -97,7 +153,7 @@ export function checkpointToPool(pool: Pool, request: {pid: number; name: string
   try {
     builder = pool.beginCheckpoint()
     const tWrite = performance.now()
-    const pageMap = writePagesToPool(builder, snapshot)
+    const pageMap = writePagesToPool(pool, builder, snapshot)
     const tWritten = performance.now()
     builder.addSection(Section.processState, encodeImage(snapshot.image))
     builder.addSection(Section.pageMap, pageMap)

@@ -26,6 +26,8 @@ export interface LiveSnapshot {
   image: ProcessImage
   /** The frozen fork child holding the memory to dump; killed by release(). */
   snapshotPid: number
+  /** The same child, seized and stopped: syscalls can be injected into it. */
+  snapshotTracee: Tracee
   ownerUid: number
   timings: SnapshotTimings
   /** Kill and reap the snapshot child. Idempotent. */
@@ -90,18 +92,21 @@ function readAltStack(snapshot: Tracee): {sp: bigint; flags: number; size: bigin
   return {sp: view.getBigUint64(0, true), flags: view.getInt32(8, true) & ~1, size: view.getBigUint64(16, true)}
 }
 
-/** Signal dispositions are not in /proc: ask the snapshot (same sighand as the target) with injected rt_sigaction. */
+/** Signal dispositions are not in /proc: ask the snapshot (same sighand as the target) with one batch of rt_sigaction queries. */
 function readSigactions(snapshot: Tracee): SigAction[] {
+  const signals: number[] = []
+  for (let signo = 1; signo <= 64; signo++) if (signo !== SIG.KILL && signo !== SIG.STOP) signals.push(signo)
+  const area = snapshot.scratchAlloc(32 * signals.length)
+  const results = snapshot.syscalls(signals.map((signo, i) => ({nr: SYS.rt_sigaction, args: [signo, 0, area + BigInt(32 * i), 8]})))
+  const bytes = snapshot.readMemory(area, 32 * signals.length)
+  const view = new DataView(bytes.buffer, bytes.byteOffset)
   const out: SigAction[] = []
-  const buf = snapshot.scratchAlloc(32)
-  for (let signo = 1; signo <= 64; signo++) {
-    if (signo === SIG.KILL || signo === SIG.STOP) continue
-    const r = snapshot.syscall(SYS.rt_sigaction, signo, 0, buf, 8)
-    if (r < 0n) continue // 32/33 are reserved by glibc on some kernels: EINVAL
-    const view = new DataView(snapshot.readMemory(buf, 32).buffer)
-    const action = {signo, handler: view.getBigUint64(0, true), flags: view.getBigUint64(8, true), restorer: view.getBigUint64(16, true), mask: view.getBigUint64(24, true)}
+  signals.forEach((signo, i) => {
+    if ((results[i] ?? -1n) < 0n) return
+    const at = 32 * i
+    const action = {signo, handler: view.getBigUint64(at, true), flags: view.getBigUint64(at + 8, true), restorer: view.getBigUint64(at + 16, true), mask: view.getBigUint64(at + 24, true)}
     if (action.handler !== 0n || action.flags !== 0n || action.mask !== 0n) out.push(action)
-  }
+  })
   return out
 }
 
@@ -172,7 +177,7 @@ export function takeLiveSnapshot(pid: number): LiveSnapshot {
     const {image} = captureImage(pid, snap.pid, layout, fds, {thread, sharedPendingSignals: sharedPending, sigactions, brk})
     const tCaptured = now()
     return {
-      image, snapshotPid: snap.pid, ownerUid: checked.uid, release,
+      image, snapshotPid: snap.pid, snapshotTracee: snap, ownerUid: checked.uid, release,
       timings: {freezingUs: Math.round((tStopped - t0) * 1000), frozenUs: Math.round((tResumed - t0) * 1000), captureUs: Math.round((tCaptured - tResumed) * 1000)},
     }
   } catch (error) {
