@@ -69,8 +69,9 @@ describe('cxlfork bench (end to end)', function () {
     assert.equal(size.label, '16M')
     for (const key of ['coldStartMs', 'plainWriteMs', 'plainMmapMs', 'forkMs', 'forkInjectionMs', 'noopInjectionMs'] as const) assertSummary(size[key], key, 2)
     assert.ok(['write', 'mmap'].includes(size.plainAnchor))
-    assert.equal(size.paths.length, 1)
+    assert.deepEqual(size.paths.map((path) => path.path), ['pool', 'criu'])
     const pool = size.paths[0]!
+    const criu = size.paths[1]!
     assert.equal(pool.path, 'pool')
     assertSummary(pool.checkpointMs, 'checkpointMs', 2)
     assertSummary(pool.downtimeMs, 'downtimeMs', 2)
@@ -93,6 +94,17 @@ describe('cxlfork bench (end to end)', function () {
     assert.ok(local!.rssAnonKb.median * 1024 >= 16 << 20, 'a local clone holds all its memory')
     assert.ok(mow!.rssAnonPct < 1)
 
+    // The CRIU-format baseline, measured in the same run: images hold every page plus metadata; restore copies all.
+    assertSummary(criu.checkpointMs, 'criu checkpointMs', 2)
+    assert.ok(criu.bytes > 16 << 20, `criu image bytes ${criu.bytes}`)
+    assert.equal(criu.engineStats['pages_written']?.median, pool.bytes / 4096)
+    assert.deepEqual(criu.restores.map((row) => row.id), ['criu/copy'])
+    const copy = criu.restores[0]!
+    assertSummary(copy.engineMs, 'criu/copy engineMs', 2)
+    assertSummary(copy.commandMs, 'criu/copy commandMs', 2)
+    assert.ok(copy.rssAnonKb.min * 1024 >= 16 << 20, 'a CRIU-restored clone holds all its memory')
+    assert.ok((copy.engineStats['pages_restored']?.median ?? 0) >= (16 << 20) / 4096)
+
     assert.ok(result.targets.length >= 5)
     for (const target of result.targets) {
       assert.deepEqual(Object.keys(target).sort(), ['description', 'id', 'limit', 'measured', 'pass', 'unit'])
@@ -101,7 +113,7 @@ describe('cxlfork bench (end to end)', function () {
     assert.equal(result.pass, result.targets.every((target) => target.pass))
 
     // Nothing left behind: every process the run created is gone, and the temporary pool too.
-    assert.ok(result.pids.length >= 2 + 2 * 4 + 2 * 2, `pids recorded: ${result.pids.length}`)
+    assert.ok(result.pids.length >= 2 + 2 * 4 + 2 * 2 + 2 * 2, `pids recorded: ${result.pids.length}`)
     assert.deepEqual(result.pids.filter(alive), [])
     assert.deepEqual(targetsAlive().filter((pid) => !before.has(pid)), [])
     assert.equal(existsSync(result.config.pool), false, `${result.config.pool} removed`)
