@@ -48,6 +48,37 @@ export function plainWrite(dir: string, size: number, buffer: Buffer): number {
   return ms
 }
 
+/** The same bytes as a target of `size` holds, in memory: one SIZE-byte buffer (filled outside any timing). */
+export function sameBytesBuffer(size: number, pattern: Buffer): Buffer {
+  const source = Buffer.allocUnsafe(size)
+  for (let offset = 0; offset < size; offset += pattern.length) pattern.copy(source, offset, 0, Math.min(pattern.length, size - offset))
+  return source
+}
+
+/**
+ * Plain write, method 3 (the anchor): write(2) of SIZE distinct bytes held in
+ * memory, 1 MiB per call from consecutive offsets. Like a checkpoint, it has to
+ * read bytes that do not fit in any cache; method 1 rewrites one cache-hot
+ * 1 MiB buffer, which is not writing "the same bytes".
+ */
+export function plainWriteFromMemory(dir: string, source: Buffer): number {
+  const path = scratchFile(dir)
+  const t0 = performance.now()
+  const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600)
+  try {
+    for (let offset = 0; offset < source.length; offset += CHUNK) {
+      const len = Math.min(CHUNK, source.length - offset)
+      let done = 0
+      while (done < len) done += writeSync(fd, source, offset + done, len - done)
+    }
+  } finally {
+    closeSync(fd)
+  }
+  const ms = performance.now() - t0
+  unlinkSync(path)
+  return ms
+}
+
 /**
  * Plain write, method 2: open, ftruncate, mmap(MAP_SHARED), copy 1 MiB at a
  * time into the mapping, munmap, close (the way the pool itself is written).

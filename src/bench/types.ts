@@ -71,7 +71,9 @@ export interface SizeResult {
   /** ftruncate + mmap(MAP_SHARED) + copy, the other plain method. */
   plainMmapMs: Summary
   /** The faster of the two plain methods (by median): the anchor for checkpoint time. */
-  plainAnchor: 'write' | 'mmap'
+  /** write(2) of the same SIZE bytes from a SIZE-byte buffer in memory: the anchor of the checkpoint target. */
+  plainWriteMemoryMs: Summary
+  plainAnchor: 'memory'
   /** Local fork() of the target, parent side: injected clone minus a no-op injected getpid. */
   forkMs: Summary
   /** Raw injected clone(CLONE_PARENT|SIGCHLD), ms. */

@@ -17,7 +17,7 @@ function verdict(id: string, description: string, measured: number, limit: numbe
 }
 
 export function plainAnchorMs(size: SizeResult): number {
-  return size.plainAnchor === 'mmap' ? size.plainMmapMs.median : size.plainWriteMs.median
+  return size.plainWriteMemoryMs.median
 }
 
 export function evaluateTargets(sizes: readonly SizeResult[], nodeStartupMs: Summary): TargetVerdict[] {

@@ -68,7 +68,8 @@ describe('cxlfork bench (end to end)', function () {
     assert.equal(size.size, 16 << 20)
     assert.equal(size.label, '16M')
     for (const key of ['coldStartMs', 'plainWriteMs', 'plainMmapMs', 'forkMs', 'forkInjectionMs', 'noopInjectionMs'] as const) assertSummary(size[key], key, 2)
-    assert.ok(['write', 'mmap'].includes(size.plainAnchor))
+    assert.equal(size.plainAnchor, 'memory')
+    assertSummary(size.plainWriteMemoryMs, 'plainWriteMemoryMs', 2)
     assert.deepEqual(size.paths.map((path) => path.path), ['pool', 'criu'])
     const pool = size.paths[0]!
     const criu = size.paths[1]!
