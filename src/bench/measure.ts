@@ -10,7 +10,7 @@ import {join} from 'node:path'
 import {CxlforkError} from '../errors.js'
 import {Tracee} from '../inject/tracee.js'
 import {MAP, mmap, munmap, PROT, PTRACE_O, SIG, SYS, view} from '../sys/libc.js'
-import {CLONE} from '../sys/x86_64-syscalls.js'
+import {CLONE} from '../inject/tracee.js'
 import type {WholeCommand} from './paths.js'
 
 const CHUNK = 1 << 20

@@ -178,25 +178,9 @@ export function big(value: unknown): bigint {
 // ---------------------------------------------------------------------------------------
 // /proc
 
-/** A field of /proc/PID/status in bytes (e.g. RssAnon), or undefined if the process is gone. */
-export function statusBytes(pid: number, field: string): number | undefined {
-  let text: string
-  try {
-    text = readFileSync(`/proc/${pid}/status`, 'utf8')
-  } catch {
-    return undefined
-  }
-  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)
-  return m ? Number(m[1]) * 1024 : undefined
-}
+import {comm, statusBytes} from '../restore/helpers.js'
 
-export function comm(pid: number): string | undefined {
-  try {
-    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim()
-  } catch {
-    return undefined
-  }
-}
+export {comm, statusBytes}
 
 export interface MapsEntry {
   start: bigint

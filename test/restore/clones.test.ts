@@ -4,23 +4,17 @@
  */
 import assert from 'node:assert/strict'
 
-import {cleanupAll, lastTick, tracked, processExists, requestCheck, requestGrow, startFixture, trackPid, waitForExit, waitForTicks} from '../helpers/fixtures.js'
-import {cli, describeRun, note, poolPath, printMeasurements, reapStrayZombies, removePools} from './helpers.js'
+import {
+  lastTick, processExists, requestCheck, requestGrow, startFixture, trackPid, waitForExit, waitForTicks,
+} from '../helpers/fixtures.js'
+import {cli, describeRun, installCleanupHooks, note, poolPath} from './helpers.js'
 
 const CLONES = 4
 
 describe('restore: concurrent clones of one checkpoint', function () {
   this.timeout(120_000)
 
-  afterEach(async () => {
-    const report = await cleanupAll()
-    await reapStrayZombies(tracked().pids)
-    assert.deepEqual(report.survivors, [], 'every process a test started is gone')
-  })
-  after(() => {
-    removePools()
-    printMeasurements('clones')
-  })
+  installCleanupHooks('clones')
 
   it(`${CLONES} clones run concurrently with the original; references follow them; rm refused until they are gone and gc ran`, async () => {
     const pool = poolPath('clones')

@@ -6,12 +6,8 @@
 import assert from 'node:assert/strict'
 import {appendFileSync, closeSync, existsSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, utimesSync, writeSync} from 'node:fs'
 
-import {
-  type Fixture, cleanupAll, procStat, tracked, processExists, readLog, startFixture, trackPid, waitForTicks,
-} from '../helpers/fixtures.js'
-import {
-  type CliResult, allProcesses, cli, describeRun, note, poolPath, printMeasurements, reapStrayZombies, removePools, sleep, startCli,
-} from './helpers.js'
+import {type Fixture, procStat, processExists, readLog, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
+import {allProcesses, cli, type CliResult, describeRun, installCleanupHooks, note, poolPath, sleep, startCli} from './helpers.js'
 
 const STUB_COMM = 'cxlfork-stub'
 
@@ -124,15 +120,7 @@ function liveStubs(): number[] {
 describe('restore: failures are clean', function () {
   this.timeout(120_000)
 
-  afterEach(async () => {
-    const report = await cleanupAll()
-    await reapStrayZombies(tracked().pids)
-    assert.deepEqual(report.survivors, [], 'every process a test started is gone')
-  })
-  after(() => {
-    removePools()
-    printMeasurements('failures')
-  })
+  installCleanupHooks('failures')
 
   describe('refused checkpoints', () => {
     it('a pid with no process: exit 3, PROCESS_NOT_FOUND', async () => {

@@ -3,6 +3,7 @@
  * runs it (a separate process, asynchronously, so the test can signal processes meanwhile),
  * per-file pool paths on /dev/shm, /proc readings.
  */
+import assert from 'node:assert/strict'
 import {type ChildProcess, spawn} from 'node:child_process'
 import {readdirSync, readFileSync, rmSync} from 'node:fs'
 import {join} from 'node:path'
@@ -105,7 +106,7 @@ export function ticksOf(logPath: string, pid: number): LogEvent[] {
 }
 
 /** A field of /proc/PID/status in bytes (e.g. RssAnon), or undefined if the process is gone. */
-export function statusKb(pid: number, field: string): number | undefined {
+export function statusBytes(pid: number, field: string): number | undefined {
   let text: string
   try {
     text = readFileSync(`/proc/${pid}/status`, 'utf8')
@@ -196,4 +197,22 @@ export async function reapStrayZombies(known: readonly number[]): Promise<number
     }
   }
   return reaped
+}
+
+/**
+ * The hooks every restore suite needs: after each test every process it started
+ * is killed and reaped (stray snapshot zombies included); after the suite its
+ * pools are removed and its measurements printed under `title`.
+ */
+export function installCleanupHooks(title: string): void {
+  afterEach(async () => {
+    const {cleanupAll, tracked} = await import('../helpers/fixtures.js')
+    const report = await cleanupAll()
+    await reapStrayZombies(tracked().pids)
+    assert.deepEqual(report.survivors, [], 'every process a test started is gone')
+  })
+  after(() => {
+    removePools()
+    printMeasurements(title)
+  })
 }

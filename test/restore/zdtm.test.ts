@@ -6,11 +6,10 @@
 import assert from 'node:assert/strict'
 
 import {
-  type Fixture, type LogEvent, cleanupAll, lastTick, readLog, requestCheck, requestExit, requestGrow, startFixture,
-  trackPid, tracked, waitForExit, waitForLine, waitForTicks, processExists,
+  type Fixture, type LogEvent, lastTick, readLog, requestCheck, requestExit, requestGrow, startFixture, trackPid, tracked, waitForExit, waitForLine, waitForTicks, processExists,
 } from '../helpers/fixtures.js'
 import {
-  allProcesses, cli, comm, describeRun, note, poolPath, printMeasurements, reapStrayZombies, removePools, sleep, startCli, statusKb, strayZombieChildren, ticksOf, until,
+  allProcesses, cli, comm, describeRun, installCleanupHooks, note, poolPath, reapStrayZombies, sleep, startCli, statusBytes, strayZombieChildren, ticksOf, until,
 } from './helpers.js'
 
 type Policy = 'mow' | 'local'
@@ -91,15 +90,7 @@ async function assertContinues(fx: Fixture, clone: number, before: LogEvent): Pr
 describe('restore: zdtm-style checkpoint/restore of live fixtures', function () {
   this.timeout(120_000)
 
-  afterEach(async () => {
-    const report = await cleanupAll()
-    await reapStrayZombies(tracked().pids)
-    assert.deepEqual(report.survivors, [], 'every process a test started is gone')
-  })
-  after(() => {
-    removePools()
-    printMeasurements('zdtm')
-  })
+  installCleanupHooks('zdtm')
 
   for (const c of CASES) {
     for (const policy of ['mow', 'local'] as const) {
@@ -131,9 +122,9 @@ describe('restore: zdtm-style checkpoint/restore of live fixtures', function () 
         await assertContinues(fx, clone, before)
 
         // Local memory of the clone, before it grows its heap.
-        const rssAnon = statusKb(clone, 'RssAnon')!
-        const rssShmem = statusKb(clone, 'RssShmem')!
-        const originalAnon = statusKb(fx.pid, 'RssAnon')!
+        const rssAnon = statusBytes(clone, 'RssAnon')!
+        const rssShmem = statusBytes(clone, 'RssShmem')!
+        const originalAnon = statusBytes(fx.pid, 'RssAnon')!
         const fraction = rssAnon / ck.bytes
         note(`${c.fixture} ${policy}: clone RssAnon ${(rssAnon / 1024).toFixed(0)} kB, RssShmem ${(rssShmem / 1024).toFixed(0)} kB; checkpointed ${(ck.bytes / 1024).toFixed(0)} kB (${(fraction * 100).toFixed(1)}%); original RssAnon ${(originalAnon / 1024).toFixed(0)} kB`)
         if (policy === 'mow' && c.mowMaxFraction !== undefined) {
@@ -150,7 +141,7 @@ describe('restore: zdtm-style checkpoint/restore of live fixtures', function () 
         assert.equal(check1.fields.crc, readyCrc, 'clone CHECK crc equals READY crc')
         assert.equal(check1.fields.clockbad, '0', `no clock violation in the clone: ${check1.line}`)
         if (policy === 'mow') {
-          const after = statusKb(clone, 'RssAnon')!
+          const after = statusBytes(clone, 'RssAnon')!
           note(`${c.fixture} mow: clone RssAnon after a full CHECK ${(after / 1024).toFixed(0)} kB (${((after / ck.bytes) * 100).toFixed(1)}%)`)
           // memtouch's CHECK only reads: still zero-copy afterwards (pyheap's CHECK writes refcounts everywhere)
           if (c.fixture === 'memtouch') assert.ok(after <= ck.bytes * c.mowMaxFraction!, `reading everything does not copy it: RssAnon ${after}`)
