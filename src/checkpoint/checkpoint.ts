@@ -3,6 +3,8 @@
  * with process_vm_readv, straight into a write-once pool extent; the state
  * record and page map become metadata sections; publish is the commit point.
  */
+import {fstatSync} from 'node:fs'
+
 import {ConflictError, SyscallError} from '../errors.js'
 import {encodeImage} from '../image/codec.js'
 import {encodePageMap} from '../image/page-map.js'
@@ -79,9 +81,20 @@ function pagesScanned(snapshot: LiveSnapshot): number {
 function writeFromSnapshot(pool: Pool, snapshot: LiveSnapshot, poolOffset: bigint): boolean {
   const child = snapshot.snapshotTracee
   const image = snapshot.image
-  let fd = child.syscall(SYS.open, child.scratchWrite(pool.path), O.WRONLY | O.CLOEXEC, 0)
-  // Same file through our own fd, if the child sees another mount namespace.
-  if (fd < 0n) fd = child.syscall(SYS.open, child.scratchWrite(`/proc/${process.pid}/fd/${pool.fd}`), O.WRONLY | O.CLOEXEC, 0)
+  // The child resolves paths in the target's mount (and pid) namespace, where the
+  // same path may name another file: write only into a file proven to be our pool.
+  const ours = fstatSync(pool.fd, {bigint: true})
+  const statBuffer = child.scratchAlloc(144)
+  const openPool = (path: string): bigint => {
+    const fd = child.syscall(SYS.open, child.scratchWrite(path), O.WRONLY | O.CLOEXEC, 0)
+    if (fd < 0n) return fd
+    const view = child.syscall(SYS.fstat, fd, statBuffer) === 0n ? new DataView(child.readMemory(statBuffer, 16).buffer) : undefined
+    if (view && view.getBigUint64(0, true) === ours.dev && view.getBigUint64(8, true) === ours.ino) return fd
+    child.syscall(SYS.close, fd)
+    return -1n
+  }
+  let fd = openPool(pool.path)
+  if (fd < 0n) fd = openPool(`/proc/${process.pid}/fd/${pool.fd}`)
   if (fd < 0n) return false
   try {
     const calls: {nr: number; args: bigint[]}[] = []
