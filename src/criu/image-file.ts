@@ -36,11 +36,13 @@ export const IMAGE_KINDS = {
   fs: {magic: 0x51403912, head: 'common', type: 'fs_entry'},
   creds: {magic: 0x54023547, head: 'common', type: 'creds_entry'},
   stats: {magic: 0x57093306, head: 'service', type: 'stats_entry'},
+  // Read only: CRIU's record of files it dumped through a remap (unlinked files and such).
+  'remap-fpath': {magic: 0x59133954, head: 'common', type: 'remap_file_path_entry'},
 } as const
 
 export type ImageKind = keyof typeof IMAGE_KINDS
 
-const PROTO_FILES = ['inventory.proto', 'core.proto', 'mm.proto', 'pagemap.proto', 'fdinfo.proto', 'fs.proto', 'pstree.proto', 'stats.proto', 'creds.proto']
+const PROTO_FILES = ['inventory.proto', 'core.proto', 'mm.proto', 'pagemap.proto', 'fdinfo.proto', 'fs.proto', 'pstree.proto', 'stats.proto', 'creds.proto', 'remap-file-path.proto']
 
 let root: Protobuf.Root | undefined
 let protobufModule: typeof Protobuf | undefined

@@ -11,9 +11,10 @@
  * written by CRIU itself fills those parts with the best available values (listed in
  * readCriuImages).
  */
-import {closeSync, existsSync, openSync, statSync, writeSync} from 'node:fs'
+import {closeSync, existsSync, openSync, readFileSync, readSync, statSync, writeSync} from 'node:fs'
 import {join} from 'node:path'
 
+import {deviceName} from '../checkpoint/capture.js'
 import {CorruptError, CxlforkError, NotFoundError, UnsupportedError} from '../errors.js'
 import {
   type FdImage, type FdKind, type FileIdentity, IMAGE_VERSION, type PageRun, PAGE_SIZE, type ProcessImage, type Rlimit,
@@ -471,6 +472,164 @@ function vmaName(vma: Msg, index: number): string {
   return `VMA ${index} (${big(vma['start']).toString(16)}-${big(vma['end']).toString(16)}, status ${'0x' + (vma['status'] >>> 0).toString(16)})`
 }
 
+const TASK_STATE_NAMES: Record<number, string> = {2: 'dead', 3: 'stopped', 4: 'helper', 5: 'thread', 6: 'zombie'}
+const SECCOMP_MODE_NAMES: Record<number, string> = {1: 'strict', 2: 'filter'}
+
+/**
+ * Task state CRIU records and the model has no place for: refuse it by name rather than
+ * restore a process silently without it (a stopped task, armed interval or POSIX timers,
+ * seccomp).
+ */
+function checkTaskState(tc: Msg, cores: {tid: number; core: Msg}[], pid: number): void {
+  const state = tc['task_state'] as number
+  if (state !== TASK_ALIVE) {
+    throw new UnsupportedError('CRIU_TASK_STATE', `core-${pid}.img: the task was ${TASK_STATE_NAMES[state] ?? `in state ${state}`} when dumped; only running (alive) tasks are restored`,
+      'Dump the process while it is running.')
+  }
+  if (has(tc, 'timers')) {
+    const timers = tc['timers'] as Msg
+    for (const which of ['real', 'virt', 'prof']) {
+      const timer = timers[which] as Msg | undefined
+      if (timer && ['isec', 'iusec', 'vsec', 'vusec'].some((field) => big(timer[field]) !== 0n)) {
+        throw new UnsupportedError('CRIU_TIMERS', `core-${pid}.img: the task has an armed ITIMER_${which.toUpperCase()} interval timer, which the CRIU-format path does not restore`,
+          'Dump a process without armed setitimer()/alarm() timers.')
+      }
+    }
+    const posix = (timers['posix'] ?? []) as Msg[]
+    if (posix.length > 0) {
+      throw new UnsupportedError('CRIU_TIMERS', `core-${pid}.img: the task has ${posix.length} POSIX timer(s), which the CRIU-format path does not restore`,
+        'Dump a process without timer_create() timers.')
+    }
+  }
+  const seccompModes = [has(tc, 'old_seccomp_mode') ? tc['old_seccomp_mode'] as number : 0]
+  for (const {core} of cores) if (has(core, 'thread_core') && has(core['thread_core'], 'seccomp_mode')) seccompModes.push(core['thread_core']['seccomp_mode'] as number)
+  const seccomp = seccompModes.find((mode) => mode !== 0)
+  if (seccomp !== undefined) {
+    throw new UnsupportedError('CRIU_SECCOMP', `core-${pid}.img: the task runs under seccomp (${SECCOMP_MODE_NAMES[seccomp] ?? `mode ${seccomp}`}), which the CRIU-format path does not restore`,
+      'Dump a process without seccomp filters.')
+  }
+}
+
+const NT_GNU_BUILD_ID = 3
+const PT_NOTE = 4
+
+/**
+ * The NT_GNU_BUILD_ID note of an ELF file, found the way CRIU finds it (criu/files-reg.c
+ * get_build_id: PT_NOTE segments within the first 1 MiB); undefined if not ELF or none.
+ */
+function elfBuildId(path: string): Uint8Array | undefined {
+  let bytes: Buffer
+  try {
+    const fd = openSync(path, 'r')
+    try {
+      bytes = Buffer.alloc(1 << 20)
+      bytes = bytes.subarray(0, readSync(fd, bytes, 0, bytes.length, 0))
+    } finally {
+      closeSync(fd)
+    }
+  } catch {
+    return undefined
+  }
+  if (bytes.length < 52 || bytes.readUInt32BE(0) !== 0x7f454c46 || bytes[5] !== 1) return undefined // ELF, little-endian
+  const is64 = bytes[4] === 2
+  if (!is64 && bytes[4] !== 1) return undefined
+  if (is64 && bytes.length < 64) return undefined
+  const phoff = is64 ? Number(bytes.readBigUInt64LE(32)) : bytes.readUInt32LE(28)
+  const phentsize = is64 ? 56 : 32
+  const phnum = bytes.readUInt16LE(is64 ? 56 : 44)
+  for (let i = 0; i < phnum; i++) {
+    const ph = phoff + i * phentsize
+    if (ph <= 0 || ph + phentsize > bytes.length) break
+    if (bytes.readUInt32LE(ph) !== PT_NOTE) continue
+    const offset = is64 ? Number(bytes.readBigUInt64LE(ph + 8)) : bytes.readUInt32LE(ph + 4)
+    const filesz = is64 ? Number(bytes.readBigUInt64LE(ph + 32)) : bytes.readUInt32LE(ph + 16)
+    const end = Math.min(offset + filesz, bytes.length)
+    for (let note = offset; note > 0 && note + 12 <= end;) {
+      const namesz = bytes.readUInt32LE(note)
+      const descsz = bytes.readUInt32LE(note + 4)
+      const desc = note + 12 + ((namesz + 3) & ~3)
+      if (bytes.readUInt32LE(note + 8) === NT_GNU_BUILD_ID) {
+        if (descsz === 0 || descsz > 512 || desc + descsz > bytes.length) return undefined
+        return bytes.subarray(desc, desc + descsz)
+      }
+      note = desc + ((descsz + 3) & ~3)
+    }
+  }
+  return undefined
+}
+
+/**
+ * The identity of a file named by a set CRIU wrote. CRIU records no device, inode or
+ * mtime; it validates a file at restore by the size and ELF build-id it recorded at dump
+ * (criu/files-reg.c validate_file). Do the same here against the file now at that path
+ * and take that file's identity, so the restore's own identity check guards the file from
+ * now on. A file missing now keeps placeholder values (restore refuses it as missing).
+ */
+function hostIdentity(reg: Msg, what: string): FileIdentity {
+  const path = reg['name'] as string
+  const recordedSize = has(reg, 'size') ? u64(big(reg['size'])) : undefined
+  const recordedMode = has(reg, 'mode') ? reg['mode'] as number : undefined
+  let st
+  try {
+    st = statSync(path, {bigint: true})
+  } catch {
+    return {path, device: '0:0', inode: 0n, size: recordedSize ?? 0n, mtimeNs: 0n, mode: recordedMode ?? 0}
+  }
+  const changed = (detail: string) => new UnsupportedError('BACKING_FILE_CHANGED', `${path} (${what}) changed since CRIU dumped it: ${detail}`,
+    'The image set maps or opens this file; restore it only with the exact file it was dumped with.')
+  if (recordedMode !== undefined && (recordedMode & S_IFMT) !== 0 && (Number(st.mode) & S_IFMT) !== (recordedMode & S_IFMT)) {
+    throw changed(`file type ${(Number(st.mode) & S_IFMT).toString(8)}, CRIU recorded ${(recordedMode & S_IFMT).toString(8)}`)
+  }
+  if (recordedSize !== undefined && st.size !== recordedSize) throw changed(`size ${st.size}, CRIU recorded ${recordedSize}`)
+  const recordedId = (reg['build_id'] ?? []) as number[]
+  if (recordedSize !== undefined && recordedId.length > 0) {
+    const found = elfBuildId(path)
+    if (found) {
+      const want = Buffer.alloc(recordedId.length * 4)
+      recordedId.forEach((word, i) => want.writeUInt32LE(word >>> 0, i * 4))
+      if (((found.length + 3) & ~3) !== want.length || !Buffer.from(found).equals(want.subarray(0, found.length))) {
+        throw changed(`ELF build-id ${Buffer.from(found).toString('hex')}, CRIU recorded ${want.toString('hex')}`)
+      }
+    }
+  }
+  return {path, device: deviceName(st.dev), inode: st.ino, size: st.size, mtimeNs: st.mtimeNs, mode: recordedMode ?? Number(st.mode)}
+}
+
+/** This kernel's vvar areas ([vvar], [vvar_vclock]) in address order, from /proc/self/maps; [] if unreadable. */
+function hostVvarParts(): {name: 'vvar' | 'vvar_vclock'; size: bigint}[] {
+  let text: string
+  try {
+    text = readFileSync('/proc/self/maps', 'utf8')
+  } catch {
+    return []
+  }
+  const parts: {name: 'vvar' | 'vvar_vclock'; start: bigint; end: bigint}[] = []
+  for (const line of text.split('\n')) {
+    const match = /^([0-9a-f]+)-([0-9a-f]+)\s.*\s\[(vvar|vvar_vclock)\]$/.exec(line)
+    if (match) parts.push({name: match[3] as 'vvar' | 'vvar_vclock', start: BigInt('0x' + match[1]), end: BigInt('0x' + match[2])})
+  }
+  parts.sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0))
+  for (let i = 1; i < parts.length; i++) if (parts[i]!.start !== parts[i - 1]!.end) return []
+  return parts.map((part) => ({name: part.name, size: part.end - part.start}))
+}
+
+/** A merged CRIU VMA_AREA_VVAR entry cut into this kernel's vvar areas, or undefined if it is not such a merge. */
+function splitMergedVvar(vma: VmaImage): VmaImage[] | undefined {
+  const parts = hostVvarParts()
+  if (parts.length < 2 || parts[0]!.name !== 'vvar') return undefined
+  const total = parts.reduce((sum, part) => sum + part.size, 0n)
+  if (vma.end - vma.start !== total) return undefined
+  const out: VmaImage[] = []
+  let start = vma.start
+  for (const part of parts) {
+    const piece: VmaImage = {...vma, start, end: start + part.size, kind: part.name}
+    if (vma.advice) piece.advice = [...vma.advice]
+    out.push(piece)
+    start += part.size
+  }
+  return out
+}
+
 function bitsToList(bits: bigint): number[] {
   const out: number[] = []
   for (let i = 0; i < 64; i++) if ((bits >> BigInt(i)) & 1n) out.push(i)
@@ -482,7 +641,8 @@ function bitsToList(bits: bigint): number[] {
  * process with regular files and pipes) into the model.
  *
  * From a set CRIU itself wrote, these model parts are not in the images and get fill-in
- * values: file device/inode/mtime ('0:0', 0, 0), cmdline ([]: it is in the process's
+ * values: file device/inode/mtime (those of the file now at the path, after checking it
+ * against the size and ELF build-id CRIU recorded; '0:0', 0, 0 if it is gone), cmdline ([]: it is in the process's
  * memory), capturedAt (0), kernel release/hostname/boot id (''), vdsoLayout (derived
  * from the [vvar]/[vvar_vclock]/[vdso] VMAs, offsets relative to the first of them),
  * sigactions (only non-default ones), fd paths of regular files (CRIU's file name).
@@ -543,13 +703,29 @@ function readSet(dir: string): CriuImageSet {
   if (!has(leaderCore, 'tc')) throw corrupt(`core-${pid}.img lacks the task core (tc)`)
   const tc = leaderCore['tc'] as Msg
   const taskExt = has(tc, 'cxlfork') ? tc['cxlfork'] as Msg : undefined
+  checkTaskState(tc, cores, pid)
 
   // Files.
   const fileEntries = new Map<number, Msg>()
   for (const entry of readImage<Msg>(at('files.img'), 'files')) fileEntries.set(entry['id'], entry)
+  // Files CRIU could not reach by name (unlinked, or only via /proc) are dumped through a
+  // remap: the name in files.img is then not the file. cxlfork restores by name only.
+  const remapPath = at('remap-fpath.img')
+  const remaps = new Map<number, number>()
+  for (const remap of optionalImage(remapPath, () => readImage<Msg>(remapPath, 'remap-fpath')) ?? []) {
+    remaps.set(remap['orig_id'] as number, has(remap, 'remap_type') ? remap['remap_type'] as number : 0)
+  }
+  const checkRemap = (id: number, name: string, what: string) => {
+    const type = remaps.get(id)
+    if (type === undefined) return
+    const how = type === 1 ? 'was deleted; CRIU saved its contents as a ghost file' : type === 2 ? 'was reachable only through /proc; CRIU remapped it' : 'was unlinked; CRIU linked it under another name'
+    throw new UnsupportedError('CRIU_FILE_REMAP', `${what} refers to ${name} (file id ${id}), which ${how} (remap-fpath.img); the CRIU-format path restores files by name only`,
+      'Dump a process whose open and mapped files all still exist under their names.')
+  }
   const regOf = (id: number, what: string): Msg => {
     const entry = fileEntries.get(id)
     if (!entry) throw corrupt(`${what} refers to file id ${id}, which files.img does not hold`)
+    checkRemap(id, has(entry, 'reg') ? entry['reg']['name'] : `${FD_TYPE_NAMES[entry['type']] ?? entry['type']} file`, what)
     if (entry['type'] !== FD_TYPE_REG || !has(entry, 'reg')) {
       throw new UnsupportedError('CRIU_FILE_TYPE', `${what} refers to file id ${id} of type ${FD_TYPE_NAMES[entry['type']] ?? entry['type']}, not a regular file`,
         'Only regular files (and pipes for descriptors) are supported by the CRIU-format path.')
@@ -575,7 +751,7 @@ function readSet(dir: string): CriuImageSet {
     if (ours) throw corrupt(`${what}: file id ${id} (${reg['name']}) lacks its cxlfork identity`)
     const known = byName.get(reg['name'])
     if (known !== undefined) return known
-    files.push({path: reg['name'], device: '0:0', inode: 0n, size: has(reg, 'size') ? u64(big(reg['size'])) : 0n, mtimeNs: 0n, mode: has(reg, 'mode') ? reg['mode'] : 0})
+    files.push(hostIdentity(reg, what))
     byName.set(reg['name'], files.length - 1)
     return files.length - 1
   }
@@ -615,6 +791,17 @@ function readSet(dir: string): CriuImageSet {
     const vma: VmaImage = {start, end, prot: entry['prot'] >>> 0, flags, offset: u64(big(entry['pgoff'])), kind}
     if (kind === 'file') vma.fileIndex = fileIndexOf(Number(big(entry['shmid'])), `mm-${pid}.img ${where}`)
     if (has(entry, 'madv')) vma.advice = bitsToList(u64(big(entry['madv'])))
+    if (kind === 'vvar' && !ours) {
+      // CRIU merges adjacent vvar areas into one VMA_AREA_VVAR entry (criu/proc_parse.c, since
+      // 4.1 for kernels >= 6.13: [vvar] + [vvar_vclock]). Split it back along this kernel's
+      // layout when the merged size matches, as CRIU's own restore compares merged sizes; a
+      // mismatch is left whole and refused as KERNEL_MISMATCH at restore.
+      const split = splitMergedVvar(vma)
+      if (split) {
+        vmas.push(...split)
+        return
+      }
+    }
     vmas.push(vma)
   })
 
@@ -763,6 +950,7 @@ function readSet(dir: string): CriuImageSet {
       fdImage = {fd: fdNumber, kind: 'pipe', path: fdExt ? fdExt['path'] : `pipe:[${pipe['pipe_id']}]`, flags: pipe['flags'], cloexec: (info['flags'] & FD_CLOEXEC) !== 0, offset: 0n}
     } else if (info['type'] === FD_TYPE_REG && entry['type'] === FD_TYPE_REG && has(entry, 'reg')) {
       const reg = entry['reg'] as Msg
+      checkRemap(info['id'], reg['name'], what)
       const mode = has(reg, 'mode') ? reg['mode'] as number : 0
       let kind: FdKind
       if (fdExt) kind = fdExt['kind'] as FdKind
@@ -832,9 +1020,13 @@ function readSet(dir: string): CriuImageSet {
   }
 
   const set: CriuImageSet = {image, pagemap, pagesPath, runOffsets, writtenBy: ours ? 'cxlfork' : 'criu'}
-  const dumpStats = optionalImage(at('stats-dump.img'), () => dumpStatsFrom(only(readImage<Msg>(at('stats-dump.img'), 'stats'), 'stats-dump.img')))
+  // CRIU names its service images without the .img suffix (stats-dump, stats-restore); cxlfork with it.
+  const statsName = (kind: 'dump' | 'restore') => [`stats-${kind}.img`, `stats-${kind}`].find((name) => existsSync(at(name))) ?? `stats-${kind}.img`
+  const dumpName = statsName('dump')
+  const dumpStats = optionalImage(at(dumpName), () => dumpStatsFrom(only(readImage<Msg>(at(dumpName), 'stats'), dumpName)))
   if (dumpStats) set.stats = dumpStats
-  const restoreStats = optionalImage(at('stats-restore.img'), () => restoreStatsFrom(only(readImage<Msg>(at('stats-restore.img'), 'stats'), 'stats-restore.img')))
+  const restoreName = statsName('restore')
+  const restoreStats = optionalImage(at(restoreName), () => restoreStatsFrom(only(readImage<Msg>(at(restoreName), 'stats'), restoreName)))
   if (restoreStats) set.restoreStats = restoreStats
   return set
 }
