@@ -25,7 +25,11 @@ function mapsWithoutTrampolines(pid: number): string[] {
 
 describe('restore: cxlfork killed inside the fork snapshot leaves the target as it was', function () {
   this.timeout(120_000)
-  const pool = poolPath('fault')
+  // Created in before(): another suite's removePools() would otherwise forget it first.
+  let pool = ''
+  before(() => {
+    pool = poolPath('fault')
+  })
 
   afterEach(async () => {
     await cleanupAll()

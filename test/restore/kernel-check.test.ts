@@ -18,7 +18,11 @@ import {allProcesses, cli, describeRun, poolPath, removePools} from './helpers.j
 
 describe('restore: a checkpoint from another kernel build is refused', function () {
   this.timeout(60_000)
-  const pool = poolPath('kernel')
+  // Created in before(): another suite's removePools() would otherwise forget it first.
+  let pool = ''
+  before(() => {
+    pool = poolPath('kernel')
+  })
 
   afterEach(async () => {
     await cleanupAll()
