@@ -13,7 +13,7 @@ import {
   type TaskImage, type ThreadImage, type VmaImage, type VmaKind,
 } from '../image/process-image.js'
 import {
-  type FdInfo, PM, Pagemap, type SmapsVma, type Vma, bootId, kernelRelease, readAuxv, readCmdline, readCwd, readExe, readLimits,
+  type FdInfo, PM, Pagemap, type SmapsVma, type Vma, bootId, deviceName, kernelRelease, readAuxv, readCmdline, readCwd, readExe, readLimits,
   readProcText, readRoot, readStat, readStatus, vdsoLayout,
 } from '../sys/proc.js'
 import {MAP} from '../sys/libc.js'
@@ -34,13 +34,6 @@ export class FileTable {
     this.byKey.set(key, index)
     return index
   }
-}
-
-/** st_dev as the kernel's "major:minor" (new_decode_dev). */
-export function deviceName(dev: bigint): string {
-  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn)
-  const minor = (dev & 0xffn) | ((dev >> 12n) & ~0xffn)
-  return `${major}:${minor}`
 }
 
 function toVmaKind(kind: Vma['kind']): VmaKind {

@@ -14,8 +14,8 @@
 import {closeSync, existsSync, openSync, readFileSync, readSync, statSync, writeSync} from 'node:fs'
 import {join} from 'node:path'
 
-import {deviceName} from '../checkpoint/capture.js'
 import {CorruptError, CxlforkError, NotFoundError, UnsupportedError} from '../errors.js'
+import {deviceName} from '../sys/proc.js'
 import {
   type FdImage, type FdKind, type FileIdentity, IMAGE_VERSION, type PageRun, PAGE_SIZE, type ProcessImage, type Rlimit,
   type SigAction, type ThreadImage, USER_REGS_NAMES, type UserRegName, type UserRegs, type VmaImage, type VmaKind,

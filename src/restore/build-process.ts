@@ -14,9 +14,8 @@ import {CxlforkError, NotFoundError, SyscallError, UnsupportedError} from '../er
 import {type FileIdentity, type ProcessImage, USER_REGS_NAMES, type VmaImage} from '../image/process-image.js'
 import {type Stub, spawnStub} from '../inject/stub.js'
 import {REG_NAMES, Tracee, restartFixup, regsToArray} from '../inject/tracee.js'
-import {type VdsoLayout, kernelRelease, vdsoLayout} from '../sys/proc.js'
+import {type VdsoLayout, deviceName, kernelRelease, vdsoLayout} from '../sys/proc.js'
 import {MAP, MREMAP, O, PR, SYS, type VmSegment, prlimit, vmWrite, vmWritev} from '../sys/libc.js'
-import {deviceName} from '../checkpoint/capture.js'
 import {type RestorePlan, needsProtectFixup} from './plan.js'
 
 /** Where stored pages come from during a build. */

@@ -655,3 +655,10 @@ export function isAlive(pid: number): boolean {
     return false
   }
 }
+
+/** st_dev as the kernel prints it, "major:minor" (new_decode_dev), e.g. for file identities. */
+export function deviceName(dev: bigint): string {
+  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn)
+  const minor = (dev & 0xffn) | ((dev >> 12n) & ~0xffn)
+  return `${major}:${minor}`
+}
