@@ -13,7 +13,7 @@ import {
   type TaskImage, type ThreadImage, type VmaImage, type VmaKind,
 } from '../image/process-image.js'
 import {
-  type FdInfo, PM, Pagemap, type SmapsVma, type Vma, bootId, deviceName, kernelRelease, readAuxv, readCmdline, readCwd, readExe, readLimits,
+  type FdInfo, PM, Pagemap, type Vma, bootId, deviceName, kernelRelease, readAuxv, readCmdline, readCwd, readExe, readLimits,
   readProcText, readRoot, readStat, readStatus, vdsoLayout,
 } from '../sys/proc.js'
 import {MAP} from '../sys/libc.js'
@@ -42,7 +42,10 @@ function toVmaKind(kind: Vma['kind']): VmaKind {
 }
 
 /** VMAs from the snapshot's maps, with file identities looked up through /proc/PID/map_files. */
-export function captureVmas(pid: number, maps: readonly SmapsVma[], files: FileTable): VmaImage[] {
+/** A VMA with the VmFlags capture needs (only gd, MAP_GROWSDOWN). */
+export type FlaggedVma = Vma & {vmFlags: ReadonlySet<string>}
+
+export function captureVmas(pid: number, maps: readonly FlaggedVma[], files: FileTable): VmaImage[] {
   return maps.map((vma) => {
     const kind = toVmaKind(vma.kind)
     const prot = (vma.read ? 1 : 0) | (vma.write ? 2 : 0) | (vma.exec ? 4 : 0)
@@ -106,7 +109,7 @@ export interface TracerState {
  * `snapshot` is the frozen fork-snapshot child whose memory layout is dumped
  * (same as the target's at the instant of the snapshot).
  */
-export function captureImage(target: number, snapshot: number, smaps: readonly SmapsVma[], fds: readonly {info: FdInfo; kind: FdKind}[], tracer: TracerState): {image: ProcessImage; files: FileTable} {
+export function captureImage(target: number, snapshot: number, smaps: readonly FlaggedVma[], fds: readonly {info: FdInfo; kind: FdKind}[], tracer: TracerState): {image: ProcessImage; files: FileTable} {
   const files = new FileTable()
   const stat = readStat(target)
   const snapStat = readStat(snapshot)

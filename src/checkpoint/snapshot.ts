@@ -7,10 +7,10 @@
  */
 import {type FdKind, type ProcessImage, type SigAction, type ThreadImage, USER_REGS_NAMES, type UserRegs} from '../image/process-image.js'
 import {Tracee, regsFromArray} from '../inject/tracee.js'
-import {type FdInfo, listFds, readSmaps} from '../sys/proc.js'
+import {type FdInfo, listFds, readMaps} from '../sys/proc.js'
 import {SyscallError} from '../errors.js'
 import {PR, PTRACE_O, SIG, SYS, killQuiet, syscallRaw} from '../sys/libc.js'
-import {captureImage} from './capture.js'
+import {type FlaggedVma, captureImage} from './capture.js'
 import {preflight} from './preflight.js'
 
 export interface SnapshotTimings {
@@ -167,7 +167,10 @@ export function takeLiveSnapshot(pid: number): LiveSnapshot {
     snap.kill()
   }
   try {
-    const smaps = readSmaps(snap.pid)
+    // /proc/PID/maps, not smaps: smaps walks every page table (ms per call); the only
+    // VmFlags needed here (gd) come from the target's smaps read by preflight.
+    const flagsByStart = new Map(checked.smaps.map((vma) => [vma.start, vma.vmFlags]))
+    const smaps: FlaggedVma[] = readMaps(snap.pid).map((vma) => ({...vma, vmFlags: flagsByStart.get(vma.start) ?? new Set<string>()}))
     const brk = snap.syscall(SYS.brk, 0)
     const sigactions = readSigactions(snap)
     thread.altStack = readAltStack(snap)
