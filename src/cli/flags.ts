@@ -1,14 +1,24 @@
 import {Args, Flags} from '@oclif/core'
 
+import {UsageError} from '../errors.js'
+import {validateCheckpointName} from '../pool/names.js'
+
 /** A pid argument: positive integer, parsed by oclif so bad input is a usage error (exit 2). */
 export const pidArg = Args.custom<number>({
   parse: async (input) => {
-    if (!/^[1-9]\d{0,9}$/.test(input)) throw new Error(`invalid pid ${JSON.stringify(input)}: expected a positive integer`)
+    if (!/^[1-9]\d{0,9}$/.test(input)) {
+      throw new UsageError('INVALID_PID', `invalid pid ${JSON.stringify(input)}: expected a positive integer`, 'Give the pid of a running process (see `ps`).')
+    }
     return Number(input)
   },
 })
 
+/** A checkpoint name, validated while parsing so a bad one is refused before any pool is opened or created. */
 export const nameFlag = Flags.custom<string>({
   char: 'n',
   summary: 'Checkpoint name (letters, digits, . _ : + @ -).',
+  parse: async (input) => {
+    validateCheckpointName(input)
+    return input
+  },
 })
