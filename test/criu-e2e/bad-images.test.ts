@@ -9,7 +9,7 @@
  * capture; this file checks the CLI end to end: exit status, envelope, leftovers.)
  */
 import assert from 'node:assert/strict'
-import {copyFileSync, cpSync, mkdirSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync} from 'node:fs'
+import {appendFileSync, copyFileSync, cpSync, mkdirSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {type Fixture, cleanupAll, readLog, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
@@ -176,6 +176,13 @@ describe('criu-e2e: damaged image sets are refused with typed errors and leave n
     mkdirSync(set)
     for (const name of readdirSync(d.images)) if (name !== `mm-${d.pid}.img`) copyFileSync(join(d.images, name), join(set, name))
     await expectRefused(d, set, {code: 'CRIU_IMAGE_MISSING', exitCode: 3, message: [`mm-${d.pid}.img`]})
+  })
+
+  it('a mapped file changed since the dump -> exit 5 BACKING_FILE_CHANGED from restore and from import alike', async () => {
+    const d = await dumpMemtouch('backing')
+    // memtouch maps LOGFILE.map privately; appending a byte makes it another file than the dump saw.
+    appendFileSync(`${d.fx.logPath}.map`, 'x')
+    await expectRefused(d, d.images, {code: 'BACKING_FILE_CHANGED', exitCode: 5, message: [`${d.fx.logPath}.map`, /changed since the checkpoint/]})
   })
 
   it('control: the undamaged set restores (the damage above is what was refused)', async () => {
