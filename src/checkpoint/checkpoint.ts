@@ -60,8 +60,8 @@ export function runSegments(runs: readonly PageRun[], localBase: bigint): VmSegm
   return segments
 }
 
-/** Pages scanned = every page of the private mappings whose page tables were walked. */
-function pagesScanned(snapshot: LiveSnapshot): number {
+/** Pages scanned = every page of the private mappings whose page tables were walked (both dump paths). */
+export function pagesScanned(snapshot: LiveSnapshot): number {
   let pages = 0
   for (const vma of snapshot.image.vmas) {
     if ((vma.flags & 1) === 0 && vma.kind !== 'vdso' && vma.kind !== 'vvar' && vma.kind !== 'vvar_vclock' && vma.kind !== 'vsyscall') pages += Number((vma.end - vma.start) / BigInt(PAGE_SIZE))

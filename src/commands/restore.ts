@@ -20,14 +20,14 @@ Without --wait the command returns once the clone runs, detached in its own sess
 
   async run(): Promise<RestoreResult> {
     const {args, flags} = await this.parse(RestoreCommand)
-    const [{Pool}, {restoreFromPool}] = await Promise.all([import('../pool/index.js'), import('../restore/restore.js')])
+    const [{Pool}, {restoreFromPool}, {exitStatusOf}] = await Promise.all([import('../pool/index.js'), import('../restore/restore.js'), import('../restore/build-process.js')])
     const pool = Pool.open(flags.pool)
     try {
       const result = restoreFromPool(pool, {name: args.name, policy: flags.policy, wait: flags.wait})
       this.say(`Restored ${args.name} as pid ${result.pid} (${result.policy}): ${result.stats.pages_mapped} pages mapped, ${result.stats.pages_restored} copied, ${(result.stats.restore_time / 1000).toFixed(2)} ms`)
       if (result.exit) {
         this.say(`Clone ${result.pid} ${result.exit.signal === null ? `exited with ${result.exit.code}` : `was killed by signal ${result.exit.signal}`}`)
-        process.exitCode = result.exit.signal === null ? result.exit.code ?? 0 : 128 + result.exit.signal
+        process.exitCode = exitStatusOf(result.exit)
       }
       return result
     } finally {

@@ -6,7 +6,7 @@
 import {existsSync, mkdirSync, readdirSync, rmSync} from 'node:fs'
 import {dirname, join, resolve} from 'node:path'
 
-import {type DumpStats as CheckpointDumpStats, runSegments} from '../checkpoint/checkpoint.js'
+import {type DumpStats as CheckpointDumpStats, pagesScanned, runSegments} from '../checkpoint/checkpoint.js'
 import {type LiveSnapshot, killTarget, takeLiveSnapshot} from '../checkpoint/snapshot.js'
 import {ConflictError, SyscallError} from '../errors.js'
 import {PAGE_SIZE, type PageRun, totalPages} from '../image/process-image.js'
@@ -58,8 +58,7 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
   try {
     const pages = totalPages(snapshot.image.pageRuns)
     const tWrite = performance.now()
-    let pagesScanned = 0
-    for (const vma of snapshot.image.vmas) if ((vma.flags & 1) === 0) pagesScanned += Number((vma.end - vma.start) / BigInt(PAGE_SIZE))
+    const scanned = pagesScanned(snapshot)
     const timings = snapshot.timings
     // stats-dump.img is encoded after pages-1.img is written: getters read the clock at that moment.
     const written = await writeCriuImages(dir, snapshot.image, snapshotPages(snapshot), {
@@ -70,7 +69,7 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
       get memwriteTime() {
         return Math.round((performance.now() - tWrite) * 1000)
       },
-      pagesScanned, pagesWritten: pages,
+      pagesScanned: scanned, pagesWritten: pages,
     })
     const tWritten = performance.now()
     if (request.kill) killTarget(request.pid)
@@ -79,7 +78,7 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
       downtimeUs: timings.frozenUs, totalUs: Math.round((performance.now() - t0) * 1000),
       stats: {
         freezing_time: timings.freezingUs, frozen_time: timings.frozenUs, memdump_time: Math.round((tWritten - t0) * 1000) - timings.frozenUs,
-        memwrite_time: Math.round((tWritten - tWrite) * 1000), pages_scanned: pagesScanned, pages_written: pages,
+        memwrite_time: Math.round((tWritten - tWrite) * 1000), pages_scanned: scanned, pages_written: pages,
       },
     }
   } catch (error) {

@@ -15,6 +15,7 @@ import {closeSync, existsSync, openSync, readFileSync, readSync, statSync, write
 import {join} from 'node:path'
 
 import {CorruptError, CxlforkError, NotFoundError, UnsupportedError} from '../errors.js'
+import {MAP, O, PROT, RLIM_INFINITY} from '../sys/libc.js'
 import {deviceName} from '../sys/proc.js'
 import {
   type FdImage, type FdKind, type FileIdentity, IMAGE_VERSION, type PageRun, PAGE_SIZE, type ProcessImage, type Rlimit,
@@ -76,11 +77,6 @@ const SIGMAX = 64
 const SIGKILL = 9
 const SIGSTOP = 19
 const RLIM_NLIMITS = 16
-const RLIM_INFINITY = (1n << 64n) - 1n
-const MAP_SHARED = 0x01
-const MAP_GROWSDOWN = 0x100
-const PROT_WRITE = 0x2
-const O_RDWR = 2
 const S_IFMT = 0o170000
 const S_IFDIR = 0o040000
 const S_IFCHR = 0o020000
@@ -162,13 +158,13 @@ function vmaStatus(vma: VmaImage, index: number): number {
     case 'anon':
     case 'heap':
     case 'stack':
-      if (vma.flags & MAP_SHARED) {
+      if (vma.flags & MAP.SHARED) {
         throw new UnsupportedError('CRIU_SHARED_ANON', `${where} is shared anonymous memory, which the CRIU-format path does not write`,
           'CRIU keeps shared anonymous memory in pagemap-shmem images; use the pool path (`cxlfork checkpoint`) for this process.')
       }
       return VMA_AREA_REGULAR | VMA_ANON_PRIVATE | (vma.kind === 'heap' ? VMA_AREA_HEAP : 0) | (vma.kind === 'stack' ? VMA_AREA_STACK : 0)
     case 'file':
-      return VMA_AREA_REGULAR | (vma.flags & MAP_SHARED ? VMA_FILE_SHARED : VMA_FILE_PRIVATE)
+      return VMA_AREA_REGULAR | (vma.flags & MAP.SHARED ? VMA_FILE_SHARED : VMA_FILE_PRIVATE)
     case 'vdso':
       return VMA_AREA_REGULAR | VMA_AREA_VDSO | VMA_ANON_PRIVATE
     case 'vvar':
@@ -389,7 +385,7 @@ export async function writeCriuImages(dir: string, image: ProcessImage, pages: P
       shmid: str64(vma.kind === 'file' ? BigInt(fileIdFor(image, vma.fileIndex, `VMA ${i}`)) : 0n),
       prot: vma.prot >>> 0, flags: vma.flags >>> 0, status: vmaStatus(vma, i) >>> 0, fd: str64(-1n),
     }
-    if (vma.kind === 'file') entry['fdflags'] = vma.flags & MAP_SHARED && vma.prot & PROT_WRITE ? O_RDWR : 0
+    if (vma.kind === 'file') entry['fdflags'] = vma.flags & MAP.SHARED && vma.prot & PROT.WRITE ? O.RDWR : 0
     if (vma.advice) entry['madv'] = str64(vma.advice.reduce((bits, advice) => bits | (1n << BigInt(advice)), 0n))
     return entry
   })
@@ -784,7 +780,7 @@ function readSet(dir: string): CriuImageSet {
     else if (status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)) kind = 'file'
     else if (status & VMA_ANON_PRIVATE) {
       if (status & VMA_AREA_HEAP) kind = 'heap'
-      else if (status & VMA_AREA_STACK || (!ours && (flags & MAP_GROWSDOWN || (startStack >= start && startStack < end)))) kind = 'stack'
+      else if (status & VMA_AREA_STACK || (!ours && (flags & MAP.GROWSDOWN || (startStack >= start && startStack < end)))) kind = 'stack'
       else kind = 'anon'
     } else throw new UnsupportedError('CRIU_VMA_UNSUPPORTED', `mm-${pid}.img: ${where} has no known memory kind`, 'Dump the process again.')
     previous = {status, end}

@@ -7,16 +7,15 @@ import {openSync, closeSync, fstatSync} from 'node:fs'
 
 import {CorruptError} from '../errors.js'
 import {MAP, PROT, mmap, munmap} from '../sys/libc.js'
-import {buildProcess} from '../restore/build-process.js'
+import {type CloneExit, buildProcess, waitForClone} from '../restore/build-process.js'
 import {type StoredRun, planRestore} from '../restore/plan.js'
-import {wait4} from '../sys/libc.js'
 import {criuRoot} from './image-file.js'
 import {readCriuImages, writeRestoreStats} from './images.js'
 
 export interface CriuRestoreResult {
   pid: number
   images: string
-  exit?: {code: number | null; signal: number | null}
+  exit?: CloneExit
   stats: {
     restore_time: number
     forking_time: number
@@ -70,8 +69,7 @@ export function criuRestore(request: {images: string; wait: boolean}): CriuResto
   writeRestoreStats(request.images, {restoreTime: stats.restore_time, pagesRestored: stats.pages_restored, forkingTime: stats.forking_time})
   const result: CriuRestoreResult = {pid: built.pid, images: request.images, stats}
   if (request.wait) {
-    const status = wait4(built.pid, 0)
-    result.exit = {code: status?.exited ? status.exitCode ?? 0 : null, signal: status?.signaled ? status.termSignal ?? null : null}
+    result.exit = waitForClone(built.pid)
   }
   return result
 }

@@ -15,7 +15,7 @@ import {type FileIdentity, type ProcessImage, USER_REGS_NAMES, type VmaImage} fr
 import {type Stub, spawnStub} from '../inject/stub.js'
 import {REG_NAMES, Tracee, restartFixup, regsToArray} from '../inject/tracee.js'
 import {type VdsoLayout, deviceName, kernelRelease, vdsoLayout} from '../sys/proc.js'
-import {MAP, MREMAP, O, PR, SYS, type VmSegment, prlimit, vmWrite, vmWritev} from '../sys/libc.js'
+import {MAP, MREMAP, O, PR, SYS, type VmSegment, prlimit, vmWrite, vmWritev, wait4} from '../sys/libc.js'
 import {type RestorePlan, needsProtectFixup} from './plan.js'
 
 /** Where stored pages come from during a build. */
@@ -45,6 +45,23 @@ export interface BuildTimings {
   /** µs restoring fds, mm, signals, registers. */
   stateUs: number
   injectedSyscalls: number
+}
+
+/** How a clone ended (restore --wait). */
+export interface CloneExit {
+  code: number | null
+  signal: number | null
+}
+
+/** Wait for a built process (it is our child) to end. */
+export function waitForClone(pid: number): CloneExit {
+  const status = wait4(pid, 0)
+  return {code: status?.exited ? status.exitCode ?? 0 : null, signal: status?.signaled ? status.termSignal ?? null : null}
+}
+
+/** The exit status a command reports for a clone's end, as a shell does: the code, or 128 + signal. */
+export function exitStatusOf(exit: CloneExit): number {
+  return exit.signal === null ? exit.code ?? 0 : 128 + exit.signal
 }
 
 export interface BuiltProcess {

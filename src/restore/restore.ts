@@ -8,8 +8,8 @@ import {PageMapView} from '../image/page-map.js'
 import {type ProcessImage} from '../image/process-image.js'
 import {Section} from '../image/sections.js'
 import {type Pool, type ReferenceHandle} from '../pool/index.js'
-import {getuid, wait4} from '../sys/libc.js'
-import {buildProcess} from './build-process.js'
+import {getuid} from '../sys/libc.js'
+import {type CloneExit, buildProcess, waitForClone} from './build-process.js'
 import {type Policy, type StoredRun, planRestore} from './plan.js'
 
 /** Restore statistics; names follow CRIU's where they mean the same (µs). */
@@ -36,7 +36,7 @@ export interface RestoreResult {
   pid: number
   policy: Policy
   /** Present with --wait: how the clone ended. */
-  exit?: {code: number | null; signal: number | null}
+  exit?: CloneExit
   stats: RestoreStats
 }
 
@@ -94,9 +94,8 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
     },
   }
   if (request.wait) {
-    const status = wait4(built.pid, 0)
+    result.exit = waitForClone(built.pid)
     if (reference) pool.releaseReference(reference)
-    result.exit = {code: status?.exited ? status.exitCode ?? 0 : null, signal: status?.signaled ? status.termSignal ?? null : null}
   }
   return result
 }

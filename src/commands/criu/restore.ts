@@ -14,10 +14,10 @@ export default class CriuRestoreCommand extends BaseCommand {
 
   async run(): Promise<CriuRestoreResult> {
     const {flags} = await this.parse(CriuRestoreCommand)
-    const {criuRestore} = await import('../../criu/restore.js')
+    const [{criuRestore}, {exitStatusOf}] = await Promise.all([import('../../criu/restore.js'), import('../../restore/build-process.js')])
     const result = criuRestore({images: flags.images, wait: flags.wait})
     this.say(`Restored ${flags.images} as pid ${result.pid}: ${result.stats.pages_restored} pages copied, ${(result.stats.restore_time / 1000).toFixed(2)} ms`)
-    if (result.exit) process.exitCode = result.exit.signal === null ? result.exit.code ?? 0 : 128 + result.exit.signal
+    if (result.exit) process.exitCode = exitStatusOf(result.exit)
     return result
   }
 }
