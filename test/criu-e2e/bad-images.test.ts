@@ -12,10 +12,9 @@ import assert from 'node:assert/strict'
 import {appendFileSync, copyFileSync, cpSync, mkdirSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 
-import {type Fixture, cleanupAll, readLog, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
+import {type Fixture, readLog, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
 import {
-  type CliResult, type ExpectedError, PAGE, big, cli, crit, describeRun, expectCliError, imagesDir, note, okJson, orphanStubs, pidsNamed, poolFile,
-  printMeasurements, processesUsing, removeScratch, STUB_COMM,
+  big, cli, type CliResult, crit, describeRun, expectCliError, type ExpectedError, imagesDir, installSuiteHooks, note, okJson, orphanStubs, PAGE, pidsNamed, poolFile, processesUsing, STUB_COMM,
 } from './helpers.js'
 
 interface Dumped {
@@ -70,14 +69,7 @@ function copySet(d: Dumped, tag: string): string {
 describe('criu-e2e: damaged image sets are refused with typed errors and leave nothing behind', function () {
   this.timeout(60_000)
 
-  afterEach(async () => {
-    const report = await cleanupAll()
-    assert.deepEqual(report.survivors, [], 'every process a test started is gone')
-  })
-  after(() => {
-    removeScratch()
-    printMeasurements('criu-e2e bad images')
-  })
+  installSuiteHooks('criu-e2e bad images')
 
   it('truncated core-PID.img -> exit 6 CRIU_IMAGE_TRUNCATED naming the file', async () => {
     const d = await dumpMemtouch('trunc-core')

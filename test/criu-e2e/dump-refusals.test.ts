@@ -14,10 +14,9 @@ import {spawnSync} from 'node:child_process'
 import {existsSync, readdirSync, statSync} from 'node:fs'
 import {join} from 'node:path'
 
-import {type Fixture, cleanupAll, procStat, readLog, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
+import {type Fixture, procStat, readLog, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
 import {
-  type ExpectedError, cli, expectCliError, imagesDir, note, okJson, orphanStubs, pidsNamed, poolFile, printMeasurements, processesUsing,
-  removeScratch, STUB_COMM,
+  cli, expectCliError, type ExpectedError, imagesDir, installSuiteHooks, note, okJson, orphanStubs, pidsNamed, poolFile, processesUsing, STUB_COMM,
 } from './helpers.js'
 
 /** What is left at `images` after a refused dump: undefined (nothing) or the file names inside. */
@@ -56,14 +55,7 @@ async function assertUnharmed(fx: Fixture): Promise<void> {
 describe('criu-e2e: criu dump refuses what checkpoint refuses and leaves the target unharmed', function () {
   this.timeout(60_000)
 
-  afterEach(async () => {
-    const report = await cleanupAll()
-    assert.deepEqual(report.survivors, [], 'every process a test started is gone')
-  })
-  after(() => {
-    removeScratch()
-    printMeasurements('criu-e2e dump refusals')
-  })
+  installSuiteHooks('criu-e2e dump refusals')
 
   it('a pid that does not exist -> exit 3 PROCESS_NOT_FOUND', async () => {
     // The pid of a child that has exited and been reaped: real, and free.

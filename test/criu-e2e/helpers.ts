@@ -327,3 +327,19 @@ export function printMeasurements(title: string): void {
   process.stdout.write(`\n    ${title} measurements:\n${measurements.map((m) => `      ${m}`).join('\n')}\n`)
   measurements.length = 0
 }
+
+/**
+ * The hooks of a criu-e2e suite: after each test every process it started is gone;
+ * after the suite its image dirs and pools are removed and its measurements printed.
+ */
+export function installSuiteHooks(title: string): void {
+  afterEach(async () => {
+    const {cleanupAll} = await import('../helpers/fixtures.js')
+    const report = await cleanupAll()
+    assert.deepEqual(report.survivors, [], 'every process a test started is gone')
+  })
+  after(() => {
+    removeScratch()
+    printMeasurements(title)
+  })
+}

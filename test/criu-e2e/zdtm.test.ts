@@ -12,11 +12,10 @@ import {existsSync, readdirSync, statSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {
-  type Fixture, type LogEvent, cleanupAll, lastTick, processExists, requestCheck, requestExit, requestGrow, startFixture,
-  trackPid, waitForExit, waitForTicks,
+  type Fixture, type LogEvent, lastTick, processExists, requestCheck, requestExit, requestGrow, startFixture, trackPid, waitForExit, waitForTicks,
 } from '../helpers/fixtures.js'
 import {
-  MIB, PAGE, assertContinues, assertOk, cli, comm, imagesDir, note, okJson, poolFile, printMeasurements, removeScratch, statusBytes, ticksOf,
+  assertContinues, assertOk, cli, comm, imagesDir, installSuiteHooks, MIB, note, okJson, PAGE, poolFile, statusBytes, ticksOf,
 } from './helpers.js'
 
 interface Case {
@@ -108,14 +107,7 @@ async function assertCloneLifecycle(fx: Fixture, clone: number, c: Case): Promis
 describe('criu-e2e: zdtm-style dump and restore of live fixtures through the CRIU image path', function () {
   this.timeout(60_000)
 
-  afterEach(async () => {
-    const report = await cleanupAll()
-    assert.deepEqual(report.survivors, [], 'every process a test started is gone')
-  })
-  after(() => {
-    removeScratch()
-    printMeasurements('criu-e2e zdtm')
-  })
+  installSuiteHooks('criu-e2e zdtm')
 
   for (const c of CASES) {
     const label = `${c.fixture}${c.mib ? ` --mib ${c.mib}` : ''}`

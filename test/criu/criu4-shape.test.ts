@@ -13,8 +13,7 @@
  */
 import {strict as assert} from 'node:assert'
 import {type ChildProcess, spawn} from 'node:child_process'
-import {copyFileSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync} from 'node:fs'
-import {tmpdir} from 'node:os'
+import {readdirSync, readFileSync, renameSync, statSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {CxlforkError, UnsupportedError} from '../../src/errors.js'
@@ -22,6 +21,7 @@ import {type ProcessImage} from '../../src/image/process-image.js'
 import {type ImageKind, IMAGE_KINDS, messageType, readImageRecords, writeImage} from '../../src/criu/image-file.js'
 import {PE_LAZY, PE_PRESENT, readCriuImages, VMA_AREA_VVAR, writeCriuImages} from '../../src/criu/images.js'
 import {captureFromProc, procMemSource} from './proc-capture.js'
+import {ScratchDirs} from './scratch.js'
 
 type Obj = Record<string, any> // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -74,17 +74,9 @@ describe('criu image set shaped like CRIU 4.x writes it', function () {
   let pid: number
   let image: ProcessImage
   let dir: string
-  const scratch: string[] = []
-  const tempDir = () => {
-    const made = mkdtempSync(join(tmpdir(), 'cxlfork-criu4-test-'))
-    scratch.push(made)
-    return made
-  }
-  const copySet = () => {
-    const copy = tempDir()
-    for (const name of readdirSync(dir)) copyFileSync(join(dir, name), join(copy, name))
-    return copy
-  }
+  const scratch = new ScratchDirs('cxlfork-criu4-test-')
+  const tempDir = () => scratch.make()
+  const copySet = () => scratch.copyOf(dir)
   const at = (set: string, name: string) => join(set, name)
 
   before(async function () {
@@ -136,7 +128,7 @@ describe('criu image set shaped like CRIU 4.x writes it', function () {
       child.kill('SIGKILL')
       await exited
     }
-    for (const made of scratch) rmSync(made, {recursive: true, force: true})
+    scratch.removeAll()
   })
 
   it('reads it as a CRIU-written set with the layout, files and pages of the process', function () {

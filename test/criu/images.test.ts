@@ -1,7 +1,6 @@
 import {strict as assert} from 'node:assert'
 import {type ChildProcess, execFileSync, spawn, spawnSync} from 'node:child_process'
-import {copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync} from 'node:fs'
-import {tmpdir} from 'node:os'
+import {readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {CorruptError, CxlforkError, NotFoundError, UnsupportedError} from '../../src/errors.js'
@@ -13,6 +12,7 @@ import {
 import {str64} from '../../src/criu/values.js'
 import {fpregsToXstate, xstateToFpregs} from '../../src/criu/xsave.js'
 import {captureFromProc, parseMaps, procMemSource, syntheticXstate} from './proc-capture.js'
+import {ScratchDirs} from './scratch.js'
 
 const hasCrit = spawnSync('crit', ['-h'], {stdio: 'ignore'}).status === 0
 
@@ -45,18 +45,10 @@ describe('criu image set (real process)', function () {
   let dir: string
   let written: {files: string[]; bytes: number}
   const stats: DumpStats = {freezingTime: 120, frozenTime: 4500, memdumpTime: 3000, memwriteTime: 900, pagesScanned: 5000, pagesWritten: 2100}
-  const scratch: string[] = []
-  const tempDir = () => {
-    const made = mkdtempSync(join(tmpdir(), 'cxlfork-criu-test-'))
-    scratch.push(made)
-    return made
-  }
+  const scratch = new ScratchDirs('cxlfork-criu-test-')
+  const tempDir = () => scratch.make()
   /** A copy of the good image set to damage. */
-  const copySet = () => {
-    const copy = tempDir()
-    for (const name of readdirSync(dir)) copyFileSync(join(dir, name), join(copy, name))
-    return copy
-  }
+  const copySet = () => scratch.copyOf(dir)
 
   before(async function () {
     const script = [
@@ -95,7 +87,7 @@ describe('criu image set (real process)', function () {
       child.kill('SIGKILL')
       await exited
     }
-    for (const made of scratch) rmSync(made, {recursive: true, force: true})
+    scratch.removeAll()
   })
 
   it('captured a realistic process', function () {
