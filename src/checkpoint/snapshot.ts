@@ -6,12 +6,13 @@
  * snapshot's pages are written.
  */
 import {type FdKind, type ProcessImage, type SigAction, type ThreadImage, USER_REGS_NAMES, type UserRegs} from '../image/process-image.js'
-import {Tracee, regsFromArray} from '../inject/tracee.js'
+import {Tracee, findSigreturnGadget, regsFromArray} from '../inject/tracee.js'
 import {type FdInfo, listFds, readMaps} from '../sys/proc.js'
 import {SyscallError} from '../errors.js'
 import {PR, PTRACE_O, SIG, SYS, killQuiet, syscallRaw} from '../sys/libc.js'
 import {type FlaggedVma, captureImage} from './capture.js'
 import {preflight} from './preflight.js'
+import {faultPoint} from '../fault.js'
 
 export interface SnapshotTimings {
   /** µs to seize and stop the target (CRIU: freezing_time). */
@@ -60,9 +61,10 @@ function readClearTidAddress(target: Tracee, regs: UserRegs, tid: number): bigin
       // no readable thread block there: ask the kernel
     }
   }
-  // Borrow 8 bytes of stack well below the red zone (128 bytes): the program
-  // cannot hold live data there, and we put the old bytes back.
-  const slot = (regs.rsp - 512n) & ~7n
+  // Injected in self-healing mode (the fork below needs it anyway), into 8
+  // bytes of stack the program cannot be using; the old bytes are put back.
+  target.enterSelfHealing()
+  const slot = target.stackSlot(8)
   const saved = target.readMemory(slot, 8)
   try {
     const r = target.syscall(SYS.prctl, PR.GET_TID_ADDRESS, slot)
@@ -117,10 +119,13 @@ function readSigactions(snapshot: Tracee): SigAction[] {
  */
 export function takeLiveSnapshot(pid: number): LiveSnapshot {
   const checked = preflight(pid)
+  // Found while the target runs: lets every injected syscall return through rt_sigreturn.
+  const gadget = findSigreturnGadget(pid)
   const t0 = now()
   // No EXITKILL on the target: if cxlfork dies, the kernel detaches it and it runs on.
   const target = Tracee.seize(pid, {options: 0})
   const tStopped = now()
+  faultPoint('snapshot-seized')
   let snapshot: Tracee | undefined
   let thread: ThreadImage
   let sharedPending: Uint8Array[]
@@ -128,6 +133,7 @@ export function takeLiveSnapshot(pid: number): LiveSnapshot {
   let tResumed: number
   let transient: [bigint, bigint][] = []
   try {
+    if (gadget !== null) target.useSigreturnGadget(gadget)
     const regsArray = target.getRegsArray()
     const regs = toUserRegs(regsFromArray(regsArray))
     const rseq = target.getRseqConfig()

@@ -165,6 +165,47 @@ const UC_STRICT_RESTORE_SS = 4n
 /** An ss_flags value sigaltstack rejects: rt_sigreturn then leaves the alternate stack as it is. */
 const SS_FLAGS_KEEP = 0x10
 const RT_SIGFRAME_SIZE = 440
+/** Bytes of stack kept free below the healing frame for stackSlot(). */
+const HEAL_SCRATCH = 256
+/**
+ * `mov rax, 15; syscall` (glibc's and musl's __restore_rt, Go's sigreturn) and
+ * `mov eax, 15; syscall`: code that performs rt_sigreturn wherever it is entered.
+ */
+const SIGRETURN_GADGETS = [
+  Uint8Array.from([0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05]),
+  Uint8Array.from([0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05]),
+]
+const SIGRETURN_GADGET_MAX = 9
+/** Stop looking for a gadget after this many bytes of code. */
+const GADGET_SCAN_LIMIT = 64 << 20
+
+/**
+ * The address of an rt_sigreturn sequence in pid's file-backed executable
+ * mappings (the C library's signal restorer, in practice), or null. Read
+ * while the process runs, before it is stopped: code mappings do not change
+ * under it, and useSigreturnGadget() checks the bytes again once stopped.
+ */
+export function findSigreturnGadget(pid: number): bigint | null {
+  const code = readMaps(pid).filter((vma) => vma.perms.startsWith('r-x') && vma.path.startsWith('/'))
+  // The C library first: that is where the restorer lives.
+  code.sort((a, b) => Number(/\/lib[^/]*\.so/.test(b.path)) - Number(/\/lib[^/]*\.so/.test(a.path)))
+  let scanned = 0
+  for (const vma of code) {
+    if (scanned + Number(vma.size) > GADGET_SCAN_LIMIT) break
+    scanned += Number(vma.size)
+    const bytes = Buffer.alloc(Number(vma.size))
+    try {
+      vmRead(pid, vma.start, bytes)
+    } catch {
+      continue
+    }
+    for (const gadget of SIGRETURN_GADGETS) {
+      const at = bytes.indexOf(gadget)
+      if (at >= 0) return vma.start + BigInt(at)
+    }
+  }
+  return null
+}
 
 export class TraceeGoneError extends NotFoundError {
   constructor(readonly pid: number, readonly status: WaitStatus) {
@@ -252,6 +293,10 @@ export class Tracee {
   private trapIgnored: boolean | null = null
   /** Number of syscalls injected so far. */
   injectedCount = 0
+  /** Self-healing mode (enterSelfHealing): the registers that lead back through the frame, and where the frame is. */
+  private healing: {regs: BigUint64Array; frame: bigint} | null = null
+  /** Address of an rt_sigreturn sequence in the tracee, for self-healing syscalls. */
+  private sigreturnGadget: bigint | null = null
 
   private constructor(readonly pid: number, public options: number, state: State) {
     this.state = state
@@ -421,6 +466,7 @@ export class Tracee {
     this.requireStopped()
     const a = regs instanceof BigUint64Array ? new BigUint64Array(regs) : regsToArray(regs)
     if (a.length !== 27) throw new RangeError('user_regs_struct has 27 registers')
+    if (this.healing) throw new ConflictError('SELF_HEALING', 'cannot set registers in self-healing mode', 'detach or cont first')
     this.writeRegsKernel(a)
     this.progRegs = a
     this.regsClobbered = false
@@ -621,14 +667,18 @@ export class Tracee {
 
   /** Puts the program's registers and signal mask back into the kernel. */
   private restoreProgramState(): void {
-    if (this.regsClobbered && this.progRegs) {
-      this.writeRegsKernel(restartFixup(this.progRegs, 'live'))
-      this.regsClobbered = false
-    }
+    // The mask before the registers: in self-healing mode a tracee detached in
+    // between still holds registers that restore everything from the frame.
     if (this.progMask !== null) {
       this.writeMaskKernel(this.progMask)
       this.progMask = null
     }
+    if (this.healing) faultPoint('fork-unwind')
+    if (this.regsClobbered && this.progRegs) {
+      this.writeRegsKernel(restartFixup(this.progRegs, 'live'))
+      this.regsClobbered = false
+    }
+    this.healing = null
   }
 
   /**
@@ -640,6 +690,7 @@ export class Tracee {
   syscall(nr: number, ...args: (number | bigint)[]): bigint {
     this.requireStopped()
     if (args.length > 6) throw new RangeError('at most 6 syscall arguments')
+    if (this.healing) return this.healingSyscall(nr, args, `sys${nr}`)
     this.progRegs ??= this.readRegsKernel()
     const site = this.syscallSite()
     const r = new BigUint64Array(this.progRegs)
@@ -737,18 +788,22 @@ export class Tracee {
   }
 
   /**
-   * The fork snapshot of injectFork(), made safe against our own death: at
-   * every instant but two short syscalls (mapping and unmapping a trampoline
-   * page) the target's kernel state is one it can resume from on its own.
-   * Below its red zone lies an rt_sigframe holding the program's registers
-   * (syscall restart applied), signal mask and XSAVE state; the clone runs
-   * from a trampoline that returns through rt_sigreturn to that frame in the
-   * parent and makes an orphaned child exit. If cxlfork is SIGKILLed, the
-   * kernel detaches the target, which sigreturns to exactly where it was.
-   * Falls back to injectFork() when the stack has no room for the frame.
+   * Self-healing mode: from here until cont()/detach(), the kernel state of
+   * the tracee is at every instant one it resumes from on its own if we die
+   * (SIGKILLed cxlfork: the kernel detaches it). Below its red zone lies an
+   * rt_sigframe holding the program's registers (syscall restart applied),
+   * signal mask and XSAVE state, and the registers point at a syscall
+   * instruction with rax = rt_sigreturn, so a detached tracee returns to
+   * exactly where it was. syscall() then runs each call by turning that
+   * pending rt_sigreturn into it at syscall entry; with a sigreturn gadget
+   * (useSigreturnGadget) the call also returns into rt_sigreturn, so dying
+   * in the middle of it is harmless too. Without a gadget the few µs from a
+   * call's entry to its exit are the one window left.
+   * Returns false (and changes nothing) when the stack has no room for the frame.
    */
-  injectForkSelfHealing(flags: number = CLONE.PARENT | SIG.CHLD): ForkResult {
+  enterSelfHealing(): boolean {
     this.requireStopped()
+    if (this.healing) return true
     const prog = (this.progRegs ??= this.readRegsKernel())
     const progMask = this.progMask ?? this.readMaskKernel()
     const resume = restartFixup(prog, 'live')
@@ -757,7 +812,8 @@ export class Tracee {
     const fpstate = (rsp - 256n - BigInt(xstate.length + 4)) & ~63n
     const frame = (fpstate - BigInt(RT_SIGFRAME_SIZE) - 64n) & ~15n
     const stack = readMaps(this.pid).find((vma) => vma.start <= rsp && rsp < vma.end)
-    if (!stack || frame < stack.start || xstate.length < 576) return this.injectFork(flags)
+    // Room for the frame plus a small scratch area below it (stackSlot()).
+    if (!stack || frame - BigInt(HEAL_SCRATCH) < stack.start || xstate.length < 576) return false
 
     // XSAVE image as a signal frame expects it: software bytes at 464, magic after the end.
     const fp = new Uint8Array(xstate.length + 4)
@@ -787,36 +843,80 @@ export class Tracee {
     this.writeMemory(frame, new Uint8Array(f.buffer))
 
     // From here on the kernel registers always lead back through rt_sigreturn.
-    const site = this.syscallSite()
+    // Registers first, then the mask: a tracee detached in between restores its own mask from the frame.
     const heal = new BigUint64Array(prog)
-    heal[REG.rip] = site
-    heal[REG.rax] = 15n
+    heal[REG.rip] = this.syscallSite()
+    heal[REG.rax] = BigInt(SYS.rt_sigreturn)
     heal[REG.orig_rax] = 0xffffffffffffffffn
     heal[REG.rsp] = frame + 8n
-    this.blockAllSignals()
     this.writeRegsKernel(heal)
     this.regsClobbered = true
+    this.healing = {regs: heal, frame}
+    this.blockAllSignals()
     faultPoint('fork-frame-ready')
+    return true
+  }
 
-    /** Run one syscall by turning the pending rt_sigreturn into it at syscall entry. */
-    const viaSigreturnEntry = (nr: number, args: bigint[]): bigint => {
-      this.toSyscallStop()
-      const regs = this.readRegsKernel()
-      regs[REG.orig_rax] = BigInt(nr)
-      const argRegs = [REG.rdi, REG.rsi, REG.rdx, REG.r10, REG.r8, REG.r9]
-      args.forEach((value, i) => {
-        regs[argRegs[i]!] = BigInt.asUintN(64, value)
-      })
-      this.writeRegsKernel(regs)
-      this.toSyscallStop()
-      const result = signed(this.readRegsKernel()[REG.rax]!)
-      this.writeRegsKernel(heal)
-      return result
+  /**
+   * Check and adopt an rt_sigreturn gadget (see findSigreturnGadget) for
+   * self-healing syscalls. Returns false if the bytes there are not one.
+   */
+  useSigreturnGadget(addr: bigint): boolean {
+    let bytes: Uint8Array
+    try {
+      bytes = this.readMemory(addr, SIGRETURN_GADGET_MAX)
+    } catch {
+      return false
     }
+    if (!SIGRETURN_GADGETS.some((g) => g.every((b, i) => bytes[i] === b))) return false
+    this.sigreturnGadget = addr
+    return true
+  }
+
+  /** An 8-byte aligned scratch slot of `len` (≤ 256) bytes on the tracee's stack that the program cannot be using: below its red zone, or below the healing frame. */
+  stackSlot(len: number): bigint {
+    if (len > HEAL_SCRATCH) throw new RangeError(`stackSlot: at most ${HEAL_SCRATCH} bytes`)
+    const below = this.healing ? this.healing.frame : (this.progRegs ??= this.readRegsKernel())[REG.rsp]! - 512n
+    return (below - BigInt(len)) & ~7n
+  }
+
+  /** One syscall in self-healing mode, run from the pending rt_sigreturn's entry stop. */
+  private healingSyscall(nr: number, args: readonly (number | bigint)[], label: string): bigint {
+    const heal = this.healing!.regs
+    this.injectedCount++
+    this.toSyscallStop() // entry of rt_sigreturn
+    const regs = this.readRegsKernel()
+    regs[REG.orig_rax] = BigInt(nr)
+    const argRegs = [REG.rdi, REG.rsi, REG.rdx, REG.r10, REG.r8, REG.r9]
+    argRegs.forEach((reg, i) => {
+      regs[reg] = BigInt.asUintN(64, BigInt(args[i] ?? 0))
+    })
+    // Return into rt_sigreturn (rsp still points just above the frame).
+    if (this.sigreturnGadget !== null) regs[REG.rip] = this.sigreturnGadget
+    this.writeRegsKernel(regs)
+    faultPoint(`fork-${label}-entry`)
+    this.toSyscallStop() // exit
+    faultPoint(`fork-${label}-exit`)
+    const result = signed(this.readRegsKernel()[REG.rax]!)
+    this.writeRegsKernel(heal)
+    return result
+  }
+
+  /**
+   * The fork snapshot of injectFork(), made safe against our own death (see
+   * enterSelfHealing): the clone runs from a trampoline page that returns the
+   * parent through rt_sigreturn and makes an orphaned child exit. The
+   * trampoline page is mapped and unmapped by self-healing syscalls.
+   * Falls back to injectFork() when the stack has no room for the frame.
+   */
+  injectForkSelfHealing(flags: number = CLONE.PARENT | SIG.CHLD): ForkResult {
+    if (!this.enterSelfHealing()) return this.injectFork(flags)
+    const heal = this.healing!.regs
+    const progMask = this.progMask!
 
     // A cxlfork killed between mapping and unmapping leaves its trampoline page behind: reuse (and so remove) it.
     const leftover = this.findLeftoverTrampoline()
-    const page = leftover ?? viaSigreturnEntry(SYS.mmap, [0n, 4096n, BigInt(PROT.READ | PROT.EXEC), BigInt(MAP.PRIVATE | MAP.ANONYMOUS), -1n, 0n])
+    const page = leftover ?? this.healingSyscall(SYS.mmap, [0n, 4096n, BigInt(PROT.READ | PROT.EXEC), BigInt(MAP.PRIVATE | MAP.ANONYMOUS), -1n, 0n], 'mmap')
     if (page < 0n && page > -4096n) throw new SyscallError(`mmap (injected into ${this.pid})`, Number(-page))
     let childPid = 0
     try {
@@ -836,6 +936,7 @@ export class Tracee {
         regs[REG.r8] = 0n
         this.writeRegsKernel(regs)
         this.takeNewChildren()
+        this.injectedCount++
         this.toSyscallStop() // entry
         faultPoint('fork-clone-entry')
         this.toSyscallStop() // exit; the fork event in between is collected
@@ -849,8 +950,9 @@ export class Tracee {
         if ((old & need) !== need) this.setOptions(old)
       }
     } finally {
-      viaSigreturnEntry(SYS.munmap, [page, 4096n])
+      this.healingSyscall(SYS.munmap, [page, 4096n], 'munmap')
     }
+    faultPoint('fork-done')
     const child = Tracee.adopt(childPid, this.options, false)
     for (;;) {
       const w = child.waitStop()
@@ -908,7 +1010,8 @@ export class Tracee {
     this.requireStopped()
     const out: bigint[] = []
     if (calls.length === 0) return out
-    if (!this.batchUsable()) {
+    // In self-healing mode every call goes through healingSyscall(); no batch code is mapped.
+    if (this.healing || !this.batchUsable()) {
       for (const c of calls) {
         const r = this.syscall(c.nr, ...(c.args ?? []))
         out.push(r)

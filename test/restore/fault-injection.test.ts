@@ -9,10 +9,18 @@ import {readFileSync} from 'node:fs'
 import {cleanupAll, procStat, processExists, readLog, requestCheck, startFixture, waitForTicks} from '../helpers/fixtures.js'
 import {cli, describeRun, poolPath, reapStrayZombies, removePools} from './helpers.js'
 
-const FAULT_POINTS = ['fork-frame-ready', 'fork-trampoline-ready', 'fork-clone-entry', 'fork-clone-exit'] as const
+/** Every step at which the target's kernel state changes, in order (src/inject/tracee.ts, src/checkpoint/snapshot.ts). */
+const FAULT_POINTS = [
+  'snapshot-seized', 'fork-frame-ready', 'fork-mmap-entry', 'fork-mmap-exit', 'fork-trampoline-ready', 'fork-clone-entry',
+  'fork-clone-exit', 'fork-munmap-entry', 'fork-munmap-exit', 'fork-done', 'fork-unwind',
+] as const
 
 function tracerPid(pid: number): number {
   return Number(/^TracerPid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? -1)
+}
+
+function blockedSignals(pid: number): string {
+  return /^SigBlk:\s+(\S+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? '?'
 }
 
 /** Mappings other than cxlfork's trampoline leftovers (anonymous r-x pages). */
@@ -41,6 +49,7 @@ describe('restore: cxlfork killed inside the fork snapshot leaves the target as 
       const fx = await startFixture('memtouch', {mib: 32})
       await waitForTicks(fx.logPath, fx.pid, 2)
       const mapsBefore = mapsWithoutTrampolines(fx.pid)
+      const maskBefore = blockedSignals(fx.pid)
       const run = await cli(['checkpoint', String(fx.pid), '--name', `f-${point}`, '--pool', pool, '--json'], {env: {CXLFORK_FAULT: point}})
       assert.equal(run.signal, 'SIGKILL', `the CLI died at the fault point\n${describeRun(run)}`)
 
@@ -48,6 +57,7 @@ describe('restore: cxlfork killed inside the fork snapshot leaves the target as 
       assert.ok(processExists(fx.pid), 'target alive')
       assert.equal(tracerPid(fx.pid), 0, 'target no longer traced')
       assert.ok(!['t', 'T'].includes(procStat(fx.pid)!.state), 'target not left stopped')
+      assert.equal(blockedSignals(fx.pid), maskBefore, 'target\'s signal mask as it was')
       const before = readLog(fx.logPath).length
       await waitForTicks(fx.logPath, fx.pid, 3)
       const check = await requestCheck(fx.logPath, fx.pid)
