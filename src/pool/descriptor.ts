@@ -13,6 +13,7 @@
  */
 import {CorruptError} from '../errors.js'
 import {crc32c} from './crc32c.js'
+import type {MetadataRegion} from './regions.js'
 import type {PoolLayout} from './layout.js'
 
 export const DESCRIPTOR_MAGIC = 'CXLFDESC'
@@ -86,9 +87,10 @@ export function encodeDescriptor(descriptor: Descriptor): Uint8Array {
  * CRC: lets a reader tell "this corrupt record is the checkpoint you asked
  * for" from "some other record". Undefined if even the name is out of bounds.
  */
-export function peekDescriptorName(metadata: Uint8Array, at: number): string | undefined {
+export function peekDescriptorName(metadata: MetadataRegion, at: number): string | undefined {
   if (at < 0 || at + FIXED_BYTES > metadata.length) return undefined
-  const view = new DataView(metadata.buffer, metadata.byteOffset + at, FIXED_BYTES)
+  const fixed = metadata.subarray(at, at + FIXED_BYTES)
+  const view = new DataView(fixed.buffer, fixed.byteOffset, FIXED_BYTES)
   const nameLength = view.getUint16(32, true)
   if (at + FIXED_BYTES + nameLength > metadata.length) return undefined
   return new TextDecoder().decode(metadata.subarray(at + FIXED_BYTES, at + FIXED_BYTES + nameLength))
@@ -99,12 +101,13 @@ export function peekDescriptorName(metadata: Uint8Array, at: number): string | u
  * region: magic, CRC, internal sizes, the expected serial, and every extent
  * and section against the pool's regions. Any failure is a CorruptError.
  */
-export function decodeDescriptor(metadata: Uint8Array, at: number, layout: PoolLayout, expectedSerial: number): Descriptor {
+export function decodeDescriptor(metadata: MetadataRegion, at: number, layout: PoolLayout, expectedSerial: number): Descriptor {
   const where = `descriptor at metadata page ${Math.floor(at / layout.pageSize)}`
   const corrupt = (what: string): CorruptError =>
     new CorruptError('CHECKPOINT_CORRUPT', `${where}: ${what}`, 'Run `cxlfork pool fsck`; `--repair` removes unusable checkpoints.')
   if (at < 0 || at + FIXED_BYTES + 4 > metadata.length) throw corrupt('out of the metadata region')
-  const head = new DataView(metadata.buffer, metadata.byteOffset + at, FIXED_BYTES)
+  const fixed = metadata.subarray(at, at + FIXED_BYTES)
+  const head = new DataView(fixed.buffer, fixed.byteOffset, FIXED_BYTES)
   if (new TextDecoder('latin1').decode(metadata.subarray(at, at + 8)) !== DESCRIPTOR_MAGIC) throw corrupt('bad magic')
   const totalLength = head.getUint32(12, true)
   if (totalLength < FIXED_BYTES + 4 || at + totalLength > metadata.length) throw corrupt(`length ${totalLength} out of bounds`)
@@ -168,7 +171,8 @@ export function decodeDescriptor(metadata: Uint8Array, at: number, layout: PoolL
 }
 
 /** Metadata pages a descriptor occupies, from its stored length (bounds already validated by decodeDescriptor). */
-export function descriptorPageCount(metadata: Uint8Array, at: number, pageSize: number): number {
-  const totalLength = new DataView(metadata.buffer, metadata.byteOffset + at, 16).getUint32(12, true)
+export function descriptorPageCount(metadata: MetadataRegion, at: number, pageSize: number): number {
+  const head = metadata.subarray(at, at + 16)
+  const totalLength = new DataView(head.buffer, head.byteOffset, 16).getUint32(12, true)
   return Math.ceil(totalLength / pageSize)
 }

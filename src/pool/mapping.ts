@@ -1,8 +1,8 @@
 /**
- * The pool file mapped once, whole, MAP_SHARED. Only the control area and the
- * metadata region (together below 1 GiB + a little) are wrapped in an
- * ArrayBuffer; data segments are addressed as `baseAddress + poolOffset`
- * because they may exceed what one ArrayBuffer can span.
+ * The pool file mapped once, whole, MAP_SHARED. Only the control area is
+ * wrapped in one ArrayBuffer (its words are used with Atomics); the metadata
+ * region is reached through windows of a record's size (see MetadataRegion)
+ * and data segments are addressed as `baseAddress + poolOffset`.
  */
 import {errno, koffi, libc} from '../sys/ffi.js'
 import {SyscallError} from '../errors.js'
@@ -25,7 +25,7 @@ export class PoolMapping {
     readonly fd: number,
     readonly baseAddress: bigint,
     readonly length: bigint,
-    /** Bytes [0, controlLength) of the pool: control area plus metadata region. */
+    /** Bytes [0, controlLength) of the pool: the control area. */
     readonly control: ArrayBuffer,
   ) {}
 
@@ -38,6 +38,11 @@ export class PoolMapping {
   /** Give the pages of a freed range back to the file system; a hint, failures are ignored (DAX, hugetlbfs granularity). */
   punchHole(poolOffset: bigint, length: bigint): void {
     fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, poolOffset, length)
+  }
+
+  /** Zero-copy bytes at `poolOffset` (bounds checked by the caller). */
+  window(poolOffset: bigint, length: number): Uint8Array {
+    return new Uint8Array(koffi.view(this.baseAddress + poolOffset, length))
   }
 
   /** Copy `bytes` into the pool at `poolOffset` (any region, bounds checked by the caller). */

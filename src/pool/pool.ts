@@ -136,8 +136,10 @@ export class Pool {
       const length = stat.size < BigInt(PAGE_SIZE) ? Number(stat.size) : PAGE_SIZE
       const got = length === 0 ? 0 : readSync(fd, page, 0, length, 0)
       const header = decodeHeader(page.subarray(0, got), stat.size, absolute)
-      const mapping = PoolMapping.map(fd, header.totalSize, Number(header.dataOffset))
-      return new Pool(absolute, fd, header, mapping, new PoolRegions(header, mapping.control), verdict.kind,
+      const mapping = PoolMapping.map(fd, header.totalSize, header.metadataOffset)
+      const metadataStart = BigInt(header.metadataOffset)
+      const regions = new PoolRegions(header, mapping.control, (offset, length) => mapping.window(metadataStart + BigInt(offset), length))
+      return new Pool(absolute, fd, header, mapping, regions, verdict.kind,
         options.leaseMs ?? leaseMsFromEnvironment())
     } catch (error) {
       closeSync(fd)
