@@ -1,4 +1,5 @@
 #!/usr/bin/env node
-import {execute} from '@oclif/core'
+// Commands and oclif come from the esbuild bundle made by `npm run build` (dist/bundle).
+import {execute} from '../dist/bundle/cli/entry.js'
 
 await execute({dir: import.meta.url})

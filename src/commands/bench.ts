@@ -1,7 +1,7 @@
 import {writeFileSync} from 'node:fs'
 import {join, relative} from 'node:path'
 
-import {Flags} from '@oclif/core'
+import * as Flags from '@oclif/core/flags'
 
 import {BaseCommand} from '../cli/base-command.js'
 import type {BenchResult} from '../bench/types.js'
