@@ -38,6 +38,15 @@ export abstract class BaseCommand extends Command {
     if (!this.jsonEnabled()) process.stderr.write(line + '\n')
   }
 
+  /**
+   * --json output: plain JSON on stdout. oclif's default runs it through its
+   * colorizer token by token, which costs milliseconds of start-up and
+   * nothing a script can use.
+   */
+  override logJson(json: unknown): void {
+    process.stdout.write(JSON.stringify(json, null, 2) + '\n')
+  }
+
   protected override async catch(err: Error & {exitCode?: number}): Promise<unknown> {
     this.progressInstance?.fail()
     if (err instanceof CxlforkError) {

@@ -226,6 +226,8 @@ export function spawnStub(opts: StubOptions = {}): Stub {
       if (i > 10) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1)
       tracee.interrupt(10_000)
     }
+    // Spawned with every signal reset to its default: SIGTRAP is not ignored.
+    tracee.knowTrapIgnored(false)
     const maps = readMaps(pid)
     const img = maps.find((v) => v.start === base)
     if (!img) throw new CxlforkError('STUB_BAD_LAYOUT', `stub ${pid} has no image mapping at 0x${base.toString(16)}`)

@@ -1037,6 +1037,11 @@ export class Tracee {
     this.batchPlacement = addr
   }
 
+  /** Tell batched injection what SIGTRAP's disposition is when it is known (a freshly spawned stub), sparing a /proc read. */
+  knowTrapIgnored(ignored: boolean): void {
+    this.trapIgnored = ignored
+  }
+
   private batchUsable(): boolean {
     if (this.trapIgnored === null) this.trapIgnored = (readStatus(this.pid).sigIgn & (1n << BigInt(SIG.TRAP - 1))) !== 0n
     if (this.trapIgnored) return false
