@@ -13,6 +13,7 @@ import {Section} from '../image/sections.js'
 import {type CheckpointBuilder, type Pool} from '../pool/index.js'
 import {validateCheckpointName} from '../pool/names.js'
 import {O, PROT, SYS, type VmSegment, vmReadv} from '../sys/libc.js'
+import {preflight} from './preflight.js'
 import {type LiveSnapshot, killTarget, takeLiveSnapshot} from './snapshot.js'
 
 /** Statistics named as CRIU names them, in microseconds. */
@@ -154,14 +155,21 @@ function writePagesToPool(pool: Pool, builder: CheckpointBuilder, snapshot: Live
   }))
 }
 
-export function checkpointToPool(pool: Pool, request: {pid: number; name: string; kill: boolean}): CheckpointResult {
+/**
+ * `pool` may be a function that opens (or creates) the pool: it is called only
+ * once every refusal has been checked, so a checkpoint that cannot be taken
+ * creates no pool file.
+ */
+export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: number; name: string; kill: boolean}): CheckpointResult {
   const t0 = performance.now()
   validateCheckpointName(request.name)
+  const checked = preflight(request.pid)
+  if (typeof pool === 'function') pool = pool()
   // Refuse a taken name before the target is touched; publish re-checks atomically.
   if (pool.lookup(request.name)) {
     throw new ConflictError('NAME_TAKEN', `a checkpoint named ${request.name} already exists in ${pool.path}`, 'Pick another --name or remove it with `cxlfork rm`.')
   }
-  const snapshot = takeLiveSnapshot(request.pid)
+  const snapshot = takeLiveSnapshot(request.pid, checked)
   let builder: CheckpointBuilder | undefined
   try {
     builder = pool.beginCheckpoint()

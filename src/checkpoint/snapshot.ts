@@ -11,7 +11,7 @@ import {type FdInfo, listFds, readMaps} from '../sys/proc.js'
 import {SyscallError} from '../errors.js'
 import {PR, PTRACE_O, SIG, SYS, killQuiet, syscallRaw} from '../sys/libc.js'
 import {type FlaggedVma, captureImage} from './capture.js'
-import {preflight} from './preflight.js'
+import {type PreflightResult, preflight} from './preflight.js'
 import {faultPoint} from '../fault.js'
 
 export interface SnapshotTimings {
@@ -117,8 +117,7 @@ function readSigactions(snapshot: Tracee): SigAction[] {
  * On any failure the target is detached running as it was and the snapshot
  * child (if any) is killed.
  */
-export function takeLiveSnapshot(pid: number): LiveSnapshot {
-  const checked = preflight(pid)
+export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflight(pid)): LiveSnapshot {
   // Found while the target runs: lets every injected syscall return through rt_sigreturn.
   const gadget = findSigreturnGadget(pid)
   const t0 = now()

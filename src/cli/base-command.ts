@@ -4,7 +4,7 @@ import * as Flags from '@oclif/core/flags'
 import type * as Interfaces from '@oclif/core/interfaces'
 
 import {CxlforkError, ExitCode} from '../errors.js'
-import {Progress} from './progress.js'
+import {Progress, interactiveStderr} from './progress.js'
 
 export const DEFAULT_POOL_PATH = '/dev/shm/cxlfork.pool'
 
@@ -29,7 +29,7 @@ export abstract class BaseCommand extends Command {
 
   /** Spinner and human lines on stderr; silent under --json or without a TTY. */
   protected get progress(): Progress {
-    this.progressInstance ??= new Progress(!this.jsonEnabled() && Boolean(process.stderr.isTTY))
+    this.progressInstance ??= new Progress(!this.jsonEnabled() && interactiveStderr())
     return this.progressInstance
   }
 

@@ -2,6 +2,14 @@
  * Spinner for slow steps. ora and chalk are loaded lazily, only when stderr is
  * a TTY and --json is off, to keep start-up lean and scripted output clean.
  */
+/**
+ * Spinners and colour only on a terminal with a width: under a pty of zero
+ * columns (script(1), some CI runners) ora's line clearing never ends.
+ */
+export function interactiveStderr(): boolean {
+  return Boolean(process.stderr.isTTY) && (process.stderr.columns ?? 0) > 0
+}
+
 type Spinner = {start(text?: string): Spinner; succeed(text?: string): Spinner; fail(text?: string): Spinner; stop(): Spinner; text: string}
 
 export class Progress {

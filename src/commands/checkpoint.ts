@@ -4,6 +4,7 @@ import {BaseCommand} from '../cli/base-command.js'
 import {nameFlag, pidArg} from '../cli/flags.js'
 import {withTerminationDeferred} from '../cli/signals.js'
 import type {CheckpointResult} from '../checkpoint/checkpoint.js'
+import type {Pool} from '../pool/index.js'
 
 export default class CheckpointCommand extends BaseCommand {
   static override summary = 'Checkpoint a running process into the pool; it keeps running unless --kill.'
@@ -21,16 +22,18 @@ Refused with a named reason: threads, sockets, pipes above fd 2, shared anonymou
 
   async run(): Promise<CheckpointResult> {
     const {args, flags} = await this.parse(CheckpointCommand)
-    const [{Pool}, {checkpointToPool}] = await Promise.all([import('../pool/index.js'), import('../checkpoint/checkpoint.js')])
+    const [{Pool: PoolClass}, {checkpointToPool}] = await Promise.all([import('../pool/index.js'), import('../checkpoint/checkpoint.js')])
     await this.progress.start(`Checkpointing ${args.pid} as ${flags.name}`)
-    const pool = Pool.open(flags.pool, {create: true})
+    let pool: Pool | undefined
     try {
-      const result = await withTerminationDeferred(async () => checkpointToPool(pool, {pid: args.pid, name: flags.name, kill: flags.kill}))
+      // The pool is opened (created on first use) only once the target has passed every check.
+      const openPool = (): Pool => (pool = PoolClass.open(flags.pool, {create: true}))
+      const result = await withTerminationDeferred(async () => checkpointToPool(openPool, {pid: args.pid, name: flags.name, kill: flags.kill}))
       this.progress.succeed(`Checkpointed ${args.pid} as ${result.name}`)
       this.say(`${result.pages} pages (${(result.bytes / 1048576).toFixed(1)} MiB), ${result.vmas} VMAs, ${result.fds} fds; downtime ${(result.downtimeUs / 1000).toFixed(2)} ms, total ${(result.totalUs / 1000).toFixed(1)} ms${result.killed ? '; target killed' : ''}`)
       return result
     } finally {
-      pool.close()
+      pool?.close()
     }
   }
 }

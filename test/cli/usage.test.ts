@@ -36,3 +36,20 @@ describe('cli: usage errors', function () {
     })
   }
 })
+
+describe('cli: human output on a terminal', function () {
+  this.timeout(30_000)
+
+  // script(1) gives the CLI a pty with zero columns, as some CI runners do; the spinner must not spin forever there.
+  for (const [what, setup] of [['a zero-width pty', ''], ['an 80-column pty', 'stty cols 80; ']] as const) {
+    it(`${what}: a failing checkpoint ends with its exit code and the error, not a hung spinner`, () => {
+      const command = `${setup}exec ${process.execPath} ${CLI} checkpoint 999999 --name tty --pool ${POOL}`
+      const result = spawnSync('script', ['-qec', command, '/dev/null'], {encoding: 'utf8', timeout: 20_000})
+      assert.equal(result.error, undefined, `script ran and finished: ${result.error?.message}`)
+      assert.equal(result.status, 3, `exit code of the CLI, through script -e: ${result.stdout}`)
+      assert.match(result.stdout, /no such process: 999999/)
+      assert.match(result.stdout, /PROCESS_NOT_FOUND/)
+      assert.equal(existsSync(POOL), false, 'no pool created for a pid that does not exist')
+    })
+  }
+})
