@@ -1,7 +1,7 @@
 /** Usage errors: exit 2 with a typed JSON envelope, never an internal error, and nothing touched. */
 import assert from 'node:assert/strict'
 import {spawnSync} from 'node:child_process'
-import {existsSync} from 'node:fs'
+import {existsSync, rmSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {projectRoot} from '../../src/paths.js'
@@ -16,6 +16,8 @@ function run(args: string[]): {status: number | null; json: {error?: {code: stri
 
 describe('cli: usage errors', function () {
   this.timeout(30_000)
+  // Only a failing assertion leaves one behind; never leave it on /dev/shm.
+  after(() => rmSync(POOL, {force: true}))
 
   const cases: [string, string[], string][] = [
     ['a pid that is not a number', ['checkpoint', 'abc', '--name', 'x'], 'INVALID_PID'],
@@ -39,6 +41,7 @@ describe('cli: usage errors', function () {
 
 describe('cli: human output on a terminal', function () {
   this.timeout(30_000)
+  after(() => rmSync(POOL, {force: true}))
 
   // script(1) gives the CLI a pty with zero columns, as some CI runners do; the spinner must not spin forever there.
   for (const [what, setup] of [['a zero-width pty', ''], ['an 80-column pty', 'stty cols 80; ']] as const) {
