@@ -31,7 +31,7 @@ export default class Inspect extends BaseCommand {
       }
       this.say(`${details.name}: serial ${details.serial}, uid ${details.uid}, created ${details.createdAt}, ${details.state}`)
       this.say(`data ${formatSize(details.dataBytes)} in ${details.dataExtents.length} extent(s); metadata ${formatSize(details.metadataBytes)}`)
-      for (const section of details.sections) this.say(`  section type ${section.type}: ${section.length} bytes at ${section.poolOffset} crc32c ${section.crc32c}`)
+      for (const section of details.sections) this.say(`  section type ${section.type}: ${section.length} bytes at ${section.poolOffset} crc32 ${section.crc32}`)
       const proc = details.process
       if (proc) {
         this.say(`process ${proc.pid} (${proc.comm}) uid ${proc.uid}, kernel ${proc.kernel} on ${proc.host}, ${proc.threads} thread(s), ${proc.signalHandlers} signal handler(s)`)

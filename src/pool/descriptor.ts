@@ -8,11 +8,11 @@
  *  32  u16 name length   34 u16 reserved   36 u32 extent count
  *  40  u32 section count 44 u32 summary length
  *  48  name (UTF-8, padded to 8), extents (u64 pool offset, u64 length),
- *      sections (u32 type, u32 CRC32C, u64 pool offset, u64 length),
- *      summary (JSON, padded to 4), u32 CRC32C of everything before it.
+ *      sections (u32 type, u32 CRC-32, u64 pool offset, u64 length),
+ *      summary (JSON, padded to 4), u32 CRC-32 of everything before it.
  */
 import {CorruptError} from '../errors.js'
-import {crc32c} from './crc32c.js'
+import {crc32} from './checksum.js'
 import type {MetadataRegion} from './regions.js'
 import type {PoolLayout} from './layout.js'
 
@@ -78,7 +78,7 @@ export function encodeDescriptor(descriptor: Descriptor): Uint8Array {
     view.setBigUint64(at + 16, BigInt(section.length), true)
   })
   bytes.set(summary, summaryAt)
-  view.setUint32(crcAt, crc32c(bytes.subarray(0, crcAt)), true)
+  view.setUint32(crcAt, crc32(bytes.subarray(0, crcAt)), true)
   return bytes
 }
 
@@ -114,7 +114,7 @@ export function decodeDescriptor(metadata: MetadataRegion, at: number, layout: P
   // Copy first: the CRC and the fields are then checked on the same bytes.
   const bytes = metadata.slice(at, at + totalLength)
   const view = new DataView(bytes.buffer)
-  if (view.getUint32(totalLength - 4, true) !== crc32c(bytes.subarray(0, totalLength - 4))) throw corrupt('CRC32C mismatch')
+  if (view.getUint32(totalLength - 4, true) !== crc32(bytes.subarray(0, totalLength - 4))) throw corrupt('CRC-32 mismatch')
   if (view.getUint32(8, true) !== DESCRIPTOR_VERSION) throw corrupt(`unknown version ${view.getUint32(8, true)}`)
   const serial = view.getUint32(16, true)
   if (serial !== expectedSerial) throw corrupt(`serial ${serial} does not match its directory entry (${expectedSerial})`)

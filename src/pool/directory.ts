@@ -1,6 +1,6 @@
 /**
  * The directory: open-addressed u64 words, probed linearly from
- * CRC32C(name). A word is
+ * CRC-32(name). A word is
  *
  *   bits 63..62 state (0 empty, 1 published, 2 deleting, 3 tombstone)
  *   bits 61..32 metadata page index of the descriptor
@@ -11,7 +11,7 @@
  * become empty again (deletion leaves a tombstone), so two publishers of the
  * same name always race for the same word and the loser sees the winner.
  */
-import {crc32c} from './crc32c.js'
+import {crc32} from './checksum.js'
 import type {PoolRegions} from './regions.js'
 
 export const EntryState = {empty: 0, published: 1, deleting: 2, tombstone: 3} as const
@@ -51,7 +51,7 @@ export class Directory {
   }
 
   home(name: string): number {
-    return crc32c(new TextEncoder().encode(name)) % this.slots
+    return crc32(new TextEncoder().encode(name)) % this.slots
   }
 
   load(index: number): bigint {

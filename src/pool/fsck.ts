@@ -12,7 +12,7 @@
  * impossible slot and unit words are cleared.
  */
 import {isPlausibleSerial, serialGeneration, serialSlot} from './allocator.js'
-import {crc32c} from './crc32c.js'
+import {crc32} from './checksum.js'
 import {descriptorPageCount} from './descriptor.js'
 import type {Descriptor} from './descriptor.js'
 import {EntryState, isLive, withState} from './directory.js'
@@ -32,7 +32,7 @@ export function runFsck(pool: Pool, repair: boolean): FsckReport {
   const hosts = pool.hosts.list()
   for (const host of hosts) {
     if (host.identityCorrupt) {
-      report('corrupt', 'HOST_IDENTITY_CORRUPT', `host slot ${host.index}`, 'host identity fails its CRC32C check', () => {
+      report('corrupt', 'HOST_IDENTITY_CORRUPT', `host slot ${host.index}`, 'host identity fails its CRC-32 check', () => {
         // Marked incomplete: its host rewrites it on its next command.
         Atomics.store(regions.hostWords, host.index * (HOST_SLOT_SIZE / 4) + 1, 0)
         return true
@@ -92,7 +92,7 @@ export function runFsck(pool: Pool, repair: boolean): FsckReport {
     const damage = checkOwnedUnits(pool, entry.descriptorPage, descriptor, ownedSerials)
     if (pool.directory.load(index) !== word) continue // deleted while we looked
     if (damage.sectionsCorrupt.length > 0) {
-      report('corrupt', 'SECTION_CORRUPT', named, `section(s) of type ${damage.sectionsCorrupt.join(', ')} fail their CRC32C check`, tombstone)
+      report('corrupt', 'SECTION_CORRUPT', named, `section(s) of type ${damage.sectionsCorrupt.join(', ')} fail their CRC-32 check`, tombstone)
       continue
     }
     if (damage.stolen.length > 0) {
@@ -186,7 +186,7 @@ function checkOwnedUnits(pool: Pool, descriptorPage: number, descriptor: Descrip
     const first = (Number(section.poolOffset) - header.metadataOffset) / header.pageSize
     for (let page = first; page < first + Math.ceil(section.length / header.pageSize); page++) expect(regions.pageStates, page)
     const start = Number(section.poolOffset) - header.metadataOffset
-    if (crc32c(regions.metadata.subarray(start, start + section.length)) !== section.crc) damage.sectionsCorrupt.push(section.type)
+    if (crc32(regions.metadata.subarray(start, start + section.length)) !== section.crc) damage.sectionsCorrupt.push(section.type)
   }
   return damage
 }

@@ -9,7 +9,7 @@ import {readFileSync, statSync} from 'node:fs'
 import {hostname} from 'node:os'
 
 import {ConflictError} from '../errors.js'
-import {crc32c} from './crc32c.js'
+import {crc32} from './checksum.js'
 import {HOST_SLOT_SIZE} from './layout.js'
 import type {PoolRegions} from './regions.js'
 
@@ -24,7 +24,7 @@ export interface HostIdentity {
 
 // Offsets inside a host slot.
 const S_CLAIM = 0 // u32: identity hash, 0 = free
-const S_IDENTITY_CRC = 4 // u32: CRC32C of the identity bytes, 0 while being written
+const S_IDENTITY_CRC = 4 // u32: CRC-32 of the identity bytes, 0 while being written
 const S_IDENTITY = 8 // boot id (16), pid namespace inode (8), hostname length (4), hostname (60)
 const S_IDENTITY_END = 96
 const S_LEASE = 104 // i64 ms since the epoch
@@ -103,7 +103,7 @@ export class HostTable {
    */
   register(identity: HostIdentity, leaseMs: number, nowMs: number): number {
     const identityBytes = encodeIdentity(identity)
-    const identityCrc = crc32c(identityBytes) || 1
+    const identityCrc = crc32(identityBytes) || 1
     const claim = identityCrc
     const words = this.regions.hostWords
     for (let probe = 0; probe < this.slots; probe++) {
@@ -171,7 +171,7 @@ export class HostTable {
       bootId: Buffer.from(bytes.subarray(0, 16)).toString('hex'),
       pidNamespace: view.getBigUint64(16, true).toString(),
       complete: storedCrc !== 0,
-      identityCorrupt: storedCrc !== 0 && (crc32c(bytes) || 1) !== storedCrc,
+      identityCorrupt: storedCrc !== 0 && (crc32(bytes) || 1) !== storedCrc,
       leaseExpiresAtMs: this.leaseExpiresAtMs(index),
       firstSeenAtMs: Number(Atomics.load(this.regions.hostTimes, this.timeIndex(index, S_FIRST_SEEN))),
     }

@@ -2,7 +2,7 @@
  * On-disk layout of a pool file. Everything is little endian and addressed by
  * pool offset (bytes from the start of the file), never by a host address.
  *
- *   0        header page: magic, version, uuid, sizes, region table, CRC32C
+ *   0        header page: magic, version, uuid, sizes, region table, CRC-32
  *            (immutable after init)
  *   4 KiB    counters page (atomic, not covered by the CRC; reserved)
  *   8 KiB    host table, build-slot table, reference table, directory,
@@ -15,10 +15,11 @@
  * only if recomputing the layout from its size gives the same region table.
  */
 import {CorruptError, UsageError} from '../errors.js'
-import {crc32c} from './crc32c.js'
+import {crc32} from './checksum.js'
 
 export const POOL_MAGIC = 'CXLFPOOL'
-export const POOL_VERSION = 1
+/** 2: CRC-32 (zlib) replaced CRC32C on every record and in directory hashing. */
+export const POOL_VERSION = 2
 export const PAGE_SIZE = 4096
 export const SEGMENT_SIZE = 2 * 1024 * 1024
 export const DEFAULT_POOL_SIZE = 8n * 1024n * 1024n * 1024n
@@ -147,7 +148,7 @@ export function encodeHeader(layout: PoolLayout, uuid: Uint8Array, createdAtMs: 
   view.setUint32(H_METADATA_PAGES, layout.metadataPageCount, true)
   REGION_FIELDS.forEach((field, i) => view.setBigUint64(H_REGIONS + 8 * i, BigInt(layout[field]), true))
   view.setBigUint64(H_CREATED_AT, BigInt(createdAtMs), true)
-  view.setUint32(HEADER_CRC_OFFSET, crc32c(page.subarray(0, HEADER_CRC_OFFSET)), true)
+  view.setUint32(HEADER_CRC_OFFSET, crc32(page.subarray(0, HEADER_CRC_OFFSET)), true)
   return page
 }
 
@@ -163,10 +164,14 @@ export function decodeHeader(page: Uint8Array, fileSize: bigint, path: string): 
   const view = new DataView(page.buffer, page.byteOffset, PAGE_SIZE)
   const magic = new TextDecoder('latin1').decode(page.subarray(H_MAGIC, H_MAGIC + 8))
   if (magic !== POOL_MAGIC) throw new CorruptError('POOL_FOREIGN', `${path} is not a cxlfork pool (bad magic)`, hint)
-  if (view.getUint32(HEADER_CRC_OFFSET, true) !== crc32c(page.subarray(0, HEADER_CRC_OFFSET))) {
-    throw new CorruptError('POOL_HEADER_CORRUPT', `header of pool ${path} fails its CRC32C check`, hint)
-  }
   const version = view.getUint32(H_VERSION, true)
+  // A pool of an earlier format: its checksums use another algorithm, so say so before checking them.
+  if (version >= 1 && version < POOL_VERSION) {
+    throw new CorruptError('POOL_VERSION', `pool ${path} has format version ${version}; this cxlfork reads version ${POOL_VERSION}`, hint)
+  }
+  if (view.getUint32(HEADER_CRC_OFFSET, true) !== crc32(page.subarray(0, HEADER_CRC_OFFSET))) {
+    throw new CorruptError('POOL_HEADER_CORRUPT', `header of pool ${path} fails its CRC-32 check`, hint)
+  }
   if (version !== POOL_VERSION) {
     throw new CorruptError('POOL_VERSION', `pool ${path} has format version ${version}; this cxlfork reads version ${POOL_VERSION}`, hint)
   }

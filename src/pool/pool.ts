@@ -357,7 +357,7 @@ export class Pool {
       descriptorPoolOffset: this.header.metadataOffset + this.metadataByteOffset(resolved.entry.descriptorPage),
       dataExtents: resolved.descriptor.extents.map((extent) => ({poolOffset: Number(extent.poolOffset), length: Number(extent.length)})),
       sections: resolved.descriptor.sections.map((section) => ({type: section.type, poolOffset: Number(section.poolOffset),
-        length: section.length, crc32c: section.crc.toString(16).padStart(8, '0')})),
+        length: section.length, crc32: section.crc.toString(16).padStart(8, '0')})),
       references,
     }
   }

@@ -1,9 +1,9 @@
 /**
  * Read access to one published checkpoint. Sections come back as copies,
- * checked against their CRC32C; data is addressed in this process's mapping.
+ * checked against their CRC-32; data is addressed in this process's mapping.
  */
 import {CorruptError, NotFoundError, UsageError} from '../errors.js'
-import {crc32c} from './crc32c.js'
+import {crc32} from './checksum.js'
 import type {DataExtent, SectionRecord} from './descriptor.js'
 import type {Pool, ResolvedEntry} from './pool.js'
 import type {CheckpointInfo} from './types.js'
@@ -57,11 +57,11 @@ export class CheckpointReader {
   private copyAndVerify(record: SectionRecord): Uint8Array {
     const start = Number(record.poolOffset) - this.pool.header.metadataOffset
     const bytes = record.length === 0 ? new Uint8Array(0) : this.pool.regions.metadata.slice(start, start + record.length)
-    if (crc32c(bytes) !== record.crc) {
+    if (crc32(bytes) !== record.crc) {
       if (this.pool.directory.load(this.resolved.index) !== this.resolved.word) {
         throw new NotFoundError('CHECKPOINT_DELETING', `checkpoint ${this.info.name} was deleted while being read`)
       }
-      throw new CorruptError('CHECKPOINT_CORRUPT', `checkpoint ${this.info.name}: section of type ${record.type} at pool offset ${record.poolOffset} fails its CRC32C check`,
+      throw new CorruptError('CHECKPOINT_CORRUPT', `checkpoint ${this.info.name}: section of type ${record.type} at pool offset ${record.poolOffset} fails its CRC-32 check`,
         'Run `cxlfork pool fsck`; `--repair` removes unusable checkpoints.')
     }
     return bytes

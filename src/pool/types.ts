@@ -37,7 +37,7 @@ export interface SectionInfo {
   type: number
   poolOffset: number
   length: number
-  crc32c: string
+  crc32: string
 }
 
 export interface ExtentInfo {

@@ -101,6 +101,19 @@ describe('pool: integrity checks', () => {
     flipBit(path, 40)
     Pool.open(path).close()
 
+    // A pool of format version 1 (CRC32C checksums) is named as such, not reported as damaged.
+    const old = openSync(path, 'r+')
+    const version = Buffer.alloc(4)
+    version.writeUInt32LE(1)
+    writeSync(old, version, 0, 4, 8)
+    closeSync(old)
+    assert.throws(() => Pool.open(path), (error: unknown) => isCorrupt('POOL_VERSION')(error) && /format version 1; this cxlfork reads version 2/.test((error as Error).message))
+    version.writeUInt32LE(2)
+    const back = openSync(path, 'r+')
+    writeSync(back, version, 0, 4, 8)
+    closeSync(back)
+    Pool.open(path).close()
+
     const truncated = openSync(path, 'r+')
     ftruncateSync(truncated, 16 << 20)
     closeSync(truncated)

@@ -6,7 +6,7 @@ import {dirname, join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 
 import {koffi} from '../../src/sys/ffi.js'
-import {crc32c} from '../../src/pool/index.js'
+import {crc32} from '../../src/pool/index.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
 export const WORKER = join(here, 'pool-worker.js')
@@ -29,7 +29,7 @@ export function removeTestPools(): void {
 
 /** Seed of the data pattern of checkpoint `name`. */
 export function patternSeed(name: string): number {
-  return crc32c(new TextEncoder().encode(name))
+  return crc32(new TextEncoder().encode(name))
 }
 
 /** Fill `length` bytes at `address` with the pattern of `seed`: word i holds seed + i. */
