@@ -70,14 +70,32 @@ export function pagesScanned(snapshot: LiveSnapshot): number {
   return pages
 }
 
+/** One piece of the page write: `len` bytes at the snapshot's `vaddr` go to pool offset `offset`. */
+export interface PageWrite {
+  vaddr: bigint
+  len: bigint
+  offset: bigint
+}
+
+/** Largest pipe asked for (fs.pipe-max-size's default): one vmsplice + splice pair per MiB. */
+const PIPE_BYTES = 1 << 20
+/** fcntl commands. */
+const F_SETPIPE_SZ = 1031
+
 /**
- * The snapshot writes its own pages into the pool file: pwrite64 injected into
- * the throwaway fork child, batched. Each page is copied once, from the
- * snapshot's memory straight into the pool's page cache by the kernel's
- * write path, with no intermediate buffer and no page fault per destination
- * page (what a copy through our MAP_SHARED mapping pays on tmpfs). Returns
- * false, having written nothing that matters, when the child cannot open the
- * pool (another mount namespace): the caller then copies with process_vm_readv.
+ * The snapshot writes its own pages into the pool file, from syscalls
+ * injected into the throwaway fork child, batched. Each page is copied once,
+ * by the kernel, straight into the pool's page cache: no intermediate buffer
+ * and no page fault per destination page (what a copy through our MAP_SHARED
+ * mapping pays on tmpfs). vmsplice + splice through a 1 MiB pipe, not
+ * pwrite64: the child's page table entries start out "old" after fork, and a
+ * CPU access sets each one's accessed bit (~0.45 us per page in this VM),
+ * which pwrite's copy from user memory pays and vmsplice's page lookup does
+ * not. Measured: 13-16% less time in a C test at 64 and 256 MiB, 6% less for
+ * the whole page write here (A/B in one process). pwrite64 remains the
+ * fallback. Returns false, having written nothing that matters, when the
+ * child cannot open the pool (another mount namespace): the caller then
+ * copies with process_vm_readv.
  */
 function writeFromSnapshot(pool: Pool, snapshot: LiveSnapshot, poolOffset: bigint): boolean {
   const child = snapshot.snapshotTracee
@@ -97,37 +115,103 @@ function writeFromSnapshot(pool: Pool, snapshot: LiveSnapshot, poolOffset: bigin
   let fd = openPool(pool.path)
   if (fd < 0n) fd = openPool(`/proc/${process.pid}/fd/${pool.fd}`)
   if (fd < 0n) return false
+  const pipe = openPipe(child)
   try {
-    const calls: {nr: number; args: bigint[]}[] = []
     // The snapshot is thrown away afterwards: unreadable pages may be made readable for the write.
     const unreadable = new Set(image.pageRuns.map((run) => run.vmaIndex).filter((index) => (image.vmas[index]!.prot & PROT.READ) === 0))
-    for (const index of unreadable) {
+    const mprotects = [...unreadable].map((index) => {
       const vma = image.vmas[index]!
-      calls.push({nr: SYS.mprotect, args: [vma.start, vma.end - vma.start, BigInt(vma.prot | PROT.READ)]})
-    }
-    const writes: {vaddr: bigint; len: bigint; offset: bigint}[] = []
+      return {nr: SYS.mprotect, args: [vma.start, vma.end - vma.start, BigInt(vma.prot | PROT.READ)]}
+    })
+    const pieceBytes = pipe ? pipe.size : MAX_SEGMENT_BYTES
+    const writes: PageWrite[] = []
     let offset = poolOffset
     for (const segment of runSegments(image.pageRuns, 0n)) {
-      writes.push({vaddr: segment.remote, len: BigInt(segment.len!), offset})
-      offset += BigInt(segment.len!)
+      for (let done = 0; done < segment.len!; done += pieceBytes) {
+        const len = Math.min(pieceBytes, segment.len! - done)
+        writes.push({vaddr: segment.remote + BigInt(done), len: BigInt(len), offset})
+        offset += BigInt(len)
+      }
     }
-    for (const w of writes) calls.push({nr: SYS.pwrite64, args: [fd, w.vaddr, w.len, w.offset]})
-    const results = child.syscalls(calls, {stopOnError: true})
-    results.forEach((result, i) => {
-      const write = i >= unreadable.size ? writes[i - unreadable.size] : undefined
-      if (result < 0n) throw new SyscallError(write ? 'pwrite64 (in the snapshot)' : 'mprotect (in the snapshot)', Number(-result), write ? `pool offset ${write.offset}` : undefined,
-        Number(-result) === 28 ? 'The pool file system is full.' : undefined)
-      // tmpfs writes complete in full; finish any short one the slow way.
-      if (write && result < write.len) writeRemainder(child, fd, write, result)
-    })
-    if (results.length < calls.length) throw new SyscallError('pwrite64 (in the snapshot)', 5, 'batch stopped early')
+    const mprotectResults = child.syscalls(mprotects, {stopOnError: true})
+    const failed = mprotectResults.findIndex((r) => r < 0n)
+    if (failed >= 0 || mprotectResults.length < mprotects.length) {
+      throw new SyscallError('mprotect (in the snapshot)', failed >= 0 ? Number(-mprotectResults[failed]!) : 5)
+    }
+    const firstUnwritten = pipe ? spliceWrites(child, pipe, fd, writes) : 0
+    pwriteWrites(child, fd, writes.slice(firstUnwritten))
     return true
   } finally {
     child.syscall(SYS.close, fd)
+    if (pipe) {
+      child.syscall(SYS.close, pipe.readFd)
+      child.syscall(SYS.close, pipe.writeFd)
+    }
   }
 }
 
-function writeRemainder(child: LiveSnapshot['snapshotTracee'], fd: bigint, write: {vaddr: bigint; len: bigint; offset: bigint}, done: bigint): void {
+/** A pipe in the snapshot, grown to PIPE_BYTES when allowed; null if none can be made. */
+export function openPipe(child: LiveSnapshot['snapshotTracee']): {readFd: bigint; writeFd: bigint; size: number} | null {
+  const fds = child.scratchAlloc(8)
+  if (child.syscall(SYS.pipe2, fds, O.CLOEXEC) !== 0n) return null
+  const view = new DataView(child.readMemory(fds, 8).buffer)
+  const readFd = BigInt(view.getInt32(0, true))
+  const writeFd = BigInt(view.getInt32(4, true))
+  const size = child.syscall(SYS.fcntl, writeFd, F_SETPIPE_SZ, PIPE_BYTES)
+  // Without the larger pipe the default 64 KiB one works, in more calls.
+  const bytes = size > 0n ? Number(size) : Number(child.syscall(SYS.fcntl, writeFd, 1032 /* F_GETPIPE_SZ */))
+  if (!(bytes >= 4096)) {
+    child.syscall(SYS.close, readFd)
+    child.syscall(SYS.close, writeFd)
+    return null
+  }
+  return {readFd, writeFd, size: bytes}
+}
+
+/**
+ * vmsplice each piece into the pipe and splice it to its pool offset, all in
+ * batches. Returns the index of the first piece not known to be written in
+ * full; every piece from there on is rewritten by pwriteWrites (a short
+ * transfer can leave bytes in the pipe, which the next splice would put in
+ * the next piece's range, never outside it: rewriting from that piece on
+ * repairs all of it).
+ */
+export function spliceWrites(child: LiveSnapshot['snapshotTracee'], pipe: {readFd: bigint; writeFd: bigint}, fd: bigint, writes: readonly PageWrite[]): number {
+  if (writes.length === 0) return 0
+  // One scratch block: an iovec (base, len) per piece, then a loff_t per piece.
+  const table = new DataView(new ArrayBuffer(writes.length * 24))
+  writes.forEach((w, i) => {
+    table.setBigUint64(16 * i, w.vaddr, true)
+    table.setBigUint64(16 * i + 8, w.len, true)
+    table.setBigUint64(16 * writes.length + 8 * i, w.offset, true)
+  })
+  const base = child.scratchWrite(new Uint8Array(table.buffer))
+  const calls = writes.flatMap((w, i) => [
+    {nr: SYS.vmsplice, args: [pipe.writeFd, base + BigInt(16 * i), 1n, 0n]},
+    {nr: SYS.splice, args: [pipe.readFd, 0n, fd, base + BigInt(16 * writes.length + 8 * i), w.len, 0n]},
+  ])
+  const results = child.syscalls(calls, {stopOnError: true})
+  for (let i = 0; i < writes.length; i++) {
+    if (results[2 * i] !== writes[i]!.len || results[2 * i + 1] !== writes[i]!.len) return i
+  }
+  return writes.length
+}
+
+/** pwrite64 each piece, batched; finishes short writes; typed errors (ENOSPC: the pool is full). */
+export function pwriteWrites(child: LiveSnapshot['snapshotTracee'], fd: bigint, writes: readonly PageWrite[]): void {
+  const results = child.syscalls(writes.map((w) => ({nr: SYS.pwrite64, args: [fd, w.vaddr, w.len, w.offset]})), {stopOnError: true})
+  results.forEach((result, i) => {
+    const write = writes[i]!
+    if (result < 0n) {
+      throw new SyscallError('pwrite64 (in the snapshot)', Number(-result), `pool offset ${write.offset}`, Number(-result) === 28 ? 'The pool file system is full.' : undefined)
+    }
+    // tmpfs writes complete in full; finish any short one the slow way.
+    if (result < write.len) writeRemainder(child, fd, write, result)
+  })
+  if (results.length < writes.length) throw new SyscallError('pwrite64 (in the snapshot)', 5, 'batch stopped early')
+}
+
+function writeRemainder(child: LiveSnapshot['snapshotTracee'], fd: bigint, write: PageWrite, done: bigint): void {
   while (done < write.len) {
     const r = child.syscallChecked('pwrite64 (in the snapshot)', SYS.pwrite64, fd, write.vaddr + done, write.len - done, write.offset + done)
     if (r === 0n) throw new SyscallError('pwrite64 (in the snapshot)', 5, 'no progress')
