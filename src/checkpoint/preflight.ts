@@ -2,7 +2,7 @@
  * Checks made before a target is touched, so that every refusal happens while
  * the target runs undisturbed and names the exact feature that is missing.
  */
-import {readFileSync, readdirSync, statSync} from 'node:fs'
+import {existsSync, readFileSync, readdirSync, statSync} from 'node:fs'
 
 import {NotFoundError, PermissionError, UnsupportedError} from '../errors.js'
 import {type FdKind} from '../image/process-image.js'
@@ -56,8 +56,24 @@ export function unsupportedVmaReason(vma: SmapsVma): string | undefined {
   return undefined
 }
 
-/** Pids whose parent is `pid` (zombies included). /proc/PID/task/TID/children needs CONFIG_PROC_CHILDREN, so scan. */
+/**
+ * Pids whose parent is `pid`, zombies included: from each thread's
+ * /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN), else by scanning every
+ * /proc/N/stat for its parent pid (1-2.5 ms here, against ~0.1 ms).
+ */
 export function childrenOf(pid: number): number[] {
+  try {
+    const children = new Set<number>()
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      for (const child of readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim().split(/\s+/)) {
+        if (child) children.add(Number(child))
+      }
+    }
+    return [...children]
+  } catch {
+    // Gone meanwhile: nothing to refuse here, the seize reports it. Otherwise no children files in this kernel: scan.
+    if (!existsSync(`/proc/${pid}`)) return []
+  }
   const children: number[] = []
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue
