@@ -2,23 +2,21 @@
  * Helpers of the CRIU-format end-to-end tests (test/criu-e2e/*.test.ts): the CLI run as a
  * user runs it (a separate process), per-test image directories and pool files on /dev/shm
  * (own names, removed by cleanupAll()), crit, /proc readings and leak checks.
- *
- * Deliberately self-contained (does not import test/restore/helpers.ts), so that other
- * suites' helpers can change without breaking these tests.
+ * The CLI runner is test/helpers/cli.ts, shared with the restore suites.
  */
 import assert from 'node:assert/strict'
-import {execFile, spawn} from 'node:child_process'
+import {execFile} from 'node:child_process'
 import {readdirSync, readFileSync, readlinkSync, rmSync} from 'node:fs'
 import {join} from 'node:path'
 import {promisify} from 'node:util'
 
-import {projectRoot} from '../../src/paths.js'
 import {type LogEvent, lastTick, procStat, readLog, trackDir, waitForTicks} from '../helpers/fixtures.js'
+import {printMeasurements} from '../helpers/measurements.js'
+import {type CliResult, describeRun} from '../helpers/cli.js'
+import {comm, statusBytes} from '../restore/helpers.js'
 
 const execFileP = promisify(execFile)
 
-export const PROJECT_ROOT = projectRoot()
-export const CLI = join(PROJECT_ROOT, 'bin', 'run.js')
 export const MIB = 1 << 20
 export const PAGE = 4096
 
@@ -54,53 +52,7 @@ export function removeScratch(): void {
 // ---------------------------------------------------------------------------------------
 // The CLI
 
-export interface CliResult {
-  args: string[]
-  /** pid of the CLI process itself. */
-  cliPid: number
-  status: number | null
-  signal: NodeJS.Signals | null
-  stdout: string
-  stderr: string
-  /** stdout parsed as JSON, when it is JSON. */
-  json: any // eslint-disable-line @typescript-eslint/no-explicit-any
-  /** Wall-clock ms from spawn to exit. */
-  ms: number
-}
-
-/** Runs `node bin/run.js ...args` to completion (stdin ignored, stdout/stderr collected). */
-export function cli(args: string[]): Promise<CliResult> {
-  const t0 = performance.now()
-  const child = spawn(process.execPath, [CLI, ...args], {cwd: PROJECT_ROOT, env: process.env, stdio: ['ignore', 'pipe', 'pipe']})
-  let stdout = ''
-  let stderr = ''
-  child.stdout!.on('data', (chunk: Buffer) => {
-    stdout += chunk.toString()
-  })
-  child.stderr!.on('data', (chunk: Buffer) => {
-    stderr += chunk.toString()
-  })
-  const cliPid = child.pid ?? -1
-  return new Promise<CliResult>((resolve) => {
-    child.on('error', (error) => resolve({args, cliPid, json: undefined, ms: performance.now() - t0, signal: null, status: null, stderr: String(error), stdout}))
-    // 'exit', not 'close': a detached clone must not keep us waiting on inherited pipes.
-    child.on('exit', (status, signal) => {
-      setTimeout(() => {
-        let json: unknown
-        try {
-          json = JSON.parse(stdout)
-        } catch {
-          json = undefined
-        }
-        resolve({args, cliPid, json, ms: performance.now() - t0, signal, status, stderr, stdout})
-      }, 20)
-    })
-  })
-}
-
-export function describeRun(run: CliResult): string {
-  return `cxlfork ${run.args.join(' ')} -> status ${run.status} signal ${run.signal} (${run.ms.toFixed(0)} ms)\nstdout: ${run.stdout.slice(0, 3000)}\nstderr: ${run.stderr.slice(0, 3000)}`
-}
+export {CLI, PROJECT_ROOT, type CliResult, cli, describeRun} from '../helpers/cli.js'
 
 /** Asserts a successful --json run and returns its JSON. */
 export function okJson(run: CliResult): any { // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -178,7 +130,6 @@ export function big(value: unknown): bigint {
 // ---------------------------------------------------------------------------------------
 // /proc
 
-import {comm, statusBytes} from '../restore/helpers.js'
 
 export {comm, statusBytes}
 
@@ -318,15 +269,7 @@ export async function assertContinues(logPath: string, clone: number, before: Lo
 // ---------------------------------------------------------------------------------------
 // Measurements
 
-const measurements: string[] = []
-export function note(line: string): void {
-  measurements.push(line)
-}
-export function printMeasurements(title: string): void {
-  if (measurements.length === 0) return
-  process.stdout.write(`\n    ${title} measurements:\n${measurements.map((m) => `      ${m}`).join('\n')}\n`)
-  measurements.length = 0
-}
+export {note, printMeasurements} from '../helpers/measurements.js'
 
 /**
  * The hooks of a criu-e2e suite: after each test every process it started is gone;

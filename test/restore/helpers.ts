@@ -4,15 +4,11 @@
  * per-file pool paths on /dev/shm, /proc readings.
  */
 import assert from 'node:assert/strict'
-import {type ChildProcess, spawn} from 'node:child_process'
 import {readdirSync, readFileSync, rmSync} from 'node:fs'
 import {join} from 'node:path'
 
-import {projectRoot} from '../../src/paths.js'
 import {type LogEvent, procStat, readLog} from '../helpers/fixtures.js'
-
-export const PROJECT_ROOT = projectRoot()
-export const CLI = join(PROJECT_ROOT, 'bin', 'run.js')
+import {printMeasurements} from '../helpers/measurements.js'
 
 // ---------------------------------------------------------------------------------------
 // Pools
@@ -35,67 +31,7 @@ export function removePools(): void {
 // ---------------------------------------------------------------------------------------
 // The CLI
 
-export interface CliResult {
-  args: string[]
-  status: number | null
-  signal: NodeJS.Signals | null
-  stdout: string
-  stderr: string
-  /** stdout parsed as JSON, when it is JSON. */
-  json: any
-  /** Wall-clock ms from spawn to exit. */
-  ms: number
-}
-
-export interface CliProcess {
-  child: ChildProcess
-  done: Promise<CliResult>
-}
-
-/** Starts `node bin/run.js ...args` (stdin ignored, stdout/stderr collected). */
-export function startCli(args: string[], options: {env?: Record<string, string>} = {}): CliProcess {
-  const t0 = performance.now()
-  const child = spawn(process.execPath, [CLI, ...args], {
-    cwd: PROJECT_ROOT,
-    env: {...process.env, ...options.env},
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let stdout = ''
-  let stderr = ''
-  child.stdout!.on('data', (chunk: Buffer) => {
-    stdout += chunk.toString()
-  })
-  child.stderr!.on('data', (chunk: Buffer) => {
-    stderr += chunk.toString()
-  })
-  // 'exit', not 'close': with `restore --wait` the clone inherits our pipes.
-  const done = new Promise<CliResult>((resolve) => {
-    child.on('error', (error) => resolve({args, json: undefined, ms: performance.now() - t0, signal: null, status: null, stderr: String(error), stdout}))
-    child.on('exit', (status, signal) => {
-      // give the pipes a moment to drain what was written before exit
-      setTimeout(() => {
-        let json: unknown
-        try {
-          json = JSON.parse(stdout)
-        } catch {
-          json = undefined
-        }
-        resolve({args, json, ms: performance.now() - t0, signal, status, stderr, stdout})
-      }, 20)
-    })
-  })
-  return {child, done}
-}
-
-/** Runs the CLI to completion. */
-export function cli(args: string[], options: {env?: Record<string, string>} = {}): Promise<CliResult> {
-  return startCli(args, options).done
-}
-
-/** One-line description of a CLI run for assertion messages. */
-export function describeRun(run: CliResult): string {
-  return `cxlfork ${run.args.join(' ')} -> status ${run.status} signal ${run.signal}\nstdout: ${run.stdout.slice(0, 2000)}\nstderr: ${run.stderr.slice(0, 2000)}`
-}
+export {CLI, PROJECT_ROOT, type CliProcess, type CliResult, cli, describeRun, startCli} from '../helpers/cli.js'
 
 // ---------------------------------------------------------------------------------------
 // Log and /proc
@@ -158,16 +94,7 @@ export async function until<T>(fn: () => T | undefined | false | null, what: str
   }
 }
 
-/** Measurements collected by the tests, printed at the end of a file (for the report). */
-export const measurements: string[] = []
-export function note(line: string): void {
-  measurements.push(line)
-}
-export function printMeasurements(title: string): void {
-  if (measurements.length === 0) return
-  process.stdout.write(`\n    ${title} measurements:\n${measurements.map((m) => `      ${m}`).join('\n')}\n`)
-  measurements.length = 0
-}
+export {note, printMeasurements} from '../helpers/measurements.js'
 
 // ---------------------------------------------------------------------------------------
 // Zombies of fork snapshots

@@ -1,0 +1,77 @@
+/**
+ * The CLI run as a user runs it: `node bin/run.js ...args` in a separate
+ * process, asynchronously (so a test can signal processes meanwhile), stdin
+ * ignored, stdout and stderr collected. Shared by the end-to-end suites.
+ */
+import {type ChildProcess, spawn} from 'node:child_process'
+import {join} from 'node:path'
+
+import {projectRoot} from '../../src/paths.js'
+
+export const PROJECT_ROOT = projectRoot()
+export const CLI = join(PROJECT_ROOT, 'bin', 'run.js')
+
+export interface CliResult {
+  args: string[]
+  /** pid of the CLI process itself. */
+  cliPid: number
+  status: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+  /** stdout parsed as JSON, when it is JSON. */
+  json: any // eslint-disable-line @typescript-eslint/no-explicit-any
+  /** Wall-clock ms from spawn to exit. */
+  ms: number
+}
+
+export interface CliProcess {
+  child: ChildProcess
+  done: Promise<CliResult>
+}
+
+/** Starts the CLI; `done` settles when it exits. */
+export function startCli(args: string[], options: {env?: Record<string, string>} = {}): CliProcess {
+  const t0 = performance.now()
+  const child = spawn(process.execPath, [CLI, ...args], {
+    cwd: PROJECT_ROOT,
+    env: {...process.env, ...options.env},
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout!.on('data', (chunk: Buffer) => {
+    stdout += chunk.toString()
+  })
+  child.stderr!.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString()
+  })
+  const cliPid = child.pid ?? -1
+  // 'exit', not 'close': a detached clone, or the clone of `restore --wait`, inherits our pipes.
+  const done = new Promise<CliResult>((resolve) => {
+    child.on('error', (error) => resolve({args, cliPid, json: undefined, ms: performance.now() - t0, signal: null, status: null, stderr: String(error), stdout}))
+    child.on('exit', (status, signal) => {
+      // give the pipes a moment to drain what was written before exit
+      setTimeout(() => {
+        let json: unknown
+        try {
+          json = JSON.parse(stdout)
+        } catch {
+          json = undefined
+        }
+        resolve({args, cliPid, json, ms: performance.now() - t0, signal, status, stderr, stdout})
+      }, 20)
+    })
+  })
+  return {child, done}
+}
+
+/** Runs the CLI to completion. */
+export function cli(args: string[], options: {env?: Record<string, string>} = {}): Promise<CliResult> {
+  return startCli(args, options).done
+}
+
+/** A CLI run described for assertion messages. */
+export function describeRun(run: CliResult): string {
+  return `cxlfork ${run.args.join(' ')} -> status ${run.status} signal ${run.signal} (${run.ms.toFixed(0)} ms)\nstdout: ${run.stdout.slice(0, 3000)}\nstderr: ${run.stderr.slice(0, 3000)}`
+}
