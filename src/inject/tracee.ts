@@ -638,10 +638,10 @@ export class Tracee {
   // -------------------------------------------------------------------------
   // Syscall injection
 
-  /** Address of a `syscall` instruction (0f 05) inside the tracee's [vdso]. */
-  syscallSite(): bigint {
+  /** Address of a `syscall` instruction (0f 05) inside the tracee's [vdso] (found in `maps` when given, else in a fresh read). */
+  syscallSite(maps?: readonly Vma[]): bigint {
     if (this.site !== null) return this.site
-    const vdso = readMaps(this.pid).find((v) => v.kind === 'vdso')
+    const vdso = (maps ?? readMaps(this.pid)).find((v) => v.kind === 'vdso')
     if (!vdso) throw new UnsupportedError('NO_VDSO', `process ${this.pid} has no [vdso]; no injection site`, 'call setSyscallSite() with the address of a syscall instruction')
     const code = this.readMemory(vdso.start, vdso.size)
     for (let i = 0; i + 1 < code.length; i++) {
@@ -800,8 +800,9 @@ export class Tracee {
    * in the middle of it is harmless too. Without a gadget the few µs from a
    * call's entry to its exit are the one window left.
    * Returns false (and changes nothing) when the stack has no room for the frame.
+   * `maps`: the tracee's layout, when the caller has just read it (it is stopped).
    */
-  enterSelfHealing(): boolean {
+  enterSelfHealing(maps: readonly Vma[] = readMaps(this.pid)): boolean {
     this.requireStopped()
     if (this.healing) return true
     const prog = (this.progRegs ??= this.readRegsKernel())
@@ -811,7 +812,7 @@ export class Tracee {
     const rsp = prog[REG.rsp]!
     const fpstate = (rsp - 256n - BigInt(xstate.length + 4)) & ~63n
     const frame = (fpstate - BigInt(RT_SIGFRAME_SIZE) - 64n) & ~15n
-    const stack = readMaps(this.pid).find((vma) => vma.start <= rsp && rsp < vma.end)
+    const stack = maps.find((vma) => vma.start <= rsp && rsp < vma.end)
     // Room for the frame plus a small scratch area below it (stackSlot()).
     if (!stack || frame - BigInt(HEAL_SCRATCH) < stack.start || xstate.length < 576) return false
 
@@ -845,7 +846,7 @@ export class Tracee {
     // From here on the kernel registers always lead back through rt_sigreturn.
     // Registers first, then the mask: a tracee detached in between restores its own mask from the frame.
     const heal = new BigUint64Array(prog)
-    heal[REG.rip] = this.syscallSite()
+    heal[REG.rip] = this.syscallSite(maps)
     heal[REG.rax] = BigInt(SYS.rt_sigreturn)
     heal[REG.orig_rax] = 0xffffffffffffffffn
     heal[REG.rsp] = frame + 8n
@@ -910,12 +911,14 @@ export class Tracee {
    * Falls back to injectFork() when the stack has no room for the frame.
    */
   injectForkSelfHealing(flags: number = CLONE.PARENT | SIG.CHLD): ForkResult {
-    if (!this.enterSelfHealing()) return this.injectFork(flags)
+    // One read of the layout (the target is stopped): for the frame's room and for a leftover trampoline.
+    const maps = readMaps(this.pid)
+    if (!this.enterSelfHealing(maps)) return this.injectFork(flags)
     const heal = this.healing!.regs
     const progMask = this.progMask!
 
     // A cxlfork killed between mapping and unmapping leaves its trampoline page behind: reuse (and so remove) it.
-    const leftover = this.findLeftoverTrampoline()
+    const leftover = this.findLeftoverTrampoline(maps)
     const page = leftover ?? this.healingSyscall(SYS.mmap, [0n, 4096n, BigInt(PROT.READ | PROT.EXEC), BigInt(MAP.PRIVATE | MAP.ANONYMOUS), -1n, 0n], 'mmap')
     if (page < 0n && page > -4096n) throw new SyscallError(`mmap (injected into ${this.pid})`, Number(-page))
     let childPid = 0
@@ -964,8 +967,8 @@ export class Tracee {
     return {pid: childPid, tracee: child, transientRanges: [[page, page + 4096n]]}
   }
 
-  private findLeftoverTrampoline(): bigint | undefined {
-    for (const vma of readMaps(this.pid)) {
+  private findLeftoverTrampoline(maps: readonly Vma[]): bigint | undefined {
+    for (const vma of maps) {
       if (vma.kind !== 'anon' || vma.perms !== 'r-xp') continue
       for (let page = vma.start; page < vma.end; page += 4096n) {
         const bytes = this.readMemory(page, FORK_TRAMPOLINE.length)
