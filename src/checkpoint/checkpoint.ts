@@ -81,6 +81,7 @@ export interface PageWrite {
 const PIPE_BYTES = 1 << 20
 /** fcntl commands. */
 const F_SETPIPE_SZ = 1031
+const F_GETPIPE_SZ = 1032
 
 /**
  * The snapshot writes its own pages into the pool file, from syscalls
@@ -159,7 +160,7 @@ export function openPipe(child: LiveSnapshot['snapshotTracee']): {readFd: bigint
   const writeFd = BigInt(view.getInt32(4, true))
   const size = child.syscall(SYS.fcntl, writeFd, F_SETPIPE_SZ, PIPE_BYTES)
   // Without the larger pipe the default 64 KiB one works, in more calls.
-  const bytes = size > 0n ? Number(size) : Number(child.syscall(SYS.fcntl, writeFd, 1032 /* F_GETPIPE_SZ */))
+  const bytes = size > 0n ? Number(size) : Number(child.syscall(SYS.fcntl, writeFd, F_GETPIPE_SZ))
   if (!(bytes >= 4096)) {
     child.syscall(SYS.close, readFd)
     child.syscall(SYS.close, writeFd)

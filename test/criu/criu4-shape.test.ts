@@ -20,6 +20,7 @@ import {CxlforkError, UnsupportedError} from '../../src/errors.js'
 import {type ProcessImage} from '../../src/image/process-image.js'
 import {type ImageKind, IMAGE_KINDS, messageType, readImageRecords, writeImage} from '../../src/criu/image-file.js'
 import {PE_LAZY, PE_PRESENT, readCriuImages, VMA_AREA_VVAR, writeCriuImages} from '../../src/criu/images.js'
+import {killChild} from '../helpers/fixtures.js'
 import {captureFromProc, procMemSource} from './proc-capture.js'
 import {ScratchDirs} from './scratch.js'
 
@@ -123,11 +124,7 @@ describe('criu image set shaped like CRIU 4.x writes it', function () {
   })
 
   after(async function () {
-    if (child && child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((resolve) => child.once('exit', resolve))
-      child.kill('SIGKILL')
-      await exited
-    }
+    await killChild(child)
     scratch.removeAll()
   })
 

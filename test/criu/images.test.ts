@@ -11,6 +11,7 @@ import {
 } from '../../src/criu/images.js'
 import {str64} from '../../src/criu/values.js'
 import {fpregsToXstate, xstateToFpregs} from '../../src/criu/xsave.js'
+import {killChild} from '../helpers/fixtures.js'
 import {captureFromProc, parseMaps, procMemSource, syntheticXstate} from './proc-capture.js'
 import {ScratchDirs} from './scratch.js'
 
@@ -82,11 +83,7 @@ describe('criu image set (real process)', function () {
   })
 
   after(async function () {
-    if (child && child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((resolve) => child.once('exit', resolve))
-      child.kill('SIGKILL')
-      await exited
-    }
+    await killChild(child)
     scratch.removeAll()
   })
 

@@ -208,6 +208,14 @@ export async function waitForExit(pid: number, timeoutMs = 5000): Promise<boolea
   return true
 }
 
+/** SIGKILL a child_process child that is still running and wait until it has exited (and is reaped). */
+export async function killChild(child: ChildProcess | undefined): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return
+  const exited = new Promise((resolve) => child.once('exit', resolve))
+  child.kill('SIGKILL')
+  await exited
+}
+
 // ---------------------------------------------------------------------------------------
 // Tracking and cleanup
 
