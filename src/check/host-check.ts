@@ -9,7 +9,7 @@ import {dirname, resolve} from 'node:path'
 
 import {CxlforkError} from '../errors.js'
 import {spawnStub} from '../inject/stub.js'
-import {close, syscallRaw, vmRead} from '../sys/libc.js'
+import {close, O, PR, SYS, syscallRaw, vmRead} from '../sys/libc.js'
 import {readProcText} from '../sys/proc.js'
 import {classifyFileSystem} from '../pool/filesystem.js'
 
@@ -27,9 +27,6 @@ export interface CheckResult {
 const CAP_SYS_ADMIN = 21n
 const CAP_SYS_PTRACE = 19n
 const CAP_CHECKPOINT_RESTORE = 40n
-const SYS_USERFAULTFD = 323
-const PR_SET_MM = 35
-const PR_SET_MM_MAP_SIZE = 15
 
 function effectiveCaps(): bigint {
   const line = /^CapEff:\s*([0-9a-f]+)/m.exec(readProcText('self', 'status'))
@@ -63,7 +60,7 @@ export function checkHost(poolPath: string, minFreeBytes = 64n << 20n): CheckRes
   items.push(probe('PR_SET_MM_MAP (restore mm fields, exe link)', () => {
     if (!has(CAP_CHECKPOINT_RESTORE) && !has(CAP_SYS_ADMIN)) throw new Error('needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN')
     const size = new Uint32Array(1)
-    const r = syscallRaw(157, PR_SET_MM, PR_SET_MM_MAP_SIZE, size, 0, 0)
+    const r = syscallRaw(SYS.prctl, PR.SET_MM, PR.SET_MM_MAP_SIZE, size, 0, 0)
     if (r < 0n) throw new Error(`prctl(PR_SET_MM_MAP_SIZE) failed with errno ${-r}`)
     return `struct prctl_mm_map is ${size[0]} bytes; capability present`
   }))
@@ -72,7 +69,7 @@ export function checkHost(poolPath: string, minFreeBytes = 64n << 20n): CheckRes
     return 'present'
   }))
   items.push(probe('userfaultfd (migrate-on-access)', () => {
-    const fd = syscallRaw(SYS_USERFAULTFD, 0o2000000, 0, 0, 0, 0)
+    const fd = syscallRaw(SYS.userfaultfd, O.CLOEXEC, 0, 0, 0, 0)
     if (fd < 0n) throw new Error(`userfaultfd() failed with errno ${-fd}`)
     close(Number(fd))
     return 'available'

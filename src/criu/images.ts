@@ -15,7 +15,7 @@ import {closeSync, existsSync, openSync, readFileSync, readSync, statSync, write
 import {join} from 'node:path'
 
 import {CorruptError, CxlforkError, NotFoundError, UnsupportedError} from '../errors.js'
-import {MAP, O, PROT, RLIM_INFINITY} from '../sys/libc.js'
+import {MAP, O, PROT, RLIM_INFINITY, SIG} from '../sys/libc.js'
 import {deviceName} from '../sys/proc.js'
 import {
   type FdImage, type FdKind, type FileIdentity, IMAGE_VERSION, type PageRun, PAGE_SIZE, type ProcessImage, type Rlimit,
@@ -74,8 +74,6 @@ const MARCH_X86_64 = 1
 const REGS_MODE_NATIVE = 1
 /** CRIU keeps sigactions for signals 1..SIGMAX (64) except SIGKILL and SIGSTOP, positionally. */
 const SIGMAX = 64
-const SIGKILL = 9
-const SIGSTOP = 19
 const RLIM_NLIMITS = 16
 const S_IFMT = 0o170000
 const S_IFDIR = 0o040000
@@ -221,12 +219,12 @@ function taskCore(image: ProcessImage, leader: ThreadImage): Obj {
   for (const action of task.sigactions) bySigno.set(action.signo, action)
   const extra: Obj[] = []
   for (const action of task.sigactions) {
-    if (action.signo < 1 || action.signo > SIGMAX || action.signo === SIGKILL || action.signo === SIGSTOP) {
+    if (action.signo < 1 || action.signo > SIGMAX || action.signo === SIG.KILL || action.signo === SIG.STOP) {
       extra.push({signo: action.signo >>> 0, handler: str64(u64(action.handler)), flags: str64(u64(action.flags)), restorer: str64(u64(action.restorer)), mask: str64(u64(action.mask))})
     }
   }
   for (let signo = 1; signo <= SIGMAX; signo++) {
-    if (signo === SIGKILL || signo === SIGSTOP) continue
+    if (signo === SIG.KILL || signo === SIG.STOP) continue
     const action = bySigno.get(signo)
     slots.push(action
       ? {sigaction: str64(u64(action.handler)), flags: str64(u64(action.flags)), restorer: str64(u64(action.restorer)), mask: str64(u64(action.mask)), compat_sigaction: false}
@@ -894,7 +892,7 @@ function readSet(dir: string): CriuImageSet {
   // Task-wide state.
   const slots = (tc['sigactions'] ?? []) as Msg[]
   const slotSignos: number[] = []
-  for (let signo = 1; signo <= SIGMAX; signo++) if (signo !== SIGKILL && signo !== SIGSTOP) slotSignos.push(signo)
+  for (let signo = 1; signo <= SIGMAX; signo++) if (signo !== SIG.KILL && signo !== SIG.STOP) slotSignos.push(signo)
   if (slots.length !== 0 && slots.length !== slotSignos.length) throw corrupt(`core-${pid}.img holds ${slots.length} sigactions, expected ${slotSignos.length}`)
   const bySigno = new Map<number, SigAction>()
   slots.forEach((slot, i) => {

@@ -34,7 +34,7 @@ export const SYS = {
   arch_prctl: 158, setrlimit: 160, gettid: 186, tkill: 200, futex: 202, set_tid_address: 218,
   clock_gettime: 228, clock_nanosleep: 230, exit_group: 231, tgkill: 234, openat: 257, set_robust_list: 273,
   get_robust_list: 274, splice: 275, fallocate: 285, vmsplice: 278, dup3: 292, pipe2: 293, prlimit64: 302, process_vm_readv: 310, process_vm_writev: 311,
-  memfd_create: 319, rseq: 334, pidfd_send_signal: 424, pidfd_open: 434, clone3: 435, close_range: 436,
+  memfd_create: 319, userfaultfd: 323, rseq: 334, pidfd_send_signal: 424, pidfd_open: 434, clone3: 435, close_range: 436,
   ptrace: 101, umask: 95, personality: 135, chroot: 161, rt_sigqueueinfo: 129, rt_tgsigqueueinfo: 297,
 } as const
 
