@@ -12,7 +12,7 @@ import {dirname, join} from 'node:path'
 import {CxlforkError} from '../errors.js'
 import {Pool, SEGMENT_SIZE} from '../pool/index.js'
 import {isAlive, readMaps, readStatus} from '../sys/proc.js'
-import {prctl} from '../sys/libc.js'
+import {PR, prctl} from '../sys/libc.js'
 import {machineInfo} from './machine.js'
 import {commandWallMs, localFork, nodeStartup, patternBuffer, plainMmap, plainWrite, plainWriteFromMemory, sameBytesBuffer, wholeCommand} from './measure.js'
 import type {BenchPath} from './paths.js'
@@ -21,7 +21,6 @@ import {spawnTarget, stopProcess, sweepChildren, TargetFiles, TARGET_COMM, verif
 import type {BenchResult, PathResult, RestoreRow, SizeResult, TargetVerdict} from './types.js'
 import {evaluateTargets} from './verdicts.js'
 
-const PR_SET_CHILD_SUBREAPER = 36
 const WARMUP_SIZE = 4 << 20
 
 export interface BenchSize {
@@ -79,7 +78,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   }
 
   // Clones restored by `cxlfork restore` outlive that command: adopt them so they can be reaped.
-  prctl(PR_SET_CHILD_SUBREAPER, 1)
+  prctl(PR.SET_CHILD_SUBREAPER, 1)
   const files = new TargetFiles(options.hugePages)
   let pool: Pool | undefined
   const paths: BenchPath[] = []
@@ -266,6 +265,6 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
       }
     }
     files.remove()
-    prctl(PR_SET_CHILD_SUBREAPER, 0)
+    prctl(PR.SET_CHILD_SUBREAPER, 0)
   }
 }

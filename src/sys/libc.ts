@@ -41,7 +41,7 @@ export const SYS = {
 export const PROT = {NONE: 0, READ: 1, WRITE: 2, EXEC: 4} as const
 export const MREMAP = {MAYMOVE: 1, FIXED: 2, DONTUNMAP: 4} as const
 /** prctl options (and PR_SET_MM sub-options) used by checkpoint and restore. */
-export const PR = {SET_NAME: 15, GET_NAME: 16, SET_MM: 35, SET_MM_MAP: 14, SET_MM_MAP_SIZE: 15, GET_TID_ADDRESS: 40} as const
+export const PR = {SET_NAME: 15, GET_NAME: 16, SET_MM: 35, SET_CHILD_SUBREAPER: 36, SET_MM_MAP: 14, SET_MM_MAP_SIZE: 15, GET_TID_ADDRESS: 40} as const
 export const MAP = {
   SHARED: 0x01, PRIVATE: 0x02, FIXED: 0x10, ANONYMOUS: 0x20, GROWSDOWN: 0x100, NORESERVE: 0x4000,
   POPULATE: 0x8000, FIXED_NOREPLACE: 0x100000,
