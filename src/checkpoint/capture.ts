@@ -13,7 +13,7 @@ import {
   type TaskImage, type ThreadImage, type VmaImage, type VmaKind,
 } from '../image/process-image.js'
 import {
-  type FdInfo, PM, Pagemap, type Vma, bootId, deviceName, kernelRelease, readAuxv, readCmdline, readCwd, readExe, readLimits,
+  type FdInfo, Pagemap, type Vma, bootId, deviceName, kernelRelease, readAuxv, readCmdline, readCwd, readExe, readLimits,
   readProcText, readRoot, readStat, readStatus, vdsoLayout,
 } from '../sys/proc.js'
 import {MAP} from '../sys/libc.js'
@@ -68,9 +68,8 @@ export function capturePageRuns(pid: number, vmas: readonly VmaImage[]): PageRun
     const runs: PageRun[] = []
     vmas.forEach((vma, vmaIndex) => {
       if ((vma.flags & MAP.SHARED) !== 0 || vma.kind === 'vdso' || vma.kind === 'vvar' || vma.kind === 'vvar_vclock' || vma.kind === 'vsyscall') return
-      for (const run of pagemap.runs(vma.start, vma.end)) {
-        // A present file page of a private mapping is still the file's page; only anonymous copies are process state.
-        if ((run.flags & PM.FILE) !== 0 && (run.flags & PM.SWAPPED) === 0) continue
+      // A present page of a private file mapping may still be the file's own page; only anonymous copies are process state.
+      for (const run of pagemap.dataRuns(vma.start, vma.end, vma.kind === 'file')) {
         const last = runs.at(-1)
         if (last && last.vmaIndex === vmaIndex && last.vaddr + BigInt(last.nrPages * 4096) === run.vaddr) last.nrPages += run.nrPages
         else runs.push({vaddr: run.vaddr, nrPages: run.nrPages, vmaIndex})
@@ -104,17 +103,33 @@ export interface TracerState {
   brk: bigint
 }
 
+/** The snapshot's memory: what its page write needs, known as soon as the target runs again. */
+export interface SnapshotMemory {
+  vmas: VmaImage[]
+  /** Runs of pages to store, in address order, each within one VMA. */
+  pageRuns: PageRun[]
+  /** Files named so far (the mapped ones); the image adds the exe and the open files. */
+  files: FileTable
+}
+
+/** Layout and page runs of the frozen snapshot `snapshot` (its VMAs: `layout`). */
+export function captureMemory(snapshot: number, layout: readonly FlaggedVma[]): SnapshotMemory {
+  const files = new FileTable()
+  const vmas = captureVmas(snapshot, layout, files)
+  return {vmas, pageRuns: capturePageRuns(snapshot, vmas), files}
+}
+
 /**
  * Assemble the image. `target` is the original pid (identity, fds, limits);
- * `snapshot` is the frozen fork-snapshot child whose memory layout is dumped
- * (same as the target's at the instant of the snapshot).
+ * `snapshot` is the frozen fork-snapshot child whose memory was captured
+ * (the target's at the instant of the snapshot). Reads /proc only, so it may
+ * run while the snapshot child is busy writing its pages.
  */
-export function captureImage(target: number, snapshot: number, smaps: readonly FlaggedVma[], fds: readonly {info: FdInfo; kind: FdKind}[], tracer: TracerState): {image: ProcessImage; files: FileTable} {
-  const files = new FileTable()
+export function captureImage(target: number, snapshot: number, memory: SnapshotMemory, layout: readonly FlaggedVma[], fds: readonly {info: FdInfo; kind: FdKind}[], tracer: TracerState): ProcessImage {
+  const files = memory.files
   const stat = readStat(target)
   const snapStat = readStat(snapshot)
   const status = readStatus(target)
-  const vmas = captureVmas(snapshot, smaps, files)
   const exePath = readExe(target)
   const exeFileIndex = files.add(exePath, `/proc/${target}/exe`)
   const auxv: bigint[] = []
@@ -132,16 +147,15 @@ export function captureImage(target: number, snapshot: number, smaps: readonly F
     rlimits: readLimits(target).map((limit, resource) => ({resource, cur: limit.cur, max: limit.max})),
     sigactions: tracer.sigactions, sharedPendingSignals: tracer.sharedPendingSignals, cmdline: readCmdline(target),
   }
-  const layout = vdsoLayout([...smaps])
-  const image: ProcessImage = {
+  const vdso = vdsoLayout([...layout])
+  const fdImages = captureFds(target, fds, files)
+  return {
     version: IMAGE_VERSION,
     capturedAt: Date.now(),
     kernel: {
       release: kernelRelease(), hostname: hostname(), bootId: bootId(),
-      vdsoLayout: layout.parts.map((part) => ({name: part.name, offset: BigInt(part.offset), size: BigInt(part.size)})),
+      vdsoLayout: vdso.parts.map((part) => ({name: part.name, offset: BigInt(part.offset), size: BigInt(part.size)})),
     },
-    task, threads: [tracer.thread], mm, vmas, files: files.files, fds: captureFds(target, fds, files),
-    pageRuns: capturePageRuns(snapshot, vmas),
+    task, threads: [tracer.thread], mm, vmas: memory.vmas, files: files.files, fds: fdImages, pageRuns: memory.pageRuns,
   }
-  return {image, files}
 }

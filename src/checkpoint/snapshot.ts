@@ -10,7 +10,7 @@ import {Tracee, findSigreturnGadget, regsFromArray} from '../inject/tracee.js'
 import {type FdInfo, listFds, readMaps} from '../sys/proc.js'
 import {SyscallError} from '../errors.js'
 import {PR, PTRACE_O, SIG, SYS, killQuiet, syscallRaw} from '../sys/libc.js'
-import {type FlaggedVma, captureImage} from './capture.js'
+import {type FlaggedVma, type SnapshotMemory, captureImage, captureMemory} from './capture.js'
 import {type PreflightResult, preflight} from './preflight.js'
 import {faultPoint} from '../fault.js'
 
@@ -24,7 +24,14 @@ export interface SnapshotTimings {
 }
 
 export interface LiveSnapshot {
-  image: ProcessImage
+  /** Layout and page runs: all the page write needs. */
+  memory: SnapshotMemory
+  /**
+   * The whole image: identity, fds, limits and mm fields are read from /proc
+   * on the first call (cached), which needs nothing from the snapshot child,
+   * so it can run while the child writes its pages.
+   */
+  captureImage(): ProcessImage
   /** The frozen fork child holding the memory to dump; killed by release(). */
   snapshotPid: number
   /** The same child, seized and stopped: syscalls can be injected into it. */
@@ -84,32 +91,42 @@ function readRobustList(pid: number): {head: bigint; length: bigint} {
   return {head: head[0]!, length: length[0]!}
 }
 
-/** The alternate signal stack, asked of the snapshot (fork keeps it). */
-function readAltStack(snapshot: Tracee): {sp: bigint; flags: number; size: bigint} {
-  const slot = snapshot.scratchAlloc(24)
-  const r = snapshot.syscall(SYS.sigaltstack, 0, slot)
-  if (r < 0n) return {sp: 0n, flags: 2, size: 0n}
-  const view = new DataView(snapshot.readMemory(slot, 24).buffer)
-  // SS_ONSTACK describes the instant of capture, not a setting: keep SS_DISABLE/SS_AUTODISARM only.
-  return {sp: view.getBigUint64(0, true), flags: view.getInt32(8, true) & ~1, size: view.getBigUint64(16, true)}
+/** What the snapshot (fork keeps both) says of the brk, the signal dispositions and the alternate signal stack. */
+interface ChildState {
+  brk: bigint
+  sigactions: SigAction[]
+  altStack: {sp: bigint; flags: number; size: bigint}
 }
 
-/** Signal dispositions are not in /proc: ask the snapshot (same sighand as the target) with one batch of rt_sigaction queries. */
-function readSigactions(snapshot: Tracee): SigAction[] {
+/**
+ * Signal dispositions and the alternate stack are not in /proc, nor is the
+ * current brk: ask the snapshot (same sighand as the target), all in one batch.
+ */
+function readChildState(snapshot: Tracee): ChildState {
   const signals: number[] = []
   for (let signo = 1; signo <= 64; signo++) if (signo !== SIG.KILL && signo !== SIG.STOP) signals.push(signo)
-  const area = snapshot.scratchAlloc(32 * signals.length)
-  const results = snapshot.syscalls(signals.map((signo, i) => ({nr: SYS.rt_sigaction, args: [signo, 0, area + BigInt(32 * i), 8]})))
-  const bytes = snapshot.readMemory(area, 32 * signals.length)
+  const area = snapshot.scratchAlloc(32 * signals.length + 24)
+  const stackSlot = area + BigInt(32 * signals.length)
+  const results = snapshot.syscalls([
+    {nr: SYS.brk, args: [0]},
+    {nr: SYS.sigaltstack, args: [0, stackSlot]},
+    ...signals.map((signo, i) => ({nr: SYS.rt_sigaction, args: [signo, 0, area + BigInt(32 * i), 8]})),
+  ])
+  const bytes = snapshot.readMemory(area, 32 * signals.length + 24)
   const view = new DataView(bytes.buffer, bytes.byteOffset)
-  const out: SigAction[] = []
+  const brk = results[0] ?? -1n
+  if (brk < 0n) throw new SyscallError('brk (in the snapshot)', Number(-brk))
+  const sigactions: SigAction[] = []
   signals.forEach((signo, i) => {
-    if ((results[i] ?? -1n) < 0n) return
+    if ((results[2 + i] ?? -1n) < 0n) return
     const at = 32 * i
     const action = {signo, handler: view.getBigUint64(at, true), flags: view.getBigUint64(at + 8, true), restorer: view.getBigUint64(at + 16, true), mask: view.getBigUint64(at + 24, true)}
-    if (action.handler !== 0n || action.flags !== 0n || action.mask !== 0n) out.push(action)
+    if (action.handler !== 0n || action.flags !== 0n || action.mask !== 0n) sigactions.push(action)
   })
-  return out
+  const at = 32 * signals.length
+  // SS_ONSTACK describes the instant of capture, not a setting: keep SS_DISABLE/SS_AUTODISARM only.
+  const altStack = (results[1] ?? -1n) < 0n ? {sp: 0n, flags: 2, size: 0n} : {sp: view.getBigUint64(at, true), flags: view.getInt32(at + 8, true) & ~1, size: view.getBigUint64(at + 16, true)}
+  return {brk, sigactions, altStack}
 }
 
 /**
@@ -175,17 +192,18 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     // /proc/PID/maps, not smaps: smaps walks every page table (ms per call); the only
     // VmFlags needed here (gd) come from the target's smaps read by preflight.
     const flagsByStart = new Map(checked.smaps.map((vma) => [vma.start, vma.vmFlags]))
-    const smaps: FlaggedVma[] = readMaps(snap.pid).map((vma) => ({...vma, vmFlags: flagsByStart.get(vma.start) ?? new Set<string>()}))
-    const brk = snap.syscall(SYS.brk, 0)
-    const sigactions = readSigactions(snap)
-    thread.altStack = readAltStack(snap)
-    // Leave out what the injections themselves mapped (trampoline inherited by the child, scratch).
-    const excluded = [...transient, ...(snap.scratchRange ? [snap.scratchRange] : [])]
-    const layout = smaps.filter((vma) => excluded.every(([start, end]) => vma.end <= start || vma.start >= end))
-    const {image} = captureImage(pid, snap.pid, layout, fds, {thread, sharedPendingSignals: sharedPending, sigactions, brk})
+    const maps: FlaggedVma[] = readMaps(snap.pid).map((vma) => ({...vma, vmFlags: flagsByStart.get(vma.start) ?? new Set<string>()}))
+    const state = readChildState(snap)
+    thread.altStack = state.altStack
+    // Leave out what the injections themselves mapped (trampoline inherited by the child, scratch, batch code).
+    const excluded = [...transient, ...snap.injectionRanges()]
+    const layout = maps.filter((vma) => excluded.every(([start, end]) => vma.end <= start || vma.start >= end))
+    const memory = captureMemory(snap.pid, layout)
     const tCaptured = now()
+    let image: ProcessImage | undefined
     return {
-      image, snapshotPid: snap.pid, snapshotTracee: snap, ownerUid: checked.uid, release,
+      memory, snapshotPid: snap.pid, snapshotTracee: snap, ownerUid: checked.uid, release,
+      captureImage: () => (image ??= captureImage(pid, snap.pid, memory, layout, fds, {thread, sharedPendingSignals: sharedPending, sigactions: state.sigactions, brk: state.brk})),
       timings: {freezingUs: Math.round((tStopped - t0) * 1000), frozenUs: Math.round((tResumed - t0) * 1000), captureUs: Math.round((tCaptured - tResumed) * 1000)},
     }
   } catch (error) {

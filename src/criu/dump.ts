@@ -56,12 +56,13 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
   // Created only now, so a refused dump leaves nothing behind; removed again if this dump fails.
   const created = mkdirSync(dir, {recursive: true, mode: 0o700})
   try {
-    const pages = totalPages(snapshot.image.pageRuns)
+    const image = snapshot.captureImage()
+    const pages = totalPages(image.pageRuns)
     const tWrite = performance.now()
     const scanned = pagesScanned(snapshot)
     const timings = snapshot.timings
     // stats-dump.img is encoded after pages-1.img is written: getters read the clock at that moment.
-    const written = await writeCriuImages(dir, snapshot.image, snapshotPages(snapshot), {
+    const written = await writeCriuImages(dir, image, snapshotPages(snapshot), {
       freezingTime: timings.freezingUs, frozenTime: timings.frozenUs,
       get memdumpTime() {
         return Math.round((performance.now() - t0) * 1000) - timings.frozenUs

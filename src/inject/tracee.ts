@@ -219,6 +219,12 @@ export interface BatchCall {
   args?: (number | bigint)[]
 }
 
+/** A batch the tracee is running (Tracee.startSyscalls). */
+export interface PendingSyscalls {
+  /** Wait for it; the results, as Tracee.syscalls() returns them. */
+  finish(): bigint[]
+}
+
 function signedErr(v: bigint): boolean {
   return v < 0n && v > -4096n
 }
@@ -1058,7 +1064,40 @@ export class Tracee {
     return true
   }
 
+  /**
+   * Start `calls` and return at once: the tracee runs them on its own while
+   * the caller does other work (the snapshot's page write overlaps the rest
+   * of a checkpoint this way). finish() waits and returns the results like
+   * syscalls(); calls beyond one batch's room run there, synchronously. Until
+   * then the tracee counts as running: other injections are refused.
+   */
+  startSyscalls(calls: readonly BatchCall[], opts: {stopOnError?: boolean} = {}): PendingSyscalls {
+    this.requireStopped()
+    const stopOnError = opts.stopOnError ?? false
+    if (calls.length === 0 || this.healing || !this.batchUsable()) {
+      const results = this.syscalls(calls, opts)
+      return {finish: () => results}
+    }
+    const first = calls.slice(0, BATCH_MAX)
+    const tableAddr = this.launchBatch(first, stopOnError)
+    let done: bigint[] | undefined
+    return {
+      finish: () => {
+        if (done) return done
+        const out = this.collectBatch(first, stopOnError, tableAddr)
+        if (out.length === first.length && calls.length > first.length) out.push(...this.syscalls(calls.slice(BATCH_MAX), opts))
+        done = out
+        return out
+      },
+    }
+  }
+
   private runBatch(calls: readonly BatchCall[], stopOnError: boolean): bigint[] {
+    return this.collectBatch(calls, stopOnError, this.launchBatch(calls, stopOnError))
+  }
+
+  /** Write the call table, point the tracee at the batch code and let it run; returns the table's address. */
+  private launchBatch(calls: readonly BatchCall[], stopOnError: boolean): bigint {
     const n = calls.length
     const table = new BigUint64Array(n * 8)
     for (let k = 0; k < n; k++) {
@@ -1085,22 +1124,33 @@ export class Tracee {
     this.writeRegsKernel(r)
     this.regsClobbered = true
     this.injectedCount += n
+    try {
+      this.resume(PTRACE.CONT, 0)
+    } catch (error) {
+      if (this.isAlive) this.writeMaskKernel(ALL_SIGNALS)
+      throw error
+    }
+    return tableAddr
+  }
+
+  /** Wait for a launched batch's closing int3 and read its results. */
+  private collectBatch(calls: readonly BatchCall[], stopOnError: boolean, tableAddr: bigint): bigint[] {
+    const n = calls.length
     const trapRip = this.batchBase! + BigInt(BATCH_INT3_OFFSET + 1)
     try {
       for (;;) {
-        this.resume(PTRACE.CONT, 0)
         const w = this.waitStop()
         const ev = w.event ?? 0
         if (ev === PTRACE_EVENT.FORK || ev === PTRACE_EVENT.VFORK || ev === PTRACE_EVENT.CLONE) {
           this.newChildren.push(Number(this.getEventMsg()))
-          continue
+        } else if (ev === 0) {
+          if (w.stopSignal === SIG.TRAP) {
+            ptrace(PTRACE.PEEKUSER, this.pid, REG.rip * 8, this.peekBuf)
+            if (this.peekBuf[0] === trapRip) break
+          }
+          if (w.stopSignal !== undefined && w.stopSignal !== 0) this.deferredSignals.push(w.stopSignal)
         }
-        if (ev !== 0) continue
-        if (w.stopSignal === SIG.TRAP) {
-          ptrace(PTRACE.PEEKUSER, this.pid, REG.rip * 8, this.peekBuf)
-          if (this.peekBuf[0] === trapRip) break
-        }
-        if (w.stopSignal !== undefined && w.stopSignal !== 0) this.deferredSignals.push(w.stopSignal)
+        this.resume(PTRACE.CONT, 0)
       }
     } finally {
       if (this.isAlive) this.writeMaskKernel(ALL_SIGNALS)

@@ -17,7 +17,7 @@ const KIB = 1024
 
 /** Pieces of the given sizes over the snapshot's largest page run, laid out back to back in the file. */
 function piecesOf(snapshot: LiveSnapshot, sizes: number[]): PageWrite[] {
-  const run = [...snapshot.image.pageRuns].sort((a, b) => b.nrPages - a.nrPages)[0]!
+  const run = [...snapshot.memory.pageRuns].sort((a, b) => b.nrPages - a.nrPages)[0]!
   const writes: PageWrite[] = []
   let at = 0
   for (const size of sizes) {
