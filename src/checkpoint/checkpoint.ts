@@ -266,12 +266,15 @@ function pageMapAt(runs: readonly PageRun[], poolOffset: bigint): Uint8Array {
 /**
  * `pool` may be a function that opens (or creates) the pool: it is called only
  * once every refusal has been checked, so a checkpoint that cannot be taken
- * creates no pool file.
+ * creates no pool file. Into a pool already open, the check of the target's
+ * memory (a walk of every page table) is made on the snapshot while it
+ * writes its pages; a refusal then comes after the target was stopped for
+ * its downtime, and leaves it running as it was.
  */
 export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: number; name: string; kill: boolean}): CheckpointResult {
   const t0 = performance.now()
   validateCheckpointName(request.name)
-  const checked = preflight(request.pid)
+  const checked = preflight(request.pid, {memory: typeof pool === 'function'})
   if (typeof pool === 'function') pool = pool()
   // Refuse a taken name before the target is touched; publish re-checks atomically.
   if (pool.lookup(request.name)) {

@@ -7,11 +7,11 @@
  */
 import {type FdKind, type ProcessImage, type SigAction, type ThreadImage, USER_REGS_NAMES, type UserRegs} from '../image/process-image.js'
 import {Tracee, findSigreturnGadget, regsFromArray} from '../inject/tracee.js'
-import {type FdInfo, listFds, readMaps} from '../sys/proc.js'
-import {SyscallError} from '../errors.js'
-import {PR, PTRACE_O, SIG, SYS, killQuiet, syscallRaw} from '../sys/libc.js'
+import {type FdInfo, type Vma, listFds, readMaps, readSmaps} from '../sys/proc.js'
+import {SyscallError, UnsupportedError} from '../errors.js'
+import {MAP, PR, PTRACE_O, SIG, SYS, killQuiet, syscallRaw} from '../sys/libc.js'
 import {type FlaggedVma, type SnapshotMemory, captureImage, captureMemory} from './capture.js'
-import {type PreflightResult, preflight} from './preflight.js'
+import {type PreflightResult, preflight, refuseUnsupportedMemory} from './preflight.js'
 import {faultPoint} from '../fault.js'
 
 export interface SnapshotTimings {
@@ -32,6 +32,11 @@ export interface LiveSnapshot {
    * so it can run while the child writes its pages.
    */
   captureImage(): ProcessImage
+  /**
+   * Refuse (UNSUPPORTED_MEMORY) memory a checkpoint cannot carry, when
+   * preflight left that to the snapshot; captureImage() calls it first.
+   */
+  checkMemory(): void
   /** The frozen fork child holding the memory to dump; killed by release(). */
   snapshotPid: number
   /** The same child, seized and stopped: syscalls can be injected into it. */
@@ -148,6 +153,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
   let fds: {info: FdInfo; kind: FdKind}[]
   let tResumed: number
   let transient: [bigint, bigint][] = []
+  let parentMaps: Vma[] = []
   try {
     if (gadget !== null) target.useSigreturnGadget(gadget)
     const regsArray = target.getRegsArray()
@@ -166,9 +172,11 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     fds = listFds(pid).map((info) => ({info, kind: byFd.get(info.fd) ?? 'regular'}))
     if (fds.some((entry) => !byFd.has(entry.info.fd))) {
       // An fd appeared after preflight: classify it the careful way.
-      fds = preflight(pid).fds
+      fds = preflight(pid, {memory: false}).fds
     }
-    const fork = target.injectForkSelfHealing()
+    // The layout at the instant of the fork (the target is stopped): the fork reads it anyway.
+    parentMaps = readMaps(pid)
+    const fork = target.injectForkSelfHealing(undefined, parentMaps)
     snapshot = fork.tracee
     transient = fork.transientRanges
     // The snapshot must not outlive us; the target must (no EXITKILL there).
@@ -191,24 +199,62 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
   try {
     // /proc/PID/maps, not smaps: smaps walks every page table (ms per call); the only
     // VmFlags needed here (gd) come from the target's smaps read by preflight.
-    const flagsByStart = new Map(checked.smaps.map((vma) => [vma.start, vma.vmFlags]))
+    const flagsByStart = new Map((checked.smaps ?? []).map((vma) => [vma.start, vma.vmFlags]))
     const maps: FlaggedVma[] = readMaps(snap.pid).map((vma) => ({...vma, vmFlags: flagsByStart.get(vma.start) ?? new Set<string>()}))
+    if (checked.smaps === null) refuseDontfork(pid, parentMaps, maps)
     const state = readChildState(snap)
     thread.altStack = state.altStack
     // Leave out what the injections themselves mapped (trampoline inherited by the child, scratch, batch code).
-    const excluded = [...transient, ...snap.injectionRanges()]
-    const layout = maps.filter((vma) => excluded.every(([start, end]) => vma.end <= start || vma.start >= end))
+    const outsideInjections = (vma: {start: bigint; end: bigint}): boolean =>
+      [...transient, ...snap.injectionRanges()].every(([start, end]) => vma.end <= start || vma.start >= end)
+    const layout = maps.filter(outsideInjections)
     const memory = captureMemory(snap.pid, layout)
     const tCaptured = now()
+    let memoryChecked = checked.smaps !== null
+    const checkMemory = (): void => {
+      if (memoryChecked) return
+      // The snapshot's own VMAs carry the target's flags as they were at the fork.
+      const smaps = readSmaps(snap.pid).filter(outsideInjections)
+      refuseUnsupportedMemory(pid, smaps)
+      const growsDown = new Set(smaps.filter((vma) => vma.vmFlags.has('gd')).map((vma) => vma.start))
+      for (const vma of memory.vmas) if (growsDown.has(vma.start)) vma.flags |= MAP.GROWSDOWN
+      memoryChecked = true
+    }
     let image: ProcessImage | undefined
     return {
-      memory, snapshotPid: snap.pid, snapshotTracee: snap, ownerUid: checked.uid, release,
-      captureImage: () => (image ??= captureImage(pid, snap.pid, memory, layout, fds, {thread, sharedPendingSignals: sharedPending, sigactions: state.sigactions, brk: state.brk})),
+      memory, snapshotPid: snap.pid, snapshotTracee: snap, ownerUid: checked.uid, release, checkMemory,
+      captureImage: () => {
+        checkMemory()
+        return (image ??= captureImage(pid, snap.pid, memory, layout, fds, {thread, sharedPendingSignals: sharedPending, sigactions: state.sigactions, brk: state.brk}))
+      },
       timings: {freezingUs: Math.round((tStopped - t0) * 1000), frozenUs: Math.round((tResumed - t0) * 1000), captureUs: Math.round((tCaptured - tResumed) * 1000)},
     }
   } catch (error) {
     release()
     throw error
+  }
+}
+
+/**
+ * MADV_DONTFORK memory is missing from a fork child, and so from the
+ * snapshot: refuse when any of the target's VMAs at the fork is not covered
+ * by the snapshot's (the injected trampoline may have merged into a
+ * neighbour, so compare coverage, not the lists).
+ */
+function refuseDontfork(pid: number, parentMaps: readonly Vma[], childMaps: readonly Vma[]): void {
+  const sorted = [...childMaps].sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0))
+  for (const vma of parentMaps) {
+    let at = vma.start
+    for (const child of sorted) {
+      if (child.end <= at) continue
+      if (child.start > at) break
+      at = child.end
+      if (at >= vma.end) break
+    }
+    if (at < vma.end) {
+      throw new UnsupportedError('UNSUPPORTED_MEMORY', `process ${pid} uses MADV_DONTFORK memory at 0x${vma.start.toString(16)}-0x${vma.end.toString(16)} (a fork snapshot cannot see it)`,
+        'cxlfork checkpoints private memory and file mappings.')
+    }
   }
 }
 

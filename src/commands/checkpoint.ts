@@ -1,4 +1,5 @@
 import * as Flags from '@oclif/core/flags'
+import {existsSync} from 'node:fs'
 
 import {BaseCommand} from '../cli/base-command.js'
 import {nameFlag, pidArg} from '../cli/flags.js'
@@ -26,9 +27,10 @@ Refused with a named reason: threads, sockets, pipes above fd 2, shared anonymou
     await this.progress.start(`Checkpointing ${args.pid} as ${flags.name}`)
     let pool: Pool | undefined
     try {
-      // The pool is opened (created on first use) only once the target has passed every check.
+      // A pool that does not exist yet is created only once the target has passed every check.
       const openPool = (): Pool => (pool = PoolClass.open(flags.pool, {create: true}))
-      const result = await withTerminationDeferred(async () => checkpointToPool(openPool, {pid: args.pid, name: flags.name, kill: flags.kill}))
+      const into = existsSync(flags.pool) ? openPool() : openPool
+      const result = await withTerminationDeferred(async () => checkpointToPool(into, {pid: args.pid, name: flags.name, kill: flags.kill}))
       this.progress.succeed(`Checkpointed ${args.pid} as ${result.name}`)
       this.say(`${result.pages} pages (${(result.bytes / 1048576).toFixed(1)} MiB), ${result.vmas} VMAs, ${result.fds} fds; downtime ${(result.downtimeUs / 1000).toFixed(2)} ms, total ${(result.totalUs / 1000).toFixed(1)} ms${result.killed ? '; target killed' : ''}`)
       return result

@@ -915,10 +915,10 @@ export class Tracee {
    * parent through rt_sigreturn and makes an orphaned child exit. The
    * trampoline page is mapped and unmapped by self-healing syscalls.
    * Falls back to injectFork() when the stack has no room for the frame.
+   * `maps`: the stopped tracee's layout, when the caller has read it already.
    */
-  injectForkSelfHealing(flags: number = CLONE.PARENT | SIG.CHLD): ForkResult {
+  injectForkSelfHealing(flags: number = CLONE.PARENT | SIG.CHLD, maps: readonly Vma[] = readMaps(this.pid)): ForkResult {
     // One read of the layout (the target is stopped): for the frame's room and for a leftover trampoline.
-    const maps = readMaps(this.pid)
     if (!this.enterSelfHealing(maps)) return this.injectFork(flags)
     const heal = this.healing!.regs
     const progMask = this.progMask!

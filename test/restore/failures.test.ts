@@ -183,6 +183,26 @@ describe('restore: failures are clean', function () {
       await assertPoolEmpty(pool)
     })
 
+    for (const [advise, named] of [['dontfork', /MADV_DONTFORK/], ['wipeonfork', /MADV_WIPEONFORK/], ['shared', /shared anonymous memory/]] as const) {
+      it(`memory a snapshot cannot carry (memtouch --advise ${advise}): exit 5, UNSUPPORTED_MEMORY naming it; into a new pool before anything is created, into an existing one from the snapshot`, async () => {
+        const fx = await startFixture('memtouch', {mib: 4, args: ['--advise', advise]})
+        const extra = BigInt(fx.ready.fields.extra!)
+        const where = new RegExp(`0x${extra.toString(16)}`)
+        // A fresh path: the whole check runs before the target is touched, and no pool file appears.
+        const fresh = poolPath('fail')
+        await expectCheckpointRefused(fresh, fx.pid, {status: 5, codes: ['UNSUPPORTED_MEMORY'], mentions: [new RegExp(`\\b${fx.pid}\\b`), named, where]})
+        assertNoPoolCreated(fresh)
+        // An existing pool: the memory check is made on the snapshot while it writes; the refusal
+        // must still leave the target as it was, no snapshot process, and the pool empty.
+        const pool = poolPath('fail')
+        assert.equal((await cli(['pool', 'init', '--size', '64M', '--json', '--pool', pool])).status, 0)
+        await expectCheckpointRefused(pool, fx.pid, {status: 5, codes: ['UNSUPPORTED_MEMORY'], mentions: [new RegExp(`\\b${fx.pid}\\b`), named, where]})
+        assert.deepEqual(holdersOf(pool, [fx.pid]), [], 'no snapshot or other process holds the pool')
+        await assertUnharmed(fx) // CHECK verifies the extra pages still hold their pattern
+        await assertPoolEmpty(pool)
+      })
+    }
+
     it('a parent with an unreaped child (the zombie fixture itself): refused, cxlfork does not checkpoint process trees', async () => {
       // fixtures/README.md: zombie.c is a refusal fixture; checkpoint must refuse it and
       // leave it running. A clone of it would not be the parent of the zombie (its CHECK fails).
