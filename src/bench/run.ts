@@ -6,6 +6,7 @@
  * start are measured in the same repetitions, so every ratio comes from one run.
  */
 import {randomBytes} from 'node:crypto'
+import {unlinkSync} from 'node:fs'
 import {loadavg} from 'node:os'
 import {dirname, join} from 'node:path'
 
@@ -258,7 +259,6 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     pool?.close()
     if (temporary) {
       try {
-        const {unlinkSync} = await import('node:fs')
         unlinkSync(poolPath)
       } catch {
         // never created

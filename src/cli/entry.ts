@@ -1,7 +1,42 @@
 /**
- * The oclif runner as bin/run.js loads it: from dist/bundle, where esbuild
- * puts it and every command together, sharing one copy of @oclif/core in a
- * common chunk. One bundle instead of ~250 module files is what keeps a
- * command's start-up near Node's own (README, "Start-up").
+ * What bin/run.js loads: oclif's runner and every command, which esbuild
+ * bundles into the one CommonJS file dist/cxlfork.cjs (package.json's
+ * oclif.commands: the "explicit" strategy, identifier COMMANDS). A single
+ * CommonJS script is what V8's code cache can serve whole (README,
+ * "Start-up"). Commands keep their engine imports inside run(), so loading
+ * every command class costs little.
  */
+import Bench from '../commands/bench.js'
+import Check from '../commands/check.js'
+import Checkpoint from '../commands/checkpoint.js'
+import CriuDump from '../commands/criu/dump.js'
+import CriuImport from '../commands/criu/import.js'
+import CriuRestore from '../commands/criu/restore.js'
+import Inspect from '../commands/inspect.js'
+import Ls from '../commands/ls.js'
+import PoolFsck from '../commands/pool/fsck.js'
+import PoolGc from '../commands/pool/gc.js'
+import PoolInfo from '../commands/pool/info.js'
+import PoolInit from '../commands/pool/init.js'
+import Restore from '../commands/restore.js'
+import Rm from '../commands/rm.js'
+
 export {execute} from '@oclif/core/execute'
+
+/** Command ids as oclif names them (topic and command joined by ':'). */
+export const COMMANDS = {
+  bench: Bench,
+  check: Check,
+  checkpoint: Checkpoint,
+  'criu:dump': CriuDump,
+  'criu:import': CriuImport,
+  'criu:restore': CriuRestore,
+  inspect: Inspect,
+  ls: Ls,
+  'pool:fsck': PoolFsck,
+  'pool:gc': PoolGc,
+  'pool:info': PoolInfo,
+  'pool:init': PoolInit,
+  restore: Restore,
+  rm: Rm,
+}

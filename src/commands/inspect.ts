@@ -2,7 +2,7 @@ import * as Args from '@oclif/core/args'
 
 import {BaseCommand} from '../cli/base-command.js'
 import type {CheckpointDetails} from '../pool/index.js'
-import {Pool, formatSize} from '../pool/index.js'
+import {formatSize} from '../pool/size.js'
 import type {ProcessSummary} from '../image/summary.js'
 
 /** Pool-level facts plus, when the sections decode, what the process image holds. */
@@ -19,6 +19,8 @@ export default class Inspect extends BaseCommand {
 
   async run(): Promise<InspectResult> {
     const {args, flags} = await this.parse(Inspect)
+    // The pool (and koffi with it) is loaded only when the command runs.
+    const {Pool} = await import('../pool/index.js')
     const pool = Pool.open(flags.pool)
     try {
       const uid = process.getuid?.() ?? 0

@@ -1,6 +1,6 @@
 import {BaseCommand} from '../cli/base-command.js'
 import type {CheckpointInfo} from '../pool/index.js'
-import {Pool, formatSize} from '../pool/index.js'
+import {formatSize} from '../pool/size.js'
 
 export interface LsResult {
   pool: string
@@ -13,6 +13,8 @@ export default class Ls extends BaseCommand {
 
   async run(): Promise<LsResult> {
     const {flags} = await this.parse(Ls)
+    // The pool (and koffi with it) is loaded only when the command runs.
+    const {Pool} = await import('../pool/index.js')
     const pool = Pool.open(flags.pool)
     try {
       const checkpoints = pool.list()

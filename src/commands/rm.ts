@@ -3,7 +3,7 @@ import * as Flags from '@oclif/core/flags'
 
 import {BaseCommand} from '../cli/base-command.js'
 import type {RemoveResult} from '../pool/index.js'
-import {Pool, formatSize} from '../pool/index.js'
+import {formatSize} from '../pool/size.js'
 
 export default class Rm extends BaseCommand {
   static override summary = 'Delete a checkpoint.'
@@ -22,6 +22,8 @@ space is freed by \`cxlfork pool gc\` after its last clone exits; running clones
 
   async run(): Promise<RemoveResult> {
     const {args, flags} = await this.parse(Rm)
+    // The pool (and koffi with it) is loaded only when the command runs.
+    const {Pool} = await import('../pool/index.js')
     const pool = Pool.open(flags.pool)
     try {
       const result = pool.remove(args.name, {force: flags.force})

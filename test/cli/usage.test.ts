@@ -1,7 +1,7 @@
 /** Usage errors: exit 2 with a typed JSON envelope, never an internal error, and nothing touched. */
 import assert from 'node:assert/strict'
 import {spawnSync} from 'node:child_process'
-import {existsSync, rmSync} from 'node:fs'
+import {existsSync, readFileSync, rmSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {projectRoot} from '../../src/paths.js'
@@ -55,4 +55,28 @@ describe('cli: human output on a terminal', function () {
       assert.equal(existsSync(POOL), false, 'no pool created for a pid that does not exist')
     })
   }
+})
+
+describe('cli: the bundle bin/run.js loads', function () {
+  this.timeout(60_000)
+  const root = projectRoot()
+
+  it('holds no import() of a module by name: one would fail in a script compiled from the code cache', () => {
+    const bundle = readFileSync(join(root, 'dist', 'cxlfork.cjs'), 'utf8')
+    // esbuild leaves import("x") only for modules it does not bundle (builtins, externals).
+    const named = bundle.match(/(?<![\w$.])import\("[^"]*"\)/g) ?? []
+    assert.deepEqual(named, [], 'import these statically instead')
+  })
+
+  it('is compiled with the code cache the build wrote (V8 accepts it)', () => {
+    const probe = [
+      "const {readFileSync} = require('node:fs'); const Module = require('node:module'); const vm = require('node:vm')",
+      `const file = ${JSON.stringify(join(root, 'dist', 'cxlfork.cjs'))}`,
+      "const script = new vm.Script(Module.wrap(readFileSync(file, 'utf8')), {filename: file, cachedData: readFileSync(file + '.cache')})",
+      'process.stdout.write(String(script.cachedDataRejected))',
+    ].join('\n')
+    const run = spawnSync(process.execPath, ['-e', probe], {encoding: 'utf8'})
+    assert.equal(run.status, 0, run.stderr)
+    assert.equal(run.stdout, 'false', 'the cache matches this bundle and this Node')
+  })
 })

@@ -3,7 +3,6 @@ import * as Flags from '@oclif/core/flags'
 import {BaseCommand} from '../../cli/base-command.js'
 import {ExitCode} from '../../errors.js'
 import type {FsckReport} from '../../pool/index.js'
-import {Pool} from '../../pool/index.js'
 
 export default class PoolFsck extends BaseCommand {
   static override summary = 'Check the pool for corruption.'
@@ -20,6 +19,8 @@ and clears impossible table entries.`
 
   async run(): Promise<FsckReport> {
     const {flags} = await this.parse(PoolFsck)
+    // The pool (and koffi with it) is loaded only when the command runs.
+    const {Pool} = await import('../../pool/index.js')
     const pool = Pool.open(flags.pool)
     try {
       const report = pool.fsck({repair: flags.repair})

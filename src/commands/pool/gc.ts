@@ -1,6 +1,6 @@
 import {BaseCommand} from '../../cli/base-command.js'
 import type {GcReport} from '../../pool/index.js'
-import {Pool, formatSize} from '../../pool/index.js'
+import {formatSize} from '../../pool/size.js'
 
 export default class PoolGc extends BaseCommand {
   static override summary = 'Reclaim space of dead builders, dead clones and finished deletions.'
@@ -12,6 +12,8 @@ frees every unit owned by nothing alive. Safe to run at any time, concurrently w
 
   async run(): Promise<GcReport> {
     const {flags} = await this.parse(PoolGc)
+    // The pool (and koffi with it) is loaded only when the command runs.
+    const {Pool} = await import('../../pool/index.js')
     const pool = Pool.open(flags.pool)
     try {
       const report = pool.gc()

@@ -1,6 +1,6 @@
 import {BaseCommand} from '../../cli/base-command.js'
 import type {PoolInfo} from '../../pool/index.js'
-import {Pool, formatSize} from '../../pool/index.js'
+import {formatSize} from '../../pool/size.js'
 
 export default class PoolInfoCommand extends BaseCommand {
   static override summary = 'Show size, usage, checkpoints, live clones and hosts of the pool.'
@@ -8,6 +8,8 @@ export default class PoolInfoCommand extends BaseCommand {
 
   async run(): Promise<PoolInfo> {
     const {flags} = await this.parse(PoolInfoCommand)
+    // The pool (and koffi with it) is loaded only when the command runs.
+    const {Pool} = await import('../../pool/index.js')
     const pool = Pool.open(flags.pool)
     try {
       const info = pool.info()

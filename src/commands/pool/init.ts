@@ -2,7 +2,8 @@ import * as Flags from '@oclif/core/flags'
 
 import {BaseCommand} from '../../cli/base-command.js'
 import {sizeFlag} from '../../cli/size-flag.js'
-import {DEFAULT_POOL_SIZE, Pool, formatSize} from '../../pool/index.js'
+import {formatSize} from '../../pool/size.js'
+import {DEFAULT_POOL_SIZE} from '../../pool/layout.js'
 
 export interface PoolInitResult {
   path: string
@@ -33,6 +34,8 @@ with the default size on first use.`
 
   async run(): Promise<PoolInitResult> {
     const {flags} = await this.parse(PoolInit)
+    // The pool (and koffi with it) is loaded only when the command runs.
+    const {Pool} = await import('../../pool/index.js')
     const pool = Pool.create(flags.pool, {...(flags.size === undefined ? {} : {size: flags.size}), force: flags.force})
     try {
       const info = pool.info()
