@@ -1,7 +1,9 @@
 /**
- * Checkpoint into the pool: live snapshot, then the snapshot's pages go once,
- * with process_vm_readv, straight into a write-once pool extent; the state
- * record and page map become metadata sections; publish is the commit point.
+ * Checkpoint into the pool: live snapshot, then the snapshot writes its own
+ * pages once, by vmsplice + splice, straight into a write-once pool extent
+ * (process_vm_readv into our mapping where it cannot open the pool), while
+ * the state record and page map become metadata sections; publish is the
+ * commit point.
  */
 import {fstatSync} from 'node:fs'
 

@@ -263,6 +263,30 @@ describe('inject/tracee', () => {
     assert.equal(readLine(p.out!), 'True')
   })
 
+  it('a started batch runs while the caller works; injections are refused until finish(), which returns what syscalls() would', () => {
+    const p = spawnProc('/bin/sleep', ['sleep', '30'])
+    waitState(p.pid, (s) => s === 'S')
+    const t = seize(p.pid)
+    const regs = t.getRegs()
+    const delay = new BigUint64Array([0n, 300_000_000n]) // 300 ms
+    const timespec = t.scratchWrite(new Uint8Array(delay.buffer))
+    const pending = t.startSyscalls([{nr: SYS.nanosleep, args: [timespec, 0]}, {nr: SYS.getpid}])
+    // Back at once: the tracee sleeps in its nanosleep (S), it is not in a ptrace stop (t).
+    waitState(p.pid, (s) => s === 'S')
+    assert.equal(t.isStopped, false)
+    assert.throws(() => t.syscall(SYS.getpid), (e: unknown) => (e as {code?: string}).code === 'TRACEE_RUNNING')
+    assert.deepEqual(pending.finish(), [0n, BigInt(p.pid)])
+    assert.deepEqual(pending.finish(), [0n, BigInt(p.pid)], 'finish() again: the same results')
+    // More than one table's worth: the rest runs in finish(); stopOnError ends at the first failure.
+    const many = t.startSyscalls(Array.from({length: 2500}, (_, i) => (i === 2000 ? {nr: SYS.close, args: [999]} : {nr: SYS.getpid})), {stopOnError: true}).finish()
+    assert.equal(many.length, 2001)
+    assert.equal(many[2000], -9n)
+    assert.ok(many.slice(0, 2000).every((v) => v === BigInt(p.pid)))
+    assert.deepEqual(t.getRegs(), regs)
+    t.detach()
+    assert.equal(readStat(p.pid).state, 'S', 'the program sleeps on')
+  })
+
   it('measures injected syscall latency', () => {
     const p = spawnProc('/bin/sleep', ['sleep', '30'])
     waitState(p.pid, (s) => s === 'S')
