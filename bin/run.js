@@ -22,7 +22,14 @@ try {
 // callback of a script compiled from a code cache (ERR_VM_DYNAMIC_IMPORT_CALLBACK_MISSING).
 // esbuild turns imports of bundled modules into plain calls; builtins are
 // imported statically (a test checks the bundle).
-const script = new vm.Script(Module.wrap(readFileSync(bundle, 'utf8')), {filename: bundle, cachedData})
+let source
+try {
+  source = readFileSync(bundle, 'utf8')
+} catch {
+  process.stderr.write(`cxlfork is not built (${bundle} is missing): run \`npm run build\` first.\n`)
+  process.exit(1)
+}
+const script = new vm.Script(Module.wrap(source), {filename: bundle, cachedData})
 // Registered like any required module, so oclif's own require of the bundle
 // (the explicit command strategy) finds it loaded instead of compiling it again.
 const bundleModule = new Module(bundle)
