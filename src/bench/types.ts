@@ -23,6 +23,8 @@ export interface MachineInfo {
   thp: string
   /** 1-minute load average at the start and at the end of the run (other work on the machine skews timings). */
   loadAverage: [number, number]
+  /** CPU time (ms, all cores) the hypervisor gave to other guests during the run: VM noise that load average does not show. */
+  stealMs: number
 }
 
 /** One restore policy of one path, e.g. pool/mow. */

@@ -56,6 +56,7 @@ describe('cxlfork bench (end to end)', function () {
     assert.match(result.command, /bench --sizes 16M --runs 2 --json$/)
     assert.ok(!Number.isNaN(Date.parse(result.date)))
     assert.ok(result.machine.cores > 0 && result.machine.ramBytes > 0 && result.machine.kernel.length > 0 && result.machine.node.startsWith('v'))
+    assert.ok(Number.isFinite(result.machine.stealMs) && result.machine.stealMs >= 0, `steal during the run: ${result.machine.stealMs} ms`)
     assert.deepEqual(result.config.sizes, [16 << 20])
     assert.equal(result.config.runs, 2)
     assert.deepEqual(result.config.policies, ['mow', 'local'])
