@@ -69,11 +69,8 @@ export function capturePageRuns(pid: number, vmas: readonly VmaImage[]): PageRun
     vmas.forEach((vma, vmaIndex) => {
       if ((vma.flags & MAP.SHARED) !== 0 || vma.kind === 'vdso' || vma.kind === 'vvar' || vma.kind === 'vvar_vclock' || vma.kind === 'vsyscall') return
       // A present page of a private file mapping may still be the file's own page; only anonymous copies are process state.
-      for (const run of pagemap.dataRuns(vma.start, vma.end, vma.kind === 'file')) {
-        const last = runs.at(-1)
-        if (last && last.vmaIndex === vmaIndex && last.vaddr + BigInt(last.nrPages * 4096) === run.vaddr) last.nrPages += run.nrPages
-        else runs.push({vaddr: run.vaddr, nrPages: run.nrPages, vmaIndex})
-      }
+      // dataRuns merges contiguous pages already, and runs never span two VMAs.
+      for (const run of pagemap.dataRuns(vma.start, vma.end, vma.kind === 'file')) runs.push({vaddr: run.vaddr, nrPages: run.nrPages, vmaIndex})
     })
     return runs
   } finally {

@@ -196,17 +196,12 @@ export function openPipe(child: LiveSnapshot['snapshotTracee']): {readFd: bigint
 
 /**
  * vmsplice each piece into the pipe and splice it to its pool offset, all in
- * batches. Returns the index of the first piece not known to be written in
- * full; every piece from there on is rewritten by pwriteWrites (a short
- * transfer can leave bytes in the pipe, which the next splice would put in
- * the next piece's range, never outside it: rewriting from that piece on
- * repairs all of it).
+ * batches, left running in the child. finish() returns the index of the
+ * first piece not known to be written in full; every piece from there on is
+ * rewritten by pwriteWrites (a short transfer can leave bytes in the pipe,
+ * which the next splice would put in the next piece's range, never outside
+ * it: rewriting from that piece on repairs all of it).
  */
-export function spliceWrites(child: LiveSnapshot['snapshotTracee'], pipe: {readFd: bigint; writeFd: bigint}, fd: bigint, writes: readonly PageWrite[]): number {
-  return startSpliceWrites(child, pipe, fd, writes).finish()
-}
-
-/** spliceWrites, left running in the child; finish() returns what spliceWrites returns. */
 export function startSpliceWrites(child: LiveSnapshot['snapshotTracee'], pipe: {readFd: bigint; writeFd: bigint}, fd: bigint, writes: readonly PageWrite[]): {finish(): number} {
   if (writes.length === 0) return {finish: () => 0}
   // One scratch block: an iovec (base, len) per piece, then a loff_t per piece.

@@ -7,7 +7,7 @@ import {existsSync, readFileSync, readdirSync, statSync} from 'node:fs'
 import {NotFoundError, PermissionError, UnsupportedError} from '../errors.js'
 import {type FdKind} from '../image/process-image.js'
 import {getuid} from '../sys/libc.js'
-import {type FdInfo, type SmapsVma, listFds, readSmaps, readStat, readStatus} from '../sys/proc.js'
+import {type FdInfo, type SmapsVma, type Vma, listFds, readSmaps, readStat, readStatus} from '../sys/proc.js'
 
 /** Character devices whose state is fully described by their path. */
 const STATELESS_CHARDEVS = new Set(['/dev/null', '/dev/zero', '/dev/full', '/dev/random', '/dev/urandom'])
@@ -41,7 +41,7 @@ export function classifyFd(fd: FdInfo, pid: number): FdKind | {unsupported: stri
 }
 
 /** Memory features a fork snapshot or a restore cannot carry. */
-export function unsupportedVmaReason(vma: SmapsVma): string | undefined {
+export function unsupportedVmaReason(vma: Vma & {vmFlags: ReadonlySet<string>}): string | undefined {
   const where = `0x${vma.start.toString(16)}-0x${vma.end.toString(16)}`
   if (vma.vmFlags.has('ht')) return `hugetlb memory at ${where}`
   if (vma.vmFlags.has('dc')) return `MADV_DONTFORK memory at ${where} (a fork snapshot cannot see it)`
@@ -96,7 +96,7 @@ export interface PreflightResult {
 }
 
 /** Throws UNSUPPORTED_MEMORY naming the first VMA a checkpoint cannot carry. */
-export function refuseUnsupportedMemory(pid: number, vmas: readonly SmapsVma[]): void {
+export function refuseUnsupportedMemory(pid: number, vmas: readonly (Vma & {vmFlags: ReadonlySet<string>})[]): void {
   for (const vma of vmas) {
     const reason = unsupportedVmaReason(vma)
     if (reason) throw new UnsupportedError('UNSUPPORTED_MEMORY', `process ${pid} uses ${reason}`, 'cxlfork checkpoints private memory and file mappings.')

@@ -8,7 +8,7 @@
 import {type FdKind, type ProcessImage, type SigAction, type ThreadImage, USER_REGS_NAMES, type UserRegs} from '../image/process-image.js'
 import {Tracee, findSigreturnGadget, regsFromArray} from '../inject/tracee.js'
 import {type FdInfo, type Vma, listFds, readMaps, readSmaps} from '../sys/proc.js'
-import {SyscallError, UnsupportedError} from '../errors.js'
+import {SyscallError} from '../errors.js'
 import {MAP, PR, PTRACE_O, SIG, SYS, killQuiet, syscallRaw} from '../sys/libc.js'
 import {type FlaggedVma, type SnapshotMemory, captureImage, captureMemory} from './capture.js'
 import {type PreflightResult, preflight, refuseUnsupportedMemory} from './preflight.js'
@@ -197,8 +197,9 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     snap.kill()
   }
   try {
-    // /proc/PID/maps, not smaps: smaps walks every page table (ms per call); the only
-    // VmFlags needed here (gd) come from the target's smaps read by preflight.
+    // /proc/PID/maps, not smaps: smaps walks every page table (ms per call). The only
+    // VmFlags needed here (gd) come from preflight's smaps of the target, or, when
+    // preflight left the memory check to the snapshot, from checkMemory() below.
     const flagsByStart = new Map((checked.smaps ?? []).map((vma) => [vma.start, vma.vmFlags]))
     const maps: FlaggedVma[] = readMaps(snap.pid).map((vma) => ({...vma, vmFlags: flagsByStart.get(vma.start) ?? new Set<string>()}))
     if (checked.smaps === null) refuseDontfork(pid, parentMaps, maps)
@@ -251,10 +252,8 @@ function refuseDontfork(pid: number, parentMaps: readonly Vma[], childMaps: read
       at = child.end
       if (at >= vma.end) break
     }
-    if (at < vma.end) {
-      throw new UnsupportedError('UNSUPPORTED_MEMORY', `process ${pid} uses MADV_DONTFORK memory at 0x${vma.start.toString(16)}-0x${vma.end.toString(16)} (a fork snapshot cannot see it)`,
-        'cxlfork checkpoints private memory and file mappings.')
-    }
+    // What preflight's smaps would have shown for it: the dc flag.
+    if (at < vma.end) refuseUnsupportedMemory(pid, [{...vma, vmFlags: new Set(['dc'])}])
   }
 }
 

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import {createHash} from 'node:crypto'
 import {readFileSync, rmSync} from 'node:fs'
 
-import {type PageWrite, openPipe, pwriteWrites, spliceWrites} from '../../src/checkpoint/checkpoint.js'
+import {type PageWrite, openPipe, pwriteWrites, startSpliceWrites} from '../../src/checkpoint/checkpoint.js'
 import {type LiveSnapshot, takeLiveSnapshot} from '../../src/checkpoint/snapshot.js'
 import {O, SYS} from '../../src/sys/libc.js'
 import {cleanupAll, startFixture, waitForTicks} from '../helpers/fixtures.js'
@@ -69,7 +69,7 @@ describe('checkpoint: the snapshot writes its pages', function () {
     assert.ok(pipe, 'a pipe in the snapshot')
     assert.equal(pipe.size, 1 << 20)
     const writes = piecesOf(snapshot!, [1024 * KIB, 1024 * KIB, 64 * KIB, 4 * KIB, 1024 * KIB])
-    assert.equal(spliceWrites(child, pipe, fd, writes), writes.length, 'no piece needs rewriting')
+    assert.equal(startSpliceWrites(child, pipe, fd, writes).finish(), writes.length, 'no piece needs rewriting')
     assertWritten(snapshot!, writes)
   })
 
@@ -82,7 +82,7 @@ describe('checkpoint: the snapshot writes its pages', function () {
     const view = new DataView(child.readMemory(fds, 8).buffer)
     const pipe = {readFd: BigInt(view.getInt32(0, true)), writeFd: BigInt(view.getInt32(4, true))}
     const writes = piecesOf(snapshot!, [64 * KIB, 64 * KIB, 256 * KIB, 64 * KIB, 32 * KIB])
-    const first = spliceWrites(child, pipe, fd, writes)
+    const first = startSpliceWrites(child, pipe, fd, writes).finish()
     assert.equal(first, 2, 'the first piece not written in full is the 256 KiB one')
     pwriteWrites(child, fd, writes.slice(first))
     assertWritten(snapshot!, writes)
