@@ -68,13 +68,13 @@ export interface SizeResult {
   label: string
   /** Spawn of a fresh target until it has touched all its memory. */
   coldStartMs: Summary
-  /** write(2) loop of the same bytes into a new file on the pool's file system (1 MiB buffer). */
+  /** write(2) loop rewriting one cache-hot 1 MiB buffer, SIZE bytes in all, into a new file on the pool's file system (shown, not the anchor). */
   plainWriteMs: Summary
-  /** ftruncate + mmap(MAP_SHARED) + copy, the other plain method. */
+  /** ftruncate + mmap(MAP_SHARED) + copy (shown, not the anchor). */
   plainMmapMs: Summary
-  /** The faster of the two plain methods (by median): the anchor for checkpoint time. */
   /** write(2) of the same SIZE bytes from a SIZE-byte buffer in memory: the anchor of the checkpoint target. */
   plainWriteMemoryMs: Summary
+  /** Which plain write is the anchor (named in the JSON and the target's description): always plainWriteMemoryMs. */
   plainAnchor: 'memory'
   /** Local fork() of the target, parent side: injected clone minus a no-op injected getpid. */
   forkMs: Summary
