@@ -4,6 +4,7 @@ import * as Flags from '@oclif/core/flags'
 import type * as Interfaces from '@oclif/core/interfaces'
 
 import {CxlforkError, ExitCode} from '../errors.js'
+import type {Pool} from '../pool/index.js'
 import {Progress, interactiveStderr} from './progress.js'
 
 export const DEFAULT_POOL_PATH = '/dev/shm/cxlfork.pool'
@@ -31,6 +32,12 @@ export abstract class BaseCommand extends Command {
   protected get progress(): Progress {
     this.progressInstance ??= new Progress(!this.jsonEnabled() && interactiveStderr())
     return this.progressInstance
+  }
+
+  /** Open the pool at `path` (the --pool flag). The pool module, and koffi with it, is loaded only here, when a command runs. */
+  protected async openPool(path: string): Promise<Pool> {
+    const {Pool} = await import('../pool/index.js')
+    return Pool.open(path)
   }
 
   /** Human output goes to stderr so stdout stays clean for pipes and --json. */

@@ -19,9 +19,7 @@ export default class Inspect extends BaseCommand {
 
   async run(): Promise<InspectResult> {
     const {args, flags} = await this.parse(Inspect)
-    // The pool (and koffi with it) is loaded only when the command runs.
-    const {Pool} = await import('../pool/index.js')
-    const pool = Pool.open(flags.pool)
+    const pool = await this.openPool(flags.pool)
     try {
       const uid = process.getuid?.() ?? 0
       const details: InspectResult = pool.inspect(args.name, {uid})

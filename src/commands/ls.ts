@@ -13,9 +13,7 @@ export default class Ls extends BaseCommand {
 
   async run(): Promise<LsResult> {
     const {flags} = await this.parse(Ls)
-    // The pool (and koffi with it) is loaded only when the command runs.
-    const {Pool} = await import('../pool/index.js')
-    const pool = Pool.open(flags.pool)
+    const pool = await this.openPool(flags.pool)
     try {
       const checkpoints = pool.list()
       if (checkpoints.length === 0) this.say(`no checkpoints in ${pool.path}`)

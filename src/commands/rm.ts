@@ -22,9 +22,7 @@ space is freed by \`cxlfork pool gc\` after its last clone exits; running clones
 
   async run(): Promise<RemoveResult> {
     const {args, flags} = await this.parse(Rm)
-    // The pool (and koffi with it) is loaded only when the command runs.
-    const {Pool} = await import('../pool/index.js')
-    const pool = Pool.open(flags.pool)
+    const pool = await this.openPool(flags.pool)
     try {
       const result = pool.remove(args.name, {force: flags.force})
       this.say(result.state === 'removed' ? `removed ${result.name}, freed ${formatSize(result.bytesFreed)}`

@@ -19,9 +19,7 @@ and clears impossible table entries.`
 
   async run(): Promise<FsckReport> {
     const {flags} = await this.parse(PoolFsck)
-    // The pool (and koffi with it) is loaded only when the command runs.
-    const {Pool} = await import('../../pool/index.js')
-    const pool = Pool.open(flags.pool)
+    const pool = await this.openPool(flags.pool)
     try {
       const report = pool.fsck({repair: flags.repair})
       for (const problem of report.problems) {

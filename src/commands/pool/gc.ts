@@ -12,9 +12,7 @@ frees every unit owned by nothing alive. Safe to run at any time, concurrently w
 
   async run(): Promise<GcReport> {
     const {flags} = await this.parse(PoolGc)
-    // The pool (and koffi with it) is loaded only when the command runs.
-    const {Pool} = await import('../../pool/index.js')
-    const pool = Pool.open(flags.pool)
+    const pool = await this.openPool(flags.pool)
     try {
       const report = pool.gc()
       this.say(`freed ${formatSize(report.bytesFreed)} (${report.segmentsFreed} segments, ${report.pagesFreed} metadata pages); ` +

@@ -8,9 +8,7 @@ export default class PoolInfoCommand extends BaseCommand {
 
   async run(): Promise<PoolInfo> {
     const {flags} = await this.parse(PoolInfoCommand)
-    // The pool (and koffi with it) is loaded only when the command runs.
-    const {Pool} = await import('../../pool/index.js')
-    const pool = Pool.open(flags.pool)
+    const pool = await this.openPool(flags.pool)
     try {
       const info = pool.info()
       this.say(`pool        ${info.path} (${info.fileSystem}, uuid ${info.uuid})`)
