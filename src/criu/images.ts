@@ -11,12 +11,12 @@
  * written by CRIU itself fills those parts with the best available values (listed in
  * readCriuImages).
  */
-import {closeSync, existsSync, openSync, readFileSync, readSync, statSync, writeSync} from 'node:fs'
+import {closeSync, existsSync, openSync, readSync, statSync, writeSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {CorruptError, CxlforkError, NotFoundError, UnsupportedError} from '../errors.js'
 import {MAP, O, PROT, RLIM_INFINITY, SIG} from '../sys/libc.js'
-import {deviceName} from '../sys/proc.js'
+import {type Vma, deviceName, readMaps} from '../sys/proc.js'
 import {
   type FdImage, type FdKind, type FileIdentity, IMAGE_VERSION, type PageRun, PAGE_SIZE, type ProcessImage, type Rlimit,
   type SigAction, type ThreadImage, USER_REGS_NAMES, type UserRegName, type UserRegs, type VmaImage, type VmaKind,
@@ -589,22 +589,17 @@ function hostIdentity(reg: Msg, what: string): FileIdentity {
   return {path, device: deviceName(st.dev), inode: st.ino, size: st.size, mtimeNs: st.mtimeNs, mode: recordedMode ?? Number(st.mode)}
 }
 
-/** This kernel's vvar areas ([vvar], [vvar_vclock]) in address order, from /proc/self/maps; [] if unreadable. */
+/** This kernel's vvar areas ([vvar], [vvar_vclock]) in address order, from our own maps; [] if unreadable or not adjacent. */
 function hostVvarParts(): {name: 'vvar' | 'vvar_vclock'; size: bigint}[] {
-  let text: string
+  let maps: Vma[]
   try {
-    text = readFileSync('/proc/self/maps', 'utf8')
+    maps = readMaps('self')
   } catch {
     return []
   }
-  const parts: {name: 'vvar' | 'vvar_vclock'; start: bigint; end: bigint}[] = []
-  for (const line of text.split('\n')) {
-    const match = /^([0-9a-f]+)-([0-9a-f]+)\s.*\s\[(vvar|vvar_vclock)\]$/.exec(line)
-    if (match) parts.push({name: match[3] as 'vvar' | 'vvar_vclock', start: BigInt('0x' + match[1]), end: BigInt('0x' + match[2])})
-  }
-  parts.sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0))
+  const parts = maps.filter((vma) => vma.kind === 'vvar' || vma.kind === 'vvar_vclock').sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0))
   for (let i = 1; i < parts.length; i++) if (parts[i]!.start !== parts[i - 1]!.end) return []
-  return parts.map((part) => ({name: part.name, size: part.end - part.start}))
+  return parts.map((vma) => ({name: vma.kind as 'vvar' | 'vvar_vclock', size: vma.end - vma.start}))
 }
 
 /** A merged CRIU VMA_AREA_VVAR entry cut into this kernel's vvar areas, or undefined if it is not such a merge. */

@@ -165,16 +165,13 @@ export function decodeHeader(page: Uint8Array, fileSize: bigint, path: string): 
   const magic = new TextDecoder('latin1').decode(page.subarray(H_MAGIC, H_MAGIC + 8))
   if (magic !== POOL_MAGIC) throw new CorruptError('POOL_FOREIGN', `${path} is not a cxlfork pool (bad magic)`, hint)
   const version = view.getUint32(H_VERSION, true)
+  const wrongVersion = (): CorruptError => new CorruptError('POOL_VERSION', `pool ${path} has format version ${version}; this cxlfork reads version ${POOL_VERSION}`, hint)
   // A pool of an earlier format: its checksums use another algorithm, so say so before checking them.
-  if (version >= 1 && version < POOL_VERSION) {
-    throw new CorruptError('POOL_VERSION', `pool ${path} has format version ${version}; this cxlfork reads version ${POOL_VERSION}`, hint)
-  }
+  if (version >= 1 && version < POOL_VERSION) throw wrongVersion()
   if (view.getUint32(HEADER_CRC_OFFSET, true) !== crc32(page.subarray(0, HEADER_CRC_OFFSET))) {
     throw new CorruptError('POOL_HEADER_CORRUPT', `header of pool ${path} fails its CRC-32 check`, hint)
   }
-  if (version !== POOL_VERSION) {
-    throw new CorruptError('POOL_VERSION', `pool ${path} has format version ${version}; this cxlfork reads version ${POOL_VERSION}`, hint)
-  }
+  if (version !== POOL_VERSION) throw wrongVersion()
   const totalSize = view.getBigUint64(H_TOTAL_SIZE, true)
   let expected: PoolLayout
   try {
