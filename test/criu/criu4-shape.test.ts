@@ -16,10 +16,11 @@ import {type ChildProcess, spawn} from 'node:child_process'
 import {readdirSync, readFileSync, renameSync, statSync} from 'node:fs'
 import {join} from 'node:path'
 
-import {CxlforkError, UnsupportedError} from '../../src/errors.js'
+import {UnsupportedError} from '../../src/errors.js'
 import {type ProcessImage} from '../../src/image/process-image.js'
 import {type ImageKind, IMAGE_KINDS, messageType, readImageRecords, writeImage} from '../../src/criu/image-file.js'
 import {PE_LAZY, PE_PRESENT, readCriuImages, VMA_AREA_VVAR, writeCriuImages} from '../../src/criu/images.js'
+import {expectError} from '../helpers/errors.js'
 import {killChild} from '../helpers/fixtures.js'
 import {captureFromProc, procMemSource} from './proc-capture.js'
 import {ScratchDirs} from './scratch.js'
@@ -57,16 +58,7 @@ function hostHasVclock(): boolean {
 }
 
 function expectUnsupported(fn: () => unknown, code: string, pattern: RegExp): void {
-  try {
-    fn()
-  } catch (error) {
-    assert.ok(error instanceof UnsupportedError, `expected UnsupportedError, got ${(error as Error).constructor.name}: ${(error as Error).message}`)
-    assert.equal((error as CxlforkError).code, code)
-    assert.match((error as Error).message, pattern)
-    assert.ok((error as CxlforkError).hint)
-    return
-  }
-  assert.fail(`expected ${code}`)
+  assert.equal(expectError(fn, UnsupportedError, pattern).code, code)
 }
 
 describe('criu image set shaped like CRIU 4.x writes it', function () {

@@ -3,7 +3,7 @@ import {type ChildProcess, execFileSync, spawn, spawnSync} from 'node:child_proc
 import {readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 
-import {CorruptError, CxlforkError, NotFoundError, UnsupportedError} from '../../src/errors.js'
+import {CorruptError, NotFoundError, UnsupportedError} from '../../src/errors.js'
 import {PAGE_SIZE, type ProcessImage, totalPages} from '../../src/image/process-image.js'
 import {decodeMessage, encodeMessage, frameImage, IMG_COMMON_MAGIC, readImage, readImageRecords, writeImage} from '../../src/criu/image-file.js'
 import {
@@ -11,6 +11,7 @@ import {
 } from '../../src/criu/images.js'
 import {str64} from '../../src/criu/values.js'
 import {fpregsToXstate, xstateToFpregs} from '../../src/criu/xsave.js'
+import {expectError} from '../helpers/errors.js'
 import {killChild} from '../helpers/fixtures.js'
 import {captureFromProc, parseMaps, procMemSource, syntheticXstate} from './proc-capture.js'
 import {ScratchDirs} from './scratch.js'
@@ -26,17 +27,6 @@ function parseJson(text: string): any { // eslint-disable-line @typescript-eslin
   return JSON.parse(text.replace(/([:[,]\s*)(\d{16,})(?=\s*[,\]}])/g, '$1"$2"'))
 }
 
-function expectError(fn: () => unknown, type: new (...args: never[]) => CxlforkError, pattern: RegExp): CxlforkError {
-  try {
-    fn()
-  } catch (error) {
-    assert.ok(error instanceof type, `expected ${type.name}, got ${(error as Error).constructor.name}: ${(error as Error).message}`)
-    assert.match((error as Error).message, pattern)
-    assert.ok((error as CxlforkError).hint, 'error carries a hint')
-    return error as CxlforkError
-  }
-  assert.fail(`expected ${type.name} matching ${pattern}`)
-}
 
 describe('criu image set (real process)', function () {
   this.timeout(120_000)
