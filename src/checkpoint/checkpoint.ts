@@ -15,6 +15,7 @@ import {Section} from '../image/sections.js'
 import {type CheckpointBuilder, type Pool} from '../pool/index.js'
 import {validateCheckpointName} from '../pool/names.js'
 import {O, PROT, SYS, type VmSegment, vmReadv} from '../sys/libc.js'
+import {CpuPlacement, lastCpu} from '../sys/affinity.js'
 import {preflight} from './preflight.js'
 import {type LiveSnapshot, killTarget, takeLiveSnapshot} from './snapshot.js'
 
@@ -106,7 +107,7 @@ export interface PendingPageWrite {
  * written nothing, when the child cannot open the pool (another mount
  * namespace): the caller then copies with process_vm_readv.
  */
-function startPageWrite(pool: Pool, snapshot: LiveSnapshot, poolOffset: bigint): PendingPageWrite | null {
+function startPageWrite(pool: Pool, snapshot: LiveSnapshot, poolOffset: bigint, placement: CpuPlacement | undefined): PendingPageWrite | null {
   const child = snapshot.snapshotTracee
   const memory = snapshot.memory
   const fd = openPoolInSnapshot(pool, child)
@@ -139,6 +140,8 @@ function startPageWrite(pool: Pool, snapshot: LiveSnapshot, poolOffset: bigint):
     if (failed >= 0 || mprotectResults.length < mprotects.length) {
       throw new SyscallError('mprotect (in the snapshot)', failed >= 0 ? Number(-mprotectResults[failed]!) : 5)
     }
+    // The write runs beside cxlfork's own work (the image, the metadata), on any CPU the target may use.
+    placement?.unfollow(child.pid)
     const started = pipe ? startSpliceWrites(child, pipe, fd, writes) : {finish: () => 0}
     return {
       finish: () => {
@@ -277,7 +280,15 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
   if (pool.lookup(request.name)) {
     throw new ConflictError('NAME_TAKEN', `a checkpoint named ${request.name} already exists in ${pool.path}`, 'Pick another --name or remove it with `cxlfork rm`.')
   }
-  const snapshot = takeLiveSnapshot(request.pid, checked)
+  // Next to the target for the whole ptrace ping-pong (src/sys/affinity.ts).
+  const placement = CpuPlacement.pin(lastCpu(request.pid))
+  let snapshot: LiveSnapshot
+  try {
+    snapshot = takeLiveSnapshot(request.pid, checked, placement)
+  } catch (error) {
+    placement?.release()
+    throw error
+  }
   let builder: CheckpointBuilder | undefined
   try {
     builder = pool.beginCheckpoint()
@@ -286,7 +297,7 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
     const pages = totalPages(runs)
     const bytes = BigInt(pages) * BigInt(PAGE_SIZE)
     const extent = pages === 0 ? undefined : builder.allocateData(bytes)
-    const pending = extent ? startPageWrite(pool, snapshot, extent.poolOffset) : null
+    const pending = extent ? startPageWrite(pool, snapshot, extent.poolOffset, placement) : null
     // While the snapshot writes its pages: the rest of the image and the metadata sections.
     const image = snapshot.captureImage()
     builder.addSection(Section.processState, encodeImage(image))
@@ -321,5 +332,6 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
     throw error
   } finally {
     snapshot.release()
+    placement?.release()
   }
 }

@@ -10,6 +10,7 @@ import {Tracee, findSigreturnGadget, regsFromArray} from '../inject/tracee.js'
 import {type FdInfo, type Vma, listFds, readMaps, readSmaps} from '../sys/proc.js'
 import {SyscallError} from '../errors.js'
 import {MAP, PR, PTRACE_O, SIG, SYS, killQuiet, syscallRaw} from '../sys/libc.js'
+import type {CpuPlacement} from '../sys/affinity.js'
 import {type FlaggedVma, type SnapshotMemory, captureImage, captureMemory} from './capture.js'
 import {type PreflightResult, preflight, refuseUnsupportedMemory} from './preflight.js'
 import {faultPoint} from '../fault.js'
@@ -139,7 +140,7 @@ function readChildState(snapshot: Tracee): ChildState {
  * On any failure the target is detached running as it was and the snapshot
  * child (if any) is killed.
  */
-export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflight(pid)): LiveSnapshot {
+export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflight(pid), placement?: CpuPlacement): LiveSnapshot {
   // Found while the target runs: lets every injected syscall return through rt_sigreturn.
   const gadget = findSigreturnGadget(pid)
   const t0 = now()
@@ -178,6 +179,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     parentMaps = readMaps(pid)
     const fork = target.injectForkSelfHealing(undefined, parentMaps)
     snapshot = fork.tracee
+    placement?.follow(snapshot.pid)
     transient = fork.transientRanges
     // The snapshot must not outlive us; the target must (no EXITKILL there).
     snapshot.setOptions(snapshot.options | PTRACE_O.EXITKILL)

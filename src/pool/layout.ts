@@ -2,8 +2,8 @@
  * On-disk layout of a pool file. Everything is little endian and addressed by
  * pool offset (bytes from the start of the file), never by a host address.
  *
- *   0        header page: magic, version, uuid, sizes, region table, CRC-32
- *            (immutable after init)
+ *   0        header page: magic, version, uuid, sizes, region table, flags,
+ *            CRC-32 (immutable after init)
  *   4 KiB    counters page (atomic, not covered by the CRC; reserved)
  *   8 KiB    host table, build-slot table, reference table, directory,
  *            segment-state table (u32 per 2 MiB data segment),
@@ -39,6 +39,14 @@ export const REF_SLOT_SIZE = 16
 
 export const HEADER_CRC_OFFSET = PAGE_SIZE - 4
 
+/**
+ * Header flag: the pool's memory was allocated at init and is kept. Freed
+ * units are not punched out, so a checkpoint writes into memory that is
+ * already there, as on a CXL device. Pools made before the flag read 0.
+ */
+export const POOL_FLAG_PROVISIONED = 1
+const KNOWN_POOL_FLAGS = POOL_FLAG_PROVISIONED
+
 export interface PoolLayout {
   totalSize: bigint
   pageSize: number
@@ -66,6 +74,8 @@ export interface PoolHeader extends PoolLayout {
   version: number
   uuid: string
   createdAtMs: number
+  /** POOL_FLAG_PROVISIONED: freed units keep their memory. */
+  provisioned: boolean
 }
 
 const alignUp = (value: number, alignment: number): number => Math.ceil(value / alignment) * alignment
@@ -126,12 +136,13 @@ const H_SEGMENT_COUNT = 64
 const H_METADATA_PAGES = 68
 const H_REGIONS = 72 // ten u64 region offsets/sizes
 const H_CREATED_AT = 152
+const H_FLAGS = 160
 
 const REGION_FIELDS = ['hostTableOffset', 'buildTableOffset', 'refTableOffset', 'directoryOffset', 'segmentStateOffset',
   'pageStateOffset', 'metadataOffset', 'metadataSize', 'dataOffset', 'dataSize'] as const
 
 /** The header page for a new pool. */
-export function encodeHeader(layout: PoolLayout, uuid: Uint8Array, createdAtMs: number): Uint8Array {
+export function encodeHeader(layout: PoolLayout, uuid: Uint8Array, createdAtMs: number, flags = 0): Uint8Array {
   const page = new Uint8Array(PAGE_SIZE)
   const view = new DataView(page.buffer)
   page.set(new TextEncoder().encode(POOL_MAGIC), H_MAGIC)
@@ -148,6 +159,7 @@ export function encodeHeader(layout: PoolLayout, uuid: Uint8Array, createdAtMs: 
   view.setUint32(H_METADATA_PAGES, layout.metadataPageCount, true)
   REGION_FIELDS.forEach((field, i) => view.setBigUint64(H_REGIONS + 8 * i, BigInt(layout[field]), true))
   view.setBigUint64(H_CREATED_AT, BigInt(createdAtMs), true)
+  view.setUint32(H_FLAGS, flags, true)
   view.setUint32(HEADER_CRC_OFFSET, crc32(page.subarray(0, HEADER_CRC_OFFSET)), true)
   return page
 }
@@ -193,6 +205,10 @@ export function decodeHeader(page: Uint8Array, fileSize: bigint, path: string): 
       throw new CorruptError('POOL_HEADER_CORRUPT', `header of pool ${path}: field ${field} is ${value}, expected ${expected[field as keyof PoolLayout]}`, hint)
     }
   }
+  const flags = view.getUint32(H_FLAGS, true)
+  if ((flags & ~KNOWN_POOL_FLAGS) !== 0) {
+    throw new CorruptError('POOL_HEADER_CORRUPT', `header of pool ${path} sets unknown flags 0x${flags.toString(16)}`, hint)
+  }
   if (fileSize < totalSize) {
     throw new CorruptError('POOL_TRUNCATED', `pool ${path} is ${fileSize} bytes long but its header says ${totalSize}`, hint)
   }
@@ -200,7 +216,7 @@ export function decodeHeader(page: Uint8Array, fileSize: bigint, path: string): 
     throw new CorruptError('POOL_SIZE_MISMATCH', `pool ${path} is ${fileSize} bytes long but its header says ${totalSize}`, hint)
   }
   return {...expected, version, uuid: formatUuid(page.subarray(H_UUID, H_UUID + 16)),
-    createdAtMs: Number(view.getBigUint64(H_CREATED_AT, true))}
+    createdAtMs: Number(view.getBigUint64(H_CREATED_AT, true)), provisioned: (flags & POOL_FLAG_PROVISIONED) !== 0}
 }
 
 export function formatUuid(bytes: Uint8Array): string {

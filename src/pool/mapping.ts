@@ -30,6 +30,11 @@ export class PoolMapping {
     syscallRaw(SYS.fallocate, this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, poolOffset, length)
   }
 
+  /** Allocate the memory of [poolOffset, +length) now (mode 0 fallocate); returns 0 or -errno. */
+  static provision(fd: number, poolOffset: bigint, length: bigint): number {
+    return Number(syscallRaw(SYS.fallocate, fd, 0, poolOffset, length))
+  }
+
   /** Zero-copy bytes at `poolOffset` (bounds checked by the caller). */
   window(poolOffset: bigint, length: number): Uint8Array {
     return view(this.baseAddress + poolOffset, length)

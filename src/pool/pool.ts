@@ -8,7 +8,7 @@ import {randomBytes} from 'node:crypto'
 import {closeSync, constants, fchmodSync, fstatSync, ftruncateSync, linkSync, openSync, readSync, renameSync, statSync, unlinkSync} from 'node:fs'
 import {basename, dirname, join, resolve} from 'node:path'
 
-import {ConflictError, CorruptError, NotFoundError, PermissionError, SyscallError, UsageError} from '../errors.js'
+import {ConflictError, CorruptError, NotFoundError, PermissionError, SyscallError, UnsupportedError, UsageError} from '../errors.js'
 import {BuildSlots, freeUnitsOf} from './allocator.js'
 import {CheckpointBuilder} from './builder.js'
 import {CheckpointReader} from './reader.js'
@@ -21,7 +21,7 @@ import {runFsck} from './fsck.js'
 import {runGc} from './gc.js'
 import {HostTable, leaseMsFromEnvironment, localHostIdentity} from './hosts.js'
 import type {PoolHeader} from './layout.js'
-import {DEFAULT_POOL_SIZE, PAGE_SIZE, computeLayout, decodeHeader, encodeHeader} from './layout.js'
+import {DEFAULT_POOL_SIZE, PAGE_SIZE, POOL_FLAG_PROVISIONED, computeLayout, decodeHeader, encodeHeader} from './layout.js'
 import {PoolMapping} from './mapping.js'
 import {Liveness, processStartTime} from './owners.js'
 import type {ReferenceHandle} from './references.js'
@@ -42,6 +42,8 @@ export interface PoolCreateOptions {
   size?: bigint
   /** Replace an existing file. Clones of the old pool keep their mapping of the old (unlinked) file. */
   force?: boolean
+  /** Allocate all of the pool's memory now and keep it when checkpoints are removed (POOL_FLAG_PROVISIONED). */
+  provision?: boolean
 }
 
 /** A directory entry together with its decoded, validated descriptor. */
@@ -150,7 +152,7 @@ export class Pool {
   /** `pool init`: create a new pool (ConflictError POOL_EXISTS unless `force`) and open it. */
   static create(path: string, options: PoolCreateOptions = {}): Pool {
     const absolute = resolve(path)
-    Pool.createFile(absolute, {size: options.size ?? DEFAULT_POOL_SIZE, force: options.force ?? false}, false)
+    Pool.createFile(absolute, {size: options.size ?? DEFAULT_POOL_SIZE, force: options.force ?? false, provision: options.provision ?? false}, false)
     return Pool.open(absolute)
   }
 
@@ -159,7 +161,7 @@ export class Pool {
    * appears complete or not at all, and two first users racing to create it
    * end up sharing whichever won.
    */
-  private static createFile(path: string, options: {size: bigint; force: boolean}, tolerateExisting: boolean): void {
+  private static createFile(path: string, options: {size: bigint; force: boolean; provision?: boolean}, tolerateExisting: boolean): void {
     requireShareableFileSystem(path, false)
     const layout = computeLayout(options.size)
     const temporary = join(dirname(path), `.${basename(path)}.init-${process.pid}-${randomBytes(4).toString('hex')}`)
@@ -176,9 +178,10 @@ export class Pool {
       } catch (error) {
         throw new SyscallError('ftruncate', -((error as NodeJS.ErrnoException).errno ?? 0), `${temporary} to ${layout.totalSize} bytes`)
       }
+      if (options.provision) provisionFile(fd, temporary, layout.totalSize)
       // Written through a mapping: hugetlbfs files do not support write(2).
       const mapping = PoolMapping.map(fd, layout.totalSize, PAGE_SIZE)
-      new Uint8Array(mapping.control).set(encodeHeader(layout, randomBytes(16), Date.now()))
+      new Uint8Array(mapping.control).set(encodeHeader(layout, randomBytes(16), Date.now(), options.provision ? POOL_FLAG_PROVISIONED : 0))
       mapping.unmap()
       if (options.force) {
         renameSync(temporary, path)
@@ -446,11 +449,14 @@ export class Pool {
     return {segments, pages}
   }
 
+  /** Give a freed data segment's memory back, unless the pool is provisioned (then it stays for the next checkpoint). */
   punchSegment(unit: number): void {
+    if (this.header.provisioned) return
     this.mapping.punchHole(this.header.dataOffset + BigInt(unit) * BigInt(this.header.segmentSize), BigInt(this.header.segmentSize))
   }
 
   punchPage(unit: number): void {
+    if (this.header.provisioned) return
     this.mapping.punchHole(BigInt(this.header.metadataOffset + unit * this.header.pageSize), BigInt(this.header.pageSize))
   }
 
@@ -511,6 +517,8 @@ export class Pool {
       createdAt: new Date(header.createdAtMs).toISOString(),
       fileSystem: classifyFileSystem(this.path, true).kind,
       size: Number(header.totalSize),
+      provisioned: header.provisioned,
+      residentBytes: Number(fstatSync(this.fd, {bigint: true}).blocks) * 512,
       used: dataUsed + metadataUsed,
       free: dataBytes - dataUsed + header.metadataSize - metadataUsed,
       overhead: header.metadataOffset,
@@ -534,4 +542,27 @@ export class Pool {
     this.mapping.unmap()
     closeSync(this.fd)
   }
+}
+
+const EINTR = 4
+const ENOSPC = 28
+const EOPNOTSUPP = 95
+
+/**
+ * Allocate every byte of a new pool file. tmpfs gives up on a pending signal
+ * with EINTR, keeping what it allocated: the call is repeated.
+ */
+function provisionFile(fd: number, path: string, size: bigint): void {
+  let r: number
+  do r = PoolMapping.provision(fd, 0n, size)
+  while (r === -EINTR)
+  if (r === 0) return
+  if (r === -ENOSPC) {
+    throw new ConflictError('POOL_NO_SPACE', `the file system of ${dirname(path)} has no room to provision ${size} bytes`,
+      'Free memory there or pass a smaller --size; without --provision the pool is sparse and takes memory as checkpoints are written.')
+  }
+  if (r === -EOPNOTSUPP) {
+    throw new UnsupportedError('PROVISION_UNSUPPORTED', `the file system of ${dirname(path)} cannot allocate a file ahead (fallocate)`, 'Create the pool without --provision.')
+  }
+  throw new SyscallError('fallocate', -r, `${path}, ${size} bytes`)
 }

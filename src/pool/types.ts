@@ -73,6 +73,10 @@ export interface PoolInfo {
   fileSystem: string
   /** File size in bytes. */
   size: number
+  /** Memory allocated at init and kept when checkpoints are removed (`pool init --provision`). */
+  provisioned: boolean
+  /** Bytes of the file backed by memory (or blocks) right now: a sparse pool grows and shrinks with its checkpoints. */
+  residentBytes: number
   /** Bytes of data segments plus metadata pages allocated to checkpoints, builds or garbage not yet collected. */
   used: number
   /** Bytes of data segments plus metadata pages free. */

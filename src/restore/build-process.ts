@@ -16,6 +16,7 @@ import {type Stub, spawnStub} from '../inject/stub.js'
 import {REG_NAMES, Tracee, restartFixup, regsToArray} from '../inject/tracee.js'
 import {type VdsoLayout, deviceName, kernelRelease, vdsoLayout} from '../sys/proc.js'
 import {MAP, MREMAP, O, PR, SYS, type VmSegment, prlimit, vmWrite, vmWritev, wait4} from '../sys/libc.js'
+import {CpuPlacement, currentCpu} from '../sys/affinity.js'
 import {type RestorePlan, needsProtectFixup} from './plan.js'
 
 /** Where stored pages come from during a build. */
@@ -375,6 +376,8 @@ export function buildProcess(image: ProcessImage, plan: RestorePlan, store: Page
   checkFiles(image)
   const t0 = performance.now()
   const std = options.stdio === 'inherit' ? 0 : null
+  // The stub is spawned on our CPU and stays there while we drive it (src/sys/affinity.ts).
+  const placement = CpuPlacement.pin(currentCpu())
   let stub: Stub | undefined
   try {
     stub = spawnStub({
@@ -413,6 +416,7 @@ export function buildProcess(image: ProcessImage, plan: RestorePlan, store: Page
     tracee.setRegs(finalRegisters(image))
     tracee.setSigMask(thread.sigmask)
     const injectedSyscalls = tracee.injectedCount
+    placement?.releaseSpawned(stub.pid)
     tracee.detach()
     const tDone = performance.now()
     return {
@@ -425,6 +429,8 @@ export function buildProcess(image: ProcessImage, plan: RestorePlan, store: Page
   } catch (error) {
     stub?.kill()
     throw error
+  } finally {
+    placement?.release()
   }
 }
 

@@ -30,10 +30,18 @@ export interface CliProcess {
   done: Promise<CliResult>
 }
 
+export interface CliOptions {
+  env?: Record<string, string>
+  /** Run the CLI restricted to these CPUs (taskset -c LIST, which execs it: same pid). */
+  cpus?: string
+}
+
 /** Starts the CLI; `done` settles when it exits. */
-export function startCli(args: string[], options: {env?: Record<string, string>} = {}): CliProcess {
+export function startCli(args: string[], options: CliOptions = {}): CliProcess {
   const t0 = performance.now()
-  const child = spawn(process.execPath, [CLI, ...args], {
+  const argv = [process.execPath, CLI, ...args]
+  if (options.cpus !== undefined) argv.unshift('taskset', '-c', options.cpus)
+  const child = spawn(argv[0]!, argv.slice(1), {
     cwd: PROJECT_ROOT,
     env: {...process.env, ...options.env},
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -67,7 +75,7 @@ export function startCli(args: string[], options: {env?: Record<string, string>}
 }
 
 /** Runs the CLI to completion. */
-export function cli(args: string[], options: {env?: Record<string, string>} = {}): Promise<CliResult> {
+export function cli(args: string[], options: CliOptions = {}): Promise<CliResult> {
   return startCli(args, options).done
 }
 

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict'
+import {spawnSync} from 'node:child_process'
 import * as fs from 'node:fs'
 
 import {Pool} from '../../src/pool/index.js'
@@ -18,7 +19,8 @@ describe('pool commands: --json results and error envelopes', () => {
     const path = testPoolPath()
     const init = runCli(['pool', 'init', '--size', '64M', '--pool', path, '--json'])
     assert.equal(init.status, 0, init.stderr)
-    assert.deepEqual(Object.keys(init.json).sort(), ['dataBytes', 'fileSystem', 'metadataBytes', 'path', 'segmentSize', 'size', 'uuid'])
+    assert.deepEqual(Object.keys(init.json).sort(), ['dataBytes', 'fileSystem', 'metadataBytes', 'path', 'provisioned', 'residentBytes', 'segmentSize', 'size', 'uuid'])
+    assert.equal(init.json.provisioned, false)
     assert.equal(init.json.size, 64 << 20)
     assert.equal(init.json.fileSystem, 'tmpfs')
 
@@ -108,5 +110,24 @@ describe('pool commands: --json results and error envelopes', () => {
     expectError(refused, 'FS_NOT_SHAREABLE', 5)
     assert.match(refused.json.error.hint, /\/dev\/shm/)
     assert.equal(fs.existsSync(onDisk), false)
+  })
+
+  it('init --provision on a file system without room: POOL_NO_SPACE, exit 7, no file left behind', () => {
+    const dir = fs.mkdtempSync('/tmp/cxlfork-small-tmpfs-')
+    const mount = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=24M', 'cxlfork-test', dir])
+    try {
+      assert.equal(mount.status, 0, `mount a 24 MiB tmpfs: ${mount.stderr}`)
+      const path = `${dir}/small.pool`
+      const refused = runCli(['pool', 'init', '--size', '64M', '--provision', '--pool', path, '--json'])
+      expectError(refused, 'POOL_NO_SPACE', 7)
+      assert.match(refused.json.error.hint, /smaller --size|without --provision/)
+      assert.deepEqual(fs.readdirSync(dir), [], 'neither the pool nor its temporary file is left')
+      const sparse = runCli(['pool', 'init', '--size', '64M', '--pool', path, '--json'])
+      assert.equal(sparse.status, 0, sparse.stderr)
+      assert.equal(sparse.json.provisioned, false)
+    } finally {
+      if (mount.status === 0) spawnSync('umount', [dir])
+      fs.rmSync(dir, {recursive: true, force: true})
+    }
   })
 })

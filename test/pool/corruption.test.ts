@@ -3,7 +3,7 @@ import {closeSync, fstatSync, ftruncateSync, openSync, readSync, writeFileSync, 
 import {randomBytes} from 'node:crypto'
 
 import {CorruptError} from '../../src/errors.js'
-import {Pool} from '../../src/pool/index.js'
+import {Pool, crc32} from '../../src/pool/index.js'
 import {fillPattern, patternSeed, removeTestPools, testPoolPath} from './helpers.js'
 
 /** Flip one bit of the pool file at `offset`, through the file (as a stray writer would). */
@@ -113,6 +113,24 @@ describe('pool: integrity checks', () => {
     writeSync(back, version, 0, 4, 8)
     closeSync(back)
     Pool.open(path).close()
+
+    // A header with a valid CRC but a flag this cxlfork does not know (a later format's) is refused.
+    const header = Buffer.alloc(4096)
+    const read = openSync(path, 'r+')
+    readSync(read, header, 0, 4096, 0)
+    header.writeUInt32LE(2, 160)
+    header.writeUInt32LE(crc32(header.subarray(0, 4092)), 4092)
+    writeSync(read, header, 0, 4096, 0)
+    closeSync(read)
+    assert.throws(() => Pool.open(path), (error: unknown) => isCorrupt('POOL_HEADER_CORRUPT')(error) && /unknown flags 0x2/.test((error as Error).message))
+    header.writeUInt32LE(1, 160) // POOL_FLAG_PROVISIONED: valid, and read back
+    header.writeUInt32LE(crc32(header.subarray(0, 4092)), 4092)
+    const write = openSync(path, 'r+')
+    writeSync(write, header, 0, 4096, 0)
+    closeSync(write)
+    const flagged = Pool.open(path)
+    assert.equal(flagged.info().provisioned, true)
+    flagged.close()
 
     const truncated = openSync(path, 'r+')
     ftruncateSync(truncated, 16 << 20)

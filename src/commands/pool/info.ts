@@ -13,6 +13,7 @@ export default class PoolInfoCommand extends BaseCommand {
       const info = pool.info()
       this.say(`pool        ${info.path} (${info.fileSystem}, uuid ${info.uuid})`)
       this.say(`size        ${formatSize(info.size)}: used ${formatSize(info.used)}, free ${formatSize(info.free)}`)
+      this.say(`memory      ${formatSize(info.residentBytes)} resident, ${info.provisioned ? 'provisioned (kept when checkpoints are removed)' : 'sparse (given back when checkpoints are removed)'}`)
       this.say(`data        ${info.data.segmentsUsed}/${info.data.segments} segments of ${formatSize(info.data.segmentSize)}`)
       this.say(`metadata    ${info.metadata.pagesUsed}/${info.metadata.pages} pages of ${formatSize(info.metadata.pageSize)}`)
       this.say(`checkpoints ${info.checkpoints}${info.deleting ? ` (+${info.deleting} awaiting deletion)` : ''}, builds in progress ${info.buildsInProgress}, live clones ${info.liveClones}`)

@@ -13,35 +13,42 @@ export interface PoolInitResult {
   metadataBytes: number
   segmentSize: number
   fileSystem: string
+  provisioned: boolean
+  residentBytes: number
 }
 
 export default class PoolInit extends BaseCommand {
   static override summary = 'Create the pool file.'
-  static override description = `Creates a sparse pool file (mode 0600) on a shared-memory file system: tmpfs, hugetlbfs, a DAX mount or famfs. \
-Memory is only consumed as checkpoints are written. Without --force an existing pool is left alone; with it, the old pool's \
+  static override description = `Creates a pool file (mode 0600) on a shared-memory file system: tmpfs, hugetlbfs, a DAX mount or famfs. \
+By default it is sparse: memory is taken as checkpoints are written and given back when they are removed. With --provision \
+all of its memory is allocated now and kept, as a CXL device's memory is there from the start: a checkpoint then writes into \
+memory that exists (on tmpfs, allocating pages is a large part of writing them), and a file system too small fails here, \
+not in the middle of a checkpoint. Without --force an existing pool is left alone; with it, the old pool's \
 checkpoints are lost (running clones keep their mapping of the old file). Commands that write a checkpoint create the pool \
 with the default size on first use.`
 
   static override examples = [
     '<%= config.bin %> pool init',
     '<%= config.bin %> pool init --size 64G --pool /mnt/cxl/cxlfork.pool',
+    '<%= config.bin %> pool init --size 4G --provision',
   ]
 
   static override flags = {
     size: sizeFlag({summary: `Pool size: bytes or 512M, 8G, 1T (default ${formatSize(DEFAULT_POOL_SIZE)}, minimum 16M).`}),
     force: Flags.boolean({summary: 'Replace an existing pool.', default: false}),
+    provision: Flags.boolean({summary: "Allocate all of the pool's memory now and keep it when checkpoints are removed.", default: false}),
   }
 
   async run(): Promise<PoolInitResult> {
     const {flags} = await this.parse(PoolInit)
     // The pool (and koffi with it) is loaded only when the command runs.
     const {Pool} = await import('../../pool/index.js')
-    const pool = Pool.create(flags.pool, {...(flags.size === undefined ? {} : {size: flags.size}), force: flags.force})
+    const pool = Pool.create(flags.pool, {...(flags.size === undefined ? {} : {size: flags.size}), force: flags.force, provision: flags.provision})
     try {
       const info = pool.info()
-      this.say(`created pool ${info.path}: ${formatSize(info.size)} (${formatSize(info.data.bytes)} data, ${formatSize(info.metadata.bytes)} metadata) on ${info.fileSystem}`)
+      this.say(`created pool ${info.path}: ${formatSize(info.size)} (${formatSize(info.data.bytes)} data, ${formatSize(info.metadata.bytes)} metadata) on ${info.fileSystem}, ${info.provisioned ? 'provisioned' : 'sparse'}`)
       return {path: info.path, uuid: info.uuid, size: info.size, dataBytes: info.data.bytes, metadataBytes: info.metadata.bytes,
-        segmentSize: info.data.segmentSize, fileSystem: info.fileSystem}
+        segmentSize: info.data.segmentSize, fileSystem: info.fileSystem, provisioned: info.provisioned, residentBytes: info.residentBytes}
     } finally {
       pool.close()
     }
