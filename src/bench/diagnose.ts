@@ -27,10 +27,11 @@ export function diagnose(result: BenchResult): string[] {
     if (!size) continue
     const pool = size.paths.find((path) => path.path === 'pool')
     const mow = row(size, 'pool/mow')
-    if (target.id.startsWith('checkpoint-vs-write') && pool) {
-      const s = pool.engineStats
+    const written = size.paths.find((path) => path.path === (target.id.startsWith('checkpoint-vs-write-sparse') ? 'pool-sparse' : 'pool'))
+    if (target.id.startsWith('checkpoint-vs-write') && written) {
+      const s = written.engineStats
       const anchor = plainAnchorMs(size)
-      notes.push(`- **Checkpoint vs plain write at ${label} (${f(target.measured)}x)**: checkpoint ${f(pool.checkpointMs.median)} ms = downtime ${f(stat(s, 'frozen_time'))} ms + memdump ${f(stat(s, 'memdump_time'))} ms, of which memwrite (the snapshot's vmsplice + splice of ${f(s['pages_written']?.median)} pages into the pool file, with the rest of the checkpoint overlapping it) ${f(stat(s, 'memwrite_time'))} ms; the plain write(2) of the same bytes from memory took ${f(anchor)} ms (1 MiB hot buffer loop ${f(size.plainWriteMs.median)}, mmap+copy ${f(size.plainMmapMs.median)}). The copy into the pool alone is ${f(stat(s, 'memwrite_time') / anchor)}x the plain write.`)
+      notes.push(`- **Checkpoint into a ${written.poolKind ?? ''} pool vs plain write at ${label} (${f(target.measured)}x)**: checkpoint ${f(written.checkpointMs.median)} ms = downtime ${f(stat(s, 'frozen_time'))} ms + memdump ${f(stat(s, 'memdump_time'))} ms, of which memwrite (the snapshot's vmsplice + splice of ${f(s['pages_written']?.median)} pages into the pool file, with the rest of the checkpoint overlapping it) ${f(stat(s, 'memwrite_time'))} ms; the plain write(2) of the same bytes from memory took ${f(anchor)} ms (into allocated pages ${f(size.plainWriteAllocatedMs.median)}, 1 MiB hot buffer loop ${f(size.plainWriteMs.median)}, mmap+copy ${f(size.plainMmapMs.median)}). The copy into the pool alone is ${f(stat(s, 'memwrite_time') / anchor)}x the plain write.`)
     } else if (target.id.startsWith('command-restore') && mow) {
       const oclif = result.cliVersionMs.median - result.nodeStartupMs.median
       const engine = mow.commandEngineMs.n > 0 ? mow.commandEngineMs.median : mow.engineMs.median

@@ -42,6 +42,8 @@ export interface BenchPath {
   /** Row prefix, e.g. "pool" (rows are "pool/mow", "pool/local"). */
   readonly name: string
   readonly policies: readonly string[]
+  /** Pool paths: the kind of pool they write into. */
+  readonly poolKind?: 'provisioned' | 'sparse'
   /** Checkpoint the live target as `label`; the target keeps running. */
   checkpoint(pid: number, label: string): CheckpointSample | Promise<CheckpointSample>
   /** Restore the last checkpoint in this process. */
@@ -56,16 +58,21 @@ export interface BenchPath {
 
 /** cxlfork's own path: checkpointToPool / restoreFromPool on one pool file. */
 export class PoolPath implements BenchPath {
-  readonly name = 'pool'
   private current: string | undefined
 
   constructor(
+    /** "pool"; "pool-sparse" for the checkpoint-only comparison on a sparse pool. */
+    readonly name: string,
     private readonly pool: Pool,
     readonly policies: readonly Policy[],
     private readonly engine: {checkpointToPool: typeof import('../checkpoint/checkpoint.js').checkpointToPool; restoreFromPool: typeof import('../restore/restore.js').restoreFromPool},
     /** `node bin/run.js` of this installation. */
     private readonly cli: {node: string; entry: string},
   ) {}
+
+  get poolKind(): 'provisioned' | 'sparse' {
+    return this.pool.header.provisioned ? 'provisioned' : 'sparse'
+  }
 
   private get checkpointName(): string {
     if (this.current === undefined) throw new Error('pool path: no checkpoint taken yet')

@@ -15,7 +15,7 @@ import {Pool, SEGMENT_SIZE} from '../pool/index.js'
 import {isAlive, readMaps, readStatus} from '../sys/proc.js'
 import {PR, prctl} from '../sys/libc.js'
 import {machineInfo, stealMs} from './machine.js'
-import {commandWallMs, localFork, nodeStartup, patternBuffer, plainMmap, plainWrite, plainWriteFromMemory, sameBytesBuffer, wholeCommand} from './measure.js'
+import {commandWallMs, localFork, nodeStartup, patternBuffer, plainMmap, plainWrite, plainWriteFromMemory, plainWriteIntoAllocated, sameBytesBuffer, wholeCommand} from './measure.js'
 import type {BenchPath} from './paths.js'
 import {Samples, summarize} from './summary.js'
 import {spawnTarget, stopProcess, sweepChildren, TargetFiles, TARGET_COMM, verifyPattern} from './target.js'
@@ -47,9 +47,12 @@ export interface BenchOptions {
 
 const alignUp = (value: number, alignment: number): number => Math.ceil(value / alignment) * alignment
 
-/** Sparse pool for runs checkpoints of the largest size, plus metadata (1/32 of the pool) and slack. */
-export function temporaryPoolSize(largest: number, runs: number): bigint {
-  const data = (alignUp(largest, SEGMENT_SIZE) + 8 * SEGMENT_SIZE) * runs
+/**
+ * A pool for `checkpoints` checkpoints of the largest size, plus metadata (1/32 of the pool)
+ * and slack. Each run's checkpoint is removed before the next one, so two are room enough.
+ */
+export function temporaryPoolSize(largest: number, checkpoints: number): bigint {
+  const data = (alignUp(largest, SEGMENT_SIZE) + 8 * SEGMENT_SIZE) * checkpoints
   return BigInt(alignUp(Math.ceil(data * 33 / 32) + 64 * SEGMENT_SIZE, SEGMENT_SIZE))
 }
 
@@ -66,6 +69,8 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   const largest = Math.max(...options.sizes.map((size) => size.bytes))
   const temporary = options.pool === undefined
   const poolPath = options.pool ?? join('/dev/shm', `cxlfork-bench-${process.pid}-${randomBytes(4).toString('hex')}.pool`)
+  // With a temporary pool, a checkpoint-only second path writes into a sparse pool beside it.
+  const sparsePoolPath = temporary ? poolPath.replace(/\.pool$/, '-sparse.pool') : undefined
   const pids = new Set<number>()
   const live = new Set<number>()
   const track = (pid: number): number => {
@@ -82,17 +87,22 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   prctl(PR.SET_CHILD_SUBREAPER, 1)
   const files = new TargetFiles(options.hugePages)
   let pool: Pool | undefined
+  let sparsePool: Pool | undefined
   const paths: BenchPath[] = []
   try {
+    const engine = {checkpointToPool, restoreFromPool}
+    const cli = {node: process.execPath, entry: options.cliEntry}
     if (temporary) {
-      const size = temporaryPoolSize(largest, options.runs)
-      log(`pool: temporary ${poolPath} (${size / (1n << 20n)} MiB, sparse)`)
-      pool = Pool.create(poolPath, {size})
+      const size = temporaryPoolSize(largest, 2)
+      log(`pool: temporary ${poolPath} (${size / (1n << 20n)} MiB, provisioned), and ${sparsePoolPath} (sparse, checkpoints only)`)
+      pool = Pool.create(poolPath, {size, provision: true})
+      sparsePool = Pool.create(sparsePoolPath!, {size})
     } else {
       log(`pool: ${poolPath}`)
       pool = Pool.open(poolPath, {create: true})
     }
-    paths.push(new PoolPath(pool, options.policies, {checkpointToPool, restoreFromPool}, {node: process.execPath, entry: options.cliEntry}))
+    paths.push(new PoolPath('pool', pool, options.policies, engine, cli))
+    if (sparsePool) paths.push(new PoolPath('pool-sparse', sparsePool, [], engine, cli))
     if (options.criu) {
       const imagesRoot = join(dirname(pool.path), `cxlfork-bench-images-${process.pid}`)
       paths.push(new CriuPath(imagesRoot, {criuDump, criuRestore}, {node: process.execPath, entry: options.cliEntry}))
@@ -199,9 +209,11 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
 
           const write = plainWrite(plainDir, size.bytes, buffer)
           const mapped = plainMmap(plainDir, size.bytes, buffer)
+          const allocated = plainWriteIntoAllocated(plainDir, sameBytes)
           samples.add('plainWrite', write)
           samples.add('plainMmap', mapped)
-          log(`${tag} plain write ${write.toFixed(1)} ms (1 MiB hot buffer loop), ${mapped.toFixed(1)} ms (mmap+copy)`)
+          samples.add('plainWriteAllocated', allocated)
+          log(`${tag} plain write ${write.toFixed(1)} ms (1 MiB hot buffer loop), ${mapped.toFixed(1)} ms (mmap+copy), ${allocated.toFixed(1)} ms (same bytes into allocated pages)`)
 
           const fork = localFork(target.pid)
           pids.add(fork.childPid)
@@ -235,13 +247,14 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
           }
         })
         return {
-          path: path.name, checkpointMs: samples.summary(`${path.name}.checkpoint`), downtimeMs: samples.summary(`${path.name}.downtime`),
+          path: path.name, ...(path.poolKind === undefined ? {} : {poolKind: path.poolKind}),
+          checkpointMs: samples.summary(`${path.name}.checkpoint`), downtimeMs: samples.summary(`${path.name}.downtime`),
           bytes, engineStats: samples.group(`${path.name}.stats.`), restores,
         }
       })
       sizes.push({
         size: size.bytes, label: size.label, coldStartMs: samples.summary('coldStart'), plainWriteMs, plainMmapMs,
-        plainWriteMemoryMs: samples.summary('plainWriteMemory'), plainAnchor: 'memory',
+        plainWriteMemoryMs: samples.summary('plainWriteMemory'), plainWriteAllocatedMs: samples.summary('plainWriteAllocated'), plainAnchor: 'memory',
         forkMs: samples.summary('fork'), forkInjectionMs: samples.summary('forkInjection'), noopInjectionMs: samples.summary('noopInjection'),
         paths: pathResults,
       })
@@ -262,11 +275,14 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     sweepChildren()
     for (const path of paths) path.close()
     pool?.close()
+    sparsePool?.close()
     if (temporary) {
-      try {
-        unlinkSync(poolPath)
-      } catch {
-        // never created
+      for (const path of [poolPath, sparsePoolPath!]) {
+        try {
+          unlinkSync(path)
+        } catch {
+          // never created
+        }
       }
     }
     files.remove()

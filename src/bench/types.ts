@@ -50,6 +50,8 @@ export interface RestoreRow {
 /** One checkpoint path at one size, e.g. the pool. */
 export interface PathResult {
   path: string
+  /** Pool paths: whether the pool's memory was allocated ahead (`pool init --provision`) or is taken as pages are written. */
+  poolKind?: 'provisioned' | 'sparse'
   /** Whole checkpoint, ms. */
   checkpointMs: Summary
   /** Time the target was stopped, ms. */
@@ -74,6 +76,8 @@ export interface SizeResult {
   plainMmapMs: Summary
   /** write(2) of the same SIZE bytes from a SIZE-byte buffer in memory: the anchor of the checkpoint target. */
   plainWriteMemoryMs: Summary
+  /** The same write(2) loop into a file whose pages were allocated first, untimed (shown, not the anchor). */
+  plainWriteAllocatedMs: Summary
   /** Which plain write is the anchor (named in the JSON and the target's description): always plainWriteMemoryMs. */
   plainAnchor: 'memory'
   /** Local fork() of the target, parent side: injected clone minus a no-op injected getpid. */

@@ -40,11 +40,14 @@ export function evaluateTargets(sizes: readonly SizeResult[], nodeStartupMs: Sum
     const mow = row(size, 'pool/mow')
     if (mow) out.push(verdict(`mow-rss@${size.label}`, `RssAnon of a fresh mow clone <= 1% of the checkpointed bytes (${size.label})`, mow.rssAnonPct, 1, '%'))
   }
-  for (const size of bySize) {
-    const pool = size.paths.find((path) => path.path === 'pool')
-    if (pool) {
-      out.push(verdict(`checkpoint-vs-write@${size.label}`, `checkpoint time <= 1.5 x plain write of the same bytes (${size.label}, anchor: ${size.plainAnchor})`,
-        pool.checkpointMs.median / plainAnchorMs(size), 1.5, 'x'))
+  for (const [name, idSuffix] of [['pool', ''], ['pool-sparse', '-sparse']] as const) {
+    for (const size of bySize) {
+      const pool = size.paths.find((path) => path.path === name)
+      if (pool) {
+        out.push(verdict(`checkpoint-vs-write${idSuffix}@${size.label}`,
+          `checkpoint time into a ${pool.poolKind ?? ''} pool <= 1.5 x plain write of the same bytes into a new file (${size.label}, anchor: ${size.plainAnchor})`,
+          pool.checkpointMs.median / plainAnchorMs(size), 1.5, 'x'))
+      }
     }
   }
   const poolLargest = largest.paths.find((path) => path.path === 'pool')

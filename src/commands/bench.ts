@@ -17,7 +17,7 @@ function commandLine(): string {
 export default class BenchCommand extends BaseCommand {
   static override summary = 'Measure checkpoint, restore (mow/local), RssAnon, local fork(), plain write and cold start side by side.'
   static override description = `For each size, a generated target process touches exactly that much anonymous memory and idles; it is checkpointed --runs times into a dedicated pool, each checkpoint restored per policy in process and by the whole \`cxlfork restore\` command, each clone measured, checked and killed. Plain write of the same bytes to the pool's file system, local fork() of the target, \`node -e 0\` and a cold start are measured in the same repetitions. Reports medians (min, max), ratios and pass/fail of the performance targets; exit status 0 even when a target fails (see "pass" in the JSON).
-Progress goes to stderr, one line per step (also under --json). Without --pool a temporary sparse pool under /dev/shm is created and removed at the end; every target and clone is killed.`
+Progress goes to stderr, one line per step (also under --json). Without --pool two temporary pools under /dev/shm are created and removed at the end: a provisioned one (\`pool init --provision\`), the "pool" path, and a sparse one that the "pool-sparse" path only checkpoints into, so both kinds of pool are measured in the same run. Every target and clone is killed.`
   static override examples = [
     '<%= config.bin %> bench',
     '<%= config.bin %> bench --sizes 64M,256M,1G --runs 5 --markdown BENCHMARKS.md',

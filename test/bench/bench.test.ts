@@ -68,13 +68,15 @@ describe('cxlfork bench (end to end)', function () {
     const size = result.sizes[0]!
     assert.equal(size.size, 16 << 20)
     assert.equal(size.label, '16M')
-    for (const key of ['coldStartMs', 'plainWriteMs', 'plainMmapMs', 'forkMs', 'forkInjectionMs', 'noopInjectionMs'] as const) assertSummary(size[key], key, 2)
+    for (const key of ['coldStartMs', 'plainWriteMs', 'plainMmapMs', 'plainWriteAllocatedMs', 'forkMs', 'forkInjectionMs', 'noopInjectionMs'] as const) assertSummary(size[key], key, 2)
     assert.equal(size.plainAnchor, 'memory')
     assertSummary(size.plainWriteMemoryMs, 'plainWriteMemoryMs', 2)
-    assert.deepEqual(size.paths.map((path) => path.path), ['pool', 'criu'])
-    const pool = size.paths[0]!
-    const criu = size.paths[1]!
-    assert.equal(pool.path, 'pool')
+    assert.deepEqual(size.paths.map((path) => [path.path, path.poolKind]), [['pool', 'provisioned'], ['pool-sparse', 'sparse'], ['criu', undefined]])
+    const [pool, sparse, criu] = size.paths as [typeof size.paths[0], typeof size.paths[0], typeof size.paths[0]]
+    // The sparse pool is checkpointed into, the same pages, and never restored from.
+    assertSummary(sparse.checkpointMs, 'pool-sparse checkpointMs', 2)
+    assert.equal(sparse.bytes, pool.bytes)
+    assert.deepEqual(sparse.restores, [])
     assertSummary(pool.checkpointMs, 'checkpointMs', 2)
     assertSummary(pool.downtimeMs, 'downtimeMs', 2)
     assert.ok(pool.downtimeMs.median < pool.checkpointMs.median)
@@ -108,6 +110,8 @@ describe('cxlfork bench (end to end)', function () {
     assert.ok((copy.engineStats['pages_restored']?.median ?? 0) >= (16 << 20) / 4096)
 
     assert.ok(result.targets.length >= 5)
+    assert.deepEqual(result.targets.filter((target) => target.id.startsWith('checkpoint-vs-write')).map((target) => target.id),
+      ['checkpoint-vs-write@16M', 'checkpoint-vs-write-sparse@16M'])
     for (const target of result.targets) {
       assert.deepEqual(Object.keys(target).sort(), ['description', 'id', 'limit', 'measured', 'pass', 'unit'])
       assert.equal(target.pass, target.measured <= target.limit, target.id)
@@ -119,5 +123,6 @@ describe('cxlfork bench (end to end)', function () {
     assert.deepEqual(result.pids.filter(alive), [])
     assert.deepEqual(targetsAlive().filter((pid) => !before.has(pid)), [])
     assert.equal(existsSync(result.config.pool), false, `${result.config.pool} removed`)
+    assert.equal(existsSync(result.config.pool.replace(/\.pool$/, '-sparse.pool')), false, 'the sparse pool removed')
   })
 })
