@@ -15,9 +15,9 @@ import {Section} from '../image/sections.js'
 import {type CheckpointBuilder, type Pool} from '../pool/index.js'
 import {validateCheckpointName} from '../pool/names.js'
 import {O, PROT, SYS, type VmSegment, vmReadv} from '../sys/libc.js'
-import {CpuPlacement, lastCpu} from '../sys/affinity.js'
+import type {CpuPlacement} from '../sys/affinity.js'
 import {preflight} from './preflight.js'
-import {type LiveSnapshot, killTarget, takeLiveSnapshot} from './snapshot.js'
+import {type LiveSnapshot, killTarget, takePlacedSnapshot} from './snapshot.js'
 
 /** Statistics named as CRIU names them, in microseconds. */
 export interface DumpStats {
@@ -280,15 +280,7 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
   if (pool.lookup(request.name)) {
     throw new ConflictError('NAME_TAKEN', `a checkpoint named ${request.name} already exists in ${pool.path}`, 'Pick another --name or remove it with `cxlfork rm`.')
   }
-  // Next to the target for the whole ptrace ping-pong (src/sys/affinity.ts).
-  const placement = CpuPlacement.pin(lastCpu(request.pid))
-  let snapshot: LiveSnapshot
-  try {
-    snapshot = takeLiveSnapshot(request.pid, checked, placement)
-  } catch (error) {
-    placement?.release()
-    throw error
-  }
+  const {snapshot, placement} = takePlacedSnapshot(request.pid, checked)
   let builder: CheckpointBuilder | undefined
   try {
     builder = pool.beginCheckpoint()

@@ -10,7 +10,7 @@ import {Tracee, findSigreturnGadget, regsFromArray} from '../inject/tracee.js'
 import {type FdInfo, type Vma, listFds, readMaps, readSmaps} from '../sys/proc.js'
 import {SyscallError} from '../errors.js'
 import {MAP, PR, PTRACE_O, SIG, SYS, killQuiet, syscallRaw} from '../sys/libc.js'
-import type {CpuPlacement} from '../sys/affinity.js'
+import {CpuPlacement, lastCpu} from '../sys/affinity.js'
 import {type FlaggedVma, type SnapshotMemory, captureImage, captureMemory} from './capture.js'
 import {type PreflightResult, preflight, refuseUnsupportedMemory} from './preflight.js'
 import {faultPoint} from '../fault.js'
@@ -133,6 +133,21 @@ function readChildState(snapshot: Tracee): ChildState {
   // SS_ONSTACK describes the instant of capture, not a setting: keep SS_DISABLE/SS_AUTODISARM only.
   const altStack = (results[1] ?? -1n) < 0n ? {sp: 0n, flags: 2, size: 0n} : {sp: view.getBigUint64(at, true), flags: view.getInt32(at + 8, true) & ~1, size: view.getBigUint64(at + 16, true)}
   return {brk, sigactions, altStack}
+}
+
+/**
+ * takeLiveSnapshot with cxlfork's thread moved to the CPU the target last ran
+ * on, for the whole ptrace ping-pong (src/sys/affinity.ts). The caller
+ * releases the placement when its operation ends; a failed snapshot releases it.
+ */
+export function takePlacedSnapshot(pid: number, checked?: PreflightResult): {snapshot: LiveSnapshot; placement: CpuPlacement | undefined} {
+  const placement = CpuPlacement.pin(lastCpu(pid))
+  try {
+    return {snapshot: takeLiveSnapshot(pid, checked ?? preflight(pid), placement), placement}
+  } catch (error) {
+    placement?.release()
+    throw error
+  }
 }
 
 /**

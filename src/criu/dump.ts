@@ -7,10 +7,9 @@ import {existsSync, mkdirSync, readdirSync, rmSync} from 'node:fs'
 import {dirname, join, resolve} from 'node:path'
 
 import {type DumpStats as CheckpointDumpStats, pagesScanned, runSegments} from '../checkpoint/checkpoint.js'
-import {type LiveSnapshot, killTarget, takeLiveSnapshot} from '../checkpoint/snapshot.js'
+import {type LiveSnapshot, killTarget, takePlacedSnapshot} from '../checkpoint/snapshot.js'
 import {ConflictError, SyscallError} from '../errors.js'
 import {PAGE_SIZE, type PageRun, totalPages} from '../image/process-image.js'
-import {CpuPlacement, lastCpu} from '../sys/affinity.js'
 import {addressOf, vmReadv} from '../sys/libc.js'
 import {writeCriuImages} from './images.js'
 
@@ -53,15 +52,8 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
   const t0 = performance.now()
   const dir = resolve(request.images)
   refuseExistingImages(dir)
-  // Placed as a pool checkpoint is (src/sys/affinity.ts), so the two downtimes compare.
-  const placement = CpuPlacement.pin(lastCpu(request.pid))
-  let snapshot: LiveSnapshot
-  try {
-    snapshot = takeLiveSnapshot(request.pid, undefined, placement)
-  } catch (error) {
-    placement?.release()
-    throw error
-  }
+  // Placed as a pool checkpoint is, so the two downtimes compare.
+  const {snapshot, placement} = takePlacedSnapshot(request.pid)
   // Created only now, so a refused dump leaves nothing behind; removed again if this dump fails.
   const created = mkdirSync(dir, {recursive: true, mode: 0o700})
   try {
