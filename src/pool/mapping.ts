@@ -4,10 +4,7 @@
  * region is reached through windows of a record's size (see MetadataRegion)
  * and data segments are addressed as `baseAddress + poolOffset`.
  */
-import {MAP, mmap, munmap, PROT, SYS, syscallRaw, view} from '../sys/libc.js'
-
-const FALLOC_FL_KEEP_SIZE = 0x01
-const FALLOC_FL_PUNCH_HOLE = 0x02
+import {FALLOC, MAP, fallocateRaw, mmap, munmap, PROT, view} from '../sys/libc.js'
 
 export class PoolMapping {
   private mapped = true
@@ -27,12 +24,7 @@ export class PoolMapping {
 
   /** Give the pages of a freed range back to the file system; a hint, failures are ignored (DAX, hugetlbfs granularity). */
   punchHole(poolOffset: bigint, length: bigint): void {
-    syscallRaw(SYS.fallocate, this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, poolOffset, length)
-  }
-
-  /** Allocate the memory of [poolOffset, +length) now (mode 0 fallocate); returns 0 or -errno. */
-  static provision(fd: number, poolOffset: bigint, length: bigint): number {
-    return Number(syscallRaw(SYS.fallocate, fd, 0, poolOffset, length))
+    fallocateRaw(this.fd, FALLOC.PUNCH_HOLE | FALLOC.KEEP_SIZE, poolOffset, length)
   }
 
   /** Zero-copy bytes at `poolOffset` (bounds checked by the caller). */

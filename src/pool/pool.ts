@@ -9,6 +9,7 @@ import {closeSync, constants, fchmodSync, fstatSync, ftruncateSync, linkSync, op
 import {basename, dirname, join, resolve} from 'node:path'
 
 import {ConflictError, CorruptError, NotFoundError, PermissionError, SyscallError, UnsupportedError, UsageError} from '../errors.js'
+import {fallocateRaw} from '../sys/libc.js'
 import {BuildSlots, freeUnitsOf} from './allocator.js'
 import {CheckpointBuilder} from './builder.js'
 import {CheckpointReader} from './reader.js'
@@ -554,7 +555,7 @@ const EOPNOTSUPP = 95
  */
 function provisionFile(fd: number, path: string, size: bigint): void {
   let r: number
-  do r = PoolMapping.provision(fd, 0n, size)
+  do r = fallocateRaw(fd, 0, 0n, size)
   while (r === -EINTR)
   if (r === 0) return
   if (r === -ENOSPC) {

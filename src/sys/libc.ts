@@ -435,6 +435,14 @@ function blen(buf: Buf, len: number | undefined): number {
   return buf.byteLength
 }
 
+/** fallocate(2) modes. */
+export const FALLOC = {KEEP_SIZE: 0x01, PUNCH_HOLE: 0x02} as const
+
+/** fallocate(2) of [offset, offset + length); mode 0 allocates. Returns 0 or -errno (callers name their own errors). */
+export function fallocateRaw(fd: number, mode: number, offset: bigint | number, length: bigint | number): number {
+  return Number(syscallRaw(SYS.fallocate, fd, mode, offset, length))
+}
+
 /** read(2); returns bytes read (0 at EOF). Retries EINTR. */
 export function read(fd: number, buf: Buf, len?: number): number {
   const n = blen(buf, len)
