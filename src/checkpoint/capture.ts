@@ -91,8 +91,8 @@ export function captureFds(pid: number, fds: readonly {info: FdInfo; kind: FdKin
 }
 
 export interface TracerState {
-  /** State of the (single) thread, read from the stopped target. */
-  thread: ThreadImage
+  /** State of every thread, read from the stopped target; the leader (tid = pid) first. */
+  threads: ThreadImage[]
   sharedPendingSignals: Uint8Array[]
   /** From injected rt_sigaction queries. */
   sigactions: SigAction[]
@@ -153,6 +153,6 @@ export function captureImage(target: number, snapshot: number, memory: SnapshotM
       release: kernelRelease(), hostname: hostname(), bootId: bootId(),
       vdsoLayout: vdso.parts.map((part) => ({name: part.name, offset: BigInt(part.offset), size: BigInt(part.size)})),
     },
-    task, threads: [tracer.thread], mm, vmas: memory.vmas, files: files.files, fds: fdImages, pageRuns: memory.pageRuns,
+    task, threads: tracer.threads, mm, vmas: memory.vmas, files: files.files, fds: fdImages, pageRuns: memory.pageRuns,
   }
 }

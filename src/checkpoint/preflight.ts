@@ -119,14 +119,15 @@ export function preflight(pid: number, options: {memory?: boolean} = {}): Prefli
     throw new NotFoundError('PROCESS_NOT_FOUND', `no such process: ${pid}`, 'Give the pid of a running process (see `ps`).')
   }
   if (stat.isKernelThread) throw new UnsupportedError('KERNEL_THREAD', `process ${pid} (${stat.comm}) is a kernel thread`, 'Only user-space processes can be checkpointed.')
+  if ((stat.state === 'Z' || stat.state === 'X') && stat.numThreads > 1) {
+    throw new UnsupportedError('LEADER_EXITED', `the main thread of process ${pid} (${stat.comm}) has exited while ${stat.numThreads - 1} other thread(s) run on`,
+      'cxlfork restores a thread group through its main thread; checkpoint a process whose main thread is alive.')
+  }
   if (stat.state === 'Z' || stat.state === 'X') throw new UnsupportedError('PROCESS_ZOMBIE', `process ${pid} (${stat.comm}) is a zombie: it has exited and waits to be reaped`, 'A zombie has no memory left to checkpoint.')
   const status = readStatus(pid)
   const caller = getuid()
   if (caller !== 0 && caller !== status.uid[0]) {
     throw new PermissionError('NOT_PERMITTED', `process ${pid} belongs to uid ${status.uid[0]}; you are uid ${caller}`, 'Checkpoint your own processes, or run as root.')
-  }
-  if (stat.numThreads > 1) {
-    throw new UnsupportedError('MULTI_THREADED', `process ${pid} (${stat.comm}) has ${stat.numThreads} threads; cxlfork checkpoints single-threaded processes only for now`, 'Checkpoint the process before it starts threads.')
   }
   const children = childrenOf(pid)
   if (children.length > 0) {

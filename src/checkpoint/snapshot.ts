@@ -5,15 +5,16 @@
  * Shared by the pool path and the CRIU path, which differ only in where the
  * snapshot's pages are written.
  */
-import {type FdKind, type ProcessImage, type SigAction, type ThreadImage, USER_REGS_NAMES, type UserRegs} from '../image/process-image.js'
-import {Tracee, findSigreturnGadget, regsFromArray} from '../inject/tracee.js'
+import {type FdKind, type ProcessImage, type SigAction, type ThreadImage} from '../image/process-image.js'
+import {Tracee, findSigreturnGadget} from '../inject/tracee.js'
 import {type FdInfo, type Vma, listFds, readMaps, readSmaps} from '../sys/proc.js'
 import {SyscallError} from '../errors.js'
-import {MAP, PR, PTRACE_O, SIG, SYS, killQuiet, syscallRaw} from '../sys/libc.js'
+import {MAP, PTRACE_O, SIG, SYS, killQuiet} from '../sys/libc.js'
 import {CpuPlacement, lastCpu} from '../sys/affinity.js'
 import {type FlaggedVma, type SnapshotMemory, captureImage, captureMemory} from './capture.js'
 import {type PreflightResult, preflight, refuseUnsupportedMemory} from './preflight.js'
 import {faultPoint} from '../fault.js'
+import {detachQuietly, readAltStack, readThreadState, seizeOtherThreads, threadComm} from './threads.js'
 
 export interface SnapshotTimings {
   /** µs to seize and stop the target (CRIU: freezing_time). */
@@ -49,53 +50,6 @@ export interface LiveSnapshot {
 }
 
 const now = (): number => performance.now()
-
-function toUserRegs(regs: ReturnType<typeof regsFromArray>): UserRegs {
-  const out = {} as UserRegs
-  for (const name of USER_REGS_NAMES) out[name] = BigInt((regs as Record<string, bigint>)[name] ?? 0n)
-  return out
-}
-
-/** glibc keeps the thread id at THREAD_SELF->tid and registers that address with set_tid_address (x86_64: fs_base + 0x2d0 since glibc 2.26). */
-const GLIBC_TCB_TID_OFFSET = 0x2d0n
-
-/**
- * The address the program registered with set_tid_address. Read without
- * touching the target when glibc's thread block shows the tid at its known
- * offset; otherwise asked with an injected prctl (a few more µs of injection
- * in the target, the only part of a checkpoint a SIGKILLed cxlfork can break).
- */
-function readClearTidAddress(target: Tracee, regs: UserRegs, tid: number): bigint {
-  if (regs.fs_base !== 0n) {
-    try {
-      const candidate = regs.fs_base + GLIBC_TCB_TID_OFFSET
-      if (new DataView(target.readMemory(candidate, 4).buffer).getInt32(0, true) === tid) return candidate
-    } catch {
-      // no readable thread block there: ask the kernel
-    }
-  }
-  // Injected in self-healing mode (the fork below needs it anyway), into 8
-  // bytes of stack the program cannot be using; the old bytes are put back.
-  target.enterSelfHealing()
-  const slot = target.stackSlot(8)
-  const saved = target.readMemory(slot, 8)
-  try {
-    const r = target.syscall(SYS.prctl, PR.GET_TID_ADDRESS, slot)
-    if (r < 0n) return 0n
-    return new DataView(target.readMemory(slot, 8).buffer).getBigUint64(0, true)
-  } finally {
-    target.writeMemory(slot, saved)
-  }
-}
-
-/** get_robust_list works on another process given ptrace access: no injection needed. */
-function readRobustList(pid: number): {head: bigint; length: bigint} {
-  const head = new BigUint64Array(1)
-  const length = new BigUint64Array(1)
-  const r = syscallRaw(SYS.get_robust_list, pid, head, length)
-  if (r < 0n) throw new SyscallError('get_robust_list', Number(-r), `pid ${pid}`)
-  return {head: head[0]!, length: length[0]!}
-}
 
 /** What the snapshot (fork keeps both) says of the brk, the signal dispositions and the alternate signal stack. */
 interface ChildState {
@@ -161,27 +115,33 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
   const t0 = now()
   // No EXITKILL on the target: if cxlfork dies, the kernel detaches it and it runs on.
   const target = Tracee.seize(pid, {options: 0})
-  const tStopped = now()
-  faultPoint('snapshot-seized')
+  let others: Tracee[] = []
   let snapshot: Tracee | undefined
   let thread: ThreadImage
+  const otherThreads: ThreadImage[] = []
   let sharedPending: Uint8Array[]
   let fds: {info: FdInfo; kind: FdKind}[]
   let tResumed: number
+  let tStopped: number
   let transient: [bigint, bigint][] = []
   let parentMaps: Vma[] = []
   try {
-    if (gadget !== null) target.useSigreturnGadget(gadget)
-    const regsArray = target.getRegsArray()
-    const regs = toUserRegs(regsFromArray(regsArray))
-    const rseq = target.getRseqConfig()
-    const pending = target.peekPendingSignals()
-    sharedPending = pending.shared
-    thread = {
-      tid: pid, regs, xstate: target.getXState(), sigmask: target.getSigMask(), pendingSignals: pending.private,
-      ...(rseq.rseqAbiPointer === 0n ? {} : {rseq: {address: rseq.rseqAbiPointer, length: rseq.rseqAbiSize, signature: rseq.signature}}),
-      robustList: readRobustList(pid), clearTidAddress: readClearTidAddress(target, regs, pid),
-      altStack: {sp: 0n, flags: 2, size: 0n}, // filled from the snapshot below
+    // Every thread stops before any state is read: the snapshot sees one instant of the whole process.
+    others = seizeOtherThreads(pid)
+    tStopped = now()
+    faultPoint('snapshot-seized')
+    if (gadget !== null) for (const t of [target, ...others]) t.useSigreturnGadget(gadget)
+    // The layout at the instant of the fork (the target is stopped): the fork reads it anyway.
+    parentMaps = readMaps(pid)
+    const leader = readThreadState(target, parentMaps)
+    thread = leader.state
+    sharedPending = leader.sharedPending
+    for (const other of others) {
+      const {state} = readThreadState(other, parentMaps)
+      state.altStack = readAltStack(other, parentMaps)
+      state.comm = threadComm(pid, other.pid)
+      otherThreads.push(state)
+      faultPoint('snapshot-thread-read')
     }
     // fd offsets are shared with the running target: read them while it is stopped.
     const byFd = new Map(checked.fds.map((entry) => [entry.info.fd, entry.kind]))
@@ -190,23 +150,19 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
       // An fd appeared after preflight: classify it the careful way.
       fds = preflight(pid, {memory: false}).fds
     }
-    // The layout at the instant of the fork (the target is stopped): the fork reads it anyway.
-    parentMaps = readMaps(pid)
     const fork = target.injectForkSelfHealing(undefined, parentMaps)
     snapshot = fork.tracee
     placement?.follow(snapshot.pid)
     transient = fork.transientRanges
     // The snapshot must not outlive us; the target must (no EXITKILL there).
     snapshot.setOptions(snapshot.options | PTRACE_O.EXITKILL)
+    for (const other of others) other.detach()
     target.detach()
     tResumed = now()
   } catch (error) {
     snapshot?.kill()
-    try {
-      target.detach()
-    } catch {
-      /* already gone: nothing to restore */
-    }
+    for (const other of others) detachQuietly(other)
+    detachQuietly(target)
     throw error
   }
   const snap = snapshot
@@ -243,7 +199,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
       memory, snapshotPid: snap.pid, snapshotTracee: snap, ownerUid: checked.uid, release, checkMemory,
       captureImage: () => {
         checkMemory()
-        return (image ??= captureImage(pid, snap.pid, memory, layout, fds, {thread, sharedPendingSignals: sharedPending, sigactions: state.sigactions, brk: state.brk}))
+        return (image ??= captureImage(pid, snap.pid, memory, layout, fds, {threads: [thread, ...otherThreads], sharedPendingSignals: sharedPending, sigactions: state.sigactions, brk: state.brk}))
       },
       timings: {freezingUs: Math.round((tStopped - t0) * 1000), frozenUs: Math.round((tResumed - t0) * 1000), captureUs: Math.round((tCaptured - tResumed) * 1000)},
     }

@@ -23,3 +23,10 @@ export const nameFlag = Flags.custom<string>({
     return input
   },
 })
+
+/** Where a clone's pids live (see src/restore/pid-namespace.ts). */
+export const pidnsFlag = Flags.option({
+  options: ['new', 'host'] as const,
+  summary: 'PID namespace of the clone: new (keeps its pid and thread ids) or host (a new pid here).',
+  description: 'Default: new for a multi-threaded checkpoint, which can only be restored that way, host otherwise.',
+})

@@ -2,21 +2,25 @@ import * as Args from '@oclif/core/args'
 import * as Flags from '@oclif/core/flags'
 
 import {BaseCommand} from '../cli/base-command.js'
+import {pidnsFlag} from '../cli/flags.js'
 import type {RestoreResult} from '../restore/restore.js'
 
 export default class RestoreCommand extends BaseCommand {
   static override summary = 'Restore a checkpoint from the pool as a new running process.'
   static override description = `mow (default) maps the checkpoint's pages zero-copy from the pool, copy-on-write when written; local copies every page into local memory.
-Without --wait the command returns once the clone runs, detached in its own session with stdin/stdout/stderr on /dev/null where the original had a terminal or pipe. With --wait the clone uses this command's stdio and the command exits with the clone's status (128+N if killed by signal N).`
+Without --wait the command returns once the clone runs, detached in its own session with stdin/stdout/stderr on /dev/null where the original had a terminal or pipe. With --wait the clone uses this command's stdio and the command exits with the clone's status (128+N if killed by signal N).
+A multi-threaded checkpoint is restored in a PID namespace of its own, where the clone keeps its original pid and thread ids (its memory holds them: mutex owners, the robust list, glibc's thread descriptors); its init (cxlfork-init, pid 1 there) ends with it.`
   static override examples = [
     '<%= config.bin %> restore web',
     '<%= config.bin %> restore web --policy local --json',
     '<%= config.bin %> restore web --wait',
+    '<%= config.bin %> restore web --pidns new',
   ]
   static override args = {name: Args.string({required: true, description: 'Checkpoint name.'})}
   static override flags = {
     policy: Flags.option({options: ['mow', 'local'] as const, default: 'mow' as const, summary: 'Tiering policy for the restored memory.'})(),
     wait: Flags.boolean({summary: "Stay until the clone exits and exit with its status.", default: false}),
+    pidns: pidnsFlag(),
   }
 
   async run(): Promise<RestoreResult> {
@@ -24,8 +28,8 @@ Without --wait the command returns once the clone runs, detached in its own sess
     const [{Pool}, {restoreFromPool}, {exitStatusOf}] = await Promise.all([import('../pool/index.js'), import('../restore/restore.js'), import('../restore/build-process.js')])
     const pool = Pool.open(flags.pool)
     try {
-      const result = restoreFromPool(pool, {name: args.name, policy: flags.policy, wait: flags.wait})
-      this.say(`Restored ${args.name} as pid ${result.pid} (${result.policy}): ${result.stats.pages_mapped} pages mapped, ${result.stats.pages_restored} copied, ${(result.stats.restore_time / 1000).toFixed(2)} ms`)
+      const result = restoreFromPool(pool, {name: args.name, policy: flags.policy, wait: flags.wait, ...(flags.pidns === undefined ? {} : {pidns: flags.pidns})})
+      this.say(`Restored ${args.name} as pid ${result.pid}${result.pidNamespace ? ` (pid ${result.pidNamespace.pid} in its own PID namespace)` : ''} (${result.policy}, ${result.threads} thread(s)): ${result.stats.pages_mapped} pages mapped, ${result.stats.pages_restored} copied, ${(result.stats.restore_time / 1000).toFixed(2)} ms`)
       if (result.exit) {
         this.say(`Clone ${result.pid} ${result.exit.signal === null ? `exited with ${result.exit.code}` : `was killed by signal ${result.exit.signal}`}`)
         process.exitCode = exitStatusOf(result.exit)

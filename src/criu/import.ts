@@ -5,7 +5,7 @@
  */
 import {closeSync, openSync} from 'node:fs'
 
-import {SyscallError, UnsupportedError} from '../errors.js'
+import {SyscallError} from '../errors.js'
 import {checkFiles} from '../restore/build-process.js'
 import {encodeImage} from '../image/codec.js'
 import {encodePageMap} from '../image/page-map.js'
@@ -31,9 +31,6 @@ export function criuImport(pool: Pool, request: {images: string; name: string}):
   const set = readCriuImages(request.images)
   const image = set.image
   // Refuse now what every restore would refuse, rather than store an unrestorable checkpoint.
-  if (image.threads.length !== 1) {
-    throw new UnsupportedError('MULTI_THREADED', `${request.images} holds a process with ${image.threads.length} threads; cxlfork restores single-threaded processes`, 'Import a set of a single-threaded process.')
-  }
   checkFiles(image)
   const pages = totalPages(image.pageRuns)
   let builder: CheckpointBuilder | undefined = pool.beginCheckpoint()

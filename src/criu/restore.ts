@@ -7,13 +7,16 @@ import {openSync, closeSync, fstatSync} from 'node:fs'
 
 import {CorruptError} from '../errors.js'
 import {MAP, PROT, mmap, munmap} from '../sys/libc.js'
-import {type CloneExit, buildProcess, waitForClone} from '../restore/build-process.js'
+import {type CloneExit, type PidNamespaceMode, buildProcess} from '../restore/build-process.js'
 import {type StoredRun, planRestore} from '../restore/plan.js'
 import {criuRoot} from './image-file.js'
 import {readCriuImages, writeRestoreStats} from './images.js'
 
 export interface CriuRestoreResult {
   pid: number
+  threads: number
+  /** The clone's own PID namespace, when it has one: its pid there and its init's pid here. */
+  pidNamespace: {pid: number; initPid: number} | null
   images: string
   exit?: CloneExit
   stats: {
@@ -29,7 +32,7 @@ export interface CriuRestoreResult {
   }
 }
 
-export function criuRestore(request: {images: string; wait: boolean}): CriuRestoreResult {
+export function criuRestore(request: {images: string; wait: boolean; pidns?: PidNamespaceMode}): CriuRestoreResult {
   // Compiling the .proto schemas is cxlfork's start-up cost, not deserialization (CRIU's
   // are compiled C): keep it out of restore_time and report it on its own.
   const tSchema = performance.now()
@@ -57,7 +60,7 @@ export function criuRestore(request: {images: string; wait: boolean}): CriuResto
         if (offset < 0n || offset >= BigInt(size)) throw new CorruptError('IMAGE_CORRUPT', `pagemap points at offset ${offset} beyond ${set.pagesPath}`)
         return base + offset
       },
-    }, {stdio: request.wait ? 'inherit' : 'null', setsid: !request.wait})
+    }, {stdio: request.wait ? 'inherit' : 'null', setsid: !request.wait, wait: request.wait, ...(request.pidns === undefined ? {} : {pidns: request.pidns})})
   } finally {
     if (size > 0) munmap(base, size)
   }
@@ -67,9 +70,9 @@ export function criuRestore(request: {images: string; wait: boolean}): CriuResto
     memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: plan.pagesCopied,
   }
   writeRestoreStats(request.images, {restoreTime: stats.restore_time, pagesRestored: stats.pages_restored, forkingTime: stats.forking_time})
-  const result: CriuRestoreResult = {pid: built.pid, images: request.images, stats}
+  const result: CriuRestoreResult = {pid: built.pid, threads: built.threads, pidNamespace: built.namespace ?? null, images: request.images, stats}
   if (request.wait) {
-    result.exit = waitForClone(built.pid)
+    result.exit = built.wait()
   }
   return result
 }

@@ -83,6 +83,8 @@ export interface ThreadImage {
   clearTidAddress: bigint
   /** sigaltstack(2) state: ss_sp, ss_flags, ss_size. */
   altStack: {sp: bigint; flags: number; size: bigint}
+  /** The thread's own name (/proc/PID/task/TID/comm); absent in older images and for the first thread (task.comm). */
+  comm?: string
 }
 
 export interface MmImage {

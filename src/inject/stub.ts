@@ -21,6 +21,8 @@ import {Tracee} from './tracee.js'
 /** Default load address of the stub image: far from usual PIE/mmap/heap areas (0x2000000000 = 128 GiB). */
 export const STUB_DEFAULT_BASE = 0x2000000000n
 export const STUB_COMM = 'cxlfork-stub'
+/** The name the stub takes when it becomes a clone's pid-namespace init. */
+export const STUB_INIT_COMM = 'cxlfork-init'
 
 const EHDR_SIZE = 64
 const PHDR_SIZE = 56
@@ -30,8 +32,38 @@ const PF_X = 1
 const PF_W = 2
 const PF_R = 4
 
-/** The stub's machine code; `name` is appended right after it. */
-function stubCode(): Uint8Array {
+/**
+ * The pid-namespace init routine (see src/restore/pid-namespace.ts), entered
+ * by setting rip to it with r12 = the pid (in the namespace) of the clone's
+ * root. It names itself STUB_INIT_COMM, reaps every child, and when the root
+ * ends writes the root's raw wait status to fd 3 (a restore --wait reads it;
+ * without fd 3 the write fails harmlessly) and exits with the root's exit
+ * code, or 128 + the signal that killed it. No children at all: exit 0.
+ *
+ *  0: mov edi, 15 ; lea rsi, [rip + initname] ; mov eax, 157 ; syscall   prctl(PR_SET_NAME)
+ * 13: sub rsp, 16 ; and rsp, -16
+ * 1b: loop: wait4(-1, rsp, __WALL, 0) ; cmp rax, r12 ; je done ; cmp rax, -ECHILD ; je nochild ; jmp loop
+ * 3f: done: write(3, rsp, 4) ; eax = status ; edi = status & 0x7f ; jz exited ; edi += 128 ; jmp out
+ * 65: exited: edi = (status >> 8) & 0xff ; jmp out
+ * 6d: nochild: edi = 0
+ * 6f: out: exit_group(edi)
+ */
+const INIT_CODE = [
+  0xbf, 0x0f, 0x00, 0x00, 0x00, 0x48, 0x8d, 0x35, 0x6a, 0x00, 0x00, 0x00, 0xb8, 0x9d, 0x00, 0x00, 0x00, 0x0f, 0x05,
+  0x48, 0x83, 0xec, 0x10, 0x48, 0x83, 0xe4, 0xf0,
+  0xbf, 0xff, 0xff, 0xff, 0xff, 0x48, 0x89, 0xe6, 0xba, 0x00, 0x00, 0x00, 0x40, 0x45, 0x31, 0xd2, 0xb8, 0x3d, 0x00, 0x00, 0x00, 0x0f, 0x05,
+  0x4c, 0x39, 0xe0, 0x74, 0x08, 0x48, 0x83, 0xf8, 0xf6, 0x74, 0x30, 0xeb, 0xdc,
+  0xbf, 0x03, 0x00, 0x00, 0x00, 0x48, 0x89, 0xe6, 0xba, 0x04, 0x00, 0x00, 0x00, 0xb8, 0x01, 0x00, 0x00, 0x00, 0x0f, 0x05,
+  0x8b, 0x04, 0x24, 0x89, 0xc7, 0x83, 0xe7, 0x7f, 0x74, 0x08, 0x81, 0xc7, 0x80, 0x00, 0x00, 0x00, 0xeb, 0x0a,
+  0xc1, 0xe8, 0x08, 0x0f, 0xb6, 0xf8, 0xeb, 0x02,
+  0x31, 0xff,
+  0xb8, 0xe7, 0x00, 0x00, 0x00, 0x0f, 0x05,
+]
+/** The init routine's lea reaches its name right after its code (offset 0x76, rip after the lea is 0x0c). */
+const INIT_NAME_REL = 0x6a
+
+/** The stub's machine code: the entry (name itself, pause loop), the init routine and its name, then the stub's name. */
+function stubCode(): {bytes: Uint8Array; initOffset: number} {
   // 0:  bf 0f 00 00 00          mov  edi, 15              ; PR_SET_NAME
   // 5:  48 8d 35 XX XX XX XX    lea  rsi, [rip + name]
   // 12: b8 9d 00 00 00          mov  eax, 157             ; prctl
@@ -39,7 +71,7 @@ function stubCode(): Uint8Array {
   // 19: b8 22 00 00 00   loop:  mov  eax, 34              ; pause
   // 24: 0f 05                   syscall
   // 26: eb f7                   jmp  loop (-9)
-  // 28: name
+  // 28: the init routine, its name, then the stub's name
   const code = [
     0xbf, 0x0f, 0x00, 0x00, 0x00,
     0x48, 0x8d, 0x35, 0, 0, 0, 0,
@@ -49,18 +81,26 @@ function stubCode(): Uint8Array {
     0x0f, 0x05,
     0xeb, 0xf7,
   ]
-  const nameOff = code.length
+  const initOffset = code.length
+  if (INIT_CODE.length !== 0x76 || INIT_CODE[8] !== INIT_NAME_REL) throw new Error('stub init routine is malformed')
+  const initName = Buffer.from(STUB_INIT_COMM + '\0', 'latin1')
+  const nameOff = initOffset + INIT_CODE.length + initName.length
   const rel = nameOff - 12 // rip after the lea is 12
   code[8] = rel & 0xff
   code[9] = (rel >> 8) & 0xff
   const name = Buffer.from(STUB_COMM + '\0', 'latin1')
-  return Uint8Array.from([...code, ...name])
+  return {bytes: Uint8Array.from([...code, ...INIT_CODE, ...initName, ...name]), initOffset}
+}
+
+/** Address of the init routine in a stub loaded at `base`. */
+export function stubInitEntry(base: bigint): bigint {
+  return base + BigInt(EHDR_SIZE + 2 * PHDR_SIZE + stubCode().initOffset)
 }
 
 /** Bytes of the stub ELF executable loaded at `base` (page aligned). */
 export function buildStubElf(base: bigint = STUB_DEFAULT_BASE): Uint8Array {
   if (base % 4096n !== 0n) throw new RangeError('stub base must be page aligned')
-  const code = stubCode()
+  const code = stubCode().bytes
   const codeOff = EHDR_SIZE + 2 * PHDR_SIZE
   const total = codeOff + code.length
   const b = new Uint8Array(total)
@@ -198,6 +238,8 @@ export interface Stub {
   /** [start, end) of the stub's own code mapping. */
   image: [bigint, bigint]
   vdso: VdsoLayout
+  /** Where the stub's init routine starts (see INIT_CODE). */
+  initEntry: bigint
   /** SIGKILL + reap (idempotent). */
   kill(): void
 }
@@ -233,7 +275,7 @@ export function spawnStub(opts: StubOptions = {}): Stub {
     if (!img) throw new CxlforkError('STUB_BAD_LAYOUT', `stub ${pid} has no image mapping at 0x${base.toString(16)}`)
     const t = tracee
     return {
-      pid, tracee: t, maps, image: [img.start, img.end], vdso: vdsoLayout(maps),
+      pid, tracee: t, maps, image: [img.start, img.end], vdso: vdsoLayout(maps), initEntry: stubInitEntry(base),
       kill: () => t.kill(),
     }
   } catch (err) {

@@ -371,6 +371,20 @@ export class Tracee {
     return t
   }
 
+  /**
+   * Adopt a process or thread that an injected fork/clone created and ptrace
+   * attached to us on its own (PTRACE_O_TRACEFORK/CLONE): wait for its first
+   * stop, PTRACE_EVENT_STOP when the parent was seized (SIGSTOP otherwise).
+   */
+  static adoptNewChild(pid: number, options: number): Tracee {
+    const child = Tracee.adopt(pid, options, false)
+    for (;;) {
+      const w = child.waitStop()
+      if (w.event === PTRACE_EVENT.STOP || w.stopSignal === SIG.STOP) return child
+      child.resume(PTRACE.CONT, 0)
+    }
+  }
+
   get isStopped(): boolean {
     return this.state === 'stopped'
   }
@@ -781,16 +795,38 @@ export class Tracee {
     } finally {
       if ((old & need) !== need) this.setOptions(old)
     }
-    const child = Tracee.adopt(childPid, this.options, false)
-    // The auto-attached child stops with PTRACE_EVENT_STOP (or a SIGSTOP).
-    for (;;) {
-      const w = child.waitStop()
-      if (w.event === PTRACE_EVENT.STOP || w.stopSignal === SIG.STOP) break
-      child.resume(PTRACE.CONT, 0)
-    }
+    const child = Tracee.adoptNewChild(childPid, this.options)
     child.progMask = this.progMask ?? this.readMaskKernel()
     child.site = this.site
     return {pid: childPid, tracee: child, transientRanges: []}
+  }
+
+  /**
+   * Inject a call that creates one process or thread (clone3, clone) with
+   * fork and clone tracing on, and return the new task adopted and stopped.
+   * `result` is what the call returned in the tracee (the id in its own pid
+   * namespace); `tracee.pid` is the id in ours, from the ptrace event.
+   */
+  injectCreate(name: string, nr: number, ...args: (number | bigint)[]): {result: bigint; tracee: Tracee} {
+    this.requireStopped()
+    const need = PTRACE_O.TRACEFORK | PTRACE_O.TRACECLONE | PTRACE_O.TRACEVFORK
+    const old = this.options
+    if ((old & need) !== need) this.setOptions(old | need)
+    let created: number[]
+    let result: bigint
+    try {
+      this.takeNewChildren()
+      result = this.syscall(nr, ...args)
+      created = this.takeNewChildren()
+    } finally {
+      if ((old & need) !== need) this.setOptions(old)
+    }
+    if (signedErr(result)) throw new SyscallError(`${name} (injected into ${this.pid})`, Number(-result))
+    if (created.length !== 1) throw new CxlforkError('CHILD_NOT_SEEN', `${name} in ${this.pid} returned ${result} but ptrace reported ${created.length} new tasks`)
+    const child = Tracee.adoptNewChild(created[0]!, this.options)
+    child.progMask = this.progMask ?? this.readMaskKernel()
+    child.site = this.site
+    return {result, tracee: child}
   }
 
   /**
@@ -962,12 +998,7 @@ export class Tracee {
       this.healingSyscall(SYS.munmap, [page, 4096n], 'munmap')
     }
     faultPoint('fork-done')
-    const child = Tracee.adopt(childPid, this.options, false)
-    for (;;) {
-      const w = child.waitStop()
-      if (w.event === PTRACE_EVENT.STOP || w.stopSignal === SIG.STOP) break
-      child.resume(PTRACE.CONT, 0)
-    }
+    const child = Tracee.adoptNewChild(childPid, this.options)
     child.progMask = progMask
     child.site = this.site
     return {pid: childPid, tracee: child, transientRanges: [[page, page + 4096n]]}

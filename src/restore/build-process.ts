@@ -11,13 +11,16 @@
 import {statSync} from 'node:fs'
 
 import {CxlforkError, NotFoundError, SyscallError, UnsupportedError} from '../errors.js'
-import {type FileIdentity, type ProcessImage, USER_REGS_NAMES, type VmaImage} from '../image/process-image.js'
-import {type Stub, spawnStub} from '../inject/stub.js'
-import {REG_NAMES, Tracee, restartFixup, regsToArray} from '../inject/tracee.js'
+import {type FileIdentity, type ProcessImage, type VmaImage} from '../image/process-image.js'
+import {type Stub, type StubOptions, spawnStub} from '../inject/stub.js'
+import {Tracee} from '../inject/tracee.js'
 import {type VdsoLayout, deviceName, kernelRelease, vdsoLayout} from '../sys/proc.js'
-import {MAP, MREMAP, O, PR, SYS, type VmSegment, prlimit, vmWrite, vmWritev, wait4} from '../sys/libc.js'
+import {MAP, MREMAP, O, PR, SYS, type VmSegment, close, decodeWaitStatus, fcntl, pipe2, prlimit, read, vmWrite, vmWritev, wait4} from '../sys/libc.js'
 import {CpuPlacement, currentCpu} from '../sys/affinity.js'
+import {Injector} from './injector.js'
 import {type RestorePlan, needsProtectFixup} from './plan.js'
+import {releaseInit, spawnNamespacedStubs} from './pid-namespace.js'
+import {createThreads, requeueThreadSignals, restoreThreadKernelState, setThreadCpuState} from './threads.js'
 
 /** Where stored pages come from during a build. */
 export interface PageStore {
@@ -36,7 +39,19 @@ export interface BuildOptions {
   setsid: boolean
   /** Called with the stub pid as soon as it exists (to record a pool reference before memory is mapped). */
   onSpawn?: (pid: number) => void
+  /**
+   * `new`: the clone gets a PID namespace of its own in which it keeps its
+   * original pid and thread ids (pid-namespace.ts); required for more than
+   * one thread. `host`: a new pid in our namespace, the one tid glibc
+   * caches rewritten. Default: `new` for more than one thread, else `host`.
+   */
+  pidns?: PidNamespaceMode
+  /** The caller will wait for the clone (restore --wait): keep what is needed to learn its exit status. */
+  wait?: boolean
 }
+
+export type PidNamespaceMode = 'new' | 'host'
+export const PIDNS_MODES: readonly PidNamespaceMode[] = ['new', 'host']
 
 export interface BuildTimings {
   /** µs spawning and seizing the stub. */
@@ -54,10 +69,35 @@ export interface CloneExit {
   signal: number | null
 }
 
+function cloneExitOf(status: ReturnType<typeof wait4>): CloneExit {
+  return {code: status?.exited ? status.exitCode ?? 0 : null, signal: status?.signaled ? status.termSignal ?? null : null}
+}
+
 /** Wait for a built process (it is our child) to end. */
 export function waitForClone(pid: number): CloneExit {
-  const status = wait4(pid, 0)
-  return {code: status?.exited ? status.exitCode ?? 0 : null, signal: status?.signaled ? status.termSignal ?? null : null}
+  return cloneExitOf(wait4(pid, 0))
+}
+
+/**
+ * Wait for a clone in its own PID namespace: its init is our child and
+ * ends with it, after writing the clone's raw wait status to the pipe whose
+ * read end is `statusFd`.
+ */
+function waitForNamespacedClone(initPid: number, statusFd: number): CloneExit {
+  try {
+    const initStatus = wait4(initPid, 0)
+    const word = new Uint8Array(4)
+    let got = 0
+    try {
+      got = read(statusFd, word)
+    } catch {
+      got = 0
+    }
+    if (got === 4) return cloneExitOf(decodeWaitStatus(initPid, new DataView(word.buffer).getInt32(0, true)))
+    return cloneExitOf(initStatus)
+  } finally {
+    close(statusFd)
+  }
 }
 
 /** The exit status a command reports for a clone's end, as a shell does: the code, or 128 + signal. */
@@ -66,11 +106,15 @@ export function exitStatusOf(exit: CloneExit): number {
 }
 
 export interface BuiltProcess {
+  /** The clone's pid, as seen here. */
   pid: number
+  /** With its own PID namespace: the clone's pid there (its original pid) and its init's pid here. */
+  namespace?: {pid: number; initPid: number}
+  threads: number
   timings: BuildTimings
+  /** Wait for the clone to end (only when built with `wait`). */
+  wait(): CloneExit
 }
-
-const SS_DISABLE = 2
 
 function hex(value: bigint): string {
   return '0x' + value.toString(16)
@@ -122,37 +166,6 @@ function describeChange(file: FileIdentity, st: {dev: bigint; ino: bigint; size:
   if (st.size !== file.size) return `size ${file.size} -> ${st.size}`
   if (st.mtimeNs !== file.mtimeNs) return 'modification time differs'
   return 'inode change time differs: it was rewritten or its metadata changed'
-}
-
-/** Runs injected syscalls in the stub with one scratch area for arguments. */
-class Injector {
-  private used = 0n
-
-  constructor(readonly tracee: Tracee, readonly scratch: bigint, readonly scratchSize: bigint) {}
-
-  call(name: string, nr: number, ...args: (number | bigint)[]): bigint {
-    return this.tracee.syscallChecked(name, nr, ...args)
-  }
-
-  /** Copy bytes into scratch and return their remote address (bump allocation, reset per phase). */
-  put(bytes: Uint8Array): bigint {
-    const at = (this.used + 15n) & ~15n
-    if (at + BigInt(bytes.length) > this.scratchSize) {
-      this.used = 0n
-      return this.put(bytes)
-    }
-    this.used = at + BigInt(bytes.length)
-    vmWrite(this.tracee.pid, this.scratch + at, bytes)
-    return this.scratch + at
-  }
-
-  putString(text: string): bigint {
-    return this.put(Buffer.from(text + '\0', 'utf8'))
-  }
-
-  open(path: string, flags: number): number {
-    return Number(this.call(`open(${path})`, SYS.open, this.putString(path), flags | O.CLOEXEC, 0))
-  }
 }
 
 function u64s(values: readonly bigint[]): Uint8Array {
@@ -301,32 +314,25 @@ function restoreSignals(inject: Injector, image: ProcessImage): void {
   for (const action of image.task.sigactions) {
     inject.call(`rt_sigaction(${action.signo})`, SYS.rt_sigaction, action.signo, inject.put(u64s([action.handler, action.flags, action.restorer, action.mask])), 0, 8)
   }
-  const thread = image.threads[0]!
-  if ((thread.altStack.flags & SS_DISABLE) === 0) {
-    const stack = new Uint8Array(24)
-    const view = new DataView(stack.buffer)
-    view.setBigUint64(0, thread.altStack.sp, true)
-    view.setInt32(8, thread.altStack.flags, true)
-    view.setBigUint64(16, thread.altStack.size, true)
-    inject.call('sigaltstack', SYS.sigaltstack, inject.put(stack), 0)
-  }
 }
 
-function restoreThreadState(inject: Injector, image: ProcessImage, pid: number): void {
+/**
+ * Process-wide state and the first thread's own. `pid` is the clone's pid
+ * here (for prlimit), `nsPid` its pid inside (for injected calls);
+ * `rewriteTid`: glibc caches the tid at clear_child_tid (it changed unless
+ * the clone kept its ids).
+ */
+function restoreTaskState(inject: Injector, image: ProcessImage, pid: number, nsPid: number, rewriteTid: boolean): void {
   const thread = image.threads[0]!
   const task = image.task
-  if (thread.rseq) inject.call('rseq', SYS.rseq, thread.rseq.address, thread.rseq.length, 0, thread.rseq.signature)
-  if (thread.robustList.head !== 0n) inject.call('set_robust_list', SYS.set_robust_list, thread.robustList.head, thread.robustList.length)
-  if (thread.clearTidAddress !== 0n) {
-    inject.call('set_tid_address', SYS.set_tid_address, thread.clearTidAddress)
-    // glibc caches the tid there (pitfall 8): the clone has a new one.
+  restoreThreadKernelState(inject, inject.tracee, thread, task.comm)
+  if (rewriteTid && thread.clearTidAddress !== 0n) {
     const tid = new Uint8Array(4)
-    new DataView(tid.buffer).setInt32(0, pid, true)
+    new DataView(tid.buffer).setInt32(0, nsPid, true)
     vmWrite(pid, thread.clearTidAddress, tid)
   }
   inject.call('umask', SYS.umask, task.umask)
   if (task.personality !== 0) inject.call('personality', SYS.personality, task.personality)
-  inject.call('prctl(PR_SET_NAME)', SYS.prctl, PR.SET_NAME, inject.putString(task.comm.slice(0, 15)))
   inject.call(`chdir(${task.cwd})`, SYS.chdir, inject.putString(task.cwd))
   for (const limit of task.rlimits) {
     try {
@@ -340,18 +346,9 @@ function restoreThreadState(inject: Injector, image: ProcessImage, pid: number):
   // Queued signals go back to the clone's own queues (to itself any si_code is allowed).
   for (const info of task.sharedPendingSignals) {
     const signo = new DataView(info.buffer, info.byteOffset).getInt32(0, true)
-    inject.call('rt_sigqueueinfo', SYS.rt_sigqueueinfo, pid, signo, inject.put(info))
+    inject.call('rt_sigqueueinfo', SYS.rt_sigqueueinfo, nsPid, signo, inject.put(info))
   }
-  for (const info of thread.pendingSignals) {
-    const signo = new DataView(info.buffer, info.byteOffset).getInt32(0, true)
-    inject.call('rt_tgsigqueueinfo', SYS.rt_tgsigqueueinfo, pid, pid, signo, inject.put(info))
-  }
-}
-
-function finalRegisters(image: ProcessImage): BigUint64Array {
-  const regs = image.threads[0]!.regs
-  const named = Object.fromEntries(REG_NAMES.map((name) => [name, regs[name as (typeof USER_REGS_NAMES)[number]]])) as Parameters<typeof regsToArray>[0]
-  return restartFixup(regsToArray(named), 'restore')
+  requeueThreadSignals(inject, nsPid, nsPid, thread.pendingSignals)
 }
 
 /** Pick a stub load address clear of every VMA of the image. */
@@ -363,27 +360,57 @@ function stubBase(image: ProcessImage): bigint {
   return findFreeRange(0x200000n, taken)
 }
 
+/** The pid-namespace mode a build of `image` uses, refusing what cannot work. */
+export function pidNamespaceFor(image: ProcessImage, requested?: PidNamespaceMode): PidNamespaceMode {
+  const mode = requested ?? (image.threads.length > 1 ? 'new' : 'host')
+  if (mode === 'host' && image.threads.length > 1) {
+    throw new UnsupportedError('THREADS_NEED_PIDNS', `the checkpoint holds ${image.threads.length} threads, whose ids its memory keeps; they can only be restored with their own ids, in a new PID namespace`,
+      'Restore with --pidns new (the default for a multi-threaded checkpoint).')
+  }
+  return mode
+}
+
 /**
  * Build a running process from `image` following `plan`. Returns once the
- * process runs on its own (detached from ptrace); it is our child.
+ * process runs on its own (detached from ptrace); it (or, in its own PID
+ * namespace, its init) is our child.
  */
 export function buildProcess(image: ProcessImage, plan: RestorePlan, store: PageStore, options: BuildOptions): BuiltProcess {
-  if (image.threads.length !== 1) {
-    throw new UnsupportedError('MULTI_THREADED', `the checkpoint holds ${image.threads.length} threads; restore supports one`, 'Checkpoint single-threaded processes.')
-  }
+  const pidns = pidNamespaceFor(image, options.pidns)
   const local = vdsoLayout('self')
   checkKernel(image, local)
   checkFiles(image)
   const t0 = performance.now()
-  const std = options.stdio === 'inherit' ? 0 : null
   // The stub is spawned on our CPU and stays there while we drive it (src/sys/affinity.ts).
   const placement = CpuPlacement.pin(currentCpu())
+  let init: Stub | undefined
   let stub: Stub | undefined
+  let threads: Tracee[] = []
+  let statusPipe: [number, number] | undefined
   try {
-    stub = spawnStub({
-      stdin: std, stdout: options.stdio === 'inherit' ? 1 : null, stderr: options.stdio === 'inherit' ? 2 : null,
-      setsid: options.setsid, base: stubBase(image),
-    })
+    const inherit = options.stdio === 'inherit'
+    const stubOptions: StubOptions = {
+      stdin: inherit ? 0 : null, stdout: inherit ? 1 : null, stderr: inherit ? 2 : null, setsid: options.setsid, base: stubBase(image),
+    }
+    let nsPid: number
+    if (pidns === 'new') {
+      if (options.wait) {
+        statusPipe = pipe2()
+        stubOptions.fds = [stubOptions.stdin ?? null, stubOptions.stdout ?? null, stubOptions.stderr ?? null, statusPipe[1]]
+      }
+      const stubs = spawnNamespacedStubs(image.task.pid, stubOptions)
+      init = stubs.init
+      stub = stubs.root
+      nsPid = stubs.nsPid
+      if (statusPipe) {
+        close(statusPipe[1])
+        statusPipe = [statusPipe[0], -1]
+        fcntl(statusPipe[0], 4 /* F_SETFL */, O.NONBLOCK)
+      }
+    } else {
+      stub = spawnStub(stubOptions)
+      nsPid = stub.pid
+    }
     options.onSpawn?.(stub.pid)
     const tSpawned = performance.now()
     const tracee = stub.tracee
@@ -404,33 +431,51 @@ export function buildProcess(image: ProcessImage, plan: RestorePlan, store: Page
     }
     moveVdso(inject, stub.vdso, image, [scratch, scratch + scratchSize])
     mapMemory(inject, image, plan, store)
+    inject.reset()
     const tMapped = performance.now()
     restoreFds(inject, image)
+    inject.reset()
     restoreMm(inject, image)
     restoreSignals(inject, image)
-    restoreThreadState(inject, image, stub.pid)
+    inject.reset()
+    restoreTaskState(inject, image, stub.pid, nsPid, pidns === 'host')
+    inject.reset()
+    threads = createThreads(inject, image.threads)
+    threads.forEach((thread, i) => {
+      const state = image.threads[i + 1]!
+      restoreThreadKernelState(inject, thread, state, state.comm ?? image.task.comm)
+      requeueThreadSignals(inject, nsPid, state.tid, state.pendingSignals)
+      inject.reset()
+    })
     inject.call('munmap(scratch)', SYS.munmap, scratch, scratchSize)
     tracee.freeBatch()
-    const thread = image.threads[0]!
-    tracee.setXState(thread.xstate)
-    tracee.setRegs(finalRegisters(image))
-    tracee.setSigMask(thread.sigmask)
-    const injectedSyscalls = tracee.injectedCount
+    setThreadCpuState(tracee, image.threads[0]!)
+    threads.forEach((thread, i) => setThreadCpuState(thread, image.threads[i + 1]!))
+    const injectedSyscalls = tracee.injectedCount + threads.reduce((sum, t) => sum + t.injectedCount, 0)
     placement?.releaseSpawned(stub.pid)
+    for (const thread of threads) thread.detach()
     tracee.detach()
+    if (init) releaseInit(init, nsPid)
     const tDone = performance.now()
+    const readEnd = statusPipe?.[0]
+    const initPid = init?.pid
+    const pid = stub.pid
     return {
-      pid: stub.pid,
+      pid, threads: image.threads.length,
+      ...(initPid === undefined ? {} : {namespace: {pid: nsPid, initPid}}),
       timings: {
         spawnUs: Math.round((tSpawned - t0) * 1000), memoryUs: Math.round((tMapped - tSpawned) * 1000),
         stateUs: Math.round((tDone - tMapped) * 1000), injectedSyscalls,
       },
+      wait: () => (initPid !== undefined && readEnd !== undefined ? waitForNamespacedClone(initPid, readEnd) : waitForClone(initPid ?? pid)),
     }
   } catch (error) {
+    for (const thread of threads) thread.kill()
     stub?.kill()
+    init?.kill()
+    if (statusPipe) for (const fd of statusPipe) if (fd >= 0) close(fd)
     throw error
   } finally {
     placement?.release()
   }
 }
-

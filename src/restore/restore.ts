@@ -9,7 +9,7 @@ import {type ProcessImage} from '../image/process-image.js'
 import {Section} from '../image/sections.js'
 import {type Pool, type ReferenceHandle} from '../pool/index.js'
 import {getuid} from '../sys/libc.js'
-import {type CloneExit, buildProcess, waitForClone} from './build-process.js'
+import {type CloneExit, type PidNamespaceMode, buildProcess} from './build-process.js'
 import {type Policy, type StoredRun, planRestore} from './plan.js'
 
 /** Restore statistics; names follow CRIU's where they mean the same (µs). */
@@ -33,8 +33,13 @@ export interface RestoreStats {
 
 export interface RestoreResult {
   name: string
+  /** The clone's pid on this host. */
   pid: number
   policy: Policy
+  /** Threads the clone was built with. */
+  threads: number
+  /** The clone's own PID namespace, when it has one: its pid there (the original's) and its init's pid here. */
+  pidNamespace: {pid: number; initPid: number} | null
   /** Present with --wait: how the clone ended. */
   exit?: CloneExit
   stats: RestoreStats
@@ -44,6 +49,8 @@ export interface RestoreRequest {
   name: string
   policy: Policy
   wait: boolean
+  /** Default: a new PID namespace for a multi-threaded checkpoint (see build-process.ts). */
+  pidns?: PidNamespaceMode
 }
 
 /** Page runs of the checkpoint, each checked to lie inside the checkpoint's own data. */
@@ -76,6 +83,8 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
     built = buildProcess(image, plan, {mapPath: pool.path, localAddress: address}, {
       stdio: request.wait ? 'inherit' : 'null',
       setsid: !request.wait,
+      wait: request.wait,
+      ...(request.pidns === undefined ? {} : {pidns: request.pidns}),
       onSpawn: (pid) => {
         reference = pool.addReference(request.name, {pid})
       },
@@ -86,7 +95,7 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
   }
   const tDone = performance.now()
   const result: RestoreResult = {
-    name: request.name, pid: built.pid, policy: request.policy,
+    name: request.name, pid: built.pid, policy: request.policy, threads: built.threads, pidNamespace: built.namespace ?? null,
     stats: {
       restore_time: Math.round((tDone - t0) * 1000), forking_time: built.timings.spawnUs, open_time: Math.round((tOpened - t0) * 1000),
       memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: plan.pagesCopied, pages_mapped: plan.pagesMapped,
@@ -94,7 +103,7 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
     },
   }
   if (request.wait) {
-    result.exit = waitForClone(built.pid)
+    result.exit = built.wait()
     if (reference) pool.releaseReference(reference)
   }
   return result

@@ -1,21 +1,23 @@
 import * as Flags from '@oclif/core/flags'
 
 import {BaseCommand} from '../../cli/base-command.js'
+import {pidnsFlag} from '../../cli/flags.js'
 import type {CriuRestoreResult} from '../../criu/restore.js'
 
 export default class CriuRestoreCommand extends BaseCommand {
   static override summary = 'Restore a CRIU-format image set by deserializing it and copying every page.'
-  static override description = 'Accepts sets written by cxlfork criu dump and by CRIU 4.x for a single-threaded process with regular files. The restore statistics are also written to stats-restore.img. Without --wait the clone runs detached; with --wait the command exits with its status.'
+  static override description = 'Accepts sets written by cxlfork criu dump and by CRIU 4.x for single- and multi-threaded processes with regular files. The restore statistics are also written to stats-restore.img. Without --wait the clone runs detached; with --wait the command exits with its status.'
   static override examples = ['<%= config.bin %> criu restore --images /dev/shm/web.img', '<%= config.bin %> criu restore --images /dev/shm/web.img --wait']
   static override flags = {
     images: Flags.string({summary: 'Directory holding the image set.', required: true}),
     wait: Flags.boolean({summary: 'Stay until the clone exits and exit with its status.', default: false}),
+    pidns: pidnsFlag(),
   }
 
   async run(): Promise<CriuRestoreResult> {
     const {flags} = await this.parse(CriuRestoreCommand)
     const [{criuRestore}, {exitStatusOf}] = await Promise.all([import('../../criu/restore.js'), import('../../restore/build-process.js')])
-    const result = criuRestore({images: flags.images, wait: flags.wait})
+    const result = criuRestore({images: flags.images, wait: flags.wait, ...(flags.pidns === undefined ? {} : {pidns: flags.pidns})})
     this.say(`Restored ${flags.images} as pid ${result.pid}: ${result.stats.pages_restored} pages copied, ${(result.stats.restore_time / 1000).toFixed(2)} ms`)
     if (result.exit) process.exitCode = exitStatusOf(result.exit)
     return result
