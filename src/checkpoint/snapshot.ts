@@ -14,7 +14,7 @@ import {CpuPlacement, lastCpu} from '../sys/affinity.js'
 import {type FlaggedVma, type SnapshotMemory, captureImage, captureMemory} from './capture.js'
 import {type PreflightResult, preflight, refuseUnsupportedMemory} from './preflight.js'
 import {faultPoint} from '../fault.js'
-import {detachQuietly, readAltStack, readThreadState, seizeOtherThreads, threadComm} from './threads.js'
+import {detachQuietly, readAltStacks, readThreadState, seizeOtherThreads, threadComm} from './threads.js'
 
 export interface SnapshotTimings {
   /** µs to seize and stop the target (CRIU: freezing_time). */
@@ -137,12 +137,12 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     thread = leader.state
     sharedPending = leader.sharedPending
     for (const other of others) {
-      const {state} = readThreadState(other, parentMaps)
-      state.altStack = readAltStack(other, parentMaps)
-      state.comm = threadComm(pid, other.pid)
-      otherThreads.push(state)
-      faultPoint('snapshot-thread-read')
+      otherThreads.push(readThreadState(other, parentMaps, 'private').state)
     }
+    readAltStacks(others, parentMaps).forEach((altStack, i) => {
+      otherThreads[i]!.altStack = altStack
+    })
+    faultPoint('snapshot-threads-read')
     // fd offsets are shared with the running target: read them while it is stopped.
     const byFd = new Map(checked.fds.map((entry) => [entry.info.fd, entry.kind]))
     fds = listFds(pid).map((info) => ({info, kind: byFd.get(info.fd) ?? 'regular'}))
@@ -159,6 +159,8 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     for (const other of others) other.detach()
     target.detach()
     tResumed = now()
+    // Names are read from /proc once the target runs again: a thread renaming itself in between is the one race accepted.
+    for (const state of otherThreads) state.comm = threadComm(pid, state.tid)
   } catch (error) {
     snapshot?.kill()
     for (const other of others) detachQuietly(other)

@@ -57,13 +57,40 @@ export function readClearTidAddress(thread: Tracee, regs: UserRegs, tid: number,
   return result < 0n ? 0n : new DataView(bytes.buffer).getBigUint64(0, true)
 }
 
-/** sigaltstack of one thread (not in /proc): injected sigaltstack(NULL, &old). */
-export function readAltStack(thread: Tracee, maps?: readonly Vma[]): ThreadImage['altStack'] {
-  const {result, bytes} = injectQuery(thread, maps, 24, (slot) => thread.syscall(SYS.sigaltstack, 0, slot))
+function decodeAltStack(result: bigint, bytes: Uint8Array): ThreadImage['altStack'] {
   if (result < 0n) return {sp: 0n, flags: 2, size: 0n}
-  const view = new DataView(bytes.buffer)
+  const view = new DataView(bytes.buffer, bytes.byteOffset)
   // SS_ONSTACK describes the instant of capture, not a setting: keep SS_DISABLE/SS_AUTODISARM only.
   return {sp: view.getBigUint64(0, true), flags: view.getInt32(8, true) & ~1, size: view.getBigUint64(16, true)}
+}
+
+/**
+ * sigaltstack of each thread (not in /proc): sigaltstack(NULL, &old)
+ * injected into every thread side by side, in self-healing mode, into a slot
+ * of its own stack whose bytes are put back.
+ */
+export function readAltStacks(threads: readonly Tracee[], maps?: readonly Vma[]): ThreadImage['altStack'][] {
+  const slots = new Map<Tracee, {slot: bigint; saved: Uint8Array}>()
+  const out = new Map<Tracee, ThreadImage['altStack']>()
+  try {
+    for (const thread of threads) {
+      if (!thread.enterSelfHealing(maps)) continue
+      const slot = thread.stackSlot(24)
+      slots.set(thread, {slot, saved: thread.readMemory(slot, 24)})
+    }
+    const healing = [...slots.keys()]
+    const results = Tracee.healingSyscallAll(healing, SYS.sigaltstack, (t) => [0, slots.get(t)!.slot])
+    healing.forEach((thread, i) => out.set(thread, decodeAltStack(results[i]!, thread.readMemory(slots.get(thread)!.slot, 24))))
+    // No room for a frame on its stack (rare): the plain injection, a few µs not proof against our death.
+    for (const thread of threads) {
+      if (out.has(thread)) continue
+      const {result, bytes} = injectQuery(thread, maps, 24, (slot) => thread.syscall(SYS.sigaltstack, 0, slot))
+      out.set(thread, decodeAltStack(result, bytes))
+    }
+  } finally {
+    for (const [thread, {slot, saved}] of slots) if (thread.isStopped) thread.writeMemory(slot, saved)
+  }
+  return threads.map((thread) => out.get(thread)!)
 }
 
 /** get_robust_list works on another thread given ptrace access: no injection needed. */
@@ -76,10 +103,10 @@ export function readRobustList(tid: number): {head: bigint; length: bigint} {
 }
 
 /** Registers, XSAVE, mask, private queue, rseq, robust list and clear_child_tid of a stopped thread (altStack left to the caller). */
-export function readThreadState(thread: Tracee, maps?: readonly Vma[]): {state: ThreadImage; sharedPending: Uint8Array[]} {
+export function readThreadState(thread: Tracee, maps?: readonly Vma[], queues: 'both' | 'private' = 'both'): {state: ThreadImage; sharedPending: Uint8Array[]} {
   const regs = toUserRegs(regsFromArray(thread.getRegsArray()))
   const rseq = thread.getRseqConfig()
-  const pending = thread.peekPendingSignals()
+  const pending = thread.peekPendingSignals(queues)
   const state: ThreadImage = {
     tid: thread.pid, regs, xstate: thread.getXState(), sigmask: thread.getSigMask(), pendingSignals: pending.private,
     ...(rseq.rseqAbiPointer === 0n ? {} : {rseq: {address: rseq.rseqAbiPointer, length: rseq.rseqAbiSize, signature: rseq.signature}}),
@@ -117,18 +144,21 @@ export function seizeOtherThreads(pid: number): Tracee[] {
   const seized = new Map<number, Tracee>()
   try {
     for (let pass = 0; ; pass++) {
-      let fresh = 0
+      const fresh: Tracee[] = []
       for (const tid of listTids(pid)) {
         if (tid === pid || seized.has(tid)) continue
         try {
-          seized.set(tid, Tracee.seize(tid, {options: 0}))
-          fresh++
+          const thread = Tracee.seize(tid, {options: 0, interrupt: false})
+          seized.set(tid, thread)
+          fresh.push(thread)
         } catch (error) {
           if (error instanceof NotFoundError) continue // exited meanwhile
           throw error
         }
       }
-      if (fresh === 0) break
+      if (fresh.length === 0) break
+      // Every interrupt is sent before the first stop is awaited: the stops overlap.
+      Tracee.interruptAll(fresh)
       if (pass > 1000) throw new CxlforkError('THREADS_UNSTABLE', `process ${pid} keeps creating threads`, 'Checkpoint it when it is not spawning threads.')
     }
     return [...seized.values()].sort((a, b) => a.pid - b.pid)

@@ -225,6 +225,8 @@ export interface PendingSyscalls {
   finish(): bigint[]
 }
 
+const SYSCALL_ARG_REGS = [REG.rdi, REG.rsi, REG.rdx, REG.r10, REG.r8, REG.r9]
+
 function signedErr(v: bigint): boolean {
   return v < 0n && v > -4096n
 }
@@ -398,6 +400,20 @@ export class Tracee {
     this.requireAttached()
     if (this.state === 'stopped') return this.lastStop!
     ptrace(PTRACE.INTERRUPT, this.pid)
+    return this.awaitInterruptStop(timeoutMs)
+  }
+
+  /**
+   * Stop several tracees at once: every PTRACE_INTERRUPT is sent before the
+   * first stop is awaited, so their stops overlap instead of queuing.
+   */
+  static interruptAll(tracees: readonly Tracee[], timeoutMs?: number): void {
+    const running = tracees.filter((t) => t.state === 'running')
+    for (const t of running) ptrace(PTRACE.INTERRUPT, t.pid)
+    for (const t of running) t.awaitInterruptStop(timeoutMs)
+  }
+
+  private awaitInterruptStop(timeoutMs?: number): WaitStatus {
     for (;;) {
       const w = this.waitStop(timeoutMs)
       if (w.event === PTRACE_EVENT.STOP) return w
@@ -509,13 +525,19 @@ export class Tracee {
     ptrace(PTRACE.SETREGSET, this.pid, nt, iov)
   }
 
-  /** NT_X86_XSTATE (FPU/SSE/AVX/... state, XSAVE layout). Size is the CPU's xstate size. */
+  /**
+   * NT_X86_XSTATE (FPU/SSE/AVX/... state, XSAVE layout). Size is the CPU's
+   * xstate size. Read once per stop: injected calls leave it alone, and a
+   * thread's checkpoint and self-healing frame both need it.
+   */
   getXState(): Uint8Array {
-    return this.getRegset(NT_X86_XSTATE)
+    this.progXState ??= this.getRegset(NT_X86_XSTATE)
+    return new Uint8Array(this.progXState)
   }
 
   setXState(bytes: Uint8Array): void {
     this.setRegset(NT_X86_XSTATE, bytes)
+    this.progXState = new Uint8Array(bytes)
   }
 
   /** NT_PRFPREG: the 512-byte FXSAVE area. */
@@ -563,7 +585,7 @@ export class Tracee {
   }
 
   /** Pending (queued, not yet delivered) signals, private and shared queues, via PTRACE_PEEKSIGINFO. */
-  peekPendingSignals(): PendingSignals {
+  peekPendingSignals(queues: 'both' | 'private' = 'both'): PendingSignals {
     this.requireStopped()
     const peek = (shared: boolean): Uint8Array[] => {
       const out: Uint8Array[] = []
@@ -581,7 +603,7 @@ export class Tracee {
       }
       return out
     }
-    return {private: peek(false), shared: peek(true)}
+    return {private: peek(false), shared: queues === 'both' ? peek(true) : []}
   }
 
   /** PTRACE_GET_RSEQ_CONFIGURATION: the registered rseq area (pointer 0 if none). */
@@ -1018,18 +1040,62 @@ export class Tracee {
 
   /** Resume to the next syscall-entry or -exit stop, collecting fork children and deferring signals on the way. */
   private toSyscallStop(): void {
+    this.resume(PTRACE.SYSCALL, 0)
+    this.awaitSyscallStop()
+  }
+
+  /** Wait (the tracee was resumed with PTRACE_SYSCALL) until it stops at a syscall entry or exit. */
+  private awaitSyscallStop(): void {
     for (;;) {
-      this.resume(PTRACE.SYSCALL, 0)
       const w = this.waitStop()
       if (w.stopSignal === (SIG.TRAP | 0x80)) return
       const ev = w.event ?? 0
       if (ev === PTRACE_EVENT.FORK || ev === PTRACE_EVENT.VFORK || ev === PTRACE_EVENT.CLONE) {
         this.newChildren.push(Number(this.getEventMsg()))
-        continue
+      } else if (ev === 0 && w.stopSignal !== undefined && w.stopSignal !== 0) {
+        this.deferredSignals.push(w.stopSignal)
       }
-      if (ev !== 0) continue
-      if (w.stopSignal !== undefined && w.stopSignal !== 0) this.deferredSignals.push(w.stopSignal)
+      this.resume(PTRACE.SYSCALL, 0)
     }
+  }
+
+  /**
+   * One self-healing syscall in each of several stopped threads (each in
+   * self-healing mode), run side by side: every thread is resumed before any
+   * is awaited, so their round trips overlap. `args` gives each its arguments.
+   */
+  static healingSyscallAll(threads: readonly Tracee[], nr: number, args: (thread: Tracee) => readonly (number | bigint)[]): bigint[] {
+    for (const t of threads) {
+      t.requireStopped()
+      if (!t.healing) throw new CxlforkError('NOT_SELF_HEALING', `thread ${t.pid} is not in self-healing mode`)
+    }
+    for (const t of threads) {
+      t.injectedCount++
+      t.resume(PTRACE.SYSCALL, 0) // to the entry of the pending rt_sigreturn
+    }
+    for (const t of threads) {
+      t.awaitSyscallStop()
+      const regs = t.readRegsKernel()
+      regs[REG.orig_rax] = BigInt(nr)
+      const values = args(t)
+      SYSCALL_ARG_REGS.forEach((reg, i) => {
+        regs[reg] = BigInt.asUintN(64, BigInt(values[i] ?? 0))
+      })
+      if (t.sigreturnGadget !== null) regs[REG.rip] = t.sigreturnGadget
+      t.writeRegsKernel(regs)
+      t.resume(PTRACE.SYSCALL, 0)
+    }
+    return threads.map((t) => {
+      t.awaitSyscallStop()
+      const result = signed(t.readRegsKernel()[REG.rax]!)
+      t.writeRegsKernel(t.healing!.regs)
+      return result
+    })
+  }
+
+  /** Whether enterSelfHealing() succeeded and the tracee is in that mode. */
+  get selfHealing(): boolean {
+    return this.healing !== null
   }
 
 
@@ -1301,6 +1367,7 @@ export class Tracee {
     this.restoreProgramState()
     const s = sig || this.deferredSignals.shift() || 0
     this.progRegs = null
+    this.progXState = null
     this.resume(PTRACE.CONT, s)
     for (const d of this.deferredSignals.splice(0)) killQuiet(this.pid, d)
   }
@@ -1313,6 +1380,7 @@ export class Tracee {
     const s = sig || this.deferredSignals.shift() || 0
     ptrace(PTRACE.DETACH, this.pid, 0, s)
     this.state = 'detached'
+    this.progXState = null
     for (const d of this.deferredSignals.splice(0)) killQuiet(this.pid, d)
   }
 
