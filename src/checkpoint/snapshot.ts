@@ -127,9 +127,10 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
   let parentMaps: Vma[] = []
   try {
     // Every thread stops before any state is read: the snapshot sees one instant of the whole process.
+    faultPoint('snapshot-seized')
     others = seizeOtherThreads(pid)
     tStopped = now()
-    faultPoint('snapshot-seized')
+    faultPoint('threads-seized')
     if (gadget !== null) for (const t of [target, ...others]) t.useSigreturnGadget(gadget)
     // The layout at the instant of the fork (the target is stopped): the fork reads it anyway.
     parentMaps = readMaps(pid)

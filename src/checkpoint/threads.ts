@@ -14,6 +14,7 @@ import {CxlforkError, NotFoundError, SyscallError} from '../errors.js'
 import {type ThreadImage, USER_REGS_NAMES, type UserRegs} from '../image/process-image.js'
 import {Tracee, regsFromArray} from '../inject/tracee.js'
 import {PR, SYS, syscallRaw} from '../sys/libc.js'
+import {faultPoint} from '../fault.js'
 import {type Vma} from '../sys/proc.js'
 
 export function toUserRegs(regs: ReturnType<typeof regsFromArray>): UserRegs {
@@ -78,6 +79,7 @@ export function readAltStacks(threads: readonly Tracee[], maps?: readonly Vma[])
       const slot = thread.stackSlot(24)
       slots.set(thread, {slot, saved: thread.readMemory(slot, 24)})
     }
+    faultPoint('threads-frames-ready')
     const healing = [...slots.keys()]
     const results = Tracee.healingSyscallAll(healing, SYS.sigaltstack, (t) => [0, slots.get(t)!.slot])
     healing.forEach((thread, i) => out.set(thread, decodeAltStack(results[i]!, thread.readMemory(slots.get(thread)!.slot, 24))))

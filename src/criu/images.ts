@@ -199,6 +199,8 @@ function coreFor(image: ProcessImage, thread: ThreadImage, leader: boolean): Obj
       fsuid: image.task.uid, fsgid: image.task.gid, cap_inh: [], cap_prm: [], cap_eff: [], cap_bnd: [], secbits: 0, groups: [],
     },
   }
+  // CRIU names each thread in thread_core.comm; the leader's is the task's.
+  threadCore['comm'] = leader ? image.task.comm : thread.comm ?? image.task.comm
   if (thread.rseq) {
     threadCore['rseq_entry'] = {rseq_abi_pointer: str64(u64(thread.rseq.address)), rseq_abi_size: thread.rseq.length, signature: thread.rseq.signature >>> 0}
   }
@@ -876,6 +878,7 @@ function readSet(dir: string): CriuImageSet {
         ? {sp: u64(big(threadCore['sas']['ss_sp'])), flags: threadCore['sas']['ss_flags'], size: u64(big(threadCore['sas']['ss_size']))}
         : {sp: 0n, flags: SS_DISABLE, size: 0n},
     }
+    if (threadCore && has(threadCore, 'comm') && typeof threadCore['comm'] === 'string') thread.comm = threadCore['comm']
     if (threadCore && has(threadCore, 'rseq_entry')) {
       const rseq = threadCore['rseq_entry'] as Msg
       const address = u64(big(rseq['rseq_abi_pointer']))

@@ -282,6 +282,8 @@ export class Tracee {
   private regsClobbered = false
   /** The program's own signal mask while we hold every signal blocked. */
   private progMask: bigint | null = null
+  /** The program's XSAVE state as of this stop, once read. */
+  private progXState: Uint8Array | null = null
   private site: bigint | null = null
   private scratchBase: bigint | null = null
   private scratchSize = 0

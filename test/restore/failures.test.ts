@@ -154,17 +154,6 @@ describe('restore: failures are clean', function () {
       assertNoPoolCreated(pool)
     })
 
-    it('a multi-threaded process (threads fixture): exit 5, MULTI_THREADED; its threads all alive', async () => {
-      const pool = poolPath('fail')
-      const fx = await startFixture('threads')
-      const threads = procStat(fx.pid)!.threads
-      assert.ok(threads >= 3, `the fixture runs ${threads} threads`)
-      await expectCheckpointRefused(pool, fx.pid, {status: 5, codes: ['MULTI_THREADED'], mentions: [new RegExp(`\\b${fx.pid}\\b`), new RegExp(`${threads} threads`)]})
-      assert.equal(procStat(fx.pid)!.threads, threads, 'no thread lost')
-      await assertUnharmed(fx) // CHECK verifies every thread still counts
-      assertNoPoolCreated(pool)
-    })
-
     it('a process holding sockets (socket fixture): exit 5, UNSUPPORTED_FD naming the fd; also without --json', async () => {
       // On an existing pool (the others use a fresh path): the refusal leaves it empty.
       const pool = poolPath('fail')
