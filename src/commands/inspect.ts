@@ -36,6 +36,9 @@ export default class Inspect extends BaseCommand {
       if (proc) {
         this.say(`process ${proc.pid} (${proc.comm}) uid ${proc.uid}, kernel ${proc.kernel} on ${proc.host}, ${proc.threads} thread(s), ${proc.signalHandlers} signal handler(s)`)
         this.say(`memory ${proc.storedPages} pages stored (${formatSize(proc.storedBytes)}) in ${proc.pageRuns} run(s) over ${proc.vmas.length} VMAs`)
+        for (const thread of proc.threadStates) {
+          this.say(`  thread ${thread.tid} ${thread.comm.padEnd(15)} mask ${thread.sigmask}${thread.syscall === null ? '' : `, stopped in syscall ${thread.syscall}`}`)
+        }
         for (const vma of proc.vmas) this.say(`  ${vma.start}-${vma.end} ${vma.perms} ${vma.kind.padEnd(6)} ${String(vma.storedPages).padStart(7)} pages ${vma.path ?? ''}`)
         for (const fd of proc.fds) this.say(`  fd ${fd.fd} ${fd.kind} ${fd.path}`)
       }

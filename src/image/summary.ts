@@ -26,6 +26,8 @@ export interface ProcessSummary {
   host: string
   capturedAt: string
   threads: number
+  /** Each thread: its id, name, blocked-signal mask (hex) and the system call it was stopped in, if any. */
+  threadStates: {tid: number; comm: string; sigmask: string; syscall: number | null}[]
   vmas: VmaSummary[]
   fds: {fd: number; kind: string; path: string; flags: number; offset: number}[]
   storedPages: number
@@ -45,7 +47,12 @@ export function summarizeImage(image: ProcessImage, pageMap: PageMapView): Proce
   })
   return {
     pid: image.task.pid, comm: image.task.comm, cmdline: image.task.cmdline, uid: image.task.uid, kernel: image.kernel.release,
-    host: image.kernel.hostname, capturedAt: new Date(image.capturedAt).toISOString(), threads: image.threads.length, vmas,
+    host: image.kernel.hostname, capturedAt: new Date(image.capturedAt).toISOString(), threads: image.threads.length,
+    threadStates: image.threads.map((thread, i) => ({
+      tid: thread.tid, comm: i === 0 ? image.task.comm : thread.comm ?? image.task.comm, sigmask: '0x' + thread.sigmask.toString(16),
+      syscall: BigInt.asIntN(64, thread.regs.orig_rax) >= 0n ? Number(thread.regs.orig_rax) : null,
+    })),
+    vmas,
     fds: image.fds.map((fd) => ({fd: fd.fd, kind: fd.kind, path: fd.path, flags: fd.flags, offset: Number(fd.offset)})),
     storedPages: pageMap.totalPages, storedBytes: pageMap.totalPages * PAGE_SIZE, pageRuns: pageMap.entryCount,
     signalHandlers: image.task.sigactions.length,

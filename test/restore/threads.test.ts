@@ -78,6 +78,12 @@ describe('restore: multi-threaded processes keep their pid and thread ids', func
       const before = lastTick(fx.logPath, fx.pid)!
       const ck = await checkpointLive(fx, pool, `t${threads}`)
       assert.equal(ck.pid, fx.pid)
+      const inspect = await cli(['inspect', `t${threads}`, '--json', '--pool', pool])
+      assert.equal(inspect.status, 0, describeRun(inspect))
+      const states = inspect.json.process.threadStates as {tid: number; comm: string}[]
+      assert.equal(inspect.json.process.threads, threads + 1)
+      assert.deepEqual(states.map((t) => t.tid).sort((a, b) => a - b), originalIds(fx), 'inspect lists every thread by its id')
+      assert.deepEqual(states.slice(1).map((t) => t.comm).sort(), Array.from({length: threads}, (_, i) => `w${i}`).sort(), 'and by its own name')
       for (const policy of ['mow', 'local'] as const) {
         const run = await cli(['restore', `t${threads}`, '--policy', policy, '--json', '--pool', pool])
         assert.equal(run.status, 0, describeRun(run))
