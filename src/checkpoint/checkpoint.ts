@@ -18,6 +18,7 @@ import {O, PROT, SYS, type VmSegment, vmReadv} from '../sys/libc.js'
 import type {CpuPlacement} from '../sys/affinity.js'
 import {preflight} from './preflight.js'
 import {type LiveSnapshot, killTarget, takePlacedSnapshot} from './snapshot.js'
+import {type CheckedTree, type FrozenMember, type TreeRecord, captureStoppedMember, freezeDescendants, preflightTree, thawMembers} from './tree.js'
 
 /** Statistics named as CRIU names them, in microseconds. */
 export interface DumpStats {
@@ -33,6 +34,10 @@ export interface CheckpointResult {
   name: string
   pid: number
   killed: boolean
+  /** With --tree: every member (pid, parent, and whether it is a zombie); the root first. */
+  tree?: {pid: number; ppid: number; zombie: boolean}[]
+  /** µs the descendants of a tree stayed stopped (the root's is downtimeUs). */
+  treeDowntimeUs?: number
   vmas: number
   fds: number
   pages: number
@@ -271,22 +276,39 @@ function pageMapAt(runs: readonly PageRun[], poolOffset: bigint): Uint8Array {
  * writes its pages; a refusal then comes after the target was stopped for
  * its downtime, and leaves it running as it was.
  */
-export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: number; name: string; kill: boolean}): CheckpointResult {
+export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: number; name: string; kill: boolean; tree?: boolean}): CheckpointResult {
   const t0 = performance.now()
   validateCheckpointName(request.name)
-  const checked = preflight(request.pid, {memory: typeof pool === 'function'})
+  const tree: CheckedTree | undefined = request.tree ? preflightTree(request.pid) : undefined
+  const checked = tree ? tree.checks.get(request.pid)! : preflight(request.pid, {memory: typeof pool === 'function'})
   if (typeof pool === 'function') pool = pool()
   // Refuse a taken name before the target is touched; publish re-checks atomically.
   if (pool.lookup(request.name)) {
     throw new ConflictError('NAME_TAKEN', `a checkpoint named ${request.name} already exists in ${pool.path}`, 'Pick another --name or remove it with `cxlfork rm`.')
   }
-  const {snapshot, placement} = takePlacedSnapshot(request.pid, checked)
+  // A tree: every descendant stops before the root's snapshot, so all members show one instant.
+  const tFrozen = performance.now()
+  const frozen: FrozenMember[] = tree ? freezeDescendants(tree) : []
+  let thawedAt: number | undefined
+  const thaw = (): void => {
+    if (thawedAt !== undefined) return
+    thawMembers(frozen)
+    thawedAt = performance.now()
+  }
+  let placed: ReturnType<typeof takePlacedSnapshot>
+  try {
+    placed = takePlacedSnapshot(request.pid, checked)
+  } catch (error) {
+    thaw()
+    throw error
+  }
+  const {snapshot, placement} = placed
   let builder: CheckpointBuilder | undefined
   try {
     builder = pool.beginCheckpoint()
     const tWrite = performance.now()
     const runs = snapshot.memory.pageRuns
-    const pages = totalPages(runs)
+    let pages = totalPages(runs)
     const bytes = BigInt(pages) * BigInt(PAGE_SIZE)
     const extent = pages === 0 ? undefined : builder.allocateData(bytes)
     const pending = extent ? startPageWrite(pool, snapshot, extent.poolOffset, placement) : null
@@ -294,6 +316,27 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
     const image = snapshot.captureImage()
     builder.addSection(Section.processState, encodeImage(image))
     builder.addSection(Section.pageMap, extent ? pageMapAt(runs, extent.poolOffset) : encodePageMap([]))
+    // The descendants, each still stopped: state from /proc and injected queries, pages copied straight from it.
+    for (const member of frozen) {
+      const captured = captureStoppedMember(member, tree!.checks.get(member.pid)!)
+      const memberPages = totalPages(captured.memory.pageRuns)
+      const memberBytes = BigInt(memberPages) * BigInt(PAGE_SIZE)
+      const memberExtent = memberPages === 0 ? undefined : builder.allocateData(memberBytes)
+      if (memberExtent) {
+        const copied = vmReadv(member.pid, runSegments(captured.memory.pageRuns, memberExtent.address))
+        if (BigInt(copied) !== memberBytes) {
+          throw new SyscallError('process_vm_readv', 14, `member ${member.pid}: copied ${copied} of ${memberBytes} bytes`, 'A member lost memory while being dumped; retry the checkpoint.')
+        }
+      }
+      builder.addSection(Section.processState, encodeImage(captured.image))
+      builder.addSection(Section.pageMap, memberExtent ? pageMapAt(captured.memory.pageRuns, memberExtent.poolOffset) : encodePageMap([]))
+      pages += memberPages
+    }
+    thaw()
+    if (tree) {
+      const record: TreeRecord = {members: tree.members}
+      builder.addSection(Section.tree, new TextEncoder().encode(JSON.stringify(record)))
+    }
     if (pending) pending.finish()
     else if (extent) {
       const copied = vmReadv(snapshot.snapshotPid, runSegments(runs, extent.address))
@@ -304,7 +347,11 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
     const tWritten = performance.now()
     builder.publish(request.name, {uid: snapshot.ownerUid, summary: {pid: request.pid, comm: image.task.comm, pages, vmas: image.vmas.length}})
     builder = undefined
-    if (request.kill) killTarget(request.pid)
+    if (request.kill) {
+      // Children first, so that no parent sees a child die before it is itself gone.
+      for (const member of [...(tree?.members ?? [])].reverse()) if (member.pid !== request.pid && member.zombieStatus === undefined) killTarget(member.pid)
+      killTarget(request.pid)
+    }
     const stats: DumpStats = {
       freezing_time: snapshot.timings.freezingUs,
       frozen_time: snapshot.timings.frozenUs,
@@ -313,16 +360,22 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
       pages_scanned: pagesScanned(snapshot),
       pages_written: pages,
     }
-    return {
+    const result: CheckpointResult = {
       name: request.name, pid: request.pid, killed: request.kill, vmas: image.vmas.length, fds: image.fds.length,
       pages, bytes: pages * PAGE_SIZE, downtimeUs: snapshot.timings.frozenUs, totalUs: Math.round((performance.now() - t0) * 1000), stats,
     }
+    if (tree) {
+      result.tree = tree.members.map((member) => ({pid: member.pid, ppid: member.ppid, zombie: member.zombieStatus !== undefined}))
+      result.treeDowntimeUs = Math.round(((thawedAt ?? performance.now()) - tFrozen) * 1000)
+    }
+    return result
   } catch (error) {
     // The child may still be writing: it must be gone before its extent is given back.
     snapshot.release()
     builder?.abort()
     throw error
   } finally {
+    thaw()
     snapshot.release()
     placement?.release()
   }

@@ -90,6 +90,8 @@ export function childrenOf(pid: number): number[] {
 
 export interface PreflightResult {
   uid: number
+  /** Checked as a member of a tree (children allowed). */
+  inTree: boolean
   fds: {info: FdInfo; kind: FdKind}[]
   /** The target's VMAs with their VmFlags; null when the memory check was left to the snapshot (see preflight). */
   smaps: SmapsVma[] | null
@@ -110,7 +112,7 @@ export function refuseUnsupportedMemory(pid: number, vmas: readonly (Vma & {vmFl
  * here), so a checkpoint into an existing pool makes it on the snapshot
  * instead, while the snapshot writes its pages (LiveSnapshot.checkMemory).
  */
-export function preflight(pid: number, options: {memory?: boolean} = {}): PreflightResult {
+export function preflight(pid: number, options: {memory?: boolean; children?: 'refuse' | 'allow'} = {}): PreflightResult {
   if (!Number.isInteger(pid) || pid <= 0) throw new NotFoundError('PROCESS_NOT_FOUND', `no such process: ${pid}`, 'Give the pid of a running process (see `ps`).')
   let stat
   try {
@@ -129,10 +131,10 @@ export function preflight(pid: number, options: {memory?: boolean} = {}): Prefli
   if (caller !== 0 && caller !== status.uid[0]) {
     throw new PermissionError('NOT_PERMITTED', `process ${pid} belongs to uid ${status.uid[0]}; you are uid ${caller}`, 'Checkpoint your own processes, or run as root.')
   }
-  const children = childrenOf(pid)
+  const children = options.children === 'allow' ? [] : childrenOf(pid)
   if (children.length > 0) {
-    throw new UnsupportedError('HAS_CHILDREN', `process ${pid} (${stat.comm}) has ${children.length} child process(es) (${children.slice(0, 5).join(', ')}); cxlfork checkpoints a single process, not a process tree`,
-      'Checkpoint a process without children (a zombie child counts until it is reaped).')
+    throw new UnsupportedError('HAS_CHILDREN', `process ${pid} (${stat.comm}) has ${children.length} child process(es) (${children.slice(0, 5).join(', ')}); without --tree cxlfork checkpoints a single process`,
+      'Checkpoint the whole tree with --tree, or a process without children (a zombie child counts until it is reaped).')
   }
   const fds: PreflightResult['fds'] = []
   for (const info of listFds(pid)) {
@@ -142,8 +144,8 @@ export function preflight(pid: number, options: {memory?: boolean} = {}): Prefli
     }
     fds.push({info, kind})
   }
-  if (options.memory === false) return {uid: status.uid[0], fds, smaps: null}
+  if (options.memory === false) return {uid: status.uid[0], inTree: options.children === 'allow', fds, smaps: null}
   const smaps = readSmaps(pid)
   refuseUnsupportedMemory(pid, smaps)
-  return {uid: status.uid[0], fds, smaps}
+  return {uid: status.uid[0], inTree: options.children === 'allow', fds, smaps}
 }

@@ -149,7 +149,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     fds = listFds(pid).map((info) => ({info, kind: byFd.get(info.fd) ?? 'regular'}))
     if (fds.some((entry) => !byFd.has(entry.info.fd))) {
       // An fd appeared after preflight: classify it the careful way.
-      fds = preflight(pid, {memory: false}).fds
+      fds = preflight(pid, {memory: false, children: checked.inTree ? 'allow' : 'refuse'}).fds
     }
     const fork = target.injectForkSelfHealing(undefined, parentMaps)
     snapshot = fork.tracee

@@ -10,15 +10,18 @@ import type {Pool} from '../pool/index.js'
 export default class CheckpointCommand extends BaseCommand {
   static override summary = 'Checkpoint a running process into the pool; it keeps running unless --kill.'
   static override description = `The target is stopped only while its registers, signal state and a copy-on-write fork snapshot are taken (the downtime), then runs on while the snapshot's memory is written once into write-once pool segments.
-Refused with a named reason: threads, sockets, pipes above fd 2, shared anonymous memory, other special files.`
+Every thread is captured. A process with children is refused unless --tree, which takes it and all its descendants (zombies included): every member is stopped before the root's snapshot, the root runs on after its own downtime, each descendant after its pages are copied.
+Refused with a named reason: sockets, pipes above fd 2, shared anonymous memory, other special files, members in other namespaces or traced by another process.`
   static override examples = [
     '<%= config.bin %> checkpoint 4242 --name web',
     '<%= config.bin %> checkpoint 4242 --name web --kill --json',
+    '<%= config.bin %> checkpoint 4242 --name job --tree',
   ]
   static override args = {pid: pidArg({required: true, description: 'Process id of the target.'})}
   static override flags = {
     name: nameFlag({required: true}),
     kill: Flags.boolean({summary: 'End the target (SIGKILL) after a successful checkpoint.', default: false}),
+    tree: Flags.boolean({summary: 'Take the target and all its descendants (a process tree).', default: false}),
   }
 
   async run(): Promise<CheckpointResult> {
@@ -30,9 +33,9 @@ Refused with a named reason: threads, sockets, pipes above fd 2, shared anonymou
       // A pool that does not exist yet is created only once the target has passed every check.
       const openPool = (): Pool => (pool = PoolClass.open(flags.pool, {create: true}))
       const into = existsSync(flags.pool) ? openPool() : openPool
-      const result = await withTerminationDeferred(async () => checkpointToPool(into, {pid: args.pid, name: flags.name, kill: flags.kill}))
+      const result = await withTerminationDeferred(async () => checkpointToPool(into, {pid: args.pid, name: flags.name, kill: flags.kill, tree: flags.tree}))
       this.progress.succeed(`Checkpointed ${args.pid} as ${result.name}`)
-      this.say(`${result.pages} pages (${(result.bytes / 1048576).toFixed(1)} MiB), ${result.vmas} VMAs, ${result.fds} fds; downtime ${(result.downtimeUs / 1000).toFixed(2)} ms, total ${(result.totalUs / 1000).toFixed(1)} ms${result.killed ? '; target killed' : ''}`)
+      this.say(`${result.pages} pages (${(result.bytes / 1048576).toFixed(1)} MiB), ${result.vmas} VMAs, ${result.fds} fds; downtime ${(result.downtimeUs / 1000).toFixed(2)} ms, total ${(result.totalUs / 1000).toFixed(1)} ms${result.tree ? `; tree of ${result.tree.length} processes, descendants stopped ${((result.treeDowntimeUs ?? 0) / 1000).toFixed(1)} ms` : ''}${result.killed ? '; target killed' : ''}`)
       return result
     } finally {
       pool?.close()

@@ -4,4 +4,9 @@ export const Section = {
   processState: 1,
   /** The binary page map (page-map.ts). */
   pageMap: 2,
+  /**
+   * A process tree (checkpoint --tree): its members as JSON (src/checkpoint/tree.ts).
+   * Then each live member has a processState and a pageMap section, in member order.
+   */
+  tree: 3,
 } as const

@@ -89,6 +89,8 @@ export interface ProcStat {
   envEnd: bigint
   exitSignal: number
   processor: number
+  /** A zombie's wait status (field 52, as waitpid reports it); 0 for a live process. */
+  exitCode: number
 }
 
 export function parseStat(text: string): ProcStat {
@@ -108,7 +110,7 @@ export function parseStat(text: string): ProcStat {
     numThreads: Number(F(20)), starttime: BigInt(F(22)), vsize: BigInt(F(23)), rssPages: Number(F(24)),
     startCode: BigInt(F(26)), endCode: BigInt(F(27)), startStack: BigInt(F(28)), exitSignal: Number(F(38)),
     processor: Number(F(39)), startData: BigInt(F(45)), endData: BigInt(F(46)), startBrk: BigInt(F(47)),
-    argStart: BigInt(F(48)), argEnd: BigInt(F(49)), envStart: BigInt(F(50)), envEnd: BigInt(F(51)),
+    argStart: BigInt(F(48)), argEnd: BigInt(F(49)), envStart: BigInt(F(50)), envEnd: BigInt(F(51)), exitCode: Number(F(52)),
   }
 }
 

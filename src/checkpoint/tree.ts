@@ -1,0 +1,199 @@
+/**
+ * Process trees (`checkpoint --tree`): the target and every descendant.
+ *
+ * Consistency: every thread of every descendant is stopped before the root's
+ * fork snapshot is taken, so all members are captured at one instant. The
+ * root then runs on at once (its downtime is a single process's); each
+ * descendant stays stopped while its state is read and its pages are copied
+ * straight from it into the pool, then runs on. A fork snapshot of a
+ * descendant would be a child of a member of the tree, and a parent that
+ * reaps any child (a shell, `wait()`) would take it for one of its own.
+ *
+ * Zombies are members too: their wait status is recorded and the restore
+ * recreates them as zombies of the same parent, as CRIU does.
+ */
+import {readlinkSync} from 'node:fs'
+
+import {ConflictError, NotFoundError, UnsupportedError} from '../errors.js'
+import {type FdKind, type ProcessImage, type SigAction} from '../image/process-image.js'
+import {Tracee, findSigreturnGadget} from '../inject/tracee.js'
+import {SIG, SYS} from '../sys/libc.js'
+import {listFds, readMaps, readStat, readStatus} from '../sys/proc.js'
+import {type FlaggedVma, captureImage, captureMemory, type SnapshotMemory} from './capture.js'
+import {type PreflightResult, childrenOf, preflight} from './preflight.js'
+import {detachQuietly, readAltStacks, readThreadState, seizeOtherThreads, threadComm} from './threads.js'
+
+/** One process of a checkpointed tree, in the order the restore creates them (parents first). */
+export interface TreeMember {
+  pid: number
+  ppid: number
+  pgid: number
+  sid: number
+  /** A zombie's raw wait status; absent for a live member. */
+  zombieStatus?: number
+}
+
+/** The tree section of a checkpoint: members in creation order, the root first. Live members' images follow in the same order. */
+export interface TreeRecord {
+  members: TreeMember[]
+}
+
+const NAMESPACES = ['pid', 'mnt', 'net', 'ipc', 'uts', 'user', 'cgroup', 'time'] as const
+
+function namespaceIds(pid: number): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const ns of NAMESPACES) {
+    try {
+      out[ns] = readlinkSync(`/proc/${pid}/ns/${ns}`)
+    } catch {
+      out[ns] = '?'
+    }
+  }
+  return out
+}
+
+/** `root` and its descendants, breadth first (every parent before its children). */
+export function treeMembers(root: number): TreeMember[] {
+  const out: TreeMember[] = []
+  const queue = [root]
+  const seen = new Set<number>()
+  while (queue.length > 0) {
+    const pid = queue.shift()!
+    if (seen.has(pid)) continue
+    seen.add(pid)
+    let stat
+    try {
+      stat = readStat(pid)
+    } catch {
+      if (pid === root) throw new NotFoundError('PROCESS_NOT_FOUND', `no such process: ${pid}`, 'Give the pid of a running process (see `ps`).')
+      continue // exited and was reaped meanwhile
+    }
+    const member: TreeMember = {pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session}
+    if (stat.state === 'Z' && stat.numThreads <= 1) member.zombieStatus = stat.exitCode
+    out.push(member)
+    if (member.zombieStatus === undefined) queue.push(...childrenOf(pid).sort((a, b) => a - b))
+  }
+  return out
+}
+
+/** What a member needs before anything is touched; refusals name the member. */
+export interface CheckedTree {
+  members: TreeMember[]
+  /** Preflight of each live member, by pid. */
+  checks: Map<number, PreflightResult>
+}
+
+/**
+ * Refuse, before any member is touched, what the tree cannot carry:
+ * members in other namespaces, members traced by someone else, zombies
+ * killed by a signal other than SIGKILL, and whatever preflight refuses for
+ * a single process.
+ */
+export function preflightTree(root: number): CheckedTree {
+  const members = treeMembers(root)
+  const rootNs = namespaceIds(root)
+  const checks = new Map<number, PreflightResult>()
+  for (const member of members) {
+    if (member.zombieStatus !== undefined) {
+      const signal = member.zombieStatus & 0x7f
+      if (signal !== 0 && signal !== SIG.KILL) {
+        throw new UnsupportedError('ZOMBIE_SIGNALED', `member ${member.pid} of the tree is a zombie killed by signal ${signal}; only zombies that exited or were SIGKILLed can be recreated`,
+          'Let its parent reap it, then checkpoint again.')
+      }
+      continue
+    }
+    const ns = namespaceIds(member.pid)
+    const differs = NAMESPACES.filter((name) => ns[name] !== rootNs[name])
+    if (differs.length > 0) {
+      throw new UnsupportedError('NAMESPACE_DIFFERS', `member ${member.pid} of the tree is in other ${differs.join(', ')} namespace(s) than ${root}`,
+        'cxlfork checkpoints trees whose members share their namespaces.')
+    }
+    const tracer = readStatus(member.pid).tracerPid
+    if (tracer !== 0) {
+      throw new ConflictError('ALREADY_TRACED', `member ${member.pid} of the tree is traced by process ${tracer}`, 'Detach the debugger or strace first.')
+    }
+    checks.set(member.pid, preflight(member.pid, {children: 'allow'}))
+  }
+  return {members, checks}
+}
+
+/** Every thread of each live descendant, seized and stopped; the leader first per member. */
+export interface FrozenMember {
+  pid: number
+  leader: Tracee
+  others: Tracee[]
+}
+
+/** Stop every thread of every live member but the root. On failure the ones stopped run on. */
+export function freezeDescendants(tree: CheckedTree): FrozenMember[] {
+  const frozen: FrozenMember[] = []
+  try {
+    for (const member of tree.members.slice(1)) {
+      if (member.zombieStatus !== undefined) continue
+      const leader = Tracee.seize(member.pid, {options: 0})
+      frozen.push({pid: member.pid, leader, others: []})
+      frozen[frozen.length - 1]!.others = seizeOtherThreads(member.pid)
+    }
+    return frozen
+  } catch (error) {
+    thawMembers(frozen)
+    throw error
+  }
+}
+
+export function thawMembers(frozen: readonly FrozenMember[]): void {
+  for (const member of frozen) {
+    for (const thread of member.others) detachQuietly(thread)
+    detachQuietly(member.leader)
+  }
+}
+
+/**
+ * brk and signal dispositions of a stopped process (not in /proc), asked by
+ * calls injected into its leader in self-healing mode, through one 32-byte
+ * slot of its stack whose bytes are put back.
+ */
+function readDispositionsAndBrk(leader: Tracee): {brk: bigint; sigactions: SigAction[]} {
+  const slot = leader.stackSlot(32)
+  const saved = leader.readMemory(slot, 32)
+  try {
+    const brk = leader.syscall(SYS.brk, 0)
+    const sigactions: SigAction[] = []
+    for (let signo = 1; signo <= 64; signo++) {
+      if (signo === SIG.KILL || signo === SIG.STOP) continue
+      if (leader.syscall(SYS.rt_sigaction, signo, 0, slot, 8) < 0n) continue
+      const view = new DataView(leader.readMemory(slot, 32).buffer)
+      const action = {signo, handler: view.getBigUint64(0, true), flags: view.getBigUint64(8, true), restorer: view.getBigUint64(16, true), mask: view.getBigUint64(24, true)}
+      if (action.handler !== 0n || action.flags !== 0n || action.mask !== 0n) sigactions.push(action)
+    }
+    return {brk, sigactions}
+  } finally {
+    leader.writeMemory(slot, saved)
+  }
+}
+
+/** The image and memory of a stopped descendant: what the root's fork snapshot gives for the root. */
+export function captureStoppedMember(member: FrozenMember, checked: PreflightResult): {image: ProcessImage; memory: SnapshotMemory} {
+  const pid = member.pid
+  const gadget = findSigreturnGadget(pid)
+  const threads = [member.leader, ...member.others]
+  if (gadget !== null) for (const thread of threads) thread.useSigreturnGadget(gadget)
+  const flagsByStart = new Map((checked.smaps ?? []).map((vma) => [vma.start, vma.vmFlags]))
+  const maps: FlaggedVma[] = readMaps(pid).map((vma) => ({...vma, vmFlags: flagsByStart.get(vma.start) ?? new Set<string>()}))
+  const leader = readThreadState(member.leader, maps)
+  const states = [leader.state, ...member.others.map((thread) => readThreadState(thread, maps, 'private').state)]
+  readAltStacks(threads, maps).forEach((altStack, i) => {
+    states[i]!.altStack = altStack
+  })
+  states.forEach((state, i) => {
+    if (i > 0) state.comm = threadComm(pid, state.tid)
+  })
+  const {brk, sigactions} = readDispositionsAndBrk(member.leader)
+  const byFd = new Map(checked.fds.map((entry) => [entry.info.fd, entry.kind]))
+  // Offsets as of now (it is stopped); an fd opened since preflight is classified anew.
+  let fds: {info: ReturnType<typeof listFds>[number]; kind: FdKind}[] = listFds(pid).map((info) => ({info, kind: byFd.get(info.fd) ?? 'regular'}))
+  if (fds.some((entry) => !byFd.has(entry.info.fd))) fds = preflight(pid, {memory: false, children: 'allow'}).fds
+  const memory = captureMemory(pid, maps)
+  const image = captureImage(pid, pid, memory, maps, fds, {threads: states, sharedPendingSignals: leader.sharedPending, sigactions, brk})
+  return {image, memory}
+}
