@@ -213,4 +213,24 @@ describe('pool ownership (issue 14 item 1)', function () {
     assert.equal(runCli(['pool', 'init', '--force', '--size', '32M', '--pool', path, '--json']).status, 0)
     assert.equal(fs.statSync(path).uid, 0)
   })
+
+  it('a user checkpointing a process that runs as another uid (set-user-ID style) gets NOT_PERMITTED, exit 4, with a hint', function () {
+    if (sh('sh', ['-c', 'command -v perl']).status !== 0) this.skip() // perl sets the real uid alone
+    const uid = Number(spawnSync('id', ['-u', MEMBER], {encoding: 'utf8'}).stdout)
+    // Real uid MEMBER, effective and saved uid root: what `passwd` run by MEMBER looks like.
+    const closeInherited = 'for fd in $(ls /proc/$$/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done 2>/dev/null'
+    const child = spawn('bash', ['-c', `${closeInherited}; exec perl -e '$< = ${uid}; sleep 600'`], {stdio: 'ignore'})
+    targets.push(child)
+    const deadline = Date.now() + 5000
+    const realUidSet = (): boolean => new RegExp(`^Uid:\\s+${uid}\\s+0\\s+0\\s`, 'm').test(fs.readFileSync(`/proc/${child.pid}/status`, 'utf8'))
+    while (Date.now() < deadline && !realUidSet()) spawnSync('sleep', ['0.05'])
+    assert.ok(realUidSet(), 'the target runs with real uid MEMBER and effective uid root')
+    const path = testPoolPath()
+    const run = runAs(MEMBER, ['checkpoint', String(child.pid), '--name', 'setuid', '--pool', path, '--json'])
+    expectRefused(run, 'NOT_PERMITTED', 4, 'checkpoint of a set-user-ID style process')
+    assert.match(run.json.error.message, new RegExp(`real/effective/saved uids ${uid}/0/0`))
+    const dump = runAs(MEMBER, ['criu', 'dump', String(child.pid), '--images', `/dev/shm/cxlfork-test-img-${suffix}`, '--json'])
+    extraFiles.push(`/dev/shm/cxlfork-test-img-${suffix}`)
+    expectRefused(dump, 'NOT_PERMITTED', 4, 'criu dump of a set-user-ID style process')
+  })
 })
