@@ -1,7 +1,10 @@
 /**
  * Typed errors shared by every library. Each carries a stable `code` that
  * scripts can match, an exit status, and a hint telling the operator what to do.
- * Exit statuses are assigned here and nowhere else (documented in README.md).
+ * ERROR_CODES below is the one registry of codes and their exit statuses
+ * (documented in README.md): a code that is not in it does not compile, and
+ * each error class accepts only the codes of its own exit status, so one code
+ * can no longer mean two things (it did: PROCESS_NOT_FOUND and NO_SUCH_PROCESS).
  */
 
 export const ExitCode = {
@@ -23,17 +26,79 @@ export const ExitCode = {
 
 export type ExitStatus = (typeof ExitCode)[keyof typeof ExitCode]
 
+/** Every error code cxlfork emits, with its exit status. Add a code here before throwing it. */
+export const ERROR_CODES = {
+  // exit failure
+  BATCH_AREA_EXISTS: ExitCode.failure, BENCH_CLONE_CORRUPT: ExitCode.failure, BENCH_CLONE_DIED: ExitCode.failure,
+  BENCH_COMMAND_FAILED: ExitCode.failure, BENCH_FALLOCATE: ExitCode.failure, BENCH_FORK_FAILED: ExitCode.failure,
+  BENCH_NODE_FAILED: ExitCode.failure, BENCH_TARGET_FAILED: ExitCode.failure, BENCH_TARGET_LAYOUT: ExitCode.failure,
+  INTERNAL: ExitCode.failure, NO_ADDRESS_SPACE: ExitCode.failure, STORE_NOT_MAPPABLE: ExitCode.failure, STUB_BAD_LAYOUT: ExitCode.failure,
+  STUB_DIR_UNSAFE: ExitCode.failure, STUB_NOT_PARKED: ExitCode.failure, SYSCALL_FAILED: ExitCode.failure,
+  TRACEE_DETACHED: ExitCode.failure, TRACEE_RUNNING: ExitCode.failure, TRACEE_STOP_TIMEOUT: ExitCode.failure,
+  CHILD_NOT_SEEN: ExitCode.failure, ID_TAKEN: ExitCode.failure, NOT_SELF_HEALING: ExitCode.failure, PIDNS_RESTORE_FAILED: ExitCode.failure,
+  SCRATCH_FULL: ExitCode.failure, THREADS_UNSTABLE: ExitCode.failure,
+  // exit usage
+  BUILDER_FINISHED: ExitCode.usage, COMMAND_NOT_FOUND: ExitCode.usage, IMAGES_NOT_A_DIRECTORY: ExitCode.usage,
+  INVALID_NAME: ExitCode.usage, INVALID_PID: ExitCode.usage, INVALID_POLICY: ExitCode.usage, INVALID_SECTION: ExitCode.usage,
+  INVALID_SIZE: ExitCode.usage, OFFSET_OUTSIDE_CHECKPOINT: ExitCode.usage, POOL_CLOSED: ExitCode.usage, POOL_NOT_A_FILE: ExitCode.usage,
+  POOL_SIZE_UNALIGNED: ExitCode.usage, POOL_TOO_LARGE: ExitCode.usage, POOL_TOO_SMALL: ExitCode.usage, USAGE: ExitCode.usage,
+  // exit notFound
+  BACKING_FILE_MISSING: ExitCode.notFound, CHECKPOINT_DELETING: ExitCode.notFound, CHECKPOINT_NOT_FOUND: ExitCode.notFound,
+  CRIU_IMAGE_MISSING: ExitCode.notFound, CRIU_PROTO_MISSING: ExitCode.notFound, EXECUTABLE_NOT_FOUND: ExitCode.notFound,
+  FILE_NOT_FOUND: ExitCode.notFound, GROUP_NOT_FOUND: ExitCode.notFound, POOL_DIR_NOT_FOUND: ExitCode.notFound,
+  POOL_NOT_FOUND: ExitCode.notFound, PROCESS_NOT_FOUND: ExitCode.notFound, SECTION_NOT_FOUND: ExitCode.notFound,
+  TRACEE_GONE: ExitCode.notFound, ZOMBIE_PROCESS: ExitCode.notFound,
+  // exit permission
+  CHECKPOINT_ACCESS: ExitCode.permission, NOT_PERMITTED: ExitCode.permission, POOL_ACCESS: ExitCode.permission,
+  POOL_NOT_OWNER: ExitCode.permission, POOL_UNSAFE: ExitCode.permission, PROC_ACCESS_DENIED: ExitCode.permission,
+  PTRACE_DENIED: ExitCode.permission, SIGNAL_DENIED: ExitCode.permission,
+  // exit unsupported
+  BACKING_FILE_CHANGED: ExitCode.unsupported, CRIU_ARCH: ExitCode.unsupported, CRIU_COMPAT_TASK: ExitCode.unsupported,
+  CRIU_FD_TYPE: ExitCode.unsupported, CRIU_FILE_REMAP: ExitCode.unsupported, CRIU_FILE_TYPE: ExitCode.unsupported,
+  CRIU_IMAGE_VERSION: ExitCode.unsupported, CRIU_PAGEMAP_LAZY: ExitCode.unsupported, CRIU_PAGEMAP_PARENT: ExitCode.unsupported,
+  CRIU_PROCESS_TREE: ExitCode.unsupported, CRIU_SECCOMP: ExitCode.unsupported, CRIU_SHARED_ANON: ExitCode.unsupported,
+  CRIU_TASK_STATE: ExitCode.unsupported, CRIU_TIMERS: ExitCode.unsupported, CRIU_VMA_UNSUPPORTED: ExitCode.unsupported,
+  FS_NOT_SHAREABLE: ExitCode.unsupported, HAS_CHILDREN: ExitCode.unsupported, KERNEL_MISMATCH: ExitCode.unsupported,
+  KERNEL_THREAD: ExitCode.unsupported, MULTI_THREADED: ExitCode.unsupported, NO_SYSCALL_SITE: ExitCode.unsupported,
+  NO_VDSO: ExitCode.unsupported, PROCESS_ZOMBIE: ExitCode.unsupported, PROVISION_UNSUPPORTED: ExitCode.unsupported,
+  SELF_TRACE: ExitCode.unsupported, SHARED_ANON_MEMORY: ExitCode.unsupported, UNSUPPORTED_FD: ExitCode.unsupported,
+  UNSUPPORTED_MEMORY: ExitCode.unsupported, THREADS_NEED_PIDNS: ExitCode.unsupported, LEADER_EXITED: ExitCode.unsupported,
+  PID_UNSUPPORTED: ExitCode.unsupported, ZOMBIE_SIGNALED: ExitCode.unsupported, NAMESPACE_DIFFERS: ExitCode.unsupported,
+  // exit corrupt
+  CHECKPOINT_CORRUPT: ExitCode.corrupt, CRIU_IMAGE_CORRUPT: ExitCode.corrupt, CRIU_IMAGE_ENCODE: ExitCode.corrupt,
+  CRIU_IMAGE_MAGIC: ExitCode.corrupt, CRIU_IMAGE_TRUNCATED: ExitCode.corrupt, CRIU_IMAGE_UNREADABLE: ExitCode.corrupt,
+  IMAGE_CORRUPT: ExitCode.corrupt, IMAGE_INCONSISTENT: ExitCode.corrupt, IMAGE_VERSION: ExitCode.corrupt,
+  PAGE_MAP_CORRUPT: ExitCode.corrupt, POOL_FOREIGN: ExitCode.corrupt, POOL_HEADER_CORRUPT: ExitCode.corrupt,
+  POOL_SIZE_MISMATCH: ExitCode.corrupt, POOL_TRUNCATED: ExitCode.corrupt, POOL_VERSION: ExitCode.corrupt,
+  // exit conflict
+  ALREADY_TRACED: ExitCode.conflict, BUILD_SLOTS_FULL: ExitCode.conflict, CHECKPOINT_IN_USE: ExitCode.conflict,
+  DIRECTORY_FULL: ExitCode.conflict, HOST_TABLE_FULL: ExitCode.conflict, IMAGES_EXIST: ExitCode.conflict, NAME_TAKEN: ExitCode.conflict,
+  POOL_EXISTS: ExitCode.conflict, POOL_FULL: ExitCode.conflict, POOL_NO_SPACE: ExitCode.conflict, REFERENCES_FULL: ExitCode.conflict,
+  SELF_HEALING: ExitCode.conflict,
+} as const satisfies Record<string, ExitStatus>
+
+export type ErrorCode = keyof typeof ERROR_CODES
+/** The codes registered with exit status `S`. */
+export type CodeWithExit<S extends ExitStatus> = {[K in ErrorCode]: (typeof ERROR_CODES)[K] extends S ? K : never}[ErrorCode]
+
+export function isErrorCode(code: string): code is ErrorCode {
+  return Object.hasOwn(ERROR_CODES, code)
+}
+
 export class CxlforkError extends Error {
   override readonly name: string = 'CxlforkError'
 
+  /** From ERROR_CODES, never chosen by the thrower. */
+  readonly exitCode: ExitStatus
+
   constructor(
     /** Stable machine-readable code, e.g. `POOL_CORRUPT`. */
-    readonly code: string,
+    readonly code: ErrorCode,
     message: string,
     readonly hint?: string,
-    readonly exitCode: ExitStatus = ExitCode.failure,
   ) {
     super(message)
+    this.exitCode = ERROR_CODES[code]
   }
 
   toJSON(): {code: string; message: string; hint?: string; exitCode: number} {
@@ -43,59 +108,63 @@ export class CxlforkError extends Error {
 
 export class UsageError extends CxlforkError {
   override readonly name = 'UsageError'
-  constructor(code: string, message: string, hint?: string) {
-    super(code, message, hint, ExitCode.usage)
+  constructor(code: CodeWithExit<typeof ExitCode.usage>, message: string, hint?: string) {
+    super(code, message, hint)
   }
 }
 
 export class NotFoundError extends CxlforkError {
   override readonly name = 'NotFoundError'
-  constructor(code: string, message: string, hint?: string) {
-    super(code, message, hint, ExitCode.notFound)
+  constructor(code: CodeWithExit<typeof ExitCode.notFound>, message: string, hint?: string) {
+    super(code, message, hint)
   }
 }
 
 export class PermissionError extends CxlforkError {
   override readonly name = 'PermissionError'
-  constructor(code: string, message: string, hint?: string) {
-    super(code, message, hint, ExitCode.permission)
+  constructor(code: CodeWithExit<typeof ExitCode.permission>, message: string, hint?: string) {
+    super(code, message, hint)
   }
 }
 
 export class UnsupportedError extends CxlforkError {
   override readonly name = 'UnsupportedError'
-  constructor(code: string, message: string, hint?: string) {
-    super(code, message, hint, ExitCode.unsupported)
+  constructor(code: CodeWithExit<typeof ExitCode.unsupported>, message: string, hint?: string) {
+    super(code, message, hint)
   }
 }
 
 export class CorruptError extends CxlforkError {
   override readonly name = 'CorruptError'
-  constructor(code: string, message: string, hint?: string) {
-    super(code, message, hint, ExitCode.corrupt)
+  constructor(code: CodeWithExit<typeof ExitCode.corrupt>, message: string, hint?: string) {
+    super(code, message, hint)
   }
 }
 
 export class ConflictError extends CxlforkError {
   override readonly name = 'ConflictError'
-  constructor(code: string, message: string, hint?: string) {
-    super(code, message, hint, ExitCode.conflict)
+  constructor(code: CodeWithExit<typeof ExitCode.conflict>, message: string, hint?: string) {
+    super(code, message, hint)
   }
 }
 
-/** A failed system call, with errno and the syscall's name. */
+/**
+ * A failed system call, with errno and the syscall's name: SYSCALL_FAILED,
+ * exit 1 whatever the errno (the README's table). A refusal the caller can
+ * do something about is translated where it is understood (NOT_PERMITTED,
+ * PTRACE_DENIED, POOL_ACCESS, ...), not guessed from EPERM here.
+ */
 export class SyscallError extends CxlforkError {
   override readonly name = 'SyscallError'
   constructor(readonly syscall: string, readonly errno: number, detail?: string, hint?: string) {
-    super('SYSCALL_FAILED', `${syscall} failed: ${errnoName(errno)} (${errno})${detail ? `: ${detail}` : ''}`, hint,
-      errno === 1 || errno === 13 ? ExitCode.permission : ExitCode.failure)
+    super('SYSCALL_FAILED', `${syscall} failed: ${errnoName(errno)} (${errno})${detail ? `: ${detail}` : ''}`, hint)
   }
 }
 
 const ERRNO_NAMES: Record<number, string> = {
   1: 'EPERM', 2: 'ENOENT', 3: 'ESRCH', 4: 'EINTR', 5: 'EIO', 9: 'EBADF', 10: 'ECHILD', 11: 'EAGAIN',
-  12: 'ENOMEM', 13: 'EACCES', 14: 'EFAULT', 16: 'EBUSY', 17: 'EEXIST', 19: 'ENODEV', 22: 'EINVAL',
-  24: 'EMFILE', 28: 'ENOSPC', 38: 'ENOSYS', 95: 'EOPNOTSUPP',
+  12: 'ENOMEM', 13: 'EACCES', 14: 'EFAULT', 16: 'EBUSY', 17: 'EEXIST', 19: 'ENODEV', 20: 'ENOTDIR', 21: 'EISDIR', 22: 'EINVAL',
+  24: 'EMFILE', 28: 'ENOSPC', 38: 'ENOSYS', 40: 'ELOOP', 95: 'EOPNOTSUPP',
 }
 
 export function errnoName(errno: number): string {

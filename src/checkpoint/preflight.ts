@@ -131,6 +131,14 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
   if (caller !== 0 && caller !== status.uid[0]) {
     throw new PermissionError('NOT_PERMITTED', `process ${pid} belongs to uid ${status.uid[0]}; you are uid ${caller}`, 'Checkpoint your own processes, or run as root.')
   }
+  // The kernel lets a user trace only a process whose real, effective and saved ids are all theirs: a
+  // set-user-ID program they started (passwd, su) is another user's process, refused here by name, not
+  // later as an unreadable /proc file.
+  const otherUid = status.uid.slice(0, 3).find((uid) => uid !== caller)
+  if (caller !== 0 && otherUid !== undefined) {
+    throw new PermissionError('NOT_PERMITTED', `process ${pid} runs with uid ${otherUid} (real/effective/saved uids ${status.uid.slice(0, 3).join('/')}); you are uid ${caller}`,
+      'A set-user-ID process (or one that changed its ids) can be checkpointed only by root.')
+  }
   const children = options.children === 'allow' ? [] : childrenOf(pid)
   if (children.length > 0) {
     throw new UnsupportedError('HAS_CHILDREN', `process ${pid} (${stat.comm}) has ${children.length} child process(es) (${children.slice(0, 5).join(', ')}); without --tree cxlfork checkpoints a single process`,

@@ -3,7 +3,7 @@ import * as Errors from '@oclif/core/errors'
 import * as Flags from '@oclif/core/flags'
 import type * as Interfaces from '@oclif/core/interfaces'
 
-import {CxlforkError, ExitCode} from '../errors.js'
+import {CxlforkError, ERROR_CODES} from '../errors.js'
 import type {Pool} from '../pool/index.js'
 import {Progress, interactiveStderr} from './progress.js'
 
@@ -71,21 +71,21 @@ export abstract class BaseCommand extends Command {
     if (err instanceof Errors.CLIError || (err as {oclif?: unknown}).oclif !== undefined) {
       // Parse and usage errors from oclif keep their own exit code (2).
       if (this.jsonEnabled()) {
-        process.exitCode = (err as Errors.CLIError).oclif?.exit ?? ExitCode.usage
+        process.exitCode = (err as Errors.CLIError).oclif?.exit ?? ERROR_CODES.USAGE
         this.logJson({error: {code: 'USAGE', message: err.message, exitCode: process.exitCode}})
         return
       }
       throw err
     }
     // Anything else is a bug in cxlfork: say so without a stack unless DEBUG is set.
-    process.exitCode = ExitCode.failure
+    process.exitCode = ERROR_CODES.INTERNAL
     const message = `internal error: ${err.message}`
     if (process.env.DEBUG) process.stderr.write(String(err.stack) + '\n')
     if (this.jsonEnabled()) {
-      this.logJson({error: {code: 'INTERNAL', message, exitCode: ExitCode.failure}})
+      this.logJson({error: {code: 'INTERNAL', message, exitCode: ERROR_CODES.INTERNAL}})
       return
     }
-    throw new Errors.CLIError(message, {code: 'INTERNAL', exit: ExitCode.failure,
+    throw new Errors.CLIError(message, {code: 'INTERNAL', exit: ERROR_CODES.INTERNAL,
       suggestions: ['Re-run with DEBUG=1 for a stack trace and report it.']})
   }
 }

@@ -22,6 +22,8 @@ import Restore from '../commands/restore.js'
 import Rm from '../commands/rm.js'
 
 export {execute} from '@oclif/core/execute'
+/** package.json oclif.hooks.command_not_found names this export. */
+export {commandNotFound as COMMAND_NOT_FOUND} from './not-found.js'
 
 /** Command ids as oclif names them (topic and command joined by ':'). */
 export const COMMANDS = {

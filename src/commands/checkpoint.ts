@@ -1,5 +1,5 @@
 import * as Flags from '@oclif/core/flags'
-import {existsSync} from 'node:fs'
+import {lstatSync} from 'node:fs'
 
 import {BaseCommand} from '../cli/base-command.js'
 import {nameFlag, pidArg} from '../cli/flags.js'
@@ -30,9 +30,12 @@ Refused with a named reason: sockets, pipes above fd 2, shared anonymous memory,
     await this.progress.start(`Checkpointing ${args.pid} as ${flags.name}`)
     let pool: Pool | undefined
     try {
-      // A pool that does not exist yet is created only once the target has passed every check.
+      // A pool that does not exist yet is created only once the target has passed every check;
+      // what can be checked about creating it is checked now. lstat: a dangling link is something, and refused.
       const openPool = (): Pool => (pool = PoolClass.open(flags.pool, {create: true}))
-      const into = existsSync(flags.pool) ? openPool() : openPool
+      const exists = lstatSync(flags.pool, {throwIfNoEntry: false}) !== undefined
+      if (!exists) PoolClass.checkCreatable(flags.pool)
+      const into = exists ? openPool() : openPool
       const result = await withTerminationDeferred(async () => checkpointToPool(into, {pid: args.pid, name: flags.name, kill: flags.kill, tree: flags.tree}))
       this.progress.succeed(`Checkpointed ${args.pid} as ${result.name}`)
       this.say(`${result.pages} pages (${(result.bytes / 1048576).toFixed(1)} MiB), ${result.vmas} VMAs, ${result.fds} fds; downtime ${(result.downtimeUs / 1000).toFixed(2)} ms, total ${(result.totalUs / 1000).toFixed(1)} ms${result.tree ? `; tree of ${result.tree.length} processes, descendants stopped ${((result.treeDowntimeUs ?? 0) / 1000).toFixed(1)} ms` : ''}${result.killed ? '; target killed' : ''}`)

@@ -3,12 +3,12 @@
  * state is serialized into CRIU protobuf images and every page is copied into
  * pages-1.img: the "CRIU over shared memory" baseline.
  */
-import {existsSync, mkdirSync, readdirSync, rmSync} from 'node:fs'
+import {existsSync, mkdirSync, readdirSync, rmSync, statSync} from 'node:fs'
 import {dirname, join, resolve} from 'node:path'
 
 import {type DumpStats as CheckpointDumpStats, pagesScanned, runSegments} from '../checkpoint/checkpoint.js'
 import {type LiveSnapshot, killTarget, takePlacedSnapshot} from '../checkpoint/snapshot.js'
-import {ConflictError, SyscallError} from '../errors.js'
+import {ConflictError, PermissionError, SyscallError, UsageError} from '../errors.js'
 import {PAGE_SIZE, type PageRun, totalPages} from '../image/process-image.js'
 import {addressOf, vmReadv} from '../sys/libc.js'
 import {writeCriuImages} from './images.js'
@@ -32,7 +32,28 @@ export function defaultImagesDir(poolPath: string, pid: number): string {
 }
 
 function refuseExistingImages(dir: string): void {
-  if (existsSync(dir) && readdirSync(dir).some((name) => name.endsWith('.img'))) {
+  // The nearest existing ancestor must be a directory: mkdir would otherwise fail only after the target was stopped.
+  for (let probe = dir; ; probe = dirname(probe)) {
+    let stat
+    try {
+      stat = statSync(probe)
+    } catch {
+      if (dirname(probe) === probe) break
+      continue // missing (ENOENT) or below a file (ENOTDIR): look further up
+    }
+    if (!stat.isDirectory()) {
+      throw new UsageError('IMAGES_NOT_A_DIRECTORY', `${probe} is not a directory, so ${dir} cannot hold an image set`,
+        'Pass --images a new or empty directory, e.g. /dev/shm/web.img.')
+    }
+    break
+  }
+  let names: string[] = []
+  try {
+    names = existsSync(dir) ? readdirSync(dir) : []
+  } catch (error) {
+    throw new PermissionError('NOT_PERMITTED', `cannot read ${dir}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`, 'Pass --images a directory you can write.')
+  }
+  if (names.some((name) => name.endsWith('.img'))) {
     throw new ConflictError('IMAGES_EXIST', `${dir} already holds images`, 'Dump into an empty or new directory.')
   }
 }

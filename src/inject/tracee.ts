@@ -321,7 +321,7 @@ export class Tracee {
    * ourselves), ConflictError (already traced), PermissionError (EPERM).
    */
   static seize(pid: number, opts: SeizeOptions = {}): Tracee {
-    if (!Number.isInteger(pid) || pid <= 0) throw new NotFoundError('NO_SUCH_PROCESS', `invalid pid: ${pid}`)
+    if (!Number.isInteger(pid) || pid <= 0) throw new NotFoundError('PROCESS_NOT_FOUND', `invalid pid: ${pid}`)
     if (pid === process.pid) {
       throw new UnsupportedError('SELF_TRACE', 'cannot trace the cxlfork process itself', 'pass the pid of another process')
     }
@@ -336,7 +336,7 @@ export class Tracee {
     const r = ptraceRaw(PTRACE.SEIZE, pid, 0, options)
     if (r < 0n) {
       const e = Number(-r)
-      if (e === 3) throw new NotFoundError('NO_SUCH_PROCESS', `no such process: ${pid}`)
+      if (e === 3) throw new NotFoundError('PROCESS_NOT_FOUND', `no such process: ${pid}`)
       if (e === 1) {
         let tracer = 0
         try {

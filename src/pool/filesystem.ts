@@ -4,7 +4,7 @@
  * across hosts. A pool on a disk file system would "work" through the page
  * cache on one host and silently diverge across hosts, so it is refused.
  */
-import {readFileSync, realpathSync, statfsSync} from 'node:fs'
+import {readFileSync, readlinkSync, realpathSync, statfsSync} from 'node:fs'
 import {dirname, resolve} from 'node:path'
 
 import {UnsupportedError} from '../errors.js'
@@ -47,10 +47,15 @@ function mountOf(path: string): MountEntry | undefined {
   return best
 }
 
-/** Classify the file system holding `path` (the file itself, or for a file yet to be created its directory). */
-export function classifyFileSystem(path: string, exists: boolean): FileSystemVerdict {
-  const target = realpathSync(exists ? path : dirname(resolve(path)))
-  const type = statfsSync(target).type >>> 0
+/**
+ * Classify the file system holding `path` (the file itself, or for a file
+ * yet to be created its directory), or holding the open file `fd`: the
+ * descriptor is what was checked, so nothing is looked up by path again.
+ */
+export function classifyFileSystem(path: string, exists: boolean, fd?: number): FileSystemVerdict {
+  const byFd = fd === undefined ? undefined : `/proc/self/fd/${fd}`
+  const target = byFd === undefined ? realpathSync(exists ? path : dirname(resolve(path))) : readlinkSync(byFd)
+  const type = statfsSync(byFd ?? target).type >>> 0
   const mount = mountOf(target)
   const mountPoint = mount?.mountPoint ?? '/'
   if (type === TMPFS_MAGIC) return {shareable: true, kind: 'tmpfs', mountPoint}
@@ -61,8 +66,8 @@ export function classifyFileSystem(path: string, exists: boolean): FileSystemVer
 }
 
 /** Throw FS_NOT_SHAREABLE unless `path` lives on a file system every mapper shares. */
-export function requireShareableFileSystem(path: string, exists: boolean): FileSystemVerdict {
-  const verdict = classifyFileSystem(path, exists)
+export function requireShareableFileSystem(path: string, exists: boolean, fd?: number): FileSystemVerdict {
+  const verdict = classifyFileSystem(path, exists, fd)
   if (!verdict.shareable) {
     throw new UnsupportedError('FS_NOT_SHAREABLE',
       `${path} is on ${verdict.kind} (mounted at ${verdict.mountPoint}), which cannot share memory between processes and hosts`,

@@ -45,7 +45,15 @@ export const HEADER_CRC_OFFSET = PAGE_SIZE - 4
  * already there, as on a CXL device. Pools made before the flag read 0.
  */
 export const POOL_FLAG_PROVISIONED = 1
-const KNOWN_POOL_FLAGS = POOL_FLAG_PROVISIONED
+/**
+ * Header flag: `pool init --shared-group G` made the pool group-writable on
+ * purpose, for the group whose gid is at H_SHARED_GID. A group-writable pool
+ * without it (or whose file group is not that gid) is refused as POOL_UNSAFE:
+ * the mode alone could have been set by anyone who owned the file once.
+ * Pools made before the flag read 0 and stay private (mode 0600).
+ */
+export const POOL_FLAG_SHARED_GROUP = 2
+const KNOWN_POOL_FLAGS = POOL_FLAG_PROVISIONED | POOL_FLAG_SHARED_GROUP
 
 export interface PoolLayout {
   totalSize: bigint
@@ -76,6 +84,8 @@ export interface PoolHeader extends PoolLayout {
   createdAtMs: number
   /** POOL_FLAG_PROVISIONED: freed units keep their memory. */
   provisioned: boolean
+  /** POOL_FLAG_SHARED_GROUP: the gid the pool is deliberately shared with (mode 0660), else undefined. */
+  sharedGid: number | undefined
 }
 
 const alignUp = (value: number, alignment: number): number => Math.ceil(value / alignment) * alignment
@@ -137,12 +147,13 @@ const H_METADATA_PAGES = 68
 const H_REGIONS = 72 // ten u64 region offsets/sizes
 const H_CREATED_AT = 152
 const H_FLAGS = 160
+const H_SHARED_GID = 164
 
 const REGION_FIELDS = ['hostTableOffset', 'buildTableOffset', 'refTableOffset', 'directoryOffset', 'segmentStateOffset',
   'pageStateOffset', 'metadataOffset', 'metadataSize', 'dataOffset', 'dataSize'] as const
 
 /** The header page for a new pool. */
-export function encodeHeader(layout: PoolLayout, uuid: Uint8Array, createdAtMs: number, flags = 0): Uint8Array {
+export function encodeHeader(layout: PoolLayout, uuid: Uint8Array, createdAtMs: number, flags = 0, sharedGid = 0): Uint8Array {
   const page = new Uint8Array(PAGE_SIZE)
   const view = new DataView(page.buffer)
   page.set(new TextEncoder().encode(POOL_MAGIC), H_MAGIC)
@@ -160,6 +171,7 @@ export function encodeHeader(layout: PoolLayout, uuid: Uint8Array, createdAtMs: 
   REGION_FIELDS.forEach((field, i) => view.setBigUint64(H_REGIONS + 8 * i, BigInt(layout[field]), true))
   view.setBigUint64(H_CREATED_AT, BigInt(createdAtMs), true)
   view.setUint32(H_FLAGS, flags, true)
+  view.setUint32(H_SHARED_GID, (flags & POOL_FLAG_SHARED_GROUP) === 0 ? 0 : sharedGid, true)
   view.setUint32(HEADER_CRC_OFFSET, crc32(page.subarray(0, HEADER_CRC_OFFSET)), true)
   return page
 }
@@ -216,7 +228,8 @@ export function decodeHeader(page: Uint8Array, fileSize: bigint, path: string): 
     throw new CorruptError('POOL_SIZE_MISMATCH', `pool ${path} is ${fileSize} bytes long but its header says ${totalSize}`, hint)
   }
   return {...expected, version, uuid: formatUuid(page.subarray(H_UUID, H_UUID + 16)),
-    createdAtMs: Number(view.getBigUint64(H_CREATED_AT, true)), provisioned: (flags & POOL_FLAG_PROVISIONED) !== 0}
+    createdAtMs: Number(view.getBigUint64(H_CREATED_AT, true)), provisioned: (flags & POOL_FLAG_PROVISIONED) !== 0,
+    sharedGid: (flags & POOL_FLAG_SHARED_GROUP) === 0 ? undefined : view.getUint32(H_SHARED_GID, true)}
 }
 
 export function formatUuid(bytes: Uint8Array): string {

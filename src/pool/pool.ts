@@ -5,7 +5,7 @@
  * immutable header and this process's host index.
  */
 import {randomBytes} from 'node:crypto'
-import {closeSync, constants, fchmodSync, fstatSync, ftruncateSync, linkSync, openSync, readSync, renameSync, statSync, unlinkSync} from 'node:fs'
+import {closeSync, constants, fchmodSync, fchownSync, fstatSync, ftruncateSync, linkSync, lstatSync, openSync, readSync, renameSync, statfsSync, unlinkSync} from 'node:fs'
 import {basename, dirname, join, resolve} from 'node:path'
 
 import {ConflictError, CorruptError, NotFoundError, PermissionError, SyscallError, UnsupportedError, UsageError} from '../errors.js'
@@ -22,8 +22,10 @@ import {runFsck} from './fsck.js'
 import {runGc} from './gc.js'
 import {HostTable, leaseMsFromEnvironment, localHostIdentity} from './hosts.js'
 import type {PoolHeader} from './layout.js'
-import {DEFAULT_POOL_SIZE, PAGE_SIZE, POOL_FLAG_PROVISIONED, computeLayout, decodeHeader, encodeHeader} from './layout.js'
+import {DEFAULT_POOL_SIZE, PAGE_SIZE, POOL_FLAG_PROVISIONED, POOL_FLAG_SHARED_GROUP, computeLayout, decodeHeader, encodeHeader} from './layout.js'
 import {PoolMapping} from './mapping.js'
+import {callerUid, openExistingPool, openFailure, refuseForeignOwner, refusePlantedSymlinks, requireDirectory, trustPool} from './pool-file.js'
+import {formatSize} from './size.js'
 import {Liveness, processStartTime} from './owners.js'
 import type {ReferenceHandle} from './references.js'
 import {References} from './references.js'
@@ -43,6 +45,10 @@ export interface PoolCreateOptions {
   size?: bigint
   /** Replace an existing file. Clones of the old pool keep their mapping of the old (unlinked) file. */
   force?: boolean
+  /** Accept a size larger than the whole file system (a sparse pool that can never be filled). */
+  oversize?: boolean
+  /** Share the pool with this group: file group and header record it, mode 0660 (see trustPool). */
+  sharedGid?: number
   /** Allocate all of the pool's memory now and keep it when checkpoints are removed (POOL_FLAG_PROVISIONED). */
   provision?: boolean
 }
@@ -60,14 +66,6 @@ type EntryRead = {kind: 'ok'; descriptor: Descriptor} | {kind: 'changed'} | {kin
 function missingPool(path: string): NotFoundError {
   return new NotFoundError('POOL_NOT_FOUND', `no pool at ${path}`,
     `Create it with \`cxlfork pool init --pool ${path}\` (or a checkpoint creates it on first use); --pool and $CXLFORK_POOL choose another, the default is /dev/shm/cxlfork.pool.`)
-}
-
-function openFailure(path: string, error: NodeJS.ErrnoException): Error {
-  if (error.code === 'ENOENT') return missingPool(path)
-  if (error.code === 'EACCES' || error.code === 'EPERM') {
-    return new PermissionError('POOL_ACCESS', `no permission to open pool ${path}`, 'Pools are created mode 0600: run as the user who created it, or as root.')
-  }
-  return new SyscallError('open', -(error.errno ?? 0), path)
 }
 
 export class Pool {
@@ -114,31 +112,29 @@ export class Pool {
    */
   static open(path: string, options: PoolOpenOptions = {}): Pool {
     const absolute = resolve(path)
-    let exists = true
-    try {
-      statSync(absolute)
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw openFailure(absolute, error as NodeJS.ErrnoException)
-      exists = false
-    }
-    if (!exists) {
+    let opened = openExistingPool(absolute)
+    if (!opened) {
       if (!options.create) throw missingPool(absolute)
       Pool.createFile(absolute, {size: options.size ?? DEFAULT_POOL_SIZE, force: false}, true)
+      opened = openExistingPool(absolute)
+      if (!opened) throw missingPool(absolute)
     }
-    const verdict = requireShareableFileSystem(absolute, true)
-    let fd: number
+    const {fd, stat} = opened
     try {
-      fd = openSync(absolute, constants.O_RDWR)
-    } catch (error) {
-      throw openFailure(absolute, error as NodeJS.ErrnoException)
-    }
-    try {
-      const stat = fstatSync(fd, {bigint: true})
-      if (!stat.isFile()) throw new CorruptError('POOL_FOREIGN', `${absolute} is not a regular file`)
+      const verdict = requireShareableFileSystem(absolute, true, fd)
       const page = new Uint8Array(PAGE_SIZE)
       const length = stat.size < BigInt(PAGE_SIZE) ? Number(stat.size) : PAGE_SIZE
       const got = length === 0 ? 0 : readSync(fd, page, 0, length, 0)
-      const header = decodeHeader(page.subarray(0, got), stat.size, absolute)
+      let header: PoolHeader
+      try {
+        header = decodeHeader(page.subarray(0, got), stat.size, absolute)
+      } catch (error) {
+        // Another user's file: say that rather than what is wrong inside it.
+        refuseForeignOwner(absolute, stat)
+        throw error
+      }
+      // Before anything is written (this host's lease) or mapped.
+      trustPool(absolute, stat, header.sharedGid)
       const mapping = PoolMapping.map(fd, header.totalSize, header.metadataOffset)
       const metadataStart = BigInt(header.metadataOffset)
       const regions = new PoolRegions(header, mapping.control, (offset, length) => mapping.window(metadataStart + BigInt(offset), length))
@@ -150,30 +146,50 @@ export class Pool {
     }
   }
 
+  /**
+   * Everything about creating a pool at `path` that can be checked without
+   * creating it: no planted symbolic link on the way, the directory exists,
+   * the file system shares memory. Commands that create the pool late (a
+   * checkpoint, after its target passed every check) call it first.
+   */
+  static checkCreatable(path: string): void {
+    const absolute = resolve(path)
+    refusePlantedSymlinks(absolute)
+    requireDirectory(absolute)
+    requireShareableFileSystem(absolute, false)
+  }
+
   /** `pool init`: create a new pool (ConflictError POOL_EXISTS unless `force`) and open it. */
   static create(path: string, options: PoolCreateOptions = {}): Pool {
     const absolute = resolve(path)
-    Pool.createFile(absolute, {size: options.size ?? DEFAULT_POOL_SIZE, force: options.force ?? false, provision: options.provision ?? false}, false)
+    Pool.createFile(absolute, {size: options.size ?? DEFAULT_POOL_SIZE, force: options.force ?? false, oversize: options.oversize ?? false,
+      provision: options.provision ?? false, ...(options.sharedGid === undefined ? {} : {sharedGid: options.sharedGid})}, false)
     return Pool.open(absolute)
   }
 
   /**
    * Build the pool under a temporary name, then link it into place: the pool
    * appears complete or not at all, and two first users racing to create it
-   * end up sharing whichever won.
+   * end up sharing whichever won. The temporary file is created O_EXCL and
+   * O_NOFOLLOW (never through a planted link), and link(2) and rename(2)
+   * replace a name without following it.
    */
-  private static createFile(path: string, options: {size: bigint; force: boolean; provision?: boolean}, tolerateExisting: boolean): void {
-    requireShareableFileSystem(path, false)
+  private static createFile(path: string, options: {size: bigint; force: boolean; oversize?: boolean; provision?: boolean; sharedGid?: number},
+    tolerateExisting: boolean): void {
+    Pool.checkCreatable(path)
     const layout = computeLayout(options.size)
+    if (!options.oversize) refuseOversize(path, layout.totalSize)
+    if (options.force) refuseForeignReplacement(path)
     const temporary = join(dirname(path), `.${basename(path)}.init-${process.pid}-${randomBytes(4).toString('hex')}`)
     let fd: number
     try {
-      fd = openSync(temporary, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o600)
+      fd = openSync(temporary, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600)
     } catch (error) {
       throw openFailure(temporary, error as NodeJS.ErrnoException)
     }
     try {
-      fchmodSync(fd, 0o600)
+      if (options.sharedGid !== undefined) shareWithGroup(fd, path, options.sharedGid)
+      else fchmodSync(fd, 0o600)
       try {
         ftruncateSync(fd, Number(layout.totalSize))
       } catch (error) {
@@ -182,17 +198,23 @@ export class Pool {
       if (options.provision) provisionFile(fd, temporary, layout.totalSize)
       // Written through a mapping: hugetlbfs files do not support write(2).
       const mapping = PoolMapping.map(fd, layout.totalSize, PAGE_SIZE)
-      new Uint8Array(mapping.control).set(encodeHeader(layout, randomBytes(16), Date.now(), options.provision ? POOL_FLAG_PROVISIONED : 0))
+      const flags = (options.provision ? POOL_FLAG_PROVISIONED : 0) | (options.sharedGid === undefined ? 0 : POOL_FLAG_SHARED_GROUP)
+      new Uint8Array(mapping.control).set(encodeHeader(layout, randomBytes(16), Date.now(), flags, options.sharedGid ?? 0))
       mapping.unmap()
       if (options.force) {
-        renameSync(temporary, path)
+        try {
+          renameSync(temporary, path)
+        } catch (error) {
+          throw replaceFailure(path, error as NodeJS.ErrnoException)
+        }
         return
       }
       try {
         linkSync(temporary, path)
       } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw openFailure(path, error as NodeJS.ErrnoException)
         if (!tolerateExisting) {
+          if (lstatSync(path, {throwIfNoEntry: false})?.isSymbolicLink()) throw openFailure(path, Object.assign(new Error('symbolic link'), {code: 'ELOOP'}))
           throw new ConflictError('POOL_EXISTS', `a pool already exists at ${path}`, 'Pass --force to replace it (its checkpoints are lost; running clones are unaffected).')
         }
       }
@@ -516,9 +538,10 @@ export class Pool {
       uuid: header.uuid,
       version: header.version,
       createdAt: new Date(header.createdAtMs).toISOString(),
-      fileSystem: classifyFileSystem(this.path, true).kind,
+      fileSystem: classifyFileSystem(this.path, true, this.fd).kind,
       size: Number(header.totalSize),
       provisioned: header.provisioned,
+      sharedGid: header.sharedGid ?? null,
       residentBytes: Number(fstatSync(this.fd, {bigint: true}).blocks) * 512,
       used: dataUsed + metadataUsed,
       free: dataBytes - dataUsed + header.metadataSize - metadataUsed,
@@ -548,6 +571,55 @@ export class Pool {
 const EINTR = 4
 const ENOSPC = 28
 const EOPNOTSUPP = 95
+
+/**
+ * A sparse pool larger than its whole file system is accepted by ftruncate
+ * and fails later, in the middle of a checkpoint: refuse it here (pool init
+ * --force accepts it). A file system that reports no size limit is not judged.
+ */
+function refuseOversize(path: string, size: bigint): void {
+  const fs = statfsSync(dirname(path), {bigint: true})
+  const total = fs.blocks * fs.bsize
+  if (total === 0n || size <= total) return
+  throw new ConflictError('POOL_NO_SPACE',
+    `a pool of ${formatSize(size)} (${size} bytes) does not fit the file system of ${dirname(path)}: ${formatSize(total)} in all (${total} bytes), ${formatSize(fs.bavail * fs.bsize)} free`,
+    `Pass a smaller --size (at most ${formatSize(total)}), or \`pool init --force\` to create it sparse anyway (checkpoints fail once the file system is full).`)
+}
+
+/** `pool init --force` replaces only the caller's own pool (or anything, for root): a sticky directory would refuse the rename anyway. */
+function refuseForeignReplacement(path: string): void {
+  const existing = lstatSync(path, {bigint: true, throwIfNoEntry: false})
+  if (existing === undefined) return
+  if (existing.isDirectory()) throw new UsageError('POOL_NOT_A_FILE', `${path} is a directory, not a pool file`, 'Pass --pool the path of a pool file, e.g. /dev/shm/cxlfork.pool.')
+  const caller = BigInt(callerUid())
+  if (caller !== 0n && existing.uid !== caller) {
+    throw new PermissionError('POOL_NOT_OWNER', `${path} belongs to uid ${existing.uid}; uid ${caller} may not replace it`,
+      'Only its owner or root may replace a pool; pass another --pool for a pool of your own.')
+  }
+}
+
+function replaceFailure(path: string, error: NodeJS.ErrnoException): Error {
+  if (error.code === 'EPERM' || error.code === 'EACCES') {
+    return new PermissionError('POOL_NOT_OWNER', `no permission to replace ${path}`, 'Only its owner or root may replace a pool; pass another --pool for a pool of your own.')
+  }
+  if (error.code === 'EISDIR') return new UsageError('POOL_NOT_A_FILE', `${path} is a directory, not a pool file`, 'Pass --pool the path of a pool file.')
+  return new SyscallError('rename', Math.abs(error.errno ?? 0), path)
+}
+
+/** Give the new pool file to group `gid`, mode 0660. chown(2) lets a user give a file only to a group they are in. */
+function shareWithGroup(fd: number, path: string, gid: number): void {
+  try {
+    fchownSync(fd, -1, gid)
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    if (code === 'EPERM' || code === 'EINVAL') {
+      throw new PermissionError('NOT_PERMITTED', `cannot share ${path} with gid ${gid}: you are not a member of that group`,
+        'Share a pool only with a group you belong to (see `id`), or create it as root.')
+    }
+    throw new SyscallError('fchown', Math.abs((error as NodeJS.ErrnoException).errno ?? 0), `${path} to gid ${gid}`)
+  }
+  fchmodSync(fd, 0o660)
+}
 
 /**
  * Allocate every byte of a new pool file. tmpfs gives up on a pending signal

@@ -75,6 +75,8 @@ export interface PoolInfo {
   size: number
   /** Memory allocated at init and kept when checkpoints are removed (`pool init --provision`). */
   provisioned: boolean
+  /** The gid `pool init --shared-group` shared the pool with, or null for a private pool. */
+  sharedGid: number | null
   /** Bytes of the file backed by memory (or blocks) right now: a sparse pool grows and shrinks with its checkpoints. */
   residentBytes: number
   /** Bytes of data segments plus metadata pages allocated to checkpoints, builds or garbage not yet collected. */

@@ -4,7 +4,7 @@
  * executor (build-process.ts) turns each into one or two injected syscalls, so
  * the cost of a zero-copy restore is O(VMAs + page runs), never O(pages).
  */
-import {UnsupportedError} from '../errors.js'
+import {CorruptError, UnsupportedError} from '../errors.js'
 import {PAGE_SIZE, type ProcessImage, type VmaImage} from '../image/process-image.js'
 import {MAP, PROT} from '../sys/libc.js'
 
@@ -71,7 +71,7 @@ export function planRestore(image: ProcessImage, runs: readonly StoredRun[], pol
       throw new UnsupportedError('SHARED_ANON_MEMORY', `shared anonymous memory at 0x${vma.start.toString(16)} cannot be restored`, 'cxlfork restores private memory and file mappings only.')
     }
     if (shared && vmaRuns.length > 0) {
-      throw new UnsupportedError('IMAGE_INCONSISTENT', `stored pages inside the shared file mapping at 0x${vma.start.toString(16)}`, 'The checkpoint is inconsistent; take a new one.')
+      throw new CorruptError('IMAGE_INCONSISTENT', `stored pages inside the shared file mapping at 0x${vma.start.toString(16)}`, 'The checkpoint is inconsistent; take a new one.')
     }
     const copies = vmaRuns.length > 0 && (policy === 'local' || vma.kind === 'stack')
     // Copy targets start writable; the executor restores vma.prot afterwards.
@@ -85,7 +85,7 @@ export function planRestore(image: ProcessImage, runs: readonly StoredRun[], pol
     for (const run of vmaRuns) {
       const end = run.vaddr + BigInt(run.nrPages * PAGE_SIZE)
       if (run.vaddr < vma.start || end > vma.end) {
-        throw new UnsupportedError('IMAGE_INCONSISTENT', `stored pages 0x${run.vaddr.toString(16)}-0x${end.toString(16)} lie outside their VMA`, 'The checkpoint is inconsistent; take a new one.')
+        throw new CorruptError('IMAGE_INCONSISTENT', `stored pages 0x${run.vaddr.toString(16)}-0x${end.toString(16)} lie outside their VMA`, 'The checkpoint is inconsistent; take a new one.')
       }
       if (copies) {
         ops.push({kind: 'copy', start: run.vaddr, end, storeOffset: run.storeOffset, vmaIndex})

@@ -223,7 +223,7 @@ export function kill(pid: number, sig: number): void {
   const r = syscallRaw(SYS.kill, pid, sig)
   if (r < 0n) {
     const e = Number(-r)
-    if (e === 3) throw new NotFoundError('NO_SUCH_PROCESS', `no such process: ${pid}`)
+    if (e === 3) throw new NotFoundError('PROCESS_NOT_FOUND', `no such process: ${pid}`)
     if (e === 1) throw new PermissionError('SIGNAL_DENIED', `not allowed to signal process ${pid}`, 'run as root or as the owner of the process')
     throw new SyscallError(`kill(${pid}, ${sig})`, e)
   }
@@ -669,7 +669,7 @@ function vmTransfer(write: boolean, pid: number, segs: readonly VmSegment[]): nu
     if (r === -1) {
       const e = lastErrno()
       if (total > 0 && e === 14) return total
-      if (e === 3) throw new NotFoundError('NO_SUCH_PROCESS', `no such process: ${pid}`)
+      if (e === 3) throw new NotFoundError('PROCESS_NOT_FOUND', `no such process: ${pid}`)
       if (e === 1) throw new PermissionError('PTRACE_DENIED', `no ptrace access to process ${pid}`, 'run as root (CAP_SYS_PTRACE)')
       throw new SyscallError(write ? 'process_vm_writev' : 'process_vm_readv', e, `pid ${pid}`)
     }

@@ -14,13 +14,13 @@ function procPath(pid: number | 'self', what: string): string {
 function wrapFsError(err: unknown, pid: number | 'self', what: string): never {
   const e = err as NodeJS.ErrnoException
   if (e && e.code === 'ENOENT') {
-    throw new NotFoundError('NO_SUCH_PROCESS', `no such process: ${pid} (reading /proc/${pid}/${what})`, 'check the pid with ps; the process may have exited')
+    throw new NotFoundError('PROCESS_NOT_FOUND', `no such process: ${pid} (reading /proc/${pid}/${what})`, 'check the pid with ps; the process may have exited')
   }
   if (e && (e.code === 'EACCES' || e.code === 'EPERM')) {
     throw new PermissionError('PROC_ACCESS_DENIED', `permission denied reading /proc/${pid}/${what}`, 'run as root or as the owner of the process (ptrace access is needed)')
   }
   if (e && e.code === 'ESRCH') {
-    throw new NotFoundError('NO_SUCH_PROCESS', `no such process: ${pid}`)
+    throw new NotFoundError('PROCESS_NOT_FOUND', `no such process: ${pid}`)
   }
   throw err
 }
@@ -490,7 +490,7 @@ export function readLimits(pid: number): Rlimit[] {
     try {
       out.push(prlimit(pid, r))
     } catch (err) {
-      if (err instanceof SyscallError && err.errno === 3) throw new NotFoundError('NO_SUCH_PROCESS', `no such process: ${pid}`)
+      if (err instanceof SyscallError && err.errno === 3) throw new NotFoundError('PROCESS_NOT_FOUND', `no such process: ${pid}`)
       throw err
     }
   }
@@ -542,7 +542,7 @@ export class Pagemap {
     try {
       this.fd = open(procPath(pid, 'pagemap'), O.RDONLY)
     } catch (err) {
-      if (err instanceof NotFoundError) throw new NotFoundError('NO_SUCH_PROCESS', `no such process: ${pid}`)
+      if (err instanceof NotFoundError) throw new NotFoundError('PROCESS_NOT_FOUND', `no such process: ${pid}`)
       if (err instanceof SyscallError && (err.errno === 13 || err.errno === 1)) {
         throw new PermissionError('PROC_ACCESS_DENIED', `permission denied reading /proc/${pid}/pagemap`, 'run as root')
       }

@@ -188,7 +188,7 @@ describe('inject/tracee', () => {
   })
 
   it('errors: no such process, kernel thread, zombie, self, already traced', () => {
-    assert.throws(() => Tracee.seize(2 ** 22 + 999), (e: unknown) => e instanceof NotFoundError && e.code === 'NO_SUCH_PROCESS')
+    assert.throws(() => Tracee.seize(2 ** 22 + 999), (e: unknown) => e instanceof NotFoundError && e.code === 'PROCESS_NOT_FOUND')
     assert.throws(() => Tracee.seize(2), (e: unknown) => e instanceof UnsupportedError && e.code === 'KERNEL_THREAD')
     assert.throws(() => Tracee.seize(process.pid), UnsupportedError)
     const z = spawnProc('/bin/true', ['true'])

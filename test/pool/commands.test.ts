@@ -19,7 +19,8 @@ describe('pool commands: --json results and error envelopes', () => {
     const path = testPoolPath()
     const init = runCli(['pool', 'init', '--size', '64M', '--pool', path, '--json'])
     assert.equal(init.status, 0, init.stderr)
-    assert.deepEqual(Object.keys(init.json).sort(), ['dataBytes', 'fileSystem', 'metadataBytes', 'path', 'provisioned', 'residentBytes', 'segmentSize', 'size', 'uuid'])
+    assert.deepEqual(Object.keys(init.json).sort(), ['dataBytes', 'fileSystem', 'metadataBytes', 'path', 'provisioned', 'residentBytes', 'segmentSize', 'sharedGid', 'size', 'uuid'])
+    assert.equal(init.json.sharedGid, null)
     assert.equal(init.json.provisioned, false)
     assert.equal(init.json.size, 64 << 20)
     assert.equal(init.json.fileSystem, 'tmpfs')
@@ -122,7 +123,12 @@ describe('pool commands: --json results and error envelopes', () => {
       expectError(refused, 'POOL_NO_SPACE', 7)
       assert.match(refused.json.error.hint, /smaller --size|without --provision/)
       assert.deepEqual(fs.readdirSync(dir), [], 'neither the pool nor its temporary file is left')
-      const sparse = runCli(['pool', 'init', '--size', '64M', '--pool', path, '--json'])
+      // Larger than the file system: refused without --force (no file left), made sparse with it.
+      const oversize = runCli(['pool', 'init', '--size', '64M', '--pool', path, '--json'])
+      expectError(oversize, 'POOL_NO_SPACE', 7)
+      assert.match(oversize.json.error.message, /64\.0 MiB .*24\.0 MiB in all/)
+      assert.deepEqual(fs.readdirSync(dir), [])
+      const sparse = runCli(['pool', 'init', '--size', '64M', '--force', '--pool', path, '--json'])
       assert.equal(sparse.status, 0, sparse.stderr)
       assert.equal(sparse.json.provisioned, false)
     } finally {

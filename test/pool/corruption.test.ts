@@ -118,11 +118,11 @@ describe('pool: integrity checks', () => {
     const header = Buffer.alloc(4096)
     const read = openSync(path, 'r+')
     readSync(read, header, 0, 4096, 0)
-    header.writeUInt32LE(2, 160)
+    header.writeUInt32LE(4, 160)
     header.writeUInt32LE(crc32(header.subarray(0, 4092)), 4092)
     writeSync(read, header, 0, 4096, 0)
     closeSync(read)
-    assert.throws(() => Pool.open(path), (error: unknown) => isCorrupt('POOL_HEADER_CORRUPT')(error) && /unknown flags 0x2/.test((error as Error).message))
+    assert.throws(() => Pool.open(path), (error: unknown) => isCorrupt('POOL_HEADER_CORRUPT')(error) && /unknown flags 0x4/.test((error as Error).message))
     header.writeUInt32LE(1, 160) // POOL_FLAG_PROVISIONED: valid, and read back
     header.writeUInt32LE(crc32(header.subarray(0, 4092)), 4092)
     const write = openSync(path, 'r+')
