@@ -31,6 +31,8 @@ export interface TreeMember {
   sid: number
   /** A zombie's raw wait status; absent for a live member. */
   zombieStatus?: number
+  /** A zombie's name (a live member's is in its image). */
+  comm?: string
 }
 
 /** The tree section of a checkpoint: members in creation order, the root first. Live members' images follow in the same order. */
@@ -69,7 +71,10 @@ export function treeMembers(root: number): TreeMember[] {
       continue // exited and was reaped meanwhile
     }
     const member: TreeMember = {pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session}
-    if (stat.state === 'Z' && stat.numThreads <= 1) member.zombieStatus = stat.exitCode
+    if (stat.state === 'Z' && stat.numThreads <= 1) {
+      member.zombieStatus = stat.exitCode
+      member.comm = stat.comm
+    }
     out.push(member)
     if (member.zombieStatus === undefined) queue.push(...childrenOf(pid).sort((a, b) => a - b))
   }

@@ -10,16 +10,16 @@
  */
 import {statSync} from 'node:fs'
 
-import {CxlforkError, NotFoundError, SyscallError, UnsupportedError} from '../errors.js'
+import {CorruptError, CxlforkError, NotFoundError, SyscallError, UnsupportedError} from '../errors.js'
 import {type FileIdentity, type ProcessImage, type VmaImage} from '../image/process-image.js'
 import {type Stub, type StubOptions, spawnStub} from '../inject/stub.js'
 import {Tracee} from '../inject/tracee.js'
-import {type VdsoLayout, deviceName, kernelRelease, vdsoLayout} from '../sys/proc.js'
-import {MAP, MREMAP, O, PR, SYS, type VmSegment, close, decodeWaitStatus, fcntl, pipe2, prlimit, read, vmWrite, vmWritev, wait4} from '../sys/libc.js'
+import {type VdsoLayout, deviceName, kernelRelease, readMaps, vdsoLayout} from '../sys/proc.js'
+import {MAP, MREMAP, O, PR, SIG, SYS, type VmSegment, close, decodeWaitStatus, fcntl, pipe2, prlimit, read, vmWrite, vmWritev, wait4} from '../sys/libc.js'
 import {CpuPlacement, currentCpu} from '../sys/affinity.js'
 import {Injector} from './injector.js'
 import {type RestorePlan, needsProtectFixup} from './plan.js'
-import {releaseInit, spawnNamespacedStubs} from './pid-namespace.js'
+import {createWithId, releaseInit, spawnNamespacedStubs} from './pid-namespace.js'
 import {createThreads, requeueThreadSignals, restoreThreadKernelState, setThreadCpuState} from './threads.js'
 
 /** Where stored pages come from during a build. */
@@ -111,6 +111,8 @@ export interface BuiltProcess {
   /** With its own PID namespace: the clone's pid there (its original pid) and its init's pid here. */
   namespace?: {pid: number; initPid: number}
   threads: number
+  /** Processes of the tree built (1 for a single process). */
+  members: number
   timings: BuildTimings
   /** Wait for the clone to end (only when built with `wait`). */
   wait(): CloneExit
@@ -352,8 +354,8 @@ function restoreTaskState(inject: Injector, image: ProcessImage, pid: number, ns
 }
 
 /** Pick a stub load address clear of every VMA of the image. */
-function stubBase(image: ProcessImage): bigint {
-  const taken = image.vmas.filter((v) => v.kind !== 'vsyscall').map((v): [bigint, bigint] => [v.start, v.end])
+function stubBase(images: readonly ProcessImage[]): bigint {
+  const taken = images.flatMap((image) => image.vmas.filter((v) => v.kind !== 'vsyscall').map((v): [bigint, bigint] => [v.start, v.end]))
   for (const base of [0x2000000000n, 0x3000000000n, 0x0a00000000n, 0x5000000000n]) {
     if (!taken.some(([s, e]) => base < e && s < base + 0x200000n)) return base
   }
@@ -361,13 +363,31 @@ function stubBase(image: ProcessImage): bigint {
 }
 
 /** The pid-namespace mode a build of `image` uses, refusing what cannot work. */
-export function pidNamespaceFor(image: ProcessImage, requested?: PidNamespaceMode): PidNamespaceMode {
-  const mode = requested ?? (image.threads.length > 1 ? 'new' : 'host')
+export function pidNamespaceFor(image: ProcessImage, requested?: PidNamespaceMode, members = 1): PidNamespaceMode {
+  const mode = requested ?? (image.threads.length > 1 || members > 1 ? 'new' : 'host')
   if (mode === 'host' && image.threads.length > 1) {
     throw new UnsupportedError('THREADS_NEED_PIDNS', `the checkpoint holds ${image.threads.length} threads, whose ids its memory keeps; they can only be restored with their own ids, in a new PID namespace`,
       'Restore with --pidns new (the default for a multi-threaded checkpoint).')
   }
+  if (mode === 'host' && members > 1) {
+    throw new UnsupportedError('THREADS_NEED_PIDNS', `the checkpoint holds a tree of ${members} processes, whose parents know them by their pids; it can only be restored with its own pids, in a new PID namespace`,
+      'Restore with --pidns new (the default for a process tree).')
+  }
   return mode
+}
+
+/** One process of the tree to build; `image` and `plan` are absent for a zombie. */
+export interface MemberPlan {
+  pid: number
+  ppid: number
+  pgid: number
+  sid: number
+  image?: ProcessImage
+  plan?: RestorePlan
+  /** A zombie's raw wait status. */
+  zombieStatus?: number
+  /** A zombie's name. */
+  comm?: string
 }
 
 /**
@@ -376,92 +396,98 @@ export function pidNamespaceFor(image: ProcessImage, requested?: PidNamespaceMod
  * namespace, its init) is our child.
  */
 export function buildProcess(image: ProcessImage, plan: RestorePlan, store: PageStore, options: BuildOptions): BuiltProcess {
-  const pidns = pidNamespaceFor(image, options.pidns)
+  return buildTree([{pid: image.task.pid, ppid: image.task.ppid, pgid: image.task.pgid, sid: image.task.sid, image, plan}], store, options)
+}
+
+/** A member's stub with its threads once built. */
+interface Built {
+  member: MemberPlan
+  stub: Stub
+  threads: Tracee[]
+}
+
+/**
+ * Build a process tree (members parents first, the root first; one member:
+ * a single process). Every member's stub is created first, each by its
+ * parent with its original pid, sessions and groups set while they are bare
+ * stubs, zombies made to exit; then each live member is built, and all are
+ * released together, the root last.
+ */
+export function buildTree(members: readonly MemberPlan[], store: PageStore, options: BuildOptions): BuiltProcess {
+  const root = members[0]!
+  if (!root.image || !root.plan) throw new CorruptError('IMAGE_INCONSISTENT', 'the root of the checkpointed tree has no process image', 'Take a new checkpoint.')
+  const images = members.flatMap((member) => (member.image ? [member.image] : []))
+  const pidns = pidNamespaceFor(root.image, options.pidns, members.length)
   const local = vdsoLayout('self')
-  checkKernel(image, local)
-  checkFiles(image)
+  for (const image of images) {
+    checkKernel(image, local)
+    checkFiles(image)
+  }
   const t0 = performance.now()
   // The stub is spawned on our CPU and stays there while we drive it (src/sys/affinity.ts).
   const placement = CpuPlacement.pin(currentCpu())
   let init: Stub | undefined
-  let stub: Stub | undefined
-  let threads: Tracee[] = []
+  const stubs = new Map<number, Stub>()
+  const built: Built[] = []
   let statusPipe: [number, number] | undefined
   try {
     const inherit = options.stdio === 'inherit'
     const stubOptions: StubOptions = {
-      stdin: inherit ? 0 : null, stdout: inherit ? 1 : null, stderr: inherit ? 2 : null, setsid: options.setsid, base: stubBase(image),
+      stdin: inherit ? 0 : null, stdout: inherit ? 1 : null, stderr: inherit ? 2 : null, setsid: options.setsid, base: stubBase(images),
     }
+    let rootStub: Stub
     let nsPid: number
     if (pidns === 'new') {
       if (options.wait) {
         statusPipe = pipe2()
         stubOptions.fds = [stubOptions.stdin ?? null, stubOptions.stdout ?? null, stubOptions.stderr ?? null, statusPipe[1]]
       }
-      const stubs = spawnNamespacedStubs(image.task.pid, stubOptions)
-      init = stubs.init
-      stub = stubs.root
-      nsPid = stubs.nsPid
+      const spawned = spawnNamespacedStubs(root.pid, stubOptions)
+      init = spawned.init
+      rootStub = spawned.root
+      nsPid = spawned.nsPid
       if (statusPipe) {
         close(statusPipe[1])
         statusPipe = [statusPipe[0], -1]
         fcntl(statusPipe[0], 4 /* F_SETFL */, O.NONBLOCK)
       }
     } else {
-      stub = spawnStub(stubOptions)
-      nsPid = stub.pid
+      rootStub = spawnStub(stubOptions)
+      nsPid = rootStub.pid
     }
-    options.onSpawn?.(stub.pid)
+    stubs.set(root.pid, rootStub)
+    options.onSpawn?.(rootStub.pid)
+    if (members.length > 1) shapeTree(members, stubs)
     const tSpawned = performance.now()
-    const tracee = stub.tracee
-    const taken: [bigint, bigint][] = [
-      ...image.vmas.map((v): [bigint, bigint] => [v.start, v.end]),
-      ...stub.maps.filter((v) => v.kind !== 'vsyscall').map((v): [bigint, bigint] => [v.start, v.end]),
-    ]
-    const scratchSize = 0x100000n
-    const scratchAt = findFreeRange(scratchSize, taken)
-    taken.push([scratchAt, scratchAt + scratchSize])
-    tracee.placeBatchArea(findFreeRange(BigInt(Tracee.batchAreaSize), taken))
-    const scratch = tracee.syscallChecked('mmap(scratch)', SYS.mmap, scratchAt, scratchSize, 3, MAP.PRIVATE | MAP.ANONYMOUS | MAP.FIXED_NOREPLACE, -1, 0)
-    const inject = new Injector(tracee, scratch, scratchSize)
-    // Clear everything of the stub but its vDSO block and our scratch.
-    for (const vma of stub.maps) {
-      if (vma.kind === 'vdso' || vma.kind === 'vvar' || vma.kind === 'vvar_vclock' || vma.kind === 'vsyscall') continue
-      inject.call(`munmap(stub ${hex(vma.start)})`, SYS.munmap, vma.start, vma.end - vma.start)
+    let tMapped = tSpawned
+    for (const member of members) {
+      if (!member.image || !member.plan) continue
+      const stub = stubs.get(member.pid)!
+      const id = member === root ? nsPid : member.pid
+      const threads = buildMember(stub, member.image, member.plan, store, id, pidns === 'host', () => {
+        if (member === root) tMapped = performance.now()
+      })
+      built.push({member, stub, threads})
     }
-    moveVdso(inject, stub.vdso, image, [scratch, scratch + scratchSize])
-    mapMemory(inject, image, plan, store)
-    inject.reset()
-    const tMapped = performance.now()
-    restoreFds(inject, image)
-    inject.reset()
-    restoreMm(inject, image)
-    restoreSignals(inject, image)
-    inject.reset()
-    restoreTaskState(inject, image, stub.pid, nsPid, pidns === 'host')
-    inject.reset()
-    threads = createThreads(inject, image.threads)
-    threads.forEach((thread, i) => {
-      const state = image.threads[i + 1]!
-      restoreThreadKernelState(inject, thread, state, state.comm ?? image.task.comm)
-      requeueThreadSignals(inject, nsPid, state.tid, state.pendingSignals)
-      inject.reset()
-    })
-    inject.call('munmap(scratch)', SYS.munmap, scratch, scratchSize)
-    tracee.freeBatch()
-    setThreadCpuState(tracee, image.threads[0]!)
-    threads.forEach((thread, i) => setThreadCpuState(thread, image.threads[i + 1]!))
-    const injectedSyscalls = tracee.injectedCount + threads.reduce((sum, t) => sum + t.injectedCount, 0)
-    placement?.releaseSpawned(stub.pid)
-    for (const thread of threads) thread.detach()
-    tracee.detach()
+    for (const {member, stub, threads} of built) {
+      setThreadCpuState(stub.tracee, member.image!.threads[0]!)
+      threads.forEach((thread, i) => setThreadCpuState(thread, member.image!.threads[i + 1]!))
+    }
+    let injectedSyscalls = 0
+    for (const {stub, threads} of built) injectedSyscalls += stub.tracee.injectedCount + threads.reduce((sum, t) => sum + t.injectedCount, 0)
+    // Descendants first, the root last: a parent runs on only once its children are whole.
+    for (const {stub, threads} of [...built].reverse()) {
+      placement?.releaseSpawned(stub.pid)
+      for (const thread of threads) thread.detach()
+      stub.tracee.detach()
+    }
     if (init) releaseInit(init, nsPid)
     const tDone = performance.now()
     const readEnd = statusPipe?.[0]
     const initPid = init?.pid
-    const pid = stub.pid
+    const pid = rootStub.pid
     return {
-      pid, threads: image.threads.length,
+      pid, threads: root.image.threads.length, members: members.length,
       ...(initPid === undefined ? {} : {namespace: {pid: nsPid, initPid}}),
       timings: {
         spawnUs: Math.round((tSpawned - t0) * 1000), memoryUs: Math.round((tMapped - tSpawned) * 1000),
@@ -470,12 +496,113 @@ export function buildProcess(image: ProcessImage, plan: RestorePlan, store: Page
       wait: () => (initPid !== undefined && readEnd !== undefined ? waitForNamespacedClone(initPid, readEnd) : waitForClone(initPid ?? pid)),
     }
   } catch (error) {
-    for (const thread of threads) thread.kill()
-    stub?.kill()
+    for (const {threads} of built) for (const thread of threads) thread.kill()
+    for (const stub of [...stubs.values()].reverse()) stub.kill()
     init?.kill()
     if (statusPipe) for (const fd of statusPipe) if (fd >= 0) close(fd)
     throw error
   } finally {
     placement?.release()
+  }
+}
+
+/**
+ * Give the tree its shape while every member is a bare stub: each member's
+ * children are created by it with their original pids (session leaders call
+ * setsid first, so their children are born in their session), groups are
+ * formed, and zombies exit with their recorded status; the SIGCHLD each
+ * zombie's parent gets is taken back (the original parent had it long ago).
+ */
+function shapeTree(members: readonly MemberPlan[], stubs: Map<number, Stub>): void {
+  for (const member of members) {
+    const stub = stubs.get(member.pid)!
+    if (member.zombieStatus === undefined && member.sid === member.pid) stub.tracee.syscallChecked('setsid', SYS.setsid)
+    for (const child of members.filter((m) => m.ppid === member.pid && m !== member)) {
+      const tracee = createWithId(stub.tracee, 0, SIG.CHLD, child.pid)
+      tracee.knowTrapIgnored(false)
+      const maps = readMaps(tracee.pid)
+      stubs.set(child.pid, {pid: tracee.pid, tracee, maps, image: stub.image, vdso: vdsoLayout(maps), initEntry: stub.initEntry, kill: () => tracee.kill()})
+    }
+  }
+  // Groups: leaders first, then members join a group led by a member of the tree (others stay in their parent's).
+  for (const member of members) {
+    if (member.zombieStatus === undefined && member.pgid === member.pid && member.sid !== member.pid) stubs.get(member.pid)!.tracee.syscallChecked('setpgid', SYS.setpgid, 0, 0)
+  }
+  for (const member of members) {
+    if (member.zombieStatus === undefined && member.pgid !== member.pid && stubs.has(member.pgid)) stubs.get(member.pid)!.tracee.syscallChecked(`setpgid(${member.pgid})`, SYS.setpgid, 0, member.pgid)
+  }
+  for (const member of members) {
+    if (member.zombieStatus === undefined) continue
+    const zombie = stubs.get(member.pid)!
+    const signal = member.zombieStatus & 0x7f
+    if (member.comm) {
+      // Named as the original zombie, not as a stub (ps shows it).
+      const slot = zombie.tracee.stackSlot(16)
+      zombie.tracee.writeMemory(slot, Buffer.from(member.comm.slice(0, 15).padEnd(16, '\0'), 'latin1'))
+      zombie.tracee.syscall(SYS.prctl, PR.SET_NAME, slot)
+    }
+    if (signal === SIG.KILL) zombie.tracee.kill()
+    else zombie.tracee.syscall(SYS.exit_group, (member.zombieStatus >> 8) & 0xff)
+    stubs.delete(member.pid)
+    takeBackSigchld(stubs.get(member.ppid)!.tracee)
+  }
+}
+
+/** Dequeue a pending SIGCHLD of a stopped stub (rt_sigtimedwait with a zero timeout, on its own stack). */
+function takeBackSigchld(parent: Tracee): void {
+  const slot = parent.stackSlot(32)
+  const args = new DataView(new ArrayBuffer(32))
+  args.setBigUint64(0, 1n << BigInt(SIG.CHLD - 1), true) // the set; then a zero timespec at 16
+  parent.writeMemory(slot, new Uint8Array(args.buffer))
+  parent.syscall(SYS.rt_sigtimedwait, slot, 0, slot + 16n, 8)
+}
+
+/**
+ * Everything of one member but its final CPU state: memory, fds, mm,
+ * signals, task state, threads. `nsPid` is its pid as it will see it.
+ * Returns its threads beyond the first, created and stopped.
+ */
+function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: PageStore, nsPid: number, rewriteTid: boolean, mapped: () => void): Tracee[] {
+  const tracee = stub.tracee
+  const taken: [bigint, bigint][] = [
+    ...image.vmas.map((v): [bigint, bigint] => [v.start, v.end]),
+    ...stub.maps.filter((v) => v.kind !== 'vsyscall').map((v): [bigint, bigint] => [v.start, v.end]),
+  ]
+  const scratchSize = 0x100000n
+  const scratchAt = findFreeRange(scratchSize, taken)
+  taken.push([scratchAt, scratchAt + scratchSize])
+  tracee.placeBatchArea(findFreeRange(BigInt(Tracee.batchAreaSize), taken))
+  const scratch = tracee.syscallChecked('mmap(scratch)', SYS.mmap, scratchAt, scratchSize, 3, MAP.PRIVATE | MAP.ANONYMOUS | MAP.FIXED_NOREPLACE, -1, 0)
+  const inject = new Injector(tracee, scratch, scratchSize)
+  // Clear everything of the stub but its vDSO block and our scratch.
+  for (const vma of stub.maps) {
+    if (vma.kind === 'vdso' || vma.kind === 'vvar' || vma.kind === 'vvar_vclock' || vma.kind === 'vsyscall') continue
+    inject.call(`munmap(stub ${hex(vma.start)})`, SYS.munmap, vma.start, vma.end - vma.start)
+  }
+  moveVdso(inject, stub.vdso, image, [scratch, scratch + scratchSize])
+  mapMemory(inject, image, plan, store)
+  inject.reset()
+  mapped()
+  restoreFds(inject, image)
+  inject.reset()
+  restoreMm(inject, image)
+  restoreSignals(inject, image)
+  inject.reset()
+  restoreTaskState(inject, image, stub.pid, nsPid, rewriteTid)
+  inject.reset()
+  const threads = createThreads(inject, image.threads)
+  try {
+    threads.forEach((thread, i) => {
+      const state = image.threads[i + 1]!
+      restoreThreadKernelState(inject, thread, state, state.comm ?? image.task.comm)
+      requeueThreadSignals(inject, nsPid, state.tid, state.pendingSignals)
+      inject.reset()
+    })
+    inject.call('munmap(scratch)', SYS.munmap, scratch, scratchSize)
+    tracee.freeBatch()
+    return threads
+  } catch (error) {
+    for (const thread of threads) thread.kill()
+    throw error
   }
 }

@@ -9,7 +9,9 @@ import {type ProcessImage} from '../image/process-image.js'
 import {Section} from '../image/sections.js'
 import {type Pool, type ReferenceHandle} from '../pool/index.js'
 import {getuid} from '../sys/libc.js'
-import {type CloneExit, type PidNamespaceMode, buildProcess} from './build-process.js'
+import {type CloneExit, type MemberPlan, type PidNamespaceMode, buildTree} from './build-process.js'
+import {type TreeRecord} from '../checkpoint/tree.js'
+import {CorruptError} from '../errors.js'
 import {type Policy, type StoredRun, planRestore} from './plan.js'
 
 /** Restore statistics; names follow CRIU's where they mean the same (µs). */
@@ -36,8 +38,10 @@ export interface RestoreResult {
   /** The clone's pid on this host. */
   pid: number
   policy: Policy
-  /** Threads the clone was built with. */
+  /** Threads the clone (its root process) was built with. */
   threads: number
+  /** Processes built: the tree's members, 1 for a single process. */
+  processes: number
   /** The clone's own PID namespace, when it has one: its pid there (the original's) and its init's pid here. */
   pidNamespace: {pid: number; initPid: number} | null
   /** Present with --wait: how the clone ended. */
@@ -64,23 +68,71 @@ function storedRuns(pageMap: PageMapView, addressOf: (offset: bigint) => bigint)
   return runs
 }
 
-export function loadCheckpoint(pool: Pool, name: string): {image: ProcessImage; runs: StoredRun[]; address: (offset: bigint) => bigint} {
+/** One process of a checkpoint: its image and stored page runs. */
+export interface LoadedProcess {
+  image: ProcessImage
+  runs: StoredRun[]
+}
+
+export interface LoadedCheckpoint {
+  /** The root process (the only one without --tree). */
+  image: ProcessImage
+  runs: StoredRun[]
+  /** Every member with its image (none for a zombie), the root first; one entry for a single process. */
+  members: (TreeRecord['members'][number] & {loaded?: LoadedProcess})[]
+  address: (offset: bigint) => bigint
+}
+
+export function loadCheckpoint(pool: Pool, name: string): LoadedCheckpoint {
   const reader = pool.openCheckpoint(name, {uid: getuid()})
-  const image = decodeImage(reader.section(Section.processState))
-  const pageMap = new PageMapView(reader.section(Section.pageMap))
   const address = (offset: bigint): bigint => reader.address(offset)
-  return {image, runs: storedRuns(pageMap, address), address}
+  const states = reader.sectionsOfType(Section.processState)
+  const maps = reader.sectionsOfType(Section.pageMap)
+  if (states.length === 0 || states.length !== maps.length) {
+    throw new CorruptError('CHECKPOINT_CORRUPT', `checkpoint ${name} has ${states.length} process records and ${maps.length} page maps`, 'Take a new checkpoint.')
+  }
+  const processes = states.map((state, i): LoadedProcess => ({image: decodeImage(state), runs: storedRuns(new PageMapView(maps[i]!), address)}))
+  const root = processes[0]!
+  let members: LoadedCheckpoint['members']
+  if (reader.hasSection(Section.tree)) {
+    let record: TreeRecord
+    try {
+      record = JSON.parse(new TextDecoder('utf-8', {fatal: true}).decode(reader.section(Section.tree))) as TreeRecord
+    } catch {
+      throw new CorruptError('CHECKPOINT_CORRUPT', `the process tree of checkpoint ${name} is unreadable`, 'Take a new checkpoint.')
+    }
+    let next = 0
+    members = record.members.map((member) => (member.zombieStatus === undefined ? {...member, loaded: processes[next++]} : {...member}))
+    if (next !== processes.length || members[0]?.loaded !== root || members.some((m) => m.zombieStatus === undefined && m.loaded?.image.task.pid !== m.pid)) {
+      throw new CorruptError('CHECKPOINT_CORRUPT', `the process tree of checkpoint ${name} does not match its ${processes.length} process records`, 'Take a new checkpoint.')
+    }
+  } else {
+    const task = root.image.task
+    members = [{pid: task.pid, ppid: task.ppid, pgid: task.pgid, sid: task.sid, loaded: root}]
+  }
+  return {image: root.image, runs: root.runs, members, address}
 }
 
 export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreResult {
   const t0 = performance.now()
-  const {image, runs, address} = loadCheckpoint(pool, request.name)
-  const plan = planRestore(image, runs, request.policy)
+  const loaded = loadCheckpoint(pool, request.name)
+  const {address} = loaded
+  const plans: MemberPlan[] = loaded.members.map((member) => ({
+    pid: member.pid, ppid: member.ppid, pgid: member.pgid, sid: member.sid,
+    ...(member.zombieStatus === undefined ? {} : {zombieStatus: member.zombieStatus, ...(member.comm === undefined ? {} : {comm: member.comm})}),
+    ...(member.loaded ? {image: member.loaded.image, plan: planRestore(member.loaded.image, member.loaded.runs, request.policy)} : {}),
+  }))
+  let pagesMapped = 0
+  let pagesCopied = 0
+  for (const plan of plans) {
+    pagesMapped += plan.plan?.pagesMapped ?? 0
+    pagesCopied += plan.plan?.pagesCopied ?? 0
+  }
   const tOpened = performance.now()
   let reference: ReferenceHandle | undefined
   let built
   try {
-    built = buildProcess(image, plan, {mapPath: pool.path, localAddress: address}, {
+    built = buildTree(plans, {mapPath: pool.path, localAddress: address}, {
       stdio: request.wait ? 'inherit' : 'null',
       setsid: !request.wait,
       wait: request.wait,
@@ -95,10 +147,10 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
   }
   const tDone = performance.now()
   const result: RestoreResult = {
-    name: request.name, pid: built.pid, policy: request.policy, threads: built.threads, pidNamespace: built.namespace ?? null,
+    name: request.name, pid: built.pid, policy: request.policy, threads: built.threads, processes: built.members, pidNamespace: built.namespace ?? null,
     stats: {
       restore_time: Math.round((tDone - t0) * 1000), forking_time: built.timings.spawnUs, open_time: Math.round((tOpened - t0) * 1000),
-      memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: plan.pagesCopied, pages_mapped: plan.pagesMapped,
+      memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: pagesCopied, pages_mapped: pagesMapped,
       injected_syscalls: built.timings.injectedSyscalls,
     },
   }
