@@ -10,6 +10,7 @@
  */
 import {statSync} from 'node:fs'
 
+import {xstateForHost} from '../cpu/checkpoint-cpu.js'
 import {CxlforkError, NotFoundError, SyscallError, UnsupportedError} from '../errors.js'
 import {type FileIdentity, type ProcessImage, USER_REGS_NAMES, type VmaImage} from '../image/process-image.js'
 import {type Stub, spawnStub} from '../inject/stub.js'
@@ -374,6 +375,8 @@ export function buildProcess(image: ProcessImage, plan: RestorePlan, store: Page
   const local = vdsoLayout('self')
   checkKernel(image, local)
   checkFiles(image)
+  // Before anything is spawned: refuses (CPU_MISMATCH) a state this CPU cannot hold, else lays it out for this CPU.
+  const xstate = xstateForHost(image.threads[0]!, 'the checkpoint')
   const t0 = performance.now()
   const std = options.stdio === 'inherit' ? 0 : null
   // The stub is spawned on our CPU and stays there while we drive it (src/sys/affinity.ts).
@@ -412,7 +415,7 @@ export function buildProcess(image: ProcessImage, plan: RestorePlan, store: Page
     inject.call('munmap(scratch)', SYS.munmap, scratch, scratchSize)
     tracee.freeBatch()
     const thread = image.threads[0]!
-    tracee.setXState(thread.xstate)
+    tracee.setXState(xstate)
     tracee.setRegs(finalRegisters(image))
     tracee.setSigMask(thread.sigmask)
     const injectedSyscalls = tracee.injectedCount
