@@ -64,6 +64,7 @@ export const ERROR_CODES = {
   SELF_TRACE: ExitCode.unsupported, SHARED_ANON_MEMORY: ExitCode.unsupported, UNSUPPORTED_FD: ExitCode.unsupported,
   UNSUPPORTED_MEMORY: ExitCode.unsupported, THREADS_NEED_PIDNS: ExitCode.unsupported, LEADER_EXITED: ExitCode.unsupported,
   PID_UNSUPPORTED: ExitCode.unsupported, ZOMBIE_SIGNALED: ExitCode.unsupported, NAMESPACE_DIFFERS: ExitCode.unsupported,
+  CPU_MISMATCH: ExitCode.unsupported, UNSUPPORTED_ARCH: ExitCode.unsupported,
   // exit corrupt
   CHECKPOINT_CORRUPT: ExitCode.corrupt, CRIU_IMAGE_CORRUPT: ExitCode.corrupt, CRIU_IMAGE_ENCODE: ExitCode.corrupt,
   CRIU_IMAGE_MAGIC: ExitCode.corrupt, CRIU_IMAGE_TRUNCATED: ExitCode.corrupt, CRIU_IMAGE_UNREADABLE: ExitCode.corrupt,

@@ -7,6 +7,7 @@
 import {statSync} from 'node:fs'
 import {hostname} from 'node:os'
 
+import {recordLayout} from '../cpu/checkpoint-cpu.js'
 import {UnsupportedError} from '../errors.js'
 import {
   type FdImage, type FdKind, type FileIdentity, IMAGE_VERSION, type MmImage, type PageRun, type ProcessImage, type SigAction,
@@ -153,6 +154,12 @@ export function captureImage(target: number, snapshot: number, memory: SnapshotM
       release: kernelRelease(), hostname: hostname(), bootId: bootId(),
       vdsoLayout: vdso.parts.map((part) => ({name: part.name, offset: BigInt(part.offset), size: BigInt(part.size)})),
     },
-    task, threads: tracer.threads, mm, vmas: memory.vmas, files: files.files, fds: fdImages, pageRuns: memory.pageRuns,
+    task, threads: tracer.threads.map(withXsaveLayout), mm, vmas: memory.vmas, files: files.files, fds: fdImages, pageRuns: memory.pageRuns,
   }
+}
+
+/** The thread with the layout of its XSAVE buffer recorded, so a host with another CPU can restore it. */
+function withXsaveLayout(thread: ThreadImage): ThreadImage {
+  const layout = recordLayout(thread.xstate)
+  return layout ? {...thread, xsaveLayout: layout} : thread
 }

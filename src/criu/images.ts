@@ -206,7 +206,7 @@ function coreFor(image: ProcessImage, thread: ThreadImage, leader: boolean): Obj
   }
   const core: Obj = {
     mtype: MARCH_X86_64,
-    thread_info: {clear_tid_addr: str64(u64(thread.clearTidAddress)), gpregs, fpregs: xstateToFpregs(thread.xstate), tls: []},
+    thread_info: {clear_tid_addr: str64(u64(thread.clearTidAddress)), gpregs, fpregs: xstateToFpregs(thread.xstate, thread.xsaveLayout), tls: []},
     thread_core: threadCore,
   }
   if (leader) core['tc'] = taskCore(image, thread)
@@ -866,10 +866,12 @@ function readSet(dir: string): CriuImageSet {
     const regs = Object.fromEntries(USER_REGS_NAMES.map((name) => [name, u64(big(gp[CRIU_REG_NAMES[name]]))])) as UserRegs
     const threadCore = has(core, 'thread_core') ? core['thread_core'] as Msg : undefined
     const sigmask = threadCore && has(threadCore, 'blk_sigset') ? u64(big(threadCore['blk_sigset'])) : u64(big(tc['blk_sigset']))
+    const fp = fpregsToXstate(info['fpregs'] as Msg, `core-${tid}.img`)
     const thread: ThreadImage = {
       tid,
       regs,
-      xstate: fpregsToXstate(info['fpregs'] as Msg, `core-${tid}.img`),
+      xstate: fp.xstate,
+      ...(fp.layout ? {xsaveLayout: fp.layout} : {}),
       sigmask,
       pendingSignals: threadCore && has(threadCore, 'signals_p') ? (threadCore['signals_p']['signals'] as Msg[]).map((s) => new Uint8Array(s['siginfo'])) : [],
       robustList: {head: threadCore ? u64(big(threadCore['futex_rla'])) : 0n, length: threadCore ? BigInt(threadCore['futex_rla_len']) : 0n},

@@ -9,19 +9,23 @@
  * is the kernel's XCR0), xcomp_bv and the reserved header words, the bytes of MPX
  * BNDCSR beyond its 16-byte struct, or components such as AMX tiles. cxlfork writes
  * what CRIU names into CRIU's fields, bytes 416..511 into the legacy `padding` field,
- * and the rest into a cxlfork_xstate_ext (size, offsets, byte patches) so the raw
- * buffer comes back byte for byte. Images from CRIU itself lack the extension: the
- * buffer is then rebuilt from the named fields at the standard offsets of the
- * host's CPU vendor (Intel table unless /proc/cpuinfo says AMD).
+ * and the rest into a cxlfork_xstate_ext (size, offset and size of every component,
+ * byte patches) so the raw buffer comes back byte for byte, along with the layout of
+ * the CPU that saved it (restore translates it for its own CPU: src/cpu). Images from
+ * CRIU itself lack the extension: the buffer is then rebuilt from the named fields in
+ * Intel's standard layout, which is returned with it.
  */
-import {readFileSync} from 'node:fs'
-
+import {hostXsaveLayout} from '../cpu/host-xsave.js'
+import {
+  AMD_LAYOUT, bufferXcr0, FXSAVE_SIZE, inferLayout, INTEL_LAYOUT, LEGACY_FEATURES, layoutFromTable, referenceLayouts, XCR0_WORD_OFFSET,
+  XSAVE_HEADER_SIZE, XSTATE_BV_OFFSET, type XsaveComponent, type XsaveLayout,
+} from '../cpu/xsave-layout.js'
 import {CorruptError} from '../errors.js'
 import {big, str64, u64} from './values.js'
 
-export const FXSAVE_SIZE = 512
-export const XSAVE_HEADER_SIZE = 64
-const XCR0_OFFSET = 464
+// The reference layouts moved to src/cpu; kept importable from here for the CRIU path's readers and tests.
+export {AMD_LAYOUT, FXSAVE_SIZE, INTEL_LAYOUT, XSAVE_HEADER_SIZE}
+const XCR0_OFFSET = XCR0_WORD_OFFSET
 const PADDING_OFFSET = 416
 
 /** CRIU's named components: XSAVE feature number, field name, element size, element count. */
@@ -34,47 +38,6 @@ const NAMED = [
   {feature: 7, field: 'hi16_zmm', elem: 8, count: 128},
   {feature: 9, field: 'pkru', elem: 4, count: 2},
 ] as const
-
-/** Standard-format offset and size of each user XSAVE feature, per vendor (CPUID leaf 0xD). */
-type Layout = Record<number, {offset: number; size: number}>
-export const INTEL_LAYOUT: Layout = {
-  2: {offset: 576, size: 256}, 3: {offset: 960, size: 64}, 4: {offset: 1024, size: 64}, 5: {offset: 1088, size: 64},
-  6: {offset: 1152, size: 512}, 7: {offset: 1664, size: 1024}, 9: {offset: 2688, size: 8},
-  17: {offset: 2752, size: 64}, 18: {offset: 2816, size: 8192},
-}
-/** AMD leaves out the MPX area, so the AVX-512 and PKRU components sit lower. */
-export const AMD_LAYOUT: Layout = {
-  2: {offset: 576, size: 256}, 5: {offset: 832, size: 64}, 6: {offset: 896, size: 512}, 7: {offset: 1408, size: 1024},
-  9: {offset: 2432, size: 8},
-}
-
-function layoutEnd(layout: Layout, xcr0: bigint): number {
-  let end = FXSAVE_SIZE + XSAVE_HEADER_SIZE
-  for (const [feature, spec] of Object.entries(layout)) {
-    if ((xcr0 >> BigInt(feature)) & 1n) end = Math.max(end, spec.offset + spec.size)
-  }
-  return end
-}
-
-let hostVendorLayout: Layout | undefined
-function hostLayout(): Layout {
-  if (!hostVendorLayout) {
-    let amd = false
-    try {
-      amd = /^vendor_id\s*:\s*AuthenticAMD/m.test(readFileSync('/proc/cpuinfo', 'utf8'))
-    } catch {
-      // not Linux or no /proc: assume Intel's layout
-    }
-    hostVendorLayout = amd ? AMD_LAYOUT : INTEL_LAYOUT
-  }
-  return hostVendorLayout
-}
-
-/** Pick the layout whose extent for the enabled features matches the buffer size. */
-function chooseLayout(xcr0: bigint, size: number): Layout {
-  for (const layout of [hostLayout(), INTEL_LAYOUT, AMD_LAYOUT]) if (layoutEnd(layout, xcr0) === size) return layout
-  return hostLayout()
-}
 
 const view = (bytes: Uint8Array) => new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
 
@@ -92,8 +55,13 @@ function words64(bytes: Uint8Array, at: number, count: number): unknown[] {
   return out
 }
 
-/** A plain object for protobufjs `fromObject` of user_x86_fpregs_entry (u64 as decimal strings). */
-export function xstateToFpregs(raw: Uint8Array): Record<string, unknown> {
+/**
+ * A plain object for protobufjs `fromObject` of user_x86_fpregs_entry (u64 as
+ * decimal strings). `layout` is the buffer's recorded layout; without one it
+ * is inferred from the buffer's size (this host's layout first, then the
+ * vendor tables), as for checkpoints that predate recorded layouts.
+ */
+export function xstateToFpregs(raw: Uint8Array, layout?: XsaveLayout, host: () => XsaveLayout = hostXsaveLayout): Record<string, unknown> {
   const legacy = new Uint8Array(FXSAVE_SIZE)
   legacy.set(raw.subarray(0, FXSAVE_SIZE))
   const v = view(legacy)
@@ -104,19 +72,25 @@ export function xstateToFpregs(raw: Uint8Array): Record<string, unknown> {
     st_space: words32(legacy, 32, 32), xmm_space: words32(legacy, 160, 64), padding: words32(legacy, PADDING_OFFSET, 24),
   }
   const offsets: number[] = []
+  const sizes: number[] = []
   if (raw.byteLength >= FXSAVE_SIZE + XSAVE_HEADER_SIZE) {
-    const xcr0 = view(raw).getBigUint64(XCR0_OFFSET, true)
-    const layout = chooseLayout(xcr0, raw.byteLength)
+    const known = layout ?? inferLayout(raw, [host(), ...referenceLayouts()])
+    const components = new Map<number, XsaveComponent>((known?.components ?? []).map((c) => [c.feature, c]))
     const xsave: Record<string, unknown> = {xstate_bv: str64(view(raw).getBigUint64(FXSAVE_SIZE, true))}
     for (const named of NAMED) {
-      const spec = layout[named.feature]
-      if (!spec || !((xcr0 >> BigInt(named.feature)) & 1n) || spec.offset + named.elem * named.count > raw.byteLength) continue
+      const spec = components.get(named.feature)
+      if (!spec || spec.offset + named.elem * named.count > raw.byteLength) continue
       xsave[named.field] = named.elem === 4 ? words32(raw, spec.offset, named.count) : words64(raw, spec.offset, named.count)
-      offsets[named.feature] = spec.offset
     }
+    // Every component's place, named by CRIU or not: a restoring CPU with another layout moves them all.
+    // Sizes (which make the layout a recorded one) only for a layout the model recorded: an inferred one
+    // stays unrecorded, so the reader infers it as the model's reader would.
+    for (const c of known?.components ?? []) offsets[c.feature] = c.offset
+    if (layout) for (const c of layout.components) sizes[c.feature] = c.size
     fpregs['xsave'] = xsave
   }
-  const ext = {size: raw.byteLength, offsets: Array.from({length: offsets.length}, (_, i) => offsets[i] ?? 0), patches: [] as {offset: number; data: Uint8Array}[]}
+  const dense = (list: number[]) => Array.from({length: list.length}, (_, i) => list[i] ?? 0)
+  const ext = {size: raw.byteLength, offsets: dense(offsets), sizes: dense(sizes), patches: [] as {offset: number; data: Uint8Array}[]}
   const rebuilt = rebuild(fpregs, ext.offsets, raw.byteLength)
   ext.patches = diff(rebuilt, raw)
   fpregs['cxlfork'] = ext
@@ -182,12 +156,37 @@ function rebuild(fpregs: Record<string, unknown>, offsets: readonly number[], si
   return out.subarray(0, size)
 }
 
+/** The raw buffer and, when the image records it, the layout of the CPU that saved it. */
+export interface DecodedXstate {
+  xstate: Uint8Array
+  /** Absent for images from cxlfork versions that recorded offsets only: restore infers it from the size. */
+  layout?: XsaveLayout
+}
+
+type XstateExt = {size: number; offsets?: number[]; sizes?: number[]; patches?: {offset: number; data: Uint8Array}[]}
+
+/** The layout an extension records: every feature with both an offset and a size. */
+function extLayout(ext: XstateExt, xstate: Uint8Array): XsaveLayout | undefined {
+  const sizes = ext.sizes ?? []
+  if (sizes.length === 0 || xstate.byteLength < FXSAVE_SIZE + XSAVE_HEADER_SIZE) return undefined
+  const components: XsaveComponent[] = []
+  sizes.forEach((size, feature) => {
+    const offset = ext.offsets?.[feature] ?? 0
+    if (size > 0 && offset > 0) components.push({feature, offset, size})
+  })
+  return {xcr0: bufferXcr0(xstate), size: xstate.byteLength, components}
+}
+
 /**
- * The raw NT_X86_XSTATE buffer from a decoded user_x86_fpregs_entry. With cxlfork's
- * extension it is exact; without it (CRIU's own images) it is rebuilt at standard offsets.
+ * The raw NT_X86_XSTATE buffer from a decoded user_x86_fpregs_entry. With
+ * cxlfork's extension it is exact, in the layout of the CPU that dumped it.
+ * Without it (CRIU's own images, whose fields name components but not their
+ * places) it is built in Intel's standard layout for the components CRIU
+ * named, and that layout is returned: restore moves it to its own CPU's
+ * layout, or refuses if that CPU lacks one of them.
  */
-export function fpregsToXstate(fpregs: Record<string, unknown>, where: string): Uint8Array {
-  const ext = fpregs['cxlfork'] as {size: number; offsets: number[]; patches: {offset: number; data: Uint8Array}[]} | undefined
+export function fpregsToXstate(fpregs: Record<string, unknown>, where: string): DecodedXstate {
+  const ext = fpregs['cxlfork'] as XstateExt | undefined
   if (ext && Object.prototype.hasOwnProperty.call(fpregs, 'cxlfork')) {
     const out = new Uint8Array(rebuild(fpregs, ext.offsets ?? [], ext.size))
     for (const patch of ext.patches ?? []) {
@@ -197,26 +196,21 @@ export function fpregsToXstate(fpregs: Record<string, unknown>, where: string): 
       }
       out.set(patch.data, patch.offset)
     }
-    return out
+    const layout = extLayout(ext, out)
+    return layout ? {xstate: out, layout} : {xstate: out}
   }
-  // A CRIU-written image: place the named components at the host vendor's standard offsets.
-  const layout = hostLayout()
   const xsave = fpregs['xsave'] as Record<string, unknown> | undefined
+  if (!xsave) return {xstate: rebuild(fpregs, [], FXSAVE_SIZE)}
+  let xcr0 = LEGACY_FEATURES
+  for (const named of NAMED) if (fieldArray(xsave, named.field).length > 0) xcr0 |= 1n << BigInt(named.feature)
+  const layout = layoutFromTable(INTEL_LAYOUT, xcr0)!
   const offsets: number[] = []
-  let size = FXSAVE_SIZE
-  let xcr0 = 3n
-  if (xsave) {
-    size = FXSAVE_SIZE + XSAVE_HEADER_SIZE
-    for (const named of NAMED) {
-      const spec = layout[named.feature]
-      if (!spec || fieldArray(xsave, named.field).length === 0) continue
-      offsets[named.feature] = spec.offset
-      size = Math.max(size, spec.offset + spec.size)
-      xcr0 |= 1n << BigInt(named.feature)
-    }
-  }
-  const out = new Uint8Array(rebuild(fpregs, Array.from({length: offsets.length}, (_, i) => offsets[i] ?? 0), size))
-  // CRIU does not keep the software-reserved words; put back the XCR0 word the kernel reports there.
-  if (xsave && fieldArray(fpregs, 'padding').length === 0) view(out).setBigUint64(XCR0_OFFSET, xcr0, true)
-  return out
+  for (const c of layout.components) offsets[c.feature] = c.offset
+  const out = new Uint8Array(rebuild(fpregs, Array.from({length: offsets.length}, (_, i) => offsets[i] ?? 0), layout.size))
+  const v = view(out)
+  // A live bit for a component CRIU kept no bytes of would hand the CPU zeros as state: leave it initial.
+  v.setBigUint64(XSTATE_BV_OFFSET, v.getBigUint64(XSTATE_BV_OFFSET, true) & xcr0, true)
+  // CRIU does not always keep the software-reserved words; put back the XCR0 word the kernel reports there.
+  if (fieldArray(fpregs, 'padding').length === 0) v.setBigUint64(XCR0_OFFSET, xcr0, true)
+  return {xstate: out, layout}
 }

@@ -7,6 +7,8 @@
  * but [vsyscall] and masks do not fit in a double.
  */
 
+import type {XsaveLayout} from '../cpu/xsave-layout.js'
+
 export const IMAGE_VERSION = 1
 
 /** x86_64 `struct user_regs_struct`, in kernel order (27 u64). */
@@ -75,6 +77,13 @@ export interface ThreadImage {
   regs: UserRegs
   /** Raw NT_X86_XSTATE buffer (legacy FXSAVE area, XSAVE header, extended components). */
   xstate: Uint8Array
+  /**
+   * Layout of `xstate` (XCR0, size, offset and size of each component) on the
+   * CPU that saved it, so another CPU can restore it (src/cpu). Optional, so
+   * state records from before it was recorded keep version 1 and stay
+   * readable: restore then infers the layout from the buffer's size.
+   */
+  xsaveLayout?: XsaveLayout
   sigmask: bigint
   /** Raw 128-byte siginfo_t of signals pending for this thread only. */
   pendingSignals: Uint8Array[]

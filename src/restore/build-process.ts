@@ -10,8 +10,9 @@
  */
 import {statSync} from 'node:fs'
 
+import {xstateForHost} from '../cpu/checkpoint-cpu.js'
 import {CorruptError, CxlforkError, NotFoundError, SyscallError, UnsupportedError} from '../errors.js'
-import {type FileIdentity, type ProcessImage, type VmaImage} from '../image/process-image.js'
+import {type FileIdentity, type ProcessImage, type ThreadImage, type VmaImage} from '../image/process-image.js'
 import {type Stub, type StubOptions, spawnStub} from '../inject/stub.js'
 import {Tracee} from '../inject/tracee.js'
 import {type VdsoLayout, deviceName, kernelRelease, readMaps, vdsoLayout} from '../sys/proc.js'
@@ -423,6 +424,11 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
     checkKernel(image, local)
     checkFiles(image)
   }
+  // Before anything is spawned: refuses (CPU_MISMATCH) a state this CPU cannot hold, else lays each thread's out for this CPU.
+  const xstates = new Map<ThreadImage, Uint8Array>()
+  for (const image of images) {
+    for (const thread of image.threads) xstates.set(thread, xstateForHost(thread, `thread ${thread.tid} of the checkpoint's process ${image.task.pid}`))
+  }
   const t0 = performance.now()
   // The stub is spawned on our CPU and stays there while we drive it (src/sys/affinity.ts).
   const placement = CpuPlacement.pin(currentCpu())
@@ -470,8 +476,9 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
       built.push({member, stub, threads})
     }
     for (const {member, stub, threads} of built) {
-      setThreadCpuState(stub.tracee, member.image!.threads[0]!)
-      threads.forEach((thread, i) => setThreadCpuState(thread, member.image!.threads[i + 1]!))
+      const states = member.image!.threads
+      setThreadCpuState(stub.tracee, states[0]!, xstates.get(states[0]!))
+      threads.forEach((thread, i) => setThreadCpuState(thread, states[i + 1]!, xstates.get(states[i + 1]!)))
     }
     let injectedSyscalls = 0
     for (const {stub, threads} of built) injectedSyscalls += stub.tracee.injectedCount + threads.reduce((sum, t) => sum + t.injectedCount, 0)

@@ -11,10 +11,13 @@ import {
 } from '../../src/criu/images.js'
 import {str64} from '../../src/criu/values.js'
 import {fpregsToXstate, xstateToFpregs} from '../../src/criu/xsave.js'
+import {AMD_LAYOUT, INTEL_LAYOUT, layoutFromTable} from '../../src/cpu/xsave-layout.js'
+import {translateXstate} from '../../src/cpu/xsave-translate.js'
 import {expectError} from '../helpers/errors.js'
 import {killChild} from '../helpers/fixtures.js'
 import {captureFromProc, parseMaps, procMemSource, syntheticXstate} from './proc-capture.js'
 import {ScratchDirs} from './scratch.js'
+import {componentOf, xsaveBuffer} from '../cpu/buffers.js'
 
 const hasCrit = spawnSync('crit', ['-h'], {stdio: 'ignore'}).status === 0
 
@@ -374,34 +377,54 @@ function readAddress(record: Uint8Array): bigint {
 }
 
 describe('xstate <-> CRIU fpregs', function () {
+  /** Both vendors' standard layouts for x87, SSE, AVX, AVX-512 and PKRU, whatever CPU runs the test. */
+  const layouts = {intel: layoutFromTable(INTEL_LAYOUT, 0x2e7n)!, amd: layoutFromTable(AMD_LAYOUT, 0x2e7n)!}
+
   it('round-trips a raw buffer byte for byte', function () {
-    for (const raw of [syntheticXstate(1), syntheticXstate(2).subarray(0, 512), new Uint8Array(0), syntheticXstate(3).subarray(0, 2688)]) {
+    for (const raw of [syntheticXstate(1), syntheticXstate(2).subarray(0, 512), new Uint8Array(0), syntheticXstate(3).subarray(0, 2688),
+      xsaveBuffer(layouts.amd, 5), xsaveBuffer(layouts.intel, 6)]) {
       const fpregs = xstateToFpregs(raw)
       const bytes = encodeMessage('user_x86_fpregs_entry', fpregs)
       const decoded = readBack(bytes)
-      assert.ok(Buffer.from(fpregsToXstate(decoded, 'test')).equals(Buffer.from(raw)), `size ${raw.length}`)
+      assert.ok(Buffer.from(fpregsToXstate(decoded, 'test').xstate).equals(Buffer.from(raw)), `size ${raw.length}`)
     }
   })
 
-  it('fills CRIU fields from the standard layout', function () {
-    const raw = syntheticXstate(4)
-    const fpregs = xstateToFpregs(raw) as Record<string, any> // eslint-disable-line @typescript-eslint/no-explicit-any
-    const v = new DataView(raw.buffer)
-    assert.equal(fpregs['cwd'], v.getUint16(0, true))
-    assert.equal(fpregs['mxcsr'], v.getUint32(24, true))
-    assert.equal(fpregs['xmm_space'][0], v.getUint32(160, true))
-    assert.equal(fpregs['xsave']['ymmh_space'][0], v.getUint32(576, true))
-    assert.equal(String(fpregs['xsave']['opmask_reg'][0]), v.getBigUint64(1088, true).toString())
-    assert.equal(String(fpregs['xsave']['zmm_upper'][0]), v.getBigUint64(1152, true).toString())
-    assert.equal(String(fpregs['xsave']['hi16_zmm'][0]), v.getBigUint64(1664, true).toString())
-    assert.equal(fpregs['xsave']['pkru'][0], v.getUint32(2688, true))
-    // Without cxlfork's extension, the named parts come back at the same places.
-    const {cxlfork: _ext, ...plain} = fpregs
-    const rebuilt = fpregsToXstate(readBack(encodeMessage('user_x86_fpregs_entry', plain)), 'test')
-    for (const [at, len] of [[0, 512], [576, 256], [1088, 64], [1152, 512], [1664, 1024], [2688, 4]] as const) {
-      assert.ok(Buffer.from(rebuilt.subarray(at, at + len)).equals(Buffer.from(raw.subarray(at, at + len))), `bytes ${at}+${len}`)
-    }
-  })
+  for (const [vendor, layout] of Object.entries(layouts)) {
+    it(`fills CRIU fields from ${vendor}'s standard layout and records that layout`, function () {
+      const raw = xsaveBuffer(layout, 4)
+      // No layout given: inferred from the size, whatever this host's CPU is.
+      for (const [recorded, fpregs] of [[true, xstateToFpregs(raw, layout)], [false, xstateToFpregs(raw)]] as [boolean, Record<string, any>][]) { // eslint-disable-line @typescript-eslint/no-explicit-any
+        const v = new DataView(raw.buffer)
+        const at = (feature: number) => componentOf(layout, feature).offset
+        assert.equal(fpregs['cwd'], v.getUint16(0, true))
+        assert.equal(fpregs['mxcsr'], v.getUint32(24, true))
+        assert.equal(fpregs['xmm_space'][0], v.getUint32(160, true))
+        assert.equal(fpregs['xsave']['ymmh_space'][0], v.getUint32(at(2), true))
+        assert.equal(String(fpregs['xsave']['opmask_reg'][0]), v.getBigUint64(at(5), true).toString())
+        assert.equal(String(fpregs['xsave']['zmm_upper'][0]), v.getBigUint64(at(6), true).toString())
+        assert.equal(String(fpregs['xsave']['hi16_zmm'][0]), v.getBigUint64(at(7), true).toString())
+        assert.equal(fpregs['xsave']['pkru'][0], v.getUint32(at(9), true))
+        const decoded = fpregsToXstate(readBack(encodeMessage('user_x86_fpregs_entry', fpregs)), 'test')
+        // A recorded layout comes back from the extension; an inferred one stays unrecorded (the reader infers it again).
+        assert.deepEqual(decoded.layout, recorded ? layout : undefined)
+      }
+    })
+
+    it(`rebuilds a CRIU-written entry (no extension) that restores into ${vendor}'s layout`, function () {
+      const raw = xsaveBuffer(layout, 8)
+      const {cxlfork: _ext, ...plain} = xstateToFpregs(raw, layout)
+      const rebuilt = fpregsToXstate(readBack(encodeMessage('user_x86_fpregs_entry', plain)), 'test')
+      assert.ok(rebuilt.layout, 'a CRIU-written entry comes with the layout it was rebuilt in')
+      // What a restore on a CPU with this layout hands the kernel: the named parts at this layout's places.
+      const onHost = translateXstate(rebuilt.xstate, rebuilt.layout, layout)
+      for (const [feature, len] of [[2, 256], [5, 64], [6, 512], [7, 1024], [9, 4]] as const) {
+        const at = componentOf(layout, feature).offset
+        assert.ok(Buffer.from(onHost.subarray(at, at + len)).equals(Buffer.from(raw.subarray(at, at + len))), `${vendor} feature ${feature}: bytes ${at}+${len}`)
+      }
+      assert.ok(Buffer.from(onHost.subarray(0, 512)).equals(Buffer.from(raw.subarray(0, 512))), 'legacy area')
+    })
+  }
 })
 
 function readBack(bytes: Uint8Array): Record<string, unknown> {
