@@ -161,6 +161,9 @@ export interface ProcStat {
   ppid: number
   /** Number of threads. */
   threads: number
+  /** Process group and session ids (as the host sees them). */
+  pgrp: number
+  session: number
   /** Start time in clock ticks since boot: with the pid, identifies a process across pid reuse. */
   starttime: string
 }
@@ -176,7 +179,7 @@ export function procStat(pid: number): ProcStat | undefined {
   // comm (field 2) may contain spaces and parentheses: split after the last ')'
   const f = text.slice(text.lastIndexOf(')') + 2).split(' ')
   // f[0] is field 3 (state); field N is f[N - 3]
-  return {ppid: Number(f[1]), starttime: f[19] ?? '', state: f[0] ?? '?', threads: Number(f[17])}
+  return {ppid: Number(f[1]), pgrp: Number(f[2]), session: Number(f[3]), starttime: f[19] ?? '', state: f[0] ?? '?', threads: Number(f[17])}
 }
 
 /** True while pid is a live process; false once it is gone OR a zombie (dead, not yet reaped). */

@@ -1,0 +1,130 @@
+/**
+ * Process trees (`checkpoint --tree`), end to end on real processes: the tree fixture (a
+ * session leader with three live children, one in a process group of its own, and an
+ * unreaped zombie) and a bash loop that forks a `sleep` per iteration. Each clone tree
+ * lives in a PID namespace of its own, where every member keeps its pid: the parent's
+ * waitpid(child) and its zombie's status still work, and children see their parent.
+ */
+import assert from 'node:assert/strict'
+import {spawn} from 'node:child_process'
+import {mkdtempSync, readFileSync, readdirSync, rmSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+
+import {procStat, readLog, requestCheck, startFixture, trackPid, waitForLine, waitForTicks} from '../helpers/fixtures.js'
+import {allProcesses, cli, comm, describeRun, installCleanupHooks, note, poolPath, sleep, until} from './helpers.js'
+
+function nsPid(pid: number): number {
+  const ids = (/^NSpid:\s+(.+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? '').trim().split(/\s+/).map(Number)
+  return ids[ids.length - 1]!
+}
+
+function childrenOf(pid: number): number[] {
+  return allProcesses().filter((p) => p.ppid === pid).map((p) => p.pid).sort((a, b) => a - b)
+}
+
+/** The clone tree of the fixture: its root's children (host pids) mapped to the pids they have inside. */
+function cloneShape(root: number): {pid: number; inside: number; pgidInside: number; state: string}[] {
+  return childrenOf(root).map((pid) => {
+    const stat = procStat(pid)!
+    return {pid, inside: nsPid(pid), pgidInside: stat.pgrp === root ? nsPid(root) : stat.pgrp === pid ? nsPid(pid) : -1, state: stat.state}
+  })
+}
+
+describe('restore: process trees keep their shape and their pids', function () {
+  this.timeout(180_000)
+
+  installCleanupHooks('tree')
+
+  it('the tree fixture without --tree: exit 5 HAS_CHILDREN naming --tree; the tree runs on', async () => {
+    const pool = poolPath('tree')
+    const fx = await startFixture('tree')
+    const run = await cli(['checkpoint', String(fx.pid), '--name', 'no-tree', '--json', '--pool', pool])
+    assert.equal(run.status, 5, describeRun(run))
+    assert.equal(run.json.error.code, 'HAS_CHILDREN')
+    assert.match(run.json.error.hint, /--tree/)
+    const check = await fx.check()
+    assert.equal(check.fields.ok, '1', check.line)
+  })
+
+  it('the tree fixture (3 children, own group, a zombie): checkpointed live with --tree, restored under mow and local; every member passes its own checks', async () => {
+    const pool = poolPath('tree')
+    const fx = await startFixture('tree')
+    const children = fx.ready.fields.children!.split(',').map(Number)
+    const zombie = Number(fx.ready.fields.zombie)
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'tr', '--tree', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    note(`checkpoint --tree: ${ck.json.tree.length} members, root downtime ${(ck.json.downtimeUs / 1000).toFixed(1)} ms, descendants stopped ${(ck.json.treeDowntimeUs / 1000).toFixed(1)} ms, CLI ${ck.ms.toFixed(0)} ms`)
+    assert.deepEqual(ck.json.tree.map((m: {pid: number}) => m.pid).sort((a: number, b: number) => a - b), [fx.pid, ...children, zombie].sort((a, b) => a - b))
+    assert.equal(ck.json.tree.find((m: {pid: number}) => m.pid === zombie).zombie, true)
+    // The original tree is intact and still holds its zombie.
+    const original = await fx.check()
+    assert.equal(original.fields.ok, '1', original.line)
+    assert.equal(procStat(zombie)?.state, 'Z')
+
+    for (const policy of ['mow', 'local'] as const) {
+      const run = await cli(['restore', 'tr', '--policy', policy, '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      const root = run.json.pid as number
+      trackPid(root)
+      note(`restore --tree ${policy}: ${(run.json.stats.restore_time / 1000).toFixed(1)} ms engine, ${run.json.processes} processes, CLI ${run.ms.toFixed(0)} ms`)
+      assert.equal(run.json.processes, 5)
+      assert.equal(run.json.pidNamespace.pid, fx.pid, 'the root keeps its pid inside')
+      assert.equal(comm(run.json.pidNamespace.initPid), 'cxlfork-init')
+      const shape = cloneShape(root)
+      assert.deepEqual(shape.map((m) => m.inside).sort((a, b) => a - b), [...children, zombie].sort((a, b) => a - b), `every child keeps its pid inside: ${JSON.stringify(shape)}`)
+      const zombieClone = shape.find((m) => m.inside === zombie)!
+      assert.equal(zombieClone.state, 'Z', 'the zombie is a zombie again')
+      assert.equal(comm(zombieClone.pid), comm(zombie), 'with its name')
+      const third = shape.find((m) => m.inside === children[2])!
+      assert.equal(third.pgidInside, children[2], 'child 2 leads its own process group')
+      assert.equal(procStat(root)!.session, root, 'the root leads its session')
+      // The parent's CHECK: waitpid(child, WNOHANG) is 0 for each, the zombie's status is 7 (waitid WNOWAIT).
+      const from = readLog(fx.logPath).length
+      const check = await requestCheck(fx.logPath, root)
+      assert.equal(check.fields.ok, '1', `the clone root's own checks: ${check.line}`)
+      // Its CHECK made every child check itself: ppid, group, session, memory.
+      for (const member of shape.filter((m) => m.state !== 'Z')) {
+        const line = await waitForLine(fx.logPath, (e) => e.kind === 'CHECK' && e.pid === member.pid && e.index >= from, 10_000)
+        assert.equal(line.fields.ok, '1', `clone child ${member.pid} (${member.inside} inside): ${line.line}`)
+      }
+    }
+  })
+
+  it('a bash loop (a fork per iteration): checkpointed with --tree, the clone goes on forking and reaping', async () => {
+    const pool = poolPath('tree')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-bashloop-'))
+    const counter = join(dir, 'n')
+    // fds 0-2 on /dev/null, none above: what a service manager would give it.
+    // Closes whatever fds above 2 the test runner leaked to it first (a runner's pipe would be refused).
+    const closeLeaked = 'for f in /proc/$$/fd/*; do n=${f##*/}; [ "$n" -gt 2 ] 2>/dev/null && eval "exec $n>&-"; done 2>/dev/null; '
+    const bash = spawn('bash', ['-c', closeLeaked + `i=0; while true; do i=$((i+1)); echo $i > ${counter}.$$; sleep 0.1; done`], {stdio: 'ignore', cwd: dir})
+    trackPid(bash.pid!)
+    try {
+      await until(() => readdirSync(dir).length > 0 && childrenOf(bash.pid!).length > 0, 'bash running its loop')
+      const ck = await cli(['checkpoint', String(bash.pid), '--name', 'bash', '--tree', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      const run = await cli(['restore', 'bash', '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      const clone = run.json.pid as number
+      trackPid(clone)
+      assert.equal(comm(clone), 'bash')
+      // The clone writes its own file (named by $$, its pid inside = the original's)... so watch its children instead:
+      // it keeps forking sleeps (new pids inside its namespace) and reaping them.
+      const seen = new Set<number>()
+      const deadline = Date.now() + 3000
+      while (Date.now() < deadline && seen.size < 3) {
+        for (const child of childrenOf(clone)) if (comm(child) === 'sleep') seen.add(child)
+        await sleep(30)
+      }
+      assert.ok(seen.size >= 3, `the clone forked sleeps one after another: ${[...seen].join(', ')}`)
+      const zombies = childrenOf(clone).filter((pid) => procStat(pid)?.state === 'Z')
+      assert.ok(zombies.length <= 1, `and reaps them (zombies now: ${zombies.length})`)
+    } finally {
+      bash.kill('SIGKILL')
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+})
+
