@@ -6,7 +6,11 @@ import {formatSize} from '../pool/size.js'
 import type {ProcessSummary} from '../image/summary.js'
 
 /** Pool-level facts plus, when the sections decode, what the process image holds. */
-export type InspectResult = CheckpointDetails & {process?: ProcessSummary}
+export type InspectResult = CheckpointDetails & {
+  process?: ProcessSummary
+  /** A process tree (checkpoint --tree): every member, the root first. */
+  tree?: {pid: number; ppid: number; pgid: number; sid: number; comm: string; zombie: boolean; threads: number}[]
+}
 
 export default class Inspect extends BaseCommand {
   static override summary = 'Show what the pool knows about a checkpoint.'
@@ -29,6 +33,15 @@ export default class Inspect extends BaseCommand {
       if (reader.hasSection(Section.processState) && reader.hasSection(Section.pageMap)) {
         details.process = summarizeImage(decodeImage(reader.section(Section.processState)), new PageMapView(reader.section(Section.pageMap)))
       }
+      if (reader.hasSection(Section.tree)) {
+        const record = JSON.parse(new TextDecoder().decode(reader.section(Section.tree))) as {members: {pid: number; ppid: number; pgid: number; sid: number; zombieStatus?: number; comm?: string}[]}
+        const images = reader.sectionsOfType(Section.processState).map((bytes) => decodeImage(bytes))
+        let next = 0
+        details.tree = record.members.map((member) => {
+          const image = member.zombieStatus === undefined ? images[next++] : undefined
+          return {pid: member.pid, ppid: member.ppid, pgid: member.pgid, sid: member.sid, comm: image?.task.comm ?? member.comm ?? '?', zombie: member.zombieStatus !== undefined, threads: image?.threads.length ?? 0}
+        })
+      }
       this.say(`${details.name}: serial ${details.serial}, uid ${details.uid}, created ${details.createdAt}, ${details.state}`)
       this.say(`data ${formatSize(details.dataBytes)} in ${details.dataExtents.length} extent(s); metadata ${formatSize(details.metadataBytes)}`)
       for (const section of details.sections) this.say(`  section type ${section.type}: ${section.length} bytes at ${section.poolOffset} crc32 ${section.crc32}`)
@@ -41,6 +54,10 @@ export default class Inspect extends BaseCommand {
         }
         for (const vma of proc.vmas) this.say(`  ${vma.start}-${vma.end} ${vma.perms} ${vma.kind.padEnd(6)} ${String(vma.storedPages).padStart(7)} pages ${vma.path ?? ''}`)
         for (const fd of proc.fds) this.say(`  fd ${fd.fd} ${fd.kind} ${fd.path}`)
+      }
+      if (details.tree) {
+        this.say(`tree of ${details.tree.length} processes:`)
+        for (const member of details.tree) this.say(`  pid ${member.pid} ppid ${member.ppid} pgid ${member.pgid} sid ${member.sid} ${member.comm}${member.zombie ? ' (zombie)' : `, ${member.threads} thread(s)`}`)
       }
       for (const reference of details.references) {
         this.say(`  clone pid ${reference.pid} on ${reference.hostname}: ${reference.alive ? 'alive' : 'gone'}`)

@@ -58,6 +58,11 @@ describe('restore: process trees keep their shape and their pids', function () {
     note(`checkpoint --tree: ${ck.json.tree.length} members, root downtime ${(ck.json.downtimeUs / 1000).toFixed(1)} ms, descendants stopped ${(ck.json.treeDowntimeUs / 1000).toFixed(1)} ms, CLI ${ck.ms.toFixed(0)} ms`)
     assert.deepEqual(ck.json.tree.map((m: {pid: number}) => m.pid).sort((a: number, b: number) => a - b), [fx.pid, ...children, zombie].sort((a, b) => a - b))
     assert.equal(ck.json.tree.find((m: {pid: number}) => m.pid === zombie).zombie, true)
+    const inspect = await cli(['inspect', 'tr', '--json', '--pool', pool])
+    assert.equal(inspect.status, 0, describeRun(inspect))
+    assert.deepEqual(inspect.json.tree.map((m: {pid: number}) => m.pid), ck.json.tree.map((m: {pid: number}) => m.pid), 'inspect lists the members')
+    assert.equal(inspect.json.tree.filter((m: {zombie: boolean}) => m.zombie).length, 1)
+    assert.ok(inspect.json.tree.every((m: {comm: string}) => m.comm === 'tree'), JSON.stringify(inspect.json.tree))
     // The original tree is intact and still holds its zombie.
     const original = await fx.check()
     assert.equal(original.fields.ok, '1', original.line)
