@@ -18,6 +18,7 @@ import {
   readProcText, readRoot, readStat, readStatus, vdsoLayout,
 } from '../sys/proc.js'
 import {MAP} from '../sys/libc.js'
+import {type FdExtras} from './descriptors.js'
 
 /** Collects files once each and hands out their index. */
 export class FileTable {
@@ -81,10 +82,10 @@ export function capturePageRuns(pid: number, vmas: readonly VmaImage[]): PageRun
 
 const TTY_PATH = /^\/dev\/(pts\/\d+|tty\d*|console)$/
 
-export function captureFds(pid: number, fds: readonly {info: FdInfo; kind: FdKind}[], files: FileTable): FdImage[] {
+export function captureFds(pid: number, fds: readonly {info: FdInfo; kind: FdKind; extras?: FdExtras | undefined}[], files: FileTable): FdImage[] {
   const O_CLOEXEC = 0o2000000
-  return fds.map(({info, kind}) => {
-    const image: FdImage = {fd: info.fd, kind, path: info.target, flags: info.flags & ~O_CLOEXEC, cloexec: (info.flags & O_CLOEXEC) !== 0, offset: info.pos}
+  return fds.map(({info, kind, extras}) => {
+    const image: FdImage = {fd: info.fd, kind, path: info.target, flags: info.flags & ~O_CLOEXEC, cloexec: (info.flags & O_CLOEXEC) !== 0, offset: info.pos, ...extras}
     if (kind === 'regular' || kind === 'directory') image.fileIndex = files.add(info.target, `/proc/${pid}/fd/${info.fd}`)
     if (kind === 'tty' && !TTY_PATH.test(info.target)) image.kind = 'chardev'
     return image
@@ -123,7 +124,7 @@ export function captureMemory(snapshot: number, layout: readonly FlaggedVma[]): 
  * (the target's at the instant of the snapshot). Reads /proc only, so it may
  * run while the snapshot child is busy writing its pages.
  */
-export function captureImage(target: number, snapshot: number, memory: SnapshotMemory, layout: readonly FlaggedVma[], fds: readonly {info: FdInfo; kind: FdKind}[], tracer: TracerState): ProcessImage {
+export function captureImage(target: number, snapshot: number, memory: SnapshotMemory, layout: readonly FlaggedVma[], fds: readonly {info: FdInfo; kind: FdKind; extras?: FdExtras | undefined}[], tracer: TracerState): ProcessImage {
   const files = memory.files
   const stat = readStat(target)
   const snapStat = readStat(snapshot)

@@ -16,6 +16,7 @@ import {type CheckpointBuilder, type Pool} from '../pool/index.js'
 import {validateCheckpointName} from '../pool/names.js'
 import {O, PROT, SYS, type VmSegment, vmReadv} from '../sys/libc.js'
 import type {CpuPlacement} from '../sys/affinity.js'
+import {faultPoint} from '../fault.js'
 import {preflight} from './preflight.js'
 import {type LiveSnapshot, killTarget, takePlacedSnapshot} from './snapshot.js'
 import {type CheckedTree, type FrozenMember, type TreeRecord, captureStoppedMember, freezeDescendants, preflightTree, thawMembers} from './tree.js'
@@ -289,6 +290,7 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
   // A tree: every descendant stops before the root's snapshot, so all members show one instant.
   const tFrozen = performance.now()
   const frozen: FrozenMember[] = tree ? freezeDescendants(tree) : []
+  if (tree) faultPoint('tree-frozen')
   let thawedAt: number | undefined
   const thaw = (): void => {
     if (thawedAt !== undefined) return
@@ -331,6 +333,7 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
       builder.addSection(Section.processState, encodeImage(captured.image))
       builder.addSection(Section.pageMap, memberExtent ? pageMapAt(captured.memory.pageRuns, memberExtent.poolOffset) : encodePageMap([]))
       pages += memberPages
+      faultPoint('tree-member-captured')
     }
     thaw()
     if (tree) {

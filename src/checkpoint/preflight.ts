@@ -16,12 +16,21 @@ export interface FdClass {
   kind: FdKind
 }
 
+/** The anonymous-inode descriptors refused, by what a user would call them. */
+const ANON_INODE_NAMES: Record<string, string> = {
+  'anon_inode:inotify': 'an inotify instance', 'anon_inode:[fanotify]': 'a fanotify group', 'anon_inode:[userfaultfd]': 'a userfaultfd',
+  'anon_inode:[io_uring]': 'an io_uring instance', 'anon_inode:[perf_event]': 'a perf event', 'anon_inode:[timerfd]': 'a timerfd',
+  'anon_inode:[signalfd]': 'a signalfd', 'anon_inode:[pidfd]': 'a pidfd', 'anon_inode:bpf-map': 'a BPF map', 'anon_inode:bpf-prog': 'a BPF program',
+}
+
 /** How an fd can be restored, or why it cannot. */
 export function classifyFd(fd: FdInfo, pid: number): FdKind | {unsupported: string} {
   const target = fd.target
-  if (target.startsWith('pipe:')) return fd.fd <= 2 ? 'pipe' : {unsupported: 'a pipe (only stdin/stdout/stderr may be pipes)'}
+  if (target.startsWith('pipe:')) return 'pipe'
   if (target.startsWith('socket:')) return {unsupported: 'a socket'}
-  if (target.startsWith('anon_inode:')) return {unsupported: `an anonymous inode ${target.slice('anon_inode:'.length)}`}
+  if (target === 'anon_inode:[eventfd]') return 'eventfd'
+  if (target === 'anon_inode:[eventpoll]') return 'epoll'
+  if (target.startsWith('anon_inode:')) return {unsupported: `${ANON_INODE_NAMES[target] ?? 'an anonymous inode'} (${target})`}
   if (target.startsWith('/memfd:')) return {unsupported: 'a memfd'}
   if (!target.startsWith('/')) return {unsupported: `an unsupported file (${target})`}
   if (target.endsWith(' (deleted)')) return {unsupported: `a deleted file (${target})`}
@@ -148,7 +157,7 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
   for (const info of listFds(pid)) {
     const kind = classifyFd(info, pid)
     if (typeof kind === 'object') {
-      throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, 'cxlfork restores regular files, directories, /dev/null-style devices, and a tty or pipe on fds 0-2. Close the fd before checkpointing.')
+      throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, 'cxlfork restores regular files, directories, /dev/null-style devices, pipes, eventfds, epoll instances, and a tty on fds 0-2. Close the fd before checkpointing.')
     }
     fds.push({info, kind})
   }

@@ -14,6 +14,7 @@ import {CpuPlacement, lastCpu} from '../sys/affinity.js'
 import {type FlaggedVma, type SnapshotMemory, captureImage, captureMemory} from './capture.js'
 import {type PreflightResult, preflight, refuseUnsupportedMemory} from './preflight.js'
 import {faultPoint} from '../fault.js'
+import {type FdExtras, describeFds} from './descriptors.js'
 import {detachQuietly, readAltStacks, readThreadState, seizeOtherThreads, threadComm} from './threads.js'
 
 export interface SnapshotTimings {
@@ -120,7 +121,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
   let thread: ThreadImage
   const otherThreads: ThreadImage[] = []
   let sharedPending: Uint8Array[]
-  let fds: {info: FdInfo; kind: FdKind}[]
+  let fds: {info: FdInfo; kind: FdKind; extras?: FdExtras | undefined}[]
   let tResumed: number
   let tStopped: number
   let transient: [bigint, bigint][] = []
@@ -151,6 +152,9 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
       // An fd appeared after preflight: classify it the careful way.
       fds = preflight(pid, {memory: false, children: checked.inTree ? 'allow' : 'refuse'}).fds
     }
+    // Pipe contents, eventfd counters, epoll interest lists and shared descriptions: as of this stop.
+    const extras = describeFds(pid, fds)
+    fds = fds.map((entry) => ({...entry, extras: extras.get(entry.info.fd)}))
     const fork = target.injectForkSelfHealing(undefined, parentMaps)
     snapshot = fork.tracee
     placement?.follow(snapshot.pid)

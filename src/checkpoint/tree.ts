@@ -20,6 +20,7 @@ import {Tracee, findSigreturnGadget} from '../inject/tracee.js'
 import {SIG, SYS} from '../sys/libc.js'
 import {listFds, readMaps, readStat, readStatus} from '../sys/proc.js'
 import {type FlaggedVma, captureImage, captureMemory, type SnapshotMemory} from './capture.js'
+import {describeFds} from './descriptors.js'
 import {type PreflightResult, childrenOf, preflight} from './preflight.js'
 import {detachQuietly, readAltStacks, readThreadState, seizeOtherThreads, threadComm} from './threads.js'
 
@@ -96,18 +97,31 @@ export interface CheckedTree {
  */
 export function preflightTree(root: number): CheckedTree {
   const members = treeMembers(root)
-  const rootNs = namespaceIds(root)
   const checks = new Map<number, PreflightResult>()
+  const rootNs = namespaceIds(root)
+  const live: TreeMember[] = []
   for (const member of members) {
-    if (member.zombieStatus !== undefined) {
-      const signal = member.zombieStatus & 0x7f
-      if (signal !== 0 && signal !== SIG.KILL) {
-        throw new UnsupportedError('ZOMBIE_SIGNALED', `member ${member.pid} of the tree is a zombie killed by signal ${signal}; only zombies that exited or were SIGKILLed can be recreated`,
-          'Let its parent reap it, then checkpoint again.')
-      }
-      continue
+    if (checkMember(root, rootNs, member, checks)) live.push(member)
+  }
+  return {members: live, checks}
+}
+
+/**
+ * The checks of one member; false when it is gone meanwhile (a descendant
+ * that exits between the listing and the freeze is simply not part of the tree).
+ */
+function checkMember(root: number, rootNs: Record<string, string>, member: TreeMember, checks: Map<number, PreflightResult>): boolean {
+  if (member.zombieStatus !== undefined) {
+    const signal = member.zombieStatus & 0x7f
+    if (signal !== 0 && signal !== SIG.KILL) {
+      throw new UnsupportedError('ZOMBIE_SIGNALED', `member ${member.pid} of the tree is a zombie killed by signal ${signal}; only zombies that exited or were SIGKILLed can be recreated`,
+        'Let its parent reap it, then checkpoint again.')
     }
+    return true
+  }
+  try {
     const ns = namespaceIds(member.pid)
+    if (Object.values(ns).includes('?') && member.pid !== root) return false // exited while we looked
     const differs = NAMESPACES.filter((name) => ns[name] !== rootNs[name])
     if (differs.length > 0) {
       throw new UnsupportedError('NAMESPACE_DIFFERS', `member ${member.pid} of the tree is in other ${differs.join(', ')} namespace(s) than ${root}`,
@@ -118,8 +132,11 @@ export function preflightTree(root: number): CheckedTree {
       throw new ConflictError('ALREADY_TRACED', `member ${member.pid} of the tree is traced by process ${tracer}`, 'Detach the debugger or strace first.')
     }
     checks.set(member.pid, preflight(member.pid, {children: 'allow'}))
+    return true
+  } catch (error) {
+    if (member.pid !== root && error instanceof NotFoundError) return false
+    throw error
   }
-  return {members, checks}
 }
 
 /** Every thread of each live descendant, seized and stopped; the leader first per member. */
@@ -129,19 +146,51 @@ export interface FrozenMember {
   others: Tracee[]
 }
 
-/** Stop every thread of every live member but the root. On failure the ones stopped run on. */
+/**
+ * Stop every thread of every live member but the root, then list the tree
+ * again until a whole pass finds no member that is not stopped (members fork
+ * and exit until they are stopped; stopped ones do neither). New members are
+ * checked as the first ones were; members gone meanwhile drop out, and
+ * `tree` is updated to the members frozen (and the zombies). On failure the
+ * ones stopped run on.
+ */
 export function freezeDescendants(tree: CheckedTree): FrozenMember[] {
-  const frozen: FrozenMember[] = []
+  const frozen = new Map<number, FrozenMember>()
+  const root = tree.members[0]!.pid
+  const rootNs = namespaceIds(root)
   try {
-    for (const member of tree.members.slice(1)) {
-      if (member.zombieStatus !== undefined) continue
-      const leader = Tracee.seize(member.pid, {options: 0})
-      frozen.push({pid: member.pid, leader, others: []})
-      frozen[frozen.length - 1]!.others = seizeOtherThreads(member.pid)
+    for (let pass = 0; ; pass++) {
+      const members = treeMembers(root)
+      let fresh = 0
+      for (const member of members.slice(1)) {
+        if (member.zombieStatus !== undefined || frozen.has(member.pid)) continue
+        if (!tree.checks.has(member.pid) && !checkMember(root, rootNs, member, tree.checks)) continue
+        let leader: Tracee
+        try {
+          leader = Tracee.seize(member.pid, {options: 0})
+        } catch (error) {
+          if (error instanceof NotFoundError) continue // exited meanwhile
+          throw error
+        }
+        const entry: FrozenMember = {pid: member.pid, leader, others: []}
+        frozen.set(member.pid, entry)
+        entry.others = seizeOtherThreads(member.pid)
+        fresh++
+      }
+      if (fresh === 0) {
+        // Stable: every live descendant listed now is stopped.
+        tree.members = members.filter((member, i) => i === 0 || member.zombieStatus !== undefined || frozen.has(member.pid))
+        for (const member of tree.members) {
+          if (member.zombieStatus !== undefined) checkMember(root, rootNs, member, tree.checks)
+        }
+        const kept = new Set(tree.members.map((member) => member.pid))
+        thawMembers([...frozen.values()].filter((member) => !kept.has(member.pid))) // orphaned meanwhile: no longer in the tree
+        return tree.members.slice(1).flatMap((member) => frozen.get(member.pid) ?? [])
+      }
+      if (pass > 100) throw new ConflictError('TREE_UNSTABLE', `the tree of ${root} keeps changing`, 'Checkpoint it when it is not forking.')
     }
-    return frozen
   } catch (error) {
-    thawMembers(frozen)
+    thawMembers([...frozen.values()])
     throw error
   }
 }
@@ -198,7 +247,8 @@ export function captureStoppedMember(member: FrozenMember, checked: PreflightRes
   // Offsets as of now (it is stopped); an fd opened since preflight is classified anew.
   let fds: {info: ReturnType<typeof listFds>[number]; kind: FdKind}[] = listFds(pid).map((info) => ({info, kind: byFd.get(info.fd) ?? 'regular'}))
   if (fds.some((entry) => !byFd.has(entry.info.fd))) fds = preflight(pid, {memory: false, children: 'allow'}).fds
+  const extras = describeFds(pid, fds)
   const memory = captureMemory(pid, maps)
-  const image = captureImage(pid, pid, memory, maps, fds, {threads: states, sharedPendingSignals: leader.sharedPending, sigactions, brk})
+  const image = captureImage(pid, pid, memory, maps, fds.map((entry) => ({...entry, extras: extras.get(entry.info.fd)})), {threads: states, sharedPendingSignals: leader.sharedPending, sigactions, brk})
   return {image, memory}
 }

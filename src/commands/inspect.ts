@@ -12,6 +12,20 @@ export type InspectResult = CheckpointDetails & {
   tree?: {pid: number; ppid: number; pgid: number; sid: number; comm: string; zombie: boolean; threads: number}[]
 }
 
+interface TreeRecordJson {
+  members: {pid: number; ppid: number; pgid: number; sid: number; zombieStatus?: number; comm?: string}[]
+}
+
+/** The tree section, or undefined when it does not read as one (inspect shows what it can). */
+function treeRecord(bytes: Uint8Array): TreeRecordJson | undefined {
+  try {
+    const record = JSON.parse(new TextDecoder('utf-8', {fatal: true}).decode(bytes)) as TreeRecordJson
+    return Array.isArray(record?.members) ? record : undefined
+  } catch {
+    return undefined
+  }
+}
+
 export default class Inspect extends BaseCommand {
   static override summary = 'Show what the pool knows about a checkpoint.'
   static override description = 'Owner, creation time, sizes, data extents, metadata sections (checksums verified) and the clones referencing it, with their liveness.'
@@ -33,8 +47,8 @@ export default class Inspect extends BaseCommand {
       if (reader.hasSection(Section.processState) && reader.hasSection(Section.pageMap)) {
         details.process = summarizeImage(decodeImage(reader.section(Section.processState)), new PageMapView(reader.section(Section.pageMap)))
       }
-      if (reader.hasSection(Section.tree)) {
-        const record = JSON.parse(new TextDecoder().decode(reader.section(Section.tree))) as {members: {pid: number; ppid: number; pgid: number; sid: number; zombieStatus?: number; comm?: string}[]}
+      const record = details.process && reader.hasSection(Section.tree) ? treeRecord(reader.section(Section.tree)) : undefined
+      if (record) {
         const images = reader.sectionsOfType(Section.processState).map((bytes) => decodeImage(bytes))
         let next = 0
         details.tree = record.members.map((member) => {

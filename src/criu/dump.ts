@@ -8,7 +8,8 @@ import {dirname, join, resolve} from 'node:path'
 
 import {type DumpStats as CheckpointDumpStats, pagesScanned, runSegments} from '../checkpoint/checkpoint.js'
 import {type LiveSnapshot, killTarget, takePlacedSnapshot} from '../checkpoint/snapshot.js'
-import {ConflictError, PermissionError, SyscallError, UsageError} from '../errors.js'
+import {preflight} from '../checkpoint/preflight.js'
+import {ConflictError, PermissionError, SyscallError, UnsupportedError, UsageError} from '../errors.js'
 import {PAGE_SIZE, type PageRun, totalPages} from '../image/process-image.js'
 import {addressOf, vmReadv} from '../sys/libc.js'
 import {writeCriuImages} from './images.js'
@@ -73,8 +74,15 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
   const t0 = performance.now()
   const dir = resolve(request.images)
   refuseExistingImages(dir)
+  const checked = preflight(request.pid)
+  // The CRIU images cxlfork writes carry regular files, devices and stdio; refuse the rest by name before the target is touched.
+  const beyond = checked.fds.find(({info, kind}) => kind === 'eventfd' || kind === 'epoll' || (kind === 'pipe' && info.fd > 2))
+  if (beyond) {
+    throw new UnsupportedError('CRIU_FD_TYPE', `fd ${beyond.info.fd} of process ${request.pid} is ${beyond.kind === 'pipe' ? 'a pipe above stderr' : `an ${beyond.kind}`}, which cxlfork's CRIU-format dump does not write yet`,
+      'Checkpoint it into the pool with `cxlfork checkpoint`, which restores pipes, eventfds and epoll instances.')
+  }
   // Placed as a pool checkpoint is, so the two downtimes compare.
-  const {snapshot, placement} = takePlacedSnapshot(request.pid)
+  const {snapshot, placement} = takePlacedSnapshot(request.pid, checked)
   // Created only now, so a refused dump leaves nothing behind; removed again if this dump fails.
   const created = mkdirSync(dir, {recursive: true, mode: 0o700})
   try {

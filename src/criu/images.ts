@@ -200,7 +200,8 @@ function coreFor(image: ProcessImage, thread: ThreadImage, leader: boolean): Obj
     },
   }
   // CRIU names each thread in thread_core.comm; the leader's is the task's.
-  threadCore['comm'] = leader ? image.task.comm : thread.comm ?? image.task.comm
+  const comm = leader ? image.task.comm : thread.comm
+  if (comm !== undefined) threadCore['comm'] = comm
   if (thread.rseq) {
     threadCore['rseq_entry'] = {rseq_abi_pointer: str64(u64(thread.rseq.address)), rseq_abi_size: thread.rseq.length, signature: thread.rseq.signature >>> 0}
   }
@@ -880,7 +881,8 @@ function readSet(dir: string): CriuImageSet {
         ? {sp: u64(big(threadCore['sas']['ss_sp'])), flags: threadCore['sas']['ss_flags'], size: u64(big(threadCore['sas']['ss_size']))}
         : {sp: 0n, flags: SS_DISABLE, size: 0n},
     }
-    if (threadCore && has(threadCore, 'comm') && typeof threadCore['comm'] === 'string') thread.comm = threadCore['comm']
+    // The leader's name is the task's (tc.comm); other threads have their own.
+    if (tid !== pid && threadCore && has(threadCore, 'comm') && typeof threadCore['comm'] === 'string') thread.comm = threadCore['comm']
     if (threadCore && has(threadCore, 'rseq_entry')) {
       const rseq = threadCore['rseq_entry'] as Msg
       const address = u64(big(rseq['rseq_abi_pointer']))
@@ -941,6 +943,10 @@ function readSet(dir: string): CriuImageSet {
     let fdImage: FdImage
     if (info['type'] === FD_TYPE_PIPE && entry['type'] === FD_TYPE_PIPE && has(entry, 'pipe')) {
       const pipe = entry['pipe'] as Msg
+      if (fdNumber > 2) {
+        // A pipe set here is restored only as stdio: a pipe above stderr (pipes-data) would be lost silently.
+        throw new UnsupportedError('CRIU_FD_TYPE', `${what} is a pipe above stderr; cxlfork reads CRIU pipes only on fds 0-2`, 'Restore this set with CRIU itself.')
+      }
       fdImage = {fd: fdNumber, kind: 'pipe', path: fdExt ? fdExt['path'] : `pipe:[${pipe['pipe_id']}]`, flags: pipe['flags'], cloexec: (info['flags'] & FD_CLOEXEC) !== 0, offset: 0n}
     } else if (info['type'] === FD_TYPE_REG && entry['type'] === FD_TYPE_REG && has(entry, 'reg')) {
       const reg = entry['reg'] as Msg

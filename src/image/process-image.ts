@@ -115,7 +115,27 @@ export interface MmImage {
 }
 
 /** How an fd is restored. */
-export type FdKind = 'regular' | 'chardev' | 'tty' | 'pipe' | 'directory'
+export type FdKind = 'regular' | 'chardev' | 'tty' | 'pipe' | 'directory' | 'eventfd' | 'epoll'
+
+/** A pipe end above fd 2 (fds 0-2 that are pipes are the restorer's stdio instead). */
+export interface PipeEndImage {
+  /** The pipe's inode: ends of one pipe share it. */
+  id: string
+  end: 'read' | 'write'
+  /** F_GETPIPE_SZ. */
+  size: number
+  /** Bytes buffered in the pipe at the checkpoint (on one end record per pipe only). */
+  data?: Uint8Array
+  /** Whether the other end is open in the process (else the clone's other end is closed: EOF or EPIPE). */
+  peerInProcess: boolean
+}
+
+/** One registration of an epoll instance's interest list. */
+export interface EpollTargetImage {
+  fd: number
+  events: number
+  data: bigint
+}
 
 export interface FdImage {
   fd: number
@@ -128,6 +148,11 @@ export interface FdImage {
   offset: bigint
   /** Index into ProcessImage.files for regular files and directories. */
   fileIndex?: number
+  /** fds that share one open file description (dup, inheritance) name the lowest fd of the group; absent when alone. */
+  sharedWith?: number
+  pipe?: PipeEndImage
+  eventfd?: {count: bigint; semaphore: boolean}
+  epoll?: {targets: EpollTargetImage[]}
 }
 
 export interface Rlimit {

@@ -18,6 +18,7 @@ import {Tracee} from '../inject/tracee.js'
 import {type VdsoLayout, deviceName, kernelRelease, readMaps, vdsoLayout} from '../sys/proc.js'
 import {MAP, MREMAP, O, PR, SIG, SYS, type VmSegment, close, decodeWaitStatus, fcntl, pipe2, prlimit, read, vmWrite, vmWritev, wait4} from '../sys/libc.js'
 import {CpuPlacement, currentCpu} from '../sys/affinity.js'
+import {restoreFds} from './descriptors.js'
 import {Injector} from './injector.js'
 import {type RestorePlan, needsProtectFixup} from './plan.js'
 import {createWithId, releaseInit, spawnNamespacedStubs} from './pid-namespace.js'
@@ -277,24 +278,6 @@ function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, sto
   const done = tracee.syscalls(finish, {stopOnError: true})
   const bad = done.findIndex((r) => r < 0n && r > -4096n)
   if (bad >= 0 || done.length < finish.length) throw new SyscallError('mprotect/close in the new process', bad >= 0 ? Number(-done[bad]!) : 5)
-}
-
-function restoreFds(inject: Injector, image: ProcessImage): void {
-  const sorted = [...image.fds].sort((a, b) => a.fd - b.fd)
-  for (const fd of sorted) {
-    if (fd.kind === 'tty' || fd.kind === 'pipe') continue // fds 0-2 already point where BuildOptions.stdio says
-    // Reopen without creating or truncating: the file must be the one the checkpoint saw.
-    const flags = fd.flags & ~(O.CREAT | O.TRUNC | 0o200 /* O_EXCL */)
-    const path = fd.fileIndex === undefined ? fd.path : image.files[fd.fileIndex]!.path
-    const opened = inject.open(path, flags)
-    if (opened !== fd.fd) {
-      inject.call('dup3', SYS.dup3, opened, fd.fd, fd.cloexec ? O.CLOEXEC : 0)
-      inject.call('close', SYS.close, opened)
-    } else if (!fd.cloexec) {
-      inject.call('fcntl(F_SETFD)', SYS.fcntl, fd.fd, 2 /* F_SETFD */, 0)
-    }
-    if ((fd.flags & O.APPEND) === 0 && fd.offset > 0n && fd.kind !== 'chardev') inject.call('lseek', SYS.lseek, fd.fd, fd.offset, 0)
-  }
 }
 
 /** PR_SET_MM_MAP: code/data/brk/stack/arg/env bounds, auxv and the exe link (pitfall 5). */

@@ -97,6 +97,29 @@ describe('restore: process trees keep their shape and their pids', function () {
     }
   })
 
+  for (const point of ['tree-frozen', 'threads-frames-ready', 'tree-member-captured'] as const) {
+    it(`cxlfork SIGKILLed at ${point} of a --tree checkpoint: every member runs on untraced, the tree passes its checks`, async () => {
+      const pool = poolPath('tree')
+      const fx = await startFixture('tree')
+      const children = fx.ready.fields.children!.split(',').map(Number)
+      await waitForTicks(fx.logPath, fx.pid, 2)
+      const run = await cli(['checkpoint', String(fx.pid), '--name', 'killed', '--tree', '--json', '--pool', pool], {env: {CXLFORK_FAULT: point}})
+      assert.equal(run.signal, 'SIGKILL', describeRun(run))
+      for (const pid of [fx.pid, ...children]) {
+        const status = readFileSync(`/proc/${pid}/status`, 'utf8')
+        assert.equal(/^TracerPid:\s+(\d+)/m.exec(status)?.[1], '0', `member ${pid} untraced`)
+        assert.ok(!/^State:\s+[tT]/m.test(status), `member ${pid} not left stopped`)
+      }
+      const from = readLog(fx.logPath).length
+      const check = await fx.check()
+      assert.equal(check.fields.ok, '1', check.line)
+      for (const child of children) {
+        const line = await waitForLine(fx.logPath, (e) => e.kind === 'CHECK' && e.pid === child && e.index >= from, 10_000)
+        assert.equal(line.fields.ok, '1', `child ${child} after the kill at ${point}: ${line.line}`)
+      }
+    })
+  }
+
   it('a bash loop (a fork per iteration): checkpointed with --tree, the clone goes on forking and reaping', async () => {
     const pool = poolPath('tree')
     const dir = mkdtempSync(join(tmpdir(), 'cxlfork-bashloop-'))

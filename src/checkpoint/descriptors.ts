@@ -1,0 +1,119 @@
+/**
+ * What the kernel keeps behind the descriptors that servers and runtimes
+ * hold, read from outside while the target is stopped (nothing is
+ * injected): bytes buffered in a pipe (duplicated with tee(2) from a read
+ * end opened through /proc, so nothing is consumed) and its size, an
+ * eventfd's counter, an epoll instance's interest list (fdinfo), and which
+ * fds share one open file description (kcmp).
+ */
+import {readFileSync} from 'node:fs'
+
+import {SyscallError, UnsupportedError} from '../errors.js'
+import {type EpollTargetImage, type FdImage, type FdKind} from '../image/process-image.js'
+import {O, SYS, close, fcntl, open, pipe2, read, syscallRaw} from '../sys/libc.js'
+import {type FdInfo} from '../sys/proc.js'
+
+const F_SETPIPE_SZ = 1031
+const F_GETPIPE_SZ = 1032
+const SPLICE_F_NONBLOCK = 2
+const KCMP_FILE = 0
+
+/** The descriptor-specific part of an FdImage. */
+export type FdExtras = Pick<FdImage, 'pipe' | 'eventfd' | 'epoll' | 'sharedWith'>
+
+function pipeId(target: string): string | undefined {
+  return /^pipe:\[(\d+)\]$/.exec(target)?.[1]
+}
+
+/** Bytes buffered in the pipe behind `/proc/PID/fd/N`, without consuming them, and the pipe's size. */
+function readPipe(pid: number, fd: number): {size: number; data: Uint8Array} {
+  const reader = open(`/proc/${pid}/fd/${fd}`, O.RDONLY | O.NONBLOCK | O.CLOEXEC)
+  let copy: [number, number] | undefined
+  try {
+    const size = fcntl(reader, F_GETPIPE_SZ)
+    copy = pipe2(O.CLOEXEC | O.NONBLOCK)
+    fcntl(copy[1], F_SETPIPE_SZ, size)
+    const n = syscallRaw(SYS.tee, reader, copy[1], size, SPLICE_F_NONBLOCK)
+    if (n === -11n) return {size, data: new Uint8Array(0)} // EAGAIN: empty
+    if (n < 0n) throw new SyscallError('tee', Number(-n), `pipe of fd ${fd} of process ${pid}`)
+    const data = new Uint8Array(Number(n))
+    let got = 0
+    while (got < data.length) got += read(copy[0], data.subarray(got))
+    return {size, data}
+  } finally {
+    close(reader)
+    if (copy) for (const end of copy) close(end)
+  }
+}
+
+const TFD_LINE = /tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)\s+pos:\s*\d+\s+ino:\s*([0-9a-f]+)\s+sdev:\s*([0-9a-f]+)/g
+
+/** The interest list of an epoll fd, each registration checked to still name the file it was added with. */
+function readEpoll(pid: number, fd: number): EpollTargetImage[] {
+  const text = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8')
+  const targets: EpollTargetImage[] = []
+  for (const match of text.matchAll(TFD_LINE)) {
+    const target = Number(match[1])
+    const ino = BigInt('0x' + match[4])
+    let now: bigint | undefined
+    try {
+      now = BigInt(/^ino:\s*(\d+)/m.exec(readFileSync(`/proc/${pid}/fdinfo/${target}`, 'utf8'))?.[1] ?? '-1')
+    } catch {
+      now = undefined
+    }
+    if (now !== ino) {
+      throw new UnsupportedError('UNSUPPORTED_FD', `epoll fd ${fd} of process ${pid} watches a file that was registered as fd ${target} and is no longer open there`,
+        'cxlfork re-registers epoll targets by fd number; close the epoll registration of closed fds (EPOLL_CTL_DEL) first.')
+    }
+    targets.push({fd: target, events: parseInt(match[2]!, 16), data: BigInt('0x' + match[3])})
+  }
+  return targets
+}
+
+function sameDescription(pid: number, a: number, b: number): boolean {
+  return syscallRaw(SYS.kcmp, pid, pid, KCMP_FILE, a, b) === 0n
+}
+
+/**
+ * The extras of every fd of a stopped process. Pipes and eventfds are read
+ * here because the process (stopped) can change neither.
+ */
+export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKind}[]): Map<number, FdExtras> {
+  const out = new Map<number, FdExtras>()
+  const set = (fd: number, extras: FdExtras): void => {
+    out.set(fd, {...out.get(fd), ...extras})
+  }
+  // Open file descriptions shared between fds: the lowest fd names the group.
+  const leaders: number[] = []
+  for (const {info} of fds) {
+    const leader = leaders.find((other) => sameDescription(pid, other, info.fd))
+    if (leader === undefined) leaders.push(info.fd)
+    else set(info.fd, {sharedWith: leader})
+  }
+  const pipeEnds = new Map<string, {read: boolean; write: boolean}>()
+  for (const {info, kind} of fds) {
+    const id = pipeId(info.target)
+    if (kind !== 'pipe' || id === undefined || info.fd <= 2) continue
+    const ends = pipeEnds.get(id) ?? {read: false, write: false}
+    if ((info.flags & 3) === O.WRONLY) ends.write = true
+    else ends.read = true
+    pipeEnds.set(id, ends)
+  }
+  const pipesRead = new Set<string>()
+  for (const {info, kind} of fds) {
+    if (kind === 'pipe' && info.fd > 2) {
+      const id = pipeId(info.target)!
+      const end = (info.flags & 3) === O.WRONLY ? 'write' : 'read'
+      const ends = pipeEnds.get(id)!
+      const first = !pipesRead.has(id)
+      pipesRead.add(id)
+      const {size, data} = readPipe(pid, info.fd)
+      set(info.fd, {pipe: {id, end, size, peerInProcess: end === 'read' ? ends.write : ends.read, ...(first && data.length > 0 ? {data} : {})}})
+    } else if (kind === 'eventfd') {
+      set(info.fd, {eventfd: {count: BigInt('0x' + (info.raw['eventfd-count'] ?? '0')), semaphore: (info.raw['eventfd-semaphore'] ?? '0') !== '0'}})
+    } else if (kind === 'epoll') {
+      set(info.fd, {epoll: {targets: readEpoll(pid, info.fd)}})
+    }
+  }
+  return out
+}

@@ -1,0 +1,114 @@
+/**
+ * A clone's file descriptors, each at its own number with its flags:
+ * regular files, directories and devices reopened by path (never created or
+ * truncated), pipes recreated with their size and buffered bytes (both ends
+ * when both were open, else the clone's other end is closed: EOF for a
+ * reader, EPIPE for a writer), eventfds with their counter, epoll instances
+ * with their whole interest list, and fds that shared one open file
+ * description (dup, inheritance) sharing one again.
+ *
+ * Every object is created at the lowest free fd and moved at once above the
+ * highest fd the image uses ("staged"), so creating one never lands on a
+ * number another still needs; it is then dup3'ed to its own number. Epoll
+ * registrations come last, when every target fd is in place.
+ */
+import {type FdImage, type ProcessImage} from '../image/process-image.js'
+import {O, SYS} from '../sys/libc.js'
+import {type Injector} from './injector.js'
+
+const F_DUPFD_CLOEXEC = 1030
+const F_SETFD = 2
+const F_SETFL = 4
+const F_SETPIPE_SZ = 1031
+const EFD_SEMAPHORE = 1
+const EPOLL_CTL_ADD = 1
+/** Largest piece of pipe data written per call (it goes through the restore's scratch area). */
+const WRITE_PIECE = 256 * 1024
+
+export function restoreFds(inject: Injector, image: ProcessImage): void {
+  const fds = [...image.fds].sort((a, b) => a.fd - b.fd)
+  const base = Math.max(3, ...fds.map((fd) => fd.fd + 1))
+  const staged: number[] = []
+  /** Move a fresh fd above every number the image uses; returns the new number. */
+  const stage = (fd: number): number => {
+    const high = Number(inject.call('fcntl(F_DUPFD_CLOEXEC)', SYS.fcntl, fd, F_DUPFD_CLOEXEC, base))
+    inject.call('close', SYS.close, fd)
+    staged.push(high)
+    return high
+  }
+  const place = (from: number, fd: FdImage): void => {
+    inject.call(`dup3(fd ${fd.fd})`, SYS.dup3, from, fd.fd, fd.cloexec ? O.CLOEXEC : 0)
+  }
+  const pipes = new Map<string, {read: number; write: number}>()
+  const pipeFor = (fd: FdImage): {read: number; write: number} => {
+    const known = pipes.get(fd.pipe!.id)
+    if (known) return known
+    const pair = inject.reserve(8)
+    inject.call('pipe2', SYS.pipe2, pair, O.CLOEXEC)
+    const view = new DataView(inject.tracee.readMemory(pair, 8).buffer)
+    const ends = {read: stage(view.getInt32(0, true)), write: stage(view.getInt32(4, true))}
+    // A size the kernel refuses (above fs.pipe-max-size without CAP_SYS_RESOURCE) leaves the default.
+    inject.tracee.syscall(SYS.fcntl, ends.write, F_SETPIPE_SZ, fd.pipe!.size)
+    pipes.set(fd.pipe!.id, ends)
+    return ends
+  }
+  for (const fd of fds) {
+    if (fd.sharedWith !== undefined) continue // after its group's first fd
+    if ((fd.kind === 'tty' || fd.kind === 'pipe') && !fd.pipe) continue // fds 0-2 already point where BuildOptions.stdio says
+    if (fd.pipe) {
+      const ends = pipeFor(fd)
+      place(fd.pipe.end === 'read' ? ends.read : ends.write, fd)
+      if (fd.pipe.data && fd.pipe.data.length > 0) writeAll(inject, ends.write, fd.pipe.data)
+    } else if (fd.eventfd) {
+      const flags = O.CLOEXEC | (fd.flags & O.NONBLOCK) | (fd.eventfd.semaphore ? EFD_SEMAPHORE : 0)
+      const created = stage(Number(inject.call('eventfd2', SYS.eventfd2, 0, flags)))
+      if (fd.eventfd.count > 0n) {
+        const word = new Uint8Array(8)
+        new DataView(word.buffer).setBigUint64(0, fd.eventfd.count, true)
+        inject.call('write(eventfd)', SYS.write, created, inject.put(word), 8)
+      }
+      place(created, fd)
+    } else if (fd.epoll) {
+      place(stage(Number(inject.call('epoll_create1', SYS.epoll_create1, O.CLOEXEC))), fd)
+    } else {
+      // Reopen without creating or truncating: the file must be the one the checkpoint saw.
+      const flags = fd.flags & ~(O.CREAT | O.TRUNC | 0o200 /* O_EXCL */)
+      const path = fd.fileIndex === undefined ? fd.path : image.files[fd.fileIndex]!.path
+      const opened = inject.open(path, flags)
+      if (opened !== fd.fd) {
+        place(opened, fd)
+        inject.call('close', SYS.close, opened)
+      } else if (!fd.cloexec) {
+        inject.call('fcntl(F_SETFD)', SYS.fcntl, fd.fd, F_SETFD, 0)
+      }
+      if ((fd.flags & O.APPEND) === 0 && fd.offset > 0n && fd.kind !== 'chardev') inject.call('lseek', SYS.lseek, fd.fd, fd.offset, 0)
+    }
+    // Status flags live on the open file description: pipes and epoll get theirs here (eventfd2 took them).
+    if ((fd.pipe || fd.epoll) && (fd.flags & O.NONBLOCK) !== 0) inject.call('fcntl(F_SETFL)', SYS.fcntl, fd.fd, F_SETFL, fd.flags & (O.NONBLOCK | O.APPEND))
+    inject.reset()
+  }
+  for (const fd of fds) {
+    if (fd.sharedWith !== undefined) inject.call(`dup3(fd ${fd.fd} = fd ${fd.sharedWith})`, SYS.dup3, fd.sharedWith, fd.fd, fd.cloexec ? O.CLOEXEC : 0)
+  }
+  for (const fd of fds) {
+    if (!fd.epoll || fd.sharedWith !== undefined) continue
+    for (const target of fd.epoll.targets) {
+      const event = new Uint8Array(12) // struct epoll_event is packed on x86_64
+      const view = new DataView(event.buffer)
+      view.setUint32(0, target.events >>> 0, true)
+      view.setBigUint64(4, target.data, true)
+      inject.call(`epoll_ctl(fd ${fd.fd}, ADD, ${target.fd})`, SYS.epoll_ctl, fd.fd, EPOLL_CTL_ADD, target.fd, inject.put(event))
+      inject.reset()
+    }
+  }
+  for (const high of staged) inject.call('close', SYS.close, high)
+}
+
+function writeAll(inject: Injector, fd: number, data: Uint8Array): void {
+  for (let done = 0; done < data.length;) {
+    const piece = data.subarray(done, done + WRITE_PIECE)
+    const n = Number(inject.call('write(pipe)', SYS.write, fd, inject.put(piece), piece.length))
+    inject.reset()
+    done += n
+  }
+}
