@@ -23,6 +23,18 @@ export function diagnose(result: BenchResult): string[] {
   for (const target of result.targets) {
     if (target.pass) continue
     const label = target.id.split('@')[1] ?? ''
+    const threadsDowntime = /^downtime-(\d+)-threads@/.exec(target.id)
+    if (threadsDowntime && result.threads) {
+      // Before the size rows: this id starts with "downtime" too, but its figures are the threads section's.
+      const count = Number(threadsDowntime[1])
+      const threadRow = result.threads.rows.find((candidate) => candidate.threads === count)
+      const single = result.threads.rows.find((candidate) => candidate.threads === 1)
+      if (threadRow) {
+        const s = threadRow.checkpointStats
+        notes.push(`- **Downtime with ${count} threads at ${label}**: ${f(threadRow.downtimeMs.median)} ms, of which seizing every thread (freezing_time) ${f(stat(s, 'freezing_time'))} ms; the rest is reading each thread's registers and signal state and the fork snapshot${single ? ` (with 1 thread: downtime ${f(single.downtimeMs.median)} ms, freezing_time ${f(stat(single.checkpointStats, 'freezing_time'))} ms)` : ''}.`)
+      }
+      continue
+    }
     const size = bySize.get(label)
     if (!size) continue
     const pool = size.paths.find((path) => path.path === 'pool')

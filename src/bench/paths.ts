@@ -26,6 +26,13 @@ export interface CheckpointSample {
 export interface RestoreSample {
   /** The clone, running detached; the runner measures, then kills and reaps it. */
   pid: number
+  /** Threads the clone was built with. */
+  threads: number
+  /**
+   * A multi-threaded clone lives in a PID namespace of its own whose init is our child: it ends by itself
+   * once the clone is killed and is ours to reap.
+   */
+  initPid?: number
   /** Engine restore, µs. */
   engineUs: number
   stats: Readonly<Record<string, number>>
@@ -87,7 +94,10 @@ export class PoolPath implements BenchPath {
 
   restore(policy: string): RestoreSample {
     const result = this.engine.restoreFromPool(this.pool, {name: this.checkpointName, policy: policy as Policy, wait: false})
-    return {pid: result.pid, engineUs: result.stats.restore_time, stats: {...result.stats}}
+    return {
+      pid: result.pid, threads: result.threads, ...(result.pidNamespace ? {initPid: result.pidNamespace.initPid} : {}),
+      engineUs: result.stats.restore_time, stats: {...result.stats},
+    }
   }
 
   restoreCommand(policy: string): WholeCommand {
@@ -149,7 +159,10 @@ export class CriuPath implements BenchPath {
 
   restore(_policy: string): RestoreSample {
     const result = this.engine.criuRestore({images: this.images, wait: false})
-    return {pid: result.pid, engineUs: result.stats.restore_time, stats: {...result.stats}}
+    return {
+      pid: result.pid, threads: result.threads, ...(result.pidNamespace ? {initPid: result.pidNamespace.initPid} : {}),
+      engineUs: result.stats.restore_time, stats: {...result.stats},
+    }
   }
 
   restoreCommand(_policy: string): WholeCommand {

@@ -4,6 +4,8 @@
  * and by the whole `cxlfork restore` command, each clone measured, checked
  * and killed, then the checkpoint removed. Plain write, local fork and cold
  * start are measured in the same repetitions, so every ratio comes from one run.
+ * Then the threads section (threads.ts): checkpoint and engine restore of
+ * targets with 1, 8, 64... threads at one size, into the same pool.
  */
 import {randomBytes} from 'node:crypto'
 import {unlinkSync} from 'node:fs'
@@ -16,11 +18,12 @@ import {isAlive, readMaps, readStatus} from '../sys/proc.js'
 import {PR, prctl} from '../sys/libc.js'
 import {machineInfo, stealMs} from './machine.js'
 import {commandWallMs, localFork, nodeStartup, patternBuffer, plainMmap, plainWrite, plainWriteFromMemory, plainWriteIntoAllocated, sameBytesBuffer, wholeCommand} from './measure.js'
-import type {BenchPath} from './paths.js'
+import type {BenchPath, RestoreSample} from './paths.js'
 import {Samples, summarize} from './summary.js'
 import {spawnTarget, stopProcess, sweepChildren, TargetFiles, TARGET_COMM, verifyPattern} from './target.js'
-import type {BenchResult, PathResult, RestoreRow, SizeResult, TargetVerdict} from './types.js'
-import {evaluateTargets} from './verdicts.js'
+import {measureThreads} from './threads.js'
+import type {BenchResult, PathResult, RestoreRow, SizeResult, TargetVerdict, ThreadsResult} from './types.js'
+import {evaluateTargets, threadRatios} from './verdicts.js'
 
 const WARMUP_SIZE = 4 << 20
 
@@ -38,6 +41,10 @@ export interface BenchOptions {
   hugePages: boolean
   /** Also measure the CRIU-format baseline path (criu dump / criu restore). */
   criu: boolean
+  /** Thread counts of the threads section, measured at `threadsSize`; empty: no threads section. */
+  threads: readonly number[]
+  /** Size of the threads section's targets; default: the first of `sizes`. */
+  threadsSize?: BenchSize
   /** The command line, recorded in the result. */
   command: string
   /** Absolute path of bin/run.js, for whole-command restores. */
@@ -66,7 +73,9 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   const [{checkpointToPool}, {restoreFromPool}, {PoolPath, CriuPath}, {criuDump}, {criuRestore}] = await Promise.all([
     import('../checkpoint/checkpoint.js'), import('../restore/restore.js'), import('./paths.js'), import('../criu/dump.js'), import('../criu/restore.js'),
   ])
-  const largest = Math.max(...options.sizes.map((size) => size.bytes))
+  const threadsSize = options.threads.length === 0 ? undefined : options.threadsSize ?? options.sizes[0]
+  if (options.threads.length > 0 && threadsSize === undefined) throw new CxlforkError('BENCH_NO_SIZE', 'the threads section needs a size: give --sizes or --threads-size')
+  const largest = Math.max(...options.sizes.map((size) => size.bytes), threadsSize?.bytes ?? 0)
   const temporary = options.pool === undefined
   const poolPath = options.pool ?? join('/dev/shm', `cxlfork-bench-${process.pid}-${randomBytes(4).toString('hex')}.pool`)
   // With a temporary pool, a checkpoint-only second path writes into a sparse pool beside it.
@@ -81,6 +90,11 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   const stop = (pid: number): void => {
     stopProcess(pid)
     live.delete(pid)
+  }
+  // The clone first: a multi-threaded clone's init then sees it end, exits by itself and is reaped as our child.
+  const stopClone = (clone: RestoreSample): void => {
+    stop(clone.pid)
+    if (clone.initPid !== undefined) stop(clone.initPid)
   }
 
   // Clones restored by `cxlfork restore` outlive that command: adopt them so they can be reaped.
@@ -133,7 +147,8 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
           for (const policy of path.policies) {
             const clone = path.restore(policy)
             track(clone.pid)
-            stop(clone.pid)
+            if (clone.initPid !== undefined) track(clone.initPid)
+            stopClone(clone)
           }
         } finally {
           path.cleanup()
@@ -179,6 +194,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
                 const row = `${path.name}/${policy}`
                 const restored = path.restore(policy)
                 track(restored.pid)
+                if (restored.initPid !== undefined) track(restored.initPid)
                 try {
                   const status = readStatus(restored.pid)
                   if (status.state === 'Z' || status.state === 'X') throw new CxlforkError('BENCH_CLONE_DIED', `${row} clone ${restored.pid} died right after restore`)
@@ -189,7 +205,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
                   if (bad >= 0) throw new CxlforkError('BENCH_CLONE_CORRUPT', `${row} clone ${restored.pid}: page ${bad} does not hold the target's pattern`)
                   log(`${tag} ${row} engine restore ${ms(restored.engineUs).toFixed(2)} ms, RssAnon ${status.rssAnon / 1024} kB`)
                 } finally {
-                  stop(restored.pid)
+                  stopClone(restored)
                 }
                 const command = wholeCommand(path.restoreCommand(policy))
                 track(command.pid)
@@ -260,15 +276,26 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
       })
     }
 
-    const targets: TargetVerdict[] = evaluateTargets(sizes, nodeStartupMs)
+    let threads: ThreadsResult | undefined
+    if (threadsSize !== undefined) {
+      const rows = await measureThreads({
+        path: paths[0]!, files, size: threadsSize, counts: options.threads, runs: options.runs,
+        track: (pid) => void track(pid), stop, stopClone, log,
+      })
+      threads = {size: threadsSize.bytes, label: threadsSize.label, policy: 'mow', rows, ratios: []}
+      threads.ratios = threadRatios(threads)
+    }
+
+    const targets: TargetVerdict[] = evaluateTargets(sizes, nodeStartupMs, threads)
     return {
       command: options.command, date: started.toISOString(), durationS: Math.round((performance.now() - t0) / 100) / 10, machine: machineInfo(atStart),
       config: {
         sizes: options.sizes.map((size) => size.bytes), runs: options.runs, policies: [...options.policies], pool: poolPath, poolTemporary: temporary,
-        target: `static ELF generated by cxlfork (${TARGET_COMM}): mmap SIZE private anonymous, ${options.hugePages ? 'MADV_HUGEPAGE' : 'MADV_NOHUGEPAGE'}, fill page i with the word 0x63786c666f726b00+i (rep stosq), report ready on a pipe, pause() forever`,
+        target: `static ELF generated by cxlfork (${TARGET_COMM}): mmap SIZE private anonymous, ${options.hugePages ? 'MADV_HUGEPAGE' : 'MADV_NOHUGEPAGE'}, fill page i with the word 0x63786c666f726b00+i (rep stosq), report ready on a pipe, pause() forever${threadsSize === undefined ? '' : '; in the threads section, before reporting ready, THREADS-1 more threads by raw clone(CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_THREAD|CLONE_SYSVSEM), each on a 64 KiB stack of its own and in pause()'}`,
         hugePages: options.hugePages,
+        ...(threadsSize === undefined ? {} : {threads: [...options.threads], threadsSize: threadsSize.bytes}),
       },
-      nodeStartupMs, cliVersionMs, sizes, targets, pass: targets.every((verdict) => verdict.pass), pids: [...pids].sort((a, b) => a - b),
+      nodeStartupMs, cliVersionMs, sizes, ...(threads === undefined ? {} : {threads}), targets, pass: targets.every((verdict) => verdict.pass), pids: [...pids].sort((a, b) => a - b),
     }
   } finally {
     for (const pid of live) stopProcess(pid)

@@ -2,19 +2,24 @@
  * The benchmark target: a tiny static x86_64 ELF generated here byte by byte
  * (no compiler, no libc, no interpreter at run time). It maps SIZE bytes of
  * private anonymous memory, writes a deterministic pattern into every page
- * (page i is filled with the 64-bit word PATTERN_BASE + i), writes one byte
- * ("R") to fd 1 once every page is touched, then idles in pause() forever.
+ * (page i is filled with the 64-bit word PATTERN_BASE + i), optionally starts
+ * THREADS-1 more threads (raw clone, each on a 64 KiB stack of its own, each
+ * idling in pause()), writes one byte ("R") to fd 1 once every page is
+ * touched and every thread exists, then idles in pause() forever.
  *
  * Why not python3 or node: their base RSS (8-40 MiB of private memory, plus
  * threads for node) would blur "restored RssAnon vs checkpointed bytes" and
  * would not be exactly SIZE. This target's footprint is SIZE plus one stack
- * page and its 4 KiB code page, and it is single-threaded, without rseq or TLS.
+ * page and its 4 KiB code page, and it has no rseq or TLS. With THREADS = 1 no
+ * thread code is emitted at all, so the single-threaded target is the same
+ * program byte for byte as before threads existed.
  */
 import {closeSync, mkdtempSync, readdirSync, readSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {CxlforkError} from '../errors.js'
+import {STUB_COMM, STUB_INIT_COMM} from '../inject/stub.js'
 import {O, killQuiet, pipe2, posixSpawn, SIG, vmRead, wait4} from '../sys/libc.js'
 import {isAlive, readStat} from '../sys/proc.js'
 
@@ -23,6 +28,12 @@ export const TARGET_COMM = 'cxlbench-target'
 /** Page i of the target's memory holds this value + i in each of its 512 words. */
 export const PATTERN_BASE = 0x6378_6c66_6f72_6b00n
 const LOAD_BASE = 0x400000n
+/** Stack of each extra thread. The threads only sit in pause(), which touches no stack: its pages are never faulted in. */
+const THREAD_STACK_SIZE = 0x10000
+/** CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM: a thread as pthread_create makes one, minus TLS and tid bookkeeping (the target has no libc). */
+const CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
+/** Most threads a target may have: each costs a 64 KiB mapping and one task. */
+export const MAX_TARGET_THREADS = 4096
 
 /** A minimal assembler: raw bytes plus 32-bit rip-relative label fixups. */
 class Assembler {
@@ -67,8 +78,12 @@ class Assembler {
   }
 }
 
-/** Machine code of the target for `size` bytes; the region is madvised MADV_HUGEPAGE or MADV_NOHUGEPAGE, so THP use does not depend on the system default. */
-export function targetCode(size: number, hugePages: boolean): Uint8Array {
+/**
+ * Machine code of the target for `size` bytes and `threads` threads; the region is madvised MADV_HUGEPAGE or
+ * MADV_NOHUGEPAGE, so THP use does not depend on the system default.
+ */
+export function targetCode(size: number, hugePages: boolean, threads = 1): Uint8Array {
+  if (!Number.isInteger(threads) || threads < 1 || threads > MAX_TARGET_THREADS) throw new RangeError(`target threads ${threads}: 1 to ${MAX_TARGET_THREADS}`)
   const a = new Assembler()
   // mmap(NULL, size, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0)
   a.emit(0x31, 0xff) //                          xor  edi, edi
@@ -99,6 +114,9 @@ export function targetCode(size: number, hugePages: boolean): Uint8Array {
   a.emit(0x49, 0xff, 0xc6) //                    inc  r14
   a.emit(0xe9).rel32('page') //                  jmp  page
   a.label('done')
+  // The threads come after the fill, so their creation is not part of the pages' timing, and before
+  // "R", so a target that reported ready has all its threads (spawnTarget's caller may count them).
+  if (threads > 1) emitThreadSpawn(a, threads - 1)
   a.emit(0xbf).imm32(1) //                       mov  edi, 1
   a.emit(0x48, 0x8d, 0x35).rel32('ready') //     lea  rsi, [rip + ready]
   a.emit(0xba).imm32(1) //                       mov  edx, 1
@@ -117,9 +135,45 @@ export function targetCode(size: number, hugePages: boolean): Uint8Array {
   return a.finish()
 }
 
+/**
+ * `extra` times: mmap a 64 KiB stack, clone a thread onto its top; the new thread (rax == 0) jumps to
+ * the pause() loop, the creator goes on. Any failure ends the target with status 1 (the "fail" path),
+ * before "R", which spawnTarget reports. r12 counts down: no syscall clobbers it (only rax, rcx, r11).
+ */
+function emitThreadSpawn(a: Assembler, extra: number): void {
+  a.emit(0x41, 0xbc).imm32(extra) //             mov  r12d, extra
+  a.label('spawn')
+  // mmap(NULL, 64 KiB, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0). No MAP_STACK: since
+  // Linux 6.7 it implies VM_NOHUGEPAGE, and the stacks could then merge with a MADV_NOHUGEPAGE region
+  // placed right above them into one VMA, which would no longer be exactly SIZE bytes.
+  a.emit(0x31, 0xff) //                          xor  edi, edi
+  a.emit(0xbe).imm32(THREAD_STACK_SIZE) //       mov  esi, 0x10000
+  a.emit(0xba).imm32(3) //                       mov  edx, 3
+  a.emit(0x41, 0xba).imm32(0x22) //              mov  r10d, 0x22
+  a.emit(0x49, 0xc7, 0xc0).imm32(-1) //          mov  r8, -1
+  a.emit(0x45, 0x31, 0xc9) //                    xor  r9d, r9d
+  a.emit(0xb8).imm32(9) //                       mov  eax, SYS_mmap
+  a.emit(0x0f, 0x05) //                          syscall
+  a.emit(0x48, 0x3d).imm32(-4095) //             cmp  rax, -4095
+  a.emit(0x0f, 0x83).rel32('fail') //            jae  fail
+  // clone(flags, newsp = stack top, parent_tid = NULL, child_tid = NULL, tls = 0)
+  a.emit(0x48, 0x8d, 0xb0).imm32(THREAD_STACK_SIZE) // lea rsi, [rax + 0x10000]
+  a.emit(0xbf).imm32(CLONE_THREAD_FLAGS) //      mov  edi, flags
+  a.emit(0x31, 0xd2) //                          xor  edx, edx
+  a.emit(0x45, 0x31, 0xd2) //                    xor  r10d, r10d
+  a.emit(0x45, 0x31, 0xc0) //                    xor  r8d, r8d
+  a.emit(0xb8).imm32(56) //                      mov  eax, SYS_clone
+  a.emit(0x0f, 0x05) //                          syscall
+  a.emit(0x48, 0x85, 0xc0) //                    test rax, rax
+  a.emit(0x0f, 0x84).rel32('idle') //            je   idle           ; the new thread
+  a.emit(0x0f, 0x88).rel32('fail') //            js   fail           ; -errno
+  a.emit(0x41, 0xff, 0xcc) //                    dec  r12d
+  a.emit(0x0f, 0x85).rel32('spawn') //           jne  spawn
+}
+
 /** A static ET_EXEC image: ELF header, one R+X PT_LOAD of the whole file, PT_GNU_STACK. */
-export function buildTargetElf(size: number, hugePages: boolean): Uint8Array {
-  const code = targetCode(size, hugePages)
+export function buildTargetElf(size: number, hugePages: boolean, threads = 1): Uint8Array {
+  const code = targetCode(size, hugePages, threads)
   const ehdr = 64
   const phdr = 56
   const codeOffset = ehdr + 2 * phdr
@@ -152,26 +206,28 @@ export function buildTargetElf(size: number, hugePages: boolean): Uint8Array {
 }
 
 /**
- * Executables of the targets, one per size, in a private temporary directory
+ * Executables of the targets, one per size and thread count, in a private temporary directory
  * that lives for the whole run: checkpoints record the executable's path and
  * restores map it again, so it must stay until the last restore.
  */
 export class TargetFiles {
   readonly dir: string
-  private readonly paths = new Map<number, string>()
+  private readonly paths = new Map<string, string>()
 
   constructor(private readonly hugePages: boolean) {
     this.dir = mkdtempSync(join(tmpdir(), 'cxlfork-bench-'))
   }
 
-  /** Write (once) and return the executable for `size` bytes. */
-  executable(size: number): string {
-    const known = this.paths.get(size)
+  /** Write (once) and return the executable for `size` bytes and `threads` threads. */
+  executable(size: number, threads = 1): string {
+    const key = `${size}-${threads}`
+    const known = this.paths.get(key)
     if (known !== undefined) return known
-    const sub = mkdtempSync(join(this.dir, `${size}-`))
+    // Every executable has the same file name (it becomes the comm), so each lives in a directory of its own.
+    const sub = mkdtempSync(join(this.dir, `${key}-`))
     const path = join(sub, TARGET_COMM)
-    writeFileSync(path, buildTargetElf(size, this.hugePages), {mode: 0o700})
-    this.paths.set(size, path)
+    writeFileSync(path, buildTargetElf(size, this.hugePages, threads), {mode: 0o700})
+    this.paths.set(key, path)
     return path
   }
 
@@ -238,7 +294,10 @@ export function stopProcess(pid: number): void {
   while (isAlive(pid) && Date.now() < deadline) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2)
 }
 
-/** Safety net: kill and reap our children (or adopted orphans) named like a target, a clone or a stub. */
+/**
+ * Safety net: kill and reap our children (or adopted orphans) named like a target, a clone, a stub or the
+ * init of a multi-threaded clone's PID namespace (killing that init also ends every process inside).
+ */
 export function sweepChildren(): number[] {
   const swept: number[] = []
   for (const entry of readdirSync('/proc')) {
@@ -246,7 +305,7 @@ export function sweepChildren(): number[] {
     const pid = Number(entry)
     try {
       const stat = readStat(pid)
-      if (stat.ppid === process.pid && (stat.comm === TARGET_COMM || stat.comm === 'cxlfork-stub')) {
+      if (stat.ppid === process.pid && (stat.comm === TARGET_COMM || stat.comm === STUB_COMM || stat.comm === STUB_INIT_COMM)) {
         stopProcess(pid)
         swept.push(pid)
       }

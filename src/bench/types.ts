@@ -89,6 +89,48 @@ export interface SizeResult {
   paths: PathResult[]
 }
 
+/** One thread count of the threads section: a target of the section's size with `threads` threads, checkpointed and restored --runs times. */
+export interface ThreadRow {
+  threads: number
+  /** Bytes of memory each checkpoint held. */
+  bytes: number
+  /** Whole checkpoint into the provisioned pool (checkpointToPool), ms. */
+  checkpointMs: Summary
+  /** Time every thread of the target was stopped (stats.frozen_time), ms. */
+  downtimeMs: Summary
+  /** In-process engine restore (restoreFromPool, policy mow, stats.restore_time), ms. */
+  engineMs: Summary
+  /**
+   * Clones whose memory pattern and task count (/proc/CLONE/task lists `threads` tasks) were checked; a clone
+   * that fails either check ends the run with an error, so this equals `runs` in every result there is.
+   */
+  clonesVerified: number
+  /** Checkpoint statistics by their CRIU names; µs unless a count. */
+  checkpointStats: Record<string, Summary>
+  /** Engine restore statistics by their names; µs unless a count. */
+  restoreStats: Record<string, Summary>
+}
+
+/** A figure derived from the run and reported without a limit. */
+export interface InformationalRatio {
+  id: string
+  description: string
+  value: number
+  unit: string
+}
+
+/** The threads section: one size, the same pool as the size rows, one restore policy. */
+export interface ThreadsResult {
+  /** Bytes each target touches. */
+  size: number
+  /** As given on the command line, e.g. 64M. */
+  label: string
+  policy: 'mow'
+  rows: ThreadRow[]
+  /** E.g. engine restore at the most threads / at the fewest. */
+  ratios: InformationalRatio[]
+}
+
 export interface TargetVerdict {
   id: string
   description: string
@@ -114,12 +156,18 @@ export interface BenchResult {
     poolTemporary: boolean
     target: string
     hugePages: boolean
+    /** Thread counts of the threads section, absent when it was skipped. */
+    threads?: number[]
+    /** Bytes of the threads section's targets, absent when it was skipped. */
+    threadsSize?: number
   }
   /** `node -e 0`, wall clock. */
   nodeStartupMs: Summary
   /** `node bin/run.js --version`: the floor of any cxlfork command (Node + oclif), wall clock. */
   cliVersionMs: Summary
   sizes: SizeResult[]
+  /** Checkpoint and engine restore by thread count; absent when skipped (`--threads ''`). */
+  threads?: ThreadsResult
   targets: TargetVerdict[]
   pass: boolean
   /** Every process the run created (targets, clones, fork children); all are gone when it returns. */

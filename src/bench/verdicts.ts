@@ -1,9 +1,10 @@
 /**
  * The performance targets, each checked against figures of the same run.
  * "Largest" and "smallest" are the largest and smallest measured sizes
- * (1G and 64M in the reference run).
+ * (1G and 64M in the reference run); in the threads section, the most
+ * threads measured (64 in the reference run).
  */
-import type {RestoreRow, SizeResult, Summary, TargetVerdict} from './types.js'
+import type {InformationalRatio, RestoreRow, SizeResult, Summary, TargetVerdict, ThreadRow, ThreadsResult} from './types.js'
 
 const round = (value: number, digits = 3): number => Math.round(value * 10 ** digits) / 10 ** digits
 
@@ -20,8 +21,34 @@ export function plainAnchorMs(size: SizeResult): number {
   return size.plainWriteMemoryMs.median
 }
 
-export function evaluateTargets(sizes: readonly SizeResult[], nodeStartupMs: Summary): TargetVerdict[] {
-  if (sizes.length === 0) return []
+/** The rows with the fewest and the most threads (the same row when only one count was measured). */
+export function threadExtremes(threads: ThreadsResult): {fewest: ThreadRow; most: ThreadRow} | undefined {
+  if (threads.rows.length === 0) return undefined
+  const byCount = [...threads.rows].sort((a, b) => a.threads - b.threads)
+  return {fewest: byCount[0]!, most: byCount[byCount.length - 1]!}
+}
+
+/** Figures reported without a limit: how engine restore grows from the fewest threads to the most. */
+export function threadRatios(threads: ThreadsResult): InformationalRatio[] {
+  const extremes = threadExtremes(threads)
+  if (!extremes || extremes.most.threads === extremes.fewest.threads) return []
+  const {fewest, most} = extremes
+  return [{
+    id: `mow-restore-threads-${most.threads}-vs-${fewest.threads}@${threads.label}`,
+    description: `mow engine restore at ${most.threads} threads / at ${fewest.threads} thread${fewest.threads === 1 ? '' : 's'} (${threads.label})`,
+    value: round(most.engineMs.median / fewest.engineMs.median), unit: 'x',
+  }]
+}
+
+/** Target verdicts of the threads section: downtime with the most threads measured. */
+function threadTargets(threads: ThreadsResult | undefined): TargetVerdict[] {
+  const most = threads ? threadExtremes(threads)?.most : undefined
+  if (!threads || !most) return []
+  return [verdict(`downtime-${most.threads}-threads@${threads.label}`, `target downtime with ${most.threads} threads at ${threads.label} <= 50 ms`, most.downtimeMs.median, 50, 'ms')]
+}
+
+export function evaluateTargets(sizes: readonly SizeResult[], nodeStartupMs: Summary, threads?: ThreadsResult): TargetVerdict[] {
+  if (sizes.length === 0) return threadTargets(threads)
   const bySize = [...sizes].sort((a, b) => a.size - b.size)
   const smallest = bySize[0]!
   const largest = bySize[bySize.length - 1]!
@@ -59,5 +86,6 @@ export function evaluateTargets(sizes: readonly SizeResult[], nodeStartupMs: Sum
         mow.commandMs.median, nodeStartupMs.median + 150, 'ms'))
     }
   }
+  out.push(...threadTargets(threads))
   return out
 }

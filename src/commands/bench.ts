@@ -14,43 +14,70 @@ function commandLine(): string {
   return ['node', entry, ...process.argv.slice(2)].map(quote).join(' ')
 }
 
+/** --threads: distinct counts in the order given, each 1 to `max`; '' or "none" for no threads section. */
+export function parseThreadCounts(text: string, max: number): number[] {
+  const trimmed = text.trim()
+  if (trimmed === '' || trimmed.toLowerCase() === 'none') return []
+  const counts: number[] = []
+  for (const part of trimmed.split(',').map((item) => item.trim()).filter(Boolean)) {
+    const count = /^\d+$/.test(part) ? Number(part) : Number.NaN
+    if (!Number.isSafeInteger(count) || count < 1 || count > max) {
+      throw new UsageError('INVALID_THREADS', `thread count ${part} must be an integer from 1 to ${max}`, "Use e.g. --threads 1,8,64, or --threads '' to skip the threads section.")
+    }
+    if (!counts.includes(count)) counts.push(count)
+  }
+  return counts
+}
+
 export default class BenchCommand extends BaseCommand {
   static override summary = 'Measure checkpoint, restore (mow/local), RssAnon, local fork(), plain write and cold start side by side.'
   static override description = `For each size, a generated target process touches exactly that much anonymous memory and idles; it is checkpointed --runs times into a dedicated pool, each checkpoint restored per policy in process and by the whole \`cxlfork restore\` command, each clone measured, checked and killed. Plain write of the same bytes to the pool's file system, local fork() of the target, \`node -e 0\` and a cold start are measured in the same repetitions. Reports medians (min, max), ratios and pass/fail of the performance targets; exit status 0 even when a target fails (see "pass" in the JSON).
+Then the threads section: at the first of --sizes (or --threads-size), for each of --threads, one target with that many threads is checkpointed --runs times into the same pool and each checkpoint restored in process (mow); the clone's memory and thread count are checked. \`--threads ''\` (or none) skips it.
 Progress goes to stderr, one line per step (also under --json). Without --pool two temporary pools under /dev/shm are created and removed at the end: a provisioned one (\`pool init --provision\`), the "pool" path, and a sparse one that the "pool-sparse" path only checkpoints into, so both kinds of pool are measured in the same run. Every target and clone is killed.`
   static override examples = [
     '<%= config.bin %> bench',
     '<%= config.bin %> bench --sizes 64M,256M,1G --runs 5 --markdown BENCHMARKS.md',
     '<%= config.bin %> bench --sizes 16M --runs 2 --json',
+    "<%= config.bin %> bench --sizes 64M --runs 5 --threads 1,8,64 --no-criu --json",
+    "<%= config.bin %> bench --sizes 256M --threads ''",
   ]
   static override flags = {
     // Overrides the global --pool: a benchmark never touches the default pool unless asked.
     pool: Flags.string({summary: 'Pool file to use (created if missing, kept). Default: a temporary pool under /dev/shm, removed at the end.', helpGroup: 'GLOBAL'}),
     sizes: Flags.string({summary: 'Comma-separated sizes of touched memory.', default: '64M,256M,1G', helpValue: '<size,...>'}),
-    runs: Flags.integer({summary: 'Repetitions per size (medians of these).', default: 5, min: 1, max: 1000}),
+    runs: Flags.integer({summary: 'Repetitions per size and per thread count (medians of these).', default: 5, min: 1, max: 1000}),
     policies: Flags.string({summary: 'Comma-separated restore policies: mow, local.', default: 'mow,local', helpValue: '<policy,...>'}),
     markdown: Flags.string({summary: 'Also write the report as Markdown to this file.', helpValue: '<file>'}),
     criu: Flags.boolean({summary: 'Also measure the CRIU-format baseline (criu dump to images on the pool\'s mount, criu restore by copying).', default: true, allowNo: true}),
+    threads: Flags.string({
+      summary: "Comma-separated thread counts of the threads section (checkpoint downtime and mow engine restore by thread count); '' or none skips it.",
+      default: '1,8,64', helpValue: '<n,...>',
+    }),
+    'threads-size': Flags.string({summary: 'Size of touched memory of the threads section\'s targets. Default: the first of --sizes.', helpValue: '<size>'}),
     'huge-pages': Flags.boolean({summary: "Ask for transparent huge pages for the target's memory (MADV_HUGEPAGE; default MADV_NOHUGEPAGE, 4 KiB pages).", default: false}),
   }
 
   async run(): Promise<BenchResult> {
     const {flags} = await this.parse(BenchCommand)
-    const [{parseSize}, {runBench}, {renderMarkdown}, {diagnose}] = await Promise.all([
-      import('../pool/size.js'), import('../bench/run.js'), import('../bench/markdown.js'), import('../bench/diagnose.js'),
+    const [{parseSize}, {runBench}, {renderMarkdown}, {diagnose}, {MAX_TARGET_THREADS}] = await Promise.all([
+      import('../pool/size.js'), import('../bench/run.js'), import('../bench/markdown.js'), import('../bench/diagnose.js'), import('../bench/target.js'),
     ])
-    const sizes = flags.sizes.split(',').map((text) => text.trim()).filter(Boolean).map((label) => {
+    const benchSize = (label: string): {bytes: number; label: string} => {
       const bytes = parseSize(label)
       if (bytes < 4096n || bytes % 4096n !== 0n || bytes > 1n << 40n) throw new UsageError('INVALID_SIZE', `size ${label} must be a multiple of 4 KiB between 4K and 1T`)
       return {bytes: Number(bytes), label}
-    })
+    }
+    const sizes = flags.sizes.split(',').map((text) => text.trim()).filter(Boolean).map(benchSize)
     if (sizes.length === 0) throw new UsageError('INVALID_SIZE', '--sizes names no size')
+    const threads = parseThreadCounts(flags.threads, MAX_TARGET_THREADS)
+    const threadsSize = flags['threads-size'] === undefined ? undefined : benchSize(flags['threads-size'].trim())
     const policies = [...new Set(flags.policies.split(',').map((text) => text.trim()).filter(Boolean))]
     for (const policy of policies) {
       if (policy !== 'mow' && policy !== 'local') throw new UsageError('INVALID_POLICY', `unknown policy ${policy}`, 'Use mow, local or mow,local.')
     }
     const result = await runBench({
       sizes, runs: flags.runs, policies: policies as ('mow' | 'local')[], hugePages: flags['huge-pages'], criu: flags.criu,
+      threads, ...(threadsSize === undefined ? {} : {threadsSize}),
       ...(flags.pool === undefined ? {} : {pool: flags.pool}),
       command: commandLine(),
       cliEntry: join(this.config.root, 'bin', 'run.js'),

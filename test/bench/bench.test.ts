@@ -1,7 +1,8 @@
 /**
- * End to end: `cxlfork bench --sizes 16M --runs 2 --json` through bin/run.js.
- * Checks the result's shape, that its figures are sane, and that the run
- * leaves nothing behind (targets, clones, fork children, the pool file).
+ * End to end: `cxlfork bench --sizes 16M --runs 2 --threads '' --json` through
+ * bin/run.js, then a small run of the threads section alone. Checks the
+ * result's shape, that its figures are sane, and that the run leaves nothing
+ * behind (targets, clones and their inits, fork children, the pool file).
  */
 import assert from 'node:assert/strict'
 import {spawnSync} from 'node:child_process'
@@ -9,7 +10,7 @@ import {existsSync, readdirSync, readFileSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {projectRoot} from '../../src/paths.js'
-import type {BenchResult, Summary} from '../../src/bench/types.js'
+import type {BenchResult, Summary, ThreadRow} from '../../src/bench/types.js'
 
 function assertSummary(summary: Summary, what: string, runs: number): void {
   assert.deepEqual(Object.keys(summary).sort(), ['max', 'median', 'min', 'n'], what)
@@ -44,16 +45,19 @@ function alive(pid: number): boolean {
 describe('cxlfork bench (end to end)', function () {
   this.timeout(90_000)
 
-  it('--sizes 16M --runs 2 --json returns a sane typed result and leaves nothing behind', () => {
+  it("--sizes 16M --runs 2 --threads '' --json returns a sane typed result and leaves nothing behind", () => {
     const before = new Set(targetsAlive())
-    const run = spawnSync(process.execPath, [join(projectRoot(), 'bin', 'run.js'), 'bench', '--sizes', '16M', '--runs', '2', '--json'],
+    // The threads section is skipped here (the next test runs it small): the JSON is then exactly what it was before threads.
+    const run = spawnSync(process.execPath, [join(projectRoot(), 'bin', 'run.js'), 'bench', '--sizes', '16M', '--runs', '2', '--threads', '', '--json'],
       {encoding: 'utf8', maxBuffer: 64 << 20, timeout: 80_000})
     assert.equal(run.status, 0, `exit status ${run.status}\n${run.stderr}\n${run.stdout}`)
     const result = JSON.parse(run.stdout) as BenchResult
 
     assert.deepEqual(Object.keys(result).sort(),
       ['cliVersionMs', 'command', 'config', 'date', 'durationS', 'machine', 'nodeStartupMs', 'pass', 'pids', 'sizes', 'targets'])
-    assert.match(result.command, /bench --sizes 16M --runs 2 --json$/)
+    assert.match(result.command, /bench --sizes 16M --runs 2 --threads '' --json$/)
+    assert.equal(result.config.threads, undefined)
+    assert.equal(result.config.threadsSize, undefined)
     assert.ok(!Number.isNaN(Date.parse(result.date)))
     assert.ok(result.machine.cores > 0 && result.machine.ramBytes > 0 && result.machine.kernel.length > 0 && result.machine.node.startsWith('v'))
     assert.ok(Number.isFinite(result.machine.stealMs) && result.machine.stealMs >= 0, `steal during the run: ${result.machine.stealMs} ms`)
@@ -120,6 +124,56 @@ describe('cxlfork bench (end to end)', function () {
 
     // Nothing left behind: every process the run created is gone, and the temporary pool too.
     assert.ok(result.pids.length >= 2 + 2 * 4 + 2 * 2 + 2 * 2, `pids recorded: ${result.pids.length}`)
+    assert.deepEqual(result.pids.filter(alive), [])
+    assert.deepEqual(targetsAlive().filter((pid) => !before.has(pid)), [])
+    assert.equal(existsSync(result.config.pool), false, `${result.config.pool} removed`)
+    assert.equal(existsSync(result.config.pool.replace(/\.pool$/, '-sparse.pool')), false, 'the sparse pool removed')
+  })
+
+  it('--threads 1,4 --threads-size 8M --runs 1: checkpoint and mow restore by thread count, every clone checked, nothing left behind', () => {
+    const before = new Set(targetsAlive())
+    // Kept small: one repetition, mow only, no CRIU path, a 4M size row; the threads section at a size of its own (8M, larger,
+    // so the temporary pool must be sized for it too).
+    const run = spawnSync(process.execPath, [join(projectRoot(), 'bin', 'run.js'), 'bench', '--sizes', '4M', '--runs', '1', '--policies', 'mow', '--no-criu',
+      '--threads', '1,4', '--threads-size', '8M', '--json'], {encoding: 'utf8', maxBuffer: 64 << 20, timeout: 80_000})
+    assert.equal(run.status, 0, `exit status ${run.status}\n${run.stderr}\n${run.stdout}`)
+    const result = JSON.parse(run.stdout) as BenchResult
+
+    assert.deepEqual(Object.keys(result).sort(),
+      ['cliVersionMs', 'command', 'config', 'date', 'durationS', 'machine', 'nodeStartupMs', 'pass', 'pids', 'sizes', 'targets', 'threads'])
+    assert.deepEqual(result.config.threads, [1, 4])
+    assert.equal(result.config.threadsSize, 8 << 20)
+    const threads = result.threads!
+    assert.equal(threads.size, 8 << 20)
+    assert.equal(threads.label, '8M')
+    assert.equal(threads.policy, 'mow')
+    assert.deepEqual(threads.rows.map((row) => row.threads), [1, 4])
+    for (const row of threads.rows) {
+      const what = `${row.threads} thread(s)`
+      assertSummary(row.downtimeMs, `${what} downtimeMs`, 1)
+      assertSummary(row.checkpointMs, `${what} checkpointMs`, 1)
+      assertSummary(row.engineMs, `${what} engineMs`, 1)
+      assert.ok(row.downtimeMs.median < row.checkpointMs.median, `${what}: downtime is part of the checkpoint`)
+      // Every clone had the target's memory pattern and one /proc task per thread (a failed check ends the run with an error).
+      assert.equal(row.clonesVerified, 1, `${what}: the clone was checked`)
+      // The touched memory plus a few pages of stack (the extra threads' stacks stay untouched but for what a checkpoint writes there).
+      assert.ok(row.bytes >= 8 << 20 && row.bytes < (8 << 20) + (1 << 20), `${what}: checkpointed bytes ${row.bytes}`)
+      assert.equal(row.checkpointStats['frozen_time']?.median, Math.round(row.downtimeMs.median * 1000), `${what}: downtime is frozen_time`)
+      assert.equal(row.restoreStats['restore_time']?.median, Math.round(row.engineMs.median * 1000), `${what}: engine restore is restore_time`)
+      for (const key of ['freezing_time', 'pages_written']) assert.ok((row.checkpointStats[key]?.median ?? 0) > 0, `${what} ${key}`)
+      for (const key of ['forking_time', 'state_time', 'injected_syscalls']) assert.ok((row.restoreStats[key]?.median ?? 0) > 0, `${what} ${key}`)
+    }
+    const [one, four] = threads.rows as [ThreadRow, ThreadRow]
+    assert.deepEqual(threads.ratios.map((ratio) => ratio.id), ['mow-restore-threads-4-vs-1@8M'])
+    assert.ok(Math.abs(threads.ratios[0]!.value - four.engineMs.median / one.engineMs.median) < 0.001, 'the ratio is of the two rows')
+    const downtime = result.targets.find((target) => target.id === 'downtime-4-threads@8M')
+    assert.ok(downtime, `a downtime target for the most threads: ${result.targets.map((target) => target.id).join(', ')}`)
+    assert.equal(downtime.measured, four.downtimeMs.median)
+    assert.equal(downtime.limit, 50)
+    assert.equal(downtime.pass, downtime.measured <= downtime.limit)
+    assert.equal(result.pass, result.targets.every((target) => target.pass))
+
+    // Targets, clones and the inits of the multi-threaded clones' namespaces are all gone, and the pools too.
     assert.deepEqual(result.pids.filter(alive), [])
     assert.deepEqual(targetsAlive().filter((pid) => !before.has(pid)), [])
     assert.equal(existsSync(result.config.pool), false, `${result.config.pool} removed`)
