@@ -1,0 +1,81 @@
+/**
+ * Descriptors event loops hold, end to end on a real process (fixtures/pyfds.py): pipes
+ * with bytes in flight (both ends, and a read end whose writer is gone), eventfds, an
+ * epoll interest list, and fds sharing one open file description. The clone checks each
+ * one itself, from /proc/self and by using it. What is still refused is refused by name.
+ */
+import assert from 'node:assert/strict'
+import {spawn} from 'node:child_process'
+import {mkdtempSync, readdirSync, readlinkSync, rmSync} from 'node:fs'
+
+import {requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
+import {cli, describeRun, installCleanupHooks, note, poolPath, until} from './helpers.js'
+
+describe('restore: pipes, eventfds, epoll and shared descriptions', function () {
+  this.timeout(120_000)
+
+  installCleanupHooks('descriptors')
+
+  it('pyfds: checkpointed live, restored under mow and local; the clone finds every descriptor as it was', async () => {
+    const pool = poolPath('fds')
+    const fx = await startFixture('pyfds')
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const before = await fx.check()
+    assert.equal(before.fields.ok, '1', before.line)
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'fds', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    note(`checkpoint pyfds: ${ck.json.fds} fds, downtime ${(ck.json.downtimeUs / 1000).toFixed(1)} ms`)
+    const inspect = await cli(['inspect', 'fds', '--json', '--pool', pool])
+    assert.equal(inspect.status, 0, describeRun(inspect))
+    const kinds = (inspect.json.process.fds as {kind: string}[]).map((fd) => fd.kind)
+    for (const kind of ['pipe', 'eventfd', 'epoll', 'regular']) assert.ok(kinds.includes(kind), `inspect lists a ${kind}: ${kinds.join(', ')}`)
+    // The original still holds its bytes in flight and its counters (the capture consumed nothing).
+    const after = await fx.check()
+    assert.equal(after.fields.ok, '1', `the original after the checkpoint: ${after.line}`)
+    for (const policy of ['mow', 'local'] as const) {
+      const run = await cli(['restore', 'fds', '--policy', policy, '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      const clone = run.json.pid as number
+      trackPid(clone)
+      await waitForTicks(fx.logPath, clone, 2)
+      const check = await requestCheck(fx.logPath, clone)
+      assert.equal(check.fields.ok, '1', `the ${policy} clone's own fd checks: ${check.line}`)
+    }
+  })
+
+  it('what is still refused is refused by name before the target is touched: an inotify instance; criu dump of pipes/epoll', async () => {
+    const pool = poolPath('fds')
+    const dir = mkdtempSync('/tmp/cxlfork-inotify-')
+    const code = 'import ctypes, os, time\nos.closerange(3, 1024)\nfd = ctypes.CDLL(None).inotify_init()\nassert fd >= 0\ntime.sleep(600)\n'
+    const child = spawn('python3', ['-c', code], {stdio: 'ignore'})
+    trackPid(child.pid!)
+    try {
+      await until(() => {
+        try {
+          return readdirSync(`/proc/${child.pid}/fd`).some((fd) => readlinkSync(`/proc/${child.pid}/fd/${fd}`) === 'anon_inode:inotify')
+        } catch {
+          return false
+        }
+      }, 'the inotify instance is open')
+      const run = await cli(['checkpoint', String(child.pid), '--name', 'inotify', '--json', '--pool', pool])
+      assert.equal(run.status, 5, describeRun(run))
+      assert.equal(run.json.error.code, 'UNSUPPORTED_FD')
+      assert.match(run.json.error.message, /an inotify instance/)
+    } finally {
+      child.kill('SIGKILL')
+      rmSync(dir, {recursive: true, force: true})
+    }
+    const fx = await startFixture('pyfds')
+    const images = mkdtempSync('/dev/shm/cxlfork-fds-images-')
+    try {
+      const dump = await cli(['criu', 'dump', String(fx.pid), '--images', images, '--json'])
+      assert.equal(dump.status, 5, describeRun(dump))
+      assert.equal(dump.json.error.code, 'CRIU_FD_TYPE')
+      assert.match(dump.json.error.hint, /cxlfork checkpoint/)
+    } finally {
+      rmSync(images, {recursive: true, force: true})
+    }
+    const check = await fx.check()
+    assert.equal(check.fields.ok, '1', check.line)
+  })
+})
