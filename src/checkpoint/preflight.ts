@@ -53,7 +53,6 @@ export function classifyFd(fd: FdInfo, pid: number): FdKind | {unsupported: stri
 export function unsupportedVmaReason(vma: Vma & {vmFlags: ReadonlySet<string>}): string | undefined {
   const where = `0x${vma.start.toString(16)}-0x${vma.end.toString(16)}`
   if (vma.vmFlags.has('ht')) return `hugetlb memory at ${where}`
-  if (vma.vmFlags.has('dc')) return `MADV_DONTFORK memory at ${where} (a fork snapshot cannot see it)`
   if (vma.vmFlags.has('wf')) return `MADV_WIPEONFORK memory at ${where}`
   if (vma.kind === 'vdso' || vma.kind === 'vvar' || vma.kind === 'vvar_vclock' || vma.kind === 'vsyscall') return undefined
   if (vma.shared && (vma.kind === 'anon' || vma.path === '/dev/zero' || vma.path.startsWith('/SYSV') || vma.path.startsWith('/memfd:'))) {

@@ -9,7 +9,7 @@ import {type FdKind, type ProcessImage, type SigAction, type ThreadImage} from '
 import {Tracee, findSigreturnGadget} from '../inject/tracee.js'
 import {type FdInfo, type Vma, listFds, readMaps, readSmaps} from '../sys/proc.js'
 import {SyscallError} from '../errors.js'
-import {MAP, PTRACE_O, SIG, SYS, killQuiet} from '../sys/libc.js'
+import {MADV, MAP, PTRACE_O, SIG, SYS, killQuiet} from '../sys/libc.js'
 import {CpuPlacement, lastCpu} from '../sys/affinity.js'
 import {type FlaggedVma, type SnapshotMemory, captureImage, captureMemory} from './capture.js'
 import {type PreflightResult, preflight, refuseUnsupportedMemory} from './preflight.js'
@@ -126,6 +126,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
   let tStopped: number
   let transient: [bigint, bigint][] = []
   let parentMaps: Vma[] = []
+  let dontfork: {start: bigint; end: bigint}[] = []
   try {
     // Every thread stops before any state is read: the snapshot sees one instant of the whole process.
     faultPoint('snapshot-seized')
@@ -155,8 +156,29 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     // Pipe contents, eventfd counters, epoll interest lists and shared descriptions: as of this stop.
     const extras = describeFds(pid, fds)
     fds = fds.map((entry) => ({...entry, extras: extras.get(entry.info.fd)}))
-    const fork = target.injectForkSelfHealing(undefined, parentMaps)
+    let fork = target.injectForkSelfHealing(undefined, parentMaps)
     snapshot = fork.tracee
+    // MADV_DONTFORK memory (V8 keeps its whole heap so) is missing from a fork child. Mark it
+    // DOFORK for one more fork and DONTFORK again at once, all while the target is stopped.
+    dontfork = uncovered(parentMaps, readMaps(snapshot.pid))
+    if (dontfork.length > 0) {
+      snapshot.kill()
+      snapshot = undefined
+      const advise = (advice: number): void => {
+        for (const range of dontfork) {
+          const r = target.syscall(SYS.madvise, range.start, range.end - range.start, advice)
+          if (r < 0n) throw new SyscallError(`madvise(${advice}) (injected into ${pid})`, Number(-r), `0x${range.start.toString(16)}`)
+        }
+      }
+      try {
+        advise(MADV.DOFORK)
+        faultPoint('dontfork-cleared')
+        fork = target.injectForkSelfHealing(undefined, parentMaps)
+        snapshot = fork.tracee
+      } finally {
+        advise(MADV.DONTFORK)
+      }
+    }
     placement?.follow(snapshot.pid)
     transient = fork.transientRanges
     // The snapshot must not outlive us; the target must (no EXITKILL there).
@@ -182,7 +204,6 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     // preflight left the memory check to the snapshot, from checkMemory() below.
     const flagsByStart = new Map((checked.smaps ?? []).map((vma) => [vma.start, vma.vmFlags]))
     const maps: FlaggedVma[] = readMaps(snap.pid).map((vma) => ({...vma, vmFlags: flagsByStart.get(vma.start) ?? new Set<string>()}))
-    if (checked.smaps === null) refuseDontfork(pid, parentMaps, maps)
     const state = readChildState(snap)
     thread.altStack = state.altStack
     // Leave out what the injections themselves mapped (trampoline inherited by the child, scratch, batch code).
@@ -190,6 +211,10 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
       [...transient, ...snap.injectionRanges()].every(([start, end]) => vma.end <= start || vma.start >= end)
     const layout = maps.filter(outsideInjections)
     const memory = captureMemory(snap.pid, layout)
+    // The restore marks them DONTFORK again, as the target has them.
+    for (const vma of memory.vmas) {
+      if (dontfork.some((range) => vma.start < range.end && range.start < vma.end)) vma.advice = [...(vma.advice ?? []), MADV.DONTFORK]
+    }
     const tCaptured = now()
     let memoryChecked = checked.smaps !== null
     const checkMemory = (): void => {
@@ -216,15 +241,12 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
   }
 }
 
-/**
- * MADV_DONTFORK memory is missing from a fork child, and so from the
- * snapshot: refuse when any of the target's VMAs at the fork is not covered
- * by the snapshot's (the injected trampoline may have merged into a
- * neighbour, so compare coverage, not the lists).
- */
-function refuseDontfork(pid: number, parentMaps: readonly Vma[], childMaps: readonly Vma[]): void {
+/** Ranges of the target's VMAs that the child's layout does not cover: its MADV_DONTFORK memory. */
+function uncovered(parentMaps: readonly Vma[], childMaps: readonly Vma[]): {start: bigint; end: bigint}[] {
   const sorted = [...childMaps].sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0))
+  const out: {start: bigint; end: bigint}[] = []
   for (const vma of parentMaps) {
+    if (vma.kind === 'vsyscall') continue
     let at = vma.start
     for (const child of sorted) {
       if (child.end <= at) continue
@@ -232,9 +254,10 @@ function refuseDontfork(pid: number, parentMaps: readonly Vma[], childMaps: read
       at = child.end
       if (at >= vma.end) break
     }
-    // What preflight's smaps would have shown for it: the dc flag.
-    if (at < vma.end) refuseUnsupportedMemory(pid, [{...vma, vmFlags: new Set(['dc'])}])
+    // Whole VMAs only: madvise applies to all of it anyway.
+    if (at < vma.end) out.push({start: vma.start, end: vma.end})
   }
+  return out
 }
 
 /** End the original after a successful checkpoint (--kill). */

@@ -275,6 +275,9 @@ function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, sto
     ...needsProtectFixup(plan, image).map((vma) => ({nr: SYS.mprotect, args: [vma.start, vma.end - vma.start, vma.prot]})),
     ...[...fds.values()].map((fd) => ({nr: SYS.close, args: [fd]})),
   ]
+  // Advice the original had on its memory (MADV_DONTFORK: V8's heap), once the memory is in place; advice
+  // this kernel does not take (a CRIU set's MADV_MERGEABLE without KSM) is left out, as it changes no content.
+  tracee.syscalls(image.vmas.flatMap((vma) => (vma.advice ?? []).map((advice) => ({nr: SYS.madvise, args: [vma.start, vma.end - vma.start, advice]}))))
   const done = tracee.syscalls(finish, {stopOnError: true})
   const bad = done.findIndex((r) => r < 0n && r > -4096n)
   if (bad >= 0 || done.length < finish.length) throw new SyscallError('mprotect/close in the new process', bad >= 0 ? Number(-done[bad]!) : 5)

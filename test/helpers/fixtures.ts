@@ -352,8 +352,8 @@ export function fixturesDir(): string {
 /** Names of every fixture: fixtures/*.c and fixtures/*.py without extension. */
 export function fixtureNames(): string[] {
   return readdirSync(fixturesDir())
-    .filter((f) => f.endsWith('.c') || f.endsWith('.py'))
-    .map((f) => f.replace(/\.(c|py)$/, ''))
+    .filter((f) => f.endsWith('.c') || f.endsWith('.py') || f.endsWith('.cjs'))
+    .map((f) => f.replace(/\.(c|py|cjs)$/, ''))
     .sort()
 }
 
@@ -461,6 +461,11 @@ export async function startFixture(name: string, options: StartOptions = {}): Pr
   } else if (existsSync(join(src, `${name}.py`))) {
     command = 'python3'
     prefix = ['-B', join(src, `${name}.py`)]
+  } else if (existsSync(join(src, `${name}.cjs`))) {
+    // Node cannot close what it inherited without risking its own fds: a shell closes every fd above 2, then execs it.
+    command = 'bash'
+    prefix = ['-c', 'for f in /proc/$$/fd/*; do n=${f##*/}; [ "$n" -gt 2 ] 2>/dev/null && eval "exec $n>&-"; done 2>/dev/null; exec "$0" "$@"',
+      process.execPath, join(src, `${name}.cjs`)]
   } else {
     throw new Error(`startFixture: no fixture '${name}' in ${src} (have: ${fixtureNames().join(', ')})`)
   }
