@@ -39,7 +39,7 @@ export const ERROR_CODES = {
   SCRATCH_FULL: ExitCode.failure, THREADS_UNSTABLE: ExitCode.failure, BENCH_NO_SIZE: ExitCode.failure, BENCH_TARGET_THREADS: ExitCode.failure,
   BENCH_CLONE_THREADS: ExitCode.failure,
   // exit usage
-  BUILDER_FINISHED: ExitCode.usage, COMMAND_NOT_FOUND: ExitCode.usage, INVALID_THREADS: ExitCode.usage, IMAGES_NOT_A_DIRECTORY: ExitCode.usage,
+  BUILDER_FINISHED: ExitCode.usage, COMMAND_NOT_FOUND: ExitCode.usage, INVALID_NETNS: ExitCode.usage, INVALID_THREADS: ExitCode.usage, IMAGES_NOT_A_DIRECTORY: ExitCode.usage,
   INVALID_NAME: ExitCode.usage, INVALID_PID: ExitCode.usage, INVALID_POLICY: ExitCode.usage, INVALID_SECTION: ExitCode.usage,
   INVALID_SIZE: ExitCode.usage, OFFSET_OUTSIDE_CHECKPOINT: ExitCode.usage, POOL_CLOSED: ExitCode.usage, POOL_NOT_A_FILE: ExitCode.usage,
   POOL_SIZE_UNALIGNED: ExitCode.usage, POOL_TOO_LARGE: ExitCode.usage, POOL_TOO_SMALL: ExitCode.usage, USAGE: ExitCode.usage,
@@ -73,7 +73,7 @@ export const ERROR_CODES = {
   PAGE_MAP_CORRUPT: ExitCode.corrupt, POOL_FOREIGN: ExitCode.corrupt, POOL_HEADER_CORRUPT: ExitCode.corrupt,
   POOL_SIZE_MISMATCH: ExitCode.corrupt, POOL_TRUNCATED: ExitCode.corrupt, POOL_VERSION: ExitCode.corrupt,
   // exit conflict
-  ALREADY_TRACED: ExitCode.conflict, BUILD_SLOTS_FULL: ExitCode.conflict, CHECKPOINT_IN_USE: ExitCode.conflict,
+  ALREADY_TRACED: ExitCode.conflict, ADDRESS_IN_USE: ExitCode.conflict, BUILD_SLOTS_FULL: ExitCode.conflict, CHECKPOINT_IN_USE: ExitCode.conflict,
   DIRECTORY_FULL: ExitCode.conflict, HOST_TABLE_FULL: ExitCode.conflict, IMAGES_EXIST: ExitCode.conflict, NAME_TAKEN: ExitCode.conflict,
   POOL_EXISTS: ExitCode.conflict, POOL_FULL: ExitCode.conflict, POOL_NO_SPACE: ExitCode.conflict, REFERENCES_FULL: ExitCode.conflict,
   SELF_HEALING: ExitCode.conflict, TREE_UNSTABLE: ExitCode.conflict,

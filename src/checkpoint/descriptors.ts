@@ -12,6 +12,7 @@ import {SyscallError, UnsupportedError} from '../errors.js'
 import {type EpollTargetImage, type FdImage, type FdKind} from '../image/process-image.js'
 import {O, SYS, close, fcntl, open, pipe2, read, syscallRaw} from '../sys/libc.js'
 import {type FdInfo} from '../sys/proc.js'
+import {readSocket} from '../sys/sockets.js'
 
 const F_SETPIPE_SZ = 1031
 const F_GETPIPE_SZ = 1032
@@ -19,7 +20,7 @@ const SPLICE_F_NONBLOCK = 2
 const KCMP_FILE = 0
 
 /** The descriptor-specific part of an FdImage. */
-export type FdExtras = Pick<FdImage, 'pipe' | 'eventfd' | 'epoll' | 'sharedWith'>
+export type FdExtras = Pick<FdImage, 'pipe' | 'eventfd' | 'epoll' | 'socket' | 'sharedWith'>
 
 function pipeId(target: string): string | undefined {
   return /^pipe:\[(\d+)\]$/.exec(target)?.[1]
@@ -113,6 +114,9 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
       set(info.fd, {eventfd: {count: BigInt('0x' + (info.raw['eventfd-count'] ?? '0')), semaphore: (info.raw['eventfd-semaphore'] ?? '0') !== '0'}})
     } else if (kind === 'epoll') {
       set(info.fd, {epoll: {targets: readEpoll(pid, info.fd)}})
+    } else if (kind === 'socket') {
+      const socket = readSocket(pid, info.fd)
+      set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, local: socket.local, options: socket.options}})
     }
   }
   return out

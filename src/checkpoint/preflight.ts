@@ -7,6 +7,7 @@ import {existsSync, readFileSync, readdirSync, statSync} from 'node:fs'
 import {NotFoundError, PermissionError, UnsupportedError} from '../errors.js'
 import {type FdKind} from '../image/process-image.js'
 import {getuid} from '../sys/libc.js'
+import {AF, SOCK, describeAddress, readSocket} from '../sys/sockets.js'
 import {type FdInfo, type SmapsVma, type Vma, listFds, readSmaps, readStat, readStatus} from '../sys/proc.js'
 
 /** Character devices whose state is fully described by their path. */
@@ -23,11 +24,26 @@ const ANON_INODE_NAMES: Record<string, string> = {
   'anon_inode:[signalfd]': 'a signalfd', 'anon_inode:[pidfd]': 'a pidfd', 'anon_inode:bpf-map': 'a BPF map', 'anon_inode:bpf-prog': 'a BPF program',
 }
 
+/** TCP listeners and UDP sockets are restored; anything else is named. */
+function classifySocket(pid: number, fd: number): FdKind | {unsupported: string} {
+  const socket = readSocket(pid, fd)
+  const inet = socket.family === AF.INET || socket.family === AF.INET6
+  const where = describeAddress(socket.local)
+  if (socket.family === AF.UNIX) return {unsupported: `a Unix socket (${where})`}
+  if (!inet) return {unsupported: `a socket of address family ${socket.family}`}
+  if (socket.type === SOCK.STREAM && socket.listening) return 'socket'
+  if (socket.type === SOCK.STREAM && socket.connected) return {unsupported: `an established TCP connection (local ${where}); cxlfork does not repair live connections`}
+  if (socket.type === SOCK.DGRAM && !socket.connected) return 'socket'
+  if (socket.type === SOCK.DGRAM) return {unsupported: `a connected UDP socket (local ${where})`}
+  if (socket.type === SOCK.STREAM) return {unsupported: `a TCP socket that is neither listening nor connected (${where})`}
+  return {unsupported: `a socket of type ${socket.type} (${where})`}
+}
+
 /** How an fd can be restored, or why it cannot. */
 export function classifyFd(fd: FdInfo, pid: number): FdKind | {unsupported: string} {
   const target = fd.target
   if (target.startsWith('pipe:')) return 'pipe'
-  if (target.startsWith('socket:')) return {unsupported: 'a socket'}
+  if (target.startsWith('socket:')) return classifySocket(pid, fd.fd)
   if (target === 'anon_inode:[eventfd]') return 'eventfd'
   if (target === 'anon_inode:[eventpoll]') return 'epoll'
   if (target.startsWith('anon_inode:')) return {unsupported: `${ANON_INODE_NAMES[target] ?? 'an anonymous inode'} (${target})`}
@@ -156,7 +172,7 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
   for (const info of listFds(pid)) {
     const kind = classifyFd(info, pid)
     if (typeof kind === 'object') {
-      throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, 'cxlfork restores regular files, directories, /dev/null-style devices, pipes, eventfds, epoll instances, and a tty on fds 0-2. Close the fd before checkpointing.')
+      throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, 'cxlfork restores regular files, directories, /dev/null-style devices, pipes, eventfds, epoll instances, TCP listeners, UDP sockets, and a tty on fds 0-2. Close the fd before checkpointing.')
     }
     fds.push({info, kind})
   }

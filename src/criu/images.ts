@@ -943,10 +943,6 @@ function readSet(dir: string): CriuImageSet {
     let fdImage: FdImage
     if (info['type'] === FD_TYPE_PIPE && entry['type'] === FD_TYPE_PIPE && has(entry, 'pipe')) {
       const pipe = entry['pipe'] as Msg
-      if (fdNumber > 2) {
-        // A pipe set here is restored only as stdio: a pipe above stderr (pipes-data) would be lost silently.
-        throw new UnsupportedError('CRIU_FD_TYPE', `${what} is a pipe above stderr; cxlfork reads CRIU pipes only on fds 0-2`, 'Restore this set with CRIU itself.')
-      }
       fdImage = {fd: fdNumber, kind: 'pipe', path: fdExt ? fdExt['path'] : `pipe:[${pipe['pipe_id']}]`, flags: pipe['flags'], cloexec: (info['flags'] & FD_CLOEXEC) !== 0, offset: 0n}
     } else if (info['type'] === FD_TYPE_REG && entry['type'] === FD_TYPE_REG && has(entry, 'reg')) {
       const reg = entry['reg'] as Msg

@@ -115,7 +115,7 @@ export interface MmImage {
 }
 
 /** How an fd is restored. */
-export type FdKind = 'regular' | 'chardev' | 'tty' | 'pipe' | 'directory' | 'eventfd' | 'epoll'
+export type FdKind = 'regular' | 'chardev' | 'tty' | 'pipe' | 'directory' | 'eventfd' | 'epoll' | 'socket'
 
 /** A pipe end above fd 2 (fds 0-2 that are pipes are the restorer's stdio instead). */
 export interface PipeEndImage {
@@ -153,6 +153,19 @@ export interface FdImage {
   pipe?: PipeEndImage
   eventfd?: {count: bigint; semaphore: boolean}
   epoll?: {targets: EpollTargetImage[]}
+  /** A TCP listener or a UDP socket (IPv4/IPv6), re-created with its address and options. */
+  socket?: SocketImage
+}
+
+export interface SocketImage {
+  family: number
+  type: number
+  protocol: number
+  listening: boolean
+  /** The getsockname(2) bytes (sockaddr_in / sockaddr_in6). */
+  local: Uint8Array
+  /** Integer options to set again: level, name, value. */
+  options: {level: number; name: number; value: number}[]
 }
 
 export interface Rlimit {

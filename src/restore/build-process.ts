@@ -19,6 +19,7 @@ import {type VdsoLayout, deviceName, kernelRelease, readMaps, vdsoLayout} from '
 import {MAP, MREMAP, O, PR, SIG, SYS, type VmSegment, close, decodeWaitStatus, fcntl, pipe2, prlimit, read, vmWrite, vmWritev, wait4} from '../sys/libc.js'
 import {CpuPlacement, currentCpu} from '../sys/affinity.js'
 import {restoreFds} from './descriptors.js'
+import {type NetworkMode, enterNetwork} from './network.js'
 import {Injector} from './injector.js'
 import {type RestorePlan, needsProtectFixup} from './plan.js'
 import {createWithId, releaseInit, spawnNamespacedStubs} from './pid-namespace.js'
@@ -50,6 +51,8 @@ export interface BuildOptions {
   pidns?: PidNamespaceMode
   /** The caller will wait for the clone (restore --wait): keep what is needed to learn its exit status. */
   wait?: boolean
+  /** The clone's network namespace: ours (default), a new one with loopback, or the one at a path (network.ts). */
+  network?: NetworkMode
 }
 
 export type PidNamespaceMode = 'new' | 'host'
@@ -449,6 +452,7 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
     }
     stubs.set(root.pid, rootStub)
     options.onSpawn?.(rootStub.pid)
+    enterNetwork(rootStub.tracee, options.network ?? 'host')
     if (members.length > 1) shapeTree(members, stubs)
     const tSpawned = performance.now()
     let tMapped = tSpawned

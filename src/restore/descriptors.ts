@@ -13,7 +13,9 @@
  * registrations come last, when every target fd is in place.
  */
 import {type FdImage, type ProcessImage} from '../image/process-image.js'
+import {ConflictError, SyscallError, UnsupportedError} from '../errors.js'
 import {O, SYS} from '../sys/libc.js'
+import {describeAddress} from '../sys/sockets.js'
 import {type Injector} from './injector.js'
 
 const F_DUPFD_CLOEXEC = 1030
@@ -54,6 +56,11 @@ export function restoreFds(inject: Injector, image: ProcessImage): void {
   }
   for (const fd of fds) {
     if (fd.sharedWith !== undefined) continue // after its group's first fd
+    if (fd.kind === 'pipe' && !fd.pipe && fd.fd > 2) {
+      // A CRIU image set's pipe: its bytes are in pipes-data, which cxlfork does not read yet. Never drop an fd silently.
+      throw new UnsupportedError('CRIU_FD_TYPE', `fd ${fd.fd} is a pipe whose state this image set does not give cxlfork (CRIU's pipes-data is not read yet)`,
+        'Restore this image set with CRIU itself, or checkpoint the process with `cxlfork checkpoint`, which carries pipes.')
+    }
     if ((fd.kind === 'tty' || fd.kind === 'pipe') && !fd.pipe) continue // fds 0-2 already point where BuildOptions.stdio says
     if (fd.pipe) {
       const ends = pipeFor(fd)
@@ -70,6 +77,8 @@ export function restoreFds(inject: Injector, image: ProcessImage): void {
       place(created, fd)
     } else if (fd.epoll) {
       place(stage(Number(inject.call('epoll_create1', SYS.epoll_create1, O.CLOEXEC))), fd)
+    } else if (fd.socket) {
+      place(createSocket(inject, fd, stage), fd)
     } else {
       // Reopen without creating or truncating: the file must be the one the checkpoint saw.
       const flags = fd.flags & ~(O.CREAT | O.TRUNC | 0o200 /* O_EXCL */)
@@ -102,6 +111,33 @@ export function restoreFds(inject: Injector, image: ProcessImage): void {
     }
   }
   for (const high of staged) inject.call('close', SYS.close, high)
+}
+
+/** listen(2) backlog: the kernel caps it at the namespace's net.core.somaxconn, whatever the program asked for. */
+const LISTEN_BACKLOG = 4096
+const EADDRINUSE = 98
+
+/** A socket as the original had it: family, type, options, bound to its address, listening if it did. */
+function createSocket(inject: Injector, fd: FdImage, stage: (fd: number) => number): number {
+  const socket = fd.socket!
+  const flags = O.CLOEXEC | (fd.flags & O.NONBLOCK) // SOCK_CLOEXEC, SOCK_NONBLOCK share O_'s values
+  const created = stage(Number(inject.call('socket', SYS.socket, socket.family, socket.type | flags, socket.protocol)))
+  for (const option of socket.options) {
+    const value = new Uint8Array(4)
+    new DataView(value.buffer).setInt32(0, option.value, true)
+    inject.call(`setsockopt(${option.level}, ${option.name})`, SYS.setsockopt, created, option.level, option.name, inject.put(value), 4)
+  }
+  const port = socket.local.length >= 4 ? new DataView(socket.local.buffer, socket.local.byteOffset).getUint16(2, false) : 0
+  if (port !== 0) {
+    const r = inject.tracee.syscall(SYS.bind, created, inject.put(socket.local), socket.local.length)
+    if (r === -BigInt(EADDRINUSE)) {
+      throw new ConflictError('ADDRESS_IN_USE', `fd ${fd.fd} must listen on ${describeAddress(socket.local)}, which is in use here (by the original, most likely)`,
+        'Restore with --netns new (a network namespace of the clone\'s own), stop the original first (checkpoint --kill), or let the program set SO_REUSEPORT to share the port.')
+    }
+    if (r < 0n) throw new SyscallError(`bind(${describeAddress(socket.local)}) in the new process`, Number(-r))
+  }
+  if (socket.listening) inject.call('listen', SYS.listen, created, LISTEN_BACKLOG)
+  return created
 }
 
 function writeAll(inject: Injector, fd: number, data: Uint8Array): void {

@@ -42,6 +42,8 @@ export interface RestoreResult {
   threads: number
   /** Processes built: the tree's members, 1 for a single process. */
   processes: number
+  /** The clone's network namespace: 'host' (ours), 'new' (its own, loopback only) or the path it joined. */
+  netns: string
   /** The clone's own PID namespace, when it has one: its pid there (the original's) and its init's pid here. */
   pidNamespace: {pid: number; initPid: number} | null
   /** Present with --wait: how the clone ended. */
@@ -55,6 +57,8 @@ export interface RestoreRequest {
   wait: boolean
   /** Default: a new PID namespace for a multi-threaded checkpoint (see build-process.ts). */
   pidns?: PidNamespaceMode
+  /** The clone's network namespace (restore/network.ts); default: ours. */
+  netns?: string
 }
 
 /** Page runs of the checkpoint, each checked to lie inside the checkpoint's own data. */
@@ -137,6 +141,7 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
       setsid: !request.wait,
       wait: request.wait,
       ...(request.pidns === undefined ? {} : {pidns: request.pidns}),
+      ...(request.netns === undefined ? {} : {network: request.netns}),
       onSpawn: (pid) => {
         reference = pool.addReference(request.name, {pid})
       },
@@ -147,7 +152,7 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
   }
   const tDone = performance.now()
   const result: RestoreResult = {
-    name: request.name, pid: built.pid, policy: request.policy, threads: built.threads, processes: built.members, pidNamespace: built.namespace ?? null,
+    name: request.name, pid: built.pid, policy: request.policy, threads: built.threads, processes: built.members, netns: request.netns ?? 'host', pidNamespace: built.namespace ?? null,
     stats: {
       restore_time: Math.round((tDone - t0) * 1000), forking_time: built.timings.spawnUs, open_time: Math.round((tOpened - t0) * 1000),
       memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: pagesCopied, pages_mapped: pagesMapped,
