@@ -1,0 +1,147 @@
+/**
+ * Servers, end to end: `python3 -m http.server` and a small SO_REUSEPORT server
+ * (fixtures/pyserver.py) are checkpointed while they serve, and their clones answer real
+ * requests on loopback: in a network namespace of their own (--netns new), on the original
+ * port once the original is gone (checkpoint --kill), and beside the original on one port
+ * (SO_REUSEPORT). A clone that would collide gets ADDRESS_IN_USE naming the address.
+ */
+import assert from 'node:assert/strict'
+import {spawn, spawnSync} from 'node:child_process'
+import {createConnection, createServer} from 'node:net'
+import {readFileSync} from 'node:fs'
+
+import {processExists, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
+import {allProcesses, cli, describeRun, installCleanupHooks, note, poolPath, sleep, until} from './helpers.js'
+
+/** A port nobody listens on now. */
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.listen(0, '127.0.0.1', () => {
+      const port = (server.address() as {port: number}).port
+      server.close(() => resolve(port))
+    })
+    server.on('error', reject)
+  })
+}
+
+/** One line read from 127.0.0.1:port in our namespace. */
+function ask(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let text = ''
+    const sock = createConnection({host: '127.0.0.1', port})
+    sock.on('data', (chunk) => (text += chunk.toString()))
+    sock.on('end', () => resolve(text.trim()))
+    sock.on('error', reject)
+    sock.setTimeout(5000, () => sock.destroy(new Error('timeout')))
+  })
+}
+
+/** An HTTP GET of 127.0.0.1:port from inside the network namespace of `pid` (nsenter + python3). */
+function httpStatusInside(pid: number, port: number): string {
+  const code = `import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:${port}/", timeout=5).status)`
+  const run = spawnSync('nsenter', ['-t', String(pid), '-n', 'python3', '-c', code], {encoding: 'utf8', timeout: 15_000})
+  return `${run.stdout.trim()}${run.status === 0 ? '' : ` (exit ${run.status}: ${run.stderr.trim().split('\n').pop()})`}`
+}
+
+function listeners(port: number): number {
+  const hex = port.toString(16).toUpperCase().padStart(4, '0')
+  return readFileSync('/proc/net/tcp', 'utf8').split('\n').filter((line) => line.includes(`:${hex} `) && / 0A /.test(line)).length
+}
+
+describe('restore: servers with listening sockets', function () {
+  this.timeout(180_000)
+
+  installCleanupHooks('sockets')
+
+  it('python3 -m http.server: a clone beside its original is ADDRESS_IN_USE; with --netns new (mow, local) it answers HTTP inside its namespace', async () => {
+    const pool = poolPath('sockets')
+    const port = await freePort()
+    const server = spawn('python3', ['-m', 'http.server', String(port), '--bind', '127.0.0.1'], {stdio: 'ignore', cwd: '/usr/share'})
+    trackPid(server.pid!)
+    await until(() => listeners(port) > 0 && allProcesses().every((p) => p.ppid !== server.pid), 'http.server listening')
+    // A pipe a runner leaks into the server (this sandbox's runner leaks fd 251) is carried like any pipe, its writer gone.
+    const ck = await cli(['checkpoint', String(server.pid), '--name', 'http', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    const stubsBefore = allProcesses().filter((p) => p.comm.startsWith('cxlfork-')).map((p) => p.pid)
+    const clash = await cli(['restore', 'http', '--json', '--pool', pool])
+    assert.equal(clash.status, 7, describeRun(clash))
+    assert.equal(clash.json.error.code, 'ADDRESS_IN_USE')
+    assert.match(clash.json.error.message, new RegExp(`127\\.0\\.0\\.1:${port}`))
+    assert.match(clash.json.error.hint, /--netns new/)
+    assert.deepEqual(allProcesses().filter((p) => p.comm.startsWith('cxlfork-') && !stubsBefore.includes(p.pid)), [], 'the failed restore left no stub')
+    const ls = await cli(['ls', '--json', '--pool', pool])
+    assert.equal(ls.json.checkpoints[0].liveRefs, 0, 'and no reference')
+    for (const policy of ['mow', 'local'] as const) {
+      const run = await cli(['restore', 'http', '--netns', 'new', '--policy', policy, '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      assert.equal(run.json.netns, 'new')
+      trackPid(run.json.pid)
+      assert.equal(httpStatusInside(run.json.pid, port), '200', `the ${policy} clone answers HTTP in its namespace`)
+    }
+    assert.equal((await fetch(`http://127.0.0.1:${port}/`)).status, 200, 'the original still answers here')
+  })
+
+  it('checkpoint --kill, then restore on the same host: the clone listens on the original port here and answers', async () => {
+    const pool = poolPath('sockets')
+    const port = await freePort()
+    const fx = await startFixture('pyserver', {args: ['--port', String(port)]})
+    assert.match(await ask(port), new RegExp(`^pid=${fx.pid} `))
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'srv', '--kill', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    await until(() => !processExists(fx.pid), 'the original gone')
+    const run = await cli(['restore', 'srv', '--json', '--pool', pool])
+    assert.equal(run.status, 0, describeRun(run))
+    const clone = run.json.pid as number
+    trackPid(clone)
+    assert.match(await ask(port), new RegExp(`^pid=${clone} `), 'the clone answers on the original port')
+    const check = await requestCheck(fx.logPath, clone)
+    assert.equal(check.fields.ok, '1', `the clone's socket is bound where it was, listening, with its options: ${check.line}`)
+  })
+
+  it('an SO_REUSEPORT server restored three times on its original port: original and clones all listen and serve', async () => {
+    const pool = poolPath('sockets')
+    const port = await freePort()
+    const fx = await startFixture('pyserver', {args: ['--port', String(port), '--reuseport', '1']})
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'rp', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    const clones: number[] = []
+    for (let i = 0; i < 3; i++) {
+      const run = await cli(['restore', 'rp', '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      clones.push(run.json.pid)
+      trackPid(run.json.pid)
+    }
+    assert.equal(listeners(port), 4, 'four listeners share the port')
+    const seen = new Set<number>()
+    for (let i = 0; i < 60 && seen.size < 4; i++) {
+      seen.add(Number(/^pid=(\d+)/.exec(await ask(port))?.[1]))
+      await sleep(5)
+    }
+    note(`SO_REUSEPORT: ${seen.size} of 4 processes answered 60 connections`)
+    assert.ok(seen.size >= 2, `connections are spread over the processes: ${[...seen].join(', ')}`)
+    for (const pid of [...seen]) assert.ok([fx.pid, ...clones].includes(pid))
+    for (const clone of clones) {
+      const check = await requestCheck(fx.logPath, clone)
+      assert.equal(check.fields.ok, '1', check.line)
+    }
+  })
+
+  it('an established TCP connection and a Unix socket are refused by name, the target untouched', async () => {
+    const pool = poolPath('sockets')
+    const fx = await startFixture('socket')
+    const run = await cli(['checkpoint', String(fx.pid), '--name', 'unix', '--json', '--pool', pool])
+    assert.equal(run.status, 5, describeRun(run))
+    assert.match(run.json.error.message, /a Unix socket/)
+    const port = await freePort()
+    const holder = spawn('python3', ['-c', `import socket, time, os\nos.closerange(3, 1024)\ns = socket.socket(); s.bind(("127.0.0.1", ${port})); s.listen(1)\nc = socket.create_connection(("127.0.0.1", ${port})); a, _ = s.accept(); s.close()\ntime.sleep(600)`], {stdio: 'ignore'})
+    trackPid(holder.pid!)
+    await until(() => readFileSync('/proc/net/tcp', 'utf8').includes(`:${port.toString(16).toUpperCase().padStart(4, '0')} `) && listeners(port) === 0, 'the connection established')
+    await sleep(100)
+    const tcp = await cli(['checkpoint', String(holder.pid), '--name', 'tcp', '--json', '--pool', pool])
+    assert.equal(tcp.status, 5, describeRun(tcp))
+    assert.equal(tcp.json.error.code, 'UNSUPPORTED_FD')
+    assert.match(tcp.json.error.message, /an established TCP connection/)
+  })
+})
