@@ -277,11 +277,11 @@ function pageMapAt(runs: readonly PageRun[], poolOffset: bigint): Uint8Array {
  * writes its pages; a refusal then comes after the target was stopped for
  * its downtime, and leaves it running as it was.
  */
-export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: number; name: string; kill: boolean; tree?: boolean}): CheckpointResult {
+export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: number; name: string; kill: boolean; tree?: boolean; tcpClose?: boolean}): CheckpointResult {
   const t0 = performance.now()
   validateCheckpointName(request.name)
-  const tree: CheckedTree | undefined = request.tree ? preflightTree(request.pid) : undefined
-  const checked = tree ? tree.checks.get(request.pid)! : preflight(request.pid, {memory: typeof pool === 'function'})
+  const tree: CheckedTree | undefined = request.tree ? preflightTree(request.pid, request.tcpClose) : undefined
+  const checked = tree ? tree.checks.get(request.pid)! : preflight(request.pid, {memory: typeof pool === 'function', tcpClose: request.tcpClose ?? false})
   if (typeof pool === 'function') pool = pool()
   // Refuse a taken name before the target is touched; publish re-checks atomically.
   if (pool.lookup(request.name)) {

@@ -116,7 +116,7 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
       set(info.fd, {epoll: {targets: readEpoll(pid, info.fd)}})
     } else if (kind === 'socket') {
       const socket = readSocket(pid, info.fd)
-      set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, local: socket.local, options: socket.options}})
+      set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, ...(socket.connected ? {closed: true} : {}), local: socket.local, options: socket.options}})
     }
   }
   return out

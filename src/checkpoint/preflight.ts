@@ -25,14 +25,14 @@ const ANON_INODE_NAMES: Record<string, string> = {
 }
 
 /** TCP listeners and UDP sockets are restored; anything else is named. */
-function classifySocket(pid: number, fd: number): FdKind | {unsupported: string} {
+function classifySocket(pid: number, fd: number, tcpClose: boolean): FdKind | {unsupported: string} {
   const socket = readSocket(pid, fd)
   const inet = socket.family === AF.INET || socket.family === AF.INET6
   const where = describeAddress(socket.local)
   if (socket.family === AF.UNIX) return {unsupported: `a Unix socket (${where})`}
   if (!inet) return {unsupported: `a socket of address family ${socket.family}`}
   if (socket.type === SOCK.STREAM && socket.listening) return 'socket'
-  if (socket.type === SOCK.STREAM && socket.connected) return {unsupported: `an established TCP connection (local ${where}); cxlfork does not repair live connections`}
+  if (socket.type === SOCK.STREAM && socket.connected) return tcpClose ? 'socket' : {unsupported: `an established TCP connection (local ${where}); cxlfork does not repair live connections (--tcp-close restores it closed)`}
   if (socket.type === SOCK.DGRAM && !socket.connected) return 'socket'
   if (socket.type === SOCK.DGRAM) return {unsupported: `a connected UDP socket (local ${where})`}
   if (socket.type === SOCK.STREAM) return {unsupported: `a TCP socket that is neither listening nor connected (${where})`}
@@ -40,10 +40,10 @@ function classifySocket(pid: number, fd: number): FdKind | {unsupported: string}
 }
 
 /** How an fd can be restored, or why it cannot. */
-export function classifyFd(fd: FdInfo, pid: number): FdKind | {unsupported: string} {
+export function classifyFd(fd: FdInfo, pid: number, tcpClose = false): FdKind | {unsupported: string} {
   const target = fd.target
   if (target.startsWith('pipe:')) return 'pipe'
-  if (target.startsWith('socket:')) return classifySocket(pid, fd.fd)
+  if (target.startsWith('socket:')) return classifySocket(pid, fd.fd, tcpClose)
   if (target === 'anon_inode:[eventfd]') return 'eventfd'
   if (target === 'anon_inode:[eventpoll]') return 'epoll'
   if (target.startsWith('anon_inode:')) return {unsupported: `${ANON_INODE_NAMES[target] ?? 'an anonymous inode'} (${target})`}
@@ -116,6 +116,8 @@ export interface PreflightResult {
   uid: number
   /** Checked as a member of a tree (children allowed). */
   inTree: boolean
+  /** Established TCP connections accepted, to be restored closed (--tcp-close). */
+  tcpClose: boolean
   fds: {info: FdInfo; kind: FdKind}[]
   /** The target's VMAs with their VmFlags; null when the memory check was left to the snapshot (see preflight). */
   smaps: SmapsVma[] | null
@@ -136,7 +138,7 @@ export function refuseUnsupportedMemory(pid: number, vmas: readonly (Vma & {vmFl
  * here), so a checkpoint into an existing pool makes it on the snapshot
  * instead, while the snapshot writes its pages (LiveSnapshot.checkMemory).
  */
-export function preflight(pid: number, options: {memory?: boolean; children?: 'refuse' | 'allow'} = {}): PreflightResult {
+export function preflight(pid: number, options: {memory?: boolean; children?: 'refuse' | 'allow'; tcpClose?: boolean} = {}): PreflightResult {
   if (!Number.isInteger(pid) || pid <= 0) throw new NotFoundError('PROCESS_NOT_FOUND', `no such process: ${pid}`, 'Give the pid of a running process (see `ps`).')
   let stat
   try {
@@ -170,14 +172,14 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
   }
   const fds: PreflightResult['fds'] = []
   for (const info of listFds(pid)) {
-    const kind = classifyFd(info, pid)
+    const kind = classifyFd(info, pid, options.tcpClose ?? false)
     if (typeof kind === 'object') {
       throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, 'cxlfork restores regular files, directories, /dev/null-style devices, pipes, eventfds, epoll instances, TCP listeners, UDP sockets, and a tty on fds 0-2. Close the fd before checkpointing.')
     }
     fds.push({info, kind})
   }
-  if (options.memory === false) return {uid: status.uid[0], inTree: options.children === 'allow', fds, smaps: null}
+  if (options.memory === false) return {uid: status.uid[0], inTree: options.children === 'allow', tcpClose: options.tcpClose ?? false, fds, smaps: null}
   const smaps = readSmaps(pid)
   refuseUnsupportedMemory(pid, smaps)
-  return {uid: status.uid[0], inTree: options.children === 'allow', fds, smaps}
+  return {uid: status.uid[0], inTree: options.children === 'allow', tcpClose: options.tcpClose ?? false, fds, smaps}
 }

@@ -151,7 +151,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     fds = listFds(pid).map((info) => ({info, kind: byFd.get(info.fd) ?? 'regular'}))
     if (fds.some((entry) => !byFd.has(entry.info.fd))) {
       // An fd appeared after preflight: classify it the careful way.
-      fds = preflight(pid, {memory: false, children: checked.inTree ? 'allow' : 'refuse'}).fds
+      fds = preflight(pid, {memory: false, children: checked.inTree ? 'allow' : 'refuse', tcpClose: checked.tcpClose}).fds
     }
     // Pipe contents, eventfd counters, epoll interest lists and shared descriptions: as of this stop.
     const extras = describeFds(pid, fds)

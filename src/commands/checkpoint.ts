@@ -22,6 +22,7 @@ Refused with a named reason: sockets, pipes above fd 2, shared anonymous memory,
     name: nameFlag({required: true}),
     kill: Flags.boolean({summary: 'End the target (SIGKILL) after a successful checkpoint.', default: false}),
     tree: Flags.boolean({summary: 'Take the target and all its descendants (a process tree).', default: false}),
+    'tcp-close': Flags.boolean({summary: 'Accept established TCP connections; the clone finds them closed (as CRIU\'s --tcp-close).', default: false}),
   }
 
   async run(): Promise<CheckpointResult> {
@@ -36,7 +37,7 @@ Refused with a named reason: sockets, pipes above fd 2, shared anonymous memory,
       const exists = lstatSync(flags.pool, {throwIfNoEntry: false}) !== undefined
       if (!exists) PoolClass.checkCreatable(flags.pool)
       const into = exists ? openPool() : openPool
-      const result = await withTerminationDeferred(async () => checkpointToPool(into, {pid: args.pid, name: flags.name, kill: flags.kill, tree: flags.tree}))
+      const result = await withTerminationDeferred(async () => checkpointToPool(into, {pid: args.pid, name: flags.name, kill: flags.kill, tree: flags.tree, tcpClose: flags['tcp-close']}))
       this.progress.succeed(`Checkpointed ${args.pid} as ${result.name}`)
       this.say(`${result.pages} pages (${(result.bytes / 1048576).toFixed(1)} MiB), ${result.vmas} VMAs, ${result.fds} fds; downtime ${(result.downtimeUs / 1000).toFixed(2)} ms, total ${(result.totalUs / 1000).toFixed(1)} ms${result.tree ? `; tree of ${result.tree.length} processes, descendants stopped ${((result.treeDowntimeUs ?? 0) / 1000).toFixed(1)} ms` : ''}${result.killed ? '; target killed' : ''}`)
       return result

@@ -162,6 +162,8 @@ export interface SocketImage {
   type: number
   protocol: number
   listening: boolean
+  /** An established connection taken with --tcp-close: the clone gets it closed (a TCP socket connected to nothing). */
+  closed?: boolean
   /** The getsockname(2) bytes (sockaddr_in / sockaddr_in6). */
   local: Uint8Array
   /** Integer options to set again: level, name, value. */

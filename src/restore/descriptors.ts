@@ -127,6 +127,8 @@ function createSocket(inject: Injector, fd: FdImage, stage: (fd: number) => numb
     new DataView(value.buffer).setInt32(0, option.value, true)
     inject.call(`setsockopt(${option.level}, ${option.name})`, SYS.setsockopt, created, option.level, option.name, inject.put(value), 4)
   }
+  // A connection taken with --tcp-close stays a fresh, unconnected socket: reads fail, epoll reports a hang-up.
+  if (socket.closed) return created
   const port = socket.local.length >= 4 ? new DataView(socket.local.buffer, socket.local.byteOffset).getUint16(2, false) : 0
   if (port !== 0) {
     const r = inject.tracee.syscall(SYS.bind, created, inject.put(socket.local), socket.local.length)

@@ -5,10 +5,12 @@
  * answers through its own checks (the Node clone's workers answer requests).
  */
 import assert from 'node:assert/strict'
-import {readFileSync} from 'node:fs'
+import {spawnSync} from 'node:child_process'
+import {readFileSync, readdirSync} from 'node:fs'
+import {createConnection} from 'node:net'
 
 import {procStat, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
-import {cli, describeRun, installCleanupHooks, note, poolPath} from './helpers.js'
+import {cli, describeRun, installCleanupHooks, note, poolPath, until} from './helpers.js'
 
 /** VmFlags of the VMA of `pid` that starts at `start`. */
 function vmFlags(pid: number, start: bigint): string[] {
@@ -16,6 +18,12 @@ function vmFlags(pid: number, start: bigint): string[] {
   const at = text.indexOf(`${start.toString(16)}-`)
   assert.ok(at >= 0, `a VMA at 0x${start.toString(16)} in ${pid}`)
   return (/VmFlags:([^\n]*)/.exec(text.slice(at))?.[1] ?? '').trim().split(/\s+/)
+}
+
+/** Established TCP sockets on 127.0.0.1 with `port` at one end (both ends count). */
+function established(port: number): number {
+  const hex = port.toString(16).toUpperCase().padStart(4, '0')
+  return readFileSync('/proc/net/tcp', 'utf8').split('\n').filter((line) => line.includes(`:${hex} `) && / 01 /.test(line)).length
 }
 
 describe('restore: real runtimes (Node.js worker_threads, MADV_DONTFORK memory)', function () {
@@ -43,6 +51,44 @@ describe('restore: real runtimes (Node.js worker_threads, MADV_DONTFORK memory)'
       const check = await requestCheck(fx.logPath, clone)
       assert.equal(check.fields.ok, '1', `the ${policy} clone: main table and every worker's answer: ${check.line}`)
       assert.equal(check.fields.crc, fx.ready.fields.crc)
+    }
+  })
+
+  it('nodeworkers as an HTTP server (a listener, 3 epolls, eventfds, self-pipes, worker_threads): restored with --netns new under mow and local, it answers HTTP from its workers', async () => {
+    const pool = poolPath('runtimes')
+    const port = 20000 + (process.pid % 20000)
+    const fx = await startFixture('nodeworkers', {args: ['--port', String(port)]})
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const original = JSON.parse(await (await fetch(`http://127.0.0.1:${port}/`)).text())
+    assert.equal(original.pid, fx.pid)
+    // A client holding a connection open: refused by name without --tcp-close, taken closed with it.
+    const client = createConnection({host: '127.0.0.1', port})
+    await new Promise<void>((resolve, reject) => client.on('connect', () => resolve()).on('error', reject))
+    await until(() => readdirSync(`/proc/${fx.pid}/fd`).length > 0 && established(port) >= 2, 'the connection accepted')
+    const refused = await cli(['checkpoint', String(fx.pid), '--name', 'nodehttp', '--json', '--pool', pool])
+    assert.equal(refused.status, 5, describeRun(refused))
+    assert.match(refused.json.error.message, /an established TCP connection .*--tcp-close/)
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'nodehttp', '--tcp-close', '--json', '--pool', pool])
+    client.destroy()
+    assert.equal(ck.status, 0, describeRun(ck))
+    note(`checkpoint node http server: ${procStat(fx.pid)!.threads} threads, ${ck.json.fds} fds, downtime ${(ck.json.downtimeUs / 1000).toFixed(1)} ms`)
+    for (const policy of ['mow', 'local'] as const) {
+      const run = await cli(['restore', 'nodehttp', '--netns', 'new', '--policy', policy, '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      const clone = run.json.pid as number
+      trackPid(clone)
+      const hashes = new Set<string>()
+      for (let i = 0; i < 4; i++) {
+        const code = `import urllib.request, json; print(urllib.request.urlopen("http://127.0.0.1:${port}/", timeout=10).read().decode())`
+        const got = spawnSync('nsenter', ['-t', String(clone), '-n', 'python3', '-c', code], {encoding: 'utf8', timeout: 20_000})
+        assert.equal(got.status, 0, `GET inside the ${policy} clone's namespace: ${got.stderr}`)
+        const body = JSON.parse(got.stdout)
+        assert.equal(body.pid, clone, 'the clone answered')
+        hashes.add(`${body.worker}:${body.hash}`)
+      }
+      assert.equal(hashes.size, 2, `both workers answered, each with its own table: ${[...hashes].join(' ')}`)
+      const check = await requestCheck(fx.logPath, clone)
+      assert.equal(check.fields.ok, '1', check.line)
     }
   })
 
