@@ -17,7 +17,7 @@ import {readlinkSync} from 'node:fs'
 import {ConflictError, NotFoundError, UnsupportedError} from '../errors.js'
 import {type FdKind, type ProcessImage, type SigAction} from '../image/process-image.js'
 import {Tracee, findSigreturnGadget} from '../inject/tracee.js'
-import {SIG, SYS} from '../sys/libc.js'
+import {SIG, SYS, syscallRaw} from '../sys/libc.js'
 import {listFds, readMaps, readStat, readStatus} from '../sys/proc.js'
 import {type FlaggedVma, captureImage, captureMemory, type SnapshotMemory} from './capture.js'
 import {describeFds} from './descriptors.js'
@@ -104,6 +104,7 @@ export function preflightTree(root: number, tcpClose = false): CheckedTree {
   for (const member of members) {
     if (checkMember(root, rootNs, member, checks, tcpClose)) live.push(member)
   }
+  refuseSharedAcrossMembers(checks)
   return {members: live, checks, tcpClose}
 }
 
@@ -137,6 +138,39 @@ function checkMember(root: number, rootNs: Record<string, string>, member: TreeM
   } catch (error) {
     if (member.pid !== root && error instanceof NotFoundError) return false
     throw error
+  }
+}
+
+/**
+ * A pipe, socket, eventfd or epoll instance that two members share (inherited
+ * across fork, the usual way a parent talks to its children) would become two
+ * unconnected objects in the clone tree: refuse it by name until members can
+ * share them. Regular files and devices are reopened per member (each gets its
+ * own offset), which the README states.
+ */
+function refuseSharedAcrossMembers(checks: Map<number, PreflightResult>): void {
+  const seen = new Map<string, number>()
+  const anon: {pid: number; fd: number; kind: string}[] = []
+  for (const [pid, checked] of checks) {
+    for (const {info, kind} of checked.fds) {
+      if (kind === 'pipe' || kind === 'socket') {
+        if (kind === 'pipe' && info.fd <= 2) continue // stdio: each member gets the restorer's or /dev/null
+        const other = seen.get(info.target)
+        if (other !== undefined && other !== pid) {
+          throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of member ${pid} is ${info.target}, which member ${other} of the tree also holds; cxlfork does not yet share a ${kind} between members of a restored tree`,
+            'Checkpoint the processes separately, or close the inherited end in the member that does not use it.')
+        }
+        seen.set(info.target, pid)
+      } else if (kind === 'eventfd' || kind === 'epoll') {
+        for (const prior of anon) {
+          if (prior.pid !== pid && prior.kind === kind && syscallRaw(SYS.kcmp, prior.pid, pid, 0 /* KCMP_FILE */, prior.fd, info.fd) === 0n) {
+            throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of member ${pid} is the ${kind} that member ${prior.pid} holds as fd ${prior.fd}; cxlfork does not yet share it between members of a restored tree`,
+              'Checkpoint the processes separately, or close the inherited descriptor in the member that does not use it.')
+          }
+        }
+        anon.push({pid, fd: info.fd, kind})
+      }
+    }
   }
 }
 
@@ -184,6 +218,7 @@ export function freezeDescendants(tree: CheckedTree): FrozenMember[] {
         for (const member of tree.members) {
           if (member.zombieStatus !== undefined) checkMember(root, rootNs, member, tree.checks, tree.tcpClose)
         }
+        refuseSharedAcrossMembers(tree.checks)
         const kept = new Set(tree.members.map((member) => member.pid))
         thawMembers([...frozen.values()].filter((member) => !kept.has(member.pid))) // orphaned meanwhile: no longer in the tree
         return tree.members.slice(1).flatMap((member) => frozen.get(member.pid) ?? [])

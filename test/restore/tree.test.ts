@@ -6,7 +6,7 @@
  * waitpid(child) and its zombie's status still work, and children see their parent.
  */
 import assert from 'node:assert/strict'
-import {spawn} from 'node:child_process'
+import {spawn, spawnSync} from 'node:child_process'
 import {mkdtempSync, readFileSync, readdirSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
@@ -119,6 +119,24 @@ describe('restore: process trees keep their shape and their pids', function () {
       }
     })
   }
+
+  it('a pipe shared by a parent and its child: --tree refuses it by name before anything is touched; both run on', async () => {
+    const pool = poolPath('tree')
+    const code = 'import os, time\nos.closerange(3, 1024)\nr, w = os.pipe()\nif os.fork() == 0:\n    time.sleep(600)\nelse:\n    time.sleep(600)\n'
+    // The interpreter itself, not a version manager's shim that runs helpers first.
+    const python = spawnSync('python3', ['-c', 'import sys; print(sys.executable)'], {encoding: 'utf8'}).stdout.trim()
+    const parent = spawn(python, ['-c', code], {stdio: 'ignore'})
+    trackPid(parent.pid!)
+    const child = await until(() => childrenOf(parent.pid!)[0], 'the child forked')
+    trackPid(child)
+    await until(() => readdirSync(`/proc/${child}/fd`).length >= 5, 'the child holds the pipe')
+    const run = await cli(['checkpoint', String(parent.pid), '--name', 'shared', '--tree', '--json', '--pool', pool])
+    assert.equal(run.status, 5, describeRun(run))
+    assert.equal(run.json.error.code, 'UNSUPPORTED_FD')
+    assert.match(run.json.error.message, /pipe:\[\d+\], which member \d+ of the tree also holds/)
+    for (const pid of [parent.pid!, child]) assert.equal(procStat(pid)?.state, 'S', `member ${pid} runs on (sleeping), untouched`)
+    parent.kill('SIGKILL')
+  })
 
   it('a bash loop (a fork per iteration): checkpointed with --tree, the clone goes on forking and reaping', async () => {
     const pool = poolPath('tree')
