@@ -19,7 +19,7 @@ import type {CpuPlacement} from '../sys/affinity.js'
 import {faultPoint} from '../fault.js'
 import {preflight} from './preflight.js'
 import {type LiveSnapshot, killTarget, takePlacedSnapshot} from './snapshot.js'
-import {type CheckedTree, type FrozenMember, type TreeRecord, captureStoppedMember, freezeDescendants, preflightTree, thawMembers} from './tree.js'
+import {type CheckedTree, type FrozenMember, type TreeRecord, captureStoppedMember, freezeDescendants, markInternalPipes, preflightTree, sharedAcrossMembers, thawMembers} from './tree.js'
 
 /** Statistics named as CRIU names them, in microseconds. */
 export interface DumpStats {
@@ -291,6 +291,9 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
   const tFrozen = performance.now()
   const frozen: FrozenMember[] = tree ? freezeDescendants(tree) : []
   if (tree) faultPoint('tree-frozen')
+  // Objects members share, found while the descendants are stopped (the root is seized next).
+  if (tree) markInternalPipes(tree.checks)
+  const sharing = tree ? sharedAcrossMembers(tree.members, tree.checks) : new Map()
   let thawedAt: number | undefined
   const thaw = (): void => {
     if (thawedAt !== undefined) return
@@ -321,6 +324,10 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
     // The descendants, each still stopped: state from /proc and injected queries, pages copied straight from it.
     for (const member of frozen) {
       const captured = captureStoppedMember(member, tree!.checks.get(member.pid)!)
+      for (const fd of captured.image.fds) {
+        const from = sharing.get(member.pid)?.get(fd.fd)
+        if (from) fd.sharedFrom = from
+      }
       const memberPages = totalPages(captured.memory.pageRuns)
       const memberBytes = BigInt(memberPages) * BigInt(PAGE_SIZE)
       const memberExtent = memberPages === 0 ? undefined : builder.allocateData(memberBytes)

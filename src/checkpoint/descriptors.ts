@@ -79,7 +79,7 @@ function sameDescription(pid: number, a: number, b: number): boolean {
  * The extras of every fd of a stopped process. Pipes and eventfds are read
  * here because the process (stopped) can change neither.
  */
-export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKind}[]): Map<number, FdExtras> {
+export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKind}[], internalPipes: ReadonlySet<string> = new Set()): Map<number, FdExtras> {
   const out = new Map<number, FdExtras>()
   const set = (fd: number, extras: FdExtras): void => {
     out.set(fd, {...out.get(fd), ...extras})
@@ -94,7 +94,7 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
   const pipeEnds = new Map<string, {read: boolean; write: boolean}>()
   for (const {info, kind} of fds) {
     const id = pipeId(info.target)
-    if (kind !== 'pipe' || id === undefined || info.fd <= 2) continue
+    if (kind !== 'pipe' || id === undefined || (info.fd <= 2 && !internalPipes.has(info.target))) continue
     const ends = pipeEnds.get(id) ?? {read: false, write: false}
     if ((info.flags & 3) === O.WRONLY) ends.write = true
     else ends.read = true
@@ -102,7 +102,8 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
   }
   const pipesRead = new Set<string>()
   for (const {info, kind} of fds) {
-    if (kind === 'pipe' && info.fd > 2) {
+    // fds 0-2 that are pipes are the restorer's stdio, unless another member of the tree holds the pipe too.
+    if (kind === 'pipe' && (info.fd > 2 || internalPipes.has(info.target))) {
       const id = pipeId(info.target)!
       const end = (info.flags & 3) === O.WRONLY ? 'write' : 'read'
       const ends = pipeEnds.get(id)!

@@ -118,6 +118,8 @@ export interface PreflightResult {
   inTree: boolean
   /** Established TCP connections accepted, to be restored closed (--tcp-close). */
   tcpClose: boolean
+  /** In a tree: pipes other members hold too ('pipe:[ino]'), carried as pipes even on fds 0-2. */
+  internalPipes?: Set<string>
   fds: {info: FdInfo; kind: FdKind}[]
   /** The target's VMAs with their VmFlags; null when the memory check was left to the snapshot (see preflight). */
   smaps: SmapsVma[] | null

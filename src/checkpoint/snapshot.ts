@@ -154,7 +154,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
       fds = preflight(pid, {memory: false, children: checked.inTree ? 'allow' : 'refuse', tcpClose: checked.tcpClose}).fds
     }
     // Pipe contents, eventfd counters, epoll interest lists and shared descriptions: as of this stop.
-    const extras = describeFds(pid, fds)
+    const extras = describeFds(pid, fds, checked.internalPipes)
     fds = fds.map((entry) => ({...entry, extras: extras.get(entry.info.fd)}))
     let fork = target.injectForkSelfHealing(undefined, parentMaps)
     snapshot = fork.tracee

@@ -104,7 +104,6 @@ export function preflightTree(root: number, tcpClose = false): CheckedTree {
   for (const member of members) {
     if (checkMember(root, rootNs, member, checks, tcpClose)) live.push(member)
   }
-  refuseSharedAcrossMembers(checks)
   return {members: live, checks, tcpClose}
 }
 
@@ -141,37 +140,69 @@ function checkMember(root: number, rootNs: Record<string, string>, member: TreeM
   }
 }
 
+/** Where a member's fd comes from when an earlier member of the tree holds the same object. */
+export interface SharedFrom {
+  /** The earlier member (its original pid, which it keeps in the clone's namespace). */
+  pid: number
+  fd: number
+  /** One open file description (inherited as is); else the same pipe through another end. */
+  description: boolean
+  /** The earlier member's fd is the same end of the pipe (or not a pipe). */
+  sameEnd: boolean
+}
+
 /**
- * A pipe, socket, eventfd or epoll instance that two members share (inherited
- * across fork, the usual way a parent talks to its children) would become two
- * unconnected objects in the clone tree: refuse it by name until members can
- * share them. Regular files and devices are reopened per member (each gets its
- * own offset), which the README states.
+ * Pipes, sockets, eventfds and epoll instances that members share (inherited
+ * across fork: the usual way a parent talks to its children, a shell's
+ * pipeline). For each member's fd, the first earlier member (tree order)
+ * holding the same open file description (kcmp), or for a pipe the same pipe;
+ * the restore hands that object over instead of creating a second one.
+ * Keyed by member pid, then fd.
  */
-function refuseSharedAcrossMembers(checks: Map<number, PreflightResult>): void {
-  const seen = new Map<string, number>()
-  const anon: {pid: number; fd: number; kind: string}[] = []
+/** Pipes held by more than one member: a pipeline's, a parent's to its children. Recorded on every member's checks. */
+export function markInternalPipes(checks: Map<number, PreflightResult>): void {
+  const holders = new Map<string, Set<number>>()
   for (const [pid, checked] of checks) {
+    for (const {info, kind} of checked.fds) if (kind === 'pipe') holders.set(info.target, (holders.get(info.target) ?? new Set()).add(pid))
+  }
+  const internal = new Set([...holders].filter(([, pids]) => pids.size > 1).map(([target]) => target))
+  for (const checked of checks.values()) checked.internalPipes = internal
+}
+
+export function sharedAcrossMembers(members: readonly TreeMember[], checks: Map<number, PreflightResult>): Map<number, Map<number, SharedFrom>> {
+  const out = new Map<number, Map<number, SharedFrom>>()
+  const earlier: {pid: number; fd: number; target: string; kind: string; access: number}[] = []
+  for (const member of members) {
+    const checked = checks.get(member.pid)
+    if (!checked) continue
+    const mine: typeof earlier = []
     for (const {info, kind} of checked.fds) {
-      if (kind === 'pipe' || kind === 'socket') {
-        if (kind === 'pipe' && info.fd <= 2) continue // stdio: each member gets the restorer's or /dev/null
-        const other = seen.get(info.target)
-        if (other !== undefined && other !== pid) {
-          throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of member ${pid} is ${info.target}, which member ${other} of the tree also holds; cxlfork does not yet share a ${kind} between members of a restored tree`,
-            'Checkpoint the processes separately, or close the inherited end in the member that does not use it.')
+      const shareable = kind === 'socket' || kind === 'eventfd' || kind === 'epoll' || (kind === 'pipe' && (info.fd > 2 || (checked.internalPipes?.has(info.target) ?? false)))
+      if (!shareable) continue
+      mine.push({pid: member.pid, fd: info.fd, target: info.target, kind, access: info.flags & 3})
+      let from: SharedFrom | undefined
+      for (const prior of earlier) {
+        if (prior.kind !== kind) continue
+        if (syscallRaw(SYS.kcmp, prior.pid, member.pid, 0 /* KCMP_FILE */, prior.fd, info.fd) === 0n) {
+          from = {pid: prior.pid, fd: prior.fd, description: true, sameEnd: true}
+          break
         }
-        seen.set(info.target, pid)
-      } else if (kind === 'eventfd' || kind === 'epoll') {
-        for (const prior of anon) {
-          if (prior.pid !== pid && prior.kind === kind && syscallRaw(SYS.kcmp, prior.pid, pid, 0 /* KCMP_FILE */, prior.fd, info.fd) === 0n) {
-            throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of member ${pid} is the ${kind} that member ${prior.pid} holds as fd ${prior.fd}; cxlfork does not yet share it between members of a restored tree`,
-              'Checkpoint the processes separately, or close the inherited descriptor in the member that does not use it.')
-          }
+        if (kind === 'pipe' && prior.target === info.target) {
+          // Prefer an earlier holder of the same end: it can be handed over as is.
+          const sameEnd = prior.access === (info.flags & 3)
+          if (!from || (sameEnd && !from.sameEnd)) from = {pid: prior.pid, fd: prior.fd, description: false, sameEnd}
         }
-        anon.push({pid, fd: info.fd, kind})
+      }
+      if (from) {
+        if (kind !== 'pipe' && !from.description) continue
+        const byFd = out.get(member.pid) ?? new Map<number, SharedFrom>()
+        byFd.set(info.fd, from)
+        out.set(member.pid, byFd)
       }
     }
+    earlier.push(...mine)
   }
+  return out
 }
 
 /** Every thread of each live descendant, seized and stopped; the leader first per member. */
@@ -218,7 +249,6 @@ export function freezeDescendants(tree: CheckedTree): FrozenMember[] {
         for (const member of tree.members) {
           if (member.zombieStatus !== undefined) checkMember(root, rootNs, member, tree.checks, tree.tcpClose)
         }
-        refuseSharedAcrossMembers(tree.checks)
         const kept = new Set(tree.members.map((member) => member.pid))
         thawMembers([...frozen.values()].filter((member) => !kept.has(member.pid))) // orphaned meanwhile: no longer in the tree
         return tree.members.slice(1).flatMap((member) => frozen.get(member.pid) ?? [])
@@ -283,7 +313,7 @@ export function captureStoppedMember(member: FrozenMember, checked: PreflightRes
   // Offsets as of now (it is stopped); an fd opened since preflight is classified anew.
   let fds: {info: ReturnType<typeof listFds>[number]; kind: FdKind}[] = listFds(pid).map((info) => ({info, kind: byFd.get(info.fd) ?? 'regular'}))
   if (fds.some((entry) => !byFd.has(entry.info.fd))) fds = preflight(pid, {memory: false, children: 'allow', tcpClose: checked.tcpClose}).fds
-  const extras = describeFds(pid, fds)
+  const extras = describeFds(pid, fds, checked.internalPipes)
   const memory = captureMemory(pid, maps)
   const image = captureImage(pid, pid, memory, maps, fds.map((entry) => ({...entry, extras: extras.get(entry.info.fd)})), {threads: states, sharedPendingSignals: leader.sharedPending, sigactions, brk})
   return {image, memory}

@@ -150,6 +150,11 @@ export interface FdImage {
   fileIndex?: number
   /** fds that share one open file description (dup, inheritance) name the lowest fd of the group; absent when alone. */
   sharedWith?: number
+  /**
+   * In a tree: the same object held by an earlier member (its pid and fd), handed over at
+   * restore: the same open file description, or (a pipe) the same pipe through another end.
+   */
+  sharedFrom?: {pid: number; fd: number; description: boolean; sameEnd: boolean}
   pipe?: PipeEndImage
   eventfd?: {count: bigint; semaphore: boolean}
   epoll?: {targets: EpollTargetImage[]}

@@ -18,7 +18,7 @@ import {Tracee} from '../inject/tracee.js'
 import {type VdsoLayout, deviceName, kernelRelease, readMaps, vdsoLayout} from '../sys/proc.js'
 import {MAP, MREMAP, O, PR, SIG, SYS, type VmSegment, close, decodeWaitStatus, fcntl, pipe2, prlimit, read, vmWrite, vmWritev, wait4} from '../sys/libc.js'
 import {CpuPlacement, currentCpu} from '../sys/affinity.js'
-import {restoreFds} from './descriptors.js'
+import {type HostPidOf, restoreFds} from './descriptors.js'
 import {type NetworkMode, enterNetwork} from './network.js'
 import {Injector} from './injector.js'
 import {type RestorePlan, needsProtectFixup} from './plan.js'
@@ -460,7 +460,8 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
       if (!member.image || !member.plan) continue
       const stub = stubs.get(member.pid)!
       const id = member === root ? nsPid : member.pid
-      const threads = buildMember(stub, member.image, member.plan, store, id, pidns === 'host', () => {
+      const hostPidOf = (original: number): number => stubs.get(original)?.pid ?? original
+      const threads = buildMember(stub, member.image, member.plan, store, id, pidns === 'host', hostPidOf, () => {
         if (member === root) tMapped = performance.now()
       })
       built.push({member, stub, threads})
@@ -559,7 +560,7 @@ function takeBackSigchld(parent: Tracee): void {
  * signals, task state, threads. `nsPid` is its pid as it will see it.
  * Returns its threads beyond the first, created and stopped.
  */
-function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: PageStore, nsPid: number, rewriteTid: boolean, mapped: () => void): Tracee[] {
+function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: PageStore, nsPid: number, rewriteTid: boolean, hostPidOf: HostPidOf, mapped: () => void): Tracee[] {
   const tracee = stub.tracee
   const taken: [bigint, bigint][] = [
     ...image.vmas.map((v): [bigint, bigint] => [v.start, v.end]),
@@ -580,7 +581,7 @@ function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: 
   mapMemory(inject, image, plan, store)
   inject.reset()
   mapped()
-  restoreFds(inject, image)
+  restoreFds(inject, image, hostPidOf)
   inject.reset()
   restoreMm(inject, image)
   restoreSignals(inject, image)

@@ -27,7 +27,10 @@ const EPOLL_CTL_ADD = 1
 /** Largest piece of pipe data written per call (it goes through the restore's scratch area). */
 const WRITE_PIECE = 256 * 1024
 
-export function restoreFds(inject: Injector, image: ProcessImage): void {
+/** In a tree: the host pid of a member known by its original pid (for /proc paths). */
+export type HostPidOf = (originalPid: number) => number
+
+export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: HostPidOf): void {
   const fds = [...image.fds].sort((a, b) => a.fd - b.fd)
   const base = Math.max(3, ...fds.map((fd) => fd.fd + 1))
   const staged: number[] = []
@@ -56,6 +59,12 @@ export function restoreFds(inject: Injector, image: ProcessImage): void {
   }
   for (const fd of fds) {
     if (fd.sharedWith !== undefined) continue // after its group's first fd
+    if (fd.sharedFrom && hostPidOf) {
+      place(handOver(inject, fd, hostPidOf, stage), fd)
+      if (!fd.sharedFrom.description) inject.call('fcntl(F_SETFL)', SYS.fcntl, fd.fd, F_SETFL, fd.flags & (O.NONBLOCK | O.APPEND))
+      inject.reset()
+      continue
+    }
     if (fd.kind === 'pipe' && !fd.pipe && fd.fd > 2) {
       // A CRIU image set's pipe: its bytes are in pipes-data, which cxlfork does not read yet. Never drop an fd silently.
       throw new UnsupportedError('CRIU_FD_TYPE', `fd ${fd.fd} is a pipe whose state this image set does not give cxlfork (CRIU's pipes-data is not read yet)`,
@@ -100,7 +109,7 @@ export function restoreFds(inject: Injector, image: ProcessImage): void {
     if (fd.sharedWith !== undefined) inject.call(`dup3(fd ${fd.fd} = fd ${fd.sharedWith})`, SYS.dup3, fd.sharedWith, fd.fd, fd.cloexec ? O.CLOEXEC : 0)
   }
   for (const fd of fds) {
-    if (!fd.epoll || fd.sharedWith !== undefined) continue
+    if (!fd.epoll || fd.sharedWith !== undefined || (fd.sharedFrom && hostPidOf)) continue // an inherited epoll came with its registrations
     for (const target of fd.epoll.targets) {
       const event = new Uint8Array(12) // struct epoll_event is packed on x86_64
       const view = new DataView(event.buffer)
@@ -140,6 +149,27 @@ function createSocket(inject: Injector, fd: FdImage, stage: (fd: number) => numb
   }
   if (socket.listening) inject.call('listen', SYS.listen, created, LISTEN_BACKLOG)
   return created
+}
+
+/**
+ * The object an earlier member of the tree holds (already built, stopped):
+ * the same open file description through pidfd_getfd (ids inside the clone's
+ * PID namespace are the original ones), or the other end of the same pipe
+ * opened through /proc (which names processes as the host sees them).
+ */
+function handOver(inject: Injector, fd: FdImage, hostPidOf: HostPidOf, stage: (fd: number) => number): number {
+  const from = fd.sharedFrom!
+  if (from.description || from.sameEnd) {
+    const pidfd = Number(inject.call(`pidfd_open(${from.pid})`, SYS.pidfd_open, from.pid, 0))
+    try {
+      return stage(Number(inject.call(`pidfd_getfd(${from.pid}, ${from.fd})`, SYS.pidfd_getfd, pidfd, from.fd, 0)))
+    } finally {
+      inject.call('close', SYS.close, pidfd)
+    }
+  }
+  // The other end: a FIFO open, non-blocking so that a write end never waits for a reader (the earlier member holds one).
+  const access = fd.pipe?.end === 'write' ? O.WRONLY : O.RDONLY
+  return stage(inject.open(`/proc/${hostPidOf(from.pid)}/fd/${from.fd}`, access | O.NONBLOCK))
 }
 
 function writeAll(inject: Injector, fd: number, data: Uint8Array): void {

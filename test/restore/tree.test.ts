@@ -6,7 +6,7 @@
  * waitpid(child) and its zombie's status still work, and children see their parent.
  */
 import assert from 'node:assert/strict'
-import {spawn, spawnSync} from 'node:child_process'
+import {spawn} from 'node:child_process'
 import {mkdtempSync, readFileSync, readdirSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
@@ -120,22 +120,41 @@ describe('restore: process trees keep their shape and their pids', function () {
     })
   }
 
-  it('a pipe shared by a parent and its child: --tree refuses it by name before anything is touched; both run on', async () => {
+  it('a shell pipeline (bash: a producer | a consumer, the pipe on their stdout and stdin): the clone tree keeps one pipe between its members and goes on', async () => {
     const pool = poolPath('tree')
-    const code = 'import os, time\nos.closerange(3, 1024)\nr, w = os.pipe()\nif os.fork() == 0:\n    time.sleep(600)\nelse:\n    time.sleep(600)\n'
-    // The interpreter itself, not a version manager's shim that runs helpers first.
-    const python = spawnSync('python3', ['-c', 'import sys; print(sys.executable)'], {encoding: 'utf8'}).stdout.trim()
-    const parent = spawn(python, ['-c', code], {stdio: 'ignore'})
-    trackPid(parent.pid!)
-    const child = await until(() => childrenOf(parent.pid!)[0], 'the child forked')
-    trackPid(child)
-    await until(() => readdirSync(`/proc/${child}/fd`).length >= 5, 'the child holds the pipe')
-    const run = await cli(['checkpoint', String(parent.pid), '--name', 'shared', '--tree', '--json', '--pool', pool])
-    assert.equal(run.status, 5, describeRun(run))
-    assert.equal(run.json.error.code, 'UNSUPPORTED_FD')
-    assert.match(run.json.error.message, /pipe:\[\d+\], which member \d+ of the tree also holds/)
-    for (const pid of [parent.pid!, child]) assert.equal(procStat(pid)?.state, 'S', `member ${pid} runs on (sleeping), untouched`)
-    parent.kill('SIGKILL')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-pipeline-'))
+    const out = join(dir, 'out')
+    const closeLeaked = 'for f in /proc/$$/fd/*; do n=${f##*/}; [ "$n" -gt 2 ] 2>/dev/null && eval "exec $n>&-"; done 2>/dev/null; '
+    // The producer counts; the consumer appends what it reads, tagged with its own pid as the host sees it
+    // (/proc/self/stat read by the consumer shell itself: its getpid() is the original's in a clone).
+    const script = closeLeaked + `i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done | while read n; do read -r me _ < /proc/self/stat; echo "$me $n" >> ${out}; done`
+    // Its own process group, so that the whole pipeline is killed at the end, not only the shell.
+    const shell = spawn('bash', ['-c', script], {stdio: 'ignore', cwd: dir, detached: true})
+    trackPid(shell.pid!)
+    try {
+      await until(() => childrenOf(shell.pid!).length === 2 && readFileSync(out, 'utf8').split('\n').length > 3, 'the pipeline running')
+      const ck = await cli(['checkpoint', String(shell.pid), '--name', 'pipeline', '--tree', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      const members = ck.json.tree.length
+      const run = await cli(['restore', 'pipeline', '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      const clone = run.json.pid as number
+      trackPid(clone)
+      assert.equal(run.json.processes, members)
+      // The clone's consumer goes on reading what the clone's producer writes: lines from a pid of the clone tree, counting on.
+      const cloneMembers = () => new Set([clone, ...childrenOf(clone), ...childrenOf(clone).flatMap(childrenOf)])
+      const fromClone = await until(() => {
+        const ids = cloneMembers()
+        const lines = readFileSync(out, 'utf8').trim().split('\n').map((line) => line.split(' ').map(Number)).filter(([pid]) => ids.has(pid!))
+        return lines.length >= 4 ? lines : undefined
+      }, 'lines from the clone\'s consumer', 10_000)
+      const numbers = fromClone.map(([, n]) => n!)
+      assert.ok(numbers.every((n, i) => i === 0 || n > numbers[i - 1]!), `the clone's numbers count up: ${numbers.join(', ')}`)
+      note(`pipeline: ${members} members; the clone's consumer read ${numbers.length} lines, from ${numbers[0]}`)
+    } finally {
+      process.kill(-shell.pid!, 'SIGKILL')
+      rmSync(dir, {recursive: true, force: true})
+    }
   })
 
   it('a bash loop (a fork per iteration): checkpointed with --tree, the clone goes on forking and reaping', async () => {
