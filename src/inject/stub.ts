@@ -17,6 +17,7 @@ import {CxlforkError, SyscallError} from '../errors.js'
 import {close, killQuiet, MFD_CLOEXEC, O, open, SYS, MFD_EXEC, memfdCreate, posixSpawn, SIG, wait4, WNOHANG, writeAll, PTRACE_O} from '../sys/libc.js'
 import {readMaps, vdsoLayout, type VdsoLayout, type Vma} from '../sys/proc.js'
 import {Tracee} from './tracee.js'
+import {faultPoint} from '../fault.js'
 
 /** Default load address of the stub image: far from usual PIE/mmap/heap areas (0x2000000000 = 128 GiB). */
 export const STUB_DEFAULT_BASE = 0x2000000000n
@@ -62,17 +63,50 @@ const INIT_CODE = [
 /** The init routine's lea reaches its name right after its code (offset 0x76, rip after the lea is 0x0c). */
 const INIT_NAME_REL = 0x6a
 
-/** The stub's machine code: the entry (name itself, pause loop), the init routine and its name, then the stub's name. */
-function stubCode(): {bytes: Uint8Array; initOffset: number} {
-  // 0:  bf 0f 00 00 00          mov  edi, 15              ; PR_SET_NAME
-  // 5:  48 8d 35 XX XX XX XX    lea  rsi, [rip + name]
-  // 12: b8 9d 00 00 00          mov  eax, 157             ; prctl
-  // 17: 0f 05                   syscall
-  // 19: b8 22 00 00 00   loop:  mov  eax, 34              ; pause
-  // 24: 0f 05                   syscall
-  // 26: eb f7                   jmp  loop (-9)
-  // 28: the init routine, its name, then the stub's name
+/**
+ * The stub's machine code: the entry, the init routine and its name, then the
+ * stub's name. The entry first asks for SIGKILL when its parent dies
+ * (PR_SET_PDEATHSIG), then checks that its parent is still `spawner`: a
+ * stub whose spawner died before it could be seized (with PTRACE_O_EXITKILL)
+ * must not wait forever as an orphan. The restore clears the death signal of
+ * the stub it releases. Then it names itself and parks in pause().
+ */
+function stubCode(spawner: number): {bytes: Uint8Array; initOffset: number} {
+  // 0:  bf 01 00 00 00          mov  edi, 1               ; PR_SET_PDEATHSIG
+  // 5:  be 09 00 00 00          mov  esi, 9               ; SIGKILL
+  // a:  b8 9d 00 00 00          mov  eax, 157             ; prctl
+  // f:  0f 05                   syscall
+  // 11: b8 6e 00 00 00          mov  eax, 110             ; getppid
+  // 16: 0f 05                   syscall
+  // 18: 3d XX XX XX XX          cmp  eax, spawner
+  // 1d: 74 0d                   je   named
+  // 1f: 85 c0                   test eax, eax             ; 0: the parent is outside our PID namespace (a clone's init)
+  // 21: 74 09                   je   named
+  // 23: b8 e7 00 00 00          mov  eax, 231             ; exit_group(0): orphaned at birth
+  // 28: 31 ff                   xor  edi, edi
+  // 2a: 0f 05                   syscall
+  // 2c: bf 0f 00 00 00   named: mov  edi, 15              ; PR_SET_NAME
+  // 31: 48 8d 35 XX XX XX XX    lea  rsi, [rip + name]
+  // 38: b8 9d 00 00 00          mov  eax, 157             ; prctl
+  // 3d: 0f 05                   syscall
+  // 3f: b8 22 00 00 00   loop:  mov  eax, 34              ; pause
+  // 44: 0f 05                   syscall
+  // 46: eb f7                   jmp  loop (-9)
+  // 48: the init routine, its name, then the stub's name
   const code = [
+    0xbf, 0x01, 0x00, 0x00, 0x00,
+    0xbe, 0x09, 0x00, 0x00, 0x00,
+    0xb8, 0x9d, 0x00, 0x00, 0x00,
+    0x0f, 0x05,
+    0xb8, 0x6e, 0x00, 0x00, 0x00,
+    0x0f, 0x05,
+    0x3d, spawner & 0xff, (spawner >> 8) & 0xff, (spawner >> 16) & 0xff, (spawner >>> 24) & 0xff,
+    0x74, 0x0d,
+    0x85, 0xc0,
+    0x74, 0x09,
+    0xb8, 0xe7, 0x00, 0x00, 0x00,
+    0x31, 0xff,
+    0x0f, 0x05,
     0xbf, 0x0f, 0x00, 0x00, 0x00,
     0x48, 0x8d, 0x35, 0, 0, 0, 0,
     0xb8, 0x9d, 0x00, 0x00, 0x00,
@@ -82,25 +116,25 @@ function stubCode(): {bytes: Uint8Array; initOffset: number} {
     0xeb, 0xf7,
   ]
   const initOffset = code.length
-  if (INIT_CODE.length !== 0x76 || INIT_CODE[8] !== INIT_NAME_REL) throw new Error('stub init routine is malformed')
+  if (initOffset !== 0x48 || INIT_CODE.length !== 0x76 || INIT_CODE[8] !== INIT_NAME_REL) throw new Error('stub code is malformed')
   const initName = Buffer.from(STUB_INIT_COMM + '\0', 'latin1')
   const nameOff = initOffset + INIT_CODE.length + initName.length
-  const rel = nameOff - 12 // rip after the lea is 12
-  code[8] = rel & 0xff
-  code[9] = (rel >> 8) & 0xff
+  const rel = nameOff - 0x38 // rip after the lea
+  code[0x34] = rel & 0xff
+  code[0x35] = (rel >> 8) & 0xff
   const name = Buffer.from(STUB_COMM + '\0', 'latin1')
   return {bytes: Uint8Array.from([...code, ...INIT_CODE, ...initName, ...name]), initOffset}
 }
 
 /** Address of the init routine in a stub loaded at `base`. */
 export function stubInitEntry(base: bigint): bigint {
-  return base + BigInt(EHDR_SIZE + 2 * PHDR_SIZE + stubCode().initOffset)
+  return base + BigInt(EHDR_SIZE + 2 * PHDR_SIZE + stubCode(process.pid).initOffset)
 }
 
 /** Bytes of the stub ELF executable loaded at `base` (page aligned). */
-export function buildStubElf(base: bigint = STUB_DEFAULT_BASE): Uint8Array {
+export function buildStubElf(base: bigint = STUB_DEFAULT_BASE, spawner: number = process.pid): Uint8Array {
   if (base % 4096n !== 0n) throw new RangeError('stub base must be page aligned')
-  const code = stubCode().bytes
+  const code = stubCode(spawner).bytes
   const codeOff = EHDR_SIZE + 2 * PHDR_SIZE
   const total = codeOff + code.length
   const b = new Uint8Array(total)
@@ -257,6 +291,8 @@ export function spawnStub(opts: StubOptions = {}): Stub {
     path: exe.path, argv: opts.argv ?? [STUB_COMM], env: opts.env ?? [], fds, ...(opts.cwd === undefined ? {} : {cwd: opts.cwd}),
     resetSignals: true, setsid: opts.setsid ?? true,
   })
+  // Killed here, before the seize, cxlfork leaves a stub whose parent is gone: it exits by itself (stubCode).
+  faultPoint('stub-spawned')
   let tracee: Tracee | null = null
   try {
     tracee = Tracee.seize(pid, {options: PTRACE_O.EXITKILL | (opts.ptraceOptions ?? 0), timeoutMs: 10_000})

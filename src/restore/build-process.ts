@@ -25,6 +25,8 @@ import {type RestorePlan, needsProtectFixup} from './plan.js'
 import {createWithId, releaseInit, spawnNamespacedStubs} from './pid-namespace.js'
 import {createThreads, requeueThreadSignals, restoreThreadKernelState, setThreadCpuState} from './threads.js'
 
+const PR_SET_PDEATHSIG = 1
+
 /** Where stored pages come from during a build. */
 export interface PageStore {
   /** File the stub maps for `store-map` ops (the pool file); absent when the store cannot be mapped. */
@@ -323,6 +325,8 @@ function restoreTaskState(inject: Injector, image: ProcessImage, pid: number, ns
     new DataView(tid.buffer).setInt32(0, nsPid, true)
     vmWrite(pid, thread.clearTidAddress, tid)
   }
+  // The stub asked for SIGKILL at its spawner's death; a released clone outlives us (0: none, as a fork child has).
+  inject.call('prctl(PR_SET_PDEATHSIG, 0)', SYS.prctl, PR_SET_PDEATHSIG, 0)
   inject.call('umask', SYS.umask, task.umask)
   if (task.personality !== 0) inject.call('personality', SYS.personality, task.personality)
   inject.call(`chdir(${task.cwd})`, SYS.chdir, inject.putString(task.cwd))

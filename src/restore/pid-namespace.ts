@@ -104,6 +104,8 @@ export function spawnNamespacedStubs(nsPid: number, options: StubOptions): Names
  * syscall and jumps there, with no restart.
  */
 export function releaseInit(init: Stub, nsPid: number): void {
+  // The stub asked for SIGKILL at its spawner's death (stubCode); the clone's init must outlive us.
+  init.tracee.syscallChecked('prctl(PR_SET_PDEATHSIG, 0)', SYS.prctl, 1, 0)
   const regs = init.tracee.getRegs()
   regs.rip = init.initEntry
   regs.r12 = BigInt(nsPid)
