@@ -13,7 +13,10 @@ function row(size: SizeResult, id: string): RestoreRow | undefined {
 }
 
 function breakdown(restore: RestoreRow): string {
-  const s = restore.engineStats
+  return statsBreakdown(restore.engineStats)
+}
+
+function statsBreakdown(s: Record<string, Summary>): string {
   return `forking ${f(stat(s, 'forking_time'))} + open ${f(stat(s, 'open_time'))} + memory ${f(stat(s, 'memory_time'))} + state ${f(stat(s, 'state_time'))} ms, ${f(s['injected_syscalls']?.median)} injected syscalls`
 }
 
@@ -32,6 +35,17 @@ export function diagnose(result: BenchResult): string[] {
       if (threadRow) {
         const s = threadRow.checkpointStats
         notes.push(`- **Downtime with ${count} threads at ${label}**: ${f(threadRow.downtimeMs.median)} ms, of which seizing every thread (freezing_time) ${f(stat(s, 'freezing_time'))} ms; the rest is reading each thread's registers and signal state and the fork snapshot${single ? ` (with 1 thread: downtime ${f(single.downtimeMs.median)} ms, freezing_time ${f(stat(single.checkpointStats, 'freezing_time'))} ms)` : ''}.`)
+      }
+      continue
+    }
+    const treeRestore = /^mow-restore-tree-(\d+)-vs-(\d+)@/.exec(target.id)
+    if (treeRestore && result.trees) {
+      // Before the size rows: its label is the trees section's size, which may also be a size row's.
+      const most = result.trees.rows.find((candidate) => candidate.processes === Number(treeRestore[1]))
+      const fewest = result.trees.rows.find((candidate) => candidate.processes === Number(treeRestore[2]))
+      if (most && fewest) {
+        const where = (pidNamespace: boolean): string => (pidNamespace ? 'in a PID namespace of its own' : 'in ours')
+        notes.push(`- **Engine restore of a ${most.processes}-process tree at ${label} (${f(target.measured)}x that of ${fewest.processes})**: ${f(most.engineMs.median)} ms (${statsBreakdown(most.restoreStats)}, built ${where(most.pidNamespace)}) against ${f(fewest.engineMs.median)} ms (${statsBreakdown(fewest.restoreStats)}, built ${where(fewest.pidNamespace)}).`)
       }
       continue
     }

@@ -23,11 +23,21 @@ export interface CheckpointSample {
   stats: Readonly<Record<string, number>>
 }
 
+/** A checkpoint of a process and all its descendants (pool path only: the CRIU-format dump takes one process). */
+export interface TreeCheckpointSample extends CheckpointSample {
+  /** Processes the checkpoint holds, the root included (zombies too, though the bench's trees have none). */
+  members: number
+  /** µs the root's descendants stayed stopped; `downtimeUs` is the root's own. */
+  treeDowntimeUs: number
+}
+
 export interface RestoreSample {
   /** The clone, running detached; the runner measures, then kills and reaps it. */
   pid: number
   /** Threads the clone was built with. */
   threads: number
+  /** Processes the clone tree was built with, the root included (pool path; the CRIU path builds one). */
+  processes?: number
   /**
    * A multi-threaded clone lives in a PID namespace of its own whose init is our child: it ends by itself
    * once the clone is killed and is ours to reap.
@@ -92,10 +102,21 @@ export class PoolPath implements BenchPath {
     return {timeUs: result.totalUs, downtimeUs: result.downtimeUs, bytes: result.bytes, stats: {...result.stats}}
   }
 
+  /** Checkpoint the live target and all its descendants (`checkpoint --tree`); the tree keeps running. */
+  checkpointTree(pid: number, label: string): TreeCheckpointSample {
+    const result = this.engine.checkpointToPool(this.pool, {pid, name: label, kill: false, tree: true})
+    this.current = label
+    if (result.tree === undefined || result.treeDowntimeUs === undefined) throw new Error(`checkpoint ${label} of ${pid} with tree: true reported no tree`)
+    return {
+      timeUs: result.totalUs, downtimeUs: result.downtimeUs, bytes: result.bytes, stats: {...result.stats},
+      members: result.tree.length, treeDowntimeUs: result.treeDowntimeUs,
+    }
+  }
+
   restore(policy: string): RestoreSample {
     const result = this.engine.restoreFromPool(this.pool, {name: this.checkpointName, policy: policy as Policy, wait: false})
     return {
-      pid: result.pid, threads: result.threads, ...(result.pidNamespace ? {initPid: result.pidNamespace.initPid} : {}),
+      pid: result.pid, threads: result.threads, processes: result.processes, ...(result.pidNamespace ? {initPid: result.pidNamespace.initPid} : {}),
       engineUs: result.stats.restore_time, stats: {...result.stats},
     }
   }

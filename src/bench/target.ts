@@ -5,14 +5,18 @@
  * (page i is filled with the 64-bit word PATTERN_BASE + i), optionally starts
  * THREADS-1 more threads (raw clone, each on a 64 KiB stack of its own, each
  * idling in pause()), writes one byte ("R") to fd 1 once every page is
- * touched and every thread exists, then idles in pause() forever.
+ * touched and every thread exists, then idles in pause() forever. Or, instead
+ * of threads, PROCESSES-1 child processes (fork): each asks to be SIGKILLed
+ * when its parent dies (PR_SET_PDEATHSIG) and idles in pause(); the parent
+ * reports ready once every child has done so. The children never write their
+ * memory, so each one's pages are the parent's, shared copy-on-write.
  *
  * Why not python3 or node: their base RSS (8-40 MiB of private memory, plus
  * threads for node) would blur "restored RssAnon vs checkpointed bytes" and
  * would not be exactly SIZE. This target's footprint is SIZE plus one stack
  * page and its 4 KiB code page, and it has no rseq or TLS. With THREADS = 1 no
  * thread code is emitted at all, so the single-threaded target is the same
- * program byte for byte as before threads existed.
+ * program byte for byte as before threads existed; likewise for PROCESSES = 1.
  */
 import {closeSync, mkdtempSync, readdirSync, readSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
@@ -34,6 +38,8 @@ const THREAD_STACK_SIZE = 0x10000
 const CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
 /** Most threads a target may have: each costs a 64 KiB mapping and one task. */
 export const MAX_TARGET_THREADS = 4096
+/** Most processes a target tree may have: each child maps (copy-on-write) the whole SIZE and is one more checkpoint member. */
+export const MAX_TARGET_PROCESSES = 64
 
 /** A minimal assembler: raw bytes plus 32-bit rip-relative label fixups. */
 class Assembler {
@@ -79,11 +85,14 @@ class Assembler {
 }
 
 /**
- * Machine code of the target for `size` bytes and `threads` threads; the region is madvised MADV_HUGEPAGE or
- * MADV_NOHUGEPAGE, so THP use does not depend on the system default.
+ * Machine code of the target for `size` bytes and `threads` threads or `processes` processes; the region is
+ * madvised MADV_HUGEPAGE or MADV_NOHUGEPAGE, so THP use does not depend on the system default.
  */
-export function targetCode(size: number, hugePages: boolean, threads = 1): Uint8Array {
+export function targetCode(size: number, hugePages: boolean, threads = 1, processes = 1): Uint8Array {
   if (!Number.isInteger(threads) || threads < 1 || threads > MAX_TARGET_THREADS) throw new RangeError(`target threads ${threads}: 1 to ${MAX_TARGET_THREADS}`)
+  if (!Number.isInteger(processes) || processes < 1 || processes > MAX_TARGET_PROCESSES) throw new RangeError(`target processes ${processes}: 1 to ${MAX_TARGET_PROCESSES}`)
+  // fork() copies only the calling thread: a multi-threaded tree would be a different program from the one asked for.
+  if (threads > 1 && processes > 1) throw new RangeError('a target has either more threads or more processes, not both')
   const a = new Assembler()
   // mmap(NULL, size, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0)
   a.emit(0x31, 0xff) //                          xor  edi, edi
@@ -117,6 +126,8 @@ export function targetCode(size: number, hugePages: boolean, threads = 1): Uint8
   // The threads come after the fill, so their creation is not part of the pages' timing, and before
   // "R", so a target that reported ready has all its threads (spawnTarget's caller may count them).
   if (threads > 1) emitThreadSpawn(a, threads - 1)
+  // Likewise the children: after the fill, so they share every page of it, and before "R".
+  if (processes > 1) emitProcessSpawn(a, processes - 1)
   a.emit(0xbf).imm32(1) //                       mov  edi, 1
   a.emit(0x48, 0x8d, 0x35).rel32('ready') //     lea  rsi, [rip + ready]
   a.emit(0xba).imm32(1) //                       mov  edx, 1
@@ -171,9 +182,80 @@ function emitThreadSpawn(a: Assembler, extra: number): void {
   a.emit(0x0f, 0x85).rel32('spawn') //           jne  spawn
 }
 
+/**
+ * `extra` times fork(); each child sets PR_SET_PDEATHSIG to SIGKILL, so it never outlives the target (the bench
+ * kills only the parent), then joins the pause() loop. A pipe is the barrier: every child closes both its ends
+ * once set up and the parent, having closed its write end, reads until EOF before it reports ready. So a ready
+ * tree has every child in pause() with its death signal set, and no descriptor besides stdio shared between
+ * members (a checkpoint with --tree refuses a shared pipe above fd 2). A child whose parent died before its
+ * prctl (getppid differs from the pid saved before fork) exits at once: its death signal would never come.
+ * Registers: rbx parent pid, ebp read end, r13d write end (r13 is free after the fill), r12d the countdown;
+ * a syscall clobbers rax, rcx and r11 only, and a child starts with its parent's registers.
+ */
+function emitProcessSpawn(a: Assembler, extra: number): void {
+  // pipe2(int fds[2] on the stack, 0)
+  a.emit(0x48, 0x83, 0xec, 0x10) //              sub  rsp, 16
+  a.emit(0x48, 0x89, 0xe7) //                    mov  rdi, rsp
+  a.emit(0x31, 0xf6) //                          xor  esi, esi
+  a.emit(0xb8).imm32(293) //                     mov  eax, SYS_pipe2
+  a.emit(0x0f, 0x05) //                          syscall
+  a.emit(0x48, 0x85, 0xc0) //                    test rax, rax
+  a.emit(0x0f, 0x85).rel32('fail') //            jne  fail
+  a.emit(0x8b, 0x2c, 0x24) //                    mov  ebp, [rsp]      ; read end
+  a.emit(0x44, 0x8b, 0x6c, 0x24, 0x04) //        mov  r13d, [rsp + 4] ; write end
+  a.emit(0xb8).imm32(39) //                      mov  eax, SYS_getpid
+  a.emit(0x0f, 0x05) //                          syscall
+  a.emit(0x48, 0x89, 0xc3) //                    mov  rbx, rax
+  a.emit(0x41, 0xbc).imm32(extra) //             mov  r12d, extra
+  a.label('fork')
+  a.emit(0xb8).imm32(57) //                      mov  eax, SYS_fork
+  a.emit(0x0f, 0x05) //                          syscall
+  a.emit(0x48, 0x85, 0xc0) //                    test rax, rax
+  a.emit(0x0f, 0x84).rel32('child') //           je   child
+  a.emit(0x0f, 0x88).rel32('fail') //            js   fail           ; -errno (children made so far die with us)
+  a.emit(0x41, 0xff, 0xcc) //                    dec  r12d
+  a.emit(0x0f, 0x85).rel32('fork') //            jne  fork
+  a.emit(0x44, 0x89, 0xef) //                    mov  edi, r13d
+  a.emit(0xb8).imm32(3) //                       mov  eax, SYS_close
+  a.emit(0x0f, 0x05) //                          syscall
+  a.label('barrier')
+  a.emit(0x89, 0xef) //                          mov  edi, ebp
+  a.emit(0x48, 0x89, 0xe6) //                    mov  rsi, rsp
+  a.emit(0xba).imm32(1) //                       mov  edx, 1
+  a.emit(0x31, 0xc0) //                          xor  eax, eax        ; SYS_read
+  a.emit(0x0f, 0x05) //                          syscall
+  a.emit(0x48, 0x85, 0xc0) //                    test rax, rax
+  a.emit(0x0f, 0x8f).rel32('barrier') //         jg   barrier        ; no child writes, but a byte is no EOF
+  a.emit(0x0f, 0x88).rel32('fail') //            js   fail
+  a.emit(0x89, 0xef) //                          mov  edi, ebp
+  a.emit(0xb8).imm32(3) //                       mov  eax, SYS_close
+  a.emit(0x0f, 0x05) //                          syscall
+  a.emit(0x48, 0x83, 0xc4, 0x10) //              add  rsp, 16
+  a.emit(0xe9).rel32('forked') //                jmp  forked
+  a.label('child')
+  a.emit(0xbf).imm32(1) //                       mov  edi, PR_SET_PDEATHSIG
+  a.emit(0xbe).imm32(9) //                       mov  esi, SIGKILL
+  a.emit(0xb8).imm32(157) //                     mov  eax, SYS_prctl
+  a.emit(0x0f, 0x05) //                          syscall
+  a.emit(0x48, 0x85, 0xc0) //                    test rax, rax
+  a.emit(0x0f, 0x85).rel32('fail') //            jne  fail
+  a.emit(0xb8).imm32(110) //                     mov  eax, SYS_getppid
+  a.emit(0x0f, 0x05) //                          syscall
+  a.emit(0x48, 0x39, 0xd8) //                    cmp  rax, rbx
+  a.emit(0x0f, 0x85).rel32('fail') //            jne  fail           ; orphaned before prctl
+  a.emit(0x89, 0xef) //                          mov  edi, ebp
+  a.emit(0xb8).imm32(3) //                       mov  eax, SYS_close
+  a.emit(0x0f, 0x05) //                          syscall
+  a.emit(0x44, 0x89, 0xef) //                    mov  edi, r13d
+  a.emit(0xb8).imm32(3) //                       mov  eax, SYS_close
+  a.emit(0x0f, 0x05) //                          syscall
+  a.emit(0xe9).rel32('idle') //                  jmp  idle
+  a.label('forked')
+}
+
 /** A static ET_EXEC image: ELF header, one R+X PT_LOAD of the whole file, PT_GNU_STACK. */
-export function buildTargetElf(size: number, hugePages: boolean, threads = 1): Uint8Array {
-  const code = targetCode(size, hugePages, threads)
+export function buildTargetElf(size: number, hugePages: boolean, threads = 1, processes = 1): Uint8Array {
+  const code = targetCode(size, hugePages, threads, processes)
   const ehdr = 64
   const phdr = 56
   const codeOffset = ehdr + 2 * phdr
@@ -206,7 +288,7 @@ export function buildTargetElf(size: number, hugePages: boolean, threads = 1): U
 }
 
 /**
- * Executables of the targets, one per size and thread count, in a private temporary directory
+ * Executables of the targets, one per size, thread count and process count, in a private temporary directory
  * that lives for the whole run: checkpoints record the executable's path and
  * restores map it again, so it must stay until the last restore.
  */
@@ -218,15 +300,16 @@ export class TargetFiles {
     this.dir = mkdtempSync(join(tmpdir(), 'cxlfork-bench-'))
   }
 
-  /** Write (once) and return the executable for `size` bytes and `threads` threads. */
-  executable(size: number, threads = 1): string {
-    const key = `${size}-${threads}`
+  /** Write (once) and return the executable for `size` bytes and `threads` threads or `processes` processes. */
+  executable(size: number, threads = 1, processes = 1): string {
+    // The single-process key is unchanged, so size rows and the threads section share their files as before.
+    const key = processes === 1 ? `${size}-${threads}` : `${size}-${threads}-p${processes}`
     const known = this.paths.get(key)
     if (known !== undefined) return known
     // Every executable has the same file name (it becomes the comm), so each lives in a directory of its own.
     const sub = mkdtempSync(join(this.dir, `${key}-`))
     const path = join(sub, TARGET_COMM)
-    writeFileSync(path, buildTargetElf(size, this.hugePages, threads), {mode: 0o700})
+    writeFileSync(path, buildTargetElf(size, this.hugePages, threads, processes), {mode: 0o700})
     this.paths.set(key, path)
     return path
   }

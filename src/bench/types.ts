@@ -111,6 +111,47 @@ export interface ThreadRow {
   restoreStats: Record<string, Summary>
 }
 
+/**
+ * One process count of the trees section: a target of the section's size that forked `processes`-1 children
+ * (idle, never writing: each child's pages are the parent's, shared copy-on-write), checkpointed with its
+ * descendants (`checkpoint --tree`) and restored --runs times.
+ */
+export interface TreeRow {
+  processes: number
+  /**
+   * Bytes of memory each checkpoint held, every member's: a checkpoint stores each member's present anonymous
+   * pages, and a forked child has all of its parent's present, so about `processes` x the section's size.
+   */
+  bytes: number
+  /** Whole tree checkpoint into the provisioned pool (checkpointToPool with tree: true), ms. */
+  checkpointMs: Summary
+  /** Time the root was stopped (downtimeUs, stats.frozen_time), ms. */
+  downtimeMs: Summary
+  /**
+   * Time the root's descendants were stopped (treeDowntimeUs: from freezing them, before the root's snapshot,
+   * until their pages were copied), ms; n = 0 for one process, which has no descendant to stop.
+   */
+  treeDowntimeMs: Summary
+  /** In-process engine restore of the whole tree (restoreFromPool, policy mow, stats.restore_time), ms. */
+  engineMs: Summary
+  /**
+   * Whether the clones were built in a PID namespace of their own (a pid-1 init plus the members, each with its
+   * original pid), as every tree of more than one process is; a one-process tree is restored like any single
+   * process, in ours, so a ratio against it includes the namespace's cost.
+   */
+  pidNamespace: boolean
+  /**
+   * Clone trees checked: `processes` members built, the root's memory pattern, `processes`-1 children of the
+   * root in /proc, each child's memory pattern; a tree that fails a check ends the run with an error, so this
+   * equals `runs` in every result there is.
+   */
+  clonesVerified: number
+  /** Checkpoint statistics by their CRIU names (the root's, pages_written: every member's); µs unless a count. */
+  checkpointStats: Record<string, Summary>
+  /** Engine restore statistics by their names; µs unless a count. */
+  restoreStats: Record<string, Summary>
+}
+
 /** A figure derived from the run and reported without a limit. */
 export interface InformationalRatio {
   id: string
@@ -128,6 +169,18 @@ export interface ThreadsResult {
   policy: 'mow'
   rows: ThreadRow[]
   /** E.g. engine restore at the most threads / at the fewest. */
+  ratios: InformationalRatio[]
+}
+
+/** The trees section: one size, the same pool as the size rows, one restore policy. */
+export interface TreesResult {
+  /** Bytes the root of each target touches (its children share them copy-on-write). */
+  size: number
+  /** As given on the command line, e.g. 64M. */
+  label: string
+  policy: 'mow'
+  rows: TreeRow[]
+  /** E.g. root downtime at the most processes / at the fewest. */
   ratios: InformationalRatio[]
 }
 
@@ -160,6 +213,10 @@ export interface BenchResult {
     threads?: number[]
     /** Bytes of the threads section's targets, absent when it was skipped. */
     threadsSize?: number
+    /** Process counts of the trees section, absent when it was skipped. */
+    trees?: number[]
+    /** Bytes the root of each of the trees section's targets touches, absent when it was skipped. */
+    treeSize?: number
   }
   /** `node -e 0`, wall clock. */
   nodeStartupMs: Summary
@@ -168,6 +225,8 @@ export interface BenchResult {
   sizes: SizeResult[]
   /** Checkpoint and engine restore by thread count; absent when skipped (`--threads ''`). */
   threads?: ThreadsResult
+  /** Tree checkpoint and engine restore by process count; absent when skipped (`--trees ''`). */
+  trees?: TreesResult
   targets: TargetVerdict[]
   pass: boolean
   /** Every process the run created (targets, clones, fork children); all are gone when it returns. */

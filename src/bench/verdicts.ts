@@ -2,9 +2,10 @@
  * The performance targets, each checked against figures of the same run.
  * "Largest" and "smallest" are the largest and smallest measured sizes
  * (1G and 64M in the reference run); in the threads section, the most
- * threads measured (64 in the reference run).
+ * threads measured (64 in the reference run); in the trees section, the
+ * most and the fewest processes (4 and 1 in the reference run).
  */
-import type {InformationalRatio, RestoreRow, SizeResult, Summary, TargetVerdict, ThreadRow, ThreadsResult} from './types.js'
+import type {InformationalRatio, RestoreRow, SizeResult, Summary, TargetVerdict, ThreadRow, ThreadsResult, TreeRow, TreesResult} from './types.js'
 
 const round = (value: number, digits = 3): number => Math.round(value * 10 ** digits) / 10 ** digits
 
@@ -47,8 +48,45 @@ function threadTargets(threads: ThreadsResult | undefined): TargetVerdict[] {
   return [verdict(`downtime-${most.threads}-threads@${threads.label}`, `target downtime with ${most.threads} threads at ${threads.label} <= 50 ms`, most.downtimeMs.median, 50, 'ms')]
 }
 
-export function evaluateTargets(sizes: readonly SizeResult[], nodeStartupMs: Summary, threads?: ThreadsResult): TargetVerdict[] {
-  if (sizes.length === 0) return threadTargets(threads)
+/** The rows with the fewest and the most processes (the same row when only one count was measured). */
+export function treeExtremes(trees: TreesResult): {fewest: TreeRow; most: TreeRow} | undefined {
+  if (trees.rows.length === 0) return undefined
+  const byCount = [...trees.rows].sort((a, b) => a.processes - b.processes)
+  return {fewest: byCount[0]!, most: byCount[byCount.length - 1]!}
+}
+
+const processesLabel = (count: number): string => `${count}-process tree`
+
+/** Figures reported without a limit: how the root's downtime grows from the fewest processes to the most. */
+export function treeRatios(trees: TreesResult): InformationalRatio[] {
+  const extremes = treeExtremes(trees)
+  if (!extremes || extremes.most.processes === extremes.fewest.processes) return []
+  const {fewest, most} = extremes
+  return [{
+    id: `downtime-tree-${most.processes}-vs-${fewest.processes}@${trees.label}`,
+    description: `root downtime of a ${processesLabel(most.processes)} / of a ${processesLabel(fewest.processes)} (${trees.label})`,
+    value: round(most.downtimeMs.median / fewest.downtimeMs.median), unit: 'x',
+  }]
+}
+
+/**
+ * Target verdicts of the trees section: engine restore of the most processes against that of the fewest, at most
+ * proportional to the process count (4 x for 4 against 1: the issue's target). A restore that builds each member
+ * costs at least that member; what must not happen is a per-member cost that grows with the tree.
+ */
+function treeTargets(trees: TreesResult | undefined): TargetVerdict[] {
+  const extremes = trees ? treeExtremes(trees) : undefined
+  if (!trees || !extremes || extremes.most.processes === extremes.fewest.processes) return []
+  const {fewest, most} = extremes
+  const factor = most.processes / fewest.processes
+  const fewestText = fewest.processes === 1 ? 'one process' : `a ${processesLabel(fewest.processes)}`
+  return [verdict(`mow-restore-tree-${most.processes}-vs-${fewest.processes}@${trees.label}`,
+    `engine restore of a ${processesLabel(most.processes)} <= ${round(factor)} x that of ${fewestText} (mow, ${trees.label})`,
+    most.engineMs.median / fewest.engineMs.median, factor, 'x')]
+}
+
+export function evaluateTargets(sizes: readonly SizeResult[], nodeStartupMs: Summary, threads?: ThreadsResult, trees?: TreesResult): TargetVerdict[] {
+  if (sizes.length === 0) return [...threadTargets(threads), ...treeTargets(trees)]
   const bySize = [...sizes].sort((a, b) => a.size - b.size)
   const smallest = bySize[0]!
   const largest = bySize[bySize.length - 1]!
@@ -87,5 +125,6 @@ export function evaluateTargets(sizes: readonly SizeResult[], nodeStartupMs: Sum
     }
   }
   out.push(...threadTargets(threads))
+  out.push(...treeTargets(trees))
   return out
 }

@@ -14,38 +14,50 @@ function commandLine(): string {
   return ['node', entry, ...process.argv.slice(2)].map(quote).join(' ')
 }
 
-/** --threads: distinct counts in the order given, each 1 to `max`; '' or "none" for no threads section. */
-export function parseThreadCounts(text: string, max: number): number[] {
+/** Distinct counts in the order given, each 1 to `max`; '' or "none" for none. `invalid` builds the error for a bad one. */
+function parseCounts(text: string, max: number, invalid: (part: string) => UsageError): number[] {
   const trimmed = text.trim()
   if (trimmed === '' || trimmed.toLowerCase() === 'none') return []
   const counts: number[] = []
   for (const part of trimmed.split(',').map((item) => item.trim()).filter(Boolean)) {
     const count = /^\d+$/.test(part) ? Number(part) : Number.NaN
-    if (!Number.isSafeInteger(count) || count < 1 || count > max) {
-      throw new UsageError('INVALID_THREADS', `thread count ${part} must be an integer from 1 to ${max}`, "Use e.g. --threads 1,8,64, or --threads '' to skip the threads section.")
-    }
+    if (!Number.isSafeInteger(count) || count < 1 || count > max) throw invalid(part)
     if (!counts.includes(count)) counts.push(count)
   }
   return counts
+}
+
+/** --threads: distinct counts in the order given, each 1 to `max`; '' or "none" for no threads section. */
+export function parseThreadCounts(text: string, max: number): number[] {
+  return parseCounts(text, max, (part) => new UsageError('INVALID_THREADS', `thread count ${part} must be an integer from 1 to ${max}`,
+    "Use e.g. --threads 1,8,64, or --threads '' to skip the threads section."))
+}
+
+/** --trees: distinct process counts in the order given, each 1 to `max`; '' or "none" for no trees section. */
+export function parseTreeCounts(text: string, max: number): number[] {
+  return parseCounts(text, max, (part) => new UsageError('INVALID_TREES', `process count ${part} must be an integer from 1 to ${max}`,
+    "Use e.g. --trees 1,4, or --trees '' to skip the trees section."))
 }
 
 export default class BenchCommand extends BaseCommand {
   static override summary = 'Measure checkpoint, restore (mow/local), RssAnon, local fork(), plain write and cold start side by side.'
   static override description = `For each size, a generated target process touches exactly that much anonymous memory and idles; it is checkpointed --runs times into a dedicated pool, each checkpoint restored per policy in process and by the whole \`cxlfork restore\` command, each clone measured, checked and killed. Plain write of the same bytes to the pool's file system, local fork() of the target, \`node -e 0\` and a cold start are measured in the same repetitions. Reports medians (min, max), ratios and pass/fail of the performance targets; exit status 0 even when a target fails (see "pass" in the JSON).
 Then the threads section: at the first of --sizes (or --threads-size), for each of --threads, one target with that many threads is checkpointed --runs times into the same pool and each checkpoint restored in process (mow); the clone's memory and thread count are checked. \`--threads ''\` (or none) skips it.
+Then the trees section: at the first of --sizes (or --tree-size), for each of --trees, one target that forked that many processes minus one (its children share its memory copy-on-write, so a checkpoint holds about that many times the size) is checkpointed with --tree --runs times into the same pool and each checkpoint restored in process (mow); the clone tree's members, shape and memory are checked. \`--trees ''\` (or none) skips it.
 Progress goes to stderr, one line per step (also under --json). Without --pool two temporary pools under /dev/shm are created and removed at the end: a provisioned one (\`pool init --provision\`), the "pool" path, and a sparse one that the "pool-sparse" path only checkpoints into, so both kinds of pool are measured in the same run. Every target and clone is killed.`
   static override examples = [
     '<%= config.bin %> bench',
     '<%= config.bin %> bench --sizes 64M,256M,1G --runs 5 --markdown BENCHMARKS.md',
     '<%= config.bin %> bench --sizes 16M --runs 2 --json',
     "<%= config.bin %> bench --sizes 64M --runs 5 --threads 1,8,64 --no-criu --json",
+    '<%= config.bin %> bench --sizes 64M --runs 5 --threads none --trees 1,4 --no-criu --json',
     "<%= config.bin %> bench --sizes 256M --threads ''",
   ]
   static override flags = {
     // Overrides the global --pool: a benchmark never touches the default pool unless asked.
     pool: Flags.string({summary: 'Pool file to use (created if missing, kept). Default: a temporary pool under /dev/shm, removed at the end.', helpGroup: 'GLOBAL'}),
     sizes: Flags.string({summary: 'Comma-separated sizes of touched memory.', default: '64M,256M,1G', helpValue: '<size,...>'}),
-    runs: Flags.integer({summary: 'Repetitions per size and per thread count (medians of these).', default: 5, min: 1, max: 1000}),
+    runs: Flags.integer({summary: 'Repetitions per size, per thread count and per process count (medians of these).', default: 5, min: 1, max: 1000}),
     policies: Flags.string({summary: 'Comma-separated restore policies: mow, local.', default: 'mow,local', helpValue: '<policy,...>'}),
     markdown: Flags.string({summary: 'Also write the report as Markdown to this file.', helpValue: '<file>'}),
     criu: Flags.boolean({summary: 'Also measure the CRIU-format baseline (criu dump to images on the pool\'s mount, criu restore by copying).', default: true, allowNo: true}),
@@ -54,12 +66,20 @@ Progress goes to stderr, one line per step (also under --json). Without --pool t
       default: '1,8,64', helpValue: '<n,...>',
     }),
     'threads-size': Flags.string({summary: 'Size of touched memory of the threads section\'s targets. Default: the first of --sizes.', helpValue: '<size>'}),
+    trees: Flags.string({
+      summary: "Comma-separated process counts of the trees section (checkpoint --tree downtime and mow engine restore of a tree by process count); '' or none skips it.",
+      default: '1,4', helpValue: '<n,...>',
+    }),
+    'tree-size': Flags.string({
+      summary: 'Size of touched memory of the root of each of the trees section\'s targets (each child shares it copy-on-write and is checkpointed with it). Default: the first of --sizes.',
+      helpValue: '<size>',
+    }),
     'huge-pages': Flags.boolean({summary: "Ask for transparent huge pages for the target's memory (MADV_HUGEPAGE; default MADV_NOHUGEPAGE, 4 KiB pages).", default: false}),
   }
 
   async run(): Promise<BenchResult> {
     const {flags} = await this.parse(BenchCommand)
-    const [{parseSize}, {runBench}, {renderMarkdown}, {diagnose}, {MAX_TARGET_THREADS}] = await Promise.all([
+    const [{parseSize}, {runBench}, {renderMarkdown}, {diagnose}, {MAX_TARGET_THREADS, MAX_TARGET_PROCESSES}] = await Promise.all([
       import('../pool/size.js'), import('../bench/run.js'), import('../bench/markdown.js'), import('../bench/diagnose.js'), import('../bench/target.js'),
     ])
     const benchSize = (label: string): {bytes: number; label: string} => {
@@ -71,6 +91,8 @@ Progress goes to stderr, one line per step (also under --json). Without --pool t
     if (sizes.length === 0) throw new UsageError('INVALID_SIZE', '--sizes names no size')
     const threads = parseThreadCounts(flags.threads, MAX_TARGET_THREADS)
     const threadsSize = flags['threads-size'] === undefined ? undefined : benchSize(flags['threads-size'].trim())
+    const trees = parseTreeCounts(flags.trees, MAX_TARGET_PROCESSES)
+    const treeSize = flags['tree-size'] === undefined ? undefined : benchSize(flags['tree-size'].trim())
     const policies = [...new Set(flags.policies.split(',').map((text) => text.trim()).filter(Boolean))]
     for (const policy of policies) {
       if (policy !== 'mow' && policy !== 'local') throw new UsageError('INVALID_POLICY', `unknown policy ${policy}`, 'Use mow, local or mow,local.')
@@ -78,6 +100,7 @@ Progress goes to stderr, one line per step (also under --json). Without --pool t
     const result = await runBench({
       sizes, runs: flags.runs, policies: policies as ('mow' | 'local')[], hugePages: flags['huge-pages'], criu: flags.criu,
       threads, ...(threadsSize === undefined ? {} : {threadsSize}),
+      trees, ...(treeSize === undefined ? {} : {treeSize}),
       ...(flags.pool === undefined ? {} : {pool: flags.pool}),
       command: commandLine(),
       cliEntry: join(this.config.root, 'bin', 'run.js'),

@@ -1,6 +1,6 @@
 /**
- * End to end: `cxlfork bench --sizes 16M --runs 2 --threads '' --json` through
- * bin/run.js, then a small run of the threads section alone. Checks the
+ * End to end: `cxlfork bench --sizes 16M --runs 2 --threads '' --trees '' --json`
+ * through bin/run.js, then a small run of the threads and trees sections. Checks the
  * result's shape, that its figures are sane, and that the run leaves nothing
  * behind (targets, clones and their inits, fork children, the pool file).
  */
@@ -10,7 +10,7 @@ import {existsSync, readdirSync, readFileSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {projectRoot} from '../../src/paths.js'
-import type {BenchResult, Summary, ThreadRow} from '../../src/bench/types.js'
+import type {BenchResult, Summary, ThreadRow, TreeRow} from '../../src/bench/types.js'
 
 function assertSummary(summary: Summary, what: string, runs: number): void {
   assert.deepEqual(Object.keys(summary).sort(), ['max', 'median', 'min', 'n'], what)
@@ -45,19 +45,21 @@ function alive(pid: number): boolean {
 describe('cxlfork bench (end to end)', function () {
   this.timeout(90_000)
 
-  it("--sizes 16M --runs 2 --threads '' --json returns a sane typed result and leaves nothing behind", () => {
+  it("--sizes 16M --runs 2 --threads '' --trees '' --json returns a sane typed result and leaves nothing behind", () => {
     const before = new Set(targetsAlive())
-    // The threads section is skipped here (the next test runs it small): the JSON is then exactly what it was before threads.
-    const run = spawnSync(process.execPath, [join(projectRoot(), 'bin', 'run.js'), 'bench', '--sizes', '16M', '--runs', '2', '--threads', '', '--json'],
+    // The threads and trees sections are skipped here (the next test runs them small): the JSON is then exactly what it was before them.
+    const run = spawnSync(process.execPath, [join(projectRoot(), 'bin', 'run.js'), 'bench', '--sizes', '16M', '--runs', '2', '--threads', '', '--trees', '', '--json'],
       {encoding: 'utf8', maxBuffer: 64 << 20, timeout: 80_000})
     assert.equal(run.status, 0, `exit status ${run.status}\n${run.stderr}\n${run.stdout}`)
     const result = JSON.parse(run.stdout) as BenchResult
 
     assert.deepEqual(Object.keys(result).sort(),
       ['cliVersionMs', 'command', 'config', 'date', 'durationS', 'machine', 'nodeStartupMs', 'pass', 'pids', 'sizes', 'targets'])
-    assert.match(result.command, /bench --sizes 16M --runs 2 --threads '' --json$/)
+    assert.match(result.command, /bench --sizes 16M --runs 2 --threads '' --trees '' --json$/)
     assert.equal(result.config.threads, undefined)
     assert.equal(result.config.threadsSize, undefined)
+    assert.equal(result.config.trees, undefined)
+    assert.equal(result.config.treeSize, undefined)
     assert.ok(!Number.isNaN(Date.parse(result.date)))
     assert.ok(result.machine.cores > 0 && result.machine.ramBytes > 0 && result.machine.kernel.length > 0 && result.machine.node.startsWith('v'))
     assert.ok(Number.isFinite(result.machine.stealMs) && result.machine.stealMs >= 0, `steal during the run: ${result.machine.stealMs} ms`)
@@ -130,17 +132,17 @@ describe('cxlfork bench (end to end)', function () {
     assert.equal(existsSync(result.config.pool.replace(/\.pool$/, '-sparse.pool')), false, 'the sparse pool removed')
   })
 
-  it('--threads 1,4 --threads-size 8M --runs 1: checkpoint and mow restore by thread count, every clone checked, nothing left behind', () => {
+  it('--threads 1,4 --threads-size 8M --trees 1,2 --tree-size 8M --runs 1: checkpoint and mow restore by thread and process count, every clone checked, nothing left behind', () => {
     const before = new Set(targetsAlive())
-    // Kept small: one repetition, mow only, no CRIU path, a 4M size row; the threads section at a size of its own (8M, larger,
-    // so the temporary pool must be sized for it too).
+    // Kept small: one repetition, mow only, no CRIU path, a 4M size row; the threads and trees sections at a size of their own
+    // (8M, larger; a 2-process tree holds twice that, so the temporary pool must be sized for it too).
     const run = spawnSync(process.execPath, [join(projectRoot(), 'bin', 'run.js'), 'bench', '--sizes', '4M', '--runs', '1', '--policies', 'mow', '--no-criu',
-      '--threads', '1,4', '--threads-size', '8M', '--json'], {encoding: 'utf8', maxBuffer: 64 << 20, timeout: 80_000})
+      '--threads', '1,4', '--threads-size', '8M', '--trees', '1,2', '--tree-size', '8M', '--json'], {encoding: 'utf8', maxBuffer: 64 << 20, timeout: 80_000})
     assert.equal(run.status, 0, `exit status ${run.status}\n${run.stderr}\n${run.stdout}`)
     const result = JSON.parse(run.stdout) as BenchResult
 
     assert.deepEqual(Object.keys(result).sort(),
-      ['cliVersionMs', 'command', 'config', 'date', 'durationS', 'machine', 'nodeStartupMs', 'pass', 'pids', 'sizes', 'targets', 'threads'])
+      ['cliVersionMs', 'command', 'config', 'date', 'durationS', 'machine', 'nodeStartupMs', 'pass', 'pids', 'sizes', 'targets', 'threads', 'trees'])
     assert.deepEqual(result.config.threads, [1, 4])
     assert.equal(result.config.threadsSize, 8 << 20)
     const threads = result.threads!
@@ -171,9 +173,46 @@ describe('cxlfork bench (end to end)', function () {
     assert.equal(downtime.measured, four.downtimeMs.median)
     assert.equal(downtime.limit, 50)
     assert.equal(downtime.pass, downtime.measured <= downtime.limit)
+
+    assert.deepEqual(result.config.trees, [1, 2])
+    assert.equal(result.config.treeSize, 8 << 20)
+    const trees = result.trees!
+    assert.equal(trees.size, 8 << 20)
+    assert.equal(trees.label, '8M')
+    assert.equal(trees.policy, 'mow')
+    assert.deepEqual(trees.rows.map((row) => row.processes), [1, 2])
+    for (const row of trees.rows) {
+      const what = `${row.processes} process(es)`
+      assertSummary(row.downtimeMs, `${what} downtimeMs`, 1)
+      assertSummary(row.checkpointMs, `${what} checkpointMs`, 1)
+      assertSummary(row.engineMs, `${what} engineMs`, 1)
+      assert.ok(row.downtimeMs.median < row.checkpointMs.median, `${what}: the root's downtime is part of the checkpoint`)
+      // The members built, the root's children in /proc and every member's memory pattern were checked (a failed check ends the run).
+      assert.equal(row.clonesVerified, 1, `${what}: the clone tree was checked`)
+      // Every member's pages: a child's are its parent's (copy-on-write), so the tree holds 8M per process plus a few pages of stack.
+      assert.ok(row.bytes >= row.processes * (8 << 20) && row.bytes < row.processes * ((8 << 20) + (1 << 20)), `${what}: checkpointed bytes ${row.bytes}`)
+      assert.equal((row.checkpointStats['pages_written']?.median ?? 0) * 4096, row.bytes, `${what}: pages_written counts every member's`)
+      assert.equal(row.checkpointStats['frozen_time']?.median, Math.round(row.downtimeMs.median * 1000), `${what}: root downtime is frozen_time`)
+      assert.equal(row.restoreStats['restore_time']?.median, Math.round(row.engineMs.median * 1000), `${what}: engine restore is restore_time`)
+      for (const key of ['forking_time', 'state_time', 'injected_syscalls']) assert.ok((row.restoreStats[key]?.median ?? 0) > 0, `${what} ${key}`)
+    }
+    const [single, pair] = trees.rows as [TreeRow, TreeRow]
+    // One process stops no descendant and is restored as any single process; two are restored in a PID namespace of their own.
+    assert.equal(single.treeDowntimeMs.n, 0)
+    assert.equal(single.pidNamespace, false)
+    assertSummary(pair.treeDowntimeMs, '2 processes treeDowntimeMs', 1)
+    assert.ok(pair.treeDowntimeMs.median < pair.checkpointMs.median, 'the child is stopped within the checkpoint')
+    assert.equal(pair.pidNamespace, true)
+    assert.deepEqual(trees.ratios.map((ratio) => ratio.id), ['downtime-tree-2-vs-1@8M'])
+    assert.ok(Math.abs(trees.ratios[0]!.value - pair.downtimeMs.median / single.downtimeMs.median) < 0.001, 'the ratio is of the two rows')
+    const treeRestore = result.targets.find((target) => target.id === 'mow-restore-tree-2-vs-1@8M')
+    assert.ok(treeRestore, `a tree restore target: ${result.targets.map((target) => target.id).join(', ')}`)
+    assert.ok(Math.abs(treeRestore.measured - pair.engineMs.median / single.engineMs.median) < 0.001, 'the target is of the two rows')
+    assert.equal(treeRestore.limit, 2)
+    assert.equal(treeRestore.pass, treeRestore.measured <= treeRestore.limit)
     assert.equal(result.pass, result.targets.every((target) => target.pass))
 
-    // Targets, clones and the inits of the multi-threaded clones' namespaces are all gone, and the pools too.
+    // Targets and their children, clones, clone trees and the inits of their namespaces are all gone, and the pools too.
     assert.deepEqual(result.pids.filter(alive), [])
     assert.deepEqual(targetsAlive().filter((pid) => !before.has(pid)), [])
     assert.equal(existsSync(result.config.pool), false, `${result.config.pool} removed`)
