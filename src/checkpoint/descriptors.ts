@@ -12,7 +12,7 @@ import {SyscallError, UnsupportedError} from '../errors.js'
 import {type EpollTargetImage, type FdImage, type FdKind} from '../image/process-image.js'
 import {O, SYS, close, fcntl, open, pipe2, read, syscallRaw} from '../sys/libc.js'
 import {type FdInfo} from '../sys/proc.js'
-import {readSocket} from '../sys/sockets.js'
+import {AF, SOCK, peekQueued, readSocket, unixPeer} from '../sys/sockets.js'
 
 const F_SETPIPE_SZ = 1031
 const F_GETPIPE_SZ = 1032
@@ -115,6 +115,17 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
       set(info.fd, {eventfd: {count: BigInt('0x' + (info.raw['eventfd-count'] ?? '0')), semaphore: (info.raw['eventfd-semaphore'] ?? '0') !== '0'}})
     } else if (kind === 'epoll') {
       set(info.fd, {epoll: {targets: readEpoll(pid, info.fd)}})
+    } else if (kind === 'socket' && readSocket(pid, info.fd).family === AF.UNIX) {
+      const socket = readSocket(pid, info.fd)
+      const peer = unixPeer(Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1))
+      const peerFd = fds.find((other) => other.info.target === `socket:[${peer}]`)?.info.fd
+      if (peerFd === undefined) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix socket whose other end it no longer holds`, 'Checkpoint it again.')
+      const queued = peekQueued(pid, info.fd)
+      if (queued.length > 0 && socket.type !== SOCK.STREAM) {
+        throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix datagram socketpair end with messages queued`, 'cxlfork carries queued bytes of stream socketpairs only; checkpoint it once its messages are read.')
+      }
+      set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: new Uint8Array(0), options: socket.options.filter((o) => o.level === 1),
+        pair: {peerFd, ...(queued.length > 0 ? {queued} : {})}}})
     } else if (kind === 'socket') {
       const socket = readSocket(pid, info.fd)
       set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, ...(socket.connected ? {closed: true} : {}), local: socket.local, options: socket.options}})

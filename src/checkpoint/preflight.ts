@@ -7,7 +7,7 @@ import {existsSync, readFileSync, readdirSync, statSync} from 'node:fs'
 import {NotFoundError, PermissionError, UnsupportedError} from '../errors.js'
 import {type FdKind} from '../image/process-image.js'
 import {getuid} from '../sys/libc.js'
-import {AF, SOCK, describeAddress, readSocket} from '../sys/sockets.js'
+import {AF, SOCK, describeAddress, readSocket, unixPeer} from '../sys/sockets.js'
 import {type FdInfo, type SmapsVma, type Vma, listFds, readSmaps, readStat, readStatus} from '../sys/proc.js'
 
 /** Character devices whose state is fully described by their path. */
@@ -29,7 +29,11 @@ function classifySocket(pid: number, fd: number, tcpClose: boolean): FdKind | {u
   const socket = readSocket(pid, fd)
   const inet = socket.family === AF.INET || socket.family === AF.INET6
   const where = describeAddress(socket.local)
-  if (socket.family === AF.UNIX) return {unsupported: `a Unix socket (${where})`}
+  if (socket.family === AF.UNIX) {
+    // A socketpair: connected and unbound; its peer must be in the process too (checked in preflight, with every fd known).
+    if (socket.connected && socket.local.length <= 2 && !socket.listening) return 'socket'
+    return {unsupported: `a Unix socket ${socket.listening ? 'listening' : 'bound'} at ${where} (only socketpairs whose both ends the process holds are carried)`}
+  }
   if (!inet) return {unsupported: `a socket of address family ${socket.family}`}
   if (socket.type === SOCK.STREAM && socket.listening) return 'socket'
   if (socket.type === SOCK.STREAM && socket.connected) return tcpClose ? 'socket' : {unsupported: `an established TCP connection (local ${where}); cxlfork does not repair live connections (--tcp-close restores it closed)`}
@@ -37,6 +41,20 @@ function classifySocket(pid: number, fd: number, tcpClose: boolean): FdKind | {u
   if (socket.type === SOCK.DGRAM) return {unsupported: `a connected UDP socket (local ${where})`}
   if (socket.type === SOCK.STREAM) return {unsupported: `a TCP socket that is neither listening nor connected (${where})`}
   return {unsupported: `a socket of type ${socket.type} (${where})`}
+}
+
+/** A Unix socketpair end whose other end is not among the process's fds (another process holds it) is refused by name. */
+function refuseLoneUnixEnds(pid: number, fds: readonly {info: FdInfo; kind: FdKind}[]): void {
+  const inodes = new Set(fds.filter(({kind}) => kind === 'socket').map(({info}) => info.target))
+  for (const {info, kind} of fds) {
+    if (kind !== 'socket' || readSocket(pid, info.fd).family !== AF.UNIX) continue
+    const inode = Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1)
+    const peer = unixPeer(inode)
+    if (peer === undefined || !inodes.has(`socket:[${peer}]`)) {
+      throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix socket connected to ${peer === undefined ? 'a socket the kernel does not name' : `socket:[${peer}]`}, which the process does not hold`,
+        'cxlfork carries Unix socketpairs whose both ends the process holds; close the end shared with another process first.')
+    }
+  }
 }
 
 /** How an fd can be restored, or why it cannot. */
@@ -180,6 +198,7 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
     }
     fds.push({info, kind})
   }
+  refuseLoneUnixEnds(pid, fds)
   if (options.memory === false) return {uid: status.uid[0], inTree: options.children === 'allow', tcpClose: options.tcpClose ?? false, fds, smaps: null}
   const smaps = readSmaps(pid)
   refuseUnsupportedMemory(pid, smaps)

@@ -173,6 +173,8 @@ export interface SocketImage {
   local: Uint8Array
   /** Integer options to set again: level, name, value. */
   options: {level: number; name: number; value: number}[]
+  /** A Unix socketpair end: the fd holding its other end, and the bytes queued for this end to read. */
+  pair?: {peerFd: number; queued?: Uint8Array}
 }
 
 export interface Rlimit {

@@ -45,6 +45,7 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
     inject.call(`dup3(fd ${fd.fd})`, SYS.dup3, from, fd.fd, fd.cloexec ? O.CLOEXEC : 0)
   }
   const pipes = new Map<string, {read: number; write: number}>()
+  const pairs = new Map<number, number>() // fd of a pair's second end -> its staged end
   const pipeFor = (fd: FdImage): {read: number; write: number} => {
     const known = pipes.get(fd.pipe!.id)
     if (known) return known
@@ -86,6 +87,9 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
       place(created, fd)
     } else if (fd.epoll) {
       place(stage(Number(inject.call('epoll_create1', SYS.epoll_create1, O.CLOEXEC))), fd)
+    } else if (fd.socket?.pair) {
+      place(pairEnd(inject, fd, fds, pairs, stage), fd)
+      if ((fd.flags & O.NONBLOCK) !== 0) inject.call('fcntl(F_SETFL)', SYS.fcntl, fd.fd, F_SETFL, O.NONBLOCK)
     } else if (fd.socket) {
       place(createSocket(inject, fd, stage), fd)
     } else {
@@ -170,6 +174,33 @@ function handOver(inject: Injector, fd: FdImage, hostPidOf: HostPidOf, stage: (f
   // The other end: a FIFO open, non-blocking so that a write end never waits for a reader (the earlier member holds one).
   const access = fd.pipe?.end === 'write' ? O.WRONLY : O.RDONLY
   return stage(inject.open(`/proc/${hostPidOf(from.pid)}/fd/${from.fd}`, access | O.NONBLOCK))
+}
+
+/**
+ * One end of a Unix socketpair: the first end met creates the pair (both
+ * ends staged, each end's queued bytes written by its peer), the second takes
+ * the end kept for it.
+ */
+function pairEnd(inject: Injector, fd: FdImage, fds: readonly FdImage[], pairs: Map<number, number>, stage: (fd: number) => number): number {
+  const kept = pairs.get(fd.fd)
+  if (kept !== undefined) return kept
+  const socket = fd.socket!
+  const peer = fds.find((other) => other.fd === socket.pair!.peerFd)
+  const slot = inject.reserve(8)
+  inject.call('socketpair(AF_UNIX)', SYS.socketpair, socket.family, socket.type | O.CLOEXEC, 0, slot)
+  const view = new DataView(inject.tracee.readMemory(slot, 8).buffer)
+  const mine = stage(view.getInt32(0, true))
+  const theirs = stage(view.getInt32(4, true))
+  for (const option of socket.options) {
+    const value = new Uint8Array(4)
+    new DataView(value.buffer).setInt32(0, option.value, true)
+    inject.call(`setsockopt(${option.level}, ${option.name})`, SYS.setsockopt, mine, option.level, option.name, inject.put(value), 4)
+  }
+  // What was queued for one end to read, its peer sends again.
+  if (socket.pair!.queued) writeAll(inject, theirs, socket.pair!.queued)
+  if (peer?.socket?.pair?.queued) writeAll(inject, mine, peer.socket.pair.queued)
+  pairs.set(socket.pair!.peerFd, theirs)
+  return mine
 }
 
 function writeAll(inject: Injector, fd: number, data: Uint8Array): void {

@@ -96,3 +96,68 @@ export function describeAddress(bytes: Uint8Array): string {
   if (family === AF.UNIX) return bytes[2] === 0 ? `@${Buffer.from(bytes.slice(3)).toString('latin1').replace(/\0+$/, '')}` : Buffer.from(bytes.slice(2)).toString('latin1').replace(/\0.*$/, '')
   return `(family ${family})`
 }
+
+const NETLINK_SOCK_DIAG = 4
+const SOCK_DIAG_BY_FAMILY = 20
+const NLM_F_REQUEST = 1
+const NLMSG_ERROR = 2
+const UDIAG_SHOW_PEER = 4
+const UNIX_DIAG_PEER = 2
+
+/**
+ * The inode of the peer of Unix socket `inode` (sock_diag, as `ss -x` asks
+ * it), or undefined when it has none or the kernel does not say.
+ */
+export function unixPeer(inode: number): number | undefined {
+  const sock = Number(syscallRaw(SYS.socket, 16 /* AF_NETLINK */, 2 /* SOCK_DGRAM */ | 0o2000000, NETLINK_SOCK_DIAG))
+  if (sock < 0) return undefined
+  try {
+    // nlmsghdr (16) + unix_diag_req (24): family, protocol, pad, states, ino, show, cookie[2]
+    const request = new Uint8Array(40)
+    const view = new DataView(request.buffer)
+    view.setUint32(0, 40, true)
+    view.setUint16(4, SOCK_DIAG_BY_FAMILY, true)
+    view.setUint16(6, NLM_F_REQUEST, true)
+    view.setUint32(8, 1, true)
+    request[16] = AF.UNIX
+    view.setUint32(20, 0xffffffff, true) // every state
+    view.setUint32(24, inode, true)
+    view.setUint32(28, UDIAG_SHOW_PEER, true)
+    view.setUint32(32, 0xffffffff, true) // no cookie
+    view.setUint32(36, 0xffffffff, true)
+    if (syscallRaw(SYS.sendto, sock, request, 40, 0, 0, 0) !== 40n) return undefined
+    const reply = new Uint8Array(8192)
+    const n = Number(syscallRaw(SYS.recvfrom, sock, reply, reply.length, 0, 0, 0))
+    if (n < 16) return undefined
+    const r = new DataView(reply.buffer, 0, n)
+    if (r.getUint16(4, true) === NLMSG_ERROR) return undefined
+    // unix_diag_msg (16 bytes) after the header, then attributes (nla_len, nla_type, value), 4-aligned.
+    for (let at = 16 + 16; at + 4 <= Math.min(n, r.getUint32(0, true));) {
+      const length = r.getUint16(at, true)
+      const type = r.getUint16(at + 2, true)
+      if (length < 4) break
+      if (type === UNIX_DIAG_PEER && length >= 8) return r.getUint32(at + 4, true)
+      at += (length + 3) & ~3
+    }
+    return undefined
+  } finally {
+    close(sock)
+  }
+}
+
+/** Bytes queued for reading on a stream socket, without consuming them (MSG_PEEK on a descriptor copy). */
+export function peekQueued(pid: number, fd: number): Uint8Array {
+  const pidfd = Number(syscallRaw(SYS.pidfd_open, pid, 0))
+  if (pidfd < 0) return new Uint8Array(0)
+  let copy = -1
+  try {
+    copy = Number(syscallRaw(SYS.pidfd_getfd, pidfd, fd, 0))
+    if (copy < 0) return new Uint8Array(0)
+    const buffer = new Uint8Array(1 << 20)
+    const n = syscallRaw(SYS.recvfrom, copy, buffer, buffer.length, 0x2 /* MSG_PEEK */ | 0x40 /* MSG_DONTWAIT */, 0, 0)
+    return n > 0n ? buffer.slice(0, Number(n)) : new Uint8Array(0)
+  } finally {
+    if (copy >= 0) close(copy)
+    close(pidfd)
+  }
+}

@@ -128,12 +128,26 @@ describe('restore: servers with listening sockets', function () {
     }
   })
 
-  it('an established TCP connection and a Unix socket are refused by name, the target untouched', async () => {
+  it('the socket fixture (a TCP listener, a Unix socketpair with queued bytes): restored with --netns new, its own check passes', async () => {
     const pool = poolPath('sockets')
     const fx = await startFixture('socket')
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'pair', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    const run = await cli(['restore', 'pair', '--netns', 'new', '--json', '--pool', pool])
+    assert.equal(run.status, 0, describeRun(run))
+    trackPid(run.json.pid)
+    const check = await requestCheck(fx.logPath, run.json.pid)
+    assert.equal(check.fields.ok, '1', `the clone's listener and the bytes queued in its socketpair: ${check.line}`)
+    const original = await fx.check()
+    assert.equal(original.fields.ok, '1', `the original's queued bytes were peeked, not consumed: ${original.line}`)
+  })
+
+  it('an established TCP connection and a listening Unix socket are refused by name, the target untouched', async () => {
+    const pool = poolPath('sockets')
+    const fx = await startFixture('socket', {args: ['--unix-listener', '1']})
     const run = await cli(['checkpoint', String(fx.pid), '--name', 'unix', '--json', '--pool', pool])
     assert.equal(run.status, 5, describeRun(run))
-    assert.match(run.json.error.message, /a Unix socket/)
+    assert.match(run.json.error.message, /a Unix socket listening/)
     const port = await freePort()
     const holder = spawn('python3', ['-c', `import socket, time, os\nos.closerange(3, 1024)\ns = socket.socket(); s.bind(("127.0.0.1", ${port})); s.listen(1)\nc = socket.create_connection(("127.0.0.1", ${port})); a, _ = s.accept(); s.close()\ntime.sleep(600)`], {stdio: 'ignore'})
     trackPid(holder.pid!)
