@@ -20,7 +20,7 @@ const SPLICE_F_NONBLOCK = 2
 const KCMP_FILE = 0
 
 /** The descriptor-specific part of an FdImage. */
-export type FdExtras = Pick<FdImage, 'pipe' | 'eventfd' | 'epoll' | 'socket' | 'sharedWith'>
+export type FdExtras = Pick<FdImage, 'pipe' | 'eventfd' | 'epoll' | 'socket' | 'timerfd' | 'signalfd' | 'sharedWith'>
 
 function pipeId(target: string): string | undefined {
   return /^pipe:\[(\d+)\]$/.exec(target)?.[1]
@@ -115,6 +115,14 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
       set(info.fd, {eventfd: {count: BigInt('0x' + (info.raw['eventfd-count'] ?? '0')), semaphore: (info.raw['eventfd-semaphore'] ?? '0') !== '0'}})
     } else if (kind === 'epoll') {
       set(info.fd, {epoll: {targets: readEpoll(pid, info.fd)}})
+    } else if (kind === 'timerfd') {
+      const pair = (text: string | undefined): [number, number] => {
+        const m = /\((\d+),\s*(\d+)\)/.exec(text ?? '')
+        return m ? [Number(m[1]), Number(m[2])] : [0, 0]
+      }
+      set(info.fd, {timerfd: {clockid: Number(info.raw['clockid'] ?? 1), value: pair(info.raw['it_value']), interval: pair(info.raw['it_interval'])}})
+    } else if (kind === 'signalfd') {
+      set(info.fd, {signalfd: {mask: BigInt('0x' + (info.raw['sigmask'] ?? '0'))}})
     } else if (kind === 'socket' && readSocket(pid, info.fd).family === AF.UNIX) {
       const socket = readSocket(pid, info.fd)
       const peer = unixPeer(Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1))

@@ -20,8 +20,8 @@ export interface FdClass {
 /** The anonymous-inode descriptors refused, by what a user would call them. */
 const ANON_INODE_NAMES: Record<string, string> = {
   'anon_inode:inotify': 'an inotify instance', 'anon_inode:[fanotify]': 'a fanotify group', 'anon_inode:[userfaultfd]': 'a userfaultfd',
-  'anon_inode:[io_uring]': 'an io_uring instance', 'anon_inode:[perf_event]': 'a perf event', 'anon_inode:[timerfd]': 'a timerfd',
-  'anon_inode:[signalfd]': 'a signalfd', 'anon_inode:[pidfd]': 'a pidfd', 'anon_inode:bpf-map': 'a BPF map', 'anon_inode:bpf-prog': 'a BPF program',
+  'anon_inode:[io_uring]': 'an io_uring instance', 'anon_inode:[perf_event]': 'a perf event',
+  'anon_inode:[pidfd]': 'a pidfd', 'anon_inode:bpf-map': 'a BPF map', 'anon_inode:bpf-prog': 'a BPF program',
 }
 
 /** TCP listeners and UDP sockets are restored; anything else is named. */
@@ -64,6 +64,8 @@ export function classifyFd(fd: FdInfo, pid: number, tcpClose = false): FdKind | 
   if (target.startsWith('socket:')) return classifySocket(pid, fd.fd, tcpClose)
   if (target === 'anon_inode:[eventfd]') return 'eventfd'
   if (target === 'anon_inode:[eventpoll]') return 'epoll'
+  if (target === 'anon_inode:[timerfd]') return 'timerfd'
+  if (target === 'anon_inode:[signalfd]') return 'signalfd'
   if (target.startsWith('anon_inode:')) return {unsupported: `${ANON_INODE_NAMES[target] ?? 'an anonymous inode'} (${target})`}
   if (target.startsWith('/memfd:')) return {unsupported: 'a memfd'}
   if (!target.startsWith('/')) return {unsupported: `an unsupported file (${target})`}
@@ -194,7 +196,7 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
   for (const info of listFds(pid)) {
     const kind = classifyFd(info, pid, options.tcpClose ?? false)
     if (typeof kind === 'object') {
-      throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, 'cxlfork restores regular files, directories, /dev/null-style devices, pipes, eventfds, epoll instances, TCP listeners, UDP sockets, and a tty on fds 0-2. Close the fd before checkpointing.')
+      throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, 'cxlfork restores regular files, directories, /dev/null-style devices, pipes, eventfds, epoll instances, timerfds, signalfds, TCP listeners, UDP sockets, Unix socketpairs, and a tty on fds 0-2. Close the fd before checkpointing.')
     }
     fds.push({info, kind})
   }

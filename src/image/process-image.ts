@@ -115,7 +115,7 @@ export interface MmImage {
 }
 
 /** How an fd is restored. */
-export type FdKind = 'regular' | 'chardev' | 'tty' | 'pipe' | 'directory' | 'eventfd' | 'epoll' | 'socket'
+export type FdKind = 'regular' | 'chardev' | 'tty' | 'pipe' | 'directory' | 'eventfd' | 'epoll' | 'socket' | 'timerfd' | 'signalfd'
 
 /** A pipe end above fd 2 (fds 0-2 that are pipes are the restorer's stdio instead). */
 export interface PipeEndImage {
@@ -157,6 +157,10 @@ export interface FdImage {
   sharedFrom?: {pid: number; fd: number; description: boolean; sameEnd: boolean}
   pipe?: PipeEndImage
   eventfd?: {count: bigint; semaphore: boolean}
+  /** A timerfd: its clock, and the time left and interval (seconds, nanoseconds) as of the checkpoint. */
+  timerfd?: {clockid: number; value: [number, number]; interval: [number, number]}
+  /** A signalfd: the signals it reads. */
+  signalfd?: {mask: bigint}
   epoll?: {targets: EpollTargetImage[]}
   /** A TCP listener or a UDP socket (IPv4/IPv6), re-created with its address and options. */
   socket?: SocketImage

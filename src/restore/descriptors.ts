@@ -87,6 +87,24 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
       place(created, fd)
     } else if (fd.epoll) {
       place(stage(Number(inject.call('epoll_create1', SYS.epoll_create1, O.CLOEXEC))), fd)
+    } else if (fd.timerfd) {
+      const timer = stage(Number(inject.call('timerfd_create', SYS.timerfd_create, fd.timerfd.clockid, O.CLOEXEC | (fd.flags & O.NONBLOCK))))
+      const [valueSec, valueNsec] = fd.timerfd.value
+      if (valueSec !== 0 || valueNsec !== 0) {
+        // Relative to now: what was left of it at the checkpoint, then its interval.
+        const spec = new Uint8Array(32)
+        const view = new DataView(spec.buffer)
+        view.setBigInt64(0, BigInt(fd.timerfd.interval[0]), true)
+        view.setBigInt64(8, BigInt(fd.timerfd.interval[1]), true)
+        view.setBigInt64(16, BigInt(valueSec), true)
+        view.setBigInt64(24, BigInt(valueNsec), true)
+        inject.call('timerfd_settime', SYS.timerfd_settime, timer, 0, inject.put(spec), 0)
+      }
+      place(timer, fd)
+    } else if (fd.signalfd) {
+      const mask = new Uint8Array(8)
+      new DataView(mask.buffer).setBigUint64(0, fd.signalfd.mask, true)
+      place(stage(Number(inject.call('signalfd4', SYS.signalfd4, -1, inject.put(mask), 8, O.CLOEXEC | (fd.flags & O.NONBLOCK)))), fd)
     } else if (fd.socket?.pair) {
       place(pairEnd(inject, fd, fds, pairs, stage), fd)
       if ((fd.flags & O.NONBLOCK) !== 0) inject.call('fcntl(F_SETFL)', SYS.fcntl, fd.fd, F_SETFL, O.NONBLOCK)

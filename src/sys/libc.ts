@@ -36,7 +36,7 @@ export const SYS = {
   get_robust_list: 274, splice: 275, fallocate: 285, vmsplice: 278, dup3: 292, pipe2: 293, prlimit64: 302, process_vm_readv: 310, process_vm_writev: 311,
   memfd_create: 319, userfaultfd: 323, rseq: 334, pidfd_send_signal: 424, pidfd_open: 434, clone3: 435, close_range: 436,
   ptrace: 101, umask: 95, personality: 135, chroot: 161, rt_sigqueueinfo: 129, rt_tgsigqueueinfo: 297,
-  sched_setaffinity: 203, sched_getaffinity: 204, getcpu: 309, sendto: 44, recvfrom: 45, socketpair: 53, pidfd_getfd: 438, socket: 41, bind: 49, listen: 50, getsockname: 51, getpeername: 52, setsockopt: 54, getsockopt: 55, tee: 276, kcmp: 312, eventfd2: 290, epoll_create1: 291, epoll_ctl: 233, unshare: 272, setns: 308, setpgid: 109, rt_sigtimedwait: 128,
+  sched_setaffinity: 203, sched_getaffinity: 204, getcpu: 309, timerfd_create: 283, timerfd_settime: 286, signalfd4: 289, sendto: 44, recvfrom: 45, socketpair: 53, pidfd_getfd: 438, socket: 41, bind: 49, listen: 50, getsockname: 51, getpeername: 52, setsockopt: 54, getsockopt: 55, tee: 276, kcmp: 312, eventfd2: 290, epoll_create1: 291, epoll_ctl: 233, unshare: 272, setns: 308, setpgid: 109, rt_sigtimedwait: 128,
 } as const
 
 export const PROT = {NONE: 0, READ: 1, WRITE: 2, EXEC: 4} as const
