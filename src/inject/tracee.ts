@@ -739,8 +739,9 @@ export class Tracee {
     const site = this.syscallSite()
     const r = new BigUint64Array(this.progRegs)
     r[REG.rax] = BigInt(nr)
-    const argRegs = [REG.rdi, REG.rsi, REG.rdx, REG.r10, REG.r8, REG.r9]
-    for (let i = 0; i < 6; i++) r[argRegs[i]!] = BigInt.asUintN(64, BigInt(args[i] ?? 0))
+    SYSCALL_ARG_REGS.forEach((reg, i) => {
+      r[reg] = BigInt.asUintN(64, BigInt(args[i] ?? 0))
+    })
     r[REG.orig_rax] = 0xffffffffffffffffn
     r[REG.rip] = site
     this.blockAllSignals()
@@ -804,25 +805,8 @@ export class Tracee {
    * MADV_DONTFORK / WIPEONFORK ranges are missing or zero in the child.
    */
   injectFork(flags: number = CLONE.PARENT | SIG.CHLD): ForkResult {
-    this.requireStopped()
-    const need = PTRACE_O.TRACEFORK | PTRACE_O.TRACECLONE | PTRACE_O.TRACEVFORK
-    const old = this.options
-    if ((old & need) !== need) this.setOptions(old | need)
-    let childPid: number
-    try {
-      this.takeNewChildren()
-      const r = this.syscall(SYS.clone, flags, 0, 0, 0, 0)
-      const kids = this.takeNewChildren()
-      if (r < 0n) throw new SyscallError(`clone (injected into ${this.pid})`, Number(-r))
-      childPid = Number(r)
-      if (!kids.includes(childPid)) kids.push(childPid)
-    } finally {
-      if ((old & need) !== need) this.setOptions(old)
-    }
-    const child = Tracee.adoptNewChild(childPid, this.options)
-    child.progMask = this.progMask ?? this.readMaskKernel()
-    child.site = this.site
-    return {pid: childPid, tracee: child, transientRanges: []}
+    const {tracee} = this.injectCreate('clone', SYS.clone, flags, 0, 0, 0, 0)
+    return {pid: tracee.pid, tracee, transientRanges: []}
   }
 
   /**
@@ -954,8 +938,7 @@ export class Tracee {
     this.toSyscallStop() // entry of rt_sigreturn
     const regs = this.readRegsKernel()
     regs[REG.orig_rax] = BigInt(nr)
-    const argRegs = [REG.rdi, REG.rsi, REG.rdx, REG.r10, REG.r8, REG.r9]
-    argRegs.forEach((reg, i) => {
+    SYSCALL_ARG_REGS.forEach((reg, i) => {
       regs[reg] = BigInt.asUintN(64, BigInt(args[i] ?? 0))
     })
     // Return into rt_sigreturn (rsp still points just above the frame).
