@@ -123,20 +123,22 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
       set(info.fd, {timerfd: {clockid: Number(info.raw['clockid'] ?? 1), value: pair(info.raw['it_value']), interval: pair(info.raw['it_interval'])}})
     } else if (kind === 'signalfd') {
       set(info.fd, {signalfd: {mask: BigInt('0x' + (info.raw['sigmask'] ?? '0'))}})
-    } else if (kind === 'socket' && readSocket(pid, info.fd).family === AF.UNIX) {
-      const socket = readSocket(pid, info.fd)
-      const peer = unixPeer(Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1))
-      const peerFd = fds.find((other) => other.info.target === `socket:[${peer}]`)?.info.fd
-      if (peerFd === undefined) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix socket whose other end it no longer holds`, 'Checkpoint it again.')
-      const queued = peekQueued(pid, info.fd)
-      if (queued.length > 0 && socket.type !== SOCK.STREAM) {
-        throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix datagram socketpair end with messages queued`, 'cxlfork carries queued bytes of stream socketpairs only; checkpoint it once its messages are read.')
-      }
-      set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: new Uint8Array(0), options: socket.options.filter((o) => o.level === 1),
-        pair: {peerFd, ...(queued.length > 0 ? {queued} : {})}}})
     } else if (kind === 'socket') {
+      // One read of the socket (a pidfd_getfd copy): this runs while the target is stopped.
       const socket = readSocket(pid, info.fd)
-      set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, ...(socket.connected ? {closed: true} : {}), local: socket.local, options: socket.options}})
+      if (socket.family === AF.UNIX) {
+        const peer = unixPeer(Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1))
+        const peerFd = fds.find((other) => other.info.target === `socket:[${peer}]`)?.info.fd
+        if (peerFd === undefined) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix socket whose other end it no longer holds`, 'Checkpoint it again.')
+        const queued = peekQueued(pid, info.fd)
+        if (queued.length > 0 && socket.type !== SOCK.STREAM) {
+          throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix datagram socketpair end with messages queued`, 'cxlfork carries queued bytes of stream socketpairs only; checkpoint it once its messages are read.')
+        }
+        set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: new Uint8Array(0), options: socket.options.filter((o) => o.level === 1),
+          pair: {peerFd, ...(queued.length > 0 ? {queued} : {})}}})
+      } else {
+        set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, ...(socket.connected ? {closed: true} : {}), local: socket.local, options: socket.options}})
+      }
     }
   }
   return out

@@ -144,6 +144,15 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
   for (const high of staged) inject.call('close', SYS.close, high)
 }
 
+/** The integer socket options the original had, set on `fd`. */
+function setOptions(inject: Injector, fd: number, options: NonNullable<FdImage['socket']>['options']): void {
+  for (const option of options) {
+    const value = new Uint8Array(4)
+    new DataView(value.buffer).setInt32(0, option.value, true)
+    inject.call(`setsockopt(${option.level}, ${option.name})`, SYS.setsockopt, fd, option.level, option.name, inject.put(value), 4)
+  }
+}
+
 /** listen(2) backlog: the kernel caps it at the namespace's net.core.somaxconn, whatever the program asked for. */
 const LISTEN_BACKLOG = 4096
 const EADDRINUSE = 98
@@ -153,11 +162,7 @@ function createSocket(inject: Injector, fd: FdImage, stage: (fd: number) => numb
   const socket = fd.socket!
   const flags = O.CLOEXEC | (fd.flags & O.NONBLOCK) // SOCK_CLOEXEC, SOCK_NONBLOCK share O_'s values
   const created = stage(Number(inject.call('socket', SYS.socket, socket.family, socket.type | flags, socket.protocol)))
-  for (const option of socket.options) {
-    const value = new Uint8Array(4)
-    new DataView(value.buffer).setInt32(0, option.value, true)
-    inject.call(`setsockopt(${option.level}, ${option.name})`, SYS.setsockopt, created, option.level, option.name, inject.put(value), 4)
-  }
+  setOptions(inject, created, socket.options)
   // A connection taken with --tcp-close stays a fresh, unconnected socket: reads fail, epoll reports a hang-up.
   if (socket.closed) return created
   const port = socket.local.length >= 4 ? new DataView(socket.local.buffer, socket.local.byteOffset).getUint16(2, false) : 0
@@ -209,11 +214,7 @@ function pairEnd(inject: Injector, fd: FdImage, fds: readonly FdImage[], pairs: 
   const view = new DataView(inject.tracee.readMemory(slot, 8).buffer)
   const mine = stage(view.getInt32(0, true))
   const theirs = stage(view.getInt32(4, true))
-  for (const option of socket.options) {
-    const value = new Uint8Array(4)
-    new DataView(value.buffer).setInt32(0, option.value, true)
-    inject.call(`setsockopt(${option.level}, ${option.name})`, SYS.setsockopt, mine, option.level, option.name, inject.put(value), 4)
-  }
+  setOptions(inject, mine, socket.options)
   // What was queued for one end to read, its peer sends again.
   if (socket.pair!.queued) writeAll(inject, theirs, socket.pair!.queued)
   if (peer?.socket?.pair?.queued) writeAll(inject, mine, peer.socket.pair.queued)
