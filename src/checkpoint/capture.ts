@@ -92,6 +92,16 @@ export function captureFds(pid: number, fds: readonly {info: FdInfo; kind: FdKin
   })
 }
 
+/**
+ * A kernel struct sigaction (handler, flags, restorer, mask) at `at` of `view`,
+ * as rt_sigaction returned it; undefined for a default disposition with no
+ * flags or mask, which the image leaves out.
+ */
+export function decodeSigaction(view: DataView, at: number, signo: number): SigAction | undefined {
+  const action = {signo, handler: view.getBigUint64(at, true), flags: view.getBigUint64(at + 8, true), restorer: view.getBigUint64(at + 16, true), mask: view.getBigUint64(at + 24, true)}
+  return action.handler !== 0n || action.flags !== 0n || action.mask !== 0n ? action : undefined
+}
+
 export interface TracerState {
   /** State of every thread, read from the stopped target; the leader (tid = pid) first. */
   threads: ThreadImage[]

@@ -11,11 +11,11 @@ import {type FdInfo, type Vma, listFds, readMaps, readSmaps} from '../sys/proc.j
 import {SyscallError} from '../errors.js'
 import {MADV, MAP, PTRACE_O, SIG, SYS, killQuiet} from '../sys/libc.js'
 import {CpuPlacement, lastCpu} from '../sys/affinity.js'
-import {type FlaggedVma, type SnapshotMemory, captureImage, captureMemory} from './capture.js'
+import {type FlaggedVma, type SnapshotMemory, captureImage, captureMemory, decodeSigaction} from './capture.js'
 import {type PreflightResult, preflight, refuseUnsupportedMemory} from './preflight.js'
 import {faultPoint} from '../fault.js'
 import {type FdExtras, describeFds} from './descriptors.js'
-import {detachQuietly, readAltStacks, readThreadState, seizeOtherThreads, threadComm} from './threads.js'
+import {decodeAltStack, detachQuietly, readAltStacks, readThreadState, seizeOtherThreads, threadComm} from './threads.js'
 
 export interface SnapshotTimings {
   /** µs to seize and stop the target (CRIU: freezing_time). */
@@ -81,12 +81,11 @@ function readChildState(snapshot: Tracee): ChildState {
   signals.forEach((signo, i) => {
     if ((results[2 + i] ?? -1n) < 0n) return
     const at = 32 * i
-    const action = {signo, handler: view.getBigUint64(at, true), flags: view.getBigUint64(at + 8, true), restorer: view.getBigUint64(at + 16, true), mask: view.getBigUint64(at + 24, true)}
-    if (action.handler !== 0n || action.flags !== 0n || action.mask !== 0n) sigactions.push(action)
+    const action = decodeSigaction(view, at, signo)
+    if (action) sigactions.push(action)
   })
   const at = 32 * signals.length
-  // SS_ONSTACK describes the instant of capture, not a setting: keep SS_DISABLE/SS_AUTODISARM only.
-  const altStack = (results[1] ?? -1n) < 0n ? {sp: 0n, flags: 2, size: 0n} : {sp: view.getBigUint64(at, true), flags: view.getInt32(at + 8, true) & ~1, size: view.getBigUint64(at + 16, true)}
+  const altStack = decodeAltStack(results[1] ?? -1n, bytes.subarray(at, at + 24))
   return {brk, sigactions, altStack}
 }
 

@@ -58,7 +58,8 @@ export function readClearTidAddress(thread: Tracee, regs: UserRegs, tid: number,
   return result < 0n ? 0n : new DataView(bytes.buffer).getBigUint64(0, true)
 }
 
-function decodeAltStack(result: bigint, bytes: Uint8Array): ThreadImage['altStack'] {
+/** sigaltstack's old-stack output (stack_t) as the image keeps it; disabled when the call failed. */
+export function decodeAltStack(result: bigint, bytes: Uint8Array): ThreadImage['altStack'] {
   if (result < 0n) return {sp: 0n, flags: 2, size: 0n}
   const view = new DataView(bytes.buffer, bytes.byteOffset)
   // SS_ONSTACK describes the instant of capture, not a setting: keep SS_DISABLE/SS_AUTODISARM only.

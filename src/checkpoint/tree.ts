@@ -19,7 +19,7 @@ import {type FdKind, type ProcessImage, type SigAction} from '../image/process-i
 import {Tracee, findSigreturnGadget} from '../inject/tracee.js'
 import {SIG, SYS, syscallRaw} from '../sys/libc.js'
 import {listFds, readMaps, readStat, readStatus} from '../sys/proc.js'
-import {type FlaggedVma, captureImage, captureMemory, type SnapshotMemory} from './capture.js'
+import {type FlaggedVma, captureImage, captureMemory, decodeSigaction, type SnapshotMemory} from './capture.js'
 import {describeFds} from './descriptors.js'
 import {type PreflightResult, childrenOf, preflight} from './preflight.js'
 import {detachQuietly, readAltStacks, readThreadState, seizeOtherThreads, threadComm} from './threads.js'
@@ -283,8 +283,8 @@ function readDispositionsAndBrk(leader: Tracee): {brk: bigint; sigactions: SigAc
       if (signo === SIG.KILL || signo === SIG.STOP) continue
       if (leader.syscall(SYS.rt_sigaction, signo, 0, slot, 8) < 0n) continue
       const view = new DataView(leader.readMemory(slot, 32).buffer)
-      const action = {signo, handler: view.getBigUint64(0, true), flags: view.getBigUint64(8, true), restorer: view.getBigUint64(16, true), mask: view.getBigUint64(24, true)}
-      if (action.handler !== 0n || action.flags !== 0n || action.mask !== 0n) sigactions.push(action)
+      const action = decodeSigaction(view, 0, signo)
+      if (action) sigactions.push(action)
     }
     return {brk, sigactions}
   } finally {
