@@ -23,21 +23,24 @@ import type {ThreadRow} from './types.js'
 /** Size of the untimed warm-up target. */
 const WARMUP_SIZE = 4 << 20
 
-export interface ThreadsContext {
+/** What a section of the run measured at one size (threads, trees) gets from the run: its path, files, pids, log. */
+export interface SectionContext<P extends BenchPath = BenchPath> {
   /** The provisioned pool's path: the same pool and engine calls as the size rows. */
-  path: BenchPath
+  path: P
   files: TargetFiles
   size: {bytes: number; label: string}
   counts: readonly number[]
   runs: number
   /** Record a pid the run created (killed at the end if still alive). */
   track: (pid: number) => void
-  /** Kill and reap a target. */
+  /** Kill and reap a process (our child, or an orphan adopted as subreaper). */
   stop: (pid: number) => void
-  /** Kill and reap a clone and, for a multi-threaded one, its namespace's init. */
+  /** Kill and reap a clone and, when it has a PID namespace of its own, its init. */
   stopClone: (clone: RestoreSample) => void
   log: (line: string) => void
 }
+
+export type ThreadsContext = SectionContext
 
 const POLICY = 'mow'
 const ms = (us: number): number => us / 1000

@@ -22,6 +22,7 @@ import {childrenOf} from '../checkpoint/preflight.js'
 import {isAlive, readMaps, readStatus} from '../sys/proc.js'
 import type {PoolPath, RestoreSample} from './paths.js'
 import {Samples} from './summary.js'
+import type {SectionContext} from './threads.js'
 import {spawnTarget, type TargetFiles, verifyPattern} from './target.js'
 import type {TreeRow} from './types.js'
 
@@ -30,21 +31,8 @@ const WARMUP_SIZE = 4 << 20
 /** How long the members of a killed clone tree may take to be gone (the kernel ends a PID namespace's processes asynchronously). */
 const GONE_TIMEOUT_MS = 5000
 
-export interface TreesContext {
-  /** The provisioned pool's path: the same pool and engine calls as the size rows; only a pool path checkpoints a tree. */
-  path: PoolPath
-  files: TargetFiles
-  size: {bytes: number; label: string}
-  counts: readonly number[]
-  runs: number
-  /** Record a pid the run created (killed at the end if still alive). */
-  track: (pid: number) => void
-  /** Kill and reap a process (our child, or an orphan adopted as subreaper). */
-  stop: (pid: number) => void
-  /** Kill and reap a clone and its namespace's init. */
-  stopClone: (clone: RestoreSample) => void
-  log: (line: string) => void
-}
+/** Only a pool path checkpoints a tree. */
+export type TreesContext = SectionContext<PoolPath>
 
 const POLICY = 'mow'
 const ms = (us: number): number => us / 1000
