@@ -352,7 +352,7 @@ export function fixturesDir(): string {
 /** Names of every fixture: fixtures/*.c and fixtures/*.py without extension. */
 export function fixtureNames(): string[] {
   return readdirSync(fixturesDir())
-    .filter((f) => f.endsWith('.c') || f.endsWith('.py') || f.endsWith('.cjs'))
+    .filter((f) => (f.endsWith('.c') || f.endsWith('.py') || f.endsWith('.cjs')) && f !== 'fxproto.py') // fxproto.py is the Python fixtures' shared module
     .map((f) => f.replace(/\.(c|py|cjs)$/, ''))
     .sort()
 }
