@@ -12,21 +12,16 @@ import {join} from 'node:path'
 import {ERROR_CODES, ExitCode} from '../../src/errors.js'
 import {parseSize} from '../../src/pool/size.js'
 import {projectRoot} from '../../src/paths.js'
+import {type CliRun, runCli} from '../pool/helpers.js'
 
 const CLI = join(projectRoot(), 'bin', 'run.js')
 const PREFIX = `/dev/shm/cxlfork-errors-${process.pid}`
 
-interface Run {status: number | null; stdout: string; stderr: string; json: any} // eslint-disable-line @typescript-eslint/no-explicit-any
+type Run = CliRun
 
+/** The CLI with --json appended (test/pool/helpers.ts runs it as a user would). */
 function run(args: string[]): Run {
-  const result = spawnSync(process.execPath, [CLI, ...args, '--json'], {encoding: 'utf8'})
-  let json: unknown
-  try {
-    json = JSON.parse(result.stdout)
-  } catch {
-    json = undefined
-  }
-  return {status: result.status, stdout: result.stdout, stderr: result.stderr, json}
+  return runCli([...args, '--json'])
 }
 
 function expectTyped(result: Run, code: string, exitCode: number): void {
