@@ -33,7 +33,7 @@ export const ERROR_CODES = {
   BENCH_COMMAND_FAILED: ExitCode.failure, BENCH_FALLOCATE: ExitCode.failure, BENCH_FORK_FAILED: ExitCode.failure,
   BENCH_NODE_FAILED: ExitCode.failure, BENCH_TARGET_FAILED: ExitCode.failure, BENCH_TARGET_LAYOUT: ExitCode.failure,
   INTERNAL: ExitCode.failure, NO_ADDRESS_SPACE: ExitCode.failure, STORE_NOT_MAPPABLE: ExitCode.failure, STUB_BAD_LAYOUT: ExitCode.failure,
-  STUB_DIR_UNSAFE: ExitCode.failure, STUB_NOT_PARKED: ExitCode.failure, SYSCALL_FAILED: ExitCode.failure,
+  STUB_DIR_UNSAFE: ExitCode.failure, STUB_NOT_PARKED: ExitCode.failure, SYSCALL_FAILED: ExitCode.failure, FAULT_SERVER_FAILED: ExitCode.failure,
   TRACEE_DETACHED: ExitCode.failure, TRACEE_RUNNING: ExitCode.failure, TRACEE_STOP_TIMEOUT: ExitCode.failure,
   CHILD_NOT_SEEN: ExitCode.failure, ID_TAKEN: ExitCode.failure, NOT_SELF_HEALING: ExitCode.failure, PIDNS_RESTORE_FAILED: ExitCode.failure,
   SCRATCH_FULL: ExitCode.failure, THREADS_UNSTABLE: ExitCode.failure, BENCH_NO_SIZE: ExitCode.failure, BENCH_TARGET_THREADS: ExitCode.failure,
@@ -43,12 +43,13 @@ export const ERROR_CODES = {
   INVALID_NAME: ExitCode.usage, INVALID_PID: ExitCode.usage, INVALID_POLICY: ExitCode.usage, INVALID_SECTION: ExitCode.usage,
   INVALID_SIZE: ExitCode.usage, OFFSET_OUTSIDE_CHECKPOINT: ExitCode.usage, POOL_CLOSED: ExitCode.usage, POOL_NOT_A_FILE: ExitCode.usage,
   POOL_SIZE_UNALIGNED: ExitCode.usage, POOL_TOO_LARGE: ExitCode.usage, POOL_TOO_SMALL: ExitCode.usage, USAGE: ExitCode.usage,
+  RECORD_POLICY: ExitCode.usage, NO_ACCESS_RECORD: ExitCode.usage,
   // exit notFound
   BACKING_FILE_MISSING: ExitCode.notFound, CHECKPOINT_DELETING: ExitCode.notFound, CHECKPOINT_NOT_FOUND: ExitCode.notFound,
   CRIU_IMAGE_MISSING: ExitCode.notFound, CRIU_PROTO_MISSING: ExitCode.notFound, EXECUTABLE_NOT_FOUND: ExitCode.notFound,
   FILE_NOT_FOUND: ExitCode.notFound, GROUP_NOT_FOUND: ExitCode.notFound, POOL_DIR_NOT_FOUND: ExitCode.notFound,
   POOL_NOT_FOUND: ExitCode.notFound, PROCESS_NOT_FOUND: ExitCode.notFound, SECTION_NOT_FOUND: ExitCode.notFound,
-  TRACEE_GONE: ExitCode.notFound, ZOMBIE_PROCESS: ExitCode.notFound,
+  TRACEE_GONE: ExitCode.notFound, ZOMBIE_PROCESS: ExitCode.notFound, NOT_A_CLONE: ExitCode.notFound,
   // exit permission
   CHECKPOINT_ACCESS: ExitCode.permission, NOT_PERMITTED: ExitCode.permission, POOL_ACCESS: ExitCode.permission,
   POOL_NOT_OWNER: ExitCode.permission, POOL_UNSAFE: ExitCode.permission, PROC_ACCESS_DENIED: ExitCode.permission,
@@ -63,7 +64,7 @@ export const ERROR_CODES = {
   KERNEL_THREAD: ExitCode.unsupported, MULTI_THREADED: ExitCode.unsupported, NO_SYSCALL_SITE: ExitCode.unsupported,
   NO_VDSO: ExitCode.unsupported, PROCESS_ZOMBIE: ExitCode.unsupported, PROVISION_UNSUPPORTED: ExitCode.unsupported,
   SELF_TRACE: ExitCode.unsupported, SHARED_ANON_MEMORY: ExitCode.unsupported, UNSUPPORTED_FD: ExitCode.unsupported,
-  UNSUPPORTED_MEMORY: ExitCode.unsupported, THREADS_NEED_PIDNS: ExitCode.unsupported, LEADER_EXITED: ExitCode.unsupported,
+  UNSUPPORTED_MEMORY: ExitCode.unsupported, THREADS_NEED_PIDNS: ExitCode.unsupported, POLICY_NEEDS_PIDNS: ExitCode.unsupported, LEADER_EXITED: ExitCode.unsupported,
   PID_UNSUPPORTED: ExitCode.unsupported, ZOMBIE_SIGNALED: ExitCode.unsupported, NAMESPACE_DIFFERS: ExitCode.unsupported,
   CPU_MISMATCH: ExitCode.unsupported, UNSUPPORTED_ARCH: ExitCode.unsupported,
   // exit corrupt

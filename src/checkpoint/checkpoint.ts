@@ -5,6 +5,7 @@
  * the state record and page map become metadata sections; publish is the
  * commit point.
  */
+import {accessRecordFor} from '../image/access-record.js'
 import {fstatSync} from 'node:fs'
 
 import {ConflictError, SyscallError} from '../errors.js'
@@ -320,7 +321,9 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
     // While the snapshot writes its pages: the rest of the image and the metadata sections.
     const image = snapshot.captureImage()
     builder.addSection(Section.processState, encodeImage(image))
-    builder.addSection(Section.pageMap, extent ? pageMapAt(runs, extent.poolOffset) : encodePageMap([]))
+    const pageMap = extent ? pageMapAt(runs, extent.poolOffset) : encodePageMap([])
+    builder.addSection(Section.pageMap, pageMap)
+    builder.addSection(Section.accessRecord, accessRecordFor(pageMap))
     // The descendants, each still stopped: state from /proc and injected queries, pages copied straight from it.
     for (const member of frozen) {
       const captured = captureStoppedMember(member, tree!.checks.get(member.pid)!)
@@ -338,7 +341,9 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
         }
       }
       builder.addSection(Section.processState, encodeImage(captured.image))
-      builder.addSection(Section.pageMap, memberExtent ? pageMapAt(captured.memory.pageRuns, memberExtent.poolOffset) : encodePageMap([]))
+      const memberPageMap = memberExtent ? pageMapAt(captured.memory.pageRuns, memberExtent.poolOffset) : encodePageMap([])
+      builder.addSection(Section.pageMap, memberPageMap)
+      builder.addSection(Section.accessRecord, accessRecordFor(memberPageMap))
       pages += memberPages
       faultPoint('tree-member-captured')
     }

@@ -18,6 +18,7 @@ import PoolFsck from '../commands/pool/fsck.js'
 import PoolGc from '../commands/pool/gc.js'
 import PoolInfo from '../commands/pool/info.js'
 import PoolInit from '../commands/pool/init.js'
+import Record from '../commands/record.js'
 import Restore from '../commands/restore.js'
 import Rm from '../commands/rm.js'
 
@@ -39,6 +40,7 @@ export const COMMANDS = {
   'pool:gc': PoolGc,
   'pool:info': PoolInfo,
   'pool:init': PoolInit,
+  record: Record,
   restore: Restore,
   rm: Rm,
 }

@@ -10,6 +10,8 @@ export type InspectResult = CheckpointDetails & {
   process?: ProcessSummary
   /** A process tree (checkpoint --tree): every member, the root first. */
   tree?: {pid: number; ppid: number; pgid: number; sid: number; comm: string; zombie: boolean; threads: number}[]
+  /** Access bits recorded from clones (cxlfork record), of the root process: hot (accessed) and dirty (written) pages. */
+  accessRecord?: {pages: number; hot: number; dirty: number; recordings: number; firstRecordedAt: string | null; lastRecordedAt: string | null; resetAt: string | null}
 }
 
 interface TreeRecordJson {
@@ -41,11 +43,19 @@ export default class Inspect extends BaseCommand {
     try {
       const uid = process.getuid?.() ?? 0
       const details: InspectResult = pool.inspect(args.name, {uid})
-      const [{decodeImage}, {PageMapView}, {Section}, {summarizeImage}] = await Promise.all([
-        import('../image/codec.js'), import('../image/page-map.js'), import('../image/sections.js'), import('../image/summary.js')])
+      const [{decodeImage}, {PageMapView}, {Section}, {summarizeImage}, {AccessRecord}] = await Promise.all([
+        import('../image/codec.js'), import('../image/page-map.js'), import('../image/sections.js'), import('../image/summary.js'), import('../image/access-record.js')])
       const reader = pool.openCheckpoint(args.name, {uid})
       if (reader.hasSection(Section.processState) && reader.hasSection(Section.pageMap)) {
-        details.process = summarizeImage(decodeImage(reader.section(Section.processState)), new PageMapView(reader.section(Section.pageMap)))
+        const pageMap = new PageMapView(reader.section(Section.pageMap))
+        details.process = summarizeImage(decodeImage(reader.section(Section.processState)), pageMap)
+        const window = reader.mutableSection(Section.accessRecord)
+        const access = window ? AccessRecord.open(window, pageMap.totalPages)?.summary() : undefined
+        if (access) {
+          const at = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString())
+          details.accessRecord = {pages: access.pages, hot: access.accessed, dirty: access.dirty, recordings: access.recordings,
+            firstRecordedAt: at(access.firstRecordedMs), lastRecordedAt: at(access.lastRecordedMs), resetAt: at(access.resetAtMs)}
+        }
       }
       const record = details.process && reader.hasSection(Section.tree) ? treeRecord(reader.section(Section.tree)) : undefined
       if (record) {
@@ -68,6 +78,11 @@ export default class Inspect extends BaseCommand {
         }
         for (const vma of proc.vmas) this.say(`  ${vma.start}-${vma.end} ${vma.perms} ${vma.kind.padEnd(6)} ${String(vma.storedPages).padStart(7)} pages ${vma.path ?? ''}`)
         for (const fd of proc.fds) this.say(`  fd ${fd.fd} ${fd.kind} ${fd.path}`)
+      }
+      const access = details.accessRecord
+      if (access) {
+        this.say(access.recordings === 0 ? 'access record: nothing recorded (cxlfork record, restore --record)'
+          : `access record: ${access.hot} hot and ${access.dirty} dirty of ${access.pages} pages, from ${access.recordings} clone(s), ${access.firstRecordedAt} to ${access.lastRecordedAt}`)
       }
       if (details.tree) {
         this.say(`tree of ${details.tree.length} processes:`)

@@ -3,6 +3,7 @@
  * pages read from pages-1.img straight into a write-once pool extent, so a
  * process dumped by CRIU can be restored zero-copy.
  */
+import {accessRecordFor} from '../image/access-record.js'
 import {closeSync, openSync} from 'node:fs'
 
 import {SyscallError} from '../errors.js'
@@ -53,7 +54,9 @@ export function criuImport(pool: Pool, request: {images: string; name: string}):
       }
     }
     builder.addSection(Section.processState, encodeImage(image))
-    builder.addSection(Section.pageMap, encodePageMap(entries))
+    const pageMap = encodePageMap(entries)
+    builder.addSection(Section.pageMap, pageMap)
+    builder.addSection(Section.accessRecord, accessRecordFor(pageMap))
     builder.publish(request.name, {uid: getuid(), summary: {pid: image.task.pid, comm: image.task.comm, pages, vmas: image.vmas.length, importedFrom: request.images}})
     builder = undefined
   } finally {

@@ -9,4 +9,9 @@ export const Section = {
    * Then each live member has a processState and a pageMap section, in member order.
    */
   tree: 3,
+  /**
+   * The access record of the pageMap section before it (access-record.ts): a
+   * mutable section (bit 31, pool/descriptor.ts MUTABLE_SECTION), no CRC.
+   */
+  accessRecord: 0x80000001,
 } as const

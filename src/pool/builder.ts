@@ -8,7 +8,7 @@ import {ConflictError, UsageError} from '../errors.js'
 import {allocateRun, freeUnitsOf, poolFull} from './allocator.js'
 import {crc32} from './checksum.js'
 import type {DataExtent, Descriptor, SectionRecord} from './descriptor.js'
-import {encodeDescriptor} from './descriptor.js'
+import {encodeDescriptor, isMutableSection} from './descriptor.js'
 import {EntryState, decodeEntry, encodeEntry, isLive} from './directory.js'
 import {validateCheckpointName} from './names.js'
 import {processStartTime} from './owners.js'
@@ -107,13 +107,13 @@ export class CheckpointBuilder {
     return {poolOffset: BigInt(this.pool.header.metadataOffset + firstPage * pageSize), firstPage, pages}
   }
 
-  /** Store a metadata record of caller-defined `type`; its CRC-32 is checked whenever it is read. */
+  /** Store a metadata record of caller-defined `type`; its CRC-32 is checked whenever it is read (a mutable section: none, see MUTABLE_SECTION). */
   addSection(type: number, bytes: Uint8Array): void {
     this.requireBuilding('add a section')
     if (!Number.isInteger(type) || type < 0 || type > 0xffffffff) throw new UsageError('INVALID_SECTION', `section type ${type} is not a u32`)
     this.keepLeaseFresh()
     const poolOffset = bytes.length === 0 ? BigInt(this.pool.header.metadataOffset) : this.storeMetadata(bytes, `section ${type}`).poolOffset
-    this.sections.push({type, crc: crc32(bytes), poolOffset, length: bytes.length})
+    this.sections.push({type, crc: isMutableSection(type) ? 0 : crc32(bytes), poolOffset, length: bytes.length})
   }
 
   /**

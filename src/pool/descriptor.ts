@@ -27,6 +27,18 @@ export interface DataExtent {
   length: bigint
 }
 
+/**
+ * Section types with this bit set are mutable areas: written by the checkpoint
+ * like any section, then updated in place by whoever may (access bits that
+ * clones record); they carry no CRC. Readers treat their contents as hints that
+ * can never change what a restore produces, only how.
+ */
+export const MUTABLE_SECTION = 0x80000000
+
+export function isMutableSection(type: number): boolean {
+  return (type & MUTABLE_SECTION) !== 0
+}
+
 export interface SectionRecord {
   type: number
   crc: number

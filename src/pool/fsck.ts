@@ -13,7 +13,7 @@
  */
 import {isPlausibleSerial, serialGeneration, serialSlot} from './allocator.js'
 import {crc32} from './checksum.js'
-import {descriptorPageCount} from './descriptor.js'
+import {descriptorPageCount, isMutableSection} from './descriptor.js'
 import type {Descriptor} from './descriptor.js'
 import {EntryState, isLive, withState} from './directory.js'
 import {HOST_SLOT_SIZE} from './layout.js'
@@ -186,7 +186,7 @@ function checkOwnedUnits(pool: Pool, descriptorPage: number, descriptor: Descrip
     const first = (Number(section.poolOffset) - header.metadataOffset) / header.pageSize
     for (let page = first; page < first + Math.ceil(section.length / header.pageSize); page++) expect(regions.pageStates, page)
     const start = Number(section.poolOffset) - header.metadataOffset
-    if (crc32(regions.metadata.subarray(start, start + section.length)) !== section.crc) damage.sectionsCorrupt.push(section.type)
+    if (!isMutableSection(section.type) && crc32(regions.metadata.subarray(start, start + section.length)) !== section.crc) damage.sectionsCorrupt.push(section.type)
   }
   return damage
 }

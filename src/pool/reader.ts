@@ -4,7 +4,7 @@
  */
 import {CorruptError, NotFoundError, UsageError} from '../errors.js'
 import {crc32} from './checksum.js'
-import type {DataExtent, SectionRecord} from './descriptor.js'
+import {type DataExtent, type SectionRecord, isMutableSection} from './descriptor.js'
 import type {Pool, ResolvedEntry} from './pool.js'
 import type {CheckpointInfo} from './types.js'
 
@@ -46,7 +46,30 @@ export class CheckpointReader {
     return this.resolved.descriptor.sections.filter((section) => section.type === type).map((section) => this.readSection(section))
   }
 
+  /**
+   * A zero-copy window on the first mutable section of `type` (see
+   * MUTABLE_SECTION), for updates in place with Atomics; undefined if absent.
+   */
+  mutableSection(type: number): Uint8Array | undefined {
+    if (!isMutableSection(type)) throw new UsageError('INVALID_SECTION', `section type ${type} is not a mutable one`)
+    const record = this.resolved.descriptor.sections.find((section) => section.type === type)
+    if (!record) return undefined
+    return this.mutableWindow(record)
+  }
+
+  /** Windows on every mutable section of `type`, in the order they were added. */
+  mutableSections(type: number): Uint8Array[] {
+    if (!isMutableSection(type)) throw new UsageError('INVALID_SECTION', `section type ${type} is not a mutable one`)
+    return this.resolved.descriptor.sections.filter((section) => section.type === type).map((record) => this.mutableWindow(record))
+  }
+
+  private mutableWindow(record: SectionRecord): Uint8Array {
+    const start = Number(record.poolOffset) - this.pool.header.metadataOffset
+    return this.pool.regions.metadata.subarray(start, start + record.length)
+  }
+
   private readSection(record: SectionRecord): Uint8Array {
+    if (isMutableSection(record.type)) return this.mutableWindow(record).slice()
     const cached = this.verified.get(record)
     if (cached) return cached
     const bytes = this.copyAndVerify(record)

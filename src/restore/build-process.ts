@@ -21,6 +21,7 @@ import {CpuPlacement, currentCpu} from '../sys/affinity.js'
 import {type HostPidOf, restoreFds} from './descriptors.js'
 import {type NetworkMode, enterNetwork} from './network.js'
 import {Injector} from './injector.js'
+import {FaultServerClient, type LazyOptions} from './lazy.js'
 import {type RestorePlan, needsProtectFixup} from './plan.js'
 import {createWithId, releaseInit, spawnNamespacedStubs} from './pid-namespace.js'
 import {createThreads, requeueThreadSignals, restoreThreadKernelState, setThreadCpuState} from './threads.js'
@@ -55,6 +56,10 @@ export interface BuildOptions {
   wait?: boolean
   /** The clone's network namespace: ours (default), a new one with loopback, or the one at a path (network.ts). */
   network?: NetworkMode
+  /** How the fault server of `moa` members behaves (lazy.ts); default: no background fill. */
+  lazy?: LazyOptions
+  /** restore --record: fault-around off on the root's pool mappings, its accesses recorded into checkpoint `name` of `pool` at its exit. */
+  record?: {name: string; pool: string}
 }
 
 export type PidNamespaceMode = 'new' | 'host'
@@ -120,6 +125,10 @@ export interface BuiltProcess {
   threads: number
   /** Processes of the tree built (1 for a single process). */
   members: number
+  /** The fault server of a `moa` clone (or the recorder of --record). */
+  faultServerPid?: number
+  /** With --record: whether fault-around is off on the clone's pool mappings (the recording will be exact). */
+  recordingExact?: boolean
   timings: BuildTimings
   /** Wait for the clone to end (only when built with `wait`). */
   wait(): CloneExit
@@ -357,8 +366,12 @@ function stubBase(images: readonly ProcessImage[]): bigint {
 }
 
 /** The pid-namespace mode a build of `image` uses, refusing what cannot work. */
-export function pidNamespaceFor(image: ProcessImage, requested?: PidNamespaceMode, members = 1): PidNamespaceMode {
-  const mode = requested ?? (image.threads.length > 1 || members > 1 ? 'new' : 'host')
+export function pidNamespaceFor(image: ProcessImage, requested?: PidNamespaceMode, members = 1, lazy = false): PidNamespaceMode {
+  const mode = requested ?? (image.threads.length > 1 || members > 1 || lazy ? 'new' : 'host')
+  if (mode === 'host' && lazy) {
+    throw new UnsupportedError('POLICY_NEEDS_PIDNS', 'a migrate-on-access clone is restored in a PID namespace of its own: its init is what ends the clone if the fault server dies, so that it never waits forever for a page',
+      'Restore with --pidns new (the default for --policy moa), or use another policy.')
+  }
   if (mode === 'host' && image.threads.length > 1) {
     throw new UnsupportedError('THREADS_NEED_PIDNS', `the checkpoint holds ${image.threads.length} threads, whose ids its memory keeps; they can only be restored with their own ids, in a new PID namespace`,
       'Restore with --pidns new (the default for a multi-threaded checkpoint).')
@@ -411,7 +424,9 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
   const root = members[0]!
   if (!root.image || !root.plan) throw new CorruptError('IMAGE_INCONSISTENT', 'the root of the checkpointed tree has no process image', 'Take a new checkpoint.')
   const images = members.flatMap((member) => (member.image ? [member.image] : []))
-  const pidns = pidNamespaceFor(root.image, options.pidns, members.length)
+  const lazy = members.some((member) => (member.plan?.lazy.length ?? 0) > 0)
+  const pidns = pidNamespaceFor(root.image, options.pidns, members.length, lazy)
+  if (lazy && store.mapPath === undefined) throw new CxlforkError('STORE_NOT_MAPPABLE', 'migrate-on-access needs a page store the fault server can map')
   const local = vdsoLayout('self')
   for (const image of images) {
     checkKernel(image, local)
@@ -429,7 +444,11 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
   const stubs = new Map<number, Stub>()
   const built: Built[] = []
   let statusPipe: [number, number] | undefined
+  let faultServer: FaultServerClient | undefined
+  let recordingExact = false
   try {
+    // Started first: the server's own start-up overlaps the spawn of the stubs.
+    if (lazy || options.record) faultServer = FaultServerClient.start(store.mapPath!)
     const inherit = options.stdio === 'inherit'
     const stubOptions: StubOptions = {
       stdin: inherit ? 0 : null, stdout: inherit ? 1 : null, stderr: inherit ? 2 : null, setsid: options.setsid, base: stubBase(images),
@@ -465,7 +484,9 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
       const stub = stubs.get(member.pid)!
       const id = member === root ? nsPid : member.pid
       const hostPidOf = (original: number): number => stubs.get(original)?.pid ?? original
-      const threads = buildMember(stub, member.image, member.plan, store, id, pidns === 'host', hostPidOf, () => {
+      const threads = buildMember(stub, member.image, member.plan, store, id, pidns === 'host', hostPidOf, (inject) => {
+        faultServer?.serve(inject, stub.pid, member.plan!)
+        if (options.record && member === root) recordingExact = faultServer!.holdForRecording(inject, stub.pid, member.plan!)
         if (member === root) tMapped = performance.now()
       })
       built.push({member, stub, threads})
@@ -484,12 +505,17 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
       stub.tracee.detach()
     }
     if (init) releaseInit(init, nsPid)
+    // If this fails, the catch below kills the init, and with it the released clone, before a fault waits on nobody.
+    if (faultServer) {
+      faultServer.arm(lazy ? init?.pid : undefined, options.lazy ?? {fillAfterMs: null},
+        options.record ? {pid: rootStub.pid, name: options.record.name, pool: options.record.pool} : undefined)
+    }
     const tDone = performance.now()
     const readEnd = statusPipe?.[0]
     const initPid = init?.pid
     const pid = rootStub.pid
     return {
-      pid, threads: root.image.threads.length, members: members.length,
+      pid, threads: root.image.threads.length, members: members.length, ...(faultServer ? {faultServerPid: faultServer.pid} : {}), ...(options.record ? {recordingExact} : {}),
       ...(initPid === undefined ? {} : {namespace: {pid: nsPid, initPid}}),
       timings: {
         spawnUs: Math.round((tSpawned - t0) * 1000), memoryUs: Math.round((tMapped - tSpawned) * 1000),
@@ -501,6 +527,7 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
     for (const {threads} of built) for (const thread of threads) thread.kill()
     for (const stub of [...stubs.values()].reverse()) stub.kill()
     init?.kill()
+    faultServer?.stop()
     if (statusPipe) for (const fd of statusPipe) if (fd >= 0) close(fd)
     throw error
   } finally {
@@ -564,7 +591,7 @@ function takeBackSigchld(parent: Tracee): void {
  * signals, task state, threads. `nsPid` is its pid as it will see it.
  * Returns its threads beyond the first, created and stopped.
  */
-function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: PageStore, nsPid: number, rewriteTid: boolean, hostPidOf: HostPidOf, mapped: () => void): Tracee[] {
+function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: PageStore, nsPid: number, rewriteTid: boolean, hostPidOf: HostPidOf, mapped: (inject: Injector) => void): Tracee[] {
   const tracee = stub.tracee
   const taken: [bigint, bigint][] = [
     ...image.vmas.map((v): [bigint, bigint] => [v.start, v.end]),
@@ -584,7 +611,8 @@ function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: 
   moveVdso(inject, stub.vdso, image, [scratch, scratch + scratchSize])
   mapMemory(inject, image, plan, store)
   inject.reset()
-  mapped()
+  mapped(inject)
+  inject.reset()
   restoreFds(inject, image, hostPidOf)
   inject.reset()
   restoreMm(inject, image)

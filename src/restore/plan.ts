@@ -5,11 +5,18 @@
  * the cost of a zero-copy restore is O(VMAs + page runs), never O(pages).
  */
 import {CorruptError, UnsupportedError} from '../errors.js'
+import {PAGE_FLAG_ACCESSED, PAGE_FLAG_DIRTY} from '../image/page-map.js'
 import {PAGE_SIZE, type ProcessImage, type VmaImage} from '../image/process-image.js'
 import {MAP, PROT} from '../sys/libc.js'
 
-export type Policy = 'mow' | 'local'
-export const POLICIES: readonly Policy[] = ['mow', 'local']
+/**
+ * `mow`: stored pages mapped from the store, copy-on-write (pages recorded as
+ * written are copied instead); `moa`: nothing mapped, every page copied on
+ * first touch by a fault server (tiering/); `hybrid`: pages recorded as
+ * accessed copied, the rest mapped; `local`: everything copied.
+ */
+export type Policy = 'mow' | 'moa' | 'hybrid' | 'local'
+export const POLICIES: readonly Policy[] = ['mow', 'moa', 'hybrid', 'local']
 
 /** Where the bytes of one stored page run are. */
 export interface StoredRun {
@@ -18,6 +25,15 @@ export interface StoredRun {
   vmaIndex: number
   /** Offset of the run's first page in the page store (pool file or pages image). */
   storeOffset: bigint
+  /** Recorded access flags, one byte per page (PAGE_FLAG_*), when the checkpoint has any. */
+  flags?: Uint8Array
+}
+
+/** An anonymous range whose pages a fault server fills on first touch (`moa`). */
+export interface LazyRange {
+  start: bigint
+  end: bigint
+  vmaIndex: number
 }
 
 export type MapOp =
@@ -34,26 +50,61 @@ export interface RestorePlan {
   ops: MapOp[]
   /** VMAs that are kernel-provided ([vdso], [vvar], ...) and must be moved, not mapped. */
   specialVmas: VmaImage[]
+  /** Ranges registered with userfaultfd (`moa`), and the stored runs that fill them. */
+  lazy: LazyRange[]
+  lazyRuns: StoredRun[]
   pagesMapped: number
   pagesCopied: number
+  /** Pages left to the fault server (`moa`). */
+  pagesLazy: number
 }
 
 function isSpecial(vma: VmaImage): boolean {
   return vma.kind === 'vdso' || vma.kind === 'vvar' || vma.kind === 'vvar_vclock' || vma.kind === 'vsyscall'
 }
 
+/** Which recorded flag makes a page local at restore under `policy` (0: none). */
+function localFlag(policy: Policy): number {
+  if (policy === 'mow') return PAGE_FLAG_DIRTY
+  if (policy === 'hybrid') return PAGE_FLAG_ACCESSED
+  return 0
+}
+
+/** Split a run into maximal sub-runs of pages that are (local) or are not flagged with `flag`. */
+function splitRun(run: StoredRun, flag: number): {run: StoredRun; local: boolean}[] {
+  if (flag === 0 || !run.flags) return [{run, local: false}]
+  const pieces: {run: StoredRun; local: boolean}[] = []
+  let first = 0
+  const isLocal = (i: number): boolean => (run.flags![i]! & flag) !== 0
+  for (let i = 1; i <= run.nrPages; i++) {
+    if (i < run.nrPages && isLocal(i) === isLocal(first)) continue
+    const offset = BigInt(first * PAGE_SIZE)
+    pieces.push({run: {vaddr: run.vaddr + offset, nrPages: i - first, vmaIndex: run.vmaIndex, storeOffset: run.storeOffset + offset}, local: isLocal(first)})
+    first = i
+  }
+  return pieces
+}
+
 /**
  * Plan the mappings. Under `mow`, runs of anonymous VMAs are mapped from the
  * store; the stack is always copied because it must stay a growable anonymous
- * mapping (MAP_GROWSDOWN cannot be file backed). Under `local` every run is copied.
- * A VMA that must receive copies is mapped writable first; the executor
- * applies the final protection after copying (see `needsProtectFixup`).
+ * mapping (MAP_GROWSDOWN cannot be file backed). Pages recorded as written
+ * (`mow`) or accessed (`hybrid`) are copied instead. Under `moa`, anonymous
+ * VMAs with stored pages are left empty and registered with userfaultfd
+ * (which takes anonymous memory only): file-backed VMAs and the stack are
+ * copied. Under `local` every run is copied. A VMA that must receive copies
+ * is mapped writable first; the executor applies the final protection after
+ * copying (see `needsProtectFixup`).
  */
 export function planRestore(image: ProcessImage, runs: readonly StoredRun[], policy: Policy): RestorePlan {
   const ops: MapOp[] = []
   const specialVmas: VmaImage[] = []
+  const lazy: LazyRange[] = []
+  const lazyRuns: StoredRun[] = []
   let pagesMapped = 0
   let pagesCopied = 0
+  let pagesLazy = 0
+  const flag = localFlag(policy)
   const runsByVma = new Map<number, StoredRun[]>()
   for (const run of runs) {
     const list = runsByVma.get(run.vmaIndex) ?? []
@@ -73,7 +124,16 @@ export function planRestore(image: ProcessImage, runs: readonly StoredRun[], pol
     if (shared && vmaRuns.length > 0) {
       throw new CorruptError('IMAGE_INCONSISTENT', `stored pages inside the shared file mapping at 0x${vma.start.toString(16)}`, 'The checkpoint is inconsistent; take a new one.')
     }
-    const copies = vmaRuns.length > 0 && (policy === 'local' || vma.kind === 'stack')
+    for (const run of vmaRuns) {
+      const end = run.vaddr + BigInt(run.nrPages * PAGE_SIZE)
+      if (run.vaddr < vma.start || end > vma.end) {
+        throw new CorruptError('IMAGE_INCONSISTENT', `stored pages 0x${run.vaddr.toString(16)}-0x${end.toString(16)} lie outside their VMA`, 'The checkpoint is inconsistent; take a new one.')
+      }
+    }
+    const mustCopy = policy === 'local' || vma.kind === 'stack' || (policy === 'moa' && vma.fileIndex !== undefined)
+    const isLazy = policy === 'moa' && !mustCopy && vmaRuns.length > 0
+    const pieces = vmaRuns.flatMap((run) => (mustCopy ? [{run, local: true}] : isLazy ? [{run, local: false}] : splitRun(run, flag)))
+    const copies = pieces.some((piece) => piece.local)
     // Copy targets start writable; the executor restores vma.prot afterwards.
     const prot = copies ? vma.prot | PROT.READ | PROT.WRITE : vma.prot
     if (vma.fileIndex === undefined) {
@@ -82,12 +142,17 @@ export function planRestore(image: ProcessImage, runs: readonly StoredRun[], pol
     } else {
       ops.push({kind: 'file', start: vma.start, end: vma.end, prot, flags: shared ? MAP.SHARED : MAP.PRIVATE, fileIndex: vma.fileIndex, offset: vma.offset, vmaIndex})
     }
-    for (const run of vmaRuns) {
-      const end = run.vaddr + BigInt(run.nrPages * PAGE_SIZE)
-      if (run.vaddr < vma.start || end > vma.end) {
-        throw new CorruptError('IMAGE_INCONSISTENT', `stored pages 0x${run.vaddr.toString(16)}-0x${end.toString(16)} lie outside their VMA`, 'The checkpoint is inconsistent; take a new one.')
+    if (isLazy) {
+      lazy.push({start: vma.start, end: vma.end, vmaIndex})
+      for (const run of vmaRuns) {
+        lazyRuns.push(run)
+        pagesLazy += run.nrPages
       }
-      if (copies) {
+      return
+    }
+    for (const {run, local} of pieces) {
+      const end = run.vaddr + BigInt(run.nrPages * PAGE_SIZE)
+      if (local) {
         ops.push({kind: 'copy', start: run.vaddr, end, storeOffset: run.storeOffset, vmaIndex})
         pagesCopied += run.nrPages
       } else {
@@ -96,7 +161,7 @@ export function planRestore(image: ProcessImage, runs: readonly StoredRun[], pol
       }
     }
   })
-  return {ops, specialVmas, pagesMapped, pagesCopied}
+  return {ops, specialVmas, lazy, lazyRuns, pagesMapped, pagesCopied, pagesLazy}
 }
 
 /** VMAs whose protection was widened for copying and must be set back. */

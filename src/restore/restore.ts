@@ -4,6 +4,7 @@
  * reference for the new pid before anything is mapped, and build the process.
  */
 import {decodeImage} from '../image/codec.js'
+import {AccessRecord} from '../image/access-record.js'
 import {PageMapView} from '../image/page-map.js'
 import {type ProcessImage} from '../image/process-image.js'
 import {Section} from '../image/sections.js'
@@ -11,7 +12,7 @@ import {type Pool, type ReferenceHandle} from '../pool/index.js'
 import {getuid} from '../sys/libc.js'
 import {type CloneExit, type MemberPlan, type PidNamespaceMode, buildTree} from './build-process.js'
 import {type TreeRecord} from '../checkpoint/tree.js'
-import {CorruptError} from '../errors.js'
+import {CorruptError, UsageError} from '../errors.js'
 import {type Policy, type StoredRun, planRestore} from './plan.js'
 
 /** Restore statistics; names follow CRIU's where they mean the same (µs). */
@@ -30,6 +31,8 @@ export interface RestoreStats {
   pages_restored: number
   /** Pages mapped zero-copy from the pool. */
   pages_mapped: number
+  /** Pages left to the fault server, copied on first touch (`moa`). */
+  pages_lazy: number
   injected_syscalls: number
 }
 
@@ -46,6 +49,10 @@ export interface RestoreResult {
   netns: string
   /** The clone's own PID namespace, when it has one: its pid there (the original's) and its init's pid here. */
   pidNamespace: {pid: number; initPid: number} | null
+  /** The fault server of a `moa` clone (it serves first touches; it ends with the clone, or once every page is in with --fill-after). */
+  faultServerPid?: number
+  /** What recorded access bits the restore found and used: `mow` copies the dirty pages, `hybrid` the accessed ones; a `hybrid` restore without any behaves as `mow` (effectivePolicy). */
+  tiering: {recordedBy: number; pagesDirty: number; pagesAccessed: number; effectivePolicy: Policy; recording?: {exact: boolean}}
   /** Present with --wait: how the clone ended. */
   exit?: CloneExit
   stats: RestoreStats
@@ -59,15 +66,20 @@ export interface RestoreRequest {
   pidns?: PidNamespaceMode
   /** The clone's network namespace (restore/network.ts); default: ours. */
   netns?: string
+  /** `moa`: copy the pages not yet touched in the background after this many quiet ms (default: never). */
+  fillAfterMs?: number
+  /** Record the clone's accesses into the checkpoint when it exits (`mow`, `hybrid`). */
+  record?: boolean
 }
 
-/** Page runs of the checkpoint, each checked to lie inside the checkpoint's own data. */
-function storedRuns(pageMap: PageMapView, addressOf: (offset: bigint) => bigint): StoredRun[] {
+/** Page runs of the checkpoint, each checked to lie inside the checkpoint's own data, with their recorded flags if any. */
+function storedRuns(pageMap: PageMapView, addressOf: (offset: bigint) => bigint, flags?: Uint8Array): StoredRun[] {
   const runs: StoredRun[] = []
   for (const entry of pageMap.entries()) {
     addressOf(entry.poolOffset)
     addressOf(entry.poolOffset + BigInt(entry.nrPages * 4096) - 1n)
-    runs.push({vaddr: entry.vaddr, nrPages: entry.nrPages, vmaIndex: entry.vmaIndex, storeOffset: entry.poolOffset})
+    runs.push({vaddr: entry.vaddr, nrPages: entry.nrPages, vmaIndex: entry.vmaIndex, storeOffset: entry.poolOffset,
+      ...(flags ? {flags: flags.subarray(entry.firstPage, entry.firstPage + entry.nrPages)} : {})})
   }
   return runs
 }
@@ -76,6 +88,9 @@ function storedRuns(pageMap: PageMapView, addressOf: (offset: bigint) => bigint)
 export interface LoadedProcess {
   image: ProcessImage
   runs: StoredRun[]
+  pageMap: PageMapView
+  /** Its access record in the pool (absent in checkpoints older than access recording). */
+  record?: AccessRecord
 }
 
 export interface LoadedCheckpoint {
@@ -95,7 +110,14 @@ export function loadCheckpoint(pool: Pool, name: string): LoadedCheckpoint {
   if (states.length === 0 || states.length !== maps.length) {
     throw new CorruptError('CHECKPOINT_CORRUPT', `checkpoint ${name} has ${states.length} process records and ${maps.length} page maps`, 'Take a new checkpoint.')
   }
-  const processes = states.map((state, i): LoadedProcess => ({image: decodeImage(state), runs: storedRuns(new PageMapView(maps[i]!), address)}))
+  const records = reader.mutableSections(Section.accessRecord)
+  const processes = states.map((state, i): LoadedProcess => {
+    const pageMap = new PageMapView(maps[i]!)
+    const record = records.length === maps.length ? AccessRecord.open(records[i]!, pageMap.totalPages) : undefined
+    const flags = record?.flags()
+    const recorded = flags?.some((flag) => flag !== 0) ? flags : undefined
+    return {image: decodeImage(state), runs: storedRuns(pageMap, address, recorded), pageMap, ...(record ? {record} : {})}
+  })
   const root = processes[0]!
   let members: LoadedCheckpoint['members']
   if (reader.hasSection(Section.tree)) {
@@ -121,16 +143,24 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
   const t0 = performance.now()
   const loaded = loadCheckpoint(pool, request.name)
   const {address} = loaded
+  if (request.record && request.policy !== 'mow' && request.policy !== 'hybrid') {
+    throw new UsageError('RECORD_POLICY', `--record reads a clone's pool mappings, and --policy ${request.policy} maps nothing from the pool`, 'Record a mow or hybrid clone.')
+  }
+  const recorded = loaded.members[0]?.loaded?.record?.summary()
+  // hybrid without recorded pages has no hot set: it is mow, and says so.
+  const effectivePolicy: Policy = request.policy === 'hybrid' && !(recorded && recorded.recordings > 0 && recorded.accessed > 0) ? 'mow' : request.policy
   const plans: MemberPlan[] = loaded.members.map((member) => ({
     pid: member.pid, ppid: member.ppid, pgid: member.pgid, sid: member.sid,
     ...(member.zombieStatus === undefined ? {} : {zombieStatus: member.zombieStatus, ...(member.comm === undefined ? {} : {comm: member.comm})}),
-    ...(member.loaded ? {image: member.loaded.image, plan: planRestore(member.loaded.image, member.loaded.runs, request.policy)} : {}),
+    ...(member.loaded ? {image: member.loaded.image, plan: planRestore(member.loaded.image, member.loaded.runs, effectivePolicy)} : {}),
   }))
   let pagesMapped = 0
   let pagesCopied = 0
+  let pagesLazy = 0
   for (const plan of plans) {
     pagesMapped += plan.plan?.pagesMapped ?? 0
     pagesCopied += plan.plan?.pagesCopied ?? 0
+    pagesLazy += plan.plan?.pagesLazy ?? 0
   }
   const tOpened = performance.now()
   let reference: ReferenceHandle | undefined
@@ -142,6 +172,8 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
       wait: request.wait,
       ...(request.pidns === undefined ? {} : {pidns: request.pidns}),
       ...(request.netns === undefined ? {} : {network: request.netns}),
+      lazy: {fillAfterMs: request.fillAfterMs ?? null},
+      ...(request.record ? {record: {name: request.name, pool: pool.path}} : {}),
       onSpawn: (pid) => {
         reference = pool.addReference(request.name, {pid})
       },
@@ -153,9 +185,12 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
   const tDone = performance.now()
   const result: RestoreResult = {
     name: request.name, pid: built.pid, policy: request.policy, threads: built.threads, processes: built.members, netns: request.netns ?? 'host', pidNamespace: built.namespace ?? null,
+    ...(built.faultServerPid === undefined ? {} : {faultServerPid: built.faultServerPid}),
+    tiering: {recordedBy: recorded?.recordings ?? 0, pagesDirty: recorded?.dirty ?? 0, pagesAccessed: recorded?.accessed ?? 0, effectivePolicy,
+      ...(built.recordingExact === undefined ? {} : {recording: {exact: built.recordingExact}})},
     stats: {
       restore_time: Math.round((tDone - t0) * 1000), forking_time: built.timings.spawnUs, open_time: Math.round((tOpened - t0) * 1000),
-      memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: pagesCopied, pages_mapped: pagesMapped,
+      memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: pagesCopied, pages_mapped: pagesMapped, pages_lazy: pagesLazy,
       injected_syscalls: built.timings.injectedSyscalls,
     },
   }

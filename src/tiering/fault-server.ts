@@ -1,0 +1,409 @@
+/**
+ * The fault server of `restore --policy moa` (migrate on access, the Mitosis
+ * way): one process per restore that holds the clone's userfaultfds and
+ * answers each first touch of a page with UFFDIO_COPY straight from the pool
+ * mapping (or UFFDIO_ZEROPAGE for a page the original never had).
+ *
+ * It is spawned by the restoring command and driven over a pipe (one JSON
+ * line per request, one reply line each): `pool` (map the pool, checked by
+ * device and inode), `serve` (take a clone's userfaultfd with pidfd_getfd and
+ * its page runs), `arm` (become the tracer of the clone's PID-namespace init
+ * with PTRACE_O_EXITKILL, then serve on alone). The init is the sentinel: if
+ * this server dies, the kernel kills the init, and with it every process of
+ * the clone's namespace, so a clone never waits forever for a page and never
+ * reads a page it lost as zeros. If the restoring command goes away before
+ * `arm`, the server exits (the command's own stubs die with it).
+ *
+ * Non-cooperative events keep the page sources right: a fork gives the child
+ * a userfaultfd of its own (served from a copy of the parent's table), mremap
+ * moves sources, MADV_DONTNEED and munmap drop them (the range reads as zero
+ * afterwards, as it would have in the original).
+ *
+ * With `fillAfterMs`, once no fault came for that long, the server copies the
+ * remaining pages in the background (as CRIU's lazy-pages daemon does), gives
+ * up the clone's init and exits: from then on the clone owns all its memory.
+ * Without it, the server lives as long as the clone's init.
+ */
+import {fstatSync, openSync, closeSync, readSync, writeSync} from 'node:fs'
+import {constants as fsConstants} from 'node:fs'
+import {MAP, PROT, PTRACE, PTRACE_EVENT, PTRACE_O, SYS, WNOHANG, __WALL, mmap, pidfdOpen, ptraceRaw, syscallRaw, wait4} from '../sys/libc.js'
+import {POLLIN, UFFD_EVENT, UFFD_MSG_SIZE, UffdIoctls, decodeUffdMessage, pollFds} from '../sys/userfaultfd.js'
+
+const PAGE = 4096n
+const EEXIST = 17
+const EAGAIN = 11
+const FILL_CHUNK_PAGES = 64n
+
+/** A source of pages: [start, end) of the clone's address space filled from `store` (a store offset) or with zeros (null). */
+interface Segment {
+  start: bigint
+  end: bigint
+  store: bigint | null
+}
+
+/** One userfaultfd (one address space: a clone member, or a child it forked) and where its pages come from. */
+interface Context {
+  fd: number
+  segments: Segment[]
+  /** Faults that got EAGAIN (the address space was changing): retried on the next round. */
+  retry: bigint[]
+}
+
+/** Remove [start, end) from a sorted segment list; returns the removed pieces. */
+export function cutSegments(segments: Segment[], start: bigint, end: bigint): Segment[] {
+  const kept: Segment[] = []
+  const removed: Segment[] = []
+  for (const seg of segments) {
+    if (seg.end <= start || seg.start >= end) {
+      kept.push(seg)
+      continue
+    }
+    const at = (addr: bigint): bigint | null => (seg.store === null ? null : seg.store + (addr - seg.start))
+    if (seg.start < start) kept.push({start: seg.start, end: start, store: seg.store})
+    const from = seg.start > start ? seg.start : start
+    const to = seg.end < end ? seg.end : end
+    removed.push({start: from, end: to, store: at(from)})
+    if (seg.end > end) kept.push({start: end, end: seg.end, store: at(end)})
+  }
+  segments.splice(0, segments.length, ...kept)
+  return removed
+}
+
+function insertSegments(segments: Segment[], pieces: Segment[]): void {
+  segments.push(...pieces)
+  segments.sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0))
+}
+
+function findSegment(segments: readonly Segment[], addr: bigint): Segment | undefined {
+  let lo = 0
+  let hi = segments.length - 1
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1
+    const seg = segments[mid]!
+    if (addr < seg.start) hi = mid - 1
+    else if (addr >= seg.end) lo = mid + 1
+    else return seg
+  }
+  return undefined
+}
+
+interface Request {
+  op: 'pool' | 'serve' | 'hold' | 'arm'
+  path?: string
+  dev?: string
+  ino?: string
+  pid?: number
+  fd?: number
+  /** [vaddr, nrPages, storeOffset] as decimal strings. */
+  runs?: [string, number, string][]
+  init?: number
+  fillAfterMs?: number | null
+  /** arm: record this clone's accesses into checkpoint `name` when it exits (restore --record). */
+  record?: {pid: number; name: string; pool: string}
+}
+
+export class FaultServer {
+  private poolBase = 0n
+  private readonly contexts: Context[] = []
+  private readonly ioctls = new UffdIoctls()
+  private readonly message = new Uint8Array(UFFD_MSG_SIZE * 64)
+  private init: number | undefined
+  /** A userfaultfd that only keeps fault-around off on a recorded clone's pool mappings (nothing to serve). */
+  private readonly held: number[] = []
+  private recorded: {pid: number; name: string; pool: string} | undefined
+  private fillAfterMs: number | null = null
+  private lastFaultMs = Date.now()
+  /** Counters, for the log line written at exit. */
+  readonly stats = {faults: 0, copied: 0, zeroed: 0, filled: 0, forks: 0}
+
+  constructor(private readonly control: number, private readonly reply: number) {}
+
+  /** Serve the restoring command until `arm`, then the clone until its init is gone (or every page is filled). */
+  run(): number {
+    const armed = this.driveSetup()
+    if (!armed) return 1
+    // A tracee's stop sends us SIGCHLD; with a handler installed it ends poll() early (EINTR), so a
+    // signal to the clone is passed on at once rather than at the next poll timeout.
+    process.on('SIGCHLD', () => {})
+    for (;;) {
+      const recordDone = this.pollRecorded()
+      if (this.pollInit() && recordDone) return 0
+      const ready = pollFds(this.contexts.map((c) => c.fd), this.fillAfterMs === null ? 100 : Math.min(100, this.fillAfterMs))
+      let any = false
+      ready.forEach((revents, i) => {
+        if (revents & POLLIN) {
+          any = true
+          this.drain(this.contexts[i]!)
+        }
+      })
+      for (const ctx of this.contexts) this.retryFaults(ctx)
+      if (any) this.lastFaultMs = Date.now()
+      else if (this.fillAfterMs !== null && Date.now() - this.lastFaultMs >= this.fillAfterMs) {
+        if (this.fillRemaining()) {
+          this.release()
+          return 0
+        }
+      }
+    }
+  }
+
+  /** Requests from the restoring command, until `arm` (true) or its end (false). */
+  private driveSetup(): boolean {
+    let buffered = ''
+    const chunk = Buffer.alloc(1 << 16)
+    for (;;) {
+      const ready = pollFds([this.control, ...this.contexts.map((c) => c.fd)], 1000)
+      ready.slice(1).forEach((revents, i) => {
+        if (revents & POLLIN) this.drain(this.contexts[i]!)
+      })
+      for (const ctx of this.contexts) this.retryFaults(ctx)
+      if (ready[0] === 0) continue
+      let n: number
+      try {
+        n = readSync(this.control, chunk)
+      } catch {
+        n = 0
+      }
+      if (n === 0) return false // the restoring command is gone: its stubs die with it
+      buffered += chunk.subarray(0, n).toString('utf8')
+      let newline: number
+      while ((newline = buffered.indexOf('\n')) >= 0) {
+        const line = buffered.slice(0, newline)
+        buffered = buffered.slice(newline + 1)
+        let request: Request
+        try {
+          request = JSON.parse(line) as Request
+        } catch {
+          this.answer({error: 'malformed request'})
+          continue
+        }
+        try {
+          const done = this.handle(request)
+          this.answer({ok: true})
+          if (done) return true
+        } catch (error) {
+          this.answer({error: (error as Error).message})
+        }
+      }
+    }
+  }
+
+  private answer(value: unknown): void {
+    writeSync(this.reply, JSON.stringify(value) + '\n')
+  }
+
+  /** One setup request; true once armed. */
+  private handle(request: Request): boolean {
+    switch (request.op) {
+      case 'pool': {
+        const fd = openSync(request.path!, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW)
+        const st = fstatSync(fd, {bigint: true})
+        if (String(st.dev) !== request.dev || String(st.ino) !== request.ino) {
+          closeSync(fd)
+          throw new Error(`pool file ${request.path} changed under the restore`)
+        }
+        this.poolBase = mmap(null, st.size, PROT.READ, MAP.SHARED, fd, 0)
+        closeSync(fd)
+        return false
+      }
+      case 'serve': {
+        const pidfd = pidfdOpen(request.pid!)
+        const fd = Number(syscallRaw(SYS.pidfd_getfd, pidfd, request.fd!, 0))
+        closeSync(pidfd)
+        if (fd < 0) throw new Error(`pidfd_getfd of the clone's userfaultfd failed with errno ${-fd}`)
+        const segments = (request.runs ?? []).map(([vaddr, pages, store]): Segment => ({start: BigInt(vaddr), end: BigInt(vaddr) + BigInt(pages) * PAGE, store: BigInt(store)}))
+        segments.sort((a, b) => (a.start < b.start ? -1 : 1))
+        this.contexts.push({fd, segments, retry: []})
+        return false
+      }
+      case 'hold': {
+        const pidfd = pidfdOpen(request.pid!)
+        const fd = Number(syscallRaw(SYS.pidfd_getfd, pidfd, request.fd!, 0))
+        closeSync(pidfd)
+        if (fd < 0) throw new Error(`pidfd_getfd of the clone's userfaultfd failed with errno ${-fd}`)
+        this.held.push(fd)
+        return false
+      }
+      case 'arm': {
+        if (request.record !== undefined) {
+          // Not EXITKILL: a recorder that dies costs the recording, never the clone.
+          const r = ptraceRaw(PTRACE.SEIZE, request.record.pid, 0, PTRACE_O.TRACEEXIT)
+          if (r < 0n) throw new Error(`cannot watch the clone ${request.record.pid} for its exit: ptrace errno ${-r}`)
+          this.recorded = request.record
+        }
+        if (request.init !== undefined) {
+          const r = ptraceRaw(PTRACE.SEIZE, request.init, 0, PTRACE_O.EXITKILL)
+          if (r < 0n) throw new Error(`cannot hold the clone's init ${request.init}: ptrace errno ${-r}`)
+          this.init = request.init
+        }
+        this.fillAfterMs = request.fillAfterMs ?? null
+        this.lastFaultMs = Date.now()
+        return true
+      }
+      default:
+        throw new Error(`unknown request ${JSON.stringify(request.op)}`)
+    }
+  }
+
+  /** Read and answer every message queued on one userfaultfd. */
+  private drain(ctx: Context): void {
+    for (;;) {
+      // The raw syscall: a thrown EAGAIN (readSync) cost more than serving the fault.
+      const n = Number(syscallRaw(SYS.read, ctx.fd, this.message, this.message.length))
+      if (n <= 0) return
+      for (let at = 0; at + UFFD_MSG_SIZE <= n; at += UFFD_MSG_SIZE) this.onMessage(ctx, at)
+    }
+  }
+
+  private onMessage(ctx: Context, at: number): void {
+    const msg = decodeUffdMessage(this.message, at)
+    if ('address' in msg) {
+      this.stats.faults++
+      this.serveFault(ctx, msg.address & ~(PAGE - 1n))
+    } else if ('ufd' in msg) {
+      this.stats.forks++
+      this.contexts.push({fd: msg.ufd, segments: ctx.segments.map((s) => ({...s})), retry: []})
+    } else if ('from' in msg) {
+      const moved = cutSegments(ctx.segments, msg.from, msg.from + msg.length)
+      insertSegments(ctx.segments, moved.map((s) => ({start: s.start - msg.from + msg.to, end: s.end - msg.from + msg.to, store: s.store})))
+    } else if ('start' in msg) {
+      cutSegments(ctx.segments, msg.start, msg.end)
+    }
+  }
+
+  private serveFault(ctx: Context, page: bigint): void {
+    const seg = findSegment(ctx.segments, page)
+    const result = seg && seg.store !== null
+      ? this.ioctls.copy(ctx.fd, page, this.poolBase + seg.store + (page - seg.start), PAGE)
+      : this.ioctls.zeropage(ctx.fd, page, PAGE)
+    if (result.ret === 0) {
+      if (seg && seg.store !== null) this.stats.copied++
+      else this.stats.zeroed++
+    } else if (result.ret === -EAGAIN) {
+      ctx.retry.push(page)
+    } else {
+      // EEXIST: another fault filled it first; anything else (the range went away): wake the thread so it retries its access.
+      this.ioctls.wake(ctx.fd, page, PAGE)
+    }
+  }
+
+  private retryFaults(ctx: Context): void {
+    if (ctx.retry.length === 0) return
+    const pages = ctx.retry.splice(0)
+    for (const page of pages) this.serveFault(ctx, page)
+  }
+
+  /** Without an init to watch (a recording-only server), the end of the recorded clone ends the server. */
+  private recordedOnly(): boolean {
+    return this.recorded === undefined
+  }
+
+  /** Copy what is left, a chunk at a time, answering faults between chunks; true when nothing is left. */
+  private fillRemaining(): boolean {
+    for (const ctx of this.contexts) {
+      while (ctx.segments.length > 0) {
+        const seg = ctx.segments[0]!
+        if (seg.store === null) {
+          ctx.segments.shift()
+          continue
+        }
+        const length = seg.end - seg.start < FILL_CHUNK_PAGES * PAGE ? seg.end - seg.start : FILL_CHUNK_PAGES * PAGE
+        const result = this.ioctls.copy(ctx.fd, seg.start, this.poolBase + seg.store, length)
+        if (result.ret === -EAGAIN && result.done === 0n) return false // the clone is changing its mappings: come back later
+        // Done bytes are in; a page already present (EEXIST) or gone is skipped.
+        const advance = result.ret === 0 ? length : result.done + (result.ret === -EAGAIN ? 0n : PAGE)
+        this.stats.filled += Number(result.ret === 0 ? length : result.done) / 4096
+        seg.start += advance
+        seg.store += advance
+        if (seg.start >= seg.end) ctx.segments.shift()
+        // Faults first: a waiting thread must not wait behind the background copy.
+        const ready = pollFds(this.contexts.map((c) => c.fd), 0)
+        if (ready.some((revents) => revents & POLLIN)) {
+          ready.forEach((revents, i) => {
+            if (revents & POLLIN) this.drain(this.contexts[i]!)
+          })
+          this.lastFaultMs = Date.now()
+        }
+      }
+    }
+    return this.contexts.every((ctx) => ctx.segments.length === 0 && ctx.retry.length === 0)
+  }
+
+  /** Every page is in: let go of the init (so it outlives us) and of the userfaultfds. */
+  private release(): void {
+    if (this.init !== undefined) {
+      ptraceRaw(PTRACE.INTERRUPT, this.init)
+      try {
+        for (;;) {
+          const status = wait4(this.init, __WALL)
+          if (!status?.stopped) break
+          // A signal stop that came first is passed on with the detach; the interrupt's own stop carries none.
+          const signal = status.event === 0 && status.stopSignal !== 5 ? status.stopSignal ?? 0 : 0
+          if (ptraceRaw(PTRACE.DETACH, this.init, 0, signal) === 0n) break
+        }
+      } catch {
+        /* the init is gone */
+      }
+      this.init = undefined
+    }
+    for (const ctx of this.contexts) closeSync(ctx.fd)
+    this.contexts.length = 0
+  }
+
+  /**
+   * The recorded clone's stops: signals are passed on; at its exit stop
+   * (PTRACE_EVENT_EXIT, memory still there) its accesses are recorded. True
+   * once it is gone (or none is recorded).
+   */
+  private pollRecorded(): boolean {
+    const clone = this.recorded
+    if (clone === undefined) return true
+    for (;;) {
+      let status
+      try {
+        status = wait4(clone.pid, WNOHANG | __WALL)
+      } catch {
+        this.recorded = undefined
+        return true
+      }
+      if (!status) return false
+      if (!status.stopped) {
+        this.recorded = undefined
+        for (const fd of this.held.splice(0)) closeSync(fd)
+        return true
+      }
+      if (status.event === PTRACE_EVENT.EXIT) this.recordNow(clone)
+      ptraceRaw(PTRACE.CONT, clone.pid, 0, status.event === 0 ? status.stopSignal ?? 0 : 0)
+    }
+  }
+
+  private recordNow(clone: {pid: number; name: string; pool: string}): void {
+    try {
+      this.onExitRecord?.(clone)
+    } catch {
+      /* a recording lost is only a hint lost */
+    }
+  }
+
+  /** Set by the entry point: records a clone at its exit (kept out of this module so that serving needs no pool code). */
+  onExitRecord?: (clone: {pid: number; name: string; pool: string}) => void
+
+  /**
+   * The init's ptrace stops are ours to end: a signal it is sent (SIGCHLD
+   * when the clone exits) is passed on. True once the init is gone.
+   */
+  private pollInit(): boolean {
+    if (this.init === undefined) return this.contexts.length === 0 || this.recordedOnly()
+    for (;;) {
+      let status
+      try {
+        status = wait4(this.init, WNOHANG | __WALL)
+      } catch {
+        return true // ECHILD: no longer ours
+      }
+      if (!status) return false
+      if (!status.stopped) return true
+      ptraceRaw(PTRACE.CONT, this.init, 0, status.event === 0 ? status.stopSignal ?? 0 : 0)
+    }
+  }
+}
