@@ -43,15 +43,15 @@ export class FaultServerClient {
   private constructor(readonly pid: number, private readonly control: number, private readonly replies: number) {}
 
   /** Spawn the server and have it map the pool at `poolPath` (checked by device and inode against `poolFd`'s file). */
-  static start(poolPath: string): FaultServerClient {
+  static start(poolPath: string, options: {record?: boolean} = {}): FaultServerClient {
     const requests = pipe2()
     const replies = pipe2()
     let pid: number
     const devNull = open('/dev/null', O.RDWR)
     try {
       pid = posixSpawn({
-        path: process.execPath, argv: ['cxlfork-fault-server', join(projectRoot(), 'dist', 'src', 'tiering', 'fault-server-main.js')],
-        env: {PATH: process.env.PATH ?? '/usr/bin:/bin'}, fds: [requests[0], replies[1], devNull], setsid: true,
+        path: process.execPath, argv: ['cxlfork-fault-server', join(projectRoot(), 'dist', 'src', 'tiering', 'fault-server-main.js'), ...(options.record ? ['record'] : [])],
+        env: {PATH: process.env.PATH ?? '/usr/bin:/bin', ...(process.env.CXLFORK_FAULT_LOG ? {CXLFORK_FAULT_LOG: process.env.CXLFORK_FAULT_LOG} : {})}, fds: [requests[0], replies[1], devNull], setsid: true,
       })
     } finally {
       close(devNull)
@@ -61,7 +61,8 @@ export class FaultServerClient {
     const client = new FaultServerClient(pid, requests[1], replies[0])
     try {
       const st = statSync(poolPath, {bigint: true})
-      client.request({op: 'pool', path: poolPath, dev: String(st.dev), ino: String(st.ino)})
+      // Not waited for: the server's start-up overlaps the stubs' (its reply is collected with the first member's).
+      client.send({op: 'pool', path: poolPath, dev: String(st.dev), ino: String(st.ino)})
     } catch (error) {
       client.stop()
       throw error
@@ -69,24 +70,41 @@ export class FaultServerClient {
     return client
   }
 
-  private request(body: Record<string, unknown>): void {
+  /** Replies still owed by the server, oldest first (a request is sent before its reply is needed). */
+  private pending: string[] = []
+
+  private send(body: Record<string, unknown>): void {
     writeAll(this.control, Buffer.from(JSON.stringify(body) + '\n'))
-    const deadline = Date.now() + REPLY_TIMEOUT_MS
+    this.pending.push(String(body.op))
+  }
+
+  /** Wait for every reply owed; the first refusal throws. */
+  private settle(): void {
     const chunk = Buffer.alloc(4096)
-    while (!this.buffered.includes('\n')) {
-      const left = deadline - Date.now()
-      if (left <= 0 || pollFds([this.replies], left)[0] === 0) {
-        throw new CxlforkError('FAULT_SERVER_FAILED', `the fault server (pid ${this.pid}) did not answer ${String(body.op)} within ${REPLY_TIMEOUT_MS / 1000} s`)
+    while (this.pending.length > 0) {
+      const op = this.pending[0]!
+      const deadline = Date.now() + REPLY_TIMEOUT_MS
+      while (!this.buffered.includes('\n')) {
+        const left = deadline - Date.now()
+        if (left <= 0 || pollFds([this.replies], left)[0] === 0) {
+          throw new CxlforkError('FAULT_SERVER_FAILED', `the fault server (pid ${this.pid}) did not answer ${op} within ${REPLY_TIMEOUT_MS / 1000} s`)
+        }
+        const n = read(this.replies, chunk)
+        if (n <= 0) throw new CxlforkError('FAULT_SERVER_FAILED', `the fault server (pid ${this.pid}) exited during ${op}`, 'Run `cxlfork check`; migrate-on-access needs userfaultfd.')
+        this.buffered += chunk.subarray(0, n).toString('utf8')
       }
-      const n = read(this.replies, chunk)
-      if (n <= 0) throw new CxlforkError('FAULT_SERVER_FAILED', `the fault server (pid ${this.pid}) exited during ${String(body.op)}`, 'Run `cxlfork check`; migrate-on-access needs userfaultfd.')
-      this.buffered += chunk.subarray(0, n).toString('utf8')
+      const newline = this.buffered.indexOf('\n')
+      const line = this.buffered.slice(0, newline)
+      this.buffered = this.buffered.slice(newline + 1)
+      this.pending.shift()
+      const answer = JSON.parse(line) as {ok?: boolean; error?: string}
+      if (!answer.ok) throw new CxlforkError('FAULT_SERVER_FAILED', `the fault server refused ${op}: ${answer.error ?? 'no reason given'}`)
     }
-    const newline = this.buffered.indexOf('\n')
-    const line = this.buffered.slice(0, newline)
-    this.buffered = this.buffered.slice(newline + 1)
-    const answer = JSON.parse(line) as {ok?: boolean; error?: string}
-    if (!answer.ok) throw new CxlforkError('FAULT_SERVER_FAILED', `the fault server refused ${String(body.op)}: ${answer.error ?? 'no reason given'}`)
+  }
+
+  private request(body: Record<string, unknown>): void {
+    this.send(body)
+    this.settle()
   }
 
   /**

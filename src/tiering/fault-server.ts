@@ -24,7 +24,7 @@
  * up the clone's init and exits: from then on the clone owns all its memory.
  * Without it, the server lives as long as the clone's init.
  */
-import {fstatSync, openSync, closeSync, readSync, writeSync} from 'node:fs'
+import {appendFileSync, fstatSync, openSync, closeSync, readSync, writeSync} from 'node:fs'
 import {constants as fsConstants} from 'node:fs'
 import {MAP, PROT, PTRACE, PTRACE_EVENT, PTRACE_O, SYS, WNOHANG, __WALL, mmap, pidfdOpen, ptraceRaw, syscallRaw, wait4} from '../sys/libc.js'
 import {POLLIN, UFFD_EVENT, UFFD_MSG_SIZE, UffdIoctls, decodeUffdMessage, pollFds} from '../sys/userfaultfd.js'
@@ -33,6 +33,8 @@ const PAGE = 4096n
 const EEXIST = 17
 const EAGAIN = 11
 const FILL_CHUNK_PAGES = 64n
+/** CXLFORK_FAULT_LOG=FILE: every message the server reads, one JSON line each (for debugging). */
+const FAULT_LOG = process.env.CXLFORK_FAULT_LOG
 
 /** A source of pages: [start, end) of the clone's address space filled from `store` (a store offset) or with zeros (null). */
 interface Segment {
@@ -257,6 +259,7 @@ export class FaultServer {
 
   private onMessage(ctx: Context, at: number): void {
     const msg = decodeUffdMessage(this.message, at)
+    if (FAULT_LOG) appendFileSync(FAULT_LOG, JSON.stringify(msg, (_k, v) => (typeof v === 'bigint' ? '0x' + v.toString(16) : v)) + '\n')
     if ('address' in msg) {
       this.stats.faults++
       this.serveFault(ctx, msg.address & ~(PAGE - 1n))
