@@ -7,6 +7,7 @@ import {type ChildProcess, spawn} from 'node:child_process'
 import {join} from 'node:path'
 
 import {projectRoot} from '../../src/paths.js'
+import {trackPid} from './fixtures.js'
 
 export const PROJECT_ROOT = projectRoot()
 export const CLI = join(PROJECT_ROOT, 'bin', 'run.js')
@@ -67,6 +68,9 @@ export function startCli(args: string[], options: CliOptions = {}): CliProcess {
         } catch {
           json = undefined
         }
+        // A moa clone's fault server (or a --record clone's recorder) is a process the test started too.
+        const server = (json as {faultServerPid?: unknown} | undefined)?.faultServerPid
+        if (typeof server === 'number') trackPid(server)
         resolve({args, cliPid, json, ms: performance.now() - t0, signal, status, stderr, stdout})
       }, 20)
     })

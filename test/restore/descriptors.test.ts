@@ -16,7 +16,7 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
 
   installCleanupHooks('descriptors')
 
-  it('pyfds: checkpointed live, restored under mow and local; the clone finds every descriptor as it was', async () => {
+  it('pyfds: checkpointed live, restored under every policy; the clone finds every descriptor as it was', async () => {
     const pool = poolPath('fds')
     const fx = await startFixture('pyfds')
     await waitForTicks(fx.logPath, fx.pid, 2)
@@ -32,7 +32,7 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
     // The original still holds its bytes in flight and its counters (the capture consumed nothing).
     const after = await fx.check()
     assert.equal(after.fields.ok, '1', `the original after the checkpoint: ${after.line}`)
-    for (const policy of ['mow', 'local'] as const) {
+    for (const policy of ['mow', 'moa', 'hybrid', 'local'] as const) {
       const run = await cli(['restore', 'fds', '--policy', policy, '--json', '--pool', pool])
       assert.equal(run.status, 0, describeRun(run))
       const clone = run.json.pid as number

@@ -1,7 +1,7 @@
 /**
  * What real runtimes hold, end to end: a Node.js program with worker_threads (threads,
  * epoll, eventfds, self-pipes, and V8's heap in MADV_DONTFORK memory) and a C program with
- * MADV_DONTFORK memory, each checkpointed live and restored under mow and local; every clone
+ * MADV_DONTFORK memory, each checkpointed live and restored under every tiering policy; every clone
  * answers through its own checks (the Node clone's workers answer requests).
  */
 import assert from 'node:assert/strict'
@@ -31,7 +31,7 @@ describe('restore: real runtimes (Node.js worker_threads, MADV_DONTFORK memory)'
 
   installCleanupHooks('runtimes')
 
-  it('nodeworkers (Node.js, 2 worker_threads): checkpointed live, restored under mow and local; the clone\'s workers answer', async () => {
+  it('nodeworkers (Node.js, 2 worker_threads): checkpointed live, restored under every policy; the clone\'s workers answer', async () => {
     const pool = poolPath('runtimes')
     const fx = await startFixture('nodeworkers')
     assert.ok(procStat(fx.pid)!.threads >= 7, `Node runs its threads: ${procStat(fx.pid)!.threads}`)
@@ -41,7 +41,7 @@ describe('restore: real runtimes (Node.js worker_threads, MADV_DONTFORK memory)'
     note(`checkpoint node: ${procStat(fx.pid)!.threads} threads, ${ck.json.fds} fds, ${ck.json.pages} pages, downtime ${(ck.json.downtimeUs / 1000).toFixed(1)} ms`)
     const original = await fx.check()
     assert.equal(original.fields.ok, '1', original.line)
-    for (const policy of ['mow', 'local'] as const) {
+    for (const policy of ['mow', 'moa', 'hybrid', 'local'] as const) {
       const run = await cli(['restore', 'node', '--policy', policy, '--json', '--pool', pool])
       assert.equal(run.status, 0, describeRun(run))
       const clone = run.json.pid as number
@@ -54,7 +54,7 @@ describe('restore: real runtimes (Node.js worker_threads, MADV_DONTFORK memory)'
     }
   })
 
-  it('nodeworkers as an HTTP server (a listener, 3 epolls, eventfds, self-pipes, worker_threads): restored with --netns new under mow and local, it answers HTTP from its workers', async () => {
+  it('nodeworkers as an HTTP server (a listener, 3 epolls, eventfds, self-pipes, worker_threads): restored with --netns new under every policy, it answers HTTP from its workers', async () => {
     const pool = poolPath('runtimes')
     const port = 20000 + (process.pid % 20000)
     const fx = await startFixture('nodeworkers', {args: ['--port', String(port)]})
@@ -72,7 +72,7 @@ describe('restore: real runtimes (Node.js worker_threads, MADV_DONTFORK memory)'
     client.destroy()
     assert.equal(ck.status, 0, describeRun(ck))
     note(`checkpoint node http server: ${procStat(fx.pid)!.threads} threads, ${ck.json.fds} fds, downtime ${(ck.json.downtimeUs / 1000).toFixed(1)} ms`)
-    for (const policy of ['mow', 'local'] as const) {
+    for (const policy of ['mow', 'moa', 'hybrid', 'local'] as const) {
       const run = await cli(['restore', 'nodehttp', '--netns', 'new', '--policy', policy, '--json', '--pool', pool])
       assert.equal(run.status, 0, describeRun(run))
       const clone = run.json.pid as number

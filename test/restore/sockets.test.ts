@@ -54,7 +54,7 @@ describe('restore: servers with listening sockets', function () {
 
   installCleanupHooks('sockets')
 
-  it('python3 -m http.server: a clone beside its original is ADDRESS_IN_USE; with --netns new (mow, local) it answers HTTP inside its namespace', async () => {
+  it('python3 -m http.server: a clone beside its original is ADDRESS_IN_USE; with --netns new (every policy) it answers HTTP inside its namespace', async () => {
     const pool = poolPath('sockets')
     const port = await freePort()
     const server = spawn('python3', ['-m', 'http.server', String(port), '--bind', '127.0.0.1'], {stdio: 'ignore', cwd: '/usr/share'})
@@ -72,7 +72,7 @@ describe('restore: servers with listening sockets', function () {
     assert.deepEqual(allProcesses().filter((p) => p.comm.startsWith('cxlfork-') && !stubsBefore.includes(p.pid)), [], 'the failed restore left no stub')
     const ls = await cli(['ls', '--json', '--pool', pool])
     assert.equal(ls.json.checkpoints[0].liveRefs, 0, 'and no reference')
-    for (const policy of ['mow', 'local'] as const) {
+    for (const policy of ['mow', 'moa', 'hybrid', 'local'] as const) {
       const run = await cli(['restore', 'http', '--netns', 'new', '--policy', policy, '--json', '--pool', pool])
       assert.equal(run.status, 0, describeRun(run))
       assert.equal(run.json.netns, 'new')

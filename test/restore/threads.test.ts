@@ -70,7 +70,7 @@ describe('restore: multi-threaded processes keep their pid and thread ids', func
   installCleanupHooks('threads')
 
   for (const threads of [2, 8, 64]) {
-    it(`threads --threads ${threads}: checkpointed live, restored twice (mow, local); every clone passes its own checks`, async () => {
+    it(`threads --threads ${threads}: checkpointed live, restored under every policy (mow, moa, hybrid, local); every clone passes its own checks`, async () => {
       const pool = poolPath('threads')
       const fx = await startFixture('threads', {args: ['--threads', String(threads)]})
       assert.equal(procStat(fx.pid)!.threads, threads + 1)
@@ -84,9 +84,10 @@ describe('restore: multi-threaded processes keep their pid and thread ids', func
       assert.equal(inspect.json.process.threads, threads + 1)
       assert.deepEqual(states.map((t) => t.tid).sort((a, b) => a - b), originalIds(fx), 'inspect lists every thread by its id')
       assert.deepEqual(states.slice(1).map((t) => t.comm).sort(), Array.from({length: threads}, (_, i) => `w${i}`).sort(), 'and by its own name')
-      for (const policy of ['mow', 'local'] as const) {
+      for (const policy of ['mow', 'moa', 'hybrid', 'local'] as const) {
         const run = await cli(['restore', `t${threads}`, '--policy', policy, '--json', '--pool', pool])
         assert.equal(run.status, 0, describeRun(run))
+        if (run.json.faultServerPid) trackPid(run.json.faultServerPid)
         note(`restore t${threads} --policy ${policy}: ${(run.json.stats.restore_time / 1000).toFixed(1)} ms engine, ${run.json.stats.injected_syscalls} injected calls, CLI ${run.ms.toFixed(0)} ms`)
         const clone = await assertClone(fx, run.json, threads + 1, `${policy} clone`)
         const first = readLog(fx.logPath).find((e) => e.kind === 'TICK' && e.pid === clone)!
@@ -98,13 +99,14 @@ describe('restore: multi-threaded processes keep their pid and thread ids', func
     })
   }
 
-  it('pythreads (CPython, 4 threading workers holding RLocks, a queue between threads): restored under mow and local', async () => {
+  it('pythreads (CPython, 4 threading workers holding RLocks, a queue between threads): restored under every policy', async () => {
     const pool = poolPath('threads')
     const fx = await startFixture('pythreads')
     await checkpointLive(fx, pool, 'py')
-    for (const policy of ['mow', 'local'] as const) {
+    for (const policy of ['mow', 'moa', 'hybrid', 'local'] as const) {
       const run = await cli(['restore', 'py', '--policy', policy, '--json', '--pool', pool])
       assert.equal(run.status, 0, describeRun(run))
+      if (run.json.faultServerPid) trackPid(run.json.faultServerPid)
       await assertClone(fx, run.json, 5, `pythreads ${policy} clone`)
     }
   })

@@ -47,7 +47,7 @@ describe('restore: process trees keep their shape and their pids', function () {
     assert.equal(check.fields.ok, '1', check.line)
   })
 
-  it('the tree fixture (3 children, own group, a zombie): checkpointed live with --tree, restored under mow and local; every member passes its own checks', async () => {
+  it('the tree fixture (3 children, own group, a zombie): checkpointed live with --tree, restored under every policy (mow, moa, hybrid, local); every member passes its own checks', async () => {
     const pool = poolPath('tree')
     const fx = await startFixture('tree')
     const children = fx.ready.fields.children!.split(',').map(Number)
@@ -68,11 +68,12 @@ describe('restore: process trees keep their shape and their pids', function () {
     assert.equal(original.fields.ok, '1', original.line)
     assert.equal(procStat(zombie)?.state, 'Z')
 
-    for (const policy of ['mow', 'local'] as const) {
+    for (const policy of ['mow', 'moa', 'hybrid', 'local'] as const) {
       const run = await cli(['restore', 'tr', '--policy', policy, '--json', '--pool', pool])
       assert.equal(run.status, 0, describeRun(run))
       const root = run.json.pid as number
       trackPid(root)
+      if (run.json.faultServerPid) trackPid(run.json.faultServerPid)
       note(`restore --tree ${policy}: ${(run.json.stats.restore_time / 1000).toFixed(1)} ms engine, ${run.json.processes} processes, CLI ${run.ms.toFixed(0)} ms`)
       assert.equal(run.json.processes, 5)
       assert.equal(run.json.pidNamespace.pid, fx.pid, 'the root keeps its pid inside')

@@ -1,6 +1,6 @@
 /**
  * zdtm-style end-to-end: a real fixture process is checkpointed while it runs on, restored
- * as a new process (mow and local), and the clone proves on request that it carried on from
+ * as a new process (under each policy: mow, moa, hybrid, local), and the clone proves on request that it carried on from
  * the checkpoint with its state intact (fixtures/README.md for the log protocol).
  */
 import assert from 'node:assert/strict'
@@ -12,18 +12,20 @@ import {
   allProcesses, cli, comm, describeRun, installCleanupHooks, note, poolPath, reapStrayZombies, sleep, startCli, statusBytes, strayZombieChildren, ticksOf, until,
 } from './helpers.js'
 
-type Policy = 'mow' | 'local'
+type Policy = 'mow' | 'moa' | 'hybrid' | 'local'
 
 interface Case {
   fixture: string
   mib?: number
   /** Bound for the mow clone's RssAnon as a fraction of the checkpointed bytes (undefined: only reported). */
   mowMaxFraction?: number
+  /** The same bound for a moa clone, which holds every page it touched, read or written (undefined: only reported). */
+  moaMaxFraction?: number
 }
 
 const CASES: Case[] = [
   // Measured: mow clone RssAnon ~32 kB of ~20 MB checkpointed (0.2%); 10% still proves zero-copy.
-  {fixture: 'memtouch', mib: 16, mowMaxFraction: 0.1},
+  {fixture: 'memtouch', mib: 16, mowMaxFraction: 0.1, moaMaxFraction: 0.1},
   {fixture: 'sighandler'},
   // CPython writes refcounts into every object it touches (linux-facts pitfall 12): the clone
   // copies what it touches, so only a loose bound holds, measured right after restore.
@@ -68,8 +70,9 @@ async function restore(pool: string, name: string, policy: Policy): Promise<{pid
   const pid = run.json.pid as number
   assert.ok(Number.isInteger(pid) && pid > 0, `restore gave a pid: ${run.stdout}`)
   trackPid(pid)
+  if (run.json.faultServerPid) trackPid(run.json.faultServerPid)
   assert.equal(run.json.policy, policy)
-  note(`restore ${name} --policy ${policy}: restore_time ${(run.json.stats.restore_time / 1000).toFixed(1)} ms (memory ${(run.json.stats.memory_time / 1000).toFixed(1)} ms), ${run.json.stats.pages_mapped} mapped / ${run.json.stats.pages_restored} copied, CLI wall ${run.ms.toFixed(0)} ms`)
+  note(`restore ${name} --policy ${policy}: restore_time ${(run.json.stats.restore_time / 1000).toFixed(1)} ms (memory ${(run.json.stats.memory_time / 1000).toFixed(1)} ms), ${run.json.stats.pages_mapped} mapped / ${run.json.stats.pages_restored} copied / ${run.json.stats.pages_lazy} lazy, CLI wall ${run.ms.toFixed(0)} ms`)
   return {json: run.json, pid}
 }
 
@@ -93,7 +96,7 @@ describe('restore: zdtm-style checkpoint/restore of live fixtures', function () 
   installCleanupHooks('zdtm')
 
   for (const c of CASES) {
-    for (const policy of ['mow', 'local'] as const) {
+    for (const policy of ['mow', 'moa', 'hybrid', 'local'] as const) {
       it(`${c.fixture}${c.mib ? ` --mib ${c.mib}` : ''}, --policy ${policy}: the original runs on, the clone continues with intact state`, async () => {
         const pool = poolPath('zdtm')
         const fx = await startAndRun(c)
@@ -114,10 +117,13 @@ describe('restore: zdtm-style checkpoint/restore of live fixtures', function () 
         assert.notEqual(clone, fx.pid)
         assert.ok(processExists(clone), 'the clone runs after restore returns')
         assert.equal(comm(clone), comm(fx.pid), 'the clone has the original comm')
-        // mow copies only what cannot be pool-backed (the stack: linux-facts pitfall 6)
-        if (policy === 'mow') assert.ok(rs.stats.pages_restored <= 64, `mow copies only a few pages: ${JSON.stringify(rs.stats)}`)
-        else assert.equal(rs.stats.pages_mapped, 0, `local maps nothing from the pool: ${JSON.stringify(rs.stats)}`)
-        assert.equal(rs.stats.pages_mapped + rs.stats.pages_restored, ck.pages, 'every checkpointed page is mapped or copied')
+        // mow copies only what cannot be pool-backed (the stack: linux-facts pitfall 6); so does hybrid with nothing recorded yet
+        const zeroCopy = policy === 'mow' || policy === 'hybrid'
+        if (zeroCopy) assert.ok(rs.stats.pages_restored <= 64, `${policy} copies only a few pages: ${JSON.stringify(rs.stats)}`)
+        else assert.equal(rs.stats.pages_mapped, 0, `${policy} maps nothing from the pool: ${JSON.stringify(rs.stats)}`)
+        if (policy === 'hybrid') assert.equal(rs.tiering.effectivePolicy, 'mow', 'hybrid without recorded pages says it ran as mow')
+        if (policy === 'moa') assert.ok(rs.stats.pages_lazy > 0, `moa leaves pages to first touch: ${JSON.stringify(rs.stats)}`)
+        assert.equal(rs.stats.pages_mapped + rs.stats.pages_restored + rs.stats.pages_lazy, ck.pages, 'every checkpointed page is mapped, copied or left to first touch')
 
         await assertContinues(fx, clone, before)
 
@@ -127,9 +133,9 @@ describe('restore: zdtm-style checkpoint/restore of live fixtures', function () 
         const originalAnon = statusBytes(fx.pid, 'RssAnon')!
         const fraction = rssAnon / ck.bytes
         note(`${c.fixture} ${policy}: clone RssAnon ${(rssAnon / 1024).toFixed(0)} kB, RssShmem ${(rssShmem / 1024).toFixed(0)} kB; checkpointed ${(ck.bytes / 1024).toFixed(0)} kB (${(fraction * 100).toFixed(1)}%); original RssAnon ${(originalAnon / 1024).toFixed(0)} kB`)
-        if (policy === 'mow' && c.mowMaxFraction !== undefined) {
-          assert.ok(fraction <= c.mowMaxFraction,
-            `mow clone RssAnon ${rssAnon} B is at most ${c.mowMaxFraction * 100}% of the ${ck.bytes} B checkpointed`)
+        const maxFraction = zeroCopy ? c.mowMaxFraction : policy === 'moa' ? c.moaMaxFraction : undefined
+        if (maxFraction !== undefined) {
+          assert.ok(fraction <= maxFraction, `${policy} clone RssAnon ${rssAnon} B is at most ${maxFraction * 100}% of the ${ck.bytes} B checkpointed`)
         }
         if (policy === 'local') {
           assert.ok(rssAnon >= ck.bytes * 0.9, `local clone RssAnon ${rssAnon} B >= 90% of the ${ck.bytes} B checkpointed`)
@@ -140,11 +146,16 @@ describe('restore: zdtm-style checkpoint/restore of live fixtures', function () 
         ok(check1, 'clone CHECK')
         assert.equal(check1.fields.crc, readyCrc, 'clone CHECK crc equals READY crc')
         assert.equal(check1.fields.clockbad, '0', `no clock violation in the clone: ${check1.line}`)
-        if (policy === 'mow') {
+        if (zeroCopy) {
           const after = statusBytes(clone, 'RssAnon')!
           note(`${c.fixture} mow: clone RssAnon after a full CHECK ${(after / 1024).toFixed(0)} kB (${((after / ck.bytes) * 100).toFixed(1)}%)`)
           // memtouch's CHECK only reads: still zero-copy afterwards (pyheap's CHECK writes refcounts everywhere)
           if (c.fixture === 'memtouch') assert.ok(after <= ck.bytes * c.mowMaxFraction!, `reading everything does not copy it: RssAnon ${after}`)
+        }
+        if (policy === 'moa' && c.mib) {
+          const after = statusBytes(clone, 'RssAnon')!
+          note(`${c.fixture} moa: clone RssAnon after a full CHECK ${(after / 1024).toFixed(0)} kB (${((after / ck.bytes) * 100).toFixed(1)}%)`)
+          assert.ok(after >= c.mib * MIB, `every page the CHECK touched is local: RssAnon ${after}`)
         }
 
         // The heap grows after restore (brk / malloc carried over), then everything checks again.
