@@ -24,7 +24,7 @@
  * up the clone's init and exits: from then on the clone owns all its memory.
  * Without it, the server lives as long as the clone's init.
  */
-import {appendFileSync, fstatSync, openSync, closeSync, readSync, writeSync} from 'node:fs'
+import {appendFileSync, closeSync, fstatSync, openSync, readFileSync, readSync, writeSync} from 'node:fs'
 import {constants as fsConstants} from 'node:fs'
 import {MAP, PROT, PTRACE, PTRACE_EVENT, PTRACE_O, SYS, WNOHANG, __WALL, mmap, pidfdOpen, ptraceRaw, syscallRaw, wait4} from '../sys/libc.js'
 import {POLLIN, UFFD_EVENT, UFFD_MSG_SIZE, UffdIoctls, decodeUffdMessage, pollFds} from '../sys/userfaultfd.js'
@@ -49,6 +49,15 @@ interface Context {
   segments: Segment[]
   /** Faults that got EAGAIN (the address space was changing): retried on the next round. */
   retry: bigint[]
+}
+
+/** Whether `pid` exists and is not a zombie. */
+function alive(pid: number): boolean {
+  try {
+    return !/^\S+ \(.*\) [ZX]/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'))
+  } catch {
+    return false
+  }
 }
 
 /** Remove [start, end) from a sorted segment list; returns the removed pieces. */
@@ -110,6 +119,8 @@ export class FaultServer {
   private readonly ioctls = new UffdIoctls()
   private readonly message = new Uint8Array(UFFD_MSG_SIZE * 64)
   private init: number | undefined
+  /** The clone ended before the server was armed: nothing left to do. */
+  private ended = false
   /** A userfaultfd that only keeps fault-around off on a recorded clone's pool mappings (nothing to serve). */
   private readonly held: number[] = []
   private recorded: {pid: number; name: string; pool: string} | undefined
@@ -124,6 +135,7 @@ export class FaultServer {
   run(): number {
     const armed = this.driveSetup()
     if (!armed) return 1
+    if (this.ended) return 0
     // A tracee's stop sends us SIGCHLD; with a handler installed it ends poll() early (EINTR), so a
     // signal to the clone is passed on at once rather than at the next poll timeout.
     process.on('SIGCHLD', () => {})
@@ -230,12 +242,19 @@ export class FaultServer {
         if (request.record !== undefined) {
           // Not EXITKILL: a recorder that dies costs the recording, never the clone.
           const r = ptraceRaw(PTRACE.SEIZE, request.record.pid, 0, PTRACE_O.TRACEEXIT)
-          if (r < 0n) throw new Error(`cannot watch the clone ${request.record.pid} for its exit: ptrace errno ${-r}`)
-          this.recorded = request.record
+          if (r >= 0n) this.recorded = request.record
+          else if (alive(request.record.pid)) throw new Error(`cannot watch the clone ${request.record.pid} for its exit: ptrace errno ${-r}`)
         }
         if (request.init !== undefined) {
           const r = ptraceRaw(PTRACE.SEIZE, request.init, 0, PTRACE_O.EXITKILL)
-          if (r < 0n) throw new Error(`cannot hold the clone's init ${request.init}: ptrace errno ${-r}`)
+          if (r < 0n) {
+            // A clone that ended at once (its init exiting: EPERM, or gone: ESRCH) needs no server.
+            if (!alive(request.init)) {
+              this.ended = true
+              return true
+            }
+            throw new Error(`cannot hold the clone's init ${request.init}: ptrace errno ${-r}`)
+          }
           this.init = request.init
         }
         this.fillAfterMs = request.fillAfterMs ?? null
