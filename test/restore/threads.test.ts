@@ -1,6 +1,6 @@
 /**
  * Multi-threaded processes, end to end on real fixtures: checkpointed while they run,
- * restored under mow and local, through the CRIU-format path and through criu import.
+ * restored under every policy, through the CRIU-format path and through criu import.
  * Every clone proves its state with its own checks: each thread's tid, TLS, buffer CRC,
  * signal mask and name; a robust, a PI and a recursive mutex held across the checkpoint
  * and used from the clone; pthread_kill to every thread (fixtures/threads.c). A clone
