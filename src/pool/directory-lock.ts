@@ -57,6 +57,8 @@ export interface LockHold {
 export class DirectoryLock {
   /** This process's hold while `with` runs: nested calls run inside it instead of waiting for themselves. */
   private held: LockHold | undefined
+  /** This process's start time, read once. */
+  private startTime: number | undefined
 
   constructor(private readonly pool: Pool) {}
 
@@ -105,7 +107,8 @@ export class DirectoryLock {
     if (this.othersNext(next, Date.now())) return undefined
     const mine = encodeOwner((ownerPayload(word) + 1) >>> 0, {hostIndex: this.pool.hostIndex, pid: process.pid})
     if (Atomics.compareExchange(this.words, 0, word, mine) !== word) return undefined
-    Atomics.store(this.words, 1, BigInt(processStartTime(process.pid) ?? 0))
+    this.startTime ??= processStartTime(process.pid) ?? 0
+    Atomics.store(this.words, 1, BigInt(this.startTime))
     if (next !== 0n && (next & OWNER_BITS) === this.self) Atomics.compareExchange(this.words, 2, next, 0n)
     return {word: mine}
   }
