@@ -22,6 +22,8 @@ export const ExitCode = {
   corrupt: 6,
   /** A conflict: name taken, checkpoint still referenced, pool full. */
   conflict: 7,
+  /** Stopped at a safe point by SIGINT, SIGTERM or SIGHUP: the command exits 128 + the signal's number (130, 143, 129), as a shell reports a process that signal ended. */
+  interrupted: 128,
 } as const
 
 export type ExitStatus = (typeof ExitCode)[keyof typeof ExitCode]
@@ -76,8 +78,10 @@ export const ERROR_CODES = {
   // exit conflict
   ALREADY_TRACED: ExitCode.conflict, ADDRESS_IN_USE: ExitCode.conflict, BUILD_SLOTS_FULL: ExitCode.conflict, CHECKPOINT_IN_USE: ExitCode.conflict,
   DIRECTORY_FULL: ExitCode.conflict, HOST_TABLE_FULL: ExitCode.conflict, IMAGES_EXIST: ExitCode.conflict, NAME_TAKEN: ExitCode.conflict,
-  POOL_EXISTS: ExitCode.conflict, POOL_FULL: ExitCode.conflict, POOL_NO_SPACE: ExitCode.conflict, REFERENCES_FULL: ExitCode.conflict,
+  POOL_BUSY: ExitCode.conflict, POOL_EXISTS: ExitCode.conflict, POOL_FULL: ExitCode.conflict, POOL_NO_SPACE: ExitCode.conflict, REFERENCES_FULL: ExitCode.conflict,
   SELF_HEALING: ExitCode.conflict, TREE_UNSTABLE: ExitCode.conflict,
+  // exit 128 + the signal
+  INTERRUPTED: ExitCode.interrupted,
 } as const satisfies Record<string, ExitStatus>
 
 export type ErrorCode = keyof typeof ERROR_CODES
@@ -172,4 +176,20 @@ const ERRNO_NAMES: Record<number, string> = {
 
 export function errnoName(errno: number): string {
   return ERRNO_NAMES[errno] ?? `errno ${errno}`
+}
+
+/** A terminating signal stopped the command at a safe point; it exits `status`, 128 + the signal. */
+export class InterruptedError extends CxlforkError {
+  override readonly name = 'InterruptedError'
+  constructor(readonly signal: number, message: string, hint?: string) {
+    super('INTERRUPTED', message, hint)
+  }
+
+  get status(): number {
+    return 128 + this.signal
+  }
+
+  override toJSON(): {code: string; message: string; hint?: string; exitCode: number} {
+    return {...super.toJSON(), exitCode: this.status}
+  }
 }

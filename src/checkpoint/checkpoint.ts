@@ -278,7 +278,7 @@ function pageMapAt(runs: readonly PageRun[], poolOffset: bigint): Uint8Array {
  * writes its pages; a refusal then comes after the target was stopped for
  * its downtime, and leaves it running as it was.
  */
-export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: number; name: string; kill: boolean; tree?: boolean; tcpClose?: boolean}): CheckpointResult {
+export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: number; name: string; kill: boolean; tree?: boolean; tcpClose?: boolean; stopPoint?: () => void}): CheckpointResult {
   const t0 = performance.now()
   validateCheckpointName(request.name)
   const tree: CheckedTree | undefined = request.tree ? preflightTree(request.pid, request.tcpClose) : undefined
@@ -288,6 +288,8 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
   if (pool.lookup(request.name)) {
     throw new ConflictError('NAME_TAKEN', `a checkpoint named ${request.name} already exists in ${pool.path}`, 'Pick another --name or remove it with `cxlfork rm`.')
   }
+  // Safe point: nothing touched yet. (A signal to stop is honoured at each safe point: stopPoint throws.)
+  request.stopPoint?.()
   // A tree: every descendant stops before the root's snapshot, so all members show one instant.
   const tFrozen = performance.now()
   const frozen: FrozenMember[] = tree ? freezeDescendants(tree) : []
@@ -346,6 +348,7 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
       builder.addSection(Section.accessRecord, accessRecordFor(memberPageMap))
       pages += memberPages
       faultPoint('tree-member-captured')
+      request.stopPoint?.() // safe point: the root runs on, this member is captured
     }
     thaw()
     if (tree) {
@@ -360,6 +363,9 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
       }
     }
     const tWritten = performance.now()
+    // Safe point: every page written, nothing published; a stop here gives the build back (catch below).
+    faultPoint('pages-written')
+    request.stopPoint?.()
     builder.publish(request.name, {uid: snapshot.ownerUid, summary: {pid: request.pid, comm: image.task.comm, pages, vmas: image.vmas.length}})
     builder = undefined
     if (request.kill) {

@@ -3,7 +3,7 @@ import * as Errors from '@oclif/core/errors'
 import * as Flags from '@oclif/core/flags'
 import type * as Interfaces from '@oclif/core/interfaces'
 
-import {CxlforkError, ERROR_CODES} from '../errors.js'
+import {CxlforkError, ERROR_CODES, InterruptedError} from '../errors.js'
 import type {Pool} from '../pool/index.js'
 import {Progress, interactiveStderr} from './progress.js'
 
@@ -57,14 +57,15 @@ export abstract class BaseCommand extends Command {
   protected override async catch(err: Error & {exitCode?: number}): Promise<unknown> {
     this.progressInstance?.fail()
     if (err instanceof CxlforkError) {
-      process.exitCode = err.exitCode
+      const exit = err instanceof InterruptedError ? err.status : err.exitCode
+      process.exitCode = exit
       if (this.jsonEnabled()) {
         this.logJson({error: err.toJSON()})
         return
       }
       throw new Errors.CLIError(err.message, {
         code: err.code,
-        exit: err.exitCode,
+        exit,
         ...(err.hint === undefined ? {} : {suggestions: [err.hint]}),
       })
     }

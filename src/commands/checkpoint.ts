@@ -37,7 +37,8 @@ Refused with a named reason: sockets, pipes above fd 2, shared anonymous memory,
       const exists = lstatSync(flags.pool, {throwIfNoEntry: false}) !== undefined
       if (!exists) PoolClass.checkCreatable(flags.pool)
       const into = exists ? openPool() : openPool
-      const result = await withTerminationDeferred(async () => checkpointToPool(into, {pid: args.pid, name: flags.name, kill: flags.kill, tree: flags.tree, tcpClose: flags['tcp-close']}))
+      const result = await withTerminationDeferred(async (stopPoint) =>
+        checkpointToPool(into, {pid: args.pid, name: flags.name, kill: flags.kill, tree: flags.tree, tcpClose: flags['tcp-close'], stopPoint}), 'the checkpoint')
       this.progress.succeed(`Checkpointed ${args.pid} as ${result.name}`)
       this.say(`${result.pages} pages (${(result.bytes / 1048576).toFixed(1)} MiB), ${result.vmas} VMAs, ${result.fds} fds; downtime ${(result.downtimeUs / 1000).toFixed(2)} ms, total ${(result.totalUs / 1000).toFixed(1)} ms${result.tree ? `; tree of ${result.tree.length} processes, descendants stopped ${((result.treeDowntimeUs ?? 0) / 1000).toFixed(1)} ms` : ''}${result.killed ? '; target killed' : ''}`)
       return result

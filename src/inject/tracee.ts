@@ -157,6 +157,32 @@ export interface ForkResult {
 const FORK_TRAMPOLINE = Uint8Array.from([
   0x0f, 0x05, 0x48, 0x85, 0xc0, 0x74, 0x07, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xb8, 0xe7, 0x00, 0x00, 0x00, 0x31, 0xff, 0x0f, 0x05,
 ])
+/**
+ * A trampoline page is mapped (MAP_FIXED_NOREPLACE) where the low 32 bits of
+ * its address are this tag, with 256 MiB free on either side: mmap gives it
+ * that identity in the same instant it creates it, so a page left by a
+ * cxlfork killed right after the mmap (still empty) is recognisable as ours.
+ * Once written, the page also carries TRAMPOLINE_MARKER.
+ */
+const TRAMPOLINE_TAG = 0xcf0fc000n
+const TRAMPOLINE_CLEARANCE = 256n << 20n
+const TRAMPOLINE_MARKER_OFFSET = 2048
+const TRAMPOLINE_MARKER = new TextEncoder().encode('cxlfork fork trampoline, unmapped by the next checkpoint\0')
+const TRAMPOLINE_PAGE = (() => {
+  const page = new Uint8Array(4096)
+  page.set(FORK_TRAMPOLINE)
+  page.set(TRAMPOLINE_MARKER, TRAMPOLINE_MARKER_OFFSET)
+  return page
+})()
+
+/** The first tagged page address (TRAMPOLINE_TAG) with TRAMPOLINE_CLEARANCE free around it, from 0x6000'00000000 down, then up; undefined if none. */
+function trampolineAddress(maps: readonly Vma[]): bigint | undefined {
+  const free = (at: bigint): boolean => maps.every((vma) => vma.end + TRAMPOLINE_CLEARANCE <= at || vma.start >= at + 4096n + TRAMPOLINE_CLEARANCE)
+  const start = 0x6000n
+  for (let k = start; k >= 1n; k--) if (free((k << 32n) | TRAMPOLINE_TAG)) return (k << 32n) | TRAMPOLINE_TAG
+  for (let k = start + 1n; k < 0x7fffn; k++) if (free((k << 32n) | TRAMPOLINE_TAG)) return (k << 32n) | TRAMPOLINE_TAG
+  return undefined
+}
 const FP_XSTATE_MAGIC1 = 0x46505853
 const FP_XSTATE_MAGIC2 = 0x46505845
 const UC_FP_XSTATE = 1n
@@ -966,13 +992,23 @@ export class Tracee {
     const heal = this.healing!.regs
     const progMask = this.progMask!
 
-    // A cxlfork killed between mapping and unmapping leaves its trampoline page behind: reuse (and so remove) it.
-    const leftover = this.findLeftoverTrampoline(maps)
-    const page = leftover ?? this.healingSyscall(SYS.mmap, [0n, 4096n, BigInt(PROT.READ | PROT.EXEC), BigInt(MAP.PRIVATE | MAP.ANONYMOUS), -1n, 0n], 'mmap')
-    if (page < 0n && page > -4096n) throw new SyscallError(`mmap (injected into ${this.pid})`, Number(-page))
+    // A cxlfork killed between mapping and unmapping leaves its trampoline page behind: reuse one
+    // such page, unmap any other (each by a self-healing call: a kill meanwhile leaves the rest for next time).
+    const leftovers = this.findLeftoverTrampolines(maps)
+    for (const extra of leftovers.slice(1)) this.healingSyscall(SYS.munmap, [extra, 4096n], 'munmap-leftover')
+    let page = leftovers[0]
+    if (page === undefined) {
+      const at = trampolineAddress(maps)
+      const map = (addr: bigint, flags: number): bigint =>
+        this.healingSyscall(SYS.mmap, [addr, 4096n, BigInt(PROT.READ | PROT.EXEC), BigInt(MAP.PRIVATE | MAP.ANONYMOUS | flags), -1n, 0n], 'mmap')
+      page = at === undefined ? map(0n, 0) : map(at, MAP.FIXED_NOREPLACE)
+      // No tagged room after all: an untagged page still works, it is only not recognisable after a kill.
+      if (at !== undefined && page < 0n && page > -4096n) page = map(0n, 0)
+      if (page < 0n && page > -4096n) throw new SyscallError(`mmap (injected into ${this.pid})`, Number(-page))
+    }
     let childPid = 0
     try {
-      this.writeMemory(page, FORK_TRAMPOLINE)
+      this.writeMemory(page, TRAMPOLINE_PAGE)
       faultPoint('fork-trampoline-ready')
       const need = PTRACE_O.TRACEFORK | PTRACE_O.TRACECLONE | PTRACE_O.TRACEVFORK
       const old = this.options
@@ -1011,16 +1047,34 @@ export class Tracee {
     return {pid: childPid, tracee: child, transientRanges: [[page, page + 4096n]]}
   }
 
-  private findLeftoverTrampoline(maps: readonly Vma[]): bigint | undefined {
+  /**
+   * Pages an earlier, killed cxlfork left: a one-page private anonymous r-x
+   * mapping at a tagged address (trampolineAddress) that is still empty or
+   * holds exactly TRAMPOLINE_PAGE; or, from cxlforks before the tag, any
+   * such page holding exactly the bare trampoline code. Nothing else is
+   * touched, however much it looks like one.
+   */
+  private findLeftoverTrampolines(maps: readonly Vma[]): bigint[] {
+    const found: bigint[] = []
     for (const vma of maps) {
       if (vma.kind !== 'anon' || vma.perms !== 'r-xp') continue
+      const tagged = vma.size === 4096 && (vma.start & 0xffffffffn) === TRAMPOLINE_TAG
       for (let page = vma.start; page < vma.end; page += 4096n) {
-        const bytes = this.readMemory(page, FORK_TRAMPOLINE.length)
-        // Only a page holding exactly our trampoline, the rest zero, is ours to take.
-        if (bytes.every((b, i) => b === FORK_TRAMPOLINE[i]) && this.readMemory(page, 4096).subarray(FORK_TRAMPOLINE.length).every((b) => b === 0)) return page
+        try {
+          // A whole page only where its first bytes can match (a JIT's large r-x regions are read 23 bytes a page).
+          if (!tagged) {
+            const head = this.readMemory(page, FORK_TRAMPOLINE.length)
+            if (!FORK_TRAMPOLINE.every((b, i) => head[i] === b)) continue
+          }
+          const bytes = this.readMemory(page, 4096)
+          const legacy = FORK_TRAMPOLINE.every((b, i) => bytes[i] === b) && bytes.subarray(FORK_TRAMPOLINE.length).every((b) => b === 0)
+          if (legacy || (tagged && (bytes.every((b) => b === 0) || bytes.every((b, i) => b === TRAMPOLINE_PAGE[i])))) found.push(page)
+        } catch {
+          // unreadable: not ours to judge
+        }
       }
     }
-    return undefined
+    return found
   }
 
   /** Resume to the next syscall-entry or -exit stop, collecting fork children and deferring signals on the way. */

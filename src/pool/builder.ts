@@ -9,7 +9,7 @@ import {allocateRun, freeUnitsOf, poolFull} from './allocator.js'
 import {crc32} from './checksum.js'
 import type {DataExtent, Descriptor, SectionRecord} from './descriptor.js'
 import {encodeDescriptor, isMutableSection} from './descriptor.js'
-import {EntryState, decodeEntry, encodeEntry, isLive} from './directory.js'
+import {EntryState, decodeEntry, encodeEntry} from './directory.js'
 import {validateCheckpointName} from './names.js'
 import {processStartTime} from './owners.js'
 import type {Pool} from './pool.js'
@@ -118,8 +118,8 @@ export class CheckpointBuilder {
 
   /**
    * Make the checkpoint visible as `name`: the single commit point is the CAS
-   * of an empty directory word. ConflictError NAME_TAKEN leaves the builder
-   * usable (publish under another name, or abort).
+   * of a free directory word (Pool.insertEntry). ConflictError NAME_TAKEN
+   * leaves the builder usable (publish under another name, or abort).
    */
   publish(name: string, info: PublishInfo): CheckpointInfo {
     this.requireBuilding('publish')
@@ -130,35 +130,11 @@ export class CheckpointBuilder {
     const descriptorBytes = encodeDescriptor(descriptor)
     const {firstPage, pages} = this.storeMetadata(descriptorBytes, 'the checkpoint descriptor')
     const published = encodeEntry({state: EntryState.published, descriptorPage: firstPage, serial: this.serial})
-    const directory = this.pool.directory
     try {
-      for (const index of directory.probe(name)) {
-        let word = directory.load(index)
-        if (word === 0n) {
-          if (directory.swap(index, 0n, published)) {
-            this.state = 'published'
-            this.pool.buildSlots.release(this.slot, this.slotWord)
-            return this.pool.checkpointInfo({index, word: published, entry: decodeEntry(published), descriptor}, 0)
-          }
-          word = directory.load(index) // lost the race for this word: judge the winner
-        }
-        for (;;) {
-          if (!isLive(decodeEntry(word))) break
-          const read = this.pool.readEntry(index, word)
-          if (read.kind === 'changed') {
-            word = directory.load(index)
-            continue
-          }
-          const existing = read.kind === 'ok' ? read.descriptor.name : read.name
-          if (existing === name) {
-            throw new ConflictError('NAME_TAKEN', `a checkpoint named ${JSON.stringify(name)} already exists in pool ${this.pool.path}`,
-              'Choose another name, or remove the old one with `cxlfork rm`.')
-          }
-          break
-        }
-      }
-      throw new ConflictError('DIRECTORY_FULL', `the directory of pool ${this.pool.path} has no free slot`,
-        'Deleted checkpoints leave tombstones; recreate the pool with `cxlfork pool init --force` when no clone uses it.')
+      const index = this.pool.insertEntry(name, published)
+      this.state = 'published'
+      this.pool.buildSlots.release(this.slot, this.slotWord)
+      return this.pool.checkpointInfo({index, word: published, entry: decodeEntry(published), descriptor}, 0)
     } finally {
       if (this.state !== 'published') {
         // Give back the descriptor pages so another publish attempt starts clean.

@@ -6,10 +6,21 @@
  *   bits 61..32 metadata page index of the descriptor
  *   bits 31..0  serial of the checkpoint
  *
- * Publishing is one CAS of an EMPTY word: the single commit point. Inserts
- * only ever fill the first empty word of a probe chain and entries never
- * become empty again (deletion leaves a tombstone), so two publishers of the
- * same name always race for the same word and the loser sees the winner.
+ * Publishing is one CAS of a free word, under the directory lock
+ * (directory-lock.ts): the single commit point. The publisher first walks
+ * the name's probe chain up to its first empty word, refusing the name if a
+ * live entry carries it, and then fills the first free word it passed: a
+ * tombstone is reused in place, so deleted names do not wear the directory
+ * out. A live entry never becomes empty, so lookups (which take no lock and
+ * stop at the first empty word) always reach it. A tombstone becomes empty
+ * again only under the lock and only when the words after it up to an empty
+ * one are all tombstones: every probe that passed it would have stopped at
+ * that empty word anyway.
+ *
+ * A reused word names another checkpoint: its serial (never reissued, see
+ * allocator.ts) differs, so anyone holding the old word sees the change in
+ * every CAS or comparison of the whole word, and a descriptor read through
+ * the old word fails its serial check.
  */
 import {crc32} from './checksum.js'
 import type {PoolRegions} from './regions.js'
@@ -63,7 +74,7 @@ export class Directory {
     return Atomics.compareExchange(this.regions.directory, index, expected, next) === expected
   }
 
-  /** Slot indexes in probe order for `name`, up to and including the first empty word. */
+  /** Slot indexes in probe order for `name`: the whole ring, from its home; callers stop at the first empty word. */
   *probe(name: string): Generator<number> {
     const home = this.home(name)
     for (let step = 0; step < this.slots; step++) yield (home + step) % this.slots
@@ -75,5 +86,32 @@ export class Directory {
       const word = this.load(index)
       if (word !== 0n) yield {index, word, entry: decodeEntry(word)}
     }
+  }
+
+  /**
+   * Turn the tombstones just before the empty word `empty` back into empty
+   * words, walking backwards until a word that is not a tombstone. Only
+   * under the directory lock (no publisher may fill `empty` meanwhile).
+   * Returns how many words were emptied.
+   */
+  sweepBefore(empty: number): number {
+    let cleared = 0
+    for (let step = 1; step < this.slots; step++) {
+      const index = (empty - step + this.slots) % this.slots
+      const word = this.load(index)
+      if (word === 0n || decodeEntry(word).state !== EntryState.tombstone) break
+      if (!this.swap(index, word, 0n)) break
+      cleared++
+    }
+    return cleared
+  }
+
+  /** sweepBefore every empty word: every tombstone that no live entry follows in its run. Under the directory lock. */
+  sweepAll(): number {
+    let cleared = 0
+    for (let index = 0; index < this.slots; index++) {
+      if (this.load(index) === 0n && this.load((index + this.slots - 1) % this.slots) !== 0n) cleared += this.sweepBefore(index)
+    }
+    return cleared
   }
 }

@@ -17,7 +17,8 @@ import type {Pool} from './pool.js'
 import type {GcReport} from './types.js'
 
 export function runGc(pool: Pool): GcReport {
-  const report: GcReport = {buildsReleased: 0, referencesReleased: 0, checkpointsRemoved: [], segmentsFreed: 0, pagesFreed: 0, bytesFreed: 0}
+  const report: GcReport = {buildsReleased: 0, referencesReleased: 0, checkpointsRemoved: [], segmentsFreed: 0, pagesFreed: 0, bytesFreed: 0,
+    directoryWordsFreed: 0}
   const liveSerials = new Set<number>()
 
   // 1. Builds: release the slots of dead builders; their units become garbage.
@@ -39,13 +40,16 @@ export function runGc(pool: Pool): GcReport {
       const name = peekDescriptorName(pool.regions.metadata, pool.metadataByteOffset(entry.descriptorPage))
       if (pool.directory.swap(index, word, withState(word, EntryState.tombstone))) {
         report.checkpointsRemoved.push(name ?? `serial ${entry.serial}`)
-        continue // its units are garbage now; step 4 frees them
+        continue // its units are garbage now; step 5 frees them
       }
     }
     if (isLive(entry)) liveSerials.add(entry.serial)
   }
 
-  // 4. Garbage candidates: units whose serial is alive nowhere we looked.
+  // 4. Directory words: tombstones that no live entry follows before an empty word become empty (publishers reuse the rest).
+  report.directoryWordsFreed = pool.directoryLock.with(() => pool.directory.sweepAll())
+
+  // 5. Garbage candidates: units whose serial is alive nowhere we looked.
   const candidates = new Set<number>()
   const buildSlots = pool.regions.layout.buildSlots
   for (const states of [pool.regions.segmentStates, pool.regions.pageStates]) {

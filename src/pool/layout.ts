@@ -4,7 +4,8 @@
  *
  *   0        header page: magic, version, uuid, sizes, region table, flags,
  *            CRC-32 (immutable after init)
- *   4 KiB    counters page (atomic, not covered by the CRC; reserved)
+ *   4 KiB    counters page (atomic, not covered by the CRC): the directory
+ *            lock's three words (directory-lock.ts), the rest reserved
  *   8 KiB    host table, build-slot table, reference table, directory,
  *            segment-state table (u32 per 2 MiB data segment),
  *            page-state table (u32 per 4 KiB metadata page)

@@ -17,6 +17,7 @@ import type {Descriptor} from './descriptor.js'
 import {decodeDescriptor, descriptorPageCount, peekDescriptorName} from './descriptor.js'
 import type {DirectoryEntry} from './directory.js'
 import {Directory, EntryState, decodeEntry, isLive, withState} from './directory.js'
+import {DirectoryLock} from './directory-lock.js'
 import {classifyFileSystem, requireShareableFileSystem} from './filesystem.js'
 import {runFsck} from './fsck.js'
 import {runGc} from './gc.js'
@@ -73,6 +74,7 @@ export class Pool {
   readonly hostIndex: number
   readonly liveness: Liveness
   readonly directory: Directory
+  readonly directoryLock: DirectoryLock
   readonly buildSlots: BuildSlots
   readonly references: References
   private closed = false
@@ -90,6 +92,7 @@ export class Pool {
     this.hostIndex = this.hosts.register(localHostIdentity(), leaseMs, Date.now())
     this.liveness = new Liveness(this.hosts, this.hostIndex)
     this.directory = new Directory(regions)
+    this.directoryLock = new DirectoryLock(this)
     this.buildSlots = new BuildSlots(regions)
     this.references = new References(this)
   }
@@ -300,6 +303,53 @@ export class Pool {
     return undefined
   }
 
+  /**
+   * The commit of a publish, under the directory lock: refuse `name` if a
+   * live entry carries it, else CAS `published` into the first free word of
+   * its probe chain (a tombstone is reused in place) and sweep the tombstones
+   * before the chain's first empty word. Returns the directory index.
+   */
+  insertEntry(name: string, published: bigint): number {
+    return this.directoryLock.with(() => {
+      for (;;) {
+        let free: {index: number; word: bigint} | undefined
+        let empty: number | undefined
+        for (const index of this.directory.probe(name)) {
+          let word = this.directory.load(index)
+          if (word === 0n) {
+            free ??= {index, word}
+            empty = index
+            break
+          }
+          for (;;) {
+            if (!isLive(decodeEntry(word))) {
+              free ??= {index, word}
+              break
+            }
+            const read = this.readEntry(index, word)
+            if (read.kind === 'changed') {
+              word = this.directory.load(index)
+              continue
+            }
+            if ((read.kind === 'ok' ? read.descriptor.name : read.name) === name) {
+              throw new ConflictError('NAME_TAKEN', `a checkpoint named ${JSON.stringify(name)} already exists in pool ${this.path}`,
+                'Choose another name, or remove the old one with `cxlfork rm`.')
+            }
+            break
+          }
+        }
+        if (!free) {
+          throw new ConflictError('DIRECTORY_FULL', `every one of the ${this.directory.slots} directory words of pool ${this.path} holds a live checkpoint`,
+            'Remove checkpoints with `cxlfork rm` (deleted ones free their word), or use a larger pool.')
+        }
+        // Only a process outside the lock (fsck --repair) changes a free word meanwhile: look again.
+        if (!this.directory.swap(free.index, free.word, published)) continue
+        if (empty !== undefined) this.directory.sweepBefore(empty)
+        return free.index
+      }
+    })
+  }
+
   private checkpointNotFound(name: string): NotFoundError {
     return new NotFoundError('CHECKPOINT_NOT_FOUND', `no checkpoint named ${JSON.stringify(name)} in pool ${this.path}`,
       'List checkpoints with `cxlfork ls`.')
@@ -390,25 +440,33 @@ export class Pool {
 
   // ---- references -------------------------------------------------------
 
-  /** Record that process `pid` (with its /proc start time) maps checkpoint `name`. */
-  addReference(name: string, clone: {pid: number; startTime?: number}): ReferenceHandle {
+  /**
+   * Record that process `pid` (with its /proc start time) maps a checkpoint:
+   * the one a reader opened (the same directory word, so never a checkpoint
+   * published later in a reused word or under the same name), or by name.
+   * Under the directory lock, so rm either sees this reference or has
+   * already marked the checkpoint deleting.
+   */
+  addReference(target: string | CheckpointReader, clone: {pid: number; startTime?: number}): ReferenceHandle {
     this.ensureOpen()
     this.renewLease()
     const startTime = clone.startTime ?? processStartTime(clone.pid) ?? 0
-    for (;;) {
-      const resolved = this.lookup(name)
+    const name = typeof target === 'string' ? target : target.info.name
+    return this.directoryLock.with(() => {
+      const resolved = typeof target === 'string' ? this.lookup(name) : target.entry
       if (!resolved) throw this.checkpointNotFound(name)
+      if (this.directory.load(resolved.index) !== resolved.word) {
+        throw new NotFoundError('CHECKPOINT_DELETING', `checkpoint ${name} was deleted after it was opened`, 'Restore it again if it was replaced.')
+      }
       if (resolved.entry.state !== EntryState.published) {
         throw new NotFoundError('CHECKPOINT_DELETING', `checkpoint ${name} is being deleted`, 'It stays until its last clone exits; pick another checkpoint.')
       }
       const handle = this.references.claim(resolved.entry.serial, name, clone.pid, startTime)
-      // Handshake with rm: it flips the entry before scanning references, so
-      // either it sees this reference or this re-read sees its flip.
+      // Only a process outside the lock (fsck --repair) changes the word; after this check rm sees the reference.
       if (this.directory.load(resolved.index) === resolved.word) return handle
       this.references.release(handle)
-      if (decodeEntry(this.directory.load(resolved.index)).state === EntryState.published) continue // rm backed off; retry
       throw new NotFoundError('CHECKPOINT_DELETING', `checkpoint ${name} was deleted while being referenced`)
-    }
+    })
   }
 
   releaseReference(handle: ReferenceHandle): void {
@@ -427,30 +485,29 @@ export class Pool {
     this.ensureOpen()
     this.renewLease()
     const uid = options.uid ?? process.getuid?.() ?? 0
-    for (;;) {
-      const resolved = this.lookup(name)
-      if (!resolved) throw this.checkpointNotFound(name)
-      this.requireAccess(resolved.descriptor, uid, 'delete')
-      const serial = resolved.entry.serial
-      let deletingWord = resolved.word
-      let flippedHere = false
-      if (resolved.entry.state === EntryState.published) {
-        deletingWord = withState(resolved.word, EntryState.deleting)
-        if (!this.directory.swap(resolved.index, resolved.word, deletingWord)) continue
-        flippedHere = true
-      }
-      const liveRefs = this.references.collect(serial)
-      if (liveRefs > 0) {
-        if (!options.force) {
-          if (flippedHere) this.directory.swap(resolved.index, deletingWord, resolved.word)
+    // Decided under the directory lock, where no reference can be added: a refused rm changes nothing, not even for an instant.
+    const decided = this.directoryLock.with(() => {
+      for (;;) {
+        const resolved = this.lookup(name)
+        if (!resolved) throw this.checkpointNotFound(name)
+        this.requireAccess(resolved.descriptor, uid, 'delete')
+        const liveRefs = this.references.collect(resolved.entry.serial)
+        if (liveRefs > 0 && !options.force) {
           throw new ConflictError('CHECKPOINT_IN_USE', `checkpoint ${name} is mapped by ${liveRefs} running clone${liveRefs === 1 ? '' : 's'}`,
             'Stop the clones first, or pass --force to delete it once the last clone exits (`cxlfork pool gc` finishes it).')
         }
-        return {name, serial, state: 'deleting', liveRefs, bytesFreed: 0}
+        let deletingWord = resolved.word
+        if (resolved.entry.state === EntryState.published) {
+          deletingWord = withState(resolved.word, EntryState.deleting)
+          if (!this.directory.swap(resolved.index, resolved.word, deletingWord)) continue
+        }
+        return {index: resolved.index, serial: resolved.entry.serial, deletingWord, liveRefs}
       }
-      const bytesFreed = this.finishDeletion(resolved.index, deletingWord)
-      return {name, serial, state: 'removed', liveRefs: 0, bytesFreed}
-    }
+    })
+    // DELETING: no reference can be added any more, so none of its units is needed once the live ones are gone.
+    if (decided.liveRefs > 0) return {name, serial: decided.serial, state: 'deleting', liveRefs: decided.liveRefs, bytesFreed: 0}
+    const bytesFreed = this.finishDeletion(decided.index, decided.deletingWord)
+    return {name, serial: decided.serial, state: 'removed', liveRefs: 0, bytesFreed}
   }
 
   /**

@@ -14,6 +14,11 @@ export class CheckpointReader {
 
   constructor(private readonly pool: Pool, private readonly resolved: ResolvedEntry, readonly info: CheckpointInfo) {}
 
+  /** The directory word this reader was opened from (addReference binds to exactly it). */
+  get entry(): ResolvedEntry {
+    return this.resolved
+  }
+
   get serial(): number {
     return this.resolved.entry.serial
   }

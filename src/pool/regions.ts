@@ -55,6 +55,8 @@ export class PoolRegions {
   /** One word per metadata page: 0 free, else the owning serial. */
   readonly pageStates: Uint32Array
   readonly metadata: MetadataRegion
+  /** The directory lock's holder word, its start time and next in line (counters page, see directory-lock.ts). */
+  readonly lockWords: BigUint64Array
 
   /** `control` spans the pool from offset 0 up to the metadata region; `metadataWindow` reaches into that region. */
   constructor(readonly layout: PoolLayout, control: ArrayBuffer, metadataWindow: (offset: number, length: number) => Uint8Array) {
@@ -67,5 +69,6 @@ export class PoolRegions {
     this.segmentStates = new Uint32Array(control, layout.segmentStateOffset, layout.segmentCount)
     this.pageStates = new Uint32Array(control, layout.pageStateOffset, layout.metadataPageCount)
     this.metadata = new MetadataRegion(metadataWindow, layout.metadataSize)
+    this.lockWords = new BigUint64Array(control, layout.countersOffset, 3)
   }
 }

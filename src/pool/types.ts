@@ -103,6 +103,8 @@ export interface GcReport {
   segmentsFreed: number
   pagesFreed: number
   bytesFreed: number
+  /** Tombstones turned back into empty directory words (shorter probe chains; publishers also reuse tombstones in place). */
+  directoryWordsFreed: number
 }
 
 export type FsckSeverity = 'corrupt' | 'stale'

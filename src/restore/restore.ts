@@ -8,7 +8,7 @@ import {AccessRecord} from '../image/access-record.js'
 import {PageMapView} from '../image/page-map.js'
 import {type ProcessImage} from '../image/process-image.js'
 import {Section} from '../image/sections.js'
-import {type Pool, type ReferenceHandle} from '../pool/index.js'
+import {type CheckpointReader, type Pool, type ReferenceHandle} from '../pool/index.js'
 import {getuid} from '../sys/libc.js'
 import {type CloneExit, type MemberPlan, type PidNamespaceMode, buildTree} from './build-process.js'
 import {type TreeRecord} from '../checkpoint/tree.js'
@@ -100,6 +100,8 @@ export interface LoadedCheckpoint {
   /** Every member with its image (none for a zombie), the root first; one entry for a single process. */
   members: (TreeRecord['members'][number] & {loaded?: LoadedProcess})[]
   address: (offset: bigint) => bigint
+  /** What it was read through: a clone's reference binds to exactly this checkpoint (Pool.addReference). */
+  reader: CheckpointReader
 }
 
 export function loadCheckpoint(pool: Pool, name: string): LoadedCheckpoint {
@@ -136,7 +138,7 @@ export function loadCheckpoint(pool: Pool, name: string): LoadedCheckpoint {
     const task = root.image.task
     members = [{pid: task.pid, ppid: task.ppid, pgid: task.pgid, sid: task.sid, loaded: root}]
   }
-  return {image: root.image, runs: root.runs, members, address}
+  return {image: root.image, runs: root.runs, members, address, reader}
 }
 
 export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreResult {
@@ -175,7 +177,7 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
       lazy: {fillAfterMs: request.fillAfterMs ?? null},
       ...(request.record ? {record: {name: request.name, pool: pool.path}} : {}),
       onSpawn: (pid) => {
-        reference = pool.addReference(request.name, {pid})
+        reference = pool.addReference(loaded.reader, {pid})
       },
     })
   } catch (error) {

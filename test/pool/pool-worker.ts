@@ -5,10 +5,19 @@
  *   churn POOL PREFIX          loop allocate/write/publish/rm/abort/gc forever
  *                              (the crash test kills it with SIGKILL)
  *   reference POOL NAME        add a reference for this process, print "ref", exit
+ *   race POOL PREFIX COUNT     COUNT random steps on 8 shared names PREFIX-0..7:
+ *                              publish (data patterned by the build's serial),
+ *                              rm, or open + reference + check the data
+ *                              against the serial opened; prints its tallies
+ *                              as JSON (`wrong` counts referenced data that
+ *                              was not the checkpoint opened)
+ *   rm-loop POOL NAME          print "ready", then try `rm NAME` (no force)
+ *                              until killed; any outcome but CHECKPOINT_IN_USE
+ *                              exits 1
  */
 import {Pool} from '../../src/pool/index.js'
 import {CxlforkError} from '../../src/errors.js'
-import {fillPattern, patternSeed} from './helpers.js'
+import {checkPattern, fillPattern, patternSeed} from './helpers.js'
 
 const [mode, poolPath, prefixOrName, countText] = process.argv.slice(2) as [string, string, string, string | undefined]
 const SEGMENT = 2n * 1024n * 1024n
@@ -40,6 +49,64 @@ if (mode === 'publish') {
   pool.addReference(prefixOrName, {pid: process.pid})
   process.stdout.write('ref\n')
   pool.close()
+} else if (mode === 'race') {
+  const tally: Record<string, number> = {published: 0, removed: 0, referenced: 0, wrong: 0}
+  const count = (key: string): void => {
+    tally[key] = (tally[key] ?? 0) + 1
+  }
+  const SAMPLE = 65536
+  for (let i = 0; i < Number(countText); i++) {
+    const name = `${prefixOrName}-${Math.floor(Math.random() * 8)}`
+    const roll = Math.random()
+    try {
+      if (roll < 0.4) {
+        const builder = pool.beginCheckpoint()
+        try {
+          const data = builder.allocateData(BigInt(SAMPLE))
+          fillPattern(data.address, SAMPLE, builder.serial)
+          builder.addSection(1, new TextEncoder().encode(String(builder.serial)))
+          builder.publish(name, {uid: process.getuid?.() ?? 0})
+          count('published')
+        } finally {
+          builder.abort()
+        }
+      } else if (roll < 0.7) {
+        pool.remove(name)
+        count('removed')
+      } else {
+        const reader = pool.openCheckpoint(name)
+        const handle = pool.addReference(reader, {pid: process.pid})
+        try {
+          // Referenced: these units can no longer be freed, so they must be the checkpoint opened.
+          const section = new TextDecoder().decode(reader.section(1))
+          const extent = reader.dataExtents[0]!
+          if (section !== String(reader.serial) || checkPattern(reader.address(extent.poolOffset), SAMPLE, reader.serial) !== -1) count('wrong')
+          else count('referenced')
+        } finally {
+          pool.releaseReference(handle)
+        }
+      }
+    } catch (error) {
+      if (!(error instanceof CxlforkError)) throw error
+      count(error.code)
+    }
+  }
+  process.stdout.write(JSON.stringify(tally) + '\n')
+  pool.close()
+} else if (mode === 'rm-loop') {
+  process.stdout.write('ready\n')
+  for (;;) {
+    try {
+      pool.remove(prefixOrName)
+      process.stderr.write(`rm ${prefixOrName} succeeded\n`)
+      process.exit(1)
+    } catch (error) {
+      if (!(error instanceof CxlforkError) || error.code !== 'CHECKPOINT_IN_USE') {
+        process.stderr.write(`rm ${prefixOrName}: ${String(error)}\n`)
+        process.exit(1)
+      }
+    }
+  }
 } else if (mode === 'churn') {
   process.stdout.write('ready\n')
   const mine: string[] = []

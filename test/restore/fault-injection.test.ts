@@ -15,6 +15,16 @@ const FAULT_POINTS = [
   'fork-clone-exit', 'fork-munmap-entry', 'fork-munmap-exit', 'fork-done', 'fork-unwind',
 ] as const
 
+/** Private anonymous r-x mappings (where cxlfork's trampoline pages live), as "start-end". */
+function anonExecMappings(pid: number): string[] {
+  return readFileSync(`/proc/${pid}/maps`, 'utf8').trim().split('\n').map((line) => line.split(/\s+/))
+    .filter((f) => f[1] === 'r-xp' && (f[5] ?? '') === '').map((f) => f[0]!)
+}
+
+function allMappings(pid: number): string[] {
+  return readFileSync(`/proc/${pid}/maps`, 'utf8').trim().split('\n').map((line) => line.split(/\s+/)).map((f) => `${f[0]} ${f[1]} ${f[5] ?? ''}`)
+}
+
 function tracerPid(pid: number): number {
   return Number(/^TracerPid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? -1)
 }
@@ -89,4 +99,37 @@ describe('restore: cxlfork killed inside the fork snapshot leaves the target as 
       assert.equal(again.fields['ok'], '1', again.line)
     })
   }
+
+  it('repeated kills around the trampoline never stack pages: at most one tagged page at a time, none after a successful checkpoint', async () => {
+    const fx = await startFixture('memtouch', {mib: 8})
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const before = allMappings(fx.pid)
+    const execBefore = anonExecMappings(fx.pid)
+    // A run that finds a leftover reuses it (so it no longer reaches the mmap): it may then succeed instead of dying.
+    const points = ['fork-mmap-exit', 'fork-mmap-exit', 'fork-mmap-exit', 'fork-trampoline-ready', 'fork-mmap-exit', 'fork-clone-exit', 'fork-mmap-exit']
+    let killed = 0
+    for (const [i, point] of points.entries()) {
+      const run = await cli(['checkpoint', String(fx.pid), '--name', `stack-${i}`, '--pool', pool, '--json'], {env: {CXLFORK_FAULT: point}})
+      assert.ok(run.signal === 'SIGKILL' || run.status === 0, describeRun(run))
+      if (run.signal === 'SIGKILL') killed++
+      await reapStrayZombies([fx.pid])
+      const extra = anonExecMappings(fx.pid).filter((range) => !execBefore.includes(range))
+      assert.ok(extra.length <= 1, `after ${point}: ${extra.join(', ')}`)
+      for (const range of extra) {
+        const [start, end] = range.split('-').map((hex) => BigInt(`0x${hex}`)) as [bigint, bigint]
+        assert.equal(end - start, 4096n, `one page: ${range}`)
+        assert.equal(start & 0xffffffffn, 0xcf0fc000n, `tagged address: ${range}`)
+      }
+    }
+    assert.ok(killed >= 4, `${killed} of ${points.length} runs died at their fault point`)
+    for (const name of ['clean-1', 'clean-2']) {
+      const ok = await cli(['checkpoint', String(fx.pid), '--name', name, '--pool', pool, '--json'])
+      assert.equal(ok.status, 0, describeRun(ok))
+      assert.deepEqual(allMappings(fx.pid), before, `no mapping left or changed after ${name}`)
+    }
+    const check = await requestCheck(fx.logPath, fx.pid)
+    assert.equal(check.fields['ok'], '1', check.line)
+    assert.equal(check.fields['crc'], fx.ready.fields['crc'], 'memory checksum unchanged')
+    await reapStrayZombies([fx.pid])
+  })
 })
