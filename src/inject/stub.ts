@@ -1,7 +1,8 @@
 /**
  * The restore stub: a minimal static x86_64 ELF executable generated here
  * byte by byte (no compiler at run time, no libc, no TLS, no rseq: pitfall 2).
- * It names itself "cxlfork-stub" (PR_SET_NAME) and loops on pause() forever.
+ * It names itself "cxlfork-stub" (PR_SET_NAME) and parks in nanosleep() for
+ * STUB_PARK_SECONDS; a stub nobody seized by then ends itself.
  *
  * spawnStub() starts one with posix_spawn (never child_process: pitfall 14),
  * signal dispositions reset to default and the blocked mask cleared (Node
@@ -69,8 +70,18 @@ const INIT_NAME_REL = 0x6a
  * (PR_SET_PDEATHSIG), then checks that its parent is still `spawner`: a
  * stub whose spawner died before it could be seized (with PTRACE_O_EXITKILL)
  * must not wait forever as an orphan. The restore clears the death signal of
- * the stub it releases. Then it names itself and parks in pause().
+ * the stub it releases. Then it names itself and parks in nanosleep(): a
+ * stub never seized (its restore died before the seize, and the death
+ * signal came too late or, for a namespace init, the parent check cannot see
+ * the parent) ends itself after STUB_PARK_SECONDS.
  */
+/**
+ * How long a stub waits to be seized before it ends itself. A restore seizes
+ * its stub right after spawning it; only a stub whose restore died in between
+ * waits that long.
+ */
+export const STUB_PARK_SECONDS = 5
+
 function stubCode(spawner: number): {bytes: Uint8Array; initOffset: number} {
   // 0:  bf 01 00 00 00          mov  edi, 1               ; PR_SET_PDEATHSIG
   // 5:  be 09 00 00 00          mov  esi, 9               ; SIGKILL
@@ -89,10 +100,14 @@ function stubCode(spawner: number): {bytes: Uint8Array; initOffset: number} {
   // 31: 48 8d 35 XX XX XX XX    lea  rsi, [rip + name]
   // 38: b8 9d 00 00 00          mov  eax, 157             ; prctl
   // 3d: 0f 05                   syscall
-  // 3f: b8 22 00 00 00   loop:  mov  eax, 34              ; pause
-  // 44: 0f 05                   syscall
-  // 46: eb f7                   jmp  loop (-9)
-  // 48: the init routine, its name, then the stub's name
+  // 3f: 48 8d 3d XX XX XX XX    lea  rdi, [rip + park]    ; {PARK_SECONDS, 0}
+  // 46: 31 f6                   xor  esi, esi
+  // 48: b8 23 00 00 00          mov  eax, 35              ; nanosleep: parked here until seized
+  // 4d: 0f 05                   syscall
+  // 4f: b8 e7 00 00 00          mov  eax, 231             ; exit_group(0): never seized (an orphan whose
+  // 54: 31 ff                   xor  edi, edi             ;   death signal came too late, such as a
+  // 56: 0f 05                   syscall                   ;   namespace init, whose parent check cannot see its parent)
+  // 58: the init routine, its name, the stub's name, then `park`
   const code = [
     0xbf, 0x01, 0x00, 0x00, 0x00,
     0xbe, 0x09, 0x00, 0x00, 0x00,
@@ -111,19 +126,29 @@ function stubCode(spawner: number): {bytes: Uint8Array; initOffset: number} {
     0x48, 0x8d, 0x35, 0, 0, 0, 0,
     0xb8, 0x9d, 0x00, 0x00, 0x00,
     0x0f, 0x05,
-    0xb8, 0x22, 0x00, 0x00, 0x00,
+    0x48, 0x8d, 0x3d, 0, 0, 0, 0,
+    0x31, 0xf6,
+    0xb8, 0x23, 0x00, 0x00, 0x00,
     0x0f, 0x05,
-    0xeb, 0xf7,
+    0xb8, 0xe7, 0x00, 0x00, 0x00,
+    0x31, 0xff,
+    0x0f, 0x05,
   ]
   const initOffset = code.length
-  if (initOffset !== 0x48 || INIT_CODE.length !== 0x76 || INIT_CODE[8] !== INIT_NAME_REL) throw new Error('stub code is malformed')
+  if (initOffset !== 0x58 || INIT_CODE.length !== 0x76 || INIT_CODE[8] !== INIT_NAME_REL) throw new Error('stub code is malformed')
   const initName = Buffer.from(STUB_INIT_COMM + '\0', 'latin1')
   const nameOff = initOffset + INIT_CODE.length + initName.length
   const rel = nameOff - 0x38 // rip after the lea
   code[0x34] = rel & 0xff
   code[0x35] = (rel >> 8) & 0xff
   const name = Buffer.from(STUB_COMM + '\0', 'latin1')
-  return {bytes: Uint8Array.from([...code, ...INIT_CODE, ...initName, ...name]), initOffset}
+  const parkOff = nameOff + name.length
+  const parkRel = parkOff - 0x46
+  code[0x42] = parkRel & 0xff
+  code[0x43] = (parkRel >> 8) & 0xff
+  const park = new Uint8Array(16)
+  new DataView(park.buffer).setBigInt64(0, BigInt(STUB_PARK_SECONDS), true)
+  return {bytes: Uint8Array.from([...code, ...INIT_CODE, ...initName, ...name, ...park]), initOffset}
 }
 
 /** Address of the init routine in a stub loaded at `base`. */
@@ -297,9 +322,9 @@ export function spawnStub(opts: StubOptions = {}): Stub {
   try {
     tracee = Tracee.seize(pid, {options: PTRACE_O.EXITKILL | (opts.ptraceOptions ?? 0), timeoutMs: 10_000})
     // Start race (pitfall 1): the seize may land before the stub has named
-    // itself and parked in pause(). Let it run until it is parked there.
-    for (let i = 0; tracee.getRegs().orig_rax !== BigInt(SYS.pause); i++) {
-      if (i > 2000) throw new CxlforkError('STUB_NOT_PARKED', `stub ${pid} did not reach its pause loop`)
+    // itself and parked in nanosleep(). Let it run until it is parked there.
+    for (let i = 0; tracee.getRegs().orig_rax !== BigInt(SYS.nanosleep); i++) {
+      if (i > 2000) throw new CxlforkError('STUB_NOT_PARKED', `stub ${pid} did not reach its park`)
       tracee.cont()
       if (i > 10) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1)
       tracee.interrupt(10_000)

@@ -54,7 +54,7 @@ export function cloneArgs(at: bigint, flags: number, exitSignal: number, id: num
 /**
  * Inject clone3 with set_tid = [id] into `parent`; returns the new task,
  * stopped and traced. `parent` must be stopped; its stack serves as scratch
- * (below the red zone, which a stub parked in pause() does not use).
+ * (below the red zone, which a stub parked in nanosleep() does not use).
  */
 export function createWithId(parent: Tracee, flags: number, exitSignal: number, id: number, at?: bigint): Tracee {
   const slot = at ?? parent.stackSlot(CLONE_ARGS_SIZE + 8)
@@ -100,7 +100,7 @@ export function spawnNamespacedStubs(nsPid: number, options: StubOptions): Names
 
 /**
  * Let the init run its init routine, waiting for the root (`nsPid`). The
- * init is stopped in pause(): its registers are set so that it leaves the
+ * init is stopped in nanosleep(): its registers are set so that it leaves the
  * syscall and jumps there, with no restart.
  */
 export function releaseInit(init: Stub, nsPid: number): void {
