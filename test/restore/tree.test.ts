@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict'
 import {spawn} from 'node:child_process'
-import {mkdtempSync, readFileSync, readdirSync, rmSync} from 'node:fs'
+import {existsSync, mkdtempSync, readFileSync, readdirSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
@@ -133,7 +133,7 @@ describe('restore: process trees keep their shape and their pids', function () {
     const shell = spawn('bash', ['-c', script], {stdio: 'ignore', cwd: dir, detached: true})
     trackPid(shell.pid!)
     try {
-      await until(() => childrenOf(shell.pid!).length === 2 && readFileSync(out, 'utf8').split('\n').length > 3, 'the pipeline running')
+      await until(() => childrenOf(shell.pid!).length === 2 && existsSync(out) && readFileSync(out, 'utf8').split('\n').length > 3, 'the pipeline running')
       const ck = await cli(['checkpoint', String(shell.pid), '--name', 'pipeline', '--tree', '--json', '--pool', pool])
       assert.equal(ck.status, 0, describeRun(ck))
       const members = ck.json.tree.length
