@@ -9,4 +9,11 @@ export const Section = {
    * Then each live member has a processState and a pageMap section, in member order.
    */
   tree: 3,
+  /**
+   * CRC-32C of the page data, one per 64 KiB, addressed by pool offset: every
+   * member's data in one section. Written and read by src/pool/page-checksums.ts
+   * (PAGE_CHECKSUMS_SECTION, the same number: fsck checks it without images).
+   * Checkpoints from before it have none and restore as before.
+   */
+  pageChecksums: 4,
 } as const

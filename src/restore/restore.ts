@@ -7,11 +7,11 @@ import {decodeImage} from '../image/codec.js'
 import {PageMapView} from '../image/page-map.js'
 import {type ProcessImage} from '../image/process-image.js'
 import {Section} from '../image/sections.js'
-import {type Pool, type ReferenceHandle} from '../pool/index.js'
+import {type CheckpointReader, type Pool, type ReferenceHandle} from '../pool/index.js'
 import {getuid} from '../sys/libc.js'
 import {type CloneExit, type MemberPlan, type PidNamespaceMode, buildTree} from './build-process.js'
 import {type TreeRecord} from '../checkpoint/tree.js'
-import {CorruptError} from '../errors.js'
+import {CorruptError, UnsupportedError} from '../errors.js'
 import {type Policy, type StoredRun, planRestore} from './plan.js'
 
 /** Restore statistics; names follow CRIU's where they mean the same (µs). */
@@ -20,8 +20,10 @@ export interface RestoreStats {
   restore_time: number
   /** Spawning and seizing the stub (CRIU: forking_time). */
   forking_time: number
-  /** Reading the checkpoint: descriptor, state record, page map. */
+  /** Reading the checkpoint: descriptor, state record, page map (and with --verify the page data). */
   open_time: number
+  /** With --verify: reading and checksumming the page data, part of open_time. */
+  verify_time?: number
   /** Mapping and copying memory. */
   memory_time: number
   /** fds, mm, signals, registers. */
@@ -46,6 +48,8 @@ export interface RestoreResult {
   netns: string
   /** The clone's own PID namespace, when it has one: its pid there (the original's) and its init's pid here. */
   pidNamespace: {pid: number; initPid: number} | null
+  /** Whether the page data was read and checked against its checksums before anything was mapped (restore --verify). */
+  verified: boolean
   /** Present with --wait: how the clone ended. */
   exit?: CloneExit
   stats: RestoreStats
@@ -59,6 +63,8 @@ export interface RestoreRequest {
   pidns?: PidNamespaceMode
   /** The clone's network namespace (restore/network.ts); default: ours. */
   netns?: string
+  /** Check every page against its checksum before mapping (O(data); the default restore is O(mappings)). */
+  verify?: boolean
 }
 
 /** Page runs of the checkpoint, each checked to lie inside the checkpoint's own data. */
@@ -85,10 +91,32 @@ export interface LoadedCheckpoint {
   /** Every member with its image (none for a zombie), the root first; one entry for a single process. */
   members: (TreeRecord['members'][number] & {loaded?: LoadedProcess})[]
   address: (offset: bigint) => bigint
+  /** µs spent verifying the page data, when asked to. */
+  verifyUs?: number
 }
 
-export function loadCheckpoint(pool: Pool, name: string): LoadedCheckpoint {
+/**
+ * restore --verify: every byte of the checkpoint's page data against the
+ * checksums written with it, before a stub exists. A checkpoint without
+ * checksums cannot be verified and is refused rather than restored unchecked.
+ */
+function verifyPageData(reader: CheckpointReader, name: string): number {
+  if (!reader.hasPageChecksums) {
+    throw new UnsupportedError('PAGE_CHECKSUMS_MISSING', `checkpoint ${name} has no page checksums (it was taken before cxlfork wrote them), so it cannot be verified`,
+      'Restore it without --verify, or take a new checkpoint.')
+  }
+  const verdict = reader.verifyPageData()
+  if (verdict.state === 'damaged') {
+    const first = verdict.damaged[0]!
+    throw new CorruptError('PAGE_DATA_CORRUPT', `checkpoint ${name}: ${verdict.damagedChunks} of ${verdict.chunks} chunks of its page data fail their CRC-32C check, the first at pool offset ${first.poolOffset} (${first.length} bytes); nothing was restored`,
+      'The pool\'s memory was changed or damaged. `cxlfork pool fsck` lists every damaged checkpoint, `--repair` removes them.')
+  }
+  return verdict.timeUs
+}
+
+export function loadCheckpoint(pool: Pool, name: string, options: {verify?: boolean} = {}): LoadedCheckpoint {
   const reader = pool.openCheckpoint(name, {uid: getuid()})
+  const verifyUs = options.verify ? verifyPageData(reader, name) : undefined
   const address = (offset: bigint): bigint => reader.address(offset)
   const states = reader.sectionsOfType(Section.processState)
   const maps = reader.sectionsOfType(Section.pageMap)
@@ -114,12 +142,12 @@ export function loadCheckpoint(pool: Pool, name: string): LoadedCheckpoint {
     const task = root.image.task
     members = [{pid: task.pid, ppid: task.ppid, pgid: task.pgid, sid: task.sid, loaded: root}]
   }
-  return {image: root.image, runs: root.runs, members, address}
+  return {image: root.image, runs: root.runs, members, address, ...(verifyUs === undefined ? {} : {verifyUs})}
 }
 
 export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreResult {
   const t0 = performance.now()
-  const loaded = loadCheckpoint(pool, request.name)
+  const loaded = loadCheckpoint(pool, request.name, {verify: request.verify ?? false})
   const {address} = loaded
   const plans: MemberPlan[] = loaded.members.map((member) => ({
     pid: member.pid, ppid: member.ppid, pgid: member.pgid, sid: member.sid,
@@ -153,8 +181,10 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
   const tDone = performance.now()
   const result: RestoreResult = {
     name: request.name, pid: built.pid, policy: request.policy, threads: built.threads, processes: built.members, netns: request.netns ?? 'host', pidNamespace: built.namespace ?? null,
+    verified: loaded.verifyUs !== undefined,
     stats: {
       restore_time: Math.round((tDone - t0) * 1000), forking_time: built.timings.spawnUs, open_time: Math.round((tOpened - t0) * 1000),
+      ...(loaded.verifyUs === undefined ? {} : {verify_time: loaded.verifyUs}),
       memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: pagesCopied, pages_mapped: pagesMapped,
       injected_syscalls: built.timings.injectedSyscalls,
     },
