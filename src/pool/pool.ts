@@ -599,6 +599,7 @@ export class Pool {
 }
 
 const EINTR = 4
+const EINVAL = 22
 const ENOSPC = 28
 const EOPNOTSUPP = 95
 
@@ -621,12 +622,16 @@ function noSpaceError(path: string, what: string, needed: bigint, freeBefore?: b
     'Free memory on that file system (remove checkpoints with `cxlfork rm`, or other files), or use a provisioned pool (`pool init --provision`), whose memory is allocated up front.')
 }
 
-/** fallocate(2) mode 0 of [offset, +length), repeated on EINTR; ENOSPC is POOL_NO_SPACE; a file system without fallocate is left as it is. */
+/**
+ * fallocate(2) mode 0 of [offset, +length), repeated on EINTR; ENOSPC is
+ * POOL_NO_SPACE. A file system that cannot allocate ahead (EOPNOTSUPP, or
+ * EINVAL for a range it cannot take) is left as it is: writes there fault as before.
+ */
 function reserveRange(fd: number, path: string, offset: bigint, length: bigint, what: string): void {
   let r: number
   do r = fallocateRaw(fd, 0, offset, length)
   while (r === -EINTR)
-  if (r === 0 || r === -EOPNOTSUPP) return
+  if (r === 0 || r === -EOPNOTSUPP || r === -EINVAL) return
   if (r === -ENOSPC) throw noSpaceError(path, what, length)
   throw new SyscallError('fallocate', -r, `${path}: ${length} bytes at ${offset} for ${what}`)
 }
