@@ -68,13 +68,13 @@ export const ERROR_CODES = {
   SELF_TRACE: ExitCode.unsupported, SHARED_ANON_MEMORY: ExitCode.unsupported, UNSUPPORTED_FD: ExitCode.unsupported,
   UNSUPPORTED_MEMORY: ExitCode.unsupported, THREADS_NEED_PIDNS: ExitCode.unsupported, POLICY_NEEDS_PIDNS: ExitCode.unsupported, LEADER_EXITED: ExitCode.unsupported,
   PID_UNSUPPORTED: ExitCode.unsupported, ZOMBIE_SIGNALED: ExitCode.unsupported, NAMESPACE_DIFFERS: ExitCode.unsupported,
-  CPU_MISMATCH: ExitCode.unsupported, UNSUPPORTED_ARCH: ExitCode.unsupported,
+  CPU_MISMATCH: ExitCode.unsupported, UNSUPPORTED_ARCH: ExitCode.unsupported, PAGE_CHECKSUMS_MISSING: ExitCode.unsupported,
   // exit corrupt
   CHECKPOINT_CORRUPT: ExitCode.corrupt, CRIU_IMAGE_CORRUPT: ExitCode.corrupt, CRIU_IMAGE_ENCODE: ExitCode.corrupt,
   CRIU_IMAGE_MAGIC: ExitCode.corrupt, CRIU_IMAGE_TRUNCATED: ExitCode.corrupt, CRIU_IMAGE_UNREADABLE: ExitCode.corrupt,
   IMAGE_CORRUPT: ExitCode.corrupt, IMAGE_INCONSISTENT: ExitCode.corrupt, IMAGE_VERSION: ExitCode.corrupt,
   PAGE_MAP_CORRUPT: ExitCode.corrupt, POOL_FOREIGN: ExitCode.corrupt, POOL_HEADER_CORRUPT: ExitCode.corrupt,
-  POOL_SIZE_MISMATCH: ExitCode.corrupt, POOL_TRUNCATED: ExitCode.corrupt, POOL_VERSION: ExitCode.corrupt,
+  POOL_SIZE_MISMATCH: ExitCode.corrupt, POOL_TRUNCATED: ExitCode.corrupt, POOL_VERSION: ExitCode.corrupt, PAGE_DATA_CORRUPT: ExitCode.corrupt,
   // exit conflict
   ALREADY_TRACED: ExitCode.conflict, ADDRESS_IN_USE: ExitCode.conflict, BUILD_SLOTS_FULL: ExitCode.conflict, CHECKPOINT_IN_USE: ExitCode.conflict,
   DIRECTORY_FULL: ExitCode.conflict, HOST_TABLE_FULL: ExitCode.conflict, IMAGES_EXIST: ExitCode.conflict, NAME_TAKEN: ExitCode.conflict,

@@ -13,8 +13,10 @@ import {encodeImage} from '../image/codec.js'
 import {encodePageMap} from '../image/page-map.js'
 import {PAGE_SIZE, type PageRun, totalPages} from '../image/process-image.js'
 import {Section} from '../image/sections.js'
-import {type CheckpointBuilder, type Pool} from '../pool/index.js'
+import {type CheckpointBuilder, type ChecksumRange, PAGE_CHECKSUMS_SECTION, PageChecksummer, type Pool, checksumRange, encodePageChecksums} from '../pool/index.js'
+import {BATCH_MAX_CALLS, type BatchCall, type PendingSyscalls} from '../inject/tracee.js'
 import {validateCheckpointName} from '../pool/names.js'
+import {formatSize} from '../pool/size.js'
 import {O, PROT, SYS, type VmSegment, vmReadv} from '../sys/libc.js'
 import type {CpuPlacement} from '../sys/affinity.js'
 import {faultPoint} from '../fault.js'
@@ -30,6 +32,10 @@ export interface DumpStats {
   memwrite_time: number
   pages_scanned: number
   pages_written: number
+  /** µs cxlfork spent computing page checksums (CRC-32C), mostly while the snapshot was still writing. */
+  checksum_time?: number
+  /** Of which after the last page was written (what checksums add to the checkpoint). */
+  checksum_tail_time?: number
 }
 
 export interface CheckpointResult {
@@ -95,7 +101,12 @@ const F_GETPIPE_SZ = 1032
 
 /** A page write the snapshot child is busy with; finish() waits for it (and repairs or fails). */
 export interface PendingPageWrite {
-  finish(): void
+  /**
+   * Wait for the write; meanwhile `progress` is called with the number of
+   * bytes from the extent's start that are written for good (the page
+   * checksums are computed from them while the rest is written).
+   */
+  finish(progress?: (finalBytes: bigint) => void): void
 }
 
 /**
@@ -151,10 +162,14 @@ function startPageWrite(pool: Pool, snapshot: LiveSnapshot, poolOffset: bigint, 
     placement?.unfollow(child.pid)
     const started = pipe ? startSpliceWrites(child, pipe, fd, writes) : {finish: () => 0}
     return {
-      finish: () => {
+      finish: (progress) => {
         try {
-          const firstUnwritten = started.finish()
+          const firstUnwritten = started.finish(progress === undefined ? undefined : (pieces) => {
+            if (pieces > 0) progress(writes[pieces - 1]!.offset + writes[pieces - 1]!.len - poolOffset)
+          })
           pwriteWrites(child, fd, writes.slice(firstUnwritten))
+        } catch (error) {
+          throw noSpaceIfFull(pool, error, offset - poolOffset)
         } finally {
           closeAll()
         }
@@ -212,7 +227,7 @@ export function openPipe(child: LiveSnapshot['snapshotTracee']): {readFd: bigint
  * which the next splice would put in the next piece's range, never outside
  * it: rewriting from that piece on repairs all of it).
  */
-export function startSpliceWrites(child: LiveSnapshot['snapshotTracee'], pipe: {readFd: bigint; writeFd: bigint}, fd: bigint, writes: readonly PageWrite[]): {finish(): number} {
+export function startSpliceWrites(child: LiveSnapshot['snapshotTracee'], pipe: {readFd: bigint; writeFd: bigint}, fd: bigint, writes: readonly PageWrite[]): {finish(progress?: (pieces: number) => void): number} {
   if (writes.length === 0) return {finish: () => 0}
   // One scratch block: an iovec (base, len) per piece, then a loff_t per piece.
   const table = new DataView(new ArrayBuffer(writes.length * 24))
@@ -222,20 +237,72 @@ export function startSpliceWrites(child: LiveSnapshot['snapshotTracee'], pipe: {
     table.setBigUint64(16 * writes.length + 8 * i, w.offset, true)
   })
   const base = child.scratchWrite(new Uint8Array(table.buffer))
-  const calls = writes.flatMap((w, i) => [
-    {nr: SYS.vmsplice, args: [pipe.writeFd, base + BigInt(16 * i), 1n, 0n]},
-    {nr: SYS.splice, args: [pipe.readFd, 0n, fd, base + BigInt(16 * writes.length + 8 * i), w.len, 0n]},
+  const callsOf = (from: number, to: number): BatchCall[] => writes.slice(from, to).flatMap((w, k) => [
+    {nr: SYS.vmsplice, args: [pipe.writeFd, base + BigInt(16 * (from + k)), 1n, 0n]},
+    {nr: SYS.splice, args: [pipe.readFd, 0n, fd, base + BigInt(16 * writes.length + 8 * (from + k)), w.len, 0n]},
   ])
-  const pending = child.startSyscalls(calls, {stopOnError: true})
+  // Groups of pieces one launched batch runs whole, so that poll() sees every call complete.
+  const group = Math.max(1, Math.floor(BATCH_MAX_CALLS / 2))
+  const full = (results: readonly bigint[], k: number, piece: number): boolean => results[2 * k] === writes[piece]!.len && results[2 * k + 1] === writes[piece]!.len
+  let groupStart = 0
+  let pending = child.startSyscalls(callsOf(0, Math.min(group, writes.length)), {stopOnError: true})
   return {
-    finish: () => {
-      const results = pending.finish()
-      for (let i = 0; i < writes.length; i++) {
-        if (results[2 * i] !== writes[i]!.len || results[2 * i + 1] !== writes[i]!.len) return i
+    finish: (progress) => {
+      for (;;) {
+        const groupEnd = Math.min(groupStart + group, writes.length)
+        if (progress) followBatch(pending, groupStart, groupEnd, full, progress)
+        const results = pending.finish()
+        for (let piece = groupStart; piece < groupEnd; piece++) {
+          if (!full(results, piece - groupStart, piece)) return piece
+        }
+        progress?.(groupEnd)
+        if (groupEnd === writes.length) return writes.length
+        groupStart = groupEnd
+        pending = child.startSyscalls(callsOf(groupStart, Math.min(groupStart + group, writes.length)), {stopOnError: true})
       }
-      return writes.length
     },
   }
+}
+
+/** How long followBatch waits without seeing a call complete before it leaves the batch to finish() (a stop it cannot see). */
+const FOLLOW_PATIENCE_MS = 50
+
+/**
+ * While a batch of pieces [first, end) runs, report how many pieces from the
+ * extent's start are written in full (progress(pieces)), reading the batch's
+ * results without stopping the child. Returns at the batch's end, at a
+ * failed or short piece (finish() sorts that out), or when nothing moved for
+ * a while.
+ */
+function followBatch(pending: PendingSyscalls, first: number, end: number, full: (results: readonly bigint[], k: number, piece: number) => boolean,
+  progress: (pieces: number) => void): void {
+  let piece = first
+  let lastMove = performance.now()
+  const idle = new Int32Array(new SharedArrayBuffer(4))
+  while (piece < end) {
+    const results = pending.poll(2 * (piece - first), 64)
+    let moved = 0
+    for (let k = 0; k + 1 < results.length; k += 2) {
+      if (!full(results.slice(k, k + 2), 0, piece + moved)) return
+      moved++
+    }
+    // A vmsplice that failed ends the batch there (stopOnError).
+    if (results.length % 2 === 1 && results[results.length - 1]! < 0n) return
+    if (moved > 0) {
+      piece += moved
+      progress(piece)
+      lastMove = performance.now()
+      continue
+    }
+    if (performance.now() - lastMove > FOLLOW_PATIENCE_MS) return
+    Atomics.wait(idle, 0, 0, 0.2)
+  }
+}
+
+/** A write that failed with ENOSPC: the pool's file system is full, POOL_NO_SPACE with the numbers. */
+function noSpaceIfFull(pool: Pool, error: unknown, bytes: bigint): unknown {
+  if (error instanceof SyscallError && error.errno === 28) return pool.noSpace(`${bytes} bytes of page data`, bytes)
+  return error
 }
 
 /** pwrite64 each piece, batched; finishes short writes; typed errors (ENOSPC: the pool is full). */
@@ -312,14 +379,30 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
   }
   const {snapshot, placement} = placed
   let builder: CheckpointBuilder | undefined
+  const freeBefore = pool.fileSystemFree()
+  let neededBytes = 0n
   try {
     builder = pool.beginCheckpoint()
     const tWrite = performance.now()
     const runs = snapshot.memory.pageRuns
     let pages = totalPages(runs)
     const bytes = BigInt(pages) * BigInt(PAGE_SIZE)
+    neededBytes = bytes
     const extent = pages === 0 ? undefined : builder.allocateData(bytes)
     const pending = extent ? startPageWrite(pool, snapshot, extent.poolOffset, placement) : null
+    // Page checksums, each computed from the pool file once its bytes are final.
+    const checksummer = extent ? new PageChecksummer(pool.fd, pool.path, extent.poolOffset, bytes) : undefined
+    const checksumRanges: ChecksumRange[] = []
+    const memberData: {poolOffset: bigint; bytes: bigint}[] = []
+    let checksumMs = 0
+    const timed = <T>(work: () => T): T => {
+      const t = performance.now()
+      try {
+        return work()
+      } finally {
+        checksumMs += performance.now() - t
+      }
+    }
     // While the snapshot writes its pages: the rest of the image and the metadata sections.
     const image = snapshot.captureImage()
     builder.addSection(Section.processState, encodeImage(image))
@@ -335,8 +418,11 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
       }
       const memberPages = totalPages(captured.memory.pageRuns)
       const memberBytes = BigInt(memberPages) * BigInt(PAGE_SIZE)
-      const memberExtent = memberPages === 0 ? undefined : builder.allocateData(memberBytes)
+      neededBytes += memberBytes
+      // Copied through our mapping: its memory is allocated first (a full file system is POOL_NO_SPACE, not SIGBUS).
+      const memberExtent = memberPages === 0 ? undefined : builder.allocateData(memberBytes, {reserve: true})
       if (memberExtent) {
+        memberData.push({poolOffset: memberExtent.poolOffset, bytes: memberBytes})
         const copied = vmReadv(member.pid, runSegments(captured.memory.pageRuns, memberExtent.address))
         if (BigInt(copied) !== memberBytes) {
           throw new SyscallError('process_vm_readv', 14, `member ${member.pid}: copied ${copied} of ${memberBytes} bytes`, 'A member lost memory while being dumped; retry the checkpoint.')
@@ -355,14 +441,20 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
       const record: TreeRecord = {members: tree.members}
       builder.addSection(Section.tree, new TextEncoder().encode(JSON.stringify(record)))
     }
-    if (pending) pending.finish()
+    // The members' pages are final: checksum them while the snapshot still writes the root's.
+    for (const data of memberData) checksumRanges.push(timed(() => checksumRange(pool.fd, pool.path, data.poolOffset, data.bytes)))
+    if (pending) pending.finish(checksummer && ((finalBytes) => timed(() => checksummer.advance(finalBytes))))
     else if (extent) {
+      pool.reserve(extent.poolOffset, bytes, `${bytes} bytes of page data`)
       const copied = vmReadv(snapshot.snapshotPid, runSegments(runs, extent.address))
       if (BigInt(copied) !== bytes) {
         throw new SyscallError('process_vm_readv', 14, `snapshot ${snapshot.snapshotPid}: copied ${copied} of ${bytes} bytes`, 'The snapshot lost memory while being dumped; retry the checkpoint.')
       }
     }
     const tWritten = performance.now()
+    if (checksummer) checksumRanges.unshift(timed(() => checksummer.finish()))
+    const tChecksummed = performance.now()
+    builder.addSection(PAGE_CHECKSUMS_SECTION, encodePageChecksums(checksumRanges))
     // Safe point: every page written, nothing published; a stop here gives the build back (catch below).
     faultPoint('pages-written')
     request.stopPoint?.()
@@ -380,6 +472,8 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
       memwrite_time: Math.round((tWritten - tWrite) * 1000),
       pages_scanned: pagesScanned(snapshot),
       pages_written: pages,
+      checksum_time: Math.round(checksumMs * 1000),
+      checksum_tail_time: Math.round((tChecksummed - tWritten) * 1000),
     }
     const result: CheckpointResult = {
       name: request.name, pid: request.pid, killed: request.kill, vmas: image.vmas.length, fds: image.fds.length,
@@ -394,6 +488,10 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
     // The child may still be writing: it must be gone before its extent is given back.
     snapshot.release()
     builder?.abort()
+    // Whatever piece ran out of space first, the checkpoint as a whole did not fit: say so with its numbers.
+    if (error instanceof ConflictError && error.code === 'POOL_NO_SPACE') {
+      throw pool.noSpace(`checkpoint ${request.name} (${formatSize(neededBytes)} of page data and its metadata; nothing was kept, the target runs on)`, neededBytes, freeBefore)
+    }
     throw error
   } finally {
     thaw()

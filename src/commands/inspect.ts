@@ -1,6 +1,8 @@
 import * as Args from '@oclif/core/args'
+import * as Flags from '@oclif/core/flags'
 
 import {BaseCommand} from '../cli/base-command.js'
+import {ExitCode} from '../errors.js'
 import type {CheckpointDetails} from '../pool/index.js'
 import {formatSize} from '../pool/size.js'
 import type {ProcessSummary} from '../image/summary.js'
@@ -31,7 +33,11 @@ function treeRecord(bytes: Uint8Array): TreeRecordJson | undefined {
 export default class Inspect extends BaseCommand {
   static override summary = 'Show what the pool knows about a checkpoint.'
   static override description = 'Owner, creation time, sizes, data extents, metadata sections (checksums verified) and the clones referencing it, with their liveness.'
-  static override examples = ['<%= config.bin %> inspect web-1', '<%= config.bin %> inspect web-1 --json']
+  static override examples = ['<%= config.bin %> inspect web-1', '<%= config.bin %> inspect web-1 --json', '<%= config.bin %> inspect web-1 --verify']
+
+  static override flags = {
+    verify: Flags.boolean({summary: `Also read the page data and check it against its checksums; exits ${ExitCode.corrupt} if any chunk fails.`, default: false}),
+  }
 
   static override args = {
     name: Args.string({description: 'Checkpoint name.', required: true}),
@@ -42,7 +48,7 @@ export default class Inspect extends BaseCommand {
     const pool = await this.openPool(flags.pool)
     try {
       const uid = process.getuid?.() ?? 0
-      const details: InspectResult = pool.inspect(args.name, {uid})
+      const details: InspectResult = pool.inspect(args.name, {uid, verifyData: flags.verify})
       const [{decodeImage}, {PageMapView}, {Section}, {summarizeImage}, {AccessRecord}] = await Promise.all([
         import('../image/codec.js'), import('../image/page-map.js'), import('../image/sections.js'), import('../image/summary.js'), import('../image/access-record.js')])
       const reader = pool.openCheckpoint(args.name, {uid})
@@ -69,6 +75,14 @@ export default class Inspect extends BaseCommand {
       this.say(`${details.name}: serial ${details.serial}, uid ${details.uid}, created ${details.createdAt}, ${details.state}`)
       this.say(`data ${formatSize(details.dataBytes)} in ${details.dataExtents.length} extent(s); metadata ${formatSize(details.metadataBytes)}`)
       for (const section of details.sections) this.say(`  section type ${section.type}: ${section.length} bytes at ${section.poolOffset} crc32 ${section.crc32}`)
+      const data = details.pageData
+      if (!details.pageChecksums) this.say('page data: no page checksums (taken before cxlfork wrote them)')
+      else if (data?.state === 'verified') this.say(`page data: ${formatSize(data.bytes)} verified, ${data.chunks} chunks match their CRC-32C (${(data.timeUs / 1000).toFixed(1)} ms)`)
+      else if (data?.state === 'damaged') {
+        this.say(`page data: DAMAGED: ${data.damagedChunks} of ${data.chunks} chunks fail their CRC-32C check`)
+        for (const chunk of data.damaged) this.say(`  ${chunk.length} bytes at pool offset ${chunk.poolOffset}`)
+        process.exitCode = ExitCode.corrupt
+      } else this.say('page data: checksummed (--verify checks it)')
       const proc = details.process
       if (proc) {
         this.say(`process ${proc.pid} (${proc.comm}) uid ${proc.uid}, kernel ${proc.kernel} on ${proc.host}, ${proc.threads} thread(s), ${proc.signalHandlers} signal handler(s)`)

@@ -856,6 +856,11 @@ function readSet(dir: string): CriuImageSet {
   if (pagesSize < offset) {
     throw corrupt(`pages-${head['pages_id']}.img is too short: ${pagesSize} bytes, but pagemap-${pid}.img describes ${offset / PAGE_SIZE} stored pages (${offset} bytes)`)
   }
+  // CRIU images carry no checksums: the shape is what can be checked. CRIU writes exactly
+  // the pages its pagemap lists, so any other size means the two no longer describe each other.
+  if (pagesSize > offset) {
+    throw corrupt(`pages-${head['pages_id']}.img does not match pagemap-${pid}.img: ${pagesSize} bytes, but the pagemap describes ${offset / PAGE_SIZE} stored pages (${offset} bytes)${pagesSize % PAGE_SIZE === 0 ? '' : `; ${pagesSize % PAGE_SIZE} bytes beyond the last whole page`}`)
+  }
 
   // Threads.
   const threads: ThreadImage[] = cores.map(({tid, core}) => {
@@ -933,7 +938,8 @@ function readSet(dir: string): CriuImageSet {
   const fds: FdImage[] = []
   const filesId = ids['files_id'] as number
   const fdinfoName = `fdinfo-${filesId}.img`
-  const fdinfos = optionalImage(at(fdinfoName), () => readImage<Msg>(at(fdinfoName), 'fdinfo')) ?? []
+  // CRIU writes the fdinfo image of every files id, empty for a process without fds: a missing one is a lost file, not "no fds".
+  const fdinfos = readImage<Msg>(at(fdinfoName), 'fdinfo')
   for (const info of fdinfos) {
     const fdNumber = info['fd'] as number
     const what = `${fdinfoName} fd ${fdNumber}`

@@ -12,7 +12,7 @@ import {encodeImage} from '../image/codec.js'
 import {encodePageMap} from '../image/page-map.js'
 import {PAGE_SIZE, totalPages} from '../image/process-image.js'
 import {Section} from '../image/sections.js'
-import {type CheckpointBuilder, type Pool} from '../pool/index.js'
+import {type CheckpointBuilder, PAGE_CHECKSUMS_SECTION, type Pool, checksumRange, encodePageChecksums} from '../pool/index.js'
 import {validateCheckpointName} from '../pool/names.js'
 import {getuid, preadFull} from '../sys/libc.js'
 import {readCriuImages} from './images.js'
@@ -37,8 +37,11 @@ export function criuImport(pool: Pool, request: {images: string; name: string}):
   let builder: CheckpointBuilder | undefined = pool.beginCheckpoint()
   try {
     const entries: {vaddr: bigint; poolOffset: bigint; nrPages: number; vmaIndex: number}[] = []
+    let checksums = encodePageChecksums([])
     if (pages > 0) {
-      const extent = builder.allocateData(BigInt(pages) * BigInt(PAGE_SIZE))
+      const bytes = BigInt(pages) * BigInt(PAGE_SIZE)
+      // Read into the mapping: its memory is allocated first (a full file system is POOL_NO_SPACE, not SIGBUS).
+      const extent = builder.allocateData(bytes, {reserve: true})
       const fd = openSync(set.pagesPath, 'r')
       try {
         let offset = 0n
@@ -52,11 +55,13 @@ export function criuImport(pool: Pool, request: {images: string; name: string}):
       } finally {
         closeSync(fd)
       }
+      checksums = encodePageChecksums([checksumRange(pool.fd, pool.path, extent.poolOffset, bytes)])
     }
     builder.addSection(Section.processState, encodeImage(image))
     const pageMap = encodePageMap(entries)
     builder.addSection(Section.pageMap, pageMap)
     builder.addSection(Section.accessRecord, accessRecordFor(pageMap))
+    builder.addSection(PAGE_CHECKSUMS_SECTION, checksums)
     builder.publish(request.name, {uid: getuid(), summary: {pid: image.task.pid, comm: image.task.comm, pages, vmas: image.vmas.length, importedFrom: request.images}})
     builder = undefined
   } finally {

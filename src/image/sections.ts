@@ -10,6 +10,13 @@ export const Section = {
    */
   tree: 3,
   /**
+   * CRC-32C of the page data, one per 64 KiB, addressed by pool offset: every
+   * member's data in one section. Written and read by src/pool/page-checksums.ts
+   * (PAGE_CHECKSUMS_SECTION, the same number: fsck checks it without images).
+   * Checkpoints from before it have none and restore as before.
+   */
+  pageChecksums: 4,
+  /**
    * The access record of the pageMap section before it (access-record.ts): a
    * mutable section (bit 31, pool/descriptor.ts MUTABLE_SECTION), no CRC.
    */

@@ -249,6 +249,12 @@ export interface BatchCall {
 export interface PendingSyscalls {
   /** Wait for it; the results, as Tracee.syscalls() returns them. */
   finish(): bigint[]
+  /**
+   * Without stopping the tracee: the results of the calls that have
+   * completed so far, from call `from` on (at most `max` of them, in order).
+   * Only calls of the first BATCH_MAX_CALLS are seen before finish().
+   */
+  poll(from: number, max?: number): bigint[]
 }
 
 const SYSCALL_ARG_REGS = [REG.rdi, REG.rsi, REG.rdx, REG.r10, REG.r8, REG.r9]
@@ -285,6 +291,10 @@ const BATCH_INT3_OFFSET = 59
 /** One code page + a 60 KiB call table. */
 const BATCH_AREA = 64 * 1024
 const BATCH_MAX = (BATCH_AREA - 4096) / 64
+/** Calls one launched batch runs before startSyscalls' finish() has to run the rest. */
+export const BATCH_MAX_CALLS = BATCH_MAX
+/** A result word no system call returns (not an errno, not a canonical address): the call has not run yet. */
+const NOT_RUN = 1n << 63n
 
 type State = 'running' | 'stopped' | 'detached' | 'dead'
 
@@ -1212,12 +1222,26 @@ export class Tracee {
     const stopOnError = opts.stopOnError ?? false
     if (calls.length === 0 || this.healing || !this.batchUsable()) {
       const results = this.syscalls(calls, opts)
-      return {finish: () => results}
+      return {finish: () => results, poll: (from, max = results.length) => results.slice(from, from + max)}
     }
     const first = calls.slice(0, BATCH_MAX)
     const tableAddr = this.launchBatch(first, stopOnError)
     let done: bigint[] | undefined
     return {
+      poll: (from, max = 64) => {
+        if (done) return done.slice(from, from + max)
+        const count = Math.min(max, first.length - from)
+        if (count <= 0) return []
+        const words = new BigUint64Array(count * 8)
+        this.readMemoryInto(tableAddr + BigInt(from * 64), new Uint8Array(words.buffer))
+        const out: bigint[] = []
+        for (let k = 0; k < count; k++) {
+          const v = words[k * 8 + 7]!
+          if (v === NOT_RUN) break
+          out.push(signed(v))
+        }
+        return out
+      },
       finish: () => {
         if (done) return done
         const out = this.collectBatch(first, stopOnError, tableAddr)
@@ -1242,7 +1266,7 @@ export class Tracee {
       if (args.length > 6) throw new RangeError('at most 6 syscall arguments')
       table[k * 8] = BigInt(c.nr)
       for (let j = 0; j < 6; j++) table[k * 8 + 1 + j] = BigInt.asUintN(64, BigInt(args[j] ?? 0))
-      table[k * 8 + 7] = 0xffffffffffffffffn
+      table[k * 8 + 7] = NOT_RUN
     }
     const tableAddr = this.batchBase! + 4096n
     this.writeMemory(tableAddr, new Uint8Array(table.buffer))

@@ -78,9 +78,12 @@ export class CheckpointBuilder {
 
   /**
    * Claim a contiguous, 2 MiB aligned data extent of at least `bytes`. The
-   * caller writes it once, before publish; clones map it copy-on-write.
+   * caller writes it once, before publish; clones map it copy-on-write. With
+   * `reserve`, the file's memory for the first `bytes` is allocated now
+   * (POOL_NO_SPACE if it cannot be): needed before writing it through the
+   * mapping, where a full file system would be SIGBUS.
    */
-  allocateData(bytes: bigint): AllocatedData {
+  allocateData(bytes: bigint, options: {reserve?: boolean} = {}): AllocatedData {
     this.requireBuilding('allocate data')
     if (bytes <= 0n) throw new UsageError('INVALID_SIZE', `cannot allocate ${bytes} bytes`)
     this.keepLeaseFresh()
@@ -93,6 +96,8 @@ export class CheckpointBuilder {
     const poolOffset = this.pool.header.dataOffset + BigInt(first) * segmentSize
     const length = count * segmentSize
     this.extents.push({poolOffset, length})
+    // Written through the mapping (reserve) or by write(2)/splice(2), whose ENOSPC the writer reports.
+    if (options.reserve) this.pool.reserve(poolOffset, bytes, `${bytes} bytes of page data`)
     return {poolOffset, length, address: this.pool.baseAddress + poolOffset}
   }
 
@@ -103,6 +108,12 @@ export class CheckpointBuilder {
     const firstPage = allocateRun(this.pool.regions.pageStates, pages, this.serial, this.pageHint)
     if (firstPage === undefined) throw poolFull(`${what} (${bytes.length} bytes of metadata)`)
     this.pageHint = firstPage + pages
+    try {
+      this.pool.reserve(BigInt(this.pool.header.metadataOffset + firstPage * pageSize), BigInt(pages * pageSize), what)
+    } catch (error) {
+      for (let page = firstPage; page < firstPage + pages; page++) Atomics.compareExchange(this.pool.regions.pageStates, page, this.serial, 0)
+      throw error
+    }
     this.pool.regions.metadata.set(bytes, firstPage * pageSize)
     return {poolOffset: BigInt(this.pool.header.metadataOffset + firstPage * pageSize), firstPage, pages}
   }

@@ -17,6 +17,7 @@ import {descriptorPageCount, isMutableSection} from './descriptor.js'
 import type {Descriptor} from './descriptor.js'
 import {EntryState, isLive, withState} from './directory.js'
 import {HOST_SLOT_SIZE} from './layout.js'
+import {PAGE_CHECKSUMS_SECTION, type PageDataVerdict, decodePageChecksums, verifyRanges} from './page-checksums.js'
 import type {Pool} from './pool.js'
 import type {FsckProblem, FsckReport} from './types.js'
 
@@ -76,6 +77,8 @@ export function runFsck(pool: Pool, repair: boolean): FsckReport {
   const directorySerials = new Set<number>()
   const firstByName = new Map<string, number>()
   let checkpoints = 0
+  const pageData = {checkpoints: 0, bytes: 0}
+  const noPageChecksums: string[] = []
   for (const {index, word, entry} of pool.directory.occupied()) {
     if (!isLive(entry)) continue
     const where = `directory slot ${index} (serial ${entry.serial})`
@@ -94,6 +97,22 @@ export function runFsck(pool: Pool, repair: boolean): FsckReport {
     if (damage.sectionsCorrupt.length > 0) {
       report('corrupt', 'SECTION_CORRUPT', named, `section(s) of type ${damage.sectionsCorrupt.join(', ')} fail their CRC-32 check`, tombstone)
       continue
+    }
+    const data = checkPageData(pool, descriptor, named)
+    if (pool.directory.load(index) !== word) continue // deleted while we read its data
+    if (data === undefined) noPageChecksums.push(descriptor.name)
+    else if (typeof data === 'string') {
+      report('corrupt', 'PAGE_CHECKSUMS_CORRUPT', named, data, tombstone)
+      if (!problems.at(-1)!.repaired) directorySerials.add(entry.serial) // still a checkpoint: its units are not garbage
+      continue
+    } else {
+      pageData.checkpoints++
+      pageData.bytes += data.bytes
+      if (data.state === 'damaged') {
+        report('corrupt', 'PAGE_DATA_CORRUPT', named, `${data.damagedChunks} of ${data.chunks} chunks of its page data fail their CRC-32C check, the first at pool offset ${data.damaged[0]!.poolOffset} (${data.damaged[0]!.length} bytes)`, tombstone)
+        if (!problems.at(-1)!.repaired) directorySerials.add(entry.serial)
+        continue
+      }
     }
     if (damage.stolen.length > 0) {
       report('corrupt', 'UNITS_OVERLAP', named, `${damage.stolen.length} of its units are owned by another checkpoint`, tombstone)
@@ -153,7 +172,8 @@ export function runFsck(pool: Pool, repair: boolean): FsckReport {
     corruptionFound: corrupt.length,
     corruptionRepaired: repaired,
     checked: {checkpoints, segments: header.segmentCount, pages: header.metadataPageCount, buildSlots: header.buildSlots,
-      references: referenceCount, hosts: hosts.length},
+      references: referenceCount, hosts: hosts.length, pageDataCheckpoints: pageData.checkpoints, pageDataBytes: pageData.bytes},
+    noPageChecksums,
     problems,
   }
 }
@@ -189,6 +209,40 @@ function checkOwnedUnits(pool: Pool, descriptorPage: number, descriptor: Descrip
     if (!isMutableSection(section.type) && crc32(regions.metadata.subarray(start, start + section.length)) !== section.crc) damage.sectionsCorrupt.push(section.type)
   }
   return damage
+}
+
+/**
+ * Page data against its checksums: undefined when the checkpoint has none
+ * (taken before they existed), a message when the checksum record itself is
+ * unusable, else the verdict.
+ */
+function checkPageData(pool: Pool, descriptor: Descriptor, named: string): PageDataVerdict | string | undefined {
+  const sections = descriptor.sections.filter((section) => section.type === PAGE_CHECKSUMS_SECTION)
+  if (sections.length === 0) return undefined
+  const verdicts: PageDataVerdict[] = []
+  for (const section of sections) {
+    const start = Number(section.poolOffset) - pool.header.metadataOffset
+    let decoded
+    try {
+      decoded = decodePageChecksums(pool.regions.metadata.slice(start, start + section.length), named)
+    } catch (error) {
+      return (error as Error).message
+    }
+    for (const range of decoded.ranges) {
+      const inside = descriptor.extents.some((extent) => range.poolOffset >= extent.poolOffset && range.poolOffset + range.length <= extent.poolOffset + extent.length)
+      if (!inside) return `page checksums cover pool offset ${range.poolOffset} (+${range.length}), outside its data extents`
+    }
+    verdicts.push(verifyRanges(pool.fd, pool.path, decoded.chunkSize, decoded.ranges))
+  }
+  const damagedChunks = verdicts.reduce((sum, verdict) => sum + verdict.damagedChunks, 0)
+  return {
+    state: damagedChunks === 0 ? 'verified' : 'damaged',
+    bytes: verdicts.reduce((sum, verdict) => sum + verdict.bytes, 0),
+    chunks: verdicts.reduce((sum, verdict) => sum + verdict.chunks, 0),
+    damaged: verdicts.flatMap((verdict) => verdict.damaged).slice(0, 16),
+    damagedChunks,
+    timeUs: verdicts.reduce((sum, verdict) => sum + verdict.timeUs, 0),
+  }
 }
 
 /** Whether a lookup of `name` probes through to `index` without meeting an empty word. */

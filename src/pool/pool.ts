@@ -138,6 +138,9 @@ export class Pool {
       }
       // Before anything is written (this host's lease) or mapped.
       trustPool(absolute, stat, header.sharedGid)
+      // Every shared word is written through the mapping, where a page the file
+      // system cannot allocate is SIGBUS: allocate the control area first (a no-op once done).
+      if (!header.provisioned) reserveRange(fd, absolute, 0n, BigInt(controlAreaEnd(header)), 'the pool\'s control area')
       const mapping = PoolMapping.map(fd, header.totalSize, header.metadataOffset)
       const metadataStart = BigInt(header.metadataOffset)
       const regions = new PoolRegions(header, mapping.control, (offset, length) => mapping.window(metadataStart + BigInt(offset), length))
@@ -199,6 +202,7 @@ export class Pool {
         throw new SyscallError('ftruncate', -((error as NodeJS.ErrnoException).errno ?? 0), `${temporary} to ${layout.totalSize} bytes`)
       }
       if (options.provision) provisionFile(fd, temporary, layout.totalSize)
+      else reserveRange(fd, temporary, 0n, BigInt(controlAreaEnd(layout)), 'the pool\'s control area')
       // Written through a mapping: hugetlbfs files do not support write(2).
       const mapping = PoolMapping.map(fd, layout.totalSize, PAGE_SIZE)
       const flags = (options.provision ? POOL_FLAG_PROVISIONED : 0) | (options.sharedGid === undefined ? 0 : POOL_FLAG_SHARED_GROUP)
@@ -244,6 +248,30 @@ export class Pool {
   }
 
   // ---- building ---------------------------------------------------------
+
+  /**
+   * Allocate the file's memory behind [poolOffset, +length) before it is
+   * written through the mapping: on a full file system a store into an
+   * unallocated page of a sparse file is SIGBUS, fallocate(2) is ENOSPC, which
+   * becomes POOL_NO_SPACE (exit 7) with the numbers. A provisioned pool is
+   * allocated whole already.
+   */
+  reserve(poolOffset: bigint, length: bigint, what: string): void {
+    if (this.header.provisioned || length <= 0n) return
+    reserveRange(this.fd, this.path, poolOffset, length, what)
+  }
+
+  /** POOL_NO_SPACE for `what` needing `needed` bytes, with what the file system has free now (and had, `freeBefore`). */
+  noSpace(what: string, needed: bigint, freeBefore?: bigint): ConflictError {
+    return noSpaceError(this.path, what, needed, freeBefore)
+  }
+
+  /** Bytes the pool's file system has free now. */
+  fileSystemFree(): bigint {
+    const fs = statfsSync(dirname(this.path), {bigint: true})
+    return fs.bavail * fs.bsize
+  }
+
 
   /** Start a checkpoint: claims a build slot and thereby a fresh serial. */
   beginCheckpoint(): CheckpointBuilder {
@@ -418,8 +446,8 @@ export class Pool {
     return reader
   }
 
-  /** What the pool knows about one checkpoint, checksums verified. */
-  inspect(name: string, options: {uid?: number} = {}): CheckpointDetails {
+  /** What the pool knows about one checkpoint, checksums verified; with `verifyData`, its page data too. */
+  inspect(name: string, options: {uid?: number; verifyData?: boolean} = {}): CheckpointDetails {
     this.ensureOpen()
     const resolved = this.lookup(name)
     if (!resolved) throw this.checkpointNotFound(name)
@@ -435,6 +463,8 @@ export class Pool {
       sections: resolved.descriptor.sections.map((section) => ({type: section.type, poolOffset: Number(section.poolOffset),
         length: section.length, crc32: section.crc.toString(16).padStart(8, '0')})),
       references,
+      pageChecksums: reader.hasPageChecksums,
+      ...(options.verifyData ? {pageData: reader.verifyPageData()} : {}),
     }
   }
 
@@ -626,8 +656,42 @@ export class Pool {
 }
 
 const EINTR = 4
+const EINVAL = 22
 const ENOSPC = 28
 const EOPNOTSUPP = 95
+
+/** End of the pool's control area (header, counters, tables, unit states), page aligned. */
+function controlAreaEnd(layout: {pageStateOffset: number; metadataPageCount: number}): number {
+  return Math.ceil((layout.pageStateOffset + layout.metadataPageCount * 4) / PAGE_SIZE) * PAGE_SIZE
+}
+
+function noSpaceError(path: string, what: string, needed: bigint, freeBefore?: bigint): ConflictError {
+  let free = ''
+  try {
+    const fs = statfsSync(dirname(path), {bigint: true})
+    const available = fs.bavail * fs.bsize
+    free = `, the file system of ${dirname(path)} has ${formatSize(available)} (${available} bytes) free of ${formatSize(fs.blocks * fs.bsize)}`
+    if (freeBefore !== undefined) free += ` (${formatSize(freeBefore)}, ${freeBefore} bytes, when it began)`
+  } catch {
+    // the numbers are a courtesy
+  }
+  return new ConflictError('POOL_NO_SPACE', `no space in pool ${path} for ${what}: it needs ${formatSize(needed)} (${needed} bytes)${free}`,
+    'Free memory on that file system (remove checkpoints with `cxlfork rm`, or other files), or use a provisioned pool (`pool init --provision`), whose memory is allocated up front.')
+}
+
+/**
+ * fallocate(2) mode 0 of [offset, +length), repeated on EINTR; ENOSPC is
+ * POOL_NO_SPACE. A file system that cannot allocate ahead (EOPNOTSUPP, or
+ * EINVAL for a range it cannot take) is left as it is: writes there fault as before.
+ */
+function reserveRange(fd: number, path: string, offset: bigint, length: bigint, what: string): void {
+  let r: number
+  do r = fallocateRaw(fd, 0, offset, length)
+  while (r === -EINTR)
+  if (r === 0 || r === -EOPNOTSUPP || r === -EINVAL) return
+  if (r === -ENOSPC) throw noSpaceError(path, what, length)
+  throw new SyscallError('fallocate', -r, `${path}: ${length} bytes at ${offset} for ${what}`)
+}
 
 /**
  * A sparse pool larger than its whole file system is accepted by ftruncate

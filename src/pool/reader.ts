@@ -5,6 +5,7 @@
 import {CorruptError, NotFoundError, UsageError} from '../errors.js'
 import {crc32} from './checksum.js'
 import {type DataExtent, type SectionRecord, isMutableSection} from './descriptor.js'
+import {NO_PAGE_CHECKSUMS, PAGE_CHECKSUMS_SECTION, type PageDataVerdict, decodePageChecksums, verifyRanges} from './page-checksums.js'
 import type {Pool, ResolvedEntry} from './pool.js'
 import type {CheckpointInfo} from './types.js'
 
@@ -98,6 +99,47 @@ export class CheckpointReader {
   /** Check every section's checksum (open and inspect refuse a damaged checkpoint up front). */
   verifyAll(): void {
     for (const record of this.resolved.descriptor.sections) this.readSection(record)
+  }
+
+  /** Whether the checkpoint carries page checksums (checkpoints taken before they existed do not). */
+  get hasPageChecksums(): boolean {
+    return this.hasSection(PAGE_CHECKSUMS_SECTION)
+  }
+
+  /**
+   * Read every byte of the checkpoint's page data and compare it with the
+   * checksums written with it: O(data), unlike a restore, so only on request
+   * (restore --verify, inspect --verify, pool fsck). A range outside the
+   * checkpoint's own extents is corruption of the checksum record.
+   */
+  verifyPageData(): PageDataVerdict {
+    const sections = this.sectionsOfType(PAGE_CHECKSUMS_SECTION)
+    if (sections.length === 0) return {...NO_PAGE_CHECKSUMS}
+    const verdicts = sections.map((bytes) => {
+      const {chunkSize, ranges} = decodePageChecksums(bytes, `checkpoint ${this.info.name}`)
+      for (const range of ranges) {
+        const inside = this.resolved.descriptor.extents.some((extent) => range.poolOffset >= extent.poolOffset && range.poolOffset + range.length <= extent.poolOffset + extent.length)
+        if (!inside) {
+          throw new CorruptError('CHECKPOINT_CORRUPT', `checkpoint ${this.info.name}: page checksums cover pool offset ${range.poolOffset} (+${range.length}), outside its data`,
+            'Run `cxlfork pool fsck`; `--repair` removes unusable checkpoints.')
+        }
+      }
+      return verifyRanges(this.pool.fd, this.pool.path, chunkSize, ranges)
+    })
+    const damaged = verdicts.flatMap((verdict) => verdict.damaged).slice(0, 16)
+    const damagedChunks = verdicts.reduce((sum, verdict) => sum + verdict.damagedChunks, 0)
+    // The data may have been freed and reused by a delete meanwhile: that is not damage.
+    if (damagedChunks > 0 && this.pool.directory.load(this.resolved.index) !== this.resolved.word) {
+      throw new NotFoundError('CHECKPOINT_DELETING', `checkpoint ${this.info.name} was deleted while being read`)
+    }
+    return {
+      state: damagedChunks === 0 ? 'verified' : 'damaged',
+      bytes: verdicts.reduce((sum, verdict) => sum + verdict.bytes, 0),
+      chunks: verdicts.reduce((sum, verdict) => sum + verdict.chunks, 0),
+      damaged,
+      damagedChunks,
+      timeUs: verdicts.reduce((sum, verdict) => sum + verdict.timeUs, 0),
+    }
   }
 
   /** This process's address of `poolOffset`, which must lie inside one of the checkpoint's data extents. */

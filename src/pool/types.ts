@@ -3,6 +3,9 @@
  * commands, so every field is a plain number, string, boolean or array
  * (pool offsets fit in 53 bits).
  */
+import type {PageDataVerdict} from './page-checksums.js'
+
+export type {PageDataDamage, PageDataVerdict} from './page-checksums.js'
 
 export type CheckpointState = 'published' | 'deleting' | 'corrupt'
 
@@ -52,6 +55,10 @@ export interface CheckpointDetails extends CheckpointInfo {
   dataExtents: ExtentInfo[]
   sections: SectionInfo[]
   references: ReferenceInfo[]
+  /** Whether the page data has checksums (checkpoints taken before they existed have none). */
+  pageChecksums: boolean
+  /** With inspect --verify: the page data checked against them. */
+  pageData?: PageDataVerdict
 }
 
 export interface HostInfo {
@@ -124,7 +131,11 @@ export interface FsckReport {
   clean: boolean
   corruptionFound: number
   corruptionRepaired: number
-  checked: {checkpoints: number; segments: number; pages: number; buildSlots: number; references: number; hosts: number}
+  checked: {checkpoints: number; segments: number; pages: number; buildSlots: number; references: number; hosts: number
+    /** Checkpoints whose page data was read and checked against its checksums, and the bytes read. */
+    pageDataCheckpoints: number; pageDataBytes: number}
+  /** Checkpoints whose page data has no checksums (taken before cxlfork wrote them): not checked. */
+  noPageChecksums: string[]
   problems: FsckProblem[]
 }
 

@@ -12,7 +12,7 @@ import {type CheckpointReader, type Pool, type ReferenceHandle} from '../pool/in
 import {getuid} from '../sys/libc.js'
 import {type CloneExit, type MemberPlan, type PidNamespaceMode, buildTree} from './build-process.js'
 import {type TreeRecord} from '../checkpoint/tree.js'
-import {CorruptError, UsageError} from '../errors.js'
+import {CorruptError, UnsupportedError, UsageError} from '../errors.js'
 import {type Policy, type StoredRun, planRestore} from './plan.js'
 
 /** Restore statistics; names follow CRIU's where they mean the same (µs). */
@@ -21,8 +21,10 @@ export interface RestoreStats {
   restore_time: number
   /** Spawning and seizing the stub (CRIU: forking_time). */
   forking_time: number
-  /** Reading the checkpoint: descriptor, state record, page map. */
+  /** Reading the checkpoint: descriptor, state record, page map (and with --verify the page data). */
   open_time: number
+  /** With --verify: reading and checksumming the page data, part of open_time. */
+  verify_time?: number
   /** Mapping and copying memory. */
   memory_time: number
   /** fds, mm, signals, registers. */
@@ -53,6 +55,8 @@ export interface RestoreResult {
   faultServerPid?: number
   /** What recorded access bits the restore found and used: `mow` copies the dirty pages, `hybrid` the accessed ones; a `hybrid` restore without any behaves as `mow` (effectivePolicy). */
   tiering: {recordedBy: number; pagesDirty: number; pagesAccessed: number; effectivePolicy: Policy; recording?: {exact: boolean}}
+  /** Whether the page data was read and checked against its checksums before anything was mapped (restore --verify). */
+  verified: boolean
   /** Present with --wait: how the clone ended. */
   exit?: CloneExit
   stats: RestoreStats
@@ -70,6 +74,8 @@ export interface RestoreRequest {
   fillAfterMs?: number
   /** Record the clone's accesses into the checkpoint when it exits (`mow`, `hybrid`). */
   record?: boolean
+  /** Check every page against its checksum before mapping (O(data); the default restore is O(mappings)). */
+  verify?: boolean
 }
 
 /** Page runs of the checkpoint, each checked to lie inside the checkpoint's own data, with their recorded flags if any. */
@@ -102,10 +108,32 @@ export interface LoadedCheckpoint {
   address: (offset: bigint) => bigint
   /** What it was read through: a clone's reference binds to exactly this checkpoint (Pool.addReference). */
   reader: CheckpointReader
+  /** µs spent verifying the page data, when asked to. */
+  verifyUs?: number
 }
 
-export function loadCheckpoint(pool: Pool, name: string): LoadedCheckpoint {
+/**
+ * restore --verify: every byte of the checkpoint's page data against the
+ * checksums written with it, before a stub exists. A checkpoint without
+ * checksums cannot be verified and is refused rather than restored unchecked.
+ */
+function verifyPageData(reader: CheckpointReader, name: string): number {
+  if (!reader.hasPageChecksums) {
+    throw new UnsupportedError('PAGE_CHECKSUMS_MISSING', `checkpoint ${name} has no page checksums (it was taken before cxlfork wrote them), so it cannot be verified`,
+      'Restore it without --verify, or take a new checkpoint.')
+  }
+  const verdict = reader.verifyPageData()
+  if (verdict.state === 'damaged') {
+    const first = verdict.damaged[0]!
+    throw new CorruptError('PAGE_DATA_CORRUPT', `checkpoint ${name}: ${verdict.damagedChunks} of ${verdict.chunks} chunks of its page data fail their CRC-32C check, the first at pool offset ${first.poolOffset} (${first.length} bytes); nothing was restored`,
+      'The pool\'s memory was changed or damaged. `cxlfork pool fsck` lists every damaged checkpoint, `--repair` removes them.')
+  }
+  return verdict.timeUs
+}
+
+export function loadCheckpoint(pool: Pool, name: string, options: {verify?: boolean} = {}): LoadedCheckpoint {
   const reader = pool.openCheckpoint(name, {uid: getuid()})
+  const verifyUs = options.verify ? verifyPageData(reader, name) : undefined
   const address = (offset: bigint): bigint => reader.address(offset)
   const states = reader.sectionsOfType(Section.processState)
   const maps = reader.sectionsOfType(Section.pageMap)
@@ -138,12 +166,12 @@ export function loadCheckpoint(pool: Pool, name: string): LoadedCheckpoint {
     const task = root.image.task
     members = [{pid: task.pid, ppid: task.ppid, pgid: task.pgid, sid: task.sid, loaded: root}]
   }
-  return {image: root.image, runs: root.runs, members, address, reader}
+  return {image: root.image, runs: root.runs, members, address, reader, ...(verifyUs === undefined ? {} : {verifyUs})}
 }
 
 export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreResult {
   const t0 = performance.now()
-  const loaded = loadCheckpoint(pool, request.name)
+  const loaded = loadCheckpoint(pool, request.name, {verify: request.verify ?? false})
   const {address} = loaded
   if (request.record && request.policy !== 'mow' && request.policy !== 'hybrid') {
     throw new UsageError('RECORD_POLICY', `--record reads a clone's pool mappings, and --policy ${request.policy} maps nothing from the pool`, 'Record a mow or hybrid clone.')
@@ -187,11 +215,13 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
   const tDone = performance.now()
   const result: RestoreResult = {
     name: request.name, pid: built.pid, policy: request.policy, threads: built.threads, processes: built.members, netns: request.netns ?? 'host', pidNamespace: built.namespace ?? null,
+    verified: loaded.verifyUs !== undefined,
     ...(built.faultServerPid === undefined ? {} : {faultServerPid: built.faultServerPid}),
     tiering: {recordedBy: recorded?.recordings ?? 0, pagesDirty: recorded?.dirty ?? 0, pagesAccessed: recorded?.accessed ?? 0, effectivePolicy,
       ...(built.recordingExact === undefined ? {} : {recording: {exact: built.recordingExact}})},
     stats: {
       restore_time: Math.round((tDone - t0) * 1000), forking_time: built.timings.spawnUs, open_time: Math.round((tOpened - t0) * 1000),
+      ...(loaded.verifyUs === undefined ? {} : {verify_time: loaded.verifyUs}),
       memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: pagesCopied, pages_mapped: pagesMapped, pages_lazy: pagesLazy,
       injected_syscalls: built.timings.injectedSyscalls,
     },

@@ -143,6 +143,28 @@ describe('criu-e2e: damaged image sets are refused with typed errors and leave n
     })
   })
 
+  it('pages-1.img longer than its pagemap describes (a page, or a few bytes, appended) -> exit 6 CRIU_IMAGE_CORRUPT naming both', async () => {
+    const d = await dumpMemtouch('pages-long')
+    const path = (set: string) => join(set, 'pages-1.img')
+    const size = statSync(path(d.images)).size
+    const page = copySet(d, 'pages-long-page')
+    appendFileSync(path(page), Buffer.alloc(PAGE, 0x5a))
+    await expectRefused(d, page, {code: 'CRIU_IMAGE_CORRUPT', exitCode: 6, message: ['pages-1.img', `pagemap-${d.pid}.img`, String(size + PAGE), /does not match/]})
+    const bytes = copySet(d, 'pages-long-bytes')
+    appendFileSync(path(bytes), Buffer.alloc(100, 0x5a))
+    await expectRefused(d, bytes, {code: 'CRIU_IMAGE_CORRUPT', exitCode: 6, message: ['pages-1.img', /100 bytes beyond the last whole page/]})
+  })
+
+  it('a missing fdinfo image (the clone would run without its fds) -> exit 3 CRIU_IMAGE_MISSING naming it', async () => {
+    const d = await dumpMemtouch('no-fdinfo')
+    const set = imagesDir('no-fdinfo-bad')
+    mkdirSync(set)
+    const fdinfo = readdirSync(d.images).filter((name) => name.startsWith('fdinfo-'))
+    assert.equal(fdinfo.length, 1, `one fdinfo image: ${fdinfo.join(', ')}`)
+    for (const name of readdirSync(d.images)) if (name !== fdinfo[0]) copyFileSync(join(d.images, name), join(set, name))
+    await expectRefused(d, set, {code: 'CRIU_IMAGE_MISSING', exitCode: 3, message: [fdinfo[0]!]})
+  })
+
   it('unknown inventory img_version -> exit 5 CRIU_IMAGE_VERSION naming inventory.img', async () => {
     const d = await dumpMemtouch('version')
     const set = copySet(d, 'version-bad')

@@ -3,10 +3,12 @@ import * as Flags from '@oclif/core/flags'
 import {BaseCommand} from '../../cli/base-command.js'
 import {ExitCode} from '../../errors.js'
 import type {FsckReport} from '../../pool/index.js'
+import {formatSize} from '../../pool/size.js'
 
 export default class PoolFsck extends BaseCommand {
   static override summary = 'Check the pool for corruption.'
-  static override description = `Verifies the header, every checkpoint descriptor and section checksum, unit ownership and slot tables. \
+  static override description = `Verifies the header, every checkpoint descriptor and section checksum, the page data of every checkpoint against its checksums \
+(reads all of it; checkpoints taken before page checksums are listed as not checked), unit ownership and slot tables. \
 Leftovers of crashed processes are reported as stale (\`cxlfork pool gc\` reclaims them); anything no crash can produce is corruption. \
 Exits ${ExitCode.corrupt} when corruption is found and not repaired. --repair removes damaged checkpoints (never freeing memory a live clone maps) \
 and clears impossible table entries.`
@@ -25,7 +27,8 @@ and clears impossible table entries.`
       for (const problem of report.problems) {
         this.say(`${problem.severity.padEnd(7)} ${problem.kind} ${problem.where}: ${problem.message}${problem.repaired ? ' (repaired)' : ''}`)
       }
-      this.say(report.clean ? `pool ${report.path}: no corruption (${report.checked.checkpoints} checkpoints checked)`
+      for (const name of report.noPageChecksums) this.say(`note    checkpoint ${name}: no page checksums (taken before cxlfork wrote them); its page data is not checked`)
+      this.say(report.clean ? `pool ${report.path}: no corruption (${report.checked.checkpoints} checkpoints checked, page data of ${report.checked.pageDataCheckpoints} read: ${formatSize(report.checked.pageDataBytes)})`
         : `pool ${report.path}: ${report.corruptionFound - report.corruptionRepaired} corruption(s) left; run with --repair`)
       if (!report.clean) process.exitCode = ExitCode.corrupt
       return report
