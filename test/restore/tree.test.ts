@@ -158,7 +158,7 @@ describe('restore: process trees keep their shape and their pids', function () {
     }
   })
 
-  it('a bash loop (a fork per iteration): checkpointed with --tree, the clone goes on forking and reaping', async () => {
+  it('a bash loop (a fork per iteration): checkpointed with --tree, the clone goes on forking and reaping (mow, and moa: its children are served too)', async () => {
     const pool = poolPath('tree')
     const dir = mkdtempSync(join(tmpdir(), 'cxlfork-bashloop-'))
     const counter = join(dir, 'n')
@@ -171,22 +171,25 @@ describe('restore: process trees keep their shape and their pids', function () {
       await until(() => readdirSync(dir).length > 0 && childrenOf(bash.pid!).length > 0, 'bash running its loop')
       const ck = await cli(['checkpoint', String(bash.pid), '--name', 'bash', '--tree', '--json', '--pool', pool])
       assert.equal(ck.status, 0, describeRun(ck))
-      const run = await cli(['restore', 'bash', '--json', '--pool', pool])
-      assert.equal(run.status, 0, describeRun(run))
-      const clone = run.json.pid as number
-      trackPid(clone)
-      assert.equal(comm(clone), 'bash')
-      // The clone writes its own file (named by $$, its pid inside = the original's)... so watch its children instead:
-      // it keeps forking sleeps (new pids inside its namespace) and reaping them.
-      const seen = new Set<number>()
-      const deadline = Date.now() + 3000
-      while (Date.now() < deadline && seen.size < 3) {
-        for (const child of childrenOf(clone)) if (comm(child) === 'sleep') seen.add(child)
-        await sleep(30)
+      // Under moa every fork of the clone gives the fault server a new userfaultfd (UFFD_EVENT_FORK) to serve the child from.
+      for (const policy of ['mow', 'moa'] as const) {
+        const run = await cli(['restore', 'bash', '--policy', policy, '--json', '--pool', pool])
+        assert.equal(run.status, 0, describeRun(run))
+        const clone = run.json.pid as number
+        trackPid(clone)
+        assert.equal(comm(clone), 'bash')
+        // The clone writes its own file (named by $$, its pid inside = the original's)... so watch its children instead:
+        // it keeps forking sleeps (new pids inside its namespace) and reaping them.
+        const seen = new Set<number>()
+        const deadline = Date.now() + 5000
+        while (Date.now() < deadline && seen.size < 3) {
+          for (const child of childrenOf(clone)) if (comm(child) === 'sleep') seen.add(child)
+          await sleep(30)
+        }
+        assert.ok(seen.size >= 3, `the ${policy} clone forked sleeps one after another: ${[...seen].join(', ')}`)
+        const zombies = childrenOf(clone).filter((pid) => procStat(pid)?.state === 'Z')
+        assert.ok(zombies.length <= 1, `and reaps them (zombies now: ${zombies.length})`)
       }
-      assert.ok(seen.size >= 3, `the clone forked sleeps one after another: ${[...seen].join(', ')}`)
-      const zombies = childrenOf(clone).filter((pid) => procStat(pid)?.state === 'Z')
-      assert.ok(zombies.length <= 1, `and reaps them (zombies now: ${zombies.length})`)
     } finally {
       bash.kill('SIGKILL')
       rmSync(dir, {recursive: true, force: true})
