@@ -207,9 +207,32 @@ function siginfos(list: readonly Uint8Array[]): Obj {
   return {signals: list.map((siginfo) => ({siginfo}))}
 }
 
+const ERESTARTSYS = 512n
+const ERESTARTNOINTR = 513n
+const ERESTARTNOHAND = 514n
+const ERESTART_RESTARTBLOCK = 516n
+const EINTR = 4n
+
+/**
+ * The registers CRIU's dump stores for a thread stopped inside a system call (compel's
+ * get_task_regs, x86): an interrupted call that the kernel would restart is set up to run
+ * again (rax = orig_rax, rip back over the 2-byte syscall instruction); one restarted
+ * through restart_syscall (-ERESTART_RESTARTBLOCK) returns -EINTR instead, as its restart
+ * block does not survive. CRIU's restore resumes a thread with these registers as they are:
+ * left raw, the process would see -ERESTART* (e.g. errno 514 from a sleep).
+ */
+function criuRestartRegs(regs: UserRegs): UserRegs {
+  if (BigInt.asIntN(64, regs.orig_rax) < 0n) return regs
+  const ax = BigInt.asIntN(64, regs.rax)
+  if (ax === -ERESTARTSYS || ax === -ERESTARTNOINTR || ax === -ERESTARTNOHAND) return {...regs, rax: regs.orig_rax, rip: u64(regs.rip - 2n)}
+  if (ax === -ERESTART_RESTARTBLOCK) return {...regs, rax: u64(-EINTR)}
+  return regs
+}
+
 function coreFor(image: ProcessImage, thread: ThreadImage, leader: boolean): Obj {
   const gpregs: Obj = {mode: REGS_MODE_NATIVE}
-  for (const name of USER_REGS_NAMES) gpregs[CRIU_REG_NAMES[name]] = str64(u64(thread.regs[name]))
+  const regs = criuRestartRegs(thread.regs)
+  for (const name of USER_REGS_NAMES) gpregs[CRIU_REG_NAMES[name]] = str64(u64(regs[name]))
   const threadCore: Obj = {
     futex_rla: str64(u64(thread.robustList.head)),
     futex_rla_len: Number(thread.robustList.length),
@@ -229,7 +252,10 @@ function coreFor(image: ProcessImage, thread: ThreadImage, leader: boolean): Obj
   }
   const core: Obj = {
     mtype: MARCH_X86_64,
-    thread_info: {clear_tid_addr: str64(u64(thread.clearTidAddress)), gpregs, fpregs: xstateToFpregs(thread.xstate, thread.xsaveLayout), tls: []},
+    thread_info: {
+      clear_tid_addr: str64(u64(thread.clearTidAddress)), gpregs, fpregs: xstateToFpregs(thread.xstate, thread.xsaveLayout), tls: [],
+      ...(regs === thread.regs ? {} : {cxlfork: {ax: str64(u64(thread.regs.rax)), ip: str64(u64(thread.regs.rip))}}),
+    },
     thread_core: threadCore,
   }
   if (leader) core['tc'] = taskCore(image, thread)
@@ -946,6 +972,8 @@ function readSet(dir: string): CriuImageSet {
       throw new UnsupportedError('CRIU_COMPAT_TASK', `core-${tid}.img holds 32-bit (compat) registers`, 'Only native x86_64 tasks are supported.')
     }
     const regs = Object.fromEntries(USER_REGS_NAMES.map((name) => [name, u64(big(gp[CRIU_REG_NAMES[name]]))])) as UserRegs
+    // cxlfork's own sets keep the captured rax/rip beside CRIU's restart fix-up; restore applies its own.
+    if (has(info, 'cxlfork')) Object.assign(regs, {rax: u64(big(info['cxlfork']['ax'])), rip: u64(big(info['cxlfork']['ip']))})
     const threadCore = has(core, 'thread_core') ? core['thread_core'] as Msg : undefined
     const sigmask = threadCore && has(threadCore, 'blk_sigset') ? u64(big(threadCore['blk_sigset'])) : u64(big(tc['blk_sigset']))
     const fp = fpregsToXstate(info['fpregs'] as Msg, `core-${tid}.img`)

@@ -236,6 +236,34 @@ describe('criu image set (real process)', function () {
       image.fds.map((f) => [f.fd, f.kind === 'tty' ? 'tty' : f.kind, f.flags, f.cloexec, f.offset]))
   })
 
+  it('writes what real CRIU 4.x needs to restore (restart regs, 44 auxv words, [vdso] pages) and reads back the exact model', async function () {
+    const out = tempDir()
+    const leader = image.threads[0]!
+    // Stopped in clock_nanosleep (230) that the kernel would restart: CRIU stores rax = orig_rax, rip - 2.
+    const stopped = {...leader, regs: {...leader.regs, rax: BigInt.asUintN(64, -514n), orig_rax: 230n, rip: 0x401002n}}
+    const auxv = [...image.mm.auxv.slice(0, -2), 33n, 0x7ff000n, 51n, 0x1000n, 0n, 0n] // longer than CRIU's 44 words
+    const changed: ProcessImage = {...image, threads: [stopped], mm: {...image.mm, auxv}}
+    const source = procMemSource(pid)
+    try {
+      await writeCriuImages(out, changed, source, undefined, {vdsoPages: true, modeOf: (path) => statSync(path).mode})
+    } finally {
+      source.close()
+    }
+    const [core] = readImage<Record<string, any>>(join(out, `core-${pid}.img`), 'core') // eslint-disable-line @typescript-eslint/no-explicit-any
+    const gp = core!['thread_info']['gpregs']
+    assert.equal(BigInt(gp['ax'].toString()), 230n, 'rax = orig_rax: the call runs again')
+    assert.equal(BigInt(gp['ip'].toString()), 0x401000n, 'rip back over the syscall instruction')
+    const [mm] = readImage<Record<string, any>>(join(out, `mm-${pid}.img`), 'mm') // eslint-disable-line @typescript-eslint/no-explicit-any
+    assert.ok(auxv.length > 44)
+    assert.equal(mm!['mm_saved_auxv'].length, 44, 'CRIU takes at most AT_VECTOR_SIZE (44) words')
+    const vdso = image.vmas.find((vma) => vma.kind === 'vdso')!
+    const vdsoPages = Number((vdso.end - vdso.start) / BigInt(PAGE_SIZE))
+    assert.equal(statSync(join(out, 'pages-1.img')).size, (totalPages(image.pageRuns) + vdsoPages) * PAGE_SIZE, 'the [vdso] pages are stored')
+    const set = readCriuImages(out)
+    assert.ok(set.pagemap.some((entry) => entry.vaddr === vdso.start && entry.nrPages === vdsoPages))
+    assert.deepEqual(set.image, changed, 'the model reads back exactly: captured rax/rip, the whole auxv, no [vdso] run')
+  })
+
   it('writes one core image per thread and reads the threads back in order', async function () {
     const out = tempDir()
     const second = {...image.threads[0]!, tid: pid + 100000, xstate: syntheticXstate(9).subarray(0, 2688), altStack: {sp: 0x7f0000100000n, flags: 0, size: 65536n}}
