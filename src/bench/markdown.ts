@@ -58,6 +58,38 @@ function treesSection(trees: TreesResult, runs: number): string[] {
   return out
 }
 
+function realCriuMethod(result: BenchResult): string {
+  const real = result.realCriu
+  if ('missing' in real) {
+    return `- **Real CRIU**: not measured in this run: ${real.missing}. Give \`--criu-bin PATH\` (CRIU 4.x or later; the README says how to build it on Debian) or put such a \`criu\` on PATH to get the \`real-criu\` rows.`
+  }
+  return `- **Real CRIU** (\`real-criu\` rows): CRIU ${real.version} (\`${real.bin}\`, \`criu check\` passed). For each size a second target, the same program, is spawned beside the first; each repetition dumps it with \`criu dump -t PID -D DIR --shell-job -o dump.log\` into a directory beside the pool (the **checkpoint** column is that whole command, wall clock, started like the whole restore commands; CRIU kills the dumped process, as \`criu dump\` does by default), reaps it, and restores it with \`criu restore -D DIR -d --shell-job -o restore.log\` (the **whole command** column). CRIU restores a process under its original pid, so it cannot run beside the process it was dumped from: the restored process is that target again, checked like every clone, and the next repetition dumps it. **Downtime** is CRIU's own \`frozen_time\` (stats-dump), **engine restore** its own \`restore_time\` (stats-restore; CRIU has no warm in-process restore, so both restore columns show it), **checkpointed** the bytes of every image file. One untimed dump and restore of the warm-up target comes first.`
+}
+
+function realCriuSection(result: BenchResult): string[] {
+  if ('missing' in result.realCriu) return ['## Against real CRIU', '', `No real CRIU was measured in this run (${result.realCriu.missing}), so there is no real-CRIU row and no ratio against it.`, '']
+  const out: string[] = ['## Against real CRIU', '']
+  out.push(`Medians of the same run; CRIU ${result.realCriu.version}. Ratios > 1: cxlfork's figure is larger (slower). cxlfork's checkpoints are timed in process (engine), real CRIU's as whole commands (a native binary: no runtime start-up to leave out).`, '')
+  const ratio = (a: Summary | undefined, b: Summary | undefined): string => (a && b && a.n > 0 && b.n > 0 ? `${fmt(a.median / b.median)}x` : '–')
+  out.push(table(['Size', 'real `criu dump`', 'real frozen_time', '`criu` path checkpoint (in process)', '/ real dump', 'pool checkpoint (in process)', '/ real dump', 'pool downtime / real frozen_time',
+    'real `criu restore`', 'real restore_time', '`cxlfork criu restore` (whole)', '/ real restore', '`cxlfork restore` mow (whole)', '/ real restore', 'mow engine / real restore_time'],
+  result.sizes.flatMap((size) => {
+    const real = size.paths.find((path) => path.path === 'real-criu')
+    if (!real) return []
+    const realRestore = real.restores[0]
+    const criu = size.paths.find((path) => path.path === 'criu')
+    const pool = size.paths.find((path) => path.path === 'pool')
+    const copy = criu?.restores.find((row) => row.policy === 'copy')
+    const mow = pool?.restores.find((row) => row.policy === 'mow')
+    return [[
+      size.label, cell(real.checkpointMs), cell(real.downtimeMs), cell(criu?.checkpointMs), ratio(criu?.checkpointMs, real.checkpointMs), cell(pool?.checkpointMs),
+      ratio(pool?.checkpointMs, real.checkpointMs), ratio(pool?.downtimeMs, real.downtimeMs), cell(realRestore?.commandMs), cell(realRestore?.engineMs), cell(copy?.commandMs),
+      ratio(copy?.commandMs, realRestore?.commandMs), cell(mow?.commandMs), ratio(mow?.commandMs, realRestore?.commandMs), ratio(mow?.engineMs, realRestore?.engineMs),
+    ]]
+  })), '')
+  return out
+}
+
 export function renderMarkdown(result: BenchResult, extraNotes: readonly string[] = []): string {
   const m = result.machine
   const runs = result.config.runs
@@ -74,6 +106,7 @@ export function renderMarkdown(result: BenchResult, extraNotes: readonly string[
     '- **Local fork()**: `fork()` of the same target, parent side: `clone(CLONE_PARENT|SIGCHLD)` injected with ptrace (target seized with no options, so no EXITKILL), minus the median of 5 injected no-op `getpid()`s; what remains is the kernel\'s fork plus one `PTRACE_EVENT_FORK` stop (tens of µs). The child is killed, the target detached.',
     '- **Warm-up**: before any timing, one untimed checkpoint, restore per policy, fork and plain write of a 4 MiB target, so JIT and FFI binding costs of the first call do not land in the smallest size.',
     '- **Cold start**: spawning a fresh target of the same size until it reports (one byte on a pipe) that it has touched all its memory.',
+    realCriuMethod(result),
     ...(result.threads ? [threadsMethod(result.threads, runs)] : []),
     ...(result.trees ? [treesMethod(result.trees, runs)] : []),
     '',
@@ -90,6 +123,7 @@ export function renderMarkdown(result: BenchResult, extraNotes: readonly string[
     ['Load average (1 min), start / end', `${m.loadAverage[0]} / ${m.loadAverage[1]} (${m.cores} cores; other work on the machine during the run shows here)`],
     ['CPU steal during the run', `${(m.stealMs / 1000).toFixed(2)} s of ${(result.durationS * m.cores).toFixed(1)} s of CPU (${((100 * m.stealMs) / (result.durationS * 1000 * m.cores)).toFixed(1)} %; time the hypervisor ran other guests, which load average does not show)`],
     ['Pool', `${result.config.poolTemporary ? 'temporary ' : ''}${result.config.pool}`],
+    ['Real CRIU', 'missing' in result.realCriu ? `none measured: ${result.realCriu.missing}` : `CRIU ${result.realCriu.version} (${result.realCriu.bin})`],
     ['Duration', `${result.durationS} s`],
   ]), '')
 
@@ -121,6 +155,7 @@ export function renderMarkdown(result: BenchResult, extraNotes: readonly string[
         cell(s['state_time'], 1e-3), fmt(s['injected_syscalls']?.median ?? Number.NaN), fmt(s['pages_restored']?.median ?? Number.NaN), fmt(s['pages_mapped']?.median ?? Number.NaN)]
     }))), '')
 
+  out.push(...realCriuSection(result))
   if (result.threads) out.push(...threadsSection(result.threads, runs))
   if (result.trees) out.push(...treesSection(result.trees, runs))
 

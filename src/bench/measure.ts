@@ -141,7 +141,7 @@ export function plainMmap(dir: string, size: number, buffer: Buffer): number {
  * to every spawn (measured), a cost no shell starting cxlfork pays and one
  * that grew with the size under test. Output goes to files read afterwards.
  */
-function timedSpawn(argv: readonly string[]): {ms: number; stdout: string; stderr: string; status: number | null} {
+export function timedSpawn(argv: readonly string[]): {ms: number; stdout: string; stderr: string; status: number | null} {
   const dir = mkdtempSync(join(tmpdir(), 'cxlfork-bench-run-'))
   const outPath = join(dir, 'stdout')
   const errPath = join(dir, 'stderr')

@@ -9,7 +9,7 @@
  * trees section (trees.ts): the same for trees of 1, 4... processes.
  */
 import {randomBytes} from 'node:crypto'
-import {unlinkSync} from 'node:fs'
+import {rmSync, unlinkSync} from 'node:fs'
 import {loadavg} from 'node:os'
 import {dirname, join} from 'node:path'
 
@@ -22,12 +22,15 @@ import {commandWallMs, localFork, nodeStartup, patternBuffer, plainMmap, plainWr
 import type {BenchPath, RestoreSample} from './paths.js'
 import {Samples, summarize} from './summary.js'
 import {spawnTarget, stopProcess, sweepChildren, TargetFiles, TARGET_COMM, verifyPattern} from './target.js'
+import {type RealCriuProbe, realCriuCycle} from './real-criu.js'
 import {measureThreads} from './threads.js'
 import {measureTrees} from './trees.js'
 import type {BenchResult, PathResult, RestoreRow, SizeResult, TargetVerdict, ThreadsResult, TreesResult} from './types.js'
 import {evaluateTargets, threadRatios, treeRatios} from './verdicts.js'
 
 const WARMUP_SIZE = 4 << 20
+/** Row prefix of real CRIU's figures ("real-criu", "real-criu/restore"). */
+export const REAL_CRIU = 'real-criu'
 
 export interface BenchSize {
   bytes: number
@@ -43,6 +46,8 @@ export interface BenchOptions {
   hugePages: boolean
   /** Also measure the CRIU-format baseline path (criu dump / criu restore). */
   criu: boolean
+  /** Real CRIU to measure beside the rest (probeRealCriu), or why there is none. */
+  realCriu?: RealCriuProbe
   /** Thread counts of the threads section, measured at `threadsSize`; empty: no threads section. */
   threads: readonly number[]
   /** Size of the threads section's targets; default: the first of `sizes`. */
@@ -90,6 +95,9 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   const poolPath = options.pool ?? join('/dev/shm', `cxlfork-bench-${process.pid}-${randomBytes(4).toString('hex')}.pool`)
   // With a temporary pool, a checkpoint-only second path writes into a sparse pool beside it.
   const sparsePoolPath = temporary ? poolPath.replace(/\.pool$/, '-sparse.pool') : undefined
+  const realCriuProbe: RealCriuProbe = options.realCriu ?? {missing: 'not probed'}
+  const criu = 'criu' in realCriuProbe ? realCriuProbe.criu : undefined
+  const criuMissing = 'missing' in realCriuProbe ? realCriuProbe.missing : ''
   const pids = new Set<number>()
   const live = new Set<number>()
   const track = (pid: number): number => {
@@ -133,6 +141,9 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     }
     const plainDir = dirname(pool.path)
     const buffer = patternBuffer()
+    const realCriuRoot = join(plainDir, `cxlfork-bench-real-criu-${process.pid}`)
+    if (criu) log(`real CRIU: ${criu.version} at ${criu.bin}, images under ${realCriuRoot}`)
+    else log(`real CRIU: not measured (${criuMissing})`)
 
     log(`node start-up: ${options.runs} runs of \`node -e 0\``)
     nodeStartup(process.execPath) // warm the page cache
@@ -165,6 +176,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
         }
       }
       pids.add(localFork(warm.pid).childPid)
+      if (criu) realCriuCycle(criu, warm.pid, join(realCriuRoot, 'warmup'))
       plainWrite(plainDir, WARMUP_SIZE, buffer)
       plainMmap(plainDir, WARMUP_SIZE, buffer)
     } finally {
@@ -176,12 +188,19 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
       const exe = files.executable(size.bytes)
       const samples = new Samples()
       const bytesByPath = new Map<string, number>()
-      log(`[${size.label}] spawning the target`)
+      log(`[${size.label}] spawning the target${criu ? ' and the real-CRIU target' : ''}`)
       const target = spawnTarget(exe)
       track(target.pid)
+      let criuTarget: number | undefined
       try {
         const region = readMaps(target.pid).find((vma) => vma.size === size.bytes && vma.kind === 'anon')
         if (!region) throw new CxlforkError('BENCH_TARGET_LAYOUT', `target ${target.pid} has no ${size.label} anonymous mapping`)
+        if (criu) {
+          criuTarget = spawnTarget(exe).pid
+          track(criuTarget)
+        }
+        const criuRegion = criuTarget === undefined ? undefined : readMaps(criuTarget).find((vma) => vma.size === size.bytes && vma.kind === 'anon')
+        if (criuTarget !== undefined && !criuRegion) throw new CxlforkError('BENCH_TARGET_LAYOUT', `real-CRIU target ${criuTarget} has no ${size.label} anonymous mapping`)
         const sameBytes = sameBytesBuffer(size.bytes, buffer)
         for (let run = 1; run <= options.runs; run++) {
           const tag = `[${size.label} ${run}/${options.runs}]`
@@ -233,6 +252,24 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
             }
           }
 
+          if (criu && criuTarget !== undefined && criuRegion) {
+            // Dumped (and so killed) by CRIU, then restored as itself under the same pid.
+            const real = realCriuCycle(criu, criuTarget, join(realCriuRoot, `${size.label}-${run}`))
+            const bad = verifyPattern(criuTarget, criuRegion.start, size.bytes)
+            if (bad >= 0) throw new CxlforkError('BENCH_CLONE_CORRUPT', `process ${criuTarget} restored by real CRIU: page ${bad} does not hold the target's pattern`)
+            bytesByPath.set(REAL_CRIU, real.imageBytes)
+            samples.add(`${REAL_CRIU}.checkpoint`, real.dumpMs)
+            samples.add(`${REAL_CRIU}.downtime`, ms(real.dumpStats['frozen_time'] ?? Number.NaN))
+            samples.addAll(`${REAL_CRIU}.stats.`, {...real.dumpStats, image_bytes: real.imageBytes})
+            const row = `${REAL_CRIU}/restore`
+            samples.add(`${row}.command`, real.restoreMs)
+            samples.add(`${row}.engine`, ms(real.restoreStats['restore_time'] ?? Number.NaN))
+            samples.add(`${row}.commandEngine`, ms(real.restoreStats['restore_time'] ?? Number.NaN))
+            samples.add(`${row}.rss`, real.rssAnonKb)
+            samples.addAll(`${row}.stats.`, real.restoreStats)
+            log(`${tag} real criu dump ${real.dumpMs.toFixed(1)} ms (frozen_time ${ms(real.dumpStats['frozen_time'] ?? Number.NaN).toFixed(1)} ms, ${(real.imageBytes / 1048576).toFixed(1)} MiB), restore ${real.restoreMs.toFixed(1)} ms (restore_time ${ms(real.restoreStats['restore_time'] ?? Number.NaN).toFixed(1)} ms), RssAnon ${real.rssAnonKb} kB`)
+          }
+
           const write = plainWrite(plainDir, size.bytes, buffer)
           const mapped = plainMmap(plainDir, size.bytes, buffer)
           const allocated = plainWriteIntoAllocated(plainDir, sameBytes)
@@ -256,11 +293,13 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
         }
       } finally {
         stop(target.pid)
+        if (criuTarget !== undefined) stop(criuTarget)
       }
 
       const plainWriteMs = samples.summary('plainWrite')
       const plainMmapMs = samples.summary('plainMmap')
-      const pathResults: PathResult[] = paths.map((path) => {
+      const rowsOf: {name: string; policies: readonly string[]; poolKind?: 'provisioned' | 'sparse' | undefined}[] = [...paths, ...(criu ? [{name: REAL_CRIU, policies: ['restore']}] : [])]
+      const pathResults: PathResult[] = rowsOf.map((path) => {
         const bytes = bytesByPath.get(path.name) ?? 0
         const restores: RestoreRow[] = path.policies.map((policy) => {
           const row = `${path.name}/${policy}`
@@ -318,12 +357,14 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
         ...(threadsSize === undefined ? {} : {threads: [...options.threads], threadsSize: threadsSize.bytes}),
         ...(treeSize === undefined ? {} : {trees: [...options.trees], treeSize: treeSize.bytes}),
       },
+      realCriu: criu ? {bin: criu.bin, version: criu.version} : {missing: criuMissing},
       nodeStartupMs, cliVersionMs, sizes, ...(threads === undefined ? {} : {threads}), ...(trees === undefined ? {} : {trees}), targets, pass: targets.every((verdict) => verdict.pass), pids: [...pids].sort((a, b) => a - b),
     }
   } finally {
     for (const pid of live) stopProcess(pid)
     sweepChildren()
     for (const path of paths) path.close()
+    rmSync(join(dirname(poolPath), `cxlfork-bench-real-criu-${process.pid}`), {recursive: true, force: true})
     pool?.close()
     sparsePool?.close()
     if (temporary) {

@@ -49,6 +49,12 @@ export interface RestoreRow {
 
 /** One checkpoint path at one size, e.g. the pool. */
 export interface PathResult {
+  /**
+   * "pool", "pool-sparse", "criu" (cxlfork's CRIU-format path, in process) or "real-criu": a real CRIU's
+   * whole `criu dump` command (checkpointMs), its stats-dump frozen_time (downtimeMs) and image bytes, and
+   * one restore row, "real-criu/restore": the whole `criu restore -d` (commandMs) and its stats-restore
+   * restore_time (engineMs and commandEngineMs).
+   */
   path: string
   /** Pool paths: whether the pool's memory was allocated ahead (`pool init --provision`) or is taken as pages are written. */
   poolKind?: 'provisioned' | 'sparse'
@@ -218,6 +224,11 @@ export interface BenchResult {
     /** Bytes the root of each of the trees section's targets touches, absent when it was skipped. */
     treeSize?: number
   }
+  /**
+   * The real CRIU measured beside cxlfork's paths (rows "real-criu" and "real-criu/restore"), or why
+   * none was: no --criu-bin and no `criu` on PATH, one older than 4.x, or `criu check` failing.
+   */
+  realCriu: {bin: string; version: string} | {missing: string}
   /** `node -e 0`, wall clock. */
   nodeStartupMs: Summary
   /** `node bin/run.js --version`: the floor of any cxlfork command (Node + oclif), wall clock. */

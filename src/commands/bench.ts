@@ -48,6 +48,7 @@ Progress goes to stderr, one line per step (also under --json). Without --pool t
   static override examples = [
     '<%= config.bin %> bench',
     '<%= config.bin %> bench --sizes 64M,256M,1G --runs 5 --markdown BENCHMARKS.md',
+    '<%= config.bin %> bench --sizes 64M,256M --runs 3 --criu-bin /usr/local/sbin/criu --markdown /tmp/bench.md',
     '<%= config.bin %> bench --sizes 16M --runs 2 --json',
     "<%= config.bin %> bench --sizes 64M --runs 5 --threads 1,8,64 --no-criu --json",
     '<%= config.bin %> bench --sizes 64M --runs 5 --threads none --trees 1,4 --no-criu --json',
@@ -61,6 +62,10 @@ Progress goes to stderr, one line per step (also under --json). Without --pool t
     policies: Flags.string({summary: 'Comma-separated restore policies: mow, local.', default: 'mow,local', helpValue: '<policy,...>'}),
     markdown: Flags.string({summary: 'Also write the report as Markdown to this file.', helpValue: '<file>'}),
     criu: Flags.boolean({summary: 'Also measure the CRIU-format baseline (criu dump to images on the pool\'s mount, criu restore by copying).', default: true, allowNo: true}),
+    'criu-bin': Flags.string({
+      summary: 'Real CRIU (4.x or later) to measure beside the rest: whole `criu dump` and `criu restore -d`, with their stats-dump/stats-restore. Default: a `criu` on PATH if it is 4.x or later and `criu check` passes; else the report says none was measured.',
+      helpValue: '<path>',
+    }),
     threads: Flags.string({
       summary: "Comma-separated thread counts of the threads section (checkpoint downtime and mow engine restore by thread count); '' or none skips it.",
       default: '1,8,64', helpValue: '<n,...>',
@@ -79,8 +84,9 @@ Progress goes to stderr, one line per step (also under --json). Without --pool t
 
   async run(): Promise<BenchResult> {
     const {flags} = await this.parse(BenchCommand)
-    const [{parseSize}, {runBench}, {renderMarkdown}, {diagnose}, {MAX_TARGET_THREADS, MAX_TARGET_PROCESSES}] = await Promise.all([
+    const [{parseSize}, {runBench}, {renderMarkdown}, {diagnose}, {MAX_TARGET_THREADS, MAX_TARGET_PROCESSES}, {probeRealCriu}] = await Promise.all([
       import('../pool/size.js'), import('../bench/run.js'), import('../bench/markdown.js'), import('../bench/diagnose.js'), import('../bench/target.js'),
+      import('../bench/real-criu.js'),
     ])
     const benchSize = (label: string): {bytes: number; label: string} => {
       const bytes = parseSize(label)
@@ -97,7 +103,9 @@ Progress goes to stderr, one line per step (also under --json). Without --pool t
     for (const policy of policies) {
       if (policy !== 'mow' && policy !== 'local') throw new UsageError('INVALID_POLICY', `unknown policy ${policy}`, 'Use mow, local or mow,local.')
     }
+    const realCriu = probeRealCriu(flags['criu-bin'])
     const result = await runBench({
+      realCriu,
       sizes, runs: flags.runs, policies: policies as ('mow' | 'local')[], hugePages: flags['huge-pages'], criu: flags.criu,
       threads, ...(threadsSize === undefined ? {} : {threadsSize}),
       trees, ...(treeSize === undefined ? {} : {treeSize}),

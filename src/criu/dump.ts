@@ -12,7 +12,7 @@ import {preflight} from '../checkpoint/preflight.js'
 import {ConflictError, PermissionError, SyscallError, UnsupportedError, UsageError} from '../errors.js'
 import {PAGE_SIZE, type PageRun, totalPages} from '../image/process-image.js'
 import {addressOf, vmReadv} from '../sys/libc.js'
-import {writeCriuImages} from './images.js'
+import {runsToWrite, writeCriuImages} from './images.js'
 
 export interface CriuDumpResult {
   pid: number
@@ -59,6 +59,15 @@ function refuseExistingImages(dir: string): void {
   }
 }
 
+/** st_mode of `path` on this host (the dumping one), as open() would find it; undefined if it cannot be stat'ed. */
+function hostMode(path: string): number | undefined {
+  try {
+    return statSync(path).mode
+  } catch {
+    return undefined
+  }
+}
+
 /** Reads pages of the frozen snapshot straight into the writer's buffer. */
 function snapshotPages(snapshot: LiveSnapshot): {read(run: PageRun, into: Uint8Array): void} {
   return {
@@ -92,6 +101,8 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
     const scanned = pagesScanned(snapshot)
     const timings = snapshot.timings
     // stats-dump.img is encoded after pages-1.img is written: getters read the clock at that moment.
+    const options = {modeOf: hostMode, vdsoPages: true}
+    const pagesWritten = totalPages(runsToWrite(image, options))
     const written = await writeCriuImages(dir, image, snapshotPages(snapshot), {
       freezingTime: timings.freezingUs, frozenTime: timings.frozenUs,
       get memdumpTime() {
@@ -100,8 +111,8 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
       get memwriteTime() {
         return Math.round((performance.now() - tWrite) * 1000)
       },
-      pagesScanned: scanned, pagesWritten: pages,
-    })
+      pagesScanned: scanned, pagesWritten,
+    }, options)
     const tWritten = performance.now()
     if (request.kill) killTarget(request.pid)
     return {
@@ -109,7 +120,7 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
       downtimeUs: timings.frozenUs, totalUs: Math.round((performance.now() - t0) * 1000),
       stats: {
         freezing_time: timings.freezingUs, frozen_time: timings.frozenUs, memdump_time: Math.round((tWritten - t0) * 1000) - timings.frozenUs,
-        memwrite_time: Math.round((tWritten - tWrite) * 1000), pages_scanned: scanned, pages_written: pages,
+        memwrite_time: Math.round((tWritten - tWrite) * 1000), pages_scanned: scanned, pages_written: pagesWritten,
       },
     }
   } catch (error) {

@@ -75,11 +75,20 @@ const REGS_MODE_NATIVE = 1
 /** CRIU keeps sigactions for signals 1..SIGMAX (64) except SIGKILL and SIGSTOP, positionally. */
 const SIGMAX = 64
 const RLIM_NLIMITS = 16
+/** Words of saved auxv CRIU keeps on x86_64 (its AT_VECTOR_SIZE): it dumps at most these and refuses a longer mm_saved_auxv. */
+const AT_VECTOR_SIZE = 44
 const S_IFMT = 0o170000
 const S_IFDIR = 0o040000
 const S_IFCHR = 0o020000
-/** Identifier CRIU gives the single vm/files/fs/sighand object of a one-process dump. */
-const KID = 1
+/**
+ * Kernel-object ids (criu/kerndat kid tree) of a one-process dump, as CRIU numbers them:
+ * the dumper's own vm/files/fs/sighand come first (1, inventory root_ids), the task's
+ * objects next (2, ids-PID.img, fdinfo-2.img). CRIU's restore refuses a root task whose
+ * files_id equals root_ids' ("Image corruption on kIDs data": it would share the
+ * restorer's fd table).
+ */
+const ROOT_KID = 1
+const KID = 2
 const PAGES_ID = 1
 
 /** CRIU's names for the user_regs_struct fields (same order as USER_REGS_NAMES). */
@@ -142,6 +151,19 @@ export interface CriuImageSet {
 export interface WriteOptions {
   /** Bytes gathered from the page source before each write to pages-1.img (default 8 MiB). */
   chunkBytes?: number
+  /**
+   * st_mode of a path the model keeps no file identity for (a character device or
+   * directory fd, cwd, root), e.g. from stat() on the dumping host. CRIU's restore compares
+   * a recorded reg_file mode with the opened file's whole st_mode, permission bits
+   * included; without a mode from here, files.img records none and CRIU checks none.
+   */
+  modeOf?: (path: string) => number | undefined
+  /**
+   * Also store the [vdso] pages (read from `pages` like the others), which the model does not
+   * carry: CRIU's restore parses the dumped vDSO in place to compare it with its own and
+   * fails on a zero-filled one ("vdso: Invalid ELF magic"). The reader drops them again.
+   */
+  vdsoPages?: boolean
 }
 
 // ---- writing ----
@@ -185,9 +207,32 @@ function siginfos(list: readonly Uint8Array[]): Obj {
   return {signals: list.map((siginfo) => ({siginfo}))}
 }
 
+const ERESTARTSYS = 512n
+const ERESTARTNOINTR = 513n
+const ERESTARTNOHAND = 514n
+const ERESTART_RESTARTBLOCK = 516n
+const EINTR = 4n
+
+/**
+ * The registers CRIU's dump stores for a thread stopped inside a system call (compel's
+ * get_task_regs, x86): an interrupted call that the kernel would restart is set up to run
+ * again (rax = orig_rax, rip back over the 2-byte syscall instruction); one restarted
+ * through restart_syscall (-ERESTART_RESTARTBLOCK) returns -EINTR instead, as its restart
+ * block does not survive. CRIU's restore resumes a thread with these registers as they are:
+ * left raw, the process would see -ERESTART* (e.g. errno 514 from a sleep).
+ */
+function criuRestartRegs(regs: UserRegs): UserRegs {
+  if (BigInt.asIntN(64, regs.orig_rax) < 0n) return regs
+  const ax = BigInt.asIntN(64, regs.rax)
+  if (ax === -ERESTARTSYS || ax === -ERESTARTNOINTR || ax === -ERESTARTNOHAND) return {...regs, rax: regs.orig_rax, rip: u64(regs.rip - 2n)}
+  if (ax === -ERESTART_RESTARTBLOCK) return {...regs, rax: u64(-EINTR)}
+  return regs
+}
+
 function coreFor(image: ProcessImage, thread: ThreadImage, leader: boolean): Obj {
   const gpregs: Obj = {mode: REGS_MODE_NATIVE}
-  for (const name of USER_REGS_NAMES) gpregs[CRIU_REG_NAMES[name]] = str64(u64(thread.regs[name]))
+  const regs = criuRestartRegs(thread.regs)
+  for (const name of USER_REGS_NAMES) gpregs[CRIU_REG_NAMES[name]] = str64(u64(regs[name]))
   const threadCore: Obj = {
     futex_rla: str64(u64(thread.robustList.head)),
     futex_rla_len: Number(thread.robustList.length),
@@ -207,12 +252,17 @@ function coreFor(image: ProcessImage, thread: ThreadImage, leader: boolean): Obj
   }
   const core: Obj = {
     mtype: MARCH_X86_64,
-    thread_info: {clear_tid_addr: str64(u64(thread.clearTidAddress)), gpregs, fpregs: xstateToFpregs(thread.xstate, thread.xsaveLayout), tls: []},
+    thread_info: {
+      clear_tid_addr: str64(u64(thread.clearTidAddress)), gpregs, fpregs: xstateToFpregs(thread.xstate, thread.xsaveLayout), tls: [],
+      ...(regs === thread.regs ? {} : {cxlfork: {ax: str64(u64(thread.regs.rax)), ip: str64(u64(thread.regs.rip))}}),
+    },
     thread_core: threadCore,
   }
   if (leader) core['tc'] = taskCore(image, thread)
   return core
 }
+
+const disarmed = () => ({isec: str64(0n), iusec: str64(0n), vsec: str64(0n), vusec: str64(0n)})
 
 function taskCore(image: ProcessImage, leader: ThreadImage): Obj {
   const {task} = image
@@ -245,6 +295,10 @@ function taskCore(image: ProcessImage, leader: ThreadImage): Obj {
     flags: 0,
     blk_sigset: str64(u64(leader.sigmask)),
     comm: task.comm,
+    // Present even though the model holds no timers: CRIU 4.x reads a core without tc.timers as
+    // pre-1.x images and looks for the separate itimers/posix-timers images, which it refuses
+    // as deprecated ("Deprecated functionality (Posix timers) rejected").
+    timers: {real: disarmed(), virt: disarmed(), prof: disarmed(), posix: []},
     rlimits: {rlimits: limits},
     signals_s: siginfos(task.sharedPendingSignals),
     sigactions: slots,
@@ -272,6 +326,26 @@ function checkRuns(image: ProcessImage): void {
   })
 }
 
+/** Two vvar parts that one merged entry describes exactly (everything but the bounds equal). */
+function sameVvar(a: VmaImage, b: VmaImage): boolean {
+  return a.prot === b.prot && a.flags === b.flags && a.offset === b.offset && JSON.stringify(a.advice) === JSON.stringify(b.advice)
+}
+
+/** The page runs writeCriuImages stores in pages-1.img, in address order. */
+export function runsToWrite(image: ProcessImage, options: WriteOptions = {}): PageRun[] {
+  return options.vdsoPages ? withVdsoRuns(image) : image.pageRuns
+}
+
+/** image.pageRuns with a run for every [vdso] VMA inserted in address order (the model never holds vDSO pages). */
+function withVdsoRuns(image: ProcessImage): PageRun[] {
+  const vdso: PageRun[] = []
+  image.vmas.forEach((vma, vmaIndex) => {
+    if (vma.kind === 'vdso') vdso.push({vaddr: vma.start, nrPages: Number((vma.end - vma.start) / BigInt(PAGE_SIZE)), vmaIndex})
+  })
+  if (vdso.length === 0) return image.pageRuns
+  return [...image.pageRuns, ...vdso].sort((a, b) => (a.vaddr < b.vaddr ? -1 : a.vaddr > b.vaddr ? 1 : 0))
+}
+
 function writeAll(fd: number, bytes: Uint8Array): void {
   let at = 0
   while (at < bytes.byteLength) at += writeSync(fd, bytes, at, bytes.byteLength - at)
@@ -285,6 +359,7 @@ function writeAll(fd: number, bytes: Uint8Array): void {
 export async function writeCriuImages(dir: string, image: ProcessImage, pages: PageSource, stats?: DumpStats, options: WriteOptions = {}): Promise<{files: string[]; bytes: number}> {
   if (image.threads.length === 0) throw new CorruptError('IMAGE_INCONSISTENT', 'the image has no threads', 'This is a cxlfork bug.')
   checkRuns(image)
+  const runs = runsToWrite(image, options)
   const pid = image.task.pid
   const files: string[] = []
   let bytes = 0
@@ -294,6 +369,11 @@ export async function writeCriuImages(dir: string, image: ProcessImage, pages: P
     files.push(path)
   }
   const enc = (type: string, value: Obj, name: string) => encodeMessage(type, value, name)
+  /** The whole st_mode (type and permission bits, as CRIU records it) when modeOf knows `path` as a file of `type`; else no mode. */
+  const setMode = (reg: Obj, path: string, type: number) => {
+    const mode = options.modeOf?.(path)
+    if (mode !== undefined && (mode & S_IFMT) === type) reg['mode'] = mode >>> 0
+  }
 
   // Pages first: the slow part, and a failure there leaves no half-described set behind.
   const pagesPath = join(dir, `pages-${PAGES_ID}.img`)
@@ -303,7 +383,7 @@ export async function writeCriuImages(dir: string, image: ProcessImage, pages: P
   try {
     const buffer = new Uint8Array(chunk)
     let fill = 0
-    for (const run of image.pageRuns) {
+    for (const run of runs) {
       for (let done = 0; done < run.nrPages;) {
         const nrPages = Math.min(chunkPages, run.nrPages - done)
         const length = nrPages * PAGE_SIZE
@@ -328,7 +408,7 @@ export async function writeCriuImages(dir: string, image: ProcessImage, pages: P
   put('inventory.img', 'inventory', [enc('inventory_entry', {
     img_version: CRTOOLS_IMAGES_V1_1,
     fdinfo_per_id: true,
-    root_ids: {vm_id: KID, files_id: KID, fs_id: KID, sighand_id: KID},
+    root_ids: {vm_id: ROOT_KID, files_id: ROOT_KID, fs_id: ROOT_KID, sighand_id: ROOT_KID},
     lsmtype: 0,
     cxlfork: {
       model_version: image.version, captured_at: image.capturedAt, kernel_release: ext.release, hostname: ext.hostname, boot_id: ext.bootId,
@@ -367,8 +447,8 @@ export async function writeCriuImages(dir: string, image: ProcessImage, pages: P
       const reg: Obj = {id, flags: fdImage.flags >>> 0, pos: str64(u64(fdImage.offset)), fown: fown(), name: fdImage.path}
       const identity = fdImage.fileIndex === undefined ? undefined : image.files[fdImage.fileIndex]
       if (identity) reg['mode'] = identity.mode >>> 0
-      else if (fdImage.kind === 'chardev' || fdImage.kind === 'tty') reg['mode'] = S_IFCHR // file type only: the model has no permission bits here
-      else if (fdImage.kind === 'directory') reg['mode'] = S_IFDIR
+      else if (fdImage.kind === 'chardev' || fdImage.kind === 'tty') setMode(reg, fdImage.path, S_IFCHR)
+      else if (fdImage.kind === 'directory') setMode(reg, fdImage.path, S_IFDIR)
       fileRecords.push(enc('file_entry', {type: FD_TYPE_REG, id, reg}, 'files.img'))
     }
     fdRecords.push(enc('fdinfo_entry', {id, flags: fdImage.cloexec ? FD_CLOEXEC : 0, type: fdImage.kind === 'pipe' ? FD_TYPE_PIPE : FD_TYPE_REG, fd: fdImage.fd, cxlfork: fdExt}, `fdinfo-${KID}.img`))
@@ -376,7 +456,9 @@ export async function writeCriuImages(dir: string, image: ProcessImage, pages: P
   const cwdId = nextId++
   const rootId = nextId++
   for (const [id, name] of [[cwdId, image.task.cwd], [rootId, image.task.root]] as const) {
-    fileRecords.push(enc('file_entry', {type: FD_TYPE_REG, id, reg: {id, flags: 0, pos: str64(0n), fown: fown(), name, mode: S_IFDIR | 0o755}}, 'files.img'))
+    const reg: Obj = {id, flags: 0, pos: str64(0n), fown: fown(), name}
+    setMode(reg, name, S_IFDIR)
+    fileRecords.push(enc('file_entry', {type: FD_TYPE_REG, id, reg}, 'files.img'))
   }
 
   const {mm} = image
@@ -389,18 +471,29 @@ export async function writeCriuImages(dir: string, image: ProcessImage, pages: P
     if (vma.kind === 'file') entry['fdflags'] = vma.flags & MAP.SHARED && vma.prot & PROT.WRITE ? O.RDWR : 0
     if (vma.advice) entry['madv'] = str64(vma.advice.reduce((bits, advice) => bits | (1n << BigInt(advice)), 0n))
     return entry
+  }).filter((entry, i, all) => {
+    // One VMA_AREA_VVAR entry for [vvar] + [vvar_vclock], as CRIU 4.1+ dumps them (kernels >= 6.13):
+    // its restore compares that merged size with its own to remap the vDSO in place. Merged only
+    // when the parts differ in nothing else, so the reader splits them back exactly.
+    const vma = image.vmas[i]!
+    const before = image.vmas[i - 1]
+    if (vma.kind !== 'vvar_vclock' || before?.kind !== 'vvar' || before.end !== vma.start || !sameVvar(before, vma)) return true
+    all[i - 1]!['end'] = entry['end']
+    return false
   })
   put(`mm-${pid}.img`, 'mm', [enc('mm_entry', {
     mm_start_code: str64(u64(mm.startCode)), mm_end_code: str64(u64(mm.endCode)), mm_start_data: str64(u64(mm.startData)), mm_end_data: str64(u64(mm.endData)),
     mm_start_stack: str64(u64(mm.startStack)), mm_start_brk: str64(u64(mm.startBrk)), mm_brk: str64(u64(mm.brk)),
     mm_arg_start: str64(u64(mm.argStart)), mm_arg_end: str64(u64(mm.argEnd)), mm_env_start: str64(u64(mm.envStart)), mm_env_end: str64(u64(mm.envEnd)),
     exe_file_id: fileIdFor(image, mm.exeFileIndex, 'the executable'),
-    mm_saved_auxv: mm.auxv.map((word) => str64(u64(word))),
+    // CRIU restores at most AT_VECTOR_SIZE words of auxv and refuses more ("Image corrupted").
+    mm_saved_auxv: mm.auxv.slice(0, AT_VECTOR_SIZE).map((word) => str64(u64(word))),
     vmas,
+    ...(mm.auxv.length > AT_VECTOR_SIZE ? {cxlfork: {auxv: mm.auxv.map((word) => str64(u64(word)))}} : {}),
   }, `mm-${pid}.img`)])
 
   const pagemapRecords = [encodeMessage('pagemap_head', {pages_id: PAGES_ID}, `pagemap-${pid}.img`)]
-  for (const run of image.pageRuns) {
+  for (const run of runs) {
     pagemapRecords.push(enc('pagemap_entry', {vaddr: str64(run.vaddr), compat_nr_pages: run.nrPages, nr_pages: str64(BigInt(run.nrPages)), flags: PE_PRESENT}, `pagemap-${pid}.img`))
   }
   put(`pagemap-${pid}.img`, 'pagemap', pagemapRecords)
@@ -431,6 +524,9 @@ export function writeRestoreStats(dir: string, stats: RestoreStats): string {
 
 // Decoded protobufjs messages: fields are checked with has() before use where optional.
 type Msg = Record<string, any> // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/** VMAs the kernel provides: restore moves this host's, never fills them from pages. */
+const KERNEL_VMA_KINDS: ReadonlySet<VmaKind> = new Set(['vdso', 'vvar', 'vvar_vclock', 'vsyscall'])
 
 const corrupt = (message: string, hint = 'The image set is damaged or inconsistent; dump the process again.') => new CorruptError('CRIU_IMAGE_CORRUPT', message, hint)
 
@@ -605,9 +701,16 @@ function hostVvarParts(): {name: 'vvar' | 'vvar_vclock'; size: bigint}[] {
   return parts.map((vma) => ({name: vma.kind as 'vvar' | 'vvar_vclock', size: vma.end - vma.start}))
 }
 
-/** A merged CRIU VMA_AREA_VVAR entry cut into this kernel's vvar areas, or undefined if it is not such a merge. */
-function splitMergedVvar(vma: VmaImage): VmaImage[] | undefined {
-  const parts = hostVvarParts()
+/** The vvar areas of a recorded vDSO layout (cxlfork's inventory extension) in address order. */
+function recordedVvarParts(layout: readonly Msg[]): {name: 'vvar' | 'vvar_vclock'; size: bigint}[] {
+  return layout.filter((area) => area['name'] === '[vvar]' || area['name'] === '[vvar_vclock]')
+    .map((area) => ({name: (area['name'] as string).slice(1, -1) as 'vvar' | 'vvar_vclock', offset: u64(big(area['offset'])), size: u64(big(area['size']))}))
+    .sort((a, b) => (a.offset < b.offset ? -1 : a.offset > b.offset ? 1 : 0))
+    .map(({name, size}) => ({name, size}))
+}
+
+/** A merged VMA_AREA_VVAR entry cut into the vvar areas `parts`, or undefined if it is not such a merge. */
+function splitMergedVvar(vma: VmaImage, parts: {name: 'vvar' | 'vvar_vclock'; size: bigint}[]): VmaImage[] | undefined {
   if (parts.length < 2 || parts[0]!.name !== 'vvar') return undefined
   const total = parts.reduce((sum, part) => sum + part.size, 0n)
   if (vma.end - vma.start !== total) return undefined
@@ -783,12 +886,13 @@ function readSet(dir: string): CriuImageSet {
     const vma: VmaImage = {start, end, prot: entry['prot'] >>> 0, flags, offset: u64(big(entry['pgoff'])), kind}
     if (kind === 'file') vma.fileIndex = fileIndexOf(Number(big(entry['shmid'])), `mm-${pid}.img ${where}`)
     if (has(entry, 'madv')) vma.advice = bitsToList(u64(big(entry['madv'])))
-    if (kind === 'vvar' && !ours) {
+    if (kind === 'vvar') {
       // CRIU merges adjacent vvar areas into one VMA_AREA_VVAR entry (criu/proc_parse.c, since
-      // 4.1 for kernels >= 6.13: [vvar] + [vvar_vclock]). Split it back along this kernel's
-      // layout when the merged size matches, as CRIU's own restore compares merged sizes; a
-      // mismatch is left whole and refused as KERNEL_MISMATCH at restore.
-      const split = splitMergedVvar(vma)
+      // 4.1 for kernels >= 6.13: [vvar] + [vvar_vclock]), and so does cxlfork's writer. Split it
+      // back along the layout cxlfork recorded or else this kernel's, when the merged size
+      // matches, as CRIU's own restore compares merged sizes; a mismatch is left whole and
+      // refused as KERNEL_MISMATCH at restore.
+      const split = splitMergedVvar(vma, invExt ? recordedVvarParts((invExt['vdso_layout'] ?? []) as Msg[]) : hostVvarParts())
       if (split) {
         vmas.push(...split)
         return
@@ -839,8 +943,11 @@ function readSet(dir: string): CriuImageSet {
       const pieceEnd = end < vma.end ? end : vma.end
       const pieces = Number((pieceEnd - cursor) / BigInt(PAGE_SIZE))
       if (present) {
-        pageRuns.push({vaddr: cursor, nrPages: pieces, vmaIndex: vmaCursor})
-        runOffsets.push(offset)
+        // CRIU (and cxlfork's dump, for CRIU) store the [vdso] pages; restore maps this host's vDSO instead, so the model holds none.
+        if (!KERNEL_VMA_KINDS.has(vma.kind)) {
+          pageRuns.push({vaddr: cursor, nrPages: pieces, vmaIndex: vmaCursor})
+          runOffsets.push(offset)
+        }
         offset += pieces * PAGE_SIZE
       }
       cursor = pieceEnd
@@ -870,6 +977,8 @@ function readSet(dir: string): CriuImageSet {
       throw new UnsupportedError('CRIU_COMPAT_TASK', `core-${tid}.img holds 32-bit (compat) registers`, 'Only native x86_64 tasks are supported.')
     }
     const regs = Object.fromEntries(USER_REGS_NAMES.map((name) => [name, u64(big(gp[CRIU_REG_NAMES[name]]))])) as UserRegs
+    // cxlfork's own sets keep the captured rax/rip beside CRIU's restart fix-up; restore applies its own.
+    if (has(info, 'cxlfork')) Object.assign(regs, {rax: u64(big(info['cxlfork']['ax'])), rip: u64(big(info['cxlfork']['ip']))})
     const threadCore = has(core, 'thread_core') ? core['thread_core'] as Msg : undefined
     const sigmask = threadCore && has(threadCore, 'blk_sigset') ? u64(big(threadCore['blk_sigset'])) : u64(big(tc['blk_sigset']))
     const fp = fpregsToXstate(info['fpregs'] as Msg, `core-${tid}.img`)
@@ -1012,7 +1121,7 @@ function readSet(dir: string): CriuImageSet {
       startCode: u64(big(mm['mm_start_code'])), endCode: u64(big(mm['mm_end_code'])), startData: u64(big(mm['mm_start_data'])), endData: u64(big(mm['mm_end_data'])),
       startBrk: u64(big(mm['mm_start_brk'])), brk: u64(big(mm['mm_brk'])), startStack,
       argStart: u64(big(mm['mm_arg_start'])), argEnd: u64(big(mm['mm_arg_end'])), envStart: u64(big(mm['mm_env_start'])), envEnd: u64(big(mm['mm_env_end'])),
-      auxv: ((mm['mm_saved_auxv'] ?? []) as unknown[]).map((word) => u64(big(word))),
+      auxv: (((has(mm, 'cxlfork') ? mm['cxlfork']['auxv'] : mm['mm_saved_auxv']) ?? []) as unknown[]).map((word) => u64(big(word))),
       exeFileIndex,
     },
     vmas,

@@ -69,7 +69,8 @@ describe('criu image set (real process)', function () {
     const source = procMemSource(pid)
     try {
       // A small chunk forces split runs and many flushes.
-      written = await writeCriuImages(dir, image, source, stats, {chunkBytes: 256 << 10})
+      // modeOf as `criu dump` gives it: a character device's or directory's whole st_mode.
+      written = await writeCriuImages(dir, image, source, stats, {chunkBytes: 256 << 10, modeOf: (path) => statSync(path).mode})
     } finally {
       source.close()
     }
@@ -90,7 +91,7 @@ describe('criu image set (real process)', function () {
 
   it('writes the image files CRIU writes, and pages-1.img holds every page', function () {
     const names = written.files.map((file) => file.slice(dir.length + 1)).sort()
-    assert.deepEqual(names, ['core-' + pid, 'fdinfo-1', 'files', 'fs-' + pid, 'ids-' + pid, 'inventory', 'mm-' + pid, 'pagemap-' + pid, 'pages-1', 'pstree', 'stats-dump']
+    assert.deepEqual(names, ['core-' + pid, 'fdinfo-2', 'files', 'fs-' + pid, 'ids-' + pid, 'inventory', 'mm-' + pid, 'pagemap-' + pid, 'pages-1', 'pstree', 'stats-dump']
       .map((n) => n + '.img').sort())
     assert.equal(statSync(join(dir, 'pages-1.img')).size, totalPages(image.pageRuns) * PAGE_SIZE)
     const total = readdirSync(dir).reduce((sum, name) => sum + statSync(join(dir, name)).size, 0)
@@ -136,7 +137,14 @@ describe('criu image set (real process)', function () {
       assert.equal(core.thread_core.rseq_entry.signature, 0x53053053)
 
       const mm = parseJson(crit('decode', '-i', join(dir, `mm-${pid}.img`), '--pretty')).entries[0]
-      const maps = parseMaps(pid)
+      // [vvar] + [vvar_vclock] are one VMA_AREA_VVAR entry, as CRIU 4.1+ writes them.
+      const lines = parseMaps(pid)
+      const maps = lines.flatMap((line, i) => {
+        const [before, next] = [lines[i - 1], lines[i + 1]]
+        if (line.path === '[vvar_vclock]' && before?.path === '[vvar]' && before.end === line.start) return []
+        if (line.path === '[vvar]' && next?.path === '[vvar_vclock]' && next.start === line.end) return [{...line, end: next.end}]
+        return [line]
+      })
       assert.equal(mm.vmas.length, maps.length)
       mm.vmas.forEach((vma: {start: string; end: string; status: string}, i: number) => {
         assert.equal(BigInt(vma.start), maps[i]!.start)
@@ -226,6 +234,34 @@ describe('criu image set (real process)', function () {
     assert.equal(set.image.files[set.image.mm.exeFileIndex]!.path, image.files[image.mm.exeFileIndex]!.path)
     assert.deepEqual(set.image.fds.map((f) => [f.fd, f.kind, f.flags, f.cloexec, f.offset]),
       image.fds.map((f) => [f.fd, f.kind === 'tty' ? 'tty' : f.kind, f.flags, f.cloexec, f.offset]))
+  })
+
+  it('writes what real CRIU 4.x needs to restore (restart regs, 44 auxv words, [vdso] pages) and reads back the exact model', async function () {
+    const out = tempDir()
+    const leader = image.threads[0]!
+    // Stopped in clock_nanosleep (230) that the kernel would restart: CRIU stores rax = orig_rax, rip - 2.
+    const stopped = {...leader, regs: {...leader.regs, rax: BigInt.asUintN(64, -514n), orig_rax: 230n, rip: 0x401002n}}
+    const auxv = [...image.mm.auxv.slice(0, -2), 33n, 0x7ff000n, 51n, 0x1000n, 0n, 0n] // longer than CRIU's 44 words
+    const changed: ProcessImage = {...image, threads: [stopped], mm: {...image.mm, auxv}}
+    const source = procMemSource(pid)
+    try {
+      await writeCriuImages(out, changed, source, undefined, {vdsoPages: true, modeOf: (path) => statSync(path).mode})
+    } finally {
+      source.close()
+    }
+    const [core] = readImage<Record<string, any>>(join(out, `core-${pid}.img`), 'core') // eslint-disable-line @typescript-eslint/no-explicit-any
+    const gp = core!['thread_info']['gpregs']
+    assert.equal(BigInt(gp['ax'].toString()), 230n, 'rax = orig_rax: the call runs again')
+    assert.equal(BigInt(gp['ip'].toString()), 0x401000n, 'rip back over the syscall instruction')
+    const [mm] = readImage<Record<string, any>>(join(out, `mm-${pid}.img`), 'mm') // eslint-disable-line @typescript-eslint/no-explicit-any
+    assert.ok(auxv.length > 44)
+    assert.equal(mm!['mm_saved_auxv'].length, 44, 'CRIU takes at most AT_VECTOR_SIZE (44) words')
+    const vdso = image.vmas.find((vma) => vma.kind === 'vdso')!
+    const vdsoPages = Number((vdso.end - vdso.start) / BigInt(PAGE_SIZE))
+    assert.equal(statSync(join(out, 'pages-1.img')).size, (totalPages(image.pageRuns) + vdsoPages) * PAGE_SIZE, 'the [vdso] pages are stored')
+    const set = readCriuImages(out)
+    assert.ok(set.pagemap.some((entry) => entry.vaddr === vdso.start && entry.nrPages === vdsoPages))
+    assert.deepEqual(set.image, changed, 'the model reads back exactly: captured rax/rip, the whole auxv, no [vdso] run')
   })
 
   it('writes one core image per thread and reads the threads back in order', async function () {

@@ -1,0 +1,163 @@
+/**
+ * Image sets both ways with a real CRIU 4.x, whenever CRIU_BIN names one (the suite
+ * reports itself skipped otherwise, e.g. with Debian's criu 3.17):
+ *   (a) `cxlfork criu dump --kill` of a live fixture -> real `criu restore -d`: the process
+ *       comes back under its pid and proves (fixtures/README.md protocol) that it carried on
+ *       from the dump with its state intact: TICK continues the counter, CHECK ok=1 with the
+ *       READY crc, GREW ok=1 then CHECK ok=1 grown=1, EXIT on SIGTERM;
+ *   (b) real `criu dump --leave-running` -> `cxlfork criu restore`, and -> `cxlfork criu
+ *       import` + `cxlfork restore --policy mow`: the clone proves the same, the original
+ *       runs on.
+ * CRIU runs as root with --shell-job: the fixtures share the test's session.
+ */
+import assert from 'node:assert/strict'
+import {spawnSync} from 'node:child_process'
+import {mkdirSync, readFileSync} from 'node:fs'
+import {join} from 'node:path'
+
+import {type Fixture, lastTick, procStat, processExists, readLog, requestCheck, requestExit, requestGrow, startFixture, trackPid, waitForExit, waitForTicks} from '../helpers/fixtures.js'
+import {assertContinues, assertOk, cli, comm, imagesDir, installSuiteHooks, note, okJson, ticksOf} from './helpers.js'
+
+const MIN_MAJOR = 4
+
+/** CRIU_BIN's version if it is a runnable CRIU >= 4, else why not. */
+function realCriu(): {bin: string; version: string} | {skip: string} {
+  const bin = process.env['CRIU_BIN']
+  if (!bin) return {skip: 'CRIU_BIN is not set'}
+  const run = spawnSync(bin, ['--version'], {encoding: 'utf8'})
+  const match = /Version:\s*(\d+)\.(\d+)(?:\.(\d+))?/.exec(run.stdout ?? '')
+  if (run.status !== 0 || !match) return {skip: `${bin} --version failed: ${run.error?.message ?? run.stderr}`}
+  const version = match.slice(1).filter((part) => part !== undefined).join('.')
+  if (Number(match[1]) < MIN_MAJOR) return {skip: `${bin} is CRIU ${version}, not ${MIN_MAJOR}.x`}
+  return {bin, version}
+}
+
+/** CRIU's errors from its log (-o LOG -v4 in DIR), for assertion messages. */
+function criuErrors(dir: string, log: string): string {
+  try {
+    return readFileSync(join(dir, log), 'utf8').split('\n').filter((line) => /Error|Warn/.test(line)).slice(-12).join('\n')
+  } catch {
+    return '(no log)'
+  }
+}
+
+interface Case {
+  fixture: string
+  mib?: number
+}
+
+const CASES: Case[] = [{fixture: 'memtouch', mib: 16}, {fixture: 'sighandler'}, {fixture: 'pyheap', mib: 16}]
+
+const label = (c: Case) => `${c.fixture}${c.mib ? ` --mib ${c.mib}` : ''}`
+const start = (c: Case) => startFixture(c.fixture, c.mib === undefined ? {} : {mib: c.mib})
+
+/** CHECK, GREW, CHECK, EXIT in `pid`, which must then end. */
+async function assertLifecycle(fx: Fixture, pid: number, c: Case): Promise<void> {
+  const readyCrc = fx.ready.fields.crc
+  const check1 = await requestCheck(fx.logPath, pid)
+  assertOk(check1, 'CHECK')
+  if (readyCrc) assert.equal(check1.fields.crc, readyCrc, 'CHECK crc equals READY crc')
+  assert.equal(check1.fields.clockbad, '0', `no clock violation: ${check1.line}`)
+  const grew = await requestGrow(fx.logPath, pid)
+  assertOk(grew, 'GREW')
+  const check2 = await requestCheck(fx.logPath, pid)
+  assertOk(check2, 'CHECK after GREW')
+  assert.equal(check2.fields.grown, '1', `the grown block is verified: ${check2.line}`)
+  const exit = await requestExit(fx.logPath, pid)
+  if (c.fixture === 'sighandler') {
+    assert.equal(exit.fields.rt2, 'c0ffee', `process-wide queued RT signal survived with its value: ${exit.line}`)
+    assert.equal(exit.fields.rt3, 'beef', `thread-queued RT signal survived with its value: ${exit.line}`)
+  }
+  assert.ok(await waitForExit(pid, 5000), `${pid} ended after EXIT`)
+}
+
+describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', function () {
+  this.timeout(90_000)
+  let criu: {bin: string; version: string}
+
+  before(function () {
+    const found = realCriu()
+    if ('skip' in found) {
+      note(`real CRIU suite skipped: ${found.skip}`)
+      this.skip()
+    }
+    criu = found
+    note(`real CRIU: ${criu.version} at ${criu.bin}`)
+  })
+
+  installSuiteHooks('criu-e2e real CRIU')
+
+  for (const c of CASES) {
+    it(`${label(c)}: cxlfork criu dump --kill -> real criu restore -d; the process continues intact under its pid`, async () => {
+      const fx = await start(c)
+      await waitForTicks(fx.logPath, fx.pid, 3)
+      const before = lastTick(fx.logPath, fx.pid)!
+      const images = imagesDir(`${c.fixture}-to-criu`)
+      const originalComm = comm(fx.pid)
+      const dump = okJson(await cli(['criu', 'dump', String(fx.pid), '--images', images, '--kill', '--json']))
+      assert.equal(dump.killed, true)
+      // The original is our child: reaped, so its pid is free for CRIU, which restores it under that pid.
+      await fx.exited()
+      const afterDump = lastTick(fx.logPath, fx.pid)!
+      const from = readLog(fx.logPath).length
+
+      const restore = spawnSync(criu.bin, ['restore', '-D', images, '-d', '--shell-job', '-v4', '-o', 'restore.log'], {encoding: 'utf8'})
+      assert.equal(restore.status, 0, `criu restore -D ${images} failed:\n${criuErrors(images, 'restore.log')}`)
+      const pid = fx.pid
+      const started = procStat(pid)?.starttime
+      try {
+        assert.ok(processExists(pid), `process ${pid} runs after criu restore`)
+        assert.equal(comm(pid), originalComm, 'the restored process has its comm')
+        const ticks = await waitForTicks(fx.logPath, pid, 3)
+        const first = readLog(fx.logPath).find((e) => e.index >= from && e.kind === 'TICK' && e.pid === pid)!
+        const n = Number(first.fields.n)
+        assert.ok(n >= Number(before.fields.n), `the restored process continues the counter: n=${n} >= ${before.fields.n} before the dump`)
+        assert.ok(n <= Number(afterDump.fields.n) + 100, `n=${n} is close to the checkpointed value (${afterDump.fields.n} when the dump ended)`)
+        for (const t of ticks) assert.equal(t.fields.clock, 'ok', t.line)
+        note(`${label(c)}: cxlfork criu dump ${(dump.totalUs / 1000).toFixed(1)} ms -> criu ${criu.version} restore: first TICK n=${n} (before dump ${before.fields.n})`)
+        await assertLifecycle(fx, pid, c)
+      } finally {
+        // Not our child (CRIU's -d detaches it): end it if a check failed midway, only if it is still the same process.
+        if (processExists(pid) && procStat(pid)?.starttime === started) process.kill(pid, 'SIGKILL')
+      }
+    })
+  }
+
+  for (const c of CASES) {
+    it(`${label(c)}: real criu dump --leave-running -> cxlfork criu restore and criu import + restore --policy mow; the clones continue intact`, async () => {
+      const fx = await start(c)
+      await waitForTicks(fx.logPath, fx.pid, 3)
+      const before = lastTick(fx.logPath, fx.pid)!
+      const images = imagesDir(`${c.fixture}-from-criu`)
+      mkdirSync(images, {recursive: true})
+      const dump = spawnSync(criu.bin, ['dump', '-t', String(fx.pid), '-D', images, '--shell-job', '--leave-running', '-v4', '-o', 'dump.log'], {encoding: 'utf8'})
+      assert.equal(dump.status, 0, `criu dump -t ${fx.pid} failed:\n${criuErrors(images, 'dump.log')}`)
+      const afterDump = lastTick(fx.logPath, fx.pid)!
+      assert.ok(processExists(fx.pid), 'the original runs on after criu dump --leave-running')
+
+      const copied = okJson(await cli(['criu', 'restore', '--images', images, '--json']))
+      const clone = copied.pid as number
+      trackPid(clone)
+      assert.notEqual(clone, fx.pid)
+      await assertContinues(fx.logPath, clone, before, afterDump)
+      await assertLifecycle(fx, clone, c)
+
+      const pool = join(images, 'imported.pool')
+      const imported = okJson(await cli(['criu', 'import', '--images', images, '--name', 'from-real-criu', '--pool', pool, '--json']))
+      assert.equal(imported.writtenBy, 'criu', 'the importer read a set CRIU wrote')
+      const mow = okJson(await cli(['restore', 'from-real-criu', '--policy', 'mow', '--pool', pool, '--json']))
+      const mowClone = mow.pid as number
+      trackPid(mowClone)
+      assert.equal(mow.policy, 'mow')
+      await assertContinues(fx.logPath, mowClone, before, afterDump)
+      await assertLifecycle(fx, mowClone, c)
+      note(`${label(c)}: criu ${criu.version} dump -> cxlfork criu restore (${copied.stats.pages_restored} pages copied), criu import (${imported.pages} pages) -> restore mow (${mow.stats.pages_mapped} mapped)`)
+
+      const original = await fx.check()
+      assertOk(original, 'the original is intact')
+      assert.equal(original.fields.grown, '0', 'the clones\' growth is their own')
+      for (const pid of [clone, mowClone]) for (const t of ticksOf(fx.logPath, pid)) assert.equal(t.fields.clock, 'ok', t.line)
+    })
+  }
+})
+
