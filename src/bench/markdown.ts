@@ -1,6 +1,7 @@
 /** BENCHMARKS.md from a BenchResult: what is measured and how, the machine, tables, targets, notes. */
 import type {BenchResult, RestoreRow, SizeResult, Summary, ThreadsResult, TreesResult} from './types.js'
 import {plainAnchorMs} from './verdicts.js'
+import {faasSection} from './faas.js'
 
 function fmt(value: number): string {
   if (!Number.isFinite(value)) return '–'
@@ -158,6 +159,7 @@ export function renderMarkdown(result: BenchResult, extraNotes: readonly string[
   out.push(...realCriuSection(result))
   if (result.threads) out.push(...threadsSection(result.threads, runs))
   if (result.trees) out.push(...treesSection(result.trees, runs))
+  if (result.faas) out.push(...faasSection(result.faas, runs))
 
   out.push('## Anchors: local fork() and cold start', '')
   out.push(table(['Size', 'fork() (parent side)', 'Injected clone (raw)', 'Injected no-op', 'Cold start'],

@@ -25,6 +25,7 @@ import {spawnTarget, stopProcess, sweepChildren, TargetFiles, TARGET_COMM, verif
 import {type RealCriuProbe, realCriuCycle} from './real-criu.js'
 import {measureThreads} from './threads.js'
 import {measureTrees} from './trees.js'
+import {faasCheckpointBytes, faasTargets, measureFaas, type FaasResult, type FaasSelection} from './faas.js'
 import type {BenchResult, PathResult, RestoreRow, SizeResult, TargetVerdict, ThreadsResult, TreesResult} from './types.js'
 import {evaluateTargets, threadRatios, treeRatios} from './verdicts.js'
 
@@ -56,6 +57,12 @@ export interface BenchOptions {
   trees: readonly number[]
   /** Size the root of each of the trees section's targets touches; default: the first of `sizes`. */
   treeSize?: BenchSize
+  /** Functions of the FaaS section (bench/faas.ts) with their state sizes; empty: no FaaS section. */
+  faas?: readonly FaasSelection[]
+  /** Clones per policy alive together in the FaaS section (its memory of N concurrent clones). */
+  faasClones?: number
+  /** Warm invocations per clone in the FaaS section. */
+  faasWarm?: number
   /** The command line, recorded in the result. */
   command: string
   /** Absolute path of bin/run.js, for whole-command restores. */
@@ -81,7 +88,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   const atStart = {load: Math.round(loadavg()[0]! * 100) / 100, stealMs: stealMs()}
   const t0 = performance.now()
   const log = options.log
-  const [{checkpointToPool}, {restoreFromPool}, {PoolPath, CriuPath}, {criuDump}, {criuRestore}] = await Promise.all([
+  const [{checkpointToPool}, {restoreFromPool, loadCheckpoint}, {PoolPath, CriuPath}, {criuDump}, {criuRestore}] = await Promise.all([
     import('../checkpoint/checkpoint.js'), import('../restore/restore.js'), import('./paths.js'), import('../criu/dump.js'), import('../criu/restore.js'),
   ])
   const threadsSize = options.threads.length === 0 ? undefined : options.threadsSize ?? options.sizes[0]
@@ -90,7 +97,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   if (options.trees.length > 0 && treeSize === undefined) throw new CxlforkError('BENCH_NO_SIZE', 'the trees section needs a size: give --sizes or --tree-size')
   // A tree checkpoint holds every member's pages (each child's are the parent's, copy-on-write), one extent per member.
   const treeBytes = treeSize === undefined ? 0 : Math.max(...options.trees) * (alignUp(treeSize.bytes, SEGMENT_SIZE) + SEGMENT_SIZE)
-  const largest = Math.max(...options.sizes.map((size) => size.bytes), threadsSize?.bytes ?? 0, treeBytes)
+  const largest = Math.max(...options.sizes.map((size) => size.bytes), threadsSize?.bytes ?? 0, treeBytes, faasCheckpointBytes(options.faas ?? []))
   const temporary = options.pool === undefined
   const poolPath = options.pool ?? join('/dev/shm', `cxlfork-bench-${process.pid}-${randomBytes(4).toString('hex')}.pool`)
   // With a temporary pool, a checkpoint-only second path writes into a sparse pool beside it.
@@ -347,7 +354,16 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
       trees.ratios = treeRatios(trees)
     }
 
-    const targets: TargetVerdict[] = evaluateTargets(sizes, nodeStartupMs, threads, trees)
+    let faas: FaasResult | undefined
+    if ((options.faas ?? []).length > 0) {
+      faas = await measureFaas({
+        pool, engine: {checkpointToPool, restoreFromPool, loadCheckpoint}, cli: {node: process.execPath, entry: options.cliEntry},
+        functions: options.faas!, runs: options.runs, clones: options.faasClones ?? 8, warm: options.faasWarm ?? 5,
+        track: (pid) => void track(pid), stop, log,
+      })
+    }
+
+    const targets: TargetVerdict[] = [...evaluateTargets(sizes, nodeStartupMs, threads, trees), ...(faas ? faasTargets(faas) : [])]
     return {
       command: options.command, date: started.toISOString(), durationS: Math.round((performance.now() - t0) / 100) / 10, machine: machineInfo(atStart),
       config: {
@@ -358,7 +374,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
         ...(treeSize === undefined ? {} : {trees: [...options.trees], treeSize: treeSize.bytes}),
       },
       realCriu: criu ? {bin: criu.bin, version: criu.version} : {missing: criuMissing},
-      nodeStartupMs, cliVersionMs, sizes, ...(threads === undefined ? {} : {threads}), ...(trees === undefined ? {} : {trees}), targets, pass: targets.every((verdict) => verdict.pass), pids: [...pids].sort((a, b) => a - b),
+      nodeStartupMs, cliVersionMs, sizes, ...(threads === undefined ? {} : {threads}), ...(trees === undefined ? {} : {trees}), ...(faas === undefined ? {} : {faas}), targets, pass: targets.every((verdict) => verdict.pass), pids: [...pids].sort((a, b) => a - b),
     }
   } finally {
     for (const pid of live) stopProcess(pid)

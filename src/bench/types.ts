@@ -200,6 +200,8 @@ export interface TargetVerdict {
 }
 
 export interface BenchResult {
+  /** The FaaS section (bench/faas.ts); absent when skipped (`--faas ''`, the default). */
+  faas?: import('./faas.js').FaasResult
   /** The exact command line. */
   command: string
   /** ISO 8601 start time. */
