@@ -6,6 +6,7 @@ import {existsSync, readFileSync, readdirSync, statSync} from 'node:fs'
 
 import {NotFoundError, PermissionError, UnsupportedError} from '../errors.js'
 import {type FdKind} from '../image/process-image.js'
+import {requireMapFilesAccess} from '../sys/capabilities.js'
 import {getuid} from '../sys/libc.js'
 import {AF, SOCK, describeAddress, readSocket, unixPeer} from '../sys/sockets.js'
 import {type FdInfo, type SmapsVma, type Vma, listFds, readSmaps, readStat, readStatus} from '../sys/proc.js'
@@ -187,6 +188,8 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
     throw new PermissionError('NOT_PERMITTED', `process ${pid} runs with uid ${otherUid} (real/effective/saved uids ${status.uid.slice(0, 3).join('/')}); you are uid ${caller}`,
       'A set-user-ID process (or one that changed its ids) can be checkpointed only by root.')
   }
+  // Without CAP_CHECKPOINT_RESTORE the capture would fail on map_files after the target's downtime.
+  requireMapFilesAccess(pid)
   const children = options.children === 'allow' ? [] : childrenOf(pid)
   if (children.length > 0) {
     throw new UnsupportedError('HAS_CHILDREN', `process ${pid} (${stat.comm}) has ${children.length} child process(es) (${children.slice(0, 5).join(', ')}); without --tree cxlfork checkpoints a single process`,
