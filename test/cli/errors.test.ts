@@ -257,11 +257,15 @@ describe('errors: one registry of codes and exit statuses', () => {
     for (const status of Object.values(ExitCode)) assert.ok(statuses.has(status), `some code exits ${status}`)
     assert.equal(ERROR_CODES.PROCESS_NOT_FOUND, ExitCode.notFound)
     assert.equal('NO_SUCH_PROCESS' in ERROR_CODES, false)
+    // A zombie was PROCESS_ZOMBIE (exit 5) in preflight and ZOMBIE_PROCESS (exit 3) when it died just before the seize.
+    assert.equal('ZOMBIE_PROCESS' in ERROR_CODES, false)
+    assert.equal(ERROR_CODES.PROCESS_ZOMBIE, ExitCode.unsupported)
     assert.equal(ERROR_CODES.SYSCALL_FAILED, ExitCode.failure, 'SYSCALL_FAILED always exits 1, as the README says')
   })
 
   it('no source file throws a code the registry does not hold (the bundle as built)', () => {
     const bundle = readFileSync(join(projectRoot(), 'dist', 'cxlfork.cjs'), 'utf8')
     assert.equal(bundle.includes('NO_SUCH_PROCESS'), false)
+    assert.equal(bundle.includes('ZOMBIE_PROCESS'), false)
   })
 })
