@@ -18,6 +18,7 @@ import {
   readProcText, readRoot, readStat, readStatus, vdsoLayout,
 } from '../sys/proc.js'
 import {MAP} from '../sys/libc.js'
+import {isSharedAnonymous} from './shared-memory.js'
 import {type FdExtras} from './descriptors.js'
 
 /** Collects files once each and hands out their index. */
@@ -49,11 +50,14 @@ export type FlaggedVma = Vma & {vmFlags: ReadonlySet<string>}
 
 export function captureVmas(pid: number, maps: readonly FlaggedVma[], files: FileTable): VmaImage[] {
   return maps.map((vma) => {
-    const kind = toVmaKind(vma.kind)
+    // Shared anonymous memory shows as "/dev/zero (deleted)": it is no file to reopen (shared-memory.ts).
+    const sharedAnonymous = isSharedAnonymous(vma)
+    const kind = sharedAnonymous ? 'anon' : toVmaKind(vma.kind)
     const prot = (vma.read ? 1 : 0) | (vma.write ? 2 : 0) | (vma.exec ? 4 : 0)
     const file = kind === 'file'
     const flags = (vma.shared ? MAP.SHARED : MAP.PRIVATE) | (file ? 0 : MAP.ANONYMOUS) | (kind === 'stack' || vma.vmFlags.has('gd') ? MAP.GROWSDOWN : 0)
     const image: VmaImage = {start: vma.start, end: vma.end, prot, flags, offset: vma.offset, kind}
+    if (sharedAnonymous) image.sharedId = String(vma.inode)
     if (file) image.fileIndex = files.add(vma.path, `/proc/${pid}/map_files/${vma.start.toString(16)}-${vma.end.toString(16)}`)
     return image
   })

@@ -7,6 +7,7 @@ import {existsSync, readFileSync, readdirSync, statSync} from 'node:fs'
 import {NotFoundError, PermissionError, UnsupportedError} from '../errors.js'
 import {type FdKind} from '../image/process-image.js'
 import {getuid} from '../sys/libc.js'
+import {isSharedAnonymous} from './shared-memory.js'
 import {AF, SOCK, describeAddress, readSocket, unixPeer} from '../sys/sockets.js'
 import {type FdInfo, type SmapsVma, type Vma, listFds, readSmaps, readStat, readStatus} from '../sys/proc.js'
 
@@ -91,9 +92,11 @@ export function unsupportedVmaReason(vma: Vma & {vmFlags: ReadonlySet<string>}):
   if (vma.vmFlags.has('ht')) return `hugetlb memory at ${where}`
   if (vma.vmFlags.has('wf')) return `MADV_WIPEONFORK memory at ${where}`
   if (vma.kind === 'vdso' || vma.kind === 'vvar' || vma.kind === 'vvar_vclock' || vma.kind === 'vsyscall') return undefined
-  if (vma.shared && (vma.kind === 'anon' || vma.path === '/dev/zero' || vma.path.startsWith('/SYSV') || vma.path.startsWith('/memfd:'))) {
-    return `shared anonymous memory at ${where}${vma.path ? ` (${vma.path})` : ''}`
-  }
+  // MAP_SHARED|MAP_ANONYMOUS is carried (shared-memory.ts); named shared memory is not.
+  if (isSharedAnonymous(vma)) return undefined
+  if (vma.path.startsWith('/SYSV')) return `System V shared memory (shmat) at ${where} (${vma.path})`
+  if (vma.path.startsWith('/memfd:')) return `a mapping of a memfd at ${where} (${vma.path})`
+  if (vma.shared && vma.kind === 'anon') return `shared anonymous memory at ${where}${vma.path ? ` (${vma.path})` : ''}`
   if (vma.kind === 'special') return `the special mapping ${vma.path} at ${where}`
   if (vma.deleted) return `a mapping of the deleted file ${vma.path} at ${where}`
   if (vma.kind === 'file' && !vma.path.startsWith('/')) return `a mapping of ${vma.path} at ${where}`

@@ -42,11 +42,13 @@ export interface VmaImage {
   prot: number
   /** MAP_SHARED (1) or MAP_PRIVATE (2), plus MAP_ANONYMOUS (0x20) and MAP_GROWSDOWN (0x100) where they apply. */
   flags: number
-  /** File offset in bytes (file mappings only). */
+  /** File offset in bytes (file mappings), or offset in the shared object (sharedId). */
   offset: bigint
   kind: VmaKind
   /** Index into ProcessImage.files for file mappings. */
   fileIndex?: number
+  /** Shared anonymous memory: the object it maps (shared-memory.ts), at byte `offset` of it. */
+  sharedId?: string
   /** MADV_* advice the kernel reports in VmFlags that restore should re-apply (e.g. MADV_DONTDUMP). */
   advice?: number[]
 }

@@ -171,7 +171,7 @@ describe('restore: failures are clean', function () {
       await assertPoolEmpty(pool)
     })
 
-    for (const [advise, named] of [['wipeonfork', /MADV_WIPEONFORK/], ['shared', /shared anonymous memory/]] as const) {
+    for (const [advise, named] of [['wipeonfork', /MADV_WIPEONFORK/], ['sysv', /System V shared memory/]] as const) {
       it(`memory a snapshot cannot carry (memtouch --advise ${advise}): exit 5, UNSUPPORTED_MEMORY naming it; into a new pool before anything is created, into an existing one from the snapshot`, async () => {
         const fx = await startFixture('memtouch', {mib: 4, args: ['--advise', advise]})
         const extra = BigInt(fx.ready.fields.extra!)
