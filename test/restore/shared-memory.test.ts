@@ -58,8 +58,8 @@ describe('shared anonymous memory: checkpointed at the downtime, restored as sha
       assert.equal(region.path, '/dev/zero (deleted)', `${policy}: still shared anonymous memory`)
       assert.notEqual(region.inode, original.inode, `${policy}: an object of the clone's own, not the original's`)
     }
-    // A clone checkpoints and restores again (a local one: a mow clone maps the pool file, which a checkpoint refuses to depend on).
-    const first = await cli(['restore', 'shm', '--policy', 'local', '--json', '--pool', pool])
+    // A clone is a process like any other: it checkpoints and restores again.
+    const first = await cli(['restore', 'shm', '--json', '--pool', pool])
     assert.equal(first.status, 0, describeRun(first))
     trackPid(first.json.pid)
     await waitForTicks(fx.logPath, first.json.pid, 1)
