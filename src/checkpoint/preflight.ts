@@ -6,7 +6,7 @@ import {existsSync, readFileSync, readdirSync, statSync} from 'node:fs'
 
 import {NotFoundError, PermissionError, UnsupportedError} from '../errors.js'
 import {type FdKind} from '../image/process-image.js'
-import {getuid} from '../sys/libc.js'
+import {SYS, getuid, syscallRaw} from '../sys/libc.js'
 import {isSharedAnonymous} from './shared-memory.js'
 import {AF, SOCK, describeAddress, readSocket, unixPeer} from '../sys/sockets.js'
 import {type FdInfo, type SmapsVma, type Vma, listFds, readSmaps, readStat, readStatus} from '../sys/proc.js'
@@ -57,6 +57,9 @@ function refuseLoneUnixEnds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
     }
   }
 }
+
+/** kcmp(2) type: do two processes share one address space? */
+const KCMP_VM = 1
 
 /** How an fd can be restored, or why it cannot. */
 export function classifyFd(fd: FdInfo, pid: number, tcpClose = false): FdKind | {unsupported: string} {
@@ -190,7 +193,18 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
     throw new PermissionError('NOT_PERMITTED', `process ${pid} runs with uid ${otherUid} (real/effective/saved uids ${status.uid.slice(0, 3).join('/')}); you are uid ${caller}`,
       'A set-user-ID process (or one that changed its ids) can be checkpointed only by root.')
   }
+  // A vfork() child runs on its parent's memory until it execs (clone(CLONE_VM) without CLONE_THREAD too):
+  // neither one can be captured as a process of its own, and stopping the parent waits for the child.
+  if (stat.ppid > 1 && syscallRaw(SYS.kcmp, pid, stat.ppid, KCMP_VM, 0, 0) === 0n) {
+    throw new UnsupportedError('SHARED_ADDRESS_SPACE', `process ${pid} (${stat.comm}) shares its address space with its parent ${stat.ppid} (a vfork() child that has not called exec yet, or clone(CLONE_VM) without CLONE_THREAD)`,
+      'A vfork child execs or exits within moments: checkpoint again once it has.')
+  }
   const children = options.children === 'allow' ? [] : childrenOf(pid)
+  const vforked = children.find((child) => syscallRaw(SYS.kcmp, pid, child, KCMP_VM, 0, 0) === 0n)
+  if (vforked !== undefined) {
+    throw new UnsupportedError('SHARED_ADDRESS_SPACE', `process ${pid} (${stat.comm}) shares its address space with its child ${vforked} (a vfork() child that has not called exec yet, or clone(CLONE_VM) without CLONE_THREAD)`,
+      'A vfork child execs or exits within moments: checkpoint again once it has.')
+  }
   if (children.length > 0) {
     throw new UnsupportedError('HAS_CHILDREN', `process ${pid} (${stat.comm}) has ${children.length} child process(es) (${children.slice(0, 5).join(', ')}); without --tree cxlfork checkpoints a single process`,
       'Checkpoint the whole tree with --tree, or a process without children (a zombie child counts until it is reaped).')

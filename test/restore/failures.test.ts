@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict'
 import {appendFileSync, closeSync, existsSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, utimesSync, writeSync} from 'node:fs'
 
-import {type Fixture, procStat, processExists, readLog, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
+import {type Fixture, procStat, processExists, readLog, startFixture, trackPid, waitForLine, waitForTicks} from '../helpers/fixtures.js'
 import {allProcesses, cli, type CliResult, describeRun, installCleanupHooks, note, poolPath, sleep, startCli} from './helpers.js'
 
 const STUB_COMM = 'cxlfork-stub'
@@ -190,6 +190,31 @@ describe('restore: failures are clean', function () {
         await assertPoolEmpty(pool)
       })
     }
+
+    it('a vfork() child that has not exec\'d and its suspended parent (vforker fixture): exit 5 SHARED_ADDRESS_SPACE naming both, with and without --tree; both untouched', async () => {
+      const pool = poolPath('fail')
+      const fx = await startFixture('vforker')
+      const child = Number(fx.ready.fields.vforkchild)
+      for (const [pid, args] of [[fx.pid, []], [fx.pid, ['--tree']], [child, []], [child, ['--tree']]] as const) {
+        const run = await cli(['checkpoint', String(pid), '--name', 'vf', ...args, '--json', '--pool', pool])
+        assert.equal(run.status, 5, describeRun(run))
+        assert.equal(run.json.error.code, 'SHARED_ADDRESS_SPACE', describeRun(run))
+        assert.match(run.json.error.message, new RegExp(`\\b${fx.pid}\\b`))
+        assert.match(run.json.error.message, new RegExp(`\\b${child}\\b`))
+        assert.match(run.json.error.message, /vfork/)
+      }
+      // Untouched: the child still sleeps (not stopped, not traced), the parent still waits for it.
+      for (const pid of [fx.pid, child]) {
+        const status = readFileSync(`/proc/${pid}/status`, 'utf8')
+        assert.equal(/^TracerPid:\s+(\d+)/m.exec(status)?.[1], '0', `${pid} untraced`)
+        assert.ok(!/^State:\s+[tT]/m.test(status), `${pid} not stopped`)
+      }
+      // And when the child goes, the parent goes on (its EXIT names the child's status).
+      process.kill(child, 'SIGTERM')
+      const exit = await waitForLine(fx.logPath, (e) => e.kind === 'EXIT' && e.pid === fx.pid, 10_000)
+      assert.ok(exit, exit.line)
+      assertNoPoolCreated(pool)
+    })
 
     it('a parent with an unreaped child (the zombie fixture itself): refused, cxlfork does not checkpoint process trees', async () => {
       // fixtures/README.md: zombie.c is a refusal fixture; checkpoint must refuse it and
