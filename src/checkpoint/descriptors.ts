@@ -6,13 +6,13 @@
  * eventfd's counter, an epoll instance's interest list (fdinfo), and which
  * fds share one open file description (kcmp).
  */
-import {readFileSync} from 'node:fs'
+import {lstatSync, readFileSync} from 'node:fs'
 
 import {SyscallError, UnsupportedError} from '../errors.js'
 import {type EpollTargetImage, type FdImage, type FdKind} from '../image/process-image.js'
 import {O, SYS, close, fcntl, open, pipe2, read, syscallRaw} from '../sys/libc.js'
 import {type FdInfo} from '../sys/proc.js'
-import {AF, SOCK, peekQueued, readSocket, unixPeer} from '../sys/sockets.js'
+import {AF, SOCK, describeAddress, peekQueued, readSocket, unixName, unixPeer} from '../sys/sockets.js'
 
 const F_SETPIPE_SZ = 1031
 const F_GETPIPE_SZ = 1032
@@ -126,7 +126,15 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
     } else if (kind === 'socket') {
       // One read of the socket (a pidfd_getfd copy): this runs while the target is stopped.
       const socket = readSocket(pid, info.fd)
-      if (socket.family === AF.UNIX) {
+      if (socket.family === AF.UNIX && !socket.connected) {
+        // A listener or a datagram socket: re-created at its name. Connections waiting in a listener's
+        // backlog are not carried (their clients are outside the checkpoint), nor could datagrams be.
+        if (socket.type === SOCK.DGRAM && peekQueued(pid, info.fd).length > 0) {
+          throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix datagram socket at ${describeAddress(socket.local)} with messages queued`, 'Checkpoint it once its messages are read.')
+        }
+        set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, local: socket.local,
+          options: socket.options.filter((o) => o.level === 1), ...unixFile(socket.local)}})
+      } else if (socket.family === AF.UNIX) {
         const peer = unixPeer(Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1))
         const peerFd = fds.find((other) => other.info.target === `socket:[${peer}]`)?.info.fd
         if (peerFd === undefined) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix socket whose other end it no longer holds`, 'Checkpoint it again.')
@@ -142,4 +150,16 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
     }
   }
   return out
+}
+
+/** The socket file of a Unix socket bound to a path: its mode and owner, which a restore gives the new file. */
+function unixFile(local: Uint8Array): {file?: {mode: number; uid: number; gid: number}} {
+  const name = unixName(local)
+  if (!name.startsWith('/')) return {}
+  try {
+    const st = lstatSync(name)
+    return st.isSocket() ? {file: {mode: st.mode & 0o7777, uid: st.uid, gid: st.gid}} : {}
+  } catch {
+    return {} // removed meanwhile: the restore binds it with its default mode
+  }
 }

@@ -8,7 +8,7 @@ import {NotFoundError, PermissionError, UnsupportedError} from '../errors.js'
 import {type FdKind} from '../image/process-image.js'
 import {SYS, getuid, syscallRaw} from '../sys/libc.js'
 import {isSharedAnonymous} from './shared-memory.js'
-import {AF, SOCK, describeAddress, readSocket, unixPeer} from '../sys/sockets.js'
+import {AF, SOCK, describeAddress, readSocket, unixName, unixPeer} from '../sys/sockets.js'
 import {type FdInfo, type SmapsVma, type Vma, listFds, readSmaps, readStat, readStatus} from '../sys/proc.js'
 
 /** Character devices whose state is fully described by their path. */
@@ -31,9 +31,14 @@ function classifySocket(pid: number, fd: number, tcpClose: boolean): FdKind | {u
   const inet = socket.family === AF.INET || socket.family === AF.INET6
   const where = describeAddress(socket.local)
   if (socket.family === AF.UNIX) {
-    // A socketpair: connected and unbound; its peer must be in the process too (checked in preflight, with every fd known).
-    if (socket.connected && socket.local.length <= 2 && !socket.listening) return 'socket'
-    return {unsupported: `a Unix socket ${socket.listening ? 'listening' : 'bound'} at ${where} (only socketpairs whose both ends the process holds are carried)`}
+    // A socketpair: connected, unbound, its peer unnamed; its peer must be in the process too (checked in preflight, with every fd known).
+    if (socket.connected && socket.local.length <= 2 && (socket.peer?.length ?? 0) <= 2 && !socket.listening) return 'socket'
+    if (socket.connected) return {unsupported: `a Unix ${socket.type === SOCK.DGRAM ? 'datagram socket' : 'connection'} (local ${where}) connected to ${describeAddress(socket.peer ?? new Uint8Array(0))} (cxlfork carries Unix listeners, bound datagram sockets and socketpairs whose both ends the process holds)`}
+    const name = unixName(socket.local)
+    // bind(2) resolves a relative path against the cwd of the moment: the clone could not tell which.
+    if (name !== '' && !name.startsWith('@') && !name.startsWith('/')) return {unsupported: `a Unix socket bound to the relative path ${name}`}
+    if (socket.listening || socket.type === SOCK.DGRAM) return 'socket'
+    return {unsupported: `a Unix ${socket.type === SOCK.SEQPACKET ? 'seqpacket' : 'stream'} socket neither listening nor connected (${where || '(unbound)'})`}
   }
   if (!inet) return {unsupported: `a socket of address family ${socket.family}`}
   if (socket.type === SOCK.STREAM && socket.listening) return 'socket'
@@ -48,7 +53,10 @@ function classifySocket(pid: number, fd: number, tcpClose: boolean): FdKind | {u
 function refuseLoneUnixEnds(pid: number, fds: readonly {info: FdInfo; kind: FdKind}[]): void {
   const inodes = new Set(fds.filter(({kind}) => kind === 'socket').map(({info}) => info.target))
   for (const {info, kind} of fds) {
-    if (kind !== 'socket' || readSocket(pid, info.fd).family !== AF.UNIX) continue
+    if (kind !== 'socket') continue
+    const socket = readSocket(pid, info.fd)
+    // Listeners and unconnected datagram sockets have no peer to hold.
+    if (socket.family !== AF.UNIX || !socket.connected) continue
     const inode = Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1)
     const peer = unixPeer(inode)
     if (peer === undefined || !inodes.has(`socket:[${peer}]`)) {

@@ -175,10 +175,12 @@ export interface SocketImage {
   listening: boolean
   /** An established connection taken with --tcp-close: the clone gets it closed (a TCP socket connected to nothing). */
   closed?: boolean
-  /** The getsockname(2) bytes (sockaddr_in / sockaddr_in6). */
+  /** The getsockname(2) bytes (sockaddr_in / sockaddr_in6 / sockaddr_un). */
   local: Uint8Array
   /** Integer options to set again: level, name, value. */
   options: {level: number; name: number; value: number}[]
+  /** A Unix socket bound to a path: the socket file's permission bits and owner, given to the file the restore binds. */
+  file?: {mode: number; uid: number; gid: number}
   /** A Unix socketpair end: the fd holding its other end, and the bytes queued for this end to read. */
   pair?: {peerFd: number; queued?: Uint8Array}
 }

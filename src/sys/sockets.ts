@@ -32,6 +32,8 @@ export interface SocketState {
   connected: boolean
   /** getsockname(2) bytes; empty when unbound. */
   local: Uint8Array
+  /** getpeername(2) bytes when connected. */
+  peer?: Uint8Array
   options: SocketOption[]
 }
 
@@ -60,7 +62,8 @@ export function readSocket(pid: number, fd: number): SocketState {
     const type = getInt(copy, SOL_SOCKET, SO.TYPE) ?? -1
     const protocol = getInt(copy, SOL_SOCKET, SO.PROTOCOL) ?? 0
     const listening = (getInt(copy, SOL_SOCKET, SO.ACCEPTCONN) ?? 0) !== 0
-    const connected = sockaddr(SYS.getpeername, copy) !== undefined
+    const peer = sockaddr(SYS.getpeername, copy)
+    const connected = peer !== undefined
     const local = sockaddr(SYS.getsockname, copy) ?? new Uint8Array(0)
     const options: SocketOption[] = []
     const keep = (level: number, name: number, transform = (v: number) => v): void => {
@@ -75,11 +78,17 @@ export function readSocket(pid: number, fd: number): SocketState {
     keep(SOL_SOCKET, SO.SNDBUF, (v) => Math.floor(v / 2))
     if (family !== AF.UNIX && type === SOCK.STREAM) keep(IPPROTO_TCP, TCP_NODELAY)
     if (family === AF.INET6) keep(IPPROTO_IPV6, IPV6_V6ONLY)
-    return {family, type, protocol, listening, connected, local, options}
+    return {family, type, protocol, listening, connected, local, ...(peer ? {peer} : {}), options}
   } finally {
     if (copy >= 0) close(copy)
     close(pidfd)
   }
+}
+
+/** A Unix address: '' unbound (or autobound never), '@name' abstract, else its path (maybe relative). */
+export function unixName(bytes: Uint8Array): string {
+  if (bytes.length <= 2) return ''
+  return describeAddress(bytes)
 }
 
 /** "127.0.0.1:8000", "[::1]:8000", "@abstract" or a path, for messages. */

@@ -154,14 +154,14 @@ describe('restore: failures are clean', function () {
       assertNoPoolCreated(pool)
     })
 
-    it('a process holding a listening Unix socket (socket fixture --unix-listener 1): exit 5, UNSUPPORTED_FD naming the fd; also without --json', async () => {
+    it('a process holding an accepted Unix connection (socket fixture --unix-listener accepted): exit 5, UNSUPPORTED_FD naming the fd; also without --json', async () => {
       // On an existing pool (the others use a fresh path): the refusal leaves it empty.
       const pool = poolPath('fail')
       assert.equal((await cli(['pool', 'init', '--size', '64M', '--json', '--pool', pool])).status, 0)
-      const fx = await startFixture('socket', {args: ['--unix-listener', '1']})
-      const error = await expectCheckpointRefused(pool, fx.pid, {status: 5, codes: ['UNSUPPORTED_FD'], mentions: [new RegExp(`\\b${fx.pid}\\b`), /a Unix socket listening/]})
+      const fx = await startFixture('socket', {args: ['--unix-listener', 'accepted']})
+      const error = await expectCheckpointRefused(pool, fx.pid, {status: 5, codes: ['UNSUPPORTED_FD'], mentions: [new RegExp(`\\b${fx.pid}\\b`), /a Unix connection/]})
       const fd = Number(/fd (\d+)/.exec(error.message)?.[1])
-      assert.equal(fd, Number(fx.ready.fields.unixfd), `the message names the Unix listener's fd: ${error.message}`)
+      assert.ok([Number(fx.ready.fields.acceptedfd), Number(fx.ready.fields.clientfd)].includes(fd), `the message names an fd of the connection: ${error.message}`)
       // Human output: the reason on stderr, nothing on stdout, same exit status.
       const human = await cli(['checkpoint', String(fx.pid), '--name', 'human', '--pool', pool])
       assert.equal(human.status, 5, describeRun(human))

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict'
 import {spawn, spawnSync} from 'node:child_process'
 import {createConnection, createServer} from 'node:net'
-import {readFileSync} from 'node:fs'
+import {readFileSync, statSync} from 'node:fs'
 
 import {processExists, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
 import {allProcesses, cli, describeRun, installCleanupHooks, note, poolPath, sleep, until} from './helpers.js'
@@ -142,12 +142,68 @@ describe('restore: servers with listening sockets', function () {
     assert.equal(original.fields.ok, '1', `the original's queued bytes were peeked, not consumed: ${original.line}`)
   })
 
-  it('an established TCP connection and a listening Unix socket are refused by name, the target untouched', async () => {
+  it('a Unix listener at a path (mode 0666): ADDRESS_IN_USE while the original holds the path; once it is gone, the stale file is replaced and the clone listens there with the same mode', async () => {
+    const pool = poolPath('sockets')
+    const fx = await startFixture('socket', {args: ['--unix-listener', 'path']})
+    const path = fx.ready.fields.unixpath!
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'upath', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    // In a network namespace of its own (its TCP listener would collide here): a path is the file system's, so it still collides.
+    const busy = await cli(['restore', 'upath', '--netns', 'new', '--json', '--pool', pool])
+    assert.equal(busy.status, 7, describeRun(busy))
+    assert.equal(busy.json.error.code, 'ADDRESS_IN_USE')
+    assert.ok(busy.json.error.message.includes(path), busy.json.error.message)
+    assert.equal((await fx.check()).fields.ok, '1', 'the original still listens there')
+    // The original ends (as with checkpoint --kill); its socket file stays behind, stale.
+    process.kill(fx.pid, 'SIGKILL')
+    await until(() => !processExists(fx.pid) || undefined, 'the original gone')
+    assert.ok(statSync(path).isSocket(), 'a stale socket file is left')
+    const run = await cli(['restore', 'upath', '--netns', 'new', '--json', '--pool', pool])
+    assert.equal(run.status, 0, describeRun(run))
+    trackPid(run.json.pid)
+    const check = await requestCheck(fx.logPath, run.json.pid)
+    assert.equal(check.fields.ok, '1', `the clone's listener is at the same path: ${check.line}`)
+    assert.equal(statSync(path).mode & 0o777, 0o666, 'the new socket file has the original\'s mode')
+    // A client connects to the path: the clone's listener takes it (into its backlog).
+    await new Promise<void>((resolve, reject) => {
+      const client = createConnection({path}, () => {
+        client.destroy()
+        resolve()
+      })
+      client.on('error', reject)
+    })
+  })
+
+  it('a Unix listener at an abstract name: restored with --netns new beside its original; after the original ends, in the host\'s namespace at the same name', async () => {
     const pool = poolPath('sockets')
     const fx = await startFixture('socket', {args: ['--unix-listener', '1']})
+    const name = `@cxlfork-fixture-${fx.pid}`
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'uabs', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    const run = await cli(['restore', 'uabs', '--netns', 'new', '--json', '--pool', pool])
+    assert.equal(run.status, 0, describeRun(run))
+    trackPid(run.json.pid)
+    const check = await requestCheck(fx.logPath, run.json.pid)
+    assert.equal(check.fields.ok, '1', `the clone listens at the same abstract name in its own namespace: ${check.line}`)
+    assert.equal((await fx.check()).fields.ok, '1', 'the original too')
+    assert.ok(readFileSync('/proc/net/unix', 'utf8').includes(` ${name}`.replace(' @', ' @')), 'the original\'s name is in the host namespace')
+    process.kill(fx.pid, 'SIGKILL')
+    await until(() => !processExists(fx.pid) || undefined, 'the original gone')
+    const here = await cli(['restore', 'uabs', '--json', '--pool', pool])
+    assert.equal(here.status, 0, describeRun(here))
+    trackPid(here.json.pid)
+    assert.equal((await requestCheck(fx.logPath, here.json.pid)).fields.ok, '1', 'the clone listens at the name in the host namespace')
+    // Connect to it by its exact abstract name (Node pads abstract names with NULs: python3 does not).
+    const connect = spawnSync('python3', ['-c', `import socket; s = socket.socket(socket.AF_UNIX); s.connect("\\0${name.slice(1)}"); print("connected")`], {encoding: 'utf8'})
+    assert.equal(connect.stdout.trim(), 'connected', connect.stderr)
+  })
+
+  it('an established TCP connection and an accepted Unix connection are refused by name, the target untouched', async () => {
+    const pool = poolPath('sockets')
+    const fx = await startFixture('socket', {args: ['--unix-listener', 'accepted']})
     const run = await cli(['checkpoint', String(fx.pid), '--name', 'unix', '--json', '--pool', pool])
     assert.equal(run.status, 5, describeRun(run))
-    assert.match(run.json.error.message, /a Unix socket listening/)
+    assert.match(run.json.error.message, /a Unix connection/)
     const port = await freePort()
     const holder = spawn('python3', ['-c', `import socket, time, os\nos.closerange(3, 1024)\ns = socket.socket(); s.bind(("127.0.0.1", ${port})); s.listen(1)\nc = socket.create_connection(("127.0.0.1", ${port})); a, _ = s.accept(); s.close()\ntime.sleep(600)`], {stdio: 'ignore'})
     trackPid(holder.pid!)
