@@ -8,7 +8,9 @@
 import assert from 'node:assert/strict'
 import {spawn, spawnSync} from 'node:child_process'
 import {createConnection, createServer} from 'node:net'
-import {readFileSync, statSync} from 'node:fs'
+import {existsSync, mkdtempSync, readFileSync, rmSync, statSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
 
 import {processExists, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
 import {allProcesses, cli, describeRun, installCleanupHooks, note, poolPath, sleep, until} from './helpers.js'
@@ -196,6 +198,38 @@ describe('restore: servers with listening sockets', function () {
     // Connect to it by its exact abstract name (Node pads abstract names with NULs: python3 does not).
     const connect = spawnSync('python3', ['-c', `import socket; s = socket.socket(socket.AF_UNIX); s.connect("\\0${name.slice(1)}"); print("connected")`], {encoding: 'utf8'})
     assert.equal(connect.stdout.trim(), 'connected', connect.stderr)
+  })
+
+  it('a Unix datagram server bound to a path (python3): its clone, restored after the original ended, receives what clients send to the path', async () => {
+    const pool = poolPath('sockets')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-dgram-'))
+    const path = join(dir, 'server.sock')
+    const out = join(dir, 'received')
+    // It records each datagram with its own pid as the host sees it (a clone's getpid() may be the original's).
+    const script = `import os, socket\nos.closerange(3, 1024)\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(${JSON.stringify(path)})\n`
+      + `while True:\n    data = s.recv(256)\n    me = os.readlink("/proc/self")\n    open(${JSON.stringify(out)}, "a").write(me + " " + data.decode() + "\\n")\n`
+    const server = spawn('python3', ['-c', script], {stdio: 'ignore'})
+    trackPid(server.pid!)
+    try {
+      await until(() => existsSync(path) || undefined, 'the server bound')
+      const send = (text: string): void => {
+        const r = spawnSync('python3', ['-c', `import socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b${JSON.stringify(text)}, ${JSON.stringify(path)})`], {encoding: 'utf8'})
+        assert.equal(r.status, 0, r.stderr)
+      }
+      send('before')
+      await until(() => (existsSync(out) && readFileSync(out, 'utf8').includes('before')) || undefined, 'the original received')
+      const ck = await cli(['checkpoint', String(server.pid), '--name', 'dgram', '--kill', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      await until(() => !processExists(server.pid!) || undefined, 'the original gone')
+      const run = await cli(['restore', 'dgram', '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      trackPid(run.json.pid)
+      send('after')
+      const line = await until(() => readFileSync(out, 'utf8').split('\n').find((l) => l.endsWith(' after')), 'the clone received')
+      assert.equal(Number(line.split(' ')[0]), run.json.pid, `received by the clone: ${line}`)
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
   })
 
   it('an established TCP connection and an accepted Unix connection are refused by name, the target untouched', async () => {
