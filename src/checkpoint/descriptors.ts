@@ -134,6 +134,13 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
         }
         set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, local: socket.local,
           options: socket.options.filter((o) => o.level === 1), ...unixFile(socket.local)}})
+      } else if (socket.family === AF.UNIX && socket.type === SOCK.DGRAM && (socket.peer?.length ?? 0) > 2) {
+        // A client of a named datagram socket: connected again at restore; a datagram waiting for it would be lost.
+        if (peekQueued(pid, info.fd).length > 0) {
+          throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix datagram socket connected to ${describeAddress(socket.peer!)} with messages queued`, 'Checkpoint it once its messages are read.')
+        }
+        set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: socket.local, peer: socket.peer!,
+          options: socket.options.filter((o) => o.level === 1)}})
       } else if (socket.family === AF.UNIX) {
         const peer = unixPeer(Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1))
         const peerFd = fds.find((other) => other.info.target === `socket:[${peer}]`)?.info.fd

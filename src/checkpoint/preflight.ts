@@ -33,6 +33,11 @@ function classifySocket(pid: number, fd: number, tcpClose: boolean): FdKind | {u
   if (socket.family === AF.UNIX) {
     // A socketpair: connected, unbound, its peer unnamed; its peer must be in the process too (checked in preflight, with every fd known).
     if (socket.connected && socket.local.length <= 2 && (socket.peer?.length ?? 0) <= 2 && !socket.listening) return 'socket'
+    // A datagram client of a named socket (a syslog() client of /dev/log): each datagram stands alone, so it is connected again.
+    if (socket.connected && socket.type === SOCK.DGRAM && socket.local.length <= 2 && (socket.peer?.length ?? 0) > 2) {
+      const peer = unixName(socket.peer!)
+      return peer.startsWith('/') || peer.startsWith('@') ? 'socket' : {unsupported: `a Unix datagram socket connected to the relative path ${peer}`}
+    }
     if (socket.connected) return {unsupported: `a Unix ${socket.type === SOCK.DGRAM ? 'datagram socket' : 'connection'} (local ${where}) connected to ${describeAddress(socket.peer ?? new Uint8Array(0))} (cxlfork carries Unix listeners, bound datagram sockets and socketpairs whose both ends the process holds)`}
     const name = unixName(socket.local)
     // bind(2) resolves a relative path against the cwd of the moment: the clone could not tell which.
@@ -55,8 +60,8 @@ function refuseLoneUnixEnds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
   for (const {info, kind} of fds) {
     if (kind !== 'socket') continue
     const socket = readSocket(pid, info.fd)
-    // Listeners and unconnected datagram sockets have no peer to hold.
-    if (socket.family !== AF.UNIX || !socket.connected) continue
+    // Listeners and unconnected datagram sockets have no peer to hold; clients of a named datagram socket connect again.
+    if (socket.family !== AF.UNIX || !socket.connected || (socket.peer?.length ?? 0) > 2) continue
     const inode = Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1)
     const peer = unixPeer(inode)
     if (peer === undefined || !inodes.has(`socket:[${peer}]`)) {

@@ -15,7 +15,7 @@
 import {chmodSync, lchownSync, lstatSync, readFileSync, rmSync} from 'node:fs'
 
 import {type FdImage, type ProcessImage} from '../image/process-image.js'
-import {ConflictError, SyscallError, UnsupportedError} from '../errors.js'
+import {ConflictError, NotFoundError, SyscallError, UnsupportedError} from '../errors.js'
 import {O, SYS} from '../sys/libc.js'
 import {AF, describeAddress, unixName} from '../sys/sockets.js'
 import {type Injector} from './injector.js'
@@ -170,6 +170,13 @@ function createSocket(inject: Injector, fd: FdImage, stage: (fd: number) => numb
   if (socket.family === AF.UNIX) {
     bindUnix(inject, created, fd)
     if (socket.listening) inject.call('listen', SYS.listen, created, LISTEN_BACKLOG)
+    if (socket.peer) {
+      const r = inject.tracee.syscall(SYS.connect, created, inject.put(socket.peer), socket.peer.length)
+      if (r < 0n) {
+        throw new NotFoundError('PEER_UNREACHABLE', `fd ${fd.fd} was connected to the Unix socket ${describeAddress(socket.peer)}, which cannot be reached here (errno ${-r})`,
+          'Start what listens there first (in the clone\'s network namespace for an abstract name), then restore again.')
+      }
+    }
     return created
   }
   const port = socket.local.length >= 4 ? new DataView(socket.local.buffer, socket.local.byteOffset).getUint16(2, false) : 0

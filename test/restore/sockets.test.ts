@@ -232,6 +232,45 @@ describe('restore: servers with listening sockets', function () {
     }
   })
 
+  it('a client of a named Unix datagram socket (a syslog()-style logger, python3): its clone is connected to the server again and its messages arrive; without the server, PEER_UNREACHABLE', async () => {
+    const pool = poolPath('sockets')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-logger-'))
+    const path = join(dir, 'log.sock')
+    const out = join(dir, 'received')
+    // The server (the test's stand-in for /dev/log) and a client that sends a line on each tick.
+    const serverScript = `import os, socket\nos.closerange(3, 1024)\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(${JSON.stringify(path)})\n`
+      + `while True:\n    open(${JSON.stringify(out)}, "a").write(s.recv(256).decode() + "\\n")\n`
+    const server = spawn('python3', ['-c', serverScript], {stdio: 'ignore'})
+    trackPid(server.pid!)
+    try {
+      await until(() => existsSync(path) || undefined, 'the server bound')
+      const clientScript = `import os, socket, time\nos.closerange(3, 1024)\nc = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c.connect(${JSON.stringify(path)})\n`
+        + `while True:\n    c.send(("from " + os.readlink("/proc/self")).encode())\n    time.sleep(0.05)\n`
+      const client = spawn('python3', ['-c', clientScript], {stdio: 'ignore'})
+      trackPid(client.pid!)
+      const received = (pid: number): boolean => existsSync(out) && readFileSync(out, 'utf8').includes(`from ${pid}\n`)
+      await until(() => received(client.pid!) || undefined, 'the client logging')
+      const ck = await cli(['checkpoint', String(client.pid), '--name', 'logger', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      const run = await cli(['restore', 'logger', '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      trackPid(run.json.pid)
+      await until(() => received(run.json.pid) || undefined, 'the clone\'s messages at the server')
+      // With the server gone (its socket file removed), a restore cannot connect: a typed refusal, nothing left behind.
+      server.kill('SIGKILL')
+      await until(() => !processExists(server.pid!) || undefined, 'the server gone')
+      rmSync(path, {force: true})
+      const gone = await cli(['restore', 'logger', '--json', '--pool', pool])
+      assert.equal(gone.status, 3, describeRun(gone))
+      assert.equal(gone.json.error.code, 'PEER_UNREACHABLE')
+      assert.ok(gone.json.error.message.includes(path), gone.json.error.message)
+      const info = await cli(['inspect', 'logger', '--json', '--pool', pool])
+      assert.deepEqual(info.json.references.map((r: {pid: number}) => r.pid), [run.json.pid], `only the first clone holds a reference: ${JSON.stringify(info.json.references)}`)
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
   it('an established TCP connection and an accepted Unix connection are refused by name, the target untouched', async () => {
     const pool = poolPath('sockets')
     const fx = await startFixture('socket', {args: ['--unix-listener', 'accepted']})
