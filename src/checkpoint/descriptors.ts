@@ -152,7 +152,9 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
         set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: new Uint8Array(0), options: socket.options.filter((o) => o.level === 1),
           pair: {peerFd, ...(queued.length > 0 ? {queued} : {})}}})
       } else {
-        set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, ...(socket.connected ? {closed: true} : {}), local: socket.local, options: socket.options}})
+        // A connected UDP socket is connected again to its peer; a TCP connection (--tcp-close) is restored closed.
+        const connectedTo = socket.connected && socket.type === SOCK.DGRAM ? {peer: socket.peer!} : socket.connected ? {closed: true} : {}
+        set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, ...connectedTo, local: socket.local, options: socket.options}})
       }
     }
   }

@@ -49,7 +49,8 @@ function classifySocket(pid: number, fd: number, tcpClose: boolean): FdKind | {u
   if (socket.type === SOCK.STREAM && socket.listening) return 'socket'
   if (socket.type === SOCK.STREAM && socket.connected) return tcpClose ? 'socket' : {unsupported: `an established TCP connection (local ${where}); cxlfork does not repair live connections (--tcp-close restores it closed)`}
   if (socket.type === SOCK.DGRAM && !socket.connected) return 'socket'
-  if (socket.type === SOCK.DGRAM) return {unsupported: `a connected UDP socket (local ${where})`}
+  // Connected UDP: connect(2) only sets the default destination, so it is set again at restore.
+  if (socket.type === SOCK.DGRAM) return 'socket'
   if (socket.type === SOCK.STREAM) return {unsupported: `a TCP socket that is neither listening nor connected (${where})`}
   return {unsupported: `a socket of type ${socket.type} (${where})`}
 }

@@ -179,7 +179,7 @@ export interface SocketImage {
   local: Uint8Array
   /** Integer options to set again: level, name, value. */
   options: {level: number; name: number; value: number}[]
-  /** A Unix datagram client: the named socket it was connected to, connected to again. */
+  /** A datagram socket's peer (a connected UDP socket, a client of a named Unix socket): connected to again. */
   peer?: Uint8Array
   /** A Unix socket bound to a path: the socket file's permission bits and owner, given to the file the restore binds. */
   file?: {mode: number; uid: number; gid: number}

@@ -170,13 +170,7 @@ function createSocket(inject: Injector, fd: FdImage, stage: (fd: number) => numb
   if (socket.family === AF.UNIX) {
     bindUnix(inject, created, fd)
     if (socket.listening) inject.call('listen', SYS.listen, created, LISTEN_BACKLOG)
-    if (socket.peer) {
-      const r = inject.tracee.syscall(SYS.connect, created, inject.put(socket.peer), socket.peer.length)
-      if (r < 0n) {
-        throw new NotFoundError('PEER_UNREACHABLE', `fd ${fd.fd} was connected to the Unix socket ${describeAddress(socket.peer)}, which cannot be reached here (errno ${-r})`,
-          'Start what listens there first (in the clone\'s network namespace for an abstract name), then restore again.')
-      }
-    }
+    if (socket.peer) connectAgain(inject, created, fd)
     return created
   }
   const port = socket.local.length >= 4 ? new DataView(socket.local.buffer, socket.local.byteOffset).getUint16(2, false) : 0
@@ -189,7 +183,18 @@ function createSocket(inject: Injector, fd: FdImage, stage: (fd: number) => numb
     if (r < 0n) throw new SyscallError(`bind(${describeAddress(socket.local)}) in the new process`, Number(-r))
   }
   if (socket.listening) inject.call('listen', SYS.listen, created, LISTEN_BACKLOG)
+  if (socket.peer) connectAgain(inject, created, fd)
   return created
+}
+
+/** A datagram socket's default destination, set again (no handshake: it fails only where the address cannot be reached). */
+function connectAgain(inject: Injector, created: number, fd: FdImage): void {
+  const peer = fd.socket!.peer!
+  const r = inject.tracee.syscall(SYS.connect, created, inject.put(peer), peer.length)
+  if (r < 0n) {
+    throw new NotFoundError('PEER_UNREACHABLE', `fd ${fd.fd} was connected to ${describeAddress(peer)}, which cannot be reached here (errno ${-r})`,
+      'Start what listens there first (for a Unix name), or restore where the address is reachable (a --netns new clone reaches only its own loopback).')
+  }
 }
 
 /** Whether a live socket (of our network namespace, where the original runs) is bound at `path`: /proc/net/unix. */

@@ -271,6 +271,39 @@ describe('restore: servers with listening sockets', function () {
     }
   })
 
+  it('UDP (python3): a connected client socket and a bound server socket; the clone (after checkpoint --kill) sends from the same local port to the same peer and receives on its port', async () => {
+    const pool = poolPath('sockets')
+    const {createSocket} = await import('node:dgram')
+    const collector = createSocket('udp4')
+    const messages: string[] = []
+    collector.on('message', (data) => messages.push(data.toString()))
+    await new Promise<void>((resolve) => collector.bind(0, '127.0.0.1', resolve))
+    const peerPort = collector.address().port
+    const script = `import os, socket, time\nos.closerange(3, 1024)\n`
+      + `srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); srv.bind(("127.0.0.1", 0)); srv.setblocking(False)\n`
+      + `cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); cli.connect(("127.0.0.1", ${peerPort}))\n`
+      + `while True:\n    me = os.readlink("/proc/self")\n    cli.send(f"tick {me} {srv.getsockname()[1]} {cli.getsockname()[1]}".encode())\n`
+      + `    try:\n        cli.send(f"got {me} {srv.recv(100).decode()}".encode())\n    except BlockingIOError:\n        pass\n    time.sleep(0.05)\n`
+    const udp = spawn('python3', ['-c', script], {stdio: 'ignore'})
+    trackPid(udp.pid!)
+    try {
+      const tick = (pid: number): string[] | undefined => messages.map((m) => m.split(' ')).find((m) => m[0] === 'tick' && Number(m[1]) === pid)
+      const first = await until(() => tick(udp.pid!), 'the original sending')
+      const ck = await cli(['checkpoint', String(udp.pid), '--name', 'udp', '--kill', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      const run = await cli(['restore', 'udp', '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      const clone = run.json.pid as number
+      trackPid(clone)
+      const again = await until(() => tick(clone), 'the clone sending to the same peer')
+      assert.deepEqual(again.slice(2), first.slice(2), 'the same server port and the same local port of the connected socket')
+      collector.send('hello', Number(again[2]), '127.0.0.1')
+      await until(() => messages.includes(`got ${clone} hello`) || undefined, 'the clone receiving on its bound port')
+    } finally {
+      collector.close()
+    }
+  })
+
   it('an established TCP connection and an accepted Unix connection are refused by name, the target untouched', async () => {
     const pool = poolPath('sockets')
     const fx = await startFixture('socket', {args: ['--unix-listener', 'accepted']})
