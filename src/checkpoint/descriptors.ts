@@ -133,7 +133,7 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
           throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix datagram socket at ${describeAddress(socket.local)} with messages queued`, 'Checkpoint it once its messages are read.')
         }
         set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, local: socket.local,
-          options: socket.options.filter((o) => o.level === 1), ...unixFile(socket.local)}})
+          ...(socket.backlog === undefined ? {} : {backlog: socket.backlog}), options: socket.options.filter((o) => o.level === 1), ...unixFile(socket.local)}})
       } else if (socket.family === AF.UNIX && socket.type === SOCK.DGRAM && (socket.peer?.length ?? 0) > 2) {
         // A client of a named datagram socket: connected again at restore; a datagram waiting for it would be lost.
         if (peekQueued(pid, info.fd).length > 0) {
@@ -154,7 +154,8 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
       } else {
         // A connected UDP socket is connected again to its peer; a TCP connection (--tcp-close) is restored closed.
         const connectedTo = socket.connected && socket.type === SOCK.DGRAM ? {peer: socket.peer!} : socket.connected ? {closed: true} : {}
-        set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, ...connectedTo, local: socket.local, options: socket.options}})
+        set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, ...connectedTo, local: socket.local,
+          ...(socket.backlog === undefined ? {} : {backlog: socket.backlog}), options: socket.options}})
       }
     }
   }

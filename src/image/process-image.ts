@@ -173,6 +173,8 @@ export interface SocketImage {
   type: number
   protocol: number
   listening: boolean
+  /** A listener's backlog as the kernel kept it (absent in older checkpoints: restored with somaxconn's cap). */
+  backlog?: number
   /** An established connection taken with --tcp-close: the clone gets it closed (a TCP socket connected to nothing). */
   closed?: boolean
   /** The getsockname(2) bytes (sockaddr_in / sockaddr_in6 / sockaddr_un). */

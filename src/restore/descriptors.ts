@@ -155,7 +155,7 @@ function setOptions(inject: Injector, fd: number, options: NonNullable<FdImage['
   }
 }
 
-/** listen(2) backlog: the kernel caps it at the namespace's net.core.somaxconn, whatever the program asked for. */
+/** listen(2) backlog when the checkpoint does not say (older ones): the kernel caps it at the namespace's net.core.somaxconn. */
 const LISTEN_BACKLOG = 4096
 const EADDRINUSE = 98
 
@@ -169,7 +169,7 @@ function createSocket(inject: Injector, fd: FdImage, stage: (fd: number) => numb
   if (socket.closed) return created
   if (socket.family === AF.UNIX) {
     bindUnix(inject, created, fd)
-    if (socket.listening) inject.call('listen', SYS.listen, created, LISTEN_BACKLOG)
+    if (socket.listening) inject.call('listen', SYS.listen, created, socket.backlog ?? LISTEN_BACKLOG)
     if (socket.peer) connectAgain(inject, created, fd)
     return created
   }
@@ -182,7 +182,7 @@ function createSocket(inject: Injector, fd: FdImage, stage: (fd: number) => numb
     }
     if (r < 0n) throw new SyscallError(`bind(${describeAddress(socket.local)}) in the new process`, Number(-r))
   }
-  if (socket.listening) inject.call('listen', SYS.listen, created, LISTEN_BACKLOG)
+  if (socket.listening) inject.call('listen', SYS.listen, created, socket.backlog ?? LISTEN_BACKLOG)
   if (socket.peer) connectAgain(inject, created, fd)
   return created
 }

@@ -34,6 +34,8 @@ export interface SocketState {
   local: Uint8Array
   /** getpeername(2) bytes when connected. */
   peer?: Uint8Array
+  /** A listener's backlog as the kernel keeps it (listen(2)'s argument capped at somaxconn), when it says. */
+  backlog?: number
   options: SocketOption[]
 }
 
@@ -78,11 +80,33 @@ export function readSocket(pid: number, fd: number): SocketState {
     keep(SOL_SOCKET, SO.SNDBUF, (v) => Math.floor(v / 2))
     if (family !== AF.UNIX && type === SOCK.STREAM) keep(IPPROTO_TCP, TCP_NODELAY)
     if (family === AF.INET6) keep(IPPROTO_IPV6, IPV6_V6ONLY)
-    return {family, type, protocol, listening, connected, local, ...(peer ? {peer} : {}), options}
+    const backlog = listening ? listenBacklog(copy, family, type) : undefined
+    return {family, type, protocol, listening, connected, local, ...(peer ? {peer} : {}), ...(backlog === undefined ? {} : {backlog}), options}
   } finally {
     if (copy >= 0) close(copy)
     close(pidfd)
   }
+}
+
+/**
+ * A listener's sk_max_ack_backlog: for TCP it is tcp_info's tcpi_sacked (a
+ * listener reports its backlog there); for a Unix listener, sock_diag's
+ * UNIX_DIAG_RQLEN write-queue figure, by the socket's inode.
+ */
+function listenBacklog(fd: number, family: number, type: number): number | undefined {
+  if ((family === AF.INET || family === AF.INET6) && type === SOCK.STREAM) {
+    const info = new Uint8Array(104)
+    const length = new Uint32Array([info.length])
+    if (syscallRaw(SYS.getsockopt, fd, IPPROTO_TCP, TCP_INFO, info, length) < 0n || length[0]! < 32) return undefined
+    return new DataView(info.buffer).getUint32(28, true)
+  }
+  if (family === AF.UNIX) {
+    const stat = new BigUint64Array(18)
+    if (syscallRaw(SYS.fstat, fd, stat) < 0n) return undefined
+    const attribute = unixDiag(Number(stat[1]!), UDIAG_SHOW_RQLEN, UNIX_DIAG_RQLEN)
+    return attribute && attribute.byteLength >= 8 ? attribute.getUint32(4, true) : undefined
+  }
+  return undefined
 }
 
 /** A Unix address: '' unbound (or autobound never), '@name' abstract, else its path (maybe relative). */
@@ -112,12 +136,21 @@ const NLM_F_REQUEST = 1
 const NLMSG_ERROR = 2
 const UDIAG_SHOW_PEER = 4
 const UNIX_DIAG_PEER = 2
+const UDIAG_SHOW_RQLEN = 0x10
+const UNIX_DIAG_RQLEN = 4
+const TCP_INFO = 11
 
 /**
  * The inode of the peer of Unix socket `inode` (sock_diag, as `ss -x` asks
  * it), or undefined when it has none or the kernel does not say.
  */
 export function unixPeer(inode: number): number | undefined {
+  const attribute = unixDiag(inode, UDIAG_SHOW_PEER, UNIX_DIAG_PEER)
+  return attribute && attribute.byteLength >= 4 ? attribute.getUint32(0, true) : undefined
+}
+
+/** One attribute of sock_diag's answer about Unix socket `inode` (asked with `show`), or undefined. */
+function unixDiag(inode: number, show: number, attributeType: number): DataView | undefined {
   const sock = Number(syscallRaw(SYS.socket, 16 /* AF_NETLINK */, 2 /* SOCK_DGRAM */ | 0o2000000, NETLINK_SOCK_DIAG))
   if (sock < 0) return undefined
   try {
@@ -131,7 +164,7 @@ export function unixPeer(inode: number): number | undefined {
     request[16] = AF.UNIX
     view.setUint32(20, 0xffffffff, true) // every state
     view.setUint32(24, inode, true)
-    view.setUint32(28, UDIAG_SHOW_PEER, true)
+    view.setUint32(28, show, true)
     view.setUint32(32, 0xffffffff, true) // no cookie
     view.setUint32(36, 0xffffffff, true)
     if (syscallRaw(SYS.sendto, sock, request, 40, 0, 0, 0) !== 40n) return undefined
@@ -145,7 +178,7 @@ export function unixPeer(inode: number): number | undefined {
       const length = r.getUint16(at, true)
       const type = r.getUint16(at + 2, true)
       if (length < 4) break
-      if (type === UNIX_DIAG_PEER && length >= 8) return r.getUint32(at + 4, true)
+      if (type === attributeType) return new DataView(reply.buffer, at + 4, length - 4)
       at += (length + 3) & ~3
     }
     return undefined

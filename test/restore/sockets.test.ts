@@ -16,6 +16,12 @@ import {processExists, requestCheck, startFixture, trackPid, waitForTicks} from 
 import {allProcesses, cli, describeRun, installCleanupHooks, note, poolPath, sleep, until} from './helpers.js'
 
 /** A port nobody listens on now. */
+/** The backlog of the TCP listener on 127.0.0.1:port here, as `ss` shows it (Send-Q of a LISTEN socket). */
+function backlogOf(port: number): number {
+  const out = spawnSync('ss', ['-ltnH', `sport = :${port}`], {encoding: 'utf8'}).stdout.trim().split(/\s+/)
+  return Number(out[2])
+}
+
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer()
@@ -89,6 +95,7 @@ describe('restore: servers with listening sockets', function () {
     const port = await freePort()
     const fx = await startFixture('pyserver', {args: ['--port', String(port)]})
     assert.match(await ask(port), new RegExp(`^pid=${fx.pid} `))
+    assert.equal(backlogOf(port), 64, 'pyserver listens with a backlog of 64 (ss Send-Q)')
     const ck = await cli(['checkpoint', String(fx.pid), '--name', 'srv', '--kill', '--json', '--pool', pool])
     assert.equal(ck.status, 0, describeRun(ck))
     await until(() => !processExists(fx.pid), 'the original gone')
@@ -97,6 +104,7 @@ describe('restore: servers with listening sockets', function () {
     const clone = run.json.pid as number
     trackPid(clone)
     assert.match(await ask(port), new RegExp(`^pid=${clone} `), 'the clone answers on the original port')
+    assert.equal(backlogOf(port), 64, 'with the same backlog')
     const check = await requestCheck(fx.logPath, clone)
     assert.equal(check.fields.ok, '1', `the clone's socket is bound where it was, listening, with its options: ${check.line}`)
   })
