@@ -109,6 +109,27 @@ describe('restore: servers with listening sockets', function () {
     assert.equal(check.fields.ok, '1', `the clone's socket is bound where it was, listening, with its options: ${check.line}`)
   })
 
+  it('a Perl socket server (IO::Socket::INET): checkpointed, its clone answers in its own network namespace beside the original', async () => {
+    const pool = poolPath('sockets')
+    const port = await freePort()
+    // Answers each connection with its pid as the host sees it, then closes it.
+    const script = `use IO::Socket::INET; use POSIX; POSIX::close($_) for 3..1023;
+      my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => ${port}, Listen => 16, ReuseAddr => 1, Proto => 'tcp') or die "listen: $!";
+      while (my $c = $s->accept) { my $me = readlink('/proc/self'); print $c "pid=$me perl\\n"; close $c }`
+    const server = spawn('perl', ['-e', script], {stdio: 'ignore'})
+    trackPid(server.pid!)
+    await until(() => listeners(port) > 0 || undefined, 'the Perl server listening')
+    assert.match(await ask(port), new RegExp(`^pid=${server.pid} perl`))
+    const ck = await cli(['checkpoint', String(server.pid), '--name', 'perl', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    const run = await cli(['restore', 'perl', '--netns', 'new', '--json', '--pool', pool])
+    assert.equal(run.status, 0, describeRun(run))
+    trackPid(run.json.pid)
+    const inside = spawnSync('nsenter', ['-t', String(run.json.pid), '-n', 'python3', '-c', `import socket; print(socket.create_connection(("127.0.0.1", ${port})).recv(100).decode().strip())`], {encoding: 'utf8'})
+    assert.equal(inside.stdout.trim(), `pid=${run.json.pid} perl`, inside.stderr)
+    assert.match(await ask(port), new RegExp(`^pid=${server.pid} perl`), 'the original still answers here')
+  })
+
   it('an SO_REUSEPORT server restored three times on its original port: original and clones all listen and serve', async () => {
     const pool = poolPath('sockets')
     const port = await freePort()
