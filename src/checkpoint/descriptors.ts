@@ -12,7 +12,7 @@ import {SyscallError, UnsupportedError} from '../errors.js'
 import {type EpollTargetImage, type FdImage, type FdKind} from '../image/process-image.js'
 import {O, SYS, close, fcntl, open, pipe2, read, syscallRaw} from '../sys/libc.js'
 import {type FdInfo} from '../sys/proc.js'
-import {AF, SOCK, describeAddress, peekQueued, readSocket, unixName, unixPeer} from '../sys/sockets.js'
+import {AF, SOCK, describeAddress, peekMessages, peekQueued, readSocket, unixName, unixPeer} from '../sys/sockets.js'
 
 const F_SETPIPE_SZ = 1031
 const F_GETPIPE_SZ = 1032
@@ -145,12 +145,19 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
         const peer = unixPeer(Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1))
         const peerFd = fds.find((other) => other.info.target === `socket:[${peer}]`)?.info.fd
         if (peerFd === undefined) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix socket whose other end it no longer holds`, 'Checkpoint it again.')
-        const queued = peekQueued(pid, info.fd)
-        if (queued.length > 0 && socket.type !== SOCK.STREAM) {
-          throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix datagram socketpair end with messages queued`, 'cxlfork carries queued bytes of stream socketpairs only; checkpoint it once its messages are read.')
+        if (socket.type === SOCK.STREAM) {
+          const queued = peekQueued(pid, info.fd)
+          set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: new Uint8Array(0), options: socket.options.filter((o) => o.level === 1),
+            pair: {peerFd, ...(queued.length > 0 ? {queued} : {})}}})
+        } else {
+          // Datagrams (and seqpacket records) keep their boundaries: each is sent again on its own.
+          const messages = peekMessages(pid, info.fd)
+          if (messages === undefined) {
+            throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix datagram socketpair end whose queue cannot be read (SO_PEEK_OFF)`, 'Checkpoint it once its messages are read.')
+          }
+          set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: new Uint8Array(0), options: socket.options.filter((o) => o.level === 1),
+            pair: {peerFd, ...(messages.length > 0 ? {messages} : {})}}})
         }
-        set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: new Uint8Array(0), options: socket.options.filter((o) => o.level === 1),
-          pair: {peerFd, ...(queued.length > 0 ? {queued} : {})}}})
       } else {
         // A connected UDP socket is connected again to its peer; a TCP connection (--tcp-close) is restored closed.
         const connectedTo = socket.connected && socket.type === SOCK.DGRAM ? {peer: socket.peer!} : socket.connected ? {closed: true} : {}

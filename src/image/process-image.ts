@@ -186,7 +186,7 @@ export interface SocketImage {
   /** A Unix socket bound to a path: the socket file's permission bits and owner, given to the file the restore binds. */
   file?: {mode: number; uid: number; gid: number}
   /** A Unix socketpair end: the fd holding its other end, and the bytes queued for this end to read. */
-  pair?: {peerFd: number; queued?: Uint8Array}
+  pair?: {peerFd: number; queued?: Uint8Array; messages?: Uint8Array[]}
 }
 
 export interface Rlimit {

@@ -285,8 +285,17 @@ function pairEnd(inject: Injector, fd: FdImage, fds: readonly FdImage[], pairs: 
   // What was queued for one end to read, its peer sends again.
   if (socket.pair!.queued) writeAll(inject, theirs, socket.pair!.queued)
   if (peer?.socket?.pair?.queued) writeAll(inject, mine, peer.socket.pair.queued)
+  for (const message of socket.pair!.messages ?? []) sendMessage(inject, theirs, message)
+  for (const message of peer?.socket?.pair?.messages ?? []) sendMessage(inject, mine, message)
   pairs.set(socket.pair!.peerFd, theirs)
   return mine
+}
+
+/** One datagram, whole (a short send would split it: refused). */
+function sendMessage(inject: Injector, fd: number, message: Uint8Array): void {
+  const n = Number(inject.call('send(socketpair)', SYS.sendto, fd, inject.put(message), message.length, 0, 0, 0))
+  inject.reset()
+  if (n !== message.length) throw new SyscallError('send(socketpair) in the new process', 5, `${n} of ${message.length} bytes of a queued message`)
 }
 
 function writeAll(inject: Injector, fd: number, data: Uint8Array): void {

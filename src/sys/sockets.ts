@@ -187,6 +187,45 @@ function unixDiag(inode: number, show: number, attributeType: number): DataView 
   }
 }
 
+const SO_PEEK_OFF = 42
+/** Largest datagram peeked (a Unix datagram is at most about the socket's send buffer). */
+const MESSAGE_BYTES = 1 << 20
+
+/**
+ * Messages queued on a datagram socket, in order, without consuming them:
+ * MSG_PEEK with SO_PEEK_OFF set, so each peek moves past one message (as
+ * CRIU reads queues). The offset is shared with the target's socket (a
+ * descriptor copy): it is set back as it was before returning. Undefined
+ * when the kernel cannot peek this way.
+ */
+export function peekMessages(pid: number, fd: number): Uint8Array[] | undefined {
+  const pidfd = Number(syscallRaw(SYS.pidfd_open, pid, 0))
+  if (pidfd < 0) return undefined
+  let copy = -1
+  try {
+    copy = Number(syscallRaw(SYS.pidfd_getfd, pidfd, fd, 0))
+    if (copy < 0) return undefined
+    const before = getInt(copy, SOL_SOCKET, SO_PEEK_OFF) ?? -1
+    if (syscallRaw(SYS.setsockopt, copy, SOL_SOCKET, SO_PEEK_OFF, new Int32Array([0]), 4) < 0n) return undefined
+    try {
+      const messages: Uint8Array[] = []
+      const buffer = new Uint8Array(MESSAGE_BYTES)
+      for (;;) {
+        const n = syscallRaw(SYS.recvfrom, copy, buffer, buffer.length, 0x2 /* MSG_PEEK */ | 0x40 /* MSG_DONTWAIT */, 0, 0)
+        if (n < 0n) break // EAGAIN: no more
+        messages.push(buffer.slice(0, Number(n)))
+        if (messages.length > 100_000) return undefined
+      }
+      return messages
+    } finally {
+      syscallRaw(SYS.setsockopt, copy, SOL_SOCKET, SO_PEEK_OFF, new Int32Array([before]), 4)
+    }
+  } finally {
+    if (copy >= 0) close(copy)
+    close(pidfd)
+  }
+}
+
 /** Bytes queued for reading on a stream socket, without consuming them (MSG_PEEK on a descriptor copy). */
 export function peekQueued(pid: number, fd: number): Uint8Array {
   const pidfd = Number(syscallRaw(SYS.pidfd_open, pid, 0))
