@@ -461,7 +461,7 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
   let recordingExact = false
   try {
     // Started first: the server's own start-up overlaps the spawn of the stubs.
-    if (lazy || options.record) faultServer = FaultServerClient.start(store.mapPath!, {record: options.record !== undefined})
+    if (lazy || options.record) faultServer = FaultServerClient.start(store.mapPath!, {record: options.record !== undefined, ...(options.lazy?.faultPages === undefined ? {} : {faultPages: options.lazy.faultPages})})
     const inherit = options.stdio === 'inherit'
     const stubOptions: StubOptions = {
       stdin: inherit ? 0 : null, stdout: inherit ? 1 : null, stderr: inherit ? 2 : null, setsid: options.setsid, base: stubBase(images),

@@ -73,6 +73,8 @@ export interface RestoreRequest {
   netns?: string
   /** `moa`: copy the pages not yet touched in the background after this many quiet ms (default: never). */
   fillAfterMs?: number
+  /** `moa`: pages copied per fault (an aligned block around the faulting page; default 16). */
+  faultPages?: number
   /** Record the clone's accesses into the checkpoint when it exits (`mow`, `hybrid`). */
   record?: boolean
   /** Check every page against its checksum before mapping (O(data); the default restore is O(mappings)). */
@@ -211,7 +213,7 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
       wait: request.wait,
       ...(request.pidns === undefined ? {} : {pidns: request.pidns}),
       ...(request.netns === undefined ? {} : {network: request.netns}),
-      lazy: {fillAfterMs: request.fillAfterMs ?? null},
+      lazy: {fillAfterMs: request.fillAfterMs ?? null, ...(request.faultPages === undefined ? {} : {faultPages: request.faultPages})},
       ...(request.record ? {record: {name: request.name, pool: pool.path}} : {}),
       onSpawn: (pid) => {
         reference = pool.addReference(loaded.reader, {pid})
