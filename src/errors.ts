@@ -43,7 +43,7 @@ export const ERROR_CODES = {
   BENCH_CRIU_FAILED: ExitCode.failure,
   BENCH_NO_PYTHON: ExitCode.failure,
   // exit usage
-  BUILDER_FINISHED: ExitCode.usage, COMMAND_NOT_FOUND: ExitCode.usage, INVALID_NETNS: ExitCode.usage, INVALID_THREADS: ExitCode.usage, INVALID_TREES: ExitCode.usage, INVALID_FAAS: ExitCode.usage, IMAGES_NOT_A_DIRECTORY: ExitCode.usage,
+  BUILDER_FINISHED: ExitCode.usage, COMMAND_NOT_FOUND: ExitCode.usage, INVALID_NETNS: ExitCode.usage, INVALID_THREADS: ExitCode.usage, INVALID_TREES: ExitCode.usage, INVALID_FAAS: ExitCode.usage, INVALID_OUT: ExitCode.usage, IMAGES_NOT_A_DIRECTORY: ExitCode.usage,
   INVALID_NAME: ExitCode.usage, INVALID_PID: ExitCode.usage, INVALID_POLICY: ExitCode.usage, INVALID_SECTION: ExitCode.usage,
   INVALID_SIZE: ExitCode.usage, CRIU_BIN_UNUSABLE: ExitCode.usage, OFFSET_OUTSIDE_CHECKPOINT: ExitCode.usage, POOL_CLOSED: ExitCode.usage, POOL_NOT_A_FILE: ExitCode.usage,
   POOL_SIZE_UNALIGNED: ExitCode.usage, POOL_TOO_LARGE: ExitCode.usage, POOL_TOO_SMALL: ExitCode.usage, USAGE: ExitCode.usage,
