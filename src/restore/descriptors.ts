@@ -19,6 +19,9 @@ import {ConflictError, NotFoundError, SyscallError, UnsupportedError} from '../e
 import {O, SYS} from '../sys/libc.js'
 import {AF, describeAddress, unixName} from '../sys/sockets.js'
 import {type Injector} from './injector.js'
+import {type SharedMemoryBuilder} from './shared-memory.js'
+
+const O_ACCMODE = 3
 
 const F_DUPFD_CLOEXEC = 1030
 const F_SETFD = 2
@@ -32,7 +35,7 @@ const WRITE_PIECE = 256 * 1024
 /** In a tree: the host pid of a member known by its original pid (for /proc paths). */
 export type HostPidOf = (originalPid: number) => number
 
-export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: HostPidOf): void {
+export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: HostPidOf, shared?: SharedMemoryBuilder): void {
   const fds = [...image.fds].sort((a, b) => a.fd - b.fd)
   const base = Math.max(3, ...fds.map((fd) => fd.fd + 1))
   const staged: number[] = []
@@ -112,6 +115,14 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
       if ((fd.flags & O.NONBLOCK) !== 0) inject.call('fcntl(F_SETFL)', SYS.fcntl, fd.fd, F_SETFL, O.NONBLOCK)
     } else if (fd.socket) {
       place(createSocket(inject, fd, stage), fd)
+    } else if (fd.kind === 'shmem') {
+      // A memfd or an unlinked tmpfs file: the restored shared object, at the offset the original had.
+      if (!shared || fd.sharedId === undefined) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${fd.fd} is a shared memory object this restore has no contents for`, 'Take a new checkpoint with `cxlfork checkpoint`.')
+      const opened = stage(shared.openObject(inject, fd.sharedId, fd.flags & O_ACCMODE))
+      place(opened, fd)
+      shared.placedFd(fd.sharedId, inject.tracee.pid, fd.fd)
+      if (fd.offset > 0n) inject.call('lseek', SYS.lseek, fd.fd, fd.offset, 0)
+      if ((fd.flags & (O.APPEND | O.NONBLOCK)) !== 0) inject.call('fcntl(F_SETFL)', SYS.fcntl, fd.fd, F_SETFL, fd.flags & (O.NONBLOCK | O.APPEND))
     } else {
       // Reopen without creating or truncating: the file must be the one the checkpoint saw.
       const flags = fd.flags & ~(O.CREAT | O.TRUNC | 0o200 /* O_EXCL */)
