@@ -12,12 +12,12 @@
  * number another still needs; it is then dup3'ed to its own number. Epoll
  * registrations come last, when every target fd is in place.
  */
-import {chmodSync, lchownSync, lstatSync, readFileSync, rmSync} from 'node:fs'
+import {chmodSync, lchownSync, lstatSync, rmSync} from 'node:fs'
 
 import {type FdImage, type ProcessImage} from '../image/process-image.js'
 import {ConflictError, NotFoundError, SyscallError, UnsupportedError} from '../errors.js'
 import {O, SYS} from '../sys/libc.js'
-import {AF, describeAddress, unixName} from '../sys/sockets.js'
+import {AF, describeAddress, unixAddressLive, unixName} from '../sys/sockets.js'
 import {type Injector} from './injector.js'
 import {type SharedMemoryBuilder} from './shared-memory.js'
 
@@ -208,18 +208,9 @@ function connectAgain(inject: Injector, created: number, fd: FdImage): void {
   }
 }
 
-/** Whether a live socket (of our network namespace, where the original runs) is bound at `path`: /proc/net/unix. */
-function unixPathInUse(path: string): boolean {
-  try {
-    return readFileSync('/proc/net/unix', 'utf8').split('\n').some((line) => line.endsWith(` ${path}`))
-  } catch {
-    return true // cannot tell: never remove a file that may be live
-  }
-}
-
 /**
  * A Unix listener or datagram socket at its name. A path left by a process
- * that is gone (a socket file no live socket is bound to) is removed first,
+ * that is gone (a socket file whose connect is refused) is removed first,
  * as a restarted daemon does; one a live socket holds is ADDRESS_IN_USE. The
  * new file gets the original's mode and owner.
  */
@@ -229,7 +220,7 @@ function bindUnix(inject: Injector, created: number, fd: FdImage): void {
   if (name === '') return
   const bind = (): bigint => inject.tracee.syscall(SYS.bind, created, inject.put(socket.local), socket.local.length)
   let r = bind()
-  if (r === -BigInt(EADDRINUSE) && name.startsWith('/') && !unixPathInUse(name)) {
+  if (r === -BigInt(EADDRINUSE) && name.startsWith('/') && !unixAddressLive(socket.local, socket.type)) {
     let stale = false
     try {
       stale = lstatSync(name).isSocket()
