@@ -168,9 +168,11 @@ describe('pool: fault-injection soak (issue 14 acceptance)', function () {
   const namespaces: ChildProcess[] = []
   const startedAt = Date.now()
 
-  before(async () => {
+  before(async function () {
+    if (process.getuid?.() !== 0) this.skip() // mounts a tmpfs, makes namespaces and traces processes
     log(`seed ${SEED} (replay with CXLFORK_SOAK_SEED=${SEED}), ${MINUTES} min of trials`)
-    fx = await startFixture('memtouch', {mib: 8})
+    // memtouch ends itself after --lifetime (900 s by default), and so would the clones of its checkpoints.
+    fx = await startFixture('memtouch', {mib: 8, args: ['--lifetime', String(Math.ceil(MINUTES * 60) + 900)]})
     await waitForTicks(fx.logPath, fx.pid, 2)
     mount = mkdtempSync(join(tmpdir(), 'cxlfork-soak-'))
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=48m', 'tmpfs', mount])
@@ -569,6 +571,10 @@ describe('pool: fault-injection soak (issue 14 acceptance)', function () {
         if (!['flip', 'no-space', 'hosts'].includes(kind) || n % 4 === 0) await afterTrial(kind)
       } catch (error) {
         if (!problems.some((p) => p.includes(`trial ${counts.trials}]`))) problem('unexpected', `${kind}: ${String((error as Error).stack ?? error)}`)
+      }
+      if (!processExists(fx.pid)) {
+        problem('targetsHarmed', 'the target is gone; the soak stops')
+        break
       }
       if (n % 10 === 0) log(`${counts.trials} trials, ${JSON.stringify(counts.byKind)}`)
     }
