@@ -184,6 +184,17 @@ describe('cli: an unprivileged user (issue 14 item 6)', function () {
     assert.match(readFileSync(`/proc/${pid}/status`, 'utf8'), new RegExp(`^Uid:\\s+${uid}\\s`, 'm'))
   }
 
+  /** `sleep` children of this process (a fork snapshot of the target would be one: clone(CLONE_PARENT)). */
+  function sleepChildren(): string[] {
+    return readdirSync('/proc').filter((entry) => /^\d+$/.test(entry)).filter((entry) => {
+      try {
+        return /^sleep$/m.test(readFileSync(`/proc/${entry}/comm`, 'utf8')) && new RegExp(`^PPid:\\s+${process.pid}$`, 'm').test(readFileSync(`/proc/${entry}/status`, 'utf8'))
+      } catch {
+        return false // gone meanwhile
+      }
+    })
+  }
+
   /** The target's state letter and tracer: it was never stopped or left traced. */
   function untouched(pid: number): void {
     const status = readFileSync(`/proc/${pid}/status`, 'utf8')
@@ -194,6 +205,7 @@ describe('cli: an unprivileged user (issue 14 item 6)', function () {
   it('checkpoint and criu dump of its own process without CAP_CHECKPOINT_RESTORE: NOT_PERMITTED, exit 4, naming the capability; nothing created', async () => {
     const pid = ownTarget()
     await running(pid)
+    const before = sleepChildren() // other suites in this mocha process may have left some
     for (const args of [['checkpoint', String(pid), '--name', 'mine', '--pool', pool], ['criu', 'dump', String(pid), '--images', images]]) {
       const refused = runAsUser(args)
       expectTyped(refused, 'NOT_PERMITTED', 4)
@@ -205,14 +217,7 @@ describe('cli: an unprivileged user (issue 14 item 6)', function () {
     assert.equal(existsSync(images), false)
     untouched(pid)
     // No fork snapshot was made: the target's parent (this process) has no new child.
-    const snapshots = readdirSync('/proc').filter((entry) => /^\d+$/.test(entry) && Number(entry) !== pid).filter((entry) => {
-      try {
-        return /^sleep$/m.test(readFileSync(`/proc/${entry}/comm`, 'utf8')) && new RegExp(`^PPid:\\s+${process.pid}$`, 'm').test(readFileSync(`/proc/${entry}/status`, 'utf8'))
-      } catch {
-        return false // gone meanwhile
-      }
-    })
-    assert.deepEqual(snapshots, [])
+    assert.deepEqual(sleepChildren().filter((child) => !before.includes(child)), [])
   })
 
   it('check as that user names the same missing capability and exits 1', () => {
