@@ -6,7 +6,7 @@ import {spawn} from 'node:child_process'
 import {closeSync, constants, openSync, readFileSync} from 'node:fs'
 import {join} from 'node:path'
 
-import {CxlforkError, NotFoundError} from '../errors.js'
+import {ConflictError, CxlforkError, NotFoundError, isErrorCode} from '../errors.js'
 import {projectRoot} from '../paths.js'
 import {PorterUnreachable, porterRequest} from './client.js'
 import {defaultSocketPath, logFilePath} from './paths.js'
@@ -20,6 +20,7 @@ export interface PorterStatus {
   socket: string
   startedAt: string
   uptimeMs: number
+  ghostPids: number[]
   ghosts: {target: number; ready: number; used: number; unfit: number; empty: number; spawned: number; lost: number; spawnFailures: number}
   recovered: {referencesReleased: number; buildsReleased: number}
   log?: string
@@ -56,6 +57,8 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 export async function startInBackground(args: {pool: string; socket: string; isDefault: boolean; ghosts: number; group?: string}): Promise<PorterStatus> {
   // Judged (and the default directory made) before the log is created beside the socket.
   prepareSocketDir(args.socket, args.isDefault)
+  const holder = pidFileHolder(args.socket)
+  if (holder.running) throw new ConflictError('PORTER_RUNNING', `a porter already serves ${args.socket}${holder.pid ? ` (pid ${holder.pid})` : ''}`, 'Use it, or stop it first: `cxlfork porter stop`.')
   const log = logFilePath(args.socket)
   const out = openSync(log, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600)
   const argv = [join(projectRoot(), 'bin', 'run.js'), 'porter', 'start', '--foreground', '--json', '--pool', args.pool, '--socket', args.socket, '--ghosts', String(args.ghosts),
@@ -71,21 +74,29 @@ export async function startInBackground(args: {pool: string; socket: string; isD
   for (;;) {
     if (exited !== undefined) {
       const tail = readTail(log)
-      const typed = /\{\s*"error":[\s\S]*\}\s*$/.exec(tail)
-      if (typed) {
+      // Its own typed error, as --json printed it last in the log.
+      const at = tail.lastIndexOf('{\n  "error":')
+      if (at >= 0) {
+        let error: {code?: string; message?: string; hint?: string} | undefined
         try {
-          const {error} = JSON.parse(typed[0]) as {error: {code: string; message: string; hint?: string}}
-          if (error?.code) throw new CxlforkError(error.code as never, error.message, error.hint)
-        } catch (parsed) {
-          if (parsed instanceof CxlforkError) throw parsed
+          error = (JSON.parse(tail.slice(at)) as {error?: typeof error}).error
+        } catch {
+          error = undefined
         }
+        if (error?.code && error.message && isErrorCode(error.code)) throw new CxlforkError(error.code, error.message, error.hint)
       }
       throw new CxlforkError('PORTER_FAILED', `the porter exited (${exited}) before it listened on ${args.socket}: ${tail.trim().split('\n').slice(-3).join(' | ')}`, `Its log: ${log}`)
     }
     try {
-      return {...(await porterStatus(args.socket)), log}
+      const status = await porterStatus(args.socket)
+      // Only our porter counts: another one that took the socket meanwhile makes ours exit (PORTER_RUNNING, above).
+      if (status.pid === child.pid) return {...status, log}
     } catch (error) {
-      if (!(error instanceof NotFoundError) || Date.now() > deadline) throw error
+      if (!(error instanceof NotFoundError)) throw error
+    }
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL')
+      throw new CxlforkError('PORTER_FAILED', `the porter did not answer on ${args.socket} within 20 s`, `Its log: ${log}`)
     }
     await sleep(50)
   }

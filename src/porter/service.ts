@@ -24,6 +24,7 @@ import {type RestoreResult, restoreFromPool} from '../restore/restore.js'
 import {checkpointToPool} from '../checkpoint/checkpoint.js'
 import {WNOHANG, wait4} from '../sys/libc.js'
 import {readStatus} from '../sys/proc.js'
+import {faultPoint} from '../fault.js'
 import {Ghosts} from './ghosts.js'
 import type {PeerCredentials} from './peer.js'
 
@@ -246,9 +247,12 @@ export class PorterService {
       stubSource: (opts) => {
         const ghost = this.ghosts.take(opts)
         tookGhost = ghost !== undefined
+        faultPoint('porter-stub-taken')
         return ghost
       },
     })
+    // Killed here: the clone runs on, released; only the reply is lost.
+    faultPoint('porter-restored')
     this.restoreMs.push(performance.now() - t0)
     if (this.restoreMs.length > 10_000) this.restoreMs.splice(0, 5000)
     this.children.add(result.pidNamespace?.initPid ?? result.pid)
@@ -285,7 +289,7 @@ export class PorterService {
   status(): object {
     return {
       pid: process.pid, uid: process.geteuid?.() ?? 0, pool: this.pool.path, socket: this.options.socket, startedAt: new Date(this.startedAt).toISOString(),
-      uptimeMs: Date.now() - this.startedAt, ghosts: {...this.ghosts.stats}, recovered: this.recovered, node: process.version,
+      uptimeMs: Date.now() - this.startedAt, ghosts: {...this.ghosts.stats}, ghostPids: this.ghosts.pids(), recovered: this.recovered, node: process.version,
     }
   }
 

@@ -13,6 +13,7 @@ import {getuid} from '../sys/libc.js'
 import {type BuildOptions, type CloneExit, type MemberPlan, type PidNamespaceMode, buildTree} from './build-process.js'
 import {type TreeRecord} from '../checkpoint/tree.js'
 import {CorruptError, UnsupportedError, UsageError} from '../errors.js'
+import {faultPoint} from '../fault.js'
 import {type Policy, type StoredRun, planRestore} from './plan.js'
 
 /** Restore statistics; names follow CRIU's where they mean the same (µs). */
@@ -209,6 +210,8 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
       ...(request.stubSource ? {stubSource: request.stubSource} : {}),
       onSpawn: (pid) => {
         reference = pool.addReference(loaded.reader, {pid})
+        // Killed here: a reference for a stub that dies with us (EXITKILL); gc releases it.
+        faultPoint('restore-referenced')
       },
     })
   } catch (error) {
