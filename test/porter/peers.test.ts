@@ -127,7 +127,7 @@ describe('porter: peers are authorized as the CLI would authorize them (issue 15
     assert.equal(curlAs(MEMBER, socket, 'GET', '/v1/status').http, 200)
   })
 
-  it('a shared pool: a member lists as through the CLI, and is refused restore, inspect, rm of root\'s checkpoint and a checkpoint of root\'s process with the CLI\'s codes; a checkpoint of its own process is PORTER_UNSERVED (it would be root'\''s)', async () => {
+  it('a shared pool: a member lists as through the CLI, and is refused restore, inspect, rm of root\'s checkpoint and a checkpoint of root\'s process with the CLI\'s codes; a checkpoint of its own process is PORTER_UNSERVED (it would be root\'s)', async () => {
     const pool = poolPath('peers')
     assert.equal((await cli(['pool', 'init', '--size', '64M', '--shared-group', GROUP, '--pool', pool, '--json'])).status, 0)
     const rootPid = target()
