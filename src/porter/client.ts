@@ -39,12 +39,10 @@ export function porterRequest(socket: string, method: string, path: string, body
       sent = true
       conn.end(`${method} ${path} HTTP/1.1\r\nHost: porter\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(payload)}\r\n\r\n${payload}`)
     })
-    conn.on('data', (chunk: Buffer) => chunks.push(chunk))
-    conn.on('error', (error: NodeJS.ErrnoException) => {
-      clearTimeout(timer)
-      reject(new PorterUnreachable(socket, error.code ?? error.message, sent))
-    })
-    conn.on('close', () => {
+    let settled = false
+    const finish = (): void => {
+      if (settled) return
+      settled = true
       clearTimeout(timer)
       const text = Buffer.concat(chunks).toString('utf8')
       const split = text.indexOf('\r\n\r\n')
@@ -53,13 +51,32 @@ export function porterRequest(socket: string, method: string, path: string, body
         reject(new PorterUnreachable(socket, 'the reply is not HTTP', sent))
         return
       }
-      // The porter always answers with Content-Length and closes (no chunked bodies).
+      // The porter always answers with Content-Length (no chunked bodies).
       const rest = text.slice(split + 4)
       try {
         resolvePromise({status: Number(status[1]), body: rest.length === 0 ? {} : JSON.parse(rest)})
       } catch {
         reject(new PorterUnreachable(socket, 'the reply is not JSON', sent))
       }
+    }
+    // Done as soon as the whole body is in: the porter may be busy (refilling ghosts) before it closes the connection.
+    conn.on('data', (chunk: Buffer) => {
+      chunks.push(chunk)
+      const all = Buffer.concat(chunks)
+      const split = all.indexOf('\r\n\r\n')
+      if (split < 0) return
+      const length = /\r\ncontent-length:\s*(\d+)/i.exec(all.subarray(0, split).toString('latin1'))
+      if (length && all.length - split - 4 >= Number(length[1])) {
+        finish()
+        conn.destroy()
+      }
     })
+    conn.on('error', (error: NodeJS.ErrnoException) => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      reject(new PorterUnreachable(socket, error.code ?? error.message, sent))
+    })
+    conn.on('close', () => finish())
   })
 }
