@@ -35,6 +35,8 @@ export function errorFromReply(body: any, socket: string): CxlforkError {
 }
 
 export async function restoreThroughPorter(poolPath: string, request: PorterRestoreRequest): Promise<PorterRestoreResult | undefined> {
+  // The porter has a cwd of its own: a namespace path means what it means here.
+  if (request.netns !== undefined && request.netns !== 'new') request = {...request, netns: resolve(request.netns)}
   for (const socket of candidateSockets(resolve(poolPath), process.geteuid?.() ?? 0)) {
     if (!existsSync(socket)) continue
     let reply

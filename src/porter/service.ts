@@ -180,7 +180,9 @@ export class PorterService {
         throw new UsageError('PORTER_METHOD', `${method} is not allowed on ${path} (allowed: ${methods.join(', ')})`, 'See the README, "Porter", for the API.')
       }
     }
-    this.count(`${method} ${path.startsWith('/v1/checkpoints/') ? '/v1/checkpoints/NAME' : path}`)
+    // Counted by route, never by the raw path (a peer must not grow the porter's memory with made-up paths).
+    const known = ['/v1/status', '/v1/metrics', '/v1/restore', '/v1/checkpoint', '/v1/checkpoints']
+    this.count(`${['GET', 'POST', 'DELETE', 'PUT', 'HEAD'].includes(method) ? method : 'OTHER'} ${path.startsWith('/v1/checkpoints/') ? '/v1/checkpoints/NAME' : known.includes(path) ? path : 'unknown'}`)
     if (path === '/v1/status') {
       route(['GET'])
       return {status: 200, body: this.status()}

@@ -79,6 +79,11 @@ describe('porter: SIGKILL while restoring leaves nothing behind (issue 15)', fun
         const check = await requestCheck(fx.logPath, pid)
         assert.equal(check.fields.crc, fx.ready.fields.crc, check.line)
       }
+      // The dead porter's socket is still there: the CLI finds nobody listening and restores itself.
+      const stale = await cli(['restore', 'web', '--json', '--pool', pool], {env: {CXLFORK_PORTER_SOCKET: socket}})
+      assert.equal(stale.status, 0, describeRun(stale))
+      trackPid(stale.json.pid)
+      assert.equal(stale.json.servedBy, 'cli')
       // Restart on the same socket: the stale socket and pid file are taken over.
       const again = await startPorter(pool, socket, {ghosts: 1})
       porters.push(again)
