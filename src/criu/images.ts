@@ -100,10 +100,17 @@ const CRIU_REG_NAMES: Record<UserRegName, string> = {
 
 // ---- public types ----
 
-/** Where page contents come from when writing: typically process_vm_readv from the frozen target. */
+/** Where page contents come from when writing: typically the frozen snapshot of the target. */
 export interface PageSource {
   /** Fill `into` (exactly run.nrPages * 4096 bytes) with the pages of `run`. */
   read(run: PageRun, into: Uint8Array): void | Promise<void>
+  /**
+   * Optionally, write the pages of every run itself into pages-1.img, which the writer holds
+   * open as `file.fd`, back to back from offset 0 (the snapshot splices them there: one copy,
+   * no buffer of ours). Started before the other images are encoded, finished after them;
+   * null when it cannot (nothing written): `read` is used instead.
+   */
+  start?(file: {fd: number; path: string}, runs: readonly PageRun[]): {finish(): void} | null
 }
 
 /** CRIU's dump statistics (stats-dump.img); times in microseconds. */
@@ -360,7 +367,6 @@ export async function writeCriuImages(dir: string, image: ProcessImage, pages: P
   if (image.threads.length === 0) throw new CorruptError('IMAGE_INCONSISTENT', 'the image has no threads', 'This is a cxlfork bug.')
   checkRuns(image)
   const runs = runsToWrite(image, options)
-  const pid = image.task.pid
   const files: string[] = []
   let bytes = 0
   const put = (name: string, kind: ImageKind, records: Uint8Array[]) => {
@@ -368,41 +374,72 @@ export async function writeCriuImages(dir: string, image: ProcessImage, pages: P
     bytes += writeImage(path, kind, records)
     files.push(path)
   }
+
+  // Pages first: the slow part. A source that writes them itself runs while the other
+  // images are encoded here, and is waited for before stats-dump.img.
+  const pagesPath = join(dir, `pages-${PAGES_ID}.img`)
+  const fd = openSync(pagesPath, 'w', 0o600)
+  files.push(pagesPath)
+  let writing: {finish(): void} | null = null
+  try {
+    writing = pages.start?.({fd, path: pagesPath}, runs) ?? null
+    if (!writing) await copyPages(fd, runs, pages, options)
+  } catch (error) {
+    closeSync(fd)
+    throw error
+  }
+  try {
+    writeSmallImages(dir, image, runs, options, put)
+  } finally {
+    try {
+      writing?.finish()
+    } finally {
+      closeSync(fd)
+    }
+  }
+  bytes += statSync(pagesPath).size
+  if (stats) {
+    put('stats-dump.img', 'stats', [encodeMessage('stats_entry', {dump: {
+      freezing_time: stats.freezingTime >>> 0, frozen_time: stats.frozenTime >>> 0, memdump_time: stats.memdumpTime >>> 0, memwrite_time: stats.memwriteTime >>> 0,
+      pages_scanned: str64(BigInt(stats.pagesScanned)), pages_skipped_parent: str64(BigInt(stats.pagesSkippedParent ?? 0)), pages_written: str64(BigInt(stats.pagesWritten)),
+      pages_lazy: str64(BigInt(stats.pagesLazy ?? 0)),
+    }}, 'stats-dump.img')])
+  }
+  return {files, bytes}
+}
+
+/** Pages pulled from `pages` run by run (runs larger than the chunk are split) into one reusable buffer, written to `fd` in large sequential writes. */
+async function copyPages(fd: number, runs: readonly PageRun[], pages: PageSource, options: WriteOptions): Promise<void> {
+  const chunk = Math.max(PAGE_SIZE, Math.floor((options.chunkBytes ?? 8 << 20) / PAGE_SIZE) * PAGE_SIZE)
+  const chunkPages = chunk / PAGE_SIZE
+  const buffer = new Uint8Array(chunk)
+  let fill = 0
+  for (const run of runs) {
+    for (let done = 0; done < run.nrPages;) {
+      const nrPages = Math.min(chunkPages, run.nrPages - done)
+      const length = nrPages * PAGE_SIZE
+      if (fill + length > chunk) {
+        writeAll(fd, buffer.subarray(0, fill))
+        fill = 0
+      }
+      const piece: PageRun = {vaddr: run.vaddr + BigInt(done * PAGE_SIZE), nrPages, vmaIndex: run.vmaIndex}
+      await pages.read(piece, buffer.subarray(fill, fill + length))
+      fill += length
+      done += nrPages
+    }
+  }
+  writeAll(fd, buffer.subarray(0, fill))
+}
+
+/** Every image but pages-1.img and stats-dump.img. */
+function writeSmallImages(dir: string, image: ProcessImage, runs: readonly PageRun[], options: WriteOptions, put: (name: string, kind: ImageKind, records: Uint8Array[]) => void): void {
+  const pid = image.task.pid
   const enc = (type: string, value: Obj, name: string) => encodeMessage(type, value, name)
   /** The whole st_mode (type and permission bits, as CRIU records it) when modeOf knows `path` as a file of `type`; else no mode. */
   const setMode = (reg: Obj, path: string, type: number) => {
     const mode = options.modeOf?.(path)
     if (mode !== undefined && (mode & S_IFMT) === type) reg['mode'] = mode >>> 0
   }
-
-  // Pages first: the slow part, and a failure there leaves no half-described set behind.
-  const pagesPath = join(dir, `pages-${PAGES_ID}.img`)
-  const chunk = Math.max(PAGE_SIZE, Math.floor((options.chunkBytes ?? 8 << 20) / PAGE_SIZE) * PAGE_SIZE)
-  const chunkPages = chunk / PAGE_SIZE
-  const fd = openSync(pagesPath, 'w', 0o600)
-  try {
-    const buffer = new Uint8Array(chunk)
-    let fill = 0
-    for (const run of runs) {
-      for (let done = 0; done < run.nrPages;) {
-        const nrPages = Math.min(chunkPages, run.nrPages - done)
-        const length = nrPages * PAGE_SIZE
-        if (fill + length > chunk) {
-          writeAll(fd, buffer.subarray(0, fill))
-          fill = 0
-        }
-        const piece: PageRun = {vaddr: run.vaddr + BigInt(done * PAGE_SIZE), nrPages, vmaIndex: run.vmaIndex}
-        await pages.read(piece, buffer.subarray(fill, fill + length))
-        fill += length
-        done += nrPages
-      }
-    }
-    writeAll(fd, buffer.subarray(0, fill))
-  } finally {
-    closeSync(fd)
-  }
-  files.push(pagesPath)
-  bytes += statSync(pagesPath).size
 
   const ext = image.kernel
   put('inventory.img', 'inventory', [enc('inventory_entry', {
@@ -500,14 +537,6 @@ export async function writeCriuImages(dir: string, image: ProcessImage, pages: P
   put('files.img', 'files', fileRecords)
   put(`fdinfo-${KID}.img`, 'fdinfo', fdRecords)
   put(`fs-${pid}.img`, 'fs', [enc('fs_entry', {cwd_id: cwdId, root_id: rootId, umask: image.task.umask >>> 0}, `fs-${pid}.img`)])
-  if (stats) {
-    put('stats-dump.img', 'stats', [enc('stats_entry', {dump: {
-      freezing_time: stats.freezingTime >>> 0, frozen_time: stats.frozenTime >>> 0, memdump_time: stats.memdumpTime >>> 0, memwrite_time: stats.memwriteTime >>> 0,
-      pages_scanned: str64(BigInt(stats.pagesScanned)), pages_skipped_parent: str64(BigInt(stats.pagesSkippedParent ?? 0)), pages_written: str64(BigInt(stats.pagesWritten)),
-      pages_lazy: str64(BigInt(stats.pagesLazy ?? 0)),
-    }}, 'stats-dump.img')])
-  }
-  return {files, bytes}
 }
 
 /** Write stats-restore.img (CRIU's restore statistics) into `dir`; returns its path. */
