@@ -7,6 +7,8 @@
  */
 import {accessRecordFor} from '../image/access-record.js'
 import {fstatSync} from 'node:fs'
+import {type SharedMemoryRecord, type SharedObjectRun, encodeSharedMemory} from '../image/shared-memory.js'
+import {type SharedObjectCapture, releaseSharedObjects} from './shared-memory.js'
 
 import {ConflictError, SyscallError} from '../errors.js'
 import {encodeImage} from '../image/codec.js'
@@ -17,7 +19,7 @@ import {type CheckpointBuilder, type ChecksumRange, PAGE_CHECKSUMS_SECTION, Page
 import {BATCH_MAX_CALLS, type BatchCall, type PendingSyscalls} from '../inject/tracee.js'
 import {validateCheckpointName} from '../pool/names.js'
 import {formatSize} from '../pool/size.js'
-import {O, PROT, SYS, type VmSegment, vmReadv} from '../sys/libc.js'
+import {O, PROT, SYS, type VmSegment, sendfileAt, vmReadv} from '../sys/libc.js'
 import type {CpuPlacement} from '../sys/affinity.js'
 import {faultPoint} from '../fault.js'
 import {preflight} from './preflight.js'
@@ -346,6 +348,28 @@ function writeRemainder(child: LiveSnapshot['snapshotTracee'], fd: bigint, write
   }
 }
 
+/**
+ * Shared objects' contents into one extent of their own, written through the
+ * pool file (its memory reserved first: a full file system is POOL_NO_SPACE).
+ */
+function storeSharedObjects(pool: Pool, builder: CheckpointBuilder, objects: readonly SharedObjectCapture[]): {record: SharedMemoryRecord; poolOffset: bigint; bytes: bigint} {
+  let bytes = 0n
+  for (const object of objects) for (const run of object.runs) bytes += run.bytes
+  const extent = bytes === 0n ? undefined : builder.allocateData(bytes, {reserve: true})
+  let at = extent?.poolOffset ?? 0n
+  const record: SharedMemoryRecord = {objects: []}
+  for (const object of objects) {
+    const runs: SharedObjectRun[] = []
+    for (const run of object.runs) {
+      sendfileAt(pool.fd, object.fd, run.offset, at, run.bytes, `shared memory ${object.id} into the pool`)
+      runs.push({offset: run.offset, bytes: run.bytes, storeOffset: at})
+      at += run.bytes
+    }
+    record.objects.push({id: object.id, size: object.size, runs})
+  }
+  return {record, poolOffset: extent?.poolOffset ?? 0n, bytes}
+}
+
 /** The page map of pages stored back to back from `poolOffset`, in page-run order. */
 function pageMapAt(runs: readonly PageRun[], poolOffset: bigint): Uint8Array {
   let offset = poolOffset
@@ -398,6 +422,7 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
   }
   const {snapshot, placement} = placed
   let builder: CheckpointBuilder | undefined
+  const memberShared: SharedObjectCapture[] = []
   const freeBefore = pool.fileSystemFree()
   let neededBytes = 0n
   try {
@@ -428,9 +453,14 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
     const pageMap = extent ? pageMapAt(runs, extent.poolOffset) : encodePageMap([])
     builder.addSection(Section.pageMap, pageMap)
     builder.addSection(Section.accessRecord, accessRecordFor(pageMap))
+    // Shared anonymous memory: each object once, as read while its processes were stopped (the snapshot releases its own).
+    const sharedObjects = [...snapshot.sharedMemory]
+    const sharedKnown = new Set(sharedObjects.map((object) => object.id))
     // The descendants, each still stopped: state from /proc and injected queries, pages copied straight from it.
     for (const member of frozen) {
-      const captured = captureStoppedMember(member, tree!.checks.get(member.pid)!)
+      const captured = captureStoppedMember(member, tree!.checks.get(member.pid)!, sharedKnown)
+      sharedObjects.push(...captured.sharedMemory)
+      memberShared.push(...captured.sharedMemory)
       for (const fd of captured.image.fds) {
         const from = sharing.get(member.pid)?.get(fd.fd)
         if (from) fd.sharedFrom = from
@@ -459,6 +489,13 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
     if (tree) {
       const record: TreeRecord = {members: tree.members}
       builder.addSection(Section.tree, new TextEncoder().encode(JSON.stringify(record)))
+    }
+    if (sharedObjects.length > 0) {
+      const stored = storeSharedObjects(pool, builder, sharedObjects)
+      neededBytes += stored.bytes
+      pages += Number(stored.bytes / BigInt(PAGE_SIZE))
+      if (stored.bytes > 0n) memberData.push({poolOffset: stored.poolOffset, bytes: stored.bytes})
+      builder.addSection(Section.sharedMemory, encodeSharedMemory(stored.record))
     }
     // The members' pages are final: checksum them while the snapshot still writes the root's.
     for (const data of memberData) checksumRanges.push(timed(() => checksumRange(pool.fd, pool.path, data.poolOffset, data.bytes)))
@@ -515,6 +552,7 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
   } finally {
     thaw()
     snapshot.release()
+    releaseSharedObjects(memberShared)
     placement?.release()
   }
 }

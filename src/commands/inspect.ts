@@ -14,6 +14,8 @@ export type InspectResult = CheckpointDetails & {
   tree?: {pid: number; ppid: number; pgid: number; sid: number; comm: string; zombie: boolean; threads: number}[]
   /** Access bits recorded from clones (cxlfork record), of the root process: hot (accessed) and dirty (written) pages. */
   accessRecord?: {pages: number; hot: number; dirty: number; recordings: number; firstRecordedAt: string | null; lastRecordedAt: string | null; resetAt: string | null}
+  /** Shared anonymous memory of its processes: objects (each once, whatever members map it) and the bytes stored for them. */
+  sharedMemory?: {objects: number; storedBytes: number}
 }
 
 interface TreeRecordJson {
@@ -49,8 +51,9 @@ export default class Inspect extends BaseCommand {
     try {
       const uid = process.getuid?.() ?? 0
       const details: InspectResult = pool.inspect(args.name, {uid, verifyData: flags.verify})
-      const [{decodeImage}, {PageMapView}, {Section}, {summarizeImage}, {AccessRecord}] = await Promise.all([
-        import('../image/codec.js'), import('../image/page-map.js'), import('../image/sections.js'), import('../image/summary.js'), import('../image/access-record.js')])
+      const [{decodeImage}, {PageMapView}, {Section}, {summarizeImage}, {AccessRecord}, {decodeSharedMemory}] = await Promise.all([
+        import('../image/codec.js'), import('../image/page-map.js'), import('../image/sections.js'), import('../image/summary.js'), import('../image/access-record.js'),
+        import('../image/shared-memory.js')])
       const reader = pool.openCheckpoint(args.name, {uid})
       if (reader.hasSection(Section.processState) && reader.hasSection(Section.pageMap)) {
         const pageMap = new PageMapView(reader.section(Section.pageMap))
@@ -62,6 +65,12 @@ export default class Inspect extends BaseCommand {
           details.accessRecord = {pages: access.pages, hot: access.accessed, dirty: access.dirty, recordings: access.recordings,
             firstRecordedAt: at(access.firstRecordedMs), lastRecordedAt: at(access.lastRecordedMs), resetAt: at(access.resetAtMs)}
         }
+      }
+      if (reader.hasSection(Section.sharedMemory)) {
+        const objects = decodeSharedMemory(reader.section(Section.sharedMemory), (offset) => reader.address(offset))
+        let storedBytes = 0
+        for (const object of objects.values()) for (const run of object.runs) storedBytes += Number(run.bytes)
+        details.sharedMemory = {objects: objects.size, storedBytes}
       }
       const record = details.process && reader.hasSection(Section.tree) ? treeRecord(reader.section(Section.tree)) : undefined
       if (record) {
@@ -93,6 +102,7 @@ export default class Inspect extends BaseCommand {
         for (const vma of proc.vmas) this.say(`  ${vma.start}-${vma.end} ${vma.perms} ${vma.kind.padEnd(6)} ${String(vma.storedPages).padStart(7)} pages ${vma.path ?? ''}`)
         for (const fd of proc.fds) this.say(`  fd ${fd.fd} ${fd.kind} ${fd.path}`)
       }
+      if (details.sharedMemory) this.say(`shared anonymous memory: ${details.sharedMemory.objects} object(s), ${formatSize(BigInt(details.sharedMemory.storedBytes))} stored (restored local, shared by the clone's processes)`)
       const access = details.accessRecord
       if (access) {
         this.say(access.recordings === 0 ? 'access record: nothing recorded (cxlfork record, restore --record)'

@@ -29,6 +29,7 @@ A clone that listens where its original still listens needs --netns (else ADDRES
     policy: Flags.option({options: ['mow', 'moa', 'hybrid', 'local'] as const, default: 'mow' as const, summary: 'Tiering policy for the restored memory.'})(),
     record: Flags.boolean({summary: "Record the clone's page accesses into the checkpoint when it exits (mow, hybrid): fault-around is turned off on its pool mappings so that the recording is exact.", default: false}),
     'fill-after': Flags.integer({min: 0, summary: 'With --policy moa: once no page was touched for this many ms, copy the rest in the background and end the fault server.', helpValue: 'MS'}),
+    'fault-pages': Flags.integer({min: 1, max: 512, summary: 'With --policy moa: pages copied per first touch, the aligned block around the touched page (default 16, as the kernel\'s fault-around; 1: strictly page by page).', helpValue: 'N'}),
     wait: Flags.boolean({summary: "Stay until the clone exits and exit with its status.", default: false}),
     pidns: pidnsFlag(),
     verify: Flags.boolean({summary: 'Check every page against its checksum before mapping anything (reads all page data: ~0.15 s per GiB); refuses a damaged checkpoint with PAGE_DATA_CORRUPT (exit 6).', default: false}),
@@ -41,9 +42,11 @@ A clone that listens where its original still listens needs --netns (else ADDRES
     const pool = Pool.open(flags.pool)
     try {
       if (flags['fill-after'] !== undefined && flags.policy !== 'moa') this.error('--fill-after applies to --policy moa only', {exit: 2})
+      if (flags['fault-pages'] !== undefined && flags.policy !== 'moa') this.error('--fault-pages applies to --policy moa only', {exit: 2})
       const result = restoreFromPool(pool, {
         name: args.name, policy: flags.policy, wait: flags.wait, verify: flags.verify, ...(flags.pidns === undefined ? {} : {pidns: flags.pidns}), ...(flags.netns === undefined ? {} : {netns: flags.netns}),
-        ...(flags['fill-after'] === undefined ? {} : {fillAfterMs: flags['fill-after']}), ...(flags.record ? {record: true} : {}),
+        ...(flags['fill-after'] === undefined ? {} : {fillAfterMs: flags['fill-after']}), ...(flags['fault-pages'] === undefined ? {} : {faultPages: flags['fault-pages']}),
+        ...(flags.record ? {record: true} : {}),
       })
       this.say(`Restored ${args.name} as pid ${result.pid}${result.pidNamespace ? ` (pid ${result.pidNamespace.pid} in its own PID namespace)` : ''} (${result.policy}, ${result.threads} thread(s)): ${result.stats.pages_mapped} pages mapped, ${result.stats.pages_restored} copied${result.stats.pages_lazy > 0 ? `, ${result.stats.pages_lazy} on first touch (fault server ${result.faultServerPid})` : ''}, ${(result.stats.restore_time / 1000).toFixed(2)} ms${result.verified ? `, page data verified in ${((result.stats.verify_time ?? 0) / 1000).toFixed(2)} ms` : ''}`)
       if (result.exit) {

@@ -98,6 +98,39 @@ describe('restore: process trees keep their shape and their pids', function () {
     }
   })
 
+  it('record of a clone tree: every member\'s accesses go into its own access record; hybrid then copies each member\'s hot pages', async () => {
+    const pool = poolPath('tree')
+    const fx = await startFixture('tree')
+    const children = fx.ready.fields.children!.split(',').map(Number)
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'rec', '--tree', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    const run = await cli(['restore', 'rec', '--json', '--pool', pool])
+    assert.equal(run.status, 0, describeRun(run))
+    const root = run.json.pid as number
+    trackPid(root)
+    // The root's CHECK makes every child read its whole 1 MiB region (a CRC): pool pages each child accesses.
+    const from = readLog(fx.logPath).length
+    assert.equal((await requestCheck(fx.logPath, root)).fields.ok, '1')
+    for (const member of cloneShape(root).filter((m) => m.state !== 'Z')) {
+      await waitForLine(fx.logPath, (e) => e.kind === 'CHECK' && e.pid === member.pid && e.index >= from, 10_000)
+    }
+    const rec = await cli(['record', 'rec', '--pid', String(root), '--json', '--pool', pool])
+    assert.equal(rec.status, 0, describeRun(rec))
+    const members = rec.json.members as {pid: number; clonePid: number; accessed: number; dirty: number}[]
+    assert.deepEqual(members.map((m) => m.pid).sort((a, b) => a - b), [fx.pid, ...children].sort((a, b) => a - b), `every live member recorded: ${JSON.stringify(members)}`)
+    for (const child of members.filter((m) => m.pid !== fx.pid)) {
+      assert.ok(child.accessed >= 256, `child ${child.pid} (clone ${child.clonePid}) read its 1 MiB region: ${child.accessed} pages accessed`)
+    }
+    const hotChildren = members.filter((m) => m.pid !== fx.pid).reduce((sum, m) => sum + m.accessed, 0)
+    const hybrid = await cli(['restore', 'rec', '--policy', 'hybrid', '--json', '--pool', pool])
+    assert.equal(hybrid.status, 0, describeRun(hybrid))
+    trackPid(hybrid.json.pid)
+    assert.equal(hybrid.json.tiering.effectivePolicy, 'hybrid')
+    assert.ok(hybrid.json.stats.pages_restored >= hotChildren, `hybrid copies the members' hot pages: ${hybrid.json.stats.pages_restored} restored, children's hot ${hotChildren}`)
+    assert.equal((await requestCheck(fx.logPath, hybrid.json.pid)).fields.ok, '1')
+    note(`record of a tree: ${members.map((m) => `${m.pid}:${m.accessed}/${m.dirty}`).join(' ')}; hybrid restored ${hybrid.json.stats.pages_restored} pages, mapped ${hybrid.json.stats.pages_mapped}`)
+  })
+
   for (const point of ['tree-frozen', 'threads-frames-ready', 'tree-member-captured'] as const) {
     it(`cxlfork SIGKILLed at ${point} of a --tree checkpoint: every member runs on untraced, the tree passes its checks`, async () => {
       const pool = poolPath('tree')
