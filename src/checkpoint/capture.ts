@@ -19,7 +19,7 @@ import {
 } from '../sys/proc.js'
 import {MAP} from '../sys/libc.js'
 import {POOL_MAGIC} from '../pool/layout.js'
-import {isSharedAnonymous} from './shared-memory.js'
+import {isSharedMemoryObject, sharedObjectId, sharedObjectIdOfFd} from './shared-memory.js'
 import {type FdExtras} from './descriptors.js'
 
 /** Collects files once each and hands out their index. */
@@ -86,7 +86,7 @@ export function captureVmas(pid: number, maps: readonly FlaggedVma[], files: Fil
   const pools = new PoolFiles()
   return maps.map((vma, index) => {
     // Shared anonymous memory shows as "/dev/zero (deleted)": it is no file to reopen (shared-memory.ts).
-    const sharedAnonymous = isSharedAnonymous(vma)
+    const sharedAnonymous = isSharedMemoryObject(pid, vma)
     const poolBacked = !sharedAnonymous && pools.isPool(pid, vma)
     if (poolBacked) wholeVmas?.add(index)
     const kind = sharedAnonymous || poolBacked ? 'anon' : toVmaKind(vma.kind)
@@ -94,7 +94,7 @@ export function captureVmas(pid: number, maps: readonly FlaggedVma[], files: Fil
     const file = kind === 'file'
     const flags = (vma.shared ? MAP.SHARED : MAP.PRIVATE) | (file ? 0 : MAP.ANONYMOUS) | (kind === 'stack' || vma.vmFlags.has('gd') ? MAP.GROWSDOWN : 0)
     const image: VmaImage = {start: vma.start, end: vma.end, prot, flags, offset: vma.offset, kind}
-    if (sharedAnonymous) image.sharedId = String(vma.inode)
+    if (sharedAnonymous) image.sharedId = sharedObjectId(vma)
     if (file) image.fileIndex = files.add(vma.path, `/proc/${pid}/map_files/${vma.start.toString(16)}-${vma.end.toString(16)}`)
     return image
   })
@@ -132,6 +132,7 @@ export function captureFds(pid: number, fds: readonly {info: FdInfo; kind: FdKin
   return fds.map(({info, kind, extras}) => {
     const image: FdImage = {fd: info.fd, kind, path: info.target, flags: info.flags & ~O_CLOEXEC, cloexec: (info.flags & O_CLOEXEC) !== 0, offset: info.pos, ...extras}
     if (kind === 'regular' || kind === 'directory') image.fileIndex = files.add(info.target, `/proc/${pid}/fd/${info.fd}`)
+    if (kind === 'shmem') image.sharedId = sharedObjectIdOfFd(pid, info.fd)
     if (kind === 'tty' && !TTY_PATH.test(info.target)) image.kind = 'chardev'
     return image
   })

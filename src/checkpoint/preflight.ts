@@ -7,7 +7,7 @@ import {existsSync, readFileSync, readdirSync, statSync} from 'node:fs'
 import {NotFoundError, PermissionError, UnsupportedError} from '../errors.js'
 import {type FdKind} from '../image/process-image.js'
 import {SYS, getuid, syscallRaw} from '../sys/libc.js'
-import {isSharedAnonymous} from './shared-memory.js'
+import {isSharedAnonymous, isSharedMemoryFd, isSharedMemoryObject} from './shared-memory.js'
 import {AF, SOCK, describeAddress, readSocket, unixName, unixPeer} from '../sys/sockets.js'
 import {type FdInfo, type SmapsVma, type Vma, listFds, readSmaps, readStat, readStatus} from '../sys/proc.js'
 
@@ -85,7 +85,9 @@ export function classifyFd(fd: FdInfo, pid: number, tcpClose = false): FdKind | 
   if (target === 'anon_inode:[timerfd]') return 'timerfd'
   if (target === 'anon_inode:[signalfd]') return 'signalfd'
   if (target.startsWith('anon_inode:')) return {unsupported: `${ANON_INODE_NAMES[target] ?? 'an anonymous inode'} (${target})`}
-  if (target.startsWith('/memfd:')) return {unsupported: 'a memfd'}
+  // A memfd or an unlinked tmpfs file (multiprocessing's heap arena): a shared memory object, its content carried.
+  if (isSharedMemoryFd(pid, fd.fd, target)) return 'shmem'
+  if (target.startsWith('/memfd:')) return {unsupported: 'a memfd (on no tmpfs)'}
   if (!target.startsWith('/')) return {unsupported: `an unsupported file (${target})`}
   if (target.endsWith(' (deleted)')) return {unsupported: `a deleted file (${target})`}
   if (/^\/dev\/(pts\/\d+|tty\d*|console)$/.test(target)) return fd.fd <= 2 ? 'tty' : {unsupported: `a terminal (${target}) above stderr`}
@@ -104,15 +106,14 @@ export function classifyFd(fd: FdInfo, pid: number, tcpClose = false): FdKind | 
 }
 
 /** Memory features a fork snapshot or a restore cannot carry. */
-export function unsupportedVmaReason(vma: Vma & {vmFlags: ReadonlySet<string>}): string | undefined {
+export function unsupportedVmaReason(vma: Vma & {vmFlags: ReadonlySet<string>}, pid?: number): string | undefined {
   const where = `0x${vma.start.toString(16)}-0x${vma.end.toString(16)}`
   if (vma.vmFlags.has('ht')) return `hugetlb memory at ${where}`
   if (vma.vmFlags.has('wf')) return `MADV_WIPEONFORK memory at ${where}`
   if (vma.kind === 'vdso' || vma.kind === 'vvar' || vma.kind === 'vvar_vclock' || vma.kind === 'vsyscall') return undefined
   // MAP_SHARED|MAP_ANONYMOUS is carried (shared-memory.ts); named shared memory is not.
-  if (isSharedAnonymous(vma)) return undefined
+  if (isSharedAnonymous(vma) || (pid !== undefined && isSharedMemoryObject(pid, vma))) return undefined
   if (vma.path.startsWith('/SYSV')) return `System V shared memory (shmat) at ${where} (${vma.path})`
-  if (vma.path.startsWith('/memfd:')) return `a mapping of a memfd at ${where} (${vma.path})`
   if (vma.shared && vma.kind === 'anon') return `shared anonymous memory at ${where}${vma.path ? ` (${vma.path})` : ''}`
   if (vma.kind === 'special') return `the special mapping ${vma.path} at ${where}`
   if (vma.deleted) return `a mapping of the deleted file ${vma.path} at ${where}`
@@ -168,7 +169,7 @@ export interface PreflightResult {
 /** Throws UNSUPPORTED_MEMORY naming the first VMA a checkpoint cannot carry. */
 export function refuseUnsupportedMemory(pid: number, vmas: readonly (Vma & {vmFlags: ReadonlySet<string>})[]): void {
   for (const vma of vmas) {
-    const reason = unsupportedVmaReason(vma)
+    const reason = unsupportedVmaReason(vma, pid)
     if (reason) throw new UnsupportedError('UNSUPPORTED_MEMORY', `process ${pid} uses ${reason}`, 'cxlfork checkpoints private memory and file mappings.')
   }
 }

@@ -160,7 +160,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     const extras = describeFds(pid, fds, checked.internalPipes)
     fds = fds.map((entry) => ({...entry, extras: extras.get(entry.info.fd)}))
     // Shared memory is not frozen by the fork: its contents as of this stop.
-    sharedMemory = readSharedObjects(pid, parentMaps, new Set())
+    sharedMemory = readSharedObjects(pid, parentMaps, new Set(), fds)
     let fork = target.injectForkSelfHealing(undefined, parentMaps)
     snapshot = fork.tracee
     // MADV_DONTFORK memory (V8 keeps its whole heap so) is missing from a fork child. Mark it

@@ -319,6 +319,6 @@ export function captureStoppedMember(member: FrozenMember, checked: PreflightRes
   const image = captureImage(pid, pid, memory, maps, fds.map((entry) => ({...entry, extras: extras.get(entry.info.fd)})), {threads: states, sharedPendingSignals: leader.sharedPending, sigactions, brk})
   // Last (nothing after it can fail and leak its memfds). Objects the root (or an earlier member) maps were
   // read already, at the root's stop, when every member was stopped too.
-  const sharedMemory = readSharedObjects(pid, maps, sharedKnown)
+  const sharedMemory = readSharedObjects(pid, maps, sharedKnown, fds)
   return {image, memory, sharedMemory}
 }

@@ -29,7 +29,7 @@ A clone that listens where its original still listens needs --netns (else ADDRES
     policy: Flags.option({options: ['mow', 'moa', 'hybrid', 'local'] as const, default: 'mow' as const, summary: 'Tiering policy for the restored memory.'})(),
     record: Flags.boolean({summary: "Record the clone's page accesses into the checkpoint when it exits (mow, hybrid): fault-around is turned off on its pool mappings so that the recording is exact.", default: false}),
     'fill-after': Flags.integer({min: 0, summary: 'With --policy moa: once no page was touched for this many ms, copy the rest in the background and end the fault server.', helpValue: 'MS'}),
-    'fault-pages': Flags.integer({min: 1, max: 512, summary: 'With --policy moa: pages copied per first touch, the aligned block around the touched page (default 16, as the kernel\'s fault-around; 1: strictly page by page).', helpValue: 'N'}),
+    'fault-pages': Flags.integer({min: 1, max: 512, summary: 'With --policy moa: pages copied per first touch, the aligned block around the touched page (default 1: strictly page by page; 16 is what the kernel\'s fault-around maps for a file).', helpValue: 'N'}),
     wait: Flags.boolean({summary: "Stay until the clone exits and exit with its status.", default: false}),
     pidns: pidnsFlag(),
     verify: Flags.boolean({summary: 'Check every page against its checksum before mapping anything (reads all page data: ~0.15 s per GiB); refuses a damaged checkpoint with PAGE_DATA_CORRUPT (exit 6).', default: false}),

@@ -117,7 +117,7 @@ export interface MmImage {
 }
 
 /** How an fd is restored. */
-export type FdKind = 'regular' | 'chardev' | 'tty' | 'pipe' | 'directory' | 'eventfd' | 'epoll' | 'socket' | 'timerfd' | 'signalfd'
+export type FdKind = 'regular' | 'chardev' | 'tty' | 'pipe' | 'directory' | 'eventfd' | 'epoll' | 'socket' | 'timerfd' | 'signalfd' | 'shmem'
 
 /** A pipe end above fd 2 (fds 0-2 that are pipes are the restorer's stdio instead). */
 export interface PipeEndImage {
@@ -150,6 +150,8 @@ export interface FdImage {
   offset: bigint
   /** Index into ProcessImage.files for regular files and directories. */
   fileIndex?: number
+  /** A deleted tmpfs file or a memfd (kind shmem): the shared object it opens (shared-memory.ts). */
+  sharedId?: string
   /** fds that share one open file description (dup, inheritance) name the lowest fd of the group; absent when alone. */
   sharedWith?: number
   /**

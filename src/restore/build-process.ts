@@ -627,7 +627,7 @@ function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: 
   inject.reset()
   mapped(inject)
   inject.reset()
-  restoreFds(inject, image, hostPidOf)
+  restoreFds(inject, image, hostPidOf, shared)
   inject.reset()
   restoreMm(inject, image)
   restoreSignals(inject, image)

@@ -12,13 +12,16 @@
  * number another still needs; it is then dup3'ed to its own number. Epoll
  * registrations come last, when every target fd is in place.
  */
-import {chmodSync, lchownSync, lstatSync, readFileSync, rmSync} from 'node:fs'
+import {chmodSync, lchownSync, lstatSync, rmSync} from 'node:fs'
 
 import {type FdImage, type ProcessImage} from '../image/process-image.js'
 import {ConflictError, NotFoundError, SyscallError, UnsupportedError} from '../errors.js'
 import {O, SYS} from '../sys/libc.js'
-import {AF, describeAddress, unixName} from '../sys/sockets.js'
+import {AF, describeAddress, unixAddressLive, unixName} from '../sys/sockets.js'
 import {type Injector} from './injector.js'
+import {type SharedMemoryBuilder} from './shared-memory.js'
+
+const O_ACCMODE = 3
 
 const F_DUPFD_CLOEXEC = 1030
 const F_SETFD = 2
@@ -32,7 +35,7 @@ const WRITE_PIECE = 256 * 1024
 /** In a tree: the host pid of a member known by its original pid (for /proc paths). */
 export type HostPidOf = (originalPid: number) => number
 
-export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: HostPidOf): void {
+export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: HostPidOf, shared?: SharedMemoryBuilder): void {
   const fds = [...image.fds].sort((a, b) => a.fd - b.fd)
   const base = Math.max(3, ...fds.map((fd) => fd.fd + 1))
   const staged: number[] = []
@@ -112,6 +115,14 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
       if ((fd.flags & O.NONBLOCK) !== 0) inject.call('fcntl(F_SETFL)', SYS.fcntl, fd.fd, F_SETFL, O.NONBLOCK)
     } else if (fd.socket) {
       place(createSocket(inject, fd, stage), fd)
+    } else if (fd.kind === 'shmem') {
+      // A memfd or an unlinked tmpfs file: the restored shared object, at the offset the original had.
+      if (!shared || fd.sharedId === undefined) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${fd.fd} is a shared memory object this restore has no contents for`, 'Take a new checkpoint with `cxlfork checkpoint`.')
+      const opened = stage(shared.openObject(inject, fd.sharedId, fd.flags & O_ACCMODE))
+      place(opened, fd)
+      shared.placedFd(fd.sharedId, inject.tracee.pid, fd.fd)
+      if (fd.offset > 0n) inject.call('lseek', SYS.lseek, fd.fd, fd.offset, 0)
+      if ((fd.flags & (O.APPEND | O.NONBLOCK)) !== 0) inject.call('fcntl(F_SETFL)', SYS.fcntl, fd.fd, F_SETFL, fd.flags & (O.NONBLOCK | O.APPEND))
     } else {
       // Reopen without creating or truncating: the file must be the one the checkpoint saw.
       const flags = fd.flags & ~(O.CREAT | O.TRUNC | 0o200 /* O_EXCL */)
@@ -197,18 +208,9 @@ function connectAgain(inject: Injector, created: number, fd: FdImage): void {
   }
 }
 
-/** Whether a live socket (of our network namespace, where the original runs) is bound at `path`: /proc/net/unix. */
-function unixPathInUse(path: string): boolean {
-  try {
-    return readFileSync('/proc/net/unix', 'utf8').split('\n').some((line) => line.endsWith(` ${path}`))
-  } catch {
-    return true // cannot tell: never remove a file that may be live
-  }
-}
-
 /**
  * A Unix listener or datagram socket at its name. A path left by a process
- * that is gone (a socket file no live socket is bound to) is removed first,
+ * that is gone (a socket file whose connect is refused) is removed first,
  * as a restarted daemon does; one a live socket holds is ADDRESS_IN_USE. The
  * new file gets the original's mode and owner.
  */
@@ -218,7 +220,7 @@ function bindUnix(inject: Injector, created: number, fd: FdImage): void {
   if (name === '') return
   const bind = (): bigint => inject.tracee.syscall(SYS.bind, created, inject.put(socket.local), socket.local.length)
   let r = bind()
-  if (r === -BigInt(EADDRINUSE) && name.startsWith('/') && !unixPathInUse(name)) {
+  if (r === -BigInt(EADDRINUSE) && name.startsWith('/') && !unixAddressLive(socket.local, socket.type)) {
     let stale = false
     try {
       stale = lstatSync(name).isSocket()

@@ -23,7 +23,7 @@ const REPLY_TIMEOUT_MS = 15_000
 export interface LazyOptions {
   /** Background-fill the remaining pages once faults have been quiet this long; null: never (pure migrate-on-access). */
   fillAfterMs: number | null
-  /** Pages copied per fault (an aligned block around the faulting page); default 16 (the server's). */
+  /** Pages copied per fault (an aligned block around the faulting page); default 1 (the server's). */
   faultPages?: number
 }
 

@@ -73,7 +73,7 @@ export interface RestoreRequest {
   netns?: string
   /** `moa`: copy the pages not yet touched in the background after this many quiet ms (default: never). */
   fillAfterMs?: number
-  /** `moa`: pages copied per fault (an aligned block around the faulting page; default 16). */
+  /** `moa`: pages copied per fault (an aligned block around the faulting page; default 1). */
   faultPages?: number
   /** Record the clone's accesses into the checkpoint when it exits (`mow`, `hybrid`). */
   record?: boolean

@@ -22,8 +22,8 @@ const SEGMENT_BYTES = 1 << 30
 const hex = (value: bigint): string => value.toString(16)
 
 export class SharedMemoryBuilder {
-  /** Where each object made so far is mapped: a member's host pid and one of its VMAs. */
-  private readonly made = new Map<string, {hostPid: number; start: bigint; end: bigint}>()
+  /** Where each object made so far can be opened again: a member's mapping of it, or its fd. */
+  private readonly made = new Map<string, string>()
 
   /**
    * `storeFd`, when given, is a readable fd of the store: objects are filled
@@ -48,8 +48,7 @@ export class SharedMemoryBuilder {
         if (op.offset + (op.end - op.start) > object.size) {
           throw new CorruptError('IMAGE_INCONSISTENT', `the shared memory at 0x${hex(op.start)} reaches past the end of its object (${object.size} bytes)`, 'The checkpoint is inconsistent; take a new one.')
         }
-        const where = this.made.get(op.sharedId)
-        fds.set(op.sharedId, where ? inject.open(`/proc/${where.hostPid}/map_files/${hex(where.start)}-${hex(where.end)}`, O.RDWR) : this.make(inject, pid, object))
+        fds.set(op.sharedId, this.openObject(inject, op.sharedId, O.RDWR))
       }
       return fds
     } catch (error) {
@@ -58,9 +57,33 @@ export class SharedMemoryBuilder {
     }
   }
 
+  /**
+   * An fd for object `id` in the process under construction, opened with
+   * `access` (O_RDONLY, O_WRONLY or O_RDWR): reopened where an earlier member
+   * holds it, else made here. The caller places or closes it.
+   */
+  openObject(inject: Injector, id: string, access: number): number {
+    const object = this.objects.get(id)
+    if (!object) throw new CorruptError('IMAGE_INCONSISTENT', `the checkpoint names shared memory object ${id}, which it does not hold`, 'The checkpoint is inconsistent; take a new one.')
+    const where = this.made.get(id)
+    if (where) return inject.open(where, access)
+    const fd = this.make(inject, inject.tracee.pid, object)
+    if (access === O.RDWR) return fd
+    try {
+      return inject.open(`/proc/${inject.tracee.pid}/fd/${fd}`, access)
+    } finally {
+      inject.tracee.syscall(SYS.close, fd)
+    }
+  }
+
   /** The object `id` is now mapped at [start, end) of process `hostPid`: later members reopen it there. */
   placed(id: string, hostPid: number, start: bigint, end: bigint): void {
-    if (!this.made.has(id)) this.made.set(id, {hostPid, start, end})
+    if (!this.made.has(id)) this.made.set(id, `/proc/${hostPid}/map_files/${hex(start)}-${hex(end)}`)
+  }
+
+  /** The object `id` is now fd `fd` of process `hostPid`: later members reopen it there. */
+  placedFd(id: string, hostPid: number, fd: number): void {
+    if (!this.made.has(id)) this.made.set(id, `/proc/${hostPid}/fd/${fd}`)
   }
 
   private make(inject: Injector, pid: number, object: SharedObject): number {

@@ -26,7 +26,7 @@ export type Buf = ArrayBufferView | bigint
 // Constants (x86_64)
 
 export const SYS = {
-  read: 0, write: 1, open: 2, sendfile: 40, connect: 42, close: 3, stat: 4, fstat: 5, lseek: 8, mmap: 9, mprotect: 10, munmap: 11,
+  read: 0, write: 1, open: 2, sendfile: 40, connect: 42, fstatfs: 138, close: 3, stat: 4, fstat: 5, lseek: 8, mmap: 9, mprotect: 10, munmap: 11,
   brk: 12, rt_sigaction: 13, rt_sigprocmask: 14, rt_sigreturn: 15, ioctl: 16, pread64: 17, pwrite64: 18,
   mremap: 25, madvise: 28, dup: 32, dup2: 33, pause: 34, nanosleep: 35, getpid: 39, clone: 56, fork: 57,
   execve: 59, exit: 60, wait4: 61, kill: 62, uname: 63, fcntl: 72, ftruncate: 77, getcwd: 79, chdir: 80,

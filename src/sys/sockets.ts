@@ -109,6 +109,25 @@ function listenBacklog(fd: number, family: number, type: number): number | undef
   return undefined
 }
 
+const ECONNREFUSED = -111n
+
+/**
+ * Whether a live socket answers at the Unix address `address` (sockaddr_un
+ * bytes): a connect of the same type that is refused means the file is stale
+ * (its socket is gone). Any other outcome, including errors, counts as live:
+ * a file that may be live is never to be removed. Works across network
+ * namespaces, which /proc/net/unix does not.
+ */
+export function unixAddressLive(address: Uint8Array, type: number): boolean {
+  const fd = Number(syscallRaw(SYS.socket, AF.UNIX, type | 0o4000 /* SOCK_NONBLOCK */ | 0o2000000 /* SOCK_CLOEXEC */, 0))
+  if (fd < 0) return true
+  try {
+    return syscallRaw(SYS.connect, fd, address, address.length) !== ECONNREFUSED
+  } finally {
+    close(fd)
+  }
+}
+
 /** A Unix address: '' unbound (or autobound never), '@name' abstract, else its path (maybe relative). */
 export function unixName(bytes: Uint8Array): string {
   if (bytes.length <= 2) return ''

@@ -34,16 +34,17 @@ const EEXIST = 17
 const EAGAIN = 11
 const FILL_CHUNK_PAGES = 64n
 /**
- * Bytes copied per fault on stored memory: the aligned 64 KiB around the
- * page, as the kernel's fault-around maps 16 pages of a file on a read
- * fault. One round trip through this server costs ~100 us here, the copy of
- * 15 more pages a few: a sequential read of 64 MiB took 1.8 s page by page.
- * `restore --fault-pages N` sets it (passed as CXLFORK_FAULT_PAGES); 1 serves page by page
- * (the strict Mitosis behaviour). Measured on the shared 2-vCPU VM, a moa clone reading
- * all of 64 MiB: 1.7-2.0 s page by page, 0.45-0.5 s (one run 1.1 s) with 16, 0.32-0.4 s
- * with 64; a mow clone 0.13-0.15 s.
+ * Bytes copied per fault on stored memory: one page by default (strict
+ * migrate-on-access, as Mitosis does), or with `restore --fault-pages N`
+ * (passed as CXLFORK_FAULT_PAGES) the aligned block of N pages around it, as
+ * the kernel's fault-around maps 16 pages of a file on a read fault: one
+ * round trip through this server costs ~100 us here, the copy of 15 more
+ * pages a few. Measured on the shared 2-vCPU VM, a moa clone reading all of
+ * 64 MiB: 1.7-2.0 s page by page, 0.45-0.5 s (one run 1.1 s) with 16,
+ * 0.32-0.4 s with 64; a mow clone 0.13-0.15 s. The price is memory where
+ * accesses are scattered (bench --faas: the moa-64k rows).
  */
-const FAULT_CHUNK_BYTES = BigInt(Math.max(1, Math.min(512, Number(process.env.CXLFORK_FAULT_PAGES ?? 16) || 16))) * PAGE
+const FAULT_CHUNK_BYTES = BigInt(Math.max(1, Math.min(512, Number(process.env.CXLFORK_FAULT_PAGES ?? 1) || 1))) * PAGE
 /** CXLFORK_FAULT_LOG=FILE: every message the server reads, one JSON line each (for debugging). */
 const FAULT_LOG = process.env.CXLFORK_FAULT_LOG
 

@@ -7,10 +7,13 @@
  * clone tree never see each other's writes.
  */
 import assert from 'node:assert/strict'
-import {readFileSync} from 'node:fs'
+import {spawn} from 'node:child_process'
+import {existsSync, mkdtempSync, readFileSync, rmSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
 
 import {type LogEvent, readLog, requestCheck, startFixture, trackPid, waitForLine, waitForTicks} from '../helpers/fixtures.js'
-import {allProcesses, cli, describeRun, installCleanupHooks, note, poolPath} from './helpers.js'
+import {allProcesses, cli, describeRun, installCleanupHooks, note, poolPath, until} from './helpers.js'
 
 /** The maps line of `pid` that starts at `start`. */
 function mapsLine(pid: number, start: bigint): {perms: string; inode: string; path: string} | undefined {
@@ -72,6 +75,55 @@ describe('shared anonymous memory: checkpointed at the downtime, restored as sha
     assert.equal(check.fields.ok, '1', `clone of a clone: ${check.line}`)
     // The original is untouched by all of it.
     assert.equal((await fx.check()).fields.ok, '1')
+  })
+
+  it('a memfd held open and mapped MAP_SHARED, and an unlinked /dev/shm file only held open (python3): the clone\'s fd and mapping are one object again, with the contents and offsets', async () => {
+    const pool = poolPath('shmem')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-memfd-'))
+    const out = join(dir, 'out')
+    // On SIGUSR1 it writes a token through the mapping and reads it back through the fd (same object?), and reads the unlinked file's bytes.
+    const script = `import mmap, os, signal, sys, time
+os.closerange(3, 1024)
+fd = os.memfd_create("cxlfork-test")
+os.ftruncate(fd, 1 << 20)
+m = mmap.mmap(fd, 1 << 20)
+m[4096:4096 + 12] = b"hello memfd!"
+os.lseek(fd, 777, 0)
+shm = os.open("/dev/shm/cxlfork-test-${process.pid}", os.O_RDWR | os.O_CREAT, 0o600)
+os.write(shm, b"unlinked but open")
+os.unlink("/dev/shm/cxlfork-test-${process.pid}")
+def check(*_):
+    me = os.readlink("/proc/self")
+    token = ("tok-" + me).encode().ljust(12)[:12]
+    m[8192:8192 + 12] = token
+    through_fd = os.pread(fd, 12, 8192)
+    first = os.pread(fd, 12, 4096)
+    pos = os.lseek(fd, 0, 1)
+    shm_pos = os.lseek(shm, 0, 1)
+    shm_data = os.pread(shm, 17, 0)
+    open(${JSON.stringify(out)}, "a").write(f"{me} {through_fd == token} {first.decode()} {pos} {shm_pos} {shm_data.decode()}\\n")
+signal.signal(signal.SIGUSR1, check)
+open(${JSON.stringify(out)}, "a").write("ready\\n")
+while True:
+    time.sleep(0.05)
+`
+    const proc = spawn('python3', ['-c', script], {stdio: 'ignore'})
+    trackPid(proc.pid!)
+    try {
+      await until(() => (existsSync(out) && readFileSync(out, 'utf8').includes('ready')) || undefined, 'the program ready')
+      const ck = await cli(['checkpoint', String(proc.pid), '--name', 'memfd', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      const run = await cli(['restore', 'memfd', '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      const clone = run.json.pid as number
+      trackPid(clone)
+      process.kill(clone, 'SIGUSR1')
+      const line = await until(() => readFileSync(out, 'utf8').split('\n').find((l) => l.startsWith(`${clone} `)), 'the clone\'s check')
+      assert.equal(line, `${clone} True hello memfd! 777 17 unlinked but open`, 'mapping and fd are one object, contents and offsets kept')
+      assert.match(readFileSync(`/proc/${clone}/maps`, 'utf8'), /rw-s .* \/dev\/zero \(deleted\)/, 'the mapping is shared memory of the clone\'s own')
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
   })
 
   it('the CRIU-format path refuses it by name (CRIU_SHARED_ANON), leaving the target running', async () => {

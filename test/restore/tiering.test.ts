@@ -103,13 +103,13 @@ describe('tiering: moa, hybrid, recorded access bits', function () {
     note(`moa clone after its CHECK: RssAnon ${(anonAfter / 1024).toFixed(0)} kB`)
   })
 
-  it('moa granularity: a first touch copies the aligned 64 KiB block around the page by default, exactly the page with --fault-pages 1', async () => {
+  it('moa granularity: a first touch copies exactly the page by default, the aligned 64 KiB block around it with --fault-pages 16', async () => {
     const pool = poolPath('tiering')
     const {fx} = await checkpointed('memtouch', 16, pool, 'grain')
     const region = BigInt(fx.ready.fields.region!)
     const regionPages = 16 * MIB / PAGE
     const touched = region + 100n * BigInt(PAGE) + 123n
-    for (const [args, block] of [[[], 16], [['--fault-pages', '1'], 1]] as const) {
+    for (const [args, block] of [[[], 1], [['--fault-pages', '16'], 16]] as const) {
       const json = await restored(pool, 'grain', '--policy', 'moa', ...args)
       const clone = json.pid as number
       await waitForTicks(fx.logPath, clone, 1)

@@ -63,9 +63,10 @@ describe('restore: process trees keep their shape and their pids', function () {
     assert.deepEqual(inspect.json.tree.map((m: {pid: number}) => m.pid), ck.json.tree.map((m: {pid: number}) => m.pid), 'inspect lists the members')
     assert.equal(inspect.json.tree.filter((m: {zombie: boolean}) => m.zombie).length, 1)
     assert.ok(inspect.json.tree.every((m: {comm: string}) => m.comm === 'tree'), JSON.stringify(inspect.json.tree))
-    // The original tree is intact and still holds its zombie.
+    // The original tree is intact and still holds its zombie; its parent reads the bytes each child left in its pipe at setup.
     const original = await fx.check()
     assert.equal(original.fields.ok, '1', original.line)
+    assert.equal(original.fields.pipe, '7,7,7', original.line)
     assert.equal(procStat(zombie)?.state, 'Z')
 
     for (const policy of ['mow', 'moa', 'hybrid', 'local'] as const) {
@@ -90,6 +91,8 @@ describe('restore: process trees keep their shape and their pids', function () {
       const from = readLog(fx.logPath).length
       const check = await requestCheck(fx.logPath, root)
       assert.equal(check.fields.ok, '1', `the clone root's own checks: ${check.line}`)
+      // The bytes in flight at the checkpoint: each child's "child<i>\n" still in the pipe between the clone parent and clone child.
+      assert.equal(check.fields.pipe, '7,7,7', `pipes between clone members with their bytes: ${check.line}`)
       // Its CHECK made every child check itself: ppid, group, session, memory.
       for (const member of shape.filter((m) => m.state !== 'Z')) {
         const line = await waitForLine(fx.logPath, (e) => e.kind === 'CHECK' && e.pid === member.pid && e.index >= from, 10_000)
