@@ -10,6 +10,7 @@ missing=()
 command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v crit >/dev/null 2>&1 || missing+=(criu python3-protobuf)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium) # for the test of bench's HTML report
 if ((${#missing[@]})); then apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; fi
 [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error
 npm run --silent build

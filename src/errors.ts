@@ -43,7 +43,7 @@ export const ERROR_CODES = {
   BENCH_CRIU_FAILED: ExitCode.failure,
   BENCH_NO_PYTHON: ExitCode.failure,
   // exit usage
-  BUILDER_FINISHED: ExitCode.usage, COMMAND_NOT_FOUND: ExitCode.usage, INVALID_NETNS: ExitCode.usage, INVALID_THREADS: ExitCode.usage, INVALID_TREES: ExitCode.usage, INVALID_FAAS: ExitCode.usage, IMAGES_NOT_A_DIRECTORY: ExitCode.usage,
+  BUILDER_FINISHED: ExitCode.usage, COMMAND_NOT_FOUND: ExitCode.usage, INVALID_NETNS: ExitCode.usage, INVALID_THREADS: ExitCode.usage, INVALID_TREES: ExitCode.usage, INVALID_FAAS: ExitCode.usage, INVALID_OUT: ExitCode.usage, IMAGES_NOT_A_DIRECTORY: ExitCode.usage,
   INVALID_NAME: ExitCode.usage, INVALID_PID: ExitCode.usage, INVALID_POLICY: ExitCode.usage, INVALID_SECTION: ExitCode.usage,
   INVALID_SIZE: ExitCode.usage, CRIU_BIN_UNUSABLE: ExitCode.usage, OFFSET_OUTSIDE_CHECKPOINT: ExitCode.usage, POOL_CLOSED: ExitCode.usage, POOL_NOT_A_FILE: ExitCode.usage,
   POOL_SIZE_UNALIGNED: ExitCode.usage, POOL_TOO_LARGE: ExitCode.usage, POOL_TOO_SMALL: ExitCode.usage, USAGE: ExitCode.usage,
@@ -53,7 +53,7 @@ export const ERROR_CODES = {
   CRIU_IMAGE_MISSING: ExitCode.notFound, CRIU_PROTO_MISSING: ExitCode.notFound, EXECUTABLE_NOT_FOUND: ExitCode.notFound,
   FILE_NOT_FOUND: ExitCode.notFound, GROUP_NOT_FOUND: ExitCode.notFound, POOL_DIR_NOT_FOUND: ExitCode.notFound,
   POOL_NOT_FOUND: ExitCode.notFound, PROCESS_NOT_FOUND: ExitCode.notFound, SECTION_NOT_FOUND: ExitCode.notFound,
-  TRACEE_GONE: ExitCode.notFound, ZOMBIE_PROCESS: ExitCode.notFound, NOT_A_CLONE: ExitCode.notFound,
+  TRACEE_GONE: ExitCode.notFound, ZOMBIE_PROCESS: ExitCode.notFound, NOT_A_CLONE: ExitCode.notFound, PEER_UNREACHABLE: ExitCode.notFound,
   // exit permission
   CHECKPOINT_ACCESS: ExitCode.permission, NOT_PERMITTED: ExitCode.permission, POOL_ACCESS: ExitCode.permission,
   POOL_NOT_OWNER: ExitCode.permission, POOL_UNSAFE: ExitCode.permission, PROC_ACCESS_DENIED: ExitCode.permission,
@@ -67,7 +67,7 @@ export const ERROR_CODES = {
   FS_NOT_SHAREABLE: ExitCode.unsupported, HAS_CHILDREN: ExitCode.unsupported, KERNEL_MISMATCH: ExitCode.unsupported,
   KERNEL_THREAD: ExitCode.unsupported, MULTI_THREADED: ExitCode.unsupported, NO_SYSCALL_SITE: ExitCode.unsupported,
   NO_VDSO: ExitCode.unsupported, PROCESS_ZOMBIE: ExitCode.unsupported, PROVISION_UNSUPPORTED: ExitCode.unsupported,
-  SELF_TRACE: ExitCode.unsupported, SHARED_ANON_MEMORY: ExitCode.unsupported, UNSUPPORTED_FD: ExitCode.unsupported,
+  SELF_TRACE: ExitCode.unsupported, SHARED_ADDRESS_SPACE: ExitCode.unsupported, SHARED_ANON_MEMORY: ExitCode.unsupported, UNSUPPORTED_FD: ExitCode.unsupported,
   UNSUPPORTED_MEMORY: ExitCode.unsupported, THREADS_NEED_PIDNS: ExitCode.unsupported, POLICY_NEEDS_PIDNS: ExitCode.unsupported, LEADER_EXITED: ExitCode.unsupported,
   PID_UNSUPPORTED: ExitCode.unsupported, ZOMBIE_SIGNALED: ExitCode.unsupported, NAMESPACE_DIFFERS: ExitCode.unsupported,
   CPU_MISMATCH: ExitCode.unsupported, UNSUPPORTED_ARCH: ExitCode.unsupported, PAGE_CHECKSUMS_MISSING: ExitCode.unsupported,

@@ -192,7 +192,16 @@ export interface FaasContext {
   log: (line: string) => void
 }
 
-const POLICIES: readonly Policy[] = ['mow', 'moa', 'hybrid', 'local']
+
+/** The clones measured per function: one per policy, and `moa` with 64 KiB first-touch blocks (restore --fault-pages 16) beside strict `moa`. */
+interface Variant {
+  id: string
+  policy: Policy
+  faultPages?: number
+}
+const VARIANTS: readonly Variant[] = [
+  {id: 'mow', policy: 'mow'}, {id: 'moa', policy: 'moa'}, {id: 'moa-64k', policy: 'moa', faultPages: 16}, {id: 'hybrid', policy: 'hybrid'}, {id: 'local', policy: 'local'},
+]
 const READY_TIMEOUT_MS = 600_000
 const INVOKE_TIMEOUT_MS = 600_000
 const POLL_MS = 1
@@ -380,8 +389,8 @@ class FunctionBench {
   }
 
   /** Engine restore of `name` under `policy`, tracked for cleanup. */
-  restore(name: string, policy: Policy, record = false): {instance: Instance; restoreMs: number; stats: Record<string, number>} {
-    const result = this.ctx.engine.restoreFromPool(this.ctx.pool, {name, policy, wait: false, ...(record ? {record: true} : {})})
+  restore(name: string, policy: Policy, record = false, faultPages?: number): {instance: Instance; restoreMs: number; stats: Record<string, number>} {
+    const result = this.ctx.engine.restoreFromPool(this.ctx.pool, {name, policy, wait: false, ...(record ? {record: true} : {}), ...(faultPages === undefined ? {} : {faultPages})})
     const instance: Instance = {
       pid: result.pid, ...(result.pidNamespace ? {initPid: result.pidNamespace.initPid} : {}), ...(result.faultServerPid === undefined ? {} : {serverPid: result.faultServerPid}),
     }
@@ -437,7 +446,7 @@ class FunctionBench {
       s.add(`${row}.pssAnon`, memory.pssAnonKb)
       s.add(`${row}.pssShmem`, memory.pssShmemKb)
       let server = ''
-      if (instance.serverPid !== undefined && row === 'moa') {
+      if (instance.serverPid !== undefined && row.startsWith('moa')) {
         const sm = this.serverMemory(instance.serverPid)
         s.add(`${row}.serverRss`, sm.rssKb)
         s.add(`${row}.serverPss`, sm.pssKb)
@@ -454,10 +463,10 @@ class FunctionBench {
   }
 
   /** A whole `cxlfork restore` command: wall clock; its clone (and init, fault server: adopted by us, the subreaper) killed. */
-  command(name: string, policy: Policy): number {
+  command(name: string, policy: Policy, faultPages?: number): number {
     let instance: Instance | undefined
     const run = wholeCommand({
-      argv: [this.ctx.cli.node, this.ctx.cli.entry, 'restore', name, '--policy', policy, '--json', '--pool', this.ctx.pool.path],
+      argv: [this.ctx.cli.node, this.ctx.cli.entry, 'restore', name, '--policy', policy, ...(faultPages === undefined ? [] : ['--fault-pages', String(faultPages)]), '--json', '--pool', this.ctx.pool.path],
       parse: (stdout) => {
         const parsed = JSON.parse(stdout) as {pid?: unknown; faultServerPid?: unknown; pidNamespace?: {initPid?: unknown} | null}
         if (typeof parsed.pid !== 'number') throw new Error(`cxlfork restore printed no pid: ${stdout.slice(0, 200)}`)
@@ -508,15 +517,16 @@ function measureFunction(ctx: FaasContext, selection: FaasSelection, python: str
 
           record(ctx, bench, name, tag)
 
-          for (const policy of POLICIES) {
-            const restored = bench.restore(name, policy)
-            s.add(`${policy}.restore`, restored.restoreMs)
-            addStats(s, policy, restored.stats)
-            if (restored.stats['pages_restored'] !== undefined) ctx.log(`${tag} ${policy}: engine restore ${restored.restoreMs.toFixed(1)} ms, ${restored.stats['pages_restored']} pages copied, ${restored.stats['pages_mapped']} mapped, ${restored.stats['pages_lazy']} lazy`)
-            bench.measure(policy, restored.instance, tag)
-            const commandMs = bench.command(name, policy)
-            s.add(`${policy}.command`, commandMs)
-            ctx.log(`${tag} ${policy}: whole command ${commandMs.toFixed(0)} ms`)
+          for (const variant of VARIANTS) {
+            const id = variant.id
+            const restored = bench.restore(name, variant.policy, false, variant.faultPages)
+            s.add(`${id}.restore`, restored.restoreMs)
+            addStats(s, id, restored.stats)
+            if (restored.stats['pages_restored'] !== undefined) ctx.log(`${tag} ${id}: engine restore ${restored.restoreMs.toFixed(1)} ms, ${restored.stats['pages_restored']} pages copied, ${restored.stats['pages_mapped']} mapped, ${restored.stats['pages_lazy']} lazy`)
+            bench.measure(id, restored.instance, tag)
+            const commandMs = bench.command(name, variant.policy, variant.faultPages)
+            s.add(`${id}.command`, commandMs)
+            ctx.log(`${tag} ${id}: whole command ${commandMs.toFixed(0)} ms`)
           }
 
           const fork = bench.fork(original.pid)
@@ -525,7 +535,7 @@ function measureFunction(ctx: FaasContext, selection: FaasSelection, python: str
           bench.measure('fork', fork.instance, tag)
 
           if (run === ctx.runs && ctx.clones > 0) {
-            for (const policy of POLICIES) concurrent.push(concurrentSet(ctx, bench, policy, () => bench.restore(name, policy).instance, tag))
+            for (const variant of VARIANTS) concurrent.push(concurrentSet(ctx, bench, variant.id, () => bench.restore(name, variant.policy, false, variant.faultPages).instance, tag))
             concurrent.push(concurrentSet(ctx, bench, 'fork', () => bench.fork(original.pid).instance, tag))
           }
         } finally {
@@ -542,12 +552,12 @@ function measureFunction(ctx: FaasContext, selection: FaasSelection, python: str
     log.close()
     rmSync(dir, {recursive: true, force: true})
   }
-  const rowIds = ['fork', 'mow-unrecorded', ...POLICIES]
+  const rowIds = ['fork', 'mow-unrecorded', ...VARIANTS.map((variant) => variant.id)]
   const rows: FaasRow[] = rowIds.map((id) => ({
     id, restoreMs: s.summary(`${id}.restore`), commandMs: s.summary(`${id}.command`), firstMs: s.summary(`${id}.first`), firstRoundTripMs: s.summary(`${id}.firstRoundTrip`),
     warmMs: s.summary(`${id}.warm`), rssAnonKb: s.summary(`${id}.rssAnon`), pssKb: s.summary(`${id}.pss`), pssAnonKb: s.summary(`${id}.pssAnon`), pssShmemKb: s.summary(`${id}.pssShmem`),
     pagesRestored: s.summary(`${id}.pages_restored`), pagesMapped: s.summary(`${id}.pages_mapped`), pagesLazy: s.summary(`${id}.pages_lazy`),
-    ...(id === 'moa' ? {faultServerRssKb: s.summary('moa.serverRss'), faultServerPssKb: s.summary('moa.serverPss')} : {}),
+    ...(id.startsWith('moa') ? {faultServerRssKb: s.summary(`${id}.serverRss`), faultServerPssKb: s.summary(`${id}.serverPss`)} : {}),
   }))
   return {
     name: fn.name, file: `fixtures/faas/${fn.file}`, mib: selection.mib, readMostly: fn.readMostly, invocation: fn.invocation, bytes,

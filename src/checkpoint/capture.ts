@@ -4,20 +4,22 @@
  * whose contents must be stored. Register state, signal actions and the
  * current brk come from the tracer (they are not in /proc) and are passed in.
  */
-import {statSync} from 'node:fs'
+import {closeSync, openSync, readSync, statSync} from 'node:fs'
 import {hostname} from 'node:os'
 
 import {recordLayout} from '../cpu/checkpoint-cpu.js'
 import {UnsupportedError} from '../errors.js'
 import {
   type FdImage, type FdKind, type FileIdentity, IMAGE_VERSION, type MmImage, type PageRun, type ProcessImage, type SigAction,
-  type TaskImage, type ThreadImage, type VmaImage, type VmaKind,
+  type TaskImage, type ThreadImage, type VmaImage, type VmaKind, PAGE_SIZE,
 } from '../image/process-image.js'
 import {
   type FdInfo, Pagemap, type Vma, bootId, deviceName, kernelRelease, readAuxv, readCmdline, readCwd, readExe, readLimits,
   readProcText, readRoot, readStat, readStatus, vdsoLayout,
 } from '../sys/proc.js'
 import {MAP} from '../sys/libc.js'
+import {POOL_MAGIC} from '../pool/layout.js'
+import {isSharedMemoryObject, sharedObjectId, sharedObjectIdOfFd} from './shared-memory.js'
 import {type FdExtras} from './descriptors.js'
 
 /** Collects files once each and hands out their index. */
@@ -47,13 +49,52 @@ function toVmaKind(kind: Vma['kind']): VmaKind {
 /** A VMA with the VmFlags capture needs (only gd, MAP_GROWSDOWN). */
 export type FlaggedVma = Vma & {vmFlags: ReadonlySet<string>}
 
-export function captureVmas(pid: number, maps: readonly FlaggedVma[], files: FileTable): VmaImage[] {
-  return maps.map((vma) => {
-    const kind = toVmaKind(vma.kind)
+/**
+ * Whether a file mapping maps a cxlfork pool: a clone's zero-copy pages. The
+ * pool changes with every checkpoint, so a checkpoint of a clone must not
+ * depend on it: such memory is captured as private anonymous memory, every
+ * page of it stored. Decided once per file (its magic through map_files).
+ */
+class PoolFiles {
+  private readonly known = new Map<string, boolean>()
+
+  isPool(pid: number, vma: Vma): boolean {
+    if (vma.kind !== 'file' || vma.shared) return false
+    const key = `${vma.devMajor}:${vma.devMinor}:${vma.inode}`
+    let pool = this.known.get(key)
+    if (pool === undefined) {
+      pool = false
+      try {
+        const fd = openSync(`/proc/${pid}/map_files/${vma.start.toString(16)}-${vma.end.toString(16)}`, 'r')
+        try {
+          const magic = Buffer.alloc(POOL_MAGIC.length)
+          pool = readSync(fd, magic, 0, magic.length, 0) === magic.length && magic.toString('latin1') === POOL_MAGIC
+        } finally {
+          closeSync(fd)
+        }
+      } catch {
+        // Unreadable: an ordinary file as far as this goes (its identity is checked as any file's).
+      }
+      this.known.set(key, pool)
+    }
+    return pool
+  }
+}
+
+/** `wholeVmas` receives the indexes of VMAs whose every page must be stored (pool-backed memory of a clone). */
+export function captureVmas(pid: number, maps: readonly FlaggedVma[], files: FileTable, wholeVmas?: Set<number>): VmaImage[] {
+  const pools = new PoolFiles()
+  return maps.map((vma, index) => {
+    // Shared anonymous memory shows as "/dev/zero (deleted)": it is no file to reopen (shared-memory.ts).
+    const sharedAnonymous = isSharedMemoryObject(pid, vma)
+    const poolBacked = !sharedAnonymous && pools.isPool(pid, vma)
+    if (poolBacked) wholeVmas?.add(index)
+    const kind = sharedAnonymous || poolBacked ? 'anon' : toVmaKind(vma.kind)
     const prot = (vma.read ? 1 : 0) | (vma.write ? 2 : 0) | (vma.exec ? 4 : 0)
     const file = kind === 'file'
     const flags = (vma.shared ? MAP.SHARED : MAP.PRIVATE) | (file ? 0 : MAP.ANONYMOUS) | (kind === 'stack' || vma.vmFlags.has('gd') ? MAP.GROWSDOWN : 0)
     const image: VmaImage = {start: vma.start, end: vma.end, prot, flags, offset: vma.offset, kind}
+    if (sharedAnonymous) image.sharedId = sharedObjectId(vma)
     if (file) image.fileIndex = files.add(vma.path, `/proc/${pid}/map_files/${vma.start.toString(16)}-${vma.end.toString(16)}`)
     return image
   })
@@ -64,12 +105,16 @@ export function captureVmas(pid: number, maps: readonly FlaggedVma[], files: Fil
  * private mapping that is anonymous (for file mappings: copied-on-write).
  * Shared file mappings and kernel mappings keep their contents elsewhere.
  */
-export function capturePageRuns(pid: number, vmas: readonly VmaImage[]): PageRun[] {
+export function capturePageRuns(pid: number, vmas: readonly VmaImage[], wholeVmas: ReadonlySet<number> = new Set()): PageRun[] {
   const pagemap = new Pagemap(pid)
   try {
     const runs: PageRun[] = []
     vmas.forEach((vma, vmaIndex) => {
       if ((vma.flags & MAP.SHARED) !== 0 || vma.kind === 'vdso' || vma.kind === 'vvar' || vma.kind === 'vvar_vclock' || vma.kind === 'vsyscall') return
+      if (wholeVmas.has(vmaIndex)) {
+        runs.push({vaddr: vma.start, nrPages: Number((vma.end - vma.start) / BigInt(PAGE_SIZE)), vmaIndex})
+        return
+      }
       // A present page of a private file mapping may still be the file's own page; only anonymous copies are process state.
       // dataRuns merges contiguous pages already, and runs never span two VMAs.
       for (const run of pagemap.dataRuns(vma.start, vma.end, vma.kind === 'file')) runs.push({vaddr: run.vaddr, nrPages: run.nrPages, vmaIndex})
@@ -87,6 +132,7 @@ export function captureFds(pid: number, fds: readonly {info: FdInfo; kind: FdKin
   return fds.map(({info, kind, extras}) => {
     const image: FdImage = {fd: info.fd, kind, path: info.target, flags: info.flags & ~O_CLOEXEC, cloexec: (info.flags & O_CLOEXEC) !== 0, offset: info.pos, ...extras}
     if (kind === 'regular' || kind === 'directory') image.fileIndex = files.add(info.target, `/proc/${pid}/fd/${info.fd}`)
+    if (kind === 'shmem') image.sharedId = sharedObjectIdOfFd(pid, info.fd)
     if (kind === 'tty' && !TTY_PATH.test(info.target)) image.kind = 'chardev'
     return image
   })
@@ -124,8 +170,9 @@ export interface SnapshotMemory {
 /** Layout and page runs of the frozen snapshot `snapshot` (its VMAs: `layout`). */
 export function captureMemory(snapshot: number, layout: readonly FlaggedVma[]): SnapshotMemory {
   const files = new FileTable()
-  const vmas = captureVmas(snapshot, layout, files)
-  return {vmas, pageRuns: capturePageRuns(snapshot, vmas), files}
+  const wholeVmas = new Set<number>()
+  const vmas = captureVmas(snapshot, layout, files, wholeVmas)
+  return {vmas, pageRuns: capturePageRuns(snapshot, vmas, wholeVmas), files}
 }
 
 /**

@@ -7,6 +7,8 @@
  */
 import {accessRecordFor} from '../image/access-record.js'
 import {fstatSync} from 'node:fs'
+import {type SharedMemoryRecord, type SharedObjectRun, encodeSharedMemory} from '../image/shared-memory.js'
+import {type SharedObjectCapture, releaseSharedObjects} from './shared-memory.js'
 
 import {ConflictError, SyscallError} from '../errors.js'
 import {encodeImage} from '../image/codec.js'
@@ -17,7 +19,7 @@ import {type CheckpointBuilder, type ChecksumRange, PAGE_CHECKSUMS_SECTION, Page
 import {BATCH_MAX_CALLS, type BatchCall, type PendingSyscalls} from '../inject/tracee.js'
 import {validateCheckpointName} from '../pool/names.js'
 import {formatSize} from '../pool/size.js'
-import {O, PROT, SYS, type VmSegment, vmReadv} from '../sys/libc.js'
+import {O, PROT, SYS, type VmSegment, sendfileAt, vmReadv} from '../sys/libc.js'
 import type {CpuPlacement} from '../sys/affinity.js'
 import {faultPoint} from '../fault.js'
 import {preflight} from './preflight.js'
@@ -126,9 +128,30 @@ export interface PendingPageWrite {
  * namespace): the caller then copies with process_vm_readv.
  */
 function startPageWrite(pool: Pool, snapshot: LiveSnapshot, poolOffset: bigint, placement: CpuPlacement | undefined): PendingPageWrite | null {
-  const child = snapshot.snapshotTracee
   const memory = snapshot.memory
-  const fd = openPoolInSnapshot(pool, child)
+  const started = startSnapshotFileWrite(snapshot.snapshotTracee, {fd: pool.fd, path: pool.path}, memory.vmas, memory.pageRuns, poolOffset, placement)
+  if (!started) return null
+  return {
+    finish: (progress) => {
+      try {
+        started.finish(progress)
+      } catch (error) {
+        throw noSpaceIfFull(pool, error, started.bytes)
+      }
+    },
+  }
+}
+
+/**
+ * The snapshot child writes the pages of `runs` (in `vmas`, the snapshot's own memory)
+ * into the file we hold open as `file.fd`, back to back from `fileOffset`, by vmsplice +
+ * splice (pwrite64 where a transfer falls short), as startPageWrite describes. Shared by
+ * the pool path and the CRIU-format dump (pages-1.img). Returns null, having written
+ * nothing, when the child cannot open that file.
+ */
+export function startSnapshotFileWrite(child: LiveSnapshot['snapshotTracee'], file: {fd: number; path: string}, vmas: readonly {start: bigint; end: bigint; prot: number}[],
+  runs: readonly PageRun[], fileOffset: bigint, placement: CpuPlacement | undefined): (PendingPageWrite & {bytes: bigint}) | null {
+  const fd = openInSnapshot(child, file.fd, file.path)
   if (fd < 0n) return null
   let pipe: ReturnType<typeof openPipe> = null
   const closeAll = (): void => {
@@ -138,15 +161,15 @@ function startPageWrite(pool: Pool, snapshot: LiveSnapshot, poolOffset: bigint, 
   try {
     pipe = openPipe(child)
     // The snapshot is thrown away afterwards: unreadable pages may be made readable for the write.
-    const unreadable = new Set(memory.pageRuns.map((run) => run.vmaIndex).filter((index) => (memory.vmas[index]!.prot & PROT.READ) === 0))
+    const unreadable = new Set(runs.map((run) => run.vmaIndex).filter((index) => (vmas[index]!.prot & PROT.READ) === 0))
     const mprotects = [...unreadable].map((index) => {
-      const vma = memory.vmas[index]!
+      const vma = vmas[index]!
       return {nr: SYS.mprotect, args: [vma.start, vma.end - vma.start, BigInt(vma.prot | PROT.READ)]}
     })
     const pieceBytes = pipe ? pipe.size : MAX_SEGMENT_BYTES
     const writes: PageWrite[] = []
-    let offset = poolOffset
-    for (const segment of runSegments(memory.pageRuns, 0n)) {
+    let offset = fileOffset
+    for (const segment of runSegments(runs, 0n)) {
       for (let done = 0; done < segment.len!; done += pieceBytes) {
         const len = Math.min(pieceBytes, segment.len! - done)
         writes.push({vaddr: segment.remote + BigInt(done), len: BigInt(len), offset})
@@ -162,14 +185,13 @@ function startPageWrite(pool: Pool, snapshot: LiveSnapshot, poolOffset: bigint, 
     placement?.unfollow(child.pid)
     const started = pipe ? startSpliceWrites(child, pipe, fd, writes) : {finish: () => 0}
     return {
+      bytes: offset - fileOffset,
       finish: (progress) => {
         try {
           const firstUnwritten = started.finish(progress === undefined ? undefined : (pieces) => {
-            if (pieces > 0) progress(writes[pieces - 1]!.offset + writes[pieces - 1]!.len - poolOffset)
+            if (pieces > 0) progress(writes[pieces - 1]!.offset + writes[pieces - 1]!.len - fileOffset)
           })
           pwriteWrites(child, fd, writes.slice(firstUnwritten))
-        } catch (error) {
-          throw noSpaceIfFull(pool, error, offset - poolOffset)
         } finally {
           closeAll()
         }
@@ -182,17 +204,16 @@ function startPageWrite(pool: Pool, snapshot: LiveSnapshot, poolOffset: bigint, 
 }
 
 /**
- * Open the pool for writing in the snapshot. The child resolves paths in
- * the target's mount (and pid) namespace, where the same path may name
- * another file: only a file proven to be our pool (device and inode) is
- * kept. Returns the fd, or a negative number when neither the pool's path
- * nor our /proc fd link leads there.
+ * Open for writing, in the snapshot, the file we hold as `ourFd`. The child resolves
+ * paths in the target's mount (and pid) namespace, where the same path may name
+ * another file: only a file proven to be ours (device and inode) is kept. Returns
+ * the fd, or a negative number when neither `path` nor our /proc fd link leads there.
  */
-function openPoolInSnapshot(pool: Pool, child: LiveSnapshot['snapshotTracee']): bigint {
-  const ours = fstatSync(pool.fd, {bigint: true})
+function openInSnapshot(child: LiveSnapshot['snapshotTracee'], ourFd: number, path: string): bigint {
+  const ours = fstatSync(ourFd, {bigint: true})
   const statBuffer = child.scratchAlloc(144)
-  for (const path of [pool.path, `/proc/${process.pid}/fd/${pool.fd}`]) {
-    const fd = child.syscall(SYS.open, child.scratchWrite(path), O.WRONLY | O.CLOEXEC, 0)
+  for (const candidate of [path, `/proc/${process.pid}/fd/${ourFd}`]) {
+    const fd = child.syscall(SYS.open, child.scratchWrite(candidate), O.WRONLY | O.CLOEXEC, 0)
     if (fd < 0n) continue
     const view = child.syscall(SYS.fstat, fd, statBuffer) === 0n ? new DataView(child.readMemory(statBuffer, 16).buffer) : undefined
     if (view && view.getBigUint64(0, true) === ours.dev && view.getBigUint64(8, true) === ours.ino) return fd
@@ -327,6 +348,28 @@ function writeRemainder(child: LiveSnapshot['snapshotTracee'], fd: bigint, write
   }
 }
 
+/**
+ * Shared objects' contents into one extent of their own, written through the
+ * pool file (its memory reserved first: a full file system is POOL_NO_SPACE).
+ */
+function storeSharedObjects(pool: Pool, builder: CheckpointBuilder, objects: readonly SharedObjectCapture[]): {record: SharedMemoryRecord; poolOffset: bigint; bytes: bigint} {
+  let bytes = 0n
+  for (const object of objects) for (const run of object.runs) bytes += run.bytes
+  const extent = bytes === 0n ? undefined : builder.allocateData(bytes, {reserve: true})
+  let at = extent?.poolOffset ?? 0n
+  const record: SharedMemoryRecord = {objects: []}
+  for (const object of objects) {
+    const runs: SharedObjectRun[] = []
+    for (const run of object.runs) {
+      sendfileAt(pool.fd, object.fd, run.offset, at, run.bytes, `shared memory ${object.id} into the pool`)
+      runs.push({offset: run.offset, bytes: run.bytes, storeOffset: at})
+      at += run.bytes
+    }
+    record.objects.push({id: object.id, size: object.size, runs})
+  }
+  return {record, poolOffset: extent?.poolOffset ?? 0n, bytes}
+}
+
 /** The page map of pages stored back to back from `poolOffset`, in page-run order. */
 function pageMapAt(runs: readonly PageRun[], poolOffset: bigint): Uint8Array {
   let offset = poolOffset
@@ -379,6 +422,7 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
   }
   const {snapshot, placement} = placed
   let builder: CheckpointBuilder | undefined
+  const memberShared: SharedObjectCapture[] = []
   const freeBefore = pool.fileSystemFree()
   let neededBytes = 0n
   try {
@@ -409,9 +453,14 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
     const pageMap = extent ? pageMapAt(runs, extent.poolOffset) : encodePageMap([])
     builder.addSection(Section.pageMap, pageMap)
     builder.addSection(Section.accessRecord, accessRecordFor(pageMap))
+    // Shared anonymous memory: each object once, as read while its processes were stopped (the snapshot releases its own).
+    const sharedObjects = [...snapshot.sharedMemory]
+    const sharedKnown = new Set(sharedObjects.map((object) => object.id))
     // The descendants, each still stopped: state from /proc and injected queries, pages copied straight from it.
     for (const member of frozen) {
-      const captured = captureStoppedMember(member, tree!.checks.get(member.pid)!)
+      const captured = captureStoppedMember(member, tree!.checks.get(member.pid)!, sharedKnown)
+      sharedObjects.push(...captured.sharedMemory)
+      memberShared.push(...captured.sharedMemory)
       for (const fd of captured.image.fds) {
         const from = sharing.get(member.pid)?.get(fd.fd)
         if (from) fd.sharedFrom = from
@@ -440,6 +489,13 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
     if (tree) {
       const record: TreeRecord = {members: tree.members}
       builder.addSection(Section.tree, new TextEncoder().encode(JSON.stringify(record)))
+    }
+    if (sharedObjects.length > 0) {
+      const stored = storeSharedObjects(pool, builder, sharedObjects)
+      neededBytes += stored.bytes
+      pages += Number(stored.bytes / BigInt(PAGE_SIZE))
+      if (stored.bytes > 0n) memberData.push({poolOffset: stored.poolOffset, bytes: stored.bytes})
+      builder.addSection(Section.sharedMemory, encodeSharedMemory(stored.record))
     }
     // The members' pages are final: checksum them while the snapshot still writes the root's.
     for (const data of memberData) checksumRanges.push(timed(() => checksumRange(pool.fd, pool.path, data.poolOffset, data.bytes)))
@@ -496,6 +552,7 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
   } finally {
     thaw()
     snapshot.release()
+    releaseSharedObjects(memberShared)
     placement?.release()
   }
 }

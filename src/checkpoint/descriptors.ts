@@ -6,13 +6,13 @@
  * eventfd's counter, an epoll instance's interest list (fdinfo), and which
  * fds share one open file description (kcmp).
  */
-import {readFileSync} from 'node:fs'
+import {lstatSync, readFileSync} from 'node:fs'
 
 import {SyscallError, UnsupportedError} from '../errors.js'
 import {type EpollTargetImage, type FdImage, type FdKind} from '../image/process-image.js'
 import {O, SYS, close, fcntl, open, pipe2, read, syscallRaw} from '../sys/libc.js'
 import {type FdInfo} from '../sys/proc.js'
-import {AF, SOCK, peekQueued, readSocket, unixPeer} from '../sys/sockets.js'
+import {AF, SOCK, describeAddress, peekMessages, peekQueued, readSocket, unixName, unixPeer} from '../sys/sockets.js'
 
 const F_SETPIPE_SZ = 1031
 const F_GETPIPE_SZ = 1032
@@ -126,20 +126,57 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
     } else if (kind === 'socket') {
       // One read of the socket (a pidfd_getfd copy): this runs while the target is stopped.
       const socket = readSocket(pid, info.fd)
-      if (socket.family === AF.UNIX) {
+      if (socket.family === AF.UNIX && !socket.connected) {
+        // A listener or a datagram socket: re-created at its name. Connections waiting in a listener's
+        // backlog are not carried (their clients are outside the checkpoint), nor could datagrams be.
+        if (socket.type === SOCK.DGRAM && peekQueued(pid, info.fd).length > 0) {
+          throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix datagram socket at ${describeAddress(socket.local)} with messages queued`, 'Checkpoint it once its messages are read.')
+        }
+        set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, local: socket.local,
+          ...(socket.backlog === undefined ? {} : {backlog: socket.backlog}), options: socket.options.filter((o) => o.level === 1), ...unixFile(socket.local)}})
+      } else if (socket.family === AF.UNIX && socket.type === SOCK.DGRAM && (socket.peer?.length ?? 0) > 2) {
+        // A client of a named datagram socket: connected again at restore; a datagram waiting for it would be lost.
+        if (peekQueued(pid, info.fd).length > 0) {
+          throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix datagram socket connected to ${describeAddress(socket.peer!)} with messages queued`, 'Checkpoint it once its messages are read.')
+        }
+        set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: socket.local, peer: socket.peer!,
+          options: socket.options.filter((o) => o.level === 1)}})
+      } else if (socket.family === AF.UNIX) {
         const peer = unixPeer(Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1))
         const peerFd = fds.find((other) => other.info.target === `socket:[${peer}]`)?.info.fd
         if (peerFd === undefined) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix socket whose other end it no longer holds`, 'Checkpoint it again.')
-        const queued = peekQueued(pid, info.fd)
-        if (queued.length > 0 && socket.type !== SOCK.STREAM) {
-          throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix datagram socketpair end with messages queued`, 'cxlfork carries queued bytes of stream socketpairs only; checkpoint it once its messages are read.')
+        if (socket.type === SOCK.STREAM) {
+          const queued = peekQueued(pid, info.fd)
+          set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: new Uint8Array(0), options: socket.options.filter((o) => o.level === 1),
+            pair: {peerFd, ...(queued.length > 0 ? {queued} : {})}}})
+        } else {
+          // Datagrams (and seqpacket records) keep their boundaries: each is sent again on its own.
+          const messages = peekMessages(pid, info.fd)
+          if (messages === undefined) {
+            throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix datagram socketpair end whose queue cannot be read (SO_PEEK_OFF)`, 'Checkpoint it once its messages are read.')
+          }
+          set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: new Uint8Array(0), options: socket.options.filter((o) => o.level === 1),
+            pair: {peerFd, ...(messages.length > 0 ? {messages} : {})}}})
         }
-        set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: new Uint8Array(0), options: socket.options.filter((o) => o.level === 1),
-          pair: {peerFd, ...(queued.length > 0 ? {queued} : {})}}})
       } else {
-        set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, ...(socket.connected ? {closed: true} : {}), local: socket.local, options: socket.options}})
+        // A connected UDP socket is connected again to its peer; a TCP connection (--tcp-close) is restored closed.
+        const connectedTo = socket.connected && socket.type === SOCK.DGRAM ? {peer: socket.peer!} : socket.connected ? {closed: true} : {}
+        set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, ...connectedTo, local: socket.local,
+          ...(socket.backlog === undefined ? {} : {backlog: socket.backlog}), options: socket.options}})
       }
     }
   }
   return out
+}
+
+/** The socket file of a Unix socket bound to a path: its mode and owner, which a restore gives the new file. */
+function unixFile(local: Uint8Array): {file?: {mode: number; uid: number; gid: number}} {
+  const name = unixName(local)
+  if (!name.startsWith('/')) return {}
+  try {
+    const st = lstatSync(name)
+    return st.isSocket() ? {file: {mode: st.mode & 0o7777, uid: st.uid, gid: st.gid}} : {}
+  } catch {
+    return {} // removed meanwhile: the restore binds it with its default mode
+  }
 }

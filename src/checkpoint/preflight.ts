@@ -6,8 +6,9 @@ import {existsSync, readFileSync, readdirSync, statSync} from 'node:fs'
 
 import {NotFoundError, PermissionError, UnsupportedError} from '../errors.js'
 import {type FdKind} from '../image/process-image.js'
-import {getuid} from '../sys/libc.js'
-import {AF, SOCK, describeAddress, readSocket, unixPeer} from '../sys/sockets.js'
+import {SYS, getuid, syscallRaw} from '../sys/libc.js'
+import {isSharedAnonymous, isSharedMemoryFd, isSharedMemoryObject} from './shared-memory.js'
+import {AF, SOCK, describeAddress, readSocket, unixName, unixPeer} from '../sys/sockets.js'
 import {type FdInfo, type SmapsVma, type Vma, listFds, readSmaps, readStat, readStatus} from '../sys/proc.js'
 
 /** Character devices whose state is fully described by their path. */
@@ -30,15 +31,26 @@ function classifySocket(pid: number, fd: number, tcpClose: boolean): FdKind | {u
   const inet = socket.family === AF.INET || socket.family === AF.INET6
   const where = describeAddress(socket.local)
   if (socket.family === AF.UNIX) {
-    // A socketpair: connected and unbound; its peer must be in the process too (checked in preflight, with every fd known).
-    if (socket.connected && socket.local.length <= 2 && !socket.listening) return 'socket'
-    return {unsupported: `a Unix socket ${socket.listening ? 'listening' : 'bound'} at ${where} (only socketpairs whose both ends the process holds are carried)`}
+    // A socketpair: connected, unbound, its peer unnamed; its peer must be in the process too (checked in preflight, with every fd known).
+    if (socket.connected && socket.local.length <= 2 && (socket.peer?.length ?? 0) <= 2 && !socket.listening) return 'socket'
+    // A datagram client of a named socket (a syslog() client of /dev/log): each datagram stands alone, so it is connected again.
+    if (socket.connected && socket.type === SOCK.DGRAM && socket.local.length <= 2 && (socket.peer?.length ?? 0) > 2) {
+      const peer = unixName(socket.peer!)
+      return peer.startsWith('/') || peer.startsWith('@') ? 'socket' : {unsupported: `a Unix datagram socket connected to the relative path ${peer}`}
+    }
+    if (socket.connected) return {unsupported: `a Unix ${socket.type === SOCK.DGRAM ? 'datagram socket' : 'connection'} (local ${where}) connected to ${describeAddress(socket.peer ?? new Uint8Array(0))} (cxlfork carries Unix listeners, bound datagram sockets and socketpairs whose both ends the process holds)`}
+    const name = unixName(socket.local)
+    // bind(2) resolves a relative path against the cwd of the moment: the clone could not tell which.
+    if (name !== '' && !name.startsWith('@') && !name.startsWith('/')) return {unsupported: `a Unix socket bound to the relative path ${name}`}
+    if (socket.listening || socket.type === SOCK.DGRAM) return 'socket'
+    return {unsupported: `a Unix ${socket.type === SOCK.SEQPACKET ? 'seqpacket' : 'stream'} socket neither listening nor connected (${where || '(unbound)'})`}
   }
   if (!inet) return {unsupported: `a socket of address family ${socket.family}`}
   if (socket.type === SOCK.STREAM && socket.listening) return 'socket'
   if (socket.type === SOCK.STREAM && socket.connected) return tcpClose ? 'socket' : {unsupported: `an established TCP connection (local ${where}); cxlfork does not repair live connections (--tcp-close restores it closed)`}
   if (socket.type === SOCK.DGRAM && !socket.connected) return 'socket'
-  if (socket.type === SOCK.DGRAM) return {unsupported: `a connected UDP socket (local ${where})`}
+  // Connected UDP: connect(2) only sets the default destination, so it is set again at restore.
+  if (socket.type === SOCK.DGRAM) return 'socket'
   if (socket.type === SOCK.STREAM) return {unsupported: `a TCP socket that is neither listening nor connected (${where})`}
   return {unsupported: `a socket of type ${socket.type} (${where})`}
 }
@@ -47,7 +59,10 @@ function classifySocket(pid: number, fd: number, tcpClose: boolean): FdKind | {u
 function refuseLoneUnixEnds(pid: number, fds: readonly {info: FdInfo; kind: FdKind}[]): void {
   const inodes = new Set(fds.filter(({kind}) => kind === 'socket').map(({info}) => info.target))
   for (const {info, kind} of fds) {
-    if (kind !== 'socket' || readSocket(pid, info.fd).family !== AF.UNIX) continue
+    if (kind !== 'socket') continue
+    const socket = readSocket(pid, info.fd)
+    // Listeners and unconnected datagram sockets have no peer to hold; clients of a named datagram socket connect again.
+    if (socket.family !== AF.UNIX || !socket.connected || (socket.peer?.length ?? 0) > 2) continue
     const inode = Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1)
     const peer = unixPeer(inode)
     if (peer === undefined || !inodes.has(`socket:[${peer}]`)) {
@@ -56,6 +71,9 @@ function refuseLoneUnixEnds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
     }
   }
 }
+
+/** kcmp(2) type: do two processes share one address space? */
+const KCMP_VM = 1
 
 /** How an fd can be restored, or why it cannot. */
 export function classifyFd(fd: FdInfo, pid: number, tcpClose = false): FdKind | {unsupported: string} {
@@ -67,7 +85,9 @@ export function classifyFd(fd: FdInfo, pid: number, tcpClose = false): FdKind | 
   if (target === 'anon_inode:[timerfd]') return 'timerfd'
   if (target === 'anon_inode:[signalfd]') return 'signalfd'
   if (target.startsWith('anon_inode:')) return {unsupported: `${ANON_INODE_NAMES[target] ?? 'an anonymous inode'} (${target})`}
-  if (target.startsWith('/memfd:')) return {unsupported: 'a memfd'}
+  // A memfd or an unlinked tmpfs file (multiprocessing's heap arena): a shared memory object, its content carried.
+  if (isSharedMemoryFd(pid, fd.fd, target)) return 'shmem'
+  if (target.startsWith('/memfd:')) return {unsupported: 'a memfd (on no tmpfs)'}
   if (!target.startsWith('/')) return {unsupported: `an unsupported file (${target})`}
   if (target.endsWith(' (deleted)')) return {unsupported: `a deleted file (${target})`}
   if (/^\/dev\/(pts\/\d+|tty\d*|console)$/.test(target)) return fd.fd <= 2 ? 'tty' : {unsupported: `a terminal (${target}) above stderr`}
@@ -86,14 +106,15 @@ export function classifyFd(fd: FdInfo, pid: number, tcpClose = false): FdKind | 
 }
 
 /** Memory features a fork snapshot or a restore cannot carry. */
-export function unsupportedVmaReason(vma: Vma & {vmFlags: ReadonlySet<string>}): string | undefined {
+export function unsupportedVmaReason(vma: Vma & {vmFlags: ReadonlySet<string>}, pid?: number): string | undefined {
   const where = `0x${vma.start.toString(16)}-0x${vma.end.toString(16)}`
   if (vma.vmFlags.has('ht')) return `hugetlb memory at ${where}`
   if (vma.vmFlags.has('wf')) return `MADV_WIPEONFORK memory at ${where}`
   if (vma.kind === 'vdso' || vma.kind === 'vvar' || vma.kind === 'vvar_vclock' || vma.kind === 'vsyscall') return undefined
-  if (vma.shared && (vma.kind === 'anon' || vma.path === '/dev/zero' || vma.path.startsWith('/SYSV') || vma.path.startsWith('/memfd:'))) {
-    return `shared anonymous memory at ${where}${vma.path ? ` (${vma.path})` : ''}`
-  }
+  // MAP_SHARED|MAP_ANONYMOUS is carried (shared-memory.ts); named shared memory is not.
+  if (isSharedAnonymous(vma) || (pid !== undefined && isSharedMemoryObject(pid, vma))) return undefined
+  if (vma.path.startsWith('/SYSV')) return `System V shared memory (shmat) at ${where} (${vma.path})`
+  if (vma.shared && vma.kind === 'anon') return `shared anonymous memory at ${where}${vma.path ? ` (${vma.path})` : ''}`
   if (vma.kind === 'special') return `the special mapping ${vma.path} at ${where}`
   if (vma.deleted) return `a mapping of the deleted file ${vma.path} at ${where}`
   if (vma.kind === 'file' && !vma.path.startsWith('/')) return `a mapping of ${vma.path} at ${where}`
@@ -148,7 +169,7 @@ export interface PreflightResult {
 /** Throws UNSUPPORTED_MEMORY naming the first VMA a checkpoint cannot carry. */
 export function refuseUnsupportedMemory(pid: number, vmas: readonly (Vma & {vmFlags: ReadonlySet<string>})[]): void {
   for (const vma of vmas) {
-    const reason = unsupportedVmaReason(vma)
+    const reason = unsupportedVmaReason(vma, pid)
     if (reason) throw new UnsupportedError('UNSUPPORTED_MEMORY', `process ${pid} uses ${reason}`, 'cxlfork checkpoints private memory and file mappings.')
   }
 }
@@ -187,7 +208,18 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
     throw new PermissionError('NOT_PERMITTED', `process ${pid} runs with uid ${otherUid} (real/effective/saved uids ${status.uid.slice(0, 3).join('/')}); you are uid ${caller}`,
       'A set-user-ID process (or one that changed its ids) can be checkpointed only by root.')
   }
+  // A vfork() child runs on its parent's memory until it execs (clone(CLONE_VM) without CLONE_THREAD too):
+  // neither one can be captured as a process of its own, and stopping the parent waits for the child.
+  if (stat.ppid > 1 && syscallRaw(SYS.kcmp, pid, stat.ppid, KCMP_VM, 0, 0) === 0n) {
+    throw new UnsupportedError('SHARED_ADDRESS_SPACE', `process ${pid} (${stat.comm}) shares its address space with its parent ${stat.ppid} (a vfork() child that has not called exec yet, or clone(CLONE_VM) without CLONE_THREAD)`,
+      'A vfork child execs or exits within moments: checkpoint again once it has.')
+  }
   const children = options.children === 'allow' ? [] : childrenOf(pid)
+  const vforked = children.find((child) => syscallRaw(SYS.kcmp, pid, child, KCMP_VM, 0, 0) === 0n)
+  if (vforked !== undefined) {
+    throw new UnsupportedError('SHARED_ADDRESS_SPACE', `process ${pid} (${stat.comm}) shares its address space with its child ${vforked} (a vfork() child that has not called exec yet, or clone(CLONE_VM) without CLONE_THREAD)`,
+      'A vfork child execs or exits within moments: checkpoint again once it has.')
+  }
   if (children.length > 0) {
     throw new UnsupportedError('HAS_CHILDREN', `process ${pid} (${stat.comm}) has ${children.length} child process(es) (${children.slice(0, 5).join(', ')}); without --tree cxlfork checkpoints a single process`,
       'Checkpoint the whole tree with --tree, or a process without children (a zombie child counts until it is reaped).')

@@ -14,6 +14,7 @@ import {CpuPlacement, lastCpu} from '../sys/affinity.js'
 import {type FlaggedVma, type SnapshotMemory, captureImage, captureMemory, decodeSigaction} from './capture.js'
 import {type PreflightResult, preflight, refuseUnsupportedMemory} from './preflight.js'
 import {faultPoint} from '../fault.js'
+import {type SharedObjectCapture, readSharedObjects, releaseSharedObjects} from './shared-memory.js'
 import {type FdExtras, describeFds} from './descriptors.js'
 import {decodeAltStack, detachQuietly, readAltStacks, readThreadState, seizeOtherThreads, threadComm} from './threads.js'
 
@@ -40,6 +41,8 @@ export interface LiveSnapshot {
    * preflight left that to the snapshot; captureImage() calls it first.
    */
   checkMemory(): void
+  /** Shared anonymous memory, read while the target was stopped (the snapshot shares it with the running target). */
+  sharedMemory: SharedObjectCapture[]
   /** The frozen fork child holding the memory to dump; killed by release(). */
   snapshotPid: number
   /** The same child, seized and stopped: syscalls can be injected into it. */
@@ -126,6 +129,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
   let transient: [bigint, bigint][] = []
   let parentMaps: Vma[] = []
   let dontfork: {start: bigint; end: bigint}[] = []
+  let sharedMemory: SharedObjectCapture[] = []
   try {
     // Every thread stops before any state is read: the snapshot sees one instant of the whole process.
     faultPoint('snapshot-seized')
@@ -155,6 +159,8 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     // Pipe contents, eventfd counters, epoll interest lists and shared descriptions: as of this stop.
     const extras = describeFds(pid, fds, checked.internalPipes)
     fds = fds.map((entry) => ({...entry, extras: extras.get(entry.info.fd)}))
+    // Shared memory is not frozen by the fork: its contents as of this stop.
+    sharedMemory = readSharedObjects(pid, parentMaps, new Set(), fds)
     let fork = target.injectForkSelfHealing(undefined, parentMaps)
     snapshot = fork.tracee
     // MADV_DONTFORK memory (V8 keeps its whole heap so) is missing from a fork child. Mark it
@@ -189,6 +195,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     for (const state of otherThreads) state.comm = threadComm(pid, state.tid)
   } catch (error) {
     snapshot?.kill()
+    releaseSharedObjects(sharedMemory)
     for (const other of others) detachQuietly(other)
     detachQuietly(target)
     throw error
@@ -196,6 +203,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
   const snap = snapshot
   const release = (): void => {
     snap.kill()
+    releaseSharedObjects(sharedMemory)
   }
   try {
     // /proc/PID/maps, not smaps: smaps walks every page table (ms per call). The only
@@ -227,7 +235,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     }
     let image: ProcessImage | undefined
     return {
-      memory, snapshotPid: snap.pid, snapshotTracee: snap, ownerUid: checked.uid, release, checkMemory,
+      memory, sharedMemory, snapshotPid: snap.pid, snapshotTracee: snap, ownerUid: checked.uid, release, checkMemory,
       captureImage: () => {
         checkMemory()
         return (image ??= captureImage(pid, snap.pid, memory, layout, fds, {threads: [thread, ...otherThreads], sharedPendingSignals: sharedPending, sigactions: state.sigactions, brk: state.brk}))

@@ -23,6 +23,7 @@ import {type FlaggedVma, captureImage, captureMemory, decodeSigaction, type Snap
 import {describeFds} from './descriptors.js'
 import {type PreflightResult, childrenOf, preflight} from './preflight.js'
 import {detachQuietly, readAltStacks, readThreadState, seizeOtherThreads, threadComm} from './threads.js'
+import {type SharedObjectCapture, readSharedObjects} from './shared-memory.js'
 
 /** One process of a checkpointed tree, in the order the restore creates them (parents first). */
 export interface TreeMember {
@@ -293,7 +294,7 @@ function readDispositionsAndBrk(leader: Tracee): {brk: bigint; sigactions: SigAc
 }
 
 /** The image and memory of a stopped descendant: what the root's fork snapshot gives for the root. */
-export function captureStoppedMember(member: FrozenMember, checked: PreflightResult): {image: ProcessImage; memory: SnapshotMemory} {
+export function captureStoppedMember(member: FrozenMember, checked: PreflightResult, sharedKnown: Set<string>): {image: ProcessImage; memory: SnapshotMemory; sharedMemory: SharedObjectCapture[]} {
   const pid = member.pid
   const gadget = findSigreturnGadget(pid)
   const threads = [member.leader, ...member.others]
@@ -316,5 +317,8 @@ export function captureStoppedMember(member: FrozenMember, checked: PreflightRes
   const extras = describeFds(pid, fds, checked.internalPipes)
   const memory = captureMemory(pid, maps)
   const image = captureImage(pid, pid, memory, maps, fds.map((entry) => ({...entry, extras: extras.get(entry.info.fd)})), {threads: states, sharedPendingSignals: leader.sharedPending, sigactions, brk})
-  return {image, memory}
+  // Last (nothing after it can fail and leak its memfds). Objects the root (or an earlier member) maps were
+  // read already, at the root's stop, when every member was stopped too.
+  const sharedMemory = readSharedObjects(pid, maps, sharedKnown, fds)
+  return {image, memory, sharedMemory}
 }

@@ -1,4 +1,4 @@
-import {writeFileSync} from 'node:fs'
+import {accessSync, constants as fsConstants, mkdirSync, writeFileSync} from 'node:fs'
 import {join, relative} from 'node:path'
 
 import * as Flags from '@oclif/core/flags'
@@ -64,6 +64,7 @@ Progress goes to stderr, one line per step (also under --json). Without --pool t
     runs: Flags.integer({summary: 'Repetitions per size, per thread count and per process count (medians of these).', default: 5, min: 1, max: 1000}),
     policies: Flags.string({summary: 'Comma-separated restore policies: mow, local.', default: 'mow,local', helpValue: '<policy,...>'}),
     markdown: Flags.string({summary: 'Also write the report as Markdown to this file.', helpValue: '<file>'}),
+    out: Flags.string({summary: 'Also write a self-contained HTML report with charts (DIR/index.html, viewable offline) and the JSON result (DIR/bench.json) into this directory (created if missing).', helpValue: '<dir>'}),
     criu: Flags.boolean({summary: 'Also measure the CRIU-format baseline (criu dump to images on the pool\'s mount, criu restore by copying).', default: true, allowNo: true}),
     'criu-bin': Flags.string({
       summary: 'Real CRIU (4.x or later) to measure beside the rest: whole `criu dump` and `criu restore -d`, with their stats-dump/stats-restore. Default: a `criu` on PATH if it is 4.x or later and `criu check` passes; else the report says none was measured.',
@@ -114,6 +115,15 @@ Progress goes to stderr, one line per step (also under --json). Without --pool t
     for (const policy of policies) {
       if (policy !== 'mow' && policy !== 'local') throw new UsageError('INVALID_POLICY', `unknown policy ${policy}`, 'Use mow, local or mow,local.')
     }
+    // Before the run: a long benchmark must not fail at its end for want of a place to write.
+    if (flags.out !== undefined) {
+      try {
+        mkdirSync(flags.out, {recursive: true})
+        accessSync(flags.out, fsConstants.W_OK)
+      } catch (error) {
+        throw new UsageError('INVALID_OUT', `--out ${flags.out} is not a directory cxlfork can write into (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, 'Give a writable directory; it is created if missing.')
+      }
+    }
     const realCriu = probeRealCriu(flags['criu-bin'])
     const result = await runBench({
       realCriu,
@@ -130,6 +140,12 @@ Progress goes to stderr, one line per step (also under --json). Without --pool t
     if (flags.markdown) {
       writeFileSync(flags.markdown, renderMarkdown(result, notes))
       this.say(`Wrote ${flags.markdown}`)
+    }
+    if (flags.out !== undefined) {
+      const {renderHtmlReport} = await import('../bench/html-report.js')
+      writeFileSync(join(flags.out, 'index.html'), renderHtmlReport(result))
+      writeFileSync(join(flags.out, 'bench.json'), JSON.stringify(result, null, 2) + '\n')
+      this.say(`Wrote ${join(flags.out, 'index.html')} and bench.json`)
     }
     for (const target of result.targets) this.say(`${target.pass ? 'PASS' : 'FAIL'}  ${target.description}: ${target.measured} ${target.unit} (limit ${target.limit})`)
     return result

@@ -11,7 +11,7 @@ export default class CheckpointCommand extends BaseCommand {
   static override summary = 'Checkpoint a running process into the pool; it keeps running unless --kill.'
   static override description = `The target is stopped only while its registers, signal state and a copy-on-write fork snapshot are taken (the downtime), then runs on while the snapshot's memory is written once into write-once pool segments.
 Every thread is captured. A process with children is refused unless --tree, which takes it and all its descendants (zombies included): every member is stopped before the root's snapshot, the root runs on after its own downtime, each descendant after its pages are copied.
-Refused with a named reason: sockets, pipes above fd 2, shared anonymous memory, other special files, members in other namespaces or traced by another process.`
+Refused with a named reason: System V shared memory and memfd mappings, descriptors it cannot carry, other special files, members in other namespaces or traced by another process.`
   static override examples = [
     '<%= config.bin %> checkpoint 4242 --name web',
     '<%= config.bin %> checkpoint 4242 --name web --kill --json',

@@ -52,6 +52,7 @@ export default class Inspect extends BaseCommand {
         for (const vma of proc.vmas) this.say(`  ${vma.start}-${vma.end} ${vma.perms} ${vma.kind.padEnd(6)} ${String(vma.storedPages).padStart(7)} pages ${vma.path ?? ''}`)
         for (const fd of proc.fds) this.say(`  fd ${fd.fd} ${fd.kind} ${fd.path}`)
       }
+      if (details.sharedMemory) this.say(`shared anonymous memory: ${details.sharedMemory.objects} object(s), ${formatSize(BigInt(details.sharedMemory.storedBytes))} stored (restored local, shared by the clone's processes)`)
       const access = details.accessRecord
       if (access) {
         this.say(access.recordings === 0 ? 'access record: nothing recorded (cxlfork record, restore --record)'

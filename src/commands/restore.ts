@@ -30,6 +30,7 @@ A clone that listens where its original still listens needs --netns (else ADDRES
     policy: Flags.option({options: ['mow', 'moa', 'hybrid', 'local'] as const, default: 'mow' as const, summary: 'Tiering policy for the restored memory.'})(),
     record: Flags.boolean({summary: "Record the clone's page accesses into the checkpoint when it exits (mow, hybrid): fault-around is turned off on its pool mappings so that the recording is exact.", default: false}),
     'fill-after': Flags.integer({min: 0, summary: 'With --policy moa: once no page was touched for this many ms, copy the rest in the background and end the fault server.', helpValue: 'MS'}),
+    'fault-pages': Flags.integer({min: 1, max: 512, summary: 'With --policy moa: pages copied per first touch, the aligned block around the touched page (default 1: strictly page by page; 16 is what the kernel\'s fault-around maps for a file).', helpValue: 'N'}),
     wait: Flags.boolean({summary: "Stay until the clone exits and exit with its status.", default: false}),
     pidns: pidnsFlag(),
     verify: Flags.boolean({summary: 'Check every page against its checksum before mapping anything (reads all page data: ~0.15 s per GiB); refuses a damaged checkpoint with PAGE_DATA_CORRUPT (exit 6).', default: false}),
@@ -40,12 +41,14 @@ A clone that listens where its original still listens needs --netns (else ADDRES
   async run(): Promise<RestoreResult & {servedBy: 'porter' | 'cli'}> {
     const {args, flags} = await this.parse(RestoreCommand)
     if (flags['fill-after'] !== undefined && flags.policy !== 'moa') this.error('--fill-after applies to --policy moa only', {exit: 2})
+    if (flags['fault-pages'] !== undefined && flags.policy !== 'moa') this.error('--fault-pages applies to --policy moa only', {exit: 2})
     const {restoreSummary, restoreThroughPorter} = await import('../porter/restore-client.js')
     // A running porter restores (README, "Porter"); --wait needs this command's own stdio, so it stays here.
     if (!flags['no-porter'] && !flags.wait) {
       const served = await restoreThroughPorter(flags.pool, {
         name: args.name, policy: flags.policy, verify: flags.verify, ...(flags.pidns === undefined ? {} : {pidns: flags.pidns}), ...(flags.netns === undefined ? {} : {netns: flags.netns}),
-        ...(flags['fill-after'] === undefined ? {} : {fillAfterMs: flags['fill-after']}), ...(flags.record ? {record: true} : {}),
+        ...(flags['fill-after'] === undefined ? {} : {fillAfterMs: flags['fill-after']}), ...(flags['fault-pages'] === undefined ? {} : {faultPages: flags['fault-pages']}),
+        ...(flags.record ? {record: true} : {}),
       })
       if (served) {
         this.say(restoreSummary(served))
@@ -57,7 +60,8 @@ A clone that listens where its original still listens needs --netns (else ADDRES
     try {
       const result = restoreFromPool(pool, {
         name: args.name, policy: flags.policy, wait: flags.wait, verify: flags.verify, ...(flags.pidns === undefined ? {} : {pidns: flags.pidns}), ...(flags.netns === undefined ? {} : {netns: flags.netns}),
-        ...(flags['fill-after'] === undefined ? {} : {fillAfterMs: flags['fill-after']}), ...(flags.record ? {record: true} : {}),
+        ...(flags['fill-after'] === undefined ? {} : {fillAfterMs: flags['fill-after']}), ...(flags['fault-pages'] === undefined ? {} : {faultPages: flags['fault-pages']}),
+        ...(flags.record ? {record: true} : {}),
       })
       this.say(restoreSummary(result))
       if (result.exit) {

@@ -6,13 +6,14 @@
 import {existsSync, mkdirSync, readdirSync, rmSync, statSync} from 'node:fs'
 import {dirname, join, resolve} from 'node:path'
 
-import {type DumpStats as CheckpointDumpStats, pagesScanned, runSegments} from '../checkpoint/checkpoint.js'
+import {type DumpStats as CheckpointDumpStats, pagesScanned, runSegments, startSnapshotFileWrite} from '../checkpoint/checkpoint.js'
 import {type LiveSnapshot, killTarget, takePlacedSnapshot} from '../checkpoint/snapshot.js'
 import {preflight} from '../checkpoint/preflight.js'
 import {ConflictError, PermissionError, SyscallError, UnsupportedError, UsageError} from '../errors.js'
-import {PAGE_SIZE, type PageRun, totalPages} from '../image/process-image.js'
+import {PAGE_SIZE, type VmaImage, totalPages} from '../image/process-image.js'
+import type {CpuPlacement} from '../sys/affinity.js'
 import {addressOf, vmReadv} from '../sys/libc.js'
-import {runsToWrite, writeCriuImages} from './images.js'
+import {type PageSource, runsToWrite, writeCriuImages} from './images.js'
 
 export interface CriuDumpResult {
   pid: number
@@ -68,9 +69,17 @@ function hostMode(path: string): number | undefined {
   }
 }
 
-/** Reads pages of the frozen snapshot straight into the writer's buffer. */
-function snapshotPages(snapshot: LiveSnapshot): {read(run: PageRun, into: Uint8Array): void} {
+/**
+ * Pages of the frozen snapshot: spliced by the snapshot itself into pages-1.img (one copy,
+ * made by the kernel, on the other CPU while the small images are encoded here, as the pool
+ * path writes its extents), or, where it cannot open that file, read straight into the
+ * writer's buffer.
+ */
+function snapshotPages(snapshot: LiveSnapshot, vmas: readonly VmaImage[], placement: CpuPlacement | undefined): PageSource {
   return {
+    start(file, runs) {
+      return startSnapshotFileWrite(snapshot.snapshotTracee, file, vmas, runs, 0n, placement)
+    },
     read(run, into) {
       const len = run.nrPages * PAGE_SIZE
       const copied = vmReadv(snapshot.snapshotPid, runSegments([run], addressOf(into)))
@@ -85,9 +94,9 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
   refuseExistingImages(dir)
   const checked = preflight(request.pid)
   // The CRIU images cxlfork writes carry regular files, devices and stdio; refuse the rest by name before the target is touched.
-  const beyond = checked.fds.find(({info, kind}) => kind === 'eventfd' || kind === 'epoll' || kind === 'socket' || kind === 'timerfd' || kind === 'signalfd' || (kind === 'pipe' && info.fd > 2))
+  const beyond = checked.fds.find(({info, kind}) => kind === 'eventfd' || kind === 'epoll' || kind === 'socket' || kind === 'timerfd' || kind === 'signalfd' || kind === 'shmem' || (kind === 'pipe' && info.fd > 2))
   if (beyond) {
-    throw new UnsupportedError('CRIU_FD_TYPE', `fd ${beyond.info.fd} of process ${request.pid} is ${beyond.kind === 'pipe' ? 'a pipe above stderr' : beyond.kind === 'socket' ? 'a socket' : `an ${beyond.kind}`}, which cxlfork's CRIU-format dump does not write yet`,
+    throw new UnsupportedError('CRIU_FD_TYPE', `fd ${beyond.info.fd} of process ${request.pid} is ${beyond.kind === 'pipe' ? 'a pipe above stderr' : beyond.kind === 'socket' ? 'a socket' : beyond.kind === 'shmem' ? 'a memfd or a deleted tmpfs file' : `an ${beyond.kind}`}, which cxlfork's CRIU-format dump does not write yet`,
       'Checkpoint it into the pool with `cxlfork checkpoint`, which restores pipes, eventfds, epoll instances and listening sockets.')
   }
   // Placed as a pool checkpoint is, so the two downtimes compare.
@@ -103,7 +112,7 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
     // stats-dump.img is encoded after pages-1.img is written: getters read the clock at that moment.
     const options = {modeOf: hostMode, vdsoPages: true}
     const pagesWritten = totalPages(runsToWrite(image, options))
-    const written = await writeCriuImages(dir, image, snapshotPages(snapshot), {
+    const written = await writeCriuImages(dir, image, snapshotPages(snapshot, image.vmas, placement), {
       freezingTime: timings.freezingUs, frozenTime: timings.frozenUs,
       get memdumpTime() {
         return Math.round((performance.now() - t0) * 1000) - timings.frozenUs

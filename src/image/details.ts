@@ -7,6 +7,7 @@ import {AccessRecord} from './access-record.js'
 import {decodeImage} from './codec.js'
 import {PageMapView} from './page-map.js'
 import {Section} from './sections.js'
+import {decodeSharedMemory} from './shared-memory.js'
 import {type ProcessSummary, summarizeImage} from './summary.js'
 
 /** The sections of one checkpoint (a pool CheckpointReader). */
@@ -15,6 +16,7 @@ export interface SectionSource {
   section(type: number): Uint8Array
   sectionsOfType(type: number): Uint8Array[]
   mutableSection(type: number): Uint8Array | undefined
+  address(offset: bigint): bigint
 }
 
 export interface CheckpointContents {
@@ -23,6 +25,8 @@ export interface CheckpointContents {
   tree?: {pid: number; ppid: number; pgid: number; sid: number; comm: string; zombie: boolean; threads: number}[]
   /** Access bits recorded from clones (cxlfork record), of the root process: hot (accessed) and dirty (written) pages. */
   accessRecord?: {pages: number; hot: number; dirty: number; recordings: number; firstRecordedAt: string | null; lastRecordedAt: string | null; resetAt: string | null}
+  /** Shared anonymous memory of its processes: objects (each once, whatever members map it) and the bytes stored for them. */
+  sharedMemory?: {objects: number; storedBytes: number}
 }
 
 interface TreeRecordJson {
@@ -51,6 +55,12 @@ export function checkpointContents(reader: SectionSource): CheckpointContents {
       contents.accessRecord = {pages: access.pages, hot: access.accessed, dirty: access.dirty, recordings: access.recordings,
         firstRecordedAt: at(access.firstRecordedMs), lastRecordedAt: at(access.lastRecordedMs), resetAt: at(access.resetAtMs)}
     }
+  }
+  if (reader.hasSection(Section.sharedMemory)) {
+    const objects = decodeSharedMemory(reader.section(Section.sharedMemory), (offset) => reader.address(offset))
+    let storedBytes = 0
+    for (const object of objects.values()) for (const run of object.runs) storedBytes += Number(run.bytes)
+    contents.sharedMemory = {objects: objects.size, storedBytes}
   }
   const record = contents.process && reader.hasSection(Section.tree) ? treeRecord(reader.section(Section.tree)) : undefined
   if (record) {

@@ -42,11 +42,13 @@ export interface VmaImage {
   prot: number
   /** MAP_SHARED (1) or MAP_PRIVATE (2), plus MAP_ANONYMOUS (0x20) and MAP_GROWSDOWN (0x100) where they apply. */
   flags: number
-  /** File offset in bytes (file mappings only). */
+  /** File offset in bytes (file mappings), or offset in the shared object (sharedId). */
   offset: bigint
   kind: VmaKind
   /** Index into ProcessImage.files for file mappings. */
   fileIndex?: number
+  /** Shared anonymous memory: the object it maps (shared-memory.ts), at byte `offset` of it. */
+  sharedId?: string
   /** MADV_* advice the kernel reports in VmFlags that restore should re-apply (e.g. MADV_DONTDUMP). */
   advice?: number[]
 }
@@ -115,7 +117,7 @@ export interface MmImage {
 }
 
 /** How an fd is restored. */
-export type FdKind = 'regular' | 'chardev' | 'tty' | 'pipe' | 'directory' | 'eventfd' | 'epoll' | 'socket' | 'timerfd' | 'signalfd'
+export type FdKind = 'regular' | 'chardev' | 'tty' | 'pipe' | 'directory' | 'eventfd' | 'epoll' | 'socket' | 'timerfd' | 'signalfd' | 'shmem'
 
 /** A pipe end above fd 2 (fds 0-2 that are pipes are the restorer's stdio instead). */
 export interface PipeEndImage {
@@ -148,6 +150,8 @@ export interface FdImage {
   offset: bigint
   /** Index into ProcessImage.files for regular files and directories. */
   fileIndex?: number
+  /** A deleted tmpfs file or a memfd (kind shmem): the shared object it opens (shared-memory.ts). */
+  sharedId?: string
   /** fds that share one open file description (dup, inheritance) name the lowest fd of the group; absent when alone. */
   sharedWith?: number
   /**
@@ -171,14 +175,20 @@ export interface SocketImage {
   type: number
   protocol: number
   listening: boolean
+  /** A listener's backlog as the kernel kept it (absent in older checkpoints: restored with somaxconn's cap). */
+  backlog?: number
   /** An established connection taken with --tcp-close: the clone gets it closed (a TCP socket connected to nothing). */
   closed?: boolean
-  /** The getsockname(2) bytes (sockaddr_in / sockaddr_in6). */
+  /** The getsockname(2) bytes (sockaddr_in / sockaddr_in6 / sockaddr_un). */
   local: Uint8Array
   /** Integer options to set again: level, name, value. */
   options: {level: number; name: number; value: number}[]
+  /** A datagram socket's peer (a connected UDP socket, a client of a named Unix socket): connected to again. */
+  peer?: Uint8Array
+  /** A Unix socket bound to a path: the socket file's permission bits and owner, given to the file the restore binds. */
+  file?: {mode: number; uid: number; gid: number}
   /** A Unix socketpair end: the fd holding its other end, and the bytes queued for this end to read. */
-  pair?: {peerFd: number; queued?: Uint8Array}
+  pair?: {peerFd: number; queued?: Uint8Array; messages?: Uint8Array[]}
 }
 
 export interface Rlimit {

@@ -17,6 +17,11 @@ export const Section = {
    */
   pageChecksums: 4,
   /**
+   * Shared anonymous memory of the checkpoint's processes (shared-memory.ts):
+   * each object once, whichever members map it. Absent when there is none.
+   */
+  sharedMemory: 5,
+  /**
    * The access record of the pageMap section before it (access-record.ts): a
    * mutable section (bit 31, pool/descriptor.ts MUTABLE_SECTION), no CRC.
    */

@@ -16,7 +16,7 @@ import {candidateSockets} from './paths.js'
 import {type PorterRestoreRequest, restoreSummary, restoreThroughPorter} from './restore-client.js'
 
 const DEFAULT_POOL = '/dev/shm/cxlfork.pool'
-const VALUE_FLAGS = new Set(['--policy', '--pidns', '--netns', '--fill-after', '--pool'])
+const VALUE_FLAGS = new Set(['--policy', '--pidns', '--netns', '--fill-after', '--fault-pages', '--pool'])
 const BOOLEAN_FLAGS = new Set(['--verify', '--record', '--json'])
 
 interface Parsed {
@@ -58,12 +58,14 @@ export function parseRestoreArgs(argv: readonly string[], env: NodeJS.ProcessEnv
   if (pidns !== undefined && pidns !== 'new' && pidns !== 'host') return undefined
   const fillAfter = values.get('--fill-after')
   if (fillAfter !== undefined && (!/^\d{1,9}$/.test(fillAfter) || policy !== 'moa')) return undefined
+  const faultPages = values.get('--fault-pages')
+  if (faultPages !== undefined && (!/^[1-9]\d{0,2}$/.test(faultPages) || Number(faultPages) > 512 || policy !== 'moa')) return undefined
   const netns = values.get('--netns')
   return {
     pool: values.get('--pool') ?? env.CXLFORK_POOL ?? DEFAULT_POOL, json: booleans.has('--json'),
     request: {
       name, policy, verify: booleans.has('--verify'), ...(pidns === undefined ? {} : {pidns}), ...(netns === undefined ? {} : {netns}),
-      ...(fillAfter === undefined ? {} : {fillAfterMs: Number(fillAfter)}), ...(booleans.has('--record') ? {record: true} : {}),
+      ...(fillAfter === undefined ? {} : {fillAfterMs: Number(fillAfter)}), ...(faultPages === undefined ? {} : {faultPages: Number(faultPages)}), ...(booleans.has('--record') ? {record: true} : {}),
     },
   }
 }

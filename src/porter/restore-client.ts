@@ -21,6 +21,7 @@ export interface PorterRestoreRequest {
   verify?: boolean
   record?: boolean
   fillAfterMs?: number
+  faultPages?: number
 }
 
 /** What the porter returns: a restore result (restore/restore.ts RestoreResult) with servedBy and ghost. */

@@ -51,6 +51,7 @@ interface RestoreBody {
   verify?: boolean
   record?: boolean
   fillAfterMs?: number
+  faultPages?: number
 }
 
 interface CheckpointBody {
@@ -229,11 +230,12 @@ export class PorterService {
   }
 
   private restore(raw: unknown, peer: PeerCredentials): RestoreResult & {servedBy: 'porter'; ghost: boolean | string} {
-    const body = fields<RestoreBody>(raw, {name: 'string', policy: 'string', pidns: 'string', netns: 'string', verify: 'boolean', record: 'boolean', fillAfterMs: 'integer'}, ['name'])
+    const body = fields<RestoreBody>(raw, {name: 'string', policy: 'string', pidns: 'string', netns: 'string', verify: 'boolean', record: 'boolean', fillAfterMs: 'integer', faultPages: 'integer'}, ['name'])
     validateCheckpointName(body.name)
     const policy = oneOf(body.policy, POLICIES, 'policy') ?? 'mow'
     const pidns = oneOf(body.pidns, PIDNS, 'pidns')
     if (body.fillAfterMs !== undefined && (policy !== 'moa' || body.fillAfterMs < 0)) throw new UsageError('USAGE', '--fill-after applies to --policy moa only', 'Drop fillAfterMs, or restore with policy moa.')
+    if (body.faultPages !== undefined && (policy !== 'moa' || body.faultPages < 1 || body.faultPages > 512)) throw new UsageError('USAGE', '--fault-pages applies to --policy moa only, 1 to 512', 'Drop faultPages, or restore with policy moa.')
     const pool = this.currentPool()
     this.requirePoolAccess(pool, peer)
     if (!this.served(peer)) {
@@ -245,7 +247,8 @@ export class PorterService {
     const result = restoreFromPool(pool, {
       name: body.name, policy, wait: false, verify: body.verify ?? false,
       ...(pidns === undefined ? {} : {pidns}), ...(body.netns === undefined ? {} : {netns: body.netns}),
-      ...(body.fillAfterMs === undefined ? {} : {fillAfterMs: body.fillAfterMs}), ...(body.record ? {record: true} : {}),
+      ...(body.fillAfterMs === undefined ? {} : {fillAfterMs: body.fillAfterMs}),
+      ...(body.faultPages === undefined ? {} : {faultPages: body.faultPages}), ...(body.record ? {record: true} : {}),
       stubSource: (opts) => {
         const ghost = this.ghosts.take(opts)
         tookGhost = ghost !== undefined

@@ -13,6 +13,7 @@ import {statSync} from 'node:fs'
 import {xstateForHost} from '../cpu/checkpoint-cpu.js'
 import {CorruptError, CxlforkError, NotFoundError, SyscallError, UnsupportedError} from '../errors.js'
 import {type FileIdentity, type ProcessImage, type ThreadImage, type VmaImage} from '../image/process-image.js'
+import {type SharedObject} from '../image/shared-memory.js'
 import {type Stub, type StubOptions, spawnStub} from '../inject/stub.js'
 import {Tracee} from '../inject/tracee.js'
 import {type VdsoLayout, deviceName, kernelRelease, readMaps, vdsoLayout} from '../sys/proc.js'
@@ -22,7 +23,8 @@ import {type HostPidOf, restoreFds} from './descriptors.js'
 import {type NetworkMode, enterNetwork} from './network.js'
 import {Injector} from './injector.js'
 import {FaultServerClient, type LazyOptions} from './lazy.js'
-import {type RestorePlan, needsProtectFixup} from './plan.js'
+import {type MapOp, type RestorePlan, needsProtectFixup} from './plan.js'
+import {SharedMemoryBuilder} from './shared-memory.js'
 import {createWithId, releaseInit, spawnNamespacedStubs} from './pid-namespace.js'
 import {createThreads, requeueThreadSignals, restoreThreadKernelState, setThreadCpuState} from './threads.js'
 
@@ -34,6 +36,10 @@ export interface PageStore {
   mapPath?: string
   /** Our own address of a store offset, for `copy` ops. */
   localAddress(storeOffset: bigint): bigint
+  /** A readable fd of the store (the pool file), to fill shared objects from in the kernel. */
+  fd?: number
+  /** The shared anonymous memory objects the images' VMAs name (sharedId), when there are any. */
+  sharedObjects?: ReadonlyMap<string, SharedObject>
 }
 
 export type StdioTarget = 'inherit' | 'null'
@@ -223,7 +229,7 @@ function moveVdso(inject: Injector, stub: VdsoLayout, image: ProcessImage, scrat
  * resume of the stub: a restore costs O(VMAs + page runs) syscalls but only a
  * handful of ptrace round trips.
  */
-function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, store: PageStore): void {
+function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, store: PageStore, shared: SharedMemoryBuilder): void {
   const tracee = inject.tracee
   const opens: {key: number; path: string; flags: number}[] = []
   const openIndex = new Map<number, number>()
@@ -256,6 +262,9 @@ function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, sto
       fds.set(o.key, Number(r))
     })
   }
+  // Shared objects first (made in a member while nothing of its image is mapped yet), then mapped like files.
+  const sharedOps = plan.ops.filter((op): op is Extract<MapOp, {kind: 'shared'}> => op.kind === 'shared')
+  const sharedFds = sharedOps.length > 0 ? shared.open(inject, sharedOps) : new Map<string, number>()
   const maps: {nr: number; args: (number | bigint)[]; what: string}[] = []
   const copies: VmSegment[] = []
   for (const op of plan.ops) {
@@ -269,6 +278,9 @@ function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, sto
         break
       case 'store-map':
         maps.push({nr: SYS.mmap, args: [op.start, length, op.prot, MAP.PRIVATE | MAP.FIXED, fds.get(STORE_KEY)!, op.storeOffset], what: `mmap(store ${hex(op.start)})`})
+        break
+      case 'shared':
+        maps.push({nr: SYS.mmap, args: [op.start, length, op.prot, MAP.SHARED | MAP.FIXED, sharedFds.get(op.sharedId)!, op.offset], what: `mmap(shared memory ${hex(op.start)})`})
         break
       case 'copy':
         copies.push({local: store.localAddress(op.storeOffset), remote: op.start, len: Number(length)})
@@ -289,7 +301,7 @@ function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, sto
   }
   const finish = [
     ...needsProtectFixup(plan, image).map((vma) => ({nr: SYS.mprotect, args: [vma.start, vma.end - vma.start, vma.prot]})),
-    ...[...fds.values()].map((fd) => ({nr: SYS.close, args: [fd]})),
+    ...[...fds.values(), ...sharedFds.values()].map((fd) => ({nr: SYS.close, args: [fd]})),
   ]
   // Advice the original had on its memory (MADV_DONTFORK: V8's heap), once the memory is in place; advice
   // this kernel does not take (a CRIU set's MADV_MERGEABLE without KSM) is left out, as it changes no content.
@@ -297,6 +309,7 @@ function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, sto
   const done = tracee.syscalls(finish, {stopOnError: true})
   const bad = done.findIndex((r) => r < 0n && r > -4096n)
   if (bad >= 0 || done.length < finish.length) throw new SyscallError('mprotect/close in the new process', bad >= 0 ? Number(-done[bad]!) : 5)
+  for (const op of sharedOps) shared.placed(op.sharedId, tracee.pid, op.start, op.end)
 }
 
 /** PR_SET_MM_MAP: code/data/brk/stack/arg/env bounds, auxv and the exe link (pitfall 5). */
@@ -450,7 +463,7 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
   let recordingExact = false
   try {
     // Started first: the server's own start-up overlaps the spawn of the stubs.
-    if (lazy || options.record) faultServer = FaultServerClient.start(store.mapPath!, {record: options.record !== undefined})
+    if (lazy || options.record) faultServer = FaultServerClient.start(store.mapPath!, {record: options.record !== undefined, ...(options.lazy?.faultPages === undefined ? {} : {faultPages: options.lazy.faultPages})})
     const inherit = options.stdio === 'inherit'
     const stubOptions: StubOptions = {
       stdin: inherit ? 0 : null, stdout: inherit ? 1 : null, stderr: inherit ? 2 : null, setsid: options.setsid, base: stubBase(images),
@@ -481,12 +494,13 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
     if (members.length > 1) shapeTree(members, stubs)
     const tSpawned = performance.now()
     let tMapped = tSpawned
+    const shared = new SharedMemoryBuilder(store.sharedObjects ?? new Map(), (offset) => store.localAddress(offset), store.fd)
     for (const member of members) {
       if (!member.image || !member.plan) continue
       const stub = stubs.get(member.pid)!
       const id = member === root ? nsPid : member.pid
       const hostPidOf = (original: number): number => stubs.get(original)?.pid ?? original
-      const threads = buildMember(stub, member.image, member.plan, store, id, pidns === 'host', hostPidOf, (inject) => {
+      const threads = buildMember(stub, member.image, member.plan, store, shared, id, pidns === 'host', hostPidOf, (inject) => {
         faultServer?.serve(inject, stub.pid, member.plan!)
         if (options.record && member === root) recordingExact = faultServer!.holdForRecording(inject, stub.pid, member.plan!)
         if (member === root) tMapped = performance.now()
@@ -593,7 +607,7 @@ function takeBackSigchld(parent: Tracee): void {
  * signals, task state, threads. `nsPid` is its pid as it will see it.
  * Returns its threads beyond the first, created and stopped.
  */
-function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: PageStore, nsPid: number, rewriteTid: boolean, hostPidOf: HostPidOf, mapped: (inject: Injector) => void): Tracee[] {
+function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: PageStore, shared: SharedMemoryBuilder, nsPid: number, rewriteTid: boolean, hostPidOf: HostPidOf, mapped: (inject: Injector) => void): Tracee[] {
   const tracee = stub.tracee
   const taken: [bigint, bigint][] = [
     ...image.vmas.map((v): [bigint, bigint] => [v.start, v.end]),
@@ -611,11 +625,11 @@ function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: 
     inject.call(`munmap(stub ${hex(vma.start)})`, SYS.munmap, vma.start, vma.end - vma.start)
   }
   moveVdso(inject, stub.vdso, image, [scratch, scratch + scratchSize])
-  mapMemory(inject, image, plan, store)
+  mapMemory(inject, image, plan, store, shared)
   inject.reset()
   mapped(inject)
   inject.reset()
-  restoreFds(inject, image, hostPidOf)
+  restoreFds(inject, image, hostPidOf, shared)
   inject.reset()
   restoreMm(inject, image)
   restoreSignals(inject, image)

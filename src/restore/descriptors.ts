@@ -12,11 +12,16 @@
  * number another still needs; it is then dup3'ed to its own number. Epoll
  * registrations come last, when every target fd is in place.
  */
+import {chmodSync, lchownSync, lstatSync, rmSync} from 'node:fs'
+
 import {type FdImage, type ProcessImage} from '../image/process-image.js'
-import {ConflictError, SyscallError, UnsupportedError} from '../errors.js'
+import {ConflictError, NotFoundError, SyscallError, UnsupportedError} from '../errors.js'
 import {O, SYS} from '../sys/libc.js'
-import {describeAddress} from '../sys/sockets.js'
+import {AF, describeAddress, unixAddressLive, unixName} from '../sys/sockets.js'
 import {type Injector} from './injector.js'
+import {type SharedMemoryBuilder} from './shared-memory.js'
+
+const O_ACCMODE = 3
 
 const F_DUPFD_CLOEXEC = 1030
 const F_SETFD = 2
@@ -30,7 +35,7 @@ const WRITE_PIECE = 256 * 1024
 /** In a tree: the host pid of a member known by its original pid (for /proc paths). */
 export type HostPidOf = (originalPid: number) => number
 
-export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: HostPidOf): void {
+export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: HostPidOf, shared?: SharedMemoryBuilder): void {
   const fds = [...image.fds].sort((a, b) => a.fd - b.fd)
   const base = Math.max(3, ...fds.map((fd) => fd.fd + 1))
   const staged: number[] = []
@@ -110,6 +115,14 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
       if ((fd.flags & O.NONBLOCK) !== 0) inject.call('fcntl(F_SETFL)', SYS.fcntl, fd.fd, F_SETFL, O.NONBLOCK)
     } else if (fd.socket) {
       place(createSocket(inject, fd, stage), fd)
+    } else if (fd.kind === 'shmem') {
+      // A memfd or an unlinked tmpfs file: the restored shared object, at the offset the original had.
+      if (!shared || fd.sharedId === undefined) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${fd.fd} is a shared memory object this restore has no contents for`, 'Take a new checkpoint with `cxlfork checkpoint`.')
+      const opened = stage(shared.openObject(inject, fd.sharedId, fd.flags & O_ACCMODE))
+      place(opened, fd)
+      shared.placedFd(fd.sharedId, inject.tracee.pid, fd.fd)
+      if (fd.offset > 0n) inject.call('lseek', SYS.lseek, fd.fd, fd.offset, 0)
+      if ((fd.flags & (O.APPEND | O.NONBLOCK)) !== 0) inject.call('fcntl(F_SETFL)', SYS.fcntl, fd.fd, F_SETFL, fd.flags & (O.NONBLOCK | O.APPEND))
     } else {
       // Reopen without creating or truncating: the file must be the one the checkpoint saw.
       const flags = fd.flags & ~(O.CREAT | O.TRUNC | 0o200 /* O_EXCL */)
@@ -153,7 +166,7 @@ function setOptions(inject: Injector, fd: number, options: NonNullable<FdImage['
   }
 }
 
-/** listen(2) backlog: the kernel caps it at the namespace's net.core.somaxconn, whatever the program asked for. */
+/** listen(2) backlog when the checkpoint does not say (older ones): the kernel caps it at the namespace's net.core.somaxconn. */
 const LISTEN_BACKLOG = 4096
 const EADDRINUSE = 98
 
@@ -165,6 +178,12 @@ function createSocket(inject: Injector, fd: FdImage, stage: (fd: number) => numb
   setOptions(inject, created, socket.options)
   // A connection taken with --tcp-close stays a fresh, unconnected socket: reads fail, epoll reports a hang-up.
   if (socket.closed) return created
+  if (socket.family === AF.UNIX) {
+    bindUnix(inject, created, fd)
+    if (socket.listening) inject.call('listen', SYS.listen, created, socket.backlog ?? LISTEN_BACKLOG)
+    if (socket.peer) connectAgain(inject, created, fd)
+    return created
+  }
   const port = socket.local.length >= 4 ? new DataView(socket.local.buffer, socket.local.byteOffset).getUint16(2, false) : 0
   if (port !== 0) {
     const r = inject.tracee.syscall(SYS.bind, created, inject.put(socket.local), socket.local.length)
@@ -174,8 +193,58 @@ function createSocket(inject: Injector, fd: FdImage, stage: (fd: number) => numb
     }
     if (r < 0n) throw new SyscallError(`bind(${describeAddress(socket.local)}) in the new process`, Number(-r))
   }
-  if (socket.listening) inject.call('listen', SYS.listen, created, LISTEN_BACKLOG)
+  if (socket.listening) inject.call('listen', SYS.listen, created, socket.backlog ?? LISTEN_BACKLOG)
+  if (socket.peer) connectAgain(inject, created, fd)
   return created
+}
+
+/** A datagram socket's default destination, set again (no handshake: it fails only where the address cannot be reached). */
+function connectAgain(inject: Injector, created: number, fd: FdImage): void {
+  const peer = fd.socket!.peer!
+  const r = inject.tracee.syscall(SYS.connect, created, inject.put(peer), peer.length)
+  if (r < 0n) {
+    throw new NotFoundError('PEER_UNREACHABLE', `fd ${fd.fd} was connected to ${describeAddress(peer)}, which cannot be reached here (errno ${-r})`,
+      'Start what listens there first (for a Unix name), or restore where the address is reachable (a --netns new clone reaches only its own loopback).')
+  }
+}
+
+/**
+ * A Unix listener or datagram socket at its name. A path left by a process
+ * that is gone (a socket file whose connect is refused) is removed first,
+ * as a restarted daemon does; one a live socket holds is ADDRESS_IN_USE. The
+ * new file gets the original's mode and owner.
+ */
+function bindUnix(inject: Injector, created: number, fd: FdImage): void {
+  const socket = fd.socket!
+  const name = unixName(socket.local)
+  if (name === '') return
+  const bind = (): bigint => inject.tracee.syscall(SYS.bind, created, inject.put(socket.local), socket.local.length)
+  let r = bind()
+  if (r === -BigInt(EADDRINUSE) && name.startsWith('/') && !unixAddressLive(socket.local, socket.type)) {
+    let stale = false
+    try {
+      stale = lstatSync(name).isSocket()
+    } catch {
+      stale = false
+    }
+    if (stale) {
+      rmSync(name, {force: true})
+      r = bind()
+    }
+  }
+  if (r === -BigInt(EADDRINUSE)) {
+    throw new ConflictError('ADDRESS_IN_USE', `fd ${fd.fd} must be a Unix socket at ${name}, which is in use here (by the original, most likely)`,
+      name.startsWith('@') ? 'Restore with --netns new (abstract names belong to a network namespace), or stop the original first (checkpoint --kill).'
+        : 'A path belongs to the file system, whatever the network namespace: stop the original first (checkpoint --kill), or remove what holds the path.')
+  }
+  if (r < 0n) throw new SyscallError(`bind(${name}) in the new process`, Number(-r))
+  if (socket.file && name.startsWith('/')) {
+    // Ours, just made (a root-owned file in the original's directory); never through a link planted since.
+    if (lstatSync(name).isSocket()) {
+      chmodSync(name, socket.file.mode)
+      lchownSync(name, socket.file.uid, socket.file.gid)
+    }
+  }
 }
 
 /**
@@ -218,8 +287,17 @@ function pairEnd(inject: Injector, fd: FdImage, fds: readonly FdImage[], pairs: 
   // What was queued for one end to read, its peer sends again.
   if (socket.pair!.queued) writeAll(inject, theirs, socket.pair!.queued)
   if (peer?.socket?.pair?.queued) writeAll(inject, mine, peer.socket.pair.queued)
+  for (const message of socket.pair!.messages ?? []) sendMessage(inject, theirs, message)
+  for (const message of peer?.socket?.pair?.messages ?? []) sendMessage(inject, mine, message)
   pairs.set(socket.pair!.peerFd, theirs)
   return mine
+}
+
+/** One datagram, whole (a short send would split it: refused). */
+function sendMessage(inject: Injector, fd: number, message: Uint8Array): void {
+  const n = Number(inject.call('send(socketpair)', SYS.sendto, fd, inject.put(message), message.length, 0, 0, 0))
+  inject.reset()
+  if (n !== message.length) throw new SyscallError('send(socketpair) in the new process', 5, `${n} of ${message.length} bytes of a queued message`)
 }
 
 function writeAll(inject: Injector, fd: number, data: Uint8Array): void {

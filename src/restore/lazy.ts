@@ -23,6 +23,8 @@ const REPLY_TIMEOUT_MS = 15_000
 export interface LazyOptions {
   /** Background-fill the remaining pages once faults have been quiet this long; null: never (pure migrate-on-access). */
   fillAfterMs: number | null
+  /** Pages copied per fault (an aligned block around the faulting page); default 1 (the server's). */
+  faultPages?: number
 }
 
 function takeFd(pid: number, fd: number): number {
@@ -43,7 +45,8 @@ export class FaultServerClient {
   private constructor(readonly pid: number, private readonly control: number, private readonly replies: number) {}
 
   /** Spawn the server and have it map the pool at `poolPath` (checked by device and inode against `poolFd`'s file). */
-  static start(poolPath: string, options: {record?: boolean} = {}): FaultServerClient {
+  static start(poolPath: string, options: {record?: boolean; faultPages?: number} = {}): FaultServerClient {
+    const faultPages = options.faultPages ?? (process.env.CXLFORK_FAULT_PAGES ? Number(process.env.CXLFORK_FAULT_PAGES) : undefined)
     const requests = pipe2()
     const replies = pipe2()
     let pid: number
@@ -51,7 +54,8 @@ export class FaultServerClient {
     try {
       pid = posixSpawn({
         path: process.execPath, argv: ['cxlfork-fault-server', join(projectRoot(), 'dist', 'src', 'tiering', 'fault-server-main.js'), ...(options.record ? ['record'] : [])],
-        env: {PATH: process.env.PATH ?? '/usr/bin:/bin', ...(process.env.CXLFORK_FAULT_LOG ? {CXLFORK_FAULT_LOG: process.env.CXLFORK_FAULT_LOG} : {})}, fds: [requests[0], replies[1], devNull], setsid: true,
+        env: {PATH: process.env.PATH ?? '/usr/bin:/bin', ...(process.env.CXLFORK_FAULT_LOG ? {CXLFORK_FAULT_LOG: process.env.CXLFORK_FAULT_LOG} : {}),
+          ...(faultPages === undefined ? {} : {CXLFORK_FAULT_PAGES: String(faultPages)})}, fds: [requests[0], replies[1], devNull], setsid: true,
       })
     } finally {
       close(devNull)

@@ -43,6 +43,8 @@ export type MapOp =
   | {kind: 'file'; start: bigint; end: bigint; prot: number; flags: number; fileIndex: number; offset: bigint; vmaIndex: number}
   /** Stored pages mapped MAP_PRIVATE from the page store: zero-copy, copy-on-write. */
   | {kind: 'store-map'; start: bigint; end: bigint; prot: number; storeOffset: bigint; vmaIndex: number}
+  /** Shared anonymous memory: the object `sharedId`, filled from the store once per restore, mapped MAP_SHARED at `offset`. */
+  | {kind: 'shared'; start: bigint; end: bigint; prot: number; sharedId: string; offset: bigint; vmaIndex: number}
   /** Stored pages copied into memory already mapped by an earlier op. */
   | {kind: 'copy'; start: bigint; end: bigint; storeOffset: bigint; vmaIndex: number}
 
@@ -118,6 +120,11 @@ export function planRestore(image: ProcessImage, runs: readonly StoredRun[], pol
     }
     const vmaRuns = runsByVma.get(vmaIndex) ?? []
     const shared = (vma.flags & MAP.SHARED) !== 0
+    if (shared && vma.fileIndex === undefined && vma.sharedId !== undefined && vmaRuns.length === 0) {
+      // Shared anonymous memory is always local: clones and the members of a tree must share one object (shared-memory.ts).
+      ops.push({kind: 'shared', start: vma.start, end: vma.end, prot: vma.prot, sharedId: vma.sharedId, offset: vma.offset, vmaIndex})
+      return
+    }
     if (shared && vma.fileIndex === undefined) {
       throw new UnsupportedError('SHARED_ANON_MEMORY', `shared anonymous memory at 0x${vma.start.toString(16)} cannot be restored`, 'cxlfork restores private memory and file mappings only.')
     }

@@ -8,6 +8,7 @@ import {AccessRecord} from '../image/access-record.js'
 import {PageMapView} from '../image/page-map.js'
 import {type ProcessImage} from '../image/process-image.js'
 import {Section} from '../image/sections.js'
+import {type SharedObject, decodeSharedMemory} from '../image/shared-memory.js'
 import {type CheckpointReader, type Pool, type ReferenceHandle} from '../pool/index.js'
 import {getuid} from '../sys/libc.js'
 import {type BuildOptions, type CloneExit, type MemberPlan, type PidNamespaceMode, buildTree} from './build-process.js'
@@ -73,6 +74,8 @@ export interface RestoreRequest {
   netns?: string
   /** `moa`: copy the pages not yet touched in the background after this many quiet ms (default: never). */
   fillAfterMs?: number
+  /** `moa`: pages copied per fault (an aligned block around the faulting page; default 1). */
+  faultPages?: number
   /** Record the clone's accesses into the checkpoint when it exits (`mow`, `hybrid`). */
   record?: boolean
   /** Check every page against its checksum before mapping (O(data); the default restore is O(mappings)). */
@@ -113,6 +116,8 @@ export interface LoadedCheckpoint {
   reader: CheckpointReader
   /** µs spent verifying the page data, when asked to. */
   verifyUs?: number
+  /** Shared anonymous memory objects, when its processes had any. */
+  sharedObjects?: Map<string, SharedObject>
 }
 
 /**
@@ -169,7 +174,13 @@ export function loadCheckpoint(pool: Pool, name: string, options: {verify?: bool
     const task = root.image.task
     members = [{pid: task.pid, ppid: task.ppid, pgid: task.pgid, sid: task.sid, loaded: root}]
   }
-  return {image: root.image, runs: root.runs, members, address, reader, ...(verifyUs === undefined ? {} : {verifyUs})}
+  const sharedObjects = reader.hasSection(Section.sharedMemory)
+    ? decodeSharedMemory(reader.section(Section.sharedMemory), (offset, bytes) => {
+      address(offset)
+      address(offset + bytes - 1n)
+    })
+    : undefined
+  return {image: root.image, runs: root.runs, members, address, reader, ...(verifyUs === undefined ? {} : {verifyUs}), ...(sharedObjects ? {sharedObjects} : {})}
 }
 
 export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreResult {
@@ -199,13 +210,13 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
   let reference: ReferenceHandle | undefined
   let built
   try {
-    built = buildTree(plans, {mapPath: pool.path, localAddress: address}, {
+    built = buildTree(plans, {mapPath: pool.path, localAddress: address, fd: pool.fd, ...(loaded.sharedObjects ? {sharedObjects: loaded.sharedObjects} : {})}, {
       stdio: request.wait ? 'inherit' : 'null',
       setsid: !request.wait,
       wait: request.wait,
       ...(request.pidns === undefined ? {} : {pidns: request.pidns}),
       ...(request.netns === undefined ? {} : {network: request.netns}),
-      lazy: {fillAfterMs: request.fillAfterMs ?? null},
+      lazy: {fillAfterMs: request.fillAfterMs ?? null, ...(request.faultPages === undefined ? {} : {faultPages: request.faultPages})},
       ...(request.record ? {record: {name: request.name, pool: pool.path}} : {}),
       ...(request.stubSource ? {stubSource: request.stubSource} : {}),
       onSpawn: (pid) => {

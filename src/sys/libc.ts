@@ -26,7 +26,7 @@ export type Buf = ArrayBufferView | bigint
 // Constants (x86_64)
 
 export const SYS = {
-  read: 0, write: 1, open: 2, close: 3, stat: 4, fstat: 5, lseek: 8, mmap: 9, mprotect: 10, munmap: 11,
+  read: 0, write: 1, open: 2, sendfile: 40, connect: 42, fstatfs: 138, close: 3, stat: 4, fstat: 5, lseek: 8, mmap: 9, mprotect: 10, munmap: 11,
   brk: 12, rt_sigaction: 13, rt_sigprocmask: 14, rt_sigreturn: 15, ioctl: 16, pread64: 17, pwrite64: 18,
   mremap: 25, madvise: 28, dup: 32, dup2: 33, pause: 34, nanosleep: 35, getpid: 39, clone: 56, fork: 57,
   execve: 59, exit: 60, wait4: 61, kill: 62, uname: 63, fcntl: 72, ftruncate: 77, getcwd: 79, chdir: 80,
@@ -510,6 +510,24 @@ function sub(v: ArrayBufferView, off: number): Uint8Array {
 
 export function ftruncate(fd: number, size: number | bigint): void {
   syscall(`ftruncate(${fd})`, SYS.ftruncate, fd, size)
+}
+
+/**
+ * Copy `bytes` from offset `from` of `inFd` to offset `to` of `outFd` with
+ * sendfile(2): in the kernel, no user buffer. (A fresh buffer costs a page
+ * fault per page, which in this VM made 64 MiB take ~200 ms instead of ~22 ms.)
+ */
+export function sendfileAt(outFd: number, inFd: number, from: bigint, to: bigint, bytes: bigint, what: string): void {
+  const position = syscallRaw(SYS.lseek, outFd, to, 0 /* SEEK_SET */)
+  if (position < 0n) throw new SyscallError(`lseek (${what})`, Number(-position))
+  const offset = new BigInt64Array([from])
+  for (let left = bytes; left > 0n;) {
+    const n = syscallRaw(SYS.sendfile, outFd, inFd, offset, left > 1n << 30n ? 1n << 30n : left)
+    if (n === -4n) continue
+    if (n < 0n) throw new SyscallError(`sendfile (${what})`, Number(-n))
+    if (n === 0n) throw new SyscallError(`sendfile (${what})`, 5, `${left} bytes short`)
+    left -= n
+  }
 }
 
 export function lseek(fd: number, offset: number | bigint, whence: number): bigint {

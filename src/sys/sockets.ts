@@ -32,6 +32,10 @@ export interface SocketState {
   connected: boolean
   /** getsockname(2) bytes; empty when unbound. */
   local: Uint8Array
+  /** getpeername(2) bytes when connected. */
+  peer?: Uint8Array
+  /** A listener's backlog as the kernel keeps it (listen(2)'s argument capped at somaxconn), when it says. */
+  backlog?: number
   options: SocketOption[]
 }
 
@@ -60,7 +64,8 @@ export function readSocket(pid: number, fd: number): SocketState {
     const type = getInt(copy, SOL_SOCKET, SO.TYPE) ?? -1
     const protocol = getInt(copy, SOL_SOCKET, SO.PROTOCOL) ?? 0
     const listening = (getInt(copy, SOL_SOCKET, SO.ACCEPTCONN) ?? 0) !== 0
-    const connected = sockaddr(SYS.getpeername, copy) !== undefined
+    const peer = sockaddr(SYS.getpeername, copy)
+    const connected = peer !== undefined
     const local = sockaddr(SYS.getsockname, copy) ?? new Uint8Array(0)
     const options: SocketOption[] = []
     const keep = (level: number, name: number, transform = (v: number) => v): void => {
@@ -75,11 +80,58 @@ export function readSocket(pid: number, fd: number): SocketState {
     keep(SOL_SOCKET, SO.SNDBUF, (v) => Math.floor(v / 2))
     if (family !== AF.UNIX && type === SOCK.STREAM) keep(IPPROTO_TCP, TCP_NODELAY)
     if (family === AF.INET6) keep(IPPROTO_IPV6, IPV6_V6ONLY)
-    return {family, type, protocol, listening, connected, local, options}
+    const backlog = listening ? listenBacklog(copy, family, type) : undefined
+    return {family, type, protocol, listening, connected, local, ...(peer ? {peer} : {}), ...(backlog === undefined ? {} : {backlog}), options}
   } finally {
     if (copy >= 0) close(copy)
     close(pidfd)
   }
+}
+
+/**
+ * A listener's sk_max_ack_backlog: for TCP it is tcp_info's tcpi_sacked (a
+ * listener reports its backlog there); for a Unix listener, sock_diag's
+ * UNIX_DIAG_RQLEN write-queue figure, by the socket's inode.
+ */
+function listenBacklog(fd: number, family: number, type: number): number | undefined {
+  if ((family === AF.INET || family === AF.INET6) && type === SOCK.STREAM) {
+    const info = new Uint8Array(104)
+    const length = new Uint32Array([info.length])
+    if (syscallRaw(SYS.getsockopt, fd, IPPROTO_TCP, TCP_INFO, info, length) < 0n || length[0]! < 32) return undefined
+    return new DataView(info.buffer).getUint32(28, true)
+  }
+  if (family === AF.UNIX) {
+    const stat = new BigUint64Array(18)
+    if (syscallRaw(SYS.fstat, fd, stat) < 0n) return undefined
+    const attribute = unixDiag(Number(stat[1]!), UDIAG_SHOW_RQLEN, UNIX_DIAG_RQLEN)
+    return attribute && attribute.byteLength >= 8 ? attribute.getUint32(4, true) : undefined
+  }
+  return undefined
+}
+
+const ECONNREFUSED = -111n
+
+/**
+ * Whether a live socket answers at the Unix address `address` (sockaddr_un
+ * bytes): a connect of the same type that is refused means the file is stale
+ * (its socket is gone). Any other outcome, including errors, counts as live:
+ * a file that may be live is never to be removed. Works across network
+ * namespaces, which /proc/net/unix does not.
+ */
+export function unixAddressLive(address: Uint8Array, type: number): boolean {
+  const fd = Number(syscallRaw(SYS.socket, AF.UNIX, type | 0o4000 /* SOCK_NONBLOCK */ | 0o2000000 /* SOCK_CLOEXEC */, 0))
+  if (fd < 0) return true
+  try {
+    return syscallRaw(SYS.connect, fd, address, address.length) !== ECONNREFUSED
+  } finally {
+    close(fd)
+  }
+}
+
+/** A Unix address: '' unbound (or autobound never), '@name' abstract, else its path (maybe relative). */
+export function unixName(bytes: Uint8Array): string {
+  if (bytes.length <= 2) return ''
+  return describeAddress(bytes)
 }
 
 /** "127.0.0.1:8000", "[::1]:8000", "@abstract" or a path, for messages. */
@@ -103,12 +155,21 @@ const NLM_F_REQUEST = 1
 const NLMSG_ERROR = 2
 const UDIAG_SHOW_PEER = 4
 const UNIX_DIAG_PEER = 2
+const UDIAG_SHOW_RQLEN = 0x10
+const UNIX_DIAG_RQLEN = 4
+const TCP_INFO = 11
 
 /**
  * The inode of the peer of Unix socket `inode` (sock_diag, as `ss -x` asks
  * it), or undefined when it has none or the kernel does not say.
  */
 export function unixPeer(inode: number): number | undefined {
+  const attribute = unixDiag(inode, UDIAG_SHOW_PEER, UNIX_DIAG_PEER)
+  return attribute && attribute.byteLength >= 4 ? attribute.getUint32(0, true) : undefined
+}
+
+/** One attribute of sock_diag's answer about Unix socket `inode` (asked with `show`), or undefined. */
+function unixDiag(inode: number, show: number, attributeType: number): DataView | undefined {
   const sock = Number(syscallRaw(SYS.socket, 16 /* AF_NETLINK */, 2 /* SOCK_DGRAM */ | 0o2000000, NETLINK_SOCK_DIAG))
   if (sock < 0) return undefined
   try {
@@ -122,7 +183,7 @@ export function unixPeer(inode: number): number | undefined {
     request[16] = AF.UNIX
     view.setUint32(20, 0xffffffff, true) // every state
     view.setUint32(24, inode, true)
-    view.setUint32(28, UDIAG_SHOW_PEER, true)
+    view.setUint32(28, show, true)
     view.setUint32(32, 0xffffffff, true) // no cookie
     view.setUint32(36, 0xffffffff, true)
     if (syscallRaw(SYS.sendto, sock, request, 40, 0, 0, 0) !== 40n) return undefined
@@ -136,12 +197,51 @@ export function unixPeer(inode: number): number | undefined {
       const length = r.getUint16(at, true)
       const type = r.getUint16(at + 2, true)
       if (length < 4) break
-      if (type === UNIX_DIAG_PEER && length >= 8) return r.getUint32(at + 4, true)
+      if (type === attributeType) return new DataView(reply.buffer, at + 4, length - 4)
       at += (length + 3) & ~3
     }
     return undefined
   } finally {
     close(sock)
+  }
+}
+
+const SO_PEEK_OFF = 42
+/** Largest datagram peeked (a Unix datagram is at most about the socket's send buffer). */
+const MESSAGE_BYTES = 1 << 20
+
+/**
+ * Messages queued on a datagram socket, in order, without consuming them:
+ * MSG_PEEK with SO_PEEK_OFF set, so each peek moves past one message (as
+ * CRIU reads queues). The offset is shared with the target's socket (a
+ * descriptor copy): it is set back as it was before returning. Undefined
+ * when the kernel cannot peek this way.
+ */
+export function peekMessages(pid: number, fd: number): Uint8Array[] | undefined {
+  const pidfd = Number(syscallRaw(SYS.pidfd_open, pid, 0))
+  if (pidfd < 0) return undefined
+  let copy = -1
+  try {
+    copy = Number(syscallRaw(SYS.pidfd_getfd, pidfd, fd, 0))
+    if (copy < 0) return undefined
+    const before = getInt(copy, SOL_SOCKET, SO_PEEK_OFF) ?? -1
+    if (syscallRaw(SYS.setsockopt, copy, SOL_SOCKET, SO_PEEK_OFF, new Int32Array([0]), 4) < 0n) return undefined
+    try {
+      const messages: Uint8Array[] = []
+      const buffer = new Uint8Array(MESSAGE_BYTES)
+      for (;;) {
+        const n = syscallRaw(SYS.recvfrom, copy, buffer, buffer.length, 0x2 /* MSG_PEEK */ | 0x40 /* MSG_DONTWAIT */, 0, 0)
+        if (n < 0n) break // EAGAIN: no more
+        messages.push(buffer.slice(0, Number(n)))
+        if (messages.length > 100_000) return undefined
+      }
+      return messages
+    } finally {
+      syscallRaw(SYS.setsockopt, copy, SOL_SOCKET, SO_PEEK_OFF, new Int32Array([before]), 4)
+    }
+  } finally {
+    if (copy >= 0) close(copy)
+    close(pidfd)
   }
 }
 

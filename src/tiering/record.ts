@@ -14,7 +14,7 @@
  * its pool mappings (restore/record-hold.ts), and the result says whether the
  * recording was exact.
  */
-import {readFileSync, statSync} from 'node:fs'
+import {readFileSync, readdirSync, statSync} from 'node:fs'
 import {NotFoundError, UsageError} from '../errors.js'
 import {PAGE_FLAG_ACCESSED, PAGE_FLAG_DIRTY} from '../image/page-map.js'
 import {PAGE_SIZE} from '../image/process-image.js'
@@ -33,8 +33,10 @@ export interface RecordResult {
   dirty: number
   /** True when the clone had fault-around off on its pool mappings (restored with --record). */
   exact: boolean
-  /** The checkpoint's whole record after this one: clones recorded, pages accessed and dirty. */
+  /** The checkpoint's whole record after this one (of its root process): clones recorded, pages accessed and dirty. */
   record: {recordings: number; accessed: number; dirty: number; lastRecordedAt: string | null}
+  /** A tree: each member found in the clone tree, recorded into its own access record (the root first). */
+  members?: {pid: number; clonePid: number; pagesJudged: number; accessed: number; dirty: number}[]
 }
 
 /** The live clone `pid` of checkpoint `name`, by the pool's reference for it. */
@@ -47,11 +49,12 @@ function requireClone(pool: Pool, name: string, pid: number): void {
 }
 
 /**
- * Flags one clone earned for each page of member 0 (the root), judged from
- * its maps and pagemap. `exact` tells whether a hold kept fault-around off.
+ * Flags one clone process earned for each page of a member (the root by
+ * default), judged from its maps and pagemap. `exact` tells whether a hold
+ * kept fault-around off.
  */
-export function judgeClone(loaded: LoadedCheckpoint, poolPath: string, pid: number): {flags: Uint8Array; judged: number; exact: boolean} {
-  const root = loaded.members[0]!.loaded!
+export function judgeClone(loaded: LoadedCheckpoint, poolPath: string, pid: number, memberIndex = 0): {flags: Uint8Array; judged: number; exact: boolean} {
+  const root = loaded.members[memberIndex]!.loaded!
   const pool = statSync(poolPath, {bigint: true})
   const poolMaps = readMaps(pid).filter((vma) => vma.inode === pool.ino && BigInt(vma.devMajor) === (pool.dev >> 8n & 0xfffn) && BigInt(vma.devMinor) === ((pool.dev & 0xffn) | ((pool.dev >> 12n) & ~0xffn)))
   const flags = new Uint8Array(root.pageMap.totalPages)
@@ -103,6 +106,45 @@ function faultAroundOff(pid: number, starts: readonly bigint[]): boolean {
   return starts.every((start) => / uw\b/.test(flagsAt.get(start) ?? ''))
 }
 
+/** Processes descending from `pid` (itself first), each with its pid as its own PID namespace names it. */
+function cloneTree(pid: number): {pid: number; inside: number}[] {
+  const out: {pid: number; inside: number}[] = []
+  const visit = (at: number): void => {
+    let status: string
+    try {
+      status = readFileSync(`/proc/${at}/status`, 'utf8')
+    } catch {
+      return // gone meanwhile
+    }
+    const ids = (/^NSpid:\s+(.+)$/m.exec(status)?.[1] ?? String(at)).trim().split(/\s+/).map(Number)
+    out.push({pid: at, inside: ids[ids.length - 1]!})
+    let children: string[] = []
+    try {
+      children = readdirSync(`/proc/${at}/task`).flatMap((tid) => readFileSync(`/proc/${at}/task/${tid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean))
+    } catch {
+      return
+    }
+    for (const child of new Set(children)) visit(Number(child))
+  }
+  visit(pid)
+  return out
+}
+
+function countFlags(flags: Uint8Array): {accessed: number; dirty: number} {
+  let accessed = 0
+  let dirty = 0
+  for (const flag of flags) {
+    if (flag & PAGE_FLAG_ACCESSED) accessed++
+    if (flag & PAGE_FLAG_DIRTY) dirty++
+  }
+  return {accessed, dirty}
+}
+
+/**
+ * Record clone `pid` of `name`. For a checkpoint of a tree, `pid` is the clone
+ * tree's root: every member found below it (by the pid it keeps inside the
+ * clone's PID namespace) is judged into its own access record.
+ */
 export function recordClone(pool: Pool, name: string, pid: number, options: {exact?: boolean} = {}): RecordResult {
   if (!Number.isInteger(pid) || pid <= 0) throw new UsageError('INVALID_PID', `not a pid: ${pid}`)
   requireClone(pool, name, pid)
@@ -111,15 +153,23 @@ export function recordClone(pool: Pool, name: string, pid: number, options: {exa
   if (!record) {
     throw new UsageError('NO_ACCESS_RECORD', `checkpoint ${name} was taken before access recording existed`, 'Take a new checkpoint to record its clones.')
   }
+  const now = Date.now()
   const judged = judgeClone(loaded, pool.path, pid)
-  record.merge(judged.flags, Date.now())
-  let accessed = 0
-  let dirty = 0
-  for (const flag of judged.flags) {
-    if (flag & PAGE_FLAG_ACCESSED) accessed++
-    if (flag & PAGE_FLAG_DIRTY) dirty++
+  record.merge(judged.flags, now)
+  const {accessed, dirty} = countFlags(judged.flags)
+  const result: RecordResult = {name, pid, pagesJudged: judged.judged, accessed, dirty, exact: options.exact ?? judged.exact, record: summarize(loaded)}
+  if (loaded.members.length > 1) {
+    result.members = [{pid: loaded.members[0]!.pid, clonePid: pid, pagesJudged: judged.judged, accessed, dirty}]
+    const byInside = new Map(cloneTree(pid).slice(1).map((process) => [process.inside, process.pid]))
+    loaded.members.forEach((member, index) => {
+      const clonePid = byInside.get(member.pid)
+      if (index === 0 || !member.loaded?.record || clonePid === undefined) return
+      const flags = judgeClone(loaded, pool.path, clonePid, index)
+      member.loaded.record.merge(flags.flags, now)
+      result.members!.push({pid: member.pid, clonePid, pagesJudged: flags.judged, ...countFlags(flags.flags)})
+    })
   }
-  return {name, pid, pagesJudged: judged.judged, accessed, dirty, exact: options.exact ?? judged.exact, record: summarize(loaded)}
+  return result
 }
 
 export function summarize(loaded: LoadedCheckpoint): RecordResult['record'] {

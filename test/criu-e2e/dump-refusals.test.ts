@@ -67,7 +67,7 @@ describe('criu-e2e: criu dump refuses what checkpoint refuses and leaves the tar
   })
 
   it('an unsupported fd (socket fixture, leaves its threads-free target running); the empty dir left does not block a dump, a set does (exit 7)', async () => {
-    const fx = await startFixture('socket', {args: ['--unix-listener', '1']})
+    const fx = await startFixture('socket', {args: ['--unix-listener', 'accepted']})
     const images = imagesDir('refused-dir')
     await refuse(fx.pid, images, {code: 'UNSUPPORTED_FD', exitCode: 5, message: [String(fx.pid), /socket/]})
     await assertUnharmed(fx)
@@ -85,8 +85,8 @@ describe('criu-e2e: criu dump refuses what checkpoint refuses and leaves the tar
     assert.equal(statSync(join(images, 'inventory.img')).mtimeMs, inventory)
   })
 
-  it('a process holding a listening Unix socket (socket fixture --unix-listener 1) -> exit 5 UNSUPPORTED_FD naming the socket fd', async () => {
-    const fx = await startFixture('socket', {args: ['--unix-listener', '1']})
+  it('a process holding an accepted Unix connection (socket fixture --unix-listener accepted) -> exit 5 UNSUPPORTED_FD naming the socket fd', async () => {
+    const fx = await startFixture('socket', {args: ['--unix-listener', 'accepted']})
     const images = imagesDir('socket')
     const listenfd = fx.ready.fields.listenfd
     await refuse(fx.pid, images, {code: 'UNSUPPORTED_FD', exitCode: 5, message: [String(fx.pid), /\bfd \d+ .*socket/]})
@@ -139,7 +139,7 @@ describe('criu-e2e: criu dump refuses what checkpoint refuses and leaves the tar
   })
 
   it('a refused dump into a nested new path leaves the created parents (observed)', async () => {
-    const fx = await startFixture('socket', {args: ['--unix-listener', '1']})
+    const fx = await startFixture('socket', {args: ['--unix-listener', 'accepted']})
     const parent = imagesDir('nested')
     const images = join(parent, 'a', 'b')
     await refuse(fx.pid, images, {code: 'UNSUPPORTED_FD', exitCode: 5, message: [String(fx.pid)]})

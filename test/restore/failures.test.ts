@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict'
 import {appendFileSync, closeSync, existsSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, utimesSync, writeSync} from 'node:fs'
 
-import {type Fixture, procStat, processExists, readLog, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
+import {type Fixture, procStat, processExists, readLog, startFixture, trackPid, waitForLine, waitForTicks} from '../helpers/fixtures.js'
 import {allProcesses, cli, type CliResult, describeRun, installCleanupHooks, note, poolPath, sleep, startCli} from './helpers.js'
 
 const STUB_COMM = 'cxlfork-stub'
@@ -154,14 +154,14 @@ describe('restore: failures are clean', function () {
       assertNoPoolCreated(pool)
     })
 
-    it('a process holding a listening Unix socket (socket fixture --unix-listener 1): exit 5, UNSUPPORTED_FD naming the fd; also without --json', async () => {
+    it('a process holding an accepted Unix connection (socket fixture --unix-listener accepted): exit 5, UNSUPPORTED_FD naming the fd; also without --json', async () => {
       // On an existing pool (the others use a fresh path): the refusal leaves it empty.
       const pool = poolPath('fail')
       assert.equal((await cli(['pool', 'init', '--size', '64M', '--json', '--pool', pool])).status, 0)
-      const fx = await startFixture('socket', {args: ['--unix-listener', '1']})
-      const error = await expectCheckpointRefused(pool, fx.pid, {status: 5, codes: ['UNSUPPORTED_FD'], mentions: [new RegExp(`\\b${fx.pid}\\b`), /a Unix socket listening/]})
+      const fx = await startFixture('socket', {args: ['--unix-listener', 'accepted']})
+      const error = await expectCheckpointRefused(pool, fx.pid, {status: 5, codes: ['UNSUPPORTED_FD'], mentions: [new RegExp(`\\b${fx.pid}\\b`), /a Unix connection/]})
       const fd = Number(/fd (\d+)/.exec(error.message)?.[1])
-      assert.equal(fd, Number(fx.ready.fields.unixfd), `the message names the Unix listener's fd: ${error.message}`)
+      assert.ok([Number(fx.ready.fields.acceptedfd), Number(fx.ready.fields.clientfd)].includes(fd), `the message names an fd of the connection: ${error.message}`)
       // Human output: the reason on stderr, nothing on stdout, same exit status.
       const human = await cli(['checkpoint', String(fx.pid), '--name', 'human', '--pool', pool])
       assert.equal(human.status, 5, describeRun(human))
@@ -171,7 +171,7 @@ describe('restore: failures are clean', function () {
       await assertPoolEmpty(pool)
     })
 
-    for (const [advise, named] of [['wipeonfork', /MADV_WIPEONFORK/], ['shared', /shared anonymous memory/]] as const) {
+    for (const [advise, named] of [['wipeonfork', /MADV_WIPEONFORK/], ['sysv', /System V shared memory/]] as const) {
       it(`memory a snapshot cannot carry (memtouch --advise ${advise}): exit 5, UNSUPPORTED_MEMORY naming it; into a new pool before anything is created, into an existing one from the snapshot`, async () => {
         const fx = await startFixture('memtouch', {mib: 4, args: ['--advise', advise]})
         const extra = BigInt(fx.ready.fields.extra!)
@@ -190,6 +190,31 @@ describe('restore: failures are clean', function () {
         await assertPoolEmpty(pool)
       })
     }
+
+    it('a vfork() child that has not exec\'d and its suspended parent (vforker fixture): exit 5 SHARED_ADDRESS_SPACE naming both, with and without --tree; both untouched', async () => {
+      const pool = poolPath('fail')
+      const fx = await startFixture('vforker')
+      const child = Number(fx.ready.fields.vforkchild)
+      for (const [pid, args] of [[fx.pid, []], [fx.pid, ['--tree']], [child, []], [child, ['--tree']]] as const) {
+        const run = await cli(['checkpoint', String(pid), '--name', 'vf', ...args, '--json', '--pool', pool])
+        assert.equal(run.status, 5, describeRun(run))
+        assert.equal(run.json.error.code, 'SHARED_ADDRESS_SPACE', describeRun(run))
+        assert.match(run.json.error.message, new RegExp(`\\b${fx.pid}\\b`))
+        assert.match(run.json.error.message, new RegExp(`\\b${child}\\b`))
+        assert.match(run.json.error.message, /vfork/)
+      }
+      // Untouched: the child still sleeps (not stopped, not traced), the parent still waits for it.
+      for (const pid of [fx.pid, child]) {
+        const status = readFileSync(`/proc/${pid}/status`, 'utf8')
+        assert.equal(/^TracerPid:\s+(\d+)/m.exec(status)?.[1], '0', `${pid} untraced`)
+        assert.ok(!/^State:\s+[tT]/m.test(status), `${pid} not stopped`)
+      }
+      // And when the child goes, the parent goes on (its EXIT names the child's status).
+      process.kill(child, 'SIGTERM')
+      const exit = await waitForLine(fx.logPath, (e) => e.kind === 'EXIT' && e.pid === fx.pid, 10_000)
+      assert.ok(exit, exit.line)
+      assertNoPoolCreated(pool)
+    })
 
     it('a parent with an unreaped child (the zombie fixture itself): refused, cxlfork does not checkpoint process trees', async () => {
       // fixtures/README.md: zombie.c is a refusal fixture; checkpoint must refuse it and

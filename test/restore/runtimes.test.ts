@@ -92,6 +92,36 @@ describe('restore: real runtimes (Node.js worker_threads, MADV_DONTFORK memory)'
     }
   })
 
+  it('pypool (Python multiprocessing.Pool: forked workers, handler threads, pipes, a shared Value with a POSIX-semaphore lock): checkpointed with --tree, restored under mow and local; the clone\'s own workers serve its tasks', async () => {
+    const pool = poolPath('runtimes')
+    const fx = await startFixture('pypool')
+    const workers = fx.ready.fields.workers!.split(',').map(Number)
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const refused = await cli(['checkpoint', String(fx.pid), '--name', 'nope', '--json', '--pool', pool])
+    assert.equal(refused.status, 5, describeRun(refused))
+    assert.equal(refused.json.error.code, 'HAS_CHILDREN')
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'mp', '--tree', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    assert.deepEqual(ck.json.tree.map((m: {pid: number}) => m.pid).sort((a: number, b: number) => a - b), [fx.pid, ...workers].sort((a, b) => a - b))
+    for (const policy of ['mow', 'local'] as const) {
+      for (let round = 0; round < 2; round++) {
+        const run = await cli(['restore', 'mp', '--policy', policy, '--json', '--pool', pool])
+        assert.equal(run.status, 0, describeRun(run))
+        const clone = run.json.pid as number
+        trackPid(clone)
+        assert.equal(run.json.processes, 1 + workers.length)
+        const check = await requestCheck(fx.logPath, clone, 20_000)
+        assert.equal(check.fields.ok, '1', `${policy} clone ${round + 1}: ${check.line}`)
+        const answered = check.fields.workers!.split(',').map(Number)
+        for (const worker of answered) assert.equal(procStat(worker)?.ppid, clone, `${policy}: worker ${worker} is a child of the clone ${clone}`)
+        note(`pypool ${policy} clone ${round + 1}: restore ${(run.json.stats.restore_time / 1000).toFixed(1)} ms, ${run.json.processes} processes, ${run.json.threads} threads in the root; workers ${answered.join(',')}, counter ${check.fields.counter}`)
+      }
+    }
+    const original = await fx.check()
+    assert.equal(original.fields.ok, '1', `the original pool still serves: ${original.line}`)
+    assert.deepEqual(original.fields.workers!.split(',').map(Number).sort((a, b) => a - b), workers.sort((a, b) => a - b), 'from its own workers')
+  })
+
   it('memtouch --advise dontfork: its MADV_DONTFORK pages are captured (new pool and existing pool), the clone has them, still DONTFORK', async () => {
     const fx = await startFixture('memtouch', {mib: 4, args: ['--advise', 'dontfork']})
     const extra = BigInt(fx.ready.fields.extra!)

@@ -8,12 +8,20 @@
 import assert from 'node:assert/strict'
 import {spawn, spawnSync} from 'node:child_process'
 import {createConnection, createServer} from 'node:net'
-import {readFileSync} from 'node:fs'
+import {existsSync, mkdtempSync, readFileSync, rmSync, statSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
 
 import {processExists, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
 import {allProcesses, cli, describeRun, installCleanupHooks, note, poolPath, sleep, until} from './helpers.js'
 
 /** A port nobody listens on now. */
+/** The backlog of the TCP listener on 127.0.0.1:port here, as `ss` shows it (Send-Q of a LISTEN socket). */
+function backlogOf(port: number): number {
+  const out = spawnSync('ss', ['-ltnH', `sport = :${port}`], {encoding: 'utf8'}).stdout.trim().split(/\s+/)
+  return Number(out[2])
+}
+
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer()
@@ -87,6 +95,7 @@ describe('restore: servers with listening sockets', function () {
     const port = await freePort()
     const fx = await startFixture('pyserver', {args: ['--port', String(port)]})
     assert.match(await ask(port), new RegExp(`^pid=${fx.pid} `))
+    assert.equal(backlogOf(port), 64, 'pyserver listens with a backlog of 64 (ss Send-Q)')
     const ck = await cli(['checkpoint', String(fx.pid), '--name', 'srv', '--kill', '--json', '--pool', pool])
     assert.equal(ck.status, 0, describeRun(ck))
     await until(() => !processExists(fx.pid), 'the original gone')
@@ -95,8 +104,30 @@ describe('restore: servers with listening sockets', function () {
     const clone = run.json.pid as number
     trackPid(clone)
     assert.match(await ask(port), new RegExp(`^pid=${clone} `), 'the clone answers on the original port')
+    assert.equal(backlogOf(port), 64, 'with the same backlog')
     const check = await requestCheck(fx.logPath, clone)
     assert.equal(check.fields.ok, '1', `the clone's socket is bound where it was, listening, with its options: ${check.line}`)
+  })
+
+  it('a Perl socket server (IO::Socket::INET): checkpointed, its clone answers in its own network namespace beside the original', async () => {
+    const pool = poolPath('sockets')
+    const port = await freePort()
+    // Answers each connection with its pid as the host sees it, then closes it.
+    const script = `use IO::Socket::INET; use POSIX; POSIX::close($_) for 3..1023;
+      my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => ${port}, Listen => 16, ReuseAddr => 1, Proto => 'tcp') or die "listen: $!";
+      while (my $c = $s->accept) { my $me = readlink('/proc/self'); print $c "pid=$me perl\\n"; close $c }`
+    const server = spawn('perl', ['-e', script], {stdio: 'ignore'})
+    trackPid(server.pid!)
+    await until(() => listeners(port) > 0 || undefined, 'the Perl server listening')
+    assert.match(await ask(port), new RegExp(`^pid=${server.pid} perl`))
+    const ck = await cli(['checkpoint', String(server.pid), '--name', 'perl', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    const run = await cli(['restore', 'perl', '--netns', 'new', '--json', '--pool', pool])
+    assert.equal(run.status, 0, describeRun(run))
+    trackPid(run.json.pid)
+    const inside = spawnSync('nsenter', ['-t', String(run.json.pid), '-n', 'python3', '-c', `import socket; print(socket.create_connection(("127.0.0.1", ${port})).recv(100).decode().strip())`], {encoding: 'utf8'})
+    assert.equal(inside.stdout.trim(), `pid=${run.json.pid} perl`, inside.stderr)
+    assert.match(await ask(port), new RegExp(`^pid=${server.pid} perl`), 'the original still answers here')
   })
 
   it('an SO_REUSEPORT server restored three times on its original port: original and clones all listen and serve', async () => {
@@ -142,12 +173,172 @@ describe('restore: servers with listening sockets', function () {
     assert.equal(original.fields.ok, '1', `the original's queued bytes were peeked, not consumed: ${original.line}`)
   })
 
-  it('an established TCP connection and a listening Unix socket are refused by name, the target untouched', async () => {
+  it('a Unix listener at a path (mode 0666): ADDRESS_IN_USE while the original holds the path; once it is gone, the stale file is replaced and the clone listens there with the same mode', async () => {
+    const pool = poolPath('sockets')
+    const fx = await startFixture('socket', {args: ['--unix-listener', 'path']})
+    const path = fx.ready.fields.unixpath!
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'upath', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    // In a network namespace of its own (its TCP listener would collide here): a path is the file system's, so it still collides.
+    const busy = await cli(['restore', 'upath', '--netns', 'new', '--json', '--pool', pool])
+    assert.equal(busy.status, 7, describeRun(busy))
+    assert.equal(busy.json.error.code, 'ADDRESS_IN_USE')
+    assert.ok(busy.json.error.message.includes(path), busy.json.error.message)
+    assert.equal((await fx.check()).fields.ok, '1', 'the original still listens there')
+    // The original ends (as with checkpoint --kill); its socket file stays behind, stale.
+    process.kill(fx.pid, 'SIGKILL')
+    await until(() => !processExists(fx.pid) || undefined, 'the original gone')
+    assert.ok(statSync(path).isSocket(), 'a stale socket file is left')
+    const run = await cli(['restore', 'upath', '--netns', 'new', '--json', '--pool', pool])
+    assert.equal(run.status, 0, describeRun(run))
+    trackPid(run.json.pid)
+    const check = await requestCheck(fx.logPath, run.json.pid)
+    assert.equal(check.fields.ok, '1', `the clone's listener is at the same path: ${check.line}`)
+    assert.equal(statSync(path).mode & 0o777, 0o666, 'the new socket file has the original\'s mode')
+    // A client connects to the path: the clone's listener takes it (into its backlog).
+    await new Promise<void>((resolve, reject) => {
+      const client = createConnection({path}, () => {
+        client.destroy()
+        resolve()
+      })
+      client.on('error', reject)
+    })
+  })
+
+  it('a Unix listener at an abstract name: restored with --netns new beside its original; after the original ends, in the host\'s namespace at the same name', async () => {
     const pool = poolPath('sockets')
     const fx = await startFixture('socket', {args: ['--unix-listener', '1']})
+    const name = `@cxlfork-fixture-${fx.pid}`
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'uabs', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    const run = await cli(['restore', 'uabs', '--netns', 'new', '--json', '--pool', pool])
+    assert.equal(run.status, 0, describeRun(run))
+    trackPid(run.json.pid)
+    const check = await requestCheck(fx.logPath, run.json.pid)
+    assert.equal(check.fields.ok, '1', `the clone listens at the same abstract name in its own namespace: ${check.line}`)
+    assert.equal((await fx.check()).fields.ok, '1', 'the original too')
+    assert.ok(readFileSync('/proc/net/unix', 'utf8').includes(` ${name}`.replace(' @', ' @')), 'the original\'s name is in the host namespace')
+    process.kill(fx.pid, 'SIGKILL')
+    await until(() => !processExists(fx.pid) || undefined, 'the original gone')
+    const here = await cli(['restore', 'uabs', '--json', '--pool', pool])
+    assert.equal(here.status, 0, describeRun(here))
+    trackPid(here.json.pid)
+    assert.equal((await requestCheck(fx.logPath, here.json.pid)).fields.ok, '1', 'the clone listens at the name in the host namespace')
+    // Connect to it by its exact abstract name (Node pads abstract names with NULs: python3 does not).
+    const connect = spawnSync('python3', ['-c', `import socket; s = socket.socket(socket.AF_UNIX); s.connect("\\0${name.slice(1)}"); print("connected")`], {encoding: 'utf8'})
+    assert.equal(connect.stdout.trim(), 'connected', connect.stderr)
+  })
+
+  it('a Unix datagram server bound to a path (python3): its clone, restored after the original ended, receives what clients send to the path', async () => {
+    const pool = poolPath('sockets')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-dgram-'))
+    const path = join(dir, 'server.sock')
+    const out = join(dir, 'received')
+    // It records each datagram with its own pid as the host sees it (a clone's getpid() may be the original's).
+    const script = `import os, socket\nos.closerange(3, 1024)\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(${JSON.stringify(path)})\n`
+      + `while True:\n    data = s.recv(256)\n    me = os.readlink("/proc/self")\n    open(${JSON.stringify(out)}, "a").write(me + " " + data.decode() + "\\n")\n`
+    const server = spawn('python3', ['-c', script], {stdio: 'ignore'})
+    trackPid(server.pid!)
+    try {
+      await until(() => existsSync(path) || undefined, 'the server bound')
+      const send = (text: string): void => {
+        const r = spawnSync('python3', ['-c', `import socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b${JSON.stringify(text)}, ${JSON.stringify(path)})`], {encoding: 'utf8'})
+        assert.equal(r.status, 0, r.stderr)
+      }
+      send('before')
+      await until(() => (existsSync(out) && readFileSync(out, 'utf8').includes('before')) || undefined, 'the original received')
+      const ck = await cli(['checkpoint', String(server.pid), '--name', 'dgram', '--kill', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      await until(() => !processExists(server.pid!) || undefined, 'the original gone')
+      const run = await cli(['restore', 'dgram', '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      trackPid(run.json.pid)
+      send('after')
+      const line = await until(() => readFileSync(out, 'utf8').split('\n').find((l) => l.endsWith(' after')), 'the clone received')
+      assert.equal(Number(line.split(' ')[0]), run.json.pid, `received by the clone: ${line}`)
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
+  it('a client of a named Unix datagram socket (a syslog()-style logger, python3): its clone is connected to the server again and its messages arrive; without the server, PEER_UNREACHABLE', async () => {
+    const pool = poolPath('sockets')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-logger-'))
+    const path = join(dir, 'log.sock')
+    const out = join(dir, 'received')
+    // The server (the test's stand-in for /dev/log) and a client that sends a line on each tick.
+    const serverScript = `import os, socket\nos.closerange(3, 1024)\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(${JSON.stringify(path)})\n`
+      + `while True:\n    open(${JSON.stringify(out)}, "a").write(s.recv(256).decode() + "\\n")\n`
+    const server = spawn('python3', ['-c', serverScript], {stdio: 'ignore'})
+    trackPid(server.pid!)
+    try {
+      await until(() => existsSync(path) || undefined, 'the server bound')
+      const clientScript = `import os, socket, time\nos.closerange(3, 1024)\nc = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c.connect(${JSON.stringify(path)})\n`
+        + `while True:\n    c.send(("from " + os.readlink("/proc/self")).encode())\n    time.sleep(0.05)\n`
+      const client = spawn('python3', ['-c', clientScript], {stdio: 'ignore'})
+      trackPid(client.pid!)
+      const received = (pid: number): boolean => existsSync(out) && readFileSync(out, 'utf8').includes(`from ${pid}\n`)
+      await until(() => received(client.pid!) || undefined, 'the client logging')
+      const ck = await cli(['checkpoint', String(client.pid), '--name', 'logger', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      const run = await cli(['restore', 'logger', '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      trackPid(run.json.pid)
+      await until(() => received(run.json.pid) || undefined, 'the clone\'s messages at the server')
+      // With the server gone (its socket file removed), a restore cannot connect: a typed refusal, nothing left behind.
+      server.kill('SIGKILL')
+      await until(() => !processExists(server.pid!) || undefined, 'the server gone')
+      rmSync(path, {force: true})
+      const gone = await cli(['restore', 'logger', '--json', '--pool', pool])
+      assert.equal(gone.status, 3, describeRun(gone))
+      assert.equal(gone.json.error.code, 'PEER_UNREACHABLE')
+      assert.ok(gone.json.error.message.includes(path), gone.json.error.message)
+      const info = await cli(['inspect', 'logger', '--json', '--pool', pool])
+      assert.deepEqual(info.json.references.map((r: {pid: number}) => r.pid), [run.json.pid], `only the first clone holds a reference: ${JSON.stringify(info.json.references)}`)
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
+  it('UDP (python3): a connected client socket and a bound server socket; the clone (after checkpoint --kill) sends from the same local port to the same peer and receives on its port', async () => {
+    const pool = poolPath('sockets')
+    const {createSocket} = await import('node:dgram')
+    const collector = createSocket('udp4')
+    const messages: string[] = []
+    collector.on('message', (data) => messages.push(data.toString()))
+    await new Promise<void>((resolve) => collector.bind(0, '127.0.0.1', resolve))
+    const peerPort = collector.address().port
+    const script = `import os, socket, time\nos.closerange(3, 1024)\n`
+      + `srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); srv.bind(("127.0.0.1", 0)); srv.setblocking(False)\n`
+      + `cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); cli.connect(("127.0.0.1", ${peerPort}))\n`
+      + `while True:\n    me = os.readlink("/proc/self")\n    cli.send(f"tick {me} {srv.getsockname()[1]} {cli.getsockname()[1]}".encode())\n`
+      + `    try:\n        cli.send(f"got {me} {srv.recv(100).decode()}".encode())\n    except BlockingIOError:\n        pass\n    time.sleep(0.05)\n`
+    const udp = spawn('python3', ['-c', script], {stdio: 'ignore'})
+    trackPid(udp.pid!)
+    try {
+      const tick = (pid: number): string[] | undefined => messages.map((m) => m.split(' ')).find((m) => m[0] === 'tick' && Number(m[1]) === pid)
+      const first = await until(() => tick(udp.pid!), 'the original sending')
+      const ck = await cli(['checkpoint', String(udp.pid), '--name', 'udp', '--kill', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      const run = await cli(['restore', 'udp', '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      const clone = run.json.pid as number
+      trackPid(clone)
+      const again = await until(() => tick(clone), 'the clone sending to the same peer')
+      assert.deepEqual(again.slice(2), first.slice(2), 'the same server port and the same local port of the connected socket')
+      collector.send('hello', Number(again[2]), '127.0.0.1')
+      await until(() => messages.includes(`got ${clone} hello`) || undefined, 'the clone receiving on its bound port')
+    } finally {
+      collector.close()
+    }
+  })
+
+  it('an established TCP connection and an accepted Unix connection are refused by name, the target untouched', async () => {
+    const pool = poolPath('sockets')
+    const fx = await startFixture('socket', {args: ['--unix-listener', 'accepted']})
     const run = await cli(['checkpoint', String(fx.pid), '--name', 'unix', '--json', '--pool', pool])
     assert.equal(run.status, 5, describeRun(run))
-    assert.match(run.json.error.message, /a Unix socket listening/)
+    assert.match(run.json.error.message, /a Unix connection/)
     const port = await freePort()
     const holder = spawn('python3', ['-c', `import socket, time, os\nos.closerange(3, 1024)\ns = socket.socket(); s.bind(("127.0.0.1", ${port})); s.listen(1)\nc = socket.create_connection(("127.0.0.1", ${port})); a, _ = s.accept(); s.close()\ntime.sleep(600)`], {stdio: 'ignore'})
     trackPid(holder.pid!)

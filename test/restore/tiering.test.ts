@@ -103,6 +103,24 @@ describe('tiering: moa, hybrid, recorded access bits', function () {
     note(`moa clone after its CHECK: RssAnon ${(anonAfter / 1024).toFixed(0)} kB`)
   })
 
+  it('moa granularity: a first touch copies exactly the page by default, the aligned 64 KiB block around it with --fault-pages 16', async () => {
+    const pool = poolPath('tiering')
+    const {fx} = await checkpointed('memtouch', 16, pool, 'grain')
+    const region = BigInt(fx.ready.fields.region!)
+    const regionPages = 16 * MIB / PAGE
+    const touched = region + 100n * BigInt(PAGE) + 123n
+    for (const [args, block] of [[[], 1], [['--fault-pages', '16'], 16]] as const) {
+      const json = await restored(pool, 'grain', '--policy', 'moa', ...args)
+      const clone = json.pid as number
+      await waitForTicks(fx.logPath, clone, 1)
+      vmRead(clone, touched, new Uint8Array(1))
+      const blockStart = touched - (touched % BigInt(block * PAGE))
+      const present = pagemap(clone, region, regionPages).flatMap((e, i) => ((e & PRESENT) !== 0n ? [region + BigInt(i * PAGE)] : []))
+      const expected = Array.from({length: block}, (_, i) => blockStart + BigInt(i * PAGE)).filter((a) => a >= region && a < region + BigInt(16 * MIB))
+      assert.deepEqual(present, expected, `--fault-pages ${block}: the pages present after one touch`)
+    }
+  })
+
   it('moa: a killed fault server ends its clone (SIGKILL through its init), never leaves it waiting', async () => {
     const pool = poolPath('tiering')
     const {fx} = await checkpointed('memtouch', 16, pool, 'orphaned')

@@ -63,9 +63,10 @@ describe('restore: process trees keep their shape and their pids', function () {
     assert.deepEqual(inspect.json.tree.map((m: {pid: number}) => m.pid), ck.json.tree.map((m: {pid: number}) => m.pid), 'inspect lists the members')
     assert.equal(inspect.json.tree.filter((m: {zombie: boolean}) => m.zombie).length, 1)
     assert.ok(inspect.json.tree.every((m: {comm: string}) => m.comm === 'tree'), JSON.stringify(inspect.json.tree))
-    // The original tree is intact and still holds its zombie.
+    // The original tree is intact and still holds its zombie; its parent reads the bytes each child left in its pipe at setup.
     const original = await fx.check()
     assert.equal(original.fields.ok, '1', original.line)
+    assert.equal(original.fields.pipe, '7,7,7', original.line)
     assert.equal(procStat(zombie)?.state, 'Z')
 
     for (const policy of ['mow', 'moa', 'hybrid', 'local'] as const) {
@@ -90,12 +91,47 @@ describe('restore: process trees keep their shape and their pids', function () {
       const from = readLog(fx.logPath).length
       const check = await requestCheck(fx.logPath, root)
       assert.equal(check.fields.ok, '1', `the clone root's own checks: ${check.line}`)
+      // The bytes in flight at the checkpoint: each child's "child<i>\n" still in the pipe between the clone parent and clone child.
+      assert.equal(check.fields.pipe, '7,7,7', `pipes between clone members with their bytes: ${check.line}`)
       // Its CHECK made every child check itself: ppid, group, session, memory.
       for (const member of shape.filter((m) => m.state !== 'Z')) {
         const line = await waitForLine(fx.logPath, (e) => e.kind === 'CHECK' && e.pid === member.pid && e.index >= from, 10_000)
         assert.equal(line.fields.ok, '1', `clone child ${member.pid} (${member.inside} inside): ${line.line}`)
       }
     }
+  })
+
+  it('record of a clone tree: every member\'s accesses go into its own access record; hybrid then copies each member\'s hot pages', async () => {
+    const pool = poolPath('tree')
+    const fx = await startFixture('tree')
+    const children = fx.ready.fields.children!.split(',').map(Number)
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'rec', '--tree', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    const run = await cli(['restore', 'rec', '--json', '--pool', pool])
+    assert.equal(run.status, 0, describeRun(run))
+    const root = run.json.pid as number
+    trackPid(root)
+    // The root's CHECK makes every child read its whole 1 MiB region (a CRC): pool pages each child accesses.
+    const from = readLog(fx.logPath).length
+    assert.equal((await requestCheck(fx.logPath, root)).fields.ok, '1')
+    for (const member of cloneShape(root).filter((m) => m.state !== 'Z')) {
+      await waitForLine(fx.logPath, (e) => e.kind === 'CHECK' && e.pid === member.pid && e.index >= from, 10_000)
+    }
+    const rec = await cli(['record', 'rec', '--pid', String(root), '--json', '--pool', pool])
+    assert.equal(rec.status, 0, describeRun(rec))
+    const members = rec.json.members as {pid: number; clonePid: number; accessed: number; dirty: number}[]
+    assert.deepEqual(members.map((m) => m.pid).sort((a, b) => a - b), [fx.pid, ...children].sort((a, b) => a - b), `every live member recorded: ${JSON.stringify(members)}`)
+    for (const child of members.filter((m) => m.pid !== fx.pid)) {
+      assert.ok(child.accessed >= 256, `child ${child.pid} (clone ${child.clonePid}) read its 1 MiB region: ${child.accessed} pages accessed`)
+    }
+    const hotChildren = members.filter((m) => m.pid !== fx.pid).reduce((sum, m) => sum + m.accessed, 0)
+    const hybrid = await cli(['restore', 'rec', '--policy', 'hybrid', '--json', '--pool', pool])
+    assert.equal(hybrid.status, 0, describeRun(hybrid))
+    trackPid(hybrid.json.pid)
+    assert.equal(hybrid.json.tiering.effectivePolicy, 'hybrid')
+    assert.ok(hybrid.json.stats.pages_restored >= hotChildren, `hybrid copies the members' hot pages: ${hybrid.json.stats.pages_restored} restored, children's hot ${hotChildren}`)
+    assert.equal((await requestCheck(fx.logPath, hybrid.json.pid)).fields.ok, '1')
+    note(`record of a tree: ${members.map((m) => `${m.pid}:${m.accessed}/${m.dirty}`).join(' ')}; hybrid restored ${hybrid.json.stats.pages_restored} pages, mapped ${hybrid.json.stats.pages_mapped}`)
   })
 
   for (const point of ['tree-frozen', 'threads-frames-ready', 'tree-member-captured'] as const) {

@@ -1,0 +1,74 @@
+/**
+ * Shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS, what maps shows as
+ * "/dev/zero (deleted)"): one object per shmem inode, however many VMAs and
+ * processes of a tree map it. Its contents are stored once per checkpoint
+ * in page data of their own, described by this record (a section of the
+ * checkpoint, JSON like the process state): the object's size and the
+ * populated byte ranges with where they are in the store. Each VMA that maps
+ * an object names it by `VmaImage.sharedId`.
+ */
+import {CorruptError} from '../errors.js'
+import {PAGE_SIZE} from './process-image.js'
+
+/** A populated range of a shared object: `bytes` at object offset `offset`, stored at `storeOffset`. */
+export interface SharedObjectRun {
+  offset: bigint
+  bytes: bigint
+  storeOffset: bigint
+}
+
+export interface SharedObject {
+  /** The shmem inode number as the checkpointed host saw it (an identity within the checkpoint only). */
+  id: string
+  /** Size of the object in bytes (a multiple of the page size). */
+  size: bigint
+  runs: SharedObjectRun[]
+}
+
+export interface SharedMemoryRecord {
+  objects: SharedObject[]
+}
+
+export function encodeSharedMemory(record: SharedMemoryRecord): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify({
+    objects: record.objects.map((object) => ({
+      id: object.id, size: String(object.size),
+      runs: object.runs.map((run) => [String(run.offset), String(run.bytes), String(run.storeOffset)]),
+    })),
+  }))
+}
+
+const damaged = (why: string): CorruptError =>
+  new CorruptError('CHECKPOINT_CORRUPT', `the shared memory record of the checkpoint is damaged: ${why}`, 'Run `cxlfork pool fsck`; take a new checkpoint.')
+
+/**
+ * Decode and check the record: every run inside its object, page aligned,
+ * in order; `inStore` checks that a stored range lies in the checkpoint's own data.
+ */
+export function decodeSharedMemory(bytes: Uint8Array, inStore: (offset: bigint, bytes: bigint) => void): Map<string, SharedObject> {
+  let parsed: {objects?: {id?: unknown; size?: unknown; runs?: unknown}[]}
+  try {
+    parsed = JSON.parse(new TextDecoder('utf-8', {fatal: true}).decode(bytes)) as typeof parsed
+  } catch (error) {
+    throw damaged((error as Error).message)
+  }
+  if (!Array.isArray(parsed.objects)) throw damaged('no object list')
+  const page = BigInt(PAGE_SIZE)
+  const objects = new Map<string, SharedObject>()
+  for (const raw of parsed.objects) {
+    if (typeof raw.id !== 'string' || typeof raw.size !== 'string' || !Array.isArray(raw.runs) || !/^\d+$/.test(raw.size)) throw damaged('an object without id, size or runs')
+    const size = BigInt(raw.size)
+    if (size === 0n || size % page !== 0n || objects.has(raw.id)) throw damaged(`object ${raw.id}: size ${size} or a duplicate id`)
+    let end = 0n
+    const runs = (raw.runs as unknown[]).map((entry): SharedObjectRun => {
+      if (!Array.isArray(entry) || entry.length !== 3 || !entry.every((v) => typeof v === 'string' && /^\d+$/.test(v))) throw damaged(`object ${raw.id}: a malformed run`)
+      const [offset, length, storeOffset] = (entry as string[]).map((v) => BigInt(v)) as [bigint, bigint, bigint]
+      if (offset < end || length === 0n || offset % page !== 0n || length % page !== 0n || offset + length > size) throw damaged(`object ${raw.id}: run at ${offset} (${length} bytes) outside the object or out of order`)
+      inStore(storeOffset, length)
+      end = offset + length
+      return {offset, bytes: length, storeOffset}
+    })
+    objects.set(raw.id, {id: raw.id, size, runs})
+  }
+  return objects
+}
