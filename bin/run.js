@@ -11,6 +11,22 @@ import {fileURLToPath} from 'node:url'
 import vm from 'node:vm'
 
 const bundle = join(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'cxlfork.cjs')
+
+// `restore` with a porter running for the pool: a small bundle asks the porter,
+// without oclif or the engine (README, "Porter"). It answers undefined for
+// anything it does not handle (no porter, --help, --wait, --no-porter, odd
+// flags), and the full CLI below runs as always.
+if (process.argv[2] === 'restore' && !process.argv.includes('--no-porter')) {
+  let fastRestore
+  try {
+    fastRestore = createRequire(import.meta.url)(join(dirname(bundle), 'porter-client.cjs')).fastRestore
+  } catch {
+    fastRestore = undefined
+  }
+  const status = fastRestore ? await fastRestore(process.argv.slice(3)) : undefined
+  if (status !== undefined) process.exit(status)
+}
+
 const cacheFile = `${bundle}.cache`
 let cachedData
 try {

@@ -82,6 +82,10 @@ export const ERROR_CODES = {
   DIRECTORY_FULL: ExitCode.conflict, HOST_TABLE_FULL: ExitCode.conflict, IMAGES_EXIST: ExitCode.conflict, NAME_TAKEN: ExitCode.conflict,
   POOL_BUSY: ExitCode.conflict, POOL_EXISTS: ExitCode.conflict, POOL_FULL: ExitCode.conflict, POOL_NO_SPACE: ExitCode.conflict, REFERENCES_FULL: ExitCode.conflict,
   SELF_HEALING: ExitCode.conflict, TREE_UNSTABLE: ExitCode.conflict,
+  // the porter (src/porter): a resident restore service
+  PORTER_FAILED: ExitCode.failure, PORTER_BAD_REQUEST: ExitCode.usage, PORTER_BODY_TOO_LARGE: ExitCode.usage, PORTER_METHOD: ExitCode.usage,
+  PORTER_NO_ROUTE: ExitCode.notFound, PORTER_NOT_RUNNING: ExitCode.notFound, PORTER_SOCKET_UNSAFE: ExitCode.permission,
+  PORTER_UNSERVED: ExitCode.unsupported, PORTER_RUNNING: ExitCode.conflict,
   // exit 128 + the signal
   INTERRUPTED: ExitCode.interrupted,
 } as const satisfies Record<string, ExitStatus>

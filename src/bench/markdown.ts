@@ -88,6 +88,21 @@ function realCriuSection(result: BenchResult): string[] {
       ratio(copy?.commandMs, realRestore?.commandMs), cell(mow?.commandMs), ratio(mow?.commandMs, realRestore?.commandMs), ratio(mow?.engineMs, realRestore?.engineMs),
     ]]
   })), '')
+  out.push('The CRIU-format path against real CRIU on the same work (the parity targets below): engine times in process against real CRIU\'s own, and whole commands against real CRIU\'s plus Node\'s start-up (`node -e 0`: ' + `${cell(result.nodeStartupMs)} ms).`, '')
+  out.push(table(['Size', 'real `criu dump`', '`criu` path dump (engine)', '/ real', '`cxlfork criu dump` (whole)', 'real dump + node -e 0',
+    'real restore_time', '`criu` path restore (engine)', '/ real', '`cxlfork criu restore` (whole)', 'real restore + node -e 0'],
+  result.sizes.flatMap((size) => {
+    const real = size.paths.find((path) => path.path === 'real-criu')
+    const criu = size.paths.find((path) => path.path === 'criu')
+    if (!real || !criu) return []
+    const realRestore = real.restores[0]
+    const copy = criu.restores.find((row) => row.policy === 'copy')
+    const plus = (a: Summary | undefined): string => (a && a.n > 0 ? fmt(a.median + result.nodeStartupMs.median) : '–')
+    return [[
+      size.label, cell(real.checkpointMs), cell(criu.checkpointMs), ratio(criu.checkpointMs, real.checkpointMs), cell(criu.checkpointCommandMs), plus(real.checkpointMs),
+      cell(realRestore?.engineMs), cell(copy?.engineMs), ratio(copy?.engineMs, realRestore?.engineMs), cell(copy?.commandMs), plus(realRestore?.commandMs),
+    ]]
+  })), '')
   return out
 }
 
@@ -107,6 +122,7 @@ export function renderMarkdown(result: BenchResult, extraNotes: readonly string[
     '- **Local fork()**: `fork()` of the same target, parent side: `clone(CLONE_PARENT|SIGCHLD)` injected with ptrace (target seized with no options, so no EXITKILL), minus the median of 5 injected no-op `getpid()`s; what remains is the kernel\'s fork plus one `PTRACE_EVENT_FORK` stop (tens of µs). The child is killed, the target detached.',
     '- **Warm-up**: before any timing, one untimed checkpoint, restore per policy, fork and plain write of a 4 MiB target, so JIT and FFI binding costs of the first call do not land in the smallest size.',
     '- **Cold start**: spawning a fresh target of the same size until it reports (one byte on a pipe) that it has touched all its memory.',
+    '- **CRIU-format path** (`criu` rows): `criuDump` in process into an image set beside the pool (the snapshot splices the pages into pages-1.img itself while the other images are encoded) and `criuRestore` in process (pages copied into the new process with `process_vm_writev`); the **whole command** columns are `node bin/run.js criu restore --images DIR --json` and, once per repetition after the restores, `node bin/run.js criu dump PID --images DIR --json` (the target keeps running; its images are deleted right after).',
     realCriuMethod(result),
     ...(result.threads ? [threadsMethod(result.threads, runs)] : []),
     ...(result.trees ? [treesMethod(result.trees, runs)] : []),

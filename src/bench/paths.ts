@@ -67,6 +67,12 @@ export interface BenchPath {
   restore(policy: string): RestoreSample
   /** The command that restores the last checkpoint on its own, timed wall clock. */
   restoreCommand(policy: string): WholeCommand
+  /**
+   * Optionally, the command that checkpoints the live target on its own (the target keeps
+   * running), timed wall clock; cleanup() deletes what it wrote. The CRIU-format path has
+   * one, to compare with real CRIU's whole `criu dump`.
+   */
+  checkpointCommand?(pid: number, label: string): {argv: string[]; cleanup(): void}
   /** Delete the last checkpoint (its clones are gone by then). */
   cleanup(): void
   /** End of run: release what the path holds. */
@@ -195,6 +201,14 @@ export class CriuPath implements BenchPath {
         const engineUs = parsed.stats?.restore_time
         return typeof engineUs === 'number' ? {pid: parsed.pid, engineUs} : {pid: parsed.pid}
       },
+    }
+  }
+
+  checkpointCommand(pid: number, label: string): {argv: string[]; cleanup(): void} {
+    const images = join(this.imagesRoot, `${label}-${++this.sequence}-command`)
+    return {
+      argv: [this.cli.node, this.cli.entry, 'criu', 'dump', String(pid), '--images', images, '--json'],
+      cleanup: () => rmSync(images, {recursive: true, force: true}),
     }
   }
 

@@ -18,7 +18,7 @@ import {Pool, SEGMENT_SIZE} from '../pool/index.js'
 import {isAlive, readMaps, readStatus} from '../sys/proc.js'
 import {PR, prctl} from '../sys/libc.js'
 import {machineInfo, stealMs} from './machine.js'
-import {commandWallMs, localFork, nodeStartup, patternBuffer, plainMmap, plainWrite, plainWriteFromMemory, plainWriteIntoAllocated, sameBytesBuffer, wholeCommand} from './measure.js'
+import {commandWallMs, localFork, nodeStartup, patternBuffer, plainMmap, plainWrite, plainWriteFromMemory, plainWriteIntoAllocated, sameBytesBuffer, timedSpawn, wholeCommand} from './measure.js'
 import type {BenchPath, RestoreSample} from './paths.js'
 import {Samples, summarize} from './summary.js'
 import {spawnTarget, stopProcess, sweepChildren, TargetFiles, TARGET_COMM, verifyPattern} from './target.js'
@@ -257,6 +257,17 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
             } finally {
               path.cleanup()
             }
+            const dumpCommand = path.checkpointCommand?.(target.pid, `bench-${size.label}-${run}-${process.pid}`)
+            if (dumpCommand) {
+              try {
+                const timed = timedSpawn(dumpCommand.argv)
+                if (timed.status !== 0) throw new CxlforkError('BENCH_COMMAND_FAILED', `${dumpCommand.argv.slice(1).join(' ')} exited with ${timed.status}: ${timed.stderr.trim().split('\n').pop() ?? ''}`)
+                samples.add(`${path.name}.checkpointCommand`, timed.ms)
+                log(`${tag} ${path.name} whole checkpoint command ${timed.ms.toFixed(1)} ms`)
+              } finally {
+                dumpCommand.cleanup()
+              }
+            }
           }
 
           if (criu && criuTarget !== undefined && criuRegion) {
@@ -318,9 +329,10 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
             engineStats: samples.group(`${row}.stats.`),
           }
         })
+        const checkpointCommandMs = samples.summary(`${path.name}.checkpointCommand`)
         return {
           path: path.name, ...(path.poolKind === undefined ? {} : {poolKind: path.poolKind}),
-          checkpointMs: samples.summary(`${path.name}.checkpoint`), downtimeMs: samples.summary(`${path.name}.downtime`),
+          checkpointMs: samples.summary(`${path.name}.checkpoint`), ...(checkpointCommandMs.n > 0 ? {checkpointCommandMs} : {}), downtimeMs: samples.summary(`${path.name}.downtime`),
           bytes, engineStats: samples.group(`${path.name}.stats.`), restores,
         }
       })

@@ -60,6 +60,8 @@ export interface PathResult {
   poolKind?: 'provisioned' | 'sparse'
   /** Whole checkpoint, ms. */
   checkpointMs: Summary
+  /** The CRIU-format path: the whole `cxlfork criu dump` command (a fresh process), wall clock, ms. */
+  checkpointCommandMs?: Summary
   /** Time the target was stopped, ms. */
   downtimeMs: Summary
   /** Bytes of memory the checkpoint holds (pool: pages × 4 KiB; CRIU: image bytes). */

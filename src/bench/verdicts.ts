@@ -124,7 +124,40 @@ export function evaluateTargets(sizes: readonly SizeResult[], nodeStartupMs: Sum
         mow.commandMs.median, nodeStartupMs.median + 150, 'ms'))
     }
   }
+  out.push(...criuParityTargets(bySize, nodeStartupMs))
   out.push(...threadTargets(threads))
   out.push(...treeTargets(trees))
+  return out
+}
+
+/**
+ * The CRIU-format path against real CRIU on the same work, at every size where both were
+ * measured (issue 13): engine dump and restore <= 1.2 x real CRIU's (its whole `criu dump`,
+ * a native binary with no runtime to start, and its own restore_time), and the whole
+ * commands <= real CRIU's + Node's start-up.
+ */
+function criuParityTargets(sizes: readonly SizeResult[], nodeStartupMs: Summary): TargetVerdict[] {
+  const out: TargetVerdict[] = []
+  for (const size of sizes) {
+    const criu = size.paths.find((path) => path.path === 'criu')
+    const real = size.paths.find((path) => path.path === 'real-criu')
+    if (!criu || !real) continue
+    const copy = row(size, 'criu/copy')
+    const realRestore = row(size, 'real-criu/restore')
+    out.push(verdict(`criu-dump-vs-real@${size.label}`, `CRIU-format engine dump <= 1.2 x real \`criu dump\` (${size.label})`,
+      criu.checkpointMs.median / real.checkpointMs.median, 1.2, 'x'))
+    if (copy && realRestore) {
+      out.push(verdict(`criu-restore-vs-real@${size.label}`, `CRIU-format engine restore <= 1.2 x real CRIU's restore_time (${size.label})`,
+        copy.engineMs.median / realRestore.engineMs.median, 1.2, 'x'))
+    }
+    if (criu.checkpointCommandMs) {
+      out.push(verdict(`criu-dump-command@${size.label}`, `whole \`cxlfork criu dump\` <= real \`criu dump\` + node start-up (${size.label})`,
+        criu.checkpointCommandMs.median, real.checkpointMs.median + nodeStartupMs.median, 'ms'))
+    }
+    if (copy && realRestore) {
+      out.push(verdict(`criu-restore-command@${size.label}`, `whole \`cxlfork criu restore\` <= real \`criu restore\` + node start-up (${size.label})`,
+        copy.commandMs.median, realRestore.commandMs.median + nodeStartupMs.median, 'ms'))
+    }
+  }
   return out
 }

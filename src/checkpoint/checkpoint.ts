@@ -128,9 +128,30 @@ export interface PendingPageWrite {
  * namespace): the caller then copies with process_vm_readv.
  */
 function startPageWrite(pool: Pool, snapshot: LiveSnapshot, poolOffset: bigint, placement: CpuPlacement | undefined): PendingPageWrite | null {
-  const child = snapshot.snapshotTracee
   const memory = snapshot.memory
-  const fd = openPoolInSnapshot(pool, child)
+  const started = startSnapshotFileWrite(snapshot.snapshotTracee, {fd: pool.fd, path: pool.path}, memory.vmas, memory.pageRuns, poolOffset, placement)
+  if (!started) return null
+  return {
+    finish: (progress) => {
+      try {
+        started.finish(progress)
+      } catch (error) {
+        throw noSpaceIfFull(pool, error, started.bytes)
+      }
+    },
+  }
+}
+
+/**
+ * The snapshot child writes the pages of `runs` (in `vmas`, the snapshot's own memory)
+ * into the file we hold open as `file.fd`, back to back from `fileOffset`, by vmsplice +
+ * splice (pwrite64 where a transfer falls short), as startPageWrite describes. Shared by
+ * the pool path and the CRIU-format dump (pages-1.img). Returns null, having written
+ * nothing, when the child cannot open that file.
+ */
+export function startSnapshotFileWrite(child: LiveSnapshot['snapshotTracee'], file: {fd: number; path: string}, vmas: readonly {start: bigint; end: bigint; prot: number}[],
+  runs: readonly PageRun[], fileOffset: bigint, placement: CpuPlacement | undefined): (PendingPageWrite & {bytes: bigint}) | null {
+  const fd = openInSnapshot(child, file.fd, file.path)
   if (fd < 0n) return null
   let pipe: ReturnType<typeof openPipe> = null
   const closeAll = (): void => {
@@ -140,15 +161,15 @@ function startPageWrite(pool: Pool, snapshot: LiveSnapshot, poolOffset: bigint, 
   try {
     pipe = openPipe(child)
     // The snapshot is thrown away afterwards: unreadable pages may be made readable for the write.
-    const unreadable = new Set(memory.pageRuns.map((run) => run.vmaIndex).filter((index) => (memory.vmas[index]!.prot & PROT.READ) === 0))
+    const unreadable = new Set(runs.map((run) => run.vmaIndex).filter((index) => (vmas[index]!.prot & PROT.READ) === 0))
     const mprotects = [...unreadable].map((index) => {
-      const vma = memory.vmas[index]!
+      const vma = vmas[index]!
       return {nr: SYS.mprotect, args: [vma.start, vma.end - vma.start, BigInt(vma.prot | PROT.READ)]}
     })
     const pieceBytes = pipe ? pipe.size : MAX_SEGMENT_BYTES
     const writes: PageWrite[] = []
-    let offset = poolOffset
-    for (const segment of runSegments(memory.pageRuns, 0n)) {
+    let offset = fileOffset
+    for (const segment of runSegments(runs, 0n)) {
       for (let done = 0; done < segment.len!; done += pieceBytes) {
         const len = Math.min(pieceBytes, segment.len! - done)
         writes.push({vaddr: segment.remote + BigInt(done), len: BigInt(len), offset})
@@ -164,14 +185,13 @@ function startPageWrite(pool: Pool, snapshot: LiveSnapshot, poolOffset: bigint, 
     placement?.unfollow(child.pid)
     const started = pipe ? startSpliceWrites(child, pipe, fd, writes) : {finish: () => 0}
     return {
+      bytes: offset - fileOffset,
       finish: (progress) => {
         try {
           const firstUnwritten = started.finish(progress === undefined ? undefined : (pieces) => {
-            if (pieces > 0) progress(writes[pieces - 1]!.offset + writes[pieces - 1]!.len - poolOffset)
+            if (pieces > 0) progress(writes[pieces - 1]!.offset + writes[pieces - 1]!.len - fileOffset)
           })
           pwriteWrites(child, fd, writes.slice(firstUnwritten))
-        } catch (error) {
-          throw noSpaceIfFull(pool, error, offset - poolOffset)
         } finally {
           closeAll()
         }
@@ -184,17 +204,16 @@ function startPageWrite(pool: Pool, snapshot: LiveSnapshot, poolOffset: bigint, 
 }
 
 /**
- * Open the pool for writing in the snapshot. The child resolves paths in
- * the target's mount (and pid) namespace, where the same path may name
- * another file: only a file proven to be our pool (device and inode) is
- * kept. Returns the fd, or a negative number when neither the pool's path
- * nor our /proc fd link leads there.
+ * Open for writing, in the snapshot, the file we hold as `ourFd`. The child resolves
+ * paths in the target's mount (and pid) namespace, where the same path may name
+ * another file: only a file proven to be ours (device and inode) is kept. Returns
+ * the fd, or a negative number when neither `path` nor our /proc fd link leads there.
  */
-function openPoolInSnapshot(pool: Pool, child: LiveSnapshot['snapshotTracee']): bigint {
-  const ours = fstatSync(pool.fd, {bigint: true})
+function openInSnapshot(child: LiveSnapshot['snapshotTracee'], ourFd: number, path: string): bigint {
+  const ours = fstatSync(ourFd, {bigint: true})
   const statBuffer = child.scratchAlloc(144)
-  for (const path of [pool.path, `/proc/${process.pid}/fd/${pool.fd}`]) {
-    const fd = child.syscall(SYS.open, child.scratchWrite(path), O.WRONLY | O.CLOEXEC, 0)
+  for (const candidate of [path, `/proc/${process.pid}/fd/${ourFd}`]) {
+    const fd = child.syscall(SYS.open, child.scratchWrite(candidate), O.WRONLY | O.CLOEXEC, 0)
     if (fd < 0n) continue
     const view = child.syscall(SYS.fstat, fd, statBuffer) === 0n ? new DataView(child.readMemory(statBuffer, 16).buffer) : undefined
     if (view && view.getBigUint64(0, true) === ours.dev && view.getBigUint64(8, true) === ours.ino) return fd

@@ -18,6 +18,9 @@ import PoolFsck from '../commands/pool/fsck.js'
 import PoolGc from '../commands/pool/gc.js'
 import PoolInfo from '../commands/pool/info.js'
 import PoolInit from '../commands/pool/init.js'
+import PorterStart from '../commands/porter/start.js'
+import PorterStatus from '../commands/porter/status.js'
+import PorterStop from '../commands/porter/stop.js'
 import Record from '../commands/record.js'
 import Restore from '../commands/restore.js'
 import Rm from '../commands/rm.js'
@@ -40,6 +43,9 @@ export const COMMANDS = {
   'pool:gc': PoolGc,
   'pool:info': PoolInfo,
   'pool:init': PoolInit,
+  'porter:start': PorterStart,
+  'porter:status': PorterStatus,
+  'porter:stop': PorterStop,
   record: Record,
   restore: Restore,
   rm: Rm,

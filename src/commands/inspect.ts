@@ -5,32 +5,10 @@ import {BaseCommand} from '../cli/base-command.js'
 import {ExitCode} from '../errors.js'
 import type {CheckpointDetails} from '../pool/index.js'
 import {formatSize} from '../pool/size.js'
-import type {ProcessSummary} from '../image/summary.js'
+import type {CheckpointContents} from '../image/details.js'
 
-/** Pool-level facts plus, when the sections decode, what the process image holds. */
-export type InspectResult = CheckpointDetails & {
-  process?: ProcessSummary
-  /** A process tree (checkpoint --tree): every member, the root first. */
-  tree?: {pid: number; ppid: number; pgid: number; sid: number; comm: string; zombie: boolean; threads: number}[]
-  /** Access bits recorded from clones (cxlfork record), of the root process: hot (accessed) and dirty (written) pages. */
-  accessRecord?: {pages: number; hot: number; dirty: number; recordings: number; firstRecordedAt: string | null; lastRecordedAt: string | null; resetAt: string | null}
-  /** Shared anonymous memory of its processes: objects (each once, whatever members map it) and the bytes stored for them. */
-  sharedMemory?: {objects: number; storedBytes: number}
-}
-
-interface TreeRecordJson {
-  members: {pid: number; ppid: number; pgid: number; sid: number; zombieStatus?: number; comm?: string}[]
-}
-
-/** The tree section, or undefined when it does not read as one (inspect shows what it can). */
-function treeRecord(bytes: Uint8Array): TreeRecordJson | undefined {
-  try {
-    const record = JSON.parse(new TextDecoder('utf-8', {fatal: true}).decode(bytes)) as TreeRecordJson
-    return Array.isArray(record?.members) ? record : undefined
-  } catch {
-    return undefined
-  }
-}
+/** Pool-level facts plus, when the sections decode, what the process image holds (image/details.ts). */
+export type InspectResult = CheckpointDetails & CheckpointContents
 
 export default class Inspect extends BaseCommand {
   static override summary = 'Show what the pool knows about a checkpoint.'
@@ -51,36 +29,8 @@ export default class Inspect extends BaseCommand {
     try {
       const uid = process.getuid?.() ?? 0
       const details: InspectResult = pool.inspect(args.name, {uid, verifyData: flags.verify})
-      const [{decodeImage}, {PageMapView}, {Section}, {summarizeImage}, {AccessRecord}, {decodeSharedMemory}] = await Promise.all([
-        import('../image/codec.js'), import('../image/page-map.js'), import('../image/sections.js'), import('../image/summary.js'), import('../image/access-record.js'),
-        import('../image/shared-memory.js')])
-      const reader = pool.openCheckpoint(args.name, {uid})
-      if (reader.hasSection(Section.processState) && reader.hasSection(Section.pageMap)) {
-        const pageMap = new PageMapView(reader.section(Section.pageMap))
-        details.process = summarizeImage(decodeImage(reader.section(Section.processState)), pageMap)
-        const window = reader.mutableSection(Section.accessRecord)
-        const access = window ? AccessRecord.open(window, pageMap.totalPages)?.summary() : undefined
-        if (access) {
-          const at = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString())
-          details.accessRecord = {pages: access.pages, hot: access.accessed, dirty: access.dirty, recordings: access.recordings,
-            firstRecordedAt: at(access.firstRecordedMs), lastRecordedAt: at(access.lastRecordedMs), resetAt: at(access.resetAtMs)}
-        }
-      }
-      if (reader.hasSection(Section.sharedMemory)) {
-        const objects = decodeSharedMemory(reader.section(Section.sharedMemory), (offset) => reader.address(offset))
-        let storedBytes = 0
-        for (const object of objects.values()) for (const run of object.runs) storedBytes += Number(run.bytes)
-        details.sharedMemory = {objects: objects.size, storedBytes}
-      }
-      const record = details.process && reader.hasSection(Section.tree) ? treeRecord(reader.section(Section.tree)) : undefined
-      if (record) {
-        const images = reader.sectionsOfType(Section.processState).map((bytes) => decodeImage(bytes))
-        let next = 0
-        details.tree = record.members.map((member) => {
-          const image = member.zombieStatus === undefined ? images[next++] : undefined
-          return {pid: member.pid, ppid: member.ppid, pgid: member.pgid, sid: member.sid, comm: image?.task.comm ?? member.comm ?? '?', zombie: member.zombieStatus !== undefined, threads: image?.threads.length ?? 0}
-        })
-      }
+      const {checkpointContents} = await import('../image/details.js')
+      Object.assign(details, checkpointContents(pool.openCheckpoint(args.name, {uid})))
       this.say(`${details.name}: serial ${details.serial}, uid ${details.uid}, created ${details.createdAt}, ${details.state}`)
       this.say(`data ${formatSize(details.dataBytes)} in ${details.dataExtents.length} extent(s); metadata ${formatSize(details.metadataBytes)}`)
       for (const section of details.sections) this.say(`  section type ${section.type}: ${section.length} bytes at ${section.poolOffset} crc32 ${section.crc32}`)

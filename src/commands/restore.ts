@@ -23,6 +23,7 @@ A clone that listens where its original still listens needs --netns (else ADDRES
     '<%= config.bin %> restore web --netns new',
     '<%= config.bin %> restore web --netns /var/run/netns/blue',
     '<%= config.bin %> restore web --verify --json',
+    '<%= config.bin %> restore web --no-porter',
   ]
   static override args = {name: Args.string({required: true, description: 'Checkpoint name.'})}
   static override flags = {
@@ -33,27 +34,41 @@ A clone that listens where its original still listens needs --netns (else ADDRES
     wait: Flags.boolean({summary: "Stay until the clone exits and exit with its status.", default: false}),
     pidns: pidnsFlag(),
     verify: Flags.boolean({summary: 'Check every page against its checksum before mapping anything (reads all page data: ~0.15 s per GiB); refuses a damaged checkpoint with PAGE_DATA_CORRUPT (exit 6).', default: false}),
+    'no-porter': Flags.boolean({summary: 'Restore in this process even if a porter serves the pool (by default a running porter restores, unless --wait).', default: false}),
     netns: Flags.string({summary: "Network namespace of the clone: 'new' (its own, loopback only, no way out) or the path of one to join (/var/run/netns/NAME, /proc/PID/ns/net).", helpValue: 'new|PATH'}),
   }
 
-  async run(): Promise<RestoreResult> {
+  async run(): Promise<RestoreResult & {servedBy: 'porter' | 'cli'}> {
     const {args, flags} = await this.parse(RestoreCommand)
+    if (flags['fill-after'] !== undefined && flags.policy !== 'moa') this.error('--fill-after applies to --policy moa only', {exit: 2})
+    if (flags['fault-pages'] !== undefined && flags.policy !== 'moa') this.error('--fault-pages applies to --policy moa only', {exit: 2})
+    const {restoreSummary, restoreThroughPorter} = await import('../porter/restore-client.js')
+    // A running porter restores (README, "Porter"); --wait needs this command's own stdio, so it stays here.
+    if (!flags['no-porter'] && !flags.wait) {
+      const served = await restoreThroughPorter(flags.pool, {
+        name: args.name, policy: flags.policy, verify: flags.verify, ...(flags.pidns === undefined ? {} : {pidns: flags.pidns}), ...(flags.netns === undefined ? {} : {netns: flags.netns}),
+        ...(flags['fill-after'] === undefined ? {} : {fillAfterMs: flags['fill-after']}), ...(flags['fault-pages'] === undefined ? {} : {faultPages: flags['fault-pages']}),
+        ...(flags.record ? {record: true} : {}),
+      })
+      if (served) {
+        this.say(restoreSummary(served))
+        return served as unknown as RestoreResult & {servedBy: 'porter'}
+      }
+    }
     const [{Pool}, {restoreFromPool}, {exitStatusOf}] = await Promise.all([import('../pool/index.js'), import('../restore/restore.js'), import('../restore/build-process.js')])
     const pool = Pool.open(flags.pool)
     try {
-      if (flags['fill-after'] !== undefined && flags.policy !== 'moa') this.error('--fill-after applies to --policy moa only', {exit: 2})
-      if (flags['fault-pages'] !== undefined && flags.policy !== 'moa') this.error('--fault-pages applies to --policy moa only', {exit: 2})
       const result = restoreFromPool(pool, {
         name: args.name, policy: flags.policy, wait: flags.wait, verify: flags.verify, ...(flags.pidns === undefined ? {} : {pidns: flags.pidns}), ...(flags.netns === undefined ? {} : {netns: flags.netns}),
         ...(flags['fill-after'] === undefined ? {} : {fillAfterMs: flags['fill-after']}), ...(flags['fault-pages'] === undefined ? {} : {faultPages: flags['fault-pages']}),
         ...(flags.record ? {record: true} : {}),
       })
-      this.say(`Restored ${args.name} as pid ${result.pid}${result.pidNamespace ? ` (pid ${result.pidNamespace.pid} in its own PID namespace)` : ''} (${result.policy}, ${result.threads} thread(s)): ${result.stats.pages_mapped} pages mapped, ${result.stats.pages_restored} copied${result.stats.pages_lazy > 0 ? `, ${result.stats.pages_lazy} on first touch (fault server ${result.faultServerPid})` : ''}, ${(result.stats.restore_time / 1000).toFixed(2)} ms${result.verified ? `, page data verified in ${((result.stats.verify_time ?? 0) / 1000).toFixed(2)} ms` : ''}`)
+      this.say(restoreSummary(result))
       if (result.exit) {
         this.say(`Clone ${result.pid} ${result.exit.signal === null ? `exited with ${result.exit.code}` : `was killed by signal ${result.exit.signal}`}`)
         process.exitCode = exitStatusOf(result.exit)
       }
-      return result
+      return {...result, servedBy: 'cli'}
     } finally {
       pool.close()
     }

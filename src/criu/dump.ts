@@ -6,13 +6,14 @@
 import {existsSync, mkdirSync, readdirSync, rmSync, statSync} from 'node:fs'
 import {dirname, join, resolve} from 'node:path'
 
-import {type DumpStats as CheckpointDumpStats, pagesScanned, runSegments} from '../checkpoint/checkpoint.js'
+import {type DumpStats as CheckpointDumpStats, pagesScanned, runSegments, startSnapshotFileWrite} from '../checkpoint/checkpoint.js'
 import {type LiveSnapshot, killTarget, takePlacedSnapshot} from '../checkpoint/snapshot.js'
 import {preflight} from '../checkpoint/preflight.js'
 import {ConflictError, PermissionError, SyscallError, UnsupportedError, UsageError} from '../errors.js'
-import {PAGE_SIZE, type PageRun, totalPages} from '../image/process-image.js'
+import {PAGE_SIZE, type VmaImage, totalPages} from '../image/process-image.js'
+import type {CpuPlacement} from '../sys/affinity.js'
 import {addressOf, vmReadv} from '../sys/libc.js'
-import {runsToWrite, writeCriuImages} from './images.js'
+import {type PageSource, runsToWrite, writeCriuImages} from './images.js'
 
 export interface CriuDumpResult {
   pid: number
@@ -68,9 +69,17 @@ function hostMode(path: string): number | undefined {
   }
 }
 
-/** Reads pages of the frozen snapshot straight into the writer's buffer. */
-function snapshotPages(snapshot: LiveSnapshot): {read(run: PageRun, into: Uint8Array): void} {
+/**
+ * Pages of the frozen snapshot: spliced by the snapshot itself into pages-1.img (one copy,
+ * made by the kernel, on the other CPU while the small images are encoded here, as the pool
+ * path writes its extents), or, where it cannot open that file, read straight into the
+ * writer's buffer.
+ */
+function snapshotPages(snapshot: LiveSnapshot, vmas: readonly VmaImage[], placement: CpuPlacement | undefined): PageSource {
   return {
+    start(file, runs) {
+      return startSnapshotFileWrite(snapshot.snapshotTracee, file, vmas, runs, 0n, placement)
+    },
     read(run, into) {
       const len = run.nrPages * PAGE_SIZE
       const copied = vmReadv(snapshot.snapshotPid, runSegments([run], addressOf(into)))
@@ -103,7 +112,7 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
     // stats-dump.img is encoded after pages-1.img is written: getters read the clock at that moment.
     const options = {modeOf: hostMode, vdsoPages: true}
     const pagesWritten = totalPages(runsToWrite(image, options))
-    const written = await writeCriuImages(dir, image, snapshotPages(snapshot), {
+    const written = await writeCriuImages(dir, image, snapshotPages(snapshot, image.vmas, placement), {
       freezingTime: timings.freezingUs, frozenTime: timings.frozenUs,
       get memdumpTime() {
         return Math.round((performance.now() - t0) * 1000) - timings.frozenUs

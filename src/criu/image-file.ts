@@ -8,16 +8,17 @@
  * a u32 little-endian byte length followed by that many bytes of one protobuf
  * message. pages-N.img is raw page data with no head at all.
  *
- * The protobuf schemas (src/criu/proto) are loaded with protobufjs on first use, so
- * merely importing this module costs nothing at CLI start-up.
+ * The protobuf schemas (src/criu/proto) are parsed on first use (proto-schema.ts) and
+ * records encoded and decoded by proto-codec.ts, so merely importing this module costs
+ * nothing at CLI start-up.
  */
 import {closeSync, openSync, readFileSync, writeSync} from 'node:fs'
-import {createRequire} from 'node:module'
 import {basename, join} from 'node:path'
-import type * as Protobuf from 'protobufjs'
 
 import {CorruptError, CxlforkError, NotFoundError} from '../errors.js'
 import {projectRoot} from '../paths.js'
+import {WireError, decode, encode} from './proto-codec.js'
+import {type MessageDesc, type Schema, parseSchema} from './proto-schema.js'
 
 export const IMG_COMMON_MAGIC = 0x54564319
 export const IMG_SERVICE_MAGIC = 0x55105940
@@ -44,34 +45,25 @@ export type ImageKind = keyof typeof IMAGE_KINDS
 
 const PROTO_FILES = ['inventory.proto', 'core.proto', 'mm.proto', 'pagemap.proto', 'fdinfo.proto', 'fs.proto', 'pstree.proto', 'stats.proto', 'creds.proto', 'remap-file-path.proto']
 
-let root: Protobuf.Root | undefined
-let protobufModule: typeof Protobuf | undefined
-
-/** The protobufjs module, loaded on first call. */
-export function protobuf(): typeof Protobuf {
-  if (!protobufModule) protobufModule = createRequire(import.meta.url)('protobufjs') as typeof Protobuf
-  return protobufModule
-}
+let schema: Schema | undefined
 
 /** The CRIU message types, parsed from src/criu/proto on first call. */
-export function criuRoot(): Protobuf.Root {
-  if (root) return root
-  const pb = protobuf()
+export function criuSchema(): Schema {
+  if (schema) return schema
   const dir = join(projectRoot(), 'src/criu/proto')
   try {
-    const loaded = new pb.Root()
-    loaded.loadSync(PROTO_FILES.map((file) => join(dir, file)), {keepCase: true})
-    loaded.resolveAll()
-    root = loaded
+    schema = parseSchema(PROTO_FILES, (file) => readFileSync(join(dir, file), 'utf8'))
   } catch (error) {
     throw new NotFoundError('CRIU_PROTO_MISSING', `cannot load the CRIU protobuf schemas from ${dir}: ${(error as Error).message}`,
       'The installation is incomplete: src/criu/proto/*.proto must ship with cxlfork.')
   }
-  return root
+  return schema
 }
 
-export function messageType(name: string): Protobuf.Type {
-  return criuRoot().lookupType(name)
+export function messageType(name: string): MessageDesc {
+  const desc = criuSchema().messages.get(name)
+  if (!desc) throw new CxlforkError('CRIU_IMAGE_ENCODE', `no message type ${name} in the CRIU schemas`, 'This is a cxlfork bug.')
+  return desc
 }
 
 const hex = (value: number) => '0x' + value.toString(16).padStart(8, '0')
@@ -84,19 +76,22 @@ function expectedHead(kind: ImageKind): number[] {
 
 /** Encode one message of `typeName` from a plain object; a bad object is a programming error, reported as CorruptError. */
 export function encodeMessage(typeName: string, value: Record<string, unknown>, path = typeName): Uint8Array {
-  const type = messageType(typeName)
-  const problem = type.verify(value)
-  if (problem) throw new CorruptError('CRIU_IMAGE_ENCODE', `cannot encode ${typeName} for ${basename(path)}: ${problem}`, 'This is a cxlfork bug; report it with the process that was dumped.')
-  return type.encode(type.fromObject(value)).finish()
+  try {
+    return encode(messageType(typeName), value)
+  } catch (error) {
+    if (!(error instanceof WireError)) throw error
+    throw new CorruptError('CRIU_IMAGE_ENCODE', `cannot encode ${typeName} for ${basename(path)}: ${error.message}`, 'This is a cxlfork bug; report it with the process that was dumped.')
+  }
 }
 
 /** Decode one record; any decoding failure (bad wire data, missing proto2 required field) is a CorruptError. */
 export function decodeMessage<T = Record<string, unknown>>(typeName: string, bytes: Uint8Array, where: string): T {
+  const type = messageType(typeName)
   try {
-    return messageType(typeName).decode(bytes) as unknown as T
+    return decode(type, bytes) as unknown as T
   } catch (error) {
-    if (error instanceof CxlforkError) throw error
-    throw new CorruptError('CRIU_IMAGE_CORRUPT', `${where}: cannot decode ${typeName}: ${(error as Error).message}`,
+    if (error instanceof CxlforkError || !(error instanceof WireError)) throw error
+    throw new CorruptError('CRIU_IMAGE_CORRUPT', `${where}: cannot decode ${typeName}: ${error.message}`,
       'The image file is damaged or was not written by CRIU/cxlfork; dump the process again.')
   }
 }

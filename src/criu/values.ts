@@ -1,8 +1,7 @@
 /**
- * Helpers between bigint (cxlfork's model) and protobufjs's 64-bit values
- * (Long objects when decoding; decimal strings are accepted when encoding).
+ * Helpers between bigint (cxlfork's model) and the 64-bit values of decoded CRIU
+ * messages (bigint from proto-codec; Long-like objects, numbers and strings accepted).
  */
-import {protobuf} from './image-file.js'
 
 /** A decoded 64-bit value (Long, number, string or bigint) as bigint, keeping its signedness. */
 export function big(value: unknown): bigint {
@@ -22,13 +21,12 @@ export function u64(value: bigint): bigint {
   return BigInt.asUintN(64, value)
 }
 
-/** A bigint as the Long protobufjs takes for 64-bit fields (unsigned unless negative). */
-export function str64(value: bigint): unknown {
-  const Long = protobuf().util.Long as unknown as {fromString(text: string, unsigned: boolean): unknown}
-  return Long.fromString(value.toString(), value >= 0n)
+/** A bigint for a 64-bit field (the codec writes its two's complement bits). */
+export function str64(value: bigint): bigint {
+  return value
 }
 
-/** Whether a decoded proto2 message carries an optional field (protobufjs leaves absent ones on the prototype). */
+/** Whether a decoded proto2 message carries an optional field (absent ones read their default from the prototype). */
 export function has(message: object, field: string): boolean {
   return Object.prototype.hasOwnProperty.call(message, field)
 }

@@ -56,8 +56,8 @@ function words64(bytes: Uint8Array, at: number, count: number): unknown[] {
 }
 
 /**
- * A plain object for protobufjs `fromObject` of user_x86_fpregs_entry (u64 as
- * decimal strings). `layout` is the buffer's recorded layout; without one it
+ * A plain object to encode as user_x86_fpregs_entry (u64 fields as bigint).
+ * `layout` is the buffer's recorded layout; without one it
  * is inferred from the buffer's size (this host's layout first, then the
  * vendor tables), as for checkpoints that predate recorded layouts.
  */

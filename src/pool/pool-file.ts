@@ -190,8 +190,8 @@ export function resolveGroup(group: string): number {
 }
 
 /** A file owned by neither the caller nor root (and not shared on purpose) is not trusted, whatever it holds. */
-export function refuseForeignOwner(path: string, stat: BigIntStats): void {
-  const caller = BigInt(callerUid())
+export function refuseForeignOwner(path: string, stat: BigIntStats, uid = callerUid()): void {
+  const caller = BigInt(uid)
   if (stat.uid === caller || stat.uid === 0n) return
   throw poolUnsafe(path, `it belongs to uid ${stat.uid}, neither you (uid ${caller}) nor root`,
     `That user can read and change everything checkpointed into it. Remove it (rm ${path}) or pass another --pool; share a pool between users only with \`pool init --shared-group\`.`)
@@ -206,13 +206,14 @@ export function refuseForeignOwner(path: string, stat: BigIntStats): void {
  * written by a user the caller never chose to trust, so it is refused before
  * cxlfork writes a byte into it.
  */
-export function trustPool(path: string, stat: BigIntStats, sharedGid: number | undefined): void {
-  const caller = BigInt(callerUid())
+export function trustPool(path: string, stat: BigIntStats, sharedGid: number | undefined, as?: {uid: number; groups: readonly number[]}): void {
+  // `as`: judged for another user (the porter, for the peer of a request); default: this process.
+  const caller = BigInt(as?.uid ?? callerUid())
   const ownerTrusted = stat.uid === caller || stat.uid === 0n
   const mode = stat.mode & 0o7777n
   const octal = `0${mode.toString(8)}`
   if (sharedGid === undefined) {
-    refuseForeignOwner(path, stat)
+    refuseForeignOwner(path, stat, Number(caller))
     if ((mode & PRIVATE_MODE_MASK) !== 0n) {
       throw poolUnsafe(path, `its mode is ${octal}: group or others can access it, and it was not created with --shared-group`,
         `Make it private (chmod 600 ${path}) or recreate it with \`pool init --force --shared-group GROUP\`.`)
@@ -226,7 +227,7 @@ export function trustPool(path: string, stat: BigIntStats, sharedGid: number | u
     throw poolUnsafe(path, `it was shared with gid ${sharedGid}, but the file's group is now gid ${stat.gid}`,
       `Restore its group (chgrp ${sharedGid} ${path}) or recreate it with \`pool init --force --shared-group GROUP\`.`)
   }
-  if (!ownerTrusted && !callerGroups().has(sharedGid)) {
+  if (!ownerTrusted && !(as ? new Set(as.groups) : callerGroups()).has(sharedGid)) {
     throw poolUnsafe(path, `it belongs to uid ${stat.uid} and is shared with gid ${sharedGid}, which you (uid ${caller}) are not a member of`,
       'Use a pool you or root created, or join that group.')
   }

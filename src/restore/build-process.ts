@@ -67,6 +67,8 @@ export interface BuildOptions {
   lazy?: LazyOptions
   /** restore --record: fault-around off on the root's pool mappings, its accesses recorded into checkpoint `name` of `pool` at its exit. */
   record?: {name: string; pool: string}
+  /** A stub made ahead of time for a single process in our PID namespace (the porter's ghosts), or undefined to spawn one. */
+  stubSource?: (opts: StubOptions) => Stub | undefined
 }
 
 export type PidNamespaceMode = 'new' | 'host'
@@ -489,7 +491,7 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
         fcntl(statusPipe[0], 4 /* F_SETFL */, O.NONBLOCK)
       }
     } else {
-      rootStub = spawnStub(stubOptions)
+      rootStub = options.stubSource?.(stubOptions) ?? spawnStub(stubOptions)
       nsPid = rootStub.pid
     }
     stubs.set(root.pid, rootStub)

@@ -11,9 +11,10 @@ import {Section} from '../image/sections.js'
 import {type SharedObject, decodeSharedMemory} from '../image/shared-memory.js'
 import {type CheckpointReader, type Pool, type ReferenceHandle} from '../pool/index.js'
 import {getuid} from '../sys/libc.js'
-import {type CloneExit, type MemberPlan, type PidNamespaceMode, buildTree} from './build-process.js'
+import {type BuildOptions, type CloneExit, type MemberPlan, type PidNamespaceMode, buildTree} from './build-process.js'
 import {type TreeRecord} from '../checkpoint/tree.js'
 import {CorruptError, UnsupportedError, UsageError} from '../errors.js'
+import {faultPoint} from '../fault.js'
 import {type Policy, type StoredRun, planRestore} from './plan.js'
 
 /** Restore statistics; names follow CRIU's where they mean the same (µs). */
@@ -79,6 +80,8 @@ export interface RestoreRequest {
   record?: boolean
   /** Check every page against its checksum before mapping (O(data); the default restore is O(mappings)). */
   verify?: boolean
+  /** Where the root's stub comes from when it fits (the porter's ghosts); default: spawned here. */
+  stubSource?: BuildOptions['stubSource']
 }
 
 /** Page runs of the checkpoint, each checked to lie inside the checkpoint's own data, with their recorded flags if any. */
@@ -215,8 +218,11 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
       ...(request.netns === undefined ? {} : {network: request.netns}),
       lazy: {fillAfterMs: request.fillAfterMs ?? null, ...(request.faultPages === undefined ? {} : {faultPages: request.faultPages})},
       ...(request.record ? {record: {name: request.name, pool: pool.path}} : {}),
+      ...(request.stubSource ? {stubSource: request.stubSource} : {}),
       onSpawn: (pid) => {
         reference = pool.addReference(loaded.reader, {pid})
+        // Killed here: a reference for a stub that dies with us (EXITKILL); gc releases it.
+        faultPoint('restore-referenced')
       },
     })
   } catch (error) {

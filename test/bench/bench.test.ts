@@ -110,6 +110,8 @@ describe('cxlfork bench (end to end)', function () {
 
     // The CRIU-format baseline, measured in the same run: images hold every page plus metadata; restore copies all.
     assertSummary(criu.checkpointMs, 'criu checkpointMs', 2)
+    assert.ok(criu.checkpointCommandMs, 'the whole `cxlfork criu dump` command is timed too')
+    assertSummary(criu.checkpointCommandMs, 'criu checkpointCommandMs', 2)
     assert.ok(criu.bytes > 16 << 20, `criu image bytes ${criu.bytes}`)
     // pages-1.img also holds the [vdso] pages (2 on x86_64), as CRIU stores them for its restore.
     const criuPages = criu.engineStats['pages_written']?.median ?? 0
@@ -129,6 +131,9 @@ describe('cxlfork bench (end to end)', function () {
       assert.equal(target.pass, target.measured <= target.limit, target.id)
     }
     assert.equal(result.pass, result.targets.every((target) => target.pass))
+    // With a real CRIU, the CRIU-format path is held to parity with it (issue 13), at every size.
+    assert.deepEqual(result.targets.filter((target) => target.id.startsWith('criu-')).map((target) => target.id),
+      realCriu ? ['criu-dump-vs-real@16M', 'criu-restore-vs-real@16M', 'criu-dump-command@16M', 'criu-restore-command@16M'] : [])
 
     // Nothing left behind: every process the run created is gone, and the temporary pool too.
     assert.ok(result.pids.length >= 2 + 2 * 4 + 2 * 2 + 2 * 2, `pids recorded: ${result.pids.length}`)

@@ -18,7 +18,7 @@ import {join} from 'node:path'
 
 import {UnsupportedError} from '../../src/errors.js'
 import {type ProcessImage} from '../../src/image/process-image.js'
-import {type ImageKind, IMAGE_KINDS, messageType, readImageRecords, writeImage} from '../../src/criu/image-file.js'
+import {type ImageKind, IMAGE_KINDS, decodeMessage, encodeMessage, readImageRecords, writeImage} from '../../src/criu/image-file.js'
 import {PE_LAZY, PE_PRESENT, readCriuImages, VMA_AREA_VVAR, writeCriuImages} from '../../src/criu/images.js'
 import {expectError} from '../helpers/errors.js'
 import {killChild} from '../helpers/fixtures.js'
@@ -26,8 +26,6 @@ import {captureFromProc, procMemSource} from './proc-capture.js'
 import {ScratchDirs} from './scratch.js'
 
 type Obj = Record<string, any> // eslint-disable-line @typescript-eslint/no-explicit-any
-
-const TO_OBJECT = {longs: String, enums: Number, defaults: false} as const
 
 function strip(value: unknown): void {
   if (Array.isArray(value)) {
@@ -42,15 +40,10 @@ function strip(value: unknown): void {
 function rewrite(path: string, kind: ImageKind, edit: (records: Obj[]) => Obj[] | void): void {
   const records = readImageRecords(path, kind)
   const typeOf = (i: number) => (kind === 'pagemap' && i === 0 ? 'pagemap_head' : IMAGE_KINDS[kind].type)
-  let objects: Obj[] = records.map((record, i) => {
-    const type = messageType(typeOf(i))
-    return type.toObject(type.decode(record), TO_OBJECT) as Obj
-  })
+  // Decoded messages hold present fields as own properties only: edited and encoded back as they are.
+  let objects: Obj[] = records.map((record, i) => decodeMessage<Obj>(typeOf(i), record, `${path} record ${i}`))
   objects = edit(objects) ?? objects
-  writeImage(path, kind, objects.map((object, i) => {
-    const type = messageType(typeOf(i))
-    return type.encode(type.fromObject(object)).finish()
-  }))
+  writeImage(path, kind, objects.map((object, i) => encodeMessage(typeOf(i), object, path)))
 }
 
 function hostHasVclock(): boolean {
@@ -125,7 +118,7 @@ describe('criu image set shaped like CRIU 4.x writes it', function () {
     assert.equal(set.writtenBy, 'criu')
     // The merged vvar entry is split back along this kernel's [vvar] / [vvar_vclock].
     if (hostHasVclock()) {
-      const mm = messageType('mm_entry').decode(readImageRecords(at(dir, `mm-${pid}.img`), 'mm')[0]!) as unknown as Obj
+      const mm = decodeMessage<Obj>('mm_entry', readImageRecords(at(dir, `mm-${pid}.img`), 'mm')[0]!, 'mm')
       assert.equal((mm['vmas'] as Obj[]).filter((vma) => vma['status'] & VMA_AREA_VVAR).length, 1, 'the set holds one merged vvar entry')
       assert.deepEqual(set.image.vmas.filter((v) => v.kind.startsWith('vvar')).map((v) => v.kind), ['vvar', 'vvar_vclock'])
     }
@@ -142,9 +135,9 @@ describe('criu image set shaped like CRIU 4.x writes it', function () {
 
   it('refuses a file CRIU dumped through remap-fpath.img (deleted file, ghost)', function () {
     const copy = copySet()
-    const mm = messageType('mm_entry').decode(readImageRecords(at(copy, `mm-${pid}.img`), 'mm')[0]!) as unknown as Obj
+    const mm = decodeMessage<Obj>('mm_entry', readImageRecords(at(copy, `mm-${pid}.img`), 'mm')[0]!, 'mm')
     const exeId = mm['exe_file_id'] as number
-    writeImage(at(copy, 'remap-fpath.img'), 'remap-fpath', [messageType('remap_file_path_entry').encode({orig_id: exeId, remap_id: 99, remap_type: 1}).finish()])
+    writeImage(at(copy, 'remap-fpath.img'), 'remap-fpath', [encodeMessage('remap_file_path_entry', {orig_id: exeId, remap_id: 99, remap_type: 1})])
     expectUnsupported(() => readCriuImages(copy), 'CRIU_FILE_REMAP', /deleted.*ghost/)
   })
 

@@ -1,0 +1,281 @@
+/**
+ * core-TID.img: one core_entry per thread (registers, FPU/XSAVE state, signal mask and
+ * queue, robust list, rseq, the thread's name); the leader's also holds the task core
+ * (tc: signal actions, rlimits, shared pending signals, timers). creds-PID.img, where old
+ * CRIUs kept the credentials, is read here too.
+ */
+import {UnsupportedError} from '../../errors.js'
+import {
+  type ProcessImage, type Rlimit, type SigAction, type ThreadImage, USER_REGS_NAMES, type UserRegs,
+} from '../../image/process-image.js'
+import {RLIM_INFINITY, SIG} from '../../sys/libc.js'
+import {CRIU_REG_NAMES, MARCH_X86_64, REGS_MODE_NATIVE, RLIM_NLIMITS, SIGMAX, SS_DISABLE, TASK_ALIVE} from '../constants.js'
+import {encodeMessage, readImage} from '../image-file.js'
+import {big, has, str64, u64} from '../values.js'
+import {fpregsToXstate, xstateToFpregs} from '../xsave.js'
+import {type ImagePath, type Msg, type Obj, type PutImage, corrupt, only, optionalImage} from './common.js'
+
+// ---- writing ----
+
+function siginfos(list: readonly Uint8Array[]): Obj {
+  return {signals: list.map((siginfo) => ({siginfo}))}
+}
+
+const ERESTARTSYS = 512n
+const ERESTARTNOINTR = 513n
+const ERESTARTNOHAND = 514n
+const ERESTART_RESTARTBLOCK = 516n
+const EINTR = 4n
+
+/**
+ * The registers CRIU's dump stores for a thread stopped inside a system call (compel's
+ * get_task_regs, x86): an interrupted call that the kernel would restart is set up to run
+ * again (rax = orig_rax, rip back over the 2-byte syscall instruction); one restarted
+ * through restart_syscall (-ERESTART_RESTARTBLOCK) returns -EINTR instead, as its restart
+ * block does not survive. CRIU's restore resumes a thread with these registers as they are:
+ * left raw, the process would see -ERESTART* (e.g. errno 514 from a sleep).
+ */
+function criuRestartRegs(regs: UserRegs): UserRegs {
+  if (BigInt.asIntN(64, regs.orig_rax) < 0n) return regs
+  const ax = BigInt.asIntN(64, regs.rax)
+  if (ax === -ERESTARTSYS || ax === -ERESTARTNOINTR || ax === -ERESTARTNOHAND) return {...regs, rax: regs.orig_rax, rip: u64(regs.rip - 2n)}
+  if (ax === -ERESTART_RESTARTBLOCK) return {...regs, rax: u64(-EINTR)}
+  return regs
+}
+
+function coreFor(image: ProcessImage, thread: ThreadImage, leader: boolean): Obj {
+  const gpregs: Obj = {mode: REGS_MODE_NATIVE}
+  const regs = criuRestartRegs(thread.regs)
+  for (const name of USER_REGS_NAMES) gpregs[CRIU_REG_NAMES[name]] = str64(u64(regs[name]))
+  const threadCore: Obj = {
+    futex_rla: str64(u64(thread.robustList.head)),
+    futex_rla_len: Number(thread.robustList.length),
+    blk_sigset: str64(u64(thread.sigmask)),
+    sas: {ss_sp: str64(u64(thread.altStack.sp)), ss_size: str64(u64(thread.altStack.size)), ss_flags: thread.altStack.flags >>> 0},
+    signals_p: siginfos(thread.pendingSignals),
+    creds: {
+      uid: image.task.uid, gid: image.task.gid, euid: image.task.uid, egid: image.task.gid, suid: image.task.uid, sgid: image.task.gid,
+      fsuid: image.task.uid, fsgid: image.task.gid, cap_inh: [], cap_prm: [], cap_eff: [], cap_bnd: [], secbits: 0, groups: [],
+    },
+  }
+  // CRIU names each thread in thread_core.comm; the leader's is the task's.
+  const comm = leader ? image.task.comm : thread.comm
+  if (comm !== undefined) threadCore['comm'] = comm
+  if (thread.rseq) {
+    threadCore['rseq_entry'] = {rseq_abi_pointer: str64(u64(thread.rseq.address)), rseq_abi_size: thread.rseq.length, signature: thread.rseq.signature >>> 0}
+  }
+  const core: Obj = {
+    mtype: MARCH_X86_64,
+    thread_info: {
+      clear_tid_addr: str64(u64(thread.clearTidAddress)), gpregs, fpregs: xstateToFpregs(thread.xstate, thread.xsaveLayout), tls: [],
+      ...(regs === thread.regs ? {} : {cxlfork: {ax: str64(u64(thread.regs.rax)), ip: str64(u64(thread.regs.rip))}}),
+    },
+    thread_core: threadCore,
+  }
+  if (leader) core['tc'] = taskCore(image, thread)
+  return core
+}
+
+const disarmed = () => ({isec: str64(0n), iusec: str64(0n), vsec: str64(0n), vusec: str64(0n)})
+
+function taskCore(image: ProcessImage, leader: ThreadImage): Obj {
+  const {task} = image
+  // sigactions: 62 positional slots; signals without a slot travel in the extension.
+  const slots: Obj[] = []
+  const bySigno = new Map<number, SigAction>()
+  for (const action of task.sigactions) bySigno.set(action.signo, action)
+  const extra: Obj[] = []
+  for (const action of task.sigactions) {
+    if (action.signo < 1 || action.signo > SIGMAX || action.signo === SIG.KILL || action.signo === SIG.STOP) {
+      extra.push({signo: action.signo >>> 0, handler: str64(u64(action.handler)), flags: str64(u64(action.flags)), restorer: str64(u64(action.restorer)), mask: str64(u64(action.mask))})
+    }
+  }
+  for (let signo = 1; signo <= SIGMAX; signo++) {
+    if (signo === SIG.KILL || signo === SIG.STOP) continue
+    const action = bySigno.get(signo)
+    slots.push(action
+      ? {sigaction: str64(u64(action.handler)), flags: str64(u64(action.flags)), restorer: str64(u64(action.restorer)), mask: str64(u64(action.mask)), compat_sigaction: false}
+      : {sigaction: str64(0n), flags: str64(0n), restorer: str64(0n), mask: str64(0n), compat_sigaction: false})
+  }
+  // rlimits: positional by RLIMIT_* number; gaps are unlimited.
+  let count = RLIM_NLIMITS
+  for (const limit of task.rlimits) count = Math.max(count, limit.resource + 1)
+  const limits: Obj[] = Array.from({length: count}, () => ({cur: str64(RLIM_INFINITY), max: str64(RLIM_INFINITY)}))
+  for (const limit of task.rlimits) limits[limit.resource] = {cur: str64(u64(limit.cur)), max: str64(u64(limit.max))}
+  return {
+    task_state: TASK_ALIVE,
+    exit_code: 0,
+    personality: task.personality >>> 0,
+    flags: 0,
+    blk_sigset: str64(u64(leader.sigmask)),
+    comm: task.comm,
+    // Present even though the model holds no timers: CRIU 4.x reads a core without tc.timers as
+    // pre-1.x images and looks for the separate itimers/posix-timers images, which it refuses
+    // as deprecated ("Deprecated functionality (Posix timers) rejected").
+    timers: {real: disarmed(), virt: disarmed(), prof: disarmed(), posix: []},
+    rlimits: {rlimits: limits},
+    signals_s: siginfos(task.sharedPendingSignals),
+    sigactions: slots,
+    cxlfork: {
+      cmdline: task.cmdline.map((arg) => Buffer.from(arg, 'utf8')),
+      sigaction_signos: task.sigactions.map((action) => action.signo >>> 0),
+      extra_sigactions: extra,
+      rlimit_resources: task.rlimits.map((limit) => limit.resource >>> 0),
+      listed: true,
+      ppid: task.ppid >>> 0,
+    },
+  }
+}
+
+export function writeCores(put: PutImage, image: ProcessImage): void {
+  image.threads.forEach((thread, i) => {
+    const name = `core-${thread.tid}.img`
+    put(name, 'core', [encodeMessage('core_entry', coreFor(image, thread, i === 0), name)])
+  })
+}
+
+// ---- reading ----
+
+const TASK_STATE_NAMES: Record<number, string> = {2: 'dead', 3: 'stopped', 4: 'helper', 5: 'thread', 6: 'zombie'}
+const SECCOMP_MODE_NAMES: Record<number, string> = {1: 'strict', 2: 'filter'}
+
+/**
+ * Task state CRIU records and the model has no place for: refuse it by name rather than
+ * restore a process silently without it (a stopped task, armed interval or POSIX timers,
+ * seccomp).
+ */
+function checkTaskState(tc: Msg, cores: {tid: number; core: Msg}[], pid: number): void {
+  const state = tc['task_state'] as number
+  if (state !== TASK_ALIVE) {
+    throw new UnsupportedError('CRIU_TASK_STATE', `core-${pid}.img: the task was ${TASK_STATE_NAMES[state] ?? `in state ${state}`} when dumped; only running (alive) tasks are restored`,
+      'Dump the process while it is running.')
+  }
+  if (has(tc, 'timers')) {
+    const timers = tc['timers'] as Msg
+    for (const which of ['real', 'virt', 'prof']) {
+      const timer = timers[which] as Msg | undefined
+      if (timer && ['isec', 'iusec', 'vsec', 'vusec'].some((field) => big(timer[field]) !== 0n)) {
+        throw new UnsupportedError('CRIU_TIMERS', `core-${pid}.img: the task has an armed ITIMER_${which.toUpperCase()} interval timer, which the CRIU-format path does not restore`,
+          'Dump a process without armed setitimer()/alarm() timers.')
+      }
+    }
+    const posix = (timers['posix'] ?? []) as Msg[]
+    if (posix.length > 0) {
+      throw new UnsupportedError('CRIU_TIMERS', `core-${pid}.img: the task has ${posix.length} POSIX timer(s), which the CRIU-format path does not restore`,
+        'Dump a process without timer_create() timers.')
+    }
+  }
+  const seccompModes = [has(tc, 'old_seccomp_mode') ? tc['old_seccomp_mode'] as number : 0]
+  for (const {core} of cores) if (has(core, 'thread_core') && has(core['thread_core'], 'seccomp_mode')) seccompModes.push(core['thread_core']['seccomp_mode'] as number)
+  const seccomp = seccompModes.find((mode) => mode !== 0)
+  if (seccomp !== undefined) {
+    throw new UnsupportedError('CRIU_SECCOMP', `core-${pid}.img: the task runs under seccomp (${SECCOMP_MODE_NAMES[seccomp] ?? `mode ${seccomp}`}), which the CRIU-format path does not restore`,
+      'Dump a process without seccomp filters.')
+  }
+}
+
+export interface Cores {
+  /** Every thread's core_entry, the leader's first. */
+  cores: {tid: number; core: Msg}[]
+  /** The leader's task core. */
+  tc: Msg
+  /** cxlfork's extension of the task core (its sets only). */
+  taskExt: Msg | undefined
+}
+
+/** Every thread's core image: x86_64 only, with the leader's task core, its task state checked. */
+export function readCores(at: ImagePath, pid: number, tids: readonly number[]): Cores {
+  const cores = tids.map((tid) => ({tid, core: only(readImage<Msg>(at(`core-${tid}.img`), 'core'), `core-${tid}.img`)}))
+  for (const {tid, core} of cores) {
+    if (core['mtype'] !== MARCH_X86_64 || !has(core, 'thread_info')) {
+      throw new UnsupportedError('CRIU_ARCH', `core-${tid}.img is for architecture ${core['mtype']}, not x86_64`, 'Restore on the architecture the image was dumped on.')
+    }
+  }
+  const leaderCore = cores[0]!.core
+  if (!has(leaderCore, 'tc')) throw corrupt(`core-${pid}.img lacks the task core (tc)`)
+  const tc = leaderCore['tc'] as Msg
+  const taskExt = has(tc, 'cxlfork') ? tc['cxlfork'] as Msg : undefined
+  checkTaskState(tc, cores, pid)
+  return {cores, tc, taskExt}
+}
+
+/** The threads of the model, from the cores; `ours`: cxlfork wrote the set (its extensions are exact). */
+export function readThreads({cores, tc}: Cores, pid: number, ours: boolean): ThreadImage[] {
+  return cores.map(({tid, core}) => {
+    const info = core['thread_info'] as Msg
+    const gp = info['gpregs'] as Msg
+    if (has(gp, 'mode') && gp['mode'] !== REGS_MODE_NATIVE) {
+      throw new UnsupportedError('CRIU_COMPAT_TASK', `core-${tid}.img holds 32-bit (compat) registers`, 'Only native x86_64 tasks are supported.')
+    }
+    const regs = Object.fromEntries(USER_REGS_NAMES.map((name) => [name, u64(big(gp[CRIU_REG_NAMES[name]]))])) as UserRegs
+    // cxlfork's own sets keep the captured rax/rip beside CRIU's restart fix-up; restore applies its own.
+    if (has(info, 'cxlfork')) Object.assign(regs, {rax: u64(big(info['cxlfork']['ax'])), rip: u64(big(info['cxlfork']['ip']))})
+    const threadCore = has(core, 'thread_core') ? core['thread_core'] as Msg : undefined
+    const sigmask = threadCore && has(threadCore, 'blk_sigset') ? u64(big(threadCore['blk_sigset'])) : u64(big(tc['blk_sigset']))
+    const fp = fpregsToXstate(info['fpregs'] as Msg, `core-${tid}.img`)
+    const thread: ThreadImage = {
+      tid,
+      regs,
+      xstate: fp.xstate,
+      ...(fp.layout ? {xsaveLayout: fp.layout} : {}),
+      sigmask,
+      pendingSignals: threadCore && has(threadCore, 'signals_p') ? (threadCore['signals_p']['signals'] as Msg[]).map((s) => new Uint8Array(s['siginfo'])) : [],
+      robustList: {head: threadCore ? u64(big(threadCore['futex_rla'])) : 0n, length: threadCore ? BigInt(threadCore['futex_rla_len']) : 0n},
+      clearTidAddress: u64(big(info['clear_tid_addr'])),
+      altStack: threadCore && has(threadCore, 'sas')
+        ? {sp: u64(big(threadCore['sas']['ss_sp'])), flags: threadCore['sas']['ss_flags'], size: u64(big(threadCore['sas']['ss_size']))}
+        : {sp: 0n, flags: SS_DISABLE, size: 0n},
+    }
+    // The leader's name is the task's (tc.comm); other threads have their own.
+    if (tid !== pid && threadCore && has(threadCore, 'comm') && typeof threadCore['comm'] === 'string') thread.comm = threadCore['comm']
+    if (threadCore && has(threadCore, 'rseq_entry')) {
+      const rseq = threadCore['rseq_entry'] as Msg
+      const address = u64(big(rseq['rseq_abi_pointer']))
+      if (ours || address !== 0n) thread.rseq = {address, length: rseq['rseq_abi_size'], signature: rseq['signature']}
+    }
+    return thread
+  })
+}
+
+/** Signal actions and rlimits of the task, from its task core. */
+export function readTaskLimits({tc, taskExt}: Cores, pid: number): {sigactions: SigAction[]; rlimits: Rlimit[]} {
+  const slots = (tc['sigactions'] ?? []) as Msg[]
+  const slotSignos: number[] = []
+  for (let signo = 1; signo <= SIGMAX; signo++) if (signo !== SIG.KILL && signo !== SIG.STOP) slotSignos.push(signo)
+  if (slots.length !== 0 && slots.length !== slotSignos.length) throw corrupt(`core-${pid}.img holds ${slots.length} sigactions, expected ${slotSignos.length}`)
+  const bySigno = new Map<number, SigAction>()
+  slots.forEach((slot, i) => {
+    if (slot['compat_sigaction']) throw new UnsupportedError('CRIU_COMPAT_TASK', `core-${pid}.img holds a 32-bit (compat) sigaction for signal ${slotSignos[i]}`, 'Only native x86_64 tasks are supported.')
+    bySigno.set(slotSignos[i]!, {signo: slotSignos[i]!, handler: u64(big(slot['sigaction'])), flags: u64(big(slot['flags'])), restorer: u64(big(slot['restorer'])), mask: u64(big(slot['mask']))})
+  })
+  let sigactions: SigAction[]
+  if (taskExt && taskExt['listed']) {
+    for (const extra of (taskExt['extra_sigactions'] ?? []) as Msg[]) {
+      bySigno.set(extra['signo'], {signo: extra['signo'], handler: u64(big(extra['handler'])), flags: u64(big(extra['flags'])), restorer: u64(big(extra['restorer'])), mask: u64(big(extra['mask']))})
+    }
+    sigactions = ((taskExt['sigaction_signos'] ?? []) as number[]).map((signo) => {
+      const action = bySigno.get(signo)
+      if (!action) throw corrupt(`core-${pid}.img lists sigaction for signal ${signo} but holds none`)
+      return action
+    })
+  } else {
+    sigactions = [...bySigno.values()].filter((a) => a.handler !== 0n || a.flags !== 0n || a.restorer !== 0n || a.mask !== 0n)
+  }
+  const limitList = (has(tc, 'rlimits') ? tc['rlimits']['rlimits'] ?? [] : []) as Msg[]
+  const limitOf = (resource: number): Rlimit => {
+    const limit = limitList[resource]
+    if (!limit) throw corrupt(`core-${pid}.img lists rlimit ${resource} but holds only ${limitList.length}`)
+    return {resource, cur: u64(big(limit['cur'])), max: u64(big(limit['max']))}
+  }
+  const rlimits = taskExt && taskExt['listed'] ? ((taskExt['rlimit_resources'] ?? []) as number[]).map(limitOf) : limitList.map((_, i) => limitOf(i))
+  return {sigactions, rlimits}
+}
+
+/** The task's credentials: in the leader's thread core, or creds-PID.img from old CRIUs; undefined if neither. */
+export function readCreds(at: ImagePath, {cores}: Cores, pid: number): Msg | undefined {
+  const leaderCore = cores[0]!.core
+  const leaderThreadCore = has(leaderCore, 'thread_core') ? leaderCore['thread_core'] as Msg : undefined
+  let creds: Msg | undefined = leaderThreadCore && has(leaderThreadCore, 'creds') ? leaderThreadCore['creds'] as Msg : undefined
+  if (!creds) creds = optionalImage(at(`creds-${pid}.img`), () => only(readImage<Msg>(at(`creds-${pid}.img`), 'creds'), `creds-${pid}.img`))
+  return creds
+}

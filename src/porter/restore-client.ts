@@ -1,0 +1,64 @@
+/**
+ * A restore asked of the pool's porter, for `cxlfork restore` and for the
+ * fast path of bin/run.js (porter-fast.ts). The porter's typed errors come
+ * back as the same CxlforkErrors the CLI would throw. `undefined` means
+ * "do it yourself": no porter answers, or it does not serve this user
+ * (PORTER_UNSERVED). A request that may have reached a porter that then died
+ * is never redone: that is PORTER_FAILED.
+ */
+import {existsSync} from 'node:fs'
+import {resolve} from 'node:path'
+
+import {CxlforkError, isErrorCode} from '../errors.js'
+import {PorterUnreachable, porterRequest} from './client.js'
+import {candidateSockets} from './paths.js'
+
+export interface PorterRestoreRequest {
+  name: string
+  policy?: string
+  pidns?: string
+  netns?: string
+  verify?: boolean
+  record?: boolean
+  fillAfterMs?: number
+  faultPages?: number
+}
+
+/** What the porter returns: a restore result (restore/restore.ts RestoreResult) with servedBy and ghost. */
+export type PorterRestoreResult = Record<string, any> & {pid: number; servedBy: 'porter'}
+
+export function errorFromReply(body: any, socket: string): CxlforkError {
+  const error = body?.error
+  if (error && typeof error.code === 'string' && isErrorCode(error.code) && typeof error.message === 'string') {
+    return new CxlforkError(error.code, error.message, typeof error.hint === 'string' ? error.hint : undefined)
+  }
+  return new CxlforkError('PORTER_FAILED', `the porter at ${socket} gave an unexpected answer: ${JSON.stringify(body).slice(0, 300)}`, 'See its log (SOCKET.log), or restore with --no-porter.')
+}
+
+export async function restoreThroughPorter(poolPath: string, request: PorterRestoreRequest): Promise<PorterRestoreResult | undefined> {
+  // The porter has a cwd of its own: a namespace path means what it means here.
+  if (request.netns !== undefined && request.netns !== 'new') request = {...request, netns: resolve(request.netns)}
+  for (const socket of candidateSockets(resolve(poolPath), process.geteuid?.() ?? 0)) {
+    if (!existsSync(socket)) continue
+    let reply
+    try {
+      reply = await porterRequest(socket, 'POST', '/v1/restore', request)
+    } catch (error) {
+      if (error instanceof PorterUnreachable && !error.requestSent) continue // a stale socket: a porter that died
+      throw new CxlforkError('PORTER_FAILED', `the porter at ${socket} did not finish the restore: ${(error as Error).message}`,
+        'It may have died in the middle (a half-built clone dies with it; `cxlfork pool gc` releases its reference). Restore again, or with --no-porter.')
+    }
+    if (reply.status === 200 && reply.body?.servedBy === 'porter') return reply.body as PorterRestoreResult
+    const error = errorFromReply(reply.body, socket)
+    if (error.code === 'PORTER_UNSERVED') return undefined
+    throw error
+  }
+  return undefined
+}
+
+/** The restore command's human line for a result, whoever served it. */
+export function restoreSummary(restored: object): string {
+  const result = restored as Record<string, any>
+  const stats = result.stats
+  return `Restored ${result.name} as pid ${result.pid}${result.pidNamespace ? ` (pid ${result.pidNamespace.pid} in its own PID namespace)` : ''} (${result.policy}, ${result.threads} thread(s)): ${stats.pages_mapped} pages mapped, ${stats.pages_restored} copied${stats.pages_lazy > 0 ? `, ${stats.pages_lazy} on first touch (fault server ${result.faultServerPid})` : ''}, ${(stats.restore_time / 1000).toFixed(2)} ms${result.verified ? `, page data verified in ${((stats.verify_time ?? 0) / 1000).toFixed(2)} ms` : ''}${result.servedBy === 'porter' ? ' (by the porter)' : ''}`
+}
