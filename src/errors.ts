@@ -53,7 +53,7 @@ export const ERROR_CODES = {
   CRIU_IMAGE_MISSING: ExitCode.notFound, CRIU_PROTO_MISSING: ExitCode.notFound, EXECUTABLE_NOT_FOUND: ExitCode.notFound,
   FILE_NOT_FOUND: ExitCode.notFound, GROUP_NOT_FOUND: ExitCode.notFound, POOL_DIR_NOT_FOUND: ExitCode.notFound,
   POOL_NOT_FOUND: ExitCode.notFound, PROCESS_NOT_FOUND: ExitCode.notFound, SECTION_NOT_FOUND: ExitCode.notFound,
-  TRACEE_GONE: ExitCode.notFound, ZOMBIE_PROCESS: ExitCode.notFound, NOT_A_CLONE: ExitCode.notFound, PEER_UNREACHABLE: ExitCode.notFound,
+  TRACEE_GONE: ExitCode.notFound, NOT_A_CLONE: ExitCode.notFound, PEER_UNREACHABLE: ExitCode.notFound,
   // exit permission
   CHECKPOINT_ACCESS: ExitCode.permission, NOT_PERMITTED: ExitCode.permission, POOL_ACCESS: ExitCode.permission,
   POOL_NOT_OWNER: ExitCode.permission, POOL_UNSAFE: ExitCode.permission, PROC_ACCESS_DENIED: ExitCode.permission,

@@ -9,8 +9,8 @@ import {dirname, resolve} from 'node:path'
 
 import {CxlforkError} from '../errors.js'
 import {spawnStub} from '../inject/stub.js'
+import {CAP_CHECKPOINT_RESTORE, CAP_SYS_ADMIN, CAP_SYS_PTRACE, effectiveCapabilities, requireMapFilesAccess, setMmMapRefusal} from '../sys/capabilities.js'
 import {close, O, PR, SYS, syscallRaw, vmRead} from '../sys/libc.js'
-import {readProcText} from '../sys/proc.js'
 import {classifyFileSystem} from '../pool/filesystem.js'
 
 export interface CheckItem {
@@ -24,27 +24,18 @@ export interface CheckResult {
   items: CheckItem[]
 }
 
-const CAP_SYS_ADMIN = 21n
-const CAP_SYS_PTRACE = 19n
-const CAP_CHECKPOINT_RESTORE = 40n
-
-function effectiveCaps(): bigint {
-  const line = /^CapEff:\s*([0-9a-f]+)/m.exec(readProcText('self', 'status'))
-  return line ? BigInt('0x' + line[1]) : 0n
-}
-
 function probe(name: string, run: () => string): CheckItem {
   try {
     return {name, ok: true, detail: run()}
   } catch (error) {
-    const message = error instanceof CxlforkError ? `${error.message}${error.hint ? ` (${error.hint})` : ''}` : (error as Error).message
+    const message = error instanceof CxlforkError ? `${error.code}: ${error.message}${error.hint ? ` (${error.hint})` : ''}` : (error as Error).message
     return {name, ok: false, detail: message}
   }
 }
 
 export function checkHost(poolPath: string, minFreeBytes = 64n << 20n): CheckResult {
   const items: CheckItem[] = []
-  const caps = effectiveCaps()
+  const caps = effectiveCapabilities()
   const has = (bit: bigint): boolean => ((caps >> bit) & 1n) === 1n
   items.push(probe('ptrace and syscall injection', () => {
     const stub = spawnStub()
@@ -57,8 +48,13 @@ export function checkHost(poolPath: string, minFreeBytes = 64n << 20n): CheckRes
       stub.kill()
     }
   }))
+  // The same probe and sentence as a checkpoint's refusal (NOT_PERMITTED), here on our own process.
+  items.push(probe('checkpoint: file mappings through /proc/PID/map_files', () => {
+    requireMapFilesAccess('self')
+    return 'readable'
+  }))
   items.push(probe('PR_SET_MM_MAP (restore mm fields, exe link)', () => {
-    if (!has(CAP_CHECKPOINT_RESTORE) && !has(CAP_SYS_ADMIN)) throw new Error('needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN')
+    if (!has(CAP_CHECKPOINT_RESTORE) && !has(CAP_SYS_ADMIN)) throw setMmMapRefusal()
     const size = new Uint32Array(1)
     const r = syscallRaw(SYS.prctl, PR.SET_MM, PR.SET_MM_MAP_SIZE, size, 0, 0)
     if (r < 0n) throw new Error(`prctl(PR_SET_MM_MAP_SIZE) failed with errno ${-r}`)

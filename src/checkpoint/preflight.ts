@@ -6,6 +6,7 @@ import {existsSync, readFileSync, readdirSync, statSync} from 'node:fs'
 
 import {NotFoundError, PermissionError, UnsupportedError} from '../errors.js'
 import {type FdKind} from '../image/process-image.js'
+import {requireMapFilesAccess} from '../sys/capabilities.js'
 import {SYS, getuid, syscallRaw} from '../sys/libc.js'
 import {isSharedAnonymous, isSharedMemoryFd, isSharedMemoryObject} from './shared-memory.js'
 import {AF, SOCK, describeAddress, readSocket, unixName, unixPeer} from '../sys/sockets.js'
@@ -208,6 +209,8 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
     throw new PermissionError('NOT_PERMITTED', `process ${pid} runs with uid ${otherUid} (real/effective/saved uids ${status.uid.slice(0, 3).join('/')}); you are uid ${caller}`,
       'A set-user-ID process (or one that changed its ids) can be checkpointed only by root.')
   }
+  // Without CAP_CHECKPOINT_RESTORE the capture would fail on map_files after the target's downtime.
+  requireMapFilesAccess(pid)
   // A vfork() child runs on its parent's memory until it execs (clone(CLONE_VM) without CLONE_THREAD too):
   // neither one can be captured as a process of its own, and stopping the parent waits for the child.
   if (stat.ppid > 1 && syscallRaw(SYS.kcmp, pid, stat.ppid, KCMP_VM, 0, 0) === 0n) {

@@ -9,7 +9,7 @@ export type CheckCommandResult = CheckResult & {checkpoint?: CheckpointCpuCheck}
 
 export default class CheckCommand extends BaseCommand {
   static override summary = 'Check that this kernel, user and pool location support cxlfork.'
-  static override description = 'Runs real probes: seizes a stub and injects a syscall, reads its memory, asks for PR_SET_MM_MAP and userfaultfd, and checks the pool file system. Prints "Looks good." or names what is missing, with exit status 1. With --checkpoint, also tells whether this CPU can take that checkpoint\'s register state (XSAVE features and layout); when it cannot, names the missing features and exits 5 (CPU_MISMATCH).'
+  static override description = 'Runs real probes: seizes a stub and injects a syscall, reads its memory, follows an entry of /proc/self/map_files (what a checkpoint needs CAP_CHECKPOINT_RESTORE for), asks for PR_SET_MM_MAP and userfaultfd, and checks the pool file system. Prints "Looks good." or names what is missing, with exit status 1. With --checkpoint, also tells whether this CPU can take that checkpoint\'s register state (XSAVE features and layout); when it cannot, names the missing features and exits 5 (CPU_MISMATCH).'
   static override examples = ['<%= config.bin %> check', '<%= config.bin %> check --pool /mnt/cxl/pool --json', '<%= config.bin %> check --checkpoint web-1']
 
   static override flags = {

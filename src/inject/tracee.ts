@@ -366,7 +366,7 @@ export class Tracee {
       throw new UnsupportedError('KERNEL_THREAD', `process ${pid} (${st.comm}) is a kernel thread`, 'only user-space processes can be checkpointed')
     }
     if (st.state === 'Z' || st.state === 'X') {
-      throw new NotFoundError('ZOMBIE_PROCESS', `process ${pid} (${st.comm}) has exited (zombie), nothing to checkpoint`, 'its parent has not reaped it yet; pick a live process')
+      throw new UnsupportedError('PROCESS_ZOMBIE', `process ${pid} (${st.comm}) is a zombie: it has exited and waits to be reaped`, 'A zombie has no memory left to checkpoint.')
     }
     const options = (opts.options ?? PTRACE_O.EXITKILL) | PTRACE_O.TRACESYSGOOD
     const r = ptraceRaw(PTRACE.SEIZE, pid, 0, options)
@@ -378,7 +378,7 @@ export class Tracee {
         try {
           const s = readStatus(pid)
           tracer = s.tracerPid
-          if (s.state === 'Z') throw new NotFoundError('ZOMBIE_PROCESS', `process ${pid} has exited (zombie)`)
+          if (s.state === 'Z') throw new UnsupportedError('PROCESS_ZOMBIE', `process ${pid} is a zombie: it has exited and waits to be reaped`, 'A zombie has no memory left to checkpoint.')
         } catch (err) {
           if (err instanceof CxlforkError) throw err
         }

@@ -80,6 +80,13 @@ export function runFsck(pool: Pool, repair: boolean): FsckReport {
   const pageData = {checkpoints: 0, bytes: 0}
   const noPageChecksums: string[] = []
   for (const {index, word, entry} of pool.directory.occupied()) {
+    if (entry.state === EntryState.empty) {
+      // cxlfork empties a word only to 0: state bits of "empty" beside a page and serial are damage (a published
+      // word with its state bits knocked out, say). Tombstoned, so probe chains past it stay whole; gc frees its units.
+      report('corrupt', 'DIRECTORY_WORD_INVALID', `directory slot ${index}`, `word 0x${word.toString(16)} reads as empty but carries descriptor page ${entry.descriptorPage} and serial ${entry.serial}`,
+        () => pool.directory.swap(index, word, withState(word, EntryState.tombstone)))
+      continue
+    }
     if (!isLive(entry)) continue
     const where = `directory slot ${index} (serial ${entry.serial})`
     const tombstone = (): boolean => pool.directory.swap(index, word, withState(word, EntryState.tombstone))

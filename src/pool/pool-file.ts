@@ -38,6 +38,12 @@ function notAFile(path: string, what: string): UsageError {
   return new UsageError('POOL_NOT_A_FILE', `${path} is ${what}, not a pool file`, 'Pass --pool the path of a pool file, e.g. /dev/shm/cxlfork.pool.')
 }
 
+/** What is at `path` already, when it is neither a regular file nor a symbolic link (both judged elsewhere): POOL_NOT_A_FILE. */
+export function refuseNotAFile(path: string): void {
+  const stat = lstatSync(path, {bigint: true, throwIfNoEntry: false})
+  if (stat !== undefined && !stat.isFile() && !stat.isSymbolicLink()) throw notAFile(path, describeKind(stat))
+}
+
 function describeKind(stat: BigIntStats): string {
   if (stat.isDirectory()) return 'a directory'
   if (stat.isSymbolicLink()) return 'a symbolic link'

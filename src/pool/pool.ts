@@ -25,7 +25,7 @@ import {HostTable, leaseMsFromEnvironment, localHostIdentity} from './hosts.js'
 import type {PoolHeader} from './layout.js'
 import {DEFAULT_POOL_SIZE, PAGE_SIZE, POOL_FLAG_PROVISIONED, POOL_FLAG_SHARED_GROUP, computeLayout, decodeHeader, encodeHeader} from './layout.js'
 import {PoolMapping} from './mapping.js'
-import {callerUid, openExistingPool, openFailure, refuseForeignOwner, refusePlantedSymlinks, requireDirectory, trustPool} from './pool-file.js'
+import {callerUid, openExistingPool, openFailure, refuseForeignOwner, refuseNotAFile, refusePlantedSymlinks, requireDirectory, trustPool} from './pool-file.js'
 import {formatSize} from './size.js'
 import {Liveness, processStartTime} from './owners.js'
 import type {ReferenceHandle} from './references.js'
@@ -221,6 +221,7 @@ export class Pool {
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw openFailure(path, error as NodeJS.ErrnoException)
         if (!tolerateExisting) {
+          refuseNotAFile(path) // a directory is no pool that exists (it said POOL_EXISTS)
           if (lstatSync(path, {throwIfNoEntry: false})?.isSymbolicLink()) throw openFailure(path, Object.assign(new Error('symbolic link'), {code: 'ELOOP'}))
           throw new ConflictError('POOL_EXISTS', `a pool already exists at ${path}`, 'Pass --force to replace it (its checkpoints are lost; running clones are unaffected).')
         }

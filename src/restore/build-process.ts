@@ -19,6 +19,7 @@ import {Tracee} from '../inject/tracee.js'
 import {type VdsoLayout, deviceName, kernelRelease, readMaps, vdsoLayout} from '../sys/proc.js'
 import {MAP, MREMAP, O, PR, SIG, SYS, type VmSegment, close, decodeWaitStatus, fcntl, pipe2, prlimit, read, vmWrite, vmWritev, wait4} from '../sys/libc.js'
 import {CpuPlacement, currentCpu} from '../sys/affinity.js'
+import {setMmMapRefusal} from '../sys/capabilities.js'
 import {type HostPidOf, restoreFds} from './descriptors.js'
 import {type NetworkMode, enterNetwork} from './network.js'
 import {Injector} from './injector.js'
@@ -324,7 +325,12 @@ function restoreMm(inject: Injector, image: ProcessImage): void {
   const view = new DataView(map.buffer)
   view.setUint32(96, auxv.length, true)
   view.setUint32(100, exeFd, true)
-  inject.call('prctl(PR_SET_MM_MAP)', SYS.prctl, PR.SET_MM, PR.SET_MM_MAP, inject.put(map), map.length, 0)
+  try {
+    inject.call('prctl(PR_SET_MM_MAP)', SYS.prctl, PR.SET_MM, PR.SET_MM_MAP, inject.put(map), map.length, 0)
+  } catch (error) {
+    // Setting the exe link needs CAP_CHECKPOINT_RESTORE: name it (it was SYSCALL_FAILED, exit 1).
+    throw error instanceof SyscallError && error.errno === 1 ? setMmMapRefusal() : error
+  }
   inject.call('close', SYS.close, exeFd)
 }
 

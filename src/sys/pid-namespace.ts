@@ -6,6 +6,7 @@
  * child of ours (and of Node) where it was.
  */
 import {CxlforkError} from '../errors.js'
+import {pidNamespaceRefusal} from './capabilities.js'
 import {O, SYS, check, close, open, syscallRaw} from './libc.js'
 
 export const CLONE_NEWPID = 0x20000000
@@ -15,6 +16,7 @@ export function inNewPidNamespace<T>(spawn: () => T): T {
   const ours = open('/proc/thread-self/ns/pid', O.RDONLY | O.CLOEXEC)
   try {
     const r = syscallRaw(SYS.unshare, CLONE_NEWPID)
+    if (r === -1n) throw pidNamespaceRefusal() // EPERM: no CAP_SYS_ADMIN
     if (r < 0n) {
       check('unshare(CLONE_NEWPID)', r, undefined, 'A PID namespace per clone needs CAP_SYS_ADMIN; restore as root, or checkpoint a single-threaded process.')
     }

@@ -193,7 +193,7 @@ describe('inject/tracee', () => {
     assert.throws(() => Tracee.seize(process.pid), UnsupportedError)
     const z = spawnProc('/bin/true', ['true'])
     waitState(z.pid, (s) => s === 'Z')
-    assert.throws(() => Tracee.seize(z.pid), (e: unknown) => e instanceof NotFoundError && e.code === 'ZOMBIE_PROCESS' && /zombie/.test(e.message))
+    assert.throws(() => Tracee.seize(z.pid), (e: unknown) => e instanceof UnsupportedError && e.code === 'PROCESS_ZOMBIE' && e.exitCode === 5 && /zombie/.test(e.message))
     const p = spawnProc('/bin/sleep', ['sleep', '30'])
     waitState(p.pid, (s) => s === 'S')
     seize(p.pid)

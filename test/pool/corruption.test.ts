@@ -73,6 +73,25 @@ describe('pool: integrity checks', () => {
     }
   })
 
+  it('a directory word whose state bits read empty beside a page and serial is found by fsck, and tombstoned by --repair', () => {
+    const path = testPoolPath()
+    const pool = Pool.create(path, {size: 64n << 20n})
+    try {
+      publish(pool, 'victim')
+      const word = pool.header.directoryOffset + pool.inspect('victim').directorySlot * 8
+      flipBit(path, word + 7, 6) // published (1) -> empty (0): the checkpoint vanished and fsck said clean
+      const report = pool.fsck()
+      assert.equal(report.clean, false)
+      assert.deepEqual(report.problems.filter((p) => p.severity === 'corrupt').map((p) => p.kind), ['DIRECTORY_WORD_INVALID'])
+      assert.equal(pool.fsck({repair: true}).corruptionRepaired, 1)
+      pool.gc()
+      assert.equal(pool.fsck().clean, true)
+      assert.equal(pool.info().used, 0, 'its units are given back')
+    } finally {
+      pool.close()
+    }
+  })
+
   it('an impossible unit owner word is found and cleared by fsck --repair', () => {
     const path = testPoolPath()
     const pool = Pool.create(path, {size: 64n << 20n})
