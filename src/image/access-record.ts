@@ -70,6 +70,11 @@ export class AccessRecord {
     return new AccessRecord(bytes, pages)
   }
 
+  /** How many recordings were merged since the record was made or reset: 0 means every flag is clear, without reading them. */
+  get recordings(): number {
+    return Atomics.load(this.words, 3)
+  }
+
   /** A copy of the flag bytes, one per page. */
   flags(): Uint8Array {
     const copy = new Uint8Array(this.pages)

@@ -152,7 +152,8 @@ export function loadCheckpoint(pool: Pool, name: string, options: {verify?: bool
   const processes = states.map((state, i): LoadedProcess => {
     const pageMap = new PageMapView(maps[i]!)
     const record = records.length === maps.length ? AccessRecord.open(records[i]!, pageMap.totalPages) : undefined
-    const flags = record?.flags()
+    // Only a record something was merged into is read: a restore stays O(mappings), not O(pages), until then.
+    const flags = record && record.recordings > 0 ? record.flags() : undefined
     const recorded = flags?.some((flag) => flag !== 0) ? flags : undefined
     return {image: decodeImage(state), runs: storedRuns(pageMap, address, recorded), pageMap, ...(record ? {record} : {})}
   })
@@ -190,7 +191,8 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
   if (request.record && request.policy !== 'mow' && request.policy !== 'hybrid') {
     throw new UsageError('RECORD_POLICY', `--record reads a clone's pool mappings, and --policy ${request.policy} maps nothing from the pool`, 'Record a mow or hybrid clone.')
   }
-  const recorded = loaded.members[0]?.loaded?.record?.summary()
+  const rootRecord = loaded.members[0]?.loaded?.record
+  const recorded = rootRecord && rootRecord.recordings > 0 ? rootRecord.summary() : undefined
   // hybrid without recorded pages has no hot set: it is mow, and says so.
   const effectivePolicy: Policy = request.policy === 'hybrid' && !(recorded && recorded.recordings > 0 && recorded.accessed > 0) ? 'mow' : request.policy
   const plans: MemberPlan[] = loaded.members.map((member) => ({
