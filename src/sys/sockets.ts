@@ -52,40 +52,57 @@ function sockaddr(nr: number, fd: number): Uint8Array | undefined {
   return r < 0n ? undefined : buffer.slice(0, Math.min(128, length[0]!))
 }
 
-/** The socket behind fd `fd` of process `pid`, read through a descriptor copy. */
-export function readSocket(pid: number, fd: number): SocketState {
+/**
+ * `use` run on a copy of fd `fd` of process `pid` (pidfd_getfd: the same
+ * socket, nothing injected), closed afterwards; `unavailable` gives the
+ * result when no copy can be had, from the call that failed and its errno.
+ */
+function withDescriptorCopy<T>(pid: number, fd: number, use: (copy: number) => T, unavailable: (call: string, errno: number) => T): T {
   const pidfd = Number(syscallRaw(SYS.pidfd_open, pid, 0))
-  if (pidfd < 0) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${fd} of process ${pid} is a socket that cannot be inspected (pidfd_open: ${-pidfd})`, 'Run as root or with CAP_SYS_PTRACE.')
-  let copy = -1
+  if (pidfd < 0) return unavailable('pidfd_open', -pidfd)
   try {
-    copy = Number(syscallRaw(SYS.pidfd_getfd, pidfd, fd, 0))
-    if (copy < 0) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${fd} of process ${pid} is a socket that cannot be inspected (pidfd_getfd: ${-copy})`, 'Run as root or with CAP_SYS_PTRACE.')
-    const family = getInt(copy, SOL_SOCKET, SO.DOMAIN) ?? -1
-    const type = getInt(copy, SOL_SOCKET, SO.TYPE) ?? -1
-    const protocol = getInt(copy, SOL_SOCKET, SO.PROTOCOL) ?? 0
-    const listening = (getInt(copy, SOL_SOCKET, SO.ACCEPTCONN) ?? 0) !== 0
-    const peer = sockaddr(SYS.getpeername, copy)
-    const connected = peer !== undefined
-    const local = sockaddr(SYS.getsockname, copy) ?? new Uint8Array(0)
-    const options: SocketOption[] = []
-    const keep = (level: number, name: number, transform = (v: number) => v): void => {
-      const value = getInt(copy, level, name)
-      if (value !== undefined) options.push({level, name, value: transform(value)})
+    const copy = Number(syscallRaw(SYS.pidfd_getfd, pidfd, fd, 0))
+    if (copy < 0) return unavailable('pidfd_getfd', -copy)
+    try {
+      return use(copy)
+    } finally {
+      close(copy)
     }
-    keep(SOL_SOCKET, SO.REUSEADDR)
-    keep(SOL_SOCKET, SO.REUSEPORT)
-    keep(SOL_SOCKET, SO.KEEPALIVE)
-    // The kernel doubles what was set (bookkeeping overhead); setting half gives the same back.
-    keep(SOL_SOCKET, SO.RCVBUF, (v) => Math.floor(v / 2))
-    keep(SOL_SOCKET, SO.SNDBUF, (v) => Math.floor(v / 2))
-    if (family !== AF.UNIX && type === SOCK.STREAM) keep(IPPROTO_TCP, TCP_NODELAY)
-    if (family === AF.INET6) keep(IPPROTO_IPV6, IPV6_V6ONLY)
-    const backlog = listening ? listenBacklog(copy, family, type) : undefined
-    return {family, type, protocol, listening, connected, local, ...(peer ? {peer} : {}), ...(backlog === undefined ? {} : {backlog}), options}
   } finally {
-    if (copy >= 0) close(copy)
     close(pidfd)
   }
+}
+
+/** The socket behind fd `fd` of process `pid`, read through a descriptor copy. */
+export function readSocket(pid: number, fd: number): SocketState {
+  return withDescriptorCopy(pid, fd, (copy) => socketState(copy), (call, errno) => {
+    throw new UnsupportedError('UNSUPPORTED_FD', `fd ${fd} of process ${pid} is a socket that cannot be inspected (${call}: ${errno})`, 'Run as root or with CAP_SYS_PTRACE.')
+  })
+}
+
+function socketState(copy: number): SocketState {
+  const family = getInt(copy, SOL_SOCKET, SO.DOMAIN) ?? -1
+  const type = getInt(copy, SOL_SOCKET, SO.TYPE) ?? -1
+  const protocol = getInt(copy, SOL_SOCKET, SO.PROTOCOL) ?? 0
+  const listening = (getInt(copy, SOL_SOCKET, SO.ACCEPTCONN) ?? 0) !== 0
+  const peer = sockaddr(SYS.getpeername, copy)
+  const connected = peer !== undefined
+  const local = sockaddr(SYS.getsockname, copy) ?? new Uint8Array(0)
+  const options: SocketOption[] = []
+  const keep = (level: number, name: number, transform = (v: number) => v): void => {
+    const value = getInt(copy, level, name)
+    if (value !== undefined) options.push({level, name, value: transform(value)})
+  }
+  keep(SOL_SOCKET, SO.REUSEADDR)
+  keep(SOL_SOCKET, SO.REUSEPORT)
+  keep(SOL_SOCKET, SO.KEEPALIVE)
+  // The kernel doubles what was set (bookkeeping overhead); setting half gives the same back.
+  keep(SOL_SOCKET, SO.RCVBUF, (v) => Math.floor(v / 2))
+  keep(SOL_SOCKET, SO.SNDBUF, (v) => Math.floor(v / 2))
+  if (family !== AF.UNIX && type === SOCK.STREAM) keep(IPPROTO_TCP, TCP_NODELAY)
+  if (family === AF.INET6) keep(IPPROTO_IPV6, IPV6_V6ONLY)
+  const backlog = listening ? listenBacklog(copy, family, type) : undefined
+  return {family, type, protocol, listening, connected, local, ...(peer ? {peer} : {}), ...(backlog === undefined ? {} : {backlog}), options}
 }
 
 /**
@@ -218,12 +235,7 @@ const MESSAGE_BYTES = 1 << 20
  * when the kernel cannot peek this way.
  */
 export function peekMessages(pid: number, fd: number): Uint8Array[] | undefined {
-  const pidfd = Number(syscallRaw(SYS.pidfd_open, pid, 0))
-  if (pidfd < 0) return undefined
-  let copy = -1
-  try {
-    copy = Number(syscallRaw(SYS.pidfd_getfd, pidfd, fd, 0))
-    if (copy < 0) return undefined
+  return withDescriptorCopy(pid, fd, (copy) => {
     const before = getInt(copy, SOL_SOCKET, SO_PEEK_OFF) ?? -1
     if (syscallRaw(SYS.setsockopt, copy, SOL_SOCKET, SO_PEEK_OFF, new Int32Array([0]), 4) < 0n) return undefined
     try {
@@ -239,25 +251,14 @@ export function peekMessages(pid: number, fd: number): Uint8Array[] | undefined 
     } finally {
       syscallRaw(SYS.setsockopt, copy, SOL_SOCKET, SO_PEEK_OFF, new Int32Array([before]), 4)
     }
-  } finally {
-    if (copy >= 0) close(copy)
-    close(pidfd)
-  }
+  }, () => undefined)
 }
 
 /** Bytes queued for reading on a stream socket, without consuming them (MSG_PEEK on a descriptor copy). */
 export function peekQueued(pid: number, fd: number): Uint8Array {
-  const pidfd = Number(syscallRaw(SYS.pidfd_open, pid, 0))
-  if (pidfd < 0) return new Uint8Array(0)
-  let copy = -1
-  try {
-    copy = Number(syscallRaw(SYS.pidfd_getfd, pidfd, fd, 0))
-    if (copy < 0) return new Uint8Array(0)
+  return withDescriptorCopy(pid, fd, (copy) => {
     const buffer = new Uint8Array(1 << 20)
     const n = syscallRaw(SYS.recvfrom, copy, buffer, buffer.length, 0x2 /* MSG_PEEK */ | 0x40 /* MSG_DONTWAIT */, 0, 0)
     return n > 0n ? buffer.slice(0, Number(n)) : new Uint8Array(0)
-  } finally {
-    if (copy >= 0) close(copy)
-    close(pidfd)
-  }
+  }, () => new Uint8Array(0))
 }
