@@ -500,7 +500,7 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
     if (members.length > 1) shapeTree(members, stubs)
     const tSpawned = performance.now()
     let tMapped = tSpawned
-    const shared = new SharedMemoryBuilder(store.sharedObjects ?? new Map(), (offset) => store.localAddress(offset), store.fd)
+    const shared = new SharedMemoryBuilder(store.sharedObjects ?? new Map(), store.fd)
     for (const member of members) {
       if (!member.image || !member.plan) continue
       const stub = stubs.get(member.pid)!

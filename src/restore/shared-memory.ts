@@ -2,22 +2,20 @@
  * Shared anonymous memory of a clone: each object of the checkpoint is made
  * once per restore, in the first member that maps it, as real shared
  * anonymous memory (mmap MAP_SHARED|MAP_ANONYMOUS of the object's full size),
- * filled from the store with process_vm_writev, and reopened as a file
+ * filled from the store with sendfile, and reopened as a file
  * through /proc/PID/map_files, so that every VMA of every member maps it at
  * its own offset (MAP_SHARED from that fd). Later members reopen it through
  * the first member's mapping. Writes of one member are seen by all, as in the
  * original tree; the clone shares nothing with the pool or the original.
  */
-import {CorruptError, SyscallError} from '../errors.js'
+import {CorruptError, CxlforkError} from '../errors.js'
 import {type SharedObject} from '../image/shared-memory.js'
-import {MAP, O, PROT, SYS, type VmSegment, close, open, sendfileAt, vmWritev} from '../sys/libc.js'
+import {MAP, O, PROT, SYS, close, open, sendfileAt} from '../sys/libc.js'
 import {type Injector} from './injector.js'
 import {type MapOp} from './plan.js'
 
 type SharedOp = Extract<MapOp, {kind: 'shared'}>
 
-/** Largest piece one process_vm_writev iovec carries (below MAX_RW_COUNT). */
-const SEGMENT_BYTES = 1 << 30
 
 const hex = (value: bigint): string => value.toString(16)
 
@@ -26,11 +24,12 @@ export class SharedMemoryBuilder {
   private readonly made = new Map<string, string>()
 
   /**
-   * `storeFd`, when given, is a readable fd of the store: objects are filled
-   * from it by sendfile, in the kernel (a fresh shared mapping filled by
-   * process_vm_writev faults every page in: 5x slower at 64 MiB here).
+   * `storeFd` is a readable fd of the store (the pool file): objects are
+   * filled from it by sendfile, in the kernel (a fresh shared mapping filled
+   * by process_vm_writev faults every page in: 5x slower at 64 MiB here).
+   * Only pool checkpoints hold shared objects, and a pool restore gives it.
    */
-  constructor(private readonly objects: ReadonlyMap<string, SharedObject>, private readonly localAddress: (storeOffset: bigint) => bigint, private readonly storeFd?: number) {}
+  constructor(private readonly objects: ReadonlyMap<string, SharedObject>, private readonly storeFd?: number) {}
 
   /**
    * An fd in the process under construction for each object its `ops` map,
@@ -39,16 +38,15 @@ export class SharedMemoryBuilder {
    */
   open(inject: Injector, ops: readonly SharedOp[]): Map<string, number> {
     const fds = new Map<string, number>()
-    const pid = inject.tracee.pid
     try {
+      // Every VMA is checked against its object; each object is opened once.
       for (const op of ops) {
-        if (fds.has(op.sharedId)) continue
         const object = this.objects.get(op.sharedId)
         if (!object) throw new CorruptError('IMAGE_INCONSISTENT', `the shared memory at 0x${hex(op.start)} maps object ${op.sharedId}, which the checkpoint does not hold`, 'The checkpoint is inconsistent; take a new one.')
         if (op.offset + (op.end - op.start) > object.size) {
           throw new CorruptError('IMAGE_INCONSISTENT', `the shared memory at 0x${hex(op.start)} reaches past the end of its object (${object.size} bytes)`, 'The checkpoint is inconsistent; take a new one.')
         }
-        fds.set(op.sharedId, this.openObject(inject, op.sharedId, O.RDWR))
+        if (!fds.has(op.sharedId)) fds.set(op.sharedId, this.openObject(inject, op.sharedId, O.RDWR))
       }
       return fds
     } catch (error) {
@@ -87,30 +85,16 @@ export class SharedMemoryBuilder {
   }
 
   private make(inject: Injector, pid: number, object: SharedObject): number {
+    const storeFd = this.storeFd
+    if (storeFd === undefined) throw new CxlforkError('STORE_NOT_MAPPABLE', 'this page store gives no file to fill shared memory from', 'Restore the checkpoint from its pool.')
     const at = inject.call(`mmap(shared object ${object.id})`, SYS.mmap, 0, object.size, PROT.READ | PROT.WRITE, MAP.SHARED | MAP.ANONYMOUS, -1, 0)
     const path = `/proc/${pid}/map_files/${hex(at)}-${hex(at + object.size)}`
     try {
-      if (this.storeFd !== undefined) {
-        const fd = open(path, O.WRONLY)
-        try {
-          for (const run of object.runs) sendfileAt(fd, this.storeFd, run.storeOffset, run.offset, run.bytes, `shared memory ${object.id} into the new process`)
-        } finally {
-          close(fd)
-        }
-        return inject.open(path, O.RDWR)
-      }
-      const segments: VmSegment[] = []
-      let expected = 0
-      for (const run of object.runs) {
-        for (let done = 0n; done < run.bytes; done += BigInt(SEGMENT_BYTES)) {
-          const len = Number(run.bytes - done < BigInt(SEGMENT_BYTES) ? run.bytes - done : BigInt(SEGMENT_BYTES))
-          segments.push({local: this.localAddress(run.storeOffset + done), remote: at + run.offset + done, len})
-          expected += len
-        }
-      }
-      if (segments.length > 0) {
-        const written = vmWritev(pid, segments)
-        if (written !== expected) throw new SyscallError('process_vm_writev', 14, `copied ${written} of ${expected} bytes of shared memory into the new process`)
+      const fd = open(path, O.WRONLY)
+      try {
+        for (const run of object.runs) sendfileAt(fd, storeFd, run.storeOffset, run.offset, run.bytes, `shared memory ${object.id} into the new process`)
+      } finally {
+        close(fd)
       }
       return inject.open(path, O.RDWR)
     } finally {
