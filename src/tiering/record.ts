@@ -14,14 +14,15 @@
  * its pool mappings (restore/record-hold.ts), and the result says whether the
  * recording was exact.
  */
-import {readFileSync, readdirSync, statSync} from 'node:fs'
+import {readFileSync, statSync} from 'node:fs'
 import {NotFoundError, UsageError} from '../errors.js'
 import {PAGE_FLAG_ACCESSED, PAGE_FLAG_DIRTY} from '../image/page-map.js'
 import {PAGE_SIZE} from '../image/process-image.js'
 import type {Pool} from '../pool/index.js'
 import {type LoadedCheckpoint, loadCheckpoint} from '../restore/restore.js'
 import {getuid} from '../sys/libc.js'
-import {PM, Pagemap, readMaps} from '../sys/proc.js'
+import {childrenOf} from '../checkpoint/preflight.js'
+import {PM, Pagemap, readMaps, readStatus} from '../sys/proc.js'
 
 export interface RecordResult {
   name: string
@@ -110,21 +111,14 @@ function faultAroundOff(pid: number, starts: readonly bigint[]): boolean {
 function cloneTree(pid: number): {pid: number; inside: number}[] {
   const out: {pid: number; inside: number}[] = []
   const visit = (at: number): void => {
-    let status: string
+    let nspid: number[]
     try {
-      status = readFileSync(`/proc/${at}/status`, 'utf8')
+      nspid = readStatus(at).nspid
     } catch {
       return // gone meanwhile
     }
-    const ids = (/^NSpid:\s+(.+)$/m.exec(status)?.[1] ?? String(at)).trim().split(/\s+/).map(Number)
-    out.push({pid: at, inside: ids[ids.length - 1]!})
-    let children: string[] = []
-    try {
-      children = readdirSync(`/proc/${at}/task`).flatMap((tid) => readFileSync(`/proc/${at}/task/${tid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean))
-    } catch {
-      return
-    }
-    for (const child of new Set(children)) visit(Number(child))
+    out.push({pid: at, inside: nspid[nspid.length - 1] ?? at})
+    for (const child of childrenOf(at)) visit(child)
   }
   visit(pid)
   return out
