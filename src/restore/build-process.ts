@@ -65,7 +65,7 @@ export interface BuildOptions {
   network?: NetworkMode
   /** How the fault server of `moa` members behaves (lazy.ts); default: no background fill. */
   lazy?: LazyOptions
-  /** restore --record: fault-around off on the root's pool mappings, its accesses recorded into checkpoint `name` of `pool` at its exit. */
+  /** restore --record: fault-around off on every member's pool mappings, each member's accesses recorded into checkpoint `name` of `pool` at its exit. */
   record?: {name: string; pool: string}
   /** A stub made ahead of time for a single process in our PID namespace (the porter's ghosts), or undefined to spawn one. */
   stubSource?: (opts: StubOptions) => Stub | undefined
@@ -467,6 +467,9 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
   let statusPipe: [number, number] | undefined
   let faultServer: FaultServerClient | undefined
   let recordingExact = false
+  /** --record: every member process, its clone pid and its index in the checkpoint, each recorded at its own exit. */
+  const recorded: {pid: number; member: number}[] = []
+  let holds = 0
   try {
     // Started first: the server's own start-up overlaps the spawn of the stubs.
     if (lazy || options.record) faultServer = FaultServerClient.start(store.mapPath!, {record: options.record !== undefined, ...(options.lazy?.faultPages === undefined ? {} : {faultPages: options.lazy.faultPages})})
@@ -508,7 +511,12 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
       const hostPidOf = (original: number): number => stubs.get(original)?.pid ?? original
       const threads = buildMember(stub, member.image, member.plan, store, shared, id, pidns === 'host', hostPidOf, (inject) => {
         faultServer?.serve(inject, stub.pid, member.plan!)
-        if (options.record && member === root) recordingExact = faultServer!.holdForRecording(inject, stub.pid, member.plan!)
+        if (options.record && member.plan!.ops.some((op) => op.kind === 'store-map')) {
+          const held = faultServer!.holdForRecording(inject, stub.pid, member.plan!)
+          recordingExact = (holds === 0 || recordingExact) && held
+          holds++
+        }
+        if (options.record) recorded.push({pid: stub.pid, member: members.indexOf(member)})
         if (member === root) tMapped = performance.now()
       })
       built.push({member, stub, threads})
@@ -530,7 +538,7 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
     // If this fails, the catch below kills the init, and with it the released clone, before a fault waits on nobody.
     if (faultServer) {
       faultServer.arm(lazy ? init?.pid : undefined, options.lazy ?? {fillAfterMs: null},
-        options.record ? {pid: rootStub.pid, name: options.record.name, pool: options.record.pool} : undefined)
+        options.record ? recorded.map((clone) => ({...clone, name: options.record!.name, pool: options.record!.pool})) : undefined)
     }
     const tDone = performance.now()
     const readEnd = statusPipe?.[0]

@@ -16,6 +16,14 @@ import {UFFD_FEATURE, UFFDIO, UFFDIO_REGISTER_MODE_MISSING, UFFDIO_REGISTER_MODE
 import type {Injector} from './injector.js'
 import type {RestorePlan} from './plan.js'
 
+/** restore --record: a clone process whose accesses the server records at its exit, as member `member` of checkpoint `name` (0: the root). */
+export interface RecordedClone {
+  pid: number
+  name: string
+  pool: string
+  member: number
+}
+
 /** Events the server must see to keep page sources right (fault-server.ts). */
 const FEATURES = UFFD_FEATURE.EVENT_FORK | UFFD_FEATURE.EVENT_REMAP | UFFD_FEATURE.EVENT_REMOVE | UFFD_FEATURE.EVENT_UNMAP
 const REPLY_TIMEOUT_MS = 15_000
@@ -171,9 +179,9 @@ export class FaultServerClient {
 
   /**
    * The clone is released: the server takes its init as sentinel (moa) and
-   * watches the recorded clone for its exit (--record), then serves on alone.
+   * watches the recorded clone processes for their exits (--record), then serves on alone.
    */
-  arm(initPid: number | undefined, options: LazyOptions, record?: {pid: number; name: string; pool: string}): void {
+  arm(initPid: number | undefined, options: LazyOptions, record?: RecordedClone[]): void {
     // Until the server holds the init, a server that dies must not let the clone read lost pages
     // as zeros: our copies keep the userfaultfds open (a fault waits), and the caller kills the clone.
     this.request({op: 'arm', ...(initPid === undefined ? {} : {init: initPid}), fillAfterMs: options.fillAfterMs, ...(record ? {record} : {})})

@@ -28,6 +28,7 @@ import {appendFileSync, closeSync, fstatSync, openSync, readFileSync, readSync, 
 import {constants as fsConstants} from 'node:fs'
 import {MAP, PROT, PTRACE, PTRACE_EVENT, PTRACE_O, SYS, WNOHANG, __WALL, mmap, pidfdOpen, ptraceRaw, syscallRaw, wait4} from '../sys/libc.js'
 import {POLLIN, UFFD_EVENT, UFFD_MSG_SIZE, UffdIoctls, decodeUffdMessage, pollFds} from '../sys/userfaultfd.js'
+import type {RecordedClone} from '../restore/lazy.js'
 
 const PAGE = 4096n
 const EEXIST = 17
@@ -121,8 +122,8 @@ interface Request {
   runs?: [string, number, string][]
   init?: number
   fillAfterMs?: number | null
-  /** arm: record this clone's accesses into checkpoint `name` when it exits (restore --record). */
-  record?: {pid: number; name: string; pool: string}
+  /** arm: record these clone processes' accesses into checkpoint `name` as each exits (restore --record; one per tree member). */
+  record?: RecordedClone[]
 }
 
 export class FaultServer {
@@ -133,9 +134,10 @@ export class FaultServer {
   private init: number | undefined
   /** The clone ended before the server was armed: nothing left to do. */
   private ended = false
-  /** A userfaultfd that only keeps fault-around off on a recorded clone's pool mappings (nothing to serve). */
-  private readonly held: number[] = []
-  private recorded: {pid: number; name: string; pool: string} | undefined
+  /** Per clone pid: userfaultfds that only keep fault-around off on its pool mappings (nothing to serve). */
+  private readonly held = new Map<number, number[]>()
+  /** The clone processes still to be recorded at their exit, by pid. */
+  private readonly recorded = new Map<number, RecordedClone>()
   private fillAfterMs: number | null = null
   private lastFaultMs = Date.now()
   /** Counters, for the log line written at exit. */
@@ -247,15 +249,18 @@ export class FaultServer {
         const fd = Number(syscallRaw(SYS.pidfd_getfd, pidfd, request.fd!, 0))
         closeSync(pidfd)
         if (fd < 0) throw new Error(`pidfd_getfd of the clone's userfaultfd failed with errno ${-fd}`)
-        this.held.push(fd)
+        const held = this.held.get(request.pid!) ?? []
+        held.push(fd)
+        this.held.set(request.pid!, held)
         return false
       }
       case 'arm': {
-        if (request.record !== undefined) {
+        for (const clone of request.record ?? []) {
           // Not EXITKILL: a recorder that dies costs the recording, never the clone.
-          const r = ptraceRaw(PTRACE.SEIZE, request.record.pid, 0, PTRACE_O.TRACEEXIT)
-          if (r >= 0n) this.recorded = request.record
-          else if (alive(request.record.pid)) throw new Error(`cannot watch the clone ${request.record.pid} for its exit: ptrace errno ${-r}`)
+          const r = ptraceRaw(PTRACE.SEIZE, clone.pid, 0, PTRACE_O.TRACEEXIT)
+          if (r >= 0n) this.recorded.set(clone.pid, clone)
+          else if (alive(clone.pid)) throw new Error(`cannot watch the clone ${clone.pid} for its exit: ptrace errno ${-r}`)
+          else this.releaseHeld(clone.pid)
         }
         if (request.init !== undefined) {
           const r = ptraceRaw(PTRACE.SEIZE, request.init, 0, PTRACE_O.EXITKILL)
@@ -358,9 +363,9 @@ export class FaultServer {
     for (const page of pages) this.serveFault(ctx, page)
   }
 
-  /** Without an init to watch (a recording-only server), the end of the recorded clone ends the server. */
+  /** Without an init to watch (a recording-only server), the end of the last recorded clone ends the server. */
   private recordedOnly(): boolean {
-    return this.recorded === undefined
+    return this.recorded.size === 0
   }
 
   /** Copy what is left, a chunk at a time, answering faults between chunks; true when nothing is left. */
@@ -416,33 +421,44 @@ export class FaultServer {
   }
 
   /**
-   * The recorded clone's stops: signals are passed on; at its exit stop
-   * (PTRACE_EVENT_EXIT, memory still there) its accesses are recorded. True
-   * once it is gone (or none is recorded).
+   * The recorded clones' stops: signals are passed on; at a clone's exit stop
+   * (PTRACE_EVENT_EXIT, memory still there) its accesses are recorded. Its
+   * parent sees it exit once we have reaped its last stop (within one poll
+   * period). True once every recorded clone is gone (or none is recorded).
    */
   private pollRecorded(): boolean {
-    const clone = this.recorded
-    if (clone === undefined) return true
-    for (;;) {
-      let status
-      try {
-        status = wait4(clone.pid, WNOHANG | __WALL)
-      } catch {
-        this.recorded = undefined
-        return true
+    for (const clone of [...this.recorded.values()]) {
+      for (;;) {
+        let status
+        try {
+          status = wait4(clone.pid, WNOHANG | __WALL)
+        } catch {
+          this.forget(clone.pid)
+          break
+        }
+        if (!status) break
+        if (!status.stopped) {
+          this.forget(clone.pid)
+          break
+        }
+        if (status.event === PTRACE_EVENT.EXIT) this.recordNow(clone)
+        ptraceRaw(PTRACE.CONT, clone.pid, 0, status.event === 0 ? status.stopSignal ?? 0 : 0)
       }
-      if (!status) return false
-      if (!status.stopped) {
-        this.recorded = undefined
-        for (const fd of this.held.splice(0)) closeSync(fd)
-        return true
-      }
-      if (status.event === PTRACE_EVENT.EXIT) this.recordNow(clone)
-      ptraceRaw(PTRACE.CONT, clone.pid, 0, status.event === 0 ? status.stopSignal ?? 0 : 0)
     }
+    return this.recorded.size === 0
   }
 
-  private recordNow(clone: {pid: number; name: string; pool: string}): void {
+  private forget(pid: number): void {
+    this.recorded.delete(pid)
+    this.releaseHeld(pid)
+  }
+
+  private releaseHeld(pid: number): void {
+    for (const fd of this.held.get(pid) ?? []) closeSync(fd)
+    this.held.delete(pid)
+  }
+
+  private recordNow(clone: RecordedClone): void {
     try {
       this.onExitRecord?.(clone)
     } catch {
@@ -451,7 +467,7 @@ export class FaultServer {
   }
 
   /** Set by the entry point: records a clone at its exit (kept out of this module so that serving needs no pool code). */
-  onExitRecord?: (clone: {pid: number; name: string; pool: string}) => void
+  onExitRecord?: (clone: RecordedClone) => void
 
   /**
    * The init's ptrace stops are ours to end: a signal it is sent (SIGCHLD

@@ -166,6 +166,19 @@ export function recordClone(pool: Pool, name: string, pid: number, options: {exa
   return result
 }
 
+/**
+ * restore --record, at the exit stop of one clone process: judge it as member
+ * `member` of `name` (0: the root) and merge into that member's own record.
+ * Each member of a clone tree is recorded at its own exit, so one that ends
+ * before or after the root is judged while its memory is still there.
+ */
+export function recordMemberAtExit(pool: Pool, name: string, pid: number, member: number): void {
+  const loaded = loadCheckpoint(pool, name)
+  const record = loaded.members[member]?.loaded?.record
+  if (!record) return
+  record.merge(judgeClone(loaded, pool.path, pid, member).flags, Date.now())
+}
+
 export function summarize(loaded: LoadedCheckpoint): RecordResult['record'] {
   const summary = loaded.members[0]?.loaded?.record?.summary()
   return {recordings: summary?.recordings ?? 0, accessed: summary?.accessed ?? 0, dirty: summary?.dirty ?? 0,

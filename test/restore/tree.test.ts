@@ -11,7 +11,7 @@ import {existsSync, mkdtempSync, readFileSync, readdirSync, rmSync} from 'node:f
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
-import {procStat, readLog, requestCheck, startFixture, trackPid, waitForLine, waitForTicks} from '../helpers/fixtures.js'
+import {procStat, processExists, readLog, requestCheck, requestExit, startFixture, trackPid, waitForLine, waitForTicks} from '../helpers/fixtures.js'
 import {allProcesses, cli, comm, describeRun, installCleanupHooks, note, poolPath, sleep, until} from './helpers.js'
 
 function nsPid(pid: number): number {
@@ -132,6 +132,38 @@ describe('restore: process trees keep their shape and their pids', function () {
     assert.ok(hybrid.json.stats.pages_restored >= hotChildren, `hybrid copies the members' hot pages: ${hybrid.json.stats.pages_restored} restored, children's hot ${hotChildren}`)
     assert.equal((await requestCheck(fx.logPath, hybrid.json.pid)).fields.ok, '1')
     note(`record of a tree: ${members.map((m) => `${m.pid}:${m.accessed}/${m.dirty}`).join(' ')}; hybrid restored ${hybrid.json.stats.pages_restored} pages, mapped ${hybrid.json.stats.pages_mapped}`)
+  })
+
+  it('restore --record of a clone tree: every member is recorded at its own exit, and the root still reaps its children', async () => {
+    const pool = poolPath('tree')
+    const fx = await startFixture('tree')
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'rec-exit', '--tree', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    const run = await cli(['restore', 'rec-exit', '--record', '--json', '--pool', pool])
+    assert.equal(run.status, 0, describeRun(run))
+    assert.equal(run.json.tiering.recording.exact, true, 'fault-around is off on every member\'s pool mappings')
+    const root = run.json.pid as number
+    trackPid(root)
+    const from = readLog(fx.logPath).length
+    assert.equal((await requestCheck(fx.logPath, root)).fields.ok, '1')
+    const members = cloneShape(root).filter((m) => m.state !== 'Z')
+    assert.equal(members.length, 3)
+    for (const member of members) await waitForLine(fx.logPath, (e) => e.kind === 'CHECK' && e.pid === member.pid && e.index >= from, 10_000)
+    // EXIT: the root SIGTERMs its children and reaps them (each passes its exit stop at the recorder first), then exits.
+    const exit = await requestExit(fx.logPath, root)
+    assert.equal(exit.fields.ok ?? '1', '1', exit.line)
+    await until(() => !processExists(root), 'the clone root exits once it has reaped its children', 10_000)
+    await until(() => !processExists(run.json.faultServerPid), 'the recorder ends with the last member', 10_000)
+    const inspect = await cli(['inspect', 'rec-exit', '--json', '--pool', pool])
+    assert.equal(inspect.json.accessRecord.recordings, 1, 'the root was recorded at its exit')
+    const rootHot = inspect.json.accessRecord.hot as number
+    // Each child read its 1 MiB region: recorded into its own record, so hybrid copies those pages too.
+    const hybrid = await cli(['restore', 'rec-exit', '--policy', 'hybrid', '--json', '--pool', pool])
+    assert.equal(hybrid.status, 0, describeRun(hybrid))
+    trackPid(hybrid.json.pid)
+    assert.ok(hybrid.json.stats.pages_restored >= rootHot + 3 * 256, `hybrid copies the root's ${rootHot} hot pages and each child's region: ${hybrid.json.stats.pages_restored} restored`)
+    assert.equal((await requestCheck(fx.logPath, hybrid.json.pid)).fields.ok, '1')
+    note(`restore --record of a tree: root ${rootHot} hot pages; hybrid then restored ${hybrid.json.stats.pages_restored}`)
   })
 
   for (const point of ['tree-frozen', 'threads-frames-ready', 'tree-member-captured'] as const) {
