@@ -8,6 +8,7 @@ import {closeSync, openSync, readSync, statSync} from 'node:fs'
 import {hostname} from 'node:os'
 
 import {recordLayout} from '../cpu/checkpoint-cpu.js'
+import {readCredentials} from './credentials.js'
 import {UnsupportedError} from '../errors.js'
 import {
   type FdImage, type FdKind, type FileIdentity, IMAGE_VERSION, type MmImage, type PageRun, type ProcessImage, type SigAction,
@@ -156,6 +157,8 @@ export interface TracerState {
   sigactions: SigAction[]
   /** From an injected brk(0). */
   brk: bigint
+  /** From injected prctl(PR_GET_SECUREBITS) and prctl(PR_GET_DUMPABLE). */
+  asked: {securebits: number; dumpable: number}
 }
 
 /** The snapshot's memory: what its page write needs, known as soon as the target runs again. */
@@ -202,6 +205,8 @@ export function captureImage(target: number, snapshot: number, memory: SnapshotM
     cwd: readCwd(target), root: readRoot(target),
     rlimits: readLimits(target).map((limit, resource) => ({resource, cur: limit.cur, max: limit.max})),
     sigactions: tracer.sigactions, sharedPendingSignals: tracer.sharedPendingSignals, cmdline: readCmdline(target),
+    // The snapshot's: fork copied the target's credentials at the instant of the snapshot.
+    credentials: readCredentials(snapshot, tracer.asked),
   }
   const vdso = vdsoLayout([...layout])
   const fdImages = captureFds(target, fds, files)

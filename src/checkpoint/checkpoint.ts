@@ -24,7 +24,7 @@ import type {CpuPlacement} from '../sys/affinity.js'
 import {faultPoint} from '../fault.js'
 import {preflight} from './preflight.js'
 import {type LiveSnapshot, killTarget, takePlacedSnapshot} from './snapshot.js'
-import {type CheckedTree, type FrozenMember, type TreeRecord, captureStoppedMember, freezeDescendants, markInternalPipes, preflightTree, sharedAcrossMembers, thawMembers} from './tree.js'
+import {type CheckedTree, type FrozenMember, type SharedFrom, type TreeRecord, captureStoppedMember, freezeDescendants, markInternalPipes, preflightTree, sharedAcrossMembers, thawMembers} from './tree.js'
 
 /** Statistics named as CRIU names them, in microseconds. */
 export interface DumpStats {
@@ -405,8 +405,16 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
   const frozen: FrozenMember[] = tree ? freezeDescendants(tree) : []
   if (tree) faultPoint('tree-frozen')
   // Objects members share, found while the descendants are stopped (the root is seized next).
-  if (tree) markInternalPipes(tree.checks)
-  const sharing = tree ? sharedAcrossMembers(tree.members, tree.checks) : new Map()
+  let sharing = new Map<number, Map<number, SharedFrom>>()
+  if (tree) {
+    try {
+      markInternalPipes(tree.members, tree.checks)
+      sharing = sharedAcrossMembers(tree.members, tree.checks)
+    } catch (error) {
+      thawMembers(frozen)
+      throw error
+    }
+  }
   let thawedAt: number | undefined
   const thaw = (): void => {
     if (thawedAt !== undefined) return

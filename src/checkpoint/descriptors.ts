@@ -13,6 +13,7 @@ import {type EpollTargetImage, type FdImage, type FdKind} from '../image/process
 import {O, SYS, close, fcntl, open, pipe2, read, syscallRaw} from '../sys/libc.js'
 import {type FdInfo} from '../sys/proc.js'
 import {AF, SOCK, describeAddress, peekMessages, peekQueued, readSocket, unixName, unixPeer} from '../sys/sockets.js'
+import {type TreeSocket} from './preflight.js'
 
 const F_SETPIPE_SZ = 1031
 const F_GETPIPE_SZ = 1032
@@ -79,7 +80,7 @@ function sameDescription(pid: number, a: number, b: number): boolean {
  * The extras of every fd of a stopped process. Pipes and eventfds are read
  * here because the process (stopped) can change neither.
  */
-export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKind}[], internalPipes: ReadonlySet<string> = new Set()): Map<number, FdExtras> {
+export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKind}[], internalPipes: ReadonlySet<string> = new Set(), treeSockets: ReadonlyMap<string, TreeSocket> = new Map()): Map<number, FdExtras> {
   const out = new Map<number, FdExtras>()
   const set = (fd: number, extras: FdExtras): void => {
     out.set(fd, {...out.get(fd), ...extras})
@@ -142,21 +143,28 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
         set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: socket.local, peer: socket.peer!,
           options: socket.options.filter((o) => o.level === 1)}})
       } else if (socket.family === AF.UNIX) {
-        const peer = unixPeer(Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1))
-        const peerFd = fds.find((other) => other.info.target === `socket:[${peer}]`)?.info.fd
-        if (peerFd === undefined) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix socket whose other end it no longer holds`, 'Checkpoint it again.')
+        const peer = `socket:[${unixPeer(Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1))}]`
+        const localPeer = fds.find((other) => other.info.target === peer)?.info.fd
+        // In a tree the other end may be another member's: the pair is created by the end whose first holder comes first.
+        const holder = localPeer === undefined ? treeSockets.get(peer) : undefined
+        if (localPeer === undefined && holder === undefined) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix socket whose other end it no longer holds`, 'Checkpoint it again.')
+        const mine = treeSockets.get(info.target)
+        // The creator also carries what waits for the other end (its holder is stopped now); the other member's end is handed over.
+        const peerQueue = holder && mine?.pid === pid && mine.rank < holder.rank ? holder : undefined
+        const base = {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: new Uint8Array(0), options: socket.options.filter((o) => o.level === 1)}
+        const peerFd = localPeer ?? -1
         if (socket.type === SOCK.STREAM) {
           const queued = peekQueued(pid, info.fd)
-          set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: new Uint8Array(0), options: socket.options.filter((o) => o.level === 1),
-            pair: {peerFd, ...(queued.length > 0 ? {queued} : {})}}})
+          const peerQueued = peerQueue ? peekQueued(peerQueue.pid, peerQueue.fd) : undefined
+          set(info.fd, {socket: {...base, pair: {peerFd, ...(queued.length > 0 ? {queued} : {}), ...(peerQueued && peerQueued.length > 0 ? {peerQueued} : {})}}})
         } else {
           // Datagrams (and seqpacket records) keep their boundaries: each is sent again on its own.
           const messages = peekMessages(pid, info.fd)
-          if (messages === undefined) {
+          const peerMessages = peerQueue ? peekMessages(peerQueue.pid, peerQueue.fd) : []
+          if (messages === undefined || peerMessages === undefined) {
             throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix datagram socketpair end whose queue cannot be read (SO_PEEK_OFF)`, 'Checkpoint it once its messages are read.')
           }
-          set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: new Uint8Array(0), options: socket.options.filter((o) => o.level === 1),
-            pair: {peerFd, ...(messages.length > 0 ? {messages} : {})}}})
+          set(info.fd, {socket: {...base, pair: {peerFd, ...(messages.length > 0 ? {messages} : {}), ...(peerMessages.length > 0 ? {peerMessages} : {})}}})
         }
       } else {
         // A connected UDP socket is connected again to its peer; a TCP connection (--tcp-close) is restored closed.

@@ -9,6 +9,7 @@ import {type FdKind} from '../image/process-image.js'
 import {requireMapFilesAccess} from '../sys/capabilities.js'
 import {SYS, getuid, syscallRaw} from '../sys/libc.js'
 import {isSharedAnonymous, isSharedMemoryFd, isSharedMemoryObject} from './shared-memory.js'
+import {refuseUnsupportedCredentials} from './credentials.js'
 import {AF, SOCK, describeAddress, readSocket, unixName, unixPeer} from '../sys/sockets.js'
 import {type FdInfo, type SmapsVma, type Vma, listFds, readSmaps, readStat, readStatus} from '../sys/proc.js'
 
@@ -56,21 +57,26 @@ function classifySocket(pid: number, fd: number, tcpClose: boolean): FdKind | {u
   return {unsupported: `a socket of type ${socket.type} (${where})`}
 }
 
-/** A Unix socketpair end whose other end is not among the process's fds (another process holds it) is refused by name. */
-function refuseLoneUnixEnds(pid: number, fds: readonly {info: FdInfo; kind: FdKind}[]): void {
+/** Unix socketpair ends whose other end is not among the process's fds (another process holds it), with the peer's inode when the kernel names it. */
+function loneUnixEnds(pid: number, fds: readonly {info: FdInfo; kind: FdKind}[]): {fd: number; peer: number | undefined}[] {
   const inodes = new Set(fds.filter(({kind}) => kind === 'socket').map(({info}) => info.target))
+  const lone: {fd: number; peer: number | undefined}[] = []
   for (const {info, kind} of fds) {
     if (kind !== 'socket') continue
     const socket = readSocket(pid, info.fd)
     // Listeners and unconnected datagram sockets have no peer to hold; clients of a named datagram socket connect again.
     if (socket.family !== AF.UNIX || !socket.connected || (socket.peer?.length ?? 0) > 2) continue
-    const inode = Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1)
-    const peer = unixPeer(inode)
-    if (peer === undefined || !inodes.has(`socket:[${peer}]`)) {
-      throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix socket connected to ${peer === undefined ? 'a socket the kernel does not name' : `socket:[${peer}]`}, which the process does not hold`,
-        'cxlfork carries Unix socketpairs whose both ends the process holds; close the end shared with another process first.')
-    }
+    const peer = unixPeer(Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1))
+    if (peer === undefined || !inodes.has(`socket:[${peer}]`)) lone.push({fd: info.fd, peer})
   }
+  return lone
+}
+
+/** A lone socketpair end is refused by name: outside a tree always, in a tree when no member holds its peer (tree.ts). */
+export function refuseLoneUnixEnd(pid: number, end: {fd: number; peer: number | undefined}, inTree: boolean): never {
+  throw new UnsupportedError('UNSUPPORTED_FD', `fd ${end.fd} of process ${pid} is a Unix socket connected to ${end.peer === undefined ? 'a socket the kernel does not name' : `socket:[${end.peer}]`}, which ${inTree ? 'no process of the tree holds' : 'the process does not hold'}`,
+    inTree ? 'cxlfork carries Unix socketpairs whose ends are held within the checkpointed tree; the other end is outside it.'
+      : 'cxlfork carries Unix socketpairs whose both ends the process holds (or, with --tree, its tree holds); checkpoint the tree that holds both ends with --tree, or close the end shared with another process first.')
 }
 
 /** kcmp(2) type: do two processes share one address space? */
@@ -154,6 +160,13 @@ export function childrenOf(pid: number): number[] {
   return children
 }
 
+/** A socket held in a checkpointed tree: its first holder in tree order (rank: that member's place in it). */
+export interface TreeSocket {
+  pid: number
+  fd: number
+  rank: number
+}
+
 export interface PreflightResult {
   uid: number
   /** Checked as a member of a tree (children allowed). */
@@ -162,6 +175,10 @@ export interface PreflightResult {
   tcpClose: boolean
   /** In a tree: pipes other members hold too ('pipe:[ino]'), carried as pipes even on fds 0-2. */
   internalPipes?: Set<string>
+  /** In a tree: every member's sockets ('socket:[ino]'), each with one member fd holding it (a socketpair's other end may be any of them). */
+  treeSockets?: Map<string, TreeSocket>
+  /** Socketpair ends whose other end this process does not hold (in a tree: held by another member, checked by the tree). */
+  loneUnixEnds?: {fd: number; peer: number | undefined}[]
   fds: {info: FdInfo; kind: FdKind}[]
   /** The target's VMAs with their VmFlags; null when the memory check was left to the snapshot (see preflight). */
   smaps: SmapsVma[] | null
@@ -211,6 +228,7 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
   }
   // Without CAP_CHECKPOINT_RESTORE the capture would fail on map_files after the target's downtime.
   requireMapFilesAccess(pid)
+  refuseUnsupportedCredentials(pid)
   // A vfork() child runs on its parent's memory until it execs (clone(CLONE_VM) without CLONE_THREAD too):
   // neither one can be captured as a process of its own, and stopping the parent waits for the child.
   if (stat.ppid > 1 && syscallRaw(SYS.kcmp, pid, stat.ppid, KCMP_VM, 0, 0) === 0n) {
@@ -235,9 +253,11 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
     }
     fds.push({info, kind})
   }
-  refuseLoneUnixEnds(pid, fds)
-  if (options.memory === false) return {uid: status.uid[0], inTree: options.children === 'allow', tcpClose: options.tcpClose ?? false, fds, smaps: null}
+  const lone = loneUnixEnds(pid, fds)
+  if (lone.length > 0 && options.children !== 'allow') refuseLoneUnixEnd(pid, lone[0]!, false)
+  const loneEnds = lone.length > 0 ? {loneUnixEnds: lone} : {}
+  if (options.memory === false) return {uid: status.uid[0], inTree: options.children === 'allow', tcpClose: options.tcpClose ?? false, fds, ...loneEnds, smaps: null}
   const smaps = readSmaps(pid)
   refuseUnsupportedMemory(pid, smaps)
-  return {uid: status.uid[0], inTree: options.children === 'allow', tcpClose: options.tcpClose ?? false, fds, smaps}
+  return {uid: status.uid[0], inTree: options.children === 'allow', tcpClose: options.tcpClose ?? false, fds, ...loneEnds, smaps}
 }

@@ -54,12 +54,16 @@ export interface LiveSnapshot {
 }
 
 const now = (): number => performance.now()
+const PR_GET_DUMPABLE = 3
+const PR_GET_SECUREBITS = 27
 
 /** What the snapshot (fork keeps both) says of the brk, the signal dispositions and the alternate signal stack. */
 interface ChildState {
   brk: bigint
   sigactions: SigAction[]
   altStack: {sp: bigint; flags: number; size: bigint}
+  /** Securebits (of the credentials fork copied) and the dumpable flag (of the mm it copied). */
+  asked: {securebits: number; dumpable: number}
 }
 
 /**
@@ -75,6 +79,8 @@ function readChildState(snapshot: Tracee): ChildState {
     {nr: SYS.brk, args: [0]},
     {nr: SYS.sigaltstack, args: [0, stackSlot]},
     ...signals.map((signo, i) => ({nr: SYS.rt_sigaction, args: [signo, 0, area + BigInt(32 * i), 8]})),
+    {nr: SYS.prctl, args: [PR_GET_SECUREBITS]},
+    {nr: SYS.prctl, args: [PR_GET_DUMPABLE]},
   ])
   const bytes = snapshot.readMemory(area, 32 * signals.length + 24)
   const view = new DataView(bytes.buffer, bytes.byteOffset)
@@ -89,7 +95,10 @@ function readChildState(snapshot: Tracee): ChildState {
   })
   const at = 32 * signals.length
   const altStack = decodeAltStack(results[1] ?? -1n, bytes.subarray(at, at + 24))
-  return {brk, sigactions, altStack}
+  const securebits = results[2 + signals.length] ?? -1n
+  const dumpable = results[3 + signals.length] ?? -1n
+  if (securebits < 0n || dumpable < 0n) throw new SyscallError('prctl (in the snapshot)', Number(-(securebits < 0n ? securebits : dumpable)))
+  return {brk, sigactions, altStack, asked: {securebits: Number(securebits), dumpable: Number(dumpable)}}
 }
 
 /**
@@ -157,7 +166,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
       fds = preflight(pid, {memory: false, children: checked.inTree ? 'allow' : 'refuse', tcpClose: checked.tcpClose}).fds
     }
     // Pipe contents, eventfd counters, epoll interest lists and shared descriptions: as of this stop.
-    const extras = describeFds(pid, fds, checked.internalPipes)
+    const extras = describeFds(pid, fds, checked.internalPipes, checked.treeSockets)
     fds = fds.map((entry) => ({...entry, extras: extras.get(entry.info.fd)}))
     // Shared memory is not frozen by the fork: its contents as of this stop.
     sharedMemory = readSharedObjects(pid, parentMaps, new Set(), fds)
@@ -238,7 +247,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
       memory, sharedMemory, snapshotPid: snap.pid, snapshotTracee: snap, ownerUid: checked.uid, release, checkMemory,
       captureImage: () => {
         checkMemory()
-        return (image ??= captureImage(pid, snap.pid, memory, layout, fds, {threads: [thread, ...otherThreads], sharedPendingSignals: sharedPending, sigactions: state.sigactions, brk: state.brk}))
+        return (image ??= captureImage(pid, snap.pid, memory, layout, fds, {threads: [thread, ...otherThreads], sharedPendingSignals: sharedPending, sigactions: state.sigactions, brk: state.brk, asked: state.asked}))
       },
       timings: {freezingUs: Math.round((tStopped - t0) * 1000), frozenUs: Math.round((tResumed - t0) * 1000), captureUs: Math.round((tCaptured - tResumed) * 1000)},
     }

@@ -14,14 +14,14 @@
  */
 import {readlinkSync} from 'node:fs'
 
-import {ConflictError, NotFoundError, UnsupportedError} from '../errors.js'
+import {ConflictError, NotFoundError, SyscallError, UnsupportedError} from '../errors.js'
 import {type FdKind, type ProcessImage, type SigAction} from '../image/process-image.js'
 import {Tracee, findSigreturnGadget} from '../inject/tracee.js'
 import {SIG, SYS, syscallRaw} from '../sys/libc.js'
 import {listFds, readMaps, readStat, readStatus} from '../sys/proc.js'
 import {type FlaggedVma, captureImage, captureMemory, decodeSigaction, type SnapshotMemory} from './capture.js'
 import {describeFds} from './descriptors.js'
-import {type PreflightResult, childrenOf, preflight} from './preflight.js'
+import {type PreflightResult, type TreeSocket, childrenOf, preflight, refuseLoneUnixEnd} from './preflight.js'
 import {detachQuietly, readAltStacks, readThreadState, seizeOtherThreads, threadComm} from './threads.js'
 import {type SharedObjectCapture, readSharedObjects} from './shared-memory.js'
 
@@ -54,6 +54,11 @@ function namespaceIds(pid: number): Record<string, string> {
     }
   }
   return out
+}
+
+/** A descendant gone, or now a zombie, since the tree was listed (a shell's `sleep` ends at any moment). */
+function exitedMeanwhile(error: unknown): boolean {
+  return error instanceof NotFoundError || (error instanceof UnsupportedError && error.code === 'PROCESS_ZOMBIE')
 }
 
 /** `root` and its descendants, breadth first (every parent before its children). */
@@ -105,7 +110,17 @@ export function preflightTree(root: number, tcpClose = false): CheckedTree {
   for (const member of members) {
     if (checkMember(root, rootNs, member, checks, tcpClose)) live.push(member)
   }
+  refuseLoneUnixEndsOfTree(checks)
   return {members: live, checks, tcpClose}
+}
+
+/** Every socketpair end a member holds alone must have its other end in some member (nginx's master and workers, multiprocessing.Pipe). */
+function refuseLoneUnixEndsOfTree(checks: ReadonlyMap<number, PreflightResult>): void {
+  const held = new Set<string>()
+  for (const checked of checks.values()) for (const {info, kind} of checked.fds) if (kind === 'socket') held.add(info.target)
+  for (const [pid, checked] of checks) {
+    for (const end of checked.loneUnixEnds ?? []) if (end.peer === undefined || !held.has(`socket:[${end.peer}]`)) refuseLoneUnixEnd(pid, end, true)
+  }
 }
 
 /**
@@ -136,7 +151,7 @@ function checkMember(root: number, rootNs: Record<string, string>, member: TreeM
     checks.set(member.pid, preflight(member.pid, {children: 'allow', tcpClose}))
     return true
   } catch (error) {
-    if (member.pid !== root && error instanceof NotFoundError) return false
+    if (member.pid !== root && exitedMeanwhile(error)) return false
     throw error
   }
 }
@@ -160,14 +175,28 @@ export interface SharedFrom {
  * the restore hands that object over instead of creating a second one.
  * Keyed by member pid, then fd.
  */
-/** Pipes held by more than one member: a pipeline's, a parent's to its children. Recorded on every member's checks. */
-export function markInternalPipes(checks: Map<number, PreflightResult>): void {
+/**
+ * Pipes held by more than one member (a pipeline's, a parent's to its
+ * children), and every member's sockets (the other end of a socketpair may be
+ * in another member). Recorded on every member's checks.
+ */
+export function markInternalPipes(members: readonly TreeMember[], checks: Map<number, PreflightResult>): void {
   const holders = new Map<string, Set<number>>()
-  for (const [pid, checked] of checks) {
-    for (const {info, kind} of checked.fds) if (kind === 'pipe') holders.set(info.target, (holders.get(info.target) ?? new Set()).add(pid))
-  }
+  const sockets = new Map<string, TreeSocket>()
+  const live = members.flatMap((member) => (checks.has(member.pid) ? [[member.pid, checks.get(member.pid)!] as const] : []))
+  live.forEach(([pid, checked], rank) => {
+    for (const {info, kind} of checked.fds) {
+      if (kind === 'pipe') holders.set(info.target, (holders.get(info.target) ?? new Set()).add(pid))
+      if (kind === 'socket' && !sockets.has(info.target)) sockets.set(info.target, {pid, fd: info.fd, rank})
+    }
+  })
+  // Members found while freezing were not there for preflightTree's check.
+  refuseLoneUnixEndsOfTree(new Map(live))
   const internal = new Set([...holders].filter(([, pids]) => pids.size > 1).map(([target]) => target))
-  for (const checked of checks.values()) checked.internalPipes = internal
+  for (const [, checked] of live) {
+    checked.internalPipes = internal
+    checked.treeSockets = sockets
+  }
 }
 
 export function sharedAcrossMembers(members: readonly TreeMember[], checks: Map<number, PreflightResult>): Map<number, Map<number, SharedFrom>> {
@@ -182,6 +211,8 @@ export function sharedAcrossMembers(members: readonly TreeMember[], checks: Map<
       if (!shareable) continue
       mine.push({pid: member.pid, fd: info.fd, target: info.target, kind, access: info.flags & 3})
       let from: SharedFrom | undefined
+      // A socketpair end whose other end an earlier member holds: that member creates the pair (restore/descriptors.ts).
+      const lonePeer = checked.loneUnixEnds?.find((end) => end.fd === info.fd)?.peer
       for (const prior of earlier) {
         if (prior.kind !== kind) continue
         if (syscallRaw(SYS.kcmp, prior.pid, member.pid, 0 /* KCMP_FILE */, prior.fd, info.fd) === 0n) {
@@ -193,9 +224,10 @@ export function sharedAcrossMembers(members: readonly TreeMember[], checks: Map<
           const sameEnd = prior.access === (info.flags & 3)
           if (!from || (sameEnd && !from.sameEnd)) from = {pid: prior.pid, fd: prior.fd, description: false, sameEnd}
         }
+        if (kind === 'socket' && lonePeer !== undefined && prior.target === `socket:[${lonePeer}]` && !from) from = {pid: prior.pid, fd: prior.fd, description: false, sameEnd: false}
       }
       if (from) {
-        if (kind !== 'pipe' && !from.description) continue
+        if (kind !== 'pipe' && kind !== 'socket' && !from.description) continue
         const byFd = out.get(member.pid) ?? new Map<number, SharedFrom>()
         byFd.set(info.fd, from)
         out.set(member.pid, byFd)
@@ -236,7 +268,7 @@ export function freezeDescendants(tree: CheckedTree): FrozenMember[] {
         try {
           leader = Tracee.seize(member.pid, {options: 0})
         } catch (error) {
-          if (error instanceof NotFoundError) continue // exited meanwhile
+          if (exitedMeanwhile(error)) continue // the next pass lists it again, as a zombie if it is one
           throw error
         }
         const entry: FrozenMember = {pid: member.pid, leader, others: []}
@@ -274,11 +306,14 @@ export function thawMembers(frozen: readonly FrozenMember[]): void {
  * calls injected into its leader in self-healing mode, through one 32-byte
  * slot of its stack whose bytes are put back.
  */
-function readDispositionsAndBrk(leader: Tracee): {brk: bigint; sigactions: SigAction[]} {
+function readDispositionsAndBrk(leader: Tracee): {brk: bigint; sigactions: SigAction[]; asked: {securebits: number; dumpable: number}} {
   const slot = leader.stackSlot(32)
   const saved = leader.readMemory(slot, 32)
   try {
     const brk = leader.syscall(SYS.brk, 0)
+    const securebits = leader.syscall(SYS.prctl, 27 /* PR_GET_SECUREBITS */)
+    const dumpable = leader.syscall(SYS.prctl, 3 /* PR_GET_DUMPABLE */)
+    if (securebits < 0n || dumpable < 0n) throw new SyscallError(`prctl (in member ${leader.pid})`, Number(-(securebits < 0n ? securebits : dumpable)))
     const sigactions: SigAction[] = []
     for (let signo = 1; signo <= 64; signo++) {
       if (signo === SIG.KILL || signo === SIG.STOP) continue
@@ -287,7 +322,7 @@ function readDispositionsAndBrk(leader: Tracee): {brk: bigint; sigactions: SigAc
       const action = decodeSigaction(view, 0, signo)
       if (action) sigactions.push(action)
     }
-    return {brk, sigactions}
+    return {brk, sigactions, asked: {securebits: Number(securebits), dumpable: Number(dumpable)}}
   } finally {
     leader.writeMemory(slot, saved)
   }
@@ -309,14 +344,14 @@ export function captureStoppedMember(member: FrozenMember, checked: PreflightRes
   states.forEach((state, i) => {
     if (i > 0) state.comm = threadComm(pid, state.tid)
   })
-  const {brk, sigactions} = readDispositionsAndBrk(member.leader)
+  const {brk, sigactions, asked} = readDispositionsAndBrk(member.leader)
   const byFd = new Map(checked.fds.map((entry) => [entry.info.fd, entry.kind]))
   // Offsets as of now (it is stopped); an fd opened since preflight is classified anew.
   let fds: {info: ReturnType<typeof listFds>[number]; kind: FdKind}[] = listFds(pid).map((info) => ({info, kind: byFd.get(info.fd) ?? 'regular'}))
   if (fds.some((entry) => !byFd.has(entry.info.fd))) fds = preflight(pid, {memory: false, children: 'allow', tcpClose: checked.tcpClose}).fds
-  const extras = describeFds(pid, fds, checked.internalPipes)
+  const extras = describeFds(pid, fds, checked.internalPipes, checked.treeSockets)
   const memory = captureMemory(pid, maps)
-  const image = captureImage(pid, pid, memory, maps, fds.map((entry) => ({...entry, extras: extras.get(entry.info.fd)})), {threads: states, sharedPendingSignals: leader.sharedPending, sigactions, brk})
+  const image = captureImage(pid, pid, memory, maps, fds.map((entry) => ({...entry, extras: extras.get(entry.info.fd)})), {threads: states, sharedPendingSignals: leader.sharedPending, sigactions, brk, asked})
   // Last (nothing after it can fail and leak its memfds). Objects the root (or an earlier member) maps were
   // read already, at the root's stop, when every member was stopped too.
   const sharedMemory = readSharedObjects(pid, maps, sharedKnown, fds)

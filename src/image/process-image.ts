@@ -187,14 +187,34 @@ export interface SocketImage {
   peer?: Uint8Array
   /** A Unix socket bound to a path: the socket file's permission bits and owner, given to the file the restore binds. */
   file?: {mode: number; uid: number; gid: number}
-  /** A Unix socketpair end: the fd holding its other end, and the bytes queued for this end to read. */
-  pair?: {peerFd: number; queued?: Uint8Array; messages?: Uint8Array[]}
+  /**
+   * A Unix socketpair end: the fd holding its other end (-1: another member of the tree holds it), and the bytes
+   * (or datagrams) queued for this end to read. Of a pair split across members, the end that creates the pair at
+   * restore also carries what was queued for the other end (peerQueued, peerMessages); the other is handed over.
+   */
+  pair?: {peerFd: number; queued?: Uint8Array; messages?: Uint8Array[]; peerQueued?: Uint8Array; peerMessages?: Uint8Array[]}
 }
 
 export interface Rlimit {
   resource: number
   cur: bigint
   max: bigint
+}
+
+/** A process's credentials (checkpoint/credentials.ts): ids real, effective, saved, filesystem. */
+export interface CredentialsImage {
+  uids: [number, number, number, number]
+  gids: [number, number, number, number]
+  groups: number[]
+  capInheritable: bigint
+  capPermitted: bigint
+  capEffective: bigint
+  capBounding: bigint
+  capAmbient: bigint
+  noNewPrivs: boolean
+  securebits: number
+  /** PR_GET_DUMPABLE: 0, 1 (or 2: suid_dumpable, as the kernel set it). */
+  dumpable: number
 }
 
 export interface TaskImage {
@@ -214,6 +234,8 @@ export interface TaskImage {
   /** Raw 128-byte siginfo_t of process-wide pending signals. */
   sharedPendingSignals: Uint8Array[]
   cmdline: string[]
+  /** Absent in checkpoints taken before credentials were carried, and in CRIU imports: the clone keeps the restorer's. */
+  credentials?: CredentialsImage
 }
 
 export interface KernelIdentity {

@@ -20,7 +20,8 @@ import {type VdsoLayout, deviceName, kernelRelease, readMaps, vdsoLayout} from '
 import {MAP, MREMAP, O, PR, SIG, SYS, type VmSegment, close, decodeWaitStatus, fcntl, pipe2, prlimit, read, vmWrite, vmWritev, wait4} from '../sys/libc.js'
 import {CpuPlacement, currentCpu} from '../sys/affinity.js'
 import {setMmMapRefusal} from '../sys/capabilities.js'
-import {type HostPidOf, restoreFds} from './descriptors.js'
+import {CrossMemberPairs, type HostPidOf, restoreFds} from './descriptors.js'
+import {restoreCredentials} from './credentials.js'
 import {type NetworkMode, enterNetwork} from './network.js'
 import {Injector} from './injector.js'
 import {FaultServerClient, type LazyOptions} from './lazy.js'
@@ -504,12 +505,13 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
     const tSpawned = performance.now()
     let tMapped = tSpawned
     const shared = new SharedMemoryBuilder(store.sharedObjects ?? new Map(), store.fd)
+    const crossPairs = new CrossMemberPairs()
     for (const member of members) {
       if (!member.image || !member.plan) continue
       const stub = stubs.get(member.pid)!
       const id = member === root ? nsPid : member.pid
       const hostPidOf = (original: number): number => stubs.get(original)?.pid ?? original
-      const threads = buildMember(stub, member.image, member.plan, store, shared, id, pidns === 'host', hostPidOf, (inject) => {
+      const threads = buildMember(stub, member.image, member.plan, store, shared, id, pidns === 'host', hostPidOf, crossPairs, (inject) => {
         faultServer?.serve(inject, stub.pid, member.plan!)
         if (options.record && member.plan!.ops.some((op) => op.kind === 'store-map')) {
           const held = faultServer!.holdForRecording(inject, stub.pid, member.plan!)
@@ -521,6 +523,7 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
       })
       built.push({member, stub, threads})
     }
+    crossPairs.closeSpares()
     for (const {member, stub, threads} of built) {
       const states = member.image!.threads
       setThreadCpuState(stub.tracee, states[0]!, xstates.get(states[0]!))
@@ -621,7 +624,7 @@ function takeBackSigchld(parent: Tracee): void {
  * signals, task state, threads. `nsPid` is its pid as it will see it.
  * Returns its threads beyond the first, created and stopped.
  */
-function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: PageStore, shared: SharedMemoryBuilder, nsPid: number, rewriteTid: boolean, hostPidOf: HostPidOf, mapped: (inject: Injector) => void): Tracee[] {
+function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: PageStore, shared: SharedMemoryBuilder, nsPid: number, rewriteTid: boolean, hostPidOf: HostPidOf, crossPairs: CrossMemberPairs, mapped: (inject: Injector) => void): Tracee[] {
   const tracee = stub.tracee
   const taken: [bigint, bigint][] = [
     ...image.vmas.map((v): [bigint, bigint] => [v.start, v.end]),
@@ -643,7 +646,7 @@ function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: 
   inject.reset()
   mapped(inject)
   inject.reset()
-  restoreFds(inject, image, hostPidOf, shared)
+  restoreFds(inject, image, hostPidOf, shared, crossPairs)
   inject.reset()
   restoreMm(inject, image)
   restoreSignals(inject, image)
@@ -658,6 +661,8 @@ function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: 
       requeueThreadSignals(inject, nsPid, state.tid, state.pendingSignals)
       inject.reset()
     })
+    // Last: from here on the member may no longer be privileged.
+    if (image.task.credentials) restoreCredentials(inject, [tracee, ...threads], stub.pid, image.task.credentials)
     inject.call('munmap(scratch)', SYS.munmap, scratch, scratchSize)
     tracee.freeBatch()
     return threads

@@ -18,6 +18,7 @@ import {type FdImage, type ProcessImage} from '../image/process-image.js'
 import {ConflictError, NotFoundError, SyscallError, UnsupportedError} from '../errors.js'
 import {O, SYS} from '../sys/libc.js'
 import {AF, describeAddress, unixAddressLive, unixName} from '../sys/sockets.js'
+import {type Tracee} from '../inject/tracee.js'
 import {type Injector} from './injector.js'
 import {type SharedMemoryBuilder} from './shared-memory.js'
 
@@ -35,7 +36,32 @@ const WRITE_PIECE = 256 * 1024
 /** In a tree: the host pid of a member known by its original pid (for /proc paths). */
 export type HostPidOf = (originalPid: number) => number
 
-export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: HostPidOf, shared?: SharedMemoryBuilder): void {
+/**
+ * Socketpairs split across members of a tree (nginx's master and its workers,
+ * multiprocessing.Pipe): the member built first creates the pair and keeps
+ * the other end at a spare fd, which the member holding it takes with
+ * pidfd_getfd; once every member is built, the spares are closed.
+ */
+export class CrossMemberPairs {
+  private readonly spares = new Map<string, {tracee: Tracee; fd: number}>()
+
+  /** Member `pid` (its original pid) created the pair of its fd `fd`, keeping the other end at `spare`. */
+  keep(pid: number, fd: number, tracee: Tracee, spare: number): void {
+    this.spares.set(`${pid}:${fd}`, {tracee, fd: spare})
+  }
+
+  spareFor(pid: number, fd: number): number | undefined {
+    return this.spares.get(`${pid}:${fd}`)?.fd
+  }
+
+  /** Every member holds its ends now: the creators let go of the spares. */
+  closeSpares(): void {
+    for (const {tracee, fd} of this.spares.values()) tracee.syscall(SYS.close, fd)
+    this.spares.clear()
+  }
+}
+
+export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: HostPidOf, shared?: SharedMemoryBuilder, crossPairs?: CrossMemberPairs): void {
   const fds = [...image.fds].sort((a, b) => a.fd - b.fd)
   const base = Math.max(3, ...fds.map((fd) => fd.fd + 1))
   const staged: number[] = []
@@ -66,8 +92,10 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
   for (const fd of fds) {
     if (fd.sharedWith !== undefined) continue // after its group's first fd
     if (fd.sharedFrom && hostPidOf) {
-      place(handOver(inject, fd, hostPidOf, stage), fd)
+      place(handOver(inject, fd, hostPidOf, stage, crossPairs), fd)
       if (!fd.sharedFrom.description) inject.call('fcntl(F_SETFL)', SYS.fcntl, fd.fd, F_SETFL, fd.flags & (O.NONBLOCK | O.APPEND))
+      // The other end of a pair another member created: this end's own options.
+      if (!fd.sharedFrom.description && fd.socket) setOptions(inject, fd.fd, fd.socket.options)
       inject.reset()
       continue
     }
@@ -110,6 +138,14 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
       const mask = new Uint8Array(8)
       new DataView(mask.buffer).setBigUint64(0, fd.signalfd.mask, true)
       place(stage(Number(inject.call('signalfd4', SYS.signalfd4, -1, inject.put(mask), 8, O.CLOEXEC | (fd.flags & O.NONBLOCK)))), fd)
+    } else if (fd.socket?.pair && fd.socket.pair.peerFd < 0) {
+      if (!crossPairs) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${fd.fd} is a Unix socketpair end whose other end is in another process of a tree, and this restore builds one process`, 'Restore the checkpoint as a whole.')
+      const {mine, theirs} = createPair(inject, fd, stage)
+      // The spare stays open (not staged) until the member holding the other end has taken it.
+      staged.splice(staged.indexOf(theirs), 1)
+      crossPairs.keep(image.task.pid, fd.fd, inject.tracee, theirs)
+      place(mine, fd)
+      if ((fd.flags & O.NONBLOCK) !== 0) inject.call('fcntl(F_SETFL)', SYS.fcntl, fd.fd, F_SETFL, O.NONBLOCK)
     } else if (fd.socket?.pair) {
       place(pairEnd(inject, fd, fds, pairs, stage), fd)
       if ((fd.flags & O.NONBLOCK) !== 0) inject.call('fcntl(F_SETFL)', SYS.fcntl, fd.fd, F_SETFL, O.NONBLOCK)
@@ -253,8 +289,19 @@ function bindUnix(inject: Injector, created: number, fd: FdImage): void {
  * PID namespace are the original ones), or the other end of the same pipe
  * opened through /proc (which names processes as the host sees them).
  */
-function handOver(inject: Injector, fd: FdImage, hostPidOf: HostPidOf, stage: (fd: number) => number): number {
+function handOver(inject: Injector, fd: FdImage, hostPidOf: HostPidOf, stage: (fd: number) => number, crossPairs?: CrossMemberPairs): number {
   const from = fd.sharedFrom!
+  if (fd.socket?.pair && !from.description) {
+    // The other end of a socketpair the earlier member created: the spare it kept for us.
+    const spare = crossPairs?.spareFor(from.pid, from.fd)
+    if (spare === undefined) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${fd.fd} is a Unix socketpair end whose other end (fd ${from.fd} of member ${from.pid}) was not created`, 'Take a new checkpoint of the tree.')
+    const pidfd = Number(inject.call(`pidfd_open(${from.pid})`, SYS.pidfd_open, from.pid, 0))
+    try {
+      return stage(Number(inject.call(`pidfd_getfd(${from.pid}, ${spare})`, SYS.pidfd_getfd, pidfd, spare, 0)))
+    } finally {
+      inject.call('close', SYS.close, pidfd)
+    }
+  }
   if (from.description || from.sameEnd) {
     const pidfd = Number(inject.call(`pidfd_open(${from.pid})`, SYS.pidfd_open, from.pid, 0))
     try {
@@ -276,21 +323,32 @@ function handOver(inject: Injector, fd: FdImage, hostPidOf: HostPidOf, stage: (f
 function pairEnd(inject: Injector, fd: FdImage, fds: readonly FdImage[], pairs: Map<number, number>, stage: (fd: number) => number): number {
   const kept = pairs.get(fd.fd)
   if (kept !== undefined) return kept
+  const peer = fds.find((other) => other.fd === fd.socket!.pair!.peerFd)
+  const {mine, theirs} = createPair(inject, fd, stage, peer?.socket?.pair)
+  pairs.set(fd.socket!.pair!.peerFd, theirs)
+  return mine
+}
+
+/**
+ * A socketpair for `fd` (both ends staged) with this end's options; what was
+ * queued for each end to read, its peer sends again. The other end's queue is
+ * in its own record (`peer`), or in this one when another member holds it.
+ */
+function createPair(inject: Injector, fd: FdImage, stage: (fd: number) => number, peer?: NonNullable<FdImage['socket']>['pair']): {mine: number; theirs: number} {
   const socket = fd.socket!
-  const peer = fds.find((other) => other.fd === socket.pair!.peerFd)
   const slot = inject.reserve(8)
   inject.call('socketpair(AF_UNIX)', SYS.socketpair, socket.family, socket.type | O.CLOEXEC, 0, slot)
   const view = new DataView(inject.tracee.readMemory(slot, 8).buffer)
   const mine = stage(view.getInt32(0, true))
   const theirs = stage(view.getInt32(4, true))
   setOptions(inject, mine, socket.options)
-  // What was queued for one end to read, its peer sends again.
-  if (socket.pair!.queued) writeAll(inject, theirs, socket.pair!.queued)
-  if (peer?.socket?.pair?.queued) writeAll(inject, mine, peer.socket.pair.queued)
-  for (const message of socket.pair!.messages ?? []) sendMessage(inject, theirs, message)
-  for (const message of peer?.socket?.pair?.messages ?? []) sendMessage(inject, mine, message)
-  pairs.set(socket.pair!.peerFd, theirs)
-  return mine
+  const pair = socket.pair!
+  if (pair.queued) writeAll(inject, theirs, pair.queued)
+  const peerQueued = peer?.queued ?? pair.peerQueued
+  if (peerQueued) writeAll(inject, mine, peerQueued)
+  for (const message of pair.messages ?? []) sendMessage(inject, theirs, message)
+  for (const message of peer?.messages ?? pair.peerMessages ?? []) sendMessage(inject, mine, message)
+  return {mine, theirs}
 }
 
 /** One datagram, whole (a short send would split it: refused). */

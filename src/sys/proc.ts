@@ -483,7 +483,11 @@ export const RLIMIT_NAMES = [
   'MSGQUEUE', 'NICE', 'RTPRIO', 'RTTIME',
 ] as const
 
-/** All 16 resource limits of a process via prlimit64 (index = RLIMIT_* number). */
+/**
+ * All 16 resource limits of a process via prlimit64 (index = RLIMIT_* number).
+ * prlimit64 on another user's process needs CAP_SYS_RESOURCE even for root
+ * (nginx's workers run as nobody): /proc/PID/limits says the same then.
+ */
 export function readLimits(pid: number): Rlimit[] {
   const out: Rlimit[] = []
   for (let r = 0; r < RLIMIT_NAMES.length; r++) {
@@ -491,10 +495,29 @@ export function readLimits(pid: number): Rlimit[] {
       out.push(prlimit(pid, r))
     } catch (err) {
       if (err instanceof SyscallError && err.errno === 3) throw new NotFoundError('PROCESS_NOT_FOUND', `no such process: ${pid}`)
+      if (err instanceof SyscallError && err.errno === 1) return readLimitsFile(pid)
       throw err
     }
   }
   return out
+}
+
+/** /proc/PID/limits: one line per limit in RLIMIT order, "unlimited" for RLIM_INFINITY. */
+function readLimitsFile(pid: number): Rlimit[] {
+  let text: string
+  try {
+    text = fs.readFileSync(`/proc/${pid}/limits`, 'utf8')
+  } catch {
+    throw new NotFoundError('PROCESS_NOT_FOUND', `no such process: ${pid}`)
+  }
+  const value = (word: string): bigint => (word === 'unlimited' ? 0xffff_ffff_ffff_ffffn : BigInt(word))
+  const rows = text.split('\n').slice(1).filter((line) => line.trim() !== '')
+  if (rows.length < RLIMIT_NAMES.length) throw new SyscallError('read', 5, `/proc/${pid}/limits has ${rows.length} limits, expected ${RLIMIT_NAMES.length}`)
+  return rows.slice(0, RLIMIT_NAMES.length).map((line) => {
+    // "Max cpu time              unlimited            unlimited            seconds": the name has spaces, the columns start at fixed places.
+    const [cur, max] = line.slice(26).trim().split(/\s+/)
+    return {cur: value(cur!), max: value(max!)}
+  })
 }
 
 // ---------------------------------------------------------------------------

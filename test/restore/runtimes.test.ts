@@ -5,12 +5,16 @@
  * answers through its own checks (the Node clone's workers answer requests).
  */
 import assert from 'node:assert/strict'
-import {spawnSync} from 'node:child_process'
-import {readFileSync, readdirSync} from 'node:fs'
+import {spawn, spawnSync} from 'node:child_process'
+import {existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
 import {createConnection} from 'node:net'
 
 import {procStat, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
-import {cli, describeRun, installCleanupHooks, note, poolPath, until} from './helpers.js'
+import {allProcesses, cli, describeRun, installCleanupHooks, note, poolPath, until} from './helpers.js'
+
+const childrenOf = (pid: number): number[] => allProcesses().filter((p) => p.ppid === pid).map((p) => p.pid).sort((a, b) => a - b)
 
 /** VmFlags of the VMA of `pid` that starts at `start`. */
 function vmFlags(pid: number, start: bigint): string[] {
@@ -120,6 +124,58 @@ describe('restore: real runtimes (Node.js worker_threads, MADV_DONTFORK memory)'
     const original = await fx.check()
     assert.equal(original.fields.ok, '1', `the original pool still serves: ${original.line}`)
     assert.deepEqual(original.fields.workers!.split(',').map(Number).sort((a, b) => a - b), workers.sort((a, b) => a - b), 'from its own workers')
+  })
+
+  it('nginx (a master and 2 workers as nobody, their channel socketpairs, a shared listener, epoll): checkpointed live with --tree, restored with --netns new under mow and local; the clone\'s workers answer HTTP', async function () {
+    const nginx = ['/usr/sbin/nginx', '/usr/bin/nginx'].find((path) => existsSync(path))
+    if (!nginx) this.skip() // .ci/run installs nginx-light
+    const pool = poolPath('runtimes')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-nginx-'))
+    const port = 20_000 + (process.pid % 20_000)
+    writeFileSync(join(dir, 'nginx.conf'), `daemon off; master_process on; worker_processes 2; user nobody nogroup;
+pid ${dir}/nginx.pid; error_log ${dir}/error.log;
+events { worker_connections 64; }
+http { access_log ${dir}/access.log; server { listen 127.0.0.1:${port}; location / { return 200 "worker $pid\\n"; } } }
+`)
+    const master = spawn(nginx!, ['-c', join(dir, 'nginx.conf'), '-p', dir], {stdio: 'ignore'})
+    trackPid(master.pid!)
+    try {
+      const get = (netnsOf?: number): string => {
+        const args = ['-s', '-m', '5', `http://127.0.0.1:${port}/`]
+        const run = netnsOf === undefined ? spawnSync('curl', args, {encoding: 'utf8'}) : spawnSync('nsenter', ['-t', String(netnsOf), '-n', 'curl', ...args], {encoding: 'utf8'})
+        return run.stdout
+      }
+      await until(() => get().startsWith('worker '), 'nginx answers')
+      const workers = await until(() => {
+        const found = childrenOf(master.pid!)
+        return found.length === 2 ? found : undefined
+      }, 'nginx has its 2 workers')
+      for (const worker of workers) assert.match(readFileSync(`/proc/${worker}/status`, 'utf8'), /^Uid:\s+65534\s+65534\s+65534\s+65534$/m)
+      const ck = await cli(['checkpoint', String(master.pid), '--name', 'nginx', '--tree', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      for (const policy of ['mow', 'local'] as const) {
+        const run = await cli(['restore', 'nginx', '--policy', policy, '--netns', 'new', '--json', '--pool', pool])
+        assert.equal(run.status, 0, describeRun(run))
+        const root = run.json.pid as number
+        trackPid(root)
+        const cloneWorkers = childrenOf(root)
+        cloneWorkers.forEach(trackPid)
+        assert.equal(cloneWorkers.length, 2)
+        for (const worker of cloneWorkers) assert.match(readFileSync(`/proc/${worker}/status`, 'utf8'), /^Uid:\s+65534\s+65534\s+65534\s+65534$/m, `${policy}: the clone's worker ${worker} runs as nobody`)
+        const answers = new Set<string>()
+        for (let i = 0; i < 8; i++) answers.add(get(root).trim())
+        for (const answer of answers) {
+          const pid = Number(/^worker (\d+)$/.exec(answer)?.[1])
+          assert.ok(workers.includes(pid), `${policy}: "${answer}" comes from a worker keeping its pid ${JSON.stringify(workers)} in the clone's namespace`)
+        }
+        note(`nginx ${policy}: restore ${(run.json.stats.restore_time / 1000).toFixed(1)} ms, ${run.json.processes} processes; answers ${[...answers].join(', ')}`)
+      }
+      assert.ok(get().startsWith('worker '), 'the original answers on')
+    } finally {
+      master.kill('SIGQUIT')
+      await until(() => master.exitCode !== null || master.signalCode !== null, 'nginx exits', 10_000).catch(() => master.kill('SIGKILL'))
+      rmSync(dir, {recursive: true, force: true})
+    }
   })
 
   it('memtouch --advise dontfork: its MADV_DONTFORK pages are captured (new pool and existing pool), the clone has them, still DONTFORK', async () => {

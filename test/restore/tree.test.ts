@@ -166,6 +166,60 @@ describe('restore: process trees keep their shape and their pids', function () {
     note(`restore --record of a tree: root ${rootHot} hot pages; hybrid then restored ${hybrid.json.stats.pages_restored}`)
   })
 
+  it('pyprefork (a pre-forking server, as nginx: socketpairs split between the parent and its workers with bytes in flight both ways, workers dropped to nobody): restored under mow and local, each worker keeps its credentials and its queues', async () => {
+    const pool = poolPath('tree')
+    const fx = await startFixture('pyprefork')
+    const workers = fx.ready.fields.workers!.split(',').map(Number)
+    const nobody = (pid: number): void => {
+      const status = readFileSync(`/proc/${pid}/status`, 'utf8')
+      assert.match(status, /^Uid:\s+65534\s+65534\s+65534\s+65534$/m, `worker ${pid} runs as nobody`)
+      assert.match(status, /^Gid:\s+65534\s+65534\s+65534\s+65534$/m)
+      assert.match(status, /^Groups:\s+65534\s*$/m)
+      assert.match(status, /^CapEff:\s+0+$/m, `worker ${pid} has no effective capability`)
+    }
+    for (const worker of workers) nobody(worker)
+    const alone = await cli(['checkpoint', String(workers[0]), '--name', 'alone', '--json', '--pool', pool])
+    assert.equal(alone.status, 5, describeRun(alone))
+    assert.equal(alone.json.error.code, 'UNSUPPORTED_FD', 'a worker alone holds one end of its pairs')
+    assert.match(alone.json.error.hint, /--tree/)
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'prefork', '--tree', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    for (const policy of ['mow', 'local'] as const) {
+      const run = await cli(['restore', 'prefork', '--policy', policy, '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      const root = run.json.pid as number
+      trackPid(root)
+      const cloneWorkers = childrenOf(root)
+      assert.equal(cloneWorkers.length, workers.length)
+      for (const worker of cloneWorkers) nobody(worker)
+      assert.match(readFileSync(`/proc/${root}/status`, 'utf8'), /^Uid:\s+0\s+0\s+0\s+0$/m, 'the parent stays root')
+      // Two checks: the queued bytes of the checkpoint first, then a round trip that queues them anew.
+      for (let round = 0; round < 2; round++) {
+        const check = await requestCheck(fx.logPath, root)
+        assert.equal(check.fields.ok, '1', `${policy} clone, check ${round + 1}: ${check.line}`)
+        for (const answer of check.fields.creds!.split('|')) assert.match(answer, /^uid=65534\/65534\/65534;gid=65534\/65534\/65534;groups=65534$/)
+      }
+    }
+    const original = await fx.check()
+    assert.equal(original.fields.ok, '1', `the original runs on: ${original.line}`)
+  })
+
+  it('a process under seccomp is refused by name (SECCOMP), untouched: its clone would run unconfined', async () => {
+    const pool = poolPath('tree')
+    // Strict mode allows read, write, exit and sigreturn: it sits in read(0) until its stdin closes.
+    const child = spawn('python3', ['-c', 'import ctypes, os; ctypes.CDLL(None).prctl(22, 1); os.write(1, b"R"); os.read(0, 1); os._exit(0)'], {stdio: ['pipe', 'pipe', 'inherit']})
+    trackPid(child.pid!)
+    await new Promise<void>((resolve) => child.stdout!.once('data', () => resolve()))
+    const run = await cli(['checkpoint', String(child.pid), '--name', 'sc', '--json', '--pool', pool])
+    assert.equal(run.status, 5, describeRun(run))
+    assert.equal(run.json.error.code, 'SECCOMP')
+    assert.match(run.json.error.message, /strict mode/)
+    assert.equal(procStat(child.pid!)?.state, 'S', 'the target sleeps on in read(0), untraced')
+    child.stdin!.end()
+    // Its exit_group(2) is not among strict mode's calls: the kernel kills it, which is how it ends.
+    await until(() => child.exitCode !== null || child.signalCode !== null, 'the target ends when its stdin closes')
+  })
+
   for (const point of ['tree-frozen', 'threads-frames-ready', 'tree-member-captured'] as const) {
     it(`cxlfork SIGKILLed at ${point} of a --tree checkpoint: every member runs on untraced, the tree passes its checks`, async () => {
       const pool = poolPath('tree')
