@@ -6,7 +6,8 @@
  * snapshot's pages are written.
  */
 import {type FdKind, type ProcessImage, type SigAction, type ThreadImage} from '../image/process-image.js'
-import {Tracee, findSigreturnGadget} from '../inject/tracee.js'
+import {findSigreturnGadget} from '../inject/sigframe.js'
+import {Tracee} from '../inject/tracee.js'
 import {type FdInfo, type Vma, listFds, readMaps, readSmaps} from '../sys/proc.js'
 import {SyscallError} from '../errors.js'
 import {MADV, MAP, PTRACE_O, SIG, SYS, killQuiet} from '../sys/libc.js'

@@ -15,6 +15,7 @@ import {CorruptError, CxlforkError, NotFoundError, SyscallError, UnsupportedErro
 import {type FileIdentity, type ProcessImage, type ThreadImage, type VmaImage} from '../image/process-image.js'
 import {type SharedObject} from '../image/shared-memory.js'
 import {type Stub, type StubOptions, spawnStub} from '../inject/stub.js'
+import {signedErr} from '../inject/regs.js'
 import {Tracee} from '../inject/tracee.js'
 import {type VdsoLayout, deviceName, kernelRelease, readMaps, vdsoLayout} from '../sys/proc.js'
 import {MAP, MREMAP, O, PR, SIG, SYS, type VmSegment, close, decodeWaitStatus, fcntl, pipe2, prlimit, read, vmWrite, vmWritev, wait4} from '../sys/libc.js'
@@ -289,7 +290,7 @@ function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, sto
     }
   }
   const results = tracee.syscalls(maps, {stopOnError: true})
-  const failed = results.findIndex((r) => r < 0n && r > -4096n)
+  const failed = results.findIndex((r) => signedErr(r))
   if (failed >= 0 || results.length < maps.length) {
     const at = failed >= 0 ? failed : results.length
     throw new SyscallError(`${maps[at]!.what} in the new process`, failed >= 0 ? Number(-results[failed]!) : 5)
@@ -308,7 +309,7 @@ function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, sto
   // this kernel does not take (a CRIU set's MADV_MERGEABLE without KSM) is left out, as it changes no content.
   tracee.syscalls(image.vmas.flatMap((vma) => (vma.advice ?? []).map((advice) => ({nr: SYS.madvise, args: [vma.start, vma.end - vma.start, advice]}))))
   const done = tracee.syscalls(finish, {stopOnError: true})
-  const bad = done.findIndex((r) => r < 0n && r > -4096n)
+  const bad = done.findIndex((r) => signedErr(r))
   if (bad >= 0 || done.length < finish.length) throw new SyscallError('mprotect/close in the new process', bad >= 0 ? Number(-done[bad]!) : 5)
   for (const op of sharedOps) shared.placed(op.sharedId, tracee.pid, op.start, op.end)
 }
