@@ -10,7 +10,8 @@ import {lstatSync, readFileSync} from 'node:fs'
 
 import {SyscallError, UnsupportedError} from '../errors.js'
 import {type EpollTargetImage, type FdImage, type FdKind} from '../image/process-image.js'
-import {O, SYS, close, fcntl, open, pipe2, read, syscallRaw} from '../sys/libc.js'
+import {close, fcntl, open, pipe2, read} from '../sys/file-io.js'
+import {O, SYS, syscallRaw} from '../sys/syscall.js'
 import {type FdInfo} from '../sys/proc.js'
 import {AF, SOCK, describeAddress, peekMessages, peekQueued, readSocket, unixName, unixPeer} from '../sys/sockets.js'
 

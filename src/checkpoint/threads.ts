@@ -14,7 +14,7 @@ import {CxlforkError, NotFoundError, SyscallError} from '../errors.js'
 import {type ThreadImage, USER_REGS_NAMES, type UserRegs} from '../image/process-image.js'
 import {regsFromArray} from '../inject/regs.js'
 import {Tracee} from '../inject/tracee.js'
-import {PR, SYS, syscallRaw} from '../sys/libc.js'
+import {PR, SYS, syscallRaw} from '../sys/syscall.js'
 import {faultPoint} from '../fault.js'
 import {type Vma} from '../sys/proc.js'
 

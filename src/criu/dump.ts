@@ -12,7 +12,7 @@ import {preflight} from '../checkpoint/preflight.js'
 import {ConflictError, PermissionError, SyscallError, UnsupportedError, UsageError} from '../errors.js'
 import {PAGE_SIZE, type VmaImage, totalPages} from '../image/process-image.js'
 import type {CpuPlacement} from '../sys/affinity.js'
-import {addressOf, vmReadv} from '../sys/libc.js'
+import {addressOf, vmReadv} from '../sys/vm-io.js'
 import {type PageSource, runsToWrite, writeCriuImages} from './images.js'
 
 export interface CriuDumpResult {

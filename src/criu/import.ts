@@ -14,7 +14,8 @@ import {PAGE_SIZE, totalPages} from '../image/process-image.js'
 import {Section} from '../image/sections.js'
 import {type CheckpointBuilder, PAGE_CHECKSUMS_SECTION, type Pool, checksumRange, encodePageChecksums} from '../pool/index.js'
 import {validateCheckpointName} from '../pool/names.js'
-import {getuid, preadFull} from '../sys/libc.js'
+import {preadFull} from '../sys/file-io.js'
+import {getuid} from '../sys/syscall.js'
 import {readCriuImages} from './images.js'
 
 export interface CriuImportResult {

@@ -5,10 +5,11 @@
  * table of {nr, 6 args, result} and ends on int3.
  */
 import {CxlforkError} from '../errors.js'
-import {MAP, PROT, PTRACE, SIG, SYS} from '../sys/libc.js'
+import {PTRACE} from '../sys/ptrace.js'
+import {MAP, PROT, SIG, SYS} from '../sys/syscall.js'
 import {readStatus} from '../sys/proc.js'
 import {REG, signed, signedErr} from './regs.js'
-import {TraceeCore} from './tracee-core.js'
+import {InjectingTracee} from './single-call.js'
 
 export interface BatchCall {
   nr: number
@@ -60,7 +61,7 @@ export const BATCH_MAX_CALLS = BATCH_MAX
 /** A result word no system call returns (not an errno, not a canonical address): the call has not run yet. */
 const NOT_RUN = 1n << 63n
 
-export abstract class BatchingTracee extends TraceeCore {
+export abstract class BatchingTracee extends InjectingTracee {
   /** RWX shared mapping holding the batch loop (code page + call table), or null. */
   protected batchBase: bigint | null = null
   /** Where the batch area must go (MAP_FIXED_NOREPLACE), e.g. clear of a restore's target layout. */

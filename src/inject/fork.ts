@@ -5,7 +5,8 @@
  * clone runs from a trampoline page written into the tracee for the purpose.
  */
 import {CxlforkError, SyscallError} from '../errors.js'
-import {MAP, PROT, PTRACE, PTRACE_O, SIG, SYS} from '../sys/libc.js'
+import {PTRACE, PTRACE_O} from '../sys/ptrace.js'
+import {MAP, PROT, SIG, SYS} from '../sys/syscall.js'
 import {readMaps, type Vma} from '../sys/proc.js'
 import {faultPoint} from '../fault.js'
 import {BatchingTracee} from './batch.js'

@@ -7,7 +7,7 @@
  * over arguments still in use.
  */
 import {CxlforkError} from '../errors.js'
-import {MAP, PROT, SYS} from '../sys/libc.js'
+import {MAP, PROT, SYS} from '../sys/syscall.js'
 
 /** What the allocator needs of the process: injected calls and writes into its memory. */
 export interface ScratchHost {

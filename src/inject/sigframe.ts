@@ -3,7 +3,7 @@
  * the rt_sigreturn code ("gadget") it returns through: with both in place a
  * tracee whose tracer dies resumes exactly where it was.
  */
-import {vmRead} from '../sys/libc.js'
+import {vmRead} from '../sys/vm-io.js'
 import {readMaps, type Vma} from '../sys/proc.js'
 import {REG, type RegName, restartFixup} from './regs.js'
 

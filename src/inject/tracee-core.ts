@@ -1,32 +1,20 @@
 /**
- * The core of a traced process: attaching and waiting, the program's
- * registers, signal mask and memory, and single injected system calls.
- * Batches (batch.ts), self-healing and fork injection (fork.ts) and scratch
- * memory (remote-scratch.ts) are built on it; tracee.ts puts them together.
- *
- * - A single system call is injected without writing code into the tracee:
- *   the registers are set to {rip = a `0f 05` inside its own [vdso], rax = nr,
- *   args, orig_rax = -1} and it is run with PTRACE_SYSCALL to its syscall-entry
- *   and then its syscall-exit stop: no breakpoint and no signal (an int3 or
- *   single-step SIGTRAP is a *forced* signal, which resets a blocked or
- *   ignored SIGTRAP disposition in the tracee). Batches and the fork
- *   trampoline, in contrast, do write code into the tracee (see there).
- * - While injecting, every signal is blocked in the tracee (PTRACE_SETSIGMASK)
- *   so a pending signal cannot be dequeued and lost; the mask the program had is
- *   put back before the tracee runs again (cont/detach). getSigMask()/setSigMask()
- *   always act on the program's own mask.
- * - The registers the program had are kept; after injections they are written
- *   back (lazily, before anything reads them or the tracee resumes) with the
- *   syscall-restart fix-up applied (regs.restartFixup), because resuming from a
- *   syscall-exit stop does not re-run the kernel's restart logic.
- * - Synchronous only, and from this thread only: ptrace requests are accepted
- *   only from the thread that attached, and Node may run a worker elsewhere.
+ * The core of a traced process: attaching and waiting (one ptrace event loop
+ * for every injection), the program's registers, signal mask and memory, and
+ * resuming, detaching and killing. The program's registers and mask are kept
+ * while injections (single-call.ts, batch.ts, fork.ts) clobber the kernel's,
+ * and written back (lazily, before anything reads them or the tracee
+ * resumes) with the syscall-restart fix-up applied (regs.restartFixup),
+ * because resuming from a syscall-exit stop does not re-run the kernel's
+ * restart logic. Synchronous only, and from this thread only: ptrace
+ * requests are accepted only from the thread that attached.
  */
 import {CxlforkError, NotFoundError, SyscallError, UnsupportedError, ConflictError} from '../errors.js'
 import {
-  describeWait, killQuiet, mmap, MAP, O, open, close, pread, pwrite, PROT, ptrace, PTRACE, PTRACE_EVENT,
-  PTRACE_O, SIG, SYS, view, vmRead, vmWrite, wait4, WNOHANG, type WaitStatus,
-} from '../sys/libc.js'
+  describeWait, getRegset, peekSigInfo, ptrace, PTRACE, PTRACE_EVENT, PTRACE_O, rseqConfiguration, type RseqConfig, setRegset, wait4, type WaitStatus,
+} from '../sys/ptrace.js'
+import {killQuiet, SIG, SYS, WNOHANG} from '../sys/syscall.js'
+import {readProcessMemory, writeProcessMemory} from '../sys/vm-io.js'
 import {readMaps, type Vma} from '../sys/proc.js'
 import {faultPoint} from '../fault.js'
 import {NO_SYSCALL, NT_PRFPREG, NT_X86_XSTATE, REG, type Regs, regsFromArray, regsToArray, restartFixup, setSyscallArgs, signed, signedErr} from './regs.js'
@@ -38,13 +26,6 @@ export class TraceeGoneError extends NotFoundError {
   }
 }
 
-export interface RseqConfig {
-  rseqAbiPointer: bigint
-  rseqAbiSize: number
-  signature: number
-  flags: number
-}
-
 export interface PendingSignals {
   /** Raw 128-byte siginfo_t of the thread's private queue, oldest first. */
   private: Uint8Array[]
@@ -54,23 +35,10 @@ export interface PendingSignals {
 
 export type TraceeState = 'running' | 'stopped' | 'detached' | 'dead'
 
-const ALL_SIGNALS = 0xffffffffffffffffn
-const XSTATE_MAX = 64 * 1024
-/** Off-heap buffer (stable address) for regsets, mapped on first use rather than when the module loads. */
-let xstateBuffer: bigint | undefined
-function xstateAddr(): bigint {
-  xstateBuffer ??= mmap(null, XSTATE_MAX, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS)
-  return xstateBuffer
-}
-
 function sleepMs(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms)
 }
 
-/** System calls after which the cached injection site may be gone. */
-function movesSite(nr: number): boolean {
-  return nr === SYS.munmap || nr === SYS.mremap || nr === SYS.execve || nr === SYS.arch_prctl
-}
 
 export abstract class TraceeCore {
   protected state: TraceeState
@@ -254,20 +222,12 @@ export abstract class TraceeCore {
   /** Raw regset (PTRACE_GETREGSET) of type `nt`; returns a copy sized by the kernel. */
   getRegset(nt: number): Uint8Array {
     this.requireStopped()
-    const at = xstateAddr()
-    const iov = new BigUint64Array([at, BigInt(XSTATE_MAX)])
-    ptrace(PTRACE.GETREGSET, this.pid, nt, iov)
-    const n = Number(iov[1]!)
-    return new Uint8Array(view(at, n))
+    return getRegset(this.pid, nt)
   }
 
   setRegset(nt: number, bytes: Uint8Array): void {
     this.requireStopped()
-    if (bytes.length > XSTATE_MAX) throw new RangeError(`regset of ${bytes.length} bytes exceeds ${XSTATE_MAX}`)
-    const at = xstateAddr()
-    view(at, bytes.length).set(bytes)
-    const iov = new BigUint64Array([at, BigInt(bytes.length)])
-    ptrace(PTRACE.SETREGSET, this.pid, nt, iov)
+    setRegset(this.pid, nt, bytes)
   }
 
   /**
@@ -332,35 +292,13 @@ export abstract class TraceeCore {
   /** Pending (queued, not yet delivered) signals, private and shared queues, via PTRACE_PEEKSIGINFO. */
   peekPendingSignals(queues: 'both' | 'private' = 'both'): PendingSignals {
     this.requireStopped()
-    const peek = (shared: boolean): Uint8Array[] => {
-      const out: Uint8Array[] = []
-      const batch = 32
-      const buf = new Uint8Array(128 * batch)
-      const args = new Uint8Array(16)
-      const dv = new DataView(args.buffer)
-      for (;;) {
-        dv.setBigUint64(0, BigInt(out.length), true)
-        dv.setUint32(8, shared ? 1 : 0, true)
-        dv.setInt32(12, batch, true)
-        const n = Number(ptrace(PTRACE.PEEKSIGINFO, this.pid, args, buf))
-        for (let i = 0; i < n; i++) out.push(buf.slice(i * 128, i * 128 + 128))
-        if (n < batch) break
-      }
-      return out
-    }
-    return {private: peek(false), shared: queues === 'both' ? peek(true) : []}
+    return {private: peekSigInfo(this.pid, false), shared: queues === 'both' ? peekSigInfo(this.pid, true) : []}
   }
 
   /** PTRACE_GET_RSEQ_CONFIGURATION: the registered rseq area (pointer 0 if none). */
   getRseqConfig(): RseqConfig {
     this.requireStopped()
-    const b = new Uint8Array(32)
-    ptrace(PTRACE.GET_RSEQ_CONFIGURATION, this.pid, 32, b)
-    const dv = new DataView(b.buffer)
-    return {
-      rseqAbiPointer: dv.getBigUint64(0, true), rseqAbiSize: dv.getUint32(8, true), signature: dv.getUint32(12, true),
-      flags: dv.getUint32(16, true),
-    }
+    return rseqConfiguration(this.pid)
   }
 
   /** Changes the ptrace options (TRACESYSGOOD is always kept). */
@@ -382,101 +320,17 @@ export abstract class TraceeCore {
   }
 
   readMemoryInto(addr: bigint, dest: Uint8Array | bigint, len?: number): void {
-    const n = len ?? (typeof dest === 'bigint' ? 0 : dest.byteLength)
-    try {
-      vmRead(this.pid, addr, dest, n)
-    } catch (err) {
-      if (!(err instanceof SyscallError) || err.errno !== 14) throw err
-      this.memIo(false, addr, dest, n)
-    }
+    readProcessMemory(this.pid, addr, dest, len)
   }
 
   /** Writes bytes into the tracee; falls back to /proc/PID/mem for read-only pages (FOLL_FORCE, COW). */
   writeMemory(addr: bigint, bytes: Uint8Array | bigint, len?: number): void {
-    const n = len ?? (typeof bytes === 'bigint' ? 0 : bytes.byteLength)
-    try {
-      vmWrite(this.pid, addr, bytes, n)
-    } catch (err) {
-      if (!(err instanceof SyscallError) || err.errno !== 14) throw err
-      this.memIo(true, addr, bytes, n)
-    }
-  }
-
-  private memIo(write: boolean, addr: bigint, buf: Uint8Array | bigint, len: number): void {
-    const fd = open(`/proc/${this.pid}/mem`, write ? O.RDWR : O.RDONLY)
-    try {
-      let done = 0
-      while (done < len) {
-        const b = typeof buf === 'bigint' ? buf + BigInt(done) : buf.subarray(done)
-        const r = write ? pwrite(fd, b, addr + BigInt(done), len - done) : pread(fd, b, addr + BigInt(done), len - done)
-        if (r === 0) throw new SyscallError(write ? 'pwrite(/proc/pid/mem)' : 'pread(/proc/pid/mem)', 5, `at 0x${(addr + BigInt(done)).toString(16)}`)
-        done += r
-      }
-    } finally {
-      close(fd)
-    }
+    writeProcessMemory(this.pid, addr, bytes, len)
   }
 
   /** Current memory map of the tracee. */
   maps(): Vma[] {
     return readMaps(this.pid)
-  }
-
-  // -------------------------------------------------------------------------
-  // Syscall injection
-
-  /** Address of a `syscall` instruction (0f 05) inside the tracee's [vdso] (found in `maps` when given, else in a fresh read). */
-  syscallSite(maps?: readonly Vma[]): bigint {
-    if (this.site !== null) return this.site
-    const vdso = (maps ?? readMaps(this.pid)).find((v) => v.kind === 'vdso')
-    if (!vdso) throw new UnsupportedError('NO_VDSO', `process ${this.pid} has no [vdso]; no injection site`, 'call setSyscallSite() with the address of a syscall instruction')
-    const code = this.readMemory(vdso.start, vdso.size)
-    for (let i = 0; i + 1 < code.length; i++) {
-      if (code[i] === 0x0f && code[i + 1] === 0x05) {
-        this.site = vdso.start + BigInt(i)
-        return this.site
-      }
-    }
-    throw new UnsupportedError('NO_SYSCALL_SITE', `no syscall instruction in the [vdso] of process ${this.pid}`)
-  }
-
-  /** Overrides (or with null, forgets) the cached injection site, e.g. after moving the vDSO. */
-  setSyscallSite(addr: bigint | null): void {
-    this.site = addr
-  }
-
-  /** Forget the cached injection site if system call `nr` may have moved or removed it. */
-  protected forgetSiteAfter(nr: number): void {
-    if (movesSite(nr)) this.site = null
-  }
-
-  protected blockAllSignals(): void {
-    if (this.progMask === null) {
-      this.progMask = this.readMaskKernel()
-      this.writeMaskKernel(ALL_SIGNALS)
-    }
-  }
-
-  /** Every signal blocked but `except` (a signal number, or 0 for none). */
-  protected maskInjection(except = 0): void {
-    this.writeMaskKernel(except === 0 ? ALL_SIGNALS : ALL_SIGNALS & ~(1n << BigInt(except - 1)))
-  }
-
-  /**
-   * Load the kernel with a copy of the program's registers changed by `edit`
-   * (the program's own stay kept), block every signal but `unblocked` (0 for
-   * none), and count `calls` injected calls. The tracee is then resumed by the caller.
-   */
-  protected beginInjection(edit: (r: BigUint64Array) => void, calls: number, unblocked = 0): void {
-    this.progRegs ??= this.readRegsKernel()
-    const r = new BigUint64Array(this.progRegs)
-    r[REG.orig_rax] = NO_SYSCALL
-    edit(r)
-    this.blockAllSignals()
-    if (unblocked !== 0) this.maskInjection(unblocked)
-    this.writeRegsKernel(r)
-    this.regsClobbered = true
-    this.injectedCount += calls
   }
 
   /** Puts the program's registers and signal mask back into the kernel. */
@@ -493,83 +347,6 @@ export abstract class TraceeCore {
       this.regsClobbered = false
     }
     this.healing = null
-  }
-
-  /**
-   * Injects one system call into the stopped tracee and returns rax as a
-   * signed value (negative = -errno). The program's registers are kept.
-   * For exit/exit_group the tracee dies and 0n is returned.
-   * Children created by an injected fork/clone are collected: see takeNewChildren().
-   */
-  syscall(nr: number, ...args: (number | bigint)[]): bigint {
-    this.requireStopped()
-    if (args.length > 6) throw new RangeError('at most 6 syscall arguments')
-    if (this.healing) return this.healingSyscall(nr, args, `sys${nr}`)
-    const site = this.syscallSite()
-    this.beginInjection((r) => {
-      r[REG.rax] = BigInt(nr)
-      setSyscallArgs(r, args)
-      r[REG.rip] = site
-    }, 1)
-    try {
-      this.toSyscallStop() // entry
-      this.toSyscallStop() // exit
-    } catch (err) {
-      if (err instanceof TraceeGoneError && (nr === SYS.exit || nr === SYS.exit_group)) return 0n
-      throw err
-    }
-    const ret = signed(this.peekReg(REG.rax))
-    this.forgetSiteAfter(nr)
-    return ret
-  }
-
-  /** Like syscall() but throws SyscallError(name) for a negative result. */
-  syscallChecked(name: string, nr: number, ...args: (number | bigint)[]): bigint {
-    const r = this.syscall(nr, ...args)
-    if (signedErr(r)) throw new SyscallError(`${name} (injected into ${this.pid})`, Number(-r))
-    return r
-  }
-
-  /** pids reported by PTRACE_EVENT_FORK/VFORK/CLONE since the last call. */
-  takeNewChildren(): number[] {
-    const c = this.newChildren
-    this.newChildren = []
-    return c
-  }
-
-  /** Whether enterSelfHealing() succeeded and the tracee is in that mode. */
-  get selfHealing(): boolean {
-    return this.healing !== null
-  }
-
-  /** One syscall in self-healing mode, run from the pending rt_sigreturn's entry stop. */
-  protected healingSyscall(nr: number, args: readonly (number | bigint)[], label: string): bigint {
-    const heal = this.healing!.regs
-    this.injectedCount++
-    this.toSyscallStop() // entry of rt_sigreturn
-    this.loadHealingCall(nr, args)
-    faultPoint(`fork-${label}-entry`)
-    this.toSyscallStop() // exit
-    faultPoint(`fork-${label}-exit`)
-    const result = signed(this.readRegsKernel()[REG.rax]!)
-    this.writeRegsKernel(heal)
-    return result
-  }
-
-  /** At the entry stop of the pending rt_sigreturn: turn it into call `nr`, returning into rt_sigreturn (rsp still points just above the frame). */
-  protected loadHealingCall(nr: number, args: readonly (number | bigint)[]): void {
-    const regs = this.readRegsKernel()
-    regs[REG.orig_rax] = BigInt(nr)
-    setSyscallArgs(regs, args)
-    if (this.sigreturnGadget !== null) regs[REG.rip] = this.sigreturnGadget
-    this.writeRegsKernel(regs)
-  }
-
-  /** An 8-byte aligned scratch slot of `len` (≤ 256) bytes on the tracee's stack that the program cannot be using: below its red zone, or below the healing frame. */
-  stackSlot(len: number): bigint {
-    if (len > HEAL_SCRATCH) throw new RangeError(`stackSlot: at most ${HEAL_SCRATCH} bytes`)
-    const below = this.healing ? this.healing.frame : (this.progRegs ??= this.readRegsKernel())[REG.rsp]! - 512n
-    return (below - BigInt(len)) & ~7n
   }
 
   // -------------------------------------------------------------------------

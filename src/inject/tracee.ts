@@ -1,18 +1,22 @@
 /**
  * A ptrace-stopped process we can inspect and drive with injected system
- * calls: `Tracee` puts together the core (tracee-core.ts: attach/wait,
- * registers, memory, single calls), batches (batch.ts), process creation and
- * self-healing (fork.ts) and scratch memory (remote-scratch.ts).
+ * calls. `Tracee` is the last of a chain of layers, one file each:
+ * tracee-core.ts (attach/wait, registers, memory, resume/detach) ->
+ * single-call.ts (one injected call) -> batch.ts (many calls, one resume) ->
+ * fork.ts (process creation, self-healing mode) -> this file (the
+ * constructors and scratch memory, remote-scratch.ts).
  */
 import {ConflictError, CxlforkError, NotFoundError, PermissionError, SyscallError, UnsupportedError} from '../errors.js'
-import {PTRACE, PTRACE_EVENT, PTRACE_O, ptrace, ptraceRaw, SIG} from '../sys/libc.js'
+import {PTRACE, PTRACE_EVENT, PTRACE_O, ptrace, ptraceRaw} from '../sys/ptrace.js'
+import {SIG} from '../sys/syscall.js'
 import {readStat, readStatus} from '../sys/proc.js'
 import {BATCH_AREA} from './batch.js'
 import {HealingTracee} from './fork.js'
 import {RemoteScratch} from './remote-scratch.js'
 import type {TraceeState} from './tracee-core.js'
 
-export {TraceeGoneError, type PendingSignals, type RseqConfig} from './tracee-core.js'
+export {TraceeGoneError, type PendingSignals} from './tracee-core.js'
+export type {RseqConfig} from '../sys/ptrace.js'
 export {CLONE, type ForkResult} from './fork.js'
 export {BATCH_MAX_CALLS, type BatchCall, type PendingSyscalls} from './batch.js'
 

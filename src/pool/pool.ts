@@ -9,7 +9,7 @@ import {closeSync, constants, fchmodSync, fchownSync, fstatSync, ftruncateSync, 
 import {basename, dirname, join, resolve} from 'node:path'
 
 import {ConflictError, CorruptError, NotFoundError, PermissionError, SyscallError, UnsupportedError, UsageError} from '../errors.js'
-import {fallocateRaw} from '../sys/libc.js'
+import {fallocateRaw} from '../sys/file-io.js'
 import {BuildSlots, freeUnitsOf} from './allocator.js'
 import {CheckpointBuilder} from './builder.js'
 import {CheckpointReader} from './reader.js'

@@ -5,7 +5,7 @@
  */
 import {RemoteScratch} from '../inject/remote-scratch.js'
 import {type Tracee} from '../inject/tracee.js'
-import {O, SYS} from '../sys/libc.js'
+import {O, SYS} from '../sys/syscall.js'
 
 export class Injector {
   private readonly area: RemoteScratch

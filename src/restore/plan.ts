@@ -7,7 +7,7 @@
 import {CorruptError, UnsupportedError} from '../errors.js'
 import {PAGE_FLAG_ACCESSED, PAGE_FLAG_DIRTY} from '../image/page-map.js'
 import {PAGE_SIZE, type ProcessImage, type VmaImage} from '../image/process-image.js'
-import {MAP, PROT} from '../sys/libc.js'
+import {MAP, PROT} from '../sys/syscall.js'
 
 /**
  * `mow`: stored pages mapped from the store, copy-on-write (pages recorded as

@@ -9,7 +9,7 @@
 import {type ThreadImage, USER_REGS_NAMES} from '../image/process-image.js'
 import {REG_NAMES, restartFixup, regsToArray} from '../inject/regs.js'
 import {CLONE, type Tracee} from '../inject/tracee.js'
-import {PR, SYS} from '../sys/libc.js'
+import {PR, SYS} from '../sys/syscall.js'
 import {type Injector} from './injector.js'
 import {createWithId} from './pid-namespace.js'
 

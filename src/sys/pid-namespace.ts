@@ -7,7 +7,8 @@
  */
 import {CxlforkError} from '../errors.js'
 import {pidNamespaceRefusal} from './capabilities.js'
-import {O, SYS, check, close, open, syscallRaw} from './libc.js'
+import {close, open} from './file-io.js'
+import {O, SYS, check, syscallRaw} from './syscall.js'
 
 export const CLONE_NEWPID = 0x20000000
 

@@ -26,7 +26,10 @@
  */
 import {appendFileSync, closeSync, fstatSync, openSync, readFileSync, readSync, writeSync} from 'node:fs'
 import {constants as fsConstants} from 'node:fs'
-import {MAP, PROT, PTRACE, PTRACE_EVENT, PTRACE_O, SYS, WNOHANG, __WALL, mmap, pidfdOpen, ptraceRaw, syscallRaw, wait4} from '../sys/libc.js'
+import {pidfdOpen} from '../sys/syscall.js'
+import {PTRACE, PTRACE_EVENT, PTRACE_O, ptraceRaw, wait4} from '../sys/ptrace.js'
+import {MAP, PROT, SYS, WNOHANG, __WALL, syscallRaw} from '../sys/syscall.js'
+import {mmap} from '../sys/vm-io.js'
 import {POLLIN, UFFD_EVENT, UFFD_MSG_SIZE, UffdIoctls, decodeUffdMessage, pollFds} from '../sys/userfaultfd.js'
 
 const PAGE = 4096n

@@ -13,7 +13,7 @@ import {join} from 'node:path'
 
 import {type Fixture, procStat, processExists, requestCheck, requestExit, startFixture, trackPid, waitForExit, waitForTicks} from '../helpers/fixtures.js'
 import {PROJECT_ROOT, cli, describeRun, installCleanupHooks, note, poolPath, statusBytes, until} from './helpers.js'
-import {vmRead} from '../../src/sys/libc.js'
+import {vmRead} from '../../src/sys/vm-io.js'
 
 const PAGE = 4096
 const MIB = 1 << 20
