@@ -397,7 +397,7 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
   const checked = tree ? tree.checks.get(request.pid)! : preflight(request.pid, {memory: typeof pool === 'function', tcpClose: request.tcpClose ?? false})
   if (typeof pool === 'function') pool = pool()
   // Refuse a taken name before the target is touched; publish re-checks atomically.
-  if (pool.lookup(request.name)) {
+  if (pool.has(request.name)) {
     throw new ConflictError('NAME_TAKEN', `a checkpoint named ${request.name} already exists in ${pool.path}`, 'Pick another --name or remove it with `cxlfork rm`.')
   }
   // Safe point: nothing touched yet. (A signal to stop is honoured at each safe point: stopPoint throws.)
