@@ -6,7 +6,8 @@
 import {existsSync, mkdirSync, readdirSync, rmSync, statSync} from 'node:fs'
 import {dirname, join, resolve} from 'node:path'
 
-import {type DumpStats as CheckpointDumpStats, pagesScanned, runSegments, startSnapshotFileWrite} from '../checkpoint/checkpoint.js'
+import {type DumpStats as CheckpointDumpStats} from '../checkpoint/checkpoint.js'
+import {pagesScanned, runSegments, startSnapshotFileWrite} from '../checkpoint/page-write.js'
 import {type LiveSnapshot, killTarget, takePlacedSnapshot} from '../checkpoint/snapshot.js'
 import {preflight} from '../checkpoint/preflight.js'
 import {ConflictError, PermissionError, SyscallError, UnsupportedError, UsageError} from '../errors.js'

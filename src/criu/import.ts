@@ -7,7 +7,7 @@ import {accessRecordFor} from '../image/access-record.js'
 import {closeSync, openSync} from 'node:fs'
 
 import {SyscallError} from '../errors.js'
-import {checkFiles} from '../restore/build-process.js'
+import {checkFiles} from '../restore/host-checks.js'
 import {encodeImage} from '../image/codec.js'
 import {encodePageMap} from '../image/page-map.js'
 import {PAGE_SIZE, totalPages} from '../image/process-image.js'

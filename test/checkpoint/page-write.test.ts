@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import {createHash} from 'node:crypto'
 import {readFileSync, rmSync} from 'node:fs'
 
-import {type PageWrite, openPipe, pwriteWrites, startSpliceWrites} from '../../src/checkpoint/checkpoint.js'
+import {type PageWrite, openPipe, pwriteWrites, startSpliceWrites} from '../../src/checkpoint/page-write.js'
 import {type LiveSnapshot, takeLiveSnapshot} from '../../src/checkpoint/snapshot.js'
 import {O, SYS} from '../../src/sys/syscall.js'
 import {cleanupAll, startFixture, waitForTicks} from '../helpers/fixtures.js'
