@@ -12,7 +12,8 @@ import {type SharedObjectCapture, releaseSharedObjects} from './shared-memory.js
 import {ConflictError, SyscallError} from '../errors.js'
 import {encodeImage} from '../image/codec.js'
 import {encodePageMap} from '../image/page-map.js'
-import {PAGE_SIZE, type PageRun, totalPages} from '../image/process-image.js'
+import {type PageRun, totalPages} from '../image/process-image.js'
+import {PAGE_SIZE} from '../sys/page.js'
 import {Section} from '../image/sections.js'
 import {type CheckpointBuilder, type ChecksumRange, PAGE_CHECKSUMS_SECTION, PageChecksummer, type Pool, checksumRange, encodePageChecksums} from '../pool/index.js'
 import {validateCheckpointName} from '../pool/names.js'
@@ -25,8 +26,9 @@ import {killTarget, takePlacedSnapshot} from './snapshot.js'
 import {type CheckedTree, type FrozenMember, type TreeRecord, captureStoppedMember, freezeDescendants, markInternalPipes, preflightTree, sharedAcrossMembers, thawMembers} from './tree.js'
 
 import {pagesScanned, runSegments, startPageWrite} from './page-write.js'
+
 /** Statistics named as CRIU names them, in microseconds. */
-export interface DumpStats {
+export interface CheckpointStats {
   freezing_time: number
   frozen_time: number
   memdump_time: number
@@ -54,7 +56,7 @@ export interface CheckpointResult {
   /** µs the target was stopped. */
   downtimeUs: number
   totalUs: number
-  stats: DumpStats
+  stats: CheckpointStats
 }
 
 /**
@@ -230,7 +232,7 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
       for (const member of [...(tree?.members ?? [])].reverse()) if (member.pid !== request.pid && member.zombieStatus === undefined) killTarget(member.pid)
       killTarget(request.pid)
     }
-    const stats: DumpStats = {
+    const stats: CheckpointStats = {
       freezing_time: snapshot.timings.freezingUs,
       frozen_time: snapshot.timings.frozenUs,
       memdump_time: Math.round((tWritten - t0) * 1000) - snapshot.timings.frozenUs,

@@ -8,7 +8,8 @@
 import {fstatSync} from 'node:fs'
 
 import {SyscallError} from '../errors.js'
-import {PAGE_SIZE, type PageRun} from '../image/process-image.js'
+import {type PageRun} from '../image/process-image.js'
+import {PAGE_SIZE} from '../sys/page.js'
 import {type Pool} from '../pool/index.js'
 import {BATCH_MAX_CALLS, type BatchCall, type PendingSyscalls} from '../inject/batch.js'
 import {O, PROT, SYS} from '../sys/syscall.js'

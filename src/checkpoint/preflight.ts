@@ -15,10 +15,6 @@ import {type FdInfo, type SmapsVma, type Vma, listFds, readSmaps, readStat, read
 /** Character devices whose state is fully described by their path. */
 const STATELESS_CHARDEVS = new Set(['/dev/null', '/dev/zero', '/dev/full', '/dev/random', '/dev/urandom'])
 
-export interface FdClass {
-  kind: FdKind
-}
-
 /** The anonymous-inode descriptors refused, by what a user would call them. */
 const ANON_INODE_NAMES: Record<string, string> = {
   'anon_inode:inotify': 'an inotify instance', 'anon_inode:[fanotify]': 'a fanotify group', 'anon_inode:[userfaultfd]': 'a userfaultfd',

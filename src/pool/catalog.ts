@@ -18,7 +18,7 @@ import {Directory, EntryState, decodeEntry, isLive, withState} from './directory
 import {DirectoryLock} from './directory-lock.js'
 import {HostTable, localHostIdentity} from './hosts.js'
 import type {PoolHeader} from './layout.js'
-import {PAGE_SIZE} from './layout.js'
+import {PAGE_SIZE} from '../sys/page.js'
 import type {PoolMapping} from './mapping.js'
 import {formatSize} from './size.js'
 import {Liveness} from './owners.js'

@@ -6,7 +6,8 @@
 import {NotFoundError, PermissionError, SyscallError, UnsupportedError} from '../errors.js'
 import {close, open, pread} from './file-io.js'
 import {procPath} from './proc.js'
-import {O, PAGE_SIZE, SYS, syscallRaw} from './syscall.js'
+import {O, SYS, syscallRaw} from './syscall.js'
+import {PAGE_SIZE} from './page.js'
 import {addressOf} from './vm-io.js'
 
 export const PM = {
@@ -22,7 +23,7 @@ export const PM = {
   UFFD_WP: 32,
 } as const
 
-export interface PageRun {
+export interface PagemapRun {
   vaddr: bigint
   nrPages: number
   /** PM.* bits shared by every page of the run (within the mask asked for). */
@@ -65,9 +66,9 @@ export class Pagemap {
    * while their flags (restricted to `mask`) are equal. Pages neither present
    * nor swapped are skipped.
    */
-  runs(start: bigint, end: bigint, mask: number = PM.PRESENT | PM.SWAPPED | PM.FILE): PageRun[] {
+  runs(start: bigint, end: bigint, mask: number = PM.PRESENT | PM.SWAPPED | PM.FILE): PagemapRun[] {
     if (this.closed) throw new Error('Pagemap closed')
-    const out: PageRun[] = []
+    const out: PagemapRun[] = []
     const firstPage = start / BigInt(PAGE_SIZE)
     const total = Number((end - start) / BigInt(PAGE_SIZE))
     const u32 = new Uint32Array(this.buf.buffer, this.buf.byteOffset, this.chunkPages * 2)
@@ -132,13 +133,13 @@ export class Pagemap {
    * scan does only when asked for PAGE_IS_FILE). Falls back to reading the
    * pagemap where the ioctl is missing.
    */
-  dataRuns(start: bigint, end: bigint, fileBacked: boolean): PageRun[] {
+  dataRuns(start: bigint, end: bigint, fileBacked: boolean): PagemapRun[] {
     if (this.closed) throw new Error('Pagemap closed')
     if (this.scanWorks !== false) {
       const runs = this.scanRuns(start, end, fileBacked)
       if (runs !== null) return runs
     }
-    const out: PageRun[] = []
+    const out: PagemapRun[] = []
     for (const run of this.runs(start, end, PM.PRESENT | PM.SWAPPED | (fileBacked ? PM.FILE : 0))) {
       if ((run.flags & PM.FILE) !== 0 && (run.flags & PM.SWAPPED) === 0) continue
       appendRun(out, {vaddr: run.vaddr, nrPages: run.nrPages, flags: run.flags & (PM.PRESENT | PM.SWAPPED)})
@@ -151,11 +152,11 @@ export class Pagemap {
   private scanVec: BigUint64Array | undefined
 
   /** PAGEMAP_SCAN; null when this kernel has no such ioctl. */
-  private scanRuns(start: bigint, end: bigint, fileBacked: boolean): PageRun[] | null {
+  private scanRuns(start: bigint, end: bigint, fileBacked: boolean): PagemapRun[] | null {
     const arg = (this.scanArg ??= new BigUint64Array(12))
     const vec = (this.scanVec ??= new BigUint64Array(3 * SCAN_REGIONS))
     const wanted = SCAN.PRESENT | SCAN.SWAPPED
-    const out: PageRun[] = []
+    const out: PagemapRun[] = []
     let at = start
     while (at < end) {
       arg.fill(0n)
@@ -198,7 +199,7 @@ export class Pagemap {
 }
 
 /** Append, merging with the previous run when contiguous (flags of a merged run: those of its first part). */
-function appendRun(out: PageRun[], run: PageRun): void {
+function appendRun(out: PagemapRun[], run: PagemapRun): void {
   const last = out.at(-1)
   if (last && last.vaddr + BigInt(last.nrPages * PAGE_SIZE) === run.vaddr) last.nrPages += run.nrPages
   else out.push(run)
@@ -212,7 +213,7 @@ const SCAN_REGIONS = 512
 const SCAN = {FILE: 1n << 2n, PRESENT: 1n << 3n, SWAPPED: 1n << 4n} as const
 
 /** One-shot: runs of present/swapped pages of [start, end) of pid. */
-export function pageRuns(pid: number | 'self', start: bigint, end: bigint, opts: PagemapOptions = {}): PageRun[] {
+export function pageRuns(pid: number | 'self', start: bigint, end: bigint, opts: PagemapOptions = {}): PagemapRun[] {
   const pm = new Pagemap(pid, opts.chunkPages ?? 65536)
   try {
     return pm.runs(start, end, opts.mask ?? (PM.PRESENT | PM.SWAPPED | PM.FILE))

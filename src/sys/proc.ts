@@ -6,7 +6,8 @@
 import * as fs from 'node:fs'
 import {NotFoundError, PermissionError, SyscallError, UnsupportedError} from '../errors.js'
 import {close, open, pread} from './file-io.js'
-import {O, PAGE_SIZE, prlimit, type Rlimit, SYS, syscallRaw, uname} from './syscall.js'
+import {O, prlimit, type ResourceLimit, SYS, syscallRaw, uname} from './syscall.js'
+import {PAGE_SIZE} from './page.js'
 import {addressOf} from './vm-io.js'
 
 export function procPath(pid: number | 'self', what: string): string {
@@ -472,8 +473,8 @@ export const RLIMIT_NAMES = [
 ] as const
 
 /** All 16 resource limits of a process via prlimit64 (index = RLIMIT_* number). */
-export function readLimits(pid: number): Rlimit[] {
-  const out: Rlimit[] = []
+export function readLimits(pid: number): ResourceLimit[] {
+  const out: ResourceLimit[] = []
   for (let r = 0; r < RLIMIT_NAMES.length; r++) {
     try {
       out.push(prlimit(pid, r))

@@ -67,7 +67,6 @@ export const __WALL = 0x40000000
 export const MFD_CLOEXEC = 1
 export const MFD_ALLOW_SEALING = 2
 export const MFD_EXEC = 0x10
-export const PAGE_SIZE = 4096
 /** Linux IOV_MAX: the most iovecs one readv/process_vm_readv call takes. */
 export const IOV_MAX = 1024
 
@@ -166,7 +165,7 @@ export function prctl(option: number, a2: SysArg = 0, a3: SysArg = 0, a4: SysArg
   return syscall(`prctl(${option})`, SYS.prctl, option, a2, a3, a4, a5)
 }
 
-export interface Rlimit {
+export interface ResourceLimit {
   cur: bigint
   max: bigint
 }
@@ -175,7 +174,7 @@ export interface Rlimit {
 export const RLIM_INFINITY = 0xffffffffffffffffn
 
 /** prlimit64(pid, resource, NULL, &old): read a resource limit of any process. */
-export function prlimit(pid: number, resource: number, set?: Rlimit): Rlimit {
+export function prlimit(pid: number, resource: number, set?: ResourceLimit): ResourceLimit {
   const old = new BigUint64Array(2)
   let nw: BigUint64Array | null = null
   if (set) nw = BigUint64Array.of(set.cur, set.max)

@@ -4,7 +4,8 @@ import {readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync
 import {join} from 'node:path'
 
 import {CorruptError, NotFoundError, UnsupportedError} from '../../src/errors.js'
-import {PAGE_SIZE, type ProcessImage, totalPages} from '../../src/image/process-image.js'
+import {type ProcessImage, totalPages} from '../../src/image/process-image.js'
+import {PAGE_SIZE} from '../../src/sys/page.js'
 import {decodeMessage, encodeMessage, frameImage, IMG_COMMON_MAGIC, readImage, readImageRecords, writeImage} from '../../src/criu/image-file.js'
 import {
   type DumpStats, PE_LAZY, PE_PARENT, PE_PRESENT, readCriuImages, VMA_AREA_REGULAR, VMA_ANON_PRIVATE, writeCriuImages, writeRestoreStats,

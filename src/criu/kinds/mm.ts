@@ -4,7 +4,8 @@
  * cxlfork, and the reader splits it back.
  */
 import {UnsupportedError} from '../../errors.js'
-import {PAGE_SIZE, type ProcessImage, type VmaImage, type VmaKind} from '../../image/process-image.js'
+import {type ProcessImage, type VmaImage, type VmaKind} from '../../image/process-image.js'
+import {PAGE_SIZE} from '../../sys/page.js'
 import {MAP, O, PROT} from '../../sys/syscall.js'
 import {type Vma, readMaps} from '../../sys/proc.js'
 import {
