@@ -330,7 +330,7 @@ export interface RunningTarget {
 }
 
 /**
- * Spawn a target (posix_spawn: pitfall 14) with fd 1 on a pipe, and block
+ * Spawn a target (posix_spawn, not child_process, whose libuv would reap it) with fd 1 on a pipe, and block
  * until it writes its ready byte: that interval is the cold start.
  */
 export function spawnTarget(executable: string): RunningTarget {

@@ -9,16 +9,13 @@
  * restart logic. Synchronous only, and from this thread only: ptrace
  * requests are accepted only from the thread that attached.
  */
-import {CxlforkError, NotFoundError, SyscallError, UnsupportedError, ConflictError} from '../errors.js'
-import {
-  describeWait, getRegset, peekSigInfo, ptrace, PTRACE, PTRACE_EVENT, PTRACE_O, rseqConfiguration, type RseqConfig, setRegset, wait4, type WaitStatus,
-} from '../sys/ptrace.js'
-import {killQuiet, SIG, SYS, WNOHANG} from '../sys/syscall.js'
+import {CxlforkError, NotFoundError, ConflictError} from '../errors.js'
+import {describeWait, getRegset, peekSigInfo, ptrace, PTRACE, PTRACE_EVENT, PTRACE_O, rseqConfiguration, type RseqConfig, setRegset, wait4, type WaitStatus} from '../sys/ptrace.js'
+import {killQuiet, SIG, WNOHANG} from '../sys/syscall.js'
 import {readProcessMemory, writeProcessMemory} from '../sys/vm-io.js'
 import {readMaps, type Vma} from '../sys/proc.js'
 import {faultPoint} from '../fault.js'
-import {NO_SYSCALL, NT_PRFPREG, NT_X86_XSTATE, REG, type Regs, regsFromArray, regsToArray, restartFixup, setSyscallArgs, signed, signedErr} from './regs.js'
-import {HEAL_SCRATCH} from './sigframe.js'
+import {NT_PRFPREG, NT_X86_XSTATE, type Regs, regsFromArray, regsToArray, restartFixup} from './regs.js'
 
 export class TraceeGoneError extends NotFoundError {
   constructor(readonly pid: number, readonly status: WaitStatus) {

@@ -7,7 +7,11 @@ import {kernelRelease} from '../sys/host.js'
 import {type VdsoLayout, deviceName} from '../sys/proc.js'
 
 
-/** Refuse a checkpoint whose vDSO cannot be placed on this kernel (pitfall 3). */
+/**
+ * Refuse a checkpoint whose vDSO cannot be placed on this kernel: programs
+ * cache vDSO pointers, so it must land where it was, with the same layout,
+ * which only the same kernel build has.
+ */
 export function checkKernel(image: ProcessImage, local: VdsoLayout): void {
   const want = image.kernel.vdsoLayout.map((part) => `${part.name}@${part.offset}+${part.size}`).join(',')
   if (want !== local.signature) {

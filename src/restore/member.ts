@@ -10,7 +10,6 @@ import {type Stub} from '../inject/stub.js'
 import {signedErr} from '../inject/regs.js'
 import {Tracee} from '../inject/tracee.js'
 import {type VdsoLayout} from '../sys/proc.js'
-import {close} from '../sys/file-io.js'
 import {MAP, MREMAP, O, PR, SYS, prlimit} from '../sys/syscall.js'
 import {type VmSegment, vmWrite, vmWritev} from '../sys/vm-io.js'
 import {setMmMapRefusal} from '../sys/capabilities.js'
@@ -168,7 +167,7 @@ function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, sto
   for (const op of sharedOps) shared.placed(op.sharedId, tracee.pid, op.start, op.end)
 }
 
-/** PR_SET_MM_MAP: code/data/brk/stack/arg/env bounds, auxv and the exe link (pitfall 5). */
+/** PR_SET_MM_MAP: code/data/brk/stack/arg/env bounds, auxv and the exe link (without it brk(0) returns the stub's value). */
 function restoreMm(inject: Injector, image: ProcessImage): void {
   const mm = image.mm
   const exe = image.files[mm.exeFileIndex]!

@@ -3,7 +3,7 @@
  * /proc/PID/pagemap: through the PAGEMAP_SCAN ioctl where the kernel has it
  * (one call per many runs), else by reading the pagemap's 8-byte entries.
  */
-import {NotFoundError, PermissionError, SyscallError, UnsupportedError} from '../errors.js'
+import {NotFoundError, PermissionError, SyscallError} from '../errors.js'
 import {close, open, pread} from './file-io.js'
 import {procPath} from './proc.js'
 import {O, SYS, syscallRaw} from './syscall.js'

@@ -5,10 +5,7 @@
  */
 import * as fs from 'node:fs'
 import {NotFoundError, PermissionError, SyscallError, UnsupportedError} from '../errors.js'
-import {close, open, pread} from './file-io.js'
-import {O, prlimit, type ResourceLimit, SYS, syscallRaw, uname} from './syscall.js'
-import {PAGE_SIZE} from './page.js'
-import {addressOf} from './vm-io.js'
+import {prlimit, type ResourceLimit} from './syscall.js'
 
 export function procPath(pid: number | 'self', what: string): string {
   return `/proc/${pid}/${what}`
@@ -353,7 +350,11 @@ export interface VdsoLayout {
   signature: string
 }
 
-/** The vDSO block ([vvar], [vvar_vclock], [vdso]) of a process (pitfall 3). */
+/**
+ * The vDSO block ([vvar], [vvar_vclock], [vdso]) of a process. Since 6.13 it
+ * is three adjacent special mappings; they move only together, keeping their
+ * spacing, and their sizes identify the kernel build.
+ */
 export function vdsoLayout(pidOrMaps: number | 'self' | Vma[]): VdsoLayout {
   const maps = Array.isArray(pidOrMaps) ? pidOrMaps : readMaps(pidOrMaps)
   const raw = maps.filter((v) => v.kind === 'vvar' || v.kind === 'vvar_vclock' || v.kind === 'vdso')

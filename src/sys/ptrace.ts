@@ -95,7 +95,8 @@ const waitBuf = new Int32Array(1)
 
 /**
  * wait4(pid, options|__WALL). Retries on EINTR. Returns null when WNOHANG
- * was given and nothing happened. Always pass a specific pid (pitfall 14).
+ * was given and nothing happened. Always pass a specific pid: waiting for any
+ * child could take a stop or exit another part of cxlfork waits for.
  */
 export function wait4(pid: number, options = 0): WaitStatus | null {
   for (;;) {

@@ -10,7 +10,6 @@ const cFaInit = libc.func('int posix_spawn_file_actions_init(void *fa)')
 const cFaDestroy = libc.func('int posix_spawn_file_actions_destroy(void *fa)')
 const cFaDup2 = libc.func('int posix_spawn_file_actions_adddup2(void *fa, int fd, int newfd)')
 const cFaOpen = libc.func('int posix_spawn_file_actions_addopen(void *fa, int fd, const char *path, int oflag, uint32 mode)')
-const cFaClose = libc.func('int posix_spawn_file_actions_addclose(void *fa, int fd)')
 const cFaClosefrom = libc.func('int posix_spawn_file_actions_addclosefrom_np(void *fa, int from)')
 const cFaChdir = libc.func('int posix_spawn_file_actions_addchdir_np(void *fa, const char *path)')
 const cAttrInit = libc.func('int posix_spawnattr_init(void *attr)')
@@ -37,7 +36,8 @@ export interface SpawnOptions {
   /**
    * Child fd table: index = child fd, value = parent fd to dup there, or null
    * for /dev/null. Defaults to [0, 1, 2] (inherit stdio). Every other fd is
-   * closed in the child (pitfall 9).
+   * closed in the child: a stub would otherwise inherit every non-CLOEXEC fd
+   * of cxlfork.
    */
   fds?: (number | null)[]
   /** Working directory of the child. */
@@ -53,7 +53,10 @@ export interface SpawnOptions {
   newProcessGroup?: boolean
 }
 
-/** posix_spawn through the FFI (never child_process for tracees: pitfall 14). Returns the pid. */
+/**
+ * posix_spawn through the FFI. Never child_process for tracees: libuv reaps
+ * its children with waitpid and can swallow their ptrace stops. Returns the pid.
+ */
 export function posixSpawn(opts: SpawnOptions): number {
   const fa = new Uint8Array(128) // posix_spawn_file_actions_t is 80 bytes on glibc x86_64
   const attr = new Uint8Array(512) // posix_spawnattr_t is 336 bytes

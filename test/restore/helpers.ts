@@ -5,7 +5,6 @@
  */
 import assert from 'node:assert/strict'
 import {readdirSync, readFileSync, rmSync} from 'node:fs'
-import {join} from 'node:path'
 
 import {type LogEvent, procStat, readLog} from '../helpers/fixtures.js'
 import {printMeasurements} from '../helpers/measurements.js'
