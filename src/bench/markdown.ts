@@ -88,7 +88,7 @@ function realCriuSection(result: BenchResult): string[] {
       ratio(copy?.commandMs, realRestore?.commandMs), cell(mow?.commandMs), ratio(mow?.commandMs, realRestore?.commandMs), ratio(mow?.engineMs, realRestore?.engineMs),
     ]]
   })), '')
-  out.push('The CRIU-format path against real CRIU on the same work (the parity targets below): engine times in process against real CRIU\'s own, and whole commands against real CRIU\'s plus Node\'s start-up (`node -e 0`: ' + `${cell(result.nodeStartupMs)} ms).`, '')
+  out.push('The CRIU-format path against real CRIU on the same work (the parity targets below): engine times in process against real CRIU\'s own, and whole commands against real CRIU\'s plus Node\'s start-up (`node -e 0`: ' + cell(result.nodeStartupMs) + ' ms).', '')
   out.push(table(['Size', 'real `criu dump`', '`criu` path dump (engine)', '/ real', '`cxlfork criu dump` (whole)', 'real dump + node -e 0',
     'real restore_time', '`criu` path restore (engine)', '/ real', '`cxlfork criu restore` (whole)', 'real restore + node -e 0'],
   result.sizes.flatMap((size) => {

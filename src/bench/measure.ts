@@ -8,9 +8,12 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {CxlforkError} from '../errors.js'
-import {Tracee} from '../inject/tracee.js'
-import {fallocateRaw, MAP, mmap, munmap, posixSpawn, PROT, PTRACE_O, SIG, SYS, view, wait4} from '../sys/libc.js'
-import {CLONE} from '../inject/tracee.js'
+import {CLONE, Tracee} from '../inject/tracee.js'
+import {fallocateRaw} from '../sys/file-io.js'
+import {PTRACE_O, wait4} from '../sys/ptrace.js'
+import {posixSpawn} from '../sys/spawn.js'
+import {MAP, PROT, SIG, SYS} from '../sys/syscall.js'
+import {mmap, munmap, view} from '../sys/vm-io.js'
 import type {WholeCommand} from './paths.js'
 
 const CHUNK = 1 << 20

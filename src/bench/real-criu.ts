@@ -19,7 +19,7 @@ import {spawnSync} from 'node:child_process'
 import {CxlforkError, UsageError} from '../errors.js'
 import {readImage} from '../criu/image-file.js'
 import {big} from '../criu/values.js'
-import {wait4} from '../sys/libc.js'
+import {wait4} from '../sys/ptrace.js'
 import {isAlive, readStatus} from '../sys/proc.js'
 import {timedSpawn} from './measure.js'
 

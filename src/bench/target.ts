@@ -24,7 +24,11 @@ import {join} from 'node:path'
 
 import {CxlforkError} from '../errors.js'
 import {STUB_COMM, STUB_INIT_COMM} from '../inject/stub.js'
-import {O, killQuiet, pipe2, posixSpawn, SIG, vmRead, wait4} from '../sys/libc.js'
+import {pipe2} from '../sys/file-io.js'
+import {wait4} from '../sys/ptrace.js'
+import {posixSpawn} from '../sys/spawn.js'
+import {O, killQuiet, SIG} from '../sys/syscall.js'
+import {vmRead} from '../sys/vm-io.js'
 import {isAlive, readStat} from '../sys/proc.js'
 
 /** comm of every target (and of its clones): the executable's file name, 15 characters. */
@@ -326,7 +330,7 @@ export interface RunningTarget {
 }
 
 /**
- * Spawn a target (posix_spawn: pitfall 14) with fd 1 on a pipe, and block
+ * Spawn a target (posix_spawn, not child_process, whose libuv would reap it) with fd 1 on a pipe, and block
  * until it writes its ready byte: that interval is the cold start.
  */
 export function spawnTarget(executable: string): RunningTarget {

@@ -23,7 +23,7 @@ import {isAlive, readMaps, readStatus} from '../sys/proc.js'
 import type {PoolPath, RestoreSample} from './paths.js'
 import {Samples} from './summary.js'
 import type {SectionContext} from './threads.js'
-import {spawnTarget, type TargetFiles, verifyPattern} from './target.js'
+import {spawnTarget, verifyPattern} from './target.js'
 import type {TreeRow} from './types.js'
 
 /** Size of the untimed warm-up target. */

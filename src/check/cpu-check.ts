@@ -11,7 +11,7 @@ import {type CxlforkError} from '../errors.js'
 import {decodeImage} from '../image/codec.js'
 import {Section} from '../image/sections.js'
 import type {Pool} from '../pool/index.js'
-import {getuid} from '../sys/libc.js'
+import {getuid} from '../sys/syscall.js'
 
 export interface CheckpointCpuCheck {
   checkpoint: string

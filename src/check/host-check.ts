@@ -10,7 +10,9 @@ import {dirname, resolve} from 'node:path'
 import {CxlforkError} from '../errors.js'
 import {spawnStub} from '../inject/stub.js'
 import {CAP_CHECKPOINT_RESTORE, CAP_SYS_ADMIN, CAP_SYS_PTRACE, effectiveCapabilities, requireMapFilesAccess, setMmMapRefusal} from '../sys/capabilities.js'
-import {close, O, PR, SYS, syscallRaw, vmRead} from '../sys/libc.js'
+import {close} from '../sys/file-io.js'
+import {O, PR, SYS, syscallRaw} from '../sys/syscall.js'
+import {vmRead} from '../sys/vm-io.js'
 import {classifyFileSystem} from '../pool/filesystem.js'
 
 export interface CheckItem {

@@ -10,15 +10,12 @@ import {hostname} from 'node:os'
 import {recordLayout} from '../cpu/checkpoint-cpu.js'
 import {readCredentials} from './credentials.js'
 import {UnsupportedError} from '../errors.js'
-import {
-  type FdImage, type FdKind, type FileIdentity, IMAGE_VERSION, type MmImage, type PageRun, type ProcessImage, type SigAction,
-  type TaskImage, type ThreadImage, type VmaImage, type VmaKind, PAGE_SIZE,
-} from '../image/process-image.js'
-import {
-  type FdInfo, Pagemap, type Vma, bootId, deviceName, kernelRelease, readAuxv, readCmdline, readCwd, readExe, readLimits,
-  readProcText, readRoot, readStat, readStatus, vdsoLayout,
-} from '../sys/proc.js'
-import {MAP} from '../sys/libc.js'
+import {type FdImage, type FdKind, type FileIdentity, IMAGE_VERSION, type MmImage, type PageRun, type ProcessImage, type SigAction, type TaskImage, type ThreadImage, type VmaImage, type VmaKind} from '../image/process-image.js'
+import {PAGE_SIZE} from '../sys/page.js'
+import {bootId, kernelRelease} from '../sys/host.js'
+import {Pagemap} from '../sys/pagemap.js'
+import {type FdInfo, type Vma, deviceName, readAuxv, readCmdline, readCwd, readExe, readLimits, readProcText, readRoot, readStat, readStatus, vdsoLayout} from '../sys/proc.js'
+import {MAP} from '../sys/syscall.js'
 import {POOL_MAGIC} from '../pool/layout.js'
 import {isSharedMemoryObject, sharedObjectId, sharedObjectIdOfFd} from './shared-memory.js'
 import {type FdExtras} from './descriptors.js'

@@ -7,7 +7,7 @@ import {existsSync, readFileSync, readdirSync, statSync} from 'node:fs'
 import {NotFoundError, PermissionError, UnsupportedError} from '../errors.js'
 import {type FdKind} from '../image/process-image.js'
 import {requireMapFilesAccess} from '../sys/capabilities.js'
-import {SYS, getuid, syscallRaw} from '../sys/libc.js'
+import {SYS, getuid, syscallRaw} from '../sys/syscall.js'
 import {isSharedAnonymous, isSharedMemoryFd, isSharedMemoryObject} from './shared-memory.js'
 import {refuseUnsupportedCredentials} from './credentials.js'
 import {AF, SOCK, describeAddress, readSocket, unixName, unixPeer} from '../sys/sockets.js'
@@ -15,10 +15,6 @@ import {type FdInfo, type SmapsVma, type Vma, listFds, readSmaps, readStat, read
 
 /** Character devices whose state is fully described by their path. */
 const STATELESS_CHARDEVS = new Set(['/dev/null', '/dev/zero', '/dev/full', '/dev/random', '/dev/urandom'])
-
-export interface FdClass {
-  kind: FdKind
-}
 
 /** The anonymous-inode descriptors refused, by what a user would call them. */
 const ANON_INODE_NAMES: Record<string, string> = {

@@ -10,8 +10,9 @@
 import {closeSync, fstatSync, openSync, statSync} from 'node:fs'
 
 import {SyscallError} from '../errors.js'
-import {PAGE_SIZE} from '../image/process-image.js'
-import {SYS, sendfileAt, syscallRaw} from '../sys/libc.js'
+import {PAGE_SIZE} from '../sys/page.js'
+import {sendfileAt} from '../sys/file-io.js'
+import {SYS, syscallRaw} from '../sys/syscall.js'
 import type {Vma} from '../sys/proc.js'
 
 /**

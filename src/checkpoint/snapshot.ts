@@ -6,10 +6,12 @@
  * snapshot's pages are written.
  */
 import {type FdKind, type ProcessImage, type SigAction, type ThreadImage} from '../image/process-image.js'
-import {Tracee, findSigreturnGadget} from '../inject/tracee.js'
+import {findSigreturnGadget} from '../inject/sigframe.js'
+import {Tracee} from '../inject/tracee.js'
 import {type FdInfo, type Vma, listFds, readMaps, readSmaps} from '../sys/proc.js'
 import {SyscallError} from '../errors.js'
-import {MADV, MAP, PTRACE_O, SIG, SYS, killQuiet} from '../sys/libc.js'
+import {PTRACE_O} from '../sys/ptrace.js'
+import {MADV, MAP, SIG, SYS, killQuiet} from '../sys/syscall.js'
 import {CpuPlacement, lastCpu} from '../sys/affinity.js'
 import {type FlaggedVma, type SnapshotMemory, captureImage, captureMemory, decodeSigaction} from './capture.js'
 import {type PreflightResult, preflight, refuseUnsupportedMemory} from './preflight.js'

@@ -12,8 +12,9 @@ import {readFileSync, readdirSync} from 'node:fs'
 
 import {CxlforkError, NotFoundError, SyscallError} from '../errors.js'
 import {type ThreadImage, USER_REGS_NAMES, type UserRegs} from '../image/process-image.js'
-import {Tracee, regsFromArray} from '../inject/tracee.js'
-import {PR, SYS, syscallRaw} from '../sys/libc.js'
+import {regsFromArray} from '../inject/regs.js'
+import {Tracee} from '../inject/tracee.js'
+import {PR, SYS, syscallRaw} from '../sys/syscall.js'
 import {faultPoint} from '../fault.js'
 import {type Vma} from '../sys/proc.js'
 

@@ -1,7 +1,6 @@
 import {Command} from '@oclif/core/command'
 import * as Errors from '@oclif/core/errors'
 import * as Flags from '@oclif/core/flags'
-import type * as Interfaces from '@oclif/core/interfaces'
 
 import {CxlforkError, ERROR_CODES, InterruptedError} from '../errors.js'
 import type {Pool} from '../pool/index.js'
@@ -90,5 +89,3 @@ export abstract class BaseCommand extends Command {
       suggestions: ['Re-run with DEBUG=1 for a stack trace and report it.']})
   }
 }
-
-export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>

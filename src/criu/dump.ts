@@ -6,13 +6,15 @@
 import {existsSync, mkdirSync, readdirSync, rmSync, statSync} from 'node:fs'
 import {dirname, join, resolve} from 'node:path'
 
-import {type DumpStats as CheckpointDumpStats, pagesScanned, runSegments, startSnapshotFileWrite} from '../checkpoint/checkpoint.js'
+import {type CheckpointStats as CheckpointDumpStats} from '../checkpoint/checkpoint.js'
+import {pagesScanned, runSegments, startSnapshotFileWrite} from '../checkpoint/page-write.js'
 import {type LiveSnapshot, killTarget, takePlacedSnapshot} from '../checkpoint/snapshot.js'
 import {preflight} from '../checkpoint/preflight.js'
 import {ConflictError, PermissionError, SyscallError, UnsupportedError, UsageError} from '../errors.js'
-import {PAGE_SIZE, type VmaImage, totalPages} from '../image/process-image.js'
+import {type VmaImage, totalPages} from '../image/process-image.js'
+import {PAGE_SIZE} from '../sys/page.js'
 import type {CpuPlacement} from '../sys/affinity.js'
-import {addressOf, vmReadv} from '../sys/libc.js'
+import {addressOf, vmReadv} from '../sys/vm-io.js'
 import {type PageSource, runsToWrite, writeCriuImages} from './images.js'
 
 export interface CriuDumpResult {

@@ -6,7 +6,8 @@
 import {openSync, closeSync, fstatSync} from 'node:fs'
 
 import {CorruptError} from '../errors.js'
-import {MAP, PROT, mmap, munmap} from '../sys/libc.js'
+import {MAP, PROT} from '../sys/syscall.js'
+import {mmap, munmap} from '../sys/vm-io.js'
 import {type CloneExit, type PidNamespaceMode, buildProcess} from '../restore/build-process.js'
 import {type StoredRun, planRestore} from '../restore/plan.js'
 import {criuSchema} from './image-file.js'

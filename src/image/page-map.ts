@@ -7,7 +7,7 @@
  *   flags    one byte per page, in entry order (PAGE_FLAG_*), filled by tiering
  */
 import {CorruptError} from '../errors.js'
-import {PAGE_SIZE} from './process-image.js'
+import {PAGE_SIZE} from '../sys/page.js'
 
 export const PAGE_MAP_MAGIC = 0x50414d50 // 'PMAP'
 export const PAGE_MAP_VERSION = 1

@@ -261,7 +261,6 @@ export interface ProcessImage {
   pageRuns: PageRun[]
 }
 
-export const PAGE_SIZE = 4096
 export const PAGE_SHIFT = 12
 
 export function totalPages(runs: readonly PageRun[]): number {

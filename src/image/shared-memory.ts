@@ -8,7 +8,7 @@
  * an object names it by `VmaImage.sharedId`.
  */
 import {CorruptError} from '../errors.js'
-import {PAGE_SIZE} from './process-image.js'
+import {PAGE_SIZE} from '../sys/page.js'
 
 /** A populated range of a shared object: `bytes` at object offset `offset`, stored at `storeOffset`. */
 export interface SharedObjectRun {

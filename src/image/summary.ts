@@ -4,7 +4,8 @@
  * so scripts can read it; addresses are hex strings.
  */
 import {type PageMapView} from './page-map.js'
-import {PAGE_SIZE, type ProcessImage} from './process-image.js'
+import {type ProcessImage} from './process-image.js'
+import {PAGE_SIZE} from '../sys/page.js'
 
 export interface VmaSummary {
   start: string

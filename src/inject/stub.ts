@@ -1,21 +1,26 @@
 /**
  * The restore stub: a minimal static x86_64 ELF executable generated here
- * byte by byte (no compiler at run time, no libc, no TLS, no rseq: pitfall 2).
+ * byte by byte (no compiler at run time, no libc, no TLS, no rseq: a stub
+ * with rseq registered is killed by SIGSEGV once its own memory is unmapped).
  * It names itself "cxlfork-stub" (PR_SET_NAME) and parks in nanosleep() for
  * STUB_PARK_SECONDS; a stub nobody seized by then ends itself.
  *
- * spawnStub() starts one with posix_spawn (never child_process: pitfall 14),
- * signal dispositions reset to default and the blocked mask cleared (Node
- * ignores SIGPIPE: pitfall 7), every fd but the requested 0/1/2 closed
- * (pitfall 9), then seizes it with PTRACE_O_EXITKILL so a stub never outlives
- * a failed caller (pitfall 15).
+ * spawnStub() starts one with posix_spawn (never child_process, whose libuv
+ * reaps children and can swallow ptrace stops), signal dispositions reset to
+ * default and the blocked mask cleared (spawned children inherit ignored
+ * dispositions, and Node ignores SIGPIPE), every fd but the requested 0/1/2
+ * closed, then seizes it with PTRACE_O_EXITKILL so a stub never outlives a
+ * failed caller.
  */
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {createHash} from 'node:crypto'
 import {CxlforkError, SyscallError} from '../errors.js'
-import {close, killQuiet, MFD_CLOEXEC, O, open, SYS, MFD_EXEC, memfdCreate, posixSpawn, SIG, wait4, WNOHANG, writeAll, PTRACE_O} from '../sys/libc.js'
+import {close, open, memfdCreate, writeAll} from '../sys/file-io.js'
+import {wait4, PTRACE_O} from '../sys/ptrace.js'
+import {posixSpawn} from '../sys/spawn.js'
+import {killQuiet, MFD_CLOEXEC, O, SYS, MFD_EXEC, SIG, WNOHANG} from '../sys/syscall.js'
 import {readMaps, vdsoLayout, type VdsoLayout, type Vma} from '../sys/proc.js'
 import {Tracee} from './tracee.js'
 import {faultPoint} from '../fault.js'
@@ -321,7 +326,7 @@ export function spawnStub(opts: StubOptions = {}): Stub {
   let tracee: Tracee | null = null
   try {
     tracee = Tracee.seize(pid, {options: PTRACE_O.EXITKILL | (opts.ptraceOptions ?? 0), timeoutMs: 10_000})
-    // Start race (pitfall 1): the seize may land before the stub has named
+    // Start race: posix_spawn returns before the stub runs, so the seize may land before it has named
     // itself and parked in nanosleep(). Let it run until it is parked there.
     for (let i = 0; tracee.getRegs().orig_rax !== BigInt(SYS.nanosleep); i++) {
       if (i > 2000) throw new CxlforkError('STUB_NOT_PARKED', `stub ${pid} did not reach its park`)

@@ -11,8 +11,9 @@ import type {DataExtent, Descriptor, SectionRecord} from './descriptor.js'
 import {encodeDescriptor, isMutableSection} from './descriptor.js'
 import {EntryState, decodeEntry, encodeEntry} from './directory.js'
 import {validateCheckpointName} from './names.js'
+import {runGc} from './gc.js'
 import {processStartTime} from './owners.js'
-import type {Pool} from './pool.js'
+import type {PoolCatalog} from './catalog.js'
 import type {CheckpointInfo} from './types.js'
 
 export interface AllocatedData {
@@ -38,7 +39,7 @@ export class CheckpointBuilder {
   private lastRenewalMs = Date.now()
 
   private constructor(
-    private readonly pool: Pool,
+    private readonly pool: PoolCatalog,
     /** The build slot this builder owns. */
     readonly slot: number,
     private readonly slotWord: bigint,
@@ -46,14 +47,15 @@ export class CheckpointBuilder {
     readonly serial: number,
   ) {}
 
-  static begin(pool: Pool): CheckpointBuilder {
+  static begin(pool: PoolCatalog): CheckpointBuilder {
     const owner = {hostIndex: pool.hostIndex, pid: process.pid}
     const startTime = processStartTime(process.pid) ?? 0
     // Spread builders over the slots so concurrent claims rarely collide.
     const firstSlot = (process.pid * 7 + Math.floor(Math.random() * pool.buildSlots.count)) % pool.buildSlots.count
     let claimed = pool.buildSlots.claim(owner, startTime, firstSlot)
     if (!claimed) {
-      pool.gc() // slots held by dead builders come back
+      pool.renewLease()
+      runGc(pool) // slots held by dead builders come back
       claimed = pool.buildSlots.claim(owner, startTime, firstSlot)
     }
     if (!claimed) {
@@ -129,7 +131,7 @@ export class CheckpointBuilder {
 
   /**
    * Make the checkpoint visible as `name`: the single commit point is the CAS
-   * of a free directory word (Pool.insertEntry). ConflictError NAME_TAKEN
+   * of a free directory word (PoolCatalog.insertEntry). ConflictError NAME_TAKEN
    * leaves the builder usable (publish under another name, or abort).
    */
   publish(name: string, info: PublishInfo): CheckpointInfo {

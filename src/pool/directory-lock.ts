@@ -33,7 +33,7 @@
 import {ConflictError} from '../errors.js'
 import type {Owner} from './owners.js'
 import {decodeOwner, encodeOwner, ownerPayload, processStartTime} from './owners.js'
-import type {Pool} from './pool.js'
+import type {PoolCatalog} from './catalog.js'
 
 /** A holder of another host seen holding the same word this long is taken for dead (holds last microseconds). */
 export const REMOTE_STALE_MS = 5_000
@@ -60,7 +60,7 @@ export class DirectoryLock {
   /** This process's start time, read once. */
   private startTime: number | undefined
 
-  constructor(private readonly pool: Pool) {}
+  constructor(private readonly pool: PoolCatalog) {}
 
   private get words(): BigUint64Array {
     return this.pool.regions.lockWords

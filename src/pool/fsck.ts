@@ -18,10 +18,10 @@ import type {Descriptor} from './descriptor.js'
 import {EntryState, isLive, withState} from './directory.js'
 import {HOST_SLOT_SIZE} from './layout.js'
 import {PAGE_CHECKSUMS_SECTION, type PageDataVerdict, decodePageChecksums, verifyRanges} from './page-checksums.js'
-import type {Pool} from './pool.js'
+import type {PoolCatalog} from './catalog.js'
 import type {FsckProblem, FsckReport} from './types.js'
 
-export function runFsck(pool: Pool, repair: boolean): FsckReport {
+export function runFsck(pool: PoolCatalog, repair: boolean): FsckReport {
   const {header, regions} = pool
   const problems: FsckProblem[] = []
   const report = (severity: FsckProblem['severity'], kind: string, where: string, message: string, fix?: () => boolean): void => {
@@ -193,7 +193,7 @@ interface OwnedUnitDamage {
   lost: Array<{states: Uint32Array; unit: number; found: number}>
 }
 
-function checkOwnedUnits(pool: Pool, descriptorPage: number, descriptor: Descriptor, ownedElsewhere: Set<number>): OwnedUnitDamage {
+function checkOwnedUnits(pool: PoolCatalog, descriptorPage: number, descriptor: Descriptor, ownedElsewhere: Set<number>): OwnedUnitDamage {
   const {header, regions} = pool
   const damage: OwnedUnitDamage = {sectionsCorrupt: [], stolen: [], lost: []}
   const expect = (states: Uint32Array, unit: number): void => {
@@ -223,7 +223,7 @@ function checkOwnedUnits(pool: Pool, descriptorPage: number, descriptor: Descrip
  * (taken before they existed), a message when the checksum record itself is
  * unusable, else the verdict.
  */
-function checkPageData(pool: Pool, descriptor: Descriptor, named: string): PageDataVerdict | string | undefined {
+function checkPageData(pool: PoolCatalog, descriptor: Descriptor, named: string): PageDataVerdict | string | undefined {
   const sections = descriptor.sections.filter((section) => section.type === PAGE_CHECKSUMS_SECTION)
   if (sections.length === 0) return undefined
   const verdicts: PageDataVerdict[] = []
@@ -253,7 +253,7 @@ function checkPageData(pool: Pool, descriptor: Descriptor, named: string): PageD
 }
 
 /** Whether a lookup of `name` probes through to `index` without meeting an empty word. */
-function reachable(pool: Pool, name: string, index: number): boolean {
+function reachable(pool: PoolCatalog, name: string, index: number): boolean {
   for (const probe of pool.directory.probe(name)) {
     if (probe === index) return true
     if (pool.directory.load(probe) === 0n) return false

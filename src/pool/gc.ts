@@ -13,10 +13,10 @@
 import {isPlausibleSerial, serialGeneration, serialSlot} from './allocator.js'
 import {EntryState, isLive, withState} from './directory.js'
 import {peekDescriptorName} from './descriptor.js'
-import type {Pool} from './pool.js'
+import type {PoolCatalog} from './catalog.js'
 import type {GcReport} from './types.js'
 
-export function runGc(pool: Pool): GcReport {
+export function runGc(pool: PoolCatalog): GcReport {
   const report: GcReport = {buildsReleased: 0, referencesReleased: 0, checkpointsRemoved: [], segmentsFreed: 0, pagesFreed: 0, bytesFreed: 0,
     directoryWordsFreed: 0}
   const liveSerials = new Set<number>()

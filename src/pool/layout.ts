@@ -17,11 +17,12 @@
  */
 import {CorruptError, UsageError} from '../errors.js'
 import {crc32} from './checksum.js'
+import {PAGE_SIZE} from '../sys/page.js'
 
 export const POOL_MAGIC = 'CXLFPOOL'
 /** 2: CRC-32 (zlib) replaced CRC32C on every record and in directory hashing. */
 export const POOL_VERSION = 2
-export const PAGE_SIZE = 4096
+
 export const SEGMENT_SIZE = 2 * 1024 * 1024
 export const DEFAULT_POOL_SIZE = 8n * 1024n * 1024n * 1024n
 export const MIN_POOL_SIZE = 16n * 1024n * 1024n

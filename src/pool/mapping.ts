@@ -4,7 +4,9 @@
  * region is reached through windows of a record's size (see MetadataRegion)
  * and data segments are addressed as `baseAddress + poolOffset`.
  */
-import {FALLOC, MAP, fallocateRaw, mmap, munmap, PROT, view} from '../sys/libc.js'
+import {FALLOC, fallocateRaw} from '../sys/file-io.js'
+import {MAP, PROT} from '../sys/syscall.js'
+import {mmap, munmap, view} from '../sys/vm-io.js'
 
 export class PoolMapping {
   private mapped = true

@@ -18,7 +18,8 @@
  */
 import {CorruptError} from '../errors.js'
 import {crc32cBlocks} from '../sys/crc32c.js'
-import {MAP, mmap, PROT, syscallRaw, SYS} from '../sys/libc.js'
+import {MAP, PROT, syscallRaw, SYS} from '../sys/syscall.js'
+import {mmap} from '../sys/vm-io.js'
 
 /** Section type of the page checksums (image/sections.ts lists it as Section.pageChecksums). */
 export const PAGE_CHECKSUMS_SECTION = 4

@@ -6,14 +6,14 @@ import {CorruptError, NotFoundError, UsageError} from '../errors.js'
 import {crc32} from './checksum.js'
 import {type DataExtent, type SectionRecord, isMutableSection} from './descriptor.js'
 import {NO_PAGE_CHECKSUMS, PAGE_CHECKSUMS_SECTION, type PageDataVerdict, decodePageChecksums, verifyRanges} from './page-checksums.js'
-import type {Pool, ResolvedEntry} from './pool.js'
+import type {PoolCatalog, ResolvedEntry} from './catalog.js'
 import type {CheckpointInfo} from './types.js'
 
 export class CheckpointReader {
   /** Sections already copied out and verified: metadata is write-once, so one check per reader suffices. */
   private readonly verified = new Map<SectionRecord, Uint8Array>()
 
-  constructor(private readonly pool: Pool, private readonly resolved: ResolvedEntry, readonly info: CheckpointInfo) {}
+  constructor(private readonly pool: PoolCatalog, private readonly resolved: ResolvedEntry, readonly info: CheckpointInfo) {}
 
   /** The directory word this reader was opened from (addReference binds to exactly it). */
   get entry(): ResolvedEntry {

@@ -9,7 +9,7 @@
 import {ConflictError} from '../errors.js'
 import type {Owner} from './owners.js'
 import {decodeOwner, encodeOwner, ownerPayload} from './owners.js'
-import type {Pool} from './pool.js'
+import type {PoolCatalog} from './catalog.js'
 import type {ReferenceInfo} from './types.js'
 
 export interface ReferenceHandle {
@@ -29,7 +29,7 @@ export interface ReferenceSlot {
 }
 
 export class References {
-  constructor(private readonly pool: Pool) {}
+  constructor(private readonly pool: PoolCatalog) {}
 
   private get words(): BigUint64Array {
     return this.pool.regions.refSlots

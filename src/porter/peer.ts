@@ -4,7 +4,7 @@
  * SO_PEERGROUPS (its supplementary groups), read with getsockopt on the
  * socket's descriptor.
  */
-import {SYS, syscallRaw} from '../sys/libc.js'
+import {SYS, syscallRaw} from '../sys/syscall.js'
 
 const SOL_SOCKET = 1
 const SO_PEERCRED = 17

@@ -19,7 +19,7 @@ import {readFileSync} from 'node:fs'
 import {PermissionError} from '../errors.js'
 import {type CredentialsImage} from '../image/process-image.js'
 import {type Tracee} from '../inject/tracee.js'
-import {SYS} from '../sys/libc.js'
+import {SYS} from '../sys/syscall.js'
 import {type Injector} from './injector.js'
 
 const SYS_SETRESUID = 117

@@ -16,7 +16,7 @@ import {chmodSync, lchownSync, lstatSync, rmSync} from 'node:fs'
 
 import {type FdImage, type ProcessImage} from '../image/process-image.js'
 import {ConflictError, NotFoundError, SyscallError, UnsupportedError} from '../errors.js'
-import {O, SYS} from '../sys/libc.js'
+import {O, SYS} from '../sys/syscall.js'
 import {AF, describeAddress, unixAddressLive, unixName} from '../sys/sockets.js'
 import {type Tracee} from '../inject/tracee.js'
 import {type Injector} from './injector.js'

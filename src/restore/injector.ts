@@ -3,14 +3,16 @@
  * area in it for their arguments. The scratch area is shared by every thread
  * of the process (one address space), so calls may run in any of them.
  */
-import {CxlforkError} from '../errors.js'
+import {RemoteScratch} from '../inject/remote-scratch.js'
 import {type Tracee} from '../inject/tracee.js'
-import {O, SYS, vmWrite} from '../sys/libc.js'
+import {O, SYS} from '../sys/syscall.js'
 
 export class Injector {
-  private used = 0n
+  private readonly area: RemoteScratch
 
-  constructor(readonly tracee: Tracee, readonly scratch: bigint, readonly scratchSize: bigint) {}
+  constructor(readonly tracee: Tracee, readonly scratch: bigint, readonly scratchSize: bigint) {
+    this.area = RemoteScratch.fixed(tracee, scratch, Number(scratchSize))
+  }
 
   call(name: string, nr: number, ...args: (number | bigint)[]): bigint {
     return this.tracee.syscallChecked(name, nr, ...args)
@@ -27,28 +29,21 @@ export class Injector {
    * a silent wrap-around over arguments still in use.
    */
   reserve(length: number): bigint {
-    const at = (this.used + 15n) & ~15n
-    if (at + BigInt(length) > this.scratchSize) {
-      throw new CxlforkError('SCRATCH_FULL', `the restore's scratch area (${this.scratchSize} bytes) cannot hold ${length} more bytes`, 'This checkpoint needs more argument space than cxlfork reserves; please report it.')
-    }
-    this.used = at + BigInt(length)
-    return this.scratch + at
+    return this.area.alloc(length, 16)
   }
 
   /** Copy bytes into scratch and return their remote address. */
   put(bytes: Uint8Array): bigint {
-    const at = this.reserve(bytes.length)
-    if (bytes.length > 0) vmWrite(this.tracee.pid, at, bytes)
-    return at
+    return this.area.write(bytes, 16)
   }
 
   putString(text: string): bigint {
-    return this.put(Buffer.from(text + '\0', 'utf8'))
+    return this.area.write(text, 16)
   }
 
   /** Forget every argument placed so far (their calls have run). */
   reset(): void {
-    this.used = 0n
+    this.area.reset()
   }
 
   open(path: string, flags: number): number {

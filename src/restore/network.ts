@@ -9,7 +9,7 @@
  */
 import {UsageError} from '../errors.js'
 import {type Tracee} from '../inject/tracee.js'
-import {O, SYS} from '../sys/libc.js'
+import {O, SYS} from '../sys/syscall.js'
 
 const CLONE_NEWNET = 0x40000000
 const SIOCGIFFLAGS = 0x8913

@@ -24,7 +24,7 @@
 import {CxlforkError, SyscallError, UnsupportedError} from '../errors.js'
 import {type Stub, type StubOptions, spawnStub} from '../inject/stub.js'
 import {type Tracee} from '../inject/tracee.js'
-import {SIG, SYS} from '../sys/libc.js'
+import {SIG, SYS} from '../sys/syscall.js'
 import {inNewPidNamespace} from '../sys/pid-namespace.js'
 import {readMaps, vdsoLayout} from '../sys/proc.js'
 

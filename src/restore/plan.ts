@@ -6,8 +6,9 @@
  */
 import {CorruptError, UnsupportedError} from '../errors.js'
 import {PAGE_FLAG_ACCESSED, PAGE_FLAG_DIRTY} from '../image/page-map.js'
-import {PAGE_SIZE, type ProcessImage, type VmaImage} from '../image/process-image.js'
-import {MAP, PROT} from '../sys/libc.js'
+import {type ProcessImage, type VmaImage} from '../image/process-image.js'
+import {PAGE_SIZE} from '../sys/page.js'
+import {MAP, PROT} from '../sys/syscall.js'
 
 /**
  * `mow`: stored pages mapped from the store, copy-on-write (pages recorded as
@@ -16,7 +17,6 @@ import {MAP, PROT} from '../sys/libc.js'
  * accessed copied, the rest mapped; `local`: everything copied.
  */
 export type Policy = 'mow' | 'moa' | 'hybrid' | 'local'
-export const POLICIES: readonly Policy[] = ['mow', 'moa', 'hybrid', 'local']
 
 /** Where the bytes of one stored page run are. */
 export interface StoredRun {

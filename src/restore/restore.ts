@@ -10,7 +10,7 @@ import {type ProcessImage} from '../image/process-image.js'
 import {Section} from '../image/sections.js'
 import {type SharedObject, decodeSharedMemory} from '../image/shared-memory.js'
 import {type CheckpointReader, type Pool, type ReferenceHandle} from '../pool/index.js'
-import {getuid} from '../sys/libc.js'
+import {getuid} from '../sys/syscall.js'
 import {type BuildOptions, type CloneExit, type MemberPlan, type PidNamespaceMode, buildTree} from './build-process.js'
 import {type TreeRecord} from '../checkpoint/tree.js'
 import {CorruptError, UnsupportedError, UsageError} from '../errors.js'
@@ -18,7 +18,7 @@ import {faultPoint} from '../fault.js'
 import {type Policy, type StoredRun, planRestore} from './plan.js'
 
 /** Restore statistics; names follow CRIU's where they mean the same (µs). */
-export interface RestoreStats {
+export interface PoolRestoreStats {
   /** Whole engine restore: open checkpoint to running clone. */
   restore_time: number
   /** Spawning and seizing the stub (CRIU: forking_time). */
@@ -61,7 +61,7 @@ export interface RestoreResult {
   verified: boolean
   /** Present with --wait: how the clone ended. */
   exit?: CloneExit
-  stats: RestoreStats
+  stats: PoolRestoreStats
 }
 
 export interface RestoreRequest {

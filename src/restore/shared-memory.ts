@@ -10,7 +10,8 @@
  */
 import {CorruptError, CxlforkError} from '../errors.js'
 import {type SharedObject} from '../image/shared-memory.js'
-import {MAP, O, PROT, SYS, close, open, sendfileAt} from '../sys/libc.js'
+import {close, open, sendfileAt} from '../sys/file-io.js'
+import {MAP, O, PROT, SYS} from '../sys/syscall.js'
 import {type Injector} from './injector.js'
 import {type MapOp} from './plan.js'
 

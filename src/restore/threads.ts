@@ -7,8 +7,9 @@
  * and finally its registers, XSAVE state and signal mask.
  */
 import {type ThreadImage, USER_REGS_NAMES} from '../image/process-image.js'
-import {CLONE, REG_NAMES, type Tracee, restartFixup, regsToArray} from '../inject/tracee.js'
-import {PR, SYS} from '../sys/libc.js'
+import {REG_NAMES, restartFixup, regsToArray} from '../inject/regs.js'
+import {CLONE, type Tracee} from '../inject/tracee.js'
+import {PR, SYS} from '../sys/syscall.js'
 import {type Injector} from './injector.js'
 import {createWithId} from './pid-namespace.js'
 

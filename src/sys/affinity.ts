@@ -11,7 +11,7 @@
  * changes the affinity of a process it does not own.
  */
 import {SyscallError} from '../errors.js'
-import {SYS, syscallRaw} from './libc.js'
+import {SYS, syscallRaw} from './syscall.js'
 import {readStat} from './proc.js'
 
 /** Bytes of a CPU mask: room for 1024 CPUs, glibc's cpu_set_t. */

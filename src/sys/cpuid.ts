@@ -8,7 +8,8 @@
  */
 import {UnsupportedError} from '../errors.js'
 import {koffi} from './ffi.js'
-import {MAP, mmap, mprotect, PROT, view} from './libc.js'
+import {MAP, PROT} from './syscall.js'
+import {mmap, mprotect, view} from './vm-io.js'
 
 export interface CpuidResult {
   eax: number

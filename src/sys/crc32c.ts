@@ -11,7 +11,8 @@
  */
 import {cpuid} from './cpuid.js'
 import {koffi} from './ffi.js'
-import {MAP, mmap, mprotect, PROT, view} from './libc.js'
+import {MAP, PROT} from './syscall.js'
+import {mmap, mprotect, view} from './vm-io.js'
 
 /**
  * void crc32c4(base (rdi), stride (rsi), len (rdx, a multiple of 16), out (rcx))

@@ -7,7 +7,8 @@
  */
 import {CxlforkError} from '../errors.js'
 import {pidNamespaceRefusal} from './capabilities.js'
-import {O, SYS, check, close, open, syscallRaw} from './libc.js'
+import {close, open} from './file-io.js'
+import {O, SYS, check, syscallRaw} from './syscall.js'
 
 export const CLONE_NEWPID = 0x20000000
 
@@ -24,7 +25,9 @@ export function inNewPidNamespace<T>(spawn: () => T): T {
       return spawn()
     } finally {
       const back = syscallRaw(SYS.setns, ours, CLONE_NEWPID)
-      // Children of ours created later would land in the clone's namespace: never continue like that.
+      // Children of ours created later would land in the clone's namespace: never continue like that,
+      // not even with spawn()'s own error, which this one replaces on purpose.
+      // eslint-disable-next-line no-unsafe-finally -- see above
       if (back < 0n) throw new CxlforkError('PIDNS_RESTORE_FAILED', `setns back to our own PID namespace failed (${-back})`)
     }
   } finally {

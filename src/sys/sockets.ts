@@ -5,7 +5,8 @@
  * options programs set. Addresses are kept as the raw sockaddr bytes.
  */
 import {UnsupportedError} from '../errors.js'
-import {SYS, close, syscallRaw} from './libc.js'
+import {close} from './file-io.js'
+import {SYS, syscallRaw} from './syscall.js'
 
 export const AF = {UNIX: 1, INET: 2, INET6: 10} as const
 export const SOCK = {STREAM: 1, DGRAM: 2, SEQPACKET: 5} as const

@@ -13,7 +13,8 @@
  * async-signal-safe (one store, on any thread the kernel picks), and
  * SA_RESTART restarts what it interrupts, as libuv's own handler does.
  */
-import {MAP, PROT, SYS, mmap, mprotect, syscall, view} from './libc.js'
+import {MAP, PROT, SYS, syscall} from './syscall.js'
+import {mmap, mprotect, view} from './vm-io.js'
 
 export const TERMINATING_SIGNALS = {SIGHUP: 1, SIGINT: 2, SIGTERM: 15} as const
 

@@ -4,7 +4,7 @@
  * the two calls a fault server needs besides ioctl: poll and read.
  */
 import {libc} from './ffi.js'
-import {SYS, syscallRaw} from './libc.js'
+import {SYS, syscallRaw} from './syscall.js'
 
 /** UFFD_API: the only API version. */
 export const UFFD_API = 0xaan

@@ -24,14 +24,14 @@
  * up the clone's init and exits: from then on the clone owns all its memory.
  * Without it, the server lives as long as the clone's init.
  */
-import {appendFileSync, closeSync, fstatSync, openSync, readFileSync, readSync, writeSync} from 'node:fs'
-import {constants as fsConstants} from 'node:fs'
-import {MAP, PROT, PTRACE, PTRACE_EVENT, PTRACE_O, SYS, WNOHANG, __WALL, mmap, pidfdOpen, ptraceRaw, syscallRaw, wait4} from '../sys/libc.js'
-import {POLLIN, UFFD_EVENT, UFFD_MSG_SIZE, UffdIoctls, decodeUffdMessage, pollFds} from '../sys/userfaultfd.js'
+import {appendFileSync, closeSync, constants as fsConstants, fstatSync, openSync, readFileSync, readSync, writeSync} from 'node:fs'
+import {PTRACE, PTRACE_EVENT, PTRACE_O, ptraceRaw, wait4} from '../sys/ptrace.js'
+import {MAP, PROT, SYS, WNOHANG, __WALL, pidfdOpen, syscallRaw} from '../sys/syscall.js'
+import {mmap} from '../sys/vm-io.js'
+import {POLLIN, UFFD_MSG_SIZE, UffdIoctls, decodeUffdMessage, pollFds} from '../sys/userfaultfd.js'
 import type {RecordedClone} from '../restore/lazy.js'
 
 const PAGE = 4096n
-const EEXIST = 17
 const EAGAIN = 11
 const FILL_CHUNK_PAGES = 64n
 /**

@@ -17,12 +17,13 @@
 import {readFileSync, statSync} from 'node:fs'
 import {NotFoundError, UsageError} from '../errors.js'
 import {PAGE_FLAG_ACCESSED, PAGE_FLAG_DIRTY} from '../image/page-map.js'
-import {PAGE_SIZE} from '../image/process-image.js'
+import {PAGE_SIZE} from '../sys/page.js'
 import type {Pool} from '../pool/index.js'
 import {type LoadedCheckpoint, loadCheckpoint} from '../restore/restore.js'
-import {getuid} from '../sys/libc.js'
+import {getuid} from '../sys/syscall.js'
 import {childrenOf} from '../checkpoint/preflight.js'
-import {PM, Pagemap, readMaps, readStatus} from '../sys/proc.js'
+import {PM, Pagemap} from '../sys/pagemap.js'
+import {readMaps, readStatus} from '../sys/proc.js'
 
 export interface RecordResult {
   name: string

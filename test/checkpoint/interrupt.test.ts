@@ -9,7 +9,7 @@ import assert from 'node:assert/strict'
 import {readFileSync} from 'node:fs'
 
 import {Pool} from '../../src/pool/index.js'
-import {SIG, tgkill} from '../../src/sys/libc.js'
+import {SIG, tgkill} from '../../src/sys/syscall.js'
 import {procStat, requestCheck, startFixture, waitForTicks} from '../helpers/fixtures.js'
 import {describeRun, installCleanupHooks, poolPath, reapStrayZombies, startCli, until} from '../restore/helpers.js'
 

@@ -7,9 +7,9 @@ import assert from 'node:assert/strict'
 import {createHash} from 'node:crypto'
 import {readFileSync, rmSync} from 'node:fs'
 
-import {type PageWrite, openPipe, pwriteWrites, startSpliceWrites} from '../../src/checkpoint/checkpoint.js'
+import {type PageWrite, openPipe, pwriteWrites, startSpliceWrites} from '../../src/checkpoint/page-write.js'
 import {type LiveSnapshot, takeLiveSnapshot} from '../../src/checkpoint/snapshot.js'
-import {O, SYS} from '../../src/sys/libc.js'
+import {O, SYS} from '../../src/sys/syscall.js'
 import {cleanupAll, startFixture, waitForTicks} from '../helpers/fixtures.js'
 
 const FILE = `/dev/shm/cxlfork-page-write-${process.pid}.bin`

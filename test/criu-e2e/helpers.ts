@@ -55,7 +55,7 @@ export function removeScratch(): void {
 export {CLI, PROJECT_ROOT, type CliResult, cli, describeRun} from '../helpers/cli.js'
 
 /** Asserts a successful --json run and returns its JSON. */
-export function okJson(run: CliResult): any { // eslint-disable-line @typescript-eslint/no-explicit-any
+export function okJson(run: CliResult): any {
   assert.equal(run.status, 0, describeRun(run))
   assert.ok(run.json && typeof run.json === 'object' && !('error' in run.json), describeRun(run))
   return run.json
@@ -89,7 +89,7 @@ export function expectCliError(run: CliResult, want: ExpectedError): {code: stri
 // ---------------------------------------------------------------------------------------
 // crit
 
-export type Json = any // eslint-disable-line @typescript-eslint/no-explicit-any
+export type Json = any
 
 /** Runs crit, resolves with {status, stdout, stderr} (never throws on a non-zero exit). */
 export async function critRun(...args: string[]): Promise<{status: number; stdout: string; stderr: string}> {

@@ -39,7 +39,7 @@ const IMAGE_FILES = (pid: number) => [
 ].sort()
 
 interface Dumped {
-  json: any // eslint-disable-line @typescript-eslint/no-explicit-any
+  json: any
   images: string
   /** The original's last TICK before the dump started / when it ended. */
   before: LogEvent

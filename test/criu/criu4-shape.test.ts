@@ -25,7 +25,7 @@ import {killChild} from '../helpers/fixtures.js'
 import {captureFromProc, procMemSource} from './proc-capture.js'
 import {ScratchDirs} from './scratch.js'
 
-type Obj = Record<string, any> // eslint-disable-line @typescript-eslint/no-explicit-any
+type Obj = Record<string, any>
 
 function strip(value: unknown): void {
   if (Array.isArray(value)) {

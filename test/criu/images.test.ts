@@ -4,7 +4,8 @@ import {readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync
 import {join} from 'node:path'
 
 import {CorruptError, NotFoundError, UnsupportedError} from '../../src/errors.js'
-import {PAGE_SIZE, type ProcessImage, totalPages} from '../../src/image/process-image.js'
+import {type ProcessImage, totalPages} from '../../src/image/process-image.js'
+import {PAGE_SIZE} from '../../src/sys/page.js'
 import {decodeMessage, encodeMessage, frameImage, IMG_COMMON_MAGIC, readImage, readImageRecords, writeImage} from '../../src/criu/image-file.js'
 import {
   type DumpStats, PE_LAZY, PE_PARENT, PE_PRESENT, readCriuImages, VMA_AREA_REGULAR, VMA_ANON_PRIVATE, writeCriuImages, writeRestoreStats,
@@ -26,7 +27,7 @@ function crit(...args: string[]): string {
 }
 
 /** JSON with big integers kept as strings (crit prints u64 values beyond 2^53). */
-function parseJson(text: string): any { // eslint-disable-line @typescript-eslint/no-explicit-any
+function parseJson(text: string): any {
   return JSON.parse(text.replace(/([:[,]\s*)(\d{16,})(?=\s*[,\]}])/g, '$1"$2"'))
 }
 
@@ -249,11 +250,11 @@ describe('criu image set (real process)', function () {
     } finally {
       source.close()
     }
-    const [core] = readImage<Record<string, any>>(join(out, `core-${pid}.img`), 'core') // eslint-disable-line @typescript-eslint/no-explicit-any
+    const [core] = readImage<Record<string, any>>(join(out, `core-${pid}.img`), 'core')
     const gp = core!['thread_info']['gpregs']
     assert.equal(BigInt(gp['ax'].toString()), 230n, 'rax = orig_rax: the call runs again')
     assert.equal(BigInt(gp['ip'].toString()), 0x401000n, 'rip back over the syscall instruction')
-    const [mm] = readImage<Record<string, any>>(join(out, `mm-${pid}.img`), 'mm') // eslint-disable-line @typescript-eslint/no-explicit-any
+    const [mm] = readImage<Record<string, any>>(join(out, `mm-${pid}.img`), 'mm')
     assert.ok(auxv.length > 44)
     assert.equal(mm!['mm_saved_auxv'].length, 44, 'CRIU takes at most AT_VECTOR_SIZE (44) words')
     const vdso = image.vmas.find((vma) => vma.kind === 'vdso')!
@@ -392,7 +393,7 @@ describe('criu image set (real process)', function () {
     it('unsupported VMA kinds and fd types are refused by name', function () {
       const copy = copySet()
       const path = join(copy, `mm-${pid}.img`)
-      const [mm] = readImage<Record<string, any>>(path, 'mm') // eslint-disable-line @typescript-eslint/no-explicit-any
+      const [mm] = readImage<Record<string, any>>(path, 'mm')
       mm!['vmas'][0].status = VMA_AREA_REGULAR | VMA_ANON_PRIVATE | (1 << 8)
       writeImage(path, 'mm', [encodeMessage('mm_entry', mm!)])
       expectError(() => readCriuImages(copy), UnsupportedError, /VMA_ANON_SHARED/)
@@ -430,7 +431,7 @@ describe('xstate <-> CRIU fpregs', function () {
     it(`fills CRIU fields from ${vendor}'s standard layout and records that layout`, function () {
       const raw = xsaveBuffer(layout, 4)
       // No layout given: inferred from the size, whatever this host's CPU is.
-      for (const [recorded, fpregs] of [[true, xstateToFpregs(raw, layout)], [false, xstateToFpregs(raw)]] as [boolean, Record<string, any>][]) { // eslint-disable-line @typescript-eslint/no-explicit-any
+      for (const [recorded, fpregs] of [[true, xstateToFpregs(raw, layout)], [false, xstateToFpregs(raw)]] as [boolean, Record<string, any>][]) {
         const v = new DataView(raw.buffer)
         const at = (feature: number) => componentOf(layout, feature).offset
         assert.equal(fpregs['cwd'], v.getUint16(0, true))

@@ -5,9 +5,8 @@
  */
 import {closeSync, openSync, readFileSync, readdirSync, readlinkSync, readSync, statSync} from 'node:fs'
 
-import {
-  emptyRegs, IMAGE_VERSION, type FdImage, type FileIdentity, type PageRun, PAGE_SIZE, type ProcessImage, type Rlimit, type VmaImage, type VmaKind,
-} from '../../src/image/process-image.js'
+import {emptyRegs, IMAGE_VERSION, type FdImage, type FileIdentity, type PageRun, type ProcessImage, type Rlimit, type VmaImage, type VmaKind} from '../../src/image/process-image.js'
+import {PAGE_SIZE} from '../../src/sys/page.js'
 
 const MAP_SHARED = 1
 const MAP_PRIVATE = 2

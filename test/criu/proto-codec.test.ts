@@ -22,7 +22,7 @@ import {killChild} from '../helpers/fixtures.js'
 import {captureFromProc, procMemSource} from './proc-capture.js'
 import {ScratchDirs} from './scratch.js'
 
-type Obj = Record<string, any> // eslint-disable-line @typescript-eslint/no-explicit-any
+type Obj = Record<string, any>
 
 const protobuf = createRequire(import.meta.url)('protobufjs') as typeof Protobuf
 const PROTO_FILES = ['inventory.proto', 'core.proto', 'mm.proto', 'pagemap.proto', 'fdinfo.proto', 'fs.proto', 'pstree.proto', 'stats.proto', 'creds.proto', 'remap-file-path.proto']

@@ -21,7 +21,7 @@ export interface CliResult {
   stdout: string
   stderr: string
   /** stdout parsed as JSON, when it is JSON. */
-  json: any // eslint-disable-line @typescript-eslint/no-explicit-any
+  json: any
   /** Wall-clock ms from spawn to exit. */
   ms: number
 }

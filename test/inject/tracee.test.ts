@@ -1,8 +1,11 @@
 import {strict as assert} from 'node:assert'
 import {ConflictError, NotFoundError, SyscallError, UnsupportedError} from '../../src/errors.js'
-import {kill, ptrace, PTRACE, SIG, SYS, tgkill, wait4, writeAll} from '../../src/sys/libc.js'
+import {writeAll} from '../../src/sys/file-io.js'
+import {ptrace, PTRACE, wait4} from '../../src/sys/ptrace.js'
+import {kill, SIG, SYS, tgkill} from '../../src/sys/syscall.js'
 import {readStat, readStatus, readMaps} from '../../src/sys/proc.js'
-import {REG, restartFixup, signed, Tracee} from '../../src/inject/tracee.js'
+import {REG, restartFixup, signed} from '../../src/inject/regs.js'
+import {Tracee} from '../../src/inject/tracee.js'
 import {cleanupProcs, readLine, spawnProc, spawnPython, sleepMs, waitState} from '../sys/helpers.js'
 
 const tracees: Tracee[] = []

@@ -3,7 +3,7 @@ import {spawnSync} from 'node:child_process'
 import * as fs from 'node:fs'
 
 import {Pool} from '../../src/pool/index.js'
-import {removeTestPools, runCli, testPoolPath} from './helpers.js'
+import {removeTestPools, runCli, testPoolPath, writePoolWord32} from './helpers.js'
 
 function expectError(run: ReturnType<typeof runCli>, code: string, exitCode: number): void {
   assert.equal(run.status, exitCode, `exit status of ${code}: ${run.stdout}${run.stderr}`)
@@ -73,7 +73,7 @@ describe('pool commands: --json results and error envelopes', () => {
   it('fsck exits 6 on unrepaired corruption', () => {
     const path = testPoolPath()
     const pool = Pool.create(path, {size: 32n << 20n})
-    Atomics.store(pool.regions.pageStates, 5, 0xff000000) // generation 0: impossible
+    writePoolWord32(path, pool.header.pageStateOffset + 5 * 4, 0xff000000) // generation 0: impossible
     pool.close()
     const fsck = runCli(['pool', 'fsck', '--pool', path, '--json'])
     assert.equal(fsck.status, 6)

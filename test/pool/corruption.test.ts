@@ -4,7 +4,7 @@ import {randomBytes} from 'node:crypto'
 
 import {CorruptError} from '../../src/errors.js'
 import {Pool, crc32} from '../../src/pool/index.js'
-import {fillPattern, patternSeed, removeTestPools, testPoolPath} from './helpers.js'
+import {fillPattern, patternSeed, readPoolWord32, removeTestPools, testPoolPath, writePoolWord32} from './helpers.js'
 
 /** Flip one bit of the pool file at `offset`, through the file (as a stray writer would). */
 function flipBit(path: string, offset: number, bit = 3): void {
@@ -97,14 +97,15 @@ describe('pool: integrity checks', () => {
     const pool = Pool.create(path, {size: 64n << 20n})
     try {
       publish(pool, 'one')
-      Atomics.store(pool.regions.segmentStates, pool.header.segmentCount - 1, 0xdead0000) // generation 0: no build issues it
+      const lastSegmentWord = pool.header.segmentStateOffset + (pool.header.segmentCount - 1) * 4
+      writePoolWord32(path, lastSegmentWord, 0xdead0000) // generation 0: no build issues it
       const report = pool.fsck({repair: true})
       assert.ok(report.problems.some((p) => p.kind === 'UNIT_STATE_INVALID' && p.repaired))
       assert.equal(report.clean, true)
-      assert.equal(Atomics.load(pool.regions.segmentStates, pool.header.segmentCount - 1), 0)
+      assert.equal(readPoolWord32(path, lastSegmentWord), 0)
       // A checkpoint's own unit word knocked to 0 is given back.
       const unit = Number((pool.openCheckpoint('one').dataExtents[0]!.poolOffset - pool.header.dataOffset) / 2097152n)
-      Atomics.store(pool.regions.segmentStates, unit, 0)
+      writePoolWord32(path, pool.header.segmentStateOffset + unit * 4, 0)
       assert.ok(pool.fsck({repair: true}).problems.some((p) => p.kind === 'UNIT_OWNER_WRONG' && p.repaired))
       assert.equal(pool.fsck().clean, true)
     } finally {

@@ -1,7 +1,7 @@
 /** Shared by the pool tests: pool paths, data patterns, subprocess helpers. */
 import {spawn, spawnSync} from 'node:child_process'
 import type {ChildProcess} from 'node:child_process'
-import {rmSync} from 'node:fs'
+import {closeSync, openSync, readSync, rmSync, writeSync} from 'node:fs'
 import {dirname, join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 
@@ -87,4 +87,28 @@ export function runCli(args: string[], env: Record<string, string> = {}): CliRun
     json = undefined
   }
   return {status: result.status, stdout: result.stdout, stderr: result.stderr, json}
+}
+
+/** Read the u32 (little-endian) of the pool file at byte `offset`, through the file: the pool's mapping shares these pages. */
+export function readPoolWord32(path: string, offset: number): number {
+  const fd = openSync(path, 'r')
+  try {
+    const word = Buffer.alloc(4)
+    readSync(fd, word, 0, 4, offset)
+    return word.readUInt32LE(0)
+  } finally {
+    closeSync(fd)
+  }
+}
+
+/** Write a u32 (little-endian) into the pool file at byte `offset`, as a stray writer would. */
+export function writePoolWord32(path: string, offset: number, value: number): void {
+  const fd = openSync(path, 'r+')
+  try {
+    const word = Buffer.alloc(4)
+    word.writeUInt32LE(value >>> 0, 0)
+    writeSync(fd, word, 0, 4, offset)
+  } finally {
+    closeSync(fd)
+  }
 }

@@ -34,7 +34,6 @@ import {WORKER, exited} from './helpers.js'
 const MINUTES = Number(process.env.CXLFORK_SOAK_MINUTES) > 0 ? Number(process.env.CXLFORK_SOAK_MINUTES) : 1.5
 const SEED = Number(process.env.CXLFORK_SOAK_SEED) > 0 ? Number(process.env.CXLFORK_SOAK_SEED) : (Date.now() % 2147483647) + 1
 const PREFIX = `/dev/shm/cxlfork-soak-hardening-${process.pid}`
-const MIB = 1 << 20
 
 /** mulberry32: small, seeded, reproducible. */
 function makeRng(seed: number): () => number {

@@ -6,7 +6,6 @@
 import {type ChildProcess, spawn} from 'node:child_process'
 import {existsSync, mkdtempSync, readdirSync, readFileSync, rmSync} from 'node:fs'
 import {connect} from 'node:net'
-import {join} from 'node:path'
 
 import {PorterUnreachable, porterRequest} from '../../src/porter/client.js'
 import {CLI, PROJECT_ROOT} from '../helpers/cli.js'

@@ -5,7 +5,6 @@
  */
 import assert from 'node:assert/strict'
 import {readdirSync, readFileSync, rmSync} from 'node:fs'
-import {join} from 'node:path'
 
 import {type LogEvent, procStat, readLog} from '../helpers/fixtures.js'
 import {printMeasurements} from '../helpers/measurements.js'
@@ -114,7 +113,8 @@ export function strayZombieChildren(known: readonly number[]): ProcEntry[] {
 export async function reapStrayZombies(known: readonly number[]): Promise<number> {
   const stray = strayZombieChildren(known)
   if (stray.length === 0) return 0
-  const {WNOHANG, wait4} = await import('../../src/sys/libc.js')
+  const {WNOHANG} = await import('../../src/sys/syscall.js')
+  const {wait4} = await import('../../src/sys/ptrace.js')
   let reaped = 0
   for (const p of stray) {
     try {

@@ -15,7 +15,7 @@ import {type Fixture, processExists, readLog, requestCheck, startFixture, trackP
 import {encodePageMap, PageMapView} from '../../src/image/page-map.js'
 import {Section} from '../../src/image/sections.js'
 import {PAGE_CHECKSUMS_SECTION, Pool} from '../../src/pool/index.js'
-import {view} from '../../src/sys/libc.js'
+import {view} from '../../src/sys/vm-io.js'
 import {allProcesses, cli, type CliResult, describeRun, installCleanupHooks, note, poolPath} from './helpers.js'
 
 const STUB_COMM = 'cxlfork-stub'

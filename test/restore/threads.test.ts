@@ -30,7 +30,7 @@ function tracerOf(pid: number, tid: number): number {
 }
 
 /** What a clone of `fx` must be: its threads with the original ids inside its namespace, an init as parent, its own checks passing. */
-async function assertClone(fx: Fixture, json: any, threads: number, what: string): Promise<number> { // eslint-disable-line @typescript-eslint/no-explicit-any
+async function assertClone(fx: Fixture, json: any, threads: number, what: string): Promise<number> {
   const clone = json.pid as number
   assert.ok(Number.isInteger(clone) && clone !== fx.pid, `${what}: a new pid ${clone}`)
   trackPid(clone)
@@ -53,7 +53,7 @@ async function assertClone(fx: Fixture, json: any, threads: number, what: string
   return clone
 }
 
-async function checkpointLive(fx: Fixture, pool: string, name: string): Promise<any> { // eslint-disable-line @typescript-eslint/no-explicit-any
+async function checkpointLive(fx: Fixture, pool: string, name: string): Promise<any> {
   await waitForTicks(fx.logPath, fx.pid, 2)
   const run = await cli(['checkpoint', String(fx.pid), '--name', name, '--json', '--pool', pool])
   assert.equal(run.status, 0, describeRun(run))

@@ -13,7 +13,7 @@ import {join} from 'node:path'
 
 import {type Fixture, procStat, processExists, requestCheck, requestExit, startFixture, trackPid, waitForExit, waitForTicks} from '../helpers/fixtures.js'
 import {PROJECT_ROOT, cli, describeRun, installCleanupHooks, note, poolPath, statusBytes, until} from './helpers.js'
-import {vmRead} from '../../src/sys/libc.js'
+import {vmRead} from '../../src/sys/vm-io.js'
 
 const PAGE = 4096
 const MIB = 1 << 20
@@ -38,7 +38,7 @@ function mapsPool(pid: number, pool: string): boolean {
   return readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').some((line) => line.endsWith(pool))
 }
 
-async function checkpointed(fixture: string, mib: number, pool: string, name: string): Promise<{fx: Fixture; ck: any}> { // eslint-disable-line @typescript-eslint/no-explicit-any
+async function checkpointed(fixture: string, mib: number, pool: string, name: string): Promise<{fx: Fixture; ck: any}> {
   const fx = await startFixture(fixture, {mib})
   await waitForTicks(fx.logPath, fx.pid, 2)
   const run = await cli(['checkpoint', String(fx.pid), '--name', name, '--json', '--pool', pool])
@@ -46,7 +46,7 @@ async function checkpointed(fixture: string, mib: number, pool: string, name: st
   return {fx, ck: run.json}
 }
 
-async function restored(pool: string, name: string, ...extra: string[]): Promise<any> { // eslint-disable-line @typescript-eslint/no-explicit-any
+async function restored(pool: string, name: string, ...extra: string[]): Promise<any> {
   const run = await cli(['restore', name, '--json', '--pool', pool, ...extra])
   assert.equal(run.status, 0, describeRun(run))
   trackPid(run.json.pid)

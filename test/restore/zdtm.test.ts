@@ -27,7 +27,7 @@ const CASES: Case[] = [
   // Measured: mow clone RssAnon ~32 kB of ~20 MB checkpointed (0.2%); 10% still proves zero-copy.
   {fixture: 'memtouch', mib: 16, mowMaxFraction: 0.1, moaMaxFraction: 0.1},
   {fixture: 'sighandler'},
-  // CPython writes refcounts into every object it touches (linux-facts pitfall 12): the clone
+  // CPython writes refcounts into every object it touches: the clone
   // copies what it touches, so only a loose bound holds, measured right after restore.
   {fixture: 'pyheap', mib: 16, mowMaxFraction: 0.25},
 ]
@@ -117,7 +117,7 @@ describe('restore: zdtm-style checkpoint/restore of live fixtures', function () 
         assert.notEqual(clone, fx.pid)
         assert.ok(processExists(clone), 'the clone runs after restore returns')
         assert.equal(comm(clone), comm(fx.pid), 'the clone has the original comm')
-        // mow copies only what cannot be pool-backed (the stack: linux-facts pitfall 6); so does hybrid with nothing recorded yet
+        // mow copies only what cannot be pool-backed (the stack, which must grow down); so does hybrid with nothing recorded yet
         const zeroCopy = policy === 'mow' || policy === 'hybrid'
         if (zeroCopy) assert.ok(rs.stats.pages_restored <= 64, `${policy} copies only a few pages: ${JSON.stringify(rs.stats)}`)
         else assert.equal(rs.stats.pages_mapped, 0, `${policy} maps nothing from the pool: ${JSON.stringify(rs.stats)}`)

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict'
 import {randomBytes} from 'node:crypto'
 
 import {crc32c, crc32cBlocks, crc32cNative} from '../../src/sys/crc32c.js'
-import {MAP, mmap, munmap, PROT, view} from '../../src/sys/libc.js'
+import {MAP, PROT} from '../../src/sys/syscall.js'
+import {mmap, munmap, view} from '../../src/sys/vm-io.js'
 
 describe('sys: CRC-32C of memory blocks', () => {
   it('gives the standard check value (CRC-32C of "123456789" is 0xe3069283)', () => {

@@ -3,7 +3,10 @@
  * they may be traced), all killed and reaped by cleanupProcs().
  */
 import * as fs from 'node:fs'
-import {close, killQuiet, pipe2, posixSpawn, read, SIG, wait4, WNOHANG} from '../../src/sys/libc.js'
+import {close, pipe2, read} from '../../src/sys/file-io.js'
+import {wait4} from '../../src/sys/ptrace.js'
+import {posixSpawn} from '../../src/sys/spawn.js'
+import {killQuiet, SIG, WNOHANG} from '../../src/sys/syscall.js'
 import {readStat} from '../../src/sys/proc.js'
 
 export const PYTHON = '/usr/bin/python3'

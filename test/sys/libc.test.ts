@@ -1,10 +1,11 @@
 import {strict as assert} from 'node:assert'
 import * as fs from 'node:fs'
 import {NotFoundError, SyscallError} from '../../src/errors.js'
-import {
-  close, fstat, ftruncate, kill, MAP, memfdCreate, mmap, munmap, O, open, pread, PROT, posixSpawn, pwrite, SIG, SYS,
-  syscall, syscallRaw, uname, view, vmRead, vmReadv, vmWrite, wait4, writeAll, madvise, MADV, prlimit, type VmSegment,
-} from '../../src/sys/libc.js'
+import {close, fstat, ftruncate, memfdCreate, open, pread, pwrite, writeAll} from '../../src/sys/file-io.js'
+import {wait4} from '../../src/sys/ptrace.js'
+import {posixSpawn} from '../../src/sys/spawn.js'
+import {kill, MAP, O, PROT, SIG, SYS, syscall, syscallRaw, uname, MADV, prlimit} from '../../src/sys/syscall.js'
+import {mmap, munmap, view, vmRead, vmReadv, vmWrite, madvise, type VmSegment} from '../../src/sys/vm-io.js'
 import {cleanupProcs, readLine, spawnProc, spawnPython, track, waitState} from './helpers.js'
 
 describe('sys/libc', () => {

@@ -1,11 +1,11 @@
 import {strict as assert} from 'node:assert'
 import * as fs from 'node:fs'
 import {NotFoundError} from '../../src/errors.js'
-import {kill, SIG, MAP, PROT, mmap, munmap, madvise, MADV, view} from '../../src/sys/libc.js'
-import {
-  AT, bootId, kernelRelease, listFds, pageRuns, Pagemap, parseMapsLine, PM, readAuxv, readCmdline, readCwd, readEnviron,
-  readExe, readLimits, readMaps, readSmaps, readSmapsRollup, readStat, readStatus, vdsoLayout,
-} from '../../src/sys/proc.js'
+import {kill, SIG, MAP, PROT, MADV} from '../../src/sys/syscall.js'
+import {mmap, munmap, madvise, view} from '../../src/sys/vm-io.js'
+import {bootId, kernelRelease} from '../../src/sys/host.js'
+import {pageRuns, Pagemap, PM} from '../../src/sys/pagemap.js'
+import {AT, listFds, parseMapsLine, readAuxv, readCmdline, readCwd, readEnviron, readExe, readLimits, readMaps, readSmaps, readSmapsRollup, readStat, readStatus, vdsoLayout} from '../../src/sys/proc.js'
 import {cleanupProcs, PYTHON, readLine, spawnProc, spawnPython, waitState} from './helpers.js'
 
 const PAGE = 4096n

@@ -8,7 +8,7 @@ import {UnsupportedError} from '../../errors.js'
 import {
   type ProcessImage, type Rlimit, type SigAction, type ThreadImage, USER_REGS_NAMES, type UserRegs,
 } from '../../image/process-image.js'
-import {RLIM_INFINITY, SIG} from '../../sys/libc.js'
+import {RLIM_INFINITY, SIG} from '../../sys/syscall.js'
 import {CRIU_REG_NAMES, MARCH_X86_64, REGS_MODE_NATIVE, RLIM_NLIMITS, SIGMAX, SS_DISABLE, TASK_ALIVE} from '../constants.js'
 import {encodeMessage, readImage} from '../image-file.js'
 import {big, has, str64, u64} from '../values.js'

@@ -4,8 +4,9 @@
  * cxlfork, and the reader splits it back.
  */
 import {UnsupportedError} from '../../errors.js'
-import {PAGE_SIZE, type ProcessImage, type VmaImage, type VmaKind} from '../../image/process-image.js'
-import {MAP, O, PROT} from '../../sys/libc.js'
+import {type ProcessImage, type VmaImage, type VmaKind} from '../../image/process-image.js'
+import {PAGE_SIZE} from '../../sys/page.js'
+import {MAP, O, PROT} from '../../sys/syscall.js'
 import {type Vma, readMaps} from '../../sys/proc.js'
 import {
   AT_VECTOR_SIZE, UNSUPPORTED_VMA_BITS, VMA_ANON_PRIVATE, VMA_AREA_HEAP, VMA_AREA_REGULAR, VMA_AREA_STACK, VMA_AREA_VDSO, VMA_AREA_VSYSCALL,

@@ -5,7 +5,8 @@
 import {statSync} from 'node:fs'
 
 import {NotFoundError, UnsupportedError} from '../../errors.js'
-import {PAGE_SIZE, type PageRun, type VmaImage} from '../../image/process-image.js'
+import {type PageRun, type VmaImage} from '../../image/process-image.js'
+import {PAGE_SIZE} from '../../sys/page.js'
 import {KERNEL_VMA_KINDS, PAGES_ID, PE_LAZY, PE_PARENT, PE_PRESENT} from '../constants.js'
 import {decodeMessage, encodeMessage, readImageRecords} from '../image-file.js'
 import type {CriuPagemapEntry} from '../set-types.js'

@@ -6,28 +6,28 @@
  * "Start-up"). Commands keep their engine imports inside run(), so loading
  * every command class costs little.
  */
-import Bench from '../commands/bench.js'
-import Check from '../commands/check.js'
-import Checkpoint from '../commands/checkpoint.js'
-import CriuDump from '../commands/criu/dump.js'
-import CriuImport from '../commands/criu/import.js'
-import CriuRestore from '../commands/criu/restore.js'
-import Inspect from '../commands/inspect.js'
-import Ls from '../commands/ls.js'
-import PoolFsck from '../commands/pool/fsck.js'
-import PoolGc from '../commands/pool/gc.js'
-import PoolInfo from '../commands/pool/info.js'
-import PoolInit from '../commands/pool/init.js'
-import PorterStart from '../commands/porter/start.js'
-import PorterStatus from '../commands/porter/status.js'
-import PorterStop from '../commands/porter/stop.js'
-import Record from '../commands/record.js'
-import Restore from '../commands/restore.js'
-import Rm from '../commands/rm.js'
+import Bench from './commands/bench.js'
+import Check from './commands/check.js'
+import Checkpoint from './commands/checkpoint.js'
+import CriuDump from './commands/criu/dump.js'
+import CriuImport from './commands/criu/import.js'
+import CriuRestore from './commands/criu/restore.js'
+import Inspect from './commands/inspect.js'
+import Ls from './commands/ls.js'
+import PoolFsck from './commands/pool/fsck.js'
+import PoolGc from './commands/pool/gc.js'
+import PoolInfo from './commands/pool/info.js'
+import PoolInit from './commands/pool/init.js'
+import PorterStart from './commands/porter/start.js'
+import PorterStatus from './commands/porter/status.js'
+import PorterStop from './commands/porter/stop.js'
+import Record from './commands/record.js'
+import Restore from './commands/restore.js'
+import Rm from './commands/rm.js'
 
 export {execute} from '@oclif/core/execute'
 /** package.json oclif.hooks.command_not_found names this export. */
-export {commandNotFound as COMMAND_NOT_FOUND} from './not-found.js'
+export {commandNotFound as COMMAND_NOT_FOUND} from './cli/not-found.js'
 
 /** Command ids as oclif names them (topic and command joined by ':'). */
 export const COMMANDS = {
