@@ -12,7 +12,7 @@ import {join} from 'node:path'
 import {createConnection} from 'node:net'
 
 import {procStat, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
-import {allProcesses, cli, describeRun, installCleanupHooks, note, poolPath, until} from './helpers.js'
+import {PROJECT_ROOT, allProcesses, cli, describeRun, installCleanupHooks, note, poolPath, until} from './helpers.js'
 
 const childrenOf = (pid: number): number[] => allProcesses().filter((p) => p.ppid === pid).map((p) => p.pid).sort((a, b) => a - b)
 
@@ -175,6 +175,60 @@ http { access_log ${dir}/access.log; server { listen 127.0.0.1:${port}; location
       master.kill('SIGQUIT')
       await until(() => master.exitCode !== null || master.signalCode !== null, 'nginx exits', 10_000).catch(() => master.kill('SIGKILL'))
       rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
+  it('a Node.js cluster (a primary and 2 workers: IPC socketpairs split between them, the primary\'s listener): checkpointed live with --tree, restored with --netns new; each clone worker answers and goes on from its own count', async () => {
+    const pool = poolPath('runtimes')
+    const port = 20_000 + ((process.pid + 7) % 20_000)
+    const primary = spawn(process.execPath, [join(PROJECT_ROOT, 'fixtures', 'nodecluster.cjs'), String(port), '2'], {stdio: 'ignore'})
+    trackPid(primary.pid!)
+    const get = (netnsOf?: number): {pid: number; n: number} | undefined => {
+      const args = ['-s', '-m', '5', `http://127.0.0.1:${port}/`]
+      const run = netnsOf === undefined ? spawnSync('curl', args, {encoding: 'utf8'}) : spawnSync('nsenter', ['-t', String(netnsOf), '-n', 'curl', ...args], {encoding: 'utf8'})
+      try {
+        return JSON.parse(run.stdout) as {pid: number; n: number}
+      } catch {
+        return undefined
+      }
+    }
+    try {
+      const last = new Map<number, number>()
+      await until(() => {
+        const answer = get()
+        if (answer) last.set(answer.pid, answer.n)
+        return last.size === 2
+      }, 'both workers answer', 20_000)
+      childrenOf(primary.pid!).forEach(trackPid)
+      const ck = await cli(['checkpoint', String(primary.pid), '--name', 'cluster', '--tree', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      assert.equal(ck.json.tree.length, 3)
+      for (const policy of ['mow', 'local'] as const) {
+        const run = await cli(['restore', 'cluster', '--policy', policy, '--netns', 'new', '--json', '--pool', pool])
+        assert.equal(run.status, 0, describeRun(run))
+        trackPid(run.json.pid)
+        childrenOf(run.json.pid).forEach(trackPid)
+        const seen = new Map<number, number>()
+        for (let i = 0; i < 6; i++) {
+          const answer = get(run.json.pid)
+          assert.ok(answer, `${policy}: the clone answers request ${i + 1}`)
+          assert.ok(last.has(answer.pid), `${policy}: answered by worker ${answer.pid}, which keeps its pid in the clone's namespace`)
+          // Each worker goes on from the count it had at the checkpoint.
+          assert.equal(answer.n, (seen.get(answer.pid) ?? last.get(answer.pid)!) + 1, `${policy}: worker ${answer.pid} counts on`)
+          seen.set(answer.pid, answer.n)
+        }
+        assert.equal(seen.size, 2, `${policy}: both clone workers serve`)
+        note(`node cluster ${policy}: restore ${(run.json.stats.restore_time / 1000).toFixed(1)} ms, ${run.json.processes} processes`)
+      }
+      assert.ok(get(), 'the original answers on')
+    } finally {
+      for (const pid of [...childrenOf(primary.pid!), primary.pid!]) {
+        try {
+          process.kill(pid, 'SIGKILL')
+        } catch {
+          // gone
+        }
+      }
     }
   })
 
