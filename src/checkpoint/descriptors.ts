@@ -22,7 +22,7 @@ const SPLICE_F_NONBLOCK = 2
 const KCMP_FILE = 0
 
 /** The descriptor-specific part of an FdImage. */
-export type FdExtras = Pick<FdImage, 'pipe' | 'eventfd' | 'epoll' | 'socket' | 'timerfd' | 'signalfd' | 'sharedWith'>
+export type FdExtras = Pick<FdImage, 'pipe' | 'fifo' | 'eventfd' | 'epoll' | 'socket' | 'timerfd' | 'signalfd' | 'sharedWith'>
 
 function pipeId(target: string): string | undefined {
   return /^pipe:\[(\d+)\]$/.exec(target)?.[1]
@@ -103,6 +103,7 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
     pipeEnds.set(id, ends)
   }
   const pipesRead = new Set<string>()
+  const fifosRead = new Set<string>()
   for (const {info, kind} of fds) {
     // fds 0-2 that are pipes are the restorer's stdio, unless another member of the tree holds the pipe too.
     if (kind === 'pipe' && (info.fd > 2 || internalPipes.has(info.target))) {
@@ -113,6 +114,12 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
       pipesRead.add(id)
       const {size, data} = readPipe(pid, info.fd)
       set(info.fd, {pipe: {id, end, size, peerInProcess: end === 'read' ? ends.write : ends.read, ...(first && data.length > 0 ? {data} : {})}})
+    } else if (kind === 'fifo') {
+      // Its buffered bytes once per FIFO (several fds may open it); read without consuming them.
+      const {size, data} = readPipe(pid, info.fd)
+      const first = !fifosRead.has(info.target)
+      fifosRead.add(info.target)
+      set(info.fd, {fifo: {size, ...(first && data.length > 0 ? {data} : {})}})
     } else if (kind === 'eventfd') {
       set(info.fd, {eventfd: {count: BigInt('0x' + (info.raw['eventfd-count'] ?? '0')), semaphore: (info.raw['eventfd-semaphore'] ?? '0') !== '0'}})
     } else if (kind === 'epoll') {

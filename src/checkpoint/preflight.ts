@@ -102,6 +102,7 @@ export function classifyFd(fd: FdInfo, pid: number, tcpClose = false): FdKind | 
     return {unsupported: `a file that vanished while being inspected (${target})`}
   }
   if (stat.isFile()) return 'regular'
+  if (stat.isFIFO()) return 'fifo'
   if (stat.isDirectory()) return 'directory'
   if (stat.isCharacterDevice() && STATELESS_CHARDEVS.has(target)) return 'chardev'
   if (stat.isCharacterDevice()) return {unsupported: `the character device ${target}`}
@@ -245,7 +246,7 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
   for (const info of listFds(pid)) {
     const kind = classifyFd(info, pid, options.tcpClose ?? false)
     if (typeof kind === 'object') {
-      throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, 'cxlfork restores regular files, directories, /dev/null-style devices, pipes, eventfds, epoll instances, timerfds, signalfds, TCP listeners, UDP sockets, Unix socketpairs, and a tty on fds 0-2. Close the fd before checkpointing.')
+      throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, 'cxlfork restores regular files, directories, /dev/null-style devices, pipes, FIFOs, eventfds, epoll instances, timerfds, signalfds, TCP listeners, UDP sockets, Unix socketpairs, and a tty on fds 0-2. Close the fd before checkpointing.')
     }
     fds.push({info, kind})
   }

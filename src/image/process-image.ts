@@ -117,7 +117,7 @@ export interface MmImage {
 }
 
 /** How an fd is restored. */
-export type FdKind = 'regular' | 'chardev' | 'tty' | 'pipe' | 'directory' | 'eventfd' | 'epoll' | 'socket' | 'timerfd' | 'signalfd' | 'shmem'
+export type FdKind = 'regular' | 'chardev' | 'tty' | 'pipe' | 'fifo' | 'directory' | 'eventfd' | 'epoll' | 'socket' | 'timerfd' | 'signalfd' | 'shmem'
 
 /** A pipe end above fd 2 (fds 0-2 that are pipes are the restorer's stdio instead). */
 export interface PipeEndImage {
@@ -160,6 +160,11 @@ export interface FdImage {
    */
   sharedFrom?: {pid: number; fd: number; description: boolean; sameEnd: boolean}
   pipe?: PipeEndImage
+  /**
+   * A FIFO (named pipe), reopened at its path: its pipe size, and the bytes buffered in it
+   * (on the process's first fd of that FIFO), refilled only when no other process holds it.
+   */
+  fifo?: {size: number; data?: Uint8Array}
   eventfd?: {count: bigint; semaphore: boolean}
   /** A timerfd: its clock, and the time left and interval (seconds, nanoseconds) as of the checkpoint. */
   timerfd?: {clockid: number; value: [number, number]; interval: [number, number]}

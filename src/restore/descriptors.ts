@@ -12,7 +12,7 @@
  * number another still needs; it is then dup3'ed to its own number. Epoll
  * registrations come last, when every target fd is in place.
  */
-import {chmodSync, lchownSync, lstatSync, rmSync} from 'node:fs'
+import {chmodSync, lchownSync, lstatSync, readdirSync, rmSync, statSync} from 'node:fs'
 
 import {type FdImage, type ProcessImage} from '../image/process-image.js'
 import {ConflictError, NotFoundError, SyscallError, UnsupportedError} from '../errors.js'
@@ -109,6 +109,8 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
       const ends = pipeFor(fd)
       place(fd.pipe.end === 'read' ? ends.read : ends.write, fd)
       if (fd.pipe.data && fd.pipe.data.length > 0) writeAll(inject, ends.write, fd.pipe.data)
+    } else if (fd.fifo) {
+      place(openFifo(inject, fd, stage), fd)
     } else if (fd.eventfd) {
       const flags = O.CLOEXEC | (fd.flags & O.NONBLOCK) | (fd.eventfd.semaphore ? EFD_SEMAPHORE : 0)
       const created = stage(Number(inject.call('eventfd2', SYS.eventfd2, 0, flags)))
@@ -349,6 +351,58 @@ function createPair(inject: Injector, fd: FdImage, stage: (fd: number) => number
   for (const message of pair.messages ?? []) sendMessage(inject, theirs, message)
   for (const message of peer?.messages ?? pair.peerMessages ?? []) sendMessage(inject, mine, message)
   return {mine, theirs}
+}
+
+/**
+ * A FIFO, opened again at its path (it must be one there: NOT_A_FIFO or
+ * BACKING_FILE_MISSING otherwise). A FIFO is a named object like a file: the
+ * clone shares it with whoever holds it. Its checkpointed bytes are written
+ * back only when no other process has it open, else they are the holders' (a
+ * clone beside its original would duplicate them). A read-write open of our
+ * own keeps the open from blocking (or failing with ENXIO for a writer)
+ * without the other end, and writes the bytes.
+ */
+function openFifo(inject: Injector, fd: FdImage, stage: (fd: number) => number): number {
+  let st
+  try {
+    st = statSync(fd.path)
+  } catch {
+    throw new NotFoundError('BACKING_FILE_MISSING', `${fd.path}, the FIFO the checkpoint has open as fd ${fd.fd}, does not exist on this host`, 'Create it again (mkfifo), then restore.')
+  }
+  if (!st.isFIFO()) throw new UnsupportedError('BACKING_FILE_CHANGED', `${fd.path}, which fd ${fd.fd} had open as a FIFO, is not a FIFO now`, 'Put the FIFO back at its path (mkfifo), then restore.')
+  const refill = fd.fifo!.data !== undefined && fd.fifo!.data.length > 0 && !heldByAnyone(st.dev, st.ino)
+  const keep = inject.open(fd.path, O.RDWR | O.NONBLOCK)
+  try {
+    const opened = stage(inject.open(fd.path, (fd.flags & ~(O.CREAT | O.TRUNC)) | O.NONBLOCK))
+    if ((fd.flags & O.NONBLOCK) === 0) inject.call('fcntl(F_SETFL)', SYS.fcntl, opened, F_SETFL, fd.flags & O.APPEND)
+    inject.tracee.syscall(SYS.fcntl, keep, F_SETPIPE_SZ, fd.fifo!.size)
+    if (refill) writeAll(inject, keep, fd.fifo!.data!)
+    return opened
+  } finally {
+    inject.call('close', SYS.close, keep)
+  }
+}
+
+/** Whether any process has the file `dev:ino` open (a scan of /proc/PID/fd: what fuser does). */
+function heldByAnyone(dev: number, ino: number): boolean {
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue
+    let fds: string[]
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`)
+    } catch {
+      continue
+    }
+    for (const fd of fds) {
+      try {
+        const st = statSync(`/proc/${pid}/fd/${fd}`)
+        if (st.ino === ino && st.dev === dev) return true
+      } catch {
+        // closed meanwhile
+      }
+    }
+  }
+  return false
 }
 
 /** One datagram, whole (a short send would split it: refused). */

@@ -5,10 +5,12 @@
  * one itself, from /proc/self and by using it. What is still refused is refused by name.
  */
 import assert from 'node:assert/strict'
-import {spawn} from 'node:child_process'
-import {mkdtempSync, readdirSync, readlinkSync, rmSync} from 'node:fs'
+import {spawn, spawnSync} from 'node:child_process'
+import {closeSync, constants, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, rmSync, writeFileSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
 
-import {requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
+import {procStat, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
 import {cli, describeRun, installCleanupHooks, note, poolPath, until} from './helpers.js'
 
 describe('restore: pipes, eventfds, epoll and shared descriptions', function () {
@@ -77,5 +79,69 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
     }
     const check = await fx.check()
     assert.equal(check.fields.ok, '1', check.line)
+  })
+  it('a FIFO (named pipe) held read-write with bytes in it: reopened at its path; its bytes are refilled only when nobody else holds it; a missing or replaced FIFO is refused by name', async () => {
+    const pool = poolPath('descriptors')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-fifo-'))
+    const fifo = join(dir, 'queue')
+    try {
+      spawnSync('mkfifo', [fifo])
+      const holder = spawn('python3', ['-c', `import os, time\nfd = os.open(${JSON.stringify(fifo)}, os.O_RDWR)\nos.write(fd, b"queued-in-fifo")\nos.write(1, b"R")\nos.dup2(os.open("/dev/null", os.O_WRONLY), 1)\ntime.sleep(600)`], {stdio: ['ignore', 'pipe', 'ignore']})
+      trackPid(holder.pid!)
+      await new Promise<void>((resolve) => holder.stdout!.once('data', () => resolve()))
+      // Node's stdout pipe is a socketpair: the holder swaps it for /dev/null once ready.
+      await until(() => readlinkSync(`/proc/${holder.pid}/fd/1`) === '/dev/null', 'the holder dropped its stdout')
+      const ck = await cli(['checkpoint', String(holder.pid), '--name', 'fifo', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      /** Everything the FIFO holds now, read without blocking. */
+      const drain = (): string => {
+        const fd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK)
+        try {
+          const buffer = Buffer.alloc(4096)
+          let text = ''
+          for (;;) {
+            let n = 0
+            try {
+              n = readSync(fd, buffer)
+            } catch {
+              break // EAGAIN: empty
+            }
+            if (n === 0) break
+            text += buffer.subarray(0, n).toString()
+          }
+          return text
+        } finally {
+          closeSync(fd)
+        }
+      }
+      const beside = await cli(['restore', 'fifo', '--json', '--pool', pool])
+      assert.equal(beside.status, 0, describeRun(beside))
+      trackPid(beside.json.pid)
+      const link = readlinkSync(`/proc/${beside.json.pid}/fd/3`)
+      assert.equal(link, fifo, 'the clone has the FIFO open as fd 3')
+      const flags = Number.parseInt(/^flags:\s+([0-7]+)$/m.exec(readFileSync(`/proc/${beside.json.pid}/fdinfo/3`, 'utf8'))![1]!, 8)
+      assert.equal(flags & 3, 2, 'read-write, as the original')
+      assert.equal(flags & 0o4000, 0, 'blocking, as the original (the restore opened it non-blocking)')
+      assert.equal(drain(), 'queued-in-fifo', 'beside its original the clone shares the FIFO and adds no second copy of its bytes')
+      process.kill(holder.pid!, 'SIGKILL')
+      process.kill(beside.json.pid, 'SIGKILL')
+      const gone = (pid: number): boolean => [undefined, 'Z'].includes(procStat(pid)?.state)
+      await until(() => gone(holder.pid!) && gone(beside.json.pid), 'the holders are gone')
+      const alone = await cli(['restore', 'fifo', '--json', '--pool', pool])
+      assert.equal(alone.status, 0, describeRun(alone))
+      trackPid(alone.json.pid)
+      assert.equal(drain(), 'queued-in-fifo', 'held by nobody else, the FIFO gets its checkpointed bytes back')
+      process.kill(alone.json.pid, 'SIGKILL')
+      rmSync(fifo)
+      const missing = await cli(['restore', 'fifo', '--json', '--pool', pool])
+      assert.equal(missing.status, 3, describeRun(missing))
+      assert.equal(missing.json.error.code, 'BACKING_FILE_MISSING')
+      writeFileSync(fifo, 'a regular file now')
+      const replaced = await cli(['restore', 'fifo', '--json', '--pool', pool])
+      assert.equal(replaced.status, 5, describeRun(replaced))
+      assert.equal(replaced.json.error.code, 'BACKING_FILE_CHANGED')
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
   })
 })
