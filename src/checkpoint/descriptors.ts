@@ -6,7 +6,7 @@
  * eventfd's counter, an epoll instance's interest list (fdinfo), and which
  * fds share one open file description (kcmp).
  */
-import {lstatSync, readFileSync} from 'node:fs'
+import {lstatSync, readFileSync, statSync} from 'node:fs'
 
 import {SyscallError, UnsupportedError} from '../errors.js'
 import {type EpollTargetImage, type FdImage, type FdKind} from '../image/process-image.js'
@@ -14,6 +14,7 @@ import {close, fcntl, open, pipe2, read} from '../sys/file-io.js'
 import {O, SYS, syscallRaw} from '../sys/syscall.js'
 import {type FdInfo} from '../sys/proc.js'
 import {AF, SOCK, describeAddress, peekMessages, peekQueued, readSocket, unixName, unixPeer} from '../sys/sockets.js'
+import {pathOfHandle} from '../sys/file-handle.js'
 import {type TreeSocket} from './preflight.js'
 
 const F_SETPIPE_SZ = 1031
@@ -22,7 +23,7 @@ const SPLICE_F_NONBLOCK = 2
 const KCMP_FILE = 0
 
 /** The descriptor-specific part of an FdImage. */
-export type FdExtras = Pick<FdImage, 'pipe' | 'fifo' | 'eventfd' | 'epoll' | 'socket' | 'timerfd' | 'signalfd' | 'sharedWith'>
+export type FdExtras = Pick<FdImage, 'pipe' | 'fifo' | 'inotify' | 'eventfd' | 'epoll' | 'socket' | 'timerfd' | 'signalfd' | 'sharedWith'>
 
 function pipeId(target: string): string | undefined {
   return /^pipe:\[(\d+)\]$/.exec(target)?.[1]
@@ -73,6 +74,35 @@ function readEpoll(pid: number, fd: number): EpollTargetImage[] {
   return targets
 }
 
+const INOTIFY_LINE = /inotify wd:([0-9a-f]+) ino:([0-9a-f]+) sdev:([0-9a-f]+) mask:([0-9a-f]+) ignored_mask:[0-9a-f]+(?: fhandle-bytes:([0-9a-f]+) fhandle-type:([0-9a-f]+) f_handle:([0-9a-f]+))?/g
+
+/**
+ * The watches of an inotify instance, from fdinfo: each names its file by a
+ * file handle, turned back into a path (checked to be that inode still).
+ * Queued events are not carried (nor does CRIU carry them).
+ */
+function readInotify(pid: number, fd: number): {wd: number; path: string; mask: number}[] {
+  const text = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8')
+  const watches: {wd: number; path: string; mask: number}[] = []
+  for (const match of text.matchAll(INOTIFY_LINE)) {
+    const wd = Number.parseInt(match[1]!, 16)
+    const ino = BigInt('0x' + match[2])
+    const path = match[7] === undefined ? undefined : pathOfHandle(Number.parseInt(match[3]!, 16), Number.parseInt(match[6]!, 16), Buffer.from(match[7], 'hex'))
+    let same = false
+    try {
+      same = path !== undefined && statSync(path, {bigint: true}).ino === ino
+    } catch {
+      same = false
+    }
+    if (!same) {
+      throw new UnsupportedError('UNSUPPORTED_FD', `inotify fd ${fd} of process ${pid} watches inode ${ino} (watch ${wd}), which has no path here (deleted, or on a file system this mount namespace does not reach)`,
+        'cxlfork re-adds inotify watches by path; remove the watch on the deleted file (inotify_rm_watch) first.')
+    }
+    watches.push({wd, path: path!, mask: Number.parseInt(match[4]!, 16)})
+  }
+  return watches
+}
+
 function sameDescription(pid: number, a: number, b: number): boolean {
   return syscallRaw(SYS.kcmp, pid, pid, KCMP_FILE, a, b) === 0n
 }
@@ -120,6 +150,8 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
       const first = !fifosRead.has(info.target)
       fifosRead.add(info.target)
       set(info.fd, {fifo: {size, ...(first && data.length > 0 ? {data} : {})}})
+    } else if (kind === 'inotify') {
+      set(info.fd, {inotify: {watches: readInotify(pid, info.fd)}})
     } else if (kind === 'eventfd') {
       set(info.fd, {eventfd: {count: BigInt('0x' + (info.raw['eventfd-count'] ?? '0')), semaphore: (info.raw['eventfd-semaphore'] ?? '0') !== '0'}})
     } else if (kind === 'epoll') {

@@ -18,7 +18,7 @@ const STATELESS_CHARDEVS = new Set(['/dev/null', '/dev/zero', '/dev/full', '/dev
 
 /** The anonymous-inode descriptors refused, by what a user would call them. */
 const ANON_INODE_NAMES: Record<string, string> = {
-  'anon_inode:inotify': 'an inotify instance', 'anon_inode:[fanotify]': 'a fanotify group', 'anon_inode:[userfaultfd]': 'a userfaultfd',
+  'anon_inode:[fanotify]': 'a fanotify group', 'anon_inode:[userfaultfd]': 'a userfaultfd',
   'anon_inode:[io_uring]': 'an io_uring instance', 'anon_inode:[perf_event]': 'a perf event',
   'anon_inode:[pidfd]': 'a pidfd', 'anon_inode:bpf-map': 'a BPF map', 'anon_inode:bpf-prog': 'a BPF program',
 }
@@ -87,6 +87,7 @@ export function classifyFd(fd: FdInfo, pid: number, tcpClose = false): FdKind | 
   if (target === 'anon_inode:[eventpoll]') return 'epoll'
   if (target === 'anon_inode:[timerfd]') return 'timerfd'
   if (target === 'anon_inode:[signalfd]') return 'signalfd'
+  if (target === 'anon_inode:inotify') return 'inotify'
   if (target.startsWith('anon_inode:')) return {unsupported: `${ANON_INODE_NAMES[target] ?? 'an anonymous inode'} (${target})`}
   // A memfd or an unlinked tmpfs file (multiprocessing's heap arena): a shared memory object, its content carried.
   if (isSharedMemoryFd(pid, fd.fd, target)) return 'shmem'

@@ -111,6 +111,8 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
       if (fd.pipe.data && fd.pipe.data.length > 0) writeAll(inject, ends.write, fd.pipe.data)
     } else if (fd.fifo) {
       place(openFifo(inject, fd, stage), fd)
+    } else if (fd.inotify) {
+      place(createInotify(inject, fd, stage), fd)
     } else if (fd.eventfd) {
       const flags = O.CLOEXEC | (fd.flags & O.NONBLOCK) | (fd.eventfd.semaphore ? EFD_SEMAPHORE : 0)
       const created = stage(Number(inject.call('eventfd2', SYS.eventfd2, 0, flags)))
@@ -381,6 +383,45 @@ function openFifo(inject: Injector, fd: FdImage, stage: (fd: number) => number):
   } finally {
     inject.call('close', SYS.close, keep)
   }
+}
+
+const SYS_INOTIFY_INIT1 = 294
+const SYS_INOTIFY_ADD_WATCH = 254
+const SYS_INOTIFY_RM_WATCH = 255
+const IN_ACCESS = 1
+/** Watch descriptors skipped at most to reach the one a watch had (the kernel hands them out in turn). */
+const MAX_WD_SKIP = 65_536
+
+/**
+ * An inotify instance with its watches, each at the watch descriptor the
+ * program knows it by. The kernel hands out wds in turn from 1, so a gap is
+ * skipped by adding and removing a watch on "/"; the IN_IGNORED events those
+ * removals queue are read away before the flags are set as they were.
+ */
+function createInotify(inject: Injector, fd: FdImage, stage: (fd: number) => number): number {
+  const created = stage(Number(inject.call('inotify_init1', SYS_INOTIFY_INIT1, O.CLOEXEC | O.NONBLOCK)))
+  const root = inject.putString('/')
+  let next = 1
+  for (const watch of [...fd.inotify!.watches].sort((a, b) => a.wd - b.wd)) {
+    if (watch.wd - next > MAX_WD_SKIP) throw new UnsupportedError('UNSUPPORTED_FD', `inotify fd ${fd.fd} has watch descriptor ${watch.wd}, more than ${MAX_WD_SKIP} past the one before`, 'Take the checkpoint after the program re-creates its inotify instance.')
+    while (next < watch.wd) {
+      const dummy = inject.call('inotify_add_watch(/)', SYS_INOTIFY_ADD_WATCH, created, root, IN_ACCESS)
+      inject.call('inotify_rm_watch', SYS_INOTIFY_RM_WATCH, created, dummy)
+      next = Number(dummy) + 1
+    }
+    const path = inject.putString(watch.path)
+    const r = inject.tracee.syscall(SYS_INOTIFY_ADD_WATCH, created, path, watch.mask)
+    if (r === -2n) throw new NotFoundError('BACKING_FILE_MISSING', `${watch.path}, which inotify fd ${fd.fd} watches (watch ${watch.wd}), does not exist on this host`, 'Create it again, then restore.')
+    if (r < 0n) throw new SyscallError(`inotify_add_watch(${watch.path}) in the new process`, Number(-r))
+    if (Number(r) !== watch.wd) throw new SyscallError(`inotify_add_watch(${watch.path}) in the new process`, 17, `watch descriptor ${r}, not ${watch.wd} (another watch on the same file?)`)
+    next = Number(r) + 1
+  }
+  // The IN_IGNORED events of the skipped watches.
+  const buffer = inject.reserve(4096)
+  let drained = 1n
+  while (drained > 0n) drained = inject.tracee.syscall(SYS.read, created, buffer, 4096)
+  if ((fd.flags & O.NONBLOCK) === 0) inject.call('fcntl(F_SETFL)', SYS.fcntl, created, F_SETFL, 0)
+  return created
 }
 
 /** Whether any process has the file `dev:ino` open (a scan of /proc/PID/fd: what fuser does). */

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict'
 import {spawn, spawnSync} from 'node:child_process'
-import {closeSync, constants, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, rmSync, writeFileSync} from 'node:fs'
+import {appendFileSync, closeSync, constants, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
@@ -45,24 +45,24 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
     }
   })
 
-  it('what is still refused is refused by name before the target is touched: an inotify instance; criu dump of pipes/epoll', async () => {
+  it('what is still refused is refused by name before the target is touched: a fanotify group; criu dump of pipes/epoll', async () => {
     const pool = poolPath('fds')
-    const dir = mkdtempSync('/tmp/cxlfork-inotify-')
-    const code = 'import ctypes, os, time\nos.closerange(3, 1024)\nfd = ctypes.CDLL(None).inotify_init()\nassert fd >= 0\ntime.sleep(600)\n'
+    const dir = mkdtempSync('/tmp/cxlfork-fanotify-')
+    const code = 'import ctypes, os, time\nos.closerange(3, 1024)\nfd = ctypes.CDLL(None).fanotify_init(0, 0)\nassert fd >= 0\ntime.sleep(600)\n'
     const child = spawn('python3', ['-c', code], {stdio: 'ignore'})
     trackPid(child.pid!)
     try {
       await until(() => {
         try {
-          return readdirSync(`/proc/${child.pid}/fd`).some((fd) => readlinkSync(`/proc/${child.pid}/fd/${fd}`) === 'anon_inode:inotify')
+          return readdirSync(`/proc/${child.pid}/fd`).some((fd) => readlinkSync(`/proc/${child.pid}/fd/${fd}`) === 'anon_inode:[fanotify]')
         } catch {
           return false
         }
-      }, 'the inotify instance is open')
-      const run = await cli(['checkpoint', String(child.pid), '--name', 'inotify', '--json', '--pool', pool])
+      }, 'the fanotify group is open')
+      const run = await cli(['checkpoint', String(child.pid), '--name', 'fanotify', '--json', '--pool', pool])
       assert.equal(run.status, 5, describeRun(run))
       assert.equal(run.json.error.code, 'UNSUPPORTED_FD')
-      assert.match(run.json.error.message, /an inotify instance/)
+      assert.match(run.json.error.message, /a fanotify group/)
     } finally {
       child.kill('SIGKILL')
       rmSync(dir, {recursive: true, force: true})
@@ -140,6 +140,63 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
       const replaced = await cli(['restore', 'fifo', '--json', '--pool', pool])
       assert.equal(replaced.status, 5, describeRun(replaced))
       assert.equal(replaced.json.error.code, 'BACKING_FILE_CHANGED')
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+  it('inotify (tail -f, file watchers): every watch comes back at its watch descriptor with its mask (a gap in the wds kept), and the clone gets the events of its files', async () => {
+    const pool = poolPath('descriptors')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-inotify-'))
+    try {
+      writeFileSync(join(dir, 'a'), 'a\n')
+      writeFileSync(join(dir, 'b'), 'b\n')
+      // Watch 1: a (IN_MODIFY); watch 2: b, removed (a gap); watch 3: the directory (IN_CREATE). Each event read goes to events.log.
+      const code = [
+        'import ctypes, os, struct, sys',
+        'libc = ctypes.CDLL(None, use_errno=True)',
+        `d = ${JSON.stringify(dir)}.encode()`,
+        'fd = libc.inotify_init1(0)',
+        'w1 = libc.inotify_add_watch(fd, d + b"/a", 2)',
+        'w2 = libc.inotify_add_watch(fd, d + b"/b", 2)',
+        'libc.inotify_rm_watch(fd, w2)',
+        'w3 = libc.inotify_add_watch(fd, d, 0x100)',
+        'assert (w1, w2, w3) == (1, 2, 3), (w1, w2, w3)',
+        'log = os.open(d + b"/events.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)',
+        'os.write(1, b"R")',
+        'os.dup2(os.open("/dev/null", os.O_WRONLY), 1)',
+        'while True:',
+        '    data = os.read(fd, 4096)',
+        '    at = 0',
+        '    while at < len(data):',
+        '        wd, mask, cookie, n = struct.unpack_from("iIII", data, at)',
+        '        name = data[at + 16:at + 16 + n].rstrip(b"\\0").decode()',
+        '        os.write(log, ("%s wd=%d mask=%x name=%s\\n" % (os.readlink("/proc/self"), wd, mask, name)).encode())',
+        '        at += 16 + n',
+      ].join('\n')
+      const watcher = spawn('python3', ['-c', code], {stdio: ['ignore', 'pipe', 'inherit']})
+      trackPid(watcher.pid!)
+      await new Promise<void>((resolve) => watcher.stdout!.once('data', () => resolve()))
+      await until(() => readlinkSync(`/proc/${watcher.pid}/fd/1`) === '/dev/null', 'the watcher dropped its stdout')
+      const ck = await cli(['checkpoint', String(watcher.pid), '--name', 'inotify', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      const run = await cli(['restore', 'inotify', '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      const clone = run.json.pid as number
+      trackPid(clone)
+      const inotifyFd = readdirSync(`/proc/${clone}/fd`).find((fd) => readlinkSync(`/proc/${clone}/fd/${fd}`) === 'anon_inode:inotify')
+      assert.ok(inotifyFd, 'the clone holds an inotify instance')
+      const watches = [...readFileSync(`/proc/${clone}/fdinfo/${inotifyFd}`, 'utf8').matchAll(/inotify wd:([0-9a-f]+) ino:([0-9a-f]+) .*?mask:([0-9a-f]+)/g)].map((m) => `${Number.parseInt(m[1]!, 16)}:${m[3]}`).sort()
+      assert.deepEqual(watches, ['1:2', '3:100'], 'watch 1 on a (IN_MODIFY) and watch 3 on the directory (IN_CREATE), as the original had them')
+      appendFileSync(join(dir, 'a'), 'more\n')
+      writeFileSync(join(dir, 'c'), 'new\n')
+      const lines = await until(() => {
+        const text = readFileSync(join(dir, 'events.log'), 'utf8')
+        const mine = text.split('\n').filter((line) => line.startsWith(`${clone} `))
+        return mine.length >= 2 ? mine : undefined
+      }, 'the clone reads the events of its watches')
+      assert.ok(lines.includes(`${clone} wd=1 mask=2 name=`), `IN_MODIFY of a on watch 1: ${lines.join(' | ')}`)
+      assert.ok(lines.some((line) => line.startsWith(`${clone} wd=3 mask=100 name=c`)), `IN_CREATE of c on watch 3: ${lines.join(' | ')}`)
+      assert.ok(!lines.some((line) => / mask=8000 /.test(line)), `no IN_IGNORED of the skipped watch reaches the clone: ${lines.join(' | ')}`)
     } finally {
       rmSync(dir, {recursive: true, force: true})
     }
