@@ -7,7 +7,9 @@ import {assertContentsIntact, assertNoCorruption, assertNoLostSpace, assertNoOve
 const BATCHES = 26
 const WORKERS_PER_BATCH = 8
 
-describe('pool: kill -9 at random points of allocate, write, publish, rm and gc', () => {
+describe('pool: kill -9 at random points of allocate, write, publish, rm and gc', function () {
+  // 208 Node workers started 8 at a time: ~60 s alone, several minutes on a loaded 2-core host.
+  this.timeout(600_000)
   after(removeTestPools)
 
   it(`${BATCHES * WORKERS_PER_BATCH} SIGKILLed workers never corrupt the pool, leak space or leave half-built checkpoints`, async () => {
