@@ -6,7 +6,7 @@
  * eventfd's counter, an epoll instance's interest list (fdinfo), and which
  * fds share one open file description (kcmp).
  */
-import {lstatSync, readFileSync, statSync} from 'node:fs'
+import {fstatSync, lstatSync, readFileSync, readSync, statSync} from 'node:fs'
 
 import {SyscallError, UnsupportedError} from '../errors.js'
 import {type EpollTargetImage, type FdImage, type FdKind} from '../image/process-image.js'
@@ -15,7 +15,7 @@ import {O, SYS, syscallRaw} from '../sys/syscall.js'
 import {type FdInfo} from '../sys/proc.js'
 import {AF, SOCK, describeAddress, peekMessages, peekQueued, readSocket, unixName, unixPeer} from '../sys/sockets.js'
 import {pathOfHandle} from '../sys/file-handle.js'
-import {type TreeSocket} from './preflight.js'
+import {GHOST_LIMIT, type TreeSocket} from './preflight.js'
 
 const F_SETPIPE_SZ = 1031
 const F_GETPIPE_SZ = 1032
@@ -23,7 +23,7 @@ const SPLICE_F_NONBLOCK = 2
 const KCMP_FILE = 0
 
 /** The descriptor-specific part of an FdImage. */
-export type FdExtras = Pick<FdImage, 'pipe' | 'fifo' | 'inotify' | 'eventfd' | 'epoll' | 'socket' | 'timerfd' | 'signalfd' | 'sharedWith'>
+export type FdExtras = Pick<FdImage, 'pipe' | 'fifo' | 'inotify' | 'ghost' | 'eventfd' | 'epoll' | 'socket' | 'timerfd' | 'signalfd' | 'sharedWith'>
 
 function pipeId(target: string): string | undefined {
   return /^pipe:\[(\d+)\]$/.exec(target)?.[1]
@@ -72,6 +72,25 @@ function readEpoll(pid: number, fd: number): EpollTargetImage[] {
     targets.push({fd: target, events: parseInt(match[2]!, 16), data: BigInt('0x' + match[3])})
   }
   return targets
+}
+
+/** A deleted file's contents and attributes, read through /proc while the process is stopped. */
+function readGhost(pid: number, fd: number, target: string): NonNullable<FdImage['ghost']> {
+  const reader = open(`/proc/${pid}/fd/${fd}`, O.RDONLY)
+  try {
+    const st = fstatSync(reader)
+    if (st.size > GHOST_LIMIT) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${fd} of process ${pid} is a deleted file of ${st.size} bytes (${target}); cxlfork carries deleted files up to ${GHOST_LIMIT} bytes`, 'Close it, or keep it under a name, before checkpointing.')
+    const data = new Uint8Array(st.size)
+    let got = 0
+    while (got < data.length) {
+      const n = readSync(reader, data, got, data.length - got, got)
+      if (n === 0) break
+      got += n
+    }
+    return {path: target.replace(/ \(deleted\)$/, ''), mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, data: data.subarray(0, got)}
+  } finally {
+    close(reader)
+  }
 }
 
 const INOTIFY_LINE = /inotify wd:([0-9a-f]+) ino:([0-9a-f]+) sdev:([0-9a-f]+) mask:([0-9a-f]+) ignored_mask:[0-9a-f]+(?: fhandle-bytes:([0-9a-f]+) fhandle-type:([0-9a-f]+) f_handle:([0-9a-f]+))?/g
@@ -150,6 +169,8 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
       const first = !fifosRead.has(info.target)
       fifosRead.add(info.target)
       set(info.fd, {fifo: {size, ...(first && data.length > 0 ? {data} : {})}})
+    } else if (kind === 'ghost') {
+      set(info.fd, {ghost: readGhost(pid, info.fd, info.target)})
     } else if (kind === 'inotify') {
       set(info.fd, {inotify: {watches: readInotify(pid, info.fd)}})
     } else if (kind === 'eventfd') {

@@ -75,6 +75,22 @@ export function refuseLoneUnixEnd(pid: number, end: {fd: number; peer: number | 
       : 'cxlfork carries Unix socketpairs whose both ends the process holds (or, with --tree, its tree holds); checkpoint the tree that holds both ends with --tree, or close the end shared with another process first.')
 }
 
+/** Largest deleted file whose contents a checkpoint carries (CRIU's default ghost limit). */
+export const GHOST_LIMIT = 1 << 20
+
+/** A deleted regular file is carried whole up to GHOST_LIMIT (gunicorn's worker heartbeat files are empty). */
+function classifyDeleted(pid: number, fd: number, target: string): FdKind | {unsupported: string} {
+  let stat
+  try {
+    stat = statSync(`/proc/${pid}/fd/${fd}`)
+  } catch {
+    return {unsupported: `a deleted file that vanished while being inspected (${target})`}
+  }
+  if (!stat.isFile()) return {unsupported: `a deleted special file (${target})`}
+  if (stat.size > GHOST_LIMIT) return {unsupported: `a deleted file of ${stat.size} bytes (${target}); cxlfork carries deleted files up to ${GHOST_LIMIT} bytes`}
+  return 'ghost'
+}
+
 /** kcmp(2) type: do two processes share one address space? */
 const KCMP_VM = 1
 
@@ -93,7 +109,7 @@ export function classifyFd(fd: FdInfo, pid: number, tcpClose = false): FdKind | 
   if (isSharedMemoryFd(pid, fd.fd, target)) return 'shmem'
   if (target.startsWith('/memfd:')) return {unsupported: 'a memfd (on no tmpfs)'}
   if (!target.startsWith('/')) return {unsupported: `an unsupported file (${target})`}
-  if (target.endsWith(' (deleted)')) return {unsupported: `a deleted file (${target})`}
+  if (target.endsWith(' (deleted)')) return classifyDeleted(pid, fd.fd, target)
   if (/^\/dev\/(pts\/\d+|tty\d*|console)$/.test(target)) return fd.fd <= 2 ? 'tty' : {unsupported: `a terminal (${target}) above stderr`}
   let stat
   try {

@@ -208,7 +208,7 @@ export function sharedAcrossMembers(members: readonly TreeMember[], checks: Map<
     if (!checked) continue
     const mine: typeof earlier = []
     for (const {info, kind} of checked.fds) {
-      const shareable = kind === 'socket' || kind === 'eventfd' || kind === 'epoll' || kind === 'timerfd' || kind === 'signalfd' || (kind === 'pipe' && (info.fd > 2 || (checked.internalPipes?.has(info.target) ?? false)))
+      const shareable = kind === 'socket' || kind === 'ghost' || kind === 'eventfd' || kind === 'epoll' || kind === 'timerfd' || kind === 'signalfd' || (kind === 'pipe' && (info.fd > 2 || (checked.internalPipes?.has(info.target) ?? false)))
       if (!shareable) continue
       mine.push({pid: member.pid, fd: info.fd, target: info.target, kind, access: info.flags & 3})
       let from: SharedFrom | undefined

@@ -96,9 +96,9 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
   refuseExistingImages(dir)
   const checked = preflight(request.pid)
   // The CRIU images cxlfork writes carry regular files, devices and stdio; refuse the rest by name before the target is touched.
-  const beyond = checked.fds.find(({info, kind}) => kind === 'fifo' || kind === 'inotify' || kind === 'eventfd' || kind === 'epoll' || kind === 'socket' || kind === 'timerfd' || kind === 'signalfd' || kind === 'shmem' || (kind === 'pipe' && info.fd > 2))
+  const beyond = checked.fds.find(({info, kind}) => kind === 'fifo' || kind === 'inotify' || kind === 'ghost' || kind === 'eventfd' || kind === 'epoll' || kind === 'socket' || kind === 'timerfd' || kind === 'signalfd' || kind === 'shmem' || (kind === 'pipe' && info.fd > 2))
   if (beyond) {
-    throw new UnsupportedError('CRIU_FD_TYPE', `fd ${beyond.info.fd} of process ${request.pid} is ${beyond.kind === 'pipe' ? 'a pipe above stderr' : beyond.kind === 'socket' ? 'a socket' : beyond.kind === 'shmem' ? 'a memfd or a deleted tmpfs file' : beyond.kind === 'fifo' ? 'a FIFO' : `an ${beyond.kind}`}, which cxlfork's CRIU-format dump does not write yet`,
+    throw new UnsupportedError('CRIU_FD_TYPE', `fd ${beyond.info.fd} of process ${request.pid} is ${beyond.kind === 'pipe' ? 'a pipe above stderr' : beyond.kind === 'socket' ? 'a socket' : beyond.kind === 'shmem' ? 'a memfd or a deleted tmpfs file' : beyond.kind === 'fifo' ? 'a FIFO' : beyond.kind === 'ghost' ? 'a deleted file' : `an ${beyond.kind}`}, which cxlfork's CRIU-format dump does not write yet`,
       'Checkpoint it into the pool with `cxlfork checkpoint`, which restores pipes, eventfds, epoll instances and listening sockets.')
   }
   // Placed as a pool checkpoint is, so the two downtimes compare.

@@ -117,7 +117,7 @@ export interface MmImage {
 }
 
 /** How an fd is restored. */
-export type FdKind = 'regular' | 'chardev' | 'tty' | 'pipe' | 'fifo' | 'directory' | 'eventfd' | 'epoll' | 'socket' | 'timerfd' | 'signalfd' | 'inotify' | 'shmem'
+export type FdKind = 'regular' | 'chardev' | 'tty' | 'pipe' | 'fifo' | 'directory' | 'eventfd' | 'epoll' | 'socket' | 'timerfd' | 'signalfd' | 'inotify' | 'shmem' | 'ghost'
 
 /** A pipe end above fd 2 (fds 0-2 that are pipes are the restorer's stdio instead). */
 export interface PipeEndImage {
@@ -166,6 +166,11 @@ export interface FdImage {
    */
   fifo?: {size: number; data?: Uint8Array}
   eventfd?: {count: bigint; semaphore: boolean}
+  /**
+   * A deleted regular file (not on a tmpfs: those are shared memory objects), carried whole as CRIU's ghost
+   * files are: its path when it was deleted, mode, owner and contents (at most GHOST_LIMIT bytes).
+   */
+  ghost?: {path: string; mode: number; uid: number; gid: number; data: Uint8Array}
   /** An inotify instance: its watches, each with the watch descriptor the program knows it by, the path and the mask. */
   inotify?: {watches: {wd: number; path: string; mask: number}[]}
   /** A timerfd: its clock, and the time left and interval (seconds, nanoseconds) as of the checkpoint. */

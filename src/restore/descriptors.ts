@@ -12,6 +12,7 @@
  * number another still needs; it is then dup3'ed to its own number. Epoll
  * registrations come last, when every target fd is in place.
  */
+import {dirname} from 'node:path'
 import {chmodSync, lchownSync, lstatSync, readdirSync, rmSync, statSync} from 'node:fs'
 
 import {type FdImage, type ProcessImage} from '../image/process-image.js'
@@ -113,6 +114,8 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
       place(openFifo(inject, fd, stage), fd)
     } else if (fd.inotify) {
       place(createInotify(inject, fd, stage), fd)
+    } else if (fd.ghost) {
+      place(createGhost(inject, fd, stage), fd)
     } else if (fd.eventfd) {
       const flags = O.CLOEXEC | (fd.flags & O.NONBLOCK) | (fd.eventfd.semaphore ? EFD_SEMAPHORE : 0)
       const created = stage(Number(inject.call('eventfd2', SYS.eventfd2, 0, flags)))
@@ -382,6 +385,37 @@ function openFifo(inject: Injector, fd: FdImage, stage: (fd: number) => number):
     return opened
   } finally {
     inject.call('close', SYS.close, keep)
+  }
+}
+
+const O_TMPFILE = 0o20200000
+const SYS_FCHMOD = 91
+const SYS_FCHOWN = 93
+
+/**
+ * A deleted file, made again as one: an unnamed file (O_TMPFILE) in the
+ * directory it was deleted from (else /tmp, else /dev/shm) with its contents,
+ * mode and owner, opened with the original's flags and offset through /proc.
+ */
+function createGhost(inject: Injector, fd: FdImage, stage: (fd: number) => number): number {
+  const ghost = fd.ghost!
+  let tmp = -1n
+  for (const dir of [dirname(ghost.path), '/tmp', '/dev/shm']) {
+    tmp = inject.tracee.syscall(SYS.open, inject.putString(dir), O_TMPFILE | O.RDWR | O.CLOEXEC, ghost.mode & 0o777)
+    if (tmp >= 0n) break
+  }
+  if (tmp < 0n) throw new SyscallError(`open(O_TMPFILE) for the deleted file ${ghost.path} in the new process`, Number(-tmp))
+  try {
+    writeAll(inject, Number(tmp), ghost.data)
+    inject.tracee.syscall(SYS_FCHMOD, tmp, ghost.mode)
+    inject.tracee.syscall(SYS_FCHOWN, tmp, ghost.uid, ghost.gid) // a restorer that may not: the restorer's
+    // Through the /proc link, which O_NOFOLLOW (Python's mkstemp sets it) would refuse; it only matters at open time.
+    const opened = stage(inject.open(`/proc/self/fd/${tmp}`, fd.flags & ~(O.CREAT | O.TRUNC | 0o200 /* O_EXCL */ | 0o400000 /* O_NOFOLLOW */)))
+    // Appends go to the end whatever the offset, but reads start at it.
+    if (fd.offset > 0n) inject.call('lseek', SYS.lseek, opened, fd.offset, 0)
+    return opened
+  } finally {
+    inject.call('close', SYS.close, tmp)
   }
 }
 

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict'
 import {spawn, spawnSync} from 'node:child_process'
-import {appendFileSync, closeSync, constants, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, rmSync, writeFileSync} from 'node:fs'
+import {appendFileSync, closeSync, constants, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
@@ -197,6 +197,56 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
       assert.ok(lines.includes(`${clone} wd=1 mask=2 name=`), `IN_MODIFY of a on watch 1: ${lines.join(' | ')}`)
       assert.ok(lines.some((line) => line.startsWith(`${clone} wd=3 mask=100 name=c`)), `IN_CREATE of c on watch 3: ${lines.join(' | ')}`)
       assert.ok(!lines.some((line) => / mask=8000 /.test(line)), `no IN_IGNORED of the skipped watch reaches the clone: ${lines.join(' | ')}`)
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+  it('a deleted file (not on a tmpfs) comes back as one, with its contents, offset and flags; one over the 1 MiB limit is refused by name', async () => {
+    const pool = poolPath('descriptors')
+    const dir = mkdtempSync('/var/tmp/cxlfork-ghost-')
+    try {
+      const code = [
+        'import os, sys, time',
+        `d = ${JSON.stringify(dir)}`,
+        'fd = os.open(d + "/ghost", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)',
+        'os.write(fd, b"ghost-contents")',
+        'os.lseek(fd, 6, 0)',
+        'os.unlink(d + "/ghost")',
+        'if len(sys.argv) > 1:',
+        '    big = os.open(d + "/big", os.O_RDWR | os.O_CREAT, 0o600)',
+        '    os.write(big, b"x" * (2 << 20))',
+        '    os.unlink(d + "/big")',
+        'os.write(1, b"R")',
+        'os.dup2(os.open("/dev/null", os.O_WRONLY), 1)',
+        'time.sleep(600)',
+      ].join('\n')
+      const start = async (...extra: string[]): Promise<number> => {
+        const holder = spawn('python3', ['-c', code, ...extra], {stdio: ['ignore', 'pipe', 'inherit']})
+        trackPid(holder.pid!)
+        await new Promise<void>((resolve) => holder.stdout!.once('data', () => resolve()))
+        await until(() => readlinkSync(`/proc/${holder.pid}/fd/1`) === '/dev/null', 'the holder dropped its stdout')
+        return holder.pid!
+      }
+      const pid = await start()
+      const ck = await cli(['checkpoint', String(pid), '--name', 'ghost', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      const run = await cli(['restore', 'ghost', '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      trackPid(run.json.pid)
+      const fd = readdirSync(`/proc/${run.json.pid}/fd`).find((n) => readlinkSync(`/proc/${run.json.pid}/fd/${n}`).endsWith('(deleted)'))
+      assert.ok(fd, `the clone holds a deleted file: ${readdirSync(`/proc/${run.json.pid}/fd`).map((n) => readlinkSync(`/proc/${run.json.pid}/fd/${n}`)).join(', ')}`)
+      assert.equal(readFileSync(`/proc/${run.json.pid}/fd/${fd}`, 'utf8'), 'ghost-contents')
+      const info = readFileSync(`/proc/${run.json.pid}/fdinfo/${fd}`, 'utf8')
+      assert.match(info, /^pos:\s+6$/m, 'at its offset')
+      const flags = Number.parseInt(/^flags:\s+([0-7]+)$/m.exec(info)![1]!, 8)
+      assert.equal(flags & 3, 2, 'read-write')
+      assert.notEqual(flags & 0o2000, 0, 'O_APPEND kept')
+      assert.equal(statSync(`/proc/${run.json.pid}/fd/${fd}`).mode & 0o777, 0o640, 'its mode')
+      const big = await start('big')
+      const refused = await cli(['checkpoint', String(big), '--name', 'big', '--json', '--pool', pool])
+      assert.equal(refused.status, 5, describeRun(refused))
+      assert.equal(refused.json.error.code, 'UNSUPPORTED_FD')
+      assert.match(refused.json.error.message, /a deleted file of 2097152 bytes/)
     } finally {
       rmSync(dir, {recursive: true, force: true})
     }

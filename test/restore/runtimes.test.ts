@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict'
 import {spawn, spawnSync} from 'node:child_process'
-import {existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync} from 'node:fs'
+import {existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {createConnection} from 'node:net'
@@ -174,6 +174,60 @@ http { access_log ${dir}/access.log; server { listen 127.0.0.1:${port}; location
     } finally {
       master.kill('SIGQUIT')
       await until(() => master.exitCode !== null || master.signalCode !== null, 'nginx exits', 10_000).catch(() => master.kill('SIGKILL'))
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
+  it('gunicorn (a Python WSGI arbiter and 2 sync workers: heartbeat files deleted from /tmp shared with the arbiter, pipes, a shared listener): checkpointed live with --tree, restored with --netns new; each clone worker counts on', async function () {
+    if (!existsSync('/usr/bin/gunicorn')) this.skip() // .ci/run installs gunicorn
+    const pool = poolPath('runtimes')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-gunicorn-'))
+    const port = 20_000 + ((process.pid + 13) % 20_000)
+    writeFileSync(join(dir, 'app.py'), 'import os\nserved = 0\ndef app(environ, start_response):\n    global served\n    served += 1\n    start_response("200 OK", [("Content-Type", "text/plain")])\n    return [("%d %d\\n" % (os.getpid(), served)).encode()]\n')
+    const arbiter = spawn('/usr/bin/gunicorn', ['-w', '2', '-b', `127.0.0.1:${port}`, '--chdir', dir, 'app:app'], {stdio: 'ignore'})
+    trackPid(arbiter.pid!)
+    const get = (netnsOf?: number): [number, number] | undefined => {
+      const args = ['-s', '-m', '5', `http://127.0.0.1:${port}/`]
+      const run = netnsOf === undefined ? spawnSync('curl', args, {encoding: 'utf8'}) : spawnSync('nsenter', ['-t', String(netnsOf), '-n', 'curl', ...args], {encoding: 'utf8'})
+      const m = /^(\d+) (\d+)$/.exec(run.stdout.trim())
+      return m ? [Number(m[1]), Number(m[2])] : undefined
+    }
+    try {
+      const last = new Map<number, number>()
+      await until(() => {
+        const answer = get()
+        if (answer) last.set(answer[0], answer[1])
+        return last.size === 2
+      }, 'both workers answer', 30_000)
+      childrenOf(arbiter.pid!).forEach(trackPid)
+      const ck = await cli(['checkpoint', String(arbiter.pid), '--name', 'gunicorn', '--tree', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      const run = await cli(['restore', 'gunicorn', '--netns', 'new', '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      trackPid(run.json.pid)
+      const workers = childrenOf(run.json.pid)
+      workers.forEach(trackPid)
+      for (const worker of workers) {
+        const heartbeat = readdirSync(`/proc/${worker}/fd`).map((n) => readlinkSync(`/proc/${worker}/fd/${n}`)).find((link) => link.endsWith('(deleted)'))
+        assert.ok(heartbeat, `clone worker ${worker} holds its deleted heartbeat file`)
+      }
+      const seen = new Map<number, number>()
+      for (let i = 0; i < 6; i++) {
+        const answer = get(run.json.pid)
+        assert.ok(answer, `the clone answers request ${i + 1}`)
+        assert.ok(last.has(answer[0]), `answered by worker ${answer[0]}, which keeps its pid in the clone's namespace`)
+        assert.ok(answer[1] > (seen.get(answer[0]) ?? last.get(answer[0])!), `worker ${answer[0]} counts on: ${answer[1]}`)
+        seen.set(answer[0], answer[1])
+      }
+      note(`gunicorn: restore ${(run.json.stats.restore_time / 1000).toFixed(1)} ms, ${run.json.processes} processes`)
+    } finally {
+      for (const pid of [...childrenOf(arbiter.pid!), arbiter.pid!]) {
+        try {
+          process.kill(pid, 'SIGKILL')
+        } catch {
+          // gone
+        }
+      }
       rmSync(dir, {recursive: true, force: true})
     }
   })
