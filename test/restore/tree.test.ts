@@ -177,6 +177,8 @@ describe('restore: process trees keep their shape and their pids', function () {
       assert.match(status, /^Groups:\s+65534\s*$/m)
       assert.match(status, /^CapEff:\s+0+$/m, `worker ${pid} has no effective capability`)
     }
+    // A worker drops its privileges after the parent reports READY.
+    await until(() => workers.every((worker) => /^Uid:\s+65534\s/m.test(readFileSync(`/proc/${worker}/status`, 'utf8'))), 'the workers run as nobody')
     for (const worker of workers) nobody(worker)
     const alone = await cli(['checkpoint', String(workers[0]), '--name', 'alone', '--json', '--pool', pool])
     assert.equal(alone.status, 5, describeRun(alone))
