@@ -18,16 +18,13 @@ import {readFileSync, readdirSync} from 'node:fs'
 
 import {UnsupportedError} from '../errors.js'
 import {type CredentialsImage} from '../image/process-image.js'
+import {parseStatus} from '../sys/proc.js'
 
 const CRED_FIELDS = ['Uid', 'Gid', 'Groups', 'CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb', 'NoNewPrivs'] as const
 
+/** Every field of a status file (/proc/PID/status or a thread's), as text. */
 function statusFields(path: string): Record<string, string> {
-  const raw: Record<string, string> = {}
-  for (const line of readFileSync(path, 'utf8').split('\n')) {
-    const c = line.indexOf(':')
-    if (c > 0) raw[line.slice(0, c)] = line.slice(c + 1).trim()
-  }
-  return raw
+  return parseStatus(readFileSync(path, 'utf8')).raw
 }
 
 /** Refuse by name what the clone could not carry: a seccomp filter, threads with credentials of their own. */
@@ -65,14 +62,11 @@ export function refuseUnsupportedCredentials(pid: number): void {
  * the fork, which copied them), with what only the process itself can say.
  */
 export function readCredentials(pid: number, asked: {securebits: number; dumpable: number}): CredentialsImage {
-  const raw = statusFields(`/proc/${pid}/status`)
-  const ids = (field: string): [number, number, number, number] => {
-    const [r, e, s, fs] = (raw[field] ?? '').split(/\s+/).map(Number)
-    return [r ?? 0, e ?? 0, s ?? 0, fs ?? 0]
-  }
+  const status = parseStatus(readFileSync(`/proc/${pid}/status`, 'utf8'))
+  const {raw} = status
   const caps = (field: string): bigint => BigInt('0x' + (raw[field] || '0'))
   return {
-    uids: ids('Uid'), gids: ids('Gid'),
+    uids: status.uid, gids: status.gid,
     groups: (raw['Groups'] ?? '').split(/\s+/).filter(Boolean).map(Number),
     capInheritable: caps('CapInh'), capPermitted: caps('CapPrm'), capEffective: caps('CapEff'), capBounding: caps('CapBnd'), capAmbient: caps('CapAmb'),
     noNewPrivs: raw['NoNewPrivs'] === '1',

@@ -19,6 +19,7 @@ import {readFileSync} from 'node:fs'
 import {PermissionError} from '../errors.js'
 import {type CredentialsImage} from '../image/process-image.js'
 import {type Tracee} from '../inject/tracee.js'
+import {readStatus} from '../sys/proc.js'
 import {SYS} from '../sys/syscall.js'
 import {type Injector} from './injector.js'
 
@@ -36,15 +37,6 @@ const PR_SET_NO_NEW_PRIVS = 38
 const PR_CAP_AMBIENT = 47
 const PR_CAP_AMBIENT_RAISE = 2
 const LINUX_CAPABILITY_VERSION_3 = 0x20080522
-
-function statusOf(pid: number): Record<string, string> {
-  const raw: Record<string, string> = {}
-  for (const line of readFileSync(`/proc/${pid}/status`, 'utf8').split('\n')) {
-    const c = line.indexOf(':')
-    if (c > 0) raw[line.slice(0, c)] = line.slice(c + 1).trim()
-  }
-  return raw
-}
 
 function lastCap(): number {
   try {
@@ -69,7 +61,8 @@ function capsetArgs(effective: bigint, permitted: bigint, inheritable: bigint): 
 
 /** `stubPid`: the member's pid as we see it, to read what it has now. */
 export function restoreCredentials(inject: Injector, threads: readonly Tracee[], stubPid: number, creds: CredentialsImage): void {
-  const now = statusOf(stubPid)
+  const now = readStatus(stubPid).raw
+  const last = lastCap()
   const sameIds = (field: string, ids: readonly number[]): boolean => now[field]?.split(/\s+/).map(Number).join(' ') === ids.join(' ')
   const caps = (field: string): bigint => BigInt('0x' + (now[field] || '0'))
   const groupsSame = (now['Groups'] ?? '').split(/\s+/).filter(Boolean).map(Number).sort((a, b) => a - b).join(' ') === [...creds.groups].sort((a, b) => a - b).join(' ')
@@ -78,7 +71,7 @@ export function restoreCredentials(inject: Injector, threads: readonly Tracee[],
   const permittedNow = caps('CapPrm')
   const boundingNow = caps('CapBnd')
   const capsSame = permittedNow === creds.capPermitted && caps('CapEff') === creds.capEffective && caps('CapInh') === creds.capInheritable
-  const check = (_tracee: Tracee, what: string, r: bigint): void => {
+  const check = (what: string, r: bigint): void => {
     if (r >= 0n) return
     throw new PermissionError('NOT_PERMITTED', `the clone cannot be given its ${what} (errno ${-r})`,
       'Restoring a process as another user, or with capabilities the restorer lacks, needs root (CAP_SETUID, CAP_SETGID, CAP_SETPCAP).')
@@ -95,14 +88,14 @@ export function restoreCredentials(inject: Injector, threads: readonly Tracee[],
   const [ruid, euid, suid, fsuid] = creds.uids
   const [rgid, egid, sgid, fsgid] = creds.gids
   for (const tracee of threads) {
-    const call = (what: string, nr: number, ...args: (number | bigint)[]): void => check(tracee, what, tracee.syscall(nr, ...args))
+    const call = (what: string, nr: number, ...args: (number | bigint)[]): void => check(what, tracee.syscall(nr, ...args))
     if (!groupsSame) call(`supplementary groups (${creds.groups.join(',') || 'none'})`, SYS_SETGROUPS, creds.groups.length, groupsAt)
     if (!gidsSame) {
       call(`gids ${rgid}/${egid}/${sgid}`, SYS_SETRESGID, rgid, egid, sgid)
       tracee.syscall(SYS_SETFSGID, fsgid) // returns the previous fsgid, never an error
     }
     // Dropped from the bounding set while CAP_SETPCAP is still effective.
-    for (let cap = 0; cap <= lastCap(); cap++) {
+    for (let cap = 0; cap <= last; cap++) {
       const bit = 1n << BigInt(cap)
       if ((boundingNow & bit) !== 0n && (creds.capBounding & bit) === 0n) call(`bounding set (dropping capability ${cap})`, SYS.prctl, PR_CAPBSET_DROP, cap)
     }
@@ -115,11 +108,11 @@ export function restoreCredentials(inject: Injector, threads: readonly Tracee[],
     }
     if (!uidsSame || creds.securebits !== 0) call(`securebits 0x${creds.securebits.toString(16)}`, SYS.prctl, PR_SET_SECUREBITS, creds.securebits)
     if (!capsSame || !uidsSame) call(`capabilities (effective ${creds.capEffective.toString(16)}, permitted ${creds.capPermitted.toString(16)})`, SYS_CAPSET, finalHeader, finalData)
-    for (let cap = 0; cap <= lastCap(); cap++) {
+    for (let cap = 0; cap <= last; cap++) {
       if ((creds.capAmbient & (1n << BigInt(cap))) !== 0n) call(`ambient capability ${cap}`, SYS.prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)
     }
     if (creds.noNewPrivs) call('no_new_privs', SYS.prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
   }
   // Per mm (one call serves every thread); setresuid to another user set it to the suid_dumpable default.
-  if (creds.dumpable === 0 || creds.dumpable === 1) check(threads[0]!, 'dumpable flag', threads[0]!.syscall(SYS.prctl, PR_SET_DUMPABLE, creds.dumpable))
+  if (creds.dumpable === 0 || creds.dumpable === 1) check('dumpable flag', threads[0]!.syscall(SYS.prctl, PR_SET_DUMPABLE, creds.dumpable))
 }
