@@ -16,6 +16,23 @@ import {PROJECT_ROOT, allProcesses, cli, describeRun, installCleanupHooks, note,
 
 const childrenOf = (pid: number): number[] => allProcesses().filter((p) => p.ppid === pid).map((p) => p.pid).sort((a, b) => a - b)
 
+/** The body of GET http://127.0.0.1:PORT/ (curl, 5 s at most), from inside the network namespace of `netnsOf` if given. */
+function httpGet(port: number, netnsOf?: number): string {
+  const args = ['-s', '-m', '5', `http://127.0.0.1:${port}/`]
+  return (netnsOf === undefined ? spawnSync('curl', args, {encoding: 'utf8'}) : spawnSync('nsenter', ['-t', String(netnsOf), '-n', 'curl', ...args], {encoding: 'utf8'})).stdout
+}
+
+/** SIGKILL a server's children, then the server. */
+function killWithChildren(pid: number): void {
+  for (const each of [...childrenOf(pid), pid]) {
+    try {
+      process.kill(each, 'SIGKILL')
+    } catch {
+      // gone
+    }
+  }
+}
+
 /** VmFlags of the VMA of `pid` that starts at `start`. */
 function vmFlags(pid: number, start: bigint): string[] {
   const text = readFileSync(`/proc/${pid}/smaps`, 'utf8')
@@ -140,11 +157,7 @@ http { access_log ${dir}/access.log; server { listen 127.0.0.1:${port}; location
     const master = spawn(nginx!, ['-c', join(dir, 'nginx.conf'), '-p', dir], {stdio: 'ignore'})
     trackPid(master.pid!)
     try {
-      const get = (netnsOf?: number): string => {
-        const args = ['-s', '-m', '5', `http://127.0.0.1:${port}/`]
-        const run = netnsOf === undefined ? spawnSync('curl', args, {encoding: 'utf8'}) : spawnSync('nsenter', ['-t', String(netnsOf), '-n', 'curl', ...args], {encoding: 'utf8'})
-        return run.stdout
-      }
+      const get = (netnsOf?: number): string => httpGet(port, netnsOf)
       await until(() => get().startsWith('worker '), 'nginx answers')
       const workers = await until(() => {
         const found = childrenOf(master.pid!)
@@ -187,9 +200,8 @@ http { access_log ${dir}/access.log; server { listen 127.0.0.1:${port}; location
     const arbiter = spawn('/usr/bin/gunicorn', ['-w', '2', '-b', `127.0.0.1:${port}`, '--chdir', dir, 'app:app'], {stdio: 'ignore'})
     trackPid(arbiter.pid!)
     const get = (netnsOf?: number): [number, number] | undefined => {
-      const args = ['-s', '-m', '5', `http://127.0.0.1:${port}/`]
-      const run = netnsOf === undefined ? spawnSync('curl', args, {encoding: 'utf8'}) : spawnSync('nsenter', ['-t', String(netnsOf), '-n', 'curl', ...args], {encoding: 'utf8'})
-      const m = /^(\d+) (\d+)$/.exec(run.stdout.trim())
+      const text = httpGet(port, netnsOf)
+      const m = /^(\d+) (\d+)$/.exec(text.trim())
       return m ? [Number(m[1]), Number(m[2])] : undefined
     }
     try {
@@ -221,13 +233,7 @@ http { access_log ${dir}/access.log; server { listen 127.0.0.1:${port}; location
       }
       note(`gunicorn: restore ${(run.json.stats.restore_time / 1000).toFixed(1)} ms, ${run.json.processes} processes`)
     } finally {
-      for (const pid of [...childrenOf(arbiter.pid!), arbiter.pid!]) {
-        try {
-          process.kill(pid, 'SIGKILL')
-        } catch {
-          // gone
-        }
-      }
+      killWithChildren(arbiter.pid!)
       rmSync(dir, {recursive: true, force: true})
     }
   })
@@ -238,10 +244,9 @@ http { access_log ${dir}/access.log; server { listen 127.0.0.1:${port}; location
     const primary = spawn(process.execPath, [join(PROJECT_ROOT, 'fixtures', 'nodecluster.cjs'), String(port), '2'], {stdio: 'ignore'})
     trackPid(primary.pid!)
     const get = (netnsOf?: number): {pid: number; n: number} | undefined => {
-      const args = ['-s', '-m', '5', `http://127.0.0.1:${port}/`]
-      const run = netnsOf === undefined ? spawnSync('curl', args, {encoding: 'utf8'}) : spawnSync('nsenter', ['-t', String(netnsOf), '-n', 'curl', ...args], {encoding: 'utf8'})
+      const text = httpGet(port, netnsOf)
       try {
-        return JSON.parse(run.stdout) as {pid: number; n: number}
+        return JSON.parse(text) as {pid: number; n: number}
       } catch {
         return undefined
       }
@@ -276,13 +281,7 @@ http { access_log ${dir}/access.log; server { listen 127.0.0.1:${port}; location
       }
       assert.ok(get(), 'the original answers on')
     } finally {
-      for (const pid of [...childrenOf(primary.pid!), primary.pid!]) {
-        try {
-          process.kill(pid, 'SIGKILL')
-        } catch {
-          // gone
-        }
-      }
+      killWithChildren(primary.pid!)
     }
   })
 
