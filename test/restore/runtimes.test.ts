@@ -140,7 +140,9 @@ describe('restore: real runtimes (Node.js worker_threads, MADV_DONTFORK memory)'
     }
     const original = await fx.check()
     assert.equal(original.fields.ok, '1', `the original pool still serves: ${original.line}`)
-    assert.deepEqual(original.fields.workers!.split(',').map(Number).sort((a, b) => a - b), workers.sort((a, b) => a - b), 'from its own workers')
+    const originalAnswered = original.fields.workers!.split(',').map(Number)
+    // which of its workers serve one map is up to the pool; each must be one of its own
+    for (const worker of originalAnswered) assert.ok(workers.includes(worker), `the original's answer from ${worker} comes from its own workers ${workers.join(',')}`)
   })
 
   it('nginx (a master and 2 workers as nobody, their channel socketpairs, a shared listener, epoll): checkpointed live with --tree, restored with --netns new under mow and local; the clone\'s workers answer HTTP', async function () {
