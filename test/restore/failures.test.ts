@@ -7,6 +7,7 @@ import assert from 'node:assert/strict'
 import {appendFileSync, closeSync, existsSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, utimesSync, writeSync} from 'node:fs'
 
 import {type Fixture, procStat, processExists, readLog, startFixture, trackPid, waitForLine, waitForTicks} from '../helpers/fixtures.js'
+import {seeded} from '../helpers/seeded.js'
 import {allProcesses, cli, type CliResult, describeRun, installCleanupHooks, note, poolPath, sleep, startCli} from './helpers.js'
 
 const STUB_COMM = 'cxlfork-stub'
@@ -285,6 +286,9 @@ describe('restore: failures are clean', function () {
     startupMs: number
     outcomes: string[]
     completed: string[]
+    /** Kills that landed in the window their attempt aimed at (see killAttempt). */
+    landed: number
+    rng: () => number
   }
 
   /** A 256 MiB memtouch, an initialised pool, and one complete checkpoint (removed) for timing. */
@@ -299,7 +303,9 @@ describe('restore: failures are clean', function () {
     assert.equal(full.status, 0, describeRun(full))
     assert.equal((await cli(['rm', 'calibrate', '--json', '--pool', pool])).status, 0)
     note(`memtouch 256 MiB checkpoint: CLI wall ${full.ms.toFixed(0)} ms, total ${(full.json.totalUs / 1000).toFixed(0)} ms, downtime ${(full.json.downtimeUs / 1000).toFixed(1)} ms`)
-    return {baseline, completed: [], fullMs: full.ms, fx, mapsBefore, outcomes: [], pool, startupMs: Math.max(0, full.ms - full.json.totalUs / 1000)}
+    const {rng, replay} = seeded('CXLFORK_KILL_SEED')
+    note(`kill delays seeded: replay with ${replay}`)
+    return {baseline, completed: [], fullMs: full.ms, fx, mapsBefore, outcomes: [], pool, startupMs: Math.max(0, full.ms - full.json.totalUs / 1000), landed: 0, rng}
   }
 
   /** Busy-waits (precisely) until the target's TracerPid satisfies `want`; false on timeout. */
@@ -316,14 +322,22 @@ describe('restore: failures are clean', function () {
     }
   }
 
-  /** Starts a checkpoint, waits for `killWhen` to say when, SIGKILLs the CLI; the target must run on. */
-  async function killAttempt(rig: KillRig, name: string, killWhen: () => Promise<string>): Promise<void> {
+  /**
+   * Starts a checkpoint, waits for `killWhen` to say when, SIGKILLs the CLI; the target must run on.
+   * The kill counts as landed in its window when the CLI died of it and, for window 'seized', the
+   * target was still traced at that instant; for 'dump', when `killWhen` found the tracer come and go.
+   */
+  async function killAttempt(rig: KillRig, name: string, window: 'any' | 'dump' | 'seized', killWhen: () => Promise<{when: string; reached: boolean}>): Promise<void> {
     const {fx} = rig
     const run = startCli(['checkpoint', String(fx.pid), '--name', name, '--json', '--pool', rig.pool])
-    const when = await killWhen()
+    const {when, reached} = await killWhen()
+    const tracedAtKill = tracerPid(fx.pid) !== 0
     run.child.kill('SIGKILL')
     const result = await run.done
-    const outcome = result.signal === 'SIGKILL' ? 'killed' : `finished with ${result.status}`
+    const killed = result.signal === 'SIGKILL'
+    const landed = killed && reached && (window !== 'seized' || tracedAtKill)
+    if (landed) rig.landed++
+    const outcome = killed ? (landed ? 'killed in its window' : 'killed outside its window') : `finished with ${result.status}`
     if (result.status === 0) rig.completed.push(name)
     rig.outcomes.push(`${name}: ${when} -> ${outcome}`)
     // right after each kill: the target is alive, not left stopped or traced, and ticks on
@@ -383,22 +397,23 @@ describe('restore: failures are clean', function () {
     this.timeout(150_000)
     const rig = await killRig()
     // One kill at a random moment of the whole run (start-up included) ...
-    await killAttempt(rig, 'any', async () => {
-      const delay = Math.random() * rig.fullMs
+    await killAttempt(rig, 'any', 'any', async () => {
+      const delay = rig.rng() * rig.fullMs
       await sleep(delay)
-      return `${delay.toFixed(0)} ms after start`
+      return {when: `${delay.toFixed(0)} ms after start`, reached: true}
     })
     // ... then kills at random moments of the dump: after the target was seized and let go
     // again (its downtime is over), while the snapshot's pages go into the pool.
     for (let i = 0; i < 4; i++) {
-      await killAttempt(rig, `dump${i}`, async () => {
-        if (!waitTracer(rig.fx.pid, (t) => t !== 0)) return 'tracer never attached'
-        if (!waitTracer(rig.fx.pid, (t) => t === 0)) return 'tracer never detached'
-        const delay = Math.random() * (rig.fullMs - rig.startupMs) * 0.9
+      await killAttempt(rig, `dump${i}`, 'dump', async () => {
+        if (!waitTracer(rig.fx.pid, (t) => t !== 0)) return {when: 'tracer never attached', reached: false}
+        if (!waitTracer(rig.fx.pid, (t) => t === 0)) return {when: 'tracer never detached', reached: false}
+        const delay = rig.rng() * (rig.fullMs - rig.startupMs) * 0.9
         await sleep(delay)
-        return `${delay.toFixed(0)} ms after the target was let go`
+        return {when: `${delay.toFixed(0)} ms after the target was let go`, reached: true}
       })
     }
+    assert.ok(rig.outcomes.some((o) => o.startsWith('dump') && o.endsWith('killed in its window')), `no kill landed while dumping: ${rig.outcomes.join('; ')}`)
     await assertRecovered(rig)
   })
 
@@ -407,14 +422,16 @@ describe('restore: failures are clean', function () {
     const rig = await killRig()
     // Poll the target's TracerPid and kill a random 0-6 ms after the tracer attached: within
     // the ~6-15 ms the target is stopped for registers, signal state and the injected fork.
-    for (let i = 0; i < 4; i++) {
-      await killAttempt(rig, `stop${i}`, async () => {
-        const extra = Math.random() * 6
-        if (!waitTracer(rig.fx.pid, (t) => t !== 0)) return 'tracer never attached'
+    // Up to 8 tries, until 2 kills landed while the target was traced.
+    for (let i = 0; i < 8 && rig.landed < 2; i++) {
+      await killAttempt(rig, `stop${i}`, 'seized', async () => {
+        const extra = rig.rng() * 6
+        if (!waitTracer(rig.fx.pid, (t) => t !== 0)) return {when: 'tracer never attached', reached: false}
         busySleep(extra)
-        return `${extra.toFixed(1)} ms after the target was seized`
+        return {when: `${extra.toFixed(1)} ms after the target was seized`, reached: true}
       })
     }
+    assert.ok(rig.landed >= 1, `no kill landed while the target was seized: ${rig.outcomes.join('; ')}`)
     await assertRecovered(rig)
   })
 
