@@ -21,13 +21,13 @@
  */
 import assert from 'node:assert/strict'
 import {type ChildProcess, execFileSync, spawn} from 'node:child_process'
-import {closeSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, rmSync, statfsSync, writeSync} from 'node:fs'
+import {closeSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statfsSync, writeSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {Pool} from '../../src/pool/index.js'
 import {cli, type CliResult, describeRun, startCli} from '../helpers/cli.js'
-import {cleanupAll, type Fixture, procStat, processExists, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
+import {cleanupAll, type Fixture, holdersOf, procStat, processExists, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
 import {reapStrayZombies} from '../restore/helpers.js'
 import {WORKER, exited} from './helpers.js'
 import {makeRng} from '../helpers/seeded.js'
@@ -91,31 +91,6 @@ function statusField(pid: number, field: string): string | undefined {
   } catch {
     return undefined
   }
-}
-
-/** Live processes holding `path` open (the fixture's log: the target and its clones). */
-function holdersOf(path: string): number[] {
-  const out: number[] = []
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue
-    let fds: string[]
-    try {
-      fds = readdirSync(`/proc/${name}/fd`)
-    } catch {
-      continue
-    }
-    for (const fd of fds) {
-      try {
-        if (readlinkSync(`/proc/${name}/fd/${fd}`) === path) {
-          out.push(Number(name))
-          break
-        }
-      } catch {
-        // closed meanwhile
-      }
-    }
-  }
-  return out.filter((pid) => procStat(pid)?.state !== 'Z')
 }
 
 /** XORs the byte at `offset` with `mask`; returns what it held. */

@@ -4,9 +4,9 @@
  * restores of unknown names and of checkpoints whose backing file changed.
  */
 import assert from 'node:assert/strict'
-import {appendFileSync, closeSync, existsSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, utimesSync, writeSync} from 'node:fs'
+import {appendFileSync, closeSync, existsSync, openSync, readFileSync, statSync, utimesSync, writeSync} from 'node:fs'
 
-import {type Fixture, procStat, processExists, readLog, startFixture, trackPid, waitForLine, waitForTicks} from '../helpers/fixtures.js'
+import {type Fixture, holdersOf, procStat, processExists, readLog, startFixture, trackPid, waitForLine, waitForTicks} from '../helpers/fixtures.js'
 import {seeded} from '../helpers/seeded.js'
 import {allProcesses, cli, type CliResult, describeRun, installCleanupHooks, note, poolPath, sleep, startCli} from './helpers.js'
 
@@ -92,31 +92,6 @@ function unusedPid(): number {
   const max = Number(readFileSync('/proc/sys/kernel/pid_max', 'utf8'))
   for (let pid = max - 1; pid > 1000; pid--) if (!existsSync(`/proc/${pid}`)) return pid
   throw new Error('no free pid')
-}
-
-/** pids, other than `except`, of processes holding `path` open (leftover snapshots or clones). */
-function holdersOf(path: string, except: number[]): number[] {
-  const out: number[] = []
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name) || except.includes(Number(name))) continue
-    let fds: string[]
-    try {
-      fds = readdirSync(`/proc/${name}/fd`)
-    } catch {
-      continue
-    }
-    for (const fd of fds) {
-      try {
-        if (readlinkSync(`/proc/${name}/fd/${fd}`) === path) {
-          out.push(Number(name))
-          break
-        }
-      } catch {
-        // closed meanwhile
-      }
-    }
-  }
-  return out
 }
 
 function liveStubs(): number[] {
