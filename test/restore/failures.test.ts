@@ -4,11 +4,14 @@
  * restores of unknown names and of checkpoints whose backing file changed.
  */
 import assert from 'node:assert/strict'
-import {appendFileSync, closeSync, existsSync, openSync, readFileSync, statSync, utimesSync, writeSync} from 'node:fs'
+import {appendFileSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync, writeSync} from 'node:fs'
+import {spawn} from 'node:child_process'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
 
 import {type Fixture, holdersOf, procStat, processExists, readLog, startFixture, trackPid, waitForLine, waitForTicks} from '../helpers/fixtures.js'
 import {seeded} from '../helpers/seeded.js'
-import {allProcesses, cli, type CliResult, describeRun, installCleanupHooks, note, poolPath, sleep, startCli} from './helpers.js'
+import {allProcesses, cli, type CliResult, describeRun, installCleanupHooks, note, poolPath, sleep, startCli, until} from './helpers.js'
 
 const STUB_COMM = 'cxlfork-stub'
 
@@ -130,21 +133,36 @@ describe('restore: failures are clean', function () {
       assertNoPoolCreated(pool)
     })
 
-    it('a process holding an accepted Unix connection (socket fixture --unix-listener accepted): exit 5, UNSUPPORTED_FD naming the fd; also without --json', async () => {
+    it('a process holding one end of a Unix connection whose other end another process holds: exit 5, UNSUPPORTED_FD naming the fd; also without --json; the connection works on', async () => {
       // On an existing pool (the others use a fresh path): the refusal leaves it empty.
       const pool = poolPath('fail')
       assert.equal((await cli(['pool', 'init', '--size', '64M', '--json', '--pool', pool])).status, 0)
-      const fx = await startFixture('socket', {args: ['--unix-listener', 'accepted']})
-      const error = await expectCheckpointRefused(pool, fx.pid, {status: 5, codes: ['UNSUPPORTED_FD'], mentions: [new RegExp(`\\b${fx.pid}\\b`), /a Unix connection/]})
-      const fd = Number(/fd (\d+)/.exec(error.message)?.[1])
-      assert.ok([Number(fx.ready.fields.acceptedfd), Number(fx.ready.fields.clientfd)].includes(fd), `the message names an fd of the connection: ${error.message}`)
-      // Human output: the reason on stderr, nothing on stdout, same exit status.
-      const human = await cli(['checkpoint', String(fx.pid), '--name', 'human', '--pool', pool])
-      assert.equal(human.status, 5, describeRun(human))
-      assert.match(human.stderr, /socket/, describeRun(human))
-      assert.equal(human.stdout, '')
-      await assertUnharmed(fx) // CHECK verifies the listener and the unread data
-      await assertPoolEmpty(pool)
+      const dir = mkdtempSync(join(tmpdir(), 'cxlfork-lone-'))
+      const path = join(dir, 's.sock')
+      // The server accepts one connection and echoes what arrives on it to a file; the client (the target) holds the other end.
+      const server = spawn('python3', ['-c', `import socket, os, sys\nos.closerange(3, 1024)\ns = socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(path)}); s.listen(1)\nc, _ = s.accept()\ndata = c.recv(64)\nopen(${JSON.stringify(join(dir, 'got'))}, "wb").write(data)`], {stdio: 'ignore'})
+      trackPid(server.pid!)
+      await until(() => existsSync(path), 'the server listens')
+      const client = spawn('python3', ['-c', `import socket, os, sys, time\nos.closerange(3, 1024)\nc = socket.socket(socket.AF_UNIX); c.connect(${JSON.stringify(path)})\nopen(${JSON.stringify(join(dir, 'fd'))}, "w").write(str(c.fileno()))\nwhile not os.path.exists(${JSON.stringify(join(dir, 'go'))}): time.sleep(0.01)\nc.send(b"still-connected")\ntime.sleep(600)`], {stdio: 'ignore'})
+      trackPid(client.pid!)
+      try {
+        await until(() => existsSync(join(dir, 'fd')) && readFileSync(join(dir, 'fd'), 'utf8') !== '', 'the client is connected')
+        const error = await expectCheckpointRefused(pool, client.pid!, {status: 5, codes: ['UNSUPPORTED_FD'], mentions: [new RegExp(`\\b${client.pid}\\b`), /Unix socket connected to socket:\[\d+\], which the process does not hold/]})
+        assert.equal(Number(/fd (\d+)/.exec(error.message)?.[1]), Number(readFileSync(join(dir, 'fd'), 'utf8')), `the message names the connection's fd: ${error.message}`)
+        // Human output: the reason on stderr, nothing on stdout, same exit status.
+        const human = await cli(['checkpoint', String(client.pid), '--name', 'human', '--pool', pool])
+        assert.equal(human.status, 5, describeRun(human))
+        assert.match(human.stderr, /socket/, describeRun(human))
+        assert.equal(human.stdout, '')
+        assert.equal(tracerPid(client.pid!), 0, 'the target is not left traced')
+        writeFileSync(join(dir, 'go'), '')
+        await until(() => existsSync(join(dir, 'got')) && readFileSync(join(dir, 'got'), 'utf8') === 'still-connected', 'what the target sends after the refusals arrives')
+        await assertPoolEmpty(pool)
+      } finally {
+        client.kill('SIGKILL')
+        server.kill('SIGKILL')
+        rmSync(dir, {recursive: true, force: true})
+      }
     })
 
     for (const [advise, named] of [['wipeonfork', /MADV_WIPEONFORK/], ['sysv', /System V shared memory/]] as const) {
