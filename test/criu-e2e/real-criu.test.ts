@@ -19,7 +19,8 @@ import {mkdirSync, readFileSync, readdirSync, readlinkSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {type Fixture, lastTick, procStat, processExists, readLog, requestCheck, requestExit, requestGrow, startFixture, trackPid, waitForExit, waitForLine, waitForTicks} from '../helpers/fixtures.js'
-import {allProcesses} from '../restore/helpers.js'
+import {allProcesses, until} from '../restore/helpers.js'
+import {wait4} from '../../src/sys/ptrace.js'
 import {assertContinues, assertOk, cli, comm, imagesDir, installSuiteHooks, note, okJson, ticksOf} from './helpers.js'
 
 const MIN_MAJOR = 4
@@ -241,5 +242,40 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
       note(`pyfds: criu ${criu.version} dump -> ${what}: CHECK ${check.fields.ok === '1' ? 'ok' : check.fields.why}`)
     }
     assertOk(await fx.check(), 'the original is intact')
+  })
+
+  it('the tree fixture: cxlfork criu dump --tree --kill -> real criu restore -d; the tree comes back under its pids with its pipes and zombie', async () => {
+    const fx = await startFixture('tree')
+    const children = fx.ready.fields.children!.split(',').map(Number)
+    const zombie = Number(fx.ready.fields.zombie)
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const images = imagesDir('tree-to-criu')
+    okJson(await cli(['criu', 'dump', String(fx.pid), '--tree', '--kill', '--images', images, '--json']))
+    // The root is our child: reaped, its children then reaped by whoever inherits them. The dump's fork snapshot, made
+    // with CLONE_PARENT, is our child too (killed, a zombie in the root's session): reaped here. Until all are gone the
+    // root's pid is still in use as a session and group id, and CRIU cannot have it.
+    await fx.exited()
+    for (const p of allProcesses()) if (p.ppid === process.pid && procStat(p.pid)?.state === 'Z' && procStat(p.pid)?.session === fx.pid) wait4(p.pid, 1 /* WNOHANG */)
+    const holders = () => allProcesses().filter((p) => p.pid === fx.pid || [...children, zombie].includes(p.pid) || procStat(p.pid)?.session === fx.pid)
+    await until(() => holders().length === 0, 'the dumped tree and its session are gone', 20_000)
+    const restore = spawnSync(criu.bin, ['restore', '-D', images, '-d', '--shell-job', '-v4', '-o', 'restore.log'], {encoding: 'utf8'})
+    assert.equal(restore.status, 0, `criu restore -D ${images} failed:\n${criuErrors(images, 'restore.log')}`)
+    const started = procStat(fx.pid)?.starttime
+    try {
+      assert.deepEqual(childrenOf(fx.pid), [...children, zombie].sort((a, b) => a - b), 'CRIU restored every child under its pid')
+      assert.equal(procStat(zombie)?.state, 'Z', 'and the zombie as a zombie')
+      assert.equal(procStat(children[2]!)?.pgrp, children[2], 'child 2 leads its group')
+      const from = readLog(fx.logPath).length
+      const check = await requestCheck(fx.logPath, fx.pid)
+      assertOk(check, 'the restored root\'s checks')
+      assert.equal(check.fields.pipe, '7,7,7', `the bytes in flight, from cxlfork's pipes-data: ${check.line}`)
+      for (const child of children) {
+        const line = await waitForLine(fx.logPath, (e) => e.kind === 'CHECK' && e.pid === child && e.index >= from, 10_000)
+        assertOk(line, `restored child ${child}`)
+      }
+    } finally {
+      // Not our child (CRIU's -d detaches it); its children die with it (PR_SET_PDEATHSIG).
+      if (processExists(fx.pid) && procStat(fx.pid)?.starttime === started) process.kill(fx.pid, 'SIGKILL')
+    }
   })
 })
