@@ -20,6 +20,8 @@ export interface CriuRestoreResult {
   threads: number
   /** Processes built: the tree's tasks (zombies too), 1 for a single process. */
   processes: number
+  /** The clone's network namespace: 'host' (ours), 'new' (its own, loopback only) or the path it joined. */
+  netns: string
   /** The clone's own PID namespace, when it has one: its pid there and its init's pid here. */
   pidNamespace: {pid: number; initPid: number} | null
   images: string
@@ -71,7 +73,7 @@ class MappedPages {
   }
 }
 
-export function criuRestore(request: {images: string; wait: boolean; pidns?: PidNamespaceMode}): CriuRestoreResult {
+export function criuRestore(request: {images: string; wait: boolean; pidns?: PidNamespaceMode; netns?: string}): CriuRestoreResult {
   // Parsing the .proto schemas is cxlfork's start-up cost, not deserialization (CRIU's
   // are compiled C): keep it out of restore_time and report it on its own.
   const tSchema = performance.now()
@@ -97,7 +99,7 @@ export function criuRestore(request: {images: string; wait: boolean; pidns?: Pid
     })
     tDecoded = performance.now()
     built = buildTree(plans, {localAddress: (offset) => pages.localAddress(offset)},
-      {stdio: request.wait ? 'inherit' : 'null', setsid: !request.wait, wait: request.wait, ...(request.pidns === undefined ? {} : {pidns: request.pidns})})
+      {stdio: request.wait ? 'inherit' : 'null', setsid: !request.wait, wait: request.wait, ...(request.pidns === undefined ? {} : {pidns: request.pidns}), ...(request.netns === undefined ? {} : {network: request.netns})})
     // The clone runs from here on. Unmapping our view of the pages images (tearing down a page
     // table entry per page: ~30 ms at 256 MiB) is this process's own clean-up, after it.
     tDone = performance.now()
@@ -109,7 +111,7 @@ export function criuRestore(request: {images: string; wait: boolean; pidns?: Pid
     memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: pagesRestored,
   }
   writeRestoreStats(request.images, {restoreTime: stats.restore_time, pagesRestored: stats.pages_restored, forkingTime: stats.forking_time})
-  const result: CriuRestoreResult = {pid: built.pid, threads: built.threads, processes: built.members, pidNamespace: built.namespace ?? null, images: request.images, stats}
+  const result: CriuRestoreResult = {pid: built.pid, threads: built.threads, processes: built.members, netns: request.netns ?? 'host', pidNamespace: built.namespace ?? null, images: request.images, stats}
   if (request.wait) {
     result.exit = built.wait()
   }

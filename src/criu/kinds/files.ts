@@ -10,16 +10,18 @@
 import {UnsupportedError} from '../../errors.js'
 import type {FdImage, FdKind, FileIdentity, ProcessImage} from '../../image/process-image.js'
 import {
-  FD_CLOEXEC, FD_TYPE_EVENTFD, FD_TYPE_EVENTPOLL, FD_TYPE_NAMES, FD_TYPE_PIPE, FD_TYPE_REG, FD_TYPE_SIGNALFD, FD_TYPE_TIMERFD, S_IFCHR, S_IFDIR, S_IFMT,
+  FD_CLOEXEC, FD_TYPE_EVENTFD, FD_TYPE_EVENTPOLL, FD_TYPE_INETSK, FD_TYPE_NAMES, FD_TYPE_PIPE, FD_TYPE_REG, FD_TYPE_SIGNALFD, FD_TYPE_TIMERFD, S_IFCHR, S_IFDIR, S_IFMT,
 } from '../constants.js'
 import {hostIdentity} from '../file-identity.js'
 import {encodeMessage, readImage} from '../image-file.js'
 import type {WriteOptions} from '../set-types.js'
+import {AF} from '../../sys/sockets.js'
 import {O} from '../../sys/syscall.js'
 import {big, has, str64, u64} from '../values.js'
 import {type ImagePath, type Msg, type Obj, type PutImage, corrupt, fileIdFor, fown, optionalImage} from './common.js'
 import {eventfdEntry, eventfdOf} from './eventfd.js'
 import {eventpollEntry, eventpollOf} from './eventpoll.js'
+import {inetSocketEntry, inetSocketOf} from './inetsk.js'
 import {type PipeData, PipesDataWriter, pipeEntry} from './pipes-data.js'
 import {signalfdEntry, signalfdOf} from './signalfd.js'
 import {timerfdEntry, timerfdOf} from './timerfd.js'
@@ -27,7 +29,7 @@ import {timerfdEntry, timerfdOf} from './timerfd.js'
 // ---- writing ----
 
 /** The files.img kind of each model fd kind the CRIU-format path writes (others are written as regular files: directories, devices, ttys). */
-const FD_TYPES: Partial<Record<FdKind, number>> = {pipe: FD_TYPE_PIPE, eventfd: FD_TYPE_EVENTFD, epoll: FD_TYPE_EVENTPOLL, timerfd: FD_TYPE_TIMERFD, signalfd: FD_TYPE_SIGNALFD}
+const FD_TYPES: Partial<Record<FdKind, number>> = {socket: FD_TYPE_INETSK, pipe: FD_TYPE_PIPE, eventfd: FD_TYPE_EVENTFD, epoll: FD_TYPE_EVENTPOLL, timerfd: FD_TYPE_TIMERFD, signalfd: FD_TYPE_SIGNALFD}
 
 /** The ids a member's images use: its files.img ids start at `fileBase`; cwd and root are entries of their own. */
 export interface MemberFileIds {
@@ -110,6 +112,12 @@ export class FileImagesWriter {
         return {type: FD_TYPE_TIMERFD, id, tfd: timerfdEntry(fd, id)}
       case 'signalfd':
         return {type: FD_TYPE_SIGNALFD, id, sgfd: signalfdEntry(fd, id)}
+      case 'socket':
+        if (!fd.socket || (fd.socket.family !== AF.INET && fd.socket.family !== AF.INET6)) {
+          throw new UnsupportedError('CRIU_FD_TYPE', `fd ${fd.fd} of process ${pid} is a Unix socket, which cxlfork's CRIU-format dump does not write yet`,
+            'Checkpoint it into the pool with `cxlfork checkpoint`, which restores Unix sockets.')
+        }
+        return {type: FD_TYPE_INETSK, id, isk: inetSocketEntry(fd, id)}
       default: {
         const reg: Obj = {id, flags: fd.flags >>> 0, pos: str64(u64(fd.offset)), fown: fown(), name: fd.path}
         const identity = fd.fileIndex === undefined ? undefined : image.files[fd.fileIndex]
@@ -261,6 +269,9 @@ export function readFds(at: ImagePath, ids: Msg, table: FileTable): ReadFd[] {
       out.push({fd: {...base('timerfd', 'anon_inode:[timerfd]'), ...timerfdOf(entry['tfd'] as Msg)}, id})
     } else if (type === FD_TYPE_SIGNALFD && has(entry, 'sgfd')) {
       out.push({fd: {...base('signalfd', 'anon_inode:[signalfd]'), ...signalfdOf(entry['sgfd'] as Msg)}, id})
+    } else if (type === FD_TYPE_INETSK && has(entry, 'isk')) {
+      const isk = entry['isk'] as Msg
+      out.push({fd: {...base('socket', `socket:[${isk['ino']}]`), ...inetSocketOf(isk, what)}, id})
     } else if (type === FD_TYPE_REG && has(entry, 'reg')) {
       const reg = entry['reg'] as Msg
       table.checkRemap(id, reg['name'], what)
@@ -279,14 +290,14 @@ export function readFds(at: ImagePath, ids: Msg, table: FileTable): ReadFd[] {
       out.push({fd: fdImage, id})
     } else {
       throw new UnsupportedError('CRIU_FD_TYPE', `${what} is of type ${FD_TYPE_NAMES[type] ?? String(type)}, which the CRIU-format path does not restore`,
-        'Regular files, directories, character devices, pipes, eventfds, epoll instances, timerfds and signalfds are restored; close other descriptors before dumping.')
+        'Regular files, directories, character devices, pipes, eventfds, epoll instances, timerfds, signalfds and TCP/UDP sockets are restored; close other descriptors before dumping.')
     }
   }
   return out.sort((a, b) => a.fd.fd - b.fd.fd)
 }
 
 /** Kinds whose object a later member of a tree takes over from an earlier one (checkpoint/tree.ts sharedAcrossMembers). */
-const HANDED_OVER: ReadonlySet<FdKind> = new Set(['pipe', 'eventfd', 'epoll', 'timerfd', 'signalfd'])
+const HANDED_OVER: ReadonlySet<FdKind> = new Set(['pipe', 'eventfd', 'epoll', 'timerfd', 'signalfd', 'socket'])
 
 /**
  * Tie each member's descriptors together as the pool path's capture does: fds naming one
