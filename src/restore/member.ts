@@ -201,7 +201,7 @@ function restoreSignals(inject: Injector, image: ProcessImage): void {
  * `rewriteTid`: glibc caches the tid at clear_child_tid (it changed unless
  * the clone kept its ids).
  */
-function restoreTaskState(inject: Injector, image: ProcessImage, pid: number, nsPid: number, rewriteTid: boolean): void {
+function restoreTaskState(inject: Injector, image: ProcessImage, pid: number, nsPid: number, rewriteTid: boolean, dieWithParent: boolean): void {
   const thread = image.threads[0]!
   const task = image.task
   restoreThreadKernelState(inject, inject.tracee, thread, task.comm)
@@ -210,8 +210,8 @@ function restoreTaskState(inject: Injector, image: ProcessImage, pid: number, ns
     new DataView(tid.buffer).setInt32(0, nsPid, true)
     vmWrite(pid, thread.clearTidAddress, tid)
   }
-  // The stub asked for SIGKILL at its spawner's death; a released clone outlives us (0: none, as a fork child has).
-  inject.call('prctl(PR_SET_PDEATHSIG, 0)', SYS.prctl, PR_SET_PDEATHSIG, 0)
+  // The stub asked for SIGKILL at its spawner's death; a released clone outlives us (0: none, as a fork child has), unless it must die with us.
+  inject.call('prctl(PR_SET_PDEATHSIG)', SYS.prctl, PR_SET_PDEATHSIG, dieWithParent ? 9 : 0)
   inject.call('umask', SYS.umask, task.umask)
   if (task.personality !== 0) inject.call('personality', SYS.personality, task.personality)
   inject.call(`chdir(${task.cwd})`, SYS.chdir, inject.putString(task.cwd))
@@ -237,7 +237,7 @@ function restoreTaskState(inject: Injector, image: ProcessImage, pid: number, ns
  * signals, task state, threads. `nsPid` is its pid as it will see it.
  * Returns its threads beyond the first, created and stopped.
  */
-export function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: PageStore, shared: SharedMemoryBuilder, nsPid: number, rewriteTid: boolean, hostPidOf: HostPidOf, crossPairs: CrossMemberPairs, mapped: (inject: Injector) => void): Tracee[] {
+export function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: PageStore, shared: SharedMemoryBuilder, nsPid: number, rewriteTid: boolean, hostPidOf: HostPidOf, crossPairs: CrossMemberPairs, mapped: (inject: Injector) => void, dieWithParent = false): Tracee[] {
   const tracee = stub.tracee
   const taken: [bigint, bigint][] = [
     ...image.vmas.map((v): [bigint, bigint] => [v.start, v.end]),
@@ -264,7 +264,7 @@ export function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, 
   restoreMm(inject, image)
   restoreSignals(inject, image)
   inject.reset()
-  restoreTaskState(inject, image, stub.pid, nsPid, rewriteTid)
+  restoreTaskState(inject, image, stub.pid, nsPid, rewriteTid, dieWithParent)
   inject.reset()
   const threads = createThreads(inject, image.threads)
   try {
