@@ -12,6 +12,10 @@ import Checkpoint from './commands/checkpoint.js'
 import CriuDump from './commands/criu/dump.js'
 import CriuImport from './commands/criu/import.js'
 import CriuRestore from './commands/criu/restore.js'
+import FnDeploy from './commands/fn/deploy.js'
+import FnInvoke from './commands/fn/invoke.js'
+import FnLs from './commands/fn/ls.js'
+import FnRm from './commands/fn/rm.js'
 import Inspect from './commands/inspect.js'
 import Ls from './commands/ls.js'
 import PoolFsck from './commands/pool/fsck.js'
@@ -37,6 +41,10 @@ export const COMMANDS = {
   'criu:dump': CriuDump,
   'criu:import': CriuImport,
   'criu:restore': CriuRestore,
+  'fn:deploy': FnDeploy,
+  'fn:invoke': FnInvoke,
+  'fn:ls': FnLs,
+  'fn:rm': FnRm,
   inspect: Inspect,
   ls: Ls,
   'pool:fsck': PoolFsck,
