@@ -80,9 +80,18 @@ export class Instance {
     this.stdout.on('error', () => {})
     this.stderr.on('error', () => {})
     this.stdout.on('data', (chunk: Buffer) => this.onData(chunk))
-    this.stdout.on('end', () => this.fail(failed(fn, `instance ${pid} closed its stdout${this.stderrNote()}`)))
     this.stderr.on('data', (chunk: Buffer) => {
       this.stderrTail = (this.stderrTail + chunk.toString('utf8')).slice(-STDERR_TAIL)
+    })
+    // Its last words on stderr are read first (they say why), unless something else holds stderr open.
+    const stderrEnded = new Promise<void>((resolveEnd) => {
+      this.stderr.once('end', resolveEnd)
+      this.stderr.once('close', resolveEnd)
+    })
+    this.stdout.on('end', () => {
+      void Promise.race([stderrEnded, new Promise((resolveLater) => {
+        setTimeout(resolveLater, 500).unref()
+      })]).then(() => this.fail(failed(fn, `instance ${pid} closed its stdout${this.stderrNote()}`)))
     })
   }
 
