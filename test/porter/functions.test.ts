@@ -12,13 +12,15 @@
  * serves the function from its checkpoint.
  */
 import assert from 'node:assert/strict'
-import {mkdtempSync, readFileSync, rmSync} from 'node:fs'
+import {spawnSync} from 'node:child_process'
+import {randomBytes} from 'node:crypto'
+import {chmodSync, mkdtempSync, readFileSync, rmSync} from 'node:fs'
 import {join} from 'node:path'
 import {tmpdir} from 'node:os'
 
 import {PorterUnreachable, porterRequest} from '../../src/porter/client.js'
 import {processExists, trackPid} from '../helpers/fixtures.js'
-import {cli, describeRun, installCleanupHooks, poolPath} from '../restore/helpers.js'
+import {CLI, PROJECT_ROOT, cli, describeRun, installCleanupHooks, poolPath} from '../restore/helpers.js'
 import {type RunningPorter, childrenOf, removeSocketDirs, sleep, socketDir, startPorter, stopPorter} from './helpers.js'
 
 const logDirs: string[] = []
@@ -283,5 +285,73 @@ describe('porter: serverless functions (issue 15)', function () {
     assert.deepEqual(inspect.json.references.map((r: any) => r.pid), [after.pid], 'only the new clone references the checkpoint')
     const fsck = await cli(['pool', 'fsck', '--pool', pool, '--json'])
     assert.equal(fsck.status, 0, describeRun(fsck))
+  })
+})
+
+describe('porter: another user cannot use or remove a function (issue 15)', function () {
+  this.timeout(120_000)
+  installCleanupHooks('porter-functions-peers')
+  const suffix = randomBytes(3).toString('hex')
+  const OTHER = `cxlfn-o-${suffix}`
+  const GROUP = `cxlfn-g-${suffix}`
+  const porters: RunningPorter[] = []
+  const sh = (command: string, args: string[]): number | null => spawnSync(command, args, {encoding: 'utf8'}).status
+
+  before(function () {
+    const tools = sh('sh', ['-c', 'command -v runuser && command -v useradd && command -v groupadd']) === 0
+    if (process.getuid?.() !== 0 || !tools) this.skip() // needs root, runuser, useradd and groupadd
+    if (sh('groupadd', [GROUP]) !== 0 || sh('useradd', ['-M', '-N', '-s', '/usr/sbin/nologin', '-G', GROUP, OTHER]) !== 0) this.skip()
+  })
+  afterEach(async () => {
+    for (const porter of porters.splice(0)) await stopPorter(porter)
+  })
+  after(() => {
+    removeSocketDirs()
+    for (const dir of logDirs.splice(0)) rmSync(dir, {recursive: true, force: true})
+    sh('userdel', [OTHER])
+    sh('groupdel', [GROUP])
+  })
+
+  /** The CLI as OTHER, its --json reply parsed. */
+  function cliAsOther(args: string[]): {status: number | null; json: any; output: string} {
+    const result = spawnSync('runuser', ['-u', OTHER, '--', process.execPath, CLI, ...args, '--json'], {encoding: 'utf8', cwd: PROJECT_ROOT})
+    let json: any
+    try {
+      json = JSON.parse(result.stdout)
+    } catch {
+      json = undefined
+    }
+    return {status: result.status, json, output: result.stdout + result.stderr}
+  }
+
+  it('a group member reaching root\'s porter gets FUNCTION_ACCESS for invoke and rm, sees none in fn ls, and cannot deploy (PORTER_UNSERVED); the function is untouched', async () => {
+    const pool = poolPath('fn-peers')
+    assert.equal((await cli(['pool', 'init', '--size', '128M', '--pool', pool, '--json'])).status, 0)
+    const dir = socketDir()
+    chmodSync(dir, 0o755)
+    const socket = join(dir, 'p.sock')
+    porters.push(await startPorter(pool, socket, {ghosts: 0, group: GROUP}))
+    const log = logFile()
+    const deployed = await cli(['fn', 'deploy', 'float', '--cmd', floatCmd(log), '--pool', pool, '--socket', socket, '--json'])
+    assert.equal(deployed.status, 0, describeRun(deployed))
+    const first = await invoke(socket, 'float', {i: 1})
+
+    const invoked = cliAsOther(['fn', 'invoke', 'float', '--socket', socket])
+    assert.equal(invoked.status, 4, invoked.output)
+    assert.equal(invoked.json.error.code, 'FUNCTION_ACCESS')
+    const removed = cliAsOther(['fn', 'rm', 'float', '--socket', socket])
+    assert.equal(removed.status, 4, removed.output)
+    assert.equal(removed.json.error.code, 'FUNCTION_ACCESS')
+    const listed = cliAsOther(['fn', 'ls', '--socket', socket])
+    assert.equal(listed.status, 0, listed.output)
+    assert.deepEqual(listed.json.functions, [], 'another user\'s functions are not listed')
+    const own = cliAsOther(['fn', 'deploy', 'mine', '--cmd', 'true', '--socket', socket])
+    assert.equal(own.status, 5, own.output)
+    assert.equal(own.json.error.code, 'PORTER_UNSERVED')
+
+    const again = await invoke(socket, 'float', {i: 2})
+    assert.equal(again.pid, first.pid, 'the instance was not touched')
+    assert.equal(again.output.n, 2)
+    assert.equal(processExists(first.pid), true)
   })
 })
