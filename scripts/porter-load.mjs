@@ -68,6 +68,7 @@ try {
     const name = `load-${size}`
     const latency = []
     const engine = []
+    const phases = {forking_time: [], open_time: [], memory_time: [], state_time: []}
     let ghosted = 0
     for (let i = 0; i < runs; i++) {
       const t0 = performance.now()
@@ -75,6 +76,7 @@ try {
       latency.push(performance.now() - t0)
       if (reply.status !== 200) throw new Error(JSON.stringify(reply.body))
       engine.push(reply.body.stats.restore_time / 1000)
+      for (const [phase, values] of Object.entries(phases)) values.push(reply.body.stats[phase] / 1000)
       if (reply.body.ghost === true) ghosted++
       // Every 20th clone: sampled pages of its memory hold the target's pattern.
       if (i % 20 === 0) {
@@ -103,6 +105,8 @@ try {
       size, runs, ghosted,
       latencyMs: {p50: quantile(latency, 0.5), p99: quantile(latency, 0.99), max: Math.max(...latency)},
       engineMs: {p50: quantile(engine, 0.5), p99: quantile(engine, 0.99)},
+      // Where the engine's time goes (medians): stub, reading the checkpoint, memory, the rest of the state.
+      phasesP50Ms: Object.fromEntries(Object.entries(phases).map(([phase, values]) => [phase, quantile(values, 0.5)])),
       throughput: {clients, seconds: elapsed, restores: done, failed, perSecond: done / elapsed},
     }
     report.sizes.push(row)

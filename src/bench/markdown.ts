@@ -1,24 +1,11 @@
 /** BENCHMARKS.md from a BenchResult: what is measured and how, the machine, tables, targets, notes. */
 import type {BenchResult, RestoreRow, SizeResult, Summary, ThreadsResult, TreesResult} from './types.js'
 import {plainAnchorMs} from './verdicts.js'
-import {faasSection} from './faas.js'
+import {faasSection} from './faas-report.js'
+import {cell, fmt, table} from './md-format.js'
 
-function fmt(value: number): string {
-  if (!Number.isFinite(value)) return '–'
-  const abs = Math.abs(value)
-  return abs >= 100 ? value.toFixed(0) : abs >= 10 ? value.toFixed(1) : abs >= 1 ? value.toFixed(2) : value.toFixed(3)
-}
 
-/** "median (min–max)" */
-function cell(summary: Summary | undefined, scale = 1): string {
-  if (!summary || summary.n === 0) return '–'
-  return `${fmt(summary.median * scale)} (${fmt(summary.min * scale)}–${fmt(summary.max * scale)})`
-}
 
-function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
-  const line = (cells: readonly string[]): string => `| ${cells.join(' | ')} |`
-  return [line(header), line(header.map(() => '---')), ...rows.map(line)].join('\n')
-}
 
 const mib = (bytes: number): string => `${(bytes / 1048576).toFixed(1)} MiB`
 

@@ -25,7 +25,9 @@ import {spawnTarget, stopProcess, sweepChildren, TargetFiles, TARGET_COMM, verif
 import {type RealCriuProbe, realCriuCycle} from './real-criu.js'
 import {measureThreads} from './threads.js'
 import {measureTrees} from './trees.js'
-import {faasCheckpointBytes, faasTargets, measureFaas, type FaasResult, type FaasSelection} from './faas.js'
+import {measureFaas} from './faas.js'
+import {faasTargets} from './faas-report.js'
+import {faasCheckpointBytes, type FaasResult, type FaasSelection} from './faas-spec.js'
 import type {BenchResult, PathResult, RestoreRow, SizeResult, TargetVerdict, ThreadsResult, TreesResult} from './types.js'
 import {evaluateTargets, threadRatios, treeRatios} from './verdicts.js'
 

@@ -202,8 +202,8 @@ export interface TargetVerdict {
 }
 
 export interface BenchResult {
-  /** The FaaS section (bench/faas.ts); absent when skipped (`--faas ''`, the default). */
-  faas?: import('./faas.js').FaasResult
+  /** The FaaS section (bench/faas.ts, faas-spec.ts); absent when skipped (`--faas ''`, the default). */
+  faas?: import('./faas-spec.js').FaasResult
   /** The exact command line. */
   command: string
   /** ISO 8601 start time. */

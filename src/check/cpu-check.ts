@@ -3,7 +3,7 @@
  * register state? Reads the checkpoint's state record only (no memory) and
  * gives the verdict restore would reach, without spawning anything.
  */
-import {imageCpuVerdict} from '../cpu/checkpoint-cpu.js'
+import {imageCpuVerdict} from '../image/cpu-state.js'
 import {hostXsaveLayout} from '../cpu/host-xsave.js'
 import type {XsaveLayout} from '../cpu/xsave-layout.js'
 import {cpuMismatchError} from '../cpu/xsave-translate.js'

@@ -7,7 +7,7 @@
 import {closeSync, openSync, readSync, statSync} from 'node:fs'
 import {hostname} from 'node:os'
 
-import {recordLayout} from '../cpu/checkpoint-cpu.js'
+import {recordLayout} from '../image/cpu-state.js'
 import {readCredentials} from './credentials.js'
 import {UnsupportedError} from '../errors.js'
 import {type FdImage, type FdKind, type FileIdentity, IMAGE_VERSION, type MmImage, type PageRun, type ProcessImage, type SigAction, type TaskImage, type ThreadImage, type VmaImage, type VmaKind} from '../image/process-image.js'

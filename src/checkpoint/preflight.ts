@@ -36,7 +36,10 @@ function classifySocket(pid: number, fd: number, tcpClose: boolean): FdKind | {u
       const peer = unixName(socket.peer!)
       return peer.startsWith('/') || peer.startsWith('@') ? 'socket' : {unsupported: `a Unix datagram socket connected to the relative path ${peer}`}
     }
-    if (socket.connected) return {unsupported: `a Unix ${socket.type === SOCK.DGRAM ? 'datagram socket' : 'connection'} (local ${where}) connected to ${describeAddress(socket.peer ?? new Uint8Array(0))} (cxlfork carries Unix listeners, bound datagram sockets and socketpairs whose both ends the process holds)`}
+    // A stream or seqpacket connection made through a named listener: carried as a pair, like a
+    // socketpair, when its other end is held too (checked in preflight, with every fd known).
+    if (socket.connected && socket.type !== SOCK.DGRAM) return 'socket'
+    if (socket.connected) return {unsupported: `a Unix datagram socket (local ${where}) connected to ${describeAddress(socket.peer ?? new Uint8Array(0))} (cxlfork carries Unix listeners, bound datagram sockets and socketpairs whose both ends the process holds)`}
     const name = unixName(socket.local)
     // bind(2) resolves a relative path against the cwd of the moment: the clone could not tell which.
     if (name !== '' && !name.startsWith('@') && !name.startsWith('/')) return {unsupported: `a Unix socket bound to the relative path ${name}`}
@@ -61,7 +64,7 @@ function loneUnixEnds(pid: number, fds: readonly {info: FdInfo; kind: FdKind}[])
     if (kind !== 'socket') continue
     const socket = readSocket(pid, info.fd)
     // Listeners and unconnected datagram sockets have no peer to hold; clients of a named datagram socket connect again.
-    if (socket.family !== AF.UNIX || !socket.connected || (socket.peer?.length ?? 0) > 2) continue
+    if (socket.family !== AF.UNIX || !socket.connected || (socket.type === SOCK.DGRAM && (socket.peer?.length ?? 0) > 2)) continue
     const peer = unixPeer(Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1))
     if (peer === undefined || !inodes.has(`socket:[${peer}]`)) lone.push({fd: info.fd, peer})
   }
@@ -71,8 +74,8 @@ function loneUnixEnds(pid: number, fds: readonly {info: FdInfo; kind: FdKind}[])
 /** A lone socketpair end is refused by name: outside a tree always, in a tree when no member holds its peer (tree.ts). */
 export function refuseLoneUnixEnd(pid: number, end: {fd: number; peer: number | undefined}, inTree: boolean): never {
   throw new UnsupportedError('UNSUPPORTED_FD', `fd ${end.fd} of process ${pid} is a Unix socket connected to ${end.peer === undefined ? 'a socket the kernel does not name' : `socket:[${end.peer}]`}, which ${inTree ? 'no process of the tree holds' : 'the process does not hold'}`,
-    inTree ? 'cxlfork carries Unix socketpairs whose ends are held within the checkpointed tree; the other end is outside it.'
-      : 'cxlfork carries Unix socketpairs whose both ends the process holds (or, with --tree, its tree holds); checkpoint the tree that holds both ends with --tree, or close the end shared with another process first.')
+    inTree ? 'cxlfork carries Unix socketpairs and connections whose ends are held within the checkpointed tree; the other end is outside it.'
+      : 'cxlfork carries Unix socketpairs and connections whose both ends the process holds (or, with --tree, its tree holds); checkpoint the tree that holds both ends with --tree, or close the end shared with another process first.')
 }
 
 /** Largest deleted file whose contents a checkpoint carries (CRIU's default ghost limit). */

@@ -307,7 +307,7 @@ export function thawMembers(frozen: readonly FrozenMember[]): void {
  * calls injected into its leader in self-healing mode, through one 32-byte
  * slot of its stack whose bytes are put back.
  */
-function readDispositionsAndBrk(leader: Tracee): {brk: bigint; sigactions: SigAction[]; asked: {securebits: number; dumpable: number}} {
+function readDispositionsAndBrk(leader: Tracee): {brk: bigint; sigactions: SigAction[]; asked: {securebits: number; dumpable: number}; pdeathSignal: number} {
   const slot = leader.stackSlot(32)
   const saved = leader.readMemory(slot, 32)
   try {
@@ -315,6 +315,10 @@ function readDispositionsAndBrk(leader: Tracee): {brk: bigint; sigactions: SigAc
     const securebits = leader.syscall(SYS.prctl, 27 /* PR_GET_SECUREBITS */)
     const dumpable = leader.syscall(SYS.prctl, 3 /* PR_GET_DUMPABLE */)
     if (securebits < 0n || dumpable < 0n) throw new SyscallError(`prctl (in member ${leader.pid})`, Number(-(securebits < 0n ? securebits : dumpable)))
+    // Not in /proc: the member's own answer, stored as an int in the slot.
+    const pdeath = leader.syscall(SYS.prctl, 2 /* PR_GET_PDEATHSIG */, slot)
+    if (pdeath < 0n) throw new SyscallError(`prctl(PR_GET_PDEATHSIG) (in member ${leader.pid})`, Number(-pdeath))
+    const pdeathSignal = new DataView(leader.readMemory(slot, 4).buffer).getInt32(0, true)
     const sigactions: SigAction[] = []
     for (let signo = 1; signo <= 64; signo++) {
       if (signo === SIG.KILL || signo === SIG.STOP) continue
@@ -323,7 +327,7 @@ function readDispositionsAndBrk(leader: Tracee): {brk: bigint; sigactions: SigAc
       const action = decodeSigaction(view, 0, signo)
       if (action) sigactions.push(action)
     }
-    return {brk, sigactions, asked: {securebits: Number(securebits), dumpable: Number(dumpable)}}
+    return {brk, sigactions, asked: {securebits: Number(securebits), dumpable: Number(dumpable)}, pdeathSignal}
   } finally {
     leader.writeMemory(slot, saved)
   }
@@ -345,7 +349,7 @@ export function captureStoppedMember(member: FrozenMember, checked: PreflightRes
   states.forEach((state, i) => {
     if (i > 0) state.comm = threadComm(pid, state.tid)
   })
-  const {brk, sigactions, asked} = readDispositionsAndBrk(member.leader)
+  const {brk, sigactions, asked, pdeathSignal} = readDispositionsAndBrk(member.leader)
   const byFd = new Map(checked.fds.map((entry) => [entry.info.fd, entry.kind]))
   // Offsets as of now (it is stopped); an fd opened since preflight is classified anew.
   let fds: {info: ReturnType<typeof listFds>[number]; kind: FdKind}[] = listFds(pid).map((info) => ({info, kind: byFd.get(info.fd) ?? 'regular'}))
@@ -353,6 +357,7 @@ export function captureStoppedMember(member: FrozenMember, checked: PreflightRes
   const extras = describeFds(pid, fds, checked.internalPipes, checked.treeSockets)
   const memory = captureMemory(pid, maps)
   const image = captureImage(pid, pid, memory, maps, fds.map((entry) => ({...entry, extras: extras.get(entry.info.fd)})), {threads: states, sharedPendingSignals: leader.sharedPending, sigactions, brk, asked})
+  if (pdeathSignal !== 0) image.task.pdeathSignal = pdeathSignal
   // Last (nothing after it can fail and leak its memfds). Objects the root (or an earlier member) maps were
   // read already, at the root's stop, when every member was stopped too.
   const sharedMemory = readSharedObjects(pid, maps, sharedKnown, fds)

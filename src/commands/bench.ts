@@ -98,7 +98,7 @@ Progress goes to stderr, one line per step (also under --json). Without --pool t
       import('../pool/size.js'), import('../bench/run.js'), import('../bench/markdown.js'), import('../bench/diagnose.js'), import('../bench/target.js'),
       import('../bench/real-criu.js'),
     ])
-    const {parseFaasSelection} = await import('../bench/faas.js')
+    const {parseFaasSelection} = await import('../bench/faas-spec.js')
     const faas = parseFaasSelection(flags.faas)
     const benchSize = (label: string): {bytes: number; label: string} => {
       const bytes = parseSize(label)

@@ -248,6 +248,11 @@ export interface TaskImage {
   cmdline: string[]
   /** Absent in checkpoints taken before credentials were carried, and in CRIU imports: the clone keeps the restorer's. */
   credentials?: CredentialsImage
+  /**
+   * PR_SET_PDEATHSIG of a tree member whose parent is in the checkpoint (a worker that dies with its
+   * master). Not recorded for the root: its parent is not restored with it.
+   */
+  pdeathSignal?: number
 }
 
 export interface KernelIdentity {

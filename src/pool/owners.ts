@@ -7,7 +7,7 @@
  * (host index + 1) << 22 | pid, zero when the slot is free. pid_max is at
  * most 2^22 on Linux, so a pid always fits.
  */
-import {readFileSync} from 'node:fs'
+import {readFileSync, statSync} from 'node:fs'
 
 import type {HostTable} from './hosts.js'
 
@@ -38,9 +38,13 @@ export function decodeOwner(word: bigint): Owner | undefined {
 
 /** Field 22 of /proc/PID/stat (clock ticks after boot), or undefined when no such process exists. */
 export function processStartTime(pid: number): number | undefined {
+  const path = `/proc/${pid}/stat`
+  // Most recorded owners a scan meets are long gone: find that out without a thrown ENOENT, which costs
+  // ~30 us in Node, against ~3 us for the stat (a porter's pool holds hundreds of dead clones' references).
+  if (!statSync(path, {throwIfNoEntry: false})) return undefined
   let stat: string
   try {
-    stat = readFileSync(`/proc/${pid}/stat`, 'latin1')
+    stat = readFileSync(path, 'latin1')
   } catch {
     return undefined
   }

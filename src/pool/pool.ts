@@ -217,7 +217,7 @@ export class Pool {
     if (resolved.entry.state !== EntryState.published) {
       throw new NotFoundError('CHECKPOINT_DELETING', `checkpoint ${name} is being deleted`, 'It stays until its last clone exits; pick another checkpoint.')
     }
-    const reader = new CheckpointReader(this.catalog, resolved, this.catalog.checkpointInfo(resolved, this.catalog.references.liveCounts().get(resolved.entry.serial) ?? 0))
+    const reader = new CheckpointReader(this.catalog, resolved, this.catalog.checkpointInfo(resolved, this.catalog.references.liveCount(resolved.entry.serial)))
     reader.verifyAll()
     return reader
   }
@@ -317,6 +317,12 @@ export class Pool {
   }
 
   // ---- maintenance ------------------------------------------------------
+
+  /** Release the references of clones that are gone (gc's step for references alone); returns how many. */
+  releaseDeadReferences(): number {
+    this.ensureOpen()
+    return this.catalog.references.collectAll().released
+  }
 
   gc(): GcReport {
     this.ensureOpen()

@@ -112,6 +112,13 @@ export class References {
     return live
   }
 
+  /** Live references to `serial`, without releasing anything: the liveness of other checkpoints' clones is not looked up. */
+  liveCount(serial: number): number {
+    let live = 0
+    for (const reference of this.occupied()) if (reference.serial === serial && this.isAlive(reference)) live++
+    return live
+  }
+
   /** Live references per serial, without releasing anything. */
   liveCounts(): Map<number, number> {
     const live = new Map<number, number>()

@@ -316,13 +316,19 @@ export class PorterService {
 
   /** Reap released clones (or inits) and fault servers that ended: they are our children, posix_spawned, unknown to libuv. */
   reap(): void {
+    let reaped = 0
     for (const pid of this.children) {
       try {
-        if (wait4(pid, WNOHANG)) this.children.delete(pid)
+        if (wait4(pid, WNOHANG)) {
+          this.children.delete(pid)
+          reaped++
+        }
       } catch {
         this.children.delete(pid) // ECHILD: not ours any more
       }
     }
+    // Their references go with them: left to gc, hundreds of dead clones' references slow every restore's count of live ones.
+    if (reaped > 0) this.pool.releaseDeadReferences()
   }
 
   close(): void {

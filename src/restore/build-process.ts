@@ -9,7 +9,7 @@
  * store = pages-N.img contents copied in). A build that fails kills its stub.
  */
 
-import {xstateForHost} from '../cpu/checkpoint-cpu.js'
+import {xstateForHost} from '../image/cpu-state.js'
 import {CorruptError, CxlforkError, UnsupportedError} from '../errors.js'
 import {type ProcessImage, type ThreadImage} from '../image/process-image.js'
 import {type Stub, type StubOptions, spawnStub} from '../inject/stub.js'

@@ -276,6 +276,9 @@ export function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, 
     })
     // Last: from here on the member may no longer be privileged.
     if (image.task.credentials) restoreCredentials(inject, [tracee, ...threads], stub.pid, image.task.credentials)
+    // After the credentials: changing them clears the parent-death signal. Its parent here is the member
+    // restored as its parent (only tree members record one), whose main thread forked it.
+    if (image.task.pdeathSignal) inject.call(`prctl(PR_SET_PDEATHSIG, ${image.task.pdeathSignal})`, SYS.prctl, PR_SET_PDEATHSIG, image.task.pdeathSignal)
     inject.call('munmap(scratch)', SYS.munmap, scratch, scratchSize)
     tracee.freeBatch()
     return threads

@@ -10,7 +10,7 @@ import {existsSync, readdirSync, readFileSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {projectRoot} from '../../src/paths.js'
-import {parseFaasSelection, type FaasFunctionResult, type FaasRow} from '../../src/bench/faas.js'
+import {parseFaasSelection, type FaasFunctionResult, type FaasRow} from '../../src/bench/faas-spec.js'
 import type {BenchResult, Summary} from '../../src/bench/types.js'
 import {UsageError} from '../../src/errors.js'
 

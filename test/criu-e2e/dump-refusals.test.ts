@@ -66,10 +66,10 @@ describe('criu-e2e: criu dump refuses what checkpoint refuses and leaves the tar
     await refuse(pid, images, {code: 'PROCESS_NOT_FOUND', exitCode: 3, message: [String(pid)]})
   })
 
-  it('an unsupported fd (socket fixture, leaves its threads-free target running); the empty dir left does not block a dump, a set does (exit 7)', async () => {
-    const fx = await startFixture('socket', {args: ['--unix-listener', 'accepted']})
+  it('an unsupported fd (socket fixture with a pidfd, leaves its threads-free target running); the empty dir left does not block a dump, a set does (exit 7)', async () => {
+    const fx = await startFixture('socket', {args: ['--pidfd', '1']})
     const images = imagesDir('refused-dir')
-    await refuse(fx.pid, images, {code: 'UNSUPPORTED_FD', exitCode: 5, message: [String(fx.pid), /socket/]})
+    await refuse(fx.pid, images, {code: 'UNSUPPORTED_FD', exitCode: 5, message: [String(fx.pid), /pidfd/]})
     await assertUnharmed(fx)
 
     // The empty directory a refusal leaves does not block a later dump there (it holds no *.img).
@@ -85,11 +85,13 @@ describe('criu-e2e: criu dump refuses what checkpoint refuses and leaves the tar
     assert.equal(statSync(join(images, 'inventory.img')).mtimeMs, inventory)
   })
 
-  it('a process holding an accepted Unix connection (socket fixture --unix-listener accepted) -> exit 5 UNSUPPORTED_FD naming the socket fd', async () => {
+  it('a process holding an accepted Unix connection (socket fixture --unix-listener accepted) -> exit 5 CRIU_FD_TYPE naming the socket fd (checkpoint into the pool carries it)', async () => {
     const fx = await startFixture('socket', {args: ['--unix-listener', 'accepted']})
     const images = imagesDir('socket')
+    const run = await cli(['criu', 'dump', String(fx.pid), '--images', images, '--json'])
+    expectCliError(run, {code: 'CRIU_FD_TYPE', exitCode: 5, message: [String(fx.pid), /\bfd \d+ .*socket/]})
+    assert.ok(leftover(images) === undefined || leftover(images)!.length === 0, 'a refused dump writes no image')
     const listenfd = fx.ready.fields.listenfd
-    await refuse(fx.pid, images, {code: 'UNSUPPORTED_FD', exitCode: 5, message: [String(fx.pid), /\bfd \d+ .*socket/]})
     await assertUnharmed(fx)
     // the listener still accepts: the socket was not disturbed
     const port = Number(fx.ready.fields.port)
@@ -139,7 +141,7 @@ describe('criu-e2e: criu dump refuses what checkpoint refuses and leaves the tar
   })
 
   it('a refused dump into a nested new path leaves the created parents (observed)', async () => {
-    const fx = await startFixture('socket', {args: ['--unix-listener', 'accepted']})
+    const fx = await startFixture('socket', {args: ['--pidfd', '1']})
     const parent = imagesDir('nested')
     const images = join(parent, 'a', 'b')
     await refuse(fx.pid, images, {code: 'UNSUPPORTED_FD', exitCode: 5, message: [String(fx.pid)]})

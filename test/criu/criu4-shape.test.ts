@@ -21,7 +21,9 @@ import {type ProcessImage} from '../../src/image/process-image.js'
 import {type ImageKind, IMAGE_KINDS, decodeMessage, encodeMessage, readImageRecords, writeImage} from '../../src/criu/image-file.js'
 import {PE_LAZY, PE_PRESENT, readCriuImages, VMA_AREA_VVAR, writeCriuImages} from '../../src/criu/images.js'
 import {expectError} from '../helpers/errors.js'
+import {SYS} from '../../src/sys/syscall.js'
 import {killChild} from '../helpers/fixtures.js'
+import {waitInSyscall} from '../sys/helpers.js'
 import {captureFromProc, procMemSource} from './proc-capture.js'
 import {ScratchDirs} from './scratch.js'
 
@@ -68,7 +70,8 @@ describe('criu image set shaped like CRIU 4.x writes it', function () {
   before(async function () {
     child = spawn('sleep', ['600'], {stdio: 'ignore'})
     pid = child.pid!
-    await new Promise((resolve) => setTimeout(resolve, 200))
+    // Captured once it has started and parked in its sleep, not while exec'ing.
+    waitInSyscall(pid, [SYS.nanosleep, SYS.clock_nanosleep])
     process.kill(pid, 'SIGSTOP')
     image = captureFromProc(pid)
     const heap = image.vmas.find((v) => v.kind === 'heap')

@@ -201,6 +201,28 @@ export function fdTargets(pid: number): Map<number, string> {
   return out
 }
 
+/** Live processes (not zombies), other than `except`, holding `path` open: a fixture's log names the target and every clone or leftover of it. */
+export function holdersOf(path: string, except: readonly number[] = []): number[] {
+  const out: number[] = []
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || except.includes(Number(name))) continue
+    let fds: string[]
+    try {
+      fds = readdirSync(`/proc/${name}/fd`)
+    } catch {
+      continue
+    }
+    if (fds.some((fd) => {
+      try {
+        return readlinkSync(`/proc/${name}/fd/${fd}`) === path
+      } catch {
+        return false // closed meanwhile
+      }
+    })) out.push(Number(name))
+  }
+  return out.filter((pid) => processExists(pid))
+}
+
 /** Polls until pid is gone or a zombie. Resolves true if it ended within timeoutMs. */
 export async function waitForExit(pid: number, timeoutMs = 5000): Promise<boolean> {
   const deadline = Date.now() + timeoutMs

@@ -6,7 +6,7 @@ import {kill, SIG, SYS, tgkill} from '../../src/sys/syscall.js'
 import {readStat, readStatus, readMaps} from '../../src/sys/proc.js'
 import {REG, restartFixup, signed} from '../../src/inject/regs.js'
 import {Tracee} from '../../src/inject/tracee.js'
-import {cleanupProcs, readLine, spawnProc, spawnPython, sleepMs, waitState} from '../sys/helpers.js'
+import {cleanupProcs, readLine, spawnProc, spawnPython, sleepMs, waitInSyscall, waitState} from '../sys/helpers.js'
 
 const tracees: Tracee[] = []
 function seize(pid: number): Tracee {
@@ -24,9 +24,10 @@ describe('inject/tracee', () => {
   })
 
   it('seize + interrupt a sleeping process; regs; injected getpid/getppid; restart after detach', () => {
-    // coreutils sleep: nanosleep -> -ERESTART_RESTARTBLOCK while stopped
-    const p = spawnProc('/bin/sleep', ['sleep', '0.4'])
-    waitState(p.pid, (s) => s === 'S')
+    // coreutils sleep: nanosleep -> -ERESTART_RESTARTBLOCK while stopped; it must still be
+    // sleeping when seized, and finish by itself after the detach (1 s leaves room on a loaded host)
+    const p = spawnProc('/bin/sleep', ['sleep', '1'])
+    waitInSyscall(p.pid, [SYS.nanosleep, SYS.clock_nanosleep])
     const t = Tracee.seize(p.pid)
     assert.equal(readStat(p.pid).state, 't')
     const r = t.getRegs()

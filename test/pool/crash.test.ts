@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict'
 
 import {Pool} from '../../src/pool/index.js'
+import {seeded} from '../helpers/seeded.js'
 import {exited, removeTestPools, startWorker, testPoolPath, waitForLine} from './helpers.js'
 import {assertContentsIntact, assertNoCorruption, assertNoLostSpace, assertNoOverlap} from './verify.js'
 
@@ -16,6 +17,8 @@ describe('pool: kill -9 at random points of allocate, write, publish, rm and gc'
     const path = testPoolPath()
     Pool.create(path, {size: 256n << 20n}).close()
     const pool = Pool.open(path)
+    const {rng, replay} = seeded('CXLFORK_CRASH_SEED')
+    console.log(`      delays seeded: replay with ${replay}`)
     let kills = 0
     let survivorsSeen = 0
     let buildsReclaimed = 0
@@ -27,7 +30,7 @@ describe('pool: kill -9 at random points of allocate, write, publish, rm and gc'
           await waitForLine(worker, 'ready')
           // Delays from 0 to ~60 ms spread deaths over every phase of the churn loop
           // (one iteration takes a few ms); batch-dependent so each range gets samples.
-          const delay = Math.floor(Math.random() * (5 + (batch % 6) * 12)) + (i % 2)
+          const delay = Math.floor(rng() * (5 + (batch % 6) * 12)) + (i % 2)
           await new Promise((resolve) => setTimeout(resolve, delay))
           worker.kill('SIGKILL')
           const result = await exited(worker)

@@ -21,31 +21,21 @@
  */
 import assert from 'node:assert/strict'
 import {type ChildProcess, execFileSync, spawn} from 'node:child_process'
-import {closeSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, rmSync, statfsSync, writeSync} from 'node:fs'
+import {closeSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statfsSync, writeSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {Pool} from '../../src/pool/index.js'
 import {cli, type CliResult, describeRun, startCli} from '../helpers/cli.js'
-import {cleanupAll, type Fixture, procStat, processExists, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
+import {cleanupAll, type Fixture, holdersOf, procStat, processExists, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
 import {reapStrayZombies} from '../restore/helpers.js'
 import {WORKER, exited} from './helpers.js'
+import {makeRng} from '../helpers/seeded.js'
 
 const MINUTES = Number(process.env.CXLFORK_SOAK_MINUTES) > 0 ? Number(process.env.CXLFORK_SOAK_MINUTES) : 1.5
 const SEED = Number(process.env.CXLFORK_SOAK_SEED) > 0 ? Number(process.env.CXLFORK_SOAK_SEED) : (Date.now() % 2147483647) + 1
 const PREFIX = `/dev/shm/cxlfork-soak-hardening-${process.pid}`
 
-/** mulberry32: small, seeded, reproducible. */
-function makeRng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 const rng = makeRng(SEED)
 const pick = <T>(items: readonly T[]): T => items[Math.floor(rng() * items.length)]!
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
@@ -101,31 +91,6 @@ function statusField(pid: number, field: string): string | undefined {
   } catch {
     return undefined
   }
-}
-
-/** Live processes holding `path` open (the fixture's log: the target and its clones). */
-function holdersOf(path: string): number[] {
-  const out: number[] = []
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue
-    let fds: string[]
-    try {
-      fds = readdirSync(`/proc/${name}/fd`)
-    } catch {
-      continue
-    }
-    for (const fd of fds) {
-      try {
-        if (readlinkSync(`/proc/${name}/fd/${fd}`) === path) {
-          out.push(Number(name))
-          break
-        }
-      } catch {
-        // closed meanwhile
-      }
-    }
-  }
-  return out.filter((pid) => procStat(pid)?.state !== 'Z')
 }
 
 /** XORs the byte at `offset` with `mask`; returns what it held. */

@@ -152,6 +152,17 @@ describe('porter: a resident restore service (issue 15)', function () {
     const inUse = await porterRequest(socket, 'DELETE', '/v1/checkpoints/web')
     assert.equal(inUse.status, 409)
     assert.equal(inUse.body.error.code, 'CHECKPOINT_IN_USE')
+
+    // Clones the porter built and reaps give their references back with them (left to gc, they slow every restore).
+    const porterClones = [viaPorter.json.pid, direct.body.pid, humanPid]
+    for (const pid of porterClones) process.kill(pid, 'SIGKILL')
+    let references: {pid: number; alive: boolean}[] = []
+    for (let i = 0; i < 100; i++) {
+      references = (await cli(['inspect', 'web', '--json', '--pool', pool])).json.references
+      if (!references.some((r) => porterClones.includes(r.pid))) break
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+    assert.deepEqual(references.map((r) => [r.pid, r.alive]), [[viaCli.json.pid, true]], 'only the CLI-built clone, alive, still holds a reference')
   })
 
   it('malformed, oversized and wrong requests get typed JSON errors; the porter stays up and serves on', async () => {

@@ -4,10 +4,14 @@
  * restores of unknown names and of checkpoints whose backing file changed.
  */
 import assert from 'node:assert/strict'
-import {appendFileSync, closeSync, existsSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, utimesSync, writeSync} from 'node:fs'
+import {appendFileSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync, writeSync} from 'node:fs'
+import {spawn} from 'node:child_process'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
 
-import {type Fixture, procStat, processExists, readLog, startFixture, trackPid, waitForLine, waitForTicks} from '../helpers/fixtures.js'
-import {allProcesses, cli, type CliResult, describeRun, installCleanupHooks, note, poolPath, sleep, startCli} from './helpers.js'
+import {type Fixture, holdersOf, procStat, processExists, readLog, startFixture, trackPid, waitForLine, waitForTicks} from '../helpers/fixtures.js'
+import {seeded} from '../helpers/seeded.js'
+import {allProcesses, cli, type CliResult, describeRun, installCleanupHooks, note, poolPath, sleep, startCli, until} from './helpers.js'
 
 const STUB_COMM = 'cxlfork-stub'
 
@@ -93,31 +97,6 @@ function unusedPid(): number {
   throw new Error('no free pid')
 }
 
-/** pids, other than `except`, of processes holding `path` open (leftover snapshots or clones). */
-function holdersOf(path: string, except: number[]): number[] {
-  const out: number[] = []
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name) || except.includes(Number(name))) continue
-    let fds: string[]
-    try {
-      fds = readdirSync(`/proc/${name}/fd`)
-    } catch {
-      continue
-    }
-    for (const fd of fds) {
-      try {
-        if (readlinkSync(`/proc/${name}/fd/${fd}`) === path) {
-          out.push(Number(name))
-          break
-        }
-      } catch {
-        // closed meanwhile
-      }
-    }
-  }
-  return out
-}
-
 function liveStubs(): number[] {
   return allProcesses().filter((p) => p.comm === STUB_COMM && p.state !== 'Z').map((p) => p.pid)
 }
@@ -154,21 +133,36 @@ describe('restore: failures are clean', function () {
       assertNoPoolCreated(pool)
     })
 
-    it('a process holding an accepted Unix connection (socket fixture --unix-listener accepted): exit 5, UNSUPPORTED_FD naming the fd; also without --json', async () => {
+    it('a process holding one end of a Unix connection whose other end another process holds: exit 5, UNSUPPORTED_FD naming the fd; also without --json; the connection works on', async () => {
       // On an existing pool (the others use a fresh path): the refusal leaves it empty.
       const pool = poolPath('fail')
       assert.equal((await cli(['pool', 'init', '--size', '64M', '--json', '--pool', pool])).status, 0)
-      const fx = await startFixture('socket', {args: ['--unix-listener', 'accepted']})
-      const error = await expectCheckpointRefused(pool, fx.pid, {status: 5, codes: ['UNSUPPORTED_FD'], mentions: [new RegExp(`\\b${fx.pid}\\b`), /a Unix connection/]})
-      const fd = Number(/fd (\d+)/.exec(error.message)?.[1])
-      assert.ok([Number(fx.ready.fields.acceptedfd), Number(fx.ready.fields.clientfd)].includes(fd), `the message names an fd of the connection: ${error.message}`)
-      // Human output: the reason on stderr, nothing on stdout, same exit status.
-      const human = await cli(['checkpoint', String(fx.pid), '--name', 'human', '--pool', pool])
-      assert.equal(human.status, 5, describeRun(human))
-      assert.match(human.stderr, /socket/, describeRun(human))
-      assert.equal(human.stdout, '')
-      await assertUnharmed(fx) // CHECK verifies the listener and the unread data
-      await assertPoolEmpty(pool)
+      const dir = mkdtempSync(join(tmpdir(), 'cxlfork-lone-'))
+      const path = join(dir, 's.sock')
+      // The server accepts one connection and echoes what arrives on it to a file; the client (the target) holds the other end.
+      const server = spawn('python3', ['-c', `import socket, os, sys\nos.closerange(3, 1024)\ns = socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(path)}); s.listen(1)\nc, _ = s.accept()\ndata = c.recv(64)\nopen(${JSON.stringify(join(dir, 'got'))}, "wb").write(data)`], {stdio: 'ignore'})
+      trackPid(server.pid!)
+      await until(() => existsSync(path), 'the server listens')
+      const client = spawn('python3', ['-c', `import socket, os, sys, time\nos.closerange(3, 1024)\nc = socket.socket(socket.AF_UNIX); c.connect(${JSON.stringify(path)})\nopen(${JSON.stringify(join(dir, 'fd'))}, "w").write(str(c.fileno()))\nwhile not os.path.exists(${JSON.stringify(join(dir, 'go'))}): time.sleep(0.01)\nc.send(b"still-connected")\ntime.sleep(600)`], {stdio: 'ignore'})
+      trackPid(client.pid!)
+      try {
+        await until(() => existsSync(join(dir, 'fd')) && readFileSync(join(dir, 'fd'), 'utf8') !== '', 'the client is connected')
+        const error = await expectCheckpointRefused(pool, client.pid!, {status: 5, codes: ['UNSUPPORTED_FD'], mentions: [new RegExp(`\\b${client.pid}\\b`), /Unix socket connected to socket:\[\d+\], which the process does not hold/]})
+        assert.equal(Number(/fd (\d+)/.exec(error.message)?.[1]), Number(readFileSync(join(dir, 'fd'), 'utf8')), `the message names the connection's fd: ${error.message}`)
+        // Human output: the reason on stderr, nothing on stdout, same exit status.
+        const human = await cli(['checkpoint', String(client.pid), '--name', 'human', '--pool', pool])
+        assert.equal(human.status, 5, describeRun(human))
+        assert.match(human.stderr, /socket/, describeRun(human))
+        assert.equal(human.stdout, '')
+        assert.equal(tracerPid(client.pid!), 0, 'the target is not left traced')
+        writeFileSync(join(dir, 'go'), '')
+        await until(() => existsSync(join(dir, 'got')) && readFileSync(join(dir, 'got'), 'utf8') === 'still-connected', 'what the target sends after the refusals arrives')
+        await assertPoolEmpty(pool)
+      } finally {
+        client.kill('SIGKILL')
+        server.kill('SIGKILL')
+        rmSync(dir, {recursive: true, force: true})
+      }
     })
 
     for (const [advise, named] of [['wipeonfork', /MADV_WIPEONFORK/], ['sysv', /System V shared memory/]] as const) {
@@ -285,6 +279,9 @@ describe('restore: failures are clean', function () {
     startupMs: number
     outcomes: string[]
     completed: string[]
+    /** Kills that landed in the window their attempt aimed at (see killAttempt). */
+    landed: number
+    rng: () => number
   }
 
   /** A 256 MiB memtouch, an initialised pool, and one complete checkpoint (removed) for timing. */
@@ -299,7 +296,9 @@ describe('restore: failures are clean', function () {
     assert.equal(full.status, 0, describeRun(full))
     assert.equal((await cli(['rm', 'calibrate', '--json', '--pool', pool])).status, 0)
     note(`memtouch 256 MiB checkpoint: CLI wall ${full.ms.toFixed(0)} ms, total ${(full.json.totalUs / 1000).toFixed(0)} ms, downtime ${(full.json.downtimeUs / 1000).toFixed(1)} ms`)
-    return {baseline, completed: [], fullMs: full.ms, fx, mapsBefore, outcomes: [], pool, startupMs: Math.max(0, full.ms - full.json.totalUs / 1000)}
+    const {rng, replay} = seeded('CXLFORK_KILL_SEED')
+    note(`kill delays seeded: replay with ${replay}`)
+    return {baseline, completed: [], fullMs: full.ms, fx, mapsBefore, outcomes: [], pool, startupMs: Math.max(0, full.ms - full.json.totalUs / 1000), landed: 0, rng}
   }
 
   /** Busy-waits (precisely) until the target's TracerPid satisfies `want`; false on timeout. */
@@ -316,14 +315,22 @@ describe('restore: failures are clean', function () {
     }
   }
 
-  /** Starts a checkpoint, waits for `killWhen` to say when, SIGKILLs the CLI; the target must run on. */
-  async function killAttempt(rig: KillRig, name: string, killWhen: () => Promise<string>): Promise<void> {
+  /**
+   * Starts a checkpoint, waits for `killWhen` to say when, SIGKILLs the CLI; the target must run on.
+   * The kill counts as landed in its window when the CLI died of it and, for window 'seized', the
+   * target was still traced at that instant; for 'dump', when `killWhen` found the tracer come and go.
+   */
+  async function killAttempt(rig: KillRig, name: string, window: 'any' | 'dump' | 'seized', killWhen: () => Promise<{when: string; reached: boolean}>): Promise<void> {
     const {fx} = rig
     const run = startCli(['checkpoint', String(fx.pid), '--name', name, '--json', '--pool', rig.pool])
-    const when = await killWhen()
+    const {when, reached} = await killWhen()
+    const tracedAtKill = tracerPid(fx.pid) !== 0
     run.child.kill('SIGKILL')
     const result = await run.done
-    const outcome = result.signal === 'SIGKILL' ? 'killed' : `finished with ${result.status}`
+    const killed = result.signal === 'SIGKILL'
+    const landed = killed && reached && (window !== 'seized' || tracedAtKill)
+    if (landed) rig.landed++
+    const outcome = killed ? (landed ? 'killed in its window' : 'killed outside its window') : `finished with ${result.status}`
     if (result.status === 0) rig.completed.push(name)
     rig.outcomes.push(`${name}: ${when} -> ${outcome}`)
     // right after each kill: the target is alive, not left stopped or traced, and ticks on
@@ -383,22 +390,23 @@ describe('restore: failures are clean', function () {
     this.timeout(150_000)
     const rig = await killRig()
     // One kill at a random moment of the whole run (start-up included) ...
-    await killAttempt(rig, 'any', async () => {
-      const delay = Math.random() * rig.fullMs
+    await killAttempt(rig, 'any', 'any', async () => {
+      const delay = rig.rng() * rig.fullMs
       await sleep(delay)
-      return `${delay.toFixed(0)} ms after start`
+      return {when: `${delay.toFixed(0)} ms after start`, reached: true}
     })
     // ... then kills at random moments of the dump: after the target was seized and let go
     // again (its downtime is over), while the snapshot's pages go into the pool.
     for (let i = 0; i < 4; i++) {
-      await killAttempt(rig, `dump${i}`, async () => {
-        if (!waitTracer(rig.fx.pid, (t) => t !== 0)) return 'tracer never attached'
-        if (!waitTracer(rig.fx.pid, (t) => t === 0)) return 'tracer never detached'
-        const delay = Math.random() * (rig.fullMs - rig.startupMs) * 0.9
+      await killAttempt(rig, `dump${i}`, 'dump', async () => {
+        if (!waitTracer(rig.fx.pid, (t) => t !== 0)) return {when: 'tracer never attached', reached: false}
+        if (!waitTracer(rig.fx.pid, (t) => t === 0)) return {when: 'tracer never detached', reached: false}
+        const delay = rig.rng() * (rig.fullMs - rig.startupMs) * 0.9
         await sleep(delay)
-        return `${delay.toFixed(0)} ms after the target was let go`
+        return {when: `${delay.toFixed(0)} ms after the target was let go`, reached: true}
       })
     }
+    assert.ok(rig.outcomes.some((o) => o.startsWith('dump') && o.endsWith('killed in its window')), `no kill landed while dumping: ${rig.outcomes.join('; ')}`)
     await assertRecovered(rig)
   })
 
@@ -407,14 +415,16 @@ describe('restore: failures are clean', function () {
     const rig = await killRig()
     // Poll the target's TracerPid and kill a random 0-6 ms after the tracer attached: within
     // the ~6-15 ms the target is stopped for registers, signal state and the injected fork.
-    for (let i = 0; i < 4; i++) {
-      await killAttempt(rig, `stop${i}`, async () => {
-        const extra = Math.random() * 6
-        if (!waitTracer(rig.fx.pid, (t) => t !== 0)) return 'tracer never attached'
+    // Up to 8 tries, until 2 kills landed while the target was traced.
+    for (let i = 0; i < 8 && rig.landed < 2; i++) {
+      await killAttempt(rig, `stop${i}`, 'seized', async () => {
+        const extra = rig.rng() * 6
+        if (!waitTracer(rig.fx.pid, (t) => t !== 0)) return {when: 'tracer never attached', reached: false}
         busySleep(extra)
-        return `${extra.toFixed(1)} ms after the target was seized`
+        return {when: `${extra.toFixed(1)} ms after the target was seized`, reached: true}
       })
     }
+    assert.ok(rig.landed >= 1, `no kill landed while the target was seized: ${rig.outcomes.join('; ')}`)
     await assertRecovered(rig)
   })
 

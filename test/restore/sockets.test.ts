@@ -333,12 +333,25 @@ describe('restore: servers with listening sockets', function () {
     }
   })
 
-  it('an established TCP connection and an accepted Unix connection are refused by name, the target untouched', async () => {
+  it('a Unix connection made through a named listener, both ends in the process, bytes queued both ways: restored (mow, local) as a connected pair that carries them, beside its original', async () => {
     const pool = poolPath('sockets')
     const fx = await startFixture('socket', {args: ['--unix-listener', 'accepted']})
-    const run = await cli(['checkpoint', String(fx.pid), '--name', 'unix', '--json', '--pool', pool])
-    assert.equal(run.status, 5, describeRun(run))
-    assert.match(run.json.error.message, /a Unix connection/)
+    assert.equal((await fx.check()).fields.ok, '1')
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'unix', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    for (const policy of ['mow', 'local'] as const) {
+      // --netns new: the abstract listener's name is the original's, taken in the host's namespace.
+      const run = await cli(['restore', 'unix', '--policy', policy, '--netns', 'new', '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      trackPid(run.json.pid)
+      const check = await requestCheck(fx.logPath, run.json.pid)
+      assert.equal(check.fields.ok, '1', `${policy}: the clone's connection carries the queued bytes and a byte each way: ${check.line}`)
+    }
+    assert.equal((await fx.check()).fields.ok, '1', 'the original\'s connection works on')
+  })
+
+  it('an established TCP connection is refused by name, the target untouched', async () => {
+    const pool = poolPath('sockets')
     const port = await freePort()
     const holder = spawn('python3', ['-c', `import socket, time, os\nos.closerange(3, 1024)\ns = socket.socket(); s.bind(("127.0.0.1", ${port})); s.listen(1)\nc = socket.create_connection(("127.0.0.1", ${port})); a, _ = s.accept(); s.close()\ntime.sleep(600)`], {stdio: 'ignore'})
     trackPid(holder.pid!)

@@ -222,6 +222,50 @@ describe('restore: process trees keep their shape and their pids', function () {
     await until(() => child.exitCode !== null || child.signalCode !== null, 'the target ends when its stdin closes')
   })
 
+  it('a grandchild that asked for a signal at its parent\'s death (PR_SET_PDEATHSIG) keeps asking in the clone: it ends when the clone of its parent dies', async () => {
+    const pool = poolPath('tree')
+    // root -> middle -> leaf; the leaf only sleeps: nothing but the parent-death signal (SIGTERM) ends it.
+    // (Killing the clone's root would not tell: its PID namespace ends with it, and every member with it.)
+    const script = [
+      'import ctypes, os, signal, sys, time',
+      'if os.fork() == 0:',
+      '    if os.fork() == 0:',
+      '        ctypes.CDLL(None).prctl(1, signal.SIGTERM)',
+      '        open(sys.argv[1], "w").write("leaf-ready")',
+      '    while True: time.sleep(1)',
+      'while True: time.sleep(1)',
+    ].join('\n')
+    // stdio /dev/null and readiness in a file: a pipe to this test would be a socket end outside the tree.
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-pdeath-'))
+    const ready = join(dir, 'ready')
+    const root = spawn('python3', ['-c', script, ready], {stdio: 'ignore'})
+    trackPid(root.pid!)
+    await until(() => existsSync(ready) && readFileSync(ready, 'utf8') === 'leaf-ready', 'the leaf has asked for its parent-death signal')
+    rmSync(dir, {recursive: true, force: true})
+    const [middle] = childrenOf(root.pid!)
+    const [leaf] = childrenOf(middle!)
+    ;[middle!, leaf!].forEach(trackPid)
+    const ck = await cli(['checkpoint', String(root.pid), '--name', 'pdeath', '--tree', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    assert.equal(ck.json.tree.length, 3, describeRun(ck))
+    for (const policy of ['mow', 'local'] as const) {
+      const run = await cli(['restore', 'pdeath', '--policy', policy, '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      const cloneRoot = run.json.pid as number
+      trackPid(cloneRoot)
+      const [cloneMiddle] = childrenOf(cloneRoot)
+      const [cloneLeaf] = childrenOf(cloneMiddle!)
+      ;[cloneMiddle!, cloneLeaf!].forEach(trackPid)
+      await sleep(100)
+      assert.ok(processExists(cloneLeaf!), `${policy}: the clone's leaf runs while its parent does`)
+      process.kill(cloneMiddle!, 'SIGKILL')
+      await until(() => !processExists(cloneLeaf!), `${policy}: the clone's leaf ${cloneLeaf} ends with its parent ${cloneMiddle} (its parent-death signal)`, 10_000)
+      assert.ok(processExists(cloneRoot), `${policy}: the clone's root runs on`)
+      process.kill(cloneRoot, 'SIGKILL')
+    }
+    assert.ok(processExists(leaf!), 'the original leaf runs on')
+  })
+
   for (const point of ['tree-frozen', 'threads-frames-ready', 'tree-member-captured'] as const) {
     it(`cxlfork SIGKILLed at ${point} of a --tree checkpoint: every member runs on untraced, the tree passes its checks`, async () => {
       const pool = poolPath('tree')

@@ -89,6 +89,22 @@ export function waitState(pid: number, pred: (state: string) => boolean, timeout
   }
 }
 
+/** Wait until `pid` is blocked in one of the system calls `nrs` (the first field of /proc/PID/syscall). */
+export function waitInSyscall(pid: number, nrs: readonly number[], timeoutMs = 5000): number {
+  const end = Date.now() + timeoutMs
+  for (;;) {
+    let nr = -1
+    try {
+      nr = Number(fs.readFileSync(`/proc/${pid}/syscall`, 'latin1').split(' ')[0])
+    } catch {
+      // gone or not readable yet: the deadline decides
+    }
+    if (nrs.includes(nr)) return nr
+    if (Date.now() > end) throw new Error(`pid ${pid} is not blocked in syscall ${nrs.join(' or ')} (last: ${nr})`)
+    sleepMs(2)
+  }
+}
+
 /** SIGKILL and reap every process started by the tests; close pipes. */
 export function cleanupProcs(): void {
   for (const pid of started) {

@@ -5,10 +5,10 @@
  * and each thread's XSAVE buffer laid out for this CPU.
  */
 import {CorruptError, UnsupportedError} from '../errors.js'
-import type {ProcessImage, ThreadImage} from '../image/process-image.js'
-import {hostXsaveLayout} from './host-xsave.js'
-import {bufferXcr0, bufferXstateBv, inferLayout, referenceLayouts, type XsaveLayout} from './xsave-layout.js'
-import {cpuMismatchError, cpuVerdict, type CpuVerdict, translateXstate} from './xsave-translate.js'
+import type {ProcessImage, ThreadImage} from './process-image.js'
+import {hostXsaveLayout} from '../cpu/host-xsave.js'
+import {bufferXcr0, bufferXstateBv, inferLayout, referenceLayouts, type XsaveLayout} from '../cpu/xsave-layout.js'
+import {cpuMismatchError, cpuVerdict, type CpuVerdict, translateXstate} from '../cpu/xsave-translate.js'
 
 /**
  * The layout to record for a buffer this host's kernel just produced: this
