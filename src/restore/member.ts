@@ -201,7 +201,7 @@ function restoreSignals(inject: Injector, image: ProcessImage): void {
  * `rewriteTid`: glibc caches the tid at clear_child_tid (it changed unless
  * the clone kept its ids).
  */
-function restoreTaskState(inject: Injector, image: ProcessImage, pid: number, nsPid: number, rewriteTid: boolean, dieWithParent: boolean): void {
+function restoreTaskState(inject: Injector, image: ProcessImage, pid: number, nsPid: number, rewriteTid: boolean): void {
   const thread = image.threads[0]!
   const task = image.task
   restoreThreadKernelState(inject, inject.tracee, thread, task.comm)
@@ -210,8 +210,8 @@ function restoreTaskState(inject: Injector, image: ProcessImage, pid: number, ns
     new DataView(tid.buffer).setInt32(0, nsPid, true)
     vmWrite(pid, thread.clearTidAddress, tid)
   }
-  // The stub asked for SIGKILL at its spawner's death; a released clone outlives us (0: none, as a fork child has), unless it must die with us.
-  inject.call('prctl(PR_SET_PDEATHSIG)', SYS.prctl, PR_SET_PDEATHSIG, dieWithParent ? 9 : 0)
+  // The stub asked for SIGKILL at its spawner's death; a released clone outlives us (0: none, as a fork child has), unless it must die with us (set after the credentials, below).
+  inject.call('prctl(PR_SET_PDEATHSIG, 0)', SYS.prctl, PR_SET_PDEATHSIG, 0)
   inject.call('umask', SYS.umask, task.umask)
   if (task.personality !== 0) inject.call('personality', SYS.personality, task.personality)
   inject.call(`chdir(${task.cwd})`, SYS.chdir, inject.putString(task.cwd))
@@ -264,7 +264,7 @@ export function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, 
   restoreMm(inject, image)
   restoreSignals(inject, image)
   inject.reset()
-  restoreTaskState(inject, image, stub.pid, nsPid, rewriteTid, dieWithParent)
+  restoreTaskState(inject, image, stub.pid, nsPid, rewriteTid)
   inject.reset()
   const threads = createThreads(inject, image.threads)
   try {
@@ -278,7 +278,9 @@ export function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, 
     if (image.task.credentials) restoreCredentials(inject, [tracee, ...threads], stub.pid, image.task.credentials)
     // After the credentials: changing them clears the parent-death signal. Its parent here is the member
     // restored as its parent (only tree members record one), whose main thread forked it.
-    if (image.task.pdeathSignal) inject.call(`prctl(PR_SET_PDEATHSIG, ${image.task.pdeathSignal})`, SYS.prctl, PR_SET_PDEATHSIG, image.task.pdeathSignal)
+    // dieWithParent: SIGKILL when the process that built it (a porter) dies.
+    const deathSignal = dieWithParent ? 9 : image.task.pdeathSignal
+    if (deathSignal) inject.call(`prctl(PR_SET_PDEATHSIG, ${deathSignal})`, SYS.prctl, PR_SET_PDEATHSIG, deathSignal)
     inject.call('munmap(scratch)', SYS.munmap, scratch, scratchSize)
     tracee.freeBatch()
     return threads

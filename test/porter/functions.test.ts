@@ -178,6 +178,8 @@ describe('porter: serverless functions (issue 15)', function () {
     assert.equal(info.scaledIn, 4)
     for (const pid of pids) assert.equal(processExists(pid), false, `instance ${pid} is gone`)
     assert.deepEqual(childrenOf(porter.pid).filter((child) => pids.includes(child.pid)), [], 'and reaped')
+    const released = await cli(['inspect', 'fn.float', '--pool', pool, '--json'])
+    assert.deepEqual(released.json.references, [], 'the reaped clones\' references are released')
     // With no instance left, the next invocation is a restore, not a cold start.
     const again = await invoke(socket, 'float', {i: 9})
     assert.equal(again.start, 'restored')

@@ -258,6 +258,7 @@ export class FunctionManager {
   /** Reap instances that ended; stop those idle past the keep-alive. */
   tick(): void {
     const now = performance.now()
+    let clonesGone = 0
     for (const fn of this.functions.values()) {
       for (const instance of [...fn.instances]) {
         let gone = instance.poll()
@@ -266,11 +267,16 @@ export class FunctionManager {
           fn.scaledIn++
           gone = true
         }
-        if (gone) fn.instances.splice(fn.instances.indexOf(instance), 1)
+        if (gone) {
+          fn.instances.splice(fn.instances.indexOf(instance), 1)
+          if (instance.origin === 'restored') clonesGone++
+        }
       }
       // An instance that ended frees a slot for what waits.
       if (fn.queue.length > 0) this.dispatch(fn)
     }
+    // Their pool references go with them, as the porter's own clones' do (left to gc, dead references slow every restore).
+    if (clonesGone > 0) this.options.pool().releaseDeadReferences()
   }
 
   /** Stop its instances, fail what waits, remove its checkpoint and its record. */
