@@ -20,7 +20,7 @@ import {tmpdir} from 'node:os'
 
 import {PorterUnreachable, porterRequest} from '../../src/porter/client.js'
 import {processExists, trackPid} from '../helpers/fixtures.js'
-import {CLI, PROJECT_ROOT, cli, describeRun, installCleanupHooks, poolPath} from '../restore/helpers.js'
+import {CLI, PROJECT_ROOT, cli, describeRun, installCleanupHooks, note, poolPath} from '../restore/helpers.js'
 import {type RunningPorter, childrenOf, removeSocketDirs, sleep, socketDir, startPorter, stopPorter} from './helpers.js'
 
 const logDirs: string[] = []
@@ -184,10 +184,14 @@ describe('porter: serverless functions (issue 15)', function () {
     const again = await invoke(socket, 'float', {i: 9})
     assert.equal(again.start, 'restored')
     assert.equal(again.output.crc, crc)
+    const warm = await invoke(socket, 'float', {i: 10})
+    assert.equal(warm.start, 'warm')
+    note(`float 4 MiB, in the porter: cold ${first.latencyMs.toFixed(1)} ms (checkpoint after it ${first.checkpointed.ms.toFixed(1)} ms), restored (mow, idle) ${again.latencyMs.toFixed(1)} ms of which restore ${again.startupMs.toFixed(1)} ms, warm ${warm.latencyMs.toFixed(1)} ms`)
 
     const rm = await cli(['fn', 'rm', 'float', '--pool', pool, '--socket', socket, '--json'])
     assert.equal(rm.status, 0, describeRun(rm))
     assert.equal(rm.json.instancesStopped, 1)
+    assert.equal(processExists(warm.pid), false)
     assert.equal(rm.json.checkpoint, 'fn.float')
     assert.equal(rm.json.checkpointState, 'removed')
     assert.equal(processExists(again.pid), false, 'fn rm stopped the instance')
