@@ -22,6 +22,7 @@ import PoolFsck from './commands/pool/fsck.js'
 import PoolGc from './commands/pool/gc.js'
 import PoolInfo from './commands/pool/info.js'
 import PoolInit from './commands/pool/init.js'
+import PorterReplay from './commands/porter/replay.js'
 import PorterStart from './commands/porter/start.js'
 import PorterStatus from './commands/porter/status.js'
 import PorterStop from './commands/porter/stop.js'
@@ -51,6 +52,7 @@ export const COMMANDS = {
   'pool:gc': PoolGc,
   'pool:info': PoolInfo,
   'pool:init': PoolInit,
+  'porter:replay': PorterReplay,
   'porter:start': PorterStart,
   'porter:status': PorterStatus,
   'porter:stop': PorterStop,

@@ -48,7 +48,7 @@ export interface InvokeResult {
 }
 
 export interface FunctionInfo extends FunctionRecord {
-  instances: {pid: number; origin: InstanceOrigin; busy: boolean; served: number}[]
+  instances: {pid: number; origin: InstanceOrigin; busy: boolean; served: number; faultServerPid?: number}[]
   queued: number
   invocations: number
   starts: Record<StartKind, number>
@@ -161,7 +161,7 @@ export class FunctionManager {
 
   private info(fn: Deployed): FunctionInfo {
     return {
-      ...fn.record, instances: fn.instances.map((i) => ({pid: i.pid, origin: i.origin, busy: i.busy, served: i.served})),
+      ...fn.record, instances: fn.instances.map((i) => ({pid: i.pid, origin: i.origin, busy: i.busy, served: i.served, ...(i.faultServerPid === undefined ? {} : {faultServerPid: i.faultServerPid})})),
       queued: fn.queue.length, invocations: fn.invocations, starts: {...fn.starts}, scaledIn: fn.scaledIn, failures: fn.failures,
     }
   }
