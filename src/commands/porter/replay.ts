@@ -9,7 +9,7 @@ import type {ReplayReport} from '../../porter/replay/replay.js'
 
 export default class PorterReplay extends BaseCommand {
   static override summary = 'Replay an invocation trace against real function instances under each policy.'
-  static override description = `TRACE is an Azure Functions 2019 per-minute CSV (HashOwner,HashApp,HashFunction,Trigger,1,...,1440), or \`synthetic\`: a seeded trace with that trace's shape (--functions, --minutes, --seed). Each trace function is deployed as fixtures/faas/floatmath.py (--mib MiB of state) on the porter's function code, run in this process, and invoked at the trace's instants, --speedup times faster than real time. Per policy: cold (a new instance per invocation), keepalive (instances kept 10 trace-minutes), mow/moa/hybrid/local (checkpointed after --checkpoint-after invocations, scaled out by restores, kept 1 trace-minute); criu is reported as not run.
+  static override description = `TRACE is an Azure Functions 2019 per-minute CSV (HashOwner,HashApp,HashFunction,Trigger,1,...,1440), or \`synthetic\`: a seeded trace with that trace's shape (--functions, --minutes, --seed). Each trace function is deployed as fixtures/faas/floatmath.py (--mib MiB of state) on the porter's function code, run in this process, and invoked at the trace's instants, --speedup times faster than real time. Per policy: cold (a new instance per invocation, stopped after it), keepalive (instances kept 10 trace-minutes), mow/moa/hybrid/local (checkpointed after --checkpoint-after invocations, scaled out by restores, kept 1 trace-minute); criu is reported as not run.
 Reports, per policy, invocation latency p50/p99/p99.9 (from the scheduled instant to the response), cold/warm/restored starts and local memory (RssAnon of the instances, GB·s and peak). The pool holds the checkpoints while a policy runs.`
   static override examples = [
     '<%= config.bin %> porter replay synthetic --functions 50 --minutes 30 --speedup 60 --policies cold,keepalive,mow',
@@ -28,6 +28,7 @@ Reports, per policy, invocation latency p50/p99/p99.9 (from the scheduled instan
     seed: Flags.integer({default: 1, summary: 'Seed of the synthetic trace and of the instants within each minute.'}),
     mib: Flags.integer({min: 1, max: 1024, default: 2, summary: 'State of each function instance, MiB.'}),
     'checkpoint-after': Flags.integer({min: 1, max: 1000, default: 1, summary: 'Restore policies: checkpoint a cold instance after this many invocations.'}),
+    'max-instances': Flags.integer({min: 1, max: 64, default: 2, summary: 'Instances per function at most (invocations beyond wait): bounds the load on this host.'}),
     'write-trace': Flags.string({summary: 'Also write the trace replayed (as CSV) to this file.', helpValue: 'FILE'}),
   }
 
@@ -56,11 +57,12 @@ Reports, per policy, invocation latency p50/p99/p99.9 (from the scheduled instan
     try {
       const report = await replay({
         pool, trace: replayed, speedup: flags.speedup, policies: policies as (typeof REPLAY_POLICIES)[number][], mib: flags.mib,
-        checkpointAfter: flags['checkpoint-after'], seed: flags.seed, progress: (line) => this.say(line),
+        checkpointAfter: flags['checkpoint-after'], maxInstances: flags['max-instances'], seed: flags.seed, progress: (line) => this.say(line),
       })
       this.say(`${report.invocations} invocations of ${report.deployed} functions (${report.functions} in the trace), ${report.minutes} minutes at x${report.speedup}`)
       this.say('policy     p50 ms   p99 ms  p99.9 ms   cold   warm  restored  failed   GB·s(trace)  peak GB')
       for (const p of report.policies) {
+        for (const error of p.checkpointErrors ?? []) this.say(`${p.policy}: ${error}`)
         if (p.skipped) {
           this.say(`${p.policy.padEnd(9)}  not run: ${p.skipped}`)
           continue

@@ -228,6 +228,11 @@ export class FunctionManager {
       }
       const checkpointed = this.maybeCheckpoint(fn, instance)
       if (checkpointed) result.checkpointed = checkpointed
+      // Keep-alive 0 (the replay's `cold` policy, not offered by `fn deploy`): an instance serves one invocation.
+      if (fn.record.keepAliveMs === 0) {
+        instance.stop()
+        fn.instances.splice(fn.instances.indexOf(instance), 1)
+      }
       waiter.resolve(result)
     }, (error: Error) => {
       instance.busy = false

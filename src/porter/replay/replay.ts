@@ -4,7 +4,7 @@
  * trace function) run by a FunctionManager in this process: the porter's
  * own function code, without the socket. Per policy:
  *
- *   cold       every invocation starts a new instance (keep-alive 1 ms, never checkpointed)
+ *   cold       every invocation starts a new instance, stopped after it (keep-alive 0, never checkpointed)
  *   keepalive  instances kept 10 trace-minutes after their last invocation (the common
  *              fixed keep-alive), never checkpointed: every scale-out is a cold start
  *   mow, moa, hybrid, local
@@ -43,6 +43,8 @@ export interface ReplayOptions {
   /** State size of each function instance, MiB. */
   mib: number
   checkpointAfter: number
+  /** Instances per function at most (bounds the load a replay puts on the host). */
+  maxInstances: number
   seed: number
   progress?: (line: string) => void
 }
@@ -60,6 +62,9 @@ export interface PolicyReport {
   memory: {gbSeconds: number; traceGbSeconds: number; peakGB: number; samples: number}
   keepAliveMs: number
   wallSeconds: number
+  /** Checkpoints taken (one per function at most), and why others failed. */
+  checkpoints: number
+  checkpointErrors: string[]
 }
 
 export interface ReplayReport {
@@ -105,7 +110,7 @@ async function replayPolicy(policy: Exclude<ReplayPolicy, 'criu'>, options: Repl
   const peer: PeerCredentials = {pid: process.pid, uid: process.geteuid?.() ?? 0, gid: process.getegid?.() ?? 0, groups: []}
   const manager = new FunctionManager({pool: () => options.pool, statePath: join(dir, 'functions.json')})
   const restoring = policy !== 'cold' && policy !== 'keepalive'
-  const keepAliveMs = Math.max(1, Math.round(policy === 'cold' ? 1 : (policy === 'keepalive' ? 600_000 : 60_000) / options.speedup))
+  const keepAliveMs = policy === 'cold' ? 0 : Math.max(1, Math.round((policy === 'keepalive' ? 600_000 : 60_000) / options.speedup))
   const names = new Map<number, string>()
   const latencies: number[] = []
   const starts = {cold: 0, warm: 0, restored: 0}
@@ -115,12 +120,14 @@ async function replayPolicy(policy: Exclude<ReplayPolicy, 'criu'>, options: Repl
   let peakKb = 0
   let samples = 0
   let sampler: NodeJS.Timeout | undefined
+  let checkpoints = 0
+  const checkpointErrors: string[] = []
   const t0 = performance.now()
   try {
     for (const index of deployed) {
       const name = `replay-${policy}-${index}`
       manager.deploy({
-        name, cwd: projectRoot(), policy: restoring ? policy as FunctionPolicy : 'mow', checkpointAfter: restoring ? options.checkpointAfter : 0, keepAliveMs, maxInstances: 64,
+        name, cwd: projectRoot(), policy: restoring ? policy as FunctionPolicy : 'mow', checkpointAfter: restoring ? options.checkpointAfter : 0, keepAliveMs, maxInstances: options.maxInstances,
         argv: ['python3', join(projectRoot(), 'fixtures', 'faas', 'floatmath.py'), join(dir, `${index}.log`), '--mib', String(options.mib), '--seed', String(index + 1), '--stdio', '1'],
       }, peer)
       names.set(index, name)
@@ -154,6 +161,10 @@ async function replayPolicy(policy: Exclude<ReplayPolicy, 'criu'>, options: Repl
     await Promise.all(pending)
     // One last sample after the end, then the instances go.
     await sleep(300)
+    for (const fn of manager.list(peer)) {
+      if (fn.checkpoint !== null) checkpoints++
+      if (fn.checkpointError !== undefined) checkpointErrors.push(`${fn.name}: ${fn.checkpointError}`)
+    }
   } finally {
     if (sampler) clearInterval(sampler)
     for (const name of names.values()) {
@@ -172,7 +183,7 @@ async function replayPolicy(policy: Exclude<ReplayPolicy, 'criu'>, options: Repl
     policy, invocations: events.length, failures, ...(firstFailure === undefined ? {} : {firstFailure}),
     latencyMs: {p50: percentile(sorted, 50), p99: percentile(sorted, 99), p999: percentile(sorted, 99.9), max: percentile(sorted, 100)},
     starts, memory: {gbSeconds: round3(gbSeconds), traceGbSeconds: round3(gbSeconds * options.speedup), peakGB: round3(peakKb / 1048576), samples},
-    keepAliveMs, wallSeconds: round3((performance.now() - t0) / 1000),
+    keepAliveMs, wallSeconds: round3((performance.now() - t0) / 1000), checkpoints, checkpointErrors,
   }
 }
 
@@ -188,7 +199,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayReport> {
     if (policy === 'criu') {
       policies.push({
         policy, skipped: 'the porter restores functions from the pool only: a CRIU-format restore path for functions is not built', invocations: 0, failures: 0,
-        latencyMs: {p50: null, p99: null, p999: null, max: null}, starts: {cold: 0, warm: 0, restored: 0}, memory: {gbSeconds: 0, traceGbSeconds: 0, peakGB: 0, samples: 0}, keepAliveMs: 0, wallSeconds: 0,
+        latencyMs: {p50: null, p99: null, p999: null, max: null}, starts: {cold: 0, warm: 0, restored: 0}, memory: {gbSeconds: 0, traceGbSeconds: 0, peakGB: 0, samples: 0}, keepAliveMs: 0, wallSeconds: 0, checkpoints: 0, checkpointErrors: [],
       })
       continue
     }
