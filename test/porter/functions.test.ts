@@ -136,7 +136,7 @@ describe('porter: serverless functions (issue 15)', function () {
   it('concurrent invocations scale out to clones restored from the checkpoint; keep-alive scales them in; fn rm leaves no process and no checkpoint', async () => {
     const {pool, socket, porter} = await setUp('fn-scale')
     const log = logFile()
-    const deployed = await cli(['fn', 'deploy', 'float', '--cmd', floatCmd(log), '--checkpoint-after', '1', '--keep-alive', '2s', '--max-instances', '4', '--pool', pool, '--socket', socket, '--json'])
+    const deployed = await cli(['fn', 'deploy', 'float', '--cmd', floatCmd(log), '--checkpoint-after', '1', '--keep-alive', '4s', '--max-instances', '4', '--pool', pool, '--socket', socket, '--json'])
     assert.equal(deployed.status, 0, describeRun(deployed))
     const first = await invoke(socket, 'float', {i: 0})
     assert.equal(first.start, 'cold')
@@ -170,7 +170,7 @@ describe('porter: serverless functions (issue 15)', function () {
     const referenced = new Set(inspect.json.references.filter((r: any) => r.alive).map((r: any) => r.pid as number))
     for (const result of results.filter((r) => r.start === 'restored')) assert.ok(referenced.has(result.pid), `clone ${result.pid} holds a reference to fn.float`)
 
-    // Keep-alive 2 s: every idle instance is stopped and reaped.
+    // Keep-alive 4 s (room for the checks above on a loaded host): every idle instance is stopped and reaped.
     const info = await until('scale-in', async () => {
       const current = await functionInfo(socket, 'float')
       return current.instances.length === 0 ? current : undefined

@@ -103,6 +103,7 @@ describe('porter replay: invocation traces (issue 15)', function () {
       assert.ok(p.memory.samples > 0 && p.memory.peakGB > 0)
     }
     assert.equal(cold.starts.restored, 0, 'cold never restores')
+    assert.equal(cold.starts.warm, 0, 'cold instances serve one invocation each')
     assert.ok(cold.starts.cold > mow.starts.cold, `cold starts more (${cold.starts.cold}) than mow (${mow.starts.cold})`)
     assert.ok(mow.starts.cold >= 3, 'each function starts cold once under mow')
     assert.ok(mow.starts.restored + mow.starts.warm > 0)
