@@ -3,13 +3,16 @@
  * format read (and refused when malformed, with typed errors), a synthetic
  * trace with that trace's shape (seeded), and a small trace replayed on real
  * function instances under `cold` and `mow`: every invocation answered,
- * starts counted by kind, nothing left running, no checkpoint left behind.
+ * starts counted by kind, nothing left running, no checkpoint left behind,
+ * and its HTML report drawn by headless Chromium (as the bench report is).
  */
 import assert from 'node:assert/strict'
-import {mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import {spawnSync} from 'node:child_process'
+import {existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
+import {projectRoot} from '../../src/paths.js'
 import {parseAzureTrace, syntheticTrace, toAzureCsv, totalInvocations} from '../../src/porter/replay/trace.js'
 import {cli, describeRun, installCleanupHooks, note, poolPath} from '../restore/helpers.js'
 
@@ -88,7 +91,8 @@ describe('porter replay: invocation traces (issue 15)', function () {
     // Two busy functions and a rare one, 2 minutes.
     writeFileSync(file, 'HashOwner,HashApp,HashFunction,Trigger,1,2\no,a,busy1,http,8,6\no,a,busy2,queue,5,7\no,a,rare,timer,1,0\no,a,idle,timer,0,0\n')
     const before = functionProcesses()
-    const run = await cli(['porter', 'replay', file, '--speedup', '30', '--policies', 'cold,mow,criu', '--mib', '2', '--pool', pool, '--json'])
+    const out = join(dir, 'report')
+    const run = await cli(['porter', 'replay', file, '--speedup', '30', '--policies', 'cold,mow,criu', '--mib', '2', '--out', out, '--pool', pool, '--json'])
     assert.equal(run.status, 0, describeRun(run))
     const report = run.json
     assert.equal(report.invocations, 27)
@@ -113,5 +117,38 @@ describe('porter replay: invocation traces (issue 15)', function () {
     const ls = await cli(['ls', '--pool', pool, '--json'])
     assert.equal(ls.status, 0, describeRun(ls))
     assert.deepEqual(ls.json.checkpoints, [], 'no checkpoint left')
+
+    // The report: the same figures as --json, and a page whose four charts headless Chromium draws.
+    assert.deepEqual(JSON.parse(readFileSync(join(out, 'replay.json'), 'utf8')).policies, report.policies)
+    assert.equal(mow.memory.perMinuteGB.length, 2, 'memory by trace minute')
+    const page = join(out, 'index.html')
+    const html = readFileSync(page, 'utf8')
+    assert.ok(!/\b(src|href)\s*=\s*["']?(https?:)?\/\//i.test(html), 'nothing loaded from the network')
+    assert.ok(html.includes(file), 'the page names the trace')
+    const browser = ['chromium', 'chromium-browser', 'google-chrome'].map((name) => spawnSync('sh', ['-c', `command -v ${name}`], {encoding: 'utf8'}).stdout.trim()).find(Boolean)
+    assert.ok(browser, 'chromium on PATH (Debian\'s chromium package, as .ci/run installs)')
+    const profile = mkdtempSync(join(tmpdir(), 'cxlfork-chromium-'))
+    try {
+      const common = ['--headless', '--no-sandbox', '--disable-gpu', '--hide-scrollbars', `--user-data-dir=${profile}`, '--virtual-time-budget=3000']
+      const dom = spawnSync(browser, [...common, '--dump-dom', `file://${page}`], {encoding: 'utf8', maxBuffer: 64 << 20, timeout: 60_000})
+      assert.equal(dom.status, 0, dom.stderr)
+      const check = /<pre id="render-check">([^<]*)<\/pre>/.exec(dom.stdout)?.[1]
+      assert.ok(check && check.startsWith('['), `the page's render check ran: ${check}`)
+      const charts = JSON.parse(check.replaceAll('&quot;', '"')) as {id: string; width: number; height: number; bars: number}[]
+      assert.deepEqual(charts.map((chart) => chart.id).sort(), ['chart-latency', 'chart-memory', 'chart-memory-time', 'chart-starts'])
+      for (const chart of charts) {
+        assert.ok(chart.width >= 400 && chart.height >= 200, `${chart.id} is laid out with a size: ${chart.width}x${chart.height}`)
+        assert.ok(chart.bars >= 2, `${chart.id} draws bars with data: ${chart.bars}`)
+      }
+      const shots = join(projectRoot(), 'dist', 'test-output')
+      mkdirSync(shots, {recursive: true})
+      const png = join(shots, 'replay-report.png')
+      rmSync(png, {force: true})
+      const shot = spawnSync(browser, [...common, '--window-size=1200,2400', `--screenshot=${png}`, `file://${page}`], {encoding: 'utf8', timeout: 60_000})
+      assert.equal(shot.status, 0, shot.stderr)
+      assert.ok(existsSync(png) && statSync(png).size > 20_000, `a screenshot of the report at ${png}`)
+    } finally {
+      rmSync(profile, {recursive: true, force: true})
+    }
   })
 })

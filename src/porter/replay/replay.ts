@@ -46,6 +46,9 @@ export interface ReplayOptions {
   /** Instances per function at most (bounds the load a replay puts on the host). */
   maxInstances: number
   seed: number
+  /** For the report: the command line and what the trace was. */
+  command: string
+  traceName: string
   progress?: (line: string) => void
 }
 
@@ -59,7 +62,8 @@ export interface PolicyReport {
   firstFailure?: string
   latencyMs: {p50: number | null; p99: number | null; p999: number | null; max: number | null}
   starts: {cold: number; warm: number; restored: number}
-  memory: {gbSeconds: number; traceGbSeconds: number; peakGB: number; samples: number}
+  /** perMinuteGB: the mean local memory in each trace minute (the replay's memory over time). */
+  memory: {gbSeconds: number; traceGbSeconds: number; peakGB: number; samples: number; perMinuteGB: number[]}
   keepAliveMs: number
   wallSeconds: number
   /** Checkpoints taken (one per function at most), and why others failed. */
@@ -68,6 +72,10 @@ export interface PolicyReport {
 }
 
 export interface ReplayReport {
+  /** When and how it ran. */
+  date: string
+  command: string
+  trace: string
   functions: number
   deployed: number
   minutes: number
@@ -121,6 +129,8 @@ async function replayPolicy(policy: Exclude<ReplayPolicy, 'criu'>, options: Repl
   let samples = 0
   let sampler: NodeJS.Timeout | undefined
   let checkpoints = 0
+  const minuteKb: number[] = []
+  const minuteSamples: number[] = []
   const checkpointErrors: string[] = []
   const t0 = performance.now()
   try {
@@ -133,6 +143,7 @@ async function replayPolicy(policy: Exclude<ReplayPolicy, 'criu'>, options: Repl
       names.set(index, name)
     }
     let last = performance.now()
+    const start = performance.now()
     sampler = setInterval(() => {
       const now = performance.now()
       let kb = 0
@@ -140,11 +151,15 @@ async function replayPolicy(policy: Exclude<ReplayPolicy, 'criu'>, options: Repl
         for (const instance of fn.instances) kb += statusKb(instance.pid, 'RssAnon') + (instance.faultServerPid === undefined ? 0 : statusKb(instance.faultServerPid, 'VmRSS'))
       }
       memoryKbSeconds += kb * ((now - last) / 1000)
+      const minute = Math.min(options.trace.minutes - 1, Math.floor(((now - start) * options.speedup) / 60_000))
+      if (minute >= 0) {
+        minuteKb[minute] = (minuteKb[minute] ?? 0) + kb
+        minuteSamples[minute] = (minuteSamples[minute] ?? 0) + 1
+      }
       last = now
       peakKb = Math.max(peakKb, kb)
       samples++
     }, 250)
-    const start = performance.now()
     const pending: Promise<void>[] = []
     for (const event of events) {
       const wait = start + event.at - performance.now()
@@ -182,7 +197,8 @@ async function replayPolicy(policy: Exclude<ReplayPolicy, 'criu'>, options: Repl
   return {
     policy, invocations: events.length, failures, ...(firstFailure === undefined ? {} : {firstFailure}),
     latencyMs: {p50: percentile(sorted, 50), p99: percentile(sorted, 99), p999: percentile(sorted, 99.9), max: percentile(sorted, 100)},
-    starts, memory: {gbSeconds: round3(gbSeconds), traceGbSeconds: round3(gbSeconds * options.speedup), peakGB: round3(peakKb / 1048576), samples},
+    starts, memory: {gbSeconds: round3(gbSeconds), traceGbSeconds: round3(gbSeconds * options.speedup), peakGB: round3(peakKb / 1048576), samples,
+      perMinuteGB: Array.from({length: options.trace.minutes}, (_, m) => round3((minuteKb[m] ?? 0) / Math.max(1, minuteSamples[m] ?? 0) / 1048576))},
     keepAliveMs, wallSeconds: round3((performance.now() - t0) / 1000), checkpoints, checkpointErrors,
   }
 }
@@ -199,7 +215,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayReport> {
     if (policy === 'criu') {
       policies.push({
         policy, skipped: 'the porter restores functions from the pool only: a CRIU-format restore path for functions is not built', invocations: 0, failures: 0,
-        latencyMs: {p50: null, p99: null, p999: null, max: null}, starts: {cold: 0, warm: 0, restored: 0}, memory: {gbSeconds: 0, traceGbSeconds: 0, peakGB: 0, samples: 0}, keepAliveMs: 0, wallSeconds: 0, checkpoints: 0, checkpointErrors: [],
+        latencyMs: {p50: null, p99: null, p999: null, max: null}, starts: {cold: 0, warm: 0, restored: 0}, memory: {gbSeconds: 0, traceGbSeconds: 0, peakGB: 0, samples: 0, perMinuteGB: []}, keepAliveMs: 0, wallSeconds: 0, checkpoints: 0, checkpointErrors: [],
       })
       continue
     }
@@ -210,5 +226,5 @@ export async function replay(options: ReplayOptions): Promise<ReplayReport> {
     }
     policies.push(report)
   }
-  return {functions: options.trace.functions.length, deployed: deployed.length, minutes: options.trace.minutes, speedup: options.speedup, invocations: events.length, mib: options.mib, policies}
+  return {date: new Date().toISOString(), command: options.command, trace: options.traceName, functions: options.trace.functions.length, deployed: deployed.length, minutes: options.trace.minutes, speedup: options.speedup, invocations: events.length, mib: options.mib, policies}
 }
