@@ -89,7 +89,7 @@ export async function startPorter(options: PorterStartOptions): Promise<{service
       }
       chunks.push(chunk)
     })
-    req.on('end', () => {
+    req.on('end', async () => {
       if (refused) return
       let reply: {status: number; body: unknown}
       try {
@@ -104,7 +104,7 @@ export async function startPorter(options: PorterStartOptions): Promise<{service
           }
         }
         const url = new URL(req.url ?? '/', 'http://porter')
-        reply = service.handle(req.method ?? 'GET', url, body, peer)
+        reply = await service.handle(req.method ?? 'GET', url, body, peer)
       } catch (error) {
         reply = errorBody(error)
       }
@@ -112,6 +112,8 @@ export async function startPorter(options: PorterStartOptions): Promise<{service
     })
   })
   // Malformed HTTP (Node's parser refused it): the same JSON envelope, and the porter goes on.
+  // A client that half-closes after its request (ours does) still gets the reply of a request answered later (a function's invocation).
+  Object.assign(server, {httpAllowHalfOpen: true})
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
     if (!socket.writable) return
     const tooLarge = error.code === 'HPE_HEADER_OVERFLOW'
