@@ -317,14 +317,14 @@ export class FunctionManager {
   }
 
   /** Figures for /v1/metrics. */
-  metrics(): {functions: number; instances: number; queued: number} {
+  metrics(): {functions: number; instances: number; queued: number; loadError?: string} {
     let instances = 0
     let queued = 0
     for (const fn of this.functions.values()) {
       instances += fn.instances.length
       queued += fn.queue.length
     }
-    return {functions: this.functions.size, instances, queued}
+    return {functions: this.functions.size, instances, queued, ...(this.loadError === undefined ? {} : {loadError: this.loadError})}
   }
 
   close(): void {
