@@ -41,6 +41,11 @@ export const UNSUPPORTED_VMA_BITS: [number, string][] = [
 
 export const FD_TYPE_REG = 1
 export const FD_TYPE_PIPE = 2
+export const FD_TYPE_INETSK = 4
+export const FD_TYPE_EVENTFD = 6
+export const FD_TYPE_EVENTPOLL = 7
+export const FD_TYPE_SIGNALFD = 9
+export const FD_TYPE_TIMERFD = 17
 export const FD_TYPE_NAMES: Record<number, string> = {
   0: 'UND', 1: 'REG', 2: 'PIPE', 3: 'FIFO', 4: 'INETSK', 5: 'UNIXSK', 6: 'EVENTFD', 7: 'EVENTPOLL', 8: 'INOTIFY', 9: 'SIGNALFD',
   10: 'PACKETSK', 11: 'TTY', 12: 'FANOTIFY', 13: 'NETLINKSK', 14: 'NS', 15: 'TUNF', 16: 'EXT', 17: 'TIMERFD', 18: 'MEMFD', 19: 'BPFMAP', 20: 'PIDFD',
@@ -68,6 +73,8 @@ export const S_IFCHR = 0o020000
 export const ROOT_KID = 1
 export const KID = 2
 export const PAGES_ID = 1
+/** Task states of core_entry.tc.task_state CRIU writes: a zombie is TASK_DEAD, with its wait status in exit_code. */
+export const TASK_DEAD = 2
 
 /** CRIU's names for the user_regs_struct fields (same order as USER_REGS_NAMES). */
 export const CRIU_REG_NAMES: Record<UserRegName, string> = {

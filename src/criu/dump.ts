@@ -1,7 +1,9 @@
 /**
- * `criu dump`: the same live fork-snapshot capture as `checkpoint`, but the
- * state is serialized into CRIU protobuf images and every page is copied into
- * pages-1.img: the "CRIU over shared memory" baseline.
+ * `criu dump`: the same live fork-snapshot capture as `checkpoint` (with
+ * --tree, of a whole process tree, its members frozen together as
+ * `checkpoint --tree` freezes them), but the captured ProcessImages are
+ * serialized into CRIU protobuf images and every page is copied into the
+ * tasks' pages-N.img: the "CRIU over shared memory" baseline.
  */
 import {existsSync, mkdirSync, readdirSync, rmSync, statSync} from 'node:fs'
 import {dirname, join, resolve} from 'node:path'
@@ -9,13 +11,16 @@ import {dirname, join, resolve} from 'node:path'
 import {type CheckpointStats as CheckpointDumpStats} from '../checkpoint/checkpoint.js'
 import {pagesScanned, runSegments, startSnapshotFileWrite} from '../checkpoint/page-write.js'
 import {type LiveSnapshot, killTarget, takePlacedSnapshot} from '../checkpoint/snapshot.js'
-import {preflight} from '../checkpoint/preflight.js'
+import {type PreflightResult, preflight} from '../checkpoint/preflight.js'
+import {type SharedObjectCapture, releaseSharedObjects} from '../checkpoint/shared-memory.js'
+import {type CheckedTree, type FrozenMember, type SharedFrom, captureStoppedMember, freezeDescendants, markInternalPipes, preflightTree, sharedAcrossMembers, thawMembers} from '../checkpoint/tree.js'
 import {ConflictError, PermissionError, SyscallError, UnsupportedError, UsageError} from '../errors.js'
 import {type VmaImage, totalPages} from '../image/process-image.js'
 import {PAGE_SIZE} from '../sys/page.js'
 import type {CpuPlacement} from '../sys/affinity.js'
+import {AF, readSocket} from '../sys/sockets.js'
 import {addressOf, vmReadv} from '../sys/vm-io.js'
-import {type PageSource, runsToWrite, writeCriuImages} from './images.js'
+import {type MemberToWrite, type PageSource, runsToWrite, writeCriuTree} from './images.js'
 
 export interface CriuDumpResult {
   pid: number
@@ -25,6 +30,10 @@ export interface CriuDumpResult {
   imageBytes: number
   pages: number
   killed: boolean
+  /** With --tree: every member (pid, parent, and whether it is a zombie); the root first. */
+  tree?: {pid: number; ppid: number; zombie: boolean}[]
+  /** µs the descendants of a tree stayed stopped (the root's is downtimeUs). */
+  treeDowntimeUs?: number
   downtimeUs: number
   totalUs: number
   stats: CheckpointDumpStats
@@ -90,31 +99,91 @@ function snapshotPages(snapshot: LiveSnapshot, vmas: readonly VmaImage[], placem
   }
 }
 
-export async function criuDump(request: {pid: number; images: string; kill: boolean}): Promise<CriuDumpResult> {
+/** Pages of a stopped tree member, read straight from it (it stays stopped until its set is written). */
+function memberPages(pid: number): PageSource {
+  return {
+    read(run, into) {
+      const len = run.nrPages * PAGE_SIZE
+      const copied = vmReadv(pid, runSegments([run], addressOf(into)))
+      if (copied !== len) throw new SyscallError('process_vm_readv', 14, `member ${pid}: ${copied} of ${len} bytes at 0x${run.vaddr.toString(16)}`, 'A member lost memory while being dumped; retry the dump.')
+    },
+  }
+}
+
+/** What the CRIU-format path does not write, in any member: refused by name before anything is touched. */
+function refuseUnwritable(pid: number, checked: PreflightResult): void {
+  const beyond = checked.fds.find(({info, kind}) => kind === 'fifo' || kind === 'inotify' || kind === 'ghost' || kind === 'shmem' || (kind === 'socket' && readSocket(pid, info.fd).family === AF.UNIX))
+  if (!beyond) return
+  const what = beyond.kind === 'socket' ? 'a Unix socket' : beyond.kind === 'shmem' ? 'a memfd or a deleted tmpfs file' : beyond.kind === 'fifo' ? 'a FIFO' : beyond.kind === 'ghost' ? 'a deleted file' : 'an inotify instance'
+  throw new UnsupportedError('CRIU_FD_TYPE', `fd ${beyond.info.fd} of process ${pid} is ${what}, which cxlfork's CRIU-format dump does not write yet`,
+    'Checkpoint it into the pool with `cxlfork checkpoint`, which restores Unix sockets, FIFOs, inotify instances, memfds and deleted files.')
+}
+
+export async function criuDump(request: {pid: number; images: string; kill: boolean; tree?: boolean}): Promise<CriuDumpResult> {
   const t0 = performance.now()
   const dir = resolve(request.images)
   refuseExistingImages(dir)
-  const checked = preflight(request.pid)
-  // The CRIU images cxlfork writes carry regular files, devices and stdio; refuse the rest by name before the target is touched.
-  const beyond = checked.fds.find(({info, kind}) => kind === 'fifo' || kind === 'inotify' || kind === 'ghost' || kind === 'eventfd' || kind === 'epoll' || kind === 'socket' || kind === 'timerfd' || kind === 'signalfd' || kind === 'shmem' || (kind === 'pipe' && info.fd > 2))
-  if (beyond) {
-    throw new UnsupportedError('CRIU_FD_TYPE', `fd ${beyond.info.fd} of process ${request.pid} is ${beyond.kind === 'pipe' ? 'a pipe above stderr' : beyond.kind === 'socket' ? 'a socket' : beyond.kind === 'shmem' ? 'a memfd or a deleted tmpfs file' : beyond.kind === 'fifo' ? 'a FIFO' : beyond.kind === 'ghost' ? 'a deleted file' : `an ${beyond.kind}`}, which cxlfork's CRIU-format dump does not write yet`,
-      'Checkpoint it into the pool with `cxlfork checkpoint`, which restores pipes, eventfds, epoll instances and listening sockets.')
+  const tree: CheckedTree | undefined = request.tree ? preflightTree(request.pid) : undefined
+  const checked = tree ? tree.checks.get(request.pid)! : preflight(request.pid)
+  for (const [pid, memberChecked] of tree?.checks ?? [[request.pid, checked] as const]) refuseUnwritable(pid, memberChecked)
+  // A tree: every descendant stops before the root's snapshot, so all members show one instant (as checkpoint --tree).
+  const tFrozen = performance.now()
+  const frozen: FrozenMember[] = tree ? freezeDescendants(tree) : []
+  let thawedAt: number | undefined
+  const thaw = (): void => {
+    if (thawedAt !== undefined) return
+    thawMembers(frozen)
+    thawedAt = performance.now()
   }
-  // Placed as a pool checkpoint is, so the two downtimes compare.
-  const {snapshot, placement} = takePlacedSnapshot(request.pid, checked)
+  let sharing = new Map<number, Map<number, SharedFrom>>()
+  let placed: ReturnType<typeof takePlacedSnapshot>
+  try {
+    if (tree) {
+      // Members found while freezing are checked too.
+      for (const [pid, memberChecked] of tree.checks) refuseUnwritable(pid, memberChecked)
+      markInternalPipes(tree.members, tree.checks)
+      sharing = sharedAcrossMembers(tree.members, tree.checks)
+    }
+    // Placed as a pool checkpoint is, so the two downtimes compare.
+    placed = takePlacedSnapshot(request.pid, checked)
+  } catch (error) {
+    thaw()
+    throw error
+  }
+  const {snapshot, placement} = placed
+  const memberShared: SharedObjectCapture[] = []
   // Created only now, so a refused dump leaves nothing behind; removed again if this dump fails.
   const created = mkdirSync(dir, {recursive: true, mode: 0o700})
   try {
     const image = snapshot.captureImage()
-    const pages = totalPages(image.pageRuns)
+    const toWrite: MemberToWrite[] = [{member: tree?.members[0] ?? {pid: image.task.pid, ppid: image.task.ppid, pgid: image.task.pgid, sid: image.task.sid}, image, pages: snapshotPages(snapshot, image.vmas, placement)}]
+    const sharedKnown = new Set(snapshot.sharedMemory.map((object) => object.id))
+    // The descendants, each still stopped: state from /proc and injected queries; their pages are read from them while the set is written.
+    const byPid = new Map(frozen.map((member) => [member.pid, member]))
+    for (const member of tree?.members.slice(1) ?? []) {
+      const stopped = byPid.get(member.pid)
+      if (!stopped) {
+        toWrite.push({member})
+        continue
+      }
+      const captured = captureStoppedMember(stopped, tree!.checks.get(member.pid)!, sharedKnown)
+      memberShared.push(...captured.sharedMemory)
+      for (const fd of captured.image.fds) {
+        const from = sharing.get(member.pid)?.get(fd.fd)
+        if (from) fd.sharedFrom = from
+      }
+      toWrite.push({member, image: captured.image, pages: memberPages(member.pid)})
+    }
+    let pages = 0
+    for (const entry of toWrite) if (entry.image) pages += totalPages(entry.image.pageRuns)
     const tWrite = performance.now()
     const scanned = pagesScanned(snapshot)
     const timings = snapshot.timings
-    // stats-dump.img is encoded after pages-1.img is written: getters read the clock at that moment.
+    // stats-dump.img is encoded after the pages are written: getters read the clock at that moment.
     const options = {modeOf: hostMode, vdsoPages: true}
-    const pagesWritten = totalPages(runsToWrite(image, options))
-    const written = await writeCriuImages(dir, image, snapshotPages(snapshot, image.vmas, placement), {
+    let pagesWritten = 0
+    for (const entry of toWrite) if (entry.image) pagesWritten += totalPages(runsToWrite(entry.image, options))
+    const written = await writeCriuTree(dir, toWrite, {
       freezingTime: timings.freezingUs, frozenTime: timings.frozenUs,
       get memdumpTime() {
         return Math.round((performance.now() - t0) * 1000) - timings.frozenUs
@@ -124,9 +193,14 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
       },
       pagesScanned: scanned, pagesWritten,
     }, options)
+    thaw()
     const tWritten = performance.now()
-    if (request.kill) killTarget(request.pid)
-    return {
+    if (request.kill) {
+      // Children first, so that no parent sees a child die before it is itself gone.
+      for (const member of [...(tree?.members ?? [])].reverse()) if (member.pid !== request.pid && member.zombieStatus === undefined) killTarget(member.pid)
+      killTarget(request.pid)
+    }
+    const result: CriuDumpResult = {
       pid: request.pid, images: dir, files: written.files, imageBytes: written.bytes, pages, killed: request.kill,
       downtimeUs: timings.frozenUs, totalUs: Math.round((performance.now() - t0) * 1000),
       stats: {
@@ -134,12 +208,19 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
         memwrite_time: Math.round((tWritten - tWrite) * 1000), pages_scanned: scanned, pages_written: pagesWritten,
       },
     }
+    if (tree) {
+      result.tree = tree.members.map((member) => ({pid: member.pid, ppid: member.ppid, zombie: member.zombieStatus !== undefined}))
+      result.treeDowntimeUs = Math.round(((thawedAt ?? performance.now()) - tFrozen) * 1000)
+    }
+    return result
   } catch (error) {
     if (created !== undefined) rmSync(created, {recursive: true, force: true})
     else for (const name of readdirSync(dir)) if (name.endsWith('.img')) rmSync(join(dir, name), {force: true})
     throw error
   } finally {
+    thaw()
     snapshot.release()
+    releaseSharedObjects(memberShared)
     placement?.release()
   }
 }

@@ -37,13 +37,15 @@ export const IMAGE_KINDS = {
   fs: {magic: 0x51403912, head: 'common', type: 'fs_entry'},
   creds: {magic: 0x54023547, head: 'common', type: 'creds_entry'},
   stats: {magic: 0x57093306, head: 'service', type: 'stats_entry'},
+  // Each pipe_data_entry record is followed by its `bytes` raw bytes of pipe contents.
+  'pipes-data': {magic: 0x56453709, head: 'common', type: 'pipe_data_entry'},
   // Read only: CRIU's record of files it dumped through a remap (unlinked files and such).
   'remap-fpath': {magic: 0x59133954, head: 'common', type: 'remap_file_path_entry'},
 } as const
 
 export type ImageKind = keyof typeof IMAGE_KINDS
 
-const PROTO_FILES = ['inventory.proto', 'core.proto', 'mm.proto', 'pagemap.proto', 'fdinfo.proto', 'fs.proto', 'pstree.proto', 'stats.proto', 'creds.proto', 'remap-file-path.proto']
+const PROTO_FILES = ['inventory.proto', 'core.proto', 'mm.proto', 'pagemap.proto', 'fdinfo.proto', 'fs.proto', 'pstree.proto', 'stats.proto', 'creds.proto', 'remap-file-path.proto', 'pipe-data.proto']
 
 let schema: Schema | undefined
 
@@ -96,11 +98,12 @@ export function decodeMessage<T = Record<string, unknown>>(typeName: string, byt
   }
 }
 
-/** Frame records into a complete image file's bytes. */
-export function frameImage(kind: ImageKind, records: readonly Uint8Array[]): Uint8Array {
+/** Frame records into a complete image file's bytes; `trailers[i]`, if any, follows record i unframed (pipes-data). */
+export function frameImage(kind: ImageKind, records: readonly Uint8Array[], trailers: readonly (Uint8Array | undefined)[] = []): Uint8Array {
   const head = expectedHead(kind)
   let size = head.length * 4
   for (const record of records) size += 4 + record.byteLength
+  for (const trailer of trailers) size += trailer?.byteLength ?? 0
   const out = new Uint8Array(size)
   const view = new DataView(out.buffer)
   let at = 0
@@ -108,17 +111,22 @@ export function frameImage(kind: ImageKind, records: readonly Uint8Array[]): Uin
     view.setUint32(at, magic, true)
     at += 4
   }
-  for (const record of records) {
+  records.forEach((record, i) => {
     view.setUint32(at, record.byteLength, true)
     out.set(record, at + 4)
     at += 4 + record.byteLength
-  }
+    const trailer = trailers[i]
+    if (trailer) {
+      out.set(trailer, at)
+      at += trailer.byteLength
+    }
+  })
   return out
 }
 
 /** Write an image file of `kind` holding the already encoded `records`; returns the bytes written. */
-export function writeImage(path: string, kind: ImageKind, records: readonly Uint8Array[]): number {
-  const bytes = frameImage(kind, records)
+export function writeImage(path: string, kind: ImageKind, records: readonly Uint8Array[], trailers?: readonly (Uint8Array | undefined)[]): number {
+  const bytes = frameImage(kind, records, trailers)
   const fd = openSync(path, 'w', 0o600)
   try {
     let at = 0
@@ -129,8 +137,12 @@ export function writeImage(path: string, kind: ImageKind, records: readonly Uint
   return bytes.byteLength
 }
 
-/** Split an image file's bytes into its records after checking the magic head. */
-export function unframeImage(bytes: Uint8Array, kind: ImageKind, path: string): Uint8Array[] {
+/**
+ * Split an image file's bytes into its records after checking the magic head; `trailer`
+ * gives the length of the unframed bytes that follow a record (pipes-data), which are
+ * skipped here and handed to `onTrailer`.
+ */
+export function unframeImage(bytes: Uint8Array, kind: ImageKind, path: string, trailer?: {length(record: Uint8Array, index: number): number; onTrailer(index: number, data: Uint8Array): void}): Uint8Array[] {
   const name = basename(path)
   const head = expectedHead(kind)
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
@@ -164,13 +176,22 @@ export function unframeImage(bytes: Uint8Array, kind: ImageKind, path: string): 
     }
     records.push(bytes.subarray(at + 4, at + 4 + length))
     at += 4 + length
+    if (trailer) {
+      const extra = trailer.length(records[index]!, index)
+      if (extra > bytes.byteLength - at) {
+        throw new CorruptError('CRIU_IMAGE_TRUNCATED', `${name} is truncated: record ${index} is followed by ${extra} bytes of data but only ${bytes.byteLength - at} remain`,
+          'The image file was cut short; dump the process again.')
+      }
+      trailer.onTrailer(index, bytes.subarray(at, at + extra))
+      at += extra
+    }
     index++
   }
   return records
 }
 
 /** Read an image file and return its raw records. A missing file is NotFoundError. */
-export function readImageRecords(path: string, kind: ImageKind): Uint8Array[] {
+export function readImageRecords(path: string, kind: ImageKind, trailer?: Parameters<typeof unframeImage>[3]): Uint8Array[] {
   let bytes: Uint8Array
   try {
     bytes = readFileSync(path)
@@ -182,7 +203,7 @@ export function readImageRecords(path: string, kind: ImageKind): Uint8Array[] {
     }
     throw new CorruptError('CRIU_IMAGE_UNREADABLE', `cannot read ${path}: ${(error as Error).message}`, 'Check the image directory and its permissions.')
   }
-  return unframeImage(bytes, kind, path)
+  return unframeImage(bytes, kind, path, trailer)
 }
 
 /** Read an image file and decode every record as the kind's message type. */

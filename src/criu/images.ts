@@ -1,8 +1,8 @@
 /**
- * The CRIU-format baseline: a ProcessImage written as the image set CRIU 4.x writes
- * for one process (inventory, pstree, core-TID, ids, mm, pagemap, pages-1, files,
- * fdinfo, fs, stats-dump), and read back, from cxlfork's own sets or from sets real
- * CRIU wrote for a single process whose files are regular files.
+ * The CRIU-format baseline: a ProcessImage, or a process tree of them, written as the
+ * image set CRIU 4.x writes (inventory, pstree, and per task core-TID, ids, mm, pagemap,
+ * pages-N, fs, fdinfo; files, pipes-data, stats-dump for the set), and read back, from
+ * cxlfork's own sets or from sets real CRIU wrote.
  *
  * Where CRIU has a field, the model goes there in CRIU's meaning. What CRIU has no
  * field for (file identity beyond name/size/mode, cmdline, kernel identity, the exact
@@ -17,19 +17,21 @@ import {join} from 'node:path'
 import {CorruptError, CxlforkError} from '../errors.js'
 import {IMAGE_VERSION, type PageRun, type ProcessImage} from '../image/process-image.js'
 import {PAGE_SIZE} from '../sys/page.js'
-import {PAGES_ID} from './constants.js'
+import type {TreeMember} from '../checkpoint/tree.js'
+import {KID, PAGES_ID} from './constants.js'
 import {writeImage} from './image-file.js'
-import {type Msg, type PutImage, corrupt} from './kinds/common.js'
-import {readCores, readCreds, readTaskLimits, readThreads, writeCores} from './kinds/core.js'
-import {FileTable, fileRecords, readFds, writeFileImages} from './kinds/files.js'
+import {type ImagePath, type Msg, type PutImage, corrupt} from './kinds/common.js'
+import {credentialsFrom, readCores, readCreds, readTaskLimits, readThreads, readZombie, writeCores, writeZombieCore} from './kinds/core.js'
+import {FileEntries, FileImagesWriter, FileTable, type ReadFd, linkDescriptors, readFds} from './kinds/files.js'
 import {readFs, writeFs} from './kinds/fs.js'
 import {readIds, writeIds} from './kinds/ids.js'
-import {readInventory, writeInventory} from './kinds/inventory.js'
+import {type Inventory, readInventory, writeInventory} from './kinds/inventory.js'
 import {readMm, writeMm} from './kinds/mm.js'
 import {readPagemap, writePagemap} from './kinds/pagemap.js'
+import {readPipesData} from './kinds/pipes-data.js'
 import {readPstree, writePstree} from './kinds/pstree.js'
 import {readStats, writeDumpStats} from './kinds/stats.js'
-import type {CriuImageSet, DumpStats, PageSource, WriteOptions} from './set-types.js'
+import type {CriuImageSet, CriuMember, DumpStats, PageSource, WriteOptions} from './set-types.js'
 import {big, has, u64} from './values.js'
 
 export * from './constants.js'
@@ -71,46 +73,77 @@ function writeAll(fd: number, bytes: Uint8Array): void {
   while (at < bytes.byteLength) at += writeSync(fd, bytes, at, bytes.byteLength - at)
 }
 
+/** One task of a set to write: a live member with its image and pages, or a zombie (TreeMember.zombieStatus). */
+export interface MemberToWrite {
+  member: TreeMember
+  image?: ProcessImage
+  pages?: PageSource
+}
+
 /**
  * Write `image` as a CRIU image set into `dir` (which must exist). Pages are pulled from
  * `pages` run by run (runs larger than the chunk are split) into one reusable buffer and
  * written to pages-1.img in large sequential writes.
  */
 export async function writeCriuImages(dir: string, image: ProcessImage, pages: PageSource, stats?: DumpStats, options: WriteOptions = {}): Promise<{files: string[]; bytes: number}> {
-  if (image.threads.length === 0) throw new CorruptError('IMAGE_INCONSISTENT', 'the image has no threads', 'This is a cxlfork bug.')
-  checkRuns(image)
-  const runs = runsToWrite(image, options)
+  const {task} = image
+  return writeCriuTree(dir, [{member: {pid: task.pid, ppid: task.ppid, pgid: task.pgid, sid: task.sid}, image, pages}], stats, options)
+}
+
+/**
+ * Write a process tree (members parents first, the root first and alive) as one CRIU image
+ * set: pstree.img lists every task, each live one has its own core, ids, mm, pagemap,
+ * pages-N (N = 1 for the root, then 2, 3... in member order), fs and fdinfo images, a
+ * zombie its core alone; files.img and pipes-data.img hold every member's files.
+ */
+export async function writeCriuTree(dir: string, members: readonly MemberToWrite[], stats?: DumpStats, options: WriteOptions = {}): Promise<{files: string[]; bytes: number}> {
+  const root = members[0]
+  if (!root?.image || !root.pages) throw new CorruptError('IMAGE_INCONSISTENT', 'the root of the tree has no image', 'This is a cxlfork bug.')
+  for (const {image} of members) {
+    if (!image) continue
+    if (image.threads.length === 0) throw new CorruptError('IMAGE_INCONSISTENT', `the image of process ${image.task.pid} has no threads`, 'This is a cxlfork bug.')
+    checkRuns(image)
+  }
   const files: string[] = []
   let bytes = 0
-  const put: PutImage = (name, kind, records) => {
+  const put: PutImage = (name, kind, records, trailers) => {
     const path = join(dir, name)
-    bytes += writeImage(path, kind, records)
+    bytes += writeImage(path, kind, records, trailers)
     files.push(path)
   }
-
-  // Pages first: the slow part. A source that writes them itself runs while the other
-  // images are encoded here, and is waited for before stats-dump.img.
-  const pagesPath = join(dir, `pages-${PAGES_ID}.img`)
-  const fd = openSync(pagesPath, 'w', 0o600)
-  files.push(pagesPath)
-  let writing: {finish(): void} | null = null
-  try {
-    writing = pages.start?.({fd, path: pagesPath}, runs) ?? null
-    if (!writing) await copyPages(fd, runs, pages, options)
-  } catch (error) {
-    closeSync(fd)
-    throw error
-  }
-  try {
-    writeSmallImages(image, runs, options, put)
-  } finally {
+  const live = members.filter((entry): entry is MemberToWrite & {image: ProcessImage; pages: PageSource} => entry.image !== undefined && entry.pages !== undefined)
+  writeInventory(put, root.image)
+  writePstree(put, members.map(({member, image}) => ({pid: member.pid, ppid: member.ppid, pgid: member.pgid, sid: member.sid, threads: image ? image.threads.map((thread) => thread.tid) : [member.pid]})))
+  const fileImages = new FileImagesWriter(options)
+  for (const [i, {image, pages}] of live.entries()) {
+    const pagesId = PAGES_ID + i
+    const runs = runsToWrite(image, options)
+    // Pages first: the slow part. A source that writes them itself runs while the other
+    // images are encoded here, and is waited for before the next member's.
+    const pagesPath = join(dir, `pages-${pagesId}.img`)
+    const fd = openSync(pagesPath, 'w', 0o600)
+    files.push(pagesPath)
+    let writing: {finish(): void} | null = null
     try {
-      writing?.finish()
-    } finally {
+      writing = pages.start?.({fd, path: pagesPath}, runs) ?? null
+      if (!writing) await copyPages(fd, runs, pages, options)
+    } catch (error) {
       closeSync(fd)
+      throw error
     }
+    try {
+      writeMemberImages(image, KID + i, pagesId, runs, fileImages, i === 0, put)
+    } finally {
+      try {
+        writing?.finish()
+      } finally {
+        closeSync(fd)
+      }
+    }
+    bytes += statSync(pagesPath).size
   }
-  bytes += statSync(pagesPath).size
+  for (const {member} of members) if (member.zombieStatus !== undefined) writeZombieCore(put, {pid: member.pid, zombieStatus: member.zombieStatus, ...(member.comm === undefined ? {} : {comm: member.comm})})
+  fileImages.write(put)
   if (stats) writeDumpStats(put, stats)
   return {files, bytes}
 }
@@ -138,32 +171,31 @@ async function copyPages(fd: number, runs: readonly PageRun[], pages: PageSource
   writeAll(fd, buffer.subarray(0, fill))
 }
 
-/** Every image but pages-1.img and stats-dump.img, in the order CRIU writes them. */
-function writeSmallImages(image: ProcessImage, runs: readonly PageRun[], options: WriteOptions, put: PutImage): void {
-  writeInventory(put, image)
-  writePstree(put, image)
+/** A live member's own images but its pages: core per thread, ids, mm, pagemap, fs (its fds go into the set's files.img and its fdinfo). */
+function writeMemberImages(image: ProcessImage, kid: number, pagesId: number, runs: readonly PageRun[], fileImages: FileImagesWriter, root: boolean, put: PutImage): void {
   writeCores(put, image)
-  writeIds(put, image.task.pid)
-  // Encoded before mm-PID.img (their ids are the files'), written after pagemap-PID.img.
-  const files = fileRecords(image, options)
-  writeMm(put, image)
-  writePagemap(put, image.task.pid, runs)
-  writeFileImages(put, files)
-  writeFs(put, image, files)
+  writeIds(put, image.task.pid, kid)
+  // Encoded before mm-PID.img: its ids are the files'.
+  const ids = fileImages.addMember(image, kid, root)
+  writeMm(put, image, ids.fileBase)
+  writePagemap(put, image.task.pid, runs, pagesId)
+  writeFs(put, image, ids)
 }
 
 // ---- reading ----
 
 /**
- * Read a CRIU image set (cxlfork's own, or CRIU 4.x's for one single- or multi-threaded
- * process with regular files and pipes) into the model.
+ * Read a CRIU image set (cxlfork's own, or CRIU 4.x's for a process or a process tree with
+ * threads, regular files, pipes, eventfds, epoll instances, timerfds and signalfds) into
+ * the model: a ProcessImage per live task, the tree's shape and its zombies.
  *
  * From a set CRIU itself wrote, these model parts are not in the images and get fill-in
  * values: file device/inode/mtime (those of the file now at the path, after checking it
  * against the size and ELF build-id CRIU recorded; '0:0', 0, 0 if it is gone), cmdline ([]: it is in the process's
  * memory), capturedAt (0), kernel release/hostname/boot id (''), vdsoLayout (derived
  * from the [vvar]/[vvar_vclock]/[vdso] VMAs, offsets relative to the first of them),
- * sigactions (only non-default ones), fd paths of regular files (CRIU's file name).
+ * sigactions (only non-default ones), fd paths of regular files (CRIU's file name),
+ * EFD_SEMAPHORE (off), timerfd expirations not yet read (none).
  */
 export function readCriuImages(dir: string): CriuImageSet {
   try {
@@ -177,12 +209,35 @@ export function readCriuImages(dir: string): CriuImageSet {
 
 function readSet(dir: string): CriuImageSet {
   const at = (name: string) => join(dir, name)
-  const {entry: inventory, ext: invExt, ours} = readInventory(at)
-  const {task, pid, tids} = readPstree(at)
+  const inventory = readInventory(at)
+  const tasks = readPstree(at)
+  const entries = new FileEntries(at)
+  const members: CriuMember[] = []
+  const reads: {pid: number; fds: ReadFd[]}[] = []
+  tasks.forEach(({entry, pid, tids}, i) => {
+    const shape = {pid, ppid: entry['ppid'] as number, pgid: entry['pgid'] as number, sid: entry['sid'] as number}
+    const zombie = i === 0 ? undefined : readZombie(at, pid)
+    if (zombie) {
+      members.push({...shape, ...zombie})
+      return
+    }
+    const read = readMember(at, dir, pid, tids, inventory, new FileTable(entries, inventory.ours, i === 0 ? undefined : pid), entry)
+    reads.push({pid, fds: read.fds})
+    members.push({...shape, ppid: read.image.task.ppid, ...read.stored, image: read.image})
+  })
+  linkDescriptors(reads, readPipesData(at))
+  const root = members[0]!
+  const set: CriuImageSet = {
+    image: root.image!, pagemap: root.pagemap!, pagesPath: root.pagesPath!, runOffsets: root.runOffsets!, members, writtenBy: inventory.ours ? 'cxlfork' : 'criu',
+  }
+  return Object.assign(set, readStats(at))
+}
+
+/** One live task of a set: its model, its stored pages, and its descriptors still to be tied to the others'. */
+function readMember(at: ImagePath, dir: string, pid: number, tids: number[], {entry: inventory, ext: invExt, ours}: Inventory, table: FileTable, task: Msg): {image: ProcessImage; stored: Pick<CriuMember, 'pagemap' | 'pagesPath' | 'runOffsets'>; fds: ReadFd[]} {
   const ids = readIds(at, dir, pid, inventory)
   const cores = readCores(at, pid, tids)
   const {tc, taskExt} = cores
-  const table = new FileTable(at, ours)
   const {mm, vmas, exeFileIndex, startStack} = readMm(at, pid, table, ours, invExt ? (invExt['vdso_layout'] ?? []) as Msg[] : undefined)
   const {pagemap, pageRuns, runOffsets, pagesPath} = readPagemap(at, pid, vmas)
   const threads = readThreads(cores, pid, ours)
@@ -201,6 +256,7 @@ function readSet(dir: string): CriuImageSet {
       }
     : {release: '', hostname: '', bootId: '', vdsoLayout: vdsoAreas.map((vma) => ({name: `[${vma.kind}]`, offset: vma.start - vdsoBase, size: vma.end - vma.start}))}
 
+  const credentials = credentialsFrom(creds, has(mm, 'dumpable') ? mm['dumpable'] as number : undefined, ours ? Boolean(taskExt && has(taskExt, 'credentials') && taskExt['credentials']) : true)
   const image: ProcessImage = {
     version: IMAGE_VERSION,
     capturedAt: invExt && has(invExt, 'captured_at') ? invExt['captured_at'] : 0,
@@ -218,6 +274,7 @@ function readSet(dir: string): CriuImageSet {
       sigactions,
       sharedPendingSignals: has(tc, 'signals_s') ? (tc['signals_s']['signals'] as Msg[]).map((s) => new Uint8Array(s['siginfo'])) : [],
       cmdline: taskExt ? ((taskExt['cmdline'] ?? []) as Uint8Array[]).map((arg) => Buffer.from(arg).toString('utf8')) : [],
+      ...(credentials ? {credentials} : {}),
     },
     threads,
     mm: {
@@ -229,10 +286,8 @@ function readSet(dir: string): CriuImageSet {
     },
     vmas,
     files: table.files,
-    fds,
+    fds: fds.map((read) => read.fd),
     pageRuns,
   }
-
-  const set: CriuImageSet = {image, pagemap, pagesPath, runOffsets, writtenBy: ours ? 'cxlfork' : 'criu'}
-  return Object.assign(set, readStats(at))
+  return {image, stored: {pagemap, pagesPath, runOffsets}, fds}
 }

@@ -1,14 +1,16 @@
 /**
- * `criu restore`: deserialize an image set and build the process with every
- * page copied from pages-1.img into local anonymous memory, the full CRIU
- * restore cost profile. The building machinery is the pool path's.
+ * `criu restore`: deserialize an image set and build the process (or the process
+ * tree, zombies included) with every page copied from its pages-N.img into local
+ * anonymous memory, the full CRIU restore cost profile. The building machinery
+ * is the pool path's: the set is read back into ProcessImages and handed to
+ * the same buildTree as a pool checkpoint.
  */
 import {openSync, closeSync, fstatSync} from 'node:fs'
 
 import {CorruptError} from '../errors.js'
 import {MAP, PROT} from '../sys/syscall.js'
 import {mmap, munmap} from '../sys/vm-io.js'
-import {type CloneExit, type PidNamespaceMode, buildProcess} from '../restore/build-process.js'
+import {type CloneExit, type MemberPlan, type PidNamespaceMode, buildTree} from '../restore/build-process.js'
 import {type StoredRun, planRestore} from '../restore/plan.js'
 import {criuSchema} from './image-file.js'
 import {readCriuImages, writeRestoreStats} from './images.js'
@@ -16,6 +18,10 @@ import {readCriuImages, writeRestoreStats} from './images.js'
 export interface CriuRestoreResult {
   pid: number
   threads: number
+  /** Processes built: the tree's tasks (zombies too), 1 for a single process. */
+  processes: number
+  /** The clone's network namespace: 'host' (ours), 'new' (its own, loopback only) or the path it joined. */
+  netns: string
   /** The clone's own PID namespace, when it has one: its pid there and its init's pid here. */
   pidNamespace: {pid: number; initPid: number} | null
   images: string
@@ -33,7 +39,41 @@ export interface CriuRestoreResult {
   }
 }
 
-export function criuRestore(request: {images: string; wait: boolean; pidns?: PidNamespaceMode}): CriuRestoreResult {
+/** Each live member's pages file mapped read-only here, at its own base in one offset space (a store offset names one member's file). */
+class MappedPages {
+  private readonly files: {path: string; first: bigint; size: bigint; address: bigint}[] = []
+  private next = 0n
+
+  /** Map `path`; returns the store offset of its byte 0. */
+  add(path: string): bigint {
+    const fd = openSync(path, 'r')
+    let size = 0
+    let address = 0n
+    try {
+      size = Number(fstatSync(fd).size)
+      if (size > 0) address = mmap(null, size, PROT.READ, MAP.PRIVATE, fd, 0)
+    } finally {
+      closeSync(fd)
+    }
+    const first = this.next
+    this.files.push({path, first, size: BigInt(size), address})
+    this.next += BigInt(size) + 4096n
+    return first
+  }
+
+  localAddress(offset: bigint): bigint {
+    const file = this.files.find((f) => offset >= f.first && offset < f.first + f.size + 4096n)
+    if (!file || offset >= file.first + file.size) throw new CorruptError('IMAGE_CORRUPT', `pagemap points at offset ${file ? offset - file.first : offset} beyond ${file?.path ?? 'the pages images'}`)
+    return file.address + (offset - file.first)
+  }
+
+  release(): void {
+    for (const file of this.files) if (file.size > 0n) munmap(file.address, Number(file.size))
+    this.files.length = 0
+  }
+}
+
+export function criuRestore(request: {images: string; wait: boolean; pidns?: PidNamespaceMode; netns?: string}): CriuRestoreResult {
   // Parsing the .proto schemas is cxlfork's start-up cost, not deserialization (CRIU's
   // are compiled C): keep it out of restore_time and report it on its own.
   const tSchema = performance.now()
@@ -41,40 +81,37 @@ export function criuRestore(request: {images: string; wait: boolean; pidns?: Pid
   const schemaLoadUs = Math.round((performance.now() - tSchema) * 1000)
   const t0 = performance.now()
   const set = readCriuImages(request.images)
-  const runs: StoredRun[] = set.image.pageRuns.map((run, i) => ({...run, storeOffset: BigInt(set.runOffsets[i]!)}))
-  const plan = planRestore(set.image, runs, 'local')
-  const tDecoded = performance.now()
-  // The pages file is mapped read-only here and copied into the new process with process_vm_writev.
-  const fd = openSync(set.pagesPath, 'r')
-  let base = 0n
-  let size = 0
-  try {
-    size = Number(fstatSync(fd).size)
-    if (size > 0) base = mmap(null, size, PROT.READ, MAP.PRIVATE, fd, 0)
-  } finally {
-    closeSync(fd)
-  }
+  // The pages files are mapped read-only here and copied into the new processes with process_vm_writev.
+  const pages = new MappedPages()
   let built
   let tDone: number
+  let tDecoded: number
+  let pagesRestored = 0
   try {
-    built = buildProcess(set.image, plan, {
-      localAddress: (offset) => {
-        if (offset < 0n || offset >= BigInt(size)) throw new CorruptError('IMAGE_CORRUPT', `pagemap points at offset ${offset} beyond ${set.pagesPath}`)
-        return base + offset
-      },
-    }, {stdio: request.wait ? 'inherit' : 'null', setsid: !request.wait, wait: request.wait, ...(request.pidns === undefined ? {} : {pidns: request.pidns})})
-    // The clone runs from here on. Unmapping our view of pages-1.img (tearing down a page
+    const plans: MemberPlan[] = set.members.map((member) => {
+      const shape = {pid: member.pid, ppid: member.ppid, pgid: member.pgid, sid: member.sid}
+      if (!member.image) return {...shape, zombieStatus: member.zombieStatus ?? 0, ...(member.comm === undefined ? {} : {comm: member.comm})}
+      const base = pages.add(member.pagesPath!)
+      const runs: StoredRun[] = member.image.pageRuns.map((run, i) => ({...run, storeOffset: base + BigInt(member.runOffsets![i]!)}))
+      const plan = planRestore(member.image, runs, 'local')
+      pagesRestored += plan.pagesCopied
+      return {...shape, image: member.image, plan}
+    })
+    tDecoded = performance.now()
+    built = buildTree(plans, {localAddress: (offset) => pages.localAddress(offset)},
+      {stdio: request.wait ? 'inherit' : 'null', setsid: !request.wait, wait: request.wait, ...(request.pidns === undefined ? {} : {pidns: request.pidns}), ...(request.netns === undefined ? {} : {network: request.netns})})
+    // The clone runs from here on. Unmapping our view of the pages images (tearing down a page
     // table entry per page: ~30 ms at 256 MiB) is this process's own clean-up, after it.
     tDone = performance.now()
   } finally {
-    if (size > 0) munmap(base, size)
+    pages.release()
   }
   const stats = {
     restore_time: Math.round((tDone - t0) * 1000), forking_time: built.timings.spawnUs, deserialize_time: Math.round((tDecoded - t0) * 1000), schema_load_time: schemaLoadUs,
-    memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: plan.pagesCopied,
+    memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: pagesRestored,
   }
   writeRestoreStats(request.images, {restoreTime: stats.restore_time, pagesRestored: stats.pages_restored, forkingTime: stats.forking_time})
-  const result: CriuRestoreResult = {pid: built.pid, threads: built.threads, pidNamespace: built.namespace ?? null, images: request.images, stats}
+  const result: CriuRestoreResult = {pid: built.pid, threads: built.threads, processes: built.members, netns: request.netns ?? 'host', pidNamespace: built.namespace ?? null, images: request.images, stats}
   if (request.wait) {
     result.exit = built.wait()
   }

@@ -45,12 +45,29 @@ export interface CriuPagemapEntry {
   pagesOffset: number
 }
 
+/** One task of a read set: its place in the tree, and for a live one its model and stored pages (a zombie has its wait status and name instead). */
+export interface CriuMember {
+  pid: number
+  ppid: number
+  pgid: number
+  sid: number
+  zombieStatus?: number
+  comm?: string
+  image?: ProcessImage
+  pagemap?: CriuPagemapEntry[]
+  pagesPath?: string
+  runOffsets?: number[]
+}
+
 export interface CriuImageSet {
+  /** The root task (the only one of a one-process set); pagemap, pagesPath and runOffsets are its. */
   image: ProcessImage
   pagemap: CriuPagemapEntry[]
   pagesPath: string
   /** Byte offset in pagesPath of each of image.pageRuns. */
   runOffsets: number[]
+  /** Every task, parents first, the root first (one entry for a one-process set). */
+  members: CriuMember[]
   stats?: DumpStats
   restoreStats?: RestoreStats
   /** 'cxlfork' when cxlfork's extension fields were present (exact model), 'criu' otherwise. */

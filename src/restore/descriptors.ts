@@ -101,9 +101,9 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
       continue
     }
     if (fd.kind === 'pipe' && !fd.pipe && fd.fd > 2) {
-      // A CRIU image set's pipe: its bytes are in pipes-data, which cxlfork does not read yet. Never drop an fd silently.
-      throw new UnsupportedError('CRIU_FD_TYPE', `fd ${fd.fd} is a pipe whose state this image set does not give cxlfork (CRIU's pipes-data is not read yet)`,
-        'Restore this image set with CRIU itself, or checkpoint the process with `cxlfork checkpoint`, which carries pipes.')
+      // A pipe above stdio whose state (size, ends, bytes) the image does not carry. Never drop an fd silently.
+      throw new UnsupportedError('CRIU_FD_TYPE', `fd ${fd.fd} is a pipe whose state this image does not carry`,
+        'Dump or checkpoint the process again: cxlfork records every pipe above stdio with its bytes.')
     }
     if ((fd.kind === 'tty' || fd.kind === 'pipe') && !fd.pipe) continue // fds 0-2 already point where BuildOptions.stdio says
     if (fd.pipe) {

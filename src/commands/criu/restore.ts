@@ -6,18 +6,19 @@ import type {CriuRestoreResult} from '../../criu/restore.js'
 
 export default class CriuRestoreCommand extends BaseCommand {
   static override summary = 'Restore a CRIU-format image set by deserializing it and copying every page.'
-  static override description = 'Accepts sets written by cxlfork criu dump and by CRIU 4.x for single- and multi-threaded processes with regular files. The restore statistics are also written to stats-restore.img. Without --wait the clone runs detached; with --wait the command exits with its status.'
-  static override examples = ['<%= config.bin %> criu restore --images /dev/shm/web.img', '<%= config.bin %> criu restore --images /dev/shm/web.img --wait']
+  static override description = 'Accepts sets written by cxlfork criu dump and by CRIU 4.x: single- and multi-threaded processes and process trees (rebuilt in a PID namespace of their own) with regular files, pipes, eventfds, epoll instances, timerfds, signalfds and TCP/UDP sockets. A clone that listens where its original still listens needs --netns. The restore statistics are also written to stats-restore.img. Without --wait the clone runs detached; with --wait the command exits with its status.'
+  static override examples = ['<%= config.bin %> criu restore --images /dev/shm/web.img', '<%= config.bin %> criu restore --images /dev/shm/web.img --wait', '<%= config.bin %> criu restore --images /dev/shm/web.img --netns new']
   static override flags = {
     images: Flags.string({summary: 'Directory holding the image set.', required: true}),
     wait: Flags.boolean({summary: 'Stay until the clone exits and exit with its status.', default: false}),
     pidns: pidnsFlag(),
+    netns: Flags.string({summary: "Network namespace of the clone: 'new' (its own, loopback only, no way out) or the path of one to join (/var/run/netns/NAME, /proc/PID/ns/net).", helpValue: 'new|PATH'}),
   }
 
   async run(): Promise<CriuRestoreResult> {
     const {flags} = await this.parse(CriuRestoreCommand)
     const [{criuRestore}, {exitStatusOf}] = await Promise.all([import('../../criu/restore.js'), import('../../restore/build-process.js')])
-    const result = criuRestore({images: flags.images, wait: flags.wait, ...(flags.pidns === undefined ? {} : {pidns: flags.pidns})})
+    const result = criuRestore({images: flags.images, wait: flags.wait, ...(flags.pidns === undefined ? {} : {pidns: flags.pidns}), ...(flags.netns === undefined ? {} : {netns: flags.netns})})
     this.say(`Restored ${flags.images} as pid ${result.pid}: ${result.stats.pages_restored} pages copied, ${(result.stats.restore_time / 1000).toFixed(2)} ms`)
     if (result.exit) process.exitCode = exitStatusOf(result.exit)
     return result

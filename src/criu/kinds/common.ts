@@ -12,20 +12,20 @@ export type Obj = Record<string, unknown>
 export type Msg = Record<string, any> // eslint-disable-line @typescript-eslint/no-explicit-any
 
 /** Writes one image file of the set (its name, kind and encoded records). */
-export type PutImage = (name: string, kind: ImageKind, records: Uint8Array[]) => void
+export type PutImage = (name: string, kind: ImageKind, records: Uint8Array[], trailers?: (Uint8Array | undefined)[]) => void
 
 /** The path of an image file of the set being read. */
 export type ImagePath = (name: string) => string
 
 export const fown = (): Obj => ({uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0})
 
-/** files.img id of the model's file `index` (ids 1..n are the tracked files). */
-export function fileIdFor(image: ProcessImage, index: number | undefined, what: string): number {
+/** files.img id of the model's file `index` (a member's tracked files have ids first..first+n-1; 1.. in a one-process set). */
+export function fileIdFor(image: ProcessImage, index: number | undefined, what: string, first = 1): number {
   if (index === undefined || !Number.isInteger(index) || index < 0 || index >= image.files.length) {
     throw new CorruptError('IMAGE_INCONSISTENT', `${what} refers to file index ${String(index)}, but the image has ${image.files.length} files`,
       'The captured image is inconsistent; this is a cxlfork bug.')
   }
-  return index + 1
+  return first + index
 }
 
 export const corrupt = (message: string, hint = 'The image set is damaged or inconsistent; dump the process again.'): CorruptError => new CorruptError('CRIU_IMAGE_CORRUPT', message, hint)

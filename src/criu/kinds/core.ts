@@ -6,10 +6,10 @@
  */
 import {UnsupportedError} from '../../errors.js'
 import {
-  type ProcessImage, type Rlimit, type SigAction, type ThreadImage, USER_REGS_NAMES, type UserRegs,
+  type CredentialsImage, type ProcessImage, type Rlimit, type SigAction, type ThreadImage, USER_REGS_NAMES, type UserRegs,
 } from '../../image/process-image.js'
 import {RLIM_INFINITY, SIG} from '../../sys/syscall.js'
-import {CRIU_REG_NAMES, MARCH_X86_64, REGS_MODE_NATIVE, RLIM_NLIMITS, SIGMAX, SS_DISABLE, TASK_ALIVE} from '../constants.js'
+import {CRIU_REG_NAMES, MARCH_X86_64, REGS_MODE_NATIVE, RLIM_NLIMITS, SIGMAX, SS_DISABLE, TASK_ALIVE, TASK_DEAD} from '../constants.js'
 import {encodeMessage, readImage} from '../image-file.js'
 import {big, has, str64, u64} from '../values.js'
 import {fpregsToXstate, xstateToFpregs} from '../xsave.js'
@@ -53,10 +53,7 @@ function coreFor(image: ProcessImage, thread: ThreadImage, leader: boolean): Obj
     blk_sigset: str64(u64(thread.sigmask)),
     sas: {ss_sp: str64(u64(thread.altStack.sp)), ss_size: str64(u64(thread.altStack.size)), ss_flags: thread.altStack.flags >>> 0},
     signals_p: siginfos(thread.pendingSignals),
-    creds: {
-      uid: image.task.uid, gid: image.task.gid, euid: image.task.uid, egid: image.task.gid, suid: image.task.uid, sgid: image.task.gid,
-      fsuid: image.task.uid, fsgid: image.task.gid, cap_inh: [], cap_prm: [], cap_eff: [], cap_bnd: [], secbits: 0, groups: [],
-    },
+    creds: credsFor(image),
   }
   // CRIU names each thread in thread_core.comm; the leader's is the task's.
   const comm = leader ? image.task.comm : thread.comm
@@ -74,6 +71,45 @@ function coreFor(image: ProcessImage, thread: ThreadImage, leader: boolean): Obj
   }
   if (leader) core['tc'] = taskCore(image, thread)
   return core
+}
+
+/** A capability set as CRIU keeps it: two 32-bit words, low first. */
+const capWords = (set: bigint): number[] => [Number(set & 0xffff_ffffn), Number((set >> 32n) & 0xffff_ffffn)]
+const capSet = (words: readonly number[] | undefined): bigint => ((words ?? []) as number[]).reduce((set, word, i) => set | (BigInt(word >>> 0) << BigInt(32 * i)), 0n)
+
+/**
+ * creds_entry of every thread (threads share them: the capture refuses threads that differ).
+ * A model without credentials (checkpoints from before they were carried) gives CRIU the
+ * uid and gid it has, as real, effective, saved and fs ids.
+ */
+function credsFor(image: ProcessImage): Obj {
+  const creds = image.task.credentials
+  if (!creds) {
+    const {uid, gid} = image.task
+    return {uid, gid, euid: uid, egid: gid, suid: uid, sgid: gid, fsuid: uid, fsgid: gid, cap_inh: [], cap_prm: [], cap_eff: [], cap_bnd: [], secbits: 0, groups: []}
+  }
+  const [uid, euid, suid, fsuid] = creds.uids
+  const [gid, egid, sgid, fsgid] = creds.gids
+  return {
+    uid, gid, euid, egid, suid, sgid, fsuid, fsgid,
+    cap_inh: capWords(creds.capInheritable), cap_prm: capWords(creds.capPermitted), cap_eff: capWords(creds.capEffective), cap_bnd: capWords(creds.capBounding),
+    secbits: creds.securebits >>> 0, groups: creds.groups.map((group) => group >>> 0), no_new_privs: creds.noNewPrivs ? 1 : 0, cap_amb: capWords(creds.capAmbient),
+  }
+}
+
+/**
+ * The model's credentials from a set's creds (CRIU 4.x keeps them in each thread's core;
+ * old CRIUs in creds-PID.img) and mm_entry.dumpable; undefined for cxlfork's sets of
+ * checkpoints that carried none (the clone then keeps the restorer's, as in the pool).
+ */
+export function credentialsFrom(creds: Msg | undefined, dumpable: number | undefined, carried: boolean): CredentialsImage | undefined {
+  if (!creds || !carried) return undefined
+  return {
+    uids: [creds['uid'], creds['euid'], creds['suid'], creds['fsuid']], gids: [creds['gid'], creds['egid'], creds['sgid'], creds['fsgid']],
+    groups: [...(creds['groups'] ?? [])] as number[],
+    capInheritable: capSet(creds['cap_inh']), capPermitted: capSet(creds['cap_prm']), capEffective: capSet(creds['cap_eff']), capBounding: capSet(creds['cap_bnd']),
+    capAmbient: capSet(creds['cap_amb']), noNewPrivs: (creds['no_new_privs'] ?? 0) !== 0, securebits: creds['secbits'] as number, dumpable: dumpable ?? 1,
+  }
 }
 
 const disarmed = () => ({isec: str64(0n), iusec: str64(0n), vsec: str64(0n), vusec: str64(0n)})
@@ -123,8 +159,34 @@ function taskCore(image: ProcessImage, leader: ThreadImage): Obj {
       rlimit_resources: task.rlimits.map((limit) => limit.resource >>> 0),
       listed: true,
       ppid: task.ppid >>> 0,
+      credentials: task.credentials !== undefined,
     },
   }
+}
+
+/** core-PID.img of a zombie, as CRIU writes one: a task core only, TASK_DEAD, its raw wait status in exit_code. */
+export function writeZombieCore(put: PutImage, zombie: {pid: number; zombieStatus: number; comm?: string}): void {
+  const name = `core-${zombie.pid}.img`
+  put(name, 'core', [encodeMessage('core_entry', {mtype: MARCH_X86_64, tc: {
+    task_state: TASK_DEAD, exit_code: zombie.zombieStatus >>> 0, personality: 0, flags: 0, blk_sigset: str64(0n), comm: zombie.comm ?? '',
+  }}, name)])
+}
+
+/**
+ * A zombie member's core (task state TASK_DEAD): its wait status and name, or undefined
+ * for a live task. A zombie killed by a signal other than SIGKILL cannot be recreated (the
+ * restore makes it exit, or SIGKILLs it): refused by name.
+ */
+export function readZombie(at: ImagePath, pid: number): {zombieStatus: number; comm: string} | undefined {
+  const core = only(readImage<Msg>(at(`core-${pid}.img`), 'core'), `core-${pid}.img`)
+  if (!has(core, 'tc') || core['tc']['task_state'] !== TASK_DEAD) return undefined
+  const status = (core['tc']['exit_code'] as number) >>> 0
+  const signal = status & 0x7f
+  if (signal !== 0 && signal !== SIG.KILL) {
+    throw new UnsupportedError('CRIU_TASK_STATE', `core-${pid}.img: the task is a zombie killed by signal ${signal}; only zombies that exited or were SIGKILLed are recreated`,
+      'Let its parent reap it, then dump again.')
+  }
+  return {zombieStatus: status, comm: core['tc']['comm'] as string}
 }
 
 export function writeCores(put: PutImage, image: ProcessImage): void {

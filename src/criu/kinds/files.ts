@@ -1,86 +1,149 @@
 /**
- * files.img (one entry per file: regular files, directories, devices, pipes) and
- * fdinfo-ID.img (the task's descriptors, naming entries of files.img). cxlfork's extensions
- * carry the model's file identity (device, inode, mtime) and fd kinds; a set CRIU wrote
- * gets the identity of the file now at each path, checked against what CRIU recorded.
+ * files.img (one entry per open file: regular files, directories, devices, pipes, eventfds,
+ * epoll instances, timerfds, signalfds) and fdinfo-ID.img (each task's descriptors, naming
+ * entries of files.img: fds sharing an open file description name one entry). cxlfork's
+ * extensions carry the model's file identity (device, inode, mtime) and fd kinds; a set
+ * CRIU wrote gets the identity of the file now at each path, checked against what CRIU
+ * recorded. Each kind's own entry is encoded and read by its module (pipes-data.ts,
+ * eventfd.ts, eventpoll.ts, timerfd.ts, signalfd.ts).
  */
 import {UnsupportedError} from '../../errors.js'
 import type {FdImage, FdKind, FileIdentity, ProcessImage} from '../../image/process-image.js'
-import {FD_CLOEXEC, FD_TYPE_NAMES, FD_TYPE_PIPE, FD_TYPE_REG, KID, S_IFCHR, S_IFDIR, S_IFMT} from '../constants.js'
+import {
+  FD_CLOEXEC, FD_TYPE_EVENTFD, FD_TYPE_EVENTPOLL, FD_TYPE_INETSK, FD_TYPE_NAMES, FD_TYPE_PIPE, FD_TYPE_REG, FD_TYPE_SIGNALFD, FD_TYPE_TIMERFD, S_IFCHR, S_IFDIR, S_IFMT,
+} from '../constants.js'
 import {hostIdentity} from '../file-identity.js'
 import {encodeMessage, readImage} from '../image-file.js'
 import type {WriteOptions} from '../set-types.js'
+import {AF} from '../../sys/sockets.js'
+import {O} from '../../sys/syscall.js'
 import {big, has, str64, u64} from '../values.js'
 import {type ImagePath, type Msg, type Obj, type PutImage, corrupt, fileIdFor, fown, optionalImage} from './common.js'
+import {eventfdEntry, eventfdOf} from './eventfd.js'
+import {eventpollEntry, eventpollOf} from './eventpoll.js'
+import {inetSocketEntry, inetSocketOf} from './inetsk.js'
+import {type PipeData, PipesDataWriter, pipeEntry} from './pipes-data.js'
+import {signalfdEntry, signalfdOf} from './signalfd.js'
+import {timerfdEntry, timerfdOf} from './timerfd.js'
 
 // ---- writing ----
 
-/**
- * files.img and fdinfo-2.img of `image`: one entry per tracked file (ids 1..n, index + 1),
- * then one per fd, then cwd and root, whose ids fs-PID.img names. Encoded here, written by
- * the caller in CRIU's order.
- */
-export function fileRecords(image: ProcessImage, options: WriteOptions): {files: Uint8Array[]; fdinfo: Uint8Array[]; cwdId: number; rootId: number} {
-  /** The whole st_mode (type and permission bits, as CRIU records it) when modeOf knows `path` as a file of `type`; else no mode. */
-  const setMode = (reg: Obj, path: string, type: number) => {
-    const mode = options.modeOf?.(path)
-    if (mode !== undefined && (mode & S_IFMT) === type) reg['mode'] = mode >>> 0
-  }
-  const fileRecords: Uint8Array[] = []
-  image.files.forEach((file, i) => {
-    fileRecords.push(encodeMessage('file_entry', {type: FD_TYPE_REG, id: i + 1, reg: {
-      id: i + 1, flags: 0, pos: str64(0n), fown: fown(), name: file.path, size: str64(u64(file.size)), mode: file.mode >>> 0,
-      cxlfork: {file_index: i, device: file.device, inode: str64(u64(file.inode)), mtime_ns: str64(BigInt.asIntN(64, file.mtimeNs))},
-    }}, 'files.img'))
-  })
-  let nextId = image.files.length + 1
-  const fdRecords: Uint8Array[] = []
-  for (const fdImage of image.fds) {
-    const id = nextId++
-    const fdExt: Obj = {kind: fdImage.kind, path: fdImage.path}
-    if (fdImage.fileIndex !== undefined) fdExt['file_index'] = fileIdFor(image, fdImage.fileIndex, `fd ${fdImage.fd}`) - 1
-    if (fdImage.kind === 'pipe') {
-      const pipeId = /^pipe:\[(\d+)\]$/.exec(fdImage.path)?.[1]
-      fileRecords.push(encodeMessage('file_entry', {type: FD_TYPE_PIPE, id, pipe: {id, pipe_id: Number(pipeId ?? 0) >>> 0, flags: fdImage.flags >>> 0, fown: fown()}}, 'files.img'))
-    } else {
-      const reg: Obj = {id, flags: fdImage.flags >>> 0, pos: str64(u64(fdImage.offset)), fown: fown(), name: fdImage.path}
-      const identity = fdImage.fileIndex === undefined ? undefined : image.files[fdImage.fileIndex]
-      if (identity) reg['mode'] = identity.mode >>> 0
-      else if (fdImage.kind === 'chardev' || fdImage.kind === 'tty') setMode(reg, fdImage.path, S_IFCHR)
-      else if (fdImage.kind === 'directory') setMode(reg, fdImage.path, S_IFDIR)
-      fileRecords.push(encodeMessage('file_entry', {type: FD_TYPE_REG, id, reg}, 'files.img'))
-    }
-    fdRecords.push(encodeMessage('fdinfo_entry', {id, flags: fdImage.cloexec ? FD_CLOEXEC : 0, type: fdImage.kind === 'pipe' ? FD_TYPE_PIPE : FD_TYPE_REG, fd: fdImage.fd, cxlfork: fdExt}, `fdinfo-${KID}.img`))
-  }
-  const cwdId = nextId++
-  const rootId = nextId++
-  for (const [id, name] of [[cwdId, image.task.cwd], [rootId, image.task.root]] as const) {
-    const reg: Obj = {id, flags: 0, pos: str64(0n), fown: fown(), name}
-    setMode(reg, name, S_IFDIR)
-    fileRecords.push(encodeMessage('file_entry', {type: FD_TYPE_REG, id, reg}, 'files.img'))
-  }
-  return {files: fileRecords, fdinfo: fdRecords, cwdId, rootId}
+/** The files.img kind of each model fd kind the CRIU-format path writes (others are written as regular files: directories, devices, ttys). */
+const FD_TYPES: Partial<Record<FdKind, number>> = {socket: FD_TYPE_INETSK, pipe: FD_TYPE_PIPE, eventfd: FD_TYPE_EVENTFD, epoll: FD_TYPE_EVENTPOLL, timerfd: FD_TYPE_TIMERFD, signalfd: FD_TYPE_SIGNALFD}
+
+/** The ids a member's images use: its files.img ids start at `fileBase`; cwd and root are entries of their own. */
+export interface MemberFileIds {
+  fileBase: number
+  cwdId: number
+  rootId: number
 }
 
-export function writeFileImages(put: PutImage, records: {files: Uint8Array[]; fdinfo: Uint8Array[]}): void {
-  put('files.img', 'files', records.files)
-  put(`fdinfo-${KID}.img`, 'fdinfo', records.fdinfo)
+/**
+ * files.img, fdinfo-ID.img and pipes-data.img of a set, member by member (parents first).
+ * Ids are global: a member's tracked files first, then one entry per open file description
+ * (fds that share one, by dup or by inheritance from an earlier member, name one entry, as
+ * CRIU writes them), then cwd and root.
+ */
+export class FileImagesWriter {
+  private nextId = 1
+  private readonly files: Uint8Array[] = []
+  private readonly fdinfos: {kid: number; records: Uint8Array[]}[] = []
+  /** `${pid}:${fd}` -> files.img id. */
+  private readonly byFd = new Map<string, number>()
+  private readonly pipes = new PipesDataWriter()
+
+  constructor(private readonly options: WriteOptions) {}
+
+  /** The whole st_mode (type and permission bits, as CRIU records it) when modeOf knows `path` as a file of `type`; else no mode. */
+  private setMode(reg: Obj, path: string, type: number): void {
+    const mode = this.options.modeOf?.(path)
+    if (mode !== undefined && (mode & S_IFMT) === type) reg['mode'] = mode >>> 0
+  }
+
+  /** Encode member `image` (kernel-object id `kid` names its fdinfo image); `root`: the first member, whose files carry no pid. */
+  addMember(image: ProcessImage, kid: number, root: boolean): MemberFileIds {
+    const pid = image.task.pid
+    const fileBase = this.nextId
+    image.files.forEach((file, i) => {
+      const id = this.nextId++
+      this.files.push(encodeMessage('file_entry', {type: FD_TYPE_REG, id, reg: {
+        id, flags: 0, pos: str64(0n), fown: fown(), name: file.path, size: str64(u64(file.size)), mode: file.mode >>> 0,
+        cxlfork: {file_index: i, device: file.device, inode: str64(u64(file.inode)), mtime_ns: str64(BigInt.asIntN(64, file.mtimeNs)), ...(root ? {} : {pid})},
+      }}, 'files.img'))
+    })
+    const fds = [...image.fds].sort((a, b) => a.fd - b.fd)
+    // Ids first (an epoll entry names its targets' ids), entries second.
+    const fresh: {fd: FdImage; id: number}[] = []
+    for (const fd of fds) {
+      const shared = fd.sharedWith !== undefined ? this.byFd.get(`${pid}:${fd.sharedWith}`)
+        : fd.sharedFrom?.description ? this.byFd.get(`${fd.sharedFrom.pid}:${fd.sharedFrom.fd}`) : undefined
+      const id = shared ?? this.nextId++
+      this.byFd.set(`${pid}:${fd.fd}`, id)
+      if (shared === undefined) fresh.push({fd, id})
+    }
+    for (const {fd, id} of fresh) this.files.push(encodeMessage('file_entry', this.fileEntry(image, fd, id), 'files.img'))
+    const records = fds.map((fd) => {
+      const fdExt: Obj = {kind: fd.kind, path: fd.path, ...(fd.pipe ? {pipe_state: true} : {})}
+      if (fd.fileIndex !== undefined) fdExt['file_index'] = fileIdFor(image, fd.fileIndex, `fd ${fd.fd}`) - 1
+      return encodeMessage('fdinfo_entry', {id: this.byFd.get(`${pid}:${fd.fd}`)!, flags: fd.cloexec ? FD_CLOEXEC : 0, type: FD_TYPES[fd.kind] ?? FD_TYPE_REG, fd: fd.fd, cxlfork: fdExt}, `fdinfo-${kid}.img`)
+    })
+    this.fdinfos.push({kid, records})
+    const cwdId = this.nextId++
+    const rootId = this.nextId++
+    for (const [id, name] of [[cwdId, image.task.cwd], [rootId, image.task.root]] as const) {
+      const reg: Obj = {id, flags: 0, pos: str64(0n), fown: fown(), name}
+      this.setMode(reg, name, S_IFDIR)
+      this.files.push(encodeMessage('file_entry', {type: FD_TYPE_REG, id, reg}, 'files.img'))
+    }
+    return {fileBase, cwdId, rootId}
+  }
+
+  private fileEntry(image: ProcessImage, fd: FdImage, id: number): Obj {
+    const pid = image.task.pid
+    switch (fd.kind) {
+      case 'pipe':
+        this.pipes.add(fd)
+        return {type: FD_TYPE_PIPE, id, pipe: pipeEntry(fd, id)}
+      case 'eventfd':
+        return {type: FD_TYPE_EVENTFD, id, efd: eventfdEntry(fd, id)}
+      case 'epoll':
+        return {type: FD_TYPE_EVENTPOLL, id, epfd: eventpollEntry(fd, id, (target) => this.byFd.get(`${pid}:${target}`))}
+      case 'timerfd':
+        return {type: FD_TYPE_TIMERFD, id, tfd: timerfdEntry(fd, id)}
+      case 'signalfd':
+        return {type: FD_TYPE_SIGNALFD, id, sgfd: signalfdEntry(fd, id)}
+      case 'socket':
+        if (!fd.socket || (fd.socket.family !== AF.INET && fd.socket.family !== AF.INET6)) {
+          throw new UnsupportedError('CRIU_FD_TYPE', `fd ${fd.fd} of process ${pid} is a Unix socket, which cxlfork's CRIU-format dump does not write yet`,
+            'Checkpoint it into the pool with `cxlfork checkpoint`, which restores Unix sockets.')
+        }
+        return {type: FD_TYPE_INETSK, id, isk: inetSocketEntry(fd, id)}
+      default: {
+        const reg: Obj = {id, flags: fd.flags >>> 0, pos: str64(u64(fd.offset)), fown: fown(), name: fd.path}
+        const identity = fd.fileIndex === undefined ? undefined : image.files[fd.fileIndex]
+        if (identity) reg['mode'] = identity.mode >>> 0
+        else if (fd.kind === 'chardev' || fd.kind === 'tty') this.setMode(reg, fd.path, S_IFCHR)
+        else if (fd.kind === 'directory') this.setMode(reg, fd.path, S_IFDIR)
+        return {type: FD_TYPE_REG, id, reg}
+      }
+    }
+  }
+
+  write(put: PutImage): void {
+    put('files.img', 'files', this.files)
+    for (const {kid, records} of this.fdinfos) put(`fdinfo-${kid}.img`, 'fdinfo', records)
+    this.pipes.write(put)
+  }
 }
 
 // ---- reading ----
 
-/**
- * files.img of a set, and the model's file list built from it as entries are asked for:
- * in cxlfork's sets each file carries its index; in CRIU's, files get indexes in the order
- * they are first named (the executable, the mappings, the descriptors).
- */
-export class FileTable {
+/** files.img of a set (and remap-fpath.img): the entries every member's table names. */
+export class FileEntries {
   readonly entries = new Map<number, Msg>()
-  readonly files: FileIdentity[] = []
-  private readonly remaps = new Map<number, number>()
-  private readonly byName = new Map<string, number>()
+  readonly remaps = new Map<number, number>()
 
-  constructor(at: ImagePath, private readonly ours: boolean) {
+  constructor(at: ImagePath) {
     for (const entry of readImage<Msg>(at('files.img'), 'files')) this.entries.set(entry['id'], entry)
     // Files CRIU could not reach by name (unlinked, or only via /proc) are dumped through a
     // remap: the name in files.img is then not the file. cxlfork restores by name only.
@@ -88,6 +151,25 @@ export class FileTable {
     for (const remap of optionalImage(remapPath, () => readImage<Msg>(remapPath, 'remap-fpath')) ?? []) {
       this.remaps.set(remap['orig_id'] as number, has(remap, 'remap_type') ? remap['remap_type'] as number : 0)
     }
+  }
+}
+
+/**
+ * One member's model file list, built from the set's files.img as entries are asked for:
+ * in cxlfork's sets each file carries its index (and, beyond the root, its member's pid);
+ * in CRIU's, files get indexes in the order they are first named (the executable, the
+ * mappings, the descriptors).
+ */
+export class FileTable {
+  readonly entries: Map<number, Msg>
+  readonly files: FileIdentity[] = []
+  private readonly remaps: Map<number, number>
+  private readonly byName = new Map<string, number>()
+
+  /** `owner`: the member's pid, undefined for the root. */
+  constructor(source: FileEntries, private readonly ours: boolean, private readonly owner?: number) {
+    this.entries = source.entries
+    this.remaps = source.remaps
   }
 
   checkRemap(id: number, name: string, what: string): void {
@@ -105,9 +187,13 @@ export class FileTable {
     this.checkRemap(id, has(entry, 'reg') ? entry['reg']['name'] : `${FD_TYPE_NAMES[entry['type']] ?? entry['type']} file`, what)
     if (entry['type'] !== FD_TYPE_REG || !has(entry, 'reg')) {
       throw new UnsupportedError('CRIU_FILE_TYPE', `${what} refers to file id ${id} of type ${FD_TYPE_NAMES[entry['type']] ?? entry['type']}, not a regular file`,
-        'Only regular files (and pipes for descriptors) are supported by the CRIU-format path.')
+        'Only regular files can be mapped, executed or be a cwd in the CRIU-format path.')
     }
     return entry['reg'] as Msg
+  }
+
+  private ownedHere(fileExt: Msg): boolean {
+    return (has(fileExt, 'pid') ? fileExt['pid'] as number : undefined) === this.owner
   }
 
   /** The model's file index of entry `id`, adding the file to the model on first use. */
@@ -117,6 +203,7 @@ export class FileTable {
       const fileExt = reg['cxlfork'] as Msg
       const index = fileExt['file_index'] as number
       if (!Number.isInteger(index) || index >= this.entries.size) throw corrupt(`${what}: file id ${id} claims file index ${index}, beyond the ${this.entries.size} entries of files.img`)
+      if (!this.ownedHere(fileExt)) throw corrupt(`${what}: file id ${id} (${reg['name']}) belongs to another process of the set`)
       if (!this.files[index]) {
         this.files[index] = {
           path: reg['name'], device: fileExt['device'], inode: u64(big(fileExt['inode'])), size: has(reg, 'size') ? u64(big(reg['size'])) : 0n,
@@ -133,20 +220,29 @@ export class FileTable {
     return this.files.length - 1
   }
 
-  /** cxlfork's sets: every tracked file is present, also those nothing above referenced. */
+  /** cxlfork's sets: every tracked file of this member is present, also those nothing above referenced. */
   checkComplete(): void {
     if (!this.ours) return
     for (let i = 0; i < this.files.length; i++) if (!this.files[i]) throw corrupt(`files.img lacks tracked file index ${i}`)
     // Files tracked by the model but referenced by nothing above still travel in files.img.
     for (const entry of this.entries.values()) {
-      if (entry['type'] === FD_TYPE_REG && has(entry['reg'], 'cxlfork')) this.fileIndexOf(entry['id'], 'files.img')
+      if (entry['type'] === FD_TYPE_REG && has(entry['reg'], 'cxlfork') && this.ownedHere(entry['reg']['cxlfork'])) this.fileIndexOf(entry['id'], 'files.img')
     }
   }
 }
 
-/** The task's descriptors, from fdinfo-FILES_ID.img and the entries of files.img they name. */
-export function readFds(at: ImagePath, ids: Msg, table: FileTable): FdImage[] {
-  const fds: FdImage[] = []
+/** A descriptor as read, with the files.img id it names (and a pipe's pipe_id), before linkDescriptors ties fds together. */
+export interface ReadFd {
+  fd: FdImage
+  id: number
+  pipeId?: number
+  /** cxlfork's sets: whether the model carried this pipe's state (else decided as the capture decides). */
+  pipeState?: boolean
+}
+
+/** One member's descriptors, from fdinfo-FILES_ID.img and the entries of files.img they name. */
+export function readFds(at: ImagePath, ids: Msg, table: FileTable): ReadFd[] {
+  const out: ReadFd[] = []
   const filesId = ids['files_id'] as number
   const fdinfoName = `fdinfo-${filesId}.img`
   // CRIU writes the fdinfo image of every files id, empty for a process without fds: a missing one is a lost file, not "no fds".
@@ -157,31 +253,106 @@ export function readFds(at: ImagePath, ids: Msg, table: FileTable): FdImage[] {
     const fdExt = has(info, 'cxlfork') ? info['cxlfork'] as Msg : undefined
     const entry = table.entries.get(info['id'])
     if (!entry) throw corrupt(`${what} refers to file id ${info['id']}, which files.img does not hold`)
-    let fdImage: FdImage
-    if (info['type'] === FD_TYPE_PIPE && entry['type'] === FD_TYPE_PIPE && has(entry, 'pipe')) {
+    const cloexec = (info['flags'] & FD_CLOEXEC) !== 0
+    const type = info['type'] as number
+    if (type !== entry['type']) throw corrupt(`${what} is of type ${FD_TYPE_NAMES[type] ?? type} but names file id ${info['id']} of type ${FD_TYPE_NAMES[entry['type']] ?? entry['type']}`)
+    const base = (kind: FdKind, path: string) => ({fd: fdNumber, kind, path: fdExt ? fdExt['path'] as string : path, cloexec, offset: 0n})
+    const id = info['id'] as number
+    if (type === FD_TYPE_PIPE && has(entry, 'pipe')) {
       const pipe = entry['pipe'] as Msg
-      fdImage = {fd: fdNumber, kind: 'pipe', path: fdExt ? fdExt['path'] : `pipe:[${pipe['pipe_id']}]`, flags: pipe['flags'], cloexec: (info['flags'] & FD_CLOEXEC) !== 0, offset: 0n}
-    } else if (info['type'] === FD_TYPE_REG && entry['type'] === FD_TYPE_REG && has(entry, 'reg')) {
+      out.push({fd: {...base('pipe', `pipe:[${pipe['pipe_id']}]`), flags: pipe['flags']}, id, pipeId: pipe['pipe_id'] as number, ...(fdExt ? {pipeState: Boolean(fdExt['pipe_state'])} : {})})
+    } else if (type === FD_TYPE_EVENTFD && has(entry, 'efd')) {
+      out.push({fd: {...base('eventfd', 'anon_inode:[eventfd]'), ...eventfdOf(entry['efd'] as Msg)}, id})
+    } else if (type === FD_TYPE_EVENTPOLL && has(entry, 'epfd')) {
+      out.push({fd: {...base('epoll', 'anon_inode:[eventpoll]'), ...eventpollOf(entry['epfd'] as Msg)}, id})
+    } else if (type === FD_TYPE_TIMERFD && has(entry, 'tfd')) {
+      out.push({fd: {...base('timerfd', 'anon_inode:[timerfd]'), ...timerfdOf(entry['tfd'] as Msg)}, id})
+    } else if (type === FD_TYPE_SIGNALFD && has(entry, 'sgfd')) {
+      out.push({fd: {...base('signalfd', 'anon_inode:[signalfd]'), ...signalfdOf(entry['sgfd'] as Msg)}, id})
+    } else if (type === FD_TYPE_INETSK && has(entry, 'isk')) {
+      const isk = entry['isk'] as Msg
+      out.push({fd: {...base('socket', `socket:[${isk['ino']}]`), ...inetSocketOf(isk, what)}, id})
+    } else if (type === FD_TYPE_REG && has(entry, 'reg')) {
       const reg = entry['reg'] as Msg
-      table.checkRemap(info['id'], reg['name'], what)
+      table.checkRemap(id, reg['name'], what)
       const mode = has(reg, 'mode') ? reg['mode'] as number : 0
       let kind: FdKind
       if (fdExt) kind = fdExt['kind'] as FdKind
       else if ((mode & S_IFMT) === S_IFDIR) kind = 'directory'
       else if ((mode & S_IFMT) === S_IFCHR) kind = /^\/dev\/(pts\/|tty)/.test(reg['name']) ? 'tty' : 'chardev'
       else kind = 'regular'
-      fdImage = {fd: fdNumber, kind, path: fdExt ? fdExt['path'] : reg['name'], flags: reg['flags'], cloexec: (info['flags'] & FD_CLOEXEC) !== 0, offset: u64(big(reg['pos']))}
+      const fdImage: FdImage = {...base(kind, reg['name']), flags: reg['flags'], offset: u64(big(reg['pos']))}
       if (fdExt) {
         if (has(fdExt, 'file_index')) fdImage.fileIndex = fdExt['file_index']
       } else if (kind === 'regular' || kind === 'directory') {
-        fdImage.fileIndex = table.fileIndexOf(info['id'], what)
+        fdImage.fileIndex = table.fileIndexOf(id, what)
       }
+      out.push({fd: fdImage, id})
     } else {
-      const type = FD_TYPE_NAMES[info['type']] ?? String(info['type'])
-      throw new UnsupportedError('CRIU_FD_TYPE', `${what} is of type ${type}, which the CRIU-format path does not restore`,
-        'Only regular files, directories, character devices and pipes are supported; close other descriptors before dumping.')
+      throw new UnsupportedError('CRIU_FD_TYPE', `${what} is of type ${FD_TYPE_NAMES[type] ?? String(type)}, which the CRIU-format path does not restore`,
+        'Regular files, directories, character devices, pipes, eventfds, epoll instances, timerfds, signalfds and TCP/UDP sockets are restored; close other descriptors before dumping.')
     }
-    fds.push(fdImage)
   }
-  return fds
+  return out.sort((a, b) => a.fd.fd - b.fd.fd)
+}
+
+/** Kinds whose object a later member of a tree takes over from an earlier one (checkpoint/tree.ts sharedAcrossMembers). */
+const HANDED_OVER: ReadonlySet<FdKind> = new Set(['pipe', 'eventfd', 'epoll', 'timerfd', 'signalfd', 'socket'])
+
+/**
+ * Tie each member's descriptors together as the pool path's capture does: fds naming one
+ * files.img entry share an open file description (sharedWith: the lowest fd; sharedFrom:
+ * an earlier member's fd, handed over at restore), ends of one pipe in several members
+ * (same pipe_id) are one pipe, and every pipe above stdio, or held by more than one
+ * member, gets its size, ends and buffered bytes from pipes-data.img. A pipe at fds 0-2
+ * held by one member is its restorer's stdio, as in a pool checkpoint.
+ */
+export function linkDescriptors(members: readonly {pid: number; fds: readonly ReadFd[]}[], pipesData: ReadonlyMap<number, PipeData>): void {
+  const holders = new Map<number, Set<number>>()
+  for (const {pid, fds} of members) for (const {pipeId} of fds) if (pipeId !== undefined) holders.set(pipeId, (holders.get(pipeId) ?? new Set()).add(pid))
+  const earlier: {pid: number; read: ReadFd}[] = []
+  for (const {pid, fds} of members) {
+    const leaders = new Map<number, number>()
+    const carriesPipe = (read: ReadFd) => read.pipeId !== undefined && (read.pipeState ?? (read.fd.fd > 2 || (holders.get(read.pipeId)?.size ?? 0) > 1))
+    const ends = new Map<number, {read: boolean; write: boolean}>()
+    for (const read of fds) {
+      if (!carriesPipe(read)) continue
+      const known = ends.get(read.pipeId!) ?? {read: false, write: false}
+      if ((read.fd.flags & 3) === O.WRONLY) known.write = true
+      else known.read = true
+      ends.set(read.pipeId!, known)
+    }
+    const dataGiven = new Set<number>()
+    for (const read of fds) {
+      const {fd} = read
+      const leader = leaders.get(read.id)
+      if (leader === undefined) leaders.set(read.id, fd.fd)
+      else fd.sharedWith = leader
+      if (carriesPipe(read)) {
+        const pipeId = read.pipeId!
+        const end = (fd.flags & 3) === O.WRONLY ? 'write' : 'read'
+        const state = pipesData.get(pipeId)
+        const first = !dataGiven.has(pipeId)
+        dataGiven.add(pipeId)
+        const pipeEnds = ends.get(pipeId)!
+        fd.pipe = {id: String(pipeId), end, size: state?.size ?? 65_536, peerInProcess: end === 'read' ? pipeEnds.write : pipeEnds.read,
+          ...(first && state && state.data.length > 0 ? {data: state.data} : {})}
+      }
+      if (!HANDED_OVER.has(fd.kind) || (fd.kind === 'pipe' && !fd.pipe)) continue
+      let from: NonNullable<FdImage['sharedFrom']> | undefined
+      for (const prior of earlier) {
+        if (prior.read.fd.kind !== fd.kind) continue
+        if (prior.read.id === read.id) {
+          from = {pid: prior.pid, fd: prior.read.fd.fd, description: true, sameEnd: true}
+          break
+        }
+        if (fd.kind === 'pipe' && prior.read.pipeId === read.pipeId) {
+          const sameEnd = (prior.read.fd.flags & 3) === (fd.flags & 3)
+          if (!from || (sameEnd && !from.sameEnd)) from = {pid: prior.pid, fd: prior.read.fd.fd, description: false, sameEnd}
+        }
+      }
+      if (from && (fd.kind === 'pipe' || from.description)) fd.sharedFrom = from
+    }
+    for (const read of fds) if (HANDED_OVER.has(read.fd.kind)) earlier.push({pid, read})
+  }
 }

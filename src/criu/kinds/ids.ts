@@ -1,12 +1,12 @@
 /** ids-PID.img: the task's kernel-object ids (files_id names its fdinfo image). */
 import {NotFoundError} from '../../errors.js'
-import {KID} from '../constants.js'
 import {encodeMessage, readImage} from '../image-file.js'
 import {has} from '../values.js'
 import {type ImagePath, type Msg, type PutImage, only, optionalImage} from './common.js'
 
-export function writeIds(put: PutImage, pid: number): void {
-  put(`ids-${pid}.img`, 'ids', [encodeMessage('task_kobj_ids_entry', {vm_id: KID, files_id: KID, fs_id: KID, sighand_id: KID}, `ids-${pid}.img`)])
+/** `kid`: the member's own kernel-object id (constants.ts KID for the root; each member has its own objects). */
+export function writeIds(put: PutImage, pid: number, kid: number): void {
+  put(`ids-${pid}.img`, 'ids', [encodeMessage('task_kobj_ids_entry', {vm_id: kid, files_id: kid, fs_id: kid, sighand_id: kid}, `ids-${pid}.img`)])
 }
 
 /** ids-PID.img, or else inventory's root_ids (sets of old CRIUs). */

@@ -47,13 +47,14 @@ function sameVvar(a: VmaImage, b: VmaImage): boolean {
   return a.prot === b.prot && a.flags === b.flags && a.offset === b.offset && JSON.stringify(a.advice) === JSON.stringify(b.advice)
 }
 
-export function writeMm(put: PutImage, image: ProcessImage): void {
+/** `fileBase`: the files.img id of the member's first tracked file. */
+export function writeMm(put: PutImage, image: ProcessImage, fileBase = 1): void {
   const pid = image.task.pid
   const {mm} = image
   const vmas = image.vmas.map((vma, i) => {
     const entry: Obj = {
       start: str64(u64(vma.start)), end: str64(u64(vma.end)), pgoff: str64(u64(vma.offset)),
-      shmid: str64(vma.kind === 'file' ? BigInt(fileIdFor(image, vma.fileIndex, `VMA ${i}`)) : 0n),
+      shmid: str64(vma.kind === 'file' ? BigInt(fileIdFor(image, vma.fileIndex, `VMA ${i}`, fileBase)) : 0n),
       prot: vma.prot >>> 0, flags: vma.flags >>> 0, status: vmaStatus(vma, i) >>> 0, fd: str64(-1n),
     }
     if (vma.kind === 'file') entry['fdflags'] = vma.flags & MAP.SHARED && vma.prot & PROT.WRITE ? O.RDWR : 0
@@ -73,10 +74,11 @@ export function writeMm(put: PutImage, image: ProcessImage): void {
     mm_start_code: str64(u64(mm.startCode)), mm_end_code: str64(u64(mm.endCode)), mm_start_data: str64(u64(mm.startData)), mm_end_data: str64(u64(mm.endData)),
     mm_start_stack: str64(u64(mm.startStack)), mm_start_brk: str64(u64(mm.startBrk)), mm_brk: str64(u64(mm.brk)),
     mm_arg_start: str64(u64(mm.argStart)), mm_arg_end: str64(u64(mm.argEnd)), mm_env_start: str64(u64(mm.envStart)), mm_env_end: str64(u64(mm.envEnd)),
-    exe_file_id: fileIdFor(image, mm.exeFileIndex, 'the executable'),
+    exe_file_id: fileIdFor(image, mm.exeFileIndex, 'the executable', fileBase),
     // CRIU restores at most AT_VECTOR_SIZE words of auxv and refuses more ("Image corrupted").
     mm_saved_auxv: mm.auxv.slice(0, AT_VECTOR_SIZE).map((word) => str64(u64(word))),
     vmas,
+    ...(image.task.credentials ? {dumpable: image.task.credentials.dumpable} : {}),
     ...(mm.auxv.length > AT_VECTOR_SIZE ? {cxlfork: {auxv: mm.auxv.map((word) => str64(u64(word)))}} : {}),
   }, `mm-${pid}.img`)])
 }

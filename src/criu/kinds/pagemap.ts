@@ -14,9 +14,9 @@ import {big, has, str64, u64} from '../values.js'
 import {type ImagePath, type Msg, type PutImage, corrupt} from './common.js'
 
 /** pagemap-PID.img for `runs`, stored back to back in pages-1.img. */
-export function writePagemap(put: PutImage, pid: number, runs: readonly PageRun[]): void {
+export function writePagemap(put: PutImage, pid: number, runs: readonly PageRun[], pagesId = PAGES_ID): void {
   const name = `pagemap-${pid}.img`
-  const records = [encodeMessage('pagemap_head', {pages_id: PAGES_ID}, name)]
+  const records = [encodeMessage('pagemap_head', {pages_id: pagesId}, name)]
   for (const run of runs) {
     records.push(encodeMessage('pagemap_entry', {vaddr: str64(run.vaddr), compat_nr_pages: run.nrPages, nr_pages: str64(BigInt(run.nrPages)), flags: PE_PRESENT}, name))
   }
