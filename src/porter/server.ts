@@ -2,7 +2,8 @@
  * The porter process: HTTP/1.1 + JSON on a Unix socket (Node's http server
  * listening on the path), each request's peer read from the kernel
  * (SO_PEERCRED), dispatched to the service one at a time (the engine is
- * synchronous and the main thread is the tracer of every ghost). Every error
+ * synchronous and the main thread is the tracer of every ghost; only a
+ * function's invocation is answered later, when the function answers). Every error
  * becomes the CLI's JSON envelope `{error: {code, message, hint, exitCode}}`
  * with an HTTP status, and the porter stays up.
  */

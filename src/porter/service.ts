@@ -233,7 +233,7 @@ export class PorterService {
       return {status: 200, body: {...details, ...checkpointContents(pool.openCheckpoint(name, {uid: peer.uid})), servedBy: 'porter'}}
     }
     throw new NotFoundError('PORTER_NO_ROUTE', `no such endpoint: ${method} ${path}`,
-      'The porter serves /v1/status, /v1/metrics, /v1/restore, /v1/checkpoint, /v1/checkpoints and /v1/checkpoints/NAME.')
+      'The porter serves /v1/status, /v1/metrics, /v1/restore, /v1/checkpoint, /v1/checkpoints, /v1/checkpoints/NAME and /v1/functions[/NAME[/invoke]].')
   }
 
   private restore(raw: unknown, peer: PeerCredentials): RestoreResult & {servedBy: 'porter'; ghost: boolean | string} {

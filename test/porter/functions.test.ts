@@ -14,7 +14,7 @@
 import assert from 'node:assert/strict'
 import {spawnSync} from 'node:child_process'
 import {randomBytes} from 'node:crypto'
-import {chmodSync, mkdtempSync, readFileSync, rmSync} from 'node:fs'
+import {chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync} from 'node:fs'
 import {join} from 'node:path'
 import {tmpdir} from 'node:os'
 
@@ -254,6 +254,60 @@ describe('porter: serverless functions (issue 15)', function () {
     const none = await cli(['fn', 'ls', '--pool', pool, '--socket', join(socketDir(), 'none.sock'), '--json'])
     expect(none, 3, 'PORTER_NOT_RUNNING')
   })
+
+  for (const point of ['porter-fn-cold-started', 'porter-fn-checkpointed', 'porter-fn-restored']) {
+    it(`SIGKILL at ${point}: no instance survives, the pool is consistent, a restarted porter serves the function`, async () => {
+      const pool = poolPath('fn-fault')
+      assert.equal((await cli(['pool', 'init', '--size', '256M', '--pool', pool, '--json'])).status, 0)
+      const socket = join(socketDir(), 'porter.sock')
+      const faulty = await startPorter(pool, socket, {ghosts: 0, env: {CXLFORK_FAULT: point}})
+      porters.push(faulty)
+      const log = logFile()
+      const deployed = await cli(['fn', 'deploy', 'float', '--cmd', floatCmd(log), '--checkpoint-after', '1', '--max-instances', '2', '--pool', pool, '--socket', socket, '--json'])
+      assert.equal(deployed.status, 0, describeRun(deployed))
+      const ask = (data: unknown): Promise<unknown> => porterRequest(socket, 'POST', '/v1/functions/float/invoke', {data}).then((reply) => reply.body, (error: unknown) => error)
+      if (point === 'porter-fn-restored') {
+        const first = await ask({i: 1}) as any
+        assert.equal(first.checkpointed?.name, 'fn.float', JSON.stringify(first))
+        trackPid(first.pid)
+        // The original busy, the second one restores a clone: the porter dies there.
+        const outcomes = await Promise.all([ask({i: 2, sleepMs: 20_000}), ask({i: 3, sleepMs: 20_000})])
+        assert.ok(outcomes.every((outcome) => outcome instanceof PorterUnreachable), `both in flight fail: ${JSON.stringify(outcomes)}`)
+      } else {
+        const outcome = await ask({i: 1})
+        assert.ok(outcome instanceof PorterUnreachable, `the invocation fails with the porter: ${JSON.stringify(outcome)}`)
+      }
+      await faulty.exited
+      const instances = (): number[] => readdirSync('/proc').filter((entry) => /^\d+$/.test(entry)).map(Number).filter((pid) => {
+        try {
+          return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(log) && processExists(pid)
+        } catch {
+          return false
+        }
+      })
+      await until('no instance left', () => (instances().length === 0 ? true : undefined), 5000)
+
+      const restarted = await startPorter(pool, socket, {ghosts: 0})
+      porters.push(restarted)
+      const gc = await cli(['pool', 'gc', '--pool', pool, '--json'])
+      assert.equal(gc.status, 0, describeRun(gc))
+      const fsck = await cli(['pool', 'fsck', '--pool', pool, '--json'])
+      assert.equal(fsck.status, 0, describeRun(fsck))
+      const info = await functionInfo(socket, 'float')
+      assert.equal(info.checkpoint, point === 'porter-fn-cold-started' ? null : 'fn.float', 'a published checkpoint is adopted, none is invented')
+      const served = await invoke(socket, 'float', {i: 9})
+      assert.equal(served.start, point === 'porter-fn-cold-started' ? 'cold' : 'restored')
+      assert.equal(served.output.crc, readyCrc(log))
+      if (point !== 'porter-fn-cold-started') {
+        assert.equal(served.output.n, 2, 'the clone goes on from the checkpointed invocation')
+        const inspect = await cli(['inspect', 'fn.float', '--pool', pool, '--json'])
+        assert.deepEqual(inspect.json.references.map((r: any) => r.pid), [served.pid], 'only the live clone references the checkpoint')
+      }
+      const rm = await cli(['fn', 'rm', 'float', '--pool', pool, '--socket', socket, '--json'])
+      assert.equal(rm.status, 0, describeRun(rm))
+      assert.deepEqual(instances(), [])
+    })
+  }
 
   it('a porter SIGKILLed with invocations in flight leaves no instance; restarted, it serves the function from its checkpoint', async () => {
     const {pool, socket, porter} = await setUp('fn-crash')

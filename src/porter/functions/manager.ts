@@ -15,6 +15,7 @@ import {renameSync, readFileSync, writeFileSync} from 'node:fs'
 
 import {checkpointToPool} from '../../checkpoint/checkpoint.js'
 import {ConflictError, CxlforkError, NotFoundError, PermissionError, UnsupportedError, UsageError} from '../../errors.js'
+import {faultPoint} from '../../fault.js'
 import type {Pool} from '../../pool/index.js'
 import type {PeerCredentials} from '../peer.js'
 import {Instance, type InstanceOrigin, resolveProgram} from './instance.js'
@@ -102,6 +103,8 @@ export class FunctionManager {
       for (const record of parsed.functions ?? []) {
         // A checkpoint removed from the pool meanwhile (rm, pool init --force): cold-start again.
         if (record.checkpoint !== null && !names.has(record.checkpoint)) record.checkpoint = null
+        // A porter killed between publishing the checkpoint and saving the record: the checkpoint is whole (published), and ours (deploy refuses a taken name).
+        if (record.checkpoint === null && names.has(checkpointNameOf(record.name))) record.checkpoint = checkpointNameOf(record.name)
         this.functions.set(record.name, new Deployed(record))
       }
     } catch (error) {
@@ -202,13 +205,18 @@ export class FunctionManager {
     const {record} = fn
     if (record.checkpoint !== null) {
       try {
-        return Instance.restored(record.name, this.options.pool(), record.checkpoint, record.policy)
+        const clone = Instance.restored(record.name, this.options.pool(), record.checkpoint, record.policy)
+        // Killed here: the clone is released but dies with us (its death signal).
+        faultPoint('porter-fn-restored')
+        return clone
       } catch (error) {
         // The function still serves; the reason is kept for `fn ls`.
         record.checkpointError = `restore of ${record.checkpoint} failed: ${(error as Error).message}`
       }
     }
-    return Instance.cold(record.name, record.argv, record.cwd)
+    const instance = Instance.cold(record.name, record.argv, record.cwd)
+    faultPoint('porter-fn-cold-started')
+    return instance
   }
 
   private run(fn: Deployed, instance: Instance, waiter: Waiter, picked: number): void {
@@ -255,6 +263,8 @@ export class FunctionManager {
       this.save()
       return undefined
     }
+    // Killed here: the checkpoint is published, the record not saved; a restarted porter adopts it (constructor).
+    faultPoint('porter-fn-checkpointed')
     record.checkpoint = name
     this.save()
     return {name, ms: round(performance.now() - t0)}
@@ -307,14 +317,14 @@ export class FunctionManager {
   }
 
   /** Figures for /v1/metrics. */
-  metrics(): {functions: number; instances: number; queued: number} {
+  metrics(): {functions: number; instances: number; queued: number; loadError?: string} {
     let instances = 0
     let queued = 0
     for (const fn of this.functions.values()) {
       instances += fn.instances.length
       queued += fn.queue.length
     }
-    return {functions: this.functions.size, instances, queued}
+    return {functions: this.functions.size, instances, queued, ...(this.loadError === undefined ? {} : {loadError: this.loadError})}
   }
 
   close(): void {
