@@ -204,7 +204,10 @@ describe('porter: two porters for one pool on two "hosts" (issue 15)', function 
       for (const name of ['fn.fa', 'fn.fb']) assert.ok(JSON.stringify(ls.json).includes(`"${name}"`), `each host sees ${name}: ${describeRun(ls)}`)
     }
 
-    // Each porter serves a function from the checkpoint the other host's function published.
+    // Each porter serves a function from the checkpoint the other host's function published (one that does not exist is refused at deploy).
+    const missing = await fnA(['deploy', 'nothing', '--cmd', floatCmd(logB, 22), '--checkpoint', 'fn.nosuch'])
+    assert.deepEqual([missing.status, missing.json?.error?.code], [3, 'CHECKPOINT_NOT_FOUND'], describeRun(missing))
+    assert.ok(missing.json.error.hint && !missing.stderr.includes('    at '), describeRun(missing))
     const adoptA = await fnA(['deploy', 'fb-on-a', '--cmd', floatCmd(logB, 22), '--checkpoint', 'fn.fb'])
     assert.equal(adoptA.status, 0, describeRun(adoptA))
     assert.equal(adoptA.json.checkpoint, 'fn.fb')

@@ -7,6 +7,7 @@ import type {FunctionInfo} from '../../porter/functions/manager.js'
 export default class FnDeploy extends BaseCommand {
   static override summary = 'Deploy a function on the pool\'s porter.'
   static override description = `A function is a program that reads one JSON request per line on stdin and writes one JSON response per line on stdout (README, "Serverless functions"). The porter cold-starts it at its first invocation, checkpoints that instance into the pool (as fn.NAME) after its --checkpoint-after-th invocation, and scales out by restoring clones of the checkpoint with --policy when invocations outnumber idle instances, up to --max-instances; an instance idle for --keep-alive is stopped.
+With --checkpoint NAME it is served from that existing checkpoint instead (one another porter's function published into a shared pool, say): every instance is a clone of it, it is never checkpointed again, and fn rm leaves it in the pool.
 The command runs without a shell, in this directory, as the porter's user; it must exist now (EXECUTABLE_NOT_FOUND). A name already deployed is FUNCTION_EXISTS (exit 7).`
   static override examples = [
     '<%= config.bin %> fn deploy float --cmd "python3 fixtures/faas/floatmath.py /tmp/float.log --stdio 1"',
