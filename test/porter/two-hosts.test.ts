@@ -10,7 +10,8 @@
  * the OTHER host's checkpoint (`fn deploy --checkpoint fn.NAME`), whose first
  * invocation is a clone restored from it, answering over its stdio with the
  * other function's crc and invocation count. The pool records each clone's
- * reference under its own host's index. Torn down through the CLI: functions
+ * reference under its own host's index; A's porter, restarted, serves B's
+ * checkpoint again from its records. Torn down through the CLI: functions
  * removed, both porters stopped, no instance left, and the pool file removed.
  */
 import assert from 'node:assert/strict'
@@ -267,11 +268,24 @@ describe('porter: two porters for one pool on two "hosts" (issue 15)', function 
     assert.deepEqual(fromB.json.references.map((r: any) => [r.hostIndex, r.pid, r.local, r.alive]), [[hostB.index, innerB, true, true]], 'from B, its own clone\'s reference is local')
     note(`two hosts, float 4 MiB: restore of B's checkpoint by A's porter ${onA1.json.startupMs.toFixed(1)} ms (invocation ${onA1.json.latencyMs.toFixed(1)} ms); of A's by B's porter ${onB1.json.startupMs.toFixed(1)} ms (invocation ${onB1.json.latencyMs.toFixed(1)} ms)`)
 
+    // A's porter restarted: its instances died with it, its records (the adopted one too) did not; it serves B's checkpoint again.
+    await stopPorter(porterA)
+    assert.equal(processExists(onA1.json.pid), false, 'A\'s clone died with its porter')
+    porterA = await startPorter(pool, socketA, {ghosts: 0})
+    const lsAfter = await fnA(['ls'])
+    assert.deepEqual(lsAfter.json.functions.map((fn: any) => [fn.name, fn.checkpoint]), [['fa', 'fn.fa'], ['fb-on-a', 'fn.fb']], describeRun(lsAfter))
+    const onA3 = await fnA(['invoke', 'fb-on-a', '--data', '{"from":"a3"}'])
+    assert.equal(onA3.status, 0, describeRun(onA3))
+    trackPid(onA3.json.pid)
+    assert.deepEqual([onA3.json.start, onA3.json.output.n, onA3.json.output.crc], ['restored', 4, crcB], 'a new clone of B\'s checkpoint')
+    const refsFbAfter = await inspectA('fn.fb')
+    assert.deepEqual(refsFbAfter.map((r) => [r.hostIndex, r.pid, r.alive]), [[hostA.index, onA3.json.pid, true]], 'only the new clone\'s reference: the dead one\'s went at the porter\'s start')
+
     // Tear down. An adopted checkpoint is not deleted by fn rm; each host's stopped clone releases its reference at once.
     const rmAdoptA = await fnA(['rm', 'fb-on-a'])
     assert.equal(rmAdoptA.status, 0, describeRun(rmAdoptA))
     assert.deepEqual([rmAdoptA.json.instancesStopped, rmAdoptA.json.checkpoint, rmAdoptA.json.checkpointState], [1, 'fn.fb', 'kept'])
-    assert.equal(processExists(onA1.json.pid), false)
+    assert.equal(processExists(onA3.json.pid), false)
     const rmAdoptB = await fnB(['rm', 'fa-on-b'])
     assert.equal(rmAdoptB.status, 0, describeRun(rmAdoptB))
     assert.deepEqual([rmAdoptB.json.instancesStopped, rmAdoptB.json.checkpoint, rmAdoptB.json.checkpointState], [1, 'fn.fa', 'kept'])
