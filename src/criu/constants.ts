@@ -42,6 +42,7 @@ export const UNSUPPORTED_VMA_BITS: [number, string][] = [
 export const FD_TYPE_REG = 1
 export const FD_TYPE_PIPE = 2
 export const FD_TYPE_INETSK = 4
+export const FD_TYPE_UNIXSK = 5
 export const FD_TYPE_EVENTFD = 6
 export const FD_TYPE_EVENTPOLL = 7
 export const FD_TYPE_SIGNALFD = 9

@@ -29,6 +29,7 @@ import {type Inventory, readInventory, writeInventory} from './kinds/inventory.j
 import {readMm, writeMm} from './kinds/mm.js'
 import {readPagemap, writePagemap} from './kinds/pagemap.js'
 import {readPipesData} from './kinds/pipes-data.js'
+import {readSkQueues} from './kinds/sk-queues.js'
 import {readPstree, writePstree} from './kinds/pstree.js'
 import {readStats, writeDumpStats} from './kinds/stats.js'
 import type {CriuImageSet, CriuMember, DumpStats, PageSource, WriteOptions} from './set-types.js'
@@ -225,7 +226,7 @@ function readSet(dir: string): CriuImageSet {
     reads.push({pid, fds: read.fds})
     members.push({...shape, ppid: read.image.task.ppid, ...read.stored, image: read.image})
   })
-  linkDescriptors(reads, readPipesData(at))
+  linkDescriptors(reads, readPipesData(at), readSkQueues(at))
   const root = members[0]!
   const set: CriuImageSet = {
     image: root.image!, pagemap: root.pagemap!, pagesPath: root.pagesPath!, runOffsets: root.runOffsets!, members, writtenBy: inventory.ours ? 'cxlfork' : 'criu',
