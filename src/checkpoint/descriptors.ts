@@ -204,7 +204,21 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
         set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: socket.local, peer: socket.peer!,
           options: socket.options.filter((o) => o.level === 1)}})
       } else if (socket.family === AF.UNIX) {
-        const peer = `socket:[${unixPeer(Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1))}]`
+        const peerInode = unixPeer(Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1))
+        const base = {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: new Uint8Array(0), options: socket.options.filter((o) => o.level === 1)}
+        if (peerInode === 0) {
+          // Its peer was closed: only what waits in this end is left (then EOF).
+          if (socket.type === SOCK.STREAM) {
+            const queued = peekQueued(pid, info.fd)
+            set(info.fd, {socket: {...base, pair: {peerFd: -1, peerClosed: true, ...(queued.length > 0 ? {queued} : {})}}})
+          } else {
+            const messages = peekMessages(pid, info.fd)
+            if (messages === undefined) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix datagram socketpair end whose queue cannot be read (SO_PEEK_OFF)`, 'Checkpoint it once its messages are read.')
+            set(info.fd, {socket: {...base, pair: {peerFd: -1, peerClosed: true, ...(messages.length > 0 ? {messages} : {})}}})
+          }
+          continue
+        }
+        const peer = `socket:[${peerInode}]`
         const localPeer = fds.find((other) => other.info.target === peer)?.info.fd
         // In a tree the other end may be another member's: the pair is created by the end whose first holder comes first.
         const holder = localPeer === undefined ? treeSockets.get(peer) : undefined
@@ -212,7 +226,6 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
         const mine = treeSockets.get(info.target)
         // The creator also carries what waits for the other end (its holder is stopped now); the other member's end is handed over.
         const peerQueue = holder && mine?.pid === pid && mine.rank < holder.rank ? holder : undefined
-        const base = {family: socket.family, type: socket.type, protocol: socket.protocol, listening: false, local: new Uint8Array(0), options: socket.options.filter((o) => o.level === 1)}
         const peerFd = localPeer ?? -1
         if (socket.type === SOCK.STREAM) {
           const queued = peekQueued(pid, info.fd)

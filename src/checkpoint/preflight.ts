@@ -66,6 +66,8 @@ function loneUnixEnds(pid: number, fds: readonly {info: FdInfo; kind: FdKind}[])
     // Listeners and unconnected datagram sockets have no peer to hold; clients of a named datagram socket connect again.
     if (socket.family !== AF.UNIX || !socket.connected || (socket.type === SOCK.DGRAM && (socket.peer?.length ?? 0) > 2)) continue
     const peer = unixPeer(Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1))
+    // Peer 0: the other end was closed; this end is carried with what is left to read in it.
+    if (peer === 0) continue
     if (peer === undefined || !inodes.has(`socket:[${peer}]`)) lone.push({fd: info.fd, peer})
   }
   return lone

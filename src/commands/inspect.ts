@@ -50,7 +50,7 @@ export default class Inspect extends BaseCommand {
           this.say(`  thread ${thread.tid} ${thread.comm.padEnd(15)} mask ${thread.sigmask}${thread.syscall === null ? '' : `, stopped in syscall ${thread.syscall}`}`)
         }
         for (const vma of proc.vmas) this.say(`  ${vma.start}-${vma.end} ${vma.perms} ${vma.kind.padEnd(6)} ${String(vma.storedPages).padStart(7)} pages ${vma.path ?? ''}`)
-        for (const fd of proc.fds) this.say(`  fd ${fd.fd} ${fd.kind} ${fd.path}`)
+        for (const fd of proc.fds) this.say(`  fd ${fd.fd} ${fd.kind} ${fd.path}${fd.detail ? `: ${fd.detail}` : ''}`)
       }
       if (details.sharedMemory) this.say(`shared anonymous memory: ${details.sharedMemory.objects} object(s), ${formatSize(BigInt(details.sharedMemory.storedBytes))} stored (restored local, shared by the clone's processes)`)
       const access = details.accessRecord

@@ -204,7 +204,11 @@ export interface SocketImage {
    * (or datagrams) queued for this end to read. Of a pair split across members, the end that creates the pair at
    * restore also carries what was queued for the other end (peerQueued, peerMessages); the other is handed over.
    */
-  pair?: {peerFd: number; queued?: Uint8Array; messages?: Uint8Array[]; peerQueued?: Uint8Array; peerMessages?: Uint8Array[]}
+  /**
+   * A socketpair end (or a connection): its peer's fd here, -1 when another member holds it; `peerClosed` when
+   * nobody does any more (the peer was closed: what is queued is read, then EOF, as a JVM's leftover ends).
+   */
+  pair?: {peerFd: number; peerClosed?: boolean; queued?: Uint8Array; messages?: Uint8Array[]; peerQueued?: Uint8Array; peerMessages?: Uint8Array[]}
 }
 
 export interface Rlimit {

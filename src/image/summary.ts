@@ -4,6 +4,7 @@
  * so scripts can read it; addresses are hex strings.
  */
 import {type PageMapView} from './page-map.js'
+import {describeFdImage} from './fd-detail.js'
 import {type ProcessImage} from './process-image.js'
 import {PAGE_SIZE} from '../sys/page.js'
 
@@ -30,7 +31,8 @@ export interface ProcessSummary {
   /** Each thread: its id, name, blocked-signal mask (hex) and the system call it was stopped in, if any. */
   threadStates: {tid: number; comm: string; sigmask: string; syscall: number | null}[]
   vmas: VmaSummary[]
-  fds: {fd: number; kind: string; path: string; flags: number; offset: number}[]
+  /** Each fd; `detail` says what it is and carries beyond its kind and path (a socket's address, bytes waiting in a pipe, epoll targets), '' if nothing. */
+  fds: {fd: number; kind: string; path: string; flags: number; offset: number; detail: string}[]
   storedPages: number
   storedBytes: number
   pageRuns: number
@@ -54,7 +56,7 @@ export function summarizeImage(image: ProcessImage, pageMap: PageMapView): Proce
       syscall: BigInt.asIntN(64, thread.regs.orig_rax) >= 0n ? Number(thread.regs.orig_rax) : null,
     })),
     vmas,
-    fds: image.fds.map((fd) => ({fd: fd.fd, kind: fd.kind, path: fd.path, flags: fd.flags, offset: Number(fd.offset)})),
+    fds: image.fds.map((fd) => ({fd: fd.fd, kind: fd.kind, path: fd.path, flags: fd.flags, offset: Number(fd.offset), detail: describeFdImage(fd)})),
     storedPages: pageMap.totalPages, storedBytes: pageMap.totalPages * PAGE_SIZE, pageRuns: pageMap.entryCount,
     signalHandlers: image.task.sigactions.length,
   }

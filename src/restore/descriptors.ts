@@ -145,6 +145,13 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
       const mask = new Uint8Array(8)
       new DataView(mask.buffer).setBigUint64(0, fd.signalfd.mask, true)
       place(stage(Number(inject.call('signalfd4', SYS.signalfd4, -1, inject.put(mask), 8, O.CLOEXEC | (fd.flags & O.NONBLOCK)))), fd)
+    } else if (fd.socket?.pair?.peerClosed) {
+      // Its peer was closed: a new pair whose other end, once it has sent what waited here, is closed too.
+      const {mine, theirs} = createPair(inject, fd, stage)
+      inject.call('close(peer)', SYS.close, theirs)
+      staged.splice(staged.indexOf(theirs), 1)
+      place(mine, fd)
+      if ((fd.flags & O.NONBLOCK) !== 0) inject.call('fcntl(F_SETFL)', SYS.fcntl, fd.fd, F_SETFL, O.NONBLOCK)
     } else if (fd.socket?.pair && fd.socket.pair.peerFd < 0) {
       if (!crossPairs) throw new UnsupportedError('UNSUPPORTED_FD', `fd ${fd.fd} is a Unix socketpair end whose other end is in another process of a tree, and this restore builds one process`, 'Restore the checkpoint as a whole.')
       const {mine, theirs} = createPair(inject, fd, stage)

@@ -4,6 +4,7 @@ import {statSync} from 'node:fs'
 import {NotFoundError, UnsupportedError} from '../errors.js'
 import {type FileIdentity, type ProcessImage} from '../image/process-image.js'
 import {kernelRelease} from '../sys/host.js'
+import {MAP} from '../sys/syscall.js'
 import {type VdsoLayout, deviceName} from '../sys/proc.js'
 
 
@@ -23,8 +24,16 @@ export function checkKernel(image: ProcessImage, local: VdsoLayout): void {
 
 /** Refuse missing or changed files the image maps; files open as fds must only still exist as the same inode. */
 export function checkFiles(image: ProcessImage): void {
+  // Content the clone depends on: the executable and privately mapped files (pages never written are read
+  // from the file). A file only mapped MAP_SHARED is live shared state, changing by design (a JVM's
+  // hsperfdata, a database's shared file): the same file, large enough for its mappings, is what counts.
   const mapped = new Set<number>([image.mm.exeFileIndex])
-  for (const vma of image.vmas) if (vma.fileIndex !== undefined) mapped.add(vma.fileIndex)
+  const sharedEnd = new Map<number, bigint>()
+  for (const vma of image.vmas) {
+    if (vma.fileIndex === undefined) continue
+    if ((vma.flags & MAP.SHARED) !== 0) sharedEnd.set(vma.fileIndex, [sharedEnd.get(vma.fileIndex) ?? 0n, vma.offset + (vma.end - vma.start)].reduce((a, b) => (a > b ? a : b)))
+    else mapped.add(vma.fileIndex)
+  }
   image.files.forEach((file, index) => {
     let st
     try {
@@ -38,6 +47,12 @@ export function checkFiles(image: ProcessImage): void {
     if (changed) {
       throw new UnsupportedError('BACKING_FILE_CHANGED', `${file.path} changed since the checkpoint (${describeChange(file, st)})`,
         'The checkpoint maps this file; restore it only with the exact file it was taken with.')
+    }
+    const needed = sharedEnd.get(index)
+    // A shared mapping past the end of its file would fault (SIGBUS) on first touch; a page's tail may pass it.
+    if (needed !== undefined && needed > ((st.size + 4095n) / 4096n) * 4096n) {
+      throw new UnsupportedError('BACKING_FILE_CHANGED', `${file.path} shrank since the checkpoint (${st.size} bytes; its shared mapping reaches byte ${needed})`,
+        'The checkpoint maps this file shared; restore it once the file has its size again.')
     }
   })
 }

@@ -201,6 +201,59 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
       rmSync(dir, {recursive: true, force: true})
     }
   })
+  it('socketpair ends whose peer was closed (stream and datagram, what a JVM leaves): each clone reads what waited in them, then EOF', async () => {
+    const pool = poolPath('descriptors')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-orphan-pair-'))
+    const out = join(dir, 'out')
+    // On SIGUSR1 it drains both ends into OUT.PID: the stream end's bytes then EOF, the datagram end's messages then EAGAIN.
+    const script = `import os, signal, socket, sys, time
+os.closerange(3, 1024)
+s1, s2 = socket.socketpair()
+s2.sendall(b"stream-left"); s2.close()
+d1, d2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+d2.send(b"m1"); d2.send(b"m2"); d2.close()
+def drain(signo, frame):
+    got = []
+    while True:
+        chunk = s1.recv(64)
+        got.append(chunk.decode() or "EOF")
+        if not chunk: break
+    d1.setblocking(False)
+    try:
+        while True: got.append(d1.recv(64).decode())
+    except BlockingIOError:
+        got.append("EAGAIN")
+    name = sys.argv[1] + "." + str(int(os.readlink("/proc/self")))
+    with open(name + ".tmp", "w") as f: f.write(" ".join(got))
+    os.rename(name + ".tmp", name)
+signal.signal(signal.SIGUSR1, drain)
+open(sys.argv[1] + ".ready", "w").close()
+while True: time.sleep(1)`
+    const target = spawn('python3', ['-c', script, out], {stdio: 'ignore'})
+    trackPid(target.pid!)
+    try {
+      await until(() => readdirSync(dir).includes('out.ready'), 'the pairs are set up')
+      const ck = await cli(['checkpoint', String(target.pid), '--name', 'orphans', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      for (const policy of ['mow', 'local'] as const) {
+        const run = await cli(['restore', 'orphans', '--policy', policy, '--json', '--pool', pool])
+        assert.equal(run.status, 0, describeRun(run))
+        const clone = run.json.pid as number
+        trackPid(clone)
+        process.kill(clone, 'SIGUSR1')
+        await until(() => readdirSync(dir).includes(`out.${clone}`), `${policy}: the clone drained its ends`)
+        assert.equal(readFileSync(`${out}.${clone}`, 'utf8'), 'stream-left EOF m1 m2 EAGAIN', policy)
+        process.kill(clone, 'SIGKILL')
+      }
+      process.kill(target.pid!, 'SIGUSR1')
+      await until(() => readdirSync(dir).includes(`out.${target.pid}`), 'the original drained its ends')
+      assert.equal(readFileSync(`${out}.${target.pid}`, 'utf8'), 'stream-left EOF m1 m2 EAGAIN', 'the original holds the same')
+    } finally {
+      target.kill('SIGKILL')
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
   it('a deleted file (not on a tmpfs) comes back as one, with its contents, offset and flags; one over the 1 MiB limit is refused by name', async () => {
     const pool = poolPath('descriptors')
     const dir = mkdtempSync('/var/tmp/cxlfork-ghost-')

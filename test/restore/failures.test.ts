@@ -4,7 +4,7 @@
  * restores of unknown names and of checkpoints whose backing file changed.
  */
 import assert from 'node:assert/strict'
-import {appendFileSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync, writeSync} from 'node:fs'
+import {appendFileSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, truncateSync, utimesSync, writeFileSync, writeSync} from 'node:fs'
 import {spawn} from 'node:child_process'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
@@ -426,6 +426,46 @@ describe('restore: failures are clean', function () {
     }
     assert.ok(rig.landed >= 1, `no kill landed while the target was seized: ${rig.outcomes.join('; ')}`)
     await assertRecovered(rig)
+  })
+
+  it('a file mapped MAP_SHARED is live shared state: written after the checkpoint, the clone maps it as it is now; shrunk below the mapping, refused with BACKING_FILE_CHANGED', async () => {
+    const pool = poolPath('fail')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-shared-file-'))
+    const file = join(dir, 'state')
+    writeFileSync(file, Buffer.alloc(8192, 'a'))
+    const holder = spawn('python3', ['-c', `import mmap, os, sys, time\nos.closerange(3, 1024)\nf = open(${JSON.stringify(file)}, "r+b")\nm = mmap.mmap(f.fileno(), 8192, mmap.MAP_SHARED)\nm[0:4] = b"held"\nopen(${JSON.stringify(file + '.ready')}, "w").close()\nwhile True: time.sleep(1)`], {stdio: 'ignore'})
+    trackPid(holder.pid!)
+    try {
+      await until(() => existsSync(`${file}.ready`), 'the file is mapped')
+      const ck = await cli(['checkpoint', String(holder.pid), '--name', 'shared-file', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      // Written after the checkpoint (new mtime): the shared mapping is the file as it is now.
+      const fd = openSync(file, 'r+')
+      writeSync(fd, Buffer.from('new!'), 0, 4, 4)
+      closeSync(fd)
+      const run = await cli(['restore', 'shared-file', '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      const clone = run.json.pid as number
+      trackPid(clone)
+      const line = readFileSync(`/proc/${clone}/maps`, 'utf8').split('\n').find((l) => l.endsWith(file))
+      assert.ok(line, `the clone maps ${file}`)
+      const start = Number.parseInt(line!.split('-')[0]!, 16)
+      const mem = openSync(`/proc/${clone}/mem`, 'r')
+      const head = Buffer.alloc(8)
+      readSync(mem, head, 0, 8, start)
+      closeSync(mem)
+      assert.equal(head.toString(), 'heldnew!', 'the clone sees what the original wrote and what was written since, in the one file')
+      process.kill(clone, 'SIGKILL')
+      // Shrunk below the mapping: a touch would be SIGBUS, so the restore is refused.
+      truncateSync(file, 100)
+      const refused = await cli(['restore', 'shared-file', '--json', '--pool', pool])
+      assert.equal(refused.status, 5, describeRun(refused))
+      assert.equal(refused.json.error.code, 'BACKING_FILE_CHANGED')
+      assert.match(refused.json.error.message, /shrank/)
+    } finally {
+      holder.kill('SIGKILL')
+      rmSync(dir, {recursive: true, force: true})
+    }
   })
 
   describe('restore with a changed backing file (memtouch maps LOGFILE.map privately)', () => {

@@ -4,7 +4,8 @@
  * threads, each with its own event base and notification pipe). Each is checkpointed
  * while it holds data and restored with --netns new under mow and local; the clone
  * answers with the original's data inside its namespace, takes writes of its own that the
- * original never sees, and the original serves on.
+ * original never sees, and the original serves on. And a JVM (OpenJDK's HttpServer, 20-odd
+ * threads, a file it maps shared and writes all the time) under every policy.
  */
 import assert from 'node:assert/strict'
 import {type ChildProcess, spawn, spawnSync} from 'node:child_process'
@@ -13,7 +14,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {procStat, trackPid} from '../helpers/fixtures.js'
-import {cli, describeRun, installCleanupHooks, note, poolPath, until} from './helpers.js'
+import {PROJECT_ROOT, cli, describeRun, installCleanupHooks, note, poolPath, until} from './helpers.js'
 
 /** Run `argv` here, or inside the network namespace of `netnsOf`; its stdout, trimmed. */
 function run(argv: string[], netnsOf?: number): string {
@@ -41,7 +42,12 @@ async function stop(server: ChildProcess): Promise<void> {
   await until(() => server.exitCode !== null || server.signalCode !== null, 'the server exits', 10_000)
 }
 
-describe('restore: servers from Debian (Redis, memcached)', function () {
+/** GET http://127.0.0.1:port/ (curl, 5 s at most), here or inside the network namespace of `netnsOf`. */
+function httpGet(port: number, netnsOf?: number): string {
+  return run(['curl', '-s', '-m', '5', `http://127.0.0.1:${port}/`], netnsOf)
+}
+
+describe('restore: servers from Debian (Redis, memcached, a JVM)', function () {
   this.timeout(180_000)
   installCleanupHooks('servers')
 
@@ -104,6 +110,37 @@ describe('restore: servers from Debian (Redis, memcached)', function () {
         process.kill(clone, 'SIGKILL')
       }
       assert.equal(memcached(port, 'get greeting\\r\\n'), 'VALUE greeting 0 5|hello|END|', 'the original serves on')
+    } finally {
+      await stop(server)
+    }
+  })
+
+  it('a JVM (fixtures/java/HttpCounter.java: OpenJDK HttpServer, GC and JIT threads, its hsperfdata file mapped shared and written on): restored under every policy with --netns new; each clone counts on from the original\'s count', async function () {
+    if (!existsSync('/usr/bin/java') || !existsSync('/usr/bin/curl')) this.skip()
+    const pool = poolPath('servers')
+    const port = 20_000 + ((process.pid + 37) % 20_000)
+    const server = spawn('/usr/bin/java', ['-Xmx256m', join(PROJECT_ROOT, 'fixtures', 'java', 'HttpCounter.java'), String(port)], {stdio: 'ignore'})
+    trackPid(server.pid!)
+    const count = (netnsOf?: number): number => Number(/^(\d+) 55999986000000$/.exec(httpGet(port, netnsOf))?.[1] ?? NaN)
+    try {
+      await until(() => count() > 0, 'the JVM answers', 60_000)
+      const before = count()
+      assert.ok(procStat(server.pid!)!.threads >= 10, `the JVM runs its threads: ${procStat(server.pid!)!.threads}`)
+      const ck = await cli(['checkpoint', String(server.pid), '--name', 'jvm', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      // The JVM writes its hsperfdata file on: a restore must not take the shared file's new mtime for a changed backing file.
+      for (const policy of ['mow', 'moa', 'hybrid', 'local'] as const) {
+        const restored = await cli(['restore', 'jvm', '--policy', policy, '--netns', 'new', '--json', '--pool', pool])
+        assert.equal(restored.status, 0, describeRun(restored))
+        const clone = restored.json.pid as number
+        trackPid(clone)
+        if (restored.json.pidNamespace) trackPid(restored.json.pidNamespace.initPid)
+        assert.equal(count(clone), before + 1, `${policy}: the clone's first answer counts on from the checkpoint's`)
+        assert.equal(count(clone), before + 2, `${policy}: and its second`)
+        note(`jvm ${policy}: restore ${(restored.json.stats.restore_time / 1000).toFixed(1)} ms, ${restored.json.threads} threads`)
+        process.kill(clone, 'SIGKILL')
+      }
+      assert.equal(count(), before + 1, 'the original counts on by itself')
     } finally {
       await stop(server)
     }

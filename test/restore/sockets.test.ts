@@ -171,6 +171,15 @@ describe('restore: servers with listening sockets', function () {
     assert.equal(check.fields.ok, '1', `the clone's listener and the bytes queued in its socketpair: ${check.line}`)
     const original = await fx.check()
     assert.equal(original.fields.ok, '1', `the original's queued bytes were peeked, not consumed: ${original.line}`)
+    // inspect says what each socket is, not only its inode.
+    const inspect = await cli(['inspect', 'pair', '--json', '--pool', pool])
+    const detail = (fd: string | undefined): string => inspect.json.process.fds.find((entry: {fd: number}) => entry.fd === Number(fd))?.detail ?? ''
+    assert.match(detail(fx.ready.fields.listenfd), new RegExp(`^TCP/IPv4 listening on 127\\.0\\.0\\.1:${fx.ready.fields.port}, backlog \\d+$`))
+    const [a, b] = fx.ready.fields.pairfds!.split(',')
+    assert.match(detail(a), new RegExp(`^Unix stream pair, paired with fd ${b}`))
+    assert.match(detail(b), new RegExp(`^Unix stream pair, paired with fd ${a}, 22 bytes waiting to be read$`), 'the queued message (cxlfork-socket-queued and its NUL) waits in the reading end')
+    const human = await cli(['inspect', 'pair', '--pool', pool])
+    assert.match(human.stdout + human.stderr, new RegExp(`fd ${fx.ready.fields.listenfd} socket socket:\\[\\d+\\]: TCP/IPv4 listening on 127\\.0\\.0\\.1:${fx.ready.fields.port}`))
   })
 
   it('a Unix listener at a path (mode 0666): ADDRESS_IN_USE while the original holds the path; once it is gone, the stale file is replaced and the clone listens there with the same mode', async () => {
