@@ -13,7 +13,8 @@
 import assert from 'node:assert/strict'
 import {spawn, spawnSync} from 'node:child_process'
 import {createConnection, createServer} from 'node:net'
-import {readFileSync} from 'node:fs'
+import {existsSync, mkdtempSync, readFileSync, rmSync} from 'node:fs'
+import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {processExists, requestCheck, startFixture, trackPid} from '../helpers/fixtures.js'
@@ -177,4 +178,48 @@ describe('criu-e2e: TCP, UDP and Unix sockets through criu dump, restore and imp
       if (live) assert.equal((await fx.check()).fields.ok, '1', 'the original is intact')
     })
   }
+
+  it('socketpair ends whose peer was closed (stream and datagram, bytes and two messages left in them): dumped, the clone reads what waited, then EOF', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-criu-peerclosed-'))
+    const out = join(dir, 'out')
+    const code = [
+      'import os, signal, socket, sys, time',
+      'os.closerange(3, 1024)',
+      'a, b = socket.socketpair()',
+      'b.sendall(b"left-behind"); b.close()',
+      'c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)',
+      'd.send(b"one"); d.send(b"two"); d.close()',
+      'def check(*_):',
+      '    got = b""',
+      '    while True:',
+      '        chunk = a.recv(100)',
+      '        if not chunk: break',
+      '        got += chunk',
+      '    c.setblocking(False)',
+      '    msgs = []',
+      '    try:',
+      '        while True: msgs.append(c.recv(100))',
+      '    except BlockingIOError: pass',
+      `    with open(${JSON.stringify(out)}, "a") as f: f.write("%r %r\\n" % (got, msgs))`,
+      'signal.signal(signal.SIGUSR1, check)',
+      `open(${JSON.stringify(join(dir, 'ready'))}, "w").close()`,
+      'while True: time.sleep(0.05)',
+    ].join('\n')
+    const child = spawn('python3', ['-c', code], {stdio: 'ignore'})
+    trackPid(child.pid!)
+    try {
+      await until(() => existsSync(join(dir, 'ready')), 'the pairs are set up')
+      const images = imagesDir('peer-closed')
+      okJson(await cli(['criu', 'dump', String(child.pid), '--images', images, '--json']))
+      const unix = ((await critDecode(join(images, 'files.img'))).entries as Entry[]).filter((file) => file.type === 'UNIXSK').map((file) => file.usk)
+      assert.deepEqual(unix.map((sk) => sk.peer), [0, 0], 'two ends, each with its peer gone')
+      const restored = okJson(await cli(['criu', 'restore', '--images', images, '--json']))
+      trackPid(restored.pid)
+      process.kill(restored.pid, 'SIGUSR1')
+      const line = await until(() => (existsSync(out) ? readFileSync(out, 'utf8').trim() : undefined), 'the clone\'s reads')
+      assert.equal(line, "b'left-behind' [b'one', b'two']", 'the bytes, then EOF; both messages, whole and in order')
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
 })

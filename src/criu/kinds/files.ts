@@ -24,7 +24,7 @@ import {eventpollEntry, eventpollOf} from './eventpoll.js'
 import {inetSocketEntry, inetSocketOf} from './inetsk.js'
 import {type PipeData, PipesDataWriter, pipeEntry} from './pipes-data.js'
 import {SkQueuesWriter} from './sk-queues.js'
-import {socketIno, unixSocketEntry, unixSocketOf} from './unixsk.js'
+import {socketIno, unixConnected, unixSocketEntry, unixSocketOf} from './unixsk.js'
 import {signalfdEntry, signalfdOf} from './signalfd.js'
 import {timerfdEntry, timerfdOf} from './timerfd.js'
 
@@ -296,8 +296,8 @@ export interface ReadFd {
   pipeId?: number
   /** cxlfork's sets: whether the model carried this pipe's state (else decided as the capture decides). */
   pipeState?: boolean
-  /** A Unix socket's inode and its peer's (0: none). */
-  unix?: {ino: number; peer: number}
+  /** A Unix socket's inode, its peer's (0: none), and whether it was connected (a pair's end, even one whose peer was closed). */
+  unix?: {ino: number; peer: number; connected: boolean}
 }
 
 /** One member's descriptors, from fdinfo-FILES_ID.img and the entries of files.img they name. */
@@ -333,7 +333,8 @@ export function readFds(at: ImagePath, ids: Msg, table: FileTable): ReadFd[] {
       const usk = entry['usk'] as Msg
       const peer = usk['peer'] as number
       const paired = peer !== 0 && unixInos(table.entries).has(peer)
-      out.push({fd: {...base('socket', `socket:[${usk['ino']}]`), ...unixSocketOf(usk, what, paired)}, id, unix: {ino: usk['ino'] as number, peer: paired ? peer : 0}})
+      const socket = unixSocketOf(usk, what, paired)
+      out.push({fd: {...base('socket', `socket:[${usk['ino']}]`), ...socket}, id, unix: {ino: usk['ino'] as number, peer: paired ? peer : 0, connected: unixConnected(usk)}})
     } else if (type === FD_TYPE_INETSK && has(entry, 'isk')) {
       const isk = entry['isk'] as Msg
       out.push({fd: {...base('socket', `socket:[${isk['ino']}]`), ...inetSocketOf(isk, what)}, id})
@@ -382,10 +383,14 @@ function linkUnixPairs(members: readonly {pid: number; fds: readonly ReadFd[]}[]
   members.forEach(({pid, fds}, rank) => {
     for (const read of fds) {
       const socket = read.fd.socket
-      if (!read.unix || !socket || read.unix.peer === 0 || socket.listening) continue
-      const other = byIno.get(read.unix.peer)
-      if (!other) continue
+      if (!read.unix || !socket || socket.listening || !read.unix.connected || socket.peer) continue
       const own = queueOf(socket, queues.get(read.id))
+      const other = read.unix.peer === 0 ? undefined : byIno.get(read.unix.peer)
+      if (!other) {
+        // Its peer was closed: what waits in it is read, then EOF.
+        socket.pair = {peerFd: -1, peerClosed: true, ...(own.bytes ? {queued: own.bytes} : {}), ...(own.messages ? {messages: own.messages} : {})}
+        continue
+      }
       const pair: NonNullable<SocketImage['pair']> = {peerFd: other.pid === pid ? other.read.fd.fd : -1,
         ...(own.bytes ? {queued: own.bytes} : {}), ...(own.messages ? {messages: own.messages} : {})}
       if (other.pid !== pid && other.rank < rank) {

@@ -49,6 +49,11 @@ export function unixSocketEntry(fd: FdImage, id: number, peer: number): Obj {
   return entry
 }
 
+/** A connected socket (a pair's end, or a connection), its peer there or closed. */
+export function unixConnected(entry: Msg): boolean {
+  return entry['state'] === TCP_ESTABLISHED
+}
+
 function sockaddrUn(name: Uint8Array): Uint8Array {
   const bytes = new Uint8Array(2 + name.length)
   new DataView(bytes.buffer).setUint16(0, AF.UNIX, true)
