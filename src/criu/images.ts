@@ -21,7 +21,7 @@ import type {TreeMember} from '../checkpoint/tree.js'
 import {KID, PAGES_ID} from './constants.js'
 import {writeImage} from './image-file.js'
 import {type ImagePath, type Msg, type PutImage, corrupt} from './kinds/common.js'
-import {credentialsFrom, readCores, readCreds, readTaskLimits, readThreads, readZombie, writeCores, writeZombieCore} from './kinds/core.js'
+import {credentialsFrom, readCores, readPdeathSignal, readCreds, readTaskLimits, readThreads, readZombie, writeCores, writeZombieCore} from './kinds/core.js'
 import {FileEntries, FileImagesWriter, FileTable, type ReadFd, linkDescriptors, readFds} from './kinds/files.js'
 import {readFs, writeFs} from './kinds/fs.js'
 import {readIds, writeIds} from './kinds/ids.js'
@@ -257,6 +257,7 @@ function readMember(at: ImagePath, dir: string, pid: number, tids: number[], {en
       }
     : {release: '', hostname: '', bootId: '', vdsoLayout: vdsoAreas.map((vma) => ({name: `[${vma.kind}]`, offset: vma.start - vdsoBase, size: vma.end - vma.start}))}
 
+  const pdeathSignal = readPdeathSignal(cores, ours, table.isRoot)
   const credentials = credentialsFrom(creds, has(mm, 'dumpable') ? mm['dumpable'] as number : undefined, ours ? Boolean(taskExt && has(taskExt, 'credentials') && taskExt['credentials']) : true)
   const image: ProcessImage = {
     version: IMAGE_VERSION,
@@ -276,6 +277,7 @@ function readMember(at: ImagePath, dir: string, pid: number, tids: number[], {en
       sharedPendingSignals: has(tc, 'signals_s') ? (tc['signals_s']['signals'] as Msg[]).map((s) => new Uint8Array(s['siginfo'])) : [],
       cmdline: taskExt ? ((taskExt['cmdline'] ?? []) as Uint8Array[]).map((arg) => Buffer.from(arg).toString('utf8')) : [],
       ...(credentials ? {credentials} : {}),
+      ...(pdeathSignal === undefined ? {} : {pdeathSignal}),
     },
     threads,
     mm: {

@@ -92,6 +92,9 @@ describe('criu-e2e: process trees through criu dump --tree, criu restore and cri
     assert.equal(zombieCore.tc.task_state, 2, 'TASK_DEAD')
     assert.equal(zombieCore.tc.exit_code, 7 << 8)
     assert.equal(existsSync(join(images, `mm-${zombie}.img`)), false, 'a zombie has no memory images')
+    // Each child asked to die with its parent (PR_SET_PDEATHSIG): the leader's thread_core.pdeath_sig; the root's is not recorded.
+    for (const child of children) assert.equal((await critDecode(join(images, `core-${child}.img`))).entries[0].thread_core.pdeath_sig, 9, `child ${child}'s pdeath_sig`)
+    assert.equal((await critDecode(join(images, `core-${fx.pid}.img`))).entries[0].thread_core.pdeath_sig, undefined)
     // Each live member: its own core, ids, mm, pagemap (naming its own pages-N.img), fs and fdinfo.
     const pagesIds = new Set<number>()
     const filesIds = new Set<number>()

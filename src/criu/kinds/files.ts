@@ -238,6 +238,11 @@ export class FileTable {
     return entry['reg'] as Msg
   }
 
+  /** The table of the set's root task. */
+  get isRoot(): boolean {
+    return this.owner === undefined
+  }
+
   private ownedHere(fileExt: Msg): boolean {
     return (has(fileExt, 'pid') ? fileExt['pid'] as number : undefined) === this.owner
   }
