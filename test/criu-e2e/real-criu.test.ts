@@ -298,4 +298,41 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
       if (processExists(fx.pid) && procStat(fx.pid)?.starttime === started) process.kill(fx.pid, 'SIGKILL')
     }
   })
+
+  it('the socket fixture (a TCP listener, stream and datagram socketpairs with bytes and messages queued, an abstract Unix listener): real criu dump --leave-running -> cxlfork criu restore and import + restore in their own network namespaces pass its socket checks', async () => {
+    const fx = await startFixture('socket', {args: ['--unix-listener', '1']})
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const images = imagesDir('socket-from-criu')
+    mkdirSync(images, {recursive: true})
+    const dump = spawnSync(criu.bin, ['dump', '-t', String(fx.pid), '-D', images, '--shell-job', '--leave-running', '-v4', '-o', 'dump.log'], {encoding: 'utf8'})
+    assert.equal(dump.status, 0, `criu dump -t ${fx.pid} failed:\n${criuErrors(images, 'dump.log')}`)
+    const pool = join(images, 'imported.pool')
+    okJson(await cli(['criu', 'import', '--images', images, '--name', 'socket', '--pool', pool, '--json']))
+    const runs = [
+      {what: 'cxlfork criu restore', run: await cli(['criu', 'restore', '--images', images, '--netns', 'new', '--json'])},
+      {what: 'criu import + restore', run: await cli(['restore', 'socket', '--netns', 'new', '--pool', pool, '--json'])},
+    ]
+    for (const {what, run} of runs) {
+      const clone = okJson(run).pid as number
+      trackPid(clone)
+      assertOk(await requestCheck(fx.logPath, clone), `${what}: the clone's socket checks (CRIU's unixsk, inetsk and sk-queues)`)
+    }
+    assertOk(await fx.check(), 'the original is intact')
+  })
+
+  it('the socket fixture: cxlfork criu dump --kill -> real criu restore -d; the process passes its socket checks under its pid', async () => {
+    const fx = await startFixture('socket', {args: ['--unix-listener', '1']})
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const images = imagesDir('socket-to-criu')
+    okJson(await cli(['criu', 'dump', String(fx.pid), '--kill', '--images', images, '--json']))
+    await fx.exited()
+    const restore = spawnSync(criu.bin, ['restore', '-D', images, '-d', '--shell-job', '-v4', '-o', 'restore.log'], {encoding: 'utf8'})
+    assert.equal(restore.status, 0, `criu restore -D ${images} failed:\n${criuErrors(images, 'restore.log')}`)
+    const started = procStat(fx.pid)?.starttime
+    try {
+      assertOk(await requestCheck(fx.logPath, fx.pid), 'the process CRIU restored from cxlfork\'s unixsk, inetsk and sk-queues')
+    } finally {
+      if (processExists(fx.pid) && procStat(fx.pid)?.starttime === started) process.kill(fx.pid, 'SIGKILL')
+    }
+  })
 })
