@@ -12,12 +12,17 @@ import Checkpoint from './commands/checkpoint.js'
 import CriuDump from './commands/criu/dump.js'
 import CriuImport from './commands/criu/import.js'
 import CriuRestore from './commands/criu/restore.js'
+import FnDeploy from './commands/fn/deploy.js'
+import FnInvoke from './commands/fn/invoke.js'
+import FnLs from './commands/fn/ls.js'
+import FnRm from './commands/fn/rm.js'
 import Inspect from './commands/inspect.js'
 import Ls from './commands/ls.js'
 import PoolFsck from './commands/pool/fsck.js'
 import PoolGc from './commands/pool/gc.js'
 import PoolInfo from './commands/pool/info.js'
 import PoolInit from './commands/pool/init.js'
+import PorterReplay from './commands/porter/replay.js'
 import PorterStart from './commands/porter/start.js'
 import PorterStatus from './commands/porter/status.js'
 import PorterStop from './commands/porter/stop.js'
@@ -37,12 +42,17 @@ export const COMMANDS = {
   'criu:dump': CriuDump,
   'criu:import': CriuImport,
   'criu:restore': CriuRestore,
+  'fn:deploy': FnDeploy,
+  'fn:invoke': FnInvoke,
+  'fn:ls': FnLs,
+  'fn:rm': FnRm,
   inspect: Inspect,
   ls: Ls,
   'pool:fsck': PoolFsck,
   'pool:gc': PoolGc,
   'pool:info': PoolInfo,
   'pool:init': PoolInit,
+  'porter:replay': PorterReplay,
   'porter:start': PorterStart,
   'porter:status': PorterStatus,
   'porter:stop': PorterStop,

@@ -86,6 +86,9 @@ export const ERROR_CODES = {
   PORTER_FAILED: ExitCode.failure, PORTER_BAD_REQUEST: ExitCode.usage, PORTER_BODY_TOO_LARGE: ExitCode.usage, PORTER_METHOD: ExitCode.usage,
   PORTER_NO_ROUTE: ExitCode.notFound, PORTER_NOT_RUNNING: ExitCode.notFound, PORTER_SOCKET_UNSAFE: ExitCode.permission,
   PORTER_UNSERVED: ExitCode.unsupported, PORTER_RUNNING: ExitCode.conflict,
+  // serverless functions run by the porter (src/porter/functions)
+  FUNCTION_FAILED: ExitCode.failure, INVALID_FUNCTION: ExitCode.usage, INVALID_FUNCTION_DATA: ExitCode.usage, INVALID_DURATION: ExitCode.usage, INVALID_TRACE: ExitCode.usage,
+  FUNCTION_NOT_FOUND: ExitCode.notFound, FUNCTION_ACCESS: ExitCode.permission, FUNCTION_EXISTS: ExitCode.conflict,
   // exit 128 + the signal
   INTERRUPTED: ExitCode.interrupted,
 } as const satisfies Record<string, ExitStatus>

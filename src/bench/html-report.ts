@@ -15,7 +15,7 @@ interface Series {
   values: (number | undefined)[]
 }
 
-interface ChartSpec {
+export interface ChartSpec {
   id: string
   title: string
   unit: string
@@ -28,7 +28,7 @@ interface ChartSpec {
 
 const PALETTE = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf', '#393b79', '#637939']
 
-function escapeHtml(text: string): string {
+export function escapeHtml(text: string): string {
   return text.replaceAll('&', '&amp;').replaceAll('<', '&lt;').replaceAll('>', '&gt;').replaceAll('"', '&quot;')
 }
 
@@ -172,13 +172,13 @@ export function chartsOf(result: BenchResult): ChartSpec[] {
   return charts.filter((chart) => chart.series.some((series) => series.values.some((v) => v !== undefined)))
 }
 
-const STYLE = `body{font-family:sans-serif;margin:24px;color:#222;max-width:1100px}h1{font-size:22px}h2{font-size:17px;margin-top:28px}
+export const STYLE = `body{font-family:sans-serif;margin:24px;color:#222;max-width:1100px}h1{font-size:22px}h2{font-size:17px;margin-top:28px}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}.pass{color:#176b1f}.fail{color:#a40e0e;font-weight:bold}
 code{background:#f3f3f3;padding:1px 4px}.chart{display:block;margin:10px 0 22px}.chart .title{font-size:14px;font-weight:bold}.chart .tick{font-size:11px;fill:#444}
 .chart .legend{font-size:11px}.chart .grid{stroke:#e4e4e4}.chart .axis{stroke:#333}#render-check{font-size:11px;color:#777;white-space:pre-wrap}`
 
 /** After layout: each chart's drawn size and its bars with a height, for a headless browser to read back. */
-const CHECK_SCRIPT = `(function(){var out=[];document.querySelectorAll('svg.chart').forEach(function(svg){var r=svg.getBoundingClientRect();var bars=0;
+export const CHECK_SCRIPT = `(function(){var out=[];document.querySelectorAll('svg.chart').forEach(function(svg){var r=svg.getBoundingClientRect();var bars=0;
 svg.querySelectorAll('rect.bar').forEach(function(b){var br=b.getBoundingClientRect();if(br.height>0&&br.width>0)bars++});
 out.push({id:svg.id,width:Math.round(r.width),height:Math.round(r.height),bars:bars})});
 document.getElementById('render-check').textContent=JSON.stringify(out)})();`

@@ -2,7 +2,8 @@
  * The porter process: HTTP/1.1 + JSON on a Unix socket (Node's http server
  * listening on the path), each request's peer read from the kernel
  * (SO_PEERCRED), dispatched to the service one at a time (the engine is
- * synchronous and the main thread is the tracer of every ghost). Every error
+ * synchronous and the main thread is the tracer of every ghost; only a
+ * function's invocation is answered later, when the function answers). Every error
  * becomes the CLI's JSON envelope `{error: {code, message, hint, exitCode}}`
  * with an HTTP status, and the porter stays up.
  */
@@ -89,7 +90,7 @@ export async function startPorter(options: PorterStartOptions): Promise<{service
       }
       chunks.push(chunk)
     })
-    req.on('end', () => {
+    req.on('end', async () => {
       if (refused) return
       let reply: {status: number; body: unknown}
       try {
@@ -104,7 +105,7 @@ export async function startPorter(options: PorterStartOptions): Promise<{service
           }
         }
         const url = new URL(req.url ?? '/', 'http://porter')
-        reply = service.handle(req.method ?? 'GET', url, body, peer)
+        reply = await service.handle(req.method ?? 'GET', url, body, peer)
       } catch (error) {
         reply = errorBody(error)
       }
@@ -112,6 +113,8 @@ export async function startPorter(options: PorterStartOptions): Promise<{service
     })
   })
   // Malformed HTTP (Node's parser refused it): the same JSON envelope, and the porter goes on.
+  // A client that half-closes after its request (ours does) still gets the reply of a request answered later (a function's invocation).
+  Object.assign(server, {httpAllowHalfOpen: true})
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
     if (!socket.writable) return
     const tooLarge = error.code === 'HPE_HEADER_OVERFLOW'

@@ -27,6 +27,8 @@ import {WNOHANG} from '../sys/syscall.js'
 import {readStatus} from '../sys/proc.js'
 import {faultPoint} from '../fault.js'
 import {Ghosts} from './ghosts.js'
+import {FunctionManager} from './functions/manager.js'
+import {handleFunctions} from './functions/routes.js'
 import type {PeerCredentials} from './peer.js'
 
 export interface ServiceOptions {
@@ -104,6 +106,8 @@ export class PorterService {
   private readonly restoreMs: number[] = []
   private readonly timers: NodeJS.Timeout[] = []
   readonly recovered: {referencesReleased: number; buildsReleased: number}
+  /** Serverless functions (functions/manager.ts); their records live beside the socket. */
+  readonly functions: FunctionManager
 
   constructor(readonly options: ServiceOptions) {
     this.pool = Pool.open(options.poolPath)
@@ -112,6 +116,7 @@ export class PorterService {
     const report = this.pool.gc()
     this.recovered = {referencesReleased: report.referencesReleased, buildsReleased: report.buildsReleased}
     this.ghosts = new Ghosts(options.ghosts)
+    this.functions = new FunctionManager({pool: () => this.currentPool(), statePath: `${options.socket}.functions.json`})
     this.ghosts.scheduleRefill()
     this.timers.push(setInterval(() => this.reap(), 200))
     this.timers.push(setInterval(() => this.pool.renewLease(), Math.max(1000, Math.floor(this.pool.leaseMs / 3))))
@@ -175,7 +180,7 @@ export class PorterService {
   }
 
   /** Dispatch one parsed request; errors are thrown as CxlforkErrors (the server turns them into JSON). */
-  handle(method: string, url: URL, body: unknown, peer: PeerCredentials): Reply {
+  handle(method: string, url: URL, body: unknown, peer: PeerCredentials): Reply | Promise<Reply> {
     const path = url.pathname
     const route = (methods: string[]): void => {
       if (!methods.includes(method)) {
@@ -184,7 +189,8 @@ export class PorterService {
     }
     // Counted by route, never by the raw path (a peer must not grow the porter's memory with made-up paths).
     const known = ['/v1/status', '/v1/metrics', '/v1/restore', '/v1/checkpoint', '/v1/checkpoints']
-    this.count(`${['GET', 'POST', 'DELETE', 'PUT', 'HEAD'].includes(method) ? method : 'OTHER'} ${path.startsWith('/v1/checkpoints/') ? '/v1/checkpoints/NAME' : known.includes(path) ? path : 'unknown'}`)
+    this.count(`${['GET', 'POST', 'DELETE', 'PUT', 'HEAD'].includes(method) ? method : 'OTHER'} ${path.startsWith('/v1/checkpoints/') ? '/v1/checkpoints/NAME' : path.startsWith('/v1/functions') ? '/v1/functions...' : known.includes(path) ? path : 'unknown'}`)
+    if (path === '/v1/functions' || path.startsWith('/v1/functions/')) return handleFunctions(this.functions, method, path, body, peer)
     if (path === '/v1/status') {
       route(['GET'])
       return {status: 200, body: this.status()}
@@ -227,7 +233,7 @@ export class PorterService {
       return {status: 200, body: {...details, ...checkpointContents(pool.openCheckpoint(name, {uid: peer.uid})), servedBy: 'porter'}}
     }
     throw new NotFoundError('PORTER_NO_ROUTE', `no such endpoint: ${method} ${path}`,
-      'The porter serves /v1/status, /v1/metrics, /v1/restore, /v1/checkpoint, /v1/checkpoints and /v1/checkpoints/NAME.')
+      'The porter serves /v1/status, /v1/metrics, /v1/restore, /v1/checkpoint, /v1/checkpoints, /v1/checkpoints/NAME and /v1/functions[/NAME[/invoke]].')
   }
 
   private restore(raw: unknown, peer: PeerCredentials): RestoreResult & {servedBy: 'porter'; ghost: boolean | string} {
@@ -304,7 +310,7 @@ export class PorterService {
     const round = (ms: number | null): number | null => (ms === null ? null : Math.round(ms * 1000) / 1000)
     return {
       requests: Object.fromEntries(this.counts), restores: {count: this.restoreMs.length, p50Ms: round(percentile(sorted, 50)), p99Ms: round(percentile(sorted, 99)), maxMs: round(sorted.at(-1) ?? null)},
-      ghosts: {...this.ghosts.stats}, childrenToReap: this.children.size, rssBytes: process.memoryUsage.rss(), uptimeMs: Date.now() - this.startedAt,
+      ghosts: {...this.ghosts.stats}, functions: this.functions.metrics(), childrenToReap: this.children.size, rssBytes: process.memoryUsage.rss(), uptimeMs: Date.now() - this.startedAt,
     }
   }
 
@@ -327,6 +333,7 @@ export class PorterService {
 
   close(): void {
     for (const timer of this.timers) clearInterval(timer)
+    this.functions.close()
     this.ghosts.stop()
     this.reap()
     this.pool.close()

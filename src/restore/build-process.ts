@@ -29,11 +29,14 @@ import {setThreadCpuState} from './threads.js'
 
 import {checkFiles, checkKernel} from './host-checks.js'
 import {buildMember, findFreeRange, type PageStore} from './member.js'
-export type StdioTarget = 'inherit' | 'null'
+/** This process's fds 0-2, /dev/null, or three fds of ours (null: /dev/null) to become the clone's 0-2 (the porter's pipes to a function). */
+export type StdioTarget = 'inherit' | 'null' | readonly [number | null, number | null, number | null]
 
 export interface BuildOptions {
-  /** Where fds 0-2 that were a terminal or a pipe go: this process's stdio, or /dev/null. */
+  /** Where fds 0-2 that were a terminal or a pipe go: this process's stdio, /dev/null, or fds given. */
   stdio: StdioTarget
+  /** Keep the stub's SIGKILL at its parent's death in the clone (a porter's function instance dies with the porter); default: cleared. */
+  dieWithParent?: boolean
   /** New session for a detached clone. */
   setsid: boolean
   /** Called with the stub pid as soon as it exists (to record a pool reference before memory is mapped). */
@@ -225,9 +228,9 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
   try {
     // Started first: the server's own start-up overlaps the spawn of the stubs.
     if (lazy || options.record) faultServer = FaultServerClient.start(store.mapPath!, {record: options.record !== undefined, ...(options.lazy?.faultPages === undefined ? {} : {faultPages: options.lazy.faultPages})})
-    const inherit = options.stdio === 'inherit'
+    const stdio = options.stdio === 'inherit' ? [0, 1, 2] : options.stdio === 'null' ? [null, null, null] : options.stdio
     const stubOptions: StubOptions = {
-      stdin: inherit ? 0 : null, stdout: inherit ? 1 : null, stderr: inherit ? 2 : null, setsid: options.setsid, base: stubBase(images),
+      stdin: stdio[0] ?? null, stdout: stdio[1] ?? null, stderr: stdio[2] ?? null, setsid: options.setsid, base: stubBase(images),
     }
     let rootStub: Stub
     let nsPid: number
@@ -271,7 +274,7 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
         }
         if (options.record) recorded.push({pid: stub.pid, member: members.indexOf(member)})
         if (member === root) tMapped = performance.now()
-      })
+      }, options.dieWithParent ?? false)
       built.push({member, stub, threads})
     }
     crossPairs.closeSpares()

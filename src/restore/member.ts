@@ -210,7 +210,7 @@ function restoreTaskState(inject: Injector, image: ProcessImage, pid: number, ns
     new DataView(tid.buffer).setInt32(0, nsPid, true)
     vmWrite(pid, thread.clearTidAddress, tid)
   }
-  // The stub asked for SIGKILL at its spawner's death; a released clone outlives us (0: none, as a fork child has).
+  // The stub asked for SIGKILL at its spawner's death; a released clone outlives us (0: none, as a fork child has), unless it must die with us (set after the credentials, below).
   inject.call('prctl(PR_SET_PDEATHSIG, 0)', SYS.prctl, PR_SET_PDEATHSIG, 0)
   inject.call('umask', SYS.umask, task.umask)
   if (task.personality !== 0) inject.call('personality', SYS.personality, task.personality)
@@ -237,7 +237,7 @@ function restoreTaskState(inject: Injector, image: ProcessImage, pid: number, ns
  * signals, task state, threads. `nsPid` is its pid as it will see it.
  * Returns its threads beyond the first, created and stopped.
  */
-export function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: PageStore, shared: SharedMemoryBuilder, nsPid: number, rewriteTid: boolean, hostPidOf: HostPidOf, crossPairs: CrossMemberPairs, mapped: (inject: Injector) => void): Tracee[] {
+export function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: PageStore, shared: SharedMemoryBuilder, nsPid: number, rewriteTid: boolean, hostPidOf: HostPidOf, crossPairs: CrossMemberPairs, mapped: (inject: Injector) => void, dieWithParent = false): Tracee[] {
   const tracee = stub.tracee
   const taken: [bigint, bigint][] = [
     ...image.vmas.map((v): [bigint, bigint] => [v.start, v.end]),
@@ -278,7 +278,9 @@ export function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, 
     if (image.task.credentials) restoreCredentials(inject, [tracee, ...threads], stub.pid, image.task.credentials)
     // After the credentials: changing them clears the parent-death signal. Its parent here is the member
     // restored as its parent (only tree members record one), whose main thread forked it.
-    if (image.task.pdeathSignal) inject.call(`prctl(PR_SET_PDEATHSIG, ${image.task.pdeathSignal})`, SYS.prctl, PR_SET_PDEATHSIG, image.task.pdeathSignal)
+    // dieWithParent: SIGKILL when the process that built it (a porter) dies.
+    const deathSignal = dieWithParent ? 9 : image.task.pdeathSignal
+    if (deathSignal) inject.call(`prctl(PR_SET_PDEATHSIG, ${deathSignal})`, SYS.prctl, PR_SET_PDEATHSIG, deathSignal)
     inject.call('munmap(scratch)', SYS.munmap, scratch, scratchSize)
     tracee.freeBatch()
     return threads

@@ -80,6 +80,10 @@ export interface RestoreRequest {
   record?: boolean
   /** Check every page against its checksum before mapping (O(data); the default restore is O(mappings)). */
   verify?: boolean
+  /** fds of ours to become the clone's fds 0-2 (null: /dev/null), for a clone that talks to us over pipes; default: /dev/null, or our stdio with `wait`. */
+  stdio?: readonly [number | null, number | null, number | null]
+  /** The clone is killed when this process (its parent) dies: a porter's function instance. */
+  dieWithParent?: boolean
   /** Where the root's stub comes from when it fits (the porter's ghosts); default: spawned here. */
   stubSource?: BuildOptions['stubSource']
 }
@@ -213,7 +217,8 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
   let built
   try {
     built = buildTree(plans, {mapPath: pool.path, localAddress: address, fd: pool.fd, ...(loaded.sharedObjects ? {sharedObjects: loaded.sharedObjects} : {})}, {
-      stdio: request.wait ? 'inherit' : 'null',
+      stdio: request.stdio ?? (request.wait ? 'inherit' : 'null'),
+      ...(request.dieWithParent ? {dieWithParent: true} : {}),
       setsid: !request.wait,
       wait: request.wait,
       ...(request.pidns === undefined ? {} : {pidns: request.pidns}),
