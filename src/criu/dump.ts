@@ -118,12 +118,13 @@ function refuseUnwritable(pid: number, checked: PreflightResult): void {
     'Checkpoint it into the pool with `cxlfork checkpoint`, which restores FIFOs, inotify instances, memfds and deleted files.')
 }
 
-export async function criuDump(request: {pid: number; images: string; kill: boolean; tree?: boolean}): Promise<CriuDumpResult> {
+export async function criuDump(request: {pid: number; images: string; kill: boolean; tree?: boolean; tcpClose?: boolean}): Promise<CriuDumpResult> {
   const t0 = performance.now()
   const dir = resolve(request.images)
   refuseExistingImages(dir)
-  const tree: CheckedTree | undefined = request.tree ? preflightTree(request.pid) : undefined
-  const checked = tree ? tree.checks.get(request.pid)! : preflight(request.pid)
+  const tcpClose = request.tcpClose ?? false
+  const tree: CheckedTree | undefined = request.tree ? preflightTree(request.pid, tcpClose) : undefined
+  const checked = tree ? tree.checks.get(request.pid)! : preflight(request.pid, {tcpClose})
   for (const [pid, memberChecked] of tree?.checks ?? [[request.pid, checked] as const]) refuseUnwritable(pid, memberChecked)
   // A tree: every descendant stops before the root's snapshot, so all members show one instant (as checkpoint --tree).
   const tFrozen = performance.now()

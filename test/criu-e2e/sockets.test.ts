@@ -222,4 +222,41 @@ describe('criu-e2e: TCP, UDP and Unix sockets through criu dump, restore and imp
       rmSync(dir, {recursive: true, force: true})
     }
   })
+
+  it('an established TCP connection: refused by name without --tcp-close; with it dumped, and the clone finds the connection closed while its listener listens on', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-criu-tcpclose-'))
+    const out = join(dir, 'out')
+    const code = [
+      'import os, signal, socket, time',
+      'os.closerange(3, 1024)',
+      'srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(8)',
+      'cli = socket.create_connection(srv.getsockname()); conn, _ = srv.accept()',
+      'def check(*_):',
+      '    try:',
+      '        got = "recv %r" % cli.recv(10)',
+      '    except OSError as e:',
+      '        got = "errno %d" % e.errno',
+      '    listening = srv.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)',
+      `    with open(${JSON.stringify(out)}, "a") as f: f.write("%s listening=%d\\n" % (got, listening))`,
+      'signal.signal(signal.SIGUSR1, check)',
+      `open(${JSON.stringify(join(dir, 'ready'))}, "w").close()`,
+      'while True: time.sleep(0.05)',
+    ].join('\n')
+    const child = spawn('python3', ['-c', code], {stdio: 'ignore'})
+    trackPid(child.pid!)
+    try {
+      await until(() => existsSync(join(dir, 'ready')), 'the connection is up')
+      const refused = await cli(['criu', 'dump', String(child.pid), '--images', imagesDir('tcp-refused'), '--json'])
+      expectCliError(refused, {exitCode: 5, code: 'UNSUPPORTED_FD', message: [String(child.pid), /an established TCP connection/]})
+      const images = imagesDir('tcp-close')
+      okJson(await cli(['criu', 'dump', String(child.pid), '--tcp-close', '--images', images, '--json']))
+      const restored = okJson(await cli(['criu', 'restore', '--images', images, '--netns', 'new', '--json']))
+      trackPid(restored.pid)
+      process.kill(restored.pid, 'SIGUSR1')
+      const line = await until(() => (existsSync(out) ? readFileSync(out, 'utf8').trim() : undefined), 'the clone\'s check')
+      assert.match(line, /^(errno 107|recv b'') listening=1$/, `the connection is closed (ENOTCONN or EOF), the listener listens: ${line}`)
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
 })
