@@ -192,7 +192,7 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
         return Math.round((performance.now() - tWrite) * 1000)
       },
       pagesScanned: scanned, pagesWritten,
-    }, options)
+    }, options, [...snapshot.sharedMemory, ...memberShared])
     thaw()
     const tWritten = performance.now()
     if (request.kill) {

@@ -30,6 +30,7 @@ import {readMm, writeMm} from './kinds/mm.js'
 import {readPagemap, writePagemap} from './kinds/pagemap.js'
 import {readPipesData} from './kinds/pipes-data.js'
 import {readSkQueues} from './kinds/sk-queues.js'
+import {type ShmemToWrite, readShmem, writeShmem} from './kinds/shmem.js'
 import {readPstree, writePstree} from './kinds/pstree.js'
 import {readStats, writeDumpStats} from './kinds/stats.js'
 import type {CriuImageSet, CriuMember, DumpStats, PageSource, WriteOptions} from './set-types.js'
@@ -37,6 +38,7 @@ import {big, has, u64} from './values.js'
 
 export * from './constants.js'
 export type * from './set-types.js'
+export type {CriuShmem, ShmemToWrite} from './kinds/shmem.js'
 export {writeRestoreStats} from './kinds/stats.js'
 
 // ---- writing ----
@@ -97,7 +99,7 @@ export async function writeCriuImages(dir: string, image: ProcessImage, pages: P
  * pages-N (N = 1 for the root, then 2, 3... in member order), fs and fdinfo images, a
  * zombie its core alone; files.img and pipes-data.img hold every member's files.
  */
-export async function writeCriuTree(dir: string, members: readonly MemberToWrite[], stats?: DumpStats, options: WriteOptions = {}): Promise<{files: string[]; bytes: number}> {
+export async function writeCriuTree(dir: string, members: readonly MemberToWrite[], stats?: DumpStats, options: WriteOptions = {}, shared: readonly ShmemToWrite[] = []): Promise<{files: string[]; bytes: number}> {
   const root = members[0]
   if (!root?.image || !root.pages) throw new CorruptError('IMAGE_INCONSISTENT', 'the root of the tree has no image', 'This is a cxlfork bug.')
   for (const {image} of members) {
@@ -143,6 +145,12 @@ export async function writeCriuTree(dir: string, members: readonly MemberToWrite
     }
     bytes += statSync(pagesPath).size
   }
+  // Shared anonymous memory: each object once, its pages after the tasks' (pages-N, N past the last task's).
+  shared.forEach((object, j) => {
+    const written = writeShmem(dir, put, object, PAGES_ID + live.length + j)
+    files.push(written.path)
+    bytes += written.bytes
+  })
   for (const {member} of members) if (member.zombieStatus !== undefined) writeZombieCore(put, {pid: member.pid, zombieStatus: member.zombieStatus, ...(member.comm === undefined ? {} : {comm: member.comm})})
   fileImages.write(put)
   if (stats) writeDumpStats(put, stats)
@@ -227,9 +235,19 @@ function readSet(dir: string): CriuImageSet {
     members.push({...shape, ppid: read.image.task.ppid, ...read.stored, image: read.image})
   })
   linkDescriptors(reads, readPipesData(at), readSkQueues(at))
+  // Shared anonymous objects: each as large as the furthest any VMA of any task maps it.
+  const sizes = new Map<string, bigint>()
+  for (const {image} of members) {
+    for (const vma of image?.vmas ?? []) {
+      if (vma.sharedId === undefined) continue
+      const end = vma.offset + (vma.end - vma.start)
+      if (end > (sizes.get(vma.sharedId) ?? 0n)) sizes.set(vma.sharedId, end)
+    }
+  }
   const root = members[0]!
   const set: CriuImageSet = {
     image: root.image!, pagemap: root.pagemap!, pagesPath: root.pagesPath!, runOffsets: root.runOffsets!, members, writtenBy: inventory.ours ? 'cxlfork' : 'criu',
+    sharedObjects: [...sizes].map(([shmid, size]) => readShmem(at, shmid, size)),
   }
   return Object.assign(set, readStats(at))
 }

@@ -9,7 +9,7 @@ import {PAGE_SIZE} from '../../sys/page.js'
 import {MAP, O, PROT} from '../../sys/syscall.js'
 import {type Vma, readMaps} from '../../sys/proc.js'
 import {
-  AT_VECTOR_SIZE, UNSUPPORTED_VMA_BITS, VMA_ANON_PRIVATE, VMA_AREA_HEAP, VMA_AREA_REGULAR, VMA_AREA_STACK, VMA_AREA_VDSO, VMA_AREA_VSYSCALL,
+  AT_VECTOR_SIZE, UNSUPPORTED_VMA_BITS, VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_HEAP, VMA_AREA_REGULAR, VMA_AREA_STACK, VMA_AREA_VDSO, VMA_AREA_VSYSCALL,
   VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
 } from '../constants.js'
 import {encodeMessage, readImage} from '../image-file.js'
@@ -19,6 +19,15 @@ import type {FileTable} from './files.js'
 
 // ---- writing ----
 
+/**
+ * The shmid CRIU names a shared anonymous object by (its shmem inode), from the model's
+ * object id ("major:minor:inode" as captured, or the inode alone as read from a set).
+ */
+export function shmemId(sharedId: string): number | undefined {
+  const inode = Number(sharedId.split(':').pop())
+  return Number.isSafeInteger(inode) && inode > 0 ? inode : undefined
+}
+
 function vmaStatus(vma: VmaImage, index: number): number {
   const where = `VMA ${index} (${vma.start.toString(16)}-${vma.end.toString(16)}, ${vma.kind})`
   switch (vma.kind) {
@@ -26,8 +35,10 @@ function vmaStatus(vma: VmaImage, index: number): number {
     case 'heap':
     case 'stack':
       if (vma.flags & MAP.SHARED) {
-        throw new UnsupportedError('CRIU_SHARED_ANON', `${where} is shared anonymous memory, which the CRIU-format path does not write`,
-          'CRIU keeps shared anonymous memory in pagemap-shmem images; use the pool path (`cxlfork checkpoint`) for this process.')
+        // Its object's pages go into pagemap-shmem-SHMID.img (shmemId); without an object the model has no contents for it.
+        if (vma.sharedId !== undefined && shmemId(vma.sharedId) !== undefined) return VMA_AREA_REGULAR | VMA_ANON_SHARED
+        throw new UnsupportedError('CRIU_SHARED_ANON', `${where} is shared anonymous memory whose object this image does not identify, which the CRIU-format path cannot write`,
+          'Checkpoint the process again (the capture records each shared object), or use the pool path (`cxlfork checkpoint`).')
       }
       return VMA_AREA_REGULAR | VMA_ANON_PRIVATE | (vma.kind === 'heap' ? VMA_AREA_HEAP : 0) | (vma.kind === 'stack' ? VMA_AREA_STACK : 0)
     case 'file':
@@ -54,7 +65,7 @@ export function writeMm(put: PutImage, image: ProcessImage, fileBase = 1): void 
   const vmas = image.vmas.map((vma, i) => {
     const entry: Obj = {
       start: str64(u64(vma.start)), end: str64(u64(vma.end)), pgoff: str64(u64(vma.offset)),
-      shmid: str64(vma.kind === 'file' ? BigInt(fileIdFor(image, vma.fileIndex, `VMA ${i}`, fileBase)) : 0n),
+      shmid: str64(vma.kind === 'file' ? BigInt(fileIdFor(image, vma.fileIndex, `VMA ${i}`, fileBase)) : vma.sharedId !== undefined && vma.flags & MAP.SHARED ? BigInt(shmemId(vma.sharedId) ?? 0) : 0n),
       prot: vma.prot >>> 0, flags: vma.flags >>> 0, status: vmaStatus(vma, i) >>> 0, fd: str64(-1n),
     }
     if (vma.kind === 'file') entry['fdflags'] = vma.flags & MAP.SHARED && vma.prot & PROT.WRITE ? O.RDWR : 0
@@ -170,6 +181,7 @@ export function readMm(at: ImagePath, pid: number, table: FileTable, ours: boole
     else if (status & VMA_AREA_VDSO) kind = 'vdso'
     else if (status & VMA_AREA_VVAR) kind = previous && previous.status & VMA_AREA_VVAR && previous.end === start ? 'vvar_vclock' : 'vvar'
     else if (status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)) kind = 'file'
+    else if (status & VMA_ANON_SHARED) kind = 'anon'
     else if (status & VMA_ANON_PRIVATE) {
       if (status & VMA_AREA_HEAP) kind = 'heap'
       else if (status & VMA_AREA_STACK || (!ours && (flags & MAP.GROWSDOWN || (startStack >= start && startStack < end)))) kind = 'stack'
@@ -178,6 +190,8 @@ export function readMm(at: ImagePath, pid: number, table: FileTable, ours: boole
     previous = {status, end}
     const vma: VmaImage = {start, end, prot: entry['prot'] >>> 0, flags, offset: u64(big(entry['pgoff'])), kind}
     if (kind === 'file') vma.fileIndex = table.fileIndexOf(Number(big(entry['shmid'])), `mm-${pid}.img ${where}`)
+    // Shared anonymous memory: the object pagemap-shmem-SHMID.img holds, named by its shmid.
+    if (status & VMA_ANON_SHARED) vma.sharedId = String(big(entry['shmid']))
     if (has(entry, 'madv')) vma.advice = bitsToList(u64(big(entry['madv'])))
     if (kind === 'vvar') {
       // CRIU merges adjacent vvar areas into one VMA_AREA_VVAR entry (criu/proc_parse.c, since
