@@ -335,4 +335,33 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
       if (processExists(fx.pid) && procStat(fx.pid)?.starttime === started) process.kill(fx.pid, 'SIGKILL')
     }
   })
+
+  it('tree --shared-kib 256: real criu dump (the shared region as a memfd-backed /dev/zero mapping) -> cxlfork criu restore; the clone tree shares one object, nonces both ways', async () => {
+    const fx = await startFixture('tree', {args: ['--shared-kib', '256']})
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const images = imagesDir('shtree-from-criu')
+    mkdirSync(images, {recursive: true})
+    const dump = spawnSync(criu.bin, ['dump', '-t', String(fx.pid), '-D', images, '--shell-job', '--leave-running', '-v4', '-o', 'dump.log'], {encoding: 'utf8'})
+    assert.equal(dump.status, 0, `criu dump -t ${fx.pid} failed:\n${criuErrors(images, 'dump.log')}`)
+    const root = okJson(await cli(['criu', 'restore', '--images', images, '--json'])).pid as number
+    trackPid(root)
+    const kids = childrenOf(root).filter((pid) => procStat(pid)?.state !== 'Z')
+    const round = async () => {
+      const from = readLog(fx.logPath).length
+      const check = await requestCheck(fx.logPath, root)
+      assertOk(check, 'the clone root')
+      const lines = []
+      for (const kid of kids) {
+        const line = await waitForLine(fx.logPath, (e) => e.kind === 'CHECK' && e.pid === kid && e.index >= from, 10_000)
+        assertOk(line, `clone child ${kid}`)
+        lines.push(line)
+      }
+      return {parent: check, kids: lines}
+    }
+    const first = await round()
+    for (const kid of first.kids) assert.equal(kid.fields.snonce, first.parent.fields.snonce, `a clone child reads its parent's write: ${kid.line}`)
+    const second = await round()
+    assert.equal(second.parent.fields.seen, kids.map(() => first.parent.fields.snonce).join(','), `the clone parent reads its children's writes: ${second.parent.line}`)
+    assertOk(await fx.check(), 'the original tree is intact')
+  })
 })

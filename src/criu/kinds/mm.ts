@@ -3,13 +3,15 @@
  * saved auxv. CRIU 4.1+ writes [vvar] + [vvar_vclock] as one VMA_AREA_VVAR entry; so does
  * cxlfork, and the reader splits it back.
  */
+import {existsSync} from 'node:fs'
+
 import {UnsupportedError} from '../../errors.js'
 import {type ProcessImage, type VmaImage, type VmaKind} from '../../image/process-image.js'
 import {PAGE_SIZE} from '../../sys/page.js'
 import {MAP, O, PROT} from '../../sys/syscall.js'
 import {type Vma, readMaps} from '../../sys/proc.js'
 import {
-  AT_VECTOR_SIZE, UNSUPPORTED_VMA_BITS, VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_HEAP, VMA_AREA_REGULAR, VMA_AREA_STACK, VMA_AREA_VDSO, VMA_AREA_VSYSCALL,
+  AT_VECTOR_SIZE, UNSUPPORTED_VMA_BITS, VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_HEAP, VMA_AREA_REGULAR, VMA_AREA_STACK, VMA_AREA_VDSO, VMA_AREA_VSYSCALL,
   VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
 } from '../constants.js'
 import {encodeMessage, readImage} from '../image-file.js'
@@ -143,6 +145,18 @@ function bitsToList(bits: bigint): number[] {
   return out
 }
 
+/**
+ * The shmid of the memfd a VMA_AREA_MEMFD VMA maps (its files.img id), if that memfd is
+ * shared anonymous memory (an inode named /dev/zero in memfd.img); undefined for a real memfd.
+ */
+function anonymousShmemOf(at: ImagePath, table: FileTable, id: number): number | undefined {
+  const file = table.entries.get(id)
+  if (!file || !has(file, 'memfd') || !existsSync(at('memfd.img'))) return undefined
+  const inodeId = BigInt(file['memfd']['inode_id'])
+  const inode = readImage<Msg>(at('memfd.img'), 'memfd').find((candidate) => big(candidate['inode_id']) === inodeId)
+  return inode && inode['name'] === '/dev/zero' ? inode['shmid'] as number : undefined
+}
+
 export interface MmRead {
   mm: Msg
   vmas: VmaImage[]
@@ -171,8 +185,10 @@ export function readMm(at: ImagePath, pid: number, table: FileTable, ours: boole
       throw corrupt(`mm-${pid}.img: ${where} is empty, unaligned or out of order`)
     }
     previousEnd = end
+    // CRIU 4.x dumps shared anonymous memory as a memfd-backed mapping of "/dev/zero": that one is ours to read.
+    const anonShmid = status & VMA_AREA_MEMFD ? anonymousShmemOf(at, table, Number(big(entry['shmid']))) : undefined
     for (const [bit, name] of UNSUPPORTED_VMA_BITS) {
-      if (status & bit) throw new UnsupportedError('CRIU_VMA_UNSUPPORTED', `mm-${pid}.img: ${where} is ${name}, which the CRIU-format path does not restore`, 'Dump a process without such mappings, or use the pool path.')
+      if (status & bit && !(bit === VMA_AREA_MEMFD && anonShmid !== undefined)) throw new UnsupportedError('CRIU_VMA_UNSUPPORTED', `mm-${pid}.img: ${where} is ${name}, which the CRIU-format path does not restore`, 'Dump a process without such mappings, or use the pool path.')
     }
     const flags = (entry['flags'] as number) >>> 0
     let kind: VmaKind
@@ -180,6 +196,7 @@ export function readMm(at: ImagePath, pid: number, table: FileTable, ours: boole
     else if (!(status & VMA_AREA_REGULAR)) throw new UnsupportedError('CRIU_VMA_UNSUPPORTED', `mm-${pid}.img: ${where} is not VMA_AREA_REGULAR and of no known kind`, 'Dump the process again.')
     else if (status & VMA_AREA_VDSO) kind = 'vdso'
     else if (status & VMA_AREA_VVAR) kind = previous && previous.status & VMA_AREA_VVAR && previous.end === start ? 'vvar_vclock' : 'vvar'
+    else if (anonShmid !== undefined) kind = 'anon'
     else if (status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)) kind = 'file'
     else if (status & VMA_ANON_SHARED) kind = 'anon'
     else if (status & VMA_ANON_PRIVATE) {
@@ -189,9 +206,13 @@ export function readMm(at: ImagePath, pid: number, table: FileTable, ours: boole
     } else throw new UnsupportedError('CRIU_VMA_UNSUPPORTED', `mm-${pid}.img: ${where} has no known memory kind`, 'Dump the process again.')
     previous = {status, end}
     const vma: VmaImage = {start, end, prot: entry['prot'] >>> 0, flags, offset: u64(big(entry['pgoff'])), kind}
-    if (kind === 'file') vma.fileIndex = table.fileIndexOf(Number(big(entry['shmid'])), `mm-${pid}.img ${where}`)
+    if (kind === 'file' && anonShmid === undefined) vma.fileIndex = table.fileIndexOf(Number(big(entry['shmid'])), `mm-${pid}.img ${where}`)
     // Shared anonymous memory: the object pagemap-shmem-SHMID.img holds, named by its shmid.
     if (status & VMA_ANON_SHARED) vma.sharedId = String(big(entry['shmid']))
+    if (anonShmid !== undefined) {
+      vma.sharedId = String(anonShmid)
+      vma.flags |= MAP.ANONYMOUS
+    }
     if (has(entry, 'madv')) vma.advice = bitsToList(u64(big(entry['madv'])))
     if (kind === 'vvar') {
       // CRIU merges adjacent vvar areas into one VMA_AREA_VVAR entry (criu/proc_parse.c, since
