@@ -244,8 +244,9 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
     assertOk(await fx.check(), 'the original is intact')
   })
 
-  it('the tree fixture: cxlfork criu dump --tree --kill -> real criu restore -d; the tree comes back under its pids with its pipes and zombie', async () => {
-    const fx = await startFixture('tree')
+  for (const shared of [false, true]) {
+  it(`the tree fixture${shared ? ' --shared-kib 256' : ''}: cxlfork criu dump --tree --kill -> real criu restore -d; the tree comes back under its pids with its pipes and zombie${shared ? ', sharing one region (VMA_ANON_SHARED, pagemap-shmem)' : ''}`, async () => {
+    const fx = await startFixture('tree', shared ? {args: ['--shared-kib', '256']} : {})
     const children = fx.ready.fields.children!.split(',').map(Number)
     const zombie = Number(fx.ready.fields.zombie)
     await waitForTicks(fx.logPath, fx.pid, 2)
@@ -272,12 +273,18 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
       for (const child of children) {
         const line = await waitForLine(fx.logPath, (e) => e.kind === 'CHECK' && e.pid === child && e.index >= from, 10_000)
         assertOk(line, `restored child ${child}`)
+        if (shared) assert.equal(line.fields.snonce, check.fields.snonce, `child ${child} reads its parent's write in the region CRIU restored: ${line.line}`)
+      }
+      if (shared) {
+        const again = await requestCheck(fx.logPath, fx.pid)
+        assert.equal(again.fields.seen, children.map(() => check.fields.snonce).join(','), `the parent reads its children's writes: ${again.line}`)
       }
     } finally {
       // Not our child (CRIU's -d detaches it); its children die with it (PR_SET_PDEATHSIG).
       if (processExists(fx.pid) && procStat(fx.pid)?.starttime === started) process.kill(fx.pid, 'SIGKILL')
     }
   })
+  }
 
   it('pyfds: cxlfork criu dump --kill -> real criu restore -d; the process comes back with its pipes, eventfds, epoll set, timerfd and signalfd', async () => {
     const fx = await startFixture('pyfds')
