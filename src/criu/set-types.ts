@@ -1,4 +1,5 @@
 /** The CRIU-format path's public types: page sources, statistics, a read image set, write options. */
+import type {TreeMember} from '../checkpoint/tree.js'
 import type {PageRun, ProcessImage} from '../image/process-image.js'
 import type {CriuShmem} from './kinds/shmem.js'
 
@@ -47,13 +48,7 @@ export interface CriuPagemapEntry {
 }
 
 /** One task of a read set: its place in the tree, and for a live one its model and stored pages (a zombie has its wait status and name instead). */
-export interface CriuMember {
-  pid: number
-  ppid: number
-  pgid: number
-  sid: number
-  zombieStatus?: number
-  comm?: string
+export interface CriuMember extends TreeMember {
   image?: ProcessImage
   pagemap?: CriuPagemapEntry[]
   pagesPath?: string

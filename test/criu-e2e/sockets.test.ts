@@ -12,39 +12,18 @@
  */
 import assert from 'node:assert/strict'
 import {spawn, spawnSync} from 'node:child_process'
-import {createConnection, createServer} from 'node:net'
 import {existsSync, mkdtempSync, readFileSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
+import {ask, freePort} from '../helpers/net.js'
 import {processExists, requestCheck, startFixture, trackPid} from '../helpers/fixtures.js'
 import {allProcesses, until} from '../restore/helpers.js'
 import {cli, critDecode, expectCliError, imagesDir, installSuiteHooks, okJson, poolFile} from './helpers.js'
 
 type Entry = Record<string, any>
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.listen(0, '127.0.0.1', () => {
-      const port = (server.address() as {port: number}).port
-      server.close(() => resolve(port))
-    })
-    server.on('error', reject)
-  })
-}
 
-/** One line read from 127.0.0.1:port in our namespace. */
-function ask(port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let text = ''
-    const sock = createConnection({host: '127.0.0.1', port})
-    sock.on('data', (chunk) => (text += chunk.toString()))
-    sock.on('end', () => resolve(text.trim()))
-    sock.on('error', reject)
-    sock.setTimeout(5000, () => sock.destroy(new Error('timeout')))
-  })
-}
 
 /** What a client inside the network namespace of `pid` reads from 127.0.0.1:port (nsenter + python3): a line, or an HTTP status with `http`. */
 function askInside(pid: number, port: number, http = false): string {

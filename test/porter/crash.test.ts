@@ -10,6 +10,7 @@ import {readFileSync} from 'node:fs'
 
 import {PorterUnreachable, porterRequest} from '../../src/porter/client.js'
 import {processExists, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
+import {seeded} from '../helpers/seeded.js'
 import {cli, describeRun, installCleanupHooks, note, poolPath} from '../restore/helpers.js'
 import {type RunningPorter, livingStubs, removeSocketDirs, sleep, socketDir, startPorter, stopPorter} from './helpers.js'
 
@@ -101,19 +102,29 @@ describe('porter: SIGKILL while restoring leaves nothing behind (issue 15)', fun
     await waitForTicks(fx.logPath, fx.pid, 2)
     assert.equal((await cli(['checkpoint', String(fx.pid), '--name', 'web', '--json', '--pool', pool])).status, 0)
     const socket = `${socketDir()}/p.sock`
+    const {rng, replay} = seeded('CXLFORK_PORTER_KILL_SEED')
+    const REQUESTS = 16
     let unanswered = 0
     for (let round = 0; round < 3; round++) {
       const porter = await startPorter(pool, socket, {ghosts: 2})
       porters.push(porter)
       const ghosts = await readyGhosts(socket, 2)
-      const replies = Array.from({length: 8}, (_, i) => porterRequest(socket, 'POST', '/v1/restore', {name: 'web', ...(i % 3 === 2 ? {policy: 'local'} : {})}).then(
-        (reply) => reply, (error: unknown) => (error instanceof PorterUnreachable ? undefined : Promise.reject(error))))
-      await sleep(40 + Math.floor(Math.random() * 120))
+      // A stream of restores, the porter killed once a random number of them (1 to 14) are answered: with restores of a few ms, a
+      // kill at a fixed delay could come after the whole stream (it did, once they became fast).
+      let settled = 0
+      const killAfter = 1 + Math.floor(rng() * (REQUESTS - 2))
+      let reached: () => void = () => undefined
+      const enough = new Promise<void>((resolve) => (reached = resolve))
+      const replies = Array.from({length: REQUESTS}, (_, i) => porterRequest(socket, 'POST', '/v1/restore', {name: 'web', ...(i % 3 === 2 ? {policy: 'local'} : {})}).then(
+        (reply) => reply, (error: unknown) => (error instanceof PorterUnreachable ? undefined : Promise.reject(error))).finally(() => {
+        if (++settled === killAfter) reached()
+      }))
+      await Promise.race([enough, sleep(60_000)])
       porter.child.kill('SIGKILL')
       await porter.exited
       const answered = (await Promise.all(replies)).filter((reply) => reply?.status === 200).map((reply) => reply!.body.pid as number)
       for (const pid of answered) trackPid(pid)
-      unanswered += 8 - answered.length
+      unanswered += REQUESTS - answered.length
       const alive = await expectClean(pool, [...ghosts], `round ${round}`)
       for (const pid of answered) assert.ok(alive.includes(pid), `answered clone ${pid} is alive and referenced`)
       for (const pid of alive) {
@@ -121,7 +132,7 @@ describe('porter: SIGKILL while restoring leaves nothing behind (issue 15)', fun
         assert.equal(check.fields.crc, fx.ready.fields.crc, check.line)
       }
     }
-    note(`random SIGKILL: ${unanswered} of 24 restore requests were cut off by the kill`)
+    note(`random SIGKILL (${replay}): ${unanswered} of ${3 * REQUESTS} restore requests were cut off by the kill`)
     assert.ok(unanswered > 0, 'the kill came while restores were still queued or running')
     const last = await startPorter(pool, socket, {ghosts: 1})
     porters.push(last)

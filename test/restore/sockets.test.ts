@@ -7,11 +7,12 @@
  */
 import assert from 'node:assert/strict'
 import {spawn, spawnSync} from 'node:child_process'
-import {createConnection, createServer} from 'node:net'
+import {createConnection} from 'node:net'
 import {existsSync, mkdtempSync, readFileSync, rmSync, statSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
+import {ask, freePort} from '../helpers/net.js'
 import {processExists, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
 import {allProcesses, cli, describeRun, installCleanupHooks, note, poolPath, sleep, until} from './helpers.js'
 
@@ -22,28 +23,7 @@ function backlogOf(port: number): number {
   return Number(out[2])
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.listen(0, '127.0.0.1', () => {
-      const port = (server.address() as {port: number}).port
-      server.close(() => resolve(port))
-    })
-    server.on('error', reject)
-  })
-}
 
-/** One line read from 127.0.0.1:port in our namespace. */
-function ask(port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let text = ''
-    const sock = createConnection({host: '127.0.0.1', port})
-    sock.on('data', (chunk) => (text += chunk.toString()))
-    sock.on('end', () => resolve(text.trim()))
-    sock.on('error', reject)
-    sock.setTimeout(5000, () => sock.destroy(new Error('timeout')))
-  })
-}
 
 /** An HTTP GET of 127.0.0.1:port from inside the network namespace of `pid` (nsenter + python3). */
 function httpStatusInside(pid: number, port: number): string {

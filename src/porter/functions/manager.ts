@@ -133,7 +133,13 @@ export class FunctionManager {
     return fn
   }
 
-  deploy(spec: FunctionSpec, peer: PeerCredentials): FunctionInfo {
+  /**
+   * Record a function. `adopt`: serve it from that existing checkpoint (one another
+   * porter's function published into the shared pool, say) instead of taking its own:
+   * every instance is a clone of it, --cmd only cold-starts should its restore fail, and
+   * `fn rm` leaves it in the pool. The peer must be allowed to open it, as for `restore`.
+   */
+  deploy(spec: FunctionSpec, peer: PeerCredentials, adopt?: string): FunctionInfo {
     if (peer.uid !== this.porterUid && peer.uid !== 0) {
       throw new UnsupportedError('PORTER_UNSERVED', `the porter runs as uid ${this.porterUid} and does not deploy functions for uid ${peer.uid}: their instances would run as uid ${this.porterUid}`,
         'Start a porter of your own (`cxlfork porter start` as yourself, on a pool of yours).')
@@ -148,7 +154,9 @@ export class FunctionManager {
     if (this.options.pool().has(checkpoint)) {
       throw new ConflictError('NAME_TAKEN', `the pool already has a checkpoint named ${checkpoint}, which this function's checkpoint would take`, `Remove it (\`cxlfork rm ${checkpoint}\`) or deploy under another name.`)
     }
-    const record: FunctionRecord = {...spec, owner: peer.uid, createdAt: new Date().toISOString(), checkpoint: null}
+    // Opened (and its checksums verified) to refuse now what every restore would refuse later.
+    if (adopt !== undefined) this.options.pool().openCheckpoint(adopt, {uid: peer.uid})
+    const record: FunctionRecord = {...spec, owner: peer.uid, createdAt: new Date().toISOString(), checkpoint: adopt ?? null}
     this.functions.set(spec.name, new Deployed(record))
     this.save()
     return this.info(this.functions.get(spec.name)!)
@@ -300,10 +308,17 @@ export class FunctionManager {
     this.functions.delete(name)
     for (const waiter of fn.queue.splice(0)) waiter.reject(new NotFoundError('FUNCTION_NOT_FOUND', `function ${name} was removed while the invocation waited`))
     const stopped = fn.instances.length
+    const clones = fn.instances.filter((instance) => instance.origin === 'restored').length
     for (const instance of fn.instances.splice(0)) instance.stop()
+    // Their references go now: another host judges them by our lease, not their pids, and would count them live for its length.
+    if (clones > 0) this.options.pool().releaseDeadReferences()
     let checkpointState: string | undefined
-    const checkpoint = fn.record.checkpoint ?? (this.options.pool().has(checkpointNameOf(name)) ? checkpointNameOf(name) : null)
-    if (checkpoint !== null) {
+    const own = checkpointNameOf(name)
+    const checkpoint = fn.record.checkpoint ?? (this.options.pool().has(own) ? own : null)
+    // An adopted checkpoint is not this function's to delete (another porter's function may serve from it).
+    if (checkpoint !== null && checkpoint !== own) {
+      checkpointState = 'kept'
+    } else if (checkpoint !== null) {
       try {
         // Forced: a clone someone restored from it by hand keeps it until it exits (gc then frees it).
         checkpointState = this.options.pool().remove(checkpoint, {force: true}).state

@@ -2,7 +2,7 @@
  * The porter's function endpoints (README, "Serverless functions"):
  *
  *   GET    /v1/functions                 fn ls
- *   POST   /v1/functions                 fn deploy   {name, argv, cwd, policy?, checkpointAfter?, keepAliveMs?, maxInstances?}
+ *   POST   /v1/functions                 fn deploy   {name, argv, cwd, policy?, checkpointAfter?, keepAliveMs?, maxInstances?, checkpoint?}
  *   GET    /v1/functions/NAME            one function
  *   DELETE /v1/functions/NAME            fn rm
  *   POST   /v1/functions/NAME/invoke     fn invoke   {data?}
@@ -44,7 +44,7 @@ export const DEPLOY_DEFAULTS = {policy: 'mow' as FunctionPolicy, checkpointAfter
 
 function deploySpec(body: unknown): FunctionSpec {
   const record = objectBody(body)
-  const allowed = ['name', 'argv', 'cwd', 'policy', 'checkpointAfter', 'keepAliveMs', 'maxInstances']
+  const allowed = ['name', 'argv', 'cwd', 'policy', 'checkpointAfter', 'keepAliveMs', 'maxInstances', 'checkpoint']
   for (const key of Object.keys(record)) if (!allowed.includes(key)) throw badRequest(`unknown field ${JSON.stringify(key)} (expected ${allowed.join(', ')})`)
   const {name, argv, cwd, policy} = record
   if (typeof name !== 'string') throw badRequest('field name is required, a string')
@@ -59,6 +59,14 @@ function deploySpec(body: unknown): FunctionSpec {
   }
 }
 
+/** Deploy's optional `checkpoint`: an existing checkpoint to serve the function from. */
+function adoptedCheckpoint(body: unknown): string | undefined {
+  const {checkpoint} = objectBody(body)
+  if (checkpoint === undefined) return undefined
+  if (typeof checkpoint !== 'string' || checkpoint.length === 0) throw badRequest('field checkpoint must be a checkpoint name')
+  return checkpoint
+}
+
 function methodNotAllowed(method: string, path: string, allowed: string[]): UsageError {
   return new UsageError('PORTER_METHOD', `${method} is not allowed on ${path} (allowed: ${allowed.join(', ')})`, 'See the README, "Serverless functions", for the API.')
 }
@@ -66,7 +74,7 @@ function methodNotAllowed(method: string, path: string, allowed: string[]): Usag
 export async function handleFunctions(manager: FunctionManager, method: string, path: string, body: unknown, peer: PeerCredentials): Promise<FunctionReply> {
   if (path === '/v1/functions') {
     if (method === 'GET') return {status: 200, body: {functions: manager.list(peer), servedBy: 'porter'}}
-    if (method === 'POST') return {status: 201, body: {...manager.deploy(deploySpec(body), peer), servedBy: 'porter'}}
+    if (method === 'POST') return {status: 201, body: {...manager.deploy(deploySpec(body), peer, adoptedCheckpoint(body)), servedBy: 'porter'}}
     throw methodNotAllowed(method, path, ['GET', 'POST'])
   }
   const m = /^\/v1\/functions\/([^/]+)(\/invoke)?$/.exec(path)
