@@ -336,6 +336,9 @@ export class PorterService {
     this.functions.close()
     this.ghosts.stop()
     this.reap()
+    // The function instances just stopped were clones: their references go now, not at the next start or gc
+    // (another host would count them alive for this host's whole lease).
+    this.pool.releaseDeadReferences()
     this.pool.close()
   }
 }

@@ -205,6 +205,24 @@ describe('porter: serverless functions (issue 15)', function () {
     assert.equal(gone.json.error.code, 'FUNCTION_NOT_FOUND')
   })
 
+  it('a porter stopped (SIGTERM) with restored instances running stops them and gives their references back at once', async () => {
+    const {pool, socket, porter} = await setUp('fn-stop')
+    const log = logFile()
+    const deployed = await cli(['fn', 'deploy', 'float', '--cmd', floatCmd(log), '--checkpoint-after', '1', '--keep-alive', '60s', '--max-instances', '3', '--pool', pool, '--socket', socket, '--json'])
+    assert.equal(deployed.status, 0, describeRun(deployed))
+    assert.equal((await invoke(socket, 'float', {i: 0})).checkpointed?.name, 'fn.float')
+    const results = await Promise.all([1, 2].map((i) => invoke(socket, 'float', {i, sleepMs: 500})))
+    const clones = results.filter((r) => r.start === 'restored').map((r) => r.pid as number)
+    assert.equal(clones.length, 1, JSON.stringify(results.map((r) => r.start)))
+    const before = await cli(['inspect', 'fn.float', '--pool', pool, '--json'])
+    assert.deepEqual(before.json.references.map((r: any) => r.pid), clones, 'the restored instance holds a reference')
+    await stopPorter(porter)
+    porters.splice(porters.indexOf(porter), 1)
+    assert.equal(processExists(clones[0]!), false, 'the instance stopped with the porter')
+    const after = await cli(['inspect', 'fn.float', '--pool', pool, '--json'])
+    assert.deepEqual(after.json.references, [], 'its reference is given back by the stopping porter, not left to the next start or gc')
+  })
+
   it('bad input gets typed errors and non-zero exits; the porter stays up', async () => {
     const {pool, socket, porter} = await setUp('fn-bad')
     const log = logFile()
