@@ -18,7 +18,6 @@ import {ConflictError, PermissionError, SyscallError, UnsupportedError, UsageErr
 import {type VmaImage, totalPages} from '../image/process-image.js'
 import {PAGE_SIZE} from '../sys/page.js'
 import type {CpuPlacement} from '../sys/affinity.js'
-import {AF, readSocket} from '../sys/sockets.js'
 import {addressOf, vmReadv} from '../sys/vm-io.js'
 import {type MemberToWrite, type PageSource, runsToWrite, writeCriuTree} from './images.js'
 
@@ -112,19 +111,20 @@ function memberPages(pid: number): PageSource {
 
 /** What the CRIU-format path does not write, in any member: refused by name before anything is touched. */
 function refuseUnwritable(pid: number, checked: PreflightResult): void {
-  const beyond = checked.fds.find(({info, kind}) => kind === 'fifo' || kind === 'inotify' || kind === 'ghost' || kind === 'shmem' || (kind === 'socket' && readSocket(pid, info.fd).family === AF.UNIX))
+  const beyond = checked.fds.find(({kind}) => kind === 'fifo' || kind === 'inotify' || kind === 'ghost' || kind === 'shmem')
   if (!beyond) return
-  const what = beyond.kind === 'socket' ? 'a Unix socket' : beyond.kind === 'shmem' ? 'a memfd or a deleted tmpfs file' : beyond.kind === 'fifo' ? 'a FIFO' : beyond.kind === 'ghost' ? 'a deleted file' : 'an inotify instance'
+  const what = beyond.kind === 'shmem' ? 'a memfd or a deleted tmpfs file' : beyond.kind === 'fifo' ? 'a FIFO' : beyond.kind === 'ghost' ? 'a deleted file' : 'an inotify instance'
   throw new UnsupportedError('CRIU_FD_TYPE', `fd ${beyond.info.fd} of process ${pid} is ${what}, which cxlfork's CRIU-format dump does not write yet`,
-    'Checkpoint it into the pool with `cxlfork checkpoint`, which restores Unix sockets, FIFOs, inotify instances, memfds and deleted files.')
+    'Checkpoint it into the pool with `cxlfork checkpoint`, which restores FIFOs, inotify instances, memfds and deleted files.')
 }
 
-export async function criuDump(request: {pid: number; images: string; kill: boolean; tree?: boolean}): Promise<CriuDumpResult> {
+export async function criuDump(request: {pid: number; images: string; kill: boolean; tree?: boolean; tcpClose?: boolean}): Promise<CriuDumpResult> {
   const t0 = performance.now()
   const dir = resolve(request.images)
   refuseExistingImages(dir)
-  const tree: CheckedTree | undefined = request.tree ? preflightTree(request.pid) : undefined
-  const checked = tree ? tree.checks.get(request.pid)! : preflight(request.pid)
+  const tcpClose = request.tcpClose ?? false
+  const tree: CheckedTree | undefined = request.tree ? preflightTree(request.pid, tcpClose) : undefined
+  const checked = tree ? tree.checks.get(request.pid)! : preflight(request.pid, {tcpClose})
   for (const [pid, memberChecked] of tree?.checks ?? [[request.pid, checked] as const]) refuseUnwritable(pid, memberChecked)
   // A tree: every descendant stops before the root's snapshot, so all members show one instant (as checkpoint --tree).
   const tFrozen = performance.now()
@@ -192,7 +192,7 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
         return Math.round((performance.now() - tWrite) * 1000)
       },
       pagesScanned: scanned, pagesWritten,
-    }, options)
+    }, options, [...snapshot.sharedMemory, ...memberShared])
     thaw()
     const tWritten = performance.now()
     if (request.kill) {

@@ -39,13 +39,17 @@ export const IMAGE_KINDS = {
   stats: {magic: 0x57093306, head: 'service', type: 'stats_entry'},
   // Each pipe_data_entry record is followed by its `bytes` raw bytes of pipe contents.
   'pipes-data': {magic: 0x56453709, head: 'common', type: 'pipe_data_entry'},
+  // Each sk_packet_entry record is followed by its `length` raw bytes of the packet.
+  'sk-queues': {magic: 0x56264026, head: 'common', type: 'sk_packet_entry'},
+  // Read only: the inodes of memfds (and of CRIU's memfd-backed shared anonymous memory).
+  memfd: {magic: 0x48453499, head: 'common', type: 'memfd_inode_entry'},
   // Read only: CRIU's record of files it dumped through a remap (unlinked files and such).
   'remap-fpath': {magic: 0x59133954, head: 'common', type: 'remap_file_path_entry'},
 } as const
 
 export type ImageKind = keyof typeof IMAGE_KINDS
 
-const PROTO_FILES = ['inventory.proto', 'core.proto', 'mm.proto', 'pagemap.proto', 'fdinfo.proto', 'fs.proto', 'pstree.proto', 'stats.proto', 'creds.proto', 'remap-file-path.proto', 'pipe-data.proto']
+const PROTO_FILES = ['inventory.proto', 'core.proto', 'mm.proto', 'pagemap.proto', 'fdinfo.proto', 'fs.proto', 'pstree.proto', 'stats.proto', 'creds.proto', 'remap-file-path.proto', 'pipe-data.proto', 'sk-packet.proto']
 
 let schema: Schema | undefined
 

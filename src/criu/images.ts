@@ -21,7 +21,7 @@ import type {TreeMember} from '../checkpoint/tree.js'
 import {KID, PAGES_ID} from './constants.js'
 import {writeImage} from './image-file.js'
 import {type ImagePath, type Msg, type PutImage, corrupt} from './kinds/common.js'
-import {credentialsFrom, readCores, readCreds, readTaskLimits, readThreads, readZombie, writeCores, writeZombieCore} from './kinds/core.js'
+import {credentialsFrom, readCores, readPdeathSignal, readCreds, readTaskLimits, readThreads, readZombie, writeCores, writeZombieCore} from './kinds/core.js'
 import {FileEntries, FileImagesWriter, FileTable, type ReadFd, linkDescriptors, readFds} from './kinds/files.js'
 import {readFs, writeFs} from './kinds/fs.js'
 import {readIds, writeIds} from './kinds/ids.js'
@@ -29,6 +29,8 @@ import {type Inventory, readInventory, writeInventory} from './kinds/inventory.j
 import {readMm, writeMm} from './kinds/mm.js'
 import {readPagemap, writePagemap} from './kinds/pagemap.js'
 import {readPipesData} from './kinds/pipes-data.js'
+import {readSkQueues} from './kinds/sk-queues.js'
+import {type ShmemToWrite, readShmem, writeShmem} from './kinds/shmem.js'
 import {readPstree, writePstree} from './kinds/pstree.js'
 import {readStats, writeDumpStats} from './kinds/stats.js'
 import type {CriuImageSet, CriuMember, DumpStats, PageSource, WriteOptions} from './set-types.js'
@@ -36,6 +38,7 @@ import {big, has, u64} from './values.js'
 
 export * from './constants.js'
 export type * from './set-types.js'
+export type {CriuShmem, ShmemToWrite} from './kinds/shmem.js'
 export {writeRestoreStats} from './kinds/stats.js'
 
 // ---- writing ----
@@ -96,7 +99,7 @@ export async function writeCriuImages(dir: string, image: ProcessImage, pages: P
  * pages-N (N = 1 for the root, then 2, 3... in member order), fs and fdinfo images, a
  * zombie its core alone; files.img and pipes-data.img hold every member's files.
  */
-export async function writeCriuTree(dir: string, members: readonly MemberToWrite[], stats?: DumpStats, options: WriteOptions = {}): Promise<{files: string[]; bytes: number}> {
+export async function writeCriuTree(dir: string, members: readonly MemberToWrite[], stats?: DumpStats, options: WriteOptions = {}, shared: readonly ShmemToWrite[] = []): Promise<{files: string[]; bytes: number}> {
   const root = members[0]
   if (!root?.image || !root.pages) throw new CorruptError('IMAGE_INCONSISTENT', 'the root of the tree has no image', 'This is a cxlfork bug.')
   for (const {image} of members) {
@@ -142,6 +145,12 @@ export async function writeCriuTree(dir: string, members: readonly MemberToWrite
     }
     bytes += statSync(pagesPath).size
   }
+  // Shared anonymous memory: each object once, its pages after the tasks' (pages-N, N past the last task's).
+  shared.forEach((object, j) => {
+    const written = writeShmem(dir, put, object, PAGES_ID + live.length + j)
+    files.push(written.path)
+    bytes += written.bytes
+  })
   for (const {member} of members) if (member.zombieStatus !== undefined) writeZombieCore(put, {pid: member.pid, zombieStatus: member.zombieStatus, ...(member.comm === undefined ? {} : {comm: member.comm})})
   fileImages.write(put)
   if (stats) writeDumpStats(put, stats)
@@ -225,10 +234,20 @@ function readSet(dir: string): CriuImageSet {
     reads.push({pid, fds: read.fds})
     members.push({...shape, ppid: read.image.task.ppid, ...read.stored, image: read.image})
   })
-  linkDescriptors(reads, readPipesData(at))
+  linkDescriptors(reads, readPipesData(at), readSkQueues(at))
+  // Shared anonymous objects: each as large as the furthest any VMA of any task maps it.
+  const sizes = new Map<string, bigint>()
+  for (const {image} of members) {
+    for (const vma of image?.vmas ?? []) {
+      if (vma.sharedId === undefined) continue
+      const end = vma.offset + (vma.end - vma.start)
+      if (end > (sizes.get(vma.sharedId) ?? 0n)) sizes.set(vma.sharedId, end)
+    }
+  }
   const root = members[0]!
   const set: CriuImageSet = {
     image: root.image!, pagemap: root.pagemap!, pagesPath: root.pagesPath!, runOffsets: root.runOffsets!, members, writtenBy: inventory.ours ? 'cxlfork' : 'criu',
+    sharedObjects: [...sizes].map(([shmid, size]) => readShmem(at, shmid, size)),
   }
   return Object.assign(set, readStats(at))
 }
@@ -256,6 +275,7 @@ function readMember(at: ImagePath, dir: string, pid: number, tids: number[], {en
       }
     : {release: '', hostname: '', bootId: '', vdsoLayout: vdsoAreas.map((vma) => ({name: `[${vma.kind}]`, offset: vma.start - vdsoBase, size: vma.end - vma.start}))}
 
+  const pdeathSignal = readPdeathSignal(cores, ours, table.isRoot)
   const credentials = credentialsFrom(creds, has(mm, 'dumpable') ? mm['dumpable'] as number : undefined, ours ? Boolean(taskExt && has(taskExt, 'credentials') && taskExt['credentials']) : true)
   const image: ProcessImage = {
     version: IMAGE_VERSION,
@@ -275,6 +295,7 @@ function readMember(at: ImagePath, dir: string, pid: number, tids: number[], {en
       sharedPendingSignals: has(tc, 'signals_s') ? (tc['signals_s']['signals'] as Msg[]).map((s) => new Uint8Array(s['siginfo'])) : [],
       cmdline: taskExt ? ((taskExt['cmdline'] ?? []) as Uint8Array[]).map((arg) => Buffer.from(arg).toString('utf8')) : [],
       ...(credentials ? {credentials} : {}),
+      ...(pdeathSignal === undefined ? {} : {pdeathSignal}),
     },
     threads,
     mm: {

@@ -14,6 +14,7 @@ import {encodePageMap} from '../image/page-map.js'
 import {totalPages} from '../image/process-image.js'
 import {PAGE_SIZE} from '../sys/page.js'
 import {Section} from '../image/sections.js'
+import {type SharedMemoryRecord, type SharedObjectRun, encodeSharedMemory} from '../image/shared-memory.js'
 import {type CheckpointBuilder, type ChecksumRange, PAGE_CHECKSUMS_SECTION, type Pool, checksumRange, encodePageChecksums} from '../pool/index.js'
 import type {TreeRecord} from '../checkpoint/tree.js'
 import {validateCheckpointName} from '../pool/names.js'
@@ -72,6 +73,32 @@ export function criuImport(pool: Pool, request: {images: string; name: string}):
       const pageMap = encodePageMap(entries)
       builder.addSection(Section.pageMap, pageMap)
       builder.addSection(Section.accessRecord, accessRecordFor(pageMap))
+    }
+    // Shared anonymous objects: their pages into an extent of their own, described by the shared-memory section.
+    if (set.sharedObjects.length > 0) {
+      let sharedBytes = 0n
+      for (const object of set.sharedObjects) for (const run of object.runs) sharedBytes += run.bytes
+      const extent = sharedBytes === 0n ? undefined : builder.allocateData(sharedBytes, {reserve: true})
+      let at = 0n
+      const record: SharedMemoryRecord = {objects: []}
+      for (const object of set.sharedObjects) {
+        const runs: SharedObjectRun[] = []
+        const fd = object.runs.length > 0 ? openSync(object.pagesPath, 'r') : -1
+        try {
+          for (const run of object.runs) {
+            const got = preadFull(fd, extent!.address + at, run.fileOffset, Number(run.bytes))
+            if (got !== Number(run.bytes)) throw new SyscallError('pread', 5, `${object.pagesPath}: ${got} of ${run.bytes} bytes at ${run.fileOffset}`)
+            runs.push({offset: run.offset, bytes: run.bytes, storeOffset: extent!.poolOffset + at})
+            at += run.bytes
+          }
+        } finally {
+          if (fd >= 0) closeSync(fd)
+        }
+        record.objects.push({id: object.id, size: object.size, runs})
+      }
+      if (extent) checksums.push(checksumRange(pool.fd, pool.path, extent.poolOffset, sharedBytes))
+      pages += Number(sharedBytes / BigInt(PAGE_SIZE))
+      builder.addSection(Section.sharedMemory, encodeSharedMemory(record))
     }
     if (set.members.length > 1) {
       const record: TreeRecord = {members: set.members.map((member) => ({

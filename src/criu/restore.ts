@@ -13,7 +13,9 @@ import {mmap, munmap} from '../sys/vm-io.js'
 import {type CloneExit, type MemberPlan, type PidNamespaceMode, buildTree} from '../restore/build-process.js'
 import {type StoredRun, planRestore} from '../restore/plan.js'
 import {criuSchema} from './image-file.js'
-import {readCriuImages, writeRestoreStats} from './images.js'
+import {type CriuShmem, readCriuImages, writeRestoreStats} from './images.js'
+import {type SharedObject} from '../image/shared-memory.js'
+import {memfdCreate, sendfileAt} from '../sys/file-io.js'
 
 export interface CriuRestoreResult {
   pid: number
@@ -73,6 +75,38 @@ class MappedPages {
   }
 }
 
+/**
+ * The set's shared anonymous objects, their stored pages copied (in the kernel) into one
+ * memfd of ours back to back: the store the restore fills each object from, as it fills
+ * them from the pool file.
+ */
+function stageSharedObjects(objects: readonly CriuShmem[]): {fd: number; objects: Map<string, SharedObject>} | undefined {
+  if (objects.length === 0) return undefined
+  const fd = memfdCreate('cxlfork-criu-shmem')
+  try {
+    const out = new Map<string, SharedObject>()
+    let at = 0n
+    for (const object of objects) {
+      const runs: SharedObject['runs'] = []
+      const source = object.runs.length > 0 ? openSync(object.pagesPath, 'r') : -1
+      try {
+        for (const run of object.runs) {
+          sendfileAt(fd, source, BigInt(run.fileOffset), at, run.bytes, `shared memory ${object.id} from ${object.pagesPath}`)
+          runs.push({offset: run.offset, bytes: run.bytes, storeOffset: at})
+          at += run.bytes
+        }
+      } finally {
+        if (source >= 0) closeSync(source)
+      }
+      out.set(object.id, {id: object.id, size: object.size, runs})
+    }
+    return {fd, objects: out}
+  } catch (error) {
+    closeSync(fd)
+    throw error
+  }
+}
+
 export function criuRestore(request: {images: string; wait: boolean; pidns?: PidNamespaceMode; netns?: string}): CriuRestoreResult {
   // Parsing the .proto schemas is cxlfork's start-up cost, not deserialization (CRIU's
   // are compiled C): keep it out of restore_time and report it on its own.
@@ -87,6 +121,7 @@ export function criuRestore(request: {images: string; wait: boolean; pidns?: Pid
   let tDone: number
   let tDecoded: number
   let pagesRestored = 0
+  let sharedFd: number | undefined
   try {
     const plans: MemberPlan[] = set.members.map((member) => {
       const shape = {pid: member.pid, ppid: member.ppid, pgid: member.pgid, sid: member.sid}
@@ -97,14 +132,17 @@ export function criuRestore(request: {images: string; wait: boolean; pidns?: Pid
       pagesRestored += plan.pagesCopied
       return {...shape, image: member.image, plan}
     })
+    const shared = stageSharedObjects(set.sharedObjects)
+    sharedFd = shared?.fd
     tDecoded = performance.now()
-    built = buildTree(plans, {localAddress: (offset) => pages.localAddress(offset)},
+    built = buildTree(plans, {localAddress: (offset) => pages.localAddress(offset), ...(shared ? {fd: shared.fd, sharedObjects: shared.objects} : {})},
       {stdio: request.wait ? 'inherit' : 'null', setsid: !request.wait, wait: request.wait, ...(request.pidns === undefined ? {} : {pidns: request.pidns}), ...(request.netns === undefined ? {} : {network: request.netns})})
     // The clone runs from here on. Unmapping our view of the pages images (tearing down a page
     // table entry per page: ~30 ms at 256 MiB) is this process's own clean-up, after it.
     tDone = performance.now()
   } finally {
     pages.release()
+    if (sharedFd !== undefined) closeSync(sharedFd)
   }
   const stats = {
     restore_time: Math.round((tDone - t0) * 1000), forking_time: built.timings.spawnUs, deserialize_time: Math.round((tDecoded - t0) * 1000), schema_load_time: schemaLoadUs,

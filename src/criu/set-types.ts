@@ -1,6 +1,7 @@
 /** The CRIU-format path's public types: page sources, statistics, a read image set, write options. */
 import type {TreeMember} from '../checkpoint/tree.js'
 import type {PageRun, ProcessImage} from '../image/process-image.js'
+import type {CriuShmem} from './kinds/shmem.js'
 
 
 /** Where page contents come from when writing: typically the frozen snapshot of the target. */
@@ -63,6 +64,8 @@ export interface CriuImageSet {
   runOffsets: number[]
   /** Every task, parents first, the root first (one entry for a one-process set). */
   members: CriuMember[]
+  /** Shared anonymous memory objects the tasks' VMAs map (sharedId = shmid), with their stored pages. */
+  sharedObjects: CriuShmem[]
   stats?: DumpStats
   restoreStats?: RestoreStats
   /** 'cxlfork' when cxlfork's extension fields were present (exact model), 'criu' otherwise. */

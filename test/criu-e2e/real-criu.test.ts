@@ -244,8 +244,9 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
     assertOk(await fx.check(), 'the original is intact')
   })
 
-  it('the tree fixture: cxlfork criu dump --tree --kill -> real criu restore -d; the tree comes back under its pids with its pipes and zombie', async () => {
-    const fx = await startFixture('tree')
+  for (const shared of [false, true]) {
+  it(`the tree fixture${shared ? ' --shared-kib 256' : ''}: cxlfork criu dump --tree --kill -> real criu restore -d; the tree comes back under its pids with its pipes and zombie${shared ? ', sharing one region (VMA_ANON_SHARED, pagemap-shmem)' : ''}`, async () => {
+    const fx = await startFixture('tree', shared ? {args: ['--shared-kib', '256']} : {})
     const children = fx.ready.fields.children!.split(',').map(Number)
     const zombie = Number(fx.ready.fields.zombie)
     await waitForTicks(fx.logPath, fx.pid, 2)
@@ -272,12 +273,18 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
       for (const child of children) {
         const line = await waitForLine(fx.logPath, (e) => e.kind === 'CHECK' && e.pid === child && e.index >= from, 10_000)
         assertOk(line, `restored child ${child}`)
+        if (shared) assert.equal(line.fields.snonce, check.fields.snonce, `child ${child} reads its parent's write in the region CRIU restored: ${line.line}`)
+      }
+      if (shared) {
+        const again = await requestCheck(fx.logPath, fx.pid)
+        assert.equal(again.fields.seen, children.map(() => check.fields.snonce).join(','), `the parent reads its children's writes: ${again.line}`)
       }
     } finally {
       // Not our child (CRIU's -d detaches it); its children die with it (PR_SET_PDEATHSIG).
       if (processExists(fx.pid) && procStat(fx.pid)?.starttime === started) process.kill(fx.pid, 'SIGKILL')
     }
   })
+  }
 
   it('pyfds: cxlfork criu dump --kill -> real criu restore -d; the process comes back with its pipes, eventfds, epoll set, timerfd and signalfd', async () => {
     const fx = await startFixture('pyfds')
@@ -297,5 +304,71 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
     } finally {
       if (processExists(fx.pid) && procStat(fx.pid)?.starttime === started) process.kill(fx.pid, 'SIGKILL')
     }
+  })
+
+  it('the socket fixture (a TCP listener, stream and datagram socketpairs with bytes and messages queued, an abstract Unix listener): real criu dump --leave-running -> cxlfork criu restore and import + restore in their own network namespaces pass its socket checks', async () => {
+    const fx = await startFixture('socket', {args: ['--unix-listener', '1']})
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const images = imagesDir('socket-from-criu')
+    mkdirSync(images, {recursive: true})
+    const dump = spawnSync(criu.bin, ['dump', '-t', String(fx.pid), '-D', images, '--shell-job', '--leave-running', '-v4', '-o', 'dump.log'], {encoding: 'utf8'})
+    assert.equal(dump.status, 0, `criu dump -t ${fx.pid} failed:\n${criuErrors(images, 'dump.log')}`)
+    const pool = join(images, 'imported.pool')
+    okJson(await cli(['criu', 'import', '--images', images, '--name', 'socket', '--pool', pool, '--json']))
+    const runs = [
+      {what: 'cxlfork criu restore', run: await cli(['criu', 'restore', '--images', images, '--netns', 'new', '--json'])},
+      {what: 'criu import + restore', run: await cli(['restore', 'socket', '--netns', 'new', '--pool', pool, '--json'])},
+    ]
+    for (const {what, run} of runs) {
+      const clone = okJson(run).pid as number
+      trackPid(clone)
+      assertOk(await requestCheck(fx.logPath, clone), `${what}: the clone's socket checks (CRIU's unixsk, inetsk and sk-queues)`)
+    }
+    assertOk(await fx.check(), 'the original is intact')
+  })
+
+  it('the socket fixture: cxlfork criu dump --kill -> real criu restore -d; the process passes its socket checks under its pid', async () => {
+    const fx = await startFixture('socket', {args: ['--unix-listener', '1']})
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const images = imagesDir('socket-to-criu')
+    okJson(await cli(['criu', 'dump', String(fx.pid), '--kill', '--images', images, '--json']))
+    await fx.exited()
+    const restore = spawnSync(criu.bin, ['restore', '-D', images, '-d', '--shell-job', '-v4', '-o', 'restore.log'], {encoding: 'utf8'})
+    assert.equal(restore.status, 0, `criu restore -D ${images} failed:\n${criuErrors(images, 'restore.log')}`)
+    const started = procStat(fx.pid)?.starttime
+    try {
+      assertOk(await requestCheck(fx.logPath, fx.pid), 'the process CRIU restored from cxlfork\'s unixsk, inetsk and sk-queues')
+    } finally {
+      if (processExists(fx.pid) && procStat(fx.pid)?.starttime === started) process.kill(fx.pid, 'SIGKILL')
+    }
+  })
+
+  it('tree --shared-kib 256: real criu dump (the shared region as a memfd-backed /dev/zero mapping) -> cxlfork criu restore; the clone tree shares one object, nonces both ways', async () => {
+    const fx = await startFixture('tree', {args: ['--shared-kib', '256']})
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const images = imagesDir('shtree-from-criu')
+    mkdirSync(images, {recursive: true})
+    const dump = spawnSync(criu.bin, ['dump', '-t', String(fx.pid), '-D', images, '--shell-job', '--leave-running', '-v4', '-o', 'dump.log'], {encoding: 'utf8'})
+    assert.equal(dump.status, 0, `criu dump -t ${fx.pid} failed:\n${criuErrors(images, 'dump.log')}`)
+    const root = okJson(await cli(['criu', 'restore', '--images', images, '--json'])).pid as number
+    trackPid(root)
+    const kids = childrenOf(root).filter((pid) => procStat(pid)?.state !== 'Z')
+    const round = async () => {
+      const from = readLog(fx.logPath).length
+      const check = await requestCheck(fx.logPath, root)
+      assertOk(check, 'the clone root')
+      const lines = []
+      for (const kid of kids) {
+        const line = await waitForLine(fx.logPath, (e) => e.kind === 'CHECK' && e.pid === kid && e.index >= from, 10_000)
+        assertOk(line, `clone child ${kid}`)
+        lines.push(line)
+      }
+      return {parent: check, kids: lines}
+    }
+    const first = await round()
+    for (const kid of first.kids) assert.equal(kid.fields.snonce, first.parent.fields.snonce, `a clone child reads its parent's write: ${kid.line}`)
+    const second = await round()
+    assert.equal(second.parent.fields.seen, kids.map(() => first.parent.fields.snonce).join(','), `the clone parent reads its children's writes: ${second.parent.line}`)
+    assertOk(await fx.check(), 'the original tree is intact')
   })
 })

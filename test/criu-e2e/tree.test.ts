@@ -92,6 +92,9 @@ describe('criu-e2e: process trees through criu dump --tree, criu restore and cri
     assert.equal(zombieCore.tc.task_state, 2, 'TASK_DEAD')
     assert.equal(zombieCore.tc.exit_code, 7 << 8)
     assert.equal(existsSync(join(images, `mm-${zombie}.img`)), false, 'a zombie has no memory images')
+    // Each child asked to die with its parent (PR_SET_PDEATHSIG): the leader's thread_core.pdeath_sig; the root's is not recorded.
+    for (const child of children) assert.equal((await critDecode(join(images, `core-${child}.img`))).entries[0].thread_core.pdeath_sig, 9, `child ${child}'s pdeath_sig`)
+    assert.equal((await critDecode(join(images, `core-${fx.pid}.img`))).entries[0].thread_core.pdeath_sig, undefined)
     // Each live member: its own core, ids, mm, pagemap (naming its own pages-N.img), fs and fdinfo.
     const pagesIds = new Set<number>()
     const filesIds = new Set<number>()
@@ -177,5 +180,55 @@ describe('criu-e2e: process trees through criu dump --tree, criu restore and cri
       bash.kill('SIGKILL')
       rmSync(dir, {recursive: true, force: true})
     }
+  })
+
+  it('a tree sharing one region between parent and children (tree --shared-kib 256): dumped with --tree as CRIU lays shared memory out (VMA_ANON_SHARED, pagemap-shmem); the restored and imported trees share one object of their own', async () => {
+    const fx = await startFixture('tree', {args: ['--shared-kib', '256']})
+    const children = fx.ready.fields.children!.split(',').map(Number)
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const images = imagesDir('shtree')
+    okJson(await cli(['criu', 'dump', String(fx.pid), '--tree', '--images', images, '--json']))
+    const shared = BigInt(fx.ready.fields.shared!)
+    const vmaOf = async (pid: number) => ((await critDecode(join(images, `mm-${pid}.img`))).entries[0].vmas as {start: string | number; shmid: string | number; status: number}[]).find((vma) => BigInt(vma.start) === shared)!
+    const root = await vmaOf(fx.pid)
+    assert.ok((root.status & (1 << 8)) !== 0, `VMA_ANON_SHARED: ${JSON.stringify(root)}`)
+    for (const child of children) assert.equal(String((await vmaOf(child)).shmid), String(root.shmid), `child ${child} maps the same object`)
+    const pagemap = (await critDecode(join(images, `pagemap-shmem-${root.shmid}.img`))).entries
+    assert.ok(pagemap.length >= 2, 'pagemap-shmem: a head and the populated pages')
+
+    const pool = poolFile('shtree')
+    okJson(await cli(['criu', 'import', '--images', images, '--name', 'shtree', '--pool', pool, '--json']))
+    const runs = [
+      {what: 'criu restore', run: await cli(['criu', 'restore', '--images', images, '--json'])},
+      {what: 'import + restore mow', run: await cli(['restore', 'shtree', '--pool', pool, '--json'])},
+    ]
+    for (const {what, run} of runs) {
+      const clone = okJson(run).pid as number
+      trackPid(clone)
+      const kids = childrenOf(clone).filter((pid) => procStat(pid)?.state !== 'Z')
+      assert.equal(kids.length, 3)
+      const inode = (pid: number) => readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').find((line) => BigInt(`0x${line.split('-')[0]}`) === shared)?.split(/\s+/)[4]
+      const inodes = new Set([clone, ...kids].map(inode))
+      assert.equal(inodes.size, 1, `${what}: every member maps one object: ${[...inodes].join(',')}`)
+      assert.ok(!inodes.has(inode(fx.pid)), `${what}: not the original's`)
+      // The clone parent writes a nonce each CHECK; its children copy what they read into their own words; the next CHECK sees it.
+      const round = async () => {
+        const from = readLog(fx.logPath).length
+        const check = await requestCheck(fx.logPath, clone)
+        assert.equal(check.fields.ok, '1', `${what}: ${check.line}`)
+        const lines = []
+        for (const kid of kids) {
+          const line = await waitForLine(fx.logPath, (e) => e.kind === 'CHECK' && e.pid === kid && e.index >= from, 10_000)
+          assert.equal(line.fields.ok, '1', `${what}: child ${kid}: ${line.line}`)
+          lines.push(line)
+        }
+        return {parent: check, kids: lines}
+      }
+      const first = await round()
+      for (const kid of first.kids) assert.equal(kid.fields.snonce, first.parent.fields.snonce, `${what}: a clone child reads its parent's write: ${kid.line}`)
+      const second = await round()
+      assert.equal(second.parent.fields.seen, [1, 2, 3].map(() => first.parent.fields.snonce).join(','), `${what}: the clone parent reads its children's writes: ${second.parent.line}`)
+    }
+    assert.equal((await fx.check()).fields.ok, '1', 'the original is intact')
   })
 })

@@ -14,6 +14,7 @@ Without --images, the set goes beside the pool on the same shared-memory mount, 
   static override flags = {
     images: Flags.string({summary: 'Directory for the image set (created; must hold no images).'}),
     kill: Flags.boolean({summary: 'End the target (SIGKILL) after a successful dump (with --tree, every member).', default: false}),
+    'tcp-close': Flags.boolean({summary: 'Accept established TCP connections; the clone finds them closed (as CRIU\'s --tcp-close).', default: false}),
     tree: Flags.boolean({summary: 'Dump the target and all its descendants (zombies too) as one image set; without it a process with children is refused.', default: false}),
   }
 
@@ -22,7 +23,7 @@ Without --images, the set goes beside the pool on the same shared-memory mount, 
     const {criuDump, defaultImagesDir} = await import('../../criu/dump.js')
     const images = flags.images ?? defaultImagesDir(flags.pool, args.pid)
     await this.progress.start(`Dumping ${args.pid} into ${images}`)
-    const result = await withTerminationDeferred(async () => criuDump({pid: args.pid, images, kill: flags.kill, tree: flags.tree}))
+    const result = await withTerminationDeferred(async () => criuDump({pid: args.pid, images, kill: flags.kill, tree: flags.tree, tcpClose: flags['tcp-close']}))
     this.progress.succeed(`Dumped ${args.pid} into ${result.images}`)
     this.say(`${result.files.length} images, ${result.imageBytes} bytes, ${result.pages} pages; downtime ${(result.downtimeUs / 1000).toFixed(2)} ms, total ${(result.totalUs / 1000).toFixed(1)} ms${result.killed ? '; target killed' : ''}`)
     return result

@@ -58,6 +58,8 @@ function coreFor(image: ProcessImage, thread: ThreadImage, leader: boolean): Obj
   // CRIU names each thread in thread_core.comm; the leader's is the task's.
   const comm = leader ? image.task.comm : thread.comm
   if (comm !== undefined) threadCore['comm'] = comm
+  // A tree member's parent-death signal (the model records none for the root); CRIU keeps it per thread, the leader's is the task's.
+  if (leader && image.task.pdeathSignal !== undefined) threadCore['pdeath_sig'] = image.task.pdeathSignal >>> 0
   if (thread.rseq) {
     threadCore['rseq_entry'] = {rseq_abi_pointer: str64(u64(thread.rseq.address)), rseq_abi_size: thread.rseq.length, signature: thread.rseq.signature >>> 0}
   }
@@ -340,4 +342,12 @@ export function readCreds(at: ImagePath, {cores}: Cores, pid: number): Msg | und
   let creds: Msg | undefined = leaderThreadCore && has(leaderThreadCore, 'creds') ? leaderThreadCore['creds'] as Msg : undefined
   if (!creds) creds = optionalImage(at(`creds-${pid}.img`), () => only(readImage<Msg>(at(`creds-${pid}.img`), 'creds'), `creds-${pid}.img`))
   return creds
+}
+
+/** A tree member's parent-death signal from its leader's core: cxlfork's sets have it exactly as recorded; CRIU's give 0 for none. */
+export function readPdeathSignal({cores}: Cores, ours: boolean, root: boolean): number | undefined {
+  const threadCore = cores[0]!.core['thread_core'] as Msg | null
+  if (root || !threadCore || !has(threadCore, 'pdeath_sig')) return undefined
+  const signal = threadCore['pdeath_sig'] as number
+  return ours || signal !== 0 ? signal : undefined
 }

@@ -7,15 +7,15 @@
  * recorded. Each kind's own entry is encoded and read by its module (pipes-data.ts,
  * eventfd.ts, eventpoll.ts, timerfd.ts, signalfd.ts).
  */
-import {UnsupportedError} from '../../errors.js'
-import type {FdImage, FdKind, FileIdentity, ProcessImage} from '../../image/process-image.js'
+import {CorruptError, UnsupportedError} from '../../errors.js'
+import type {FdImage, FdKind, FileIdentity, ProcessImage, SocketImage} from '../../image/process-image.js'
 import {
-  FD_CLOEXEC, FD_TYPE_EVENTFD, FD_TYPE_EVENTPOLL, FD_TYPE_INETSK, FD_TYPE_NAMES, FD_TYPE_PIPE, FD_TYPE_REG, FD_TYPE_SIGNALFD, FD_TYPE_TIMERFD, S_IFCHR, S_IFDIR, S_IFMT,
+  FD_CLOEXEC, FD_TYPE_EVENTFD, FD_TYPE_EVENTPOLL, FD_TYPE_INETSK, FD_TYPE_UNIXSK, FD_TYPE_NAMES, FD_TYPE_PIPE, FD_TYPE_REG, FD_TYPE_SIGNALFD, FD_TYPE_TIMERFD, S_IFCHR, S_IFDIR, S_IFMT,
 } from '../constants.js'
 import {hostIdentity} from '../file-identity.js'
 import {encodeMessage, readImage} from '../image-file.js'
 import type {WriteOptions} from '../set-types.js'
-import {AF} from '../../sys/sockets.js'
+import {AF, SOCK} from '../../sys/sockets.js'
 import {O} from '../../sys/syscall.js'
 import {big, has, str64, u64} from '../values.js'
 import {type ImagePath, type Msg, type Obj, type PutImage, corrupt, fileIdFor, fown, optionalImage} from './common.js'
@@ -23,13 +23,15 @@ import {eventfdEntry, eventfdOf} from './eventfd.js'
 import {eventpollEntry, eventpollOf} from './eventpoll.js'
 import {inetSocketEntry, inetSocketOf} from './inetsk.js'
 import {type PipeData, PipesDataWriter, pipeEntry} from './pipes-data.js'
+import {SkQueuesWriter} from './sk-queues.js'
+import {socketIno, unixConnected, unixSocketEntry, unixSocketOf} from './unixsk.js'
 import {signalfdEntry, signalfdOf} from './signalfd.js'
 import {timerfdEntry, timerfdOf} from './timerfd.js'
 
 // ---- writing ----
 
 /** The files.img kind of each model fd kind the CRIU-format path writes (others are written as regular files: directories, devices, ttys). */
-const FD_TYPES: Partial<Record<FdKind, number>> = {socket: FD_TYPE_INETSK, pipe: FD_TYPE_PIPE, eventfd: FD_TYPE_EVENTFD, epoll: FD_TYPE_EVENTPOLL, timerfd: FD_TYPE_TIMERFD, signalfd: FD_TYPE_SIGNALFD}
+const FD_TYPES: Partial<Record<FdKind, number>> = {pipe: FD_TYPE_PIPE, eventfd: FD_TYPE_EVENTFD, epoll: FD_TYPE_EVENTPOLL, timerfd: FD_TYPE_TIMERFD, signalfd: FD_TYPE_SIGNALFD}
 
 /** The ids a member's images use: its files.img ids start at `fileBase`; cwd and root are entries of their own. */
 export interface MemberFileIds {
@@ -46,11 +48,18 @@ export interface MemberFileIds {
  */
 export class FileImagesWriter {
   private nextId = 1
-  private readonly files: Uint8Array[] = []
+  /** file_entry objects, encoded at write(): a socketpair end's peer inode (and its queue's id) may be known only once a later member is added. */
+  private readonly files: Obj[] = []
   private readonly fdinfos: {kid: number; records: Uint8Array[]}[] = []
   /** `${pid}:${fd}` -> files.img id. */
   private readonly byFd = new Map<string, number>()
   private readonly pipes = new PipesDataWriter()
+  private readonly queues = new SkQueuesWriter()
+  /** Unix socket entries by `${pid}:${fd}`, to give a pair's creator its peer when the member holding the other end is added. */
+  private readonly unixEntries = new Map<string, Obj>()
+  /** A cross-member pair's creator (`${pid}:${fd}`) -> the other end's id and inode. */
+  private readonly otherEnd = new Map<string, {id: number; ino: number}>()
+  private readonly peerQueues: {creator: string; data: Uint8Array}[] = []
 
   constructor(private readonly options: WriteOptions) {}
 
@@ -66,10 +75,10 @@ export class FileImagesWriter {
     const fileBase = this.nextId
     image.files.forEach((file, i) => {
       const id = this.nextId++
-      this.files.push(encodeMessage('file_entry', {type: FD_TYPE_REG, id, reg: {
+      this.files.push({type: FD_TYPE_REG, id, reg: {
         id, flags: 0, pos: str64(0n), fown: fown(), name: file.path, size: str64(u64(file.size)), mode: file.mode >>> 0,
         cxlfork: {file_index: i, device: file.device, inode: str64(u64(file.inode)), mtime_ns: str64(BigInt.asIntN(64, file.mtimeNs)), ...(root ? {} : {pid})},
-      }}, 'files.img'))
+      }})
     })
     const fds = [...image.fds].sort((a, b) => a.fd - b.fd)
     // Ids first (an epoll entry names its targets' ids), entries second.
@@ -81,11 +90,12 @@ export class FileImagesWriter {
       this.byFd.set(`${pid}:${fd.fd}`, id)
       if (shared === undefined) fresh.push({fd, id})
     }
-    for (const {fd, id} of fresh) this.files.push(encodeMessage('file_entry', this.fileEntry(image, fd, id), 'files.img'))
+    for (const {fd, id} of fresh) this.files.push(this.fileEntry(image, fd, id))
     const records = fds.map((fd) => {
       const fdExt: Obj = {kind: fd.kind, path: fd.path, ...(fd.pipe ? {pipe_state: true} : {})}
       if (fd.fileIndex !== undefined) fdExt['file_index'] = fileIdFor(image, fd.fileIndex, `fd ${fd.fd}`) - 1
-      return encodeMessage('fdinfo_entry', {id: this.byFd.get(`${pid}:${fd.fd}`)!, flags: fd.cloexec ? FD_CLOEXEC : 0, type: FD_TYPES[fd.kind] ?? FD_TYPE_REG, fd: fd.fd, cxlfork: fdExt}, `fdinfo-${kid}.img`)
+      const type = fd.kind === 'socket' ? (fd.socket?.family === AF.UNIX ? FD_TYPE_UNIXSK : FD_TYPE_INETSK) : FD_TYPES[fd.kind] ?? FD_TYPE_REG
+      return encodeMessage('fdinfo_entry', {id: this.byFd.get(`${pid}:${fd.fd}`)!, flags: fd.cloexec ? FD_CLOEXEC : 0, type, fd: fd.fd, cxlfork: fdExt}, `fdinfo-${kid}.img`)
     })
     this.fdinfos.push({kid, records})
     const cwdId = this.nextId++
@@ -93,7 +103,7 @@ export class FileImagesWriter {
     for (const [id, name] of [[cwdId, image.task.cwd], [rootId, image.task.root]] as const) {
       const reg: Obj = {id, flags: 0, pos: str64(0n), fown: fown(), name}
       this.setMode(reg, name, S_IFDIR)
-      this.files.push(encodeMessage('file_entry', {type: FD_TYPE_REG, id, reg}, 'files.img'))
+      this.files.push({type: FD_TYPE_REG, id, reg})
     }
     return {fileBase, cwdId, rootId}
   }
@@ -113,10 +123,8 @@ export class FileImagesWriter {
       case 'signalfd':
         return {type: FD_TYPE_SIGNALFD, id, sgfd: signalfdEntry(fd, id)}
       case 'socket':
-        if (!fd.socket || (fd.socket.family !== AF.INET && fd.socket.family !== AF.INET6)) {
-          throw new UnsupportedError('CRIU_FD_TYPE', `fd ${fd.fd} of process ${pid} is a Unix socket, which cxlfork's CRIU-format dump does not write yet`,
-            'Checkpoint it into the pool with `cxlfork checkpoint`, which restores Unix sockets.')
-        }
+        if (fd.socket?.family === AF.UNIX) return {type: FD_TYPE_UNIXSK, id, usk: this.unixEntry(image, fd, id)}
+        if (!fd.socket) throw new CorruptError('IMAGE_INCONSISTENT', `fd ${fd.fd} of process ${pid} is a socket without its state`, 'This is a cxlfork bug.')
         return {type: FD_TYPE_INETSK, id, isk: inetSocketEntry(fd, id)}
       default: {
         const reg: Obj = {id, flags: fd.flags >>> 0, pos: str64(u64(fd.offset)), fown: fown(), name: fd.path}
@@ -129,10 +137,48 @@ export class FileImagesWriter {
     }
   }
 
+  /**
+   * A Unix socket's entry and its queue: a pair's end names its other end's inode (in this
+   * process, or, for the other end of a pair an earlier member created, that member's end,
+   * whose entry then gets this one's inode); what the creator holds for the other end is
+   * queued under that end's id.
+   */
+  private unixEntry(image: ProcessImage, fd: FdImage, id: number): Obj {
+    const pid = image.task.pid
+    const pair = fd.socket!.pair
+    let peer = 0
+    if (pair && pair.peerFd >= 0) {
+      const other = image.fds.find((candidate) => candidate.fd === pair.peerFd)
+      peer = other ? socketIno(other) : 0
+    } else if (pair && fd.sharedFrom && !fd.sharedFrom.description) {
+      const creator = `${fd.sharedFrom.pid}:${fd.sharedFrom.fd}`
+      const creatorEntry = this.unixEntries.get(creator)
+      if (creatorEntry) {
+        peer = creatorEntry['ino'] as number
+        creatorEntry['peer'] = socketIno(fd)
+      }
+      this.otherEnd.set(creator, {id, ino: socketIno(fd)})
+    }
+    const entry = unixSocketEntry(fd, id, peer)
+    this.unixEntries.set(`${pid}:${fd.fd}`, entry)
+    if (pair?.queued) this.queues.add(id, pair.queued)
+    for (const message of pair?.messages ?? []) this.queues.add(id, message)
+    if (pair?.peerQueued) this.peerQueues.push({creator: `${pid}:${fd.fd}`, data: pair.peerQueued})
+    for (const message of pair?.peerMessages ?? []) this.peerQueues.push({creator: `${pid}:${fd.fd}`, data: message})
+    return entry
+  }
+
   write(put: PutImage): void {
-    put('files.img', 'files', this.files)
+    // What a pair's creator holds for its other end, queued for that end's id (known now).
+    for (const {creator, data} of this.peerQueues) {
+      const id = this.otherEnd.get(creator)?.id
+      if (id === undefined) throw new CorruptError('IMAGE_INCONSISTENT', `the socketpair end ${creator} has no other end in the tree`, 'This is a cxlfork bug.')
+      this.queues.add(id, data)
+    }
+    put('files.img', 'files', this.files.map((file) => encodeMessage('file_entry', file, 'files.img')))
     for (const {kid, records} of this.fdinfos) put(`fdinfo-${kid}.img`, 'fdinfo', records)
     this.pipes.write(put)
+    this.queues.write(put)
   }
 }
 
@@ -192,6 +238,11 @@ export class FileTable {
     return entry['reg'] as Msg
   }
 
+  /** The table of the set's root task. */
+  get isRoot(): boolean {
+    return this.owner === undefined
+  }
+
   private ownedHere(fileExt: Msg): boolean {
     return (has(fileExt, 'pid') ? fileExt['pid'] as number : undefined) === this.owner
   }
@@ -231,6 +282,18 @@ export class FileTable {
   }
 }
 
+const inosOf = new WeakMap<Map<number, Msg>, Set<number>>()
+
+/** The inodes of every Unix socket of files.img. */
+function unixInos(entries: Map<number, Msg>): Set<number> {
+  let inos = inosOf.get(entries)
+  if (!inos) {
+    inos = new Set([...entries.values()].filter((entry) => has(entry, 'usk')).map((entry) => entry['usk']['ino'] as number))
+    inosOf.set(entries, inos)
+  }
+  return inos
+}
+
 /** A descriptor as read, with the files.img id it names (and a pipe's pipe_id), before linkDescriptors ties fds together. */
 export interface ReadFd {
   fd: FdImage
@@ -238,6 +301,8 @@ export interface ReadFd {
   pipeId?: number
   /** cxlfork's sets: whether the model carried this pipe's state (else decided as the capture decides). */
   pipeState?: boolean
+  /** A Unix socket's inode, its peer's (0: none), and whether it was connected (a pair's end, even one whose peer was closed). */
+  unix?: {ino: number; peer: number; connected: boolean}
 }
 
 /** One member's descriptors, from fdinfo-FILES_ID.img and the entries of files.img they name. */
@@ -269,6 +334,12 @@ export function readFds(at: ImagePath, ids: Msg, table: FileTable): ReadFd[] {
       out.push({fd: {...base('timerfd', 'anon_inode:[timerfd]'), ...timerfdOf(entry['tfd'] as Msg)}, id})
     } else if (type === FD_TYPE_SIGNALFD && has(entry, 'sgfd')) {
       out.push({fd: {...base('signalfd', 'anon_inode:[signalfd]'), ...signalfdOf(entry['sgfd'] as Msg)}, id})
+    } else if (type === FD_TYPE_UNIXSK && has(entry, 'usk')) {
+      const usk = entry['usk'] as Msg
+      const peer = usk['peer'] as number
+      const paired = peer !== 0 && unixInos(table.entries).has(peer)
+      const socket = unixSocketOf(usk, what, paired)
+      out.push({fd: {...base('socket', `socket:[${usk['ino']}]`), ...socket}, id, unix: {ino: usk['ino'] as number, peer: paired ? peer : 0, connected: unixConnected(usk)}})
     } else if (type === FD_TYPE_INETSK && has(entry, 'isk')) {
       const isk = entry['isk'] as Msg
       out.push({fd: {...base('socket', `socket:[${isk['ino']}]`), ...inetSocketOf(isk, what)}, id})
@@ -296,6 +367,49 @@ export function readFds(at: ImagePath, ids: Msg, table: FileTable): ReadFd[] {
   return out.sort((a, b) => a.fd.fd - b.fd.fd)
 }
 
+/** A stream socket's queue as one run of bytes, a datagram socket's as its messages. */
+function queueOf(socket: SocketImage, packets: readonly Uint8Array[] | undefined): {bytes?: Uint8Array; messages?: Uint8Array[]} {
+  if (!packets || packets.length === 0) return {}
+  if (socket.type !== SOCK.STREAM) return {messages: [...packets]}
+  return {bytes: Uint8Array.from(Buffer.concat(packets))}
+}
+
+/**
+ * Socketpairs: an end whose peer is in the same process names it (peerFd); a pair split
+ * across members is created by the end of the earlier member (peerFd -1, with what waits
+ * for the other end), whose other end is handed over to the later one (sharedFrom). Each
+ * end gets what waits in its own receive queue (sk-queues.img).
+ */
+function linkUnixPairs(members: readonly {pid: number; fds: readonly ReadFd[]}[], queues: ReadonlyMap<number, Uint8Array[]>): void {
+  const byIno = new Map<number, {pid: number; read: ReadFd; rank: number}>()
+  members.forEach(({pid, fds}, rank) => {
+    for (const read of fds) if (read.unix && !byIno.has(read.unix.ino)) byIno.set(read.unix.ino, {pid, read, rank})
+  })
+  members.forEach(({pid, fds}, rank) => {
+    for (const read of fds) {
+      const socket = read.fd.socket
+      if (!read.unix || !socket || socket.listening || !read.unix.connected || socket.peer) continue
+      const own = queueOf(socket, queues.get(read.id))
+      const other = read.unix.peer === 0 ? undefined : byIno.get(read.unix.peer)
+      if (!other) {
+        // Its peer was closed: what waits in it is read, then EOF.
+        socket.pair = {peerFd: -1, peerClosed: true, ...(own.bytes ? {queued: own.bytes} : {}), ...(own.messages ? {messages: own.messages} : {})}
+        continue
+      }
+      const pair: NonNullable<SocketImage['pair']> = {peerFd: other.pid === pid ? other.read.fd.fd : -1,
+        ...(own.bytes ? {queued: own.bytes} : {}), ...(own.messages ? {messages: own.messages} : {})}
+      if (other.pid !== pid && other.rank < rank) {
+        read.fd.sharedFrom = {pid: other.pid, fd: other.read.fd.fd, description: false, sameEnd: false}
+      } else if (other.pid !== pid) {
+        const theirs = queueOf(socket, queues.get(other.read.id))
+        if (theirs.bytes) pair.peerQueued = theirs.bytes
+        if (theirs.messages) pair.peerMessages = theirs.messages
+      }
+      socket.pair = pair
+    }
+  })
+}
+
 /** Kinds whose object a later member of a tree takes over from an earlier one (checkpoint/tree.ts sharedAcrossMembers). */
 const HANDED_OVER: ReadonlySet<FdKind> = new Set(['pipe', 'eventfd', 'epoll', 'timerfd', 'signalfd', 'socket'])
 
@@ -307,7 +421,8 @@ const HANDED_OVER: ReadonlySet<FdKind> = new Set(['pipe', 'eventfd', 'epoll', 't
  * member, gets its size, ends and buffered bytes from pipes-data.img. A pipe at fds 0-2
  * held by one member is its restorer's stdio, as in a pool checkpoint.
  */
-export function linkDescriptors(members: readonly {pid: number; fds: readonly ReadFd[]}[], pipesData: ReadonlyMap<number, PipeData>): void {
+export function linkDescriptors(members: readonly {pid: number; fds: readonly ReadFd[]}[], pipesData: ReadonlyMap<number, PipeData>, queues: ReadonlyMap<number, Uint8Array[]> = new Map()): void {
+  linkUnixPairs(members, queues)
   const holders = new Map<number, Set<number>>()
   for (const {pid, fds} of members) for (const {pipeId} of fds) if (pipeId !== undefined) holders.set(pipeId, (holders.get(pipeId) ?? new Set()).add(pid))
   const earlier: {pid: number; read: ReadFd}[] = []

@@ -55,7 +55,8 @@ export function inetSocketEntry(fd: FdImage, id: number): Obj {
     id, ino: Number(/^socket:\[(\d+)\]$/.exec(fd.path)?.[1] ?? 0) >>> 0, family: socket.family, type: socket.type, proto: socket.protocol,
     state: socket.listening ? TCP_LISTEN : socket.peer ? TCP_ESTABLISHED : TCP_CLOSE,
     src_port: local.port, dst_port: peer.port, flags: fd.flags >>> 0, backlog: (socket.backlog ?? 0) >>> 0,
-    src_addr: local.words, dst_addr: peer.words, fown: fown(),
+    // CRIU's restore wants both addresses of the family's length: an unconnected socket's peer is all zeros.
+    src_addr: local.words, dst_addr: peer.words.length > 0 ? peer.words : local.words.map(() => 0), fown: fown(),
     opts: {
       so_sndbuf: buffer(SO.SNDBUF), so_rcvbuf: buffer(SO.RCVBUF), so_snd_tmo_sec: str64(0n), so_snd_tmo_usec: str64(0n), so_rcv_tmo_sec: str64(0n), so_rcv_tmo_usec: str64(0n),
       reuseaddr: Boolean(option(SOL_SOCKET, SO.REUSEADDR)), so_reuseport: Boolean(option(SOL_SOCKET, SO.REUSEPORT)), so_keepalive: Boolean(option(SOL_SOCKET, SO.KEEPALIVE)),

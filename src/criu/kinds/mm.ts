@@ -3,13 +3,15 @@
  * saved auxv. CRIU 4.1+ writes [vvar] + [vvar_vclock] as one VMA_AREA_VVAR entry; so does
  * cxlfork, and the reader splits it back.
  */
+import {existsSync} from 'node:fs'
+
 import {UnsupportedError} from '../../errors.js'
 import {type ProcessImage, type VmaImage, type VmaKind} from '../../image/process-image.js'
 import {PAGE_SIZE} from '../../sys/page.js'
 import {MAP, O, PROT} from '../../sys/syscall.js'
 import {type Vma, readMaps} from '../../sys/proc.js'
 import {
-  AT_VECTOR_SIZE, UNSUPPORTED_VMA_BITS, VMA_ANON_PRIVATE, VMA_AREA_HEAP, VMA_AREA_REGULAR, VMA_AREA_STACK, VMA_AREA_VDSO, VMA_AREA_VSYSCALL,
+  AT_VECTOR_SIZE, UNSUPPORTED_VMA_BITS, VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_HEAP, VMA_AREA_REGULAR, VMA_AREA_STACK, VMA_AREA_VDSO, VMA_AREA_VSYSCALL,
   VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
 } from '../constants.js'
 import {encodeMessage, readImage} from '../image-file.js'
@@ -19,6 +21,15 @@ import type {FileTable} from './files.js'
 
 // ---- writing ----
 
+/**
+ * The shmid CRIU names a shared anonymous object by (its shmem inode), from the model's
+ * object id ("major:minor:inode" as captured, or the inode alone as read from a set).
+ */
+export function shmemId(sharedId: string): number | undefined {
+  const inode = Number(sharedId.split(':').pop())
+  return Number.isSafeInteger(inode) && inode > 0 ? inode : undefined
+}
+
 function vmaStatus(vma: VmaImage, index: number): number {
   const where = `VMA ${index} (${vma.start.toString(16)}-${vma.end.toString(16)}, ${vma.kind})`
   switch (vma.kind) {
@@ -26,8 +37,10 @@ function vmaStatus(vma: VmaImage, index: number): number {
     case 'heap':
     case 'stack':
       if (vma.flags & MAP.SHARED) {
-        throw new UnsupportedError('CRIU_SHARED_ANON', `${where} is shared anonymous memory, which the CRIU-format path does not write`,
-          'CRIU keeps shared anonymous memory in pagemap-shmem images; use the pool path (`cxlfork checkpoint`) for this process.')
+        // Its object's pages go into pagemap-shmem-SHMID.img (shmemId); without an object the model has no contents for it.
+        if (vma.sharedId !== undefined && shmemId(vma.sharedId) !== undefined) return VMA_AREA_REGULAR | VMA_ANON_SHARED
+        throw new UnsupportedError('CRIU_SHARED_ANON', `${where} is shared anonymous memory whose object this image does not identify, which the CRIU-format path cannot write`,
+          'Checkpoint the process again (the capture records each shared object), or use the pool path (`cxlfork checkpoint`).')
       }
       return VMA_AREA_REGULAR | VMA_ANON_PRIVATE | (vma.kind === 'heap' ? VMA_AREA_HEAP : 0) | (vma.kind === 'stack' ? VMA_AREA_STACK : 0)
     case 'file':
@@ -54,7 +67,7 @@ export function writeMm(put: PutImage, image: ProcessImage, fileBase = 1): void 
   const vmas = image.vmas.map((vma, i) => {
     const entry: Obj = {
       start: str64(u64(vma.start)), end: str64(u64(vma.end)), pgoff: str64(u64(vma.offset)),
-      shmid: str64(vma.kind === 'file' ? BigInt(fileIdFor(image, vma.fileIndex, `VMA ${i}`, fileBase)) : 0n),
+      shmid: str64(vma.kind === 'file' ? BigInt(fileIdFor(image, vma.fileIndex, `VMA ${i}`, fileBase)) : vma.sharedId !== undefined && vma.flags & MAP.SHARED ? BigInt(shmemId(vma.sharedId) ?? 0) : 0n),
       prot: vma.prot >>> 0, flags: vma.flags >>> 0, status: vmaStatus(vma, i) >>> 0, fd: str64(-1n),
     }
     if (vma.kind === 'file') entry['fdflags'] = vma.flags & MAP.SHARED && vma.prot & PROT.WRITE ? O.RDWR : 0
@@ -132,6 +145,18 @@ function bitsToList(bits: bigint): number[] {
   return out
 }
 
+/**
+ * The shmid of the memfd a VMA_AREA_MEMFD VMA maps (its files.img id), if that memfd is
+ * shared anonymous memory (an inode named /dev/zero in memfd.img); undefined for a real memfd.
+ */
+function anonymousShmemOf(at: ImagePath, table: FileTable, id: number): number | undefined {
+  const file = table.entries.get(id)
+  if (!file || !has(file, 'memfd') || !existsSync(at('memfd.img'))) return undefined
+  const inodeId = BigInt(file['memfd']['inode_id'])
+  const inode = readImage<Msg>(at('memfd.img'), 'memfd').find((candidate) => big(candidate['inode_id']) === inodeId)
+  return inode && inode['name'] === '/dev/zero' ? inode['shmid'] as number : undefined
+}
+
 export interface MmRead {
   mm: Msg
   vmas: VmaImage[]
@@ -160,8 +185,10 @@ export function readMm(at: ImagePath, pid: number, table: FileTable, ours: boole
       throw corrupt(`mm-${pid}.img: ${where} is empty, unaligned or out of order`)
     }
     previousEnd = end
+    // CRIU 4.x dumps shared anonymous memory as a memfd-backed mapping of "/dev/zero": that one is ours to read.
+    const anonShmid = status & VMA_AREA_MEMFD ? anonymousShmemOf(at, table, Number(big(entry['shmid']))) : undefined
     for (const [bit, name] of UNSUPPORTED_VMA_BITS) {
-      if (status & bit) throw new UnsupportedError('CRIU_VMA_UNSUPPORTED', `mm-${pid}.img: ${where} is ${name}, which the CRIU-format path does not restore`, 'Dump a process without such mappings, or use the pool path.')
+      if (status & bit && !(bit === VMA_AREA_MEMFD && anonShmid !== undefined)) throw new UnsupportedError('CRIU_VMA_UNSUPPORTED', `mm-${pid}.img: ${where} is ${name}, which the CRIU-format path does not restore`, 'Dump a process without such mappings, or use the pool path.')
     }
     const flags = (entry['flags'] as number) >>> 0
     let kind: VmaKind
@@ -169,7 +196,9 @@ export function readMm(at: ImagePath, pid: number, table: FileTable, ours: boole
     else if (!(status & VMA_AREA_REGULAR)) throw new UnsupportedError('CRIU_VMA_UNSUPPORTED', `mm-${pid}.img: ${where} is not VMA_AREA_REGULAR and of no known kind`, 'Dump the process again.')
     else if (status & VMA_AREA_VDSO) kind = 'vdso'
     else if (status & VMA_AREA_VVAR) kind = previous && previous.status & VMA_AREA_VVAR && previous.end === start ? 'vvar_vclock' : 'vvar'
+    else if (anonShmid !== undefined) kind = 'anon'
     else if (status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)) kind = 'file'
+    else if (status & VMA_ANON_SHARED) kind = 'anon'
     else if (status & VMA_ANON_PRIVATE) {
       if (status & VMA_AREA_HEAP) kind = 'heap'
       else if (status & VMA_AREA_STACK || (!ours && (flags & MAP.GROWSDOWN || (startStack >= start && startStack < end)))) kind = 'stack'
@@ -177,7 +206,13 @@ export function readMm(at: ImagePath, pid: number, table: FileTable, ours: boole
     } else throw new UnsupportedError('CRIU_VMA_UNSUPPORTED', `mm-${pid}.img: ${where} has no known memory kind`, 'Dump the process again.')
     previous = {status, end}
     const vma: VmaImage = {start, end, prot: entry['prot'] >>> 0, flags, offset: u64(big(entry['pgoff'])), kind}
-    if (kind === 'file') vma.fileIndex = table.fileIndexOf(Number(big(entry['shmid'])), `mm-${pid}.img ${where}`)
+    if (kind === 'file' && anonShmid === undefined) vma.fileIndex = table.fileIndexOf(Number(big(entry['shmid'])), `mm-${pid}.img ${where}`)
+    // Shared anonymous memory: the object pagemap-shmem-SHMID.img holds, named by its shmid.
+    if (status & VMA_ANON_SHARED) vma.sharedId = String(big(entry['shmid']))
+    if (anonShmid !== undefined) {
+      vma.sharedId = String(anonShmid)
+      vma.flags |= MAP.ANONYMOUS
+    }
     if (has(entry, 'madv')) vma.advice = bitsToList(u64(big(entry['madv'])))
     if (kind === 'vvar') {
       // CRIU merges adjacent vvar areas into one VMA_AREA_VVAR entry (criu/proc_parse.c, since
