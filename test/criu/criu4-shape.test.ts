@@ -24,7 +24,7 @@ import {expectError} from '../helpers/errors.js'
 import {SYS} from '../../src/sys/syscall.js'
 import {killChild} from '../helpers/fixtures.js'
 import {waitInSyscall} from '../sys/helpers.js'
-import {captureFromProc, procMemSource} from './proc-capture.js'
+import {captureLive} from './live-capture.js'
 import {ScratchDirs} from './scratch.js'
 
 type Obj = Record<string, any>
@@ -73,15 +73,13 @@ describe('criu image set shaped like CRIU 4.x writes it', function () {
     // Captured once it has started and parked in its sleep, not while exec'ing.
     waitInSyscall(pid, [SYS.nanosleep, SYS.clock_nanosleep])
     process.kill(pid, 'SIGSTOP')
-    image = captureFromProc(pid)
-    const heap = image.vmas.find((v) => v.kind === 'heap')
-    image.mm.brk = heap ? heap.end : image.mm.startBrk
+    const capture = captureLive(pid)
+    image = capture.image
     const own = tempDir()
-    const source = procMemSource(pid)
     try {
-      await writeCriuImages(own, image, source, {freezingTime: 1, frozenTime: 2, memdumpTime: 3, memwriteTime: 4, pagesScanned: 5, pagesWritten: 6})
+      await writeCriuImages(own, image, capture.pages, {freezingTime: 1, frozenTime: 2, memdumpTime: 3, memwriteTime: 4, pagesScanned: 5, pagesWritten: 6})
     } finally {
-      source.close()
+      capture.close()
     }
     // Reshape into CRIU 4.x's form.
     dir = own

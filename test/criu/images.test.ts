@@ -1,6 +1,6 @@
 import {strict as assert} from 'node:assert'
 import {type ChildProcess, execFileSync, spawn, spawnSync} from 'node:child_process'
-import {readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync} from 'node:fs'
+import {existsSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {CorruptError, NotFoundError, UnsupportedError} from '../../src/errors.js'
@@ -10,13 +10,15 @@ import {decodeMessage, encodeMessage, frameImage, IMG_COMMON_MAGIC, readImage, r
 import {
   type DumpStats, PE_LAZY, PE_PARENT, PE_PRESENT, readCriuImages, VMA_AREA_REGULAR, VMA_ANON_PRIVATE, writeCriuImages, writeRestoreStats,
 } from '../../src/criu/images.js'
+import {criuRestartRegs} from '../../src/criu/kinds/core.js'
 import {str64} from '../../src/criu/values.js'
 import {fpregsToXstate, xstateToFpregs} from '../../src/criu/xsave.js'
 import {AMD_LAYOUT, INTEL_LAYOUT, layoutFromTable} from '../../src/cpu/xsave-layout.js'
 import {translateXstate} from '../../src/cpu/xsave-translate.js'
 import {expectError} from '../helpers/errors.js'
 import {killChild} from '../helpers/fixtures.js'
-import {captureFromProc, parseMaps, procMemSource, syntheticXstate} from './proc-capture.js'
+import {captureLive, type LiveCapture} from './live-capture.js'
+import {parseMaps, syntheticXstate} from './proc-helpers.js'
 import {ScratchDirs} from './scratch.js'
 import {componentOf, xsaveBuffer} from '../cpu/buffers.js'
 
@@ -39,6 +41,9 @@ describe('criu image set (real process)', function () {
   let image: ProcessImage
   let dir: string
   let written: {files: string[]; bytes: number}
+  let capture: LiveCapture
+  /** The snapshot's pages, as the writer's page source (the capture stays open for the suite). */
+  const snapshotPages = () => ({read: capture.pages.read, close: () => undefined})
   const stats: DumpStats = {freezingTime: 120, frozenTime: 4500, memdumpTime: 3000, memwriteTime: 900, pagesScanned: 5000, pagesWritten: 2100}
   const scratch = new ScratchDirs('cxlfork-criu-test-')
   const tempDir = () => scratch.make()
@@ -47,27 +52,29 @@ describe('criu image set (real process)', function () {
 
   before(async function () {
     const script = [
-      'import time, os',
+      'import time, os, sys',
       'data = bytearray(8 << 20)',
       'for i in range(0, len(data), 4096): data[i] = (i // 4096) % 251 + 1',
       'log = open("/etc/hostname", "rb"); log.read(3)',
       'd = os.open("/tmp", os.O_RDONLY | os.O_DIRECTORY)',
       'r, w = os.pipe()',
-      'print("ready", flush=True)',
+      'open(sys.argv[1], "w").close()',
       'time.sleep(600)',
     ].join('\n')
-    child = spawn('python3', ['-c', script], {stdio: ['ignore', 'pipe', 'inherit']})
+    // stdio /dev/null and readiness in a file: a pipe from Node would be a socketpair end outside the process.
+    const ready = join(tempDir(), 'ready')
+    child = spawn('python3', ['-c', script, ready], {stdio: 'ignore'})
     pid = child.pid!
-    await new Promise<void>((resolve, reject) => {
-      child.stdout!.on('data', (chunk: Buffer) => chunk.toString().includes('ready') && resolve())
-      child.on('exit', (code) => reject(new Error(`python3 exited early (${code})`)))
-    })
+    const deadline = Date.now() + 30_000
+    while (!existsSync(ready)) {
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`python3 did not get ready (exit ${child.exitCode})`)
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
     process.kill(pid, 'SIGSTOP')
-    image = captureFromProc(pid)
-    const heap = image.vmas.find((v) => v.kind === 'heap')
-    image.mm.brk = heap ? heap.end : image.mm.startBrk
+    capture = captureLive(pid)
+    image = capture.image
     dir = tempDir()
-    const source = procMemSource(pid)
+    const source = snapshotPages()
     try {
       // A small chunk forces split runs and many flushes.
       // modeOf as `criu dump` gives it: a character device's or directory's whole st_mode.
@@ -78,6 +85,7 @@ describe('criu image set (real process)', function () {
   })
 
   after(async function () {
+    capture?.close()
     await killChild(child)
     scratch.removeAll()
   })
@@ -92,7 +100,8 @@ describe('criu image set (real process)', function () {
 
   it('writes the image files CRIU writes, and pages-1.img holds every page', function () {
     const names = written.files.map((file) => file.slice(dir.length + 1)).sort()
-    assert.deepEqual(names, ['core-' + pid, 'fdinfo-2', 'files', 'fs-' + pid, 'ids-' + pid, 'inventory', 'mm-' + pid, 'pagemap-' + pid, 'pages-1', 'pstree', 'stats-dump']
+    // pipes-data: the process holds both ends of a pipe (the image kind is written with its pipes).
+    assert.deepEqual(names, ['core-' + pid, 'fdinfo-2', 'files', 'fs-' + pid, 'ids-' + pid, 'inventory', 'mm-' + pid, 'pagemap-' + pid, 'pages-1', 'pipes-data', 'pstree', 'stats-dump']
       .map((n) => n + '.img').sort())
     assert.equal(statSync(join(dir, 'pages-1.img')).size, totalPages(image.pageRuns) * PAGE_SIZE)
     const total = readdirSync(dir).reduce((sum, name) => sum + statSync(join(dir, name)).size, 0)
@@ -130,7 +139,7 @@ describe('criu image set (real process)', function () {
 
       const core = parseJson(crit('decode', '-i', join(dir, `core-${pid}.img`), '--pretty')).entries[0]
       assert.equal(core.mtype, 'X86_64')
-      assert.equal(core.thread_info.gpregs.ip, '0x401000')
+      assert.equal(core.thread_info.gpregs.ip, '0x' + criuRestartRegs(image.threads[0]!.regs).rip.toString(16))
       assert.equal(core.thread_info.gpregs.cs, '0x33')
       assert.equal(core.thread_info.fpregs.xsave.ymmh_space.length, 64)
       assert.equal(core.tc.comm, image.task.comm)
@@ -185,7 +194,7 @@ describe('criu image set (real process)', function () {
     assert.equal(set.pagemap.length, image.pageRuns.length)
     assert.ok(set.pagemap.every((e) => e.flags === PE_PRESENT))
     const pages = readFileSync(set.pagesPath)
-    const source = procMemSource(pid)
+    const source = snapshotPages()
     try {
       image.pageRuns.forEach((run, i) => {
         const expected = new Uint8Array(run.nrPages * PAGE_SIZE)
@@ -223,7 +232,8 @@ describe('criu image set (real process)', function () {
     assert.deepEqual(set.image.vmas.map((v) => [v.start, v.end, v.kind, v.prot, v.flags]), image.vmas.map((v) => [v.start, v.end, v.kind, v.prot, v.flags]))
     assert.deepEqual(set.image.vmas.map((v) => v.fileIndex === undefined ? undefined : set.image.files[v.fileIndex]!.path),
       image.vmas.map((v) => v.fileIndex === undefined ? undefined : image.files[v.fileIndex]!.path))
-    assert.deepEqual(set.image.threads[0]!.regs, image.threads[0]!.regs)
+    // Without cxlfork's exact registers, the thread stopped in its sleep comes back as CRIU stores it: set up to restart.
+    assert.deepEqual(set.image.threads[0]!.regs, criuRestartRegs(image.threads[0]!.regs))
     // crit keeps the legacy padding words, so the xstate named parts and sw bytes survive; AVX-512 parts are CRIU fields too.
     const xstate = set.image.threads[0]!.xstate
     assert.ok(Buffer.from(xstate.subarray(0, 512)).equals(Buffer.from(image.threads[0]!.xstate.subarray(0, 512))))
@@ -244,7 +254,7 @@ describe('criu image set (real process)', function () {
     const stopped = {...leader, regs: {...leader.regs, rax: BigInt.asUintN(64, -514n), orig_rax: 230n, rip: 0x401002n}}
     const auxv = [...image.mm.auxv.slice(0, -2), 33n, 0x7ff000n, 51n, 0x1000n, 0n, 0n] // longer than CRIU's 44 words
     const changed: ProcessImage = {...image, threads: [stopped], mm: {...image.mm, auxv}}
-    const source = procMemSource(pid)
+    const source = snapshotPages()
     try {
       await writeCriuImages(out, changed, source, undefined, {vdsoPages: true, modeOf: (path) => statSync(path).mode})
     } finally {
@@ -267,7 +277,10 @@ describe('criu image set (real process)', function () {
 
   it('writes one core image per thread and reads the threads back in order', async function () {
     const out = tempDir()
-    const second = {...image.threads[0]!, tid: pid + 100000, xstate: syntheticXstate(9).subarray(0, 2688), altStack: {sp: 0x7f0000100000n, flags: 0, size: 65536n}}
+    // A second thread of the same CPU state layout, its XMM registers made different.
+    const xstate = image.threads[0]!.xstate.slice()
+    xstate.set(syntheticXstate(9).subarray(160, 416), 160)
+    const second = {...image.threads[0]!, tid: pid + 100000, xstate, altStack: {sp: 0x7f0000100000n, flags: 0, size: 65536n}}
     delete (second as {rseq?: unknown}).rseq
     const threaded: ProcessImage = {...image, threads: [image.threads[0]!, second], pageRuns: []}
     const result = await writeCriuImages(out, threaded, {read: () => assert.fail('no pages to read')})

@@ -9,7 +9,7 @@
 import {strict as assert} from 'node:assert'
 import {type ChildProcess, spawn} from 'node:child_process'
 import {createRequire} from 'node:module'
-import {readdirSync, statSync} from 'node:fs'
+import {existsSync, readdirSync, rmSync, statSync} from 'node:fs'
 import {join} from 'node:path'
 import type * as Protobuf from 'protobufjs'
 
@@ -19,17 +19,19 @@ import {writeCriuImages} from '../../src/criu/images.js'
 import {projectRoot} from '../../src/paths.js'
 import {expectError} from '../helpers/errors.js'
 import {killChild} from '../helpers/fixtures.js'
-import {captureFromProc, procMemSource} from './proc-capture.js'
+import {captureLive} from './live-capture.js'
 import {ScratchDirs} from './scratch.js'
 
 type Obj = Record<string, any>
 
 const protobuf = createRequire(import.meta.url)('protobufjs') as typeof Protobuf
-const PROTO_FILES = ['inventory.proto', 'core.proto', 'mm.proto', 'pagemap.proto', 'fdinfo.proto', 'fs.proto', 'pstree.proto', 'stats.proto', 'creds.proto', 'remap-file-path.proto']
+// Every .proto of the image kinds: a kind added later is compared too.
+const PROTO_DIR = join(projectRoot(), 'src/criu/proto')
+const PROTO_FILES = readdirSync(PROTO_DIR).filter((file) => file.endsWith('.proto')).sort()
 
 function referenceRoot(): Protobuf.Root {
   const root = new protobuf.Root()
-  root.loadSync(PROTO_FILES.map((file) => join(projectRoot(), 'src/criu/proto', file)), {keepCase: true})
+  root.loadSync(PROTO_FILES.map((file) => join(PROTO_DIR, file)), {keepCase: true})
   root.resolveAll()
   return root
 }
@@ -84,20 +86,23 @@ describe('criu protobuf codec: the same schema, values and bytes as protobufjs',
     let dir: string
 
     before(async function () {
-      child = spawn('python3', ['-c', 'import time, os\nd = os.open("/tmp", os.O_RDONLY | os.O_DIRECTORY)\nprint("ready", flush=True)\ntime.sleep(600)'], {stdio: ['ignore', 'pipe', 'inherit']})
-      await new Promise<void>((resolve, reject) => {
-        child.stdout!.on('data', (chunk: Buffer) => chunk.toString().includes('ready') && resolve())
-        child.on('exit', (code) => reject(new Error(`python3 exited early (${code})`)))
-      })
-      process.kill(child.pid!, 'SIGSTOP')
-      const image = captureFromProc(child.pid!)
+      // stdio /dev/null and readiness in a file: a pipe from Node would be a socketpair end outside the process.
       dir = scratch.make()
-      const source = procMemSource(child.pid!)
+      const ready = join(dir, 'ready')
+      child = spawn('python3', ['-c', 'import time, os, sys\nd = os.open("/tmp", os.O_RDONLY | os.O_DIRECTORY)\nopen(sys.argv[1], "w").close()\ntime.sleep(600)', ready], {stdio: 'ignore'})
+      const deadline = Date.now() + 30_000
+      while (!existsSync(ready)) {
+        if (child.exitCode !== null || Date.now() > deadline) throw new Error(`python3 did not get ready (exit ${child.exitCode})`)
+        await new Promise((resolve) => setTimeout(resolve, 10))
+      }
+      rmSync(ready)
+      process.kill(child.pid!, 'SIGSTOP')
+      const capture = captureLive(child.pid!)
       try {
-        await writeCriuImages(dir, image, source, {freezingTime: 1, frozenTime: 2, memdumpTime: 3, memwriteTime: 4, pagesScanned: 5, pagesWritten: 6},
+        await writeCriuImages(dir, capture.image, capture.pages, {freezingTime: 1, frozenTime: 2, memdumpTime: 3, memwriteTime: 4, pagesScanned: 5, pagesWritten: 6},
           {vdsoPages: true, modeOf: (path) => statSync(path).mode})
       } finally {
-        source.close()
+        capture.close()
       }
     })
 

@@ -35,7 +35,7 @@ const EINTR = 4n
  * block does not survive. CRIU's restore resumes a thread with these registers as they are:
  * left raw, the process would see -ERESTART* (e.g. errno 514 from a sleep).
  */
-function criuRestartRegs(regs: UserRegs): UserRegs {
+export function criuRestartRegs(regs: UserRegs): UserRegs {
   if (BigInt.asIntN(64, regs.orig_rax) < 0n) return regs
   const ax = BigInt.asIntN(64, regs.rax)
   if (ax === -ERESTARTSYS || ax === -ERESTARTNOINTR || ax === -ERESTARTNOHAND) return {...regs, rax: regs.orig_rax, rip: u64(regs.rip - 2n)}

@@ -77,7 +77,7 @@ export class FileImagesWriter {
       const id = this.nextId++
       this.files.push({type: FD_TYPE_REG, id, reg: {
         id, flags: 0, pos: str64(0n), fown: fown(), name: file.path, size: str64(u64(file.size)), mode: file.mode >>> 0,
-        cxlfork: {file_index: i, device: file.device, inode: str64(u64(file.inode)), mtime_ns: str64(BigInt.asIntN(64, file.mtimeNs)), ...(root ? {} : {pid})},
+        cxlfork: {file_index: i, device: file.device, inode: str64(u64(file.inode)), mtime_ns: str64(BigInt.asIntN(64, file.mtimeNs)), ...(file.ctimeNs === undefined ? {} : {ctime_ns: str64(BigInt.asIntN(64, file.ctimeNs))}), ...(root ? {} : {pid})},
       }})
     })
     const fds = [...image.fds].sort((a, b) => a.fd - b.fd)
@@ -259,6 +259,7 @@ export class FileTable {
         this.files[index] = {
           path: reg['name'], device: fileExt['device'], inode: u64(big(fileExt['inode'])), size: has(reg, 'size') ? u64(big(reg['size'])) : 0n,
           mtimeNs: big(fileExt['mtime_ns']), mode: has(reg, 'mode') ? reg['mode'] : 0,
+          ...(has(fileExt, 'ctime_ns') ? {ctimeNs: big(fileExt['ctime_ns'])} : {}),
         }
       }
       return index
