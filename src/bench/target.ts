@@ -88,6 +88,20 @@ class Assembler {
   }
 }
 
+/** mmap(NULL, size, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) into rax; jumps to `fail` on an error. */
+function emitAnonMmap(a: Assembler, size: bigint): void {
+  a.emit(0x31, 0xff) //                          xor  edi, edi
+  a.emit(0x48, 0xbe).imm64(size) //              mov  rsi, size
+  a.emit(0xba).imm32(3) //                       mov  edx, 3
+  a.emit(0x41, 0xba).imm32(0x22) //              mov  r10d, 0x22
+  a.emit(0x49, 0xc7, 0xc0).imm32(-1) //          mov  r8, -1
+  a.emit(0x45, 0x31, 0xc9) //                    xor  r9d, r9d
+  a.emit(0xb8).imm32(9) //                       mov  eax, SYS_mmap
+  a.emit(0x0f, 0x05) //                          syscall
+  a.emit(0x48, 0x3d).imm32(-4095) //             cmp  rax, -4095
+  a.emit(0x0f, 0x83).rel32('fail') //            jae  fail
+}
+
 /**
  * Machine code of the target for `size` bytes and `threads` threads or `processes` processes; the region is
  * madvised MADV_HUGEPAGE or MADV_NOHUGEPAGE, so THP use does not depend on the system default.
@@ -98,17 +112,7 @@ export function targetCode(size: number, hugePages: boolean, threads = 1, proces
   // fork() copies only the calling thread: a multi-threaded tree would be a different program from the one asked for.
   if (threads > 1 && processes > 1) throw new RangeError('a target has either more threads or more processes, not both')
   const a = new Assembler()
-  // mmap(NULL, size, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0)
-  a.emit(0x31, 0xff) //                          xor  edi, edi
-  a.emit(0x48, 0xbe).imm64(BigInt(size)) //      mov  rsi, size
-  a.emit(0xba).imm32(3) //                       mov  edx, 3
-  a.emit(0x41, 0xba).imm32(0x22) //              mov  r10d, 0x22
-  a.emit(0x49, 0xc7, 0xc0).imm32(-1) //          mov  r8, -1
-  a.emit(0x45, 0x31, 0xc9) //                    xor  r9d, r9d
-  a.emit(0xb8).imm32(9) //                       mov  eax, SYS_mmap
-  a.emit(0x0f, 0x05) //                          syscall
-  a.emit(0x48, 0x3d).imm32(-4095) //             cmp  rax, -4095
-  a.emit(0x0f, 0x83).rel32('fail') //            jae  fail
+  emitAnonMmap(a, BigInt(size))
   a.emit(0x49, 0x89, 0xc7) //                    mov  r15, rax        ; base
   // madvise(base, size, MADV_HUGEPAGE or MADV_NOHUGEPAGE); rsi still holds size (syscall clobbers rax, rcx, r11 only)
   a.emit(0x48, 0x89, 0xc7) //                    mov  rdi, rax
@@ -161,16 +165,7 @@ function emitThreadSpawn(a: Assembler, extra: number): void {
   // mmap(NULL, 64 KiB, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0). No MAP_STACK: since
   // Linux 6.7 it implies VM_NOHUGEPAGE, and the stacks could then merge with a MADV_NOHUGEPAGE region
   // placed right above them into one VMA, which would no longer be exactly SIZE bytes.
-  a.emit(0x31, 0xff) //                          xor  edi, edi
-  a.emit(0xbe).imm32(THREAD_STACK_SIZE) //       mov  esi, 0x10000
-  a.emit(0xba).imm32(3) //                       mov  edx, 3
-  a.emit(0x41, 0xba).imm32(0x22) //              mov  r10d, 0x22
-  a.emit(0x49, 0xc7, 0xc0).imm32(-1) //          mov  r8, -1
-  a.emit(0x45, 0x31, 0xc9) //                    xor  r9d, r9d
-  a.emit(0xb8).imm32(9) //                       mov  eax, SYS_mmap
-  a.emit(0x0f, 0x05) //                          syscall
-  a.emit(0x48, 0x3d).imm32(-4095) //             cmp  rax, -4095
-  a.emit(0x0f, 0x83).rel32('fail') //            jae  fail
+  emitAnonMmap(a, BigInt(THREAD_STACK_SIZE))
   // clone(flags, newsp = stack top, parent_tid = NULL, child_tid = NULL, tls = 0)
   a.emit(0x48, 0x8d, 0xb0).imm32(THREAD_STACK_SIZE) // lea rsi, [rax + 0x10000]
   a.emit(0xbf).imm32(CLONE_THREAD_FLAGS) //      mov  edi, flags

@@ -98,37 +98,16 @@ export class Instance {
   /** Spawn the function's program: fds 0-2 new pipes to us, a session of its own, SIGKILL at our death. */
   static cold(fn: string, argv: readonly string[], cwd: string): Instance {
     const program = resolveProgram(argv[0]!, cwd)
-    const pipes = [pipe2(), pipe2(), pipe2()] as const
     const spawnArgv = SETPRIV ? [SETPRIV, '--pdeathsig', 'KILL', '--', program, ...argv.slice(1)] : [program, ...argv.slice(1)]
-    let pid: number
-    try {
-      pid = posixSpawn({path: spawnArgv[0]!, argv: SETPRIV ? spawnArgv : [argv[0]!, ...argv.slice(1)], env: process.env as Record<string, string>,
-        fds: [pipes[0][0], pipes[1][1], pipes[2][1]], cwd, setsid: true})
-    } catch (error) {
-      for (const pair of pipes) for (const fd of pair) close(fd)
-      throw error
-    }
-    close(pipes[0][0])
-    close(pipes[1][1])
-    close(pipes[2][1])
-    return new Instance(fn, pid, 'cold', {stdin: pipes[0][1], stdout: pipes[1][0], stderr: pipes[2][0]}, undefined)
+    const {result: pid, ours} = withStdioPipes((childFds) => posixSpawn({path: spawnArgv[0]!, argv: SETPRIV ? spawnArgv : [argv[0]!, ...argv.slice(1)],
+      env: process.env as Record<string, string>, fds: childFds, cwd, setsid: true}))
+    return new Instance(fn, pid, 'cold', ours, undefined)
   }
 
   /** Restore the function's checkpoint with its policy into a clone whose fds 0-2 are new pipes to us. */
   static restored(fn: string, pool: Pool, checkpoint: string, policy: FunctionPolicy): Instance {
-    const pipes = [pipe2(), pipe2(), pipe2()] as const
-    let result
-    try {
-      result = restoreFromPool(pool, {name: checkpoint, policy, wait: false, pidns: 'host', stdio: [pipes[0][0], pipes[1][1], pipes[2][1]], dieWithParent: true})
-    } catch (error) {
-      for (const pair of pipes) for (const fd of pair) close(fd)
-      throw error
-    }
-    close(pipes[0][0])
-    close(pipes[1][1])
-    close(pipes[2][1])
-    return new Instance(fn, result.pid, 'restored', {stdin: pipes[0][1], stdout: pipes[1][0], stderr: pipes[2][0]}, result.faultServerPid,
-      result.stats as unknown as Record<string, number>)
+    const {result, ours} = withStdioPipes((childFds) => restoreFromPool(pool, {name: checkpoint, policy, wait: false, pidns: 'host', stdio: childFds, dieWithParent: true}))
+    return new Instance(fn, result.pid, 'restored', ours, result.faultServerPid, result.stats as unknown as Record<string, number>)
   }
 
   private stderrNote(): string {
@@ -243,4 +222,23 @@ export class Instance {
     this.stdout.destroy()
     this.stderr.destroy()
   }
+}
+
+/**
+ * Three new pipes: `start` gets the child's ends (its fds 0, 1, 2) and makes the child;
+ * ours are kept, the child's closed here once it has them (all six on failure).
+ */
+function withStdioPipes<T>(start: (childFds: [number, number, number]) => T): {result: T; ours: {stdin: number; stdout: number; stderr: number}} {
+  const pipes = [pipe2(), pipe2(), pipe2()] as const
+  let result: T
+  try {
+    result = start([pipes[0][0], pipes[1][1], pipes[2][1]])
+  } catch (error) {
+    for (const pair of pipes) for (const fd of pair) close(fd)
+    throw error
+  }
+  close(pipes[0][0])
+  close(pipes[1][1])
+  close(pipes[2][1])
+  return {result, ours: {stdin: pipes[0][1], stdout: pipes[1][0], stderr: pipes[2][0]}}
 }
