@@ -146,15 +146,16 @@ function bitsToList(bits: bigint): number[] {
 }
 
 /**
- * The shmid of the memfd a VMA_AREA_MEMFD VMA maps (its files.img id), if that memfd is
- * shared anonymous memory (an inode named /dev/zero in memfd.img); undefined for a real memfd.
+ * The shmid of the memfd a VMA_AREA_MEMFD VMA maps (its files.img id): shared anonymous
+ * memory (an inode CRIU names /dev/zero) or a real memfd, whose fds name the same shmid
+ * (memfd.ts), so the mapping and the fds are one object again.
  */
-function anonymousShmemOf(at: ImagePath, table: FileTable, id: number): number | undefined {
+function memfdShmemOf(at: ImagePath, table: FileTable, id: number): number | undefined {
   const file = table.entries.get(id)
   if (!file || !has(file, 'memfd') || !existsSync(at('memfd.img'))) return undefined
   const inodeId = BigInt(file['memfd']['inode_id'])
   const inode = readImage<Msg>(at('memfd.img'), 'memfd').find((candidate) => big(candidate['inode_id']) === inodeId)
-  return inode && inode['name'] === '/dev/zero' ? inode['shmid'] as number : undefined
+  return inode ? inode['shmid'] as number : undefined
 }
 
 export interface MmRead {
@@ -185,8 +186,8 @@ export function readMm(at: ImagePath, pid: number, table: FileTable, ours: boole
       throw corrupt(`mm-${pid}.img: ${where} is empty, unaligned or out of order`)
     }
     previousEnd = end
-    // CRIU 4.x dumps shared anonymous memory as a memfd-backed mapping of "/dev/zero": that one is ours to read.
-    const anonShmid = status & VMA_AREA_MEMFD ? anonymousShmemOf(at, table, Number(big(entry['shmid']))) : undefined
+    // CRIU 4.x dumps shared anonymous memory as a memfd-backed mapping of "/dev/zero", and a memfd's mappings as mappings of it: both are shared memory objects.
+    const anonShmid = status & VMA_AREA_MEMFD ? memfdShmemOf(at, table, Number(big(entry['shmid']))) : undefined
     for (const [bit, name] of UNSUPPORTED_VMA_BITS) {
       if (status & bit && !(bit === VMA_AREA_MEMFD && anonShmid !== undefined)) throw new UnsupportedError('CRIU_VMA_UNSUPPORTED', `mm-${pid}.img: ${where} is ${name}, which the CRIU-format path does not restore`, 'Dump a process without such mappings, or use the pool path.')
     }
