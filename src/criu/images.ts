@@ -121,6 +121,7 @@ export async function writeCriuTree(dir: string, members: readonly MemberToWrite
   writePstree(put, members.map(({member, image}) => ({pid: member.pid, ppid: member.ppid, pgid: member.pgid, sid: member.sid, threads: image ? image.threads.map((thread) => thread.tid) : [member.pid]})))
   const fileImages = new FileImagesWriter(options)
   fileImages.addSharedObjects(shared)
+  fileImages.addHolders(live.map(({image}) => image))
   for (const [i, {image, pages}] of live.entries()) {
     const pagesId = PAGES_ID + i
     const runs = runsToWrite(image, options)
@@ -189,7 +190,7 @@ function writeMemberImages(image: ProcessImage, kid: number, pagesId: number, ru
   writeIds(put, image.task.pid, kid)
   // Encoded before mm-PID.img: its ids are the files'.
   const ids = fileImages.addMember(image, kid, root)
-  writeMm(put, image, ids.fileBase)
+  writeMm(put, image, ids.fileBase, (vma) => fileImages.memfdMapping(vma))
   writePagemap(put, image.task.pid, runs, pagesId)
   writeFs(put, image, ids)
 }

@@ -61,7 +61,12 @@ describe('criu-e2e: shared anonymous memory through criu dump, restore and impor
       assert.ok(((await critDecode(join(images, fdinfo))).entries as Json[]).some((entry) => entry.fd === fdNumber && entry.type === 'MEMFD'), `fd ${fdNumber} is a MEMFD in ${fdinfo}`)
       assert.ok(existsSync(join(images, `pagemap-shmem-${inode.shmid}.img`)), 'its pages in pagemap-shmem-SHMID.img')
       const vmas = (await critDecode(join(images, `mm-${pid}.img`))).entries[0].vmas as Json[]
-      assert.ok(vmas.some((vma) => String(vma.shmid) === String(inode.shmid)), 'its mapping names the same object')
+      // Its mapping as CRIU writes a memfd's: VMA_AREA_MEMFD, a shared file mapping of a MEMFD entry of the same inode.
+      const memfdEntries = ((await critDecode(join(images, 'files.img'))).entries as Json[]).filter((entry) => entry.type === 'MEMFD' && String(entry.memfd.inode_id) === String(inode.inode_id))
+      const mapping = vmas.find((vma) => (Number(vma.status) & 0x4000) !== 0)
+      assert.ok(mapping, 'a VMA_AREA_MEMFD mapping')
+      assert.equal(Number(mapping.status) & 0x80, 0x80, 'VMA_FILE_SHARED')
+      assert.ok(memfdEntries.some((entry) => String(entry.id) === String(mapping.shmid)), `the mapping names a MEMFD entry of the same inode (${mapping.shmid})`)
       const pool = poolFile('memfd')
       okJson(await cli(['criu', 'import', '--images', images, '--name', 'memfd', '--pool', pool, '--json']))
       const runs = [

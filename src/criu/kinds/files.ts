@@ -8,7 +8,7 @@
  * eventfd.ts, eventpoll.ts, timerfd.ts, signalfd.ts).
  */
 import {CorruptError, UnsupportedError} from '../../errors.js'
-import type {FdImage, FdKind, FileIdentity, ProcessImage, SocketImage} from '../../image/process-image.js'
+import type {FdImage, FdKind, FileIdentity, ProcessImage, SocketImage, VmaImage} from '../../image/process-image.js'
 import {
   FD_CLOEXEC, FD_TYPE_EVENTFD, FD_TYPE_EVENTPOLL, FD_TYPE_INETSK, FD_TYPE_MEMFD, FD_TYPE_UNIXSK, FD_TYPE_NAMES, FD_TYPE_PIPE, FD_TYPE_REG, FD_TYPE_SIGNALFD, FD_TYPE_TIMERFD, S_IFCHR, S_IFDIR, S_IFMT,
 } from '../constants.js'
@@ -70,6 +70,22 @@ export class FileImagesWriter {
   /** The set's shared memory objects (their sizes), before the members that hold them open are added. */
   addSharedObjects(objects: readonly {id: string; size?: bigint}[]): void {
     for (const object of objects) if (object.size !== undefined) this.objectSizes.set(object.id, object.size)
+  }
+
+  /** Objects some member of the set holds open as a memfd (kind shmem): their mappings are memfd mappings. */
+  private readonly heldOpen = new Set<string>()
+
+  /** Every live member's images, before any is added: which objects are held open. */
+  addHolders(images: readonly ProcessImage[]): void {
+    for (const image of images) for (const fd of image.fds) if (fd.kind === 'shmem' && fd.sharedId !== undefined) this.heldOpen.add(fd.sharedId)
+  }
+
+  /** A MEMFD entry for a mapping of an object held open (its own entry, as CRIU writes one per mapping), or undefined. */
+  memfdMapping(vma: VmaImage): number | undefined {
+    if (vma.sharedId === undefined || !this.heldOpen.has(vma.sharedId)) return undefined
+    const id = this.nextId++
+    this.files.push({type: FD_TYPE_MEMFD, id, memfd: this.memfds.mappingEntry(vma.sharedId, id)})
+    return id
   }
 
   /** The whole st_mode (type and permission bits, as CRIU records it) when modeOf knows `path` as a file of `type`; else no mode. */

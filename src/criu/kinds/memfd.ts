@@ -51,6 +51,13 @@ export class MemfdWriter {
     return {id, flags: fd.flags >>> 0, pos: str64(u64(fd.offset)), fown: fown(), inode_id: shmid}
   }
 
+  /** The memfd_file_entry a mapping of object `sharedId` names (its inode is added by the fd that holds it open). */
+  mappingEntry(sharedId: string, id: number): Obj {
+    const shmid = shmemId(sharedId)
+    if (shmid === undefined) throw corrupt(`a mapping names shared memory object ${sharedId}, which has no inode number`, 'Checkpoint the process again; this is a cxlfork bug.')
+    return {id, flags: 0, pos: str64(0n), fown: fown(), inode_id: shmid}
+  }
+
   write(put: PutImage): void {
     if (this.inodes.size === 0) return
     put('memfd.img', 'memfd', [...this.inodes.values()].map((inode) => encodeMessage('memfd_inode_entry', inode, 'memfd.img')))

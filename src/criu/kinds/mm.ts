@@ -60,11 +60,24 @@ function sameVvar(a: VmaImage, b: VmaImage): boolean {
   return a.prot === b.prot && a.flags === b.flags && a.offset === b.offset && JSON.stringify(a.advice) === JSON.stringify(b.advice)
 }
 
-/** `fileBase`: the files.img id of the member's first tracked file. */
-export function writeMm(put: PutImage, image: ProcessImage, fileBase = 1): void {
+/**
+ * `fileBase`: the files.img id of the member's first tracked file. `memfdOf`: the files.img
+ * id of a MEMFD entry for a shared VMA whose object the set holds open as a memfd; such a
+ * VMA is written as CRIU writes a memfd's mapping (VMA_AREA_MEMFD, a file mapping of that
+ * entry, without MAP_ANONYMOUS), so that CRIU's restore maps the memfd it restores too.
+ */
+export function writeMm(put: PutImage, image: ProcessImage, fileBase = 1, memfdOf?: (vma: VmaImage) => number | undefined): void {
   const pid = image.task.pid
   const {mm} = image
   const vmas = image.vmas.map((vma, i) => {
+    const memfdId = vma.flags & MAP.SHARED && vma.sharedId !== undefined ? memfdOf?.(vma) : undefined
+    if (memfdId !== undefined) {
+      return {
+        start: str64(u64(vma.start)), end: str64(u64(vma.end)), pgoff: str64(u64(vma.offset)), shmid: str64(BigInt(memfdId)),
+        prot: vma.prot >>> 0, flags: (vma.flags & ~MAP.ANONYMOUS) >>> 0, status: (VMA_AREA_REGULAR | VMA_FILE_SHARED | VMA_AREA_MEMFD) >>> 0, fd: str64(-1n),
+        fdflags: vma.prot & PROT.WRITE ? O.RDWR : 0, ...(vma.advice ? {madv: str64(vma.advice.reduce((bits, advice) => bits | (1n << BigInt(advice)), 0n))} : {}),
+      } as Obj
+    }
     const entry: Obj = {
       start: str64(u64(vma.start)), end: str64(u64(vma.end)), pgoff: str64(u64(vma.offset)),
       shmid: str64(vma.kind === 'file' ? BigInt(fileIdFor(image, vma.fileIndex, `VMA ${i}`, fileBase)) : vma.sharedId !== undefined && vma.flags & MAP.SHARED ? BigInt(shmemId(vma.sharedId) ?? 0) : 0n),
