@@ -47,6 +47,7 @@ export const FD_TYPE_EVENTFD = 6
 export const FD_TYPE_EVENTPOLL = 7
 export const FD_TYPE_SIGNALFD = 9
 export const FD_TYPE_TIMERFD = 17
+export const FD_TYPE_MEMFD = 18
 export const FD_TYPE_NAMES: Record<number, string> = {
   0: 'UND', 1: 'REG', 2: 'PIPE', 3: 'FIFO', 4: 'INETSK', 5: 'UNIXSK', 6: 'EVENTFD', 7: 'EVENTPOLL', 8: 'INOTIFY', 9: 'SIGNALFD',
   10: 'PACKETSK', 11: 'TTY', 12: 'FANOTIFY', 13: 'NETLINKSK', 14: 'NS', 15: 'TUNF', 16: 'EXT', 17: 'TIMERFD', 18: 'MEMFD', 19: 'BPFMAP', 20: 'PIDFD',

@@ -5,7 +5,7 @@
  * serialized into CRIU protobuf images and every page is copied into the
  * tasks' pages-N.img: the "CRIU over shared memory" baseline.
  */
-import {existsSync, mkdirSync, readdirSync, rmSync, statSync} from 'node:fs'
+import {closeSync, existsSync, fstatSync, mkdirSync, openSync, readdirSync, rmSync, statSync} from 'node:fs'
 import {dirname, join, resolve} from 'node:path'
 
 import {type CheckpointStats as CheckpointDumpStats} from '../checkpoint/checkpoint.js'
@@ -18,8 +18,9 @@ import {ConflictError, PermissionError, SyscallError, UnsupportedError, UsageErr
 import {type VmaImage, totalPages} from '../image/process-image.js'
 import {PAGE_SIZE} from '../sys/page.js'
 import type {CpuPlacement} from '../sys/affinity.js'
+import {SYS, syscallRaw} from '../sys/syscall.js'
 import {addressOf, vmReadv} from '../sys/vm-io.js'
-import {type MemberToWrite, type PageSource, runsToWrite, writeCriuTree} from './images.js'
+import {type MemberToWrite, type PageSource, type ShmemFdFacts, type WriteOptions, runsToWrite, writeCriuTree} from './images.js'
 
 export interface CriuDumpResult {
   pid: number
@@ -111,11 +112,35 @@ function memberPages(pid: number): PageSource {
 
 /** What the CRIU-format path does not write, in any member: refused by name before anything is touched. */
 function refuseUnwritable(pid: number, checked: PreflightResult): void {
-  const beyond = checked.fds.find(({kind}) => kind === 'fifo' || kind === 'inotify' || kind === 'ghost' || kind === 'shmem')
+  const beyond = checked.fds.find(({kind}) => kind === 'fifo' || kind === 'inotify' || kind === 'ghost')
   if (!beyond) return
-  const what = beyond.kind === 'shmem' ? 'a memfd or a deleted tmpfs file' : beyond.kind === 'fifo' ? 'a FIFO' : beyond.kind === 'ghost' ? 'a deleted file' : 'an inotify instance'
+  const what = beyond.kind === 'fifo' ? 'a FIFO' : beyond.kind === 'ghost' ? 'a deleted file' : 'an inotify instance'
   throw new UnsupportedError('CRIU_FD_TYPE', `fd ${beyond.info.fd} of process ${pid} is ${what}, which cxlfork's CRIU-format dump does not write yet`,
-    'Checkpoint it into the pool with `cxlfork checkpoint`, which restores FIFOs, inotify instances, memfds and deleted files.')
+    'Checkpoint it into the pool with `cxlfork checkpoint`, which restores FIFOs, inotify instances and deleted files.')
+}
+
+const F_GET_SEALS = 1034
+
+/**
+ * memfd.img's facts of a held shared memory object (owner, mode, size, seals), read through
+ * the fd of `pid` (the root's fork snapshot holds the root's fds as they were); undefined
+ * if it cannot be opened any more.
+ */
+function shmemFacts(pid: number, fd: number): ShmemFdFacts | undefined {
+  let opened: number
+  try {
+    opened = openSync(`/proc/${pid}/fd/${fd}`, 'r')
+  } catch {
+    return undefined
+  }
+  try {
+    const st = fstatSync(opened, {bigint: true})
+    const seals = Number(syscallRaw(SYS.fcntl, opened, F_GET_SEALS))
+    // A file that takes no seals (EINVAL): CRIU records F_SEAL_SEAL for it too.
+    return {uid: Number(st.uid), gid: Number(st.gid), mode: Number(st.mode), size: st.size, seals: seals < 0 ? 1 : seals}
+  } finally {
+    closeSync(opened)
+  }
 }
 
 export async function criuDump(request: {pid: number; images: string; kill: boolean; tree?: boolean; tcpClose?: boolean}): Promise<CriuDumpResult> {
@@ -180,7 +205,8 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
     const scanned = pagesScanned(snapshot)
     const timings = snapshot.timings
     // stats-dump.img is encoded after the pages are written: getters read the clock at that moment.
-    const options = {modeOf: hostMode, vdsoPages: true}
+    const options: WriteOptions = {modeOf: hostMode, vdsoPages: true,
+      shmemFdOf: (pid, fd) => (pid === request.pid ? shmemFacts(snapshot.snapshotPid, fd) : undefined) ?? shmemFacts(pid, fd)}
     let pagesWritten = 0
     for (const entry of toWrite) if (entry.image) pagesWritten += totalPages(runsToWrite(entry.image, options))
     const written = await writeCriuTree(dir, toWrite, {

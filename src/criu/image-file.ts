@@ -41,7 +41,7 @@ export const IMAGE_KINDS = {
   'pipes-data': {magic: 0x56453709, head: 'common', type: 'pipe_data_entry'},
   // Each sk_packet_entry record is followed by its `length` raw bytes of the packet.
   'sk-queues': {magic: 0x56264026, head: 'common', type: 'sk_packet_entry'},
-  // Read only: the inodes of memfds (and of CRIU's memfd-backed shared anonymous memory).
+  // The inodes of memfds and unlinked tmpfs files held open (and, read only, of CRIU's memfd-backed shared anonymous memory).
   memfd: {magic: 0x48453499, head: 'common', type: 'memfd_inode_entry'},
   // Read only: CRIU's record of files it dumped through a remap (unlinked files and such).
   'remap-fpath': {magic: 0x59133954, head: 'common', type: 'remap_file_path_entry'},

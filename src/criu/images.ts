@@ -27,6 +27,7 @@ import {readFs, writeFs} from './kinds/fs.js'
 import {readIds, writeIds} from './kinds/ids.js'
 import {type Inventory, readInventory, writeInventory} from './kinds/inventory.js'
 import {readMm, writeMm} from './kinds/mm.js'
+import {memfdSizeOf, readMemfdInodes} from './kinds/memfd.js'
 import {readPagemap, writePagemap} from './kinds/pagemap.js'
 import {readPipesData} from './kinds/pipes-data.js'
 import {readSkQueues} from './kinds/sk-queues.js'
@@ -39,6 +40,7 @@ import {big, has, u64} from './values.js'
 export * from './constants.js'
 export type * from './set-types.js'
 export type {CriuShmem, ShmemToWrite} from './kinds/shmem.js'
+export type {ShmemFdFacts} from './kinds/memfd.js'
 export {writeRestoreStats} from './kinds/stats.js'
 
 // ---- writing ----
@@ -118,6 +120,8 @@ export async function writeCriuTree(dir: string, members: readonly MemberToWrite
   writeInventory(put, root.image)
   writePstree(put, members.map(({member, image}) => ({pid: member.pid, ppid: member.ppid, pgid: member.pgid, sid: member.sid, threads: image ? image.threads.map((thread) => thread.tid) : [member.pid]})))
   const fileImages = new FileImagesWriter(options)
+  fileImages.addSharedObjects(shared)
+  fileImages.addHolders(live.map(({image}) => image))
   for (const [i, {image, pages}] of live.entries()) {
     const pagesId = PAGES_ID + i
     const runs = runsToWrite(image, options)
@@ -186,7 +190,7 @@ function writeMemberImages(image: ProcessImage, kid: number, pagesId: number, ru
   writeIds(put, image.task.pid, kid)
   // Encoded before mm-PID.img: its ids are the files'.
   const ids = fileImages.addMember(image, kid, root)
-  writeMm(put, image, ids.fileBase)
+  writeMm(put, image, ids.fileBase, (vma) => fileImages.memfdMapping(vma))
   writePagemap(put, image.task.pid, runs, pagesId)
   writeFs(put, image, ids)
 }
@@ -221,6 +225,7 @@ function readSet(dir: string): CriuImageSet {
   const inventory = readInventory(at)
   const tasks = readPstree(at)
   const entries = new FileEntries(at)
+  const memfdInodes = readMemfdInodes(at)
   const members: CriuMember[] = []
   const reads: {pid: number; fds: ReadFd[]}[] = []
   tasks.forEach(({entry, pid, tids}, i) => {
@@ -230,13 +235,16 @@ function readSet(dir: string): CriuImageSet {
       members.push({...shape, ...zombie})
       return
     }
-    const read = readMember(at, dir, pid, tids, inventory, new FileTable(entries, inventory.ours, i === 0 ? undefined : pid), entry)
+    const read = readMember(at, dir, pid, tids, inventory, new FileTable(entries, inventory.ours, i === 0 ? undefined : pid), entry, memfdInodes)
     reads.push({pid, fds: read.fds})
     members.push({...shape, ppid: read.image.task.ppid, ...read.stored, image: read.image})
   })
   linkDescriptors(reads, readPipesData(at), readSkQueues(at))
-  // Shared anonymous objects: each as large as the furthest any VMA of any task maps it.
+  // Shared memory objects: each as large as the furthest any VMA of any task maps it, or its memfd inode if larger.
   const sizes = new Map<string, bigint>()
+  for (const {fds} of reads) {
+    for (const {fd} of fds) if (fd.kind === 'shmem' && fd.sharedId !== undefined) sizes.set(fd.sharedId, memfdSizeOf(memfdInodes, fd.sharedId))
+  }
   for (const {image} of members) {
     for (const vma of image?.vmas ?? []) {
       if (vma.sharedId === undefined) continue
@@ -253,7 +261,7 @@ function readSet(dir: string): CriuImageSet {
 }
 
 /** One live task of a set: its model, its stored pages, and its descriptors still to be tied to the others'. */
-function readMember(at: ImagePath, dir: string, pid: number, tids: number[], {entry: inventory, ext: invExt, ours}: Inventory, table: FileTable, task: Msg): {image: ProcessImage; stored: Pick<CriuMember, 'pagemap' | 'pagesPath' | 'runOffsets'>; fds: ReadFd[]} {
+function readMember(at: ImagePath, dir: string, pid: number, tids: number[], {entry: inventory, ext: invExt, ours}: Inventory, table: FileTable, task: Msg, memfdInodes: ReadonlyMap<bigint, Msg>): {image: ProcessImage; stored: Pick<CriuMember, 'pagemap' | 'pagesPath' | 'runOffsets'>; fds: ReadFd[]} {
   const ids = readIds(at, dir, pid, inventory)
   const cores = readCores(at, pid, tids)
   const {tc, taskExt} = cores
@@ -263,7 +271,7 @@ function readMember(at: ImagePath, dir: string, pid: number, tids: number[], {en
   const {sigactions, rlimits} = readTaskLimits(cores, pid)
   const creds = readCreds(at, cores, pid)
   const fs = readFs(at, pid)
-  const fds = readFds(at, ids, table)
+  const fds = readFds(at, ids, table, memfdInodes)
   table.checkComplete()
 
   const vdsoAreas = vmas.filter((vma) => vma.kind === 'vvar' || vma.kind === 'vvar_vclock' || vma.kind === 'vdso')

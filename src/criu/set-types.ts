@@ -1,6 +1,7 @@
 /** The CRIU-format path's public types: page sources, statistics, a read image set, write options. */
 import type {TreeMember} from '../checkpoint/tree.js'
 import type {PageRun, ProcessImage} from '../image/process-image.js'
+import type {ShmemFdFacts} from './kinds/memfd.js'
 import type {CriuShmem} from './kinds/shmem.js'
 
 
@@ -88,4 +89,6 @@ export interface WriteOptions {
    * fails on a zero-filled one ("vdso: Invalid ELF magic"). The reader drops them again.
    */
   vdsoPages?: boolean
+  /** fstat and F_GET_SEALS of a held shared memory object (memfd.img's uid, gid, mode, size, seals), from the dumping host; else the owner's ids and the object's size. */
+  shmemFdOf?: (pid: number, fd: number) => ShmemFdFacts | undefined
 }

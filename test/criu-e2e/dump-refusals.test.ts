@@ -2,8 +2,9 @@
  * `criu dump` refuses what `checkpoint` refuses, with the same typed errors: a pid that
  * does not exist (exit 3), a process holding sockets checkpoint refuses (exit 5), a
  * zombie (exit 5), a process with children without --tree (exit 5); and, by name
- * (CRIU_FD_TYPE), what only the CRIU-format path does not write: sockets, FIFOs, inotify
- * instances, memfds and deleted files.
+ * (CRIU_FD_TYPE), what only the CRIU-format path does not write: FIFOs, inotify instances
+ * and deleted files (not on a tmpfs: an unlinked tmpfs file or a memfd is written as CRIU's
+ * MEMFD, test/criu-e2e/runtimes.test.ts).
  * The target is left running and intact (CHECK ok=1), no
  * image is written, and no stub or clone is left behind.
  *

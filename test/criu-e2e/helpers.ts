@@ -5,15 +5,16 @@
  * The CLI runner is test/helpers/cli.ts, shared with the restore suites.
  */
 import assert from 'node:assert/strict'
-import {execFile} from 'node:child_process'
-import {readdirSync, readFileSync, readlinkSync, rmSync} from 'node:fs'
+import {execFile, spawn} from 'node:child_process'
+import {existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync} from 'node:fs'
+import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {promisify} from 'node:util'
 
-import {type LogEvent, lastTick, procStat, readLog, trackDir, waitForTicks} from '../helpers/fixtures.js'
+import {type LogEvent, lastTick, procStat, readLog, trackDir, trackPid, waitForTicks} from '../helpers/fixtures.js'
 import {printMeasurements} from '../helpers/measurements.js'
 import {type CliResult, describeRun} from '../helpers/cli.js'
-import {comm, statusBytes} from '../restore/helpers.js'
+import {comm, statusBytes, until} from '../restore/helpers.js'
 
 const execFileP = promisify(execFile)
 
@@ -285,4 +286,69 @@ export function installSuiteHooks(title: string): void {
     removeScratch()
     printMeasurements(title)
   })
+}
+
+// A memfd of 3 pages and 100 bytes, sealed against shrinking, its fd at offset 123, mapped
+// MAP_SHARED over its 3 whole pages with a pattern. On SIGUSR1 the process checks the pattern and its
+// offset, writes through the fd and reads through the mapping and the other way round, and
+// logs its verdict under its own pid.
+export const MEMFD_PROGRAM = `
+import fcntl, mmap, os, signal, sys
+log = sys.argv[1]
+fd = os.memfd_create('cxl-arena', os.MFD_ALLOW_SEALING)
+os.ftruncate(fd, 3 * 4096 + 100)
+fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+m = mmap.mmap(fd, 3 * 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+m[0:4096] = b'A' * 4096
+m[8192:8200] = b'pattern!'
+os.lseek(fd, 123, os.SEEK_SET)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+def say(line):
+    with open(log, 'a') as out:
+        out.write(line + '\\n')
+say('ready pid=%d fd=%d' % (os.getpid(), fd))
+while True:
+    signal.sigwait({signal.SIGUSR1})
+    bad = []
+    if m[0:4096] != b'A' * 4096 or m[8192:8200] != b'pattern!': bad.append('pattern')
+    if os.lseek(fd, 0, os.SEEK_CUR) != 123: bad.append('offset')
+    os.pwrite(fd, b'ZZZZZZZZ', 8192)
+    if m[8192:8200] != b'ZZZZZZZZ': bad.append('fd-to-mapping')
+    m[100:104] = b'mmmm'
+    if os.pread(fd, 4, 100) != b'mmmm': bad.append('mapping-to-fd')
+    m[8192:8200] = b'pattern!'
+    m[100:104] = b'AAAA'
+    say('check pid=%d ok=%d bad=%s' % (os.getpid(), 0 if bad else 1, ','.join(bad)))
+`
+
+/**
+ * MEMFD_PROGRAM started (setsid, stdio /dev/null, so real CRIU takes it as a shell job):
+ * its pid, the fd of its memfd, check(pid) sends SIGUSR1 to it or to a clone and asserts
+ * that process's verdict (each process checks once), stop() kills it and removes its log.
+ */
+export async function startMemfdProgram(): Promise<{pid: number; fd: number; check(pid: number, what: string): Promise<void>; stop(): void}> {
+  const dir = mkdtempSync(join(tmpdir(), 'cxlfork-memfd-'))
+  const log = join(dir, 'log')
+  const lines = () => (existsSync(log) ? readFileSync(log, 'utf8').split('\n') : [])
+  const child = spawn('python3', ['-c', MEMFD_PROGRAM, log], {stdio: 'ignore', detached: true})
+  const pid = child.pid!
+  trackPid(pid)
+  const stop = () => {
+    child.kill('SIGKILL')
+    rmSync(dir, {recursive: true, force: true})
+  }
+  try {
+    const ready = await until(() => lines().find((line) => line.startsWith(`ready pid=${pid} `)), 'the memfd program is ready')
+    return {
+      pid, fd: Number(/fd=(\d+)/.exec(ready)![1]), stop,
+      async check(target: number, what: string): Promise<void> {
+        process.kill(target, 'SIGUSR1')
+        const line = await until(() => lines().find((candidate) => candidate.startsWith(`check pid=${target} `)), `${what} checks its memfd`)
+        assert.match(line, / ok=1 /, `${what}: ${line}`)
+      },
+    }
+  } catch (error) {
+    stop()
+    throw error
+  }
 }

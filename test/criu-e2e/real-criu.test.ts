@@ -21,7 +21,7 @@ import {join} from 'node:path'
 import {type Fixture, lastTick, procStat, processExists, readLog, requestCheck, requestExit, requestGrow, startFixture, trackPid, waitForExit, waitForLine, waitForTicks} from '../helpers/fixtures.js'
 import {allProcesses, until} from '../restore/helpers.js'
 import {wait4} from '../../src/sys/ptrace.js'
-import {assertContinues, assertOk, cli, comm, imagesDir, installSuiteHooks, note, okJson, ticksOf} from './helpers.js'
+import {assertContinues, assertOk, cli, comm, imagesDir, installSuiteHooks, note, okJson, startMemfdProgram, ticksOf} from './helpers.js'
 
 const MIN_MAJOR = 4
 
@@ -370,5 +370,22 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
     const second = await round()
     assert.equal(second.parent.fields.seen, kids.map(() => first.parent.fields.snonce).join(','), `the clone parent reads its children's writes: ${second.parent.line}`)
     assertOk(await fx.check(), 'the original tree is intact')
+  })
+
+  it('a memfd held open and mapped MAP_SHARED: real criu dump (MEMFD, memfd.img, a VMA_AREA_MEMFD mapping) -> cxlfork criu restore; in the clone the fd and the mapping are one object', async () => {
+    const program = await startMemfdProgram()
+    try {
+      const images = imagesDir('memfd-from-criu')
+      mkdirSync(images, {recursive: true})
+      const dump = spawnSync(criu.bin, ['dump', '-t', String(program.pid), '-D', images, '--shell-job', '--leave-running', '-v4', '-o', 'dump.log'], {encoding: 'utf8'})
+      assert.equal(dump.status, 0, `criu dump -t ${program.pid} failed:\n${criuErrors(images, 'dump.log')}`)
+      assert.ok(readdirSync(images).includes('memfd.img'), 'CRIU wrote memfd.img')
+      const clone = okJson(await cli(['criu', 'restore', '--images', images, '--json'])).pid as number
+      trackPid(clone)
+      await program.check(clone, 'the clone of CRIU\'s set')
+      await program.check(program.pid, 'the original')
+    } finally {
+      program.stop()
+    }
   })
 })

@@ -3,13 +3,17 @@
  * shared: 16 pages of MAP_SHARED|MAP_ANONYMOUS with a pattern): `criu dump` writes it as
  * CRIU does (a VMA_ANON_SHARED VMA naming its shmid, pagemap-shmem-SHMID.img and its
  * pages), and the clones of `criu restore` and `criu import` + restore find the pattern in
- * a shared mapping of their own. Trees sharing one object: tree.test.ts.
+ * a shared mapping of their own. Trees sharing one object: tree.test.ts. A memfd held open
+ * and mapped MAP_SHARED is written as CRIU 4.x writes it (a MEMFD files.img entry, its inode
+ * in memfd.img with name, size and seals, its pages in pagemap-shmem-SHMID.img); in every
+ * clone the fd and the mapping are one object again.
  */
 import assert from 'node:assert/strict'
-import {readFileSync, readdirSync} from 'node:fs'
+import {existsSync, readFileSync, readdirSync} from 'node:fs'
+import {join} from 'node:path'
 
 import {requestCheck, startFixture, trackPid} from '../helpers/fixtures.js'
-import {cli, imagesDir, installSuiteHooks, okJson, poolFile} from './helpers.js'
+import {type Json, cli, critDecode, imagesDir, installSuiteHooks, okJson, poolFile, startMemfdProgram} from './helpers.js'
 
 describe('criu-e2e: shared anonymous memory through criu dump, restore and import', function () {
   this.timeout(120_000)
@@ -36,5 +40,49 @@ describe('criu-e2e: shared anonymous memory through criu dump, restore and impor
       assert.notEqual(sharedLines(clone)[0]!.split(/\s+/)[4], sharedLines(fx.pid)[0]!.split(/\s+/)[4], `${what}: an object of its own, not the original's`)
     }
     assert.equal((await fx.check()).fields.ok, '1', 'the original is intact')
+  })
+
+  it('a memfd held open and mapped MAP_SHARED: written as CRIU 4.x writes it (MEMFD, memfd.img with name, size, seals; crit decodes it); in every clone of criu restore and import (mow, local) the fd and the mapping are one object', async () => {
+    const program = await startMemfdProgram()
+    try {
+      const {pid, fd: fdNumber, check} = program
+      const images = imagesDir('memfd')
+      okJson(await cli(['criu', 'dump', String(pid), '--images', images, '--json']))
+      const inodes = (await critDecode(join(images, 'memfd.img'))).entries as Json[]
+      assert.equal(inodes.length, 1)
+      const inode = inodes[0]
+      assert.equal(inode.name, 'cxl-arena')
+      assert.equal(Number(inode.size), 3 * 4096 + 100)
+      assert.equal(Number(inode.seals) & 2, 2, 'F_SEAL_SHRINK recorded')
+      const file = ((await critDecode(join(images, 'files.img'))).entries as Json[]).find((entry) => entry.type === 'MEMFD')
+      assert.equal(Number(file.memfd.pos), 123)
+      assert.equal(String(file.memfd.inode_id), String(inode.inode_id))
+      const fdinfo = readdirSync(images).find((name) => /^fdinfo-\d+\.img$/.test(name))!
+      assert.ok(((await critDecode(join(images, fdinfo))).entries as Json[]).some((entry) => entry.fd === fdNumber && entry.type === 'MEMFD'), `fd ${fdNumber} is a MEMFD in ${fdinfo}`)
+      assert.ok(existsSync(join(images, `pagemap-shmem-${inode.shmid}.img`)), 'its pages in pagemap-shmem-SHMID.img')
+      const vmas = (await critDecode(join(images, `mm-${pid}.img`))).entries[0].vmas as Json[]
+      // Its mapping as CRIU writes a memfd's: VMA_AREA_MEMFD, a shared file mapping of a MEMFD entry of the same inode.
+      const memfdEntries = ((await critDecode(join(images, 'files.img'))).entries as Json[]).filter((entry) => entry.type === 'MEMFD' && String(entry.memfd.inode_id) === String(inode.inode_id))
+      const mapping = vmas.find((vma) => (Number(vma.status) & 0x4000) !== 0)
+      assert.ok(mapping, 'a VMA_AREA_MEMFD mapping')
+      assert.equal(Number(mapping.status) & 0x80, 0x80, 'VMA_FILE_SHARED')
+      assert.ok(memfdEntries.some((entry) => String(entry.id) === String(mapping.shmid)), `the mapping names a MEMFD entry of the same inode (${mapping.shmid})`)
+      const pool = poolFile('memfd')
+      okJson(await cli(['criu', 'import', '--images', images, '--name', 'memfd', '--pool', pool, '--json']))
+      const runs = [
+        {what: 'criu restore 1', run: await cli(['criu', 'restore', '--images', images, '--json'])},
+        {what: 'criu restore 2', run: await cli(['criu', 'restore', '--images', images, '--json'])},
+        {what: 'import + restore mow', run: await cli(['restore', 'memfd', '--policy', 'mow', '--pool', pool, '--json'])},
+        {what: 'import + restore local', run: await cli(['restore', 'memfd', '--policy', 'local', '--pool', pool, '--json'])},
+      ]
+      for (const {what, run} of runs) {
+        const clone = okJson(run).pid as number
+        trackPid(clone)
+        await check(clone, what)
+      }
+      await check(pid, 'the original')
+    } finally {
+      program.stop()
+    }
   })
 })

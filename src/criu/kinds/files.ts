@@ -8,9 +8,9 @@
  * eventfd.ts, eventpoll.ts, timerfd.ts, signalfd.ts).
  */
 import {CorruptError, UnsupportedError} from '../../errors.js'
-import type {FdImage, FdKind, FileIdentity, ProcessImage, SocketImage} from '../../image/process-image.js'
+import type {FdImage, FdKind, FileIdentity, ProcessImage, SocketImage, VmaImage} from '../../image/process-image.js'
 import {
-  FD_CLOEXEC, FD_TYPE_EVENTFD, FD_TYPE_EVENTPOLL, FD_TYPE_INETSK, FD_TYPE_UNIXSK, FD_TYPE_NAMES, FD_TYPE_PIPE, FD_TYPE_REG, FD_TYPE_SIGNALFD, FD_TYPE_TIMERFD, S_IFCHR, S_IFDIR, S_IFMT,
+  FD_CLOEXEC, FD_TYPE_EVENTFD, FD_TYPE_EVENTPOLL, FD_TYPE_INETSK, FD_TYPE_MEMFD, FD_TYPE_UNIXSK, FD_TYPE_NAMES, FD_TYPE_PIPE, FD_TYPE_REG, FD_TYPE_SIGNALFD, FD_TYPE_TIMERFD, S_IFCHR, S_IFDIR, S_IFMT,
 } from '../constants.js'
 import {hostIdentity} from '../file-identity.js'
 import {encodeMessage, readImage} from '../image-file.js'
@@ -22,6 +22,7 @@ import {type ImagePath, type Msg, type Obj, type PutImage, corrupt, fileIdFor, f
 import {eventfdEntry, eventfdOf} from './eventfd.js'
 import {eventpollEntry, eventpollOf} from './eventpoll.js'
 import {inetSocketEntry, inetSocketOf} from './inetsk.js'
+import {MemfdWriter, memfdOf} from './memfd.js'
 import {type PipeData, PipesDataWriter, pipeEntry} from './pipes-data.js'
 import {SkQueuesWriter} from './sk-queues.js'
 import {socketIno, unixConnected, unixSocketEntry, unixSocketOf} from './unixsk.js'
@@ -31,7 +32,7 @@ import {timerfdEntry, timerfdOf} from './timerfd.js'
 // ---- writing ----
 
 /** The files.img kind of each model fd kind the CRIU-format path writes (others are written as regular files: directories, devices, ttys). */
-const FD_TYPES: Partial<Record<FdKind, number>> = {pipe: FD_TYPE_PIPE, eventfd: FD_TYPE_EVENTFD, epoll: FD_TYPE_EVENTPOLL, timerfd: FD_TYPE_TIMERFD, signalfd: FD_TYPE_SIGNALFD}
+const FD_TYPES: Partial<Record<FdKind, number>> = {pipe: FD_TYPE_PIPE, eventfd: FD_TYPE_EVENTFD, epoll: FD_TYPE_EVENTPOLL, timerfd: FD_TYPE_TIMERFD, signalfd: FD_TYPE_SIGNALFD, shmem: FD_TYPE_MEMFD}
 
 /** The ids a member's images use: its files.img ids start at `fileBase`; cwd and root are entries of their own. */
 export interface MemberFileIds {
@@ -41,7 +42,7 @@ export interface MemberFileIds {
 }
 
 /**
- * files.img, fdinfo-ID.img and pipes-data.img of a set, member by member (parents first).
+ * files.img, fdinfo-ID.img, pipes-data.img and memfd.img of a set, member by member (parents first).
  * Ids are global: a member's tracked files first, then one entry per open file description
  * (fds that share one, by dup or by inheritance from an earlier member, name one entry, as
  * CRIU writes them), then cwd and root.
@@ -55,6 +56,9 @@ export class FileImagesWriter {
   private readonly byFd = new Map<string, number>()
   private readonly pipes = new PipesDataWriter()
   private readonly queues = new SkQueuesWriter()
+  private readonly memfds = new MemfdWriter()
+  /** Sizes of the captured shared objects by id: a memfd inode's size when the host gives none. */
+  private readonly objectSizes = new Map<string, bigint>()
   /** Unix socket entries by `${pid}:${fd}`, to give a pair's creator its peer when the member holding the other end is added. */
   private readonly unixEntries = new Map<string, Obj>()
   /** A cross-member pair's creator (`${pid}:${fd}`) -> the other end's id and inode. */
@@ -62,6 +66,27 @@ export class FileImagesWriter {
   private readonly peerQueues: {creator: string; data: Uint8Array}[] = []
 
   constructor(private readonly options: WriteOptions) {}
+
+  /** The set's shared memory objects (their sizes), before the members that hold them open are added. */
+  addSharedObjects(objects: readonly {id: string; size?: bigint}[]): void {
+    for (const object of objects) if (object.size !== undefined) this.objectSizes.set(object.id, object.size)
+  }
+
+  /** Objects some member of the set holds open as a memfd (kind shmem): their mappings are memfd mappings. */
+  private readonly heldOpen = new Set<string>()
+
+  /** Every live member's images, before any is added: which objects are held open. */
+  addHolders(images: readonly ProcessImage[]): void {
+    for (const image of images) for (const fd of image.fds) if (fd.kind === 'shmem' && fd.sharedId !== undefined) this.heldOpen.add(fd.sharedId)
+  }
+
+  /** A MEMFD entry for a mapping of an object held open (its own entry, as CRIU writes one per mapping), or undefined. */
+  memfdMapping(vma: VmaImage): number | undefined {
+    if (vma.sharedId === undefined || !this.heldOpen.has(vma.sharedId)) return undefined
+    const id = this.nextId++
+    this.files.push({type: FD_TYPE_MEMFD, id, memfd: this.memfds.mappingEntry(vma.sharedId, id)})
+    return id
+  }
 
   /** The whole st_mode (type and permission bits, as CRIU records it) when modeOf knows `path` as a file of `type`; else no mode. */
   private setMode(reg: Obj, path: string, type: number): void {
@@ -122,6 +147,9 @@ export class FileImagesWriter {
         return {type: FD_TYPE_TIMERFD, id, tfd: timerfdEntry(fd, id)}
       case 'signalfd':
         return {type: FD_TYPE_SIGNALFD, id, sgfd: signalfdEntry(fd, id)}
+      case 'shmem':
+        return {type: FD_TYPE_MEMFD, id, memfd: this.memfds.entry(fd, id, this.options.shmemFdOf?.(pid, fd.fd),
+          fd.sharedId === undefined ? undefined : this.objectSizes.get(fd.sharedId), {uid: image.task.uid, gid: image.task.gid})}
       case 'socket':
         if (fd.socket?.family === AF.UNIX) return {type: FD_TYPE_UNIXSK, id, usk: this.unixEntry(image, fd, id)}
         if (!fd.socket) throw new CorruptError('IMAGE_INCONSISTENT', `fd ${fd.fd} of process ${pid} is a socket without its state`, 'This is a cxlfork bug.')
@@ -179,6 +207,7 @@ export class FileImagesWriter {
     for (const {kid, records} of this.fdinfos) put(`fdinfo-${kid}.img`, 'fdinfo', records)
     this.pipes.write(put)
     this.queues.write(put)
+    this.memfds.write(put)
   }
 }
 
@@ -307,7 +336,7 @@ export interface ReadFd {
 }
 
 /** One member's descriptors, from fdinfo-FILES_ID.img and the entries of files.img they name. */
-export function readFds(at: ImagePath, ids: Msg, table: FileTable): ReadFd[] {
+export function readFds(at: ImagePath, ids: Msg, table: FileTable, memfdInodes: ReadonlyMap<bigint, Msg> = new Map()): ReadFd[] {
   const out: ReadFd[] = []
   const filesId = ids['files_id'] as number
   const fdinfoName = `fdinfo-${filesId}.img`
@@ -344,6 +373,10 @@ export function readFds(at: ImagePath, ids: Msg, table: FileTable): ReadFd[] {
     } else if (type === FD_TYPE_INETSK && has(entry, 'isk')) {
       const isk = entry['isk'] as Msg
       out.push({fd: {...base('socket', `socket:[${isk['ino']}]`), ...inetSocketOf(isk, what)}, id})
+    } else if (type === FD_TYPE_MEMFD && has(entry, 'memfd')) {
+      // The object itself (its size and pages) is one of the set's shared objects (images.ts).
+      const memfd = memfdOf(entry['memfd'] as Msg, memfdInodes, what)
+      out.push({fd: {...base('shmem', memfd.name.startsWith('/') ? `${memfd.name} (deleted)` : `/memfd:${memfd.name} (deleted)`), ...memfd.fd}, id})
     } else if (type === FD_TYPE_REG && has(entry, 'reg')) {
       const reg = entry['reg'] as Msg
       table.checkRemap(id, reg['name'], what)
@@ -362,7 +395,7 @@ export function readFds(at: ImagePath, ids: Msg, table: FileTable): ReadFd[] {
       out.push({fd: fdImage, id})
     } else {
       throw new UnsupportedError('CRIU_FD_TYPE', `${what} is of type ${FD_TYPE_NAMES[type] ?? String(type)}, which the CRIU-format path does not restore`,
-        'Regular files, directories, character devices, pipes, eventfds, epoll instances, timerfds, signalfds and TCP/UDP sockets are restored; close other descriptors before dumping.')
+        'Regular files, directories, character devices, pipes, eventfds, epoll instances, timerfds, signalfds, memfds and TCP/UDP sockets are restored; close other descriptors before dumping.')
     }
   }
   return out.sort((a, b) => a.fd.fd - b.fd.fd)

@@ -60,11 +60,24 @@ function sameVvar(a: VmaImage, b: VmaImage): boolean {
   return a.prot === b.prot && a.flags === b.flags && a.offset === b.offset && JSON.stringify(a.advice) === JSON.stringify(b.advice)
 }
 
-/** `fileBase`: the files.img id of the member's first tracked file. */
-export function writeMm(put: PutImage, image: ProcessImage, fileBase = 1): void {
+/**
+ * `fileBase`: the files.img id of the member's first tracked file. `memfdOf`: the files.img
+ * id of a MEMFD entry for a shared VMA whose object the set holds open as a memfd; such a
+ * VMA is written as CRIU writes a memfd's mapping (VMA_AREA_MEMFD, a file mapping of that
+ * entry, without MAP_ANONYMOUS), so that CRIU's restore maps the memfd it restores too.
+ */
+export function writeMm(put: PutImage, image: ProcessImage, fileBase = 1, memfdOf?: (vma: VmaImage) => number | undefined): void {
   const pid = image.task.pid
   const {mm} = image
   const vmas = image.vmas.map((vma, i) => {
+    const memfdId = vma.flags & MAP.SHARED && vma.sharedId !== undefined ? memfdOf?.(vma) : undefined
+    if (memfdId !== undefined) {
+      return {
+        start: str64(u64(vma.start)), end: str64(u64(vma.end)), pgoff: str64(u64(vma.offset)), shmid: str64(BigInt(memfdId)),
+        prot: vma.prot >>> 0, flags: (vma.flags & ~MAP.ANONYMOUS) >>> 0, status: (VMA_AREA_REGULAR | VMA_FILE_SHARED | VMA_AREA_MEMFD) >>> 0, fd: str64(-1n),
+        fdflags: vma.prot & PROT.WRITE ? O.RDWR : 0, ...(vma.advice ? {madv: str64(vma.advice.reduce((bits, advice) => bits | (1n << BigInt(advice)), 0n))} : {}),
+      } as Obj
+    }
     const entry: Obj = {
       start: str64(u64(vma.start)), end: str64(u64(vma.end)), pgoff: str64(u64(vma.offset)),
       shmid: str64(vma.kind === 'file' ? BigInt(fileIdFor(image, vma.fileIndex, `VMA ${i}`, fileBase)) : vma.sharedId !== undefined && vma.flags & MAP.SHARED ? BigInt(shmemId(vma.sharedId) ?? 0) : 0n),
@@ -146,15 +159,16 @@ function bitsToList(bits: bigint): number[] {
 }
 
 /**
- * The shmid of the memfd a VMA_AREA_MEMFD VMA maps (its files.img id), if that memfd is
- * shared anonymous memory (an inode named /dev/zero in memfd.img); undefined for a real memfd.
+ * The shmid of the memfd a VMA_AREA_MEMFD VMA maps (its files.img id): shared anonymous
+ * memory (an inode CRIU names /dev/zero) or a real memfd, whose fds name the same shmid
+ * (memfd.ts), so the mapping and the fds are one object again.
  */
-function anonymousShmemOf(at: ImagePath, table: FileTable, id: number): number | undefined {
+function memfdShmemOf(at: ImagePath, table: FileTable, id: number): number | undefined {
   const file = table.entries.get(id)
   if (!file || !has(file, 'memfd') || !existsSync(at('memfd.img'))) return undefined
   const inodeId = BigInt(file['memfd']['inode_id'])
   const inode = readImage<Msg>(at('memfd.img'), 'memfd').find((candidate) => big(candidate['inode_id']) === inodeId)
-  return inode && inode['name'] === '/dev/zero' ? inode['shmid'] as number : undefined
+  return inode ? inode['shmid'] as number : undefined
 }
 
 export interface MmRead {
@@ -185,8 +199,8 @@ export function readMm(at: ImagePath, pid: number, table: FileTable, ours: boole
       throw corrupt(`mm-${pid}.img: ${where} is empty, unaligned or out of order`)
     }
     previousEnd = end
-    // CRIU 4.x dumps shared anonymous memory as a memfd-backed mapping of "/dev/zero": that one is ours to read.
-    const anonShmid = status & VMA_AREA_MEMFD ? anonymousShmemOf(at, table, Number(big(entry['shmid']))) : undefined
+    // CRIU 4.x dumps shared anonymous memory as a memfd-backed mapping of "/dev/zero", and a memfd's mappings as mappings of it: both are shared memory objects.
+    const anonShmid = status & VMA_AREA_MEMFD ? memfdShmemOf(at, table, Number(big(entry['shmid']))) : undefined
     for (const [bit, name] of UNSUPPORTED_VMA_BITS) {
       if (status & bit && !(bit === VMA_AREA_MEMFD && anonShmid !== undefined)) throw new UnsupportedError('CRIU_VMA_UNSUPPORTED', `mm-${pid}.img: ${where} is ${name}, which the CRIU-format path does not restore`, 'Dump a process without such mappings, or use the pool path.')
     }

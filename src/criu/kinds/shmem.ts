@@ -19,6 +19,8 @@ import {shmemId} from './mm.js'
 export interface ShmemToWrite {
   id: string
   fd: number
+  /** The object's size (whole pages), when captured: a memfd inode's size in memfd.img. */
+  size?: bigint
   runs: readonly {offset: bigint; bytes: bigint}[]
 }
 
