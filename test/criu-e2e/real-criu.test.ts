@@ -89,6 +89,15 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
   this.timeout(90_000)
   let criu: {bin: string; version: string}
 
+  /** `criu dump --leave-running` of `pid` into a new image directory named by `tag`; its dump.log's errors on failure. */
+  const realCriuDump = (pid: number, tag: string): string => {
+    const images = imagesDir(tag)
+    mkdirSync(images, {recursive: true})
+    const dump = spawnSync(criu.bin, ['dump', '-t', String(pid), '-D', images, '--shell-job', '--leave-running', '-v4', '-o', 'dump.log'], {encoding: 'utf8'})
+    assert.equal(dump.status, 0, `criu dump -t ${pid} failed:\n${criuErrors(images, 'dump.log')}`)
+    return images
+  }
+
   before(function () {
     const found = realCriu()
     if ('skip' in found) {
@@ -142,10 +151,7 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
       const fx = await start(c)
       await waitForTicks(fx.logPath, fx.pid, 3)
       const before = lastTick(fx.logPath, fx.pid)!
-      const images = imagesDir(`${c.fixture}-from-criu`)
-      mkdirSync(images, {recursive: true})
-      const dump = spawnSync(criu.bin, ['dump', '-t', String(fx.pid), '-D', images, '--shell-job', '--leave-running', '-v4', '-o', 'dump.log'], {encoding: 'utf8'})
-      assert.equal(dump.status, 0, `criu dump -t ${fx.pid} failed:\n${criuErrors(images, 'dump.log')}`)
+      const images = realCriuDump(fx.pid, `${c.fixture}-from-criu`)
       const afterDump = lastTick(fx.logPath, fx.pid)!
       assert.ok(processExists(fx.pid), 'the original runs on after criu dump --leave-running')
 
@@ -179,10 +185,7 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
     const children = fx.ready.fields.children!.split(',').map(Number)
     const zombie = Number(fx.ready.fields.zombie)
     await waitForTicks(fx.logPath, fx.pid, 2)
-    const images = imagesDir('tree-from-criu')
-    mkdirSync(images, {recursive: true})
-    const dump = spawnSync(criu.bin, ['dump', '-t', String(fx.pid), '-D', images, '--shell-job', '--leave-running', '-v4', '-o', 'dump.log'], {encoding: 'utf8'})
-    assert.equal(dump.status, 0, `criu dump -t ${fx.pid} failed:\n${criuErrors(images, 'dump.log')}`)
+    const images = realCriuDump(fx.pid, 'tree-from-criu')
     const pool = join(images, 'imported.pool')
     const imported = okJson(await cli(['criu', 'import', '--images', images, '--name', 'tree', '--pool', pool, '--json']))
     assert.equal(imported.writtenBy, 'criu')
@@ -215,10 +218,7 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
   it('pyfds: real criu dump --leave-running -> cxlfork criu restore and criu import + restore; the clones find their pipes, eventfds, epoll set, timerfd and signalfd', async () => {
     const fx = await startFixture('pyfds')
     await waitForTicks(fx.logPath, fx.pid, 2)
-    const images = imagesDir('fds-from-criu')
-    mkdirSync(images, {recursive: true})
-    const dump = spawnSync(criu.bin, ['dump', '-t', String(fx.pid), '-D', images, '--shell-job', '--leave-running', '-v4', '-o', 'dump.log'], {encoding: 'utf8'})
-    assert.equal(dump.status, 0, `criu dump -t ${fx.pid} failed:\n${criuErrors(images, 'dump.log')}`)
+    const images = realCriuDump(fx.pid, 'fds-from-criu')
     const pool = join(images, 'imported.pool')
     okJson(await cli(['criu', 'import', '--images', images, '--name', 'fds', '--pool', pool, '--json']))
     const runs = [
@@ -309,10 +309,7 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
   it('the socket fixture (a TCP listener, stream and datagram socketpairs with bytes and messages queued, an abstract Unix listener): real criu dump --leave-running -> cxlfork criu restore and import + restore in their own network namespaces pass its socket checks', async () => {
     const fx = await startFixture('socket', {args: ['--unix-listener', '1']})
     await waitForTicks(fx.logPath, fx.pid, 2)
-    const images = imagesDir('socket-from-criu')
-    mkdirSync(images, {recursive: true})
-    const dump = spawnSync(criu.bin, ['dump', '-t', String(fx.pid), '-D', images, '--shell-job', '--leave-running', '-v4', '-o', 'dump.log'], {encoding: 'utf8'})
-    assert.equal(dump.status, 0, `criu dump -t ${fx.pid} failed:\n${criuErrors(images, 'dump.log')}`)
+    const images = realCriuDump(fx.pid, 'socket-from-criu')
     const pool = join(images, 'imported.pool')
     okJson(await cli(['criu', 'import', '--images', images, '--name', 'socket', '--pool', pool, '--json']))
     const runs = [
@@ -346,10 +343,7 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
   it('tree --shared-kib 256: real criu dump (the shared region as a memfd-backed /dev/zero mapping) -> cxlfork criu restore; the clone tree shares one object, nonces both ways', async () => {
     const fx = await startFixture('tree', {args: ['--shared-kib', '256']})
     await waitForTicks(fx.logPath, fx.pid, 2)
-    const images = imagesDir('shtree-from-criu')
-    mkdirSync(images, {recursive: true})
-    const dump = spawnSync(criu.bin, ['dump', '-t', String(fx.pid), '-D', images, '--shell-job', '--leave-running', '-v4', '-o', 'dump.log'], {encoding: 'utf8'})
-    assert.equal(dump.status, 0, `criu dump -t ${fx.pid} failed:\n${criuErrors(images, 'dump.log')}`)
+    const images = realCriuDump(fx.pid, 'shtree-from-criu')
     const root = okJson(await cli(['criu', 'restore', '--images', images, '--json'])).pid as number
     trackPid(root)
     const kids = childrenOf(root).filter((pid) => procStat(pid)?.state !== 'Z')
@@ -375,10 +369,7 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
   it('a memfd held open and mapped MAP_SHARED: real criu dump (MEMFD, memfd.img, a VMA_AREA_MEMFD mapping) -> cxlfork criu restore; in the clone the fd and the mapping are one object', async () => {
     const program = await startMemfdProgram()
     try {
-      const images = imagesDir('memfd-from-criu')
-      mkdirSync(images, {recursive: true})
-      const dump = spawnSync(criu.bin, ['dump', '-t', String(program.pid), '-D', images, '--shell-job', '--leave-running', '-v4', '-o', 'dump.log'], {encoding: 'utf8'})
-      assert.equal(dump.status, 0, `criu dump -t ${program.pid} failed:\n${criuErrors(images, 'dump.log')}`)
+      const images = realCriuDump(program.pid, 'memfd-from-criu')
       assert.ok(readdirSync(images).includes('memfd.img'), 'CRIU wrote memfd.img')
       const clone = okJson(await cli(['criu', 'restore', '--images', images, '--json'])).pid as number
       trackPid(clone)
