@@ -18,19 +18,21 @@ const vm = require('node:vm')
 
 const bundle = join(__dirname, '..', 'dist', 'cxlfork.cjs')
 
-// `restore` with a porter running for the pool: a small bundle asks the porter,
-// without oclif or the engine (README, "Porter"). It answers undefined for
-// anything it does not handle (no porter, --help, --wait, --no-porter, odd
-// flags), and the full CLI below runs as always.
+// `restore`, `criu dump` and `criu restore` with a porter running for the pool:
+// a small bundle asks the porter, without oclif or the engine (README, "Porter").
+// It answers undefined for anything it does not handle (no porter, --help,
+// --wait, --no-porter, odd flags), and the full CLI below runs as always.
 async function main() {
-  if (process.argv[2] === 'restore' && !process.argv.includes('--no-porter')) {
-    let fastRestore
+  const command = process.argv[2]
+  const criu = command === 'criu' && (process.argv[3] === 'dump' || process.argv[3] === 'restore')
+  if ((command === 'restore' || criu) && !process.argv.includes('--no-porter')) {
+    let client
     try {
-      fastRestore = require(join(dirname(bundle), 'porter-client.cjs')).fastRestore
+      client = require(join(dirname(bundle), 'porter-client.cjs'))
     } catch {
-      fastRestore = undefined
+      client = undefined
     }
-    const status = fastRestore ? await fastRestore(process.argv.slice(3)) : undefined
+    const status = client ? await (criu ? client.fastCriu : client.fastRestore)(process.argv.slice(3)) : undefined
     if (status !== undefined) process.exit(status)
   }
   await runCli()

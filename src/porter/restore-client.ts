@@ -35,25 +35,33 @@ export function errorFromReply(body: any, socket: string): CxlforkError {
   return new CxlforkError('PORTER_FAILED', `the porter at ${socket} gave an unexpected answer: ${JSON.stringify(body).slice(0, 300)}`, 'See its log (SOCKET.log), or restore with --no-porter.')
 }
 
-export async function restoreThroughPorter(poolPath: string, request: PorterRestoreRequest): Promise<PorterRestoreResult | undefined> {
-  // The porter has a cwd of its own: a namespace path means what it means here.
-  if (request.netns !== undefined && request.netns !== 'new') request = {...request, netns: resolve(request.netns)}
+/**
+ * Ask the pool's porter to do `route` for us: its reply body (which says servedBy: 'porter'),
+ * or undefined when no porter answers or it does not serve this user. `what` names the work in errors.
+ */
+export async function askPorter(poolPath: string, route: string, request: object, what: string): Promise<Record<string, any> | undefined> {
   for (const socket of candidateSockets(resolve(poolPath), process.geteuid?.() ?? 0)) {
     if (!existsSync(socket)) continue
     let reply
     try {
-      reply = await porterRequest(socket, 'POST', '/v1/restore', request)
+      reply = await porterRequest(socket, 'POST', route, request)
     } catch (error) {
       if (error instanceof PorterUnreachable && !error.requestSent) continue // a stale socket: a porter that died
-      throw new CxlforkError('PORTER_FAILED', `the porter at ${socket} did not finish the restore: ${(error as Error).message}`,
-        'It may have died in the middle (a half-built clone dies with it; `cxlfork pool gc` releases its reference). Restore again, or with --no-porter.')
+      throw new CxlforkError('PORTER_FAILED', `the porter at ${socket} did not finish the ${what}: ${(error as Error).message}`,
+        `It may have died in the middle (a half-built clone dies with it; \`cxlfork pool gc\` releases its reference). Run it again, or with --no-porter.`)
     }
-    if (reply.status === 200 && reply.body?.servedBy === 'porter') return reply.body as PorterRestoreResult
+    if (reply.status === 200 && reply.body?.servedBy === 'porter') return reply.body as Record<string, any>
     const error = errorFromReply(reply.body, socket)
     if (error.code === 'PORTER_UNSERVED') return undefined
     throw error
   }
   return undefined
+}
+
+export async function restoreThroughPorter(poolPath: string, request: PorterRestoreRequest): Promise<PorterRestoreResult | undefined> {
+  // The porter has a cwd of its own: a namespace path means what it means here.
+  if (request.netns !== undefined && request.netns !== 'new') request = {...request, netns: resolve(request.netns)}
+  return await askPorter(poolPath, '/v1/restore', request, 'restore') as PorterRestoreResult | undefined
 }
 
 /** The restore command's human line for a result, whoever served it. */

@@ -15,6 +15,7 @@
  * then does the work itself, as that user.
  */
 import {fstatSync, statSync} from 'node:fs'
+import {isAbsolute} from 'node:path'
 
 import {NotFoundError, PermissionError, UnsupportedError, UsageError} from '../errors.js'
 import {checkpointContents} from '../image/details.js'
@@ -22,6 +23,8 @@ import {Pool, validateCheckpointName} from '../pool/index.js'
 import {trustPool} from '../pool/pool-file.js'
 import {type RestoreResult, restoreFromPool} from '../restore/restore.js'
 import {checkpointToPool} from '../checkpoint/checkpoint.js'
+import {type CriuDumpResult, criuDump} from '../criu/dump.js'
+import {type CriuRestoreResult, criuRestore} from '../criu/restore.js'
 import {wait4} from '../sys/ptrace.js'
 import {WNOHANG} from '../sys/syscall.js'
 import {readStatus} from '../sys/proc.js'
@@ -63,6 +66,21 @@ interface CheckpointBody {
   kill?: boolean
   tree?: boolean
   tcpClose?: boolean
+}
+
+/** `criu dump` and `criu restore` (no --wait) as request bodies; paths absolute (the porter's cwd is its own). */
+interface CriuDumpBody {
+  pid: number
+  images: string
+  kill?: boolean
+  tree?: boolean
+  tcpClose?: boolean
+}
+
+interface CriuRestoreBody {
+  images: string
+  pidns?: (typeof PIDNS)[number]
+  netns?: string
 }
 
 function badRequest(message: string, hint = 'See the README, "Porter", for the request bodies.'): UsageError {
@@ -188,7 +206,7 @@ export class PorterService {
       }
     }
     // Counted by route, never by the raw path (a peer must not grow the porter's memory with made-up paths).
-    const known = ['/v1/status', '/v1/metrics', '/v1/restore', '/v1/checkpoint', '/v1/checkpoints']
+    const known = ['/v1/status', '/v1/metrics', '/v1/restore', '/v1/checkpoint', '/v1/checkpoints', '/v1/criu/dump', '/v1/criu/restore']
     this.count(`${['GET', 'POST', 'DELETE', 'PUT', 'HEAD'].includes(method) ? method : 'OTHER'} ${path.startsWith('/v1/checkpoints/') ? '/v1/checkpoints/NAME' : path.startsWith('/v1/functions') ? '/v1/functions...' : known.includes(path) ? path : 'unknown'}`)
     if (path === '/v1/functions' || path.startsWith('/v1/functions/')) return handleFunctions(this.functions, method, path, body, peer)
     if (path === '/v1/status') {
@@ -206,6 +224,14 @@ export class PorterService {
     if (path === '/v1/checkpoint') {
       route(['POST'])
       return {status: 200, body: this.checkpoint(body, peer)}
+    }
+    if (path === '/v1/criu/dump') {
+      route(['POST'])
+      return this.criuDump(body, peer).then((result) => ({status: 200, body: result}))
+    }
+    if (path === '/v1/criu/restore') {
+      route(['POST'])
+      return {status: 200, body: this.criuRestore(body, peer)}
     }
     if (path === '/v1/checkpoints') {
       route(['GET'])
@@ -233,7 +259,7 @@ export class PorterService {
       return {status: 200, body: {...details, ...checkpointContents(pool.openCheckpoint(name, {uid: peer.uid})), servedBy: 'porter'}}
     }
     throw new NotFoundError('PORTER_NO_ROUTE', `no such endpoint: ${method} ${path}`,
-      'The porter serves /v1/status, /v1/metrics, /v1/restore, /v1/checkpoint, /v1/checkpoints, /v1/checkpoints/NAME and /v1/functions[/NAME[/invoke]].')
+      'The porter serves /v1/status, /v1/metrics, /v1/restore, /v1/checkpoint, /v1/checkpoints, /v1/checkpoints/NAME, /v1/criu/dump, /v1/criu/restore and /v1/functions[/NAME[/invoke]].')
   }
 
   private restore(raw: unknown, peer: PeerCredentials): RestoreResult & {servedBy: 'porter'; ghost: boolean | string} {
@@ -295,6 +321,30 @@ export class PorterService {
       throw this.unserved(peer, 'checkpoint')
     }
     const result = checkpointToPool(pool, {pid: body.pid, name: body.name, kill: body.kill ?? false, tree: body.tree ?? false, tcpClose: body.tcpClose ?? false})
+    return {...result, servedBy: 'porter'}
+  }
+
+  /**
+   * The CRIU-format path, for the porter's own user only: its image files and its clone would
+   * belong to the porter's user. Others do it themselves (PORTER_UNSERVED; the CLI falls back).
+   */
+  private async criuDump(raw: unknown, peer: PeerCredentials): Promise<CriuDumpResult & {servedBy: 'porter'}> {
+    const body = fields<CriuDumpBody>(raw, {pid: 'integer', images: 'string', kill: 'boolean', tree: 'boolean', tcpClose: 'boolean'}, ['pid', 'images'])
+    if (body.pid <= 0) throw new UsageError('INVALID_PID', `invalid pid ${body.pid}: expected a positive integer`, 'Give the pid of a running process (see `ps`).')
+    if (!isAbsolute(body.images)) throw badRequest('field images must be an absolute path')
+    if (!this.served(peer)) throw this.unserved(peer, 'dump processes')
+    const result = await criuDump({pid: body.pid, images: body.images, kill: body.kill ?? false, tree: body.tree ?? false, tcpClose: body.tcpClose ?? false})
+    return {...result, servedBy: 'porter'}
+  }
+
+  private criuRestore(raw: unknown, peer: PeerCredentials): CriuRestoreResult & {servedBy: 'porter'} {
+    const body = fields<CriuRestoreBody>(raw, {images: 'string', pidns: 'string', netns: 'string'}, ['images'])
+    const pidns = oneOf(body.pidns, PIDNS, 'pidns')
+    if (!isAbsolute(body.images)) throw badRequest('field images must be an absolute path')
+    if (body.netns !== undefined && body.netns !== 'new' && !isAbsolute(body.netns)) throw badRequest('field netns must be "new" or an absolute path')
+    if (!this.served(peer)) throw this.unserved(peer, 'restore image sets')
+    const result = criuRestore({images: body.images, wait: false, ...(pidns === undefined ? {} : {pidns}), ...(body.netns === undefined ? {} : {netns: body.netns})})
+    this.children.add(result.pidNamespace?.initPid ?? result.pid)
     return {...result, servedBy: 'porter'}
   }
 

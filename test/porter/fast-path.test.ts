@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict'
 
-import {parseRestoreArgs} from '../../src/porter/porter-fast.js'
+import {parseCriuArgs, parseRestoreArgs} from '../../src/porter/porter-fast.js'
 
 describe('porter: the restore fast path parses only what it is sure of', () => {
   const env = {CXLFORK_POOL: '/dev/shm/from-env.pool'}
@@ -28,6 +28,33 @@ describe('porter: the restore fast path parses only what it is sure of', () => {
       ['web', '--fault-pages', '513', '--policy', 'moa'], ['../etc'], ['web', '--pool='],
     ]) {
       assert.equal(parseRestoreArgs(argv, env), undefined, argv.join(' '))
+    }
+  })
+})
+
+describe('porter: the criu dump / criu restore fast path parses only what it is sure of', () => {
+  const env = {CXLFORK_POOL: '/dev/shm/from-env.pool'}
+
+  it('takes dump PID --images DIR and restore --images DIR with the flags a porter serves', () => {
+    assert.deepEqual(parseCriuArgs(['dump', '42', '--images', 'img'], {}), {
+      command: 'dump', pool: '/dev/shm/cxlfork.pool', json: false, request: {pid: 42, images: 'img', kill: false, tree: false, tcpClose: false},
+    })
+    assert.deepEqual(parseCriuArgs(['dump', '--tree', '--images=/dev/shm/x', '42', '--kill', '--tcp-close', '--json'], env), {
+      command: 'dump', pool: '/dev/shm/from-env.pool', json: true, request: {pid: 42, images: '/dev/shm/x', kill: true, tree: true, tcpClose: true},
+    })
+    assert.deepEqual(parseCriuArgs(['restore', '--images', '/dev/shm/x', '--pidns', 'new', '--netns', 'new', '--json', '--pool', '/dev/shm/p.pool'], env), {
+      command: 'restore', pool: '/dev/shm/p.pool', json: true, request: {images: '/dev/shm/x', pidns: 'new', netns: 'new'},
+    })
+  })
+
+  it('leaves everything else to the CLI (no --images, --wait, --no-porter, help, odd pids and flags, import)', () => {
+    for (const argv of [
+      [], ['dump'], ['dump', '42'], ['dump', '42', '--images'], ['dump', '0', '--images', 'x'], ['dump', '-1', '--images', 'x'], ['dump', '42x', '--images', 'x'],
+      ['dump', '99999999999', '--images', 'x'], ['dump', '42', '43', '--images', 'x'], ['dump', '42', '--images', 'x', '--images', 'y'], ['dump', '42', '--images', 'x', '--no-porter'],
+      ['dump', '42', '--images', 'x', '--help'], ['dump', '42', '--images', 'x', '--kill', '--kill'], ['restore'], ['restore', '--images', 'x', '--wait'],
+      ['restore', '--images', 'x', '--no-porter'], ['restore', 'x', '--images', 'x'], ['restore', '--images', 'x', '--pidns', 'maybe'], ['import', '--images', 'x', '--name', 'n'],
+    ]) {
+      assert.equal(parseCriuArgs(argv, env), undefined, argv.join(' '))
     }
   })
 })

@@ -13,14 +13,24 @@ export default class CriuRestoreCommand extends BaseCommand {
     wait: Flags.boolean({summary: 'Stay until the clone exits and exit with its status.', default: false}),
     pidns: pidnsFlag(),
     netns: Flags.string({summary: "Network namespace of the clone: 'new' (its own, loopback only, no way out) or the path of one to join (/var/run/netns/NAME, /proc/PID/ns/net).", helpValue: 'new|PATH'}),
+    'no-porter': Flags.boolean({summary: 'Restore in this process even if a porter serves the pool (by default a running porter of your user restores, unless --wait).', default: false}),
   }
 
-  async run(): Promise<CriuRestoreResult> {
+  async run(): Promise<CriuRestoreResult & {servedBy: 'porter' | 'cli'}> {
     const {flags} = await this.parse(CriuRestoreCommand)
+    const {criuRestoreSummary, criuRestoreThroughPorter} = await import('../../porter/criu-client.js')
+    // --wait needs this command's own stdio, so it stays here.
+    if (!flags['no-porter'] && !flags.wait) {
+      const served = await criuRestoreThroughPorter(flags.pool, {images: flags.images, ...(flags.pidns === undefined ? {} : {pidns: flags.pidns}), ...(flags.netns === undefined ? {} : {netns: flags.netns})})
+      if (served) {
+        this.say(criuRestoreSummary(served))
+        return served as unknown as CriuRestoreResult & {servedBy: 'porter'}
+      }
+    }
     const [{criuRestore}, {exitStatusOf}] = await Promise.all([import('../../criu/restore.js'), import('../../restore/build-process.js')])
     const result = criuRestore({images: flags.images, wait: flags.wait, ...(flags.pidns === undefined ? {} : {pidns: flags.pidns}), ...(flags.netns === undefined ? {} : {netns: flags.netns})})
-    this.say(`Restored ${flags.images} as pid ${result.pid}: ${result.stats.pages_restored} pages copied, ${(result.stats.restore_time / 1000).toFixed(2)} ms`)
+    this.say(criuRestoreSummary(result))
     if (result.exit) process.exitCode = exitStatusOf(result.exit)
-    return result
+    return {...result, servedBy: 'cli'}
   }
 }
