@@ -76,8 +76,8 @@ function realCriuSection(result: BenchResult): string[] {
     ]]
   })), '')
   out.push('The CRIU-format path against real CRIU on the same work (the parity targets below): engine times in process against real CRIU\'s own, and whole commands against real CRIU\'s plus Node\'s start-up (`node -e 0`: ' + cell(result.nodeStartupMs) + ' ms).', '')
-  out.push(table(['Size', 'real `criu dump`', '`criu` path dump (engine)', '/ real', '`cxlfork criu dump` (whole)', 'real dump + node -e 0',
-    'real restore_time', '`criu` path restore (engine)', '/ real', '`cxlfork criu restore` (whole)', 'real restore + node -e 0'],
+  out.push(table(['Size', 'real `criu dump`', '`criu` path dump (engine)', '/ real', '`cxlfork criu dump` (whole, CLI alone)', '(whole, through a porter)', 'real dump + node -e 0',
+    'real restore_time', '`criu` path restore (engine)', '/ real', '`cxlfork criu restore` (whole, CLI alone)', '(whole, through a porter)', 'real restore + node -e 0'],
   result.sizes.flatMap((size) => {
     const real = size.paths.find((path) => path.path === 'real-criu')
     const criu = size.paths.find((path) => path.path === 'criu')
@@ -86,8 +86,8 @@ function realCriuSection(result: BenchResult): string[] {
     const copy = criu.restores.find((row) => row.policy === 'copy')
     const plus = (a: Summary | undefined): string => (a && a.n > 0 ? fmt(a.median + result.nodeStartupMs.median) : '–')
     return [[
-      size.label, cell(real.checkpointMs), cell(criu.checkpointMs), ratio(criu.checkpointMs, real.checkpointMs), cell(criu.checkpointCommandMs), plus(real.checkpointMs),
-      cell(realRestore?.engineMs), cell(copy?.engineMs), ratio(copy?.engineMs, realRestore?.engineMs), cell(copy?.commandMs), plus(realRestore?.commandMs),
+      size.label, cell(real.checkpointMs), cell(criu.checkpointMs), ratio(criu.checkpointMs, real.checkpointMs), cell(criu.checkpointCommandMs), cell(criu.checkpointCommandPorterMs), plus(real.checkpointMs),
+      cell(realRestore?.engineMs), cell(copy?.engineMs), ratio(copy?.engineMs, realRestore?.engineMs), cell(copy?.commandMs), cell(copy?.commandPorterMs), plus(realRestore?.commandMs),
     ]]
   })), '')
   return out

@@ -144,14 +144,14 @@ export function plainMmap(dir: string, size: number, buffer: Buffer): number {
  * to every spawn (measured), a cost no shell starting cxlfork pays and one
  * that grew with the size under test. Output goes to files read afterwards.
  */
-export function timedSpawn(argv: readonly string[]): {ms: number; stdout: string; stderr: string; status: number | null} {
+export function timedSpawn(argv: readonly string[], extraEnv: Readonly<Record<string, string>> = {}): {ms: number; stdout: string; stderr: string; status: number | null} {
   const dir = mkdtempSync(join(tmpdir(), 'cxlfork-bench-run-'))
   const outPath = join(dir, 'stdout')
   const errPath = join(dir, 'stderr')
   const outFd = openSync(outPath, 'w')
   const errFd = openSync(errPath, 'w')
   try {
-    const env = Object.entries(process.env).flatMap(([key, value]) => (value === undefined ? [] : [`${key}=${value}`]))
+    const env = Object.entries({...process.env, ...extraEnv}).flatMap(([key, value]) => (value === undefined ? [] : [`${key}=${value}`]))
     const t0 = performance.now()
     const pid = posixSpawn({path: argv[0]!, argv: [...argv], env, fds: [null, outFd, errFd]})
     const status = wait4(pid, 0)
@@ -180,7 +180,7 @@ export function commandWallMs(argv: readonly string[]): number {
 
 /** Run a whole restore command; returns its wall clock and the clone it left running. */
 export function wholeCommand(command: WholeCommand): {ms: number; pid: number; engineUs?: number} {
-  const run = timedSpawn(command.argv)
+  const run = timedSpawn(command.argv, command.env)
   if (run.status !== 0) {
     throw new CxlforkError('BENCH_COMMAND_FAILED', `${command.argv.slice(1).join(' ')} exited with ${run.status}: ${(run.stderr || run.stdout).trim().slice(0, 400)}`)
   }

@@ -51,6 +51,8 @@ export interface RestoreSample {
 export interface WholeCommand {
   /** argv[0] is an absolute executable path. */
   argv: string[]
+  /** Added to the environment (e.g. CXLFORK_PORTER_SOCKET). */
+  env?: Readonly<Record<string, string>>
   /** The clone's pid from the command's stdout, and the engine time the command reported itself (µs), if it does. */
   parse(stdout: string): {pid: number; engineUs?: number}
 }
@@ -73,6 +75,11 @@ export interface BenchPath {
    * one, to compare with real CRIU's whole `criu dump`.
    */
   checkpointCommand?(pid: number, label: string): {argv: string[]; cleanup(): void}
+  /**
+   * Optionally, the same whole commands served by a running porter (`porter`: its socket and
+   * pool), which keeps the engine loaded: the CRIU-format path has them, as CRIU has its RPC service.
+   */
+  porterCommands?(porter: {socket: string; pool: string}): {restore(): WholeCommand; checkpoint(pid: number, label: string): {argv: string[]; env: Record<string, string>; cleanup(): void}}
   /** Delete the last checkpoint (its clones are gone by then). */
   cleanup(): void
   /** End of run: release what the path holds. */
@@ -129,7 +136,7 @@ export class PoolPath implements BenchPath {
 
   restoreCommand(policy: string): WholeCommand {
     return {
-      argv: [this.cli.node, this.cli.entry, 'restore', this.checkpointName, '--policy', policy, '--json', '--pool', this.pool.path],
+      argv: [this.cli.node, this.cli.entry, 'restore', this.checkpointName, '--policy', policy, '--json', '--no-porter', '--pool', this.pool.path],
       parse: (stdout) => {
         const parsed = JSON.parse(stdout) as {pid?: unknown; stats?: {restore_time?: unknown}}
         if (typeof parsed.pid !== 'number') throw new Error(`cxlfork restore printed no pid: ${stdout.slice(0, 200)}`)
@@ -153,6 +160,15 @@ export class PoolPath implements BenchPath {
       // a checkpoint still referenced is collected with the pool
     }
   }
+}
+
+/** A `criu restore --json` reply: the clone and the engine time; refused if not served by whom the row says. */
+function parseCriuRestore(stdout: string, servedBy: 'cli' | 'porter'): {pid: number; engineUs?: number} {
+  const parsed = JSON.parse(stdout) as {pid?: unknown; servedBy?: unknown; stats?: {restore_time?: unknown}}
+  if (typeof parsed.pid !== 'number') throw new Error(`cxlfork criu restore printed no pid: ${stdout.slice(0, 200)}`)
+  if (parsed.servedBy !== servedBy) throw new Error(`cxlfork criu restore was served by ${String(parsed.servedBy)}, not by the ${servedBy} this row measures`)
+  const engineUs = parsed.stats?.restore_time
+  return typeof engineUs === 'number' ? {pid: parsed.pid, engineUs} : {pid: parsed.pid}
 }
 
 /**
@@ -194,21 +210,33 @@ export class CriuPath implements BenchPath {
 
   restoreCommand(_policy: string): WholeCommand {
     return {
-      argv: [this.cli.node, this.cli.entry, 'criu', 'restore', '--images', this.images, '--json'],
-      parse: (stdout) => {
-        const parsed = JSON.parse(stdout) as {pid?: unknown; stats?: {restore_time?: unknown}}
-        if (typeof parsed.pid !== 'number') throw new Error(`cxlfork criu restore printed no pid: ${stdout.slice(0, 200)}`)
-        const engineUs = parsed.stats?.restore_time
-        return typeof engineUs === 'number' ? {pid: parsed.pid, engineUs} : {pid: parsed.pid}
-      },
+      argv: [this.cli.node, this.cli.entry, 'criu', 'restore', '--images', this.images, '--json', '--no-porter'],
+      parse: (stdout) => parseCriuRestore(stdout, 'cli'),
     }
   }
 
   checkpointCommand(pid: number, label: string): {argv: string[]; cleanup(): void} {
     const images = join(this.imagesRoot, `${label}-${++this.sequence}-command`)
     return {
-      argv: [this.cli.node, this.cli.entry, 'criu', 'dump', String(pid), '--images', images, '--json'],
+      argv: [this.cli.node, this.cli.entry, 'criu', 'dump', String(pid), '--images', images, '--json', '--no-porter'],
       cleanup: () => rmSync(images, {recursive: true, force: true}),
+    }
+  }
+
+  porterCommands(porter: {socket: string; pool: string}): {restore(): WholeCommand; checkpoint(pid: number, label: string): {argv: string[]; env: Record<string, string>; cleanup(): void}} {
+    const env = {CXLFORK_PORTER_SOCKET: porter.socket}
+    return {
+      restore: () => ({
+        argv: [this.cli.node, this.cli.entry, 'criu', 'restore', '--images', this.images, '--json', '--pool', porter.pool], env,
+        parse: (stdout) => parseCriuRestore(stdout, 'porter'),
+      }),
+      checkpoint: (pid, label) => {
+        const images = join(this.imagesRoot, `${label}-${++this.sequence}-porter`)
+        return {
+          argv: [this.cli.node, this.cli.entry, 'criu', 'dump', String(pid), '--images', images, '--json', '--pool', porter.pool], env,
+          cleanup: () => rmSync(images, {recursive: true, force: true}),
+        }
+      },
     }
   }
 

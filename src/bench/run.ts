@@ -22,6 +22,7 @@ import {commandWallMs, localFork, nodeStartup, patternBuffer, plainMmap, plainWr
 import type {BenchPath, RestoreSample} from './paths.js'
 import {Samples, summarize} from './summary.js'
 import {spawnTarget, stopProcess, sweepChildren, TargetFiles, TARGET_COMM, verifyPattern} from './target.js'
+import {type BenchPorter, startBenchPorter} from './bench-porter.js'
 import {type RealCriuProbe, realCriuCycle} from './real-criu.js'
 import {measureThreads} from './threads.js'
 import {measureTrees} from './trees.js'
@@ -129,6 +130,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   const files = new TargetFiles(options.hugePages)
   let pool: Pool | undefined
   let sparsePool: Pool | undefined
+  let benchPorter: BenchPorter | undefined
   const paths: BenchPath[] = []
   try {
     const engine = {checkpointToPool, restoreFromPool}
@@ -147,6 +149,11 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     if (options.criu) {
       const imagesRoot = join(dirname(pool.path), `cxlfork-bench-images-${process.pid}`)
       paths.push(new CriuPath(imagesRoot, {criuDump, criuRestore}, {node: process.execPath, entry: options.cliEntry}))
+    }
+    // The CRIU-format path's whole commands are also timed through a porter (its engine loaded, as CRIU's RPC service keeps criu resident).
+    if (options.criu) {
+      benchPorter = await startBenchPorter(cli, pool.path)
+      log(`porter: pid ${benchPorter.pid} on ${benchPorter.socket}, for the whole \`criu dump\` / \`criu restore\` commands it serves`)
     }
     const plainDir = dirname(pool.path)
     const buffer = patternBuffer()
@@ -179,6 +186,17 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
             track(clone.pid)
             if (clone.initPid !== undefined) track(clone.initPid)
             stopClone(clone)
+          }
+          // The porter's engine warms up too: its first dump and restore pay for JIT and FFI binding.
+          const viaPorter = benchPorter && path.porterCommands?.(benchPorter)
+          if (viaPorter) {
+            stop(track(wholeCommand(viaPorter.restore()).pid))
+            const dump = viaPorter.checkpoint(warm.pid, `bench-warmup-${process.pid}`)
+            try {
+              timedSpawn(dump.argv, dump.env)
+            } finally {
+              dump.cleanup()
+            }
           }
         } finally {
           path.cleanup()
@@ -255,6 +273,20 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
                 } finally {
                   stop(command.pid)
                 }
+                const viaPorter = benchPorter && path.porterCommands?.(benchPorter)
+                if (viaPorter) {
+                  const served = wholeCommand(viaPorter.restore())
+                  track(served.pid)
+                  try {
+                    if (!isAlive(served.pid)) throw new CxlforkError('BENCH_CLONE_DIED', `${row} clone ${served.pid} of the whole command through the porter is not running`)
+                    const bad = verifyPattern(served.pid, region.start, size.bytes)
+                    if (bad >= 0) throw new CxlforkError('BENCH_CLONE_CORRUPT', `${row} clone ${served.pid} restored through the porter: page ${bad} does not hold the target's pattern`)
+                    samples.add(`${row}.commandPorter`, served.ms)
+                    log(`${tag} ${row} whole command through the porter ${served.ms.toFixed(1)} ms`)
+                  } finally {
+                    stop(served.pid)
+                  }
+                }
               }
             } finally {
               path.cleanup()
@@ -268,6 +300,19 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
                 log(`${tag} ${path.name} whole checkpoint command ${timed.ms.toFixed(1)} ms`)
               } finally {
                 dumpCommand.cleanup()
+              }
+            }
+            const porterDump = benchPorter && path.porterCommands?.(benchPorter).checkpoint(target.pid, `bench-${size.label}-${run}-${process.pid}`)
+            if (porterDump) {
+              try {
+                const timed = timedSpawn(porterDump.argv, porterDump.env)
+                if (timed.status !== 0) throw new CxlforkError('BENCH_COMMAND_FAILED', `${porterDump.argv.slice(1).join(' ')} exited with ${timed.status}: ${timed.stderr.trim().split('\n').pop() ?? ''}`)
+                const servedBy = (JSON.parse(timed.stdout) as {servedBy?: unknown}).servedBy
+                if (servedBy !== 'porter') throw new CxlforkError('BENCH_COMMAND_FAILED', `${porterDump.argv.slice(1).join(' ')} was served by ${String(servedBy)}, not by the porter`)
+                samples.add(`${path.name}.checkpointCommandPorter`, timed.ms)
+                log(`${tag} ${path.name} whole checkpoint command through the porter ${timed.ms.toFixed(1)} ms`)
+              } finally {
+                porterDump.cleanup()
               }
             }
           }
@@ -327,14 +372,16 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
           return {
             id: row, path: path.name, policy, engineMs: samples.summary(`${row}.engine`), commandMs: samples.summary(`${row}.command`),
             commandEngineMs: samples.summary(`${row}.commandEngine`),
+            ...(samples.summary(`${row}.commandPorter`).n > 0 ? {commandPorterMs: samples.summary(`${row}.commandPorter`)} : {}),
             rssAnonKb, rssAnonPct: bytes > 0 ? Math.round((rssAnonKb.median * 1024 / bytes) * 100 * 10000) / 10000 : Number.NaN,
             engineStats: samples.group(`${row}.stats.`),
           }
         })
         const checkpointCommandMs = samples.summary(`${path.name}.checkpointCommand`)
+        const checkpointCommandPorterMs = samples.summary(`${path.name}.checkpointCommandPorter`)
         return {
           path: path.name, ...(path.poolKind === undefined ? {} : {poolKind: path.poolKind}),
-          checkpointMs: samples.summary(`${path.name}.checkpoint`), ...(checkpointCommandMs.n > 0 ? {checkpointCommandMs} : {}), downtimeMs: samples.summary(`${path.name}.downtime`),
+          checkpointMs: samples.summary(`${path.name}.checkpoint`), ...(checkpointCommandMs.n > 0 ? {checkpointCommandMs} : {}), ...(checkpointCommandPorterMs.n > 0 ? {checkpointCommandPorterMs} : {}), downtimeMs: samples.summary(`${path.name}.downtime`),
           bytes, engineStats: samples.group(`${path.name}.stats.`), restores,
         }
       })
@@ -392,6 +439,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     }
   } finally {
     for (const pid of live) stopProcess(pid)
+    await benchPorter?.stop()
     sweepChildren()
     for (const path of paths) path.close()
     rmSync(join(dirname(poolPath), `cxlfork-bench-real-criu-${process.pid}`), {recursive: true, force: true})

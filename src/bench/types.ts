@@ -39,6 +39,8 @@ export interface RestoreRow {
   commandMs: Summary
   /** Engine restore time the whole command reported itself (a cold process); n = 0 if it reports none. */
   commandEngineMs: Summary
+  /** The CRIU-format path: the same whole command served by a running porter (engine loaded), wall clock, ms. */
+  commandPorterMs?: Summary
   /** RssAnon of the clone right after restore, kB. */
   rssAnonKb: Summary
   /** Median RssAnon as a percentage of the checkpointed bytes. */
@@ -62,6 +64,8 @@ export interface PathResult {
   checkpointMs: Summary
   /** The CRIU-format path: the whole `cxlfork criu dump` command (a fresh process), wall clock, ms. */
   checkpointCommandMs?: Summary
+  /** The CRIU-format path: the same whole `cxlfork criu dump` served by a running porter, ms. */
+  checkpointCommandPorterMs?: Summary
   /** Time the target was stopped, ms. */
   downtimeMs: Summary
   /** Bytes of memory the checkpoint holds (pool: pages × 4 KiB; CRIU: image bytes). */

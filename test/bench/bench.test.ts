@@ -112,6 +112,8 @@ describe('cxlfork bench (end to end)', function () {
     assertSummary(criu.checkpointMs, 'criu checkpointMs', 2)
     assert.ok(criu.checkpointCommandMs, 'the whole `cxlfork criu dump` command is timed too')
     assertSummary(criu.checkpointCommandMs, 'criu checkpointCommandMs', 2)
+    assert.ok(criu.checkpointCommandPorterMs, 'and through a porter started for the run')
+    assertSummary(criu.checkpointCommandPorterMs, 'criu checkpointCommandPorterMs', 2)
     assert.ok(criu.bytes > 16 << 20, `criu image bytes ${criu.bytes}`)
     // pages-1.img also holds the [vdso] pages (2 on x86_64), as CRIU stores them for its restore.
     const criuPages = criu.engineStats['pages_written']?.median ?? 0
@@ -120,6 +122,8 @@ describe('cxlfork bench (end to end)', function () {
     const copy = criu.restores[0]!
     assertSummary(copy.engineMs, 'criu/copy engineMs', 2)
     assertSummary(copy.commandMs, 'criu/copy commandMs', 2)
+    assert.ok(copy.commandPorterMs, 'the whole `criu restore` through the porter is timed')
+    assertSummary(copy.commandPorterMs, 'criu/copy commandPorterMs', 2)
     assert.ok(copy.rssAnonKb.min * 1024 >= 16 << 20, 'a CRIU-restored clone holds all its memory')
     assert.ok((copy.engineStats['pages_restored']?.median ?? 0) >= (16 << 20) / 4096)
 
