@@ -206,9 +206,13 @@ class FunctionBench {
     return {rssKb: kb(readStatus(pid).vmRSS), pssKb: kb(readSmapsRollup(pid)['Pss'] ?? 0)}
   }
 
-  /** Measure one clone or forked child: first invocation, memory, warm invocations; then end it. */
-  measure(row: string, instance: Instance, tag: string): void {
+  /**
+   * Measure one clone or forked child: first invocation, memory, warm invocations; then end it.
+   * With `deferWarm` the clone is left running after its first invocation and memory, for warmRoundRobin.
+   */
+  measure(row: string, instance: Instance, tag: string, deferWarm = false): void {
     const s = this.samples
+    let ended = true
     try {
       const first = this.invoke(instance.pid, `${this.fn.name}/${row}`)
       const memory = memoryOf(instance.pid)
@@ -225,13 +229,44 @@ class FunctionBench {
         s.add(`${row}.serverPss`, sm.pssKb)
         server = `; its fault server ${sm.rssKb} kB RSS`
       }
+      const what = `first invocation ${first.ms.toFixed(1)} ms (round trip ${first.roundTripMs.toFixed(1)})`
+      if (deferWarm) {
+        this.ctx.log(`${tag} ${row}: ${what}; RssAnon ${memory.rssAnonKb} kB, Pss ${memory.pssKb} kB${server}; warm invocations later, in turn with the other clones`)
+        ended = false
+        return
+      }
       const warm: number[] = []
       for (let i = 0; i < this.ctx.warm; i++) warm.push(this.invoke(instance.pid, `${this.fn.name}/${row}`).ms)
       for (const ms of warm) s.add(`${row}.warm`, ms)
-      const sorted = [...warm].sort((a, b) => a - b)
-      this.ctx.log(`${tag} ${row}: first invocation ${first.ms.toFixed(1)} ms (round trip ${first.roundTripMs.toFixed(1)}), warm ${sorted.length ? sorted[sorted.length >> 1]!.toFixed(1) : '–'} ms; RssAnon ${memory.rssAnonKb} kB, Pss ${memory.pssKb} kB${server}`)
+      this.ctx.log(`${tag} ${row}: ${what}, warm ${median(warm)} ms; RssAnon ${memory.rssAnonKb} kB, Pss ${memory.pssKb} kB${server}`)
+    } catch (error) {
+      ended = true
+      throw error
     } finally {
-      this.end(instance)
+      if (ended) this.end(instance)
+    }
+  }
+
+  /**
+   * Warm invocations of clones measured with deferWarm, taken in turn (one invocation of each
+   * clone, then the next round), so that a drift of the host during the sequence weighs on every
+   * row alike: warm rows differ by a few percent, less than the host drifts between two clones
+   * measured one after the other. Every clone is ended afterwards.
+   */
+  warmRoundRobin(clones: readonly {row: string; instance: Instance}[], tag: string): void {
+    try {
+      const warm = new Map(clones.map(({row}) => [row, [] as number[]]))
+      for (let i = 0; i < this.ctx.warm; i++) {
+        // Each round in another order: no row is always first after the previous round's last.
+        const order = clones.map((_, k) => clones[(k + i) % clones.length]!)
+        for (const {row, instance} of order) warm.get(row)!.push(this.invoke(instance.pid, `${this.fn.name}/${row}`).ms)
+      }
+      for (const [row, times] of warm) {
+        for (const ms of times) this.samples.add(`${row}.warm`, ms)
+      }
+      this.ctx.log(`${tag} warm invocations in turn: ${[...warm].map(([row, times]) => `${row} ${median(times)} ms`).join(', ')}`)
+    } finally {
+      for (const {instance} of clones) this.end(instance)
     }
   }
 
@@ -258,6 +293,11 @@ class FunctionBench {
     }
     return run.ms
   }
+}
+
+function median(times: readonly number[]): string {
+  const sorted = [...times].sort((a, b) => a - b)
+  return sorted.length ? sorted[sorted.length >> 1]!.toFixed(1) : '–'
 }
 
 function measureFunction(ctx: FaasContext, selection: FaasSelection, python: string): FaasFunctionResult {
@@ -290,13 +330,15 @@ function measureFunction(ctx: FaasContext, selection: FaasSelection, python: str
 
           record(ctx, bench, name, tag)
 
+          const waiting: {row: string; instance: Instance}[] = []
           for (const variant of VARIANTS) {
             const id = variant.id
             const restored = bench.restore(name, variant.policy, false, variant.faultPages)
             s.add(`${id}.restore`, restored.restoreMs)
             addStats(s, id, restored.stats)
             if (restored.stats['pages_restored'] !== undefined) ctx.log(`${tag} ${id}: engine restore ${restored.restoreMs.toFixed(1)} ms, ${restored.stats['pages_restored']} pages copied, ${restored.stats['pages_mapped']} mapped, ${restored.stats['pages_lazy']} lazy`)
-            bench.measure(id, restored.instance, tag)
+            bench.measure(id, restored.instance, tag, true)
+            waiting.push({row: id, instance: restored.instance})
             const commandMs = bench.command(name, variant.policy, variant.faultPages)
             s.add(`${id}.command`, commandMs)
             ctx.log(`${tag} ${id}: whole command ${commandMs.toFixed(0)} ms`)
@@ -305,7 +347,9 @@ function measureFunction(ctx: FaasContext, selection: FaasSelection, python: str
           const fork = bench.fork(original.pid)
           s.add('fork.restore', fork.forkMs)
           ctx.log(`${tag} fork: os.fork() ${fork.forkMs.toFixed(2)} ms in the function`)
-          bench.measure('fork', fork.instance, tag)
+          bench.measure('fork', fork.instance, tag, true)
+          waiting.push({row: 'fork', instance: fork.instance})
+          bench.warmRoundRobin(waiting.splice(0), tag)
 
           if (run === ctx.runs && ctx.clones > 0) {
             for (const variant of VARIANTS) concurrent.push(concurrentSet(ctx, bench, variant.id, () => bench.restore(name, variant.policy, false, variant.faultPages).instance, tag))

@@ -126,10 +126,11 @@ function logTail(path: string): string {
  * target runs again, restored, under the same pid; `dir` is removed. Throws BENCH_CRIU_FAILED
  * with CRIU's last errors if either command fails or the restored process is not running.
  */
-export function realCriuCycle(criu: RealCriu, pid: number, dir: string): RealCriuSample {
+export function realCriuCycle(criu: RealCriu, pid: number, dir: string, beforeStep: () => void = () => {}): RealCriuSample {
   mkdirSync(dir, {recursive: true, mode: 0o700})
   try {
     // --shell-job: the target shares the bench's session and process group, as a job of a shell does.
+    beforeStep()
     const dump = timedSpawn([criu.bin, 'dump', '-t', String(pid), '-D', dir, '--shell-job', '-o', 'dump.log'])
     if (dump.status !== 0) throw new CxlforkError('BENCH_CRIU_FAILED', `${criu.bin} dump -t ${pid} exited with ${dump.status}:\n${logTail(join(dir, 'dump.log'))}`)
     // CRIU killed the dumped target; it is our child: reap it so its pid is free for the restore.
@@ -139,6 +140,7 @@ export function realCriuCycle(criu: RealCriu, pid: number, dir: string): RealCri
       // already reaped
     }
     const imageBytes = readdirSync(dir).filter((name) => !name.endsWith('.log')).reduce((sum, name) => sum + statSync(join(dir, name)).size, 0)
+    beforeStep()
     const restore = timedSpawn([criu.bin, 'restore', '-D', dir, '-d', '--shell-job', '-o', 'restore.log'])
     if (restore.status !== 0) throw new CxlforkError('BENCH_CRIU_FAILED', `${criu.bin} restore -D ${dir} exited with ${restore.status}:\n${logTail(join(dir, 'restore.log'))}`)
     if (!isAlive(pid)) throw new CxlforkError('BENCH_CLONE_DIED', `process ${pid} restored by ${criu.bin} is not running`)

@@ -18,7 +18,7 @@ import {Pool, SEGMENT_SIZE} from '../pool/index.js'
 import {isAlive, readMaps, readStatus} from '../sys/proc.js'
 import {PR, prctl} from '../sys/syscall.js'
 import {machineInfo, stealMs} from './machine.js'
-import {commandWallMs, localFork, nodeStartup, patternBuffer, plainMmap, plainWrite, plainWriteFromMemory, plainWriteIntoAllocated, sameBytesBuffer, timedSpawn, wholeCommand} from './measure.js'
+import {commandWallMs, localFork, nodeStartup, patternBuffer, plainMmap, plainWrite, plainWriteFromMemory, plainWriteIntoAllocated, primeFreePages, sameBytesBuffer, timedSpawn, wholeCommand} from './measure.js'
 import type {BenchPath, RestoreSample} from './paths.js'
 import {Samples, summarize} from './summary.js'
 import {spawnTarget, stopProcess, sweepChildren, TargetFiles, TARGET_COMM, verifyPattern} from './target.js'
@@ -66,6 +66,8 @@ export interface BenchOptions {
   faasClones?: number
   /** Warm invocations per clone in the FaaS section. */
   faasWarm?: number
+  /** Touch and free SIZE bytes before each timed step that takes new memory (primeFreePages): on by default. */
+  primeFreePages: boolean
   /** The command line, recorded in the result. */
   command: string
   /** Absolute path of bin/run.js, for whole-command restores. */
@@ -229,16 +231,22 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
         const criuRegion = criuTarget === undefined ? undefined : readMaps(criuTarget).find((vma) => vma.size === size.bytes && vma.kind === 'anon')
         if (criuTarget !== undefined && !criuRegion) throw new CxlforkError('BENCH_TARGET_LAYOUT', `real-CRIU target ${criuTarget} has no ${size.label} anonymous mapping`)
         const sameBytes = sameBytesBuffer(size.bytes, buffer)
+        // Before each timed step that takes new memory: the same host-backed free pages for every path (measure.ts).
+        const prime = (): void => {
+          if (options.primeFreePages) primeFreePages(size.bytes)
+        }
         for (let run = 1; run <= options.runs; run++) {
           const tag = `[${size.label} ${run}/${options.runs}]`
           // The anchor comes right before the checkpoints it is compared with. The two other
           // plain writes come after them: run in between, they slowed the next checkpoint by
           // 5-7 ms at 64 MiB (measured in one process: 50.3 against 43.8 ms), not the anchor.
+          prime()
           const fromMemory = plainWriteFromMemory(plainDir, sameBytes)
           samples.add('plainWriteMemory', fromMemory)
           log(`${tag} plain write ${fromMemory.toFixed(1)} ms (same bytes from memory)`)
 
           for (const path of paths) {
+            prime()
             const checkpoint = await path.checkpoint(target.pid, `bench-${size.label}-${run}-${process.pid}`)
             bytesByPath.set(path.name, checkpoint.bytes)
             samples.add(`${path.name}.checkpoint`, ms(checkpoint.timeUs))
@@ -248,6 +256,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
             try {
               for (const policy of path.policies) {
                 const row = `${path.name}/${policy}`
+                prime()
                 const restored = path.restore(policy)
                 track(restored.pid)
                 if (restored.initPid !== undefined) track(restored.initPid)
@@ -263,6 +272,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
                 } finally {
                   stopClone(restored)
                 }
+                prime()
                 const command = wholeCommand(path.restoreCommand(policy))
                 track(command.pid)
                 try {
@@ -275,6 +285,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
                 }
                 const viaPorter = benchPorter && path.porterCommands?.(benchPorter)
                 if (viaPorter) {
+                  prime()
                   const served = wholeCommand(viaPorter.restore())
                   track(served.pid)
                   try {
@@ -294,6 +305,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
             const dumpCommand = path.checkpointCommand?.(target.pid, `bench-${size.label}-${run}-${process.pid}`)
             if (dumpCommand) {
               try {
+                prime()
                 const timed = timedSpawn(dumpCommand.argv)
                 if (timed.status !== 0) throw new CxlforkError('BENCH_COMMAND_FAILED', `${dumpCommand.argv.slice(1).join(' ')} exited with ${timed.status}: ${timed.stderr.trim().split('\n').pop() ?? ''}`)
                 samples.add(`${path.name}.checkpointCommand`, timed.ms)
@@ -305,6 +317,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
             const porterDump = benchPorter && path.porterCommands?.(benchPorter).checkpoint(target.pid, `bench-${size.label}-${run}-${process.pid}`)
             if (porterDump) {
               try {
+                prime()
                 const timed = timedSpawn(porterDump.argv, porterDump.env)
                 if (timed.status !== 0) throw new CxlforkError('BENCH_COMMAND_FAILED', `${porterDump.argv.slice(1).join(' ')} exited with ${timed.status}: ${timed.stderr.trim().split('\n').pop() ?? ''}`)
                 const servedBy = (JSON.parse(timed.stdout) as {servedBy?: unknown}).servedBy
@@ -319,7 +332,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
 
           if (criu && criuTarget !== undefined && criuRegion) {
             // Dumped (and so killed) by CRIU, then restored as itself under the same pid.
-            const real = realCriuCycle(criu, criuTarget, join(realCriuRoot, `${size.label}-${run}`))
+            const real = realCriuCycle(criu, criuTarget, join(realCriuRoot, `${size.label}-${run}`), prime)
             const bad = verifyPattern(criuTarget, criuRegion.start, size.bytes)
             if (bad >= 0) throw new CxlforkError('BENCH_CLONE_CORRUPT', `process ${criuTarget} restored by real CRIU: page ${bad} does not hold the target's pattern`)
             bytesByPath.set(REAL_CRIU, real.imageBytes)
@@ -335,8 +348,11 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
             log(`${tag} real criu dump ${real.dumpMs.toFixed(1)} ms (frozen_time ${ms(real.dumpStats['frozen_time'] ?? Number.NaN).toFixed(1)} ms, ${(real.imageBytes / 1048576).toFixed(1)} MiB), restore ${real.restoreMs.toFixed(1)} ms (restore_time ${ms(real.restoreStats['restore_time'] ?? Number.NaN).toFixed(1)} ms), RssAnon ${real.rssAnonKb} kB`)
           }
 
+          prime()
           const write = plainWrite(plainDir, size.bytes, buffer)
+          prime()
           const mapped = plainMmap(plainDir, size.bytes, buffer)
+          prime()
           const allocated = plainWriteIntoAllocated(plainDir, sameBytes)
           samples.add('plainWrite', write)
           samples.add('plainMmap', mapped)
@@ -350,6 +366,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
           samples.add('noopInjection', fork.noopInjectionMs)
           log(`${tag} local fork ${fork.forkMs.toFixed(3)} ms (injected clone ${fork.cloneInjectionMs.toFixed(3)} - no-op ${fork.noopInjectionMs.toFixed(3)})`)
 
+          prime()
           const cold = spawnTarget(exe)
           track(cold.pid)
           stop(cold.pid)
@@ -428,7 +445,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     return {
       command: options.command, date: started.toISOString(), durationS: Math.round((performance.now() - t0) / 100) / 10, machine: machineInfo(atStart),
       config: {
-        sizes: options.sizes.map((size) => size.bytes), runs: options.runs, policies: [...options.policies], pool: poolPath, poolTemporary: temporary,
+        sizes: options.sizes.map((size) => size.bytes), runs: options.runs, policies: [...options.policies], pool: poolPath, poolTemporary: temporary, primeFreePages: options.primeFreePages,
         target: `static ELF generated by cxlfork (${TARGET_COMM}): mmap SIZE private anonymous, ${options.hugePages ? 'MADV_HUGEPAGE' : 'MADV_NOHUGEPAGE'}, fill page i with the word 0x63786c666f726b00+i (rep stosq), report ready on a pipe, pause() forever${threadsSize === undefined ? '' : '; in the threads section, before reporting ready, THREADS-1 more threads by raw clone(CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_THREAD|CLONE_SYSVSEM), each on a 64 KiB stack of its own and in pause()'}${treeSize === undefined ? '' : "; in the trees section, before reporting ready, PROCESSES-1 children by fork(), each with PR_SET_PDEATHSIG SIGKILL and in pause(), never writing (its pages are the parent's, copy-on-write)"}`,
         hugePages: options.hugePages,
         ...(threadsSize === undefined ? {} : {threads: [...options.threads], threadsSize: threadsSize.bytes}),

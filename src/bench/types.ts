@@ -221,6 +221,8 @@ export interface BenchResult {
     pool: string
     /** True when the pool was a temporary one, removed at the end. */
     poolTemporary: boolean
+    /** Whether SIZE bytes were touched and freed before each timed step that takes new memory (bench --prime). */
+    primeFreePages?: boolean
     target: string
     hugePages: boolean
     /** Thread counts of the threads section, absent when it was skipped. */
