@@ -41,6 +41,7 @@ export const UNSUPPORTED_VMA_BITS: [number, string][] = [
 
 export const FD_TYPE_REG = 1
 export const FD_TYPE_PIPE = 2
+export const FD_TYPE_FIFO = 3
 export const FD_TYPE_INETSK = 4
 export const FD_TYPE_UNIXSK = 5
 export const FD_TYPE_EVENTFD = 6
@@ -65,6 +66,8 @@ export const AT_VECTOR_SIZE = 44
 export const S_IFMT = 0o170000
 export const S_IFDIR = 0o040000
 export const S_IFCHR = 0o020000
+export const S_IFIFO = 0o010000
+export const S_IFREG = 0o100000
 /**
  * Kernel-object ids (criu/kerndat kid tree) of a one-process dump, as CRIU numbers them:
  * the dumper's own vm/files/fs/sighand come first (1, inventory root_ids), the task's

@@ -112,11 +112,19 @@ function memberPages(pid: number): PageSource {
 
 /** What the CRIU-format path does not write, in any member: refused by name before anything is touched. */
 function refuseUnwritable(pid: number, checked: PreflightResult): void {
-  const beyond = checked.fds.find(({kind}) => kind === 'fifo' || kind === 'inotify' || kind === 'ghost')
+  const beyond = checked.fds.find(({kind}) => kind === 'inotify')
   if (!beyond) return
-  const what = beyond.kind === 'fifo' ? 'a FIFO' : beyond.kind === 'ghost' ? 'a deleted file' : 'an inotify instance'
-  throw new UnsupportedError('CRIU_FD_TYPE', `fd ${beyond.info.fd} of process ${pid} is ${what}, which cxlfork's CRIU-format dump does not write yet`,
-    'Checkpoint it into the pool with `cxlfork checkpoint`, which restores FIFOs, inotify instances and deleted files.')
+  throw new UnsupportedError('CRIU_FD_TYPE', `fd ${beyond.info.fd} of process ${pid} is an inotify instance, which cxlfork's CRIU-format dump does not write yet`,
+    'Checkpoint it into the pool with `cxlfork checkpoint`, which restores inotify instances.')
+}
+
+/** The inode of the FIFO at `path` on this host (its pipe_id in the images). */
+function hostInode(path: string): number | undefined {
+  try {
+    return Number(statSync(path, {bigint: true}).ino & 0xffff_ffffn)
+  } catch {
+    return undefined
+  }
 }
 
 const F_GET_SEALS = 1034
@@ -205,7 +213,7 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
     const scanned = pagesScanned(snapshot)
     const timings = snapshot.timings
     // stats-dump.img is encoded after the pages are written: getters read the clock at that moment.
-    const options: WriteOptions = {modeOf: hostMode, vdsoPages: true,
+    const options: WriteOptions = {modeOf: hostMode, inodeOf: hostInode, vdsoPages: true,
       shmemFdOf: (pid, fd) => (pid === request.pid ? shmemFacts(snapshot.snapshotPid, fd) : undefined) ?? shmemFacts(pid, fd)}
     let pagesWritten = 0
     for (const entry of toWrite) if (entry.image) pagesWritten += totalPages(runsToWrite(entry.image, options))

@@ -43,13 +43,17 @@ export const IMAGE_KINDS = {
   'sk-queues': {magic: 0x56264026, head: 'common', type: 'sk_packet_entry'},
   // The inodes of memfds and unlinked tmpfs files held open (and, read only, of CRIU's memfd-backed shared anonymous memory).
   memfd: {magic: 0x48453499, head: 'common', type: 'memfd_inode_entry'},
-  // Read only: CRIU's record of files it dumped through a remap (unlinked files and such).
+  // Each FIFO's size and buffered bytes, framed as pipes-data.
+  'fifo-data': {magic: 0x59333054, head: 'common', type: 'pipe_data_entry'},
+  // Files dumped through a remap: written for deleted files (GHOST); read also for CRIU's other kinds, which are refused.
   'remap-fpath': {magic: 0x59133954, head: 'common', type: 'remap_file_path_entry'},
+  // A deleted file's attributes, then its contents (unframed, or as ghost_chunk_entry records each followed by its bytes).
+  'ghost-file': {magic: 0x52583605, head: 'common', type: 'ghost_file_entry'},
 } as const
 
 export type ImageKind = keyof typeof IMAGE_KINDS
 
-const PROTO_FILES = ['inventory.proto', 'core.proto', 'mm.proto', 'pagemap.proto', 'fdinfo.proto', 'fs.proto', 'pstree.proto', 'stats.proto', 'creds.proto', 'remap-file-path.proto', 'pipe-data.proto', 'sk-packet.proto']
+const PROTO_FILES = ['inventory.proto', 'core.proto', 'mm.proto', 'pagemap.proto', 'fdinfo.proto', 'fs.proto', 'pstree.proto', 'stats.proto', 'creds.proto', 'remap-file-path.proto', 'pipe-data.proto', 'sk-packet.proto', 'ghost-file.proto']
 
 let schema: Schema | undefined
 

@@ -83,6 +83,8 @@ export interface WriteOptions {
    * included; without a mode from here, files.img records none and CRIU checks none.
    */
   modeOf?: (path: string) => number | undefined
+  /** The inode of a FIFO at `path` on the dumping host (its pipe_id, as CRIU records it); else each FIFO path gets an id of its own. */
+  inodeOf?: (path: string) => number | undefined
   /**
    * Also store the [vdso] pages (read from `pages` like the others), which the model does not
    * carry: CRIU's restore parses the dumped vDSO in place to compare it with its own and

@@ -1,16 +1,18 @@
 /**
- * files.img (one entry per open file: regular files, directories, devices, pipes, eventfds,
- * epoll instances, timerfds, signalfds) and fdinfo-ID.img (each task's descriptors, naming
+ * files.img (one entry per open file: regular files, directories, devices, pipes, FIFOs,
+ * eventfds, epoll instances, timerfds, signalfds) and fdinfo-ID.img (each task's descriptors, naming
  * entries of files.img: fds sharing an open file description name one entry). cxlfork's
  * extensions carry the model's file identity (device, inode, mtime) and fd kinds; a set
  * CRIU wrote gets the identity of the file now at each path, checked against what CRIU
  * recorded. Each kind's own entry is encoded and read by its module (pipes-data.ts,
- * eventfd.ts, eventpoll.ts, timerfd.ts, signalfd.ts).
+ * eventfd.ts, eventpoll.ts, timerfd.ts, signalfd.ts, ghost.ts). A FIFO is a FIFO entry
+ * naming a regular-file entry with its path and open flags (as CRIU writes it), its bytes
+ * in fifo-data.img; a deleted file is a regular-file entry remapped to a ghost file.
  */
 import {CorruptError, UnsupportedError} from '../../errors.js'
 import type {FdImage, FdKind, FileIdentity, ProcessImage, SocketImage, VmaImage} from '../../image/process-image.js'
 import {
-  FD_CLOEXEC, FD_TYPE_EVENTFD, FD_TYPE_EVENTPOLL, FD_TYPE_INETSK, FD_TYPE_MEMFD, FD_TYPE_UNIXSK, FD_TYPE_NAMES, FD_TYPE_PIPE, FD_TYPE_REG, FD_TYPE_SIGNALFD, FD_TYPE_TIMERFD, S_IFCHR, S_IFDIR, S_IFMT,
+  FD_CLOEXEC, FD_TYPE_EVENTFD, FD_TYPE_EVENTPOLL, FD_TYPE_FIFO, FD_TYPE_INETSK, FD_TYPE_MEMFD, FD_TYPE_UNIXSK, FD_TYPE_NAMES, FD_TYPE_PIPE, FD_TYPE_REG, FD_TYPE_SIGNALFD, FD_TYPE_TIMERFD, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFREG,
 } from '../constants.js'
 import {hostIdentity} from '../file-identity.js'
 import {encodeMessage, readImage} from '../image-file.js'
@@ -21,9 +23,10 @@ import {big, has, str64, u64} from '../values.js'
 import {type ImagePath, type Msg, type Obj, type PutImage, corrupt, fileIdFor, fown, optionalImage} from './common.js'
 import {eventfdEntry, eventfdOf} from './eventfd.js'
 import {eventpollEntry, eventpollOf} from './eventpoll.js'
+import {GhostWriter, REMAP_GHOST, readGhost} from './ghost.js'
 import {inetSocketEntry, inetSocketOf} from './inetsk.js'
 import {MemfdWriter, memfdOf} from './memfd.js'
-import {type PipeData, PipesDataWriter, pipeEntry} from './pipes-data.js'
+import {type PipeData, PipesDataWriter, pipeEntry, readPipesData} from './pipes-data.js'
 import {SkQueuesWriter} from './sk-queues.js'
 import {socketIno, unixConnected, unixSocketEntry, unixSocketOf} from './unixsk.js'
 import {signalfdEntry, signalfdOf} from './signalfd.js'
@@ -32,7 +35,7 @@ import {timerfdEntry, timerfdOf} from './timerfd.js'
 // ---- writing ----
 
 /** The files.img kind of each model fd kind the CRIU-format path writes (others are written as regular files: directories, devices, ttys). */
-const FD_TYPES: Partial<Record<FdKind, number>> = {pipe: FD_TYPE_PIPE, eventfd: FD_TYPE_EVENTFD, epoll: FD_TYPE_EVENTPOLL, timerfd: FD_TYPE_TIMERFD, signalfd: FD_TYPE_SIGNALFD, shmem: FD_TYPE_MEMFD}
+const FD_TYPES: Partial<Record<FdKind, number>> = {pipe: FD_TYPE_PIPE, fifo: FD_TYPE_FIFO, eventfd: FD_TYPE_EVENTFD, epoll: FD_TYPE_EVENTPOLL, timerfd: FD_TYPE_TIMERFD, signalfd: FD_TYPE_SIGNALFD, shmem: FD_TYPE_MEMFD}
 
 /** The ids a member's images use: its files.img ids start at `fileBase`; cwd and root are entries of their own. */
 export interface MemberFileIds {
@@ -42,7 +45,8 @@ export interface MemberFileIds {
 }
 
 /**
- * files.img, fdinfo-ID.img, pipes-data.img and memfd.img of a set, member by member (parents first).
+ * files.img, fdinfo-ID.img, pipes-data.img, fifo-data.img, remap-fpath.img, ghost-file-N.img
+ * and memfd.img of a set, member by member (parents first).
  * Ids are global: a member's tracked files first, then one entry per open file description
  * (fds that share one, by dup or by inheritance from an earlier member, name one entry, as
  * CRIU writes them), then cwd and root.
@@ -55,6 +59,10 @@ export class FileImagesWriter {
   /** `${pid}:${fd}` -> files.img id. */
   private readonly byFd = new Map<string, number>()
   private readonly pipes = new PipesDataWriter()
+  private readonly fifos = new PipesDataWriter('fifo-data')
+  /** FIFO path -> pipe_id, when the host gives no inode. */
+  private readonly fifoIds = new Map<string, number>()
+  private readonly ghosts = new GhostWriter()
   private readonly queues = new SkQueuesWriter()
   private readonly memfds = new MemfdWriter()
   /** Sizes of the captured shared objects by id: a memfd inode's size when the host gives none. */
@@ -139,6 +147,17 @@ export class FileImagesWriter {
       case 'pipe':
         this.pipes.add(fd)
         return {type: FD_TYPE_PIPE, id, pipe: pipeEntry(fd, id)}
+      case 'fifo':
+        if (fd.fifo) return this.fifoEntry(fd, fd.fifo, id)
+        break
+      case 'ghost':
+        if (fd.ghost) {
+          this.ghosts.add(id, fd.ghost)
+          // CRIU checks the recreated file's size against size.
+          return {type: FD_TYPE_REG, id, reg: {id, flags: fd.flags >>> 0, pos: str64(u64(fd.offset)), fown: fown(), name: fd.ghost.path,
+            size: str64(BigInt(fd.ghost.data.length)), mode: (S_IFREG | (fd.ghost.mode & 0o7777)) >>> 0}}
+        }
+        break
       case 'eventfd':
         return {type: FD_TYPE_EVENTFD, id, efd: eventfdEntry(fd, id)}
       case 'epoll':
@@ -154,15 +173,34 @@ export class FileImagesWriter {
         if (fd.socket?.family === AF.UNIX) return {type: FD_TYPE_UNIXSK, id, usk: this.unixEntry(image, fd, id)}
         if (!fd.socket) throw new CorruptError('IMAGE_INCONSISTENT', `fd ${fd.fd} of process ${pid} is a socket without its state`, 'This is a cxlfork bug.')
         return {type: FD_TYPE_INETSK, id, isk: inetSocketEntry(fd, id)}
-      default: {
-        const reg: Obj = {id, flags: fd.flags >>> 0, pos: str64(u64(fd.offset)), fown: fown(), name: fd.path}
-        const identity = fd.fileIndex === undefined ? undefined : image.files[fd.fileIndex]
-        if (identity) reg['mode'] = identity.mode >>> 0
-        else if (fd.kind === 'chardev' || fd.kind === 'tty') this.setMode(reg, fd.path, S_IFCHR)
-        else if (fd.kind === 'directory') this.setMode(reg, fd.path, S_IFDIR)
-        return {type: FD_TYPE_REG, id, reg}
-      }
+      default:
+        break
     }
+    const reg: Obj = {id, flags: fd.flags >>> 0, pos: str64(u64(fd.offset)), fown: fown(), name: fd.path}
+    const identity = fd.fileIndex === undefined ? undefined : image.files[fd.fileIndex]
+    if (identity) reg['mode'] = identity.mode >>> 0
+    else if (fd.kind === 'chardev' || fd.kind === 'tty') this.setMode(reg, fd.path, S_IFCHR)
+    else if (fd.kind === 'directory') this.setMode(reg, fd.path, S_IFDIR)
+    return {type: FD_TYPE_REG, id, reg}
+  }
+
+  /**
+   * A FIFO: its own entry naming the FIFO's inode (pipe_id) and a regular-file entry of
+   * its own id with the path and open flags (CRIU restores the FIFO through that entry);
+   * its size and bytes go to fifo-data.img.
+   */
+  private fifoEntry(fd: FdImage, fifo: NonNullable<FdImage['fifo']>, id: number): Obj {
+    const regfId = this.nextId++
+    const reg: Obj = {id: regfId, flags: fd.flags >>> 0, pos: str64(0n), fown: fown(), name: fd.path}
+    this.setMode(reg, fd.path, S_IFIFO)
+    this.files.push({type: FD_TYPE_REG, id: regfId, reg})
+    let pipeId = this.options.inodeOf?.(fd.path) ?? this.fifoIds.get(fd.path)
+    if (pipeId === undefined) {
+      pipeId = this.fifoIds.size + 1
+      this.fifoIds.set(fd.path, pipeId)
+    }
+    this.fifos.addData(pipeId >>> 0, fifo.size, fifo.data)
+    return {type: FD_TYPE_FIFO, id, fifo: {id, pipe_id: pipeId >>> 0, regf_id: regfId}}
   }
 
   /**
@@ -206,6 +244,8 @@ export class FileImagesWriter {
     put('files.img', 'files', this.files.map((file) => encodeMessage('file_entry', file, 'files.img')))
     for (const {kid, records} of this.fdinfos) put(`fdinfo-${kid}.img`, 'fdinfo', records)
     this.pipes.write(put)
+    this.fifos.write(put)
+    this.ghosts.write(put)
     this.queues.write(put)
     this.memfds.write(put)
   }
@@ -213,18 +253,27 @@ export class FileImagesWriter {
 
 // ---- reading ----
 
-/** files.img of a set (and remap-fpath.img): the entries every member's table names. */
+/** files.img of a set (and remap-fpath.img, fifo-data.img): the entries every member's table names. */
 export class FileEntries {
   readonly entries = new Map<number, Msg>()
   readonly remaps = new Map<number, number>()
+  /** Entries of deleted files (files.img id -> ghost-file-N.img's N). */
+  readonly ghosts = new Map<number, number>()
+  /** Each FIFO's size and bytes by pipe_id; the bytes go to the set's first fd of the FIFO (fifosGiven). */
+  readonly fifoData: Map<number, PipeData>
+  readonly fifosGiven = new Set<number>()
 
   constructor(at: ImagePath) {
+    this.fifoData = readPipesData(at, 'fifo-data')
     for (const entry of readImage<Msg>(at('files.img'), 'files')) this.entries.set(entry['id'], entry)
     // Files CRIU could not reach by name (unlinked, or only via /proc) are dumped through a
     // remap: the name in files.img is then not the file. cxlfork restores by name only.
     const remapPath = at('remap-fpath.img')
     for (const remap of optionalImage(remapPath, () => readImage<Msg>(remapPath, 'remap-fpath')) ?? []) {
-      this.remaps.set(remap['orig_id'] as number, has(remap, 'remap_type') ? remap['remap_type'] as number : 0)
+      const type = has(remap, 'remap_type') ? remap['remap_type'] as number : 0
+      // A deleted file held open is restored from its ghost file; a mapped or executed one still is not (checkRemap).
+      if (type === REMAP_GHOST) this.ghosts.set(remap['orig_id'] as number, remap['remap_id'] as number)
+      this.remaps.set(remap['orig_id'] as number, type)
     }
   }
 }
@@ -238,11 +287,13 @@ export class FileEntries {
 export class FileTable {
   readonly entries: Map<number, Msg>
   readonly files: FileIdentity[] = []
+  readonly source: FileEntries
   private readonly remaps: Map<number, number>
   private readonly byName = new Map<string, number>()
 
   /** `owner`: the member's pid, undefined for the root. */
   constructor(source: FileEntries, private readonly ours: boolean, private readonly owner?: number) {
+    this.source = source
     this.entries = source.entries
     this.remaps = source.remaps
   }
@@ -356,6 +407,11 @@ export function readFds(at: ImagePath, ids: Msg, table: FileTable, memfdInodes: 
     if (type === FD_TYPE_PIPE && has(entry, 'pipe')) {
       const pipe = entry['pipe'] as Msg
       out.push({fd: {...base('pipe', `pipe:[${pipe['pipe_id']}]`), flags: pipe['flags']}, id, pipeId: pipe['pipe_id'] as number, ...(fdExt ? {pipeState: Boolean(fdExt['pipe_state'])} : {})})
+    } else if (type === FD_TYPE_FIFO && has(entry, 'fifo')) {
+      out.push({fd: fifoFd(table, entry['fifo'] as Msg, base, what), id})
+    } else if (type === FD_TYPE_REG && has(entry, 'reg') && table.source.ghosts.has(id)) {
+      const reg = entry['reg'] as Msg
+      out.push({fd: {...base('ghost', `${reg['name']} (deleted)`), flags: reg['flags'], offset: u64(big(reg['pos'])), ghost: readGhost(at, table.source.ghosts.get(id)!, reg['name'], what)}, id})
     } else if (type === FD_TYPE_EVENTFD && has(entry, 'efd')) {
       out.push({fd: {...base('eventfd', 'anon_inode:[eventfd]'), ...eventfdOf(entry['efd'] as Msg)}, id})
     } else if (type === FD_TYPE_EVENTPOLL && has(entry, 'epfd')) {
@@ -395,10 +451,25 @@ export function readFds(at: ImagePath, ids: Msg, table: FileTable, memfdInodes: 
       out.push({fd: fdImage, id})
     } else {
       throw new UnsupportedError('CRIU_FD_TYPE', `${what} is of type ${FD_TYPE_NAMES[type] ?? String(type)}, which the CRIU-format path does not restore`,
-        'Regular files, directories, character devices, pipes, eventfds, epoll instances, timerfds, signalfds, memfds and TCP/UDP sockets are restored; close other descriptors before dumping.')
+        'Regular files (also deleted ones), directories, character devices, pipes, FIFOs, eventfds, epoll instances, timerfds, signalfds, memfds, Unix and TCP/UDP sockets are restored; close other descriptors before dumping.')
     }
   }
   return out.sort((a, b) => a.fd.fd - b.fd.fd)
+}
+
+/**
+ * A FIFO fd: path and open flags from the regular-file entry the FIFO entry names (its own
+ * id in sets older than regf_id), size and bytes from fifo-data.img (the bytes on the set's
+ * first fd of that FIFO, as CRIU refills them once).
+ */
+function fifoFd(table: FileTable, fifo: Msg, base: (kind: FdKind, path: string) => Omit<FdImage, 'flags'>, what: string): FdImage {
+  const reg = table.regOf(has(fifo, 'regf_id') ? fifo['regf_id'] as number : fifo['id'] as number, what)
+  const pipeId = fifo['pipe_id'] as number
+  const state = table.source.fifoData.get(pipeId)
+  const first = !table.source.fifosGiven.has(pipeId)
+  table.source.fifosGiven.add(pipeId)
+  // A FIFO has no position (CRIU records lseek's -1).
+  return {...base('fifo', reg['name']), flags: reg['flags'], offset: 0n, fifo: {size: state?.size ?? 65_536, ...(first && state && state.data.length > 0 ? {data: state.data} : {})}}
 }
 
 /** A stream socket's queue as one run of bytes, a datagram socket's as its messages. */

@@ -2,11 +2,12 @@
  * pipes-data.img: each pipe's size (F_GETPIPE_SZ) and the bytes buffered in it, one
  * pipe_data_entry per pipe followed by its bytes unframed, as CRIU writes it (it splices
  * them there). file_entry.pipe (pipe_entry) names the pipe by pipe_id, the pipefs inode.
+ * fifo-data.img holds the same for FIFOs (file_entry.fifo names a FIFO by its inode).
  */
 import type {FdImage} from '../../image/process-image.js'
 import {existsSync} from 'node:fs'
 
-import {encodeMessage, decodeMessage, readImageRecords} from '../image-file.js'
+import {type ImageKind, encodeMessage, decodeMessage, readImageRecords} from '../image-file.js'
 import {type ImagePath, type Msg, type Obj, type PutImage, fown} from './common.js'
 
 /** The pipe_id of a pipe fd (its pipefs inode, as /proc/PID/fd names it). */
@@ -24,44 +25,50 @@ export interface PipeData {
   data: Uint8Array
 }
 
-/** Collects each pipe once (the first end that carries its data wins, as the model keeps it on one end). */
+/** Collects each pipe (or FIFO) once (the first end that carries its data wins, as the model keeps it on one end). */
 export class PipesDataWriter {
   private readonly pipes = new Map<number, PipeData>()
 
+  constructor(private readonly kind: Extract<ImageKind, 'pipes-data' | 'fifo-data'> = 'pipes-data') {}
+
   add(fd: FdImage): void {
-    if (!fd.pipe) return
-    const id = pipeIdOf(fd)
+    if (fd.pipe) this.addData(pipeIdOf(fd), fd.pipe.size, fd.pipe.data)
+  }
+
+  addData(id: number, size: number, data: Uint8Array | undefined): void {
     const known = this.pipes.get(id)
-    if (!known) this.pipes.set(id, {size: fd.pipe.size, data: fd.pipe.data ?? new Uint8Array(0)})
-    else if (known.data.length === 0 && fd.pipe.data) known.data = fd.pipe.data
+    if (!known) this.pipes.set(id, {size, data: data ?? new Uint8Array(0)})
+    else if (known.data.length === 0 && data) known.data = data
   }
 
   write(put: PutImage): void {
     if (this.pipes.size === 0) return
+    const name = `${this.kind}.img`
     const records: Uint8Array[] = []
     const trailers: Uint8Array[] = []
     for (const [pipeId, {size, data}] of this.pipes) {
-      records.push(encodeMessage('pipe_data_entry', {pipe_id: pipeId, bytes: data.length, size: size >>> 0}, 'pipes-data.img'))
+      records.push(encodeMessage('pipe_data_entry', {pipe_id: pipeId, bytes: data.length, size: size >>> 0}, name))
       trailers.push(data)
     }
-    put('pipes-data.img', 'pipes-data', records, trailers)
+    put(name, this.kind, records, trailers)
   }
 }
 
-/** Every pipe's size and bytes, by pipe_id (empty when the set has no pipes-data.img). */
-export function readPipesData(at: ImagePath): Map<number, PipeData> {
+/** Every pipe's (or FIFO's) size and bytes, by pipe_id (empty when the set has no such image). */
+export function readPipesData(at: ImagePath, kind: Extract<ImageKind, 'pipes-data' | 'fifo-data'> = 'pipes-data'): Map<number, PipeData> {
   const out = new Map<number, PipeData>()
-  const path = at('pipes-data.img')
+  const name = `${kind}.img`
+  const path = at(name)
   if (!existsSync(path)) return out
   const data: Uint8Array[] = []
-  const records = readImageRecords(path, 'pipes-data', {
-    length: (record, i) => decodeMessage<Msg>('pipe_data_entry', record, `pipes-data.img record ${i}`)['bytes'] as number,
+  const records = readImageRecords(path, kind, {
+    length: (record, i) => decodeMessage<Msg>('pipe_data_entry', record, `${name} record ${i}`)['bytes'] as number,
     onTrailer: (i, bytes) => {
       data[i] = Uint8Array.from(bytes)
     },
   })
   records.forEach((record, i) => {
-    const entry = decodeMessage<Msg>('pipe_data_entry', record, `pipes-data.img record ${i}`)
+    const entry = decodeMessage<Msg>('pipe_data_entry', record, `${name} record ${i}`)
     // CRIU records no size for a pipe of the default size in old sets: 16 pages.
     out.set(entry['pipe_id'] as number, {size: (entry['size'] as number) || 65_536, data: data[i] ?? new Uint8Array(0)})
   })
