@@ -398,11 +398,18 @@ function openFifo(inject: Injector, fd: FdImage, stage: (fd: number) => number):
 const O_TMPFILE = 0o20200000
 const SYS_FCHMOD = 91
 const SYS_FCHOWN = 93
+const SYS_LINKAT = 265
+const SYS_UNLINK = 87
+const AT_FDCWD = -100
+const AT_SYMLINK_FOLLOW = 0x400
 
 /**
  * A deleted file, made again as one: an unnamed file (O_TMPFILE) in the
  * directory it was deleted from (else /tmp, else /dev/shm) with its contents,
- * mode and owner, opened with the original's flags and offset through /proc.
+ * mode and owner, opened with the original's flags and offset. It is opened
+ * through a link at its old path, unlinked at once, so that /proc names it as
+ * the program saw it ("PATH (deleted)", as CRIU's restore makes it too); if
+ * something else holds that path now, through /proc (named "/DIR/#INODE").
  */
 function createGhost(inject: Injector, fd: FdImage, stage: (fd: number) => number): number {
   const ghost = fd.ghost!
@@ -416,8 +423,15 @@ function createGhost(inject: Injector, fd: FdImage, stage: (fd: number) => numbe
     writeAll(inject, Number(tmp), ghost.data)
     inject.tracee.syscall(SYS_FCHMOD, tmp, ghost.mode)
     inject.tracee.syscall(SYS_FCHOWN, tmp, ghost.uid, ghost.gid) // a restorer that may not: the restorer's
-    // Through the /proc link, which O_NOFOLLOW (Python's mkstemp sets it) would refuse; it only matters at open time.
-    const opened = stage(inject.open(`/proc/self/fd/${tmp}`, fd.flags & ~(O.CREAT | O.TRUNC | 0o200 /* O_EXCL */ | 0o400000 /* O_NOFOLLOW */)))
+    const flags = fd.flags & ~(O.CREAT | O.TRUNC | 0o200 /* O_EXCL */)
+    const named = inject.tracee.syscall(SYS_LINKAT, AT_FDCWD, inject.putString(`/proc/self/fd/${tmp}`), AT_FDCWD, inject.putString(ghost.path), AT_SYMLINK_FOLLOW) === 0n
+    let opened: number
+    try {
+      // Else through the /proc link, which O_NOFOLLOW (Python's mkstemp sets it) would refuse; it only matters at open time.
+      opened = stage(named ? inject.open(ghost.path, flags) : inject.open(`/proc/self/fd/${tmp}`, flags & ~0o400000 /* O_NOFOLLOW */))
+    } finally {
+      if (named) inject.call(`unlink(${ghost.path})`, SYS_UNLINK, inject.putString(ghost.path))
+    }
     // Appends go to the end whatever the offset, but reads start at it.
     if (fd.offset > 0n) inject.call('lseek', SYS.lseek, opened, fd.offset, 0)
     return opened
