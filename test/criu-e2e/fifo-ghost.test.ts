@@ -1,0 +1,206 @@
+/**
+ * FIFOs and deleted files on the CRIU-format path, end to end on a real process
+ * (fixtures/pyfifo.py: a FIFO open for reading and for writing, grown to 128 KiB, with 20
+ * bytes in flight; a 20000-byte file on /var/tmp, a disk file system, held read-write at
+ * offset 777 after it was unlinked). `criu dump` writes them as CRIU 4.2 does: a FIFO entry
+ * per open FIFO naming a regular-file entry with its path and flags, fifo-data.img with the
+ * bytes and pipe size; the deleted file as a regular-file entry under its old name with a
+ * GHOST remap (remap-fpath.img) to ghost-file-1.img holding its mode, owner and contents.
+ * crit reads every image; the clones of `criu restore` and of `criu import` + restore pass
+ * the program's own checks (paths from /proc, kinds, flags, offset, pipe size, the bytes, the
+ * contents). With CRIU_BIN (a CRIU >= 4): a real `criu dump` of pyfifo is restored by
+ * cxlfork, and cxlfork's dump is restored by real `criu restore`.
+ * A deleted file over CRIU's ghost limit (1 MiB) is refused by name; inotify instances stay
+ * refused by CRIU_FD_TYPE (dump-refusals.test.ts).
+ */
+import assert from 'node:assert/strict'
+import {spawn, spawnSync} from 'node:child_process'
+import {existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync} from 'node:fs'
+import {join} from 'node:path'
+
+import {type Fixture, procStat, processExists, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
+import {until} from '../restore/helpers.js'
+import {assertOk, cli, critDecode, expectCliError, imagesDir, installSuiteHooks, note, okJson, poolFile} from './helpers.js'
+
+type Entry = Record<string, any>
+
+const O_ACCMODE = 3
+const O_NONBLOCK = 0o4000
+const S_IFMT = 0o170000
+const S_IFIFO = 0o010000
+const S_IFREG = 0o100000
+
+/** CRIU_BIN if it names a runnable CRIU >= 4, else undefined. */
+function realCriu(): {bin: string; version: string} | undefined {
+  const bin = process.env['CRIU_BIN']
+  if (!bin) return undefined
+  const run = spawnSync(bin, ['--version'], {encoding: 'utf8'})
+  const match = /Version:\s*(\d+)\.(\d+)(?:\.(\d+))?/.exec(run.stdout ?? '')
+  if (run.status !== 0 || !match || Number(match[1]) < 4) return undefined
+  return {bin, version: match.slice(1).filter((part) => part !== undefined).join('.')}
+}
+
+/** CRIU's errors from its log in `dir`, for assertion messages. */
+function criuErrors(dir: string, log: string): string {
+  try {
+    return readFileSync(join(dir, log), 'utf8').split('\n').filter((line) => /Error|Warn/.test(line)).slice(-12).join('\n')
+  } catch {
+    return '(no log)'
+  }
+}
+
+/** Ghost files pyfifo (pid `pid`) made, or a restore made for it, still linked in /var/tmp. */
+const leftGhosts = (pid: number): string[] => readdirSync('/var/tmp').filter((name) => name.startsWith(`cxlfork-pyfifo-${pid}`))
+
+/** pyfifo's CHECK in `pid` (the original's fixture log), which must pass. */
+async function assertChecks(fx: Fixture, pid: number, what: string): Promise<void> {
+  await waitForTicks(fx.logPath, pid, 2)
+  assertOk(await requestCheck(fx.logPath, pid), what)
+}
+
+describe('criu-e2e: FIFOs and deleted files through criu dump, restore and import', function () {
+  this.timeout(120_000)
+
+  installSuiteHooks('criu-e2e fifo-ghost')
+
+  before(() => {
+    const fsType = spawnSync('stat', ['-f', '-c', '%T', '/var/tmp'], {encoding: 'utf8'}).stdout.trim()
+    assert.notEqual(fsType, 'tmpfs', '/var/tmp must be a disk file system here (a deleted tmpfs file is a memfd to CRIU)')
+  })
+
+  it('pyfifo: criu dump writes FIFO entries, fifo-data.img and a ghost file as CRIU 4.2 does; crit reads them; criu restore refills the FIFO, criu import + restore (mow, local) shares it; every clone passes its own checks', async () => {
+    const fx = await startFixture('pyfifo')
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    assertOk(await fx.check(), 'the original\'s own checks')
+    const fifo = fx.ready.fields.fifo!
+    const ghostPath = fx.ready.fields.ghost!
+    const images = imagesDir('fifo')
+    okJson(await cli(['criu', 'dump', String(fx.pid), '--images', images, '--kill', '--json']))
+    await fx.exited()
+
+    for (const name of readdirSync(images).filter((n) => n.endsWith('.img') && !n.startsWith('pages-'))) await critDecode(join(images, name))
+    const files = (await critDecode(join(images, 'files.img'))).entries as Entry[]
+    const byId = new Map(files.map((file) => [file.id as number, file]))
+    const fifos = files.filter((file) => file.type === 'FIFO')
+    assert.equal(fifos.length, 2, `two FIFO entries (the read and the write open): ${JSON.stringify(fifos)}`)
+    assert.equal(new Set(fifos.map((file) => file.fifo.pipe_id)).size, 1, 'one FIFO: one pipe_id')
+    const regs = fifos.map((file) => byId.get(file.fifo.regf_id)!)
+    for (const reg of regs) {
+      assert.equal(reg?.type, 'REG', 'each FIFO entry names a regular-file entry')
+      assert.equal(reg.reg.name, fifo, 'with the FIFO\'s path')
+      assert.equal(reg.reg.mode & S_IFMT, S_IFIFO, 'and its mode (S_IFIFO)')
+    }
+    assert.deepEqual(regs.map((reg) => [reg.reg.flags & O_ACCMODE, reg.reg.flags & O_NONBLOCK]).sort(), [[0, O_NONBLOCK], [1, 0]], 'the read open non-blocking, the write open blocking')
+    const fifoData = (await critDecode(join(images, 'fifo-data.img'))).entries as Entry[]
+    assert.deepEqual(fifoData.map((d) => [d.pipe_id, d.bytes, d.size]), [[fifos[0]!.fifo.pipe_id, 20, 128 * 1024]], 'fifo-data.img: the 20 bytes in flight and the 128 KiB pipe size')
+    const remaps = (await critDecode(join(images, 'remap-fpath.img'))).entries as Entry[]
+    assert.equal(remaps.length, 1)
+    assert.equal(remaps[0]!.remap_type, 'GHOST')
+    const ghostReg = byId.get(remaps[0]!.orig_id)!
+    assert.equal(ghostReg.reg.name, ghostPath, 'the deleted file\'s entry keeps the name it had')
+    assert.equal(Number(ghostReg.reg.pos), 777, 'and its offset')
+    assert.equal(ghostReg.reg.flags & O_ACCMODE, 2, 'read-write')
+    const ghost = (await critDecode(join(images, `ghost-file-${remaps[0]!.remap_id}.img`))).entries as Entry[]
+    assert.equal(ghost[0]!.mode, S_IFREG | 0o640, 'ghost-file: a regular file, mode 0640')
+    assert.equal(Number(ghost[0]!.size), 20000, 'of 20000 bytes, in chunks (as CRIU writes files of 12 KiB or more)')
+    assert.equal(Buffer.from(ghost[1]!.extra, 'base64').length, 20000, 'its contents')
+
+    // The original is gone: nobody holds the FIFO, so the clone gets its bytes from fifo-data.img.
+    const restore = okJson(await cli(['criu', 'restore', '--images', images, '--json']))
+    trackPid(restore.pid)
+    await assertChecks(fx, restore.pid, 'the criu restore clone (FIFO refilled, deleted file recreated)')
+    // Beside it, the imported clones share the FIFO (and its bytes) with it, each with a deleted file of its own.
+    const pool = poolFile('fifo')
+    okJson(await cli(['criu', 'import', '--images', images, '--name', 'fifo', '--pool', pool, '--json']))
+    for (const policy of ['mow', 'local'] as const) {
+      const run = okJson(await cli(['restore', 'fifo', '--policy', policy, '--pool', pool, '--json']))
+      trackPid(run.pid)
+      await assertChecks(fx, run.pid, `the imported ${policy} clone`)
+    }
+    await assertChecks(fx, restore.pid, 'the first clone, after the others read and put back the FIFO\'s bytes')
+    assert.deepEqual(leftGhosts(fx.pid), [], 'no deleted file left linked')
+  })
+
+  it('a deleted file over 1 MiB (CRIU\'s ghost limit) -> criu dump refuses it by name (exit 5 UNSUPPORTED_FD); the target runs on', async () => {
+    const code = [
+      'import os, time',
+      'os.closerange(3, 1024)',
+      'path = "/var/tmp/cxlfork-pyfifo-%d-big" % os.getpid()',
+      'fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)',
+      'os.write(fd, b"x" * (2 << 20))',
+      'os.unlink(path)',
+      'time.sleep(600)',
+    ].join('\n')
+    const child = spawn('python3', ['-c', code], {stdio: 'ignore'})
+    trackPid(child.pid!)
+    const holds = () => {
+      try {
+        return readdirSync(`/proc/${child.pid}/fd`).some((fd) => readlinkSync(`/proc/${child.pid}/fd/${fd}`).endsWith('-big (deleted)'))
+      } catch {
+        return false
+      }
+    }
+    await until(holds, 'the deleted file is held')
+    const images = imagesDir('big-ghost')
+    const run = await cli(['criu', 'dump', String(child.pid), '--images', images, '--json'])
+    expectCliError(run, {code: 'UNSUPPORTED_FD', exitCode: 5, message: [String(child.pid), /a deleted file of 2097152 bytes/, /1048576/]})
+    assert.ok(!existsSync(images) || readdirSync(images).length === 0, 'no image written')
+    assert.equal(procStat(child.pid!)?.state, 'S', 'the target runs on, not stopped')
+  })
+
+  describe('with a real CRIU 4.x (CRIU_BIN)', function () {
+    let criu: {bin: string; version: string}
+
+    before(function () {
+      const found = realCriu()
+      if (!found) {
+        note('real CRIU part skipped: CRIU_BIN does not name a CRIU >= 4')
+        this.skip()
+      }
+      criu = found!
+    })
+
+    it('pyfifo: real criu dump -> cxlfork criu restore and criu import + restore mow; the clones pass their own FIFO and deleted-file checks', async () => {
+      const fx = await startFixture('pyfifo')
+      await waitForTicks(fx.logPath, fx.pid, 2)
+      const images = imagesDir('fifo-from-criu')
+      mkdirSync(images, {recursive: true})
+      // Without --leave-running CRIU kills the process: nobody holds the FIFO, its bytes come from CRIU's fifo-data.img.
+      const dump = spawnSync(criu.bin, ['dump', '-t', String(fx.pid), '-D', images, '--shell-job', '-v4', '-o', 'dump.log'], {encoding: 'utf8'})
+      assert.equal(dump.status, 0, `criu dump -t ${fx.pid} failed:\n${criuErrors(images, 'dump.log')}`)
+      await fx.exited()
+      const types = ((await critDecode(join(images, 'files.img'))).entries as Entry[]).map((file) => file.type as string)
+      assert.equal(types.filter((type) => type === 'FIFO').length, 2, 'CRIU wrote two FIFO entries')
+      assert.equal(((await critDecode(join(images, 'remap-fpath.img'))).entries as Entry[])[0]!.remap_type, 'GHOST', 'and a ghost file')
+      const restore = okJson(await cli(['criu', 'restore', '--images', images, '--json']))
+      trackPid(restore.pid)
+      await assertChecks(fx, restore.pid, `criu ${criu.version} dump -> cxlfork criu restore`)
+      const pool = poolFile('fifo-from-criu')
+      okJson(await cli(['criu', 'import', '--images', images, '--name', 'fifo', '--pool', pool, '--json']))
+      const mow = okJson(await cli(['restore', 'fifo', '--policy', 'mow', '--pool', pool, '--json']))
+      trackPid(mow.pid)
+      await assertChecks(fx, mow.pid, `criu ${criu.version} dump -> criu import + restore mow`)
+      assert.deepEqual(leftGhosts(fx.pid), [], 'no deleted file left linked')
+      note(`pyfifo: criu ${criu.version} dump -> cxlfork criu restore, import + restore mow: CHECK ok`)
+    })
+
+    it('pyfifo: cxlfork criu dump --kill -> real criu restore -d; the process passes its own FIFO and deleted-file checks under its pid', async () => {
+      const fx = await startFixture('pyfifo')
+      await waitForTicks(fx.logPath, fx.pid, 2)
+      const images = imagesDir('fifo-to-criu')
+      okJson(await cli(['criu', 'dump', String(fx.pid), '--kill', '--images', images, '--json']))
+      await fx.exited()
+      const restore = spawnSync(criu.bin, ['restore', '-D', images, '-d', '--shell-job', '-v4', '-o', 'restore.log'], {encoding: 'utf8'})
+      assert.equal(restore.status, 0, `criu restore -D ${images} failed:\n${criuErrors(images, 'restore.log')}`)
+      const started = procStat(fx.pid)?.starttime
+      try {
+        await assertChecks(fx, fx.pid, `cxlfork criu dump -> criu ${criu.version} restore`)
+        assert.deepEqual(leftGhosts(fx.pid), [], 'CRIU removed the ghost file it linked')
+        note(`pyfifo: cxlfork criu dump -> criu ${criu.version} restore: CHECK ok`)
+      } finally {
+        // Not our child (CRIU's -d detaches it): end it if it is still the same process.
+        if (processExists(fx.pid) && procStat(fx.pid)?.starttime === started) process.kill(fx.pid, 'SIGKILL')
+      }
+    })
+  })
+})
