@@ -2,7 +2,7 @@
  * FIFOs and deleted files on the CRIU-format path, end to end on a real process
  * (fixtures/pyfifo.py: a FIFO open for reading and for writing, grown to 128 KiB, with 20
  * bytes in flight; a 20000-byte file on /var/tmp, a disk file system, held read-write at
- * offset 777 after it was unlinked). `criu dump` writes them as CRIU 4.2 does: a FIFO entry
+ * offset 777 after it was unlinked, and one of 100 bytes open O_WRONLY|O_APPEND). `criu dump` writes them as CRIU 4.2 does: a FIFO entry
  * per open FIFO naming a regular-file entry with its path and flags, fifo-data.img with the
  * bytes and pipe size; the deleted file as a regular-file entry under its old name with a
  * GHOST remap (remap-fpath.img) to ghost-file-1.img holding its mode, owner and contents.
@@ -26,6 +26,7 @@ type Entry = Record<string, any>
 
 const O_ACCMODE = 3
 const O_NONBLOCK = 0o4000
+const O_APPEND = 0o2000
 const S_IFMT = 0o170000
 const S_IFIFO = 0o010000
 const S_IFREG = 0o100000
@@ -94,16 +95,23 @@ describe('criu-e2e: FIFOs and deleted files through criu dump, restore and impor
     const fifoData = (await critDecode(join(images, 'fifo-data.img'))).entries as Entry[]
     assert.deepEqual(fifoData.map((d) => [d.pipe_id, d.bytes, d.size]), [[fifos[0]!.fifo.pipe_id, 20, 128 * 1024]], 'fifo-data.img: the 20 bytes in flight and the 128 KiB pipe size')
     const remaps = (await critDecode(join(images, 'remap-fpath.img'))).entries as Entry[]
-    assert.equal(remaps.length, 1)
-    assert.equal(remaps[0]!.remap_type, 'GHOST')
-    const ghostReg = byId.get(remaps[0]!.orig_id)!
-    assert.equal(ghostReg.reg.name, ghostPath, 'the deleted file\'s entry keeps the name it had')
-    assert.equal(Number(ghostReg.reg.pos), 777, 'and its offset')
-    assert.equal(ghostReg.reg.flags & O_ACCMODE, 2, 'read-write')
-    const ghost = (await critDecode(join(images, `ghost-file-${remaps[0]!.remap_id}.img`))).entries as Entry[]
-    assert.equal(ghost[0]!.mode, S_IFREG | 0o640, 'ghost-file: a regular file, mode 0640')
-    assert.equal(Number(ghost[0]!.size), 20000, 'of 20000 bytes, in chunks (as CRIU writes files of 12 KiB or more)')
-    assert.equal(Buffer.from(ghost[1]!.extra, 'base64').length, 20000, 'its contents')
+    assert.deepEqual(remaps.map((remap) => remap.remap_type), ['GHOST', 'GHOST'], 'both deleted files are ghost-remapped')
+    const ghostOf = (name: string) => {
+      const remap = remaps.find((r) => byId.get(r.orig_id)!.reg.name === name)
+      assert.ok(remap, `the deleted file's entry keeps the name it had (${name})`)
+      return {reg: byId.get(remap.orig_id)!.reg, image: join(images, `ghost-file-${remap.remap_id}.img`)}
+    }
+    const big = ghostOf(ghostPath)
+    assert.deepEqual([Number(big.reg.pos), big.reg.flags & O_ACCMODE], [777, 2], 'read-write at offset 777')
+    const bigGhost = (await critDecode(big.image)).entries as Entry[]
+    assert.equal(bigGhost[0]!.mode, S_IFREG | 0o640, 'ghost-file: a regular file, mode 0640')
+    assert.equal(Number(bigGhost[0]!.size), 20000, 'of 20000 bytes, in chunks (as CRIU writes files of 12 KiB or more)')
+    assert.equal(Buffer.from(bigGhost[1]!.extra, 'base64').length, 20000, 'its contents')
+    const small = ghostOf(`${ghostPath}-small`)
+    assert.equal(small.reg.flags & (O_ACCMODE | O_APPEND), 1 | O_APPEND, 'write-only, O_APPEND')
+    const smallGhost = (await critDecode(small.image)).entries as Entry[]
+    assert.deepEqual([smallGhost.length, smallGhost[0]!.mode, smallGhost[0]!.chunks], [1, S_IFREG | 0o600, undefined], 'the small one unchunked, mode 0600')
+    assert.equal(readFileSync(small.image).subarray(-100).toString(), '0123456789'.repeat(10), 'its contents at the end of its image')
 
     // The original is gone: nobody holds the FIFO, so the clone gets its bytes from fifo-data.img.
     const restore = okJson(await cli(['criu', 'restore', '--images', images, '--json']))
@@ -171,7 +179,7 @@ describe('criu-e2e: FIFOs and deleted files through criu dump, restore and impor
       await fx.exited()
       const types = ((await critDecode(join(images, 'files.img'))).entries as Entry[]).map((file) => file.type as string)
       assert.equal(types.filter((type) => type === 'FIFO').length, 2, 'CRIU wrote two FIFO entries')
-      assert.equal(((await critDecode(join(images, 'remap-fpath.img'))).entries as Entry[])[0]!.remap_type, 'GHOST', 'and a ghost file')
+      assert.deepEqual(((await critDecode(join(images, 'remap-fpath.img'))).entries as Entry[]).map((remap) => remap.remap_type), ['GHOST', 'GHOST'], 'and two ghost files')
       const restore = okJson(await cli(['criu', 'restore', '--images', images, '--json']))
       trackPid(restore.pid)
       await assertChecks(fx, restore.pid, `criu ${criu.version} dump -> cxlfork criu restore`)
