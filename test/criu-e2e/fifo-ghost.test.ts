@@ -19,7 +19,8 @@ import {existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync} from 'no
 import {join} from 'node:path'
 
 import {type Fixture, procStat, processExists, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
-import {until} from '../restore/helpers.js'
+import {allProcesses, until} from '../restore/helpers.js'
+import {SYS, syscallRaw} from '../../src/sys/syscall.js'
 import {assertOk, cli, critDecode, expectCliError, imagesDir, installSuiteHooks, note, okJson, poolFile} from './helpers.js'
 
 type Entry = Record<string, any>
@@ -127,6 +128,48 @@ describe('criu-e2e: FIFOs and deleted files through criu dump, restore and impor
     }
     await assertChecks(fx, restore.pid, 'the first clone, after the others read and put back the FIFO\'s bytes')
     assert.deepEqual(leftGhosts(fx.pid), [], 'no deleted file left linked')
+  })
+
+  it('a deleted file a parent and its forked child share (one open file description): criu dump --tree writes one ghost; in the restored clone tree they share one recreated file again', async () => {
+    const code = [
+      'import ctypes, os, time',
+      'os.closerange(3, 1024)',
+      'path = "/var/tmp/cxlfork-pyfifo-%d-tree" % os.getpid()',
+      'fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)',
+      'os.write(fd, b"shared-by-the-tree")',
+      'os.unlink(path)',
+      'if os.fork() == 0:',
+      '    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: dies with its parent',
+      '    time.sleep(600)',
+      '    os._exit(0)',
+      'time.sleep(600)',
+    ].join('\n')
+    const parent = spawn('python3', ['-c', code], {stdio: 'ignore'})
+    trackPid(parent.pid!)
+    const ghostFd = (pid: number): number | undefined => {
+      try {
+        const fd = readdirSync(`/proc/${pid}/fd`).find((n) => readlinkSync(`/proc/${pid}/fd/${n}`).endsWith('-tree (deleted)'))
+        return fd === undefined ? undefined : Number(fd)
+      } catch {
+        return undefined
+      }
+    }
+    const childOf = (pid: number): number | undefined => allProcesses().find((p) => p.ppid === pid)?.pid
+    await until(() => childOf(parent.pid!) !== undefined && ghostFd(childOf(parent.pid!)!) !== undefined, 'parent and child hold the deleted file')
+    const images = imagesDir('tree-ghost')
+    okJson(await cli(['criu', 'dump', String(parent.pid), '--tree', '--images', images, '--json']))
+    const remaps = (await critDecode(join(images, 'remap-fpath.img'))).entries as Entry[]
+    assert.equal(remaps.length, 1, 'one open file description: one ghost file')
+    const restore = okJson(await cli(['criu', 'restore', '--images', images, '--json']))
+    trackPid(restore.pid)
+    await until(() => childOf(restore.pid) !== undefined && ghostFd(childOf(restore.pid)!) !== undefined, 'the clone tree holds the deleted file')
+    const clone = {pid: restore.pid as number, fd: ghostFd(restore.pid)!}
+    const kid = {pid: childOf(restore.pid)!, fd: ghostFd(childOf(restore.pid)!)!}
+    trackPid(kid.pid)
+    assert.equal(readFileSync(`/proc/${kid.pid}/fd/${kid.fd}`, 'utf8'), 'shared-by-the-tree', 'the recreated file\'s contents')
+    assert.equal(syscallRaw(SYS.kcmp, clone.pid, kid.pid, 0 /* KCMP_FILE */, clone.fd, kid.fd), 0n, 'the clone parent and child share one open file description')
+    const original = {pid: parent.pid!, fd: ghostFd(parent.pid!)!}
+    assert.notEqual(syscallRaw(SYS.kcmp, original.pid, clone.pid, 0, original.fd, clone.fd), 0n, 'the clone\'s file is its own, not the original\'s')
   })
 
   it('a deleted file over 1 MiB (CRIU\'s ghost limit) -> criu dump refuses it by name (exit 5 UNSUPPORTED_FD); the target runs on', async () => {

@@ -516,7 +516,7 @@ function linkUnixPairs(members: readonly {pid: number; fds: readonly ReadFd[]}[]
 }
 
 /** Kinds whose object a later member of a tree takes over from an earlier one (checkpoint/tree.ts sharedAcrossMembers). */
-const HANDED_OVER: ReadonlySet<FdKind> = new Set(['pipe', 'eventfd', 'epoll', 'timerfd', 'signalfd', 'socket'])
+const HANDED_OVER: ReadonlySet<FdKind> = new Set(['pipe', 'eventfd', 'epoll', 'timerfd', 'signalfd', 'socket', 'ghost'])
 
 /**
  * Tie each member's descriptors together as the pool path's capture does: fds naming one
