@@ -2,9 +2,9 @@
  * `criu dump` refuses what `checkpoint` refuses, with the same typed errors: a pid that
  * does not exist (exit 3), a process holding sockets checkpoint refuses (exit 5), a
  * zombie (exit 5), a process with children without --tree (exit 5); and, by name
- * (CRIU_FD_TYPE), what only the CRIU-format path does not write: FIFOs, inotify instances
- * and deleted files (not on a tmpfs: an unlinked tmpfs file or a memfd is written as CRIU's
- * MEMFD, test/criu-e2e/runtimes.test.ts).
+ * (CRIU_FD_TYPE), what only the CRIU-format path does not write: inotify instances (FIFOs
+ * and deleted files are written, test/criu-e2e/fifo-ghost.test.ts; an unlinked tmpfs file
+ * or a memfd as CRIU's MEMFD, test/criu-e2e/runtimes.test.ts).
  * The target is left running and intact (CHECK ok=1), no
  * image is written, and no stub or clone is left behind.
  *

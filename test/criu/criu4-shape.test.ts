@@ -9,7 +9,7 @@
  *  - pagemap entries with compat_nr_pages 0 and PE_LAZY | PE_PRESENT;
  *  - the dump statistics in `stats-dump` (no .img suffix);
  * plus the CRIU records the CRIU-format path must refuse by name: remap-fpath.img
- * (deleted files), armed timers, a stopped task, seccomp, a changed backing file.
+ * (a deleted executable; a deleted file that is not a regular one), armed timers, a stopped task, seccomp, a changed backing file.
  */
 import {strict as assert} from 'node:assert'
 import {type ChildProcess, spawn} from 'node:child_process'
@@ -134,7 +134,21 @@ describe('criu image set shaped like CRIU 4.x writes it', function () {
     assert.equal(set.stats?.pagesWritten, 6)
   })
 
-  it('refuses a file CRIU dumped through remap-fpath.img (deleted file, ghost)', function () {
+  it('reads a deleted file held open from its ghost file (unframed contents); refuses one that is not a regular file by name', function () {
+    const copy = copySet()
+    const fdinfo = readImageRecords(at(copy, 'fdinfo-2.img'), 'fdinfo').map((record, i) => decodeMessage<Obj>('fdinfo_entry', record, `fdinfo record ${i}`))
+    const id = fdinfo.find((fd) => fd['fd'] === 0)!['id'] as number
+    writeImage(at(copy, 'remap-fpath.img'), 'remap-fpath', [encodeMessage('remap_file_path_entry', {orig_id: id, remap_id: 7, remap_type: 1})])
+    const contents = new TextEncoder().encode('ghost contents')
+    writeImage(at(copy, 'ghost-file-7.img'), 'ghost-file', [encodeMessage('ghost_file_entry', {uid: 1, gid: 2, mode: 0o100640})], [contents])
+    const fd = readCriuImages(copy).image.fds.find((candidate) => candidate.fd === 0)!
+    assert.equal(fd.kind, 'ghost')
+    assert.deepEqual(fd.ghost, {path: '/dev/null', mode: 0o640, uid: 1, gid: 2, data: contents})
+    writeImage(at(copy, 'ghost-file-7.img'), 'ghost-file', [encodeMessage('ghost_file_entry', {uid: 0, gid: 0, mode: 0o010600})])
+    expectUnsupported(() => readCriuImages(copy), 'CRIU_FILE_REMAP', /deleted and is not a regular file/)
+  })
+
+  it('refuses an executable CRIU dumped through remap-fpath.img (deleted file, ghost)', function () {
     const copy = copySet()
     const mm = decodeMessage<Obj>('mm_entry', readImageRecords(at(copy, `mm-${pid}.img`), 'mm')[0]!, 'mm')
     const exeId = mm['exe_file_id'] as number

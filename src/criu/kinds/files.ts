@@ -302,8 +302,8 @@ export class FileTable {
     const type = this.remaps.get(id)
     if (type === undefined) return
     const how = type === 1 ? 'was deleted; CRIU saved its contents as a ghost file' : type === 2 ? 'was reachable only through /proc; CRIU remapped it' : 'was unlinked; CRIU linked it under another name'
-    throw new UnsupportedError('CRIU_FILE_REMAP', `${what} refers to ${name} (file id ${id}), which ${how} (remap-fpath.img); the CRIU-format path restores files by name only`,
-      'Dump a process whose open and mapped files all still exist under their names.')
+    throw new UnsupportedError('CRIU_FILE_REMAP', `${what} refers to ${name} (file id ${id}), which ${how} (remap-fpath.img); the CRIU-format path restores a deleted file only as an open descriptor, other files by name only`,
+      'Dump a process whose mapped and executed files, cwd and root still exist under their names.')
   }
 
   /** The regular-file entry `id` names. */
