@@ -288,6 +288,7 @@ while True: time.sleep(1)`
       trackPid(run.json.pid)
       const fd = readdirSync(`/proc/${run.json.pid}/fd`).find((n) => readlinkSync(`/proc/${run.json.pid}/fd/${n}`).endsWith('(deleted)'))
       assert.ok(fd, `the clone holds a deleted file: ${readdirSync(`/proc/${run.json.pid}/fd`).map((n) => readlinkSync(`/proc/${run.json.pid}/fd/${n}`)).join(', ')}`)
+      assert.equal(readlinkSync(`/proc/${run.json.pid}/fd/${fd}`), `${dir}/ghost (deleted)`, 'under the name it had')
       assert.equal(readFileSync(`/proc/${run.json.pid}/fd/${fd}`, 'utf8'), 'ghost-contents')
       const info = readFileSync(`/proc/${run.json.pid}/fdinfo/${fd}`, 'utf8')
       assert.match(info, /^pos:\s+6$/m, 'at its offset')
