@@ -11,15 +11,17 @@ import {dirname, join, resolve} from 'node:path'
 import {type CheckpointStats as CheckpointDumpStats} from '../checkpoint/checkpoint.js'
 import {pagesScanned, runSegments, startSnapshotFileWrite} from '../checkpoint/page-write.js'
 import {type LiveSnapshot, killTarget, takePlacedSnapshot} from '../checkpoint/snapshot.js'
-import {type PreflightResult, preflight} from '../checkpoint/preflight.js'
+import {preflight} from '../checkpoint/preflight.js'
 import {type SharedObjectCapture, releaseSharedObjects} from '../checkpoint/shared-memory.js'
 import {type CheckedTree, type FrozenMember, type SharedFrom, captureStoppedMember, freezeDescendants, markInternalPipes, preflightTree, sharedAcrossMembers, thawMembers} from '../checkpoint/tree.js'
-import {ConflictError, PermissionError, SyscallError, UnsupportedError, UsageError} from '../errors.js'
+import {ConflictError, PermissionError, SyscallError, UsageError} from '../errors.js'
 import {type VmaImage, totalPages} from '../image/process-image.js'
 import {PAGE_SIZE} from '../sys/page.js'
 import type {CpuPlacement} from '../sys/affinity.js'
+import {handleOf, kernelDev} from '../sys/file-handle.js'
 import {SYS, syscallRaw} from '../sys/syscall.js'
 import {addressOf, vmReadv} from '../sys/vm-io.js'
+import type {WatchFacts} from './kinds/inotify.js'
 import {type MemberToWrite, type PageSource, type ShmemFdFacts, type WriteOptions, runsToWrite, writeCriuTree} from './images.js'
 
 export interface CriuDumpResult {
@@ -110,18 +112,21 @@ function memberPages(pid: number): PageSource {
   }
 }
 
-/** What the CRIU-format path does not write, in any member: refused by name before anything is touched. */
-function refuseUnwritable(pid: number, checked: PreflightResult): void {
-  const beyond = checked.fds.find(({kind}) => kind === 'inotify')
-  if (!beyond) return
-  throw new UnsupportedError('CRIU_FD_TYPE', `fd ${beyond.info.fd} of process ${pid} is an inotify instance, which cxlfork's CRIU-format dump does not write yet`,
-    'Checkpoint it into the pool with `cxlfork checkpoint`, which restores inotify instances.')
-}
-
 /** The inode of the FIFO at `path` on this host (its pipe_id in the images). */
 function hostInode(path: string): number | undefined {
   try {
     return Number(statSync(path, {bigint: true}).ino & 0xffff_ffffn)
+  } catch {
+    return undefined
+  }
+}
+
+/** What CRIU records of a file an inotify instance watches: inode, kernel dev_t, file handle; undefined if it cannot be stat'ed. */
+function watchFacts(path: string): WatchFacts | undefined {
+  try {
+    const st = statSync(path, {bigint: true})
+    const handle = handleOf(path)
+    return {sdev: kernelDev(st.dev), ino: st.ino, handleType: handle?.handleType ?? 0, handle: handle?.handle ?? new Uint8Array(0)}
   } catch {
     return undefined
   }
@@ -158,7 +163,6 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
   const tcpClose = request.tcpClose ?? false
   const tree: CheckedTree | undefined = request.tree ? preflightTree(request.pid, tcpClose) : undefined
   const checked = tree ? tree.checks.get(request.pid)! : preflight(request.pid, {tcpClose})
-  for (const [pid, memberChecked] of tree?.checks ?? [[request.pid, checked] as const]) refuseUnwritable(pid, memberChecked)
   // A tree: every descendant stops before the root's snapshot, so all members show one instant (as checkpoint --tree).
   const tFrozen = performance.now()
   const frozen: FrozenMember[] = tree ? freezeDescendants(tree) : []
@@ -172,8 +176,6 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
   let placed: ReturnType<typeof takePlacedSnapshot>
   try {
     if (tree) {
-      // Members found while freezing are checked too.
-      for (const [pid, memberChecked] of tree.checks) refuseUnwritable(pid, memberChecked)
       markInternalPipes(tree.members, tree.checks)
       sharing = sharedAcrossMembers(tree.members, tree.checks)
     }
@@ -213,7 +215,7 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
     const scanned = pagesScanned(snapshot)
     const timings = snapshot.timings
     // stats-dump.img is encoded after the pages are written: getters read the clock at that moment.
-    const options: WriteOptions = {modeOf: hostMode, inodeOf: hostInode, vdsoPages: true,
+    const options: WriteOptions = {modeOf: hostMode, inodeOf: hostInode, watchOf: watchFacts, vdsoPages: true,
       shmemFdOf: (pid, fd) => (pid === request.pid ? shmemFacts(snapshot.snapshotPid, fd) : undefined) ?? shmemFacts(pid, fd)}
     let pagesWritten = 0
     for (const entry of toWrite) if (entry.image) pagesWritten += totalPages(runsToWrite(entry.image, options))

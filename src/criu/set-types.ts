@@ -1,6 +1,7 @@
 /** The CRIU-format path's public types: page sources, statistics, a read image set, write options. */
 import type {TreeMember} from '../checkpoint/tree.js'
 import type {PageRun, ProcessImage} from '../image/process-image.js'
+import type {WatchFacts} from './kinds/inotify.js'
 import type {ShmemFdFacts} from './kinds/memfd.js'
 import type {CriuShmem} from './kinds/shmem.js'
 
@@ -85,6 +86,8 @@ export interface WriteOptions {
   modeOf?: (path: string) => number | undefined
   /** The inode of a FIFO at `path` on the dumping host (its pipe_id, as CRIU records it); else each FIFO path gets an id of its own. */
   inodeOf?: (path: string) => number | undefined
+  /** Inode, file system and file handle of a file an inotify instance watches, from the dumping host (CRIU's restore may open the handle). */
+  watchOf?: (path: string) => WatchFacts | undefined
   /**
    * Also store the [vdso] pages (read from `pages` like the others), which the model does not
    * carry: CRIU's restore parses the dumped vDSO in place to compare it with its own and

@@ -9,7 +9,10 @@ import {closeSync, constants, openSync, readFileSync, readlinkSync} from 'node:f
 
 import {syscallRaw} from './syscall.js'
 
+const SYS_NAME_TO_HANDLE_AT = 303
 const SYS_OPEN_BY_HANDLE_AT = 304
+const MAX_HANDLE_SZ = 128
+const AT_FDCWD = -100
 const O_PATH = 0o10000000
 const O_CLOEXEC = 0o2000000
 
@@ -56,4 +59,23 @@ export function pathOfHandle(sdev: number, handleType: number, handle: Uint8Arra
     }
   }
   return undefined
+}
+
+/** The file handle of `path` (name_to_handle_at(2), following symlinks), or undefined if its file system gives none. */
+export function handleOf(path: string): {handleType: number; handle: Uint8Array} | undefined {
+  const struct = new Uint8Array(8 + MAX_HANDLE_SZ)
+  const view = new DataView(struct.buffer)
+  view.setUint32(0, MAX_HANDLE_SZ, true)
+  const mountId = new Int32Array(1)
+  const r = syscallRaw(SYS_NAME_TO_HANDLE_AT, AT_FDCWD, Buffer.from(path + '\0'), struct, mountId, 0)
+  if (r < 0n) return undefined
+  const bytes = view.getUint32(0, true)
+  return {handleType: view.getInt32(4, true), handle: struct.slice(8, 8 + bytes)}
+}
+
+/** The kernel's dev_t (major above bit 20, as fdinfo and mountinfo's s_dev use it) of a stat() st_dev. */
+export function kernelDev(stDev: bigint): number {
+  const major = Number(((stDev >> 8n) & 0xfffn) | ((stDev >> 32n) & ~0xfffn))
+  const minor = Number((stDev & 0xffn) | ((stDev >> 12n) & ~0xffn))
+  return ((major << 20) | minor) >>> 0
 }

@@ -2,26 +2,28 @@
  * FIFOs and deleted files on the CRIU-format path, end to end on a real process
  * (fixtures/pyfifo.py: a FIFO open for reading and for writing, grown to 128 KiB, with 20
  * bytes in flight; a 20000-byte file on /var/tmp, a disk file system, held read-write at
- * offset 777 after it was unlinked, and one of 100 bytes open O_WRONLY|O_APPEND). `criu dump` writes them as CRIU 4.2 does: a FIFO entry
+ * offset 777 after it was unlinked, and one of 100 bytes open O_WRONLY|O_APPEND; an inotify
+ * instance with watches 1 and 3 on the fixture's directory and the FIFO). `criu dump` writes them as CRIU 4.2 does: a FIFO entry
  * per open FIFO naming a regular-file entry with its path and flags, fifo-data.img with the
  * bytes and pipe size; the deleted file as a regular-file entry under its old name with a
- * GHOST remap (remap-fpath.img) to ghost-file-1.img holding its mode, owner and contents.
+ * GHOST remap (remap-fpath.img) to ghost-file-1.img holding its mode, owner and contents;
+ * the inotify instance as an INOTIFY entry with its watches (inode, s_dev, file handle, mask).
  * crit reads every image; the clones of `criu restore` and of `criu import` + restore pass
  * the program's own checks (paths from /proc, kinds, flags, offset, pipe size, the bytes, the
  * contents). With CRIU_BIN (a CRIU >= 4): a real `criu dump` of pyfifo is restored by
- * cxlfork, and cxlfork's dump is restored by real `criu restore`.
- * A deleted file over CRIU's ghost limit (1 MiB) is refused by name; inotify instances stay
- * refused by CRIU_FD_TYPE (dump-refusals.test.ts).
+ * cxlfork (also with the watches' path hints stripped, so they are found by file handle),
+ * and cxlfork's dump is restored by real `criu restore`.
+ * A deleted file over CRIU's ghost limit (1 MiB) is refused by name.
  */
 import assert from 'node:assert/strict'
 import {spawn, spawnSync} from 'node:child_process'
-import {existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync} from 'node:fs'
+import {existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {type Fixture, procStat, processExists, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
 import {allProcesses, until} from '../restore/helpers.js'
 import {SYS, syscallRaw} from '../../src/sys/syscall.js'
-import {assertOk, cli, critDecode, expectCliError, imagesDir, installSuiteHooks, note, okJson, poolFile} from './helpers.js'
+import {assertOk, cli, crit, critDecode, expectCliError, imagesDir, installSuiteHooks, note, okJson, poolFile} from './helpers.js'
 
 type Entry = Record<string, any>
 
@@ -60,7 +62,7 @@ async function assertChecks(fx: Fixture, pid: number, what: string): Promise<voi
   assertOk(await requestCheck(fx.logPath, pid), what)
 }
 
-describe('criu-e2e: FIFOs and deleted files through criu dump, restore and import', function () {
+describe('criu-e2e: FIFOs, deleted files and inotify through criu dump, restore and import', function () {
   this.timeout(120_000)
 
   installSuiteHooks('criu-e2e fifo-ghost')
@@ -70,7 +72,7 @@ describe('criu-e2e: FIFOs and deleted files through criu dump, restore and impor
     assert.notEqual(fsType, 'tmpfs', '/var/tmp must be a disk file system here (a deleted tmpfs file is a memfd to CRIU)')
   })
 
-  it('pyfifo: criu dump writes FIFO entries, fifo-data.img and a ghost file as CRIU 4.2 does; crit reads them; criu restore refills the FIFO, criu import + restore (mow, local) shares it; every clone passes its own checks', async () => {
+  it('pyfifo: criu dump writes FIFO entries, fifo-data.img, ghost files and an INOTIFY entry as CRIU 4.2 does; crit reads them; criu restore refills the FIFO, criu import + restore (mow, local) shares it; every clone passes its own checks', async () => {
     const fx = await startFixture('pyfifo')
     await waitForTicks(fx.logPath, fx.pid, 2)
     assertOk(await fx.check(), 'the original\'s own checks')
@@ -113,6 +115,10 @@ describe('criu-e2e: FIFOs and deleted files through criu dump, restore and impor
     const smallGhost = (await critDecode(small.image)).entries as Entry[]
     assert.deepEqual([smallGhost.length, smallGhost[0]!.mode, smallGhost[0]!.chunks], [1, S_IFREG | 0o600, undefined], 'the small one unchunked, mode 0600')
     assert.equal(readFileSync(small.image).subarray(-100).toString(), '0123456789'.repeat(10), 'its contents at the end of its image')
+    const inotify = files.filter((file) => file.type === 'INOTIFY')
+    assert.equal(inotify.length, 1, 'one INOTIFY entry')
+    const watches = (inotify[0]!.ify.wd as Entry[]).map((wd) => [wd.wd, wd.mask, wd.f_handle.path, Number(wd.i_ino), wd.f_handle.bytes > 0]).sort()
+    assert.deepEqual(watches, [[1, 0x300, fx.dir, Number(statSync(fx.dir).ino), true], [3, 0x2, fifo, Number(statSync(fifo).ino), true]], 'its watches: wd, mask, path hint, inode, a file handle')
 
     // The original is gone: nobody holds the FIFO, so the clone gets its bytes from fifo-data.img.
     const restore = okJson(await cli(['criu', 'restore', '--images', images, '--json']))
@@ -211,7 +217,7 @@ describe('criu-e2e: FIFOs and deleted files through criu dump, restore and impor
       criu = found!
     })
 
-    it('pyfifo: real criu dump -> cxlfork criu restore and criu import + restore mow; the clones pass their own FIFO and deleted-file checks', async () => {
+    it('pyfifo: real criu dump -> cxlfork criu restore and criu import + restore mow; the clones pass their own FIFO, deleted-file and inotify checks (also with the watches found by file handle)', async () => {
       const fx = await startFixture('pyfifo')
       await waitForTicks(fx.logPath, fx.pid, 2)
       const images = imagesDir('fifo-from-criu')
@@ -231,11 +237,20 @@ describe('criu-e2e: FIFOs and deleted files through criu dump, restore and impor
       const mow = okJson(await cli(['restore', 'fifo', '--policy', 'mow', '--pool', pool, '--json']))
       trackPid(mow.pid)
       await assertChecks(fx, mow.pid, `criu ${criu.version} dump -> criu import + restore mow`)
+      // Without the path hints CRIU adds to the watches, they are found by file handle (open_by_handle_at).
+      const text = await crit('decode', '-i', join(images, 'files.img'))
+      const stripped = text.replace(/("handle": \[[^\]]*\]), "path": "[^"]*"/g, '$1')
+      assert.notEqual(stripped, text, 'CRIU wrote path hints')
+      writeFileSync(join(images, 'files.json'), stripped)
+      await crit('encode', '-i', join(images, 'files.json'), '-o', join(images, 'files.img'))
+      const byHandle = okJson(await cli(['criu', 'restore', '--images', images, '--json']))
+      trackPid(byHandle.pid)
+      await assertChecks(fx, byHandle.pid, 'cxlfork criu restore, the watches found by file handle')
       assert.deepEqual(leftGhosts(fx.pid), [], 'no deleted file left linked')
-      note(`pyfifo: criu ${criu.version} dump -> cxlfork criu restore, import + restore mow: CHECK ok`)
+      note(`pyfifo: criu ${criu.version} dump -> cxlfork criu restore, import + restore mow, restore by file handles: CHECK ok`)
     })
 
-    it('pyfifo: cxlfork criu dump --kill -> real criu restore -d; the process passes its own FIFO and deleted-file checks under its pid', async () => {
+    it('pyfifo: cxlfork criu dump --kill -> real criu restore -d; the process passes its own FIFO, deleted-file and inotify checks under its pid', async () => {
       const fx = await startFixture('pyfifo')
       await waitForTicks(fx.logPath, fx.pid, 2)
       const images = imagesDir('fifo-to-criu')

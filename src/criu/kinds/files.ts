@@ -12,7 +12,7 @@
 import {CorruptError, UnsupportedError} from '../../errors.js'
 import type {FdImage, FdKind, FileIdentity, ProcessImage, SocketImage, VmaImage} from '../../image/process-image.js'
 import {
-  FD_CLOEXEC, FD_TYPE_EVENTFD, FD_TYPE_EVENTPOLL, FD_TYPE_FIFO, FD_TYPE_INETSK, FD_TYPE_MEMFD, FD_TYPE_UNIXSK, FD_TYPE_NAMES, FD_TYPE_PIPE, FD_TYPE_REG, FD_TYPE_SIGNALFD, FD_TYPE_TIMERFD, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFREG,
+  FD_CLOEXEC, FD_TYPE_EVENTFD, FD_TYPE_EVENTPOLL, FD_TYPE_FIFO, FD_TYPE_INETSK, FD_TYPE_INOTIFY, FD_TYPE_MEMFD, FD_TYPE_UNIXSK, FD_TYPE_NAMES, FD_TYPE_PIPE, FD_TYPE_REG, FD_TYPE_SIGNALFD, FD_TYPE_TIMERFD, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFREG,
 } from '../constants.js'
 import {hostIdentity} from '../file-identity.js'
 import {encodeMessage, readImage} from '../image-file.js'
@@ -25,6 +25,7 @@ import {eventfdEntry, eventfdOf} from './eventfd.js'
 import {eventpollEntry, eventpollOf} from './eventpoll.js'
 import {GhostWriter, REMAP_GHOST, readGhost} from './ghost.js'
 import {inetSocketEntry, inetSocketOf} from './inetsk.js'
+import {inotifyEntry, inotifyOf} from './inotify.js'
 import {MemfdWriter, memfdOf} from './memfd.js'
 import {type PipeData, PipesDataWriter, pipeEntry, readPipesData} from './pipes-data.js'
 import {SkQueuesWriter} from './sk-queues.js'
@@ -35,7 +36,7 @@ import {timerfdEntry, timerfdOf} from './timerfd.js'
 // ---- writing ----
 
 /** The files.img kind of each model fd kind the CRIU-format path writes (others are written as regular files: directories, devices, ttys). */
-const FD_TYPES: Partial<Record<FdKind, number>> = {pipe: FD_TYPE_PIPE, fifo: FD_TYPE_FIFO, eventfd: FD_TYPE_EVENTFD, epoll: FD_TYPE_EVENTPOLL, timerfd: FD_TYPE_TIMERFD, signalfd: FD_TYPE_SIGNALFD, shmem: FD_TYPE_MEMFD}
+const FD_TYPES: Partial<Record<FdKind, number>> = {pipe: FD_TYPE_PIPE, fifo: FD_TYPE_FIFO, inotify: FD_TYPE_INOTIFY, eventfd: FD_TYPE_EVENTFD, epoll: FD_TYPE_EVENTPOLL, timerfd: FD_TYPE_TIMERFD, signalfd: FD_TYPE_SIGNALFD, shmem: FD_TYPE_MEMFD}
 
 /** The ids a member's images use: its files.img ids start at `fileBase`; cwd and root are entries of their own. */
 export interface MemberFileIds {
@@ -158,6 +159,8 @@ export class FileImagesWriter {
             size: str64(BigInt(fd.ghost.data.length)), mode: (S_IFREG | (fd.ghost.mode & 0o7777)) >>> 0}}
         }
         break
+      case 'inotify':
+        return {type: FD_TYPE_INOTIFY, id, ify: inotifyEntry(fd, id, this.options.watchOf)}
       case 'eventfd':
         return {type: FD_TYPE_EVENTFD, id, efd: eventfdEntry(fd, id)}
       case 'epoll':
@@ -412,6 +415,8 @@ export function readFds(at: ImagePath, ids: Msg, table: FileTable, memfdInodes: 
     } else if (type === FD_TYPE_REG && has(entry, 'reg') && table.source.ghosts.has(id)) {
       const reg = entry['reg'] as Msg
       out.push({fd: {...base('ghost', `${reg['name']} (deleted)`), flags: reg['flags'], offset: u64(big(reg['pos'])), ghost: readGhost(at, table.source.ghosts.get(id)!, reg['name'], what)}, id})
+    } else if (type === FD_TYPE_INOTIFY && has(entry, 'ify')) {
+      out.push({fd: {...base('inotify', 'anon_inode:inotify'), ...inotifyOf(entry['ify'] as Msg, what)}, id})
     } else if (type === FD_TYPE_EVENTFD && has(entry, 'efd')) {
       out.push({fd: {...base('eventfd', 'anon_inode:[eventfd]'), ...eventfdOf(entry['efd'] as Msg)}, id})
     } else if (type === FD_TYPE_EVENTPOLL && has(entry, 'epfd')) {
@@ -451,7 +456,7 @@ export function readFds(at: ImagePath, ids: Msg, table: FileTable, memfdInodes: 
       out.push({fd: fdImage, id})
     } else {
       throw new UnsupportedError('CRIU_FD_TYPE', `${what} is of type ${FD_TYPE_NAMES[type] ?? String(type)}, which the CRIU-format path does not restore`,
-        'Regular files (also deleted ones), directories, character devices, pipes, FIFOs, eventfds, epoll instances, timerfds, signalfds, memfds, Unix and TCP/UDP sockets are restored; close other descriptors before dumping.')
+        'Regular files (also deleted ones), directories, character devices, pipes, FIFOs, inotify instances, eventfds, epoll instances, timerfds, signalfds, memfds, Unix and TCP/UDP sockets are restored; close other descriptors before dumping.')
     }
   }
   return out.sort((a, b) => a.fd.fd - b.fd.fd)
