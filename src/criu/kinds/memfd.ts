@@ -6,6 +6,7 @@
  * that an fd and a MAP_SHARED mapping of it are one object again at restore.
  */
 import type {FdImage} from '../../image/process-image.js'
+import {KNOWN_SEALS, type MemfdFacts} from '../../image/shared-memory.js'
 import {PAGE_SIZE} from '../../sys/page.js'
 import {encodeMessage, readImage} from '../image-file.js'
 import {big, has, str64, u64} from '../values.js'
@@ -84,4 +85,15 @@ export function memfdSizeOf(inodes: ReadonlyMap<bigint, Msg>, shmid: string): bi
   const size = inode && has(inode, 'size') ? u64(big(inode['size'])) : 0n
   const page = BigInt(PAGE_SIZE)
   return ((size + page - 1n) / page) * page
+}
+
+/**
+ * The memfd facts of object `shmid` (name, exact size, seals) when memfd.img holds it as a
+ * memfd: an unlinked tmpfs file keeps its path as its name (a leading '/'), and so does the
+ * /dev/zero of CRIU's own shared anonymous memory; those stay plain shared memory.
+ */
+export function memfdFactsOf(inodes: ReadonlyMap<bigint, Msg>, shmid: string): MemfdFacts | undefined {
+  const inode = [...inodes.values()].find((candidate) => String(candidate['shmid']) === shmid)
+  if (!inode || typeof inode['name'] !== 'string' || inode['name'].startsWith('/')) return undefined
+  return {name: inode['name'], size: has(inode, 'size') ? u64(big(inode['size'])) : 0n, seals: (inode['seals'] as number) & KNOWN_SEALS}
 }

@@ -7,6 +7,7 @@
 import {closeSync, existsSync, openSync, statSync} from 'node:fs'
 import {join} from 'node:path'
 
+import type {MemfdFacts} from '../../image/shared-memory.js'
 import {sendfileAt} from '../../sys/file-io.js'
 import {PAGE_SIZE} from '../../sys/page.js'
 import {PE_PRESENT} from '../constants.js'
@@ -52,6 +53,8 @@ export interface CriuShmem {
   size: bigint
   pagesPath: string
   runs: {offset: bigint; bytes: bigint; fileOffset: number}[]
+  /** Name, exact size and seals, when memfd.img holds the object as a memfd. */
+  memfd?: MemfdFacts
 }
 
 /** The object `shmid` (its pages; none stored when the set has no pagemap for it: all zeros). */
