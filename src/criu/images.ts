@@ -190,7 +190,7 @@ function writeMemberImages(image: ProcessImage, kid: number, pagesId: number, ru
   writeIds(put, image.task.pid, kid)
   // Encoded before mm-PID.img: its ids are the files'.
   const ids = fileImages.addMember(image, kid, root)
-  writeMm(put, image, ids.fileBase, (vma) => fileImages.memfdMapping(vma))
+  writeMm(put, image, ids.fileBase, (vma) => fileImages.memfdMapping(vma, {uid: image.task.uid, gid: image.task.gid}))
   writePagemap(put, image.task.pid, runs, pagesId)
   writeFs(put, image, ids)
 }

@@ -52,6 +52,13 @@ export class MemfdWriter {
     return {id, flags: fd.flags >>> 0, pos: str64(u64(fd.offset)), fown: fown(), inode_id: shmid}
   }
 
+  /** The inode of a memfd only mapped (no fd holds it): what the capture read of it, the mapping process's ids as owner. */
+  addMapped(sharedId: string, facts: MemfdFacts, owner: {uid: number; gid: number}): void {
+    const shmid = shmemId(sharedId)
+    if (shmid === undefined || this.inodes.has(shmid)) return
+    this.inodes.set(shmid, {name: facts.name, uid: owner.uid, gid: owner.gid, size: str64(facts.size), shmid, seals: facts.seals, inode_id: str64(BigInt(shmid))})
+  }
+
   /** The memfd_file_entry a mapping of object `sharedId` names (its inode is added by the fd that holds it open). */
   mappingEntry(sharedId: string, id: number): Obj {
     const shmid = shmemId(sharedId)

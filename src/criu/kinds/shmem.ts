@@ -23,6 +23,8 @@ export interface ShmemToWrite {
   /** The object's size (whole pages), when captured: a memfd inode's size in memfd.img. */
   size?: bigint
   runs: readonly {offset: bigint; bytes: bigint}[]
+  /** Name, exact size and seals of a memfd (a mapping of it is then written as a memfd's, even with no fd left). */
+  memfd?: MemfdFacts
 }
 
 /** Write one object's pagemap-shmem and pages-`pagesId` images; returns the pages file's path and size. */
