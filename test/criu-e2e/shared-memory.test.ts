@@ -93,7 +93,7 @@ describe('criu-e2e: shared anonymous memory through criu dump, restore and impor
     okJson(await cli(['criu', 'dump', String(fx.pid), '--images', images, '--json']))
     const inodes = (await critDecode(join(images, 'memfd.img'))).entries as Json[]
     const byName = new Map(inodes.map((inode) => [inode.name as string, inode]))
-    const expected: [string, number, number][] = [['cxl-sealed', 3 * 4096 + 100, 0x7], ['cxl-ro', 5000, 0x8], ['cxl-future', 2 * 4096 + 1, 0x10], ['cxl-plain', 2 * 4096 + 7, 0x1], ['cxl-maponly', 4096 + 3, 0x4]]
+    const expected: [string, number, number][] = [['cxl-sealed', 3 * 4096 + 100, 0x7], ['cxl-ro', 5000, 0x8], ['cxl-future', 2 * 4096 + 1, 0x10], ['cxl-plain', 2 * 4096 + 7, 0x1], ['cxl-maponly', 4096 + 3, 0x4], ['cxl-empty', 0, 0]]
     for (const [name, size, seals] of expected) {
       const inode = byName.get(name)
       assert.ok(inode, `memfd.img holds ${name}: ${[...byName.keys()].join(',')}`)
