@@ -135,6 +135,10 @@ while True:
     const inspect = await cli(['inspect', 'memfds', '--verify', '--json', '--pool', pool])
     assert.equal(inspect.status, 0, describeRun(inspect))
     assert.equal(inspect.json.sharedMemory.objects, 6, 'six objects: the six memfds (one only mapped, one empty)')
+    const listed = new Map((inspect.json.sharedMemory.memfds as {name: string; size: number; seals: string}[]).map((memfd) => [memfd.name, memfd]))
+    assert.deepEqual(listed.get('cxl-sealed'), {name: 'cxl-sealed', size: 3 * 4096 + 100, seals: 'SEAL|SHRINK|GROW'}, 'inspect lists each memfd')
+    assert.equal(listed.get('cxl-future')?.seals, 'FUTURE_WRITE')
+    assert.equal(listed.size, 6)
     for (const policy of ['mow', 'local'] as const) {
       const run = await cli(['restore', 'memfds', '--policy', policy, '--json', '--pool', pool])
       assert.equal(run.status, 0, describeRun(run))
