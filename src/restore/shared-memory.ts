@@ -32,6 +32,7 @@ const hex = (value: bigint): string => value.toString(16)
 const MFD_CLOEXEC = 1
 const MFD_ALLOW_SEALING = 2
 const MFD_NOEXEC_SEAL = 8
+const MFD_EXEC = 16
 const F_ADD_SEALS = 1033
 const F_SEAL_WRITE = 8
 const F_SEAL_FUTURE_WRITE = 16
@@ -157,8 +158,14 @@ export class SharedMemoryBuilder {
   private makeMemfd(inject: Injector, pid: number, object: SharedObject, storeFd: number): number {
     const memfd = object.memfd!
     // MFD_NOEXEC_SEAL is how F_SEAL_EXEC comes (and it allows sealing); the other seals are added by seal().
+    // Without it, MFD_EXEC keeps a host whose vm.memfd_noexec defaults to no-exec from adding F_SEAL_EXEC
+    // (a kernel before 6.3 does not know the flag: EINVAL; one that enforces no-exec: EACCES; then without).
+    const name = inject.putString(memfd.name)
     const flags = MFD_CLOEXEC | MFD_ALLOW_SEALING | ((memfd.seals & F_SEAL_EXEC) === 0 ? 0 : MFD_NOEXEC_SEAL)
-    const fd = Number(inject.call(`memfd_create(${memfd.name})`, SYS.memfd_create, inject.putString(memfd.name), flags))
+    let made = (memfd.seals & F_SEAL_EXEC) === 0 ? inject.tracee.syscall(SYS.memfd_create, name, flags | MFD_EXEC) : -22n
+    if (made === -22n || made === -13n) made = inject.call(`memfd_create(${memfd.name})`, SYS.memfd_create, name, flags)
+    if (made < 0n) throw new SyscallError(`memfd_create(${memfd.name}) in the new process`, Number(-made))
+    const fd = Number(made)
     try {
       const local = open(`/proc/${pid}/fd/${fd}`, O.WRONLY)
       try {
