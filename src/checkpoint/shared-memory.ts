@@ -151,14 +151,15 @@ function readSharedObject(path: string, id: string): SharedObjectCapture {
   try {
     const page = BigInt(PAGE_SIZE)
     // A deleted tmpfs file may end inside a page (a POSIX semaphore is 32 bytes): mappings see whole pages, zero-filled.
-    const fileSize = fstatSync(fd, {bigint: true}).size
+    const st = fstatSync(fd, {bigint: true})
+    const fileSize = st.size
     let memfd: MemfdFacts | undefined
     const name = memfdNameOf(readlinkSync(path))
     if (name !== undefined) {
       // Seals are the inode's: a read-only open of it gives them (the kernel reports F_SEAL_SEAL for a memfd made without MFD_ALLOW_SEALING).
       const seals = syscallRaw(SYS.fcntl, fd, F_GET_SEALS)
       if (seals < 0n) throw new SyscallError(`fcntl(F_GET_SEALS) on ${path}`, Number(-seals))
-      memfd = {name, size: fileSize, seals: Number(seals) & KNOWN_SEALS}
+      memfd = {name, size: fileSize, seals: Number(seals) & KNOWN_SEALS, owner: {uid: Number(st.uid), gid: Number(st.gid), mode: Number(st.mode) & 0o7777}}
     }
     const size = ((fileSize + page - 1n) / page) * page
     staging = Number(syscallRaw(SYS.memfd_create, Buffer.from('cxlfork-shared\0'), MFD_CLOEXEC))

@@ -25,6 +25,8 @@ export interface MemfdFacts {
   name: string
   size: bigint
   seals: number
+  /** Its owner and permission bits (fstat), when recorded (checkpoints since owners were kept). */
+  owner?: {uid: number; gid: number; mode: number}
 }
 
 /** The seals a restore can put back (F_SEAL_SEAL, SHRINK, GROW, WRITE, FUTURE_WRITE, EXEC). */
@@ -49,7 +51,8 @@ export function encodeSharedMemory(record: SharedMemoryRecord): Uint8Array {
     objects: record.objects.map((object) => ({
       id: object.id, size: String(object.size),
       runs: object.runs.map((run) => [String(run.offset), String(run.bytes), String(run.storeOffset)]),
-      ...(object.memfd ? {memfd: {name: object.memfd.name, size: String(object.memfd.size), seals: object.memfd.seals}} : {}),
+      ...(object.memfd ? {memfd: {name: object.memfd.name, size: String(object.memfd.size), seals: object.memfd.seals,
+        ...(object.memfd.owner ? {owner: [object.memfd.owner.uid, object.memfd.owner.gid, object.memfd.owner.mode]} : {})}} : {}),
     })),
   }))
 }
@@ -92,12 +95,17 @@ export function decodeSharedMemory(bytes: Uint8Array, inStore: (offset: bigint, 
 }
 
 function decodeMemfd(id: string, raw: unknown, objectSize: bigint): MemfdFacts {
-  const facts = raw as {name?: unknown; size?: unknown; seals?: unknown}
+  const facts = raw as {name?: unknown; size?: unknown; seals?: unknown; owner?: unknown}
   if (typeof facts !== 'object' || facts === null || typeof facts.name !== 'string' || typeof facts.size !== 'string' || !/^\d+$/.test(facts.size)
     || typeof facts.seals !== 'number' || !Number.isInteger(facts.seals) || (facts.seals & ~KNOWN_SEALS) !== 0) throw damaged(`object ${id}: a malformed memfd record`)
   const size = BigInt(facts.size)
   const page = BigInt(PAGE_SIZE)
   // A mapping may reach past the memfd's end (those pages fault SIGBUS), so the object may be larger.
   if ((size + page - 1n) / page * page > objectSize) throw damaged(`object ${id}: memfd size ${size} does not fit the object's ${objectSize} bytes`)
-  return {name: facts.name, size, seals: facts.seals}
+  if (facts.owner === undefined) return {name: facts.name, size, seals: facts.seals}
+  const owner = facts.owner as unknown[]
+  if (!Array.isArray(owner) || owner.length !== 3 || !owner.every((v) => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffffffff)
+    || (owner[2] as number) > 0o7777) throw damaged(`object ${id}: a malformed memfd owner`)
+  const [uid, gid, mode] = owner as [number, number, number]
+  return {name: facts.name, size, seals: facts.seals, owner: {uid, gid, mode}}
 }

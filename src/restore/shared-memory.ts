@@ -17,6 +17,8 @@
  * kernel leaves such a mapping no way to become writable (VM_MAYWRITE off),
  * which is also what lets F_SEAL_WRITE be added after them.
  */
+import {fchmodSync, fchownSync} from 'node:fs'
+
 import {CorruptError, CxlforkError, SyscallError} from '../errors.js'
 import {type SharedObject} from '../image/shared-memory.js'
 import {close, fcntl, ftruncate, open, sendfileAt} from '../sys/file-io.js'
@@ -170,6 +172,8 @@ export class SharedMemoryBuilder {
       const local = open(`/proc/${pid}/fd/${fd}`, O.WRONLY)
       try {
         ftruncate(local, memfd.size)
+        // Made here by a root stub: its owner and mode as the original's, so that the clone can still fchmod it.
+        if (memfd.owner) setOwner(local, memfd.name, memfd.owner)
         for (const run of object.runs) {
           const bytes = run.offset + run.bytes > memfd.size ? memfd.size - run.offset : run.bytes
           if (bytes > 0n) sendfileAt(local, storeFd, run.storeOffset, run.offset, bytes, `memfd ${memfd.name} into the new process`)
@@ -182,5 +186,15 @@ export class SharedMemoryBuilder {
       inject.tracee.syscall(SYS.close, fd)
       throw error
     }
+  }
+}
+
+function setOwner(fd: number, name: string, owner: {uid: number; gid: number; mode: number}): void {
+  try {
+    fchownSync(fd, owner.uid, owner.gid)
+    fchmodSync(fd, owner.mode)
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    throw new SyscallError(`fchown/fchmod(memfd ${name})`, code === 'EPERM' ? 1 : code === 'EINVAL' ? 22 : 5, `owner ${owner.uid}:${owner.gid}, mode ${owner.mode.toString(8)}`)
   }
 }

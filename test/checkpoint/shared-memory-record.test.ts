@@ -1,7 +1,7 @@
 /**
  * The shared-memory record of a checkpoint and its memfd field: a record written before the
- * field existed (no `memfd`) still reads, as plain shared memory; a memfd's name, exact size
- * and seals round-trip; a malformed or impossible memfd field is a CHECKPOINT_CORRUPT error.
+ * field existed (no `memfd`) still reads, as plain shared memory; a memfd's name, exact size,
+ * seals and owner (optional too) round-trip; a malformed or impossible memfd field is a CHECKPOINT_CORRUPT error.
  * (Real processes with memfds: test/restore/shared-memory.test.ts, pymemfd.)
  */
 import assert from 'node:assert/strict'
@@ -22,14 +22,16 @@ describe('shared-memory record: the memfd field', () => {
     assert.deepEqual(object.runs, [{offset: 0n, bytes: 4096n, storeOffset: 65536n}])
   })
 
-  it('name, exact size and seals round-trip; an empty memfd (size 0, nothing stored) is allowed', () => {
+  it('name, exact size, seals and owner round-trip; an empty memfd (size 0, nothing stored) is allowed', () => {
     const encoded = encodeSharedMemory({objects: [
       {id: 'a', size: 12288n, runs: [{offset: 8192n, bytes: 4096n, storeOffset: 0n}], memfd: {name: 'wl_shm pool', size: 12288n - 4000n, seals: 0x7}},
       {id: 'b', size: 0n, runs: [], memfd: {name: '', size: 0n, seals: 0}},
+      {id: 'c', size: 4096n, runs: [], memfd: {name: 'owned', size: 1n, seals: 0x20, owner: {uid: 1000, gid: 100, mode: 0o640}}},
     ]})
     const objects = decodeSharedMemory(encoded, anywhere)
     assert.deepEqual(objects.get('a')!.memfd, {name: 'wl_shm pool', size: 8288n, seals: 7})
     assert.deepEqual(objects.get('b')!.memfd, {name: '', size: 0n, seals: 0})
+    assert.deepEqual(objects.get('c')!.memfd, {name: 'owned', size: 1n, seals: 0x20, owner: {uid: 1000, gid: 100, mode: 0o640}})
   })
 
   it('refuses a malformed field, unknown seal bits, a size past the object, and an empty object that is no memfd', () => {
@@ -40,6 +42,8 @@ describe('shared-memory record: the memfd field', () => {
       withMemfd({name: 'x', size: '100', seals: 0x40}), // no such seal
       withMemfd({name: 'x', size: '8193', seals: 0}), // past the object's pages
       withMemfd('x'),
+      withMemfd({name: 'x', size: '100', seals: 0, owner: [0, 0, 0o10000]}), // a mode beyond the permission bits
+      withMemfd({name: 'x', size: '100', seals: 0, owner: [0, 0]}),
       text({objects: [{id: 'a', size: '0', runs: []}]}),
     ]) assert.throws(() => decodeSharedMemory(bad, anywhere), damaged)
   })

@@ -56,7 +56,10 @@ export class MemfdWriter {
   addMapped(sharedId: string, facts: MemfdFacts, owner: {uid: number; gid: number}): void {
     const shmid = shmemId(sharedId)
     if (shmid === undefined || this.inodes.has(shmid)) return
-    this.inodes.set(shmid, {name: facts.name, uid: owner.uid, gid: owner.gid, size: str64(facts.size), shmid, seals: facts.seals, inode_id: str64(BigInt(shmid))})
+    const inode: Obj = {name: facts.name, uid: facts.owner?.uid ?? owner.uid, gid: facts.owner?.gid ?? owner.gid, size: str64(facts.size), shmid, seals: facts.seals, inode_id: str64(BigInt(shmid))}
+    // The whole st_mode, as CRIU records it (a memfd is a regular file).
+    if (facts.owner) inode['mode'] = (0o100000 | facts.owner.mode) >>> 0
+    this.inodes.set(shmid, inode)
   }
 
   /** The memfd_file_entry a mapping of object `sharedId` names (its inode is added by the fd that holds it open). */
@@ -102,5 +105,8 @@ export function memfdSizeOf(inodes: ReadonlyMap<bigint, Msg>, shmid: string): bi
 export function memfdFactsOf(inodes: ReadonlyMap<bigint, Msg>, shmid: string): MemfdFacts | undefined {
   const inode = [...inodes.values()].find((candidate) => String(candidate['shmid']) === shmid)
   if (!inode || typeof inode['name'] !== 'string' || inode['name'].startsWith('/')) return undefined
-  return {name: inode['name'], size: has(inode, 'size') ? u64(big(inode['size'])) : 0n, seals: (inode['seals'] as number) & KNOWN_SEALS}
+  const facts: MemfdFacts = {name: inode['name'], size: has(inode, 'size') ? u64(big(inode['size'])) : 0n, seals: (inode['seals'] as number) & KNOWN_SEALS}
+  // CRIU restores the owner always, the mode when recorded; without one, the mode memfd_create gives.
+  if (has(inode, 'mode')) facts.owner = {uid: inode['uid'] as number, gid: inode['gid'] as number, mode: (inode['mode'] as number) & 0o7777}
+  return facts
 }
