@@ -18,7 +18,7 @@
  * left (rmdir removes only empty cgroups, so a released clone still running
  * keeps its own and its limits, and the next sweep takes it once it ends).
  */
-import {lstatSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync} from 'node:fs'
+import {lstatSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {UnsupportedError, UsageError} from '../errors.js'
@@ -101,8 +101,11 @@ export class PorterCgroups {
   private readonly parent: {v2?: string; memory?: string; cpu?: string} = {}
   private next = 0
 
-  /** `tag` names the porter's parent directory; `enabled` false: no cgroups (porter start --no-cgroups). */
-  constructor(tag: string, enabled = true) {
+  /**
+   * `tag` names the porter's parent directory; `enabled` false: no cgroups (porter start --no-cgroups).
+   * `recordPath`: where the parents are written down, for `pool gc` after a SIGKILLed porter.
+   */
+  constructor(tag: string, enabled = true, private readonly recordPath?: string) {
     this.support = {memory: null, cpu: null, parents: [], notes: []}
     if (!enabled) {
       this.support.notes.push('cgroups are off (porter start --no-cgroups)')
@@ -157,6 +160,7 @@ export class PorterCgroups {
       this.support[controller] = 'v1'
     }
     this.support.parents = [...new Set(Object.values(this.parent))]
+    if (recordPath !== undefined && this.enabled) writeFileSync(recordPath, JSON.stringify(this.support.parents), {mode: 0o600})
   }
 
   get enabled(): boolean {
@@ -237,41 +241,80 @@ export class PorterCgroups {
    * clones, and what a SIGKILLed porter left. Returns how many were removed.
    */
   sweep(keep: ReadonlySet<string> = new Set()): number {
-    let removed = 0
-    for (const parent of this.support.parents) {
-      let entries: string[]
-      try {
-        entries = readdirSync(parent)
-      } catch {
-        continue
-      }
-      for (const entry of entries) {
-        if (!NAME.test(entry) || keep.has(entry)) continue
-        try {
-          rmdirSync(join(parent, entry))
-          removed++
-        } catch {
-          // busy: a clone still runs in it
-        }
-      }
-    }
-    return removed
+    return sweepParents(this.support.parents, keep)
   }
 
   /** At stop: sweep, then the parents themselves if nothing is left in them. */
   close(): void {
     this.sweep()
+    let left = 0
     for (const parent of this.support.parents) {
       try {
         rmdirSync(parent)
-      } catch {
-        // a released clone still runs in a cgroup of ours: its limits stay, the next porter sweeps it
+      } catch (error) {
+        // a released clone still runs in a cgroup of ours: its limits stay, the next porter or `pool gc` sweeps it
+        if ((error as NodeJS.ErrnoException).code !== 'ENOENT') left++
       }
     }
+    if (left === 0 && this.recordPath !== undefined) rmSync(this.recordPath, {force: true})
   }
 }
 
-/** Every cgroup directory named `cxlfork-TAG/cN-PID` that `pid` is in (from /proc/PID/cgroup), for tests and status. */
-export function cgroupsOf(pid: number): string[] {
-  return readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n').filter((line) => /\/cxlfork-[^/]+\/c\d+-\d+$/.test(line))
+/** rmdir every empty `cN-PID` cgroup under `parents` (not in `keep`); a busy one holds a running clone. */
+function sweepParents(parents: readonly string[], keep: ReadonlySet<string> = new Set()): number {
+  let removed = 0
+  for (const parent of parents) {
+    let entries: string[]
+    try {
+      entries = readdirSync(parent)
+    } catch {
+      continue
+    }
+    for (const entry of entries) {
+      if (!NAME.test(entry) || keep.has(entry)) continue
+      try {
+        rmdirSync(join(parent, entry))
+        removed++
+      } catch {
+        // busy: a clone still runs in it
+      }
+    }
+  }
+  return removed
 }
+
+/**
+ * `pool gc` for a porter that is not running (SIGKILLed): the empty cgroups
+ * under the parents it wrote down at `recordPath`, and the parents once
+ * empty. Only directories of our own uid are touched. Returns how many went.
+ */
+export function sweepRecorded(recordPath: string): number {
+  let parents: unknown
+  try {
+    parents = JSON.parse(readFileSync(recordPath, 'utf8'))
+  } catch {
+    return 0
+  }
+  if (!Array.isArray(parents)) return 0
+  const ours = parents.filter((parent): parent is string => {
+    if (typeof parent !== 'string' || !/\/cxlfork-[0-9a-f]+$/.test(parent)) return false
+    try {
+      const stat = lstatSync(parent)
+      return stat.isDirectory() && stat.uid === (process.geteuid?.() ?? 0)
+    } catch {
+      return false
+    }
+  })
+  const removed = sweepParents(ours)
+  let left = 0
+  for (const parent of ours) {
+    try {
+      rmdirSync(parent)
+    } catch {
+      left++
+    }
+  }
+  if (left === 0) rmSync(recordPath, {force: true})
+  return removed
+}
+

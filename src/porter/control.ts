@@ -9,7 +9,8 @@ import {join} from 'node:path'
 import {ConflictError, CxlforkError, NotFoundError, isErrorCode} from '../errors.js'
 import {projectRoot} from '../paths.js'
 import {PorterUnreachable, porterRequest} from './client.js'
-import {defaultSocketPath, logFilePath} from './paths.js'
+import {sweepRecorded} from './cgroups.js'
+import {candidateSockets, defaultSocketPath, logFilePath} from './paths.js'
 import {pidFileHolder, prepareSocketDir} from './socket-file.js'
 
 export interface PorterStatus {
@@ -25,6 +26,15 @@ export interface PorterStatus {
   recovered: {referencesReleased: number; buildsReleased: number; cgroupsRemoved: number}
   cgroups: {enabled: boolean; memory: string | null; cpu: string | null; parents: string[]; notes: string[]}
   log?: string
+}
+
+/** For `pool gc`: the cgroups left by a porter of this pool that no longer runs (a running one sweeps its own). */
+export function sweepPorterCgroups(poolPath: string): number {
+  let removed = 0
+  for (const socket of candidateSockets(poolPath, process.geteuid?.() ?? 0)) {
+    if (!pidFileHolder(socket).running) removed += sweepRecorded(`${socket}.cgroups`)
+  }
+  return removed
 }
 
 export function socketFor(poolPath: string, socket: string | undefined): {socket: string; isDefault: boolean} {

@@ -8,11 +8,12 @@
  * get typed errors.
  */
 import assert from 'node:assert/strict'
-import {existsSync, readdirSync, readFileSync, readlinkSync} from 'node:fs'
+import {existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync} from 'node:fs'
+import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {porterRequest} from '../../src/porter/client.js'
-import {processExists, readLog, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
+import {processExists, readLog, requestCheck, startFixture, trackDir, trackPid, waitForTicks} from '../helpers/fixtures.js'
 import {cli, describeRun, installCleanupHooks, poolPath} from '../restore/helpers.js'
 import {type RunningPorter, livingStubs, removeSocketDirs, sleep, socketDir, startPorter, stopPorter} from './helpers.js'
 
@@ -163,7 +164,7 @@ describe('porter: ghosts of every namespace shape, each in a cgroup of its own (
     assert.equal((await fx.grow()).fields.ok, '1')
   })
 
-  it('porter SIGKILL: no ghost survives; the restarted porter removes what was left, a released clone keeps its cgroup until it ends; nothing is left after stop', async function () {
+  it('porter SIGKILL: no ghost survives; pool gc and a restarted porter remove the cgroups left, a released clone keeps its cgroup until it ends; nothing is left after stop', async function () {
     const pool = poolPath('porter-ghosts')
     const fx = await startFixture('memtouch', {mib: 8})
     await waitForTicks(fx.logPath, fx.pid, 2)
@@ -187,21 +188,73 @@ describe('porter: ghosts of every namespace shape, each in a cgroup of its own (
     assert.deepEqual(livingStubs(ghosts), [], 'no ghost survives the porter')
     assert.ok(processExists(clone), 'the released clone runs on')
 
+    // pool gc removes the cgroups a killed porter left (the running clone's stays: rmdir of a busy cgroup fails).
+    const gc = await cli(['pool', 'gc', '--json', '--pool', pool], {env: {CXLFORK_PORTER_SOCKET: socket}})
+    assert.equal(gc.status, 0, describeRun(gc))
+    assert.ok(gc.json.cgroupsRemoved >= 4, `pool gc removed the dead ghosts' cgroups: ${gc.stdout}`)
+    assert.deepEqual([...new Set(cgroupDirs(parents).map((dir) => dir.split('/').at(-1)))], [released.body.cgroup.name], 'only the running clone keeps its cgroup (and its limit)')
+
+    // And a starting porter removes what a killed one left.
     const second = await startPorter(pool, socket, {ghosts: 1})
     porters.push(second)
+    const secondGhosts = (await readyKinds(socket, ['plain'])).ghostPids as number[]
+    second.child.kill('SIGKILL')
+    await second.exited
+    for (let i = 0; i < 100 && livingStubs(secondGhosts).length > 0; i++) await sleep(20)
+    assert.deepEqual(livingStubs(secondGhosts), [])
+    const third = await startPorter(pool, socket, {ghosts: 1})
+    porters.push(third)
     const after = await readyKinds(socket, ['plain'])
-    assert.ok(after.recovered.cgroupsRemoved >= 4, `the dead ghosts' cgroups were removed at start: ${JSON.stringify(after.recovered)}`)
+    assert.ok(after.recovered.cgroupsRemoved >= 1, `the dead ghost's cgroup was removed at start: ${JSON.stringify(after.recovered)}`)
     const left = cgroupDirs(parents).map((dir) => dir.split('/').at(-1))
-    assert.ok(left.includes(released.body.cgroup.name), 'the running clone keeps its cgroup (and its limit)')
-    assert.ok(left.every((name) => name === released.body.cgroup.name || after.ghostPids.some((pid: number) => name!.endsWith(`-${pid}`))), `only the clone's and the new ghosts' cgroups: ${left.join(', ')}`)
+    assert.ok(left.includes(released.body.cgroup.name), 'the running clone keeps its cgroup')
+    assert.ok(left.every((name) => name === released.body.cgroup.name || after.ghostPids.some((pid: number) => name!.endsWith(`-${pid}`))), `only the clone's and the new ghost's cgroups: ${left.join(', ')}`)
     const check = await requestCheck(fx.logPath, clone)
     assert.equal(check.fields.ok, '1', check.line)
 
     process.kill(clone, 'SIGKILL')
     for (let i = 0; i < 200 && processExists(clone); i++) await sleep(10)
-    await stopPorter(second)
+    await stopPorter(third)
     assert.deepEqual(cgroupDirs(parents), [], 'no cgroup of ours is left')
     for (const parent of parents) assert.ok(!existsSync(parent), `${parent} is removed`)
+  })
+
+  it('a function scales out into ghosts: the clone answers on the porter\'s pipes (fds 0-2 installed into the ghost), holds no pidfd of the porter, in a cgroup of its own', async function () {
+    const pool = poolPath('porter-ghosts')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-fn-ghost-'))
+    trackDir(dir)
+    const log = join(dir, 'float.log')
+    assert.equal((await cli(['pool', 'init', '--size', '64M', '--pool', pool, '--json'])).status, 0)
+    const socket = `${socketDir()}/p.sock`
+    const porter = await startPorter(pool, socket, {ghosts: 2})
+    porters.push(porter)
+    const ready = await readyKinds(socket, ['plain'], 2)
+    const deployed = await cli(['fn', 'deploy', 'float', '--cmd', `python3 fixtures/faas/floatmath.py ${log} --mib 4 --stdio 1`, '--checkpoint-after', '1', '--max-instances', '3', '--pool', pool, '--socket', socket, '--json'])
+    assert.equal(deployed.status, 0, describeRun(deployed))
+    const invoke = async (data: unknown): Promise<any> => {
+      const reply = await porterRequest(socket, 'POST', '/v1/functions/float/invoke', {data})
+      assert.equal(reply.status, 200, JSON.stringify(reply.body))
+      trackPid(reply.body.pid)
+      return reply.body
+    }
+    const first = await invoke({i: 0})
+    assert.equal(first.start, 'cold')
+    const usedBefore = (await status(socket)).ghosts.used
+    const results = await Promise.all([1, 2, 3].map((i) => invoke({i, sleepMs: 800})))
+    const clones = results.filter((r) => r.start === 'restored')
+    assert.equal(clones.length, 2, JSON.stringify(results.map((r) => r.start)))
+    assert.equal((await status(socket)).ghosts.used - usedBefore, 2, 'both clones were built into ghosts')
+    for (const clone of clones) {
+      assert.equal(clone.output.ok, true)
+      assert.equal(clone.output.pid, clone.pid)
+      assert.equal(clone.output.data.i, results.indexOf(clone) + 1)
+      const fds = Object.fromEntries(readdirSync(`/proc/${clone.pid}/fd`).map((fd) => [fd, readlinkSync(`/proc/${clone.pid}/fd/${fd}`)]))
+      for (const fd of ['0', '1', '2']) assert.match(fds[fd]!, /^pipe:/, `fd ${fd} of clone ${clone.pid} is a pipe to the porter`)
+      assert.ok(!Object.values(fds).some((target) => target.includes('pidfd')), `no pidfd left in the clone: ${JSON.stringify(fds)}`)
+      if (ready.cgroups.enabled) assert.ok(readFileSync(`/proc/${clone.pid}/cgroup`, 'utf8').includes(`/cxlfork-`), 'in a cgroup of the porter')
+    }
+    const rm = await cli(['fn', 'rm', 'float', '--pool', pool, '--socket', socket, '--json'])
+    assert.equal(rm.status, 0, describeRun(rm))
   })
 
   it('limits the porter cannot enforce, or without a porter, are typed errors; a restore without limits is still served', async () => {
