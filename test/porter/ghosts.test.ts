@@ -4,11 +4,14 @@
  * ghosts of their kind, each clone passing its own CHECK, in a cgroup of its
  * own with the limits asked for; a memory limit is enforced (the clone that
  * grows past it is OOM-killed); a SIGKILLed porter leaves no ghost and, once
- * restarted and stopped, no cgroup of ours; limits the porter cannot enforce
- * get typed errors.
+ * restarted and stopped, no cgroup of ours (pool gc removes them too); a
+ * function's clones are built into ghosts with the porter's pipes as fds 0-2;
+ * a parent cgroup directory planted by another uid is not used; limits the
+ * porter cannot enforce get typed errors.
  */
 import assert from 'node:assert/strict'
-import {existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmdirSync} from 'node:fs'
+import {createHash} from 'node:crypto'
+import {chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmdirSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
@@ -278,6 +281,34 @@ describe('porter: ghosts of every namespace shape, each in a cgroup of its own (
     }
     const rm = await cli(['fn', 'rm', 'float', '--pool', pool, '--socket', socket, '--json'])
     assert.equal(rm.status, 0, describeRun(rm))
+  })
+
+  it('a hostile neighbour: a parent cgroup directory planted by another uid is not used; memory limits are then refused, said in status', async function () {
+    const socket = `${socketDir()}/p.sock`
+    const own = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((line) => /^\d+:([^:]*,)?memory(,[^:]*)?:/.test(line))
+    const mount = '/sys/fs/cgroup/memory'
+    if (!own || !existsSync(join(mount, 'memory.limit_in_bytes')) || readFileSync('/sys/fs/cgroup/unified/cgroup.controllers', 'utf8').includes('memory')) this.skip()
+    const planted = join(mount, own!.split(':')[2]!, `cxlfork-${createHash('sha256').update(socket).digest('hex').slice(0, 12)}`)
+    mkdirSync(planted)
+    try {
+      chownSync(planted, 65534, 65534)
+      const pool = poolPath('porter-ghosts')
+      const fx = await startFixture('memtouch', {mib: 4})
+      await waitForTicks(fx.logPath, fx.pid, 2)
+      assert.equal((await cli(['checkpoint', String(fx.pid), '--name', 'web', '--json', '--pool', pool])).status, 0)
+      porters.push(await startPorter(pool, socket, {ghosts: 1}))
+      const body = await readyKinds(socket, ['plain'])
+      assert.equal(body.cgroups.memory, null, JSON.stringify(body.cgroups))
+      assert.match(body.cgroups.notes.join(' '), /not a cgroup directory of uid/)
+      const human = await cli(['porter', 'status', '--socket', socket, '--pool', pool])
+      assert.match(human.stderr, /memory not limited/, describeRun(human))
+      const refused = await porterRequest(socket, 'POST', '/v1/restore', {name: 'web', memoryMax: 64 << 20})
+      assert.equal(refused.body.error?.code, 'CGROUP_UNAVAILABLE', JSON.stringify(refused.body))
+      assert.deepEqual(readdirSync(planted).filter((entry) => /^c\d+-\d+$/.test(entry)), [], 'nothing created in the planted directory')
+    } finally {
+      for (const porter of porters.splice(0)) await stopPorter(porter)
+      rmdirSync(planted)
+    }
   })
 
   it('limits the porter cannot enforce, or without a porter, are typed errors; a restore without limits is still served', async () => {
