@@ -35,7 +35,7 @@ export const ERROR_CODES = {
   BENCH_COMMAND_FAILED: ExitCode.failure, BENCH_FALLOCATE: ExitCode.failure, BENCH_FORK_FAILED: ExitCode.failure,
   BENCH_NODE_FAILED: ExitCode.failure, BENCH_TARGET_FAILED: ExitCode.failure, BENCH_TARGET_LAYOUT: ExitCode.failure,
   INTERNAL: ExitCode.failure, NO_ADDRESS_SPACE: ExitCode.failure, STORE_NOT_MAPPABLE: ExitCode.failure, STUB_BAD_LAYOUT: ExitCode.failure,
-  STUB_DIR_UNSAFE: ExitCode.failure, STUB_NOT_PARKED: ExitCode.failure, SYSCALL_FAILED: ExitCode.failure, FAULT_SERVER_FAILED: ExitCode.failure,
+  STUB_DIR_UNSAFE: ExitCode.failure, STUB_NOT_PARKED: ExitCode.failure, GHOST_MISMATCH: ExitCode.failure, SYSCALL_FAILED: ExitCode.failure, FAULT_SERVER_FAILED: ExitCode.failure,
   TRACEE_DETACHED: ExitCode.failure, TRACEE_RUNNING: ExitCode.failure, TRACEE_STOP_TIMEOUT: ExitCode.failure,
   CHILD_NOT_SEEN: ExitCode.failure, ID_TAKEN: ExitCode.failure, NOT_SELF_HEALING: ExitCode.failure, PIDNS_RESTORE_FAILED: ExitCode.failure,
   SCRATCH_FULL: ExitCode.failure, THREADS_UNSTABLE: ExitCode.failure, BENCH_NO_SIZE: ExitCode.failure, BENCH_TARGET_THREADS: ExitCode.failure,
@@ -86,6 +86,8 @@ export const ERROR_CODES = {
   PORTER_FAILED: ExitCode.failure, PORTER_BAD_REQUEST: ExitCode.usage, PORTER_BODY_TOO_LARGE: ExitCode.usage, PORTER_METHOD: ExitCode.usage,
   PORTER_NO_ROUTE: ExitCode.notFound, PORTER_NOT_RUNNING: ExitCode.notFound, PORTER_SOCKET_UNSAFE: ExitCode.permission,
   PORTER_UNSERVED: ExitCode.unsupported, PORTER_RUNNING: ExitCode.conflict,
+  // per-clone cgroups of the porter (src/porter/cgroups.ts)
+  INVALID_LIMIT: ExitCode.usage, CGROUP_UNAVAILABLE: ExitCode.unsupported, LIMITS_NEED_PORTER: ExitCode.unsupported,
   // serverless functions run by the porter (src/porter/functions)
   FUNCTION_FAILED: ExitCode.failure, INVALID_FUNCTION: ExitCode.usage, INVALID_FUNCTION_DATA: ExitCode.usage, INVALID_DURATION: ExitCode.usage, INVALID_TRACE: ExitCode.usage,
   FUNCTION_NOT_FOUND: ExitCode.notFound, FUNCTION_ACCESS: ExitCode.permission, FUNCTION_EXISTS: ExitCode.conflict,

@@ -3,6 +3,8 @@ import * as Flags from '@oclif/core/flags'
 
 import {BaseCommand} from '../cli/base-command.js'
 import {pidnsFlag} from '../cli/flags.js'
+import {sizeFlag} from '../cli/size-flag.js'
+import {UnsupportedError} from '../errors.js'
 import type {RestoreResult} from '../restore/restore.js'
 
 export default class RestoreCommand extends BaseCommand {
@@ -35,6 +37,8 @@ A clone that listens where its original still listens needs --netns (else ADDRES
     pidns: pidnsFlag(),
     verify: Flags.boolean({summary: 'Check every page against its checksum before mapping anything (reads all page data: ~0.15 s per GiB); refuses a damaged checkpoint with PAGE_DATA_CORRUPT (exit 6).', default: false}),
     'no-porter': Flags.boolean({summary: 'Restore in this process even if a porter serves the pool (by default a running porter restores, unless --wait).', default: false}),
+    'memory-max': sizeFlag({summary: "Through the porter: the clone's cgroup memory limit (e.g. 256M); refused (CGROUP_UNAVAILABLE) where the host has no memory controller.", helpValue: 'SIZE'}),
+    'cpu-max': Flags.custom<number>({parse: async (input: string) => Number(input)})({summary: "Through the porter: the clone's CPU limit in CPUs (0.5: half of one).", helpValue: 'CPUS'}),
     netns: Flags.string({summary: "Network namespace of the clone: 'new' (its own, loopback only, no way out) or the path of one to join (/var/run/netns/NAME, /proc/PID/ns/net).", helpValue: 'new|PATH'}),
   }
 
@@ -42,6 +46,8 @@ A clone that listens where its original still listens needs --netns (else ADDRES
     const {args, flags} = await this.parse(RestoreCommand)
     if (flags['fill-after'] !== undefined && flags.policy !== 'moa') this.error('--fill-after applies to --policy moa only', {exit: 2})
     if (flags['fault-pages'] !== undefined && flags.policy !== 'moa') this.error('--fault-pages applies to --policy moa only', {exit: 2})
+    const limited = flags['memory-max'] !== undefined || flags['cpu-max'] !== undefined
+    if (limited && (flags['no-porter'] || flags.wait)) throw new UnsupportedError('LIMITS_NEED_PORTER', '--memory-max and --cpu-max are applied by the porter, to the cgroup of the ghost a clone is built in', 'Start a porter (`cxlfork porter start`) and drop --no-porter / --wait.')
     const {restoreSummary, restoreThroughPorter} = await import('../porter/restore-client.js')
     // A running porter restores (README, "Porter"); --wait needs this command's own stdio, so it stays here.
     if (!flags['no-porter'] && !flags.wait) {
@@ -49,7 +55,9 @@ A clone that listens where its original still listens needs --netns (else ADDRES
         name: args.name, policy: flags.policy, verify: flags.verify, ...(flags.pidns === undefined ? {} : {pidns: flags.pidns}), ...(flags.netns === undefined ? {} : {netns: flags.netns}),
         ...(flags['fill-after'] === undefined ? {} : {fillAfterMs: flags['fill-after']}), ...(flags['fault-pages'] === undefined ? {} : {faultPages: flags['fault-pages']}),
         ...(flags.record ? {record: true} : {}),
+        ...(flags['memory-max'] === undefined ? {} : {memoryMax: Number(flags['memory-max'])}), ...(flags['cpu-max'] === undefined ? {} : {cpuMax: flags['cpu-max']}),
       })
+      if (limited && !served) throw new UnsupportedError('LIMITS_NEED_PORTER', 'no porter of yours serves this pool: --memory-max and --cpu-max are applied by the porter', 'Start a porter (`cxlfork porter start`) as your user.')
       if (served) {
         this.say(restoreSummary(served))
         return served as unknown as RestoreResult & {servedBy: 'porter'}

@@ -9,7 +9,8 @@ import {join} from 'node:path'
 import {ConflictError, CxlforkError, NotFoundError, isErrorCode} from '../errors.js'
 import {projectRoot} from '../paths.js'
 import {PorterUnreachable, porterRequest} from './client.js'
-import {defaultSocketPath, logFilePath} from './paths.js'
+import {sweepRecorded} from './cgroups.js'
+import {candidateSockets, defaultSocketPath, logFilePath} from './paths.js'
 import {pidFileHolder, prepareSocketDir} from './socket-file.js'
 
 export interface PorterStatus {
@@ -21,9 +22,19 @@ export interface PorterStatus {
   startedAt: string
   uptimeMs: number
   ghostPids: number[]
-  ghosts: {target: number; ready: number; used: number; unfit: number; empty: number; spawned: number; lost: number; spawnFailures: number}
-  recovered: {referencesReleased: number; buildsReleased: number}
+  ghosts: {target: number; kinds: string[]; ready: number; readyByKind: Record<string, number>; used: number; unfit: number; empty: number; spawned: number; lost: number; spawnFailures: number}
+  recovered: {referencesReleased: number; buildsReleased: number; cgroupsRemoved: number}
+  cgroups: {enabled: boolean; memory: string | null; cpu: string | null; parents: string[]; notes: string[]}
   log?: string
+}
+
+/** For `pool gc`: the cgroups left by a porter of this pool that no longer runs (a running one sweeps its own). */
+export function sweepPorterCgroups(poolPath: string): number {
+  let removed = 0
+  for (const socket of candidateSockets(poolPath, process.geteuid?.() ?? 0)) {
+    if (!pidFileHolder(socket).running) removed += sweepRecorded(`${socket}.cgroups`)
+  }
+  return removed
 }
 
 export function socketFor(poolPath: string, socket: string | undefined): {socket: string; isDefault: boolean} {
@@ -54,7 +65,7 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
  * answers on the socket; a porter that exits first is PORTER_FAILED with the
  * end of its log (or its own typed error, which it logs as JSON).
  */
-export async function startInBackground(args: {pool: string; socket: string; isDefault: boolean; ghosts: number; group?: string}): Promise<PorterStatus> {
+export async function startInBackground(args: {pool: string; socket: string; isDefault: boolean; ghosts: number; ghostKinds?: string; cgroups?: boolean; group?: string}): Promise<PorterStatus> {
   // Judged (and the default directory made) before the log is created beside the socket.
   prepareSocketDir(args.socket, args.isDefault)
   const holder = pidFileHolder(args.socket)
@@ -62,7 +73,7 @@ export async function startInBackground(args: {pool: string; socket: string; isD
   const log = logFilePath(args.socket)
   const out = openSync(log, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600)
   const argv = [join(projectRoot(), 'bin', 'run.js'), 'porter', 'start', '--foreground', '--json', '--pool', args.pool, '--socket', args.socket, '--ghosts', String(args.ghosts),
-    ...(args.group === undefined ? [] : ['--group', args.group])]
+    ...(args.group === undefined ? [] : ['--group', args.group]), ...(args.ghostKinds === undefined ? [] : ['--ghost-kinds', args.ghostKinds]), ...(args.cgroups === false ? ['--no-cgroups'] : [])]
   const child = spawn(process.execPath, argv, {detached: true, stdio: ['ignore', out, out], env: process.env})
   closeSync(out)
   let exited: number | null | undefined

@@ -22,6 +22,8 @@ export interface PorterRestoreRequest {
   record?: boolean
   fillAfterMs?: number
   faultPages?: number
+  memoryMax?: number
+  cpuMax?: number
 }
 
 /** What the porter returns: a restore result (restore/restore.ts RestoreResult) with servedBy and ghost. */

@@ -13,6 +13,7 @@ import type {Socket} from 'node:net'
 
 import {CxlforkError, ERROR_CODES, UsageError} from '../errors.js'
 import {type PeerCredentials, peerCredentials} from './peer.js'
+import type {GhostKind} from './ghosts.js'
 import {PorterService} from './service.js'
 import {lockPidFile, prepareSocketDir, removeStaleSocket} from './socket-file.js'
 
@@ -25,6 +26,9 @@ export interface PorterStartOptions {
   /** The socket path is the default one (its directory may be created). */
   defaultSocket: boolean
   ghosts: number
+  ghostKinds?: GhostKind[]
+  /** false: no per-clone cgroups. */
+  cgroups?: boolean
   /** Give the socket to this group, mode 0660 (default: 0600, the porter's user only). */
   gid?: number
   /** Called once the socket accepts connections. */
@@ -67,7 +71,7 @@ export async function startPorter(options: PorterStartOptions): Promise<{service
   let service: PorterService
   try {
     removeStaleSocket(options.socket)
-    service = new PorterService({poolPath: options.poolPath, socket: options.socket, ghosts: options.ghosts})
+    service = new PorterService({poolPath: options.poolPath, socket: options.socket, ghosts: options.ghosts, ...(options.ghostKinds ? {ghostKinds: options.ghostKinds} : {}), ...(options.cgroups === false ? {cgroups: false} : {})})
   } catch (error) {
     pidFile.release()
     throw error

@@ -24,7 +24,7 @@ import {type NetworkMode, enterNetwork} from './network.js'
 import {FaultServerClient, type LazyOptions} from './lazy.js'
 import {type RestorePlan} from './plan.js'
 import {SharedMemoryBuilder} from './shared-memory.js'
-import {createWithId, releaseInit, spawnNamespacedStubs} from './pid-namespace.js'
+import {createWithId, namespacedStubsFrom, releaseInit, spawnNamespacedStubs} from './pid-namespace.js'
 import {setThreadCpuState} from './threads.js'
 
 import {checkFiles, checkKernel} from './host-checks.js'
@@ -56,8 +56,25 @@ export interface BuildOptions {
   lazy?: LazyOptions
   /** restore --record: fault-around off on every member's pool mappings, each member's accesses recorded into checkpoint `name` of `pool` at its exit. */
   record?: {name: string; pool: string}
-  /** A stub made ahead of time for a single process in our PID namespace (the porter's ghosts), or undefined to spawn one. */
-  stubSource?: (opts: StubOptions) => Stub | undefined
+  /** A stub made ahead of time (the porter's ghosts) for this shape, or undefined to spawn one. */
+  stubSource?: (opts: StubOptions, shape: StubShape) => ReadyStub | undefined
+}
+
+/** The namespaces a build asks its stub for. */
+export interface StubShape {
+  pidns: PidNamespaceMode
+  network: NetworkMode
+}
+
+/**
+ * A stub made ahead of time: with pidns `host` the stub the process is built
+ * into; with `new` the init (pid 1 of its namespace) the root is cloned from.
+ * `network`: the namespace it stands in already ('new': its own, loopback up).
+ */
+export interface ReadyStub {
+  stub: Stub
+  pidns: PidNamespaceMode
+  network: 'host' | 'new'
 }
 
 export type PidNamespaceMode = 'new' | 'host'
@@ -234,12 +251,19 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
     }
     let rootStub: Stub
     let nsPid: number
+    const network = options.network ?? 'host'
+    // A ghost never serves a --wait (its fds are set at its spawn) and must be of the shape asked for.
+    const ready = options.wait ? undefined : options.stubSource?.(stubOptions, {pidns, network})
+    if (ready && ready.pidns !== pidns) {
+      ready.stub.kill()
+      throw new CxlforkError('GHOST_MISMATCH', `a ${ready.pidns} PID namespace stub was given for a ${pidns} one`)
+    }
     if (pidns === 'new') {
       if (options.wait) {
         statusPipe = pipe2()
         stubOptions.fds = [stubOptions.stdin ?? null, stubOptions.stdout ?? null, stubOptions.stderr ?? null, statusPipe[1]]
       }
-      const spawned = spawnNamespacedStubs(root.pid, stubOptions)
+      const spawned = ready ? namespacedStubsFrom(ready.stub, root.pid) : spawnNamespacedStubs(root.pid, stubOptions)
       init = spawned.init
       rootStub = spawned.root
       nsPid = spawned.nsPid
@@ -249,12 +273,13 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
         fcntl(statusPipe[0], 4 /* F_SETFL */, O.NONBLOCK)
       }
     } else {
-      rootStub = options.stubSource?.(stubOptions) ?? spawnStub(stubOptions)
+      rootStub = ready?.stub ?? spawnStub(stubOptions)
       nsPid = rootStub.pid
     }
     stubs.set(root.pid, rootStub)
     options.onSpawn?.(rootStub.pid)
-    enterNetwork(rootStub.tracee, options.network ?? 'host')
+    // A ghost made for a new network namespace stands in it already (the root, cloned from its init, too).
+    if (!(ready && ready.network === network)) enterNetwork(rootStub.tracee, network)
     if (members.length > 1) shapeTree(members, stubs)
     const tSpawned = performance.now()
     let tMapped = tSpawned

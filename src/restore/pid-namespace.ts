@@ -75,7 +75,21 @@ export function spawnNamespacedStubs(nsPid: number, options: StubOptions): Names
     throw new UnsupportedError('PID_UNSUPPORTED', `the checkpointed process had pid ${nsPid}, which cannot be kept in a new namespace beside its init`,
       'Restore with --pidns host.')
   }
-  const init = inNewPidNamespace(() => spawnStub(options))
+  return namespacedStubsFrom(spawnNamespaceInit(options), nsPid)
+}
+
+/** The init alone: a stub that is pid 1 of a new PID namespace (a porter keeps some ready, as ghosts). */
+export function spawnNamespaceInit(options: StubOptions): Stub {
+  return inNewPidNamespace(() => spawnStub(options))
+}
+
+/** Create the root stub with pid `nsPid` from `init` (killed with it on failure). */
+export function namespacedStubsFrom(init: Stub, nsPid: number): NamespacedStubs {
+  if (!Number.isInteger(nsPid) || nsPid <= 1) {
+    init.kill()
+    throw new UnsupportedError('PID_UNSUPPORTED', `the checkpointed process had pid ${nsPid}, which cannot be kept in a new namespace beside its init`,
+      'Restore with --pidns host.')
+  }
   try {
     const tracee = createWithId(init.tracee, 0, SIG.CHLD, nsPid)
     try {

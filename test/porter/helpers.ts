@@ -34,8 +34,8 @@ export function removeSocketDirs(): void {
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
 /** `cxlfork porter start --foreground`; resolves once it answers /v1/status. */
-export async function startPorter(pool: string, socket: string, options: {ghosts?: number; env?: Record<string, string>; group?: string} = {}): Promise<RunningPorter> {
-  const args = [CLI, 'porter', 'start', '--foreground', '--pool', pool, '--socket', socket, '--ghosts', String(options.ghosts ?? 2), ...(options.group ? ['--group', options.group] : [])]
+export async function startPorter(pool: string, socket: string, options: {ghosts?: number; env?: Record<string, string>; group?: string; args?: string[]} = {}): Promise<RunningPorter> {
+  const args = [CLI, 'porter', 'start', '--foreground', '--pool', pool, '--socket', socket, '--ghosts', String(options.ghosts ?? 2), ...(options.group ? ['--group', options.group] : []), ...(options.args ?? [])]
   const child = spawn(process.execPath, args, {cwd: PROJECT_ROOT, env: {...process.env, ...options.env}, stdio: ['ignore', 'pipe', 'pipe']})
   let out = ''
   child.stdout!.on('data', (chunk: Buffer) => (out += chunk.toString()))

@@ -18,7 +18,7 @@ import {delimiter, isAbsolute, join} from 'node:path'
 
 import {CxlforkError, NotFoundError} from '../../errors.js'
 import type {Pool} from '../../pool/index.js'
-import {restoreFromPool} from '../../restore/restore.js'
+import {type RestoreRequest, restoreFromPool} from '../../restore/restore.js'
 import {close, pipe2} from '../../sys/file-io.js'
 import {wait4} from '../../sys/ptrace.js'
 import {posixSpawn} from '../../sys/spawn.js'
@@ -105,8 +105,8 @@ export class Instance {
   }
 
   /** Restore the function's checkpoint with its policy into a clone whose fds 0-2 are new pipes to us. */
-  static restored(fn: string, pool: Pool, checkpoint: string, policy: FunctionPolicy): Instance {
-    const {result, ours} = withStdioPipes((childFds) => restoreFromPool(pool, {name: checkpoint, policy, wait: false, pidns: 'host', stdio: childFds, dieWithParent: true}))
+  static restored(fn: string, pool: Pool, checkpoint: string, policy: FunctionPolicy, stubSource?: RestoreRequest['stubSource']): Instance {
+    const {result, ours} = withStdioPipes((childFds) => restoreFromPool(pool, {name: checkpoint, policy, wait: false, pidns: 'host', stdio: childFds, dieWithParent: true, ...(stubSource ? {stubSource} : {})}))
     return new Instance(fn, result.pid, 'restored', ours, result.faultServerPid, result.stats as unknown as Record<string, number>)
   }
 

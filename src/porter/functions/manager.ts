@@ -17,6 +17,7 @@ import {checkpointToPool} from '../../checkpoint/checkpoint.js'
 import {ConflictError, CxlforkError, NotFoundError, PermissionError, UnsupportedError, UsageError} from '../../errors.js'
 import {faultPoint} from '../../fault.js'
 import type {Pool} from '../../pool/index.js'
+import type {RestoreRequest} from '../../restore/restore.js'
 import type {PeerCredentials} from '../peer.js'
 import {Instance, type InstanceOrigin, resolveProgram} from './instance.js'
 import {FUNCTION_POLICIES, type FunctionRecord, type FunctionSpec, checkpointNameOf, validateFunctionName} from './spec.js'
@@ -95,7 +96,8 @@ export class FunctionManager {
   /** Records whose file could not be read at start (kept aside, not overwritten). */
   readonly loadError?: string
 
-  constructor(private readonly options: {pool: () => Pool; statePath: string}) {
+  /** stubSource: the porter's ghosts, for clones (their fds 0-2 are installed when one is taken). */
+  constructor(private readonly options: {pool: () => Pool; statePath: string; stubSource?: RestoreRequest['stubSource']}) {
     try {
       const text = readFileSync(options.statePath, 'utf8')
       const parsed = JSON.parse(text) as {functions?: FunctionRecord[]}
@@ -213,7 +215,7 @@ export class FunctionManager {
     const {record} = fn
     if (record.checkpoint !== null) {
       try {
-        const clone = Instance.restored(record.name, this.options.pool(), record.checkpoint, record.policy)
+        const clone = Instance.restored(record.name, this.options.pool(), record.checkpoint, record.policy, this.options.stubSource)
         // Killed here: the clone is released but dies with us (its death signal).
         faultPoint('porter-fn-restored')
         return clone
