@@ -13,8 +13,8 @@
  */
 import assert from 'node:assert/strict'
 import {spawnSync} from 'node:child_process'
-import {randomBytes} from 'node:crypto'
-import {chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync} from 'node:fs'
+import {createHash, randomBytes} from 'node:crypto'
+import {chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync} from 'node:fs'
 import {dirname, join} from 'node:path'
 import {tmpdir} from 'node:os'
 
@@ -256,6 +256,42 @@ describe('porter: serverless functions (issue 15)', function () {
     assert.deepEqual(childrenOf(porter.pid).filter((child) => pids.includes(child.pid)), [], 'and reaped')
     assert.equal(existsSync(images), false, 'the image set is removed')
     assert.equal(existsSync(root), false, 'and the porter\'s images directory, empty now')
+  })
+
+  it('--policy criu: a dump refused (the instance holds a FIFO) leaves the instance serving, says why in fn ls, and leaves no image set', async () => {
+    const {pool, socket} = await setUp('fn-criu-refused')
+    const dir = dirname(logFile())
+    const script = join(dir, 'fifofn.py')
+    writeFileSync(script, [
+      'import json, os, sys',
+      'path = sys.argv[1]',
+      'os.mkfifo(path)',
+      'held = os.open(path, os.O_RDWR | os.O_NONBLOCK)',
+      'n = 0',
+      'for line in sys.stdin:',
+      '    n += 1',
+      '    print(json.dumps({"id": json.loads(line)["id"], "n": n, "pid": os.getpid()}), flush=True)',
+    ].join('\n') + '\n')
+    const deployed = await cli(['fn', 'deploy', 'fifo', '--cmd', `python3 ${script} ${join(dir, 'fifo')}`, '--policy', 'criu', '--checkpoint-after', '1', '--pool', pool, '--socket', socket, '--json'])
+    assert.equal(deployed.status, 0, describeRun(deployed))
+    const first = await invoke(socket, 'fifo', null)
+    assert.equal(first.start, 'cold')
+    assert.equal(first.checkpointed, undefined, 'no set was written')
+    const info = await functionInfo(socket, 'fifo')
+    assert.equal(info.checkpoint, null)
+    assert.match(info.checkpointError, /CRIU_FD_TYPE/, 'fn ls says why')
+    const second = await invoke(socket, 'fifo', null)
+    assert.equal(second.start, 'warm')
+    assert.equal(second.pid, first.pid, 'the instance runs on')
+    assert.equal(second.output.n, 2)
+    // The porter's images directory (created for the dump) holds no set.
+    const root = `/dev/shm/cxlfork-fn-images-${process.geteuid!()}-${createHash('sha256').update(`${socket}.functions.json`).digest('hex').slice(0, 16)}`
+    assert.deepEqual(readdirSync(root), [])
+    const rm = await cli(['fn', 'rm', 'fifo', '--pool', pool, '--socket', socket, '--json'])
+    assert.equal(rm.status, 0, describeRun(rm))
+    assert.equal(rm.json.checkpoint, null)
+    assert.equal(processExists(first.pid), false)
+    assert.equal(existsSync(root), false, `the images directory is removed with the function (${root})`)
   })
 
   it('a porter stopped (SIGTERM) with restored instances running stops them and gives their references back at once', async () => {
