@@ -11,7 +11,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {CxlforkError} from '../errors.js'
-import {PorterUnreachable, porterRequest} from '../porter/client.js'
+import {awaitPorter} from '../porter/client.js'
 
 export interface BenchPorter {
   socket: string
@@ -38,23 +38,10 @@ export async function startBenchPorter(cli: {node: string; entry: string}, pool:
     }
     rmSync(dir, {recursive: true, force: true})
   }
-  const deadline = Date.now() + 30_000
-  for (;;) {
-    if (gone) {
-      await stop()
-      throw new CxlforkError('BENCH_COMMAND_FAILED', `the bench's porter exited before it listened: ${stderr.trim().slice(0, 400)}`)
-    }
-    try {
-      const reply = await porterRequest(socket, 'GET', '/v1/status', undefined, 5000)
-      if (reply.status === 200 && reply.body.pid === child.pid) break
-    } catch (error) {
-      if (!(error instanceof PorterUnreachable)) throw error
-    }
-    if (Date.now() > deadline) {
-      await stop()
-      throw new CxlforkError('BENCH_COMMAND_FAILED', `the bench's porter did not answer within 30 s: ${stderr.trim().slice(0, 400)}`)
-    }
-    await new Promise((resolve) => setTimeout(resolve, 50))
+  const state = await awaitPorter(socket, child.pid!, () => gone)
+  if (state !== 'listening') {
+    await stop()
+    throw new CxlforkError('BENCH_COMMAND_FAILED', `the bench's porter ${state === 'gone' ? 'exited before it listened' : 'did not answer within 30 s'}: ${stderr.trim().slice(0, 400)}`)
   }
   return {socket, pool, pid: child.pid!, stop}
 }

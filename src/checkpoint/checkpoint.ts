@@ -76,7 +76,7 @@ function storeSharedObjects(pool: Pool, builder: CheckpointBuilder, objects: rea
       runs.push({offset: run.offset, bytes: run.bytes, storeOffset: at})
       at += run.bytes
     }
-    record.objects.push({id: object.id, size: object.size, runs})
+    record.objects.push({id: object.id, size: object.size, runs, ...(object.memfd ? {memfd: object.memfd} : {})})
   }
   return {record, poolOffset: extent?.poolOffset ?? 0n, bytes}
 }

@@ -7,9 +7,10 @@
  * a memfd of ours by sendfile; the pool write comes later, off the downtime.
  * This costs downtime in proportion to the populated shared memory.
  */
-import {closeSync, fstatSync, openSync, statSync} from 'node:fs'
+import {closeSync, fstatSync, openSync, readlinkSync, statSync} from 'node:fs'
 
 import {SyscallError} from '../errors.js'
+import {KNOWN_SEALS, type MemfdFacts} from '../image/shared-memory.js'
 import {PAGE_SIZE} from '../sys/page.js'
 import {sendfileAt} from '../sys/file-io.js'
 import {SYS, syscallRaw} from '../sys/syscall.js'
@@ -26,6 +27,8 @@ export interface SharedObjectCapture {
   fd: number
   /** Populated, page-aligned ranges of the object (and of the memfd). */
   runs: {offset: bigint; bytes: bigint}[]
+  /** Name, exact size and seals, when the object is a memfd. */
+  memfd?: MemfdFacts
 }
 
 /** MAP_SHARED|MAP_ANONYMOUS memory (and MAP_SHARED of /dev/zero, the same thing): a shmem object with no name. */
@@ -89,6 +92,14 @@ const SEEK_DATA = 3
 const SEEK_HOLE = 4
 const ENXIO = -6n
 const MFD_CLOEXEC = 1
+const F_GET_SEALS = 1034
+
+/** The name memfd_create was given, from a /proc link (`/memfd:NAME (deleted)`); undefined for anything else. */
+export function memfdNameOf(link: string): string | undefined {
+  if (!link.startsWith('/memfd:')) return undefined
+  const bare = link.slice('/memfd:'.length)
+  return bare.endsWith(' (deleted)') ? bare.slice(0, -' (deleted)'.length) : bare
+}
 
 /** Close the staging memfds of captured objects. Idempotent per object. */
 export function releaseSharedObjects(objects: readonly SharedObjectCapture[]): void {
@@ -140,10 +151,18 @@ function readSharedObject(path: string, id: string): SharedObjectCapture {
   try {
     const page = BigInt(PAGE_SIZE)
     // A deleted tmpfs file may end inside a page (a POSIX semaphore is 32 bytes): mappings see whole pages, zero-filled.
-    const fileSize = fstatSync(fd, {bigint: true}).size
+    const st = fstatSync(fd, {bigint: true})
+    const fileSize = st.size
+    let memfd: MemfdFacts | undefined
+    const name = memfdNameOf(readlinkSync(path))
+    if (name !== undefined) {
+      // Seals are the inode's: a read-only open of it gives them (the kernel reports F_SEAL_SEAL for a memfd made without MFD_ALLOW_SEALING).
+      const seals = syscallRaw(SYS.fcntl, fd, F_GET_SEALS)
+      if (seals < 0n) throw new SyscallError(`fcntl(F_GET_SEALS) on ${path}`, Number(-seals))
+      memfd = {name, size: fileSize, seals: Number(seals) & KNOWN_SEALS, owner: {uid: Number(st.uid), gid: Number(st.gid), mode: Number(st.mode) & 0o7777}}
+    }
     const size = ((fileSize + page - 1n) / page) * page
-    const name = Buffer.from('cxlfork-shared\0')
-    staging = Number(syscallRaw(SYS.memfd_create, name, MFD_CLOEXEC))
+    staging = Number(syscallRaw(SYS.memfd_create, Buffer.from('cxlfork-shared\0'), MFD_CLOEXEC))
     if (staging < 0) throw new SyscallError('memfd_create (staging shared memory)', -staging)
     const runs: SharedObjectCapture['runs'] = []
     let at = 0n
@@ -162,7 +181,7 @@ function readSharedObject(path: string, id: string): SharedObjectCapture {
     }
     // Whole pages in the staging file too (the tail of the last one reads as zeros).
     if (syscallRaw(SYS.ftruncate, staging, size) < 0n) throw new SyscallError('ftruncate (staging shared memory)', 5)
-    return {id, size, fd: staging, runs}
+    return {id, size, fd: staging, runs, ...(memfd ? {memfd} : {})}
   } catch (error) {
     if (staging >= 0) closeSync(staging)
     throw error

@@ -53,6 +53,7 @@ export default class Inspect extends BaseCommand {
         for (const fd of proc.fds) this.say(`  fd ${fd.fd} ${fd.kind} ${fd.path}${fd.detail ? `: ${fd.detail}` : ''}`)
       }
       if (details.sharedMemory) this.say(`shared anonymous memory: ${details.sharedMemory.objects} object(s), ${formatSize(BigInt(details.sharedMemory.storedBytes))} stored (restored local, shared by the clone's processes)`)
+      for (const memfd of details.sharedMemory?.memfds ?? []) this.say(`  memfd ${memfd.name}: ${memfd.size} bytes, seals ${memfd.seals} (made again as a memfd)`)
       const access = details.accessRecord
       if (access) {
         this.say(access.recordings === 0 ? 'access record: nothing recorded (cxlfork record, restore --record)'

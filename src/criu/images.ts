@@ -27,7 +27,7 @@ import {readFs, writeFs} from './kinds/fs.js'
 import {readIds, writeIds} from './kinds/ids.js'
 import {type Inventory, readInventory, writeInventory} from './kinds/inventory.js'
 import {readMm, writeMm} from './kinds/mm.js'
-import {memfdSizeOf, readMemfdInodes} from './kinds/memfd.js'
+import {memfdFactsOf, memfdSizeOf, readMemfdInodes} from './kinds/memfd.js'
 import {readPagemap, writePagemap} from './kinds/pagemap.js'
 import {readPipesData} from './kinds/pipes-data.js'
 import {readSkQueues} from './kinds/sk-queues.js'
@@ -190,7 +190,7 @@ function writeMemberImages(image: ProcessImage, kid: number, pagesId: number, ru
   writeIds(put, image.task.pid, kid)
   // Encoded before mm-PID.img: its ids are the files'.
   const ids = fileImages.addMember(image, kid, root)
-  writeMm(put, image, ids.fileBase, (vma) => fileImages.memfdMapping(vma))
+  writeMm(put, image, ids.fileBase, (vma) => fileImages.memfdMapping(vma, {uid: image.task.uid, gid: image.task.gid}))
   writePagemap(put, image.task.pid, runs, pagesId)
   writeFs(put, image, ids)
 }
@@ -255,7 +255,10 @@ function readSet(dir: string): CriuImageSet {
   const root = members[0]!
   const set: CriuImageSet = {
     image: root.image!, pagemap: root.pagemap!, pagesPath: root.pagesPath!, runOffsets: root.runOffsets!, members, writtenBy: inventory.ours ? 'cxlfork' : 'criu',
-    sharedObjects: [...sizes].map(([shmid, size]) => readShmem(at, shmid, size)),
+    sharedObjects: [...sizes].map(([shmid, size]) => {
+      const memfd = memfdFactsOf(memfdInodes, shmid)
+      return {...readShmem(at, shmid, size), ...(memfd ? {memfd} : {})}
+    }),
   }
   return Object.assign(set, readStats(at))
 }

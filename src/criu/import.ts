@@ -94,7 +94,7 @@ export function criuImport(pool: Pool, request: {images: string; name: string}):
         } finally {
           if (fd >= 0) closeSync(fd)
         }
-        record.objects.push({id: object.id, size: object.size, runs})
+        record.objects.push({id: object.id, size: object.size, runs, ...(object.memfd ? {memfd: object.memfd} : {})})
       }
       if (extent) checksums.push(checksumRange(pool.fd, pool.path, extent.poolOffset, sharedBytes))
       pages += Number(sharedBytes / BigInt(PAGE_SIZE))

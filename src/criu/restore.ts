@@ -98,7 +98,7 @@ function stageSharedObjects(objects: readonly CriuShmem[]): {fd: number; objects
       } finally {
         if (source >= 0) closeSync(source)
       }
-      out.set(object.id, {id: object.id, size: object.size, runs})
+      out.set(object.id, {id: object.id, size: object.size, runs, ...(object.memfd ? {memfd: object.memfd} : {})})
     }
     return {fd, objects: out}
   } catch (error) {

@@ -26,7 +26,8 @@ export interface CheckpointContents {
   /** Access bits recorded from clones (cxlfork record), of the root process: hot (accessed) and dirty (written) pages. */
   accessRecord?: {pages: number; hot: number; dirty: number; recordings: number; firstRecordedAt: string | null; lastRecordedAt: string | null; resetAt: string | null}
   /** Shared anonymous memory of its processes: objects (each once, whatever members map it) and the bytes stored for them. */
-  sharedMemory?: {objects: number; storedBytes: number}
+  /** `memfds`: the objects that were memfds (name, exact size, seals as F_GET_SEALS gave them), when there are any. */
+  sharedMemory?: {objects: number; storedBytes: number; memfds?: {name: string; size: number; seals: string}[]}
 }
 
 interface TreeRecordJson {
@@ -60,7 +61,8 @@ export function checkpointContents(reader: SectionSource): CheckpointContents {
     const objects = decodeSharedMemory(reader.section(Section.sharedMemory), (offset) => reader.address(offset))
     let storedBytes = 0
     for (const object of objects.values()) for (const run of object.runs) storedBytes += Number(run.bytes)
-    contents.sharedMemory = {objects: objects.size, storedBytes}
+    const memfds = [...objects.values()].flatMap(({memfd}) => (memfd ? [{name: memfd.name, size: Number(memfd.size), seals: sealNames(memfd.seals)}] : []))
+    contents.sharedMemory = {objects: objects.size, storedBytes, ...(memfds.length > 0 ? {memfds} : {})}
   }
   const record = contents.process && reader.hasSection(Section.tree) ? treeRecord(reader.section(Section.tree)) : undefined
   if (record) {
@@ -72,4 +74,12 @@ export function checkpointContents(reader: SectionSource): CheckpointContents {
     })
   }
   return contents
+}
+
+const SEAL_NAMES = ['SEAL', 'SHRINK', 'GROW', 'WRITE', 'FUTURE_WRITE', 'EXEC']
+
+/** F_GET_SEALS bits by name ("SHRINK|GROW"), "none" for none. */
+function sealNames(seals: number): string {
+  const names = SEAL_NAMES.filter((_, bit) => (seals & (1 << bit)) !== 0)
+  return names.length > 0 ? names.join('|') : 'none'
 }

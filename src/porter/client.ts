@@ -80,3 +80,22 @@ export function porterRequest(socket: string, method: string, path: string, body
     conn.on('close', () => finish())
   })
 }
+
+/**
+ * Wait until the porter `pid` answers /v1/status on `socket`: 'listening', 'gone' as soon as
+ * `gone()` says it exited, or 'timeout'. For whoever started one and must wait for it (the bench, tests).
+ */
+export async function awaitPorter(socket: string, pid: number, gone: () => boolean, timeoutMs = 30_000): Promise<'listening' | 'gone' | 'timeout'> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    if (gone()) return 'gone'
+    try {
+      const reply = await porterRequest(socket, 'GET', '/v1/status', undefined, 5000)
+      if (reply.status === 200 && reply.body.pid === pid) return 'listening'
+    } catch (error) {
+      if (!(error instanceof PorterUnreachable)) throw error
+    }
+    if (Date.now() > deadline) return 'timeout'
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}

@@ -278,6 +278,8 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
       built.push({member, stub, threads})
     }
     crossPairs.closeSpares()
+    // Memfd seals last: every mapping and fd of the tree is in place, and no member has run.
+    shared.seal()
     for (const {member, stub, threads} of built) {
       const states = member.image!.threads
       setThreadCpuState(stub.tracee, states[0]!, xstates.get(states[0]!))

@@ -136,7 +136,7 @@ function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, sto
         maps.push({nr: SYS.mmap, args: [op.start, length, op.prot, MAP.PRIVATE | MAP.FIXED, fds.get(STORE_KEY)!, op.storeOffset], what: `mmap(store ${hex(op.start)})`})
         break
       case 'shared':
-        maps.push({nr: SYS.mmap, args: [op.start, length, op.prot, MAP.SHARED | MAP.FIXED, sharedFds.get(op.sharedId)!, op.offset], what: `mmap(shared memory ${hex(op.start)})`})
+        maps.push({nr: SYS.mmap, args: [op.start, length, op.prot, MAP.SHARED | MAP.FIXED, sharedFds.get(shared.keyOf(op))!, op.offset], what: `mmap(shared memory ${hex(op.start)})`})
         break
       case 'copy':
         copies.push({local: store.localAddress(op.storeOffset), remote: op.start, len: Number(length)})

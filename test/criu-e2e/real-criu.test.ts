@@ -10,7 +10,9 @@
  *       runs on;
  *   (c) the same for a process tree (the tree fixture: children, a process group, pipes
  *       with bytes in flight, a zombie) and for a process holding pipes, eventfds, an epoll
- *       set, a timerfd and a signalfd (pyfds): the clones keep their shape and descriptors.
+ *       set, a timerfd and a signalfd (pyfds): the clones keep their shape and descriptors;
+ *   (d) memfds with names, sizes off page boundaries and seals (pymemfd) both ways: each
+ *       restored process checks its memfds' names, fstat sizes, F_GET_SEALS and contents.
  * CRIU runs as root with --shell-job: the fixtures share the test's session.
  */
 import assert from 'node:assert/strict'
@@ -378,5 +380,33 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
     } finally {
       program.stop()
     }
+  })
+
+  it('pymemfd: cxlfork criu dump --kill -> real criu restore -d; the process comes back with its memfds under their names, sizes and seals', async () => {
+    const fx = await startFixture('pymemfd')
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const images = imagesDir('memfds-to-criu')
+    okJson(await cli(['criu', 'dump', String(fx.pid), '--kill', '--images', images, '--json']))
+    await fx.exited()
+    const restore = spawnSync(criu.bin, ['restore', '-D', images, '-d', '--shell-job', '-v4', '-o', 'restore.log'], {encoding: 'utf8'})
+    assert.equal(restore.status, 0, `criu restore -D ${images} failed:\n${criuErrors(images, 'restore.log')}`)
+    const started = procStat(fx.pid)?.starttime
+    try {
+      await waitForTicks(fx.logPath, fx.pid, 2)
+      assertOk(await requestCheck(fx.logPath, fx.pid), 'the process CRIU restored checks its memfds')
+      assert.equal(readlinkSync(`/proc/${fx.pid}/fd/${/cxl-sealed:(\d+)/.exec(fx.ready.fields.fds!)![1]}`), '/memfd:cxl-sealed (deleted)')
+    } finally {
+      if (processExists(fx.pid) && procStat(fx.pid)?.starttime === started) process.kill(fx.pid, 'SIGKILL')
+    }
+  })
+
+  it('pymemfd: real criu dump --leave-running -> cxlfork criu restore; the clone checks its memfds\' names, sizes and seals', async () => {
+    const fx = await startFixture('pymemfd')
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const images = realCriuDump(fx.pid, 'memfds-from-criu')
+    const clone = okJson(await cli(['criu', 'restore', '--images', images, '--json'])).pid as number
+    trackPid(clone)
+    assertOk(await requestCheck(fx.logPath, clone), 'the clone of CRIU\'s set checks its memfds')
+    assertOk(await fx.check(), 'the original')
   })
 })

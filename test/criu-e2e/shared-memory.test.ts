@@ -6,7 +6,8 @@
  * a shared mapping of their own. Trees sharing one object: tree.test.ts. A memfd held open
  * and mapped MAP_SHARED is written as CRIU 4.x writes it (a MEMFD files.img entry, its inode
  * in memfd.img with name, size and seals, its pages in pagemap-shmem-SHMID.img); in every
- * clone the fd and the mapping are one object again.
+ * clone the fd and the mapping are one object again. pymemfd's memfds (names, sizes off page
+ * boundaries, seals) come back as memfds with their names, sizes and seals.
  */
 import assert from 'node:assert/strict'
 import {existsSync, readFileSync, readdirSync} from 'node:fs'
@@ -85,4 +86,41 @@ describe('criu-e2e: shared anonymous memory through criu dump, restore and impor
       program.stop()
     }
   })
+
+  it('pymemfd: memfd.img holds each memfd\'s name, exact size and seals (also of one only mapped); the clones of criu restore and import (mow, local) check names, sizes, seals, FD_CLOEXEC and contents', async () => {
+    const fx = await startFixture('pymemfd')
+    const images = imagesDir('memfds')
+    okJson(await cli(['criu', 'dump', String(fx.pid), '--images', images, '--json']))
+    const inodes = (await critDecode(join(images, 'memfd.img'))).entries as Json[]
+    const byName = new Map(inodes.map((inode) => [inode.name as string, inode]))
+    const expected: [string, number, number][] = [['cxl-sealed', 3 * 4096 + 100, 0x7], ['cxl-ro', 5000, 0x8], ['cxl-future', 2 * 4096 + 1, 0x10], ['cxl-plain', 2 * 4096 + 7, 0x1], ['cxl-maponly', 4096 + 3, 0x4], ['cxl-empty', 0, 0]]
+    for (const [name, size, seals] of expected) {
+      const inode = byName.get(name)
+      assert.ok(inode, `memfd.img holds ${name}: ${[...byName.keys()].join(',')}`)
+      assert.equal(Number(inode.size), size, `${name}: size`)
+      // crit shows seals by name; the value, whichever way it is shown, must carry these bits (F_SEAL_EXEC aside).
+      const value = typeof inode.seals === 'number' ? inode.seals : sealsOf(String(inode.seals))
+      assert.equal(value & 0x1f, seals, `${name}: seals ${String(inode.seals)}`)
+    }
+    const pool = poolFile('memfds')
+    okJson(await cli(['criu', 'import', '--images', images, '--name', 'memfds', '--pool', pool, '--json']))
+    const runs = [
+      {what: 'criu restore', run: await cli(['criu', 'restore', '--images', images, '--json'])},
+      {what: 'import + restore mow', run: await cli(['restore', 'memfds', '--policy', 'mow', '--pool', pool, '--json'])},
+      {what: 'import + restore local', run: await cli(['restore', 'memfds', '--policy', 'local', '--pool', pool, '--json'])},
+    ]
+    for (const {what, run} of runs) {
+      const clone = okJson(run).pid as number
+      trackPid(clone)
+      const check = await requestCheck(fx.logPath, clone)
+      assert.equal(check.fields.ok, '1', `${what}: ${check.line}`)
+    }
+    assert.equal((await fx.check()).fields.ok, '1', 'the original is intact')
+  })
 })
+
+/** crit's text for a flags field ("F_SEAL_SEAL | F_SEAL_GROW", or a number) as its value. */
+function sealsOf(text: string): number {
+  const bits: Record<string, number> = {F_SEAL_SEAL: 1, F_SEAL_SHRINK: 2, F_SEAL_GROW: 4, F_SEAL_WRITE: 8, F_SEAL_FUTURE_WRITE: 16, F_SEAL_EXEC: 32}
+  return text.split('|').map((part) => part.trim()).filter(Boolean).reduce((sum, part) => sum | (bits[part] ?? Number(part)), 0)
+}

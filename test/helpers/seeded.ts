@@ -2,18 +2,10 @@
  * Seeded randomness for tests that kill or delay at random moments: the seed is
  * printed, and the environment variable named by the test replays a run exactly.
  */
+import {seededRandom} from '../../src/porter/replay/trace.js'
 
-/** mulberry32: small, seeded, reproducible. */
-export function makeRng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** mulberry32, the generator the replay's synthetic traces use: small, seeded, reproducible. */
+export const makeRng = seededRandom
 
 /** The seed from `envName` when set to a positive integer, else a fresh one; and its generator. */
 export function seeded(envName: string): {seed: number; rng: () => number; replay: string} {

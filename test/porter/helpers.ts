@@ -7,7 +7,7 @@ import {type ChildProcess, spawn} from 'node:child_process'
 import {existsSync, mkdtempSync, readdirSync, readFileSync, rmSync} from 'node:fs'
 import {connect} from 'node:net'
 
-import {PorterUnreachable, porterRequest} from '../../src/porter/client.js'
+import {awaitPorter} from '../../src/porter/client.js'
 import {CLI, PROJECT_ROOT} from '../helpers/cli.js'
 
 export interface RunningPorter {
@@ -43,20 +43,11 @@ export async function startPorter(pool: string, socket: string, options: {ghosts
   const exited = new Promise<{code: number | null; signal: NodeJS.Signals | null}>((resolve) => child.on('exit', (code, signal) => resolve({code, signal})))
   let gone = false
   void exited.then(() => (gone = true))
-  const deadline = Date.now() + 30_000
-  for (;;) {
-    if (gone) throw new Error(`porter exited before it listened: ${out}`)
-    try {
-      const reply = await porterRequest(socket, 'GET', '/v1/status', undefined, 5000)
-      if (reply.status === 200 && reply.body.pid === child.pid) break
-    } catch (error) {
-      if (!(error instanceof PorterUnreachable)) throw error
-    }
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL')
-      throw new Error(`porter did not answer within 30 s: ${out}`)
-    }
-    await sleep(50)
+  const state = await awaitPorter(socket, child.pid!, () => gone)
+  if (state === 'gone') throw new Error(`porter exited before it listened: ${out}`)
+  if (state === 'timeout') {
+    child.kill('SIGKILL')
+    throw new Error(`porter did not answer within 30 s: ${out}`)
   }
   return {child, pid: child.pid!, socket, output: () => out, exited}
 }

@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict'
 import {spawn} from 'node:child_process'
-import {existsSync, mkdtempSync, readFileSync, rmSync} from 'node:fs'
+import {existsSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
@@ -120,10 +120,43 @@ while True:
       process.kill(clone, 'SIGUSR1')
       const line = await until(() => readFileSync(out, 'utf8').split('\n').find((l) => l.startsWith(`${clone} `)), 'the clone\'s check')
       assert.equal(line, `${clone} True hello memfd! 777 17 unlinked but open`, 'mapping and fd are one object, contents and offsets kept')
-      assert.match(readFileSync(`/proc/${clone}/maps`, 'utf8'), /rw-s .* \/dev\/zero \(deleted\)/, 'the mapping is shared memory of the clone\'s own')
+      assert.match(readFileSync(`/proc/${clone}/maps`, 'utf8'), /rw-s .* \/memfd:cxlfork-test \(deleted\)/, 'the mapping is a memfd of the clone\'s own, under its name')
     } finally {
       rmSync(dir, {recursive: true, force: true})
     }
+  })
+
+  it('pymemfd (memfds with names, sizes off page boundaries, seals SHRINK|GROW|SEAL, WRITE with a read-only mapping, FUTURE_WRITE after a writable one, none, one only mapped, one empty, MFD_NOEXEC_SEAL): every clone under mow and local checks names, fstat sizes, F_GET_SEALS, FD_CLOEXEC, contents, what the seals forbid', async () => {
+    const pool = poolPath('shmem')
+    const fx = await startFixture('pymemfd')
+    const fds = Object.fromEntries(fx.ready.fields.fds!.split(',').map((pair) => pair.split(':') as [string, string]))
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'memfds', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    const inspect = await cli(['inspect', 'memfds', '--verify', '--json', '--pool', pool])
+    assert.equal(inspect.status, 0, describeRun(inspect))
+    assert.equal(inspect.json.sharedMemory.objects, Object.keys(fds).length + 1, 'an object per memfd (and one only mapped)')
+    const listed = new Map((inspect.json.sharedMemory.memfds as {name: string; size: number; seals: string}[]).map((memfd) => [memfd.name, memfd]))
+    assert.deepEqual(listed.get('cxl-sealed'), {name: 'cxl-sealed', size: 3 * 4096 + 100, seals: 'SEAL|SHRINK|GROW'}, 'inspect lists each memfd')
+    assert.equal(listed.get('cxl-future')?.seals, 'FUTURE_WRITE')
+    assert.equal(listed.size, Object.keys(fds).length + 1)
+    if (fds['cxl-noexec']) assert.equal(listed.get('cxl-noexec')?.seals, 'EXEC')
+    for (const policy of ['mow', 'local'] as const) {
+      const run = await cli(['restore', 'memfds', '--policy', policy, '--json', '--pool', pool])
+      assert.equal(run.status, 0, describeRun(run))
+      const clone = run.json.pid as number
+      trackPid(clone)
+      const check = await requestCheck(fx.logPath, clone)
+      assert.equal(check.fields.ok, '1', `${policy} clone: ${check.line}`)
+      // And from outside: /proc names each fd and mapping after its memfd, a new object each.
+      const maps = readFileSync(`/proc/${clone}/maps`, 'utf8')
+      for (const [name, fd] of Object.entries(fds)) {
+        assert.equal(readlinkSync(`/proc/${clone}/fd/${fd}`), `/memfd:${name} (deleted)`, `${policy}: fd ${fd}`)
+        if (fx.ready.fields.mapped!.split(',').includes(name)) assert.ok(maps.includes(`/memfd:${name} (deleted)`), `${policy}: the mapping of ${name} is named after it`)
+        assert.notEqual(statSync(`/proc/${clone}/fd/${fd}`).ino, statSync(`/proc/${fx.pid}/fd/${fd}`).ino, `${policy}: ${name} is the clone's own`)
+      }
+      assert.equal(statSync(`/proc/${clone}/fd/${fds['cxl-sealed']}`).size, 3 * 4096 + 100, `${policy}: exact size`)
+    }
+    assert.equal((await fx.check()).fields.ok, '1', 'the original is intact')
   })
 
   it('the CRIU-format path writes it too (pagemap-shmem, test/criu-e2e/shared-memory.test.ts restores it), leaving the target running', async () => {

@@ -22,6 +22,7 @@ import {type ImagePath, type Msg, type Obj, type PutImage, corrupt, fileIdFor, f
 import {eventfdEntry, eventfdOf} from './eventfd.js'
 import {eventpollEntry, eventpollOf} from './eventpoll.js'
 import {inetSocketEntry, inetSocketOf} from './inetsk.js'
+import type {MemfdFacts} from '../../image/shared-memory.js'
 import {MemfdWriter, memfdOf} from './memfd.js'
 import {type PipeData, PipesDataWriter, pipeEntry} from './pipes-data.js'
 import {SkQueuesWriter} from './sk-queues.js'
@@ -67,10 +68,16 @@ export class FileImagesWriter {
 
   constructor(private readonly options: WriteOptions) {}
 
-  /** The set's shared memory objects (their sizes), before the members that hold them open are added. */
-  addSharedObjects(objects: readonly {id: string; size?: bigint}[]): void {
-    for (const object of objects) if (object.size !== undefined) this.objectSizes.set(object.id, object.size)
+  /** The set's shared memory objects (their sizes; a memfd's facts), before the members that hold them open are added. */
+  addSharedObjects(objects: readonly {id: string; size?: bigint; memfd?: MemfdFacts}[]): void {
+    for (const object of objects) {
+      if (object.size !== undefined) this.objectSizes.set(object.id, object.size)
+      if (object.memfd) this.mappedMemfds.set(object.id, object.memfd)
+    }
   }
+
+  /** Memfds by object id, also those only mapped (their fds closed): written as memfds too, as CRIU does. */
+  private readonly mappedMemfds = new Map<string, MemfdFacts>()
 
   /** Objects some member of the set holds open as a memfd (kind shmem): their mappings are memfd mappings. */
   private readonly heldOpen = new Set<string>()
@@ -80,9 +87,12 @@ export class FileImagesWriter {
     for (const image of images) for (const fd of image.fds) if (fd.kind === 'shmem' && fd.sharedId !== undefined) this.heldOpen.add(fd.sharedId)
   }
 
-  /** A MEMFD entry for a mapping of an object held open (its own entry, as CRIU writes one per mapping), or undefined. */
-  memfdMapping(vma: VmaImage): number | undefined {
-    if (vma.sharedId === undefined || !this.heldOpen.has(vma.sharedId)) return undefined
+  /** A MEMFD entry for a mapping of an object held open or of a memfd (its own entry, as CRIU writes one per mapping), or undefined. */
+  memfdMapping(vma: VmaImage, owner: {uid: number; gid: number}): number | undefined {
+    if (vma.sharedId === undefined) return undefined
+    const memfd = this.mappedMemfds.get(vma.sharedId)
+    if (!this.heldOpen.has(vma.sharedId) && !memfd) return undefined
+    if (memfd && !this.heldOpen.has(vma.sharedId)) this.memfds.addMapped(vma.sharedId, memfd, owner)
     const id = this.nextId++
     this.files.push({type: FD_TYPE_MEMFD, id, memfd: this.memfds.mappingEntry(vma.sharedId, id)})
     return id

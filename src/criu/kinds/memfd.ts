@@ -6,6 +6,7 @@
  * that an fd and a MAP_SHARED mapping of it are one object again at restore.
  */
 import type {FdImage} from '../../image/process-image.js'
+import {KNOWN_SEALS, type MemfdFacts} from '../../image/shared-memory.js'
 import {PAGE_SIZE} from '../../sys/page.js'
 import {encodeMessage, readImage} from '../image-file.js'
 import {big, has, str64, u64} from '../values.js'
@@ -51,6 +52,16 @@ export class MemfdWriter {
     return {id, flags: fd.flags >>> 0, pos: str64(u64(fd.offset)), fown: fown(), inode_id: shmid}
   }
 
+  /** The inode of a memfd only mapped (no fd holds it): what the capture read of it, the mapping process's ids as owner. */
+  addMapped(sharedId: string, facts: MemfdFacts, owner: {uid: number; gid: number}): void {
+    const shmid = shmemId(sharedId)
+    if (shmid === undefined || this.inodes.has(shmid)) return
+    const inode: Obj = {name: facts.name, uid: facts.owner?.uid ?? owner.uid, gid: facts.owner?.gid ?? owner.gid, size: str64(facts.size), shmid, seals: facts.seals, inode_id: str64(BigInt(shmid))}
+    // The whole st_mode, as CRIU records it (a memfd is a regular file).
+    if (facts.owner) inode['mode'] = (0o100000 | facts.owner.mode) >>> 0
+    this.inodes.set(shmid, inode)
+  }
+
   /** The memfd_file_entry a mapping of object `sharedId` names (its inode is added by the fd that holds it open). */
   mappingEntry(sharedId: string, id: number): Obj {
     const shmid = shmemId(sharedId)
@@ -84,4 +95,18 @@ export function memfdSizeOf(inodes: ReadonlyMap<bigint, Msg>, shmid: string): bi
   const size = inode && has(inode, 'size') ? u64(big(inode['size'])) : 0n
   const page = BigInt(PAGE_SIZE)
   return ((size + page - 1n) / page) * page
+}
+
+/**
+ * The memfd facts of object `shmid` (name, exact size, seals) when memfd.img holds it as a
+ * memfd: an unlinked tmpfs file keeps its path as its name (a leading '/'), and so does the
+ * /dev/zero of CRIU's own shared anonymous memory; those stay plain shared memory.
+ */
+export function memfdFactsOf(inodes: ReadonlyMap<bigint, Msg>, shmid: string): MemfdFacts | undefined {
+  const inode = [...inodes.values()].find((candidate) => String(candidate['shmid']) === shmid)
+  if (!inode || typeof inode['name'] !== 'string' || inode['name'].startsWith('/')) return undefined
+  const facts: MemfdFacts = {name: inode['name'], size: has(inode, 'size') ? u64(big(inode['size'])) : 0n, seals: (inode['seals'] as number) & KNOWN_SEALS}
+  // CRIU restores the owner always, the mode when recorded; without one, the mode memfd_create gives.
+  if (has(inode, 'mode')) facts.owner = {uid: inode['uid'] as number, gid: inode['gid'] as number, mode: (inode['mode'] as number) & 0o7777}
+  return facts
 }

@@ -7,6 +7,7 @@
 import {closeSync, existsSync, openSync, statSync} from 'node:fs'
 import {join} from 'node:path'
 
+import type {MemfdFacts} from '../../image/shared-memory.js'
 import {sendfileAt} from '../../sys/file-io.js'
 import {PAGE_SIZE} from '../../sys/page.js'
 import {PE_PRESENT} from '../constants.js'
@@ -22,6 +23,8 @@ export interface ShmemToWrite {
   /** The object's size (whole pages), when captured: a memfd inode's size in memfd.img. */
   size?: bigint
   runs: readonly {offset: bigint; bytes: bigint}[]
+  /** Name, exact size and seals of a memfd (a mapping of it is then written as a memfd's, even with no fd left). */
+  memfd?: MemfdFacts
 }
 
 /** Write one object's pagemap-shmem and pages-`pagesId` images; returns the pages file's path and size. */
@@ -52,6 +55,8 @@ export interface CriuShmem {
   size: bigint
   pagesPath: string
   runs: {offset: bigint; bytes: bigint; fileOffset: number}[]
+  /** Name, exact size and seals, when memfd.img holds the object as a memfd. */
+  memfd?: MemfdFacts
 }
 
 /** The object `shmid` (its pages; none stored when the set has no pagemap for it: all zeros). */
