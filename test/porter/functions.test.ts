@@ -9,7 +9,9 @@
  * instances are stopped after the keep-alive; `fn rm` leaves no process and
  * no checkpoint; bad input gets typed errors; a porter SIGKILLed with
  * invocations in flight leaves no instance behind and a restarted porter
- * serves the function from its checkpoint.
+ * serves the function from its checkpoint. With --policy criu the instance
+ * is dumped as a CRIU-format image set instead, and clones built from that
+ * set carry its state; a refused dump leaves it serving; fn rm removes the set.
  */
 import assert from 'node:assert/strict'
 import {spawnSync} from 'node:child_process'
@@ -258,36 +260,40 @@ describe('porter: serverless functions (issue 15)', function () {
     assert.equal(existsSync(root), false, 'and the porter\'s images directory, empty now')
   })
 
-  it('--policy criu: a dump refused (the instance holds a FIFO) leaves the instance serving, says why in fn ls, and leaves no image set', async () => {
+  it('--policy criu: a dump refused (the instance has a child process) leaves the instance serving, says why in fn ls, and leaves no image set', async () => {
     const {pool, socket} = await setUp('fn-criu-refused')
     const dir = dirname(logFile())
-    const script = join(dir, 'fifofn.py')
+    const script = join(dir, 'parentfn.py')
+    // Its child waits for the end of a pipe only the parent holds, so it exits with the parent.
     writeFileSync(script, [
       'import json, os, sys',
-      'path = sys.argv[1]',
-      'os.mkfifo(path)',
-      'held = os.open(path, os.O_RDWR | os.O_NONBLOCK)',
+      'r, w = os.pipe()',
+      'if os.fork() == 0:',
+      '    os.close(w)',
+      '    os.read(r, 1)',
+      '    os._exit(0)',
+      'os.close(r)',
       'n = 0',
       'for line in sys.stdin:',
       '    n += 1',
       '    print(json.dumps({"id": json.loads(line)["id"], "n": n, "pid": os.getpid()}), flush=True)',
     ].join('\n') + '\n')
-    const deployed = await cli(['fn', 'deploy', 'fifo', '--cmd', `python3 ${script} ${join(dir, 'fifo')}`, '--policy', 'criu', '--checkpoint-after', '1', '--pool', pool, '--socket', socket, '--json'])
+    const deployed = await cli(['fn', 'deploy', 'parent', '--cmd', `python3 ${script}`, '--policy', 'criu', '--checkpoint-after', '1', '--pool', pool, '--socket', socket, '--json'])
     assert.equal(deployed.status, 0, describeRun(deployed))
-    const first = await invoke(socket, 'fifo', null)
+    const first = await invoke(socket, 'parent', null)
     assert.equal(first.start, 'cold')
     assert.equal(first.checkpointed, undefined, 'no set was written')
-    const info = await functionInfo(socket, 'fifo')
+    const info = await functionInfo(socket, 'parent')
     assert.equal(info.checkpoint, null)
-    assert.match(info.checkpointError, /CRIU_FD_TYPE/, 'fn ls says why')
-    const second = await invoke(socket, 'fifo', null)
+    assert.match(info.checkpointError, /HAS_CHILDREN/, 'fn ls says why')
+    const second = await invoke(socket, 'parent', null)
     assert.equal(second.start, 'warm')
     assert.equal(second.pid, first.pid, 'the instance runs on')
     assert.equal(second.output.n, 2)
     // The porter's images directory (created for the dump) holds no set.
     const root = `/dev/shm/cxlfork-fn-images-${process.geteuid!()}-${createHash('sha256').update(`${socket}.functions.json`).digest('hex').slice(0, 16)}`
     assert.deepEqual(readdirSync(root), [])
-    const rm = await cli(['fn', 'rm', 'fifo', '--pool', pool, '--socket', socket, '--json'])
+    const rm = await cli(['fn', 'rm', 'parent', '--pool', pool, '--socket', socket, '--json'])
     assert.equal(rm.status, 0, describeRun(rm))
     assert.equal(rm.json.checkpoint, null)
     assert.equal(processExists(first.pid), false)
