@@ -7,17 +7,40 @@
  */
 import {type ChildProcess, spawn} from 'node:child_process'
 import {mkdtempSync, rmSync} from 'node:fs'
+import {connect} from 'node:net'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {CxlforkError} from '../errors.js'
-import {awaitPorter} from '../porter/client.js'
 
 export interface BenchPorter {
   socket: string
   pool: string
   pid: number
   stop(): Promise<void>
+}
+
+/**
+ * Until the socket accepts a connection (a porter binds it only once it serves). Not the porter's
+ * client (porter/client.ts): the porter's replay report draws with bench's charts, and bench must
+ * not import the porter back.
+ */
+async function listening(socket: string, gone: () => boolean, timeoutMs = 30_000): Promise<'listening' | 'gone' | 'timeout'> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    if (gone()) return 'gone'
+    const accepted = await new Promise<boolean>((resolve) => {
+      const conn = connect(socket)
+      conn.once('connect', () => {
+        conn.destroy()
+        resolve(true)
+      })
+      conn.once('error', () => resolve(false))
+    })
+    if (accepted) return 'listening'
+    if (Date.now() > deadline) return 'timeout'
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
 }
 
 export async function startBenchPorter(cli: {node: string; entry: string}, pool: string): Promise<BenchPorter> {
@@ -38,7 +61,7 @@ export async function startBenchPorter(cli: {node: string; entry: string}, pool:
     }
     rmSync(dir, {recursive: true, force: true})
   }
-  const state = await awaitPorter(socket, child.pid!, () => gone)
+  const state = await listening(socket, () => gone)
   if (state !== 'listening') {
     await stop()
     throw new CxlforkError('BENCH_COMMAND_FAILED', `the bench's porter ${state === 'gone' ? 'exited before it listened' : 'did not answer within 30 s'}: ${stderr.trim().slice(0, 400)}`)

@@ -107,7 +107,11 @@ function stageSharedObjects(objects: readonly CriuShmem[]): {fd: number; objects
   }
 }
 
-export function criuRestore(request: {images: string; wait: boolean; pidns?: PidNamespaceMode; netns?: string}): CriuRestoreResult {
+export function criuRestore(request: {images: string; wait: boolean; pidns?: PidNamespaceMode; netns?: string
+  /** fds of ours to become the clone's fds 0-2 (a porter's function clone talks over pipes); default /dev/null, or our stdio with `wait`. */
+  stdio?: readonly [number | null, number | null, number | null]
+  /** The clone gets SIGKILL when this process dies (a porter's function clone dies with the porter). */
+  dieWithParent?: boolean}): CriuRestoreResult {
   // Parsing the .proto schemas is cxlfork's start-up cost, not deserialization (CRIU's
   // are compiled C): keep it out of restore_time and report it on its own.
   const tSchema = performance.now()
@@ -136,7 +140,7 @@ export function criuRestore(request: {images: string; wait: boolean; pidns?: Pid
     sharedFd = shared?.fd
     tDecoded = performance.now()
     built = buildTree(plans, {localAddress: (offset) => pages.localAddress(offset), ...(shared ? {fd: shared.fd, sharedObjects: shared.objects} : {})},
-      {stdio: request.wait ? 'inherit' : 'null', setsid: !request.wait, wait: request.wait, ...(request.pidns === undefined ? {} : {pidns: request.pidns}), ...(request.netns === undefined ? {} : {network: request.netns})})
+      {stdio: request.stdio ?? (request.wait ? 'inherit' : 'null'), ...(request.dieWithParent ? {dieWithParent: true} : {}), setsid: !request.wait, wait: request.wait, ...(request.pidns === undefined ? {} : {pidns: request.pidns}), ...(request.netns === undefined ? {} : {network: request.netns})})
     // The clone runs from here on. Unmapping our view of the pages images (tearing down a page
     // table entry per page: ~30 ms at 256 MiB) is this process's own clean-up, after it.
     tDone = performance.now()

@@ -9,13 +9,15 @@
  * instances are stopped after the keep-alive; `fn rm` leaves no process and
  * no checkpoint; bad input gets typed errors; a porter SIGKILLed with
  * invocations in flight leaves no instance behind and a restarted porter
- * serves the function from its checkpoint.
+ * serves the function from its checkpoint. With --policy criu the instance
+ * is dumped as a CRIU-format image set instead, and clones built from that
+ * set carry its state; a refused dump leaves it serving; fn rm removes the set.
  */
 import assert from 'node:assert/strict'
 import {spawnSync} from 'node:child_process'
-import {randomBytes} from 'node:crypto'
-import {chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync} from 'node:fs'
-import {join} from 'node:path'
+import {createHash, randomBytes} from 'node:crypto'
+import {chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync} from 'node:fs'
+import {dirname, join} from 'node:path'
 import {tmpdir} from 'node:os'
 
 import {PorterUnreachable, porterRequest} from '../../src/porter/client.js'
@@ -205,6 +207,99 @@ describe('porter: serverless functions (issue 15)', function () {
     assert.equal(gone.json.error.code, 'FUNCTION_NOT_FOUND')
   })
 
+  it('--policy criu: dumped as a CRIU-format image set after the Nth invocation (0700, on /dev/shm), scaled out to clones restored from it that carry its state; fn rm removes the set and every instance', async () => {
+    const {pool, socket, porter} = await setUp('fn-criu')
+    const log = logFile()
+    const deployed = await cli(['fn', 'deploy', 'float', '--cmd', floatCmd(log), '--policy', 'criu', '--checkpoint-after', '2', '--keep-alive', '60s', '--max-instances', '3', '--pool', pool, '--socket', socket, '--json'])
+    assert.equal(deployed.status, 0, describeRun(deployed))
+    assert.equal(deployed.json.policy, 'criu')
+    const first = await invoke(socket, 'float', {i: 1})
+    assert.equal(first.start, 'cold')
+    assert.equal(first.checkpointed, undefined)
+    const second = await invoke(socket, 'float', {i: 2})
+    assert.equal(second.start, 'warm')
+    const images = second.checkpointed?.name as string
+    assert.ok(images?.startsWith('/dev/shm/cxlfork-fn-images-'), `dumped after the 2nd invocation into an image set on /dev/shm: ${JSON.stringify(second.checkpointed)}`)
+    const root = dirname(images)
+    assert.equal(statSync(root).mode & 0o777, 0o700, 'the porter\'s images directory is private')
+    for (const file of ['inventory.img', 'pstree.img', `core-${first.pid}.img`, `mm-${first.pid}.img`, 'pages-1.img']) assert.ok(existsSync(join(images, file)), `${file} in the set`)
+    const ls = await cli(['ls', '--pool', pool, '--json'])
+    assert.ok(!JSON.stringify(ls.json).includes('fn.float'), `nothing in the pool: ${ls.stdout}`)
+    const crc = readyCrc(log)
+
+    // Three at once, each held 1 s in the function: the original takes one, two clones are built from the set.
+    const results = await Promise.all([3, 4, 5].map((i) => invoke(socket, 'float', {i, sleepMs: 1000})))
+    assert.deepEqual(results.map((r) => r.start).sort(), ['restored', 'restored', 'warm'])
+    const clones = results.filter((r) => r.start === 'restored')
+    assert.equal(new Set(results.map((r) => r.pid)).size, 3)
+    for (const result of results) {
+      assert.equal(result.output.ok, true)
+      assert.equal(result.output.crc, crc, 'the state (4 MiB of floats) reproduces the init result')
+      assert.equal(result.output.pid, result.pid)
+      assert.equal(result.output.n, 3, `instance ${result.pid} (${result.start}) answers its 3rd invocation: the count dumped after the 2nd goes on`)
+    }
+    const porterChildren = new Set(childrenOf(porter.pid).map((child) => child.pid))
+    for (const clone of clones) {
+      assert.ok(porterChildren.has(clone.pid), `clone ${clone.pid} is the porter's child`)
+      // criu restore's engine: every page copied into local memory, none mapped from the pool.
+      assert.ok(clone.restoreStats.pages_restored >= 1024, `the clone got its pages copied: ${JSON.stringify(clone.restoreStats)}`)
+      assert.ok(clone.restoreStats.deserialize_time > 0)
+      assert.ok(!readFileSync(`/proc/${clone.pid}/maps`, 'utf8').includes(pool), 'the clone maps nothing of the pool')
+    }
+    note(`float 4 MiB, policy criu: dump ${second.checkpointed.ms.toFixed(1)} ms; clones restored (criu) in ${clones.map((c) => c.startupMs.toFixed(1)).join(', ')} ms (restore_time ${clones.map((c) => (c.restoreStats.restore_time / 1000).toFixed(1)).join(', ')} ms)`)
+
+    const pids = results.map((r) => r.pid as number)
+    const rm = await cli(['fn', 'rm', 'float', '--pool', pool, '--socket', socket, '--json'])
+    assert.equal(rm.status, 0, describeRun(rm))
+    assert.equal(rm.json.instancesStopped, 3)
+    assert.equal(rm.json.checkpoint, images)
+    assert.equal(rm.json.checkpointState, 'removed')
+    for (const pid of pids) assert.equal(processExists(pid), false, `instance ${pid} is gone`)
+    assert.deepEqual(childrenOf(porter.pid).filter((child) => pids.includes(child.pid)), [], 'and reaped')
+    assert.equal(existsSync(images), false, 'the image set is removed')
+    assert.equal(existsSync(root), false, 'and the porter\'s images directory, empty now')
+  })
+
+  it('--policy criu: a dump refused (the instance has a child process) leaves the instance serving, says why in fn ls, and leaves no image set', async () => {
+    const {pool, socket} = await setUp('fn-criu-refused')
+    const dir = dirname(logFile())
+    const script = join(dir, 'parentfn.py')
+    // Its child waits for the end of a pipe only the parent holds, so it exits with the parent.
+    writeFileSync(script, [
+      'import json, os, sys',
+      'r, w = os.pipe()',
+      'if os.fork() == 0:',
+      '    os.close(w)',
+      '    os.read(r, 1)',
+      '    os._exit(0)',
+      'os.close(r)',
+      'n = 0',
+      'for line in sys.stdin:',
+      '    n += 1',
+      '    print(json.dumps({"id": json.loads(line)["id"], "n": n, "pid": os.getpid()}), flush=True)',
+    ].join('\n') + '\n')
+    const deployed = await cli(['fn', 'deploy', 'parent', '--cmd', `python3 ${script}`, '--policy', 'criu', '--checkpoint-after', '1', '--pool', pool, '--socket', socket, '--json'])
+    assert.equal(deployed.status, 0, describeRun(deployed))
+    const first = await invoke(socket, 'parent', null)
+    assert.equal(first.start, 'cold')
+    assert.equal(first.checkpointed, undefined, 'no set was written')
+    const info = await functionInfo(socket, 'parent')
+    assert.equal(info.checkpoint, null)
+    assert.match(info.checkpointError, /HAS_CHILDREN/, 'fn ls says why')
+    const second = await invoke(socket, 'parent', null)
+    assert.equal(second.start, 'warm')
+    assert.equal(second.pid, first.pid, 'the instance runs on')
+    assert.equal(second.output.n, 2)
+    // The porter's images directory (created for the dump) holds no set.
+    const root = `/dev/shm/cxlfork-fn-images-${process.geteuid!()}-${createHash('sha256').update(`${socket}.functions.json`).digest('hex').slice(0, 16)}`
+    assert.deepEqual(readdirSync(root), [])
+    const rm = await cli(['fn', 'rm', 'parent', '--pool', pool, '--socket', socket, '--json'])
+    assert.equal(rm.status, 0, describeRun(rm))
+    assert.equal(rm.json.checkpoint, null)
+    assert.equal(processExists(first.pid), false)
+    assert.equal(existsSync(root), false, `the images directory is removed with the function (${root})`)
+  })
+
   it('a porter stopped (SIGTERM) with restored instances running stops them and gives their references back at once', async () => {
     const {pool, socket, porter} = await setUp('fn-stop')
     const log = logFile()
@@ -243,6 +338,8 @@ describe('porter: serverless functions (issue 15)', function () {
     const ok = await fn(['deploy', 'float', '--cmd', floatCmd(log)])
     assert.equal(ok.status, 0, describeRun(ok))
     expect(await fn(['deploy', 'float', '--cmd', floatCmd(log)]), 7, 'FUNCTION_EXISTS')
+    // criu serves from an image set of its own, never from a pool checkpoint.
+    expect(await fn(['deploy', 'x', '--cmd', 'true', '--policy', 'criu', '--checkpoint', 'fn.float']), 2, 'INVALID_POLICY')
     // A function that answers something that is not one JSON line: FUNCTION_FAILED, and its instance is stopped.
     assert.equal((await fn(['deploy', 'garbled', '--cmd', 'python3 -c "import sys; sys.stdin.readline(); print(\'not json\', flush=True); sys.stdin.readline()"'])).status, 0)
     const garbled = await fn(['invoke', 'garbled'])

@@ -2,7 +2,7 @@
  * Issue 15, `porter replay`: the Azure Functions 2019 per-minute trace
  * format read (and refused when malformed, with typed errors), a synthetic
  * trace with that trace's shape (seeded), and a small trace replayed on real
- * function instances under `cold` and `mow`: every invocation answered,
+ * function instances under `cold`, `mow` and `criu`: every invocation answered,
  * starts counted by kind, nothing left running, no checkpoint left behind,
  * and its HTML report drawn by headless Chromium (as the bench report is).
  */
@@ -84,13 +84,15 @@ describe('porter replay: invocation traces (issue 15)', function () {
     assert.deepEqual(parseAzureTrace(toAzureCsv(trace)).functions.map((fn) => fn.counts), trace.functions.map((fn) => fn.counts))
   })
 
-  it('replays a trace file on real instances under cold and mow: every invocation answered, starts by kind, nothing left behind', async () => {
+  it('replays a trace file on real instances under cold, mow and criu: every invocation answered, starts by kind, mow compared with cold and criu, nothing left behind', async () => {
     const pool = poolPath('replay')
     assert.equal((await cli(['pool', 'init', '--size', '512M', '--pool', pool, '--json'])).status, 0)
     const file = join(dir, 'small.csv')
     // Two busy functions and a rare one, 2 minutes.
     writeFileSync(file, 'HashOwner,HashApp,HashFunction,Trigger,1,2\no,a,busy1,http,8,6\no,a,busy2,queue,5,7\no,a,rare,timer,1,0\no,a,idle,timer,0,0\n')
     const before = functionProcesses()
+    const imageSets = (): string[] => readdirSync('/dev/shm').filter((name) => name.startsWith('cxlfork-fn-images-'))
+    const setsBefore = imageSets()
     const out = join(dir, 'report')
     const run = await cli(['porter', 'replay', file, '--speedup', '30', '--policies', 'cold,mow,criu', '--mib', '2', '--out', out, '--pool', pool, '--json'])
     assert.equal(run.status, 0, describeRun(run))
@@ -99,7 +101,7 @@ describe('porter replay: invocation traces (issue 15)', function () {
     assert.equal(report.functions, 4)
     assert.equal(report.deployed, 3, 'a function without invocations is not deployed')
     const [cold, mow, criu] = report.policies
-    for (const p of [cold, mow]) {
+    for (const p of [cold, mow, criu]) {
       assert.equal(p.invocations, 27)
       assert.equal(p.failures, 0, JSON.stringify(p))
       assert.equal(p.starts.cold + p.starts.warm + p.starts.restored, 27)
@@ -111,8 +113,15 @@ describe('porter replay: invocation traces (issue 15)', function () {
     assert.ok(cold.starts.cold > mow.starts.cold, `cold starts more (${cold.starts.cold}) than mow (${mow.starts.cold})`)
     assert.ok(mow.starts.cold >= 3, 'each function starts cold once under mow')
     assert.ok(mow.starts.restored + mow.starts.warm > 0)
-    assert.equal(criu.skipped !== undefined, true, 'criu is said to be not run')
-    note(`small trace (27 invocations, x30): cold p50 ${cold.latencyMs.p50} ms p99 ${cold.latencyMs.p99} ms (${cold.starts.cold} cold); mow p50 ${mow.latencyMs.p50} ms p99 ${mow.latencyMs.p99} ms (${mow.starts.cold} cold, ${mow.starts.warm} warm, ${mow.starts.restored} restored)`)
+    assert.equal(criu.skipped, undefined, 'criu runs')
+    assert.ok(criu.starts.cold >= 3 && criu.checkpoints === 3, `each function starts cold once and is dumped under criu: ${JSON.stringify(criu)}`)
+    assert.deepEqual(criu.checkpointErrors, [])
+    assert.ok(criu.starts.restored + criu.starts.warm > 0)
+    // The acceptance's ratios, computed in the report.
+    assert.deepEqual(report.comparisons.map((c: any) => `${c.figure} ${c.against}`), ['p99 ms cold', 'p99 ms criu'])
+    for (const c of report.comparisons) assert.equal(c.ratio, Math.round((c.other / c.mow) * 1000) / 1000)
+    assert.deepEqual(imageSets().filter((name) => !setsBefore.includes(name)), [], 'no image set left on /dev/shm')
+    note(`small trace (27 invocations, x30): cold p50 ${cold.latencyMs.p50} ms p99 ${cold.latencyMs.p99} ms (${cold.starts.cold} cold); mow p50 ${mow.latencyMs.p50} ms p99 ${mow.latencyMs.p99} ms (${mow.starts.cold} cold, ${mow.starts.warm} warm, ${mow.starts.restored} restored); criu p50 ${criu.latencyMs.p50} ms p99 ${criu.latencyMs.p99} ms (${criu.starts.cold} cold, ${criu.starts.warm} warm, ${criu.starts.restored} restored)`)
     assert.deepEqual(functionProcesses().filter((pid) => !before.includes(pid)), [], 'no instance left running')
     const ls = await cli(['ls', '--pool', pool, '--json'])
     assert.equal(ls.status, 0, describeRun(ls))
@@ -125,6 +134,7 @@ describe('porter replay: invocation traces (issue 15)', function () {
     const html = readFileSync(page, 'utf8')
     assert.ok(!/\b(src|href)\s*=\s*["']?(https?:)?\/\//i.test(html), 'nothing loaded from the network')
     assert.ok(html.includes(file), 'the page names the trace')
+    assert.ok(html.includes('mow against the others') && html.includes('<td>criu</td>'), 'the page compares mow with criu')
     const browser = ['chromium', 'chromium-browser', 'google-chrome'].map((name) => spawnSync('sh', ['-c', `command -v ${name}`], {encoding: 'utf8'}).stdout.trim()).find(Boolean)
     assert.ok(browser, 'chromium on PATH (Debian\'s chromium package, as .ci/run installs)')
     const profile = mkdtempSync(join(tmpdir(), 'cxlfork-chromium-'))

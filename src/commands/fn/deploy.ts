@@ -21,7 +21,7 @@ The command runs without a shell, in this directory, as the porter's user; it mu
 
   static override flags = {
     cmd: Flags.string({required: true, summary: 'The program and its arguments (split as a shell splits words, no shell run).', helpValue: 'COMMAND'}),
-    policy: Flags.option({options: ['mow', 'moa', 'hybrid', 'local'] as const, default: 'mow' as const, summary: 'Restore policy of the clones scaled out from the checkpoint.'})(),
+    policy: Flags.option({options: ['mow', 'moa', 'hybrid', 'local', 'criu'] as const, default: 'mow' as const, summary: 'Restore policy of the clones scaled out from the checkpoint (criu: a CRIU-format image set on /dev/shm instead of the pool, every page copied at restore).'})(),
     'checkpoint-after': Flags.integer({min: 0, max: 1_000_000, default: 16, summary: 'Checkpoint a cold-started instance after this many invocations (0: never; every scale-out is then a cold start).'}),
     'keep-alive': Flags.string({default: '60s', summary: 'Stop an instance idle this long (500ms, 60s, 5m; a bare number is seconds).', helpValue: 'DURATION'}),
     'max-instances': Flags.integer({min: 1, max: 256, default: 8, summary: 'Instances at most at once; further invocations wait for one.'}),

@@ -9,8 +9,8 @@ import type {ReplayReport} from '../../porter/replay/replay.js'
 
 export default class PorterReplay extends BaseCommand {
   static override summary = 'Replay an invocation trace against real function instances under each policy.'
-  static override description = `TRACE is an Azure Functions 2019 per-minute CSV (HashOwner,HashApp,HashFunction,Trigger,1,...,1440), or \`synthetic\`: a seeded trace with that trace's shape (--functions, --minutes, --seed). Each trace function is deployed as fixtures/faas/floatmath.py (--mib MiB of state) on the porter's function code, run in this process, and invoked at the trace's instants, --speedup times faster than real time. Per policy: cold (a new instance per invocation, stopped after it), keepalive (instances kept 10 trace-minutes), mow/moa/hybrid/local (checkpointed after --checkpoint-after invocations, scaled out by restores, kept 1 trace-minute); criu is reported as not run.
-Reports, per policy, invocation latency p50/p99/p99.9 (from the scheduled instant to the response), cold/warm/restored starts and local memory (RssAnon of the instances, GB·s and peak). The pool holds the checkpoints while a policy runs.`
+  static override description = `TRACE is an Azure Functions 2019 per-minute CSV (HashOwner,HashApp,HashFunction,Trigger,1,...,1440), or \`synthetic\`: a seeded trace with that trace's shape (--functions, --minutes, --seed). Each trace function is deployed as fixtures/faas/floatmath.py (--mib MiB of state) on the porter's function code, run in this process, and invoked at the trace's instants, --speedup times faster than real time. Per policy: cold (a new instance per invocation, stopped after it), keepalive (instances kept 10 trace-minutes), mow/moa/hybrid/local (checkpointed after --checkpoint-after invocations, scaled out by restores, kept 1 trace-minute), criu (the same, but dumped by cxlfork's CRIU-format engine into an image set on /dev/shm and scaled out by its \`criu restore\` engine, every page copied: the CRIU baseline as cxlfork implements it, not CRIU's own binary).
+Reports, per policy, invocation latency p50/p99/p99.9 (from the scheduled instant to the response), cold/warm/restored starts and local memory (RssAnon of the instances, GB·s and peak), and the ratios of mow against cold and criu (p99) and keepalive (GB·s). The pool holds the checkpoints while a policy runs.`
   static override examples = [
     '<%= config.bin %> porter replay synthetic --functions 50 --minutes 30 --speedup 60 --policies cold,keepalive,mow --out replay-report',
     '<%= config.bin %> porter replay invocations_per_function_md.anon.d01.csv --minutes 10 --speedup 30 --json',
@@ -71,6 +71,9 @@ Reports, per policy, invocation latency p50/p99/p99.9 (from the scheduled instan
         }
         const ms = (v: number | null): string => (v === null ? '-' : v.toFixed(1)).padStart(8)
         this.say(`${p.policy.padEnd(9)} ${ms(p.latencyMs.p50)} ${ms(p.latencyMs.p99)} ${ms(p.latencyMs.p999)}  ${String(p.starts.cold).padStart(5)}  ${String(p.starts.warm).padStart(5)}  ${String(p.starts.restored).padStart(8)}  ${String(p.failures).padStart(6)}  ${p.memory.traceGbSeconds.toFixed(2).padStart(12)}  ${p.memory.peakGB.toFixed(3).padStart(7)}`)
+      }
+      for (const c of report.comparisons) {
+        this.say(`mow vs ${c.against} on ${c.figure}: ${c.mow} against ${c.other} (${c.ratio}x): mow ${c.mowBetter ? 'better' : 'not better'}`)
       }
       if (flags.out) {
         const {renderReplayReport} = await import('../../porter/replay/html-report.js')

@@ -16,6 +16,7 @@ import {existsSync, statSync} from 'node:fs'
 import {Socket} from 'node:net'
 import {delimiter, isAbsolute, join} from 'node:path'
 
+import {criuRestore} from '../../criu/restore.js'
 import {CxlforkError, NotFoundError} from '../../errors.js'
 import type {Pool} from '../../pool/index.js'
 import {type RestoreRequest, restoreFromPool} from '../../restore/restore.js'
@@ -23,7 +24,7 @@ import {close, pipe2} from '../../sys/file-io.js'
 import {wait4} from '../../sys/ptrace.js'
 import {posixSpawn} from '../../sys/spawn.js'
 import {SIG, WNOHANG, killQuiet} from '../../sys/syscall.js'
-import type {FunctionPolicy} from './spec.js'
+import type {PoolFunctionPolicy} from './spec.js'
 
 export type InstanceOrigin = 'cold' | 'restored'
 
@@ -105,9 +106,15 @@ export class Instance {
   }
 
   /** Restore the function's checkpoint with its policy into a clone whose fds 0-2 are new pipes to us. */
-  static restored(fn: string, pool: Pool, checkpoint: string, policy: FunctionPolicy, stubSource?: RestoreRequest['stubSource']): Instance {
+  static restored(fn: string, pool: Pool, checkpoint: string, policy: PoolFunctionPolicy, stubSource?: RestoreRequest['stubSource']): Instance {
     const {result, ours} = withStdioPipes((childFds) => restoreFromPool(pool, {name: checkpoint, policy, wait: false, pidns: 'host', stdio: childFds, dieWithParent: true, ...(stubSource ? {stubSource} : {})}))
     return new Instance(fn, result.pid, 'restored', ours, result.faultServerPid, result.stats as unknown as Record<string, number>)
+  }
+
+  /** Restore the function's CRIU-format image set (`criu restore`'s engine: deserialize, copy every page) into a clone whose fds 0-2 are new pipes to us. */
+  static criuRestored(fn: string, images: string): Instance {
+    const {result, ours} = withStdioPipes((childFds) => criuRestore({images, wait: false, pidns: 'host', stdio: childFds, dieWithParent: true}))
+    return new Instance(fn, result.pid, 'restored', ours, undefined, result.stats)
   }
 
   private stderrNote(): string {

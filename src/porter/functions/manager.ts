@@ -10,17 +10,26 @@
  * Records (not instances) persist in a file beside the socket, so functions
  * and their checkpoints outlive a porter restart; instances die with the
  * porter.
+ *
+ * Policy `criu` is the CRIU-format baseline: the instance is dumped with
+ * `criu dump`'s engine (live, it serves on) into an image set of its own
+ * under a 0700 directory of the porter's on /dev/shm, and clones are built
+ * from that set by `criu restore`'s engine (deserialized, every page
+ * copied); the set is removed with the function.
  */
-import {renameSync, readFileSync, writeFileSync} from 'node:fs'
+import {createHash} from 'node:crypto'
+import {existsSync, lstatSync, mkdirSync, renameSync, readFileSync, rmSync, rmdirSync, writeFileSync} from 'node:fs'
+import {join} from 'node:path'
 
 import {checkpointToPool} from '../../checkpoint/checkpoint.js'
+import {criuDump} from '../../criu/dump.js'
 import {ConflictError, CxlforkError, NotFoundError, PermissionError, UnsupportedError, UsageError} from '../../errors.js'
 import {faultPoint} from '../../fault.js'
 import type {Pool} from '../../pool/index.js'
 import type {RestoreRequest} from '../../restore/restore.js'
 import type {PeerCredentials} from '../peer.js'
 import {Instance, type InstanceOrigin, resolveProgram} from './instance.js'
-import {FUNCTION_POLICIES, type FunctionRecord, type FunctionSpec, checkpointNameOf, validateFunctionName} from './spec.js'
+import {FUNCTION_POLICIES, type FunctionRecord, type FunctionSpec, type PoolFunctionPolicy, checkpointNameOf, validateFunctionName} from './spec.js'
 
 /** How an invocation was served: by a new instance cold-started for it, by an idle one, or by a new clone restored from the checkpoint. */
 export type StartKind = 'cold' | 'warm' | 'restored'
@@ -62,7 +71,7 @@ export interface FunctionRemoval {
   name: string
   removed: true
   instancesStopped: number
-  /** Its checkpoint, if one was taken, and what became of it (`removed`, or `deleting` while a clone restored by hand still maps it). */
+  /** Its checkpoint (for `criu`, its image directory), if one was taken, and what became of it (`removed`, or `deleting` while a clone restored by hand still maps it). */
   checkpoint: string | null
   checkpointState?: string
 }
@@ -82,6 +91,8 @@ class Deployed {
   scaledIn = 0
   failures = 0
   nextId = 1
+  /** A `criu` dump is being written (it yields to the event loop): no second one starts. */
+  dumping = false
   constructor(public record: FunctionRecord) {}
 }
 
@@ -96,13 +107,25 @@ export class FunctionManager {
   /** Records whose file could not be read at start (kept aside, not overwritten). */
   readonly loadError?: string
 
+  /** Where `criu` functions' image sets go, one directory per function: the porter's own, 0700, on /dev/shm. */
+  private readonly imagesRoot: string
+
   /** stubSource: the porter's ghosts, for clones (their fds 0-2 are installed when one is taken). */
-  constructor(private readonly options: {pool: () => Pool; statePath: string; stubSource?: RestoreRequest['stubSource']}) {
+  constructor(private readonly options: {pool: () => Pool; statePath: string; imagesRoot?: string; stubSource?: RestoreRequest['stubSource']}) {
+    // Named after the records file, so a restarted porter finds its functions' image sets again.
+    this.imagesRoot = options.imagesRoot ?? `/dev/shm/cxlfork-fn-images-${this.porterUid}-${createHash('sha256').update(options.statePath).digest('hex').slice(0, 16)}`
     try {
       const text = readFileSync(options.statePath, 'utf8')
       const parsed = JSON.parse(text) as {functions?: FunctionRecord[]}
       const names = new Set(options.pool().list().map((entry) => entry.name))
       for (const record of parsed.functions ?? []) {
+        if (record.policy === 'criu') {
+          // A set without its inventory is a dump cut short (a porter killed while writing it): cold-start again.
+          if (record.checkpoint !== null && !existsSync(join(record.checkpoint, 'inventory.img'))) record.checkpoint = null
+          if (record.checkpoint === null) rmSync(this.imagesDirOf(record.name), {recursive: true, force: true})
+          this.functions.set(record.name, new Deployed(record))
+          continue
+        }
         // A checkpoint removed from the pool meanwhile (rm, pool init --force): cold-start again.
         if (record.checkpoint !== null && !names.has(record.checkpoint)) record.checkpoint = null
         // A porter killed between publishing the checkpoint and saving the record: the checkpoint is whole (published), and ours (deploy refuses a taken name).
@@ -117,6 +140,23 @@ export class FunctionManager {
     }
     this.timer = setInterval(() => this.tick(), 100)
     this.timer.unref()
+  }
+
+  private imagesDirOf(name: string): string {
+    return join(this.imagesRoot, name)
+  }
+
+  /** The images root, created 0700 if missing; refused unless it is a directory of ours that no one else can enter (/dev/shm is shared by every user). */
+  private ensureImagesRoot(): void {
+    try {
+      mkdirSync(this.imagesRoot, {mode: 0o700})
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
+    }
+    const stat = lstatSync(this.imagesRoot)
+    if (!stat.isDirectory() || stat.uid !== this.porterUid || (stat.mode & 0o077) !== 0) {
+      throw new PermissionError('NOT_PERMITTED', `${this.imagesRoot} is not a private directory of uid ${this.porterUid} (a directory, mode 0700)`, 'Remove it; the porter creates it for the image sets of its criu functions.')
+    }
   }
 
   private save(): void {
@@ -148,12 +188,15 @@ export class FunctionManager {
     }
     validateFunctionName(spec.name)
     if (!(FUNCTION_POLICIES as readonly string[]).includes(spec.policy)) throw new UsageError('INVALID_POLICY', `invalid policy ${spec.policy}`, `Use one of ${FUNCTION_POLICIES.join(', ')}.`)
+    if (spec.policy === 'criu' && adopt !== undefined) {
+      throw new UsageError('INVALID_POLICY', 'policy criu serves a function from a CRIU-format image set of its own, not from a pool checkpoint', 'Deploy with --checkpoint and a pool policy (mow, moa, hybrid, local), or with --policy criu without --checkpoint.')
+    }
     if (this.functions.has(spec.name)) {
       throw new ConflictError('FUNCTION_EXISTS', `a function named ${spec.name} is already deployed`, `Invoke it, or remove it first: \`cxlfork fn rm ${spec.name}\`.`)
     }
     resolveProgram(spec.argv[0]!, spec.cwd)
     const checkpoint = checkpointNameOf(spec.name)
-    if (this.options.pool().has(checkpoint)) {
+    if (spec.policy !== 'criu' && this.options.pool().has(checkpoint)) {
       throw new ConflictError('NAME_TAKEN', `the pool already has a checkpoint named ${checkpoint}, which this function's checkpoint would take`, `Remove it (\`cxlfork rm ${checkpoint}\`) or deploy under another name.`)
     }
     // Opened (and its checksums verified) to refuse now what every restore would refuse later.
@@ -215,7 +258,7 @@ export class FunctionManager {
     const {record} = fn
     if (record.checkpoint !== null) {
       try {
-        const clone = Instance.restored(record.name, this.options.pool(), record.checkpoint, record.policy, this.options.stubSource)
+        const clone = record.policy === 'criu' ? Instance.criuRestored(record.name, record.checkpoint) : Instance.restored(record.name, this.options.pool(), record.checkpoint, record.policy as PoolFunctionPolicy, this.options.stubSource)
         // Killed here: the clone is released but dies with us (its death signal).
         faultPoint('porter-fn-restored')
         return clone
@@ -234,9 +277,7 @@ export class FunctionManager {
     const start: StartKind = instance.served === 0 ? instance.origin : 'warm'
     const queuedMs = picked - waiter.arrived
     const startupMs = performance.now() - picked
-    instance.invoke({id: fn.nextId++, data: waiter.data}, INVOCATION_TIMEOUT_MS).then((output) => {
-      instance.busy = false
-      instance.idleSince = performance.now()
+    instance.invoke({id: fn.nextId++, data: waiter.data}, INVOCATION_TIMEOUT_MS).then(async (output) => {
       fn.invocations++
       fn.starts[start]++
       const result: InvokeResult = {
@@ -244,7 +285,10 @@ export class FunctionManager {
         latencyMs: round(performance.now() - waiter.arrived), queuedMs: round(queuedMs), startupMs: round(startupMs),
         ...(start === 'restored' && instance.restoreStats ? {restoreStats: instance.restoreStats} : {}),
       }
-      const checkpointed = this.maybeCheckpoint(fn, instance)
+      // The instance stays busy while a criu dump is written, so that no invocation runs under it.
+      const checkpointed = fn.record.policy === 'criu' ? await this.maybeDumpCriu(fn, instance) : this.maybeCheckpoint(fn, instance)
+      instance.busy = false
+      instance.idleSince = performance.now()
       if (checkpointed) result.checkpointed = checkpointed
       // Keep-alive 0 (the replay's `cold` policy, not offered by `fn deploy`): an instance serves one invocation.
       if (fn.record.keepAliveMs === 0) {
@@ -259,10 +303,15 @@ export class FunctionManager {
     }).finally(() => this.dispatch(fn))
   }
 
+  private checkpointDue(fn: Deployed, instance: Instance): boolean {
+    const {record} = fn
+    return instance.origin === 'cold' && record.checkpoint === null && record.checkpointError === undefined && record.checkpointAfter !== 0 && instance.served === record.checkpointAfter && !fn.dumping
+  }
+
   /** After the Nth invocation of a cold instance, while it waits for its next request: checkpoint it into the pool, leaving it running. */
   private maybeCheckpoint(fn: Deployed, instance: Instance): {name: string; ms: number} | undefined {
     const {record} = fn
-    if (instance.origin !== 'cold' || record.checkpoint !== null || record.checkpointError !== undefined || record.checkpointAfter === 0 || instance.served !== record.checkpointAfter) return undefined
+    if (!this.checkpointDue(fn, instance)) return undefined
     const name = checkpointNameOf(record.name)
     const t0 = performance.now()
     try {
@@ -278,6 +327,42 @@ export class FunctionManager {
     record.checkpoint = name
     this.save()
     return {name, ms: round(performance.now() - t0)}
+  }
+
+  /** Policy `criu`: the same moment, a CRIU-format dump of the instance (live: it serves on) into the function's image directory. Never throws. */
+  private async maybeDumpCriu(fn: Deployed, instance: Instance): Promise<{name: string; ms: number} | undefined> {
+    const {record} = fn
+    if (!this.checkpointDue(fn, instance)) return undefined
+    const images = this.imagesDirOf(record.name)
+    const t0 = performance.now()
+    fn.dumping = true
+    let failure: string | undefined
+    try {
+      this.ensureImagesRoot()
+      // What a porter killed mid-dump left.
+      rmSync(images, {recursive: true, force: true})
+      await criuDump({pid: instance.pid, images, kill: false})
+    } catch (error) {
+      failure = `CRIU-format dump of instance ${instance.pid} failed: ${error instanceof CxlforkError ? `${error.code}: ` : ''}${(error as Error).message}`
+    } finally {
+      fn.dumping = false
+    }
+    if (this.functions.get(record.name) !== fn) {
+      // Removed while the set was written: it goes too.
+      rmSync(images, {recursive: true, force: true})
+      this.removeImagesRootIfEmpty()
+      return undefined
+    }
+    if (failure !== undefined) {
+      // A failed dump leaves the target running (and no half-written set): the function keeps serving, with cold starts.
+      record.checkpointError = failure
+      this.save()
+      return undefined
+    }
+    faultPoint('porter-fn-checkpointed')
+    record.checkpoint = images
+    this.save()
+    return {name: images, ms: round(performance.now() - t0)}
   }
 
   /** Reap instances that ended; stop those idle past the keep-alive. */
@@ -314,6 +399,14 @@ export class FunctionManager {
     for (const instance of fn.instances.splice(0)) instance.stop()
     // Their references go now: another host judges them by our lease, not their pids, and would count them live for its length.
     if (clones > 0) this.options.pool().releaseDeadReferences()
+    if (fn.record.policy === 'criu') {
+      const images = this.imagesDirOf(name)
+      const existed = existsSync(images)
+      rmSync(images, {recursive: true, force: true})
+      this.removeImagesRootIfEmpty()
+      this.save()
+      return {name, removed: true, instancesStopped: stopped, checkpoint: fn.record.checkpoint, ...(existed ? {checkpointState: 'removed'} : {})}
+    }
     let checkpointState: string | undefined
     const own = checkpointNameOf(name)
     const checkpoint = fn.record.checkpoint ?? (this.options.pool().has(own) ? own : null)
@@ -331,6 +424,14 @@ export class FunctionManager {
     }
     this.save()
     return {name, removed: true, instancesStopped: stopped, checkpoint, ...(checkpointState === undefined ? {} : {checkpointState})}
+  }
+
+  private removeImagesRootIfEmpty(): void {
+    try {
+      rmdirSync(this.imagesRoot)
+    } catch {
+      // not empty (another criu function's set), or not there
+    }
   }
 
   /** Figures for /v1/metrics. */

@@ -6,8 +6,10 @@
  */
 import {UsageError} from '../../errors.js'
 
-export const FUNCTION_POLICIES = ['mow', 'moa', 'hybrid', 'local'] as const
+export const FUNCTION_POLICIES = ['mow', 'moa', 'hybrid', 'local', 'criu'] as const
 export type FunctionPolicy = (typeof FUNCTION_POLICIES)[number]
+/** The pool restore policies; `criu` instead dumps a CRIU-format image set and restores clones from it (copying every page). */
+export type PoolFunctionPolicy = Exclude<FunctionPolicy, 'criu'>
 
 /** The deploy request: what `fn deploy` sends, validated again by the porter. */
 export interface FunctionSpec {
@@ -29,7 +31,7 @@ export interface FunctionSpec {
 export interface FunctionRecord extends FunctionSpec {
   owner: number
   createdAt: string
-  /** Its checkpoint in the pool, once taken. */
+  /** Its checkpoint in the pool, once taken; for policy `criu`, the directory of its CRIU-format image set. */
   checkpoint: string | null
   /** Why the last checkpoint attempt failed, if it did (the function then keeps cold-starting). */
   checkpointError?: string

@@ -41,6 +41,8 @@ export function renderReplayReport(report: ReplayReport): string {
 </table>
 <h2>Policies</h2>
 <table><tr><th>policy</th><th>p50 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>cold</th><th>warm</th><th>restored</th><th>failed</th><th>GB·s (trace time)</th><th>peak GB</th><th>keep-alive ms (real)</th></tr>${rows}</table>
+${report.comparisons.length === 0 ? '' : `<h2>mow against the others</h2>
+<table><tr><th>figure</th><th>against</th><th>mow</th><th>other</th><th>other / mow</th><th>mow better</th></tr>${report.comparisons.map((c) => `<tr><td>${escapeHtml(c.figure)}</td><td>${escapeHtml(c.against)}</td><td>${c.mow}</td><td>${c.other}</td><td>${c.ratio}x</td><td>${c.mowBetter ? 'yes' : 'no'}</td></tr>`).join('')}</table>`}
 <h2>Charts</h2>
 ${charts.map((chart) => barChartSvg(chart)).join('\n')}
 <h2>Render check</h2>
