@@ -61,7 +61,7 @@ describe('pool commands: --json results and error envelopes', () => {
 
     const gc = runCli(['pool', 'gc', '--pool', path, '--json'])
     assert.equal(gc.status, 0)
-    assert.deepEqual(Object.keys(gc.json).sort(), ['buildsReleased', 'bytesFreed', 'checkpointsRemoved', 'directoryWordsFreed', 'pagesFreed', 'referencesReleased', 'segmentsFreed'])
+    assert.deepEqual(Object.keys(gc.json).sort(), ['buildsReleased', 'bytesFreed', 'cgroupsRemoved', 'checkpointsRemoved', 'directoryWordsFreed', 'pagesFreed', 'referencesReleased', 'segmentsFreed'])
 
     const rm = runCli(['rm', 'web-1', '--pool', path, '--json'])
     assert.equal(rm.status, 0, rm.stderr)
