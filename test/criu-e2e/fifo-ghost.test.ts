@@ -23,7 +23,7 @@ import {join} from 'node:path'
 import {type Fixture, procStat, processExists, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
 import {allProcesses, until} from '../restore/helpers.js'
 import {SYS, syscallRaw} from '../../src/sys/syscall.js'
-import {assertOk, cli, crit, critDecode, expectCliError, imagesDir, installSuiteHooks, note, okJson, poolFile} from './helpers.js'
+import {assertOk, cli, crit, critDecode, criuErrors, cxlforkDumpRealRestore, expectCliError, imagesDir, installSuiteHooks, note, okJson, poolFile, realCriu} from './helpers.js'
 
 type Entry = Record<string, any>
 
@@ -33,25 +33,6 @@ const O_APPEND = 0o2000
 const S_IFMT = 0o170000
 const S_IFIFO = 0o010000
 const S_IFREG = 0o100000
-
-/** CRIU_BIN if it names a runnable CRIU >= 4, else undefined. */
-function realCriu(): {bin: string; version: string} | undefined {
-  const bin = process.env['CRIU_BIN']
-  if (!bin) return undefined
-  const run = spawnSync(bin, ['--version'], {encoding: 'utf8'})
-  const match = /Version:\s*(\d+)\.(\d+)(?:\.(\d+))?/.exec(run.stdout ?? '')
-  if (run.status !== 0 || !match || Number(match[1]) < 4) return undefined
-  return {bin, version: match.slice(1).filter((part) => part !== undefined).join('.')}
-}
-
-/** CRIU's errors from its log in `dir`, for assertion messages. */
-function criuErrors(dir: string, log: string): string {
-  try {
-    return readFileSync(join(dir, log), 'utf8').split('\n').filter((line) => /Error|Warn/.test(line)).slice(-12).join('\n')
-  } catch {
-    return '(no log)'
-  }
-}
 
 /** Ghost files pyfifo (pid `pid`) made, or a restore made for it, still linked in /var/tmp. */
 const leftGhosts = (pid: number): string[] => readdirSync('/var/tmp').filter((name) => name.startsWith(`cxlfork-pyfifo-${pid}`))
@@ -210,11 +191,11 @@ describe('criu-e2e: FIFOs, deleted files and inotify through criu dump, restore 
 
     before(function () {
       const found = realCriu()
-      if (!found) {
-        note('real CRIU part skipped: CRIU_BIN does not name a CRIU >= 4')
+      if ('skip' in found) {
+        note(`real CRIU part skipped: ${found.skip}`)
         this.skip()
       }
-      criu = found!
+      criu = found
     })
 
     it('pyfifo: real criu dump -> cxlfork criu restore and criu import + restore mow; the clones pass their own FIFO, deleted-file and inotify checks (also with the watches found by file handle)', async () => {
@@ -251,14 +232,7 @@ describe('criu-e2e: FIFOs, deleted files and inotify through criu dump, restore 
     })
 
     it('pyfifo: cxlfork criu dump --kill -> real criu restore -d; the process passes its own FIFO, deleted-file and inotify checks under its pid', async () => {
-      const fx = await startFixture('pyfifo')
-      await waitForTicks(fx.logPath, fx.pid, 2)
-      const images = imagesDir('fifo-to-criu')
-      okJson(await cli(['criu', 'dump', String(fx.pid), '--kill', '--images', images, '--json']))
-      await fx.exited()
-      const restore = spawnSync(criu.bin, ['restore', '-D', images, '-d', '--shell-job', '-v4', '-o', 'restore.log'], {encoding: 'utf8'})
-      assert.equal(restore.status, 0, `criu restore -D ${images} failed:\n${criuErrors(images, 'restore.log')}`)
-      const started = procStat(fx.pid)?.starttime
+      const {fx, started} = await cxlforkDumpRealRestore(criu.bin, 'pyfifo', 'fifo-to-criu')
       try {
         await assertChecks(fx, fx.pid, `cxlfork criu dump -> criu ${criu.version} restore`)
         assert.deepEqual(leftGhosts(fx.pid), [], 'CRIU removed the ghost file it linked')

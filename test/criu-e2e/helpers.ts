@@ -5,15 +5,15 @@
  * The CLI runner is test/helpers/cli.ts, shared with the restore suites.
  */
 import assert from 'node:assert/strict'
-import {execFile, spawn} from 'node:child_process'
+import {execFile, spawn, spawnSync} from 'node:child_process'
 import {existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {promisify} from 'node:util'
 
-import {type LogEvent, lastTick, procStat, readLog, trackDir, trackPid, waitForTicks} from '../helpers/fixtures.js'
+import {type Fixture, type LogEvent, lastTick, procStat, readLog, startFixture, trackDir, trackPid, waitForTicks} from '../helpers/fixtures.js'
 import {printMeasurements} from '../helpers/measurements.js'
-import {type CliResult, describeRun} from '../helpers/cli.js'
+import {type CliResult, cli, describeRun} from '../helpers/cli.js'
 import {comm, statusBytes, until} from '../restore/helpers.js'
 
 const execFileP = promisify(execFile)
@@ -89,6 +89,46 @@ export function expectCliError(run: CliResult, want: ExpectedError): {code: stri
 
 // ---------------------------------------------------------------------------------------
 // crit
+
+/** Oldest CRIU major version the real-CRIU tests take. */
+const CRIU_MIN_MAJOR = 4
+
+/** CRIU_BIN's version if it is a runnable CRIU >= 4, else why not. */
+export function realCriu(): {bin: string; version: string} | {skip: string} {
+  const bin = process.env['CRIU_BIN']
+  if (!bin) return {skip: 'CRIU_BIN is not set'}
+  const run = spawnSync(bin, ['--version'], {encoding: 'utf8'})
+  const match = /Version:\s*(\d+)\.(\d+)(?:\.(\d+))?/.exec(run.stdout ?? '')
+  if (run.status !== 0 || !match) return {skip: `${bin} --version failed: ${run.error?.message ?? run.stderr}`}
+  const version = match.slice(1).filter((part) => part !== undefined).join('.')
+  if (Number(match[1]) < CRIU_MIN_MAJOR) return {skip: `${bin} is CRIU ${version}, not ${CRIU_MIN_MAJOR}.x`}
+  return {bin, version}
+}
+
+/** CRIU's errors from its log (-o LOG -v4 in DIR), for assertion messages. */
+export function criuErrors(dir: string, log: string): string {
+  try {
+    return readFileSync(join(dir, log), 'utf8').split('\n').filter((line) => /Error|Warn/.test(line)).slice(-12).join('\n')
+  } catch {
+    return '(no log)'
+  }
+}
+
+/**
+ * Start `fixture`, dump it with `cxlfork criu dump --kill` into a new images dir `tag`, and have
+ * real CRIU restore it detached under its own pid. Returns the fixture and the restored process's
+ * start time (to kill only that process afterwards).
+ */
+export async function cxlforkDumpRealRestore(criuBin: string, fixture: string, tag: string, options: Parameters<typeof startFixture>[1] = {}): Promise<{fx: Fixture; started: string | undefined}> {
+  const fx = await startFixture(fixture, options)
+  await waitForTicks(fx.logPath, fx.pid, 2)
+  const images = imagesDir(tag)
+  okJson(await cli(['criu', 'dump', String(fx.pid), '--kill', '--images', images, '--json']))
+  await fx.exited()
+  const restore = spawnSync(criuBin, ['restore', '-D', images, '-d', '--shell-job', '-v4', '-o', 'restore.log'], {encoding: 'utf8'})
+  assert.equal(restore.status, 0, `criu restore -D ${images} failed:\n${criuErrors(images, 'restore.log')}`)
+  return {fx, started: procStat(fx.pid)?.starttime}
+}
 
 export type Json = any
 

@@ -23,9 +23,8 @@ import {join} from 'node:path'
 import {type Fixture, lastTick, procStat, processExists, readLog, requestCheck, requestExit, requestGrow, startFixture, trackPid, waitForExit, waitForLine, waitForTicks} from '../helpers/fixtures.js'
 import {allProcesses, until} from '../restore/helpers.js'
 import {wait4} from '../../src/sys/ptrace.js'
-import {assertContinues, assertOk, cli, comm, imagesDir, installSuiteHooks, note, okJson, startMemfdProgram, ticksOf} from './helpers.js'
+import {assertContinues, assertOk, cli, comm, criuErrors, cxlforkDumpRealRestore, imagesDir, installSuiteHooks, note, okJson, realCriu, startMemfdProgram, ticksOf} from './helpers.js'
 
-const MIN_MAJOR = 4
 
 function nsPid(pid: number): number {
   const ids = (/^NSpid:\s+(.+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? '').trim().split(/\s+/).map(Number)
@@ -34,27 +33,6 @@ function nsPid(pid: number): number {
 
 function childrenOf(pid: number): number[] {
   return allProcesses().filter((p) => p.ppid === pid).map((p) => p.pid).sort((a, b) => a - b)
-}
-
-/** CRIU_BIN's version if it is a runnable CRIU >= 4, else why not. */
-function realCriu(): {bin: string; version: string} | {skip: string} {
-  const bin = process.env['CRIU_BIN']
-  if (!bin) return {skip: 'CRIU_BIN is not set'}
-  const run = spawnSync(bin, ['--version'], {encoding: 'utf8'})
-  const match = /Version:\s*(\d+)\.(\d+)(?:\.(\d+))?/.exec(run.stdout ?? '')
-  if (run.status !== 0 || !match) return {skip: `${bin} --version failed: ${run.error?.message ?? run.stderr}`}
-  const version = match.slice(1).filter((part) => part !== undefined).join('.')
-  if (Number(match[1]) < MIN_MAJOR) return {skip: `${bin} is CRIU ${version}, not ${MIN_MAJOR}.x`}
-  return {bin, version}
-}
-
-/** CRIU's errors from its log (-o LOG -v4 in DIR), for assertion messages. */
-function criuErrors(dir: string, log: string): string {
-  try {
-    return readFileSync(join(dir, log), 'utf8').split('\n').filter((line) => /Error|Warn/.test(line)).slice(-12).join('\n')
-  } catch {
-    return '(no log)'
-  }
 }
 
 interface Case {
@@ -289,14 +267,7 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
   }
 
   it('pyfds: cxlfork criu dump --kill -> real criu restore -d; the process comes back with its pipes, eventfds, epoll set, timerfd and signalfd', async () => {
-    const fx = await startFixture('pyfds')
-    await waitForTicks(fx.logPath, fx.pid, 2)
-    const images = imagesDir('fds-to-criu')
-    okJson(await cli(['criu', 'dump', String(fx.pid), '--kill', '--images', images, '--json']))
-    await fx.exited()
-    const restore = spawnSync(criu.bin, ['restore', '-D', images, '-d', '--shell-job', '-v4', '-o', 'restore.log'], {encoding: 'utf8'})
-    assert.equal(restore.status, 0, `criu restore -D ${images} failed:\n${criuErrors(images, 'restore.log')}`)
-    const started = procStat(fx.pid)?.starttime
+    const {fx, started} = await cxlforkDumpRealRestore(criu.bin, 'pyfds', 'fds-to-criu')
     try {
       await waitForTicks(fx.logPath, fx.pid, 2)
       const check = await requestCheck(fx.logPath, fx.pid)
@@ -327,14 +298,7 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
   })
 
   it('the socket fixture: cxlfork criu dump --kill -> real criu restore -d; the process passes its socket checks under its pid', async () => {
-    const fx = await startFixture('socket', {args: ['--unix-listener', '1']})
-    await waitForTicks(fx.logPath, fx.pid, 2)
-    const images = imagesDir('socket-to-criu')
-    okJson(await cli(['criu', 'dump', String(fx.pid), '--kill', '--images', images, '--json']))
-    await fx.exited()
-    const restore = spawnSync(criu.bin, ['restore', '-D', images, '-d', '--shell-job', '-v4', '-o', 'restore.log'], {encoding: 'utf8'})
-    assert.equal(restore.status, 0, `criu restore -D ${images} failed:\n${criuErrors(images, 'restore.log')}`)
-    const started = procStat(fx.pid)?.starttime
+    const {fx, started} = await cxlforkDumpRealRestore(criu.bin, 'socket', 'socket-to-criu', {args: ['--unix-listener', '1']})
     try {
       assertOk(await requestCheck(fx.logPath, fx.pid), 'the process CRIU restored from cxlfork\'s unixsk, inetsk and sk-queues')
     } finally {
@@ -383,14 +347,7 @@ describe('criu-e2e: image sets both ways with a real CRIU 4.x (CRIU_BIN)', funct
   })
 
   it('pymemfd: cxlfork criu dump --kill -> real criu restore -d; the process comes back with its memfds under their names, sizes and seals', async () => {
-    const fx = await startFixture('pymemfd')
-    await waitForTicks(fx.logPath, fx.pid, 2)
-    const images = imagesDir('memfds-to-criu')
-    okJson(await cli(['criu', 'dump', String(fx.pid), '--kill', '--images', images, '--json']))
-    await fx.exited()
-    const restore = spawnSync(criu.bin, ['restore', '-D', images, '-d', '--shell-job', '-v4', '-o', 'restore.log'], {encoding: 'utf8'})
-    assert.equal(restore.status, 0, `criu restore -D ${images} failed:\n${criuErrors(images, 'restore.log')}`)
-    const started = procStat(fx.pid)?.starttime
+    const {fx, started} = await cxlforkDumpRealRestore(criu.bin, 'pymemfd', 'memfds-to-criu')
     try {
       await waitForTicks(fx.logPath, fx.pid, 2)
       assertOk(await requestCheck(fx.logPath, fx.pid), 'the process CRIU restored checks its memfds')
