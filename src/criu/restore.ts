@@ -6,6 +6,7 @@
  * the same buildTree as a pool checkpoint.
  */
 import {openSync, closeSync, fstatSync} from 'node:fs'
+import {resolve} from 'node:path'
 
 import {CorruptError} from '../errors.js'
 import {MAP, PROT} from '../sys/syscall.js'
@@ -16,6 +17,7 @@ import {criuSchema} from './image-file.js'
 import {type CriuShmem, readCriuImages, writeRestoreStats} from './images.js'
 import {type SharedObject} from '../image/shared-memory.js'
 import {memfdCreate, sendfileAt} from '../sys/file-io.js'
+import {type StoreFileSpan} from '../restore/page-copy.js'
 
 export interface CriuRestoreResult {
   pid: number
@@ -38,12 +40,14 @@ export interface CriuRestoreResult {
     memory_time: number
     state_time: number
     pages_restored: number
+    /** Of pages_restored, those the new process read from its pages image itself while cxlfork wrote the rest into it (large copies, two CPUs). */
+    pages_read_by_clone: number
   }
 }
 
 /** Each live member's pages file mapped read-only here, at its own base in one offset space (a store offset names one member's file). */
 class MappedPages {
-  private readonly files: {path: string; first: bigint; size: bigint; address: bigint}[] = []
+  private readonly files: {path: string; first: bigint; size: bigint; address: bigint; dev: bigint; ino: bigint}[] = []
   private next = 0n
 
   /** Map `path`; returns the store offset of its byte 0. */
@@ -51,22 +55,37 @@ class MappedPages {
     const fd = openSync(path, 'r')
     let size = 0
     let address = 0n
+    let identity: {dev: bigint; ino: bigint}
     try {
-      size = Number(fstatSync(fd).size)
+      const st = fstatSync(fd, {bigint: true})
+      identity = {dev: st.dev, ino: st.ino}
+      size = Number(st.size)
       if (size > 0) address = mmap(null, size, PROT.READ, MAP.PRIVATE, fd, 0)
     } finally {
       closeSync(fd)
     }
     const first = this.next
-    this.files.push({path, first, size: BigInt(size), address})
+    // Absolute: the new process, with a cwd of its own, opens it too.
+    this.files.push({path: resolve(path), first, size: BigInt(size), address, ...identity})
     this.next += BigInt(size) + 4096n
     return first
   }
 
   localAddress(offset: bigint): bigint {
+    const file = this.fileAt(offset)
+    return file.address + (offset - file.first)
+  }
+
+  /** The pages file holding `offset`: the new process reads its share of the pages from it itself (restore/page-copy.ts). */
+  fileSpan(offset: bigint): StoreFileSpan {
+    const file = this.fileAt(offset)
+    return {path: file.path, offset: offset - file.first, available: file.first + file.size - offset, dev: file.dev, ino: file.ino}
+  }
+
+  private fileAt(offset: bigint): MappedPages['files'][number] {
     const file = this.files.find((f) => offset >= f.first && offset < f.first + f.size + 4096n)
     if (!file || offset >= file.first + file.size) throw new CorruptError('IMAGE_CORRUPT', `pagemap points at offset ${file ? offset - file.first : offset} beyond ${file?.path ?? 'the pages images'}`)
-    return file.address + (offset - file.first)
+    return file
   }
 
   release(): void {
@@ -111,7 +130,12 @@ export function criuRestore(request: {images: string; wait: boolean; pidns?: Pid
   /** fds of ours to become the clone's fds 0-2 (a porter's function clone talks over pipes); default /dev/null, or our stdio with `wait`. */
   stdio?: readonly [number | null, number | null, number | null]
   /** The clone gets SIGKILL when this process dies (a porter's function clone dies with the porter). */
-  dieWithParent?: boolean}): CriuRestoreResult {
+  dieWithParent?: boolean
+  /**
+   * When our own clean-up runs (unmapping our view of the pages images: a page table entry per
+   * page, ~30 ms at 256 MiB), once the clone runs: at once by default; a porter runs it after its reply.
+   */
+  cleanUp?: (work: () => void) => void}): CriuRestoreResult {
   // Parsing the .proto schemas is cxlfork's start-up cost, not deserialization (CRIU's
   // are compiled C): keep it out of restore_time and report it on its own.
   const tSchema = performance.now()
@@ -139,18 +163,22 @@ export function criuRestore(request: {images: string; wait: boolean; pidns?: Pid
     const shared = stageSharedObjects(set.sharedObjects)
     sharedFd = shared?.fd
     tDecoded = performance.now()
-    built = buildTree(plans, {localAddress: (offset) => pages.localAddress(offset), ...(shared ? {fd: shared.fd, sharedObjects: shared.objects} : {})},
+    built = buildTree(plans, {localAddress: (offset) => pages.localAddress(offset), fileSpan: (offset) => pages.fileSpan(offset), ...(shared ? {fd: shared.fd, sharedObjects: shared.objects} : {})},
       {stdio: request.stdio ?? (request.wait ? 'inherit' : 'null'), ...(request.dieWithParent ? {dieWithParent: true} : {}), setsid: !request.wait, wait: request.wait, ...(request.pidns === undefined ? {} : {pidns: request.pidns}), ...(request.netns === undefined ? {} : {network: request.netns})})
     // The clone runs from here on. Unmapping our view of the pages images (tearing down a page
     // table entry per page: ~30 ms at 256 MiB) is this process's own clean-up, after it.
     tDone = performance.now()
-  } finally {
+  } catch (error) {
     pages.release()
+    throw error
+  } finally {
     if (sharedFd !== undefined) closeSync(sharedFd)
   }
+  const cleanUp = request.cleanUp ?? ((work: () => void): void => work())
+  cleanUp(() => pages.release())
   const stats = {
     restore_time: Math.round((tDone - t0) * 1000), forking_time: built.timings.spawnUs, deserialize_time: Math.round((tDecoded - t0) * 1000), schema_load_time: schemaLoadUs,
-    memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: pagesRestored,
+    memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: pagesRestored, pages_read_by_clone: built.timings.pagesReadByProcess,
   }
   writeRestoreStats(request.images, {restoreTime: stats.restore_time, pagesRestored: stats.pages_restored, forkingTime: stats.forking_time})
   const result: CriuRestoreResult = {pid: built.pid, threads: built.threads, processes: built.members, netns: request.netns ?? 'host', pidNamespace: built.namespace ?? null, images: request.images, stats}

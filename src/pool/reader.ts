@@ -143,6 +143,13 @@ export class CheckpointReader {
   }
 
   /** This process's address of `poolOffset`, which must lie inside one of the checkpoint's data extents. */
+  /** Bytes of this checkpoint's data from `poolOffset` to the end of the extent holding it. */
+  bytesFrom(poolOffset: bigint): bigint {
+    const extent = this.resolved.descriptor.extents.find((e) => poolOffset >= e.poolOffset && poolOffset < e.poolOffset + e.length)
+    if (!extent) throw new UsageError('OFFSET_OUTSIDE_CHECKPOINT', `pool offset ${poolOffset} is not in checkpoint ${this.info.name}'s data`)
+    return extent.poolOffset + extent.length - poolOffset
+  }
+
   address(poolOffset: bigint): bigint {
     const inside = this.resolved.descriptor.extents.some((extent) => poolOffset >= extent.poolOffset && poolOffset < extent.poolOffset + extent.length)
     if (!inside) throw new UsageError('OFFSET_OUTSIDE_CHECKPOINT', `pool offset ${poolOffset} is not in checkpoint ${this.info.name}'s data`)

@@ -385,7 +385,8 @@ export class PorterService {
     if (!isAbsolute(body.images)) throw badRequest('field images must be an absolute path')
     if (body.netns !== undefined && body.netns !== 'new' && !isAbsolute(body.netns)) throw badRequest('field netns must be "new" or an absolute path')
     if (!this.served(peer)) throw this.unserved(peer, 'restore image sets')
-    const result = criuRestore({images: body.images, wait: false, ...(pidns === undefined ? {} : {pidns}), ...(body.netns === undefined ? {} : {netns: body.netns})})
+    // Our unmapping of the pages images waits until the reply is out.
+    const result = criuRestore({images: body.images, wait: false, cleanUp: (work) => setImmediate(work), ...(pidns === undefined ? {} : {pidns}), ...(body.netns === undefined ? {} : {netns: body.netns})})
     this.children.add(result.pidNamespace?.initPid ?? result.pid)
     return {...result, servedBy: 'porter'}
   }

@@ -88,6 +88,8 @@ export interface BuildTimings {
   /** µs restoring fds, mm, signals, registers. */
   stateUs: number
   injectedSyscalls: number
+  /** Of the pages copied, those each new process read from the store itself beside our copy (restore/page-copy.ts). */
+  pagesReadByProcess: number
 }
 
 /** How a clone ended (restore --wait). */
@@ -285,6 +287,7 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
     let tMapped = tSpawned
     const shared = new SharedMemoryBuilder(store.sharedObjects ?? new Map(), store.fd)
     const crossPairs = new CrossMemberPairs()
+    const tally = {pagesReadByProcess: 0}
     for (const member of members) {
       if (!member.image || !member.plan) continue
       const stub = stubs.get(member.pid)!
@@ -299,7 +302,7 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
         }
         if (options.record) recorded.push({pid: stub.pid, member: members.indexOf(member)})
         if (member === root) tMapped = performance.now()
-      }, options.dieWithParent ?? false)
+      }, {dieWithParent: options.dieWithParent ?? false, tally, ...(placement ? {placement} : {})})
       built.push({member, stub, threads})
     }
     crossPairs.closeSpares()
@@ -333,7 +336,7 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
       ...(initPid === undefined ? {} : {namespace: {pid: nsPid, initPid}}),
       timings: {
         spawnUs: Math.round((tSpawned - t0) * 1000), memoryUs: Math.round((tMapped - tSpawned) * 1000),
-        stateUs: Math.round((tDone - tMapped) * 1000), injectedSyscalls,
+        stateUs: Math.round((tDone - tMapped) * 1000), injectedSyscalls, pagesReadByProcess: tally.pagesReadByProcess,
       },
       wait: () => (initPid !== undefined && readEnd !== undefined ? waitForNamespacedClone(initPid, readEnd) : waitForClone(initPid ?? pid)),
     }

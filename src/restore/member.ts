@@ -11,11 +11,13 @@ import {signedErr} from '../inject/regs.js'
 import {Tracee} from '../inject/tracee.js'
 import {type VdsoLayout} from '../sys/proc.js'
 import {MAP, MREMAP, O, PR, SYS, prlimit} from '../sys/syscall.js'
-import {type VmSegment, vmWrite, vmWritev} from '../sys/vm-io.js'
+import {type CpuPlacement} from '../sys/affinity.js'
+import {vmWrite} from '../sys/vm-io.js'
 import {setMmMapRefusal} from '../sys/capabilities.js'
 import {type CrossMemberPairs, type HostPidOf, restoreFds} from './descriptors.js'
 import {restoreCredentials} from './credentials.js'
 import {Injector} from './injector.js'
+import {type PageCopy, type StoreFileSpan, copyPages} from './page-copy.js'
 import {type MapOp, type RestorePlan, needsProtectFixup} from './plan.js'
 import {SharedMemoryBuilder} from './shared-memory.js'
 import {createThreads, requeueThreadSignals, restoreThreadKernelState} from './threads.js'
@@ -29,6 +31,8 @@ export interface PageStore {
   mapPath?: string
   /** Our own address of a store offset, for `copy` ops. */
   localAddress(storeOffset: bigint): bigint
+  /** The file a store offset lies in, for the new process to read `copy` ops from itself (page-copy.ts). */
+  fileSpan?(storeOffset: bigint): StoreFileSpan | undefined
   /** A readable fd of the store (the pool file), to fill shared objects from in the kernel. */
   fd?: number
   /** The shared anonymous memory objects the images' VMAs name (sharedId), when there are any. */
@@ -85,7 +89,7 @@ function moveVdso(inject: Injector, stub: VdsoLayout, image: ProcessImage, scrat
  * resume of the stub: a restore costs O(VMAs + page runs) syscalls but only a
  * handful of ptrace round trips.
  */
-function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, store: PageStore, shared: SharedMemoryBuilder): void {
+function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, store: PageStore, shared: SharedMemoryBuilder, placement: CpuPlacement | undefined): number {
   const tracee = inject.tracee
   const opens: {key: number; path: string; flags: number}[] = []
   const openIndex = new Map<number, number>()
@@ -122,7 +126,7 @@ function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, sto
   const sharedOps = plan.ops.filter((op): op is Extract<MapOp, {kind: 'shared'}> => op.kind === 'shared')
   const sharedFds = sharedOps.length > 0 ? shared.open(inject, sharedOps) : new Map<string, number>()
   const maps: {nr: number; args: (number | bigint)[]; what: string}[] = []
-  const copies: VmSegment[] = []
+  const copies: PageCopy[] = []
   for (const op of plan.ops) {
     const length = op.end - op.start
     switch (op.kind) {
@@ -139,7 +143,7 @@ function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, sto
         maps.push({nr: SYS.mmap, args: [op.start, length, op.prot, MAP.SHARED | MAP.FIXED, sharedFds.get(shared.keyOf(op))!, op.offset], what: `mmap(shared memory ${hex(op.start)})`})
         break
       case 'copy':
-        copies.push({local: store.localAddress(op.storeOffset), remote: op.start, len: Number(length)})
+        copies.push({storeOffset: op.storeOffset, remote: op.start, len: Number(length)})
         break
     }
   }
@@ -149,12 +153,7 @@ function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, sto
     const at = failed >= 0 ? failed : results.length
     throw new SyscallError(`${maps[at]!.what} in the new process`, failed >= 0 ? Number(-results[failed]!) : 5)
   }
-  if (copies.length > 0) {
-    let expected = 0
-    for (const segment of copies) expected += segment.len!
-    const written = vmWritev(tracee.pid, copies)
-    if (written !== expected) throw new SyscallError('process_vm_writev', 14, `copied ${written} of ${expected} bytes into the new process`)
-  }
+  const readByProcess = copies.length > 0 ? copyPages(inject, copies, store, placement).bytesReadByProcess : 0
   const finish = [
     ...needsProtectFixup(plan, image).map((vma) => ({nr: SYS.mprotect, args: [vma.start, vma.end - vma.start, vma.prot]})),
     ...[...fds.values(), ...sharedFds.values()].map((fd) => ({nr: SYS.close, args: [fd]})),
@@ -166,6 +165,7 @@ function mapMemory(inject: Injector, image: ProcessImage, plan: RestorePlan, sto
   const bad = done.findIndex((r) => signedErr(r))
   if (bad >= 0 || done.length < finish.length) throw new SyscallError('mprotect/close in the new process', bad >= 0 ? Number(-done[bad]!) : 5)
   for (const op of sharedOps) shared.placed(op.sharedId, tracee.pid, op.start, op.end)
+  return readByProcess
 }
 
 /** PR_SET_MM_MAP: code/data/brk/stack/arg/env bounds, auxv and the exe link (without it brk(0) returns the stub's value). */
@@ -237,7 +237,8 @@ function restoreTaskState(inject: Injector, image: ProcessImage, pid: number, ns
  * signals, task state, threads. `nsPid` is its pid as it will see it.
  * Returns its threads beyond the first, created and stopped.
  */
-export function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: PageStore, shared: SharedMemoryBuilder, nsPid: number, rewriteTid: boolean, hostPidOf: HostPidOf, crossPairs: CrossMemberPairs, mapped: (inject: Injector) => void, dieWithParent = false): Tracee[] {
+export function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: PageStore, shared: SharedMemoryBuilder, nsPid: number, rewriteTid: boolean, hostPidOf: HostPidOf, crossPairs: CrossMemberPairs, mapped: (inject: Injector) => void,
+  options: {dieWithParent?: boolean; placement?: CpuPlacement; tally?: {pagesReadByProcess: number}} = {}): Tracee[] {
   const tracee = stub.tracee
   const taken: [bigint, bigint][] = [
     ...image.vmas.map((v): [bigint, bigint] => [v.start, v.end]),
@@ -255,7 +256,8 @@ export function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, 
     inject.call(`munmap(stub ${hex(vma.start)})`, SYS.munmap, vma.start, vma.end - vma.start)
   }
   moveVdso(inject, stub.vdso, image, [scratch, scratch + scratchSize])
-  mapMemory(inject, image, plan, store, shared)
+  const readByProcess = mapMemory(inject, image, plan, store, shared, options.placement)
+  if (options.tally) options.tally.pagesReadByProcess += readByProcess / 4096
   inject.reset()
   mapped(inject)
   inject.reset()
@@ -279,7 +281,7 @@ export function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, 
     // After the credentials: changing them clears the parent-death signal. Its parent here is the member
     // restored as its parent (only tree members record one), whose main thread forked it.
     // dieWithParent: SIGKILL when the process that built it (a porter) dies.
-    const deathSignal = dieWithParent ? 9 : image.task.pdeathSignal
+    const deathSignal = options.dieWithParent ? 9 : image.task.pdeathSignal
     if (deathSignal) inject.call(`prctl(PR_SET_PDEATHSIG, ${deathSignal})`, SYS.prctl, PR_SET_PDEATHSIG, deathSignal)
     inject.call('munmap(scratch)', SYS.munmap, scratch, scratchSize)
     tracee.freeBatch()

@@ -3,6 +3,8 @@
  * verified), read the page map in place, plan by policy, take a pool
  * reference for the new pid before anything is mapped, and build the process.
  */
+import {fstatSync} from 'node:fs'
+
 import {decodeImage} from '../image/codec.js'
 import {AccessRecord} from '../image/access-record.js'
 import {PageMapView} from '../image/page-map.js'
@@ -16,6 +18,7 @@ import {type TreeRecord} from '../checkpoint/tree.js'
 import {CorruptError, UnsupportedError, UsageError} from '../errors.js'
 import {faultPoint} from '../fault.js'
 import {type Policy, type StoredRun, planRestore} from './plan.js'
+import {type StoreFileSpan} from './page-copy.js'
 
 /** Restore statistics; names follow CRIU's where they mean the same (µs). */
 export interface PoolRestoreStats {
@@ -33,6 +36,8 @@ export interface PoolRestoreStats {
   state_time: number
   /** Pages copied into local memory (CRIU: pages_restored). */
   pages_restored: number
+  /** Of pages_restored, those the new process read from the pool itself while cxlfork wrote the rest into it (large copies, two CPUs). */
+  pages_read_by_clone: number
   /** Pages mapped zero-copy from the pool. */
   pages_mapped: number
   /** Pages left to the fault server, copied on first touch (`moa`). */
@@ -216,7 +221,9 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
   let reference: ReferenceHandle | undefined
   let built
   try {
-    built = buildTree(plans, {mapPath: pool.path, localAddress: address, fd: pool.fd, ...(loaded.sharedObjects ? {sharedObjects: loaded.sharedObjects} : {})}, {
+    const poolFile = fstatSync(pool.fd, {bigint: true})
+    const fileSpan = (offset: bigint): StoreFileSpan => ({path: pool.path, offset, available: loaded.reader.bytesFrom(offset), dev: poolFile.dev, ino: poolFile.ino})
+    built = buildTree(plans, {mapPath: pool.path, localAddress: address, fileSpan, fd: pool.fd, ...(loaded.sharedObjects ? {sharedObjects: loaded.sharedObjects} : {})}, {
       stdio: request.stdio ?? (request.wait ? 'inherit' : 'null'),
       ...(request.dieWithParent ? {dieWithParent: true} : {}),
       setsid: !request.wait,
@@ -246,7 +253,7 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
     stats: {
       restore_time: Math.round((tDone - t0) * 1000), forking_time: built.timings.spawnUs, open_time: Math.round((tOpened - t0) * 1000),
       ...(loaded.verifyUs === undefined ? {} : {verify_time: loaded.verifyUs}),
-      memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: pagesCopied, pages_mapped: pagesMapped, pages_lazy: pagesLazy,
+      memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: pagesCopied, pages_read_by_clone: built.timings.pagesReadByProcess, pages_mapped: pagesMapped, pages_lazy: pagesLazy,
       injected_syscalls: built.timings.injectedSyscalls,
     },
   }

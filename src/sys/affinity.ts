@@ -88,6 +88,20 @@ export class CpuPlacement {
     setAffinity(pid, previous)
   }
 
+  /**
+   * Let a process we own run on the other CPUs for a while, for work beside ours (not on our
+   * CPU, where it would wait for us); returns the call that brings it back next to us, or
+   * undefined when no other CPU is allowed or the kernel refuses.
+   */
+  beside(pid: number): (() => void) | undefined {
+    const others = Uint8Array.from(this.previous)
+    others[this.cpu >> 3] = others[this.cpu >> 3]! & ~(1 << (this.cpu & 7))
+    if (others.every((byte) => byte === 0) || !setAffinity(pid, others)) return undefined
+    return () => {
+      setAffinity(pid, cpuMask(this.cpu))
+    }
+  }
+
   /** A process spawned while pinned inherited the one CPU: give it the CPUs this thread had before pin(). */
   releaseSpawned(pid: number): void {
     const r = syscallRaw(SYS.sched_setaffinity, pid, this.previous.byteLength, this.previous)

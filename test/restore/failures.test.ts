@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict'
 import {appendFileSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, truncateSync, utimesSync, writeFileSync, writeSync} from 'node:fs'
 import {spawn} from 'node:child_process'
-import {tmpdir} from 'node:os'
+import {availableParallelism, tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {type Fixture, holdersOf, procStat, processExists, readLog, startFixture, trackPid, waitForLine, waitForTicks} from '../helpers/fixtures.js'
@@ -408,6 +408,40 @@ describe('restore: failures are clean', function () {
     }
     assert.ok(rig.outcomes.some((o) => o.startsWith('dump') && o.endsWith('killed in its window')), `no kill landed while dumping: ${rig.outcomes.join('; ')}`)
     await assertRecovered(rig)
+  })
+
+  it('the new process SIGKILLed while it reads its share of a local copy: a typed error, no stub left, no reference, fsck clean', async function () {
+    // The copy is shared with the new process only with a second CPU to run it on.
+    if (availableParallelism() < 2) this.skip()
+    const pool = poolPath('fail')
+    const fx = await startFixture('memtouch', {mib: 32})
+    await waitForTicks(fx.logPath, fx.pid, 2)
+    const ck = await cli(['checkpoint', String(fx.pid), '--name', 'halves', '--json', '--pool', pool])
+    assert.equal(ck.status, 0, describeRun(ck))
+    const stubsBefore = new Set(liveStubs())
+    const run = startCli(['restore', 'halves', '--policy', 'local', '--json', '--pool', pool], {env: {CXLFORK_FAULT_STOP: 'restore-pages-shared'}})
+    const cliPid = run.child.pid!
+    // Stopped at the point, with the new process reading on its own.
+    await until(() => procStat(cliPid)?.state === 'T', 'the restore to stop with the copy under way', 30_000)
+    const stubs = liveStubs().filter((p) => !stubsBefore.has(p))
+    assert.equal(stubs.length, 1, `one half-built process: ${stubs.join(', ')}`)
+    process.kill(stubs[0]!, 'SIGKILL')
+    process.kill(cliPid, 'SIGCONT')
+    const result = await run.done
+    assert.notEqual(result.status, 0, describeRun(result))
+    assert.equal(typeof result.json?.error?.code, 'string', `a typed error: ${describeRun(result)}`)
+    assert.doesNotMatch(result.stderr, /\n\s+at /, 'no stack trace')
+    note(`restore with its new process killed mid-copy: exit ${result.status}, ${result.json.error.code}: ${result.json.error.message}`)
+    await sleep(200)
+    assert.deepEqual(liveStubs().filter((p) => !stubsBefore.has(p)), [], `no ${STUB_COMM} left behind`)
+    const inspect = await cli(['inspect', 'halves', '--json', '--pool', pool])
+    assert.equal(inspect.json.liveRefs, 0)
+    assert.deepEqual(inspect.json.references, [], 'no reference was left in the pool')
+    await assertFsckClean(pool, false)
+    // The original never noticed.
+    assert.ok(processExists(fx.pid))
+    const ticks = readLog(fx.logPath).filter((e) => e.kind === 'TICK' && e.pid === fx.pid).length
+    await waitForTicks(fx.logPath, fx.pid, ticks + 1)
   })
 
   it('checkpoint CLI SIGKILLed while the target is seized (its downtime): the target runs on unharmed', async function () {
