@@ -223,9 +223,6 @@ export interface BenchResult {
     poolTemporary: boolean
     /** Whether SIZE bytes were touched and freed before each timed step that takes new memory (bench --prime). */
     primeFreePages?: boolean
-    /** ms waited before each timed step at sizes of settleMinBytes and more (bench --settle). */
-    settleMs?: number
-    settleMinBytes?: number
     target: string
     hugePages: boolean
     /** Thread counts of the threads section, absent when it was skipped. */

@@ -89,7 +89,6 @@ Progress goes to stderr, one line per step (also under --json). Without --pool t
     }),
     'faas-clones': Flags.integer({summary: 'Clones per policy alive together in the FaaS section (their memory summed); 0 skips that part.', default: 8, min: 0, max: 64}),
     'faas-warm': Flags.integer({summary: 'Warm invocations per clone in the FaaS section (after the first).', default: 5, min: 1, max: 1000}),
-    settle: Flags.integer({summary: 'At sizes of 512 MiB and more, wait this many ms before each timed step (before priming), until the host has taken back what earlier steps freed (free page reporting: from ~2 s after a free, for about as long; steps taken then run slower). 0: no wait.', default: 4000, min: 0, max: 60_000}),
     prime: Flags.boolean({summary: 'Before each timed step that takes new memory, touch and free as much (MAP_POPULATE): every path then starts from pages the host backs (on a VM with free page reporting, memory idle for ~2 s is handed back to the host and is 4x slower to touch again). --no-prime measures the host as it comes.', default: true, allowNo: true}),
     'huge-pages': Flags.boolean({summary: "Ask for transparent huge pages for the target's memory (MADV_HUGEPAGE; default MADV_NOHUGEPAGE, 4 KiB pages).", default: false}),
   }
@@ -129,7 +128,7 @@ Progress goes to stderr, one line per step (also under --json). Without --pool t
     const realCriu = probeRealCriu(flags['criu-bin'])
     const result = await runBench({
       realCriu,
-      sizes, runs: flags.runs, policies: policies as ('mow' | 'local')[], hugePages: flags['huge-pages'], criu: flags.criu, primeFreePages: flags.prime, settleMs: flags.settle,
+      sizes, runs: flags.runs, policies: policies as ('mow' | 'local')[], hugePages: flags['huge-pages'], criu: flags.criu, primeFreePages: flags.prime,
       threads, ...(threadsSize === undefined ? {} : {threadsSize}),
       trees, ...(treeSize === undefined ? {} : {treeSize}),
       faas, faasClones: flags['faas-clones'], faasWarm: flags['faas-warm'],
