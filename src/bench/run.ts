@@ -68,6 +68,8 @@ export interface BenchOptions {
   faasWarm?: number
   /** Touch and free SIZE bytes before each timed step that takes new memory (primeFreePages): on by default. */
   primeFreePages: boolean
+  /** Called after each step (cli/signals): throws to stop the run there; every process is stopped and every temporary file removed on the way out. */
+  stopPoint?: () => void
   /** The command line, recorded in the result. */
   command: string
   /** Absolute path of bin/run.js, for whole-command restores. */
@@ -92,7 +94,11 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   const started = new Date()
   const atStart = {load: Math.round(loadavg()[0]! * 100) / 100, stealMs: stealMs()}
   const t0 = performance.now()
-  const log = options.log
+  // Each step ends with a line of progress, and a safe point: an interrupted run unwinds from there through its cleanup.
+  const log = (line: string): void => {
+    options.log(line)
+    options.stopPoint?.()
+  }
   const [{checkpointToPool}, {restoreFromPool, loadCheckpoint}, {PoolPath, CriuPath}, {criuDump}, {criuRestore}] = await Promise.all([
     import('../checkpoint/checkpoint.js'), import('../restore/restore.js'), import('./paths.js'), import('../criu/dump.js'), import('../criu/restore.js'),
   ])

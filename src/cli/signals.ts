@@ -18,13 +18,14 @@ const NAMES: Record<number, string> = {1: 'SIGHUP', 2: 'SIGINT', 15: 'SIGTERM'}
 /** Throws InterruptedError if a terminating signal was received; a no-op otherwise. */
 export type StopPoint = () => void
 
-export async function withTerminationDeferred<T>(work: (stopPoint: StopPoint) => Promise<T>, what = 'the operation'): Promise<T> {
+export async function withTerminationDeferred<T>(work: (stopPoint: StopPoint) => Promise<T>, what = 'the operation',
+  outcome = 'the target runs on as it was and nothing was kept'): Promise<T> {
   const {TerminationLatch} = await import('../sys/termination.js')
   const latch = TerminationLatch.install()
   const stopPoint: StopPoint = () => {
     const signo = latch.received()
     if (signo !== 0) {
-      throw new InterruptedError(signo, `${NAMES[signo] ?? `signal ${signo}`} received: ${what} was stopped at a safe point; the target runs on as it was and nothing was kept`,
+      throw new InterruptedError(signo, `${NAMES[signo] ?? `signal ${signo}`} received: ${what} was stopped at a safe point; ${outcome}`,
         'Run it again when wanted.')
     }
   }

@@ -4,6 +4,7 @@ import {join, relative} from 'node:path'
 import * as Flags from '@oclif/core/flags'
 
 import {BaseCommand} from '../cli/base-command.js'
+import {withTerminationDeferred} from '../cli/signals.js'
 import type {BenchResult} from '../bench/types.js'
 import {UsageError} from '../errors.js'
 
@@ -126,8 +127,9 @@ Progress goes to stderr, one line per step (also under --json). Without --pool t
       }
     }
     const realCriu = probeRealCriu(flags['criu-bin'])
-    const result = await runBench({
-      realCriu,
+    // SIGINT, SIGTERM and SIGHUP stop the run after its current step: an interrupted bench leaves no process and no multi-GiB pool behind.
+    const result = await withTerminationDeferred(async (stopPoint) => runBench({
+      realCriu, stopPoint,
       sizes, runs: flags.runs, policies: policies as ('mow' | 'local')[], hugePages: flags['huge-pages'], criu: flags.criu, primeFreePages: flags.prime,
       threads, ...(threadsSize === undefined ? {} : {threadsSize}),
       trees, ...(treeSize === undefined ? {} : {treeSize}),
@@ -136,7 +138,7 @@ Progress goes to stderr, one line per step (also under --json). Without --pool t
       command: commandLine(),
       cliEntry: join(this.config.root, 'bin', 'run.js'),
       log: (line) => process.stderr.write(line + '\n'),
-    })
+    }), 'the benchmark', 'every process it started was stopped and its temporary pool and images removed')
     const notes = diagnose(result)
     if (flags.markdown) {
       writeFileSync(flags.markdown, renderMarkdown(result, notes))

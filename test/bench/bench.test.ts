@@ -5,7 +5,7 @@
  * behind (targets, clones and their inits, fork children, the pool file).
  */
 import assert from 'node:assert/strict'
-import {spawnSync} from 'node:child_process'
+import {spawn, spawnSync} from 'node:child_process'
 import {existsSync, readdirSync, readFileSync} from 'node:fs'
 import {join} from 'node:path'
 
@@ -232,5 +232,36 @@ describe('cxlfork bench (end to end)', function () {
     assert.deepEqual(targetsAlive().filter((pid) => !before.has(pid)), [])
     assert.equal(existsSync(result.config.pool), false, `${result.config.pool} removed`)
     assert.equal(existsSync(result.config.pool.replace(/\.pool$/, '-sparse.pool')), false, 'the sparse pool removed')
+  })
+
+  it('SIGTERM during a run stops it after the current step: exit 143, INTERRUPTED, its targets stopped and its pools and images removed', async () => {
+    const before = new Set(targetsAlive())
+    const bench = spawn(process.execPath, [join(projectRoot(), 'bin', 'run.js'), 'bench', '--sizes', '16M', '--runs', '20', '--threads', '', '--trees', '', '--json'],
+      {stdio: ['ignore', 'pipe', 'pipe']})
+    let stdout = ''
+    let stderr = ''
+    bench.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
+    const exited = new Promise<number | null>((resolve) => bench.on('exit', (code) => resolve(code)))
+    // Its first timed checkpoint: by then the targets run and both pools exist.
+    await new Promise<void>((resolve, reject) => {
+      bench.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+        stderr += chunk
+        if (/\[16M 1\/20\] pool checkpoint/.test(stderr)) resolve()
+      })
+      void exited.then(() => reject(new Error(`bench exited before its first checkpoint:\n${stderr}`)))
+    })
+    const started = targetsAlive().filter((pid) => !before.has(pid))
+    const temporaries = () => readdirSync('/dev/shm').filter((entry) => entry.startsWith(`cxlfork-bench-${bench.pid}-`) || entry.endsWith(`-${bench.pid}`))
+    assert.ok(started.length > 0, 'the bench runs a target')
+    assert.ok(temporaries().length >= 2, `its pools exist: ${temporaries().join(', ')}`)
+    bench.kill('SIGTERM')
+    assert.equal(await exited, 143, stderr)
+    const {error} = JSON.parse(stdout) as {error: {code: string; message: string; exitCode: number}}
+    assert.equal(error.code, 'INTERRUPTED')
+    assert.equal(error.exitCode, 143)
+    assert.match(error.message, /SIGTERM received: the benchmark was stopped/)
+    assert.deepEqual(started.filter(alive), [], 'every target it started is gone')
+    assert.deepEqual(targetsAlive().filter((pid) => !before.has(pid)), [], 'and no clone is left')
+    assert.deepEqual(temporaries(), [], 'its pools and image directories are removed')
   })
 })
