@@ -375,7 +375,8 @@ export class PorterService {
     if (body.pid <= 0) throw new UsageError('INVALID_PID', `invalid pid ${body.pid}: expected a positive integer`, 'Give the pid of a running process (see `ps`).')
     if (!isAbsolute(body.images)) throw badRequest('field images must be an absolute path')
     if (!this.served(peer)) throw this.unserved(peer, 'dump processes')
-    const result = await criuDump({pid: body.pid, images: body.images, kill: body.kill ?? false, tree: body.tree ?? false, tcpClose: body.tcpClose ?? false})
+    // Killing and reaping the fork snapshot waits until the reply is out.
+    const result = await criuDump({pid: body.pid, images: body.images, kill: body.kill ?? false, tree: body.tree ?? false, tcpClose: body.tcpClose ?? false, cleanUp: (work) => setImmediate(work)})
     return {...result, servedBy: 'porter'}
   }
 
