@@ -18,6 +18,7 @@ import {type CriuShmem, readCriuImages, writeRestoreStats} from './images.js'
 import {type SharedObject} from '../image/shared-memory.js'
 import {memfdCreate, sendfileAt} from '../sys/file-io.js'
 import {type StoreFileSpan} from '../restore/page-copy.js'
+import {type StdioOnDevNull, stdioOnDevNull} from '../restore/descriptors.js'
 
 export interface CriuRestoreResult {
   pid: number
@@ -29,6 +30,8 @@ export interface CriuRestoreResult {
   /** The clone's own PID namespace, when it has one: its pid there and its init's pid here. */
   pidNamespace: {pid: number; initPid: number} | null
   images: string
+  /** fds 0-2 the original had on a terminal or a pipe to outside, which the clone has on /dev/null (restore.ts, RestoreResult). */
+  stdioOnDevNull: StdioOnDevNull[]
   exit?: CloneExit
   stats: {
     restore_time: number
@@ -150,8 +153,9 @@ export function criuRestore(request: {images: string; wait: boolean; pidns?: Pid
   let tDecoded: number
   let pagesRestored = 0
   let sharedFd: number | undefined
+  let plans: MemberPlan[] = []
   try {
-    const plans: MemberPlan[] = set.members.map((member) => {
+    plans = set.members.map((member) => {
       const shape = {pid: member.pid, ppid: member.ppid, pgid: member.pgid, sid: member.sid}
       if (!member.image) return {...shape, zombieStatus: member.zombieStatus ?? 0, ...(member.comm === undefined ? {} : {comm: member.comm})}
       const base = pages.add(member.pagesPath!)
@@ -181,7 +185,8 @@ export function criuRestore(request: {images: string; wait: boolean; pidns?: Pid
     memory_time: built.timings.memoryUs, state_time: built.timings.stateUs, pages_restored: pagesRestored, pages_read_by_clone: built.timings.pagesReadByProcess,
   }
   writeRestoreStats(request.images, {restoreTime: stats.restore_time, pagesRestored: stats.pages_restored, forkingTime: stats.forking_time})
-  const result: CriuRestoreResult = {pid: built.pid, threads: built.threads, processes: built.members, netns: request.netns ?? 'host', pidNamespace: built.namespace ?? null, images: request.images, stats}
+  const result: CriuRestoreResult = {pid: built.pid, threads: built.threads, processes: built.members, netns: request.netns ?? 'host', pidNamespace: built.namespace ?? null, images: request.images,
+    stdioOnDevNull: stdioOnDevNull(plans, request.stdio ?? (request.wait ? undefined : [null, null, null])), stats}
   if (request.wait) {
     result.exit = built.wait()
   }

@@ -8,7 +8,7 @@
  */
 import {resolve} from 'node:path'
 
-import {askPorter} from './restore-client.js'
+import {askPorter, stdioNote} from './restore-client.js'
 
 export interface PorterCriuDumpRequest {
   pid: number
@@ -40,6 +40,8 @@ export interface RestoreSummaryFields {
   images: string
   pid: number
   stats: {pages_restored: number; restore_time: number}
+  processes?: number
+  stdioOnDevNull?: {fd: number; was: string}[]
   servedBy?: string
 }
 
@@ -63,5 +65,5 @@ export function criuDumpSummary(result: DumpSummaryFields): string {
 
 /** The human line of `criu restore`, whoever restored. */
 export function criuRestoreSummary(result: RestoreSummaryFields): string {
-  return `Restored ${result.images} as pid ${result.pid}: ${result.stats.pages_restored} pages copied, ${(result.stats.restore_time / 1000).toFixed(2)} ms${result.servedBy === 'porter' ? ' (by the porter)' : ''}`
+  return `Restored ${result.images} as pid ${result.pid}: ${result.stats.pages_restored} pages copied, ${(result.stats.restore_time / 1000).toFixed(2)} ms${result.servedBy === 'porter' ? ' (by the porter)' : ''}${stdioNote(result)}`
 }

@@ -67,8 +67,19 @@ export async function restoreThroughPorter(poolPath: string, request: PorterRest
 }
 
 /** The restore command's human line for a result, whoever served it. */
+const STDIO_NAMES = ['stdin', 'stdout', 'stderr']
+
+/** A clone whose stdin was a pipe reads end of input at once: said where an operator sees it ('' when nothing was left on /dev/null). */
+export function stdioNote(restored: {stdioOnDevNull?: {fd: number; was: string}[]; processes?: number}): string {
+  const devNull = restored.stdioOnDevNull ?? []
+  if (devNull.length === 0) return ''
+  const what = [...new Map(devNull.map(({fd, was}) => [`${fd}${was}`, `${STDIO_NAMES[fd]} on a ${was === 'tty' ? 'terminal' : 'pipe'}`])).values()].join(', ')
+  return `\nNote: the original had ${what}${(restored.processes ?? 1) > 1 ? ' (in the tree)' : ''}; the clone has /dev/null there${devNull.some(({fd}) => fd === 0) ? ': reading stdin, it sees end of input at once' : ''}. Run restore with --wait to give it this command's stdio.`
+}
+
 export function restoreSummary(restored: object): string {
   const result = restored as Record<string, any>
   const stats = result.stats
-  return `Restored ${result.name} as pid ${result.pid}${result.pidNamespace ? ` (pid ${result.pidNamespace.pid} in its own PID namespace)` : ''} (${result.policy}, ${result.threads} thread(s)): ${stats.pages_mapped} pages mapped, ${stats.pages_restored} copied${stats.pages_lazy > 0 ? `, ${stats.pages_lazy} on first touch (fault server ${result.faultServerPid})` : ''}, ${(stats.restore_time / 1000).toFixed(2)} ms${result.verified ? `, page data verified in ${((stats.verify_time ?? 0) / 1000).toFixed(2)} ms` : ''}${result.servedBy === 'porter' ? ' (by the porter)' : ''}`
+  const warning = stdioNote(result)
+  return `Restored ${result.name} as pid ${result.pid}${result.pidNamespace ? ` (pid ${result.pidNamespace.pid} in its own PID namespace)` : ''} (${result.policy}, ${result.threads} thread(s)): ${stats.pages_mapped} pages mapped, ${stats.pages_restored} copied${stats.pages_lazy > 0 ? `, ${stats.pages_lazy} on first touch (fault server ${result.faultServerPid})` : ''}, ${(stats.restore_time / 1000).toFixed(2)} ms${result.verified ? `, page data verified in ${((stats.verify_time ?? 0) / 1000).toFixed(2)} ms` : ''}${result.servedBy === 'porter' ? ' (by the porter)' : ''}${warning}`
 }

@@ -516,3 +516,25 @@ function writeAll(inject: Injector, fd: number, data: Uint8Array): void {
     done += n
   }
 }
+
+/** A clone's fd 0-2 left on /dev/null where the original had a terminal or a pipe to a process outside the checkpoint. */
+export interface StdioOnDevNull {
+  /** The member's pid in the checkpoint (the original's). */
+  originalPid: number
+  fd: number
+  was: 'tty' | 'pipe'
+  /** As /proc/PID/fd showed it in the original. */
+  path: string
+}
+
+/**
+ * Which fds 0-2 of the members end on /dev/null: a terminal or a pipe to outside is not
+ * carried (BuildOptions.stdio says what the clone gets), and a program reading its stdin then
+ * sees end of input at once. `stdio`: our fds given for 0-2 (null: /dev/null); undefined with --wait.
+ */
+export function stdioOnDevNull(members: readonly {pid: number; image?: ProcessImage}[], stdio: readonly (number | null)[] | undefined): StdioOnDevNull[] {
+  if (stdio === undefined) return []
+  return members.flatMap((member) => (member.image?.fds ?? [])
+    .filter((fd) => fd.fd <= 2 && stdio[fd.fd] === null && (fd.kind === 'tty' || fd.kind === 'pipe') && !fd.pipe && fd.sharedFrom === undefined)
+    .map((fd) => ({originalPid: member.pid, fd: fd.fd, was: fd.kind as 'tty' | 'pipe', path: fd.path})))
+}

@@ -45,8 +45,10 @@ export function checkFiles(image: ProcessImage): void {
     const sameInode = deviceName(st.dev) === file.device && st.ino === file.inode
     const changed = !sameInode || (mapped.has(index) && (st.size !== file.size || st.mtimeNs !== file.mtimeNs || (file.ctimeNs !== undefined && st.ctimeNs !== file.ctimeNs)))
     if (changed) {
-      throw new UnsupportedError('BACKING_FILE_CHANGED', `${file.path} changed since the checkpoint (${describeChange(file, st)})`,
-        'The checkpoint maps this file; restore it only with the exact file it was taken with.')
+      throw new UnsupportedError('BACKING_FILE_CHANGED', `${file.path}, which the checkpoint ${mapped.has(index) ? 'maps' : 'has open'}, changed since the checkpoint (${describeChange(file, st)})`,
+        mapped.has(index)
+          ? 'Pages the clone never wrote are read from this file: restore only with the exact file the checkpoint was taken with.'
+          : 'An open file is reopened as the same inode, as CRIU does: put that file back at its path (it was replaced, e.g. deleted and recreated), or take a new checkpoint.')
     }
     const needed = sharedEnd.get(index)
     // A shared mapping past the end of its file would fault (SIGBUS) on first touch; a page's tail may pass it.

@@ -19,6 +19,7 @@ import {CorruptError, UnsupportedError, UsageError} from '../errors.js'
 import {faultPoint} from '../fault.js'
 import {type Policy, type StoredRun, planRestore} from './plan.js'
 import {type StoreFileSpan} from './page-copy.js'
+import {type StdioOnDevNull, stdioOnDevNull} from './descriptors.js'
 
 /** Restore statistics; names follow CRIU's where they mean the same (µs). */
 export interface PoolRestoreStats {
@@ -64,6 +65,12 @@ export interface RestoreResult {
   tiering: {recordedBy: number; pagesDirty: number; pagesAccessed: number; effectivePolicy: Policy; recording?: {exact: boolean}}
   /** Whether the page data was read and checked against its checksums before anything was mapped (restore --verify). */
   verified: boolean
+  /**
+   * fds 0-2 the original had on a terminal or on a pipe to a process outside the checkpoint,
+   * which the clone has on /dev/null instead (no --wait): a program that reads its stdin then
+   * sees end of input at once, and what it writes there is dropped. Empty with --wait.
+   */
+  stdioOnDevNull: StdioOnDevNull[]
   /** Present with --wait: how the clone ended. */
   exit?: CloneExit
   stats: PoolRestoreStats
@@ -246,7 +253,7 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
   const tDone = performance.now()
   const result: RestoreResult = {
     name: request.name, pid: built.pid, policy: request.policy, threads: built.threads, processes: built.members, netns: request.netns ?? 'host', pidNamespace: built.namespace ?? null,
-    verified: loaded.verifyUs !== undefined,
+    verified: loaded.verifyUs !== undefined, stdioOnDevNull: stdioOnDevNull(plans, request.stdio ?? (request.wait ? undefined : [null, null, null])),
     ...(built.faultServerPid === undefined ? {} : {faultServerPid: built.faultServerPid}),
     tiering: {recordedBy: recorded?.recordings ?? 0, pagesDirty: recorded?.dirty ?? 0, pagesAccessed: recorded?.accessed ?? 0, effectivePolicy,
       ...(built.recordingExact === undefined ? {} : {recording: {exact: built.recordingExact}})},

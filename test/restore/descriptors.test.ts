@@ -11,7 +11,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {procStat, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
-import {cli, describeRun, installCleanupHooks, note, poolPath, until} from './helpers.js'
+import {CLI, cli, comm, describeRun, installCleanupHooks, note, poolPath, until} from './helpers.js'
 
 describe('restore: pipes, eventfds, epoll and shared descriptions', function () {
   this.timeout(120_000)
@@ -42,6 +42,73 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
       await waitForTicks(fx.logPath, clone, 2)
       const check = await requestCheck(fx.logPath, clone)
       assert.equal(check.fields.ok, '1', `the ${policy} clone's own fd checks: ${check.line}`)
+    }
+  })
+
+  it('stdin on a pipe from a process outside the checkpoint: the clone gets /dev/null there, and the restore says so (stdioOnDevNull, and a note to the operator)', async () => {
+    const pool = poolPath('fds')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-stdio-'))
+    // `cat` reads a pipe whose writer (sleep) is not checkpointed; its stdout is a file.
+    const shell = spawn('bash', ['-c', `sleep 600 | cat > ${join(dir, 'out')}`], {stdio: 'ignore'})
+    trackPid(shell.pid!)
+    try {
+      const cat = await until(() => {
+        const children = readFileSync(`/proc/${shell.pid}/task/${shell.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)
+        return children.find((pid) => comm(pid) === 'cat' && readlinkSync(`/proc/${pid}/fd/1`) === join(dir, 'out'))
+      }, 'cat runs with its output redirected')
+      for (const pid of readFileSync(`/proc/${shell.pid}/task/${shell.pid}/children`, 'utf8').trim().split(/\s+/).map(Number)) trackPid(pid)
+      const stdin = readlinkSync(`/proc/${cat}/fd/0`)
+      assert.match(stdin, /^pipe:\[\d+\]$/)
+      const ck = await cli(['checkpoint', String(cat), '--name', 'piped', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      const run = await cli(['restore', 'piped', '--json', '--pool', pool, '--no-porter'])
+      assert.equal(run.status, 0, describeRun(run))
+      trackPid(run.json.pid)
+      assert.deepEqual(run.json.stdioOnDevNull, [{originalPid: cat, fd: 0, was: 'pipe', path: stdin}])
+      // Reading /dev/null, the clone sees end of input and exits: what the note warns of.
+      await until(() => [undefined, 'Z'].includes(procStat(run.json.pid)?.state), 'the clone ends at end of input')
+      const human = await cli(['restore', 'piped', '--pool', pool, '--no-porter'])
+      assert.equal(human.status, 0, describeRun(human))
+      const clone = Number(/as pid (\d+)/.exec(human.stderr)?.[1])
+      if (clone > 0) trackPid(clone)
+      assert.match(human.stderr, /Note: the original had stdin on a pipe; the clone has \/dev\/null there: reading stdin, it sees end of input at once\. Run restore with --wait/)
+      // The CRIU-format path reports the same.
+      const dumped = await cli(['criu', 'dump', String(cat), '--images', join(dir, 'images'), '--json', '--no-porter'])
+      assert.equal(dumped.status, 0, describeRun(dumped))
+      const fromImages = await cli(['criu', 'restore', '--images', join(dir, 'images'), '--json', '--no-porter'])
+      assert.equal(fromImages.status, 0, describeRun(fromImages))
+      trackPid(fromImages.json.pid)
+      assert.deepEqual(fromImages.json.stdioOnDevNull, [{originalPid: cat, fd: 0, was: 'pipe', path: stdin}])
+      // With --wait the clone reads this command's stdin instead, and nothing is reported.
+      const waited = spawnSync(process.execPath, [CLI, 'restore', 'piped', '--wait', '--json', '--pool', pool, '--no-porter'], {input: 'fed through --wait\n', encoding: 'utf8', timeout: 60_000})
+      assert.equal(waited.status, 0, `${waited.stderr}\n${waited.stdout}`)
+      assert.deepEqual((JSON.parse(waited.stdout) as {stdioOnDevNull: unknown}).stdioOnDevNull, [])
+      assert.match(readFileSync(join(dir, 'out'), 'utf8'), /fed through --wait/)
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
+  it('a regular file held open (not mapped) and replaced at its path since the checkpoint: refused as an open file, with what to put back', async () => {
+    const pool = poolPath('fds')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-replaced-'))
+    const path = join(dir, 'state.txt')
+    writeFileSync(path, 'first\n')
+    const child = spawn('python3', ['-c', `import time\nf = open(${JSON.stringify(path)})\ntime.sleep(600)`], {stdio: 'ignore'})
+    trackPid(child.pid!)
+    try {
+      await until(() => readdirSync(`/proc/${child.pid}/fd`).some((fd) => readlinkSync(`/proc/${child.pid}/fd/${fd}`) === path), 'the file is open')
+      const ck = await cli(['checkpoint', String(child.pid), '--name', 'replaced', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      rmSync(path)
+      writeFileSync(path, 'second\n')
+      const run = await cli(['restore', 'replaced', '--json', '--pool', pool, '--no-porter'])
+      assert.equal(run.status, 5, describeRun(run))
+      assert.equal(run.json.error.code, 'BACKING_FILE_CHANGED')
+      assert.equal(run.json.error.message, `${path}, which the checkpoint has open, changed since the checkpoint (another file now has its path)`)
+      assert.match(run.json.error.hint, /open file is reopened as the same inode/)
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
     }
   })
 
