@@ -26,10 +26,20 @@ export function poolInfo(pool: PoolCatalog): PoolInfo {
     else if (entry.state === EntryState.tombstone) tombstones++
   }
   let buildsInProgress = 0
+  // A build whose owner died (a checkpoint killed half-way) holds its units until `pool gc`.
+  const deadSerials = new Set<number>()
   for (let slot = 0; slot < pool.buildSlots.count; slot++) {
     const state = pool.buildSlots.read(slot)
-    if (state.owner && pool.liveness.isAlive(state.owner, state.startTime)) buildsInProgress++
+    if (!state.owner) continue
+    if (pool.liveness.isAlive(state.owner, state.startTime)) buildsInProgress++
+    else deadSerials.add(((slot << 24) | state.generation) >>> 0)
   }
+  const heldBy = (states: Uint32Array, serials: Set<number>): number => {
+    let held = 0
+    if (serials.size > 0) for (let unit = 0; unit < states.length; unit++) if (serials.has(Atomics.load(states, unit))) held++
+    return held
+  }
+  const deadBytes = heldBy(pool.regions.segmentStates, deadSerials) * header.segmentSize + heldBy(pool.regions.pageStates, deadSerials) * header.pageSize
   let liveClones = 0
   for (const count of pool.references.liveCounts().values()) liveClones += count
   const now = Date.now()
@@ -61,6 +71,7 @@ export function poolInfo(pool: PoolCatalog): PoolInfo {
     checkpoints,
     deleting,
     buildsInProgress,
+    deadBuilds: {count: deadSerials.size, bytes: deadBytes},
     liveClones,
     directory: {slots: header.directorySlots, used: directoryUsed, tombstones},
     hostsSeen,

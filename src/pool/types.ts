@@ -97,6 +97,8 @@ export interface PoolInfo {
   checkpoints: number
   deleting: number
   buildsInProgress: number
+  /** Builds whose owner died before publishing (a checkpoint killed half-way), and the bytes they hold until `pool gc`. */
+  deadBuilds: {count: number; bytes: number}
   liveClones: number
   directory: {slots: number; used: number; tombstones: number}
   hostsSeen: HostInfo[]

@@ -23,6 +23,7 @@ describe('pool: kill -9 at random points of allocate, write, publish, rm and gc'
     let survivorsSeen = 0
     let buildsReclaimed = 0
     let bytesReclaimed = 0
+    let deadBytesSeen = 0
     try {
       for (let batch = 0; batch < BATCHES; batch++) {
         const workers = Array.from({length: WORKERS_PER_BATCH}, (_, i) => startWorker(['churn', path, `b${batch}w${i}`]))
@@ -39,7 +40,13 @@ describe('pool: kill -9 at random points of allocate, write, publish, rm and gc'
         }))
 
         assertNoCorruption(pool)
+        // Before gc, `pool info` shows what the dead builds hold; gc frees it (and other garbage) and finds the same builds.
+        const dead = pool.info().deadBuilds
         const gc = pool.gc()
+        assert.equal(gc.buildsReleased, dead.count, 'pool info counted the builds gc released')
+        assert.ok(dead.bytes <= gc.bytesFreed, `pool info's ${dead.bytes} bytes held by dead builds are among the ${gc.bytesFreed} gc freed`)
+        if (dead.count > 0) deadBytesSeen += dead.bytes
+        assert.deepEqual(pool.info().deadBuilds, {count: 0, bytes: 0})
         buildsReclaimed += gc.buildsReleased
         bytesReclaimed += gc.bytesFreed
         assertNoLostSpace(pool)
@@ -62,5 +69,6 @@ describe('pool: kill -9 at random points of allocate, write, publish, rm and gc'
     // Deaths landed inside builds: their slots and space were recovered by gc.
     assert.ok(buildsReclaimed > BATCHES, `only ${buildsReclaimed} builds were caught half-way`)
     assert.ok(bytesReclaimed > 0)
+    assert.ok(deadBytesSeen > 0, 'pool info showed space held by dead builds')
   })
 })

@@ -17,6 +17,7 @@ export default class PoolInfoCommand extends BaseCommand {
       this.say(`data        ${info.data.segmentsUsed}/${info.data.segments} segments of ${formatSize(info.data.segmentSize)}`)
       this.say(`metadata    ${info.metadata.pagesUsed}/${info.metadata.pages} pages of ${formatSize(info.metadata.pageSize)}`)
       this.say(`checkpoints ${info.checkpoints}${info.deleting ? ` (+${info.deleting} awaiting deletion)` : ''}, builds in progress ${info.buildsInProgress}, live clones ${info.liveClones}`)
+      if (info.deadBuilds.count > 0) this.say(`dead builds ${info.deadBuilds.count} holding ${formatSize(info.deadBuilds.bytes)} (checkpoints killed half-way): \`cxlfork pool gc\` frees them`)
       for (const host of info.hostsSeen) {
         this.say(`host        #${host.index} ${host.hostname} boot ${host.bootId.slice(0, 8)} lease ${host.leaseLive ? 'until' : 'expired'} ${host.leaseExpiresAt}${host.self ? ' (this host)' : ''}`)
       }
