@@ -191,7 +191,9 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
     inject.reset()
   }
   for (const fd of fds) {
-    if (fd.sharedWith !== undefined) inject.call(`dup3(fd ${fd.fd} = fd ${fd.sharedWith})`, SYS.dup3, fd.sharedWith, fd.fd, fd.cloexec ? O.CLOEXEC : 0)
+    // fds 0-2 on a terminal are one open file description, dup'd: each keeps what BuildOptions.stdio gave it
+    // (stdin's /dev/null is read-only: dup'd onto stdout, every write failed with EBADF).
+    if (fd.sharedWith !== undefined && !isOutsideStdio(fd)) inject.call(`dup3(fd ${fd.fd} = fd ${fd.sharedWith})`, SYS.dup3, fd.sharedWith, fd.fd, fd.cloexec ? O.CLOEXEC : 0)
   }
   for (const fd of fds) {
     if (!fd.epoll || fd.sharedWith !== undefined || (fd.sharedFrom && hostPidOf)) continue // an inherited epoll came with its registrations
@@ -517,6 +519,11 @@ function writeAll(inject: Injector, fd: number, data: Uint8Array): void {
   }
 }
 
+/** fds 0-2 on a terminal or a pipe to outside the checkpoint: not carried, the clone's come from BuildOptions.stdio. */
+export function isOutsideStdio(fd: FdImage): boolean {
+  return fd.fd <= 2 && (fd.kind === 'tty' || fd.kind === 'pipe') && !fd.pipe
+}
+
 /** A clone's fd 0-2 left on /dev/null where the original had a terminal or a pipe to a process outside the checkpoint. */
 export interface StdioOnDevNull {
   /** The member's pid in the checkpoint (the original's). */
@@ -535,6 +542,6 @@ export interface StdioOnDevNull {
 export function stdioOnDevNull(members: readonly {pid: number; image?: ProcessImage}[], stdio: readonly (number | null)[] | undefined): StdioOnDevNull[] {
   if (stdio === undefined) return []
   return members.flatMap((member) => (member.image?.fds ?? [])
-    .filter((fd) => fd.fd <= 2 && stdio[fd.fd] === null && (fd.kind === 'tty' || fd.kind === 'pipe') && !fd.pipe && fd.sharedFrom === undefined)
+    .filter((fd) => isOutsideStdio(fd) && stdio[fd.fd] === null && fd.sharedFrom === undefined)
     .map((fd) => ({originalPid: member.pid, fd: fd.fd, was: fd.kind as 'tty' | 'pipe', path: fd.path})))
 }

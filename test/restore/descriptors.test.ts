@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict'
 import {spawn, spawnSync} from 'node:child_process'
-import {appendFileSync, closeSync, constants, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync} from 'node:fs'
+import {appendFileSync, closeSync, constants, existsSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
@@ -89,6 +89,52 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
     }
   })
 
+  it('a program on a terminal (fds 0-2 one open pty): the detached clone writes to stdout and stderr (/dev/null) and runs on; the restore names the terminal', async () => {
+    const pool = poolPath('fds')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-tty-'))
+    const log = join(dir, 'ticks')
+    // script(1) gives the program a pseudo-terminal on fds 0-2 (one open file description, dup'd), as a shell in a terminal does.
+    const program = `import sys, time\nn = 0\nwhile True:\n    n += 1\n    print('tick', n, flush=True)\n    print('err', n, file=sys.stderr, flush=True)\n    open(${JSON.stringify(log)}, 'a').write(f'{n}\\n')\n    time.sleep(0.05)\n`
+    writeFileSync(join(dir, 'prog.py'), program)
+    const script = spawn('script', ['-qfc', `python3 ${join(dir, 'prog.py')}`, '/dev/null'], {stdio: 'ignore'})
+    trackPid(script.pid!)
+    try {
+      const python = await until(() => {
+        const children = readFileSync(`/proc/${script.pid}/task/${script.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)
+        return children.find((pid) => {
+          try {
+            return readlinkSync(`/proc/${pid}/fd/1`).startsWith('/dev/pts/')
+          } catch {
+            return false
+          }
+        })
+      }, 'the program runs on a terminal')
+      trackPid(python)
+      await until(() => existsSync(log) && readFileSync(log, 'utf8').split('\n').length > 3, 'the program ticks')
+      const ck = await cli(['checkpoint', String(python), '--name', 'tty', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      const run = await cli(['restore', 'tty', '--json', '--pool', pool, '--no-porter'])
+      assert.equal(run.status, 0, describeRun(run))
+      const clone = run.json.pid as number
+      trackPid(clone)
+      assert.deepEqual(run.json.stdioOnDevNull.map((entry: {fd: number; was: string}) => [entry.fd, entry.was]), [[0, 'tty'], [1, 'tty'], [2, 'tty']])
+      // Writable where the original wrote: stdout and stderr are /dev/null opened for writing, stdin for reading.
+      const accessMode = (fd: number): number => Number.parseInt(/^flags:\s+([0-7]+)$/m.exec(readFileSync(`/proc/${clone}/fdinfo/${fd}`, 'utf8'))![1]!, 8) & 3
+      assert.deepEqual([0, 1, 2].map((fd) => readlinkSync(`/proc/${clone}/fd/${fd}`)), ['/dev/null', '/dev/null', '/dev/null'])
+      assert.equal(accessMode(0), 0, 'stdin read-only')
+      assert.notEqual(accessMode(1), 0, 'stdout writable')
+      assert.notEqual(accessMode(2), 0, 'stderr writable')
+      // The clone's own ticks go on (each one printed to stdout and stderr first): it did not die of EBADF.
+      const ticksOfClone = (): number => readFileSync(log, 'utf8').split('\n').length
+      const seen = ticksOfClone()
+      process.kill(python, 'SIGSTOP')
+      await until(() => ticksOfClone() >= seen + 10, 'the clone ticks on, printing as it goes')
+      assert.ok(![undefined, 'Z'].includes(procStat(clone)?.state), 'the clone runs')
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
   it('a regular file held open (not mapped) and replaced at its path since the checkpoint: refused as an open file, with what to put back', async () => {
     const pool = poolPath('fds')
     const dir = mkdtempSync(join(tmpdir(), 'cxlfork-replaced-'))
@@ -97,7 +143,15 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
     const child = spawn('python3', ['-c', `import time\nf = open(${JSON.stringify(path)})\ntime.sleep(600)`], {stdio: 'ignore'})
     trackPid(child.pid!)
     try {
-      await until(() => readdirSync(`/proc/${child.pid}/fd`).some((fd) => readlinkSync(`/proc/${child.pid}/fd/${fd}`) === path), 'the file is open')
+      // fds come and go while Python starts: a link that vanished is simply not the file yet.
+      const opened = (fd: string): boolean => {
+        try {
+          return readlinkSync(`/proc/${child.pid}/fd/${fd}`) === path
+        } catch {
+          return false
+        }
+      }
+      await until(() => readdirSync(`/proc/${child.pid}/fd`).some(opened), 'the file is open')
       const ck = await cli(['checkpoint', String(child.pid), '--name', 'replaced', '--json', '--pool', pool])
       assert.equal(ck.status, 0, describeRun(ck))
       rmSync(path)
