@@ -69,7 +69,7 @@ export const ERROR_CODES = {
   NO_VDSO: ExitCode.unsupported, PROCESS_ZOMBIE: ExitCode.unsupported, PROVISION_UNSUPPORTED: ExitCode.unsupported,
   SECCOMP: ExitCode.unsupported, SELF_TRACE: ExitCode.unsupported, SHARED_ADDRESS_SPACE: ExitCode.unsupported, SHARED_ANON_MEMORY: ExitCode.unsupported, THREAD_CREDENTIALS: ExitCode.unsupported, UNSUPPORTED_FD: ExitCode.unsupported,
   UNSUPPORTED_MEMORY: ExitCode.unsupported, THREADS_NEED_PIDNS: ExitCode.unsupported, POLICY_NEEDS_PIDNS: ExitCode.unsupported, LEADER_EXITED: ExitCode.unsupported,
-  PID_UNSUPPORTED: ExitCode.unsupported, ZOMBIE_SIGNALED: ExitCode.unsupported, NAMESPACE_DIFFERS: ExitCode.unsupported,
+  PID_UNSUPPORTED: ExitCode.unsupported, ZOMBIE_SIGNALED: ExitCode.unsupported, OTHER_PID_NAMESPACE: ExitCode.unsupported, NAMESPACE_DIFFERS: ExitCode.unsupported,
   CPU_MISMATCH: ExitCode.unsupported, UNSUPPORTED_ARCH: ExitCode.unsupported, PAGE_CHECKSUMS_MISSING: ExitCode.unsupported,
   // exit corrupt
   CHECKPOINT_CORRUPT: ExitCode.corrupt, CRIU_IMAGE_CORRUPT: ExitCode.corrupt, CRIU_IMAGE_ENCODE: ExitCode.corrupt,

@@ -233,6 +233,13 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
   }
   if (stat.state === 'Z' || stat.state === 'X') throw new UnsupportedError('PROCESS_ZOMBIE', `process ${pid} (${stat.comm}) is a zombie: it has exited and waits to be reaped`, 'A zombie has no memory left to checkpoint.')
   const status = readStatus(pid)
+  // A process of a PID namespace below ours (a clone cxlfork built in one, a container's process) has
+  // other pids inside it than here: the snapshot's and its threads' ids would not match (wait4 ECHILD).
+  const ownDepth = readStatus(process.pid).nspid.length
+  if (status.nspid.length > ownDepth) {
+    throw new UnsupportedError('OTHER_PID_NAMESPACE', `process ${pid} (${stat.comm}) runs in a PID namespace below cxlfork's (its pid there is ${status.nspid.at(-1)})`,
+      'cxlfork checkpoints processes of its own PID namespace: checkpoint the original process, or a clone restored with --pidns host (single-threaded clones only), or run cxlfork inside that namespace.')
+  }
   const caller = getuid()
   if (caller !== 0 && caller !== status.uid[0]) {
     throw new PermissionError('NOT_PERMITTED', `process ${pid} belongs to uid ${status.uid[0]}; you are uid ${caller}`, 'Checkpoint your own processes, or run as root.')

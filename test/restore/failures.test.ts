@@ -133,6 +133,25 @@ describe('restore: failures are clean', function () {
       assertNoPoolCreated(pool)
     })
 
+    it('a process in a PID namespace below ours (unshare --pid --fork; a clone cxlfork built in one): exit 5, OTHER_PID_NAMESPACE naming its pid there; it runs on', async () => {
+      const pool = poolPath('fail')
+      const unshare = spawn('unshare', ['--pid', '--fork', 'sleep', '600'], {stdio: 'ignore'})
+      trackPid(unshare.pid!)
+      const inner = await until(() => {
+        try {
+          return readFileSync(`/proc/${unshare.pid}/task/${unshare.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)[0]
+        } catch {
+          return undefined
+        }
+      }, 'sleep runs in its PID namespace')
+      trackPid(inner)
+      assert.match(readFileSync(`/proc/${inner}/status`, 'utf8'), new RegExp(`^NSpid:\\s+${inner}\\s+1$`, 'm'))
+      await expectCheckpointRefused(pool, inner, {status: 5, codes: ['OTHER_PID_NAMESPACE'], mentions: [new RegExp(`\\b${inner}\\b`), /PID namespace below cxlfork's \(its pid there is 1\)/]})
+      assert.ok(processExists(inner), 'it runs on')
+      assert.equal(tracerPid(inner), 0, 'not left traced')
+      assertNoPoolCreated(pool)
+    })
+
     it('a process holding one end of a Unix connection whose other end another process holds: exit 5, UNSUPPORTED_FD naming the fd; also without --json; the connection works on', async () => {
       // On an existing pool (the others use a fresh path): the refusal leaves it empty.
       const pool = poolPath('fail')
