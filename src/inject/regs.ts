@@ -62,6 +62,7 @@ const ERESTARTNOHAND = 514n
 const ERESTART_RESTARTBLOCK = 516n
 const EINTR = 4n
 const NR_restart_syscall = 219n
+const NR_poll = 7n
 
 /**
  * Syscall-restart fix-up of registers taken while stopped inside a system call
@@ -71,7 +72,10 @@ const NR_restart_syscall = 219n
  * the kernel-internal -ERESTART* code to the program.
  * - -ERESTARTSYS/NOINTR/NOHAND: re-run the call (rax = orig_rax, rip -= 2).
  * - -ERESTART_RESTARTBLOCK: 'live' (same process, its restart_block intact):
- *   rax = restart_syscall, rip -= 2; 'restore' (new process): rax = -EINTR.
+ *   rax = restart_syscall, rip -= 2; 'restore' (new process): rax = -EINTR,
+ *   except poll(2), which is run again with its own arguments (still in rdi,
+ *   rsi, rdx): a poll(-1) waits on exactly as it did, a finite timeout starts
+ *   over. Programs that take EINTR from poll as fatal (tail -f) then run on.
  * orig_rax becomes -1 in every case. Returns a new array; input untouched.
  */
 export function restartFixup(regs: BigUint64Array, mode: 'live' | 'restore'): BigUint64Array {
@@ -85,6 +89,9 @@ export function restartFixup(regs: BigUint64Array, mode: 'live' | 'restore'): Bi
     } else if (ax === -ERESTART_RESTARTBLOCK) {
       if (mode === 'live') {
         r[REG.rax] = NR_restart_syscall
+        r[REG.rip] = r[REG.rip]! - 2n
+      } else if (BigInt(orig) === NR_poll) {
+        r[REG.rax] = NR_poll
         r[REG.rip] = r[REG.rip]! - 2n
       } else {
         r[REG.rax] = BigInt.asUintN(64, -EINTR)

@@ -225,6 +225,12 @@ describe('inject/tracee', () => {
     assert.deepEqual([signed(rest[REG.rax]!), rest[REG.rip]], [-4n, 0x1000n])
     r[REG.rax] = BigInt.asUintN(64, -512n)
     assert.deepEqual([restartFixup(r, 'restore')[REG.rax], restartFixup(r, 'restore')[REG.rip]], [230n, 0xffen])
+    // poll(2) interrupted through its restart block: a restored process runs it again (its arguments are still in rdi, rsi, rdx).
+    r[REG.orig_rax] = 7n
+    r[REG.rax] = BigInt.asUintN(64, -516n)
+    const poll = restartFixup(r, 'restore')
+    assert.deepEqual([poll[REG.rax], poll[REG.rip], signed(poll[REG.orig_rax]!)], [7n, 0xffen, -1n])
+    assert.deepEqual([restartFixup(r, 'live')[REG.rax], restartFixup(r, 'live')[REG.rip]], [219n, 0xffen])
   })
 
   it('batched injection: results, stopOnError, SIGTRAP disposition untouched (handler and ignored)', () => {

@@ -135,6 +135,44 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
     }
   })
 
+  it('tail -f blocked in poll(-1): its clone waits on in poll (not failed with EINTR) and prints what is appended after the restore', async () => {
+    const pool = poolPath('fds')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-tail-'))
+    const log = join(dir, 'app.log')
+    const out = join(dir, 'tail.out')
+    writeFileSync(log, 'before\n')
+    const outFd = openSync(out, 'a')
+    const tail = spawn('tail', ['-f', log], {stdio: ['ignore', outFd, 'ignore']})
+    closeSync(outFd)
+    trackPid(tail.pid!)
+    try {
+      // poll(2) on inotify and stdout with no timeout: the call a restored process used to get EINTR from, and tail exits on.
+      await until(() => {
+        try {
+          return readFileSync(`/proc/${tail.pid}/syscall`, 'utf8').split(' ')[0] === '7'
+        } catch {
+          return false
+        }
+      }, 'tail waits in poll')
+      const ck = await cli(['checkpoint', String(tail.pid), '--name', 'tail', '--kill', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      for (const policy of ['mow', 'local'] as const) {
+        const run = await cli(['restore', 'tail', '--policy', policy, '--json', '--pool', pool, '--no-porter'])
+        assert.equal(run.status, 0, describeRun(run))
+        const clone = run.json.pid as number
+        trackPid(clone)
+        const line = `appended-after-${policy}-restore`
+        appendFileSync(log, line + '\n')
+        await until(() => readFileSync(out, 'utf8').includes(line), `the ${policy} clone prints the appended line`)
+        assert.ok(![undefined, 'Z'].includes(procStat(clone)?.state), `the ${policy} clone runs on`)
+        assert.equal(readFileSync(`/proc/${clone}/syscall`, 'utf8').split(' ')[0], '7', 'back in poll')
+        process.kill(clone, 'SIGKILL')
+      }
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
   it('a regular file held open (not mapped) and replaced at its path since the checkpoint: refused as an open file, with what to put back', async () => {
     const pool = poolPath('fds')
     const dir = mkdtempSync(join(tmpdir(), 'cxlfork-replaced-'))
