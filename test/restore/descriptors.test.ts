@@ -135,6 +135,44 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
     }
   })
 
+  it('a parent and its forked child on one terminal (checkpoint --tree): both clones print to stdout and stderr and run on', async () => {
+    const pool = poolPath('fds')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-ttytree-'))
+    const log = (who: string): string => join(dir, who)
+    // The child inherits the pty on fds 0-2 from its parent: in the checkpoint its fds are the parent's, shared.
+    const program = `import os, sys, time\nwho = 'child' if os.fork() == 0 else 'parent'\nn = 0\nwhile True:\n    n += 1\n    print(who, n, flush=True)\n    print(who, n, file=sys.stderr, flush=True)\n    open(os.path.join(${JSON.stringify(dir)}, who), 'a').write(f'{n}\\n')\n    time.sleep(0.05)\n`
+    writeFileSync(join(dir, 'prog.py'), program)
+    const script = spawn('script', ['-qfc', `python3 ${join(dir, 'prog.py')}`, '/dev/null'], {stdio: 'ignore'})
+    trackPid(script.pid!)
+    const childrenOf = (pid: number): number[] => {
+      try {
+        return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)
+      } catch {
+        return []
+      }
+    }
+    try {
+      const parent = await until(() => childrenOf(script.pid!).find((pid) => comm(pid)?.startsWith('python3') && childrenOf(pid).length === 1), 'the parent runs with its child')
+      const child = childrenOf(parent)[0]!
+      trackPid(parent)
+      trackPid(child)
+      const ticks = (who: string): number => (existsSync(log(who)) ? readFileSync(log(who), 'utf8').split('\n').length : 0)
+      await until(() => ticks('parent') > 3 && ticks('child') > 3, 'both tick')
+      const ck = await cli(['checkpoint', String(parent), '--tree', '--name', 'ttytree', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      process.kill(child, 'SIGSTOP')
+      process.kill(parent, 'SIGSTOP')
+      const run = await cli(['restore', 'ttytree', '--json', '--pool', pool, '--no-porter'])
+      assert.equal(run.status, 0, describeRun(run))
+      trackPid(run.json.pid)
+      if (run.json.pidNamespace) trackPid(run.json.pidNamespace.initPid)
+      const seen = {parent: ticks('parent'), child: ticks('child')}
+      await until(() => ticks('parent') >= seen.parent + 10 && ticks('child') >= seen.child + 10, 'both clones tick on, printing as they go')
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
   it('tail -f blocked in poll(-1): its clone waits on in poll (not failed with EINTR) and prints what is appended after the restore', async () => {
     const pool = poolPath('fds')
     const dir = mkdtempSync(join(tmpdir(), 'cxlfork-tail-'))
