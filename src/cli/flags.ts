@@ -28,5 +28,5 @@ export const nameFlag = Flags.custom<string>({
 export const pidnsFlag = Flags.option({
   options: ['new', 'host'] as const,
   summary: 'PID namespace of the clone: new (keeps its pid and thread ids) or host (a new pid here).',
-  description: 'Default: new for a multi-threaded checkpoint, which can only be restored that way, host otherwise.',
+  description: 'Default: new for a multi-threaded checkpoint or a process tree, which can only be restored that way, for --policy moa, and for a Python process that loaded asyncio (it ties its event loop to its pid); host otherwise.',
 })

@@ -160,9 +160,18 @@ function stubBase(images: readonly ProcessImage[]): bigint {
   return findFreeRange(0x200000n, taken)
 }
 
+/**
+ * A process known to compare its pid with one it stored: CPython's asyncio ties its running
+ * event loop to the pid (its fork check), so under a new pid every task fails with "no running
+ * event loop" while the sockets still answer. Its C accelerator, mapped from lib-dynload, tells.
+ */
+export function remembersItsPid(image: ProcessImage): boolean {
+  return image.files.some((file) => /(^|\/)_asyncio\.[^/]*\.so$/.test(file.path))
+}
+
 /** The pid-namespace mode a build of `image` uses, refusing what cannot work. */
 export function pidNamespaceFor(image: ProcessImage, requested?: PidNamespaceMode, members = 1, lazy = false): PidNamespaceMode {
-  const mode = requested ?? (image.threads.length > 1 || members > 1 || lazy ? 'new' : 'host')
+  const mode = requested ?? (image.threads.length > 1 || members > 1 || lazy || remembersItsPid(image) ? 'new' : 'host')
   if (mode === 'host' && lazy) {
     throw new UnsupportedError('POLICY_NEEDS_PIDNS', 'a migrate-on-access clone is restored in a PID namespace of its own: its init is what ends the clone if the fault server dies, so that it never waits forever for a page',
       'Restore with --pidns new (the default for --policy moa), or use another policy.')

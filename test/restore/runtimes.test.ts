@@ -307,4 +307,40 @@ http { access_log ${dir}/access.log; server { listen 127.0.0.1:${port}; location
     const check = await fx.check()
     assert.equal(check.fields.ok, '1', check.line)
   })
+
+  it('a Python asyncio program (a counter task, a TCP server): restored without --pidns, the clone keeps its pid in a PID namespace of its own and its tasks run on; with --pidns host they die as CPython says', async () => {
+    const pool = poolPath('runtimes')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-asyncio-'))
+    const log = join(dir, 'count')
+    const errors = join(dir, 'stderr')
+    // The counter task writes each count; a loop that lost its pid check raises in asyncio.sleep and stops counting.
+    const program = `import asyncio, os\nasync def count():\n    n = 0\n    while True:\n        n += 1\n        with open(${JSON.stringify(log)}, 'a') as f: f.write(f'{os.getpid()} {n}\\n')\n        await asyncio.sleep(0.05)\nasync def main():\n    server = await asyncio.start_server(lambda r, w: w.close(), '127.0.0.1', 0)\n    await count()\nasyncio.run(main())\n`
+    writeFileSync(join(dir, 'prog.py'), program)
+    const child = spawn('bash', ['-c', `exec python3 ${join(dir, 'prog.py')} 2>>${errors}`], {stdio: 'ignore'})
+    trackPid(child.pid!)
+    const counts = (): number => (existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n').length : 0)
+    try {
+      await until(() => counts() > 3, 'the task counts')
+      const ck = await cli(['checkpoint', String(child.pid), '--name', 'asyncio', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      process.kill(child.pid!, 'SIGSTOP')
+      const run = await cli(['restore', 'asyncio', '--netns', 'new', '--json', '--pool', pool, '--no-porter'])
+      assert.equal(run.status, 0, describeRun(run))
+      trackPid(run.json.pid)
+      assert.ok(run.json.pidNamespace, `a PID namespace by default: ${JSON.stringify(run.json)}`)
+      trackPid(run.json.pidNamespace.initPid)
+      assert.equal(run.json.pidNamespace.pid, child.pid, 'the clone keeps its pid there')
+      const seen = counts()
+      await until(() => counts() >= seen + 10, 'the clone\'s task counts on')
+      process.kill(run.json.pid, 'SIGKILL')
+      // Asked for a new pid, the clone's loop fails its pid check: what the default avoids.
+      const host = await cli(['restore', 'asyncio', '--pidns', 'host', '--netns', 'new', '--json', '--pool', pool, '--no-porter'])
+      assert.equal(host.status, 0, describeRun(host))
+      trackPid(host.json.pid)
+      assert.equal(host.json.pidNamespace, null)
+      await until(() => existsSync(errors) && /no running event loop/.test(readFileSync(errors, 'utf8')), 'CPython reports the lost loop')
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
 })
