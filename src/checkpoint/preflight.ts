@@ -232,7 +232,12 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
       'cxlfork restores a thread group through its main thread; checkpoint a process whose main thread is alive.')
   }
   if (stat.state === 'Z' || stat.state === 'X') throw new UnsupportedError('PROCESS_ZOMBIE', `process ${pid} (${stat.comm}) is a zombie: it has exited and waits to be reaped`, 'A zombie has no memory left to checkpoint.')
-  const status = readStatus(pid)
+  let status
+  try {
+    status = readStatus(pid)
+  } catch {
+    throw new NotFoundError('PROCESS_NOT_FOUND', `no such process: ${pid} (it exited while it was being checked)`, 'Give the pid of a running process (see `ps`).')
+  }
   // A process of a PID namespace below ours (a clone cxlfork built in one, a container's process) has
   // other pids inside it than here: the snapshot's and its threads' ids would not match (wait4 ECHILD).
   const ownDepth = readStatus(process.pid).nspid.length

@@ -59,7 +59,9 @@ function namespaceIds(pid: number): Record<string, string> {
 
 /** A descendant gone, or now a zombie, since the tree was listed (a shell's `sleep` ends at any moment). */
 function exitedMeanwhile(error: unknown): boolean {
-  return error instanceof NotFoundError || (error instanceof UnsupportedError && error.code === 'PROCESS_ZOMBIE')
+  // A /proc file of a member that exited between two reads (a shell pipeline's short-lived children) is ENOENT, or ESRCH.
+  const code = (error as NodeJS.ErrnoException | undefined)?.code
+  return error instanceof NotFoundError || (error instanceof UnsupportedError && error.code === 'PROCESS_ZOMBIE') || code === 'ENOENT' || code === 'ESRCH'
 }
 
 /** `root` and its descendants, breadth first (every parent before its children). */
