@@ -10,7 +10,7 @@ import {requireMapFilesAccess} from '../sys/capabilities.js'
 import {SYS, getuid, syscallRaw} from '../sys/syscall.js'
 import {isSharedAnonymous, isSharedMemoryFd, isSharedMemoryObject} from './shared-memory.js'
 import {refuseUnsupportedCredentials} from './credentials.js'
-import {AF, SOCK, describeAddress, readSocket, unixName, unixPeer} from '../sys/sockets.js'
+import {AF, SOCK, describeAddress, readSocket, socketHolders, unixName, unixPeer, unixSocketName} from '../sys/sockets.js'
 import {type FdInfo, type SmapsVma, type Vma, listFds, readSmaps, readStat, readStatus} from '../sys/proc.js'
 
 /** Character devices whose state is fully described by their path. */
@@ -75,7 +75,11 @@ function loneUnixEnds(pid: number, fds: readonly {info: FdInfo; kind: FdKind}[])
 
 /** A lone socketpair end is refused by name: outside a tree always, in a tree when no member holds its peer (tree.ts). */
 export function refuseLoneUnixEnd(pid: number, end: {fd: number; peer: number | undefined}, inTree: boolean): never {
-  throw new UnsupportedError('UNSUPPORTED_FD', `fd ${end.fd} of process ${pid} is a Unix socket connected to ${end.peer === undefined ? 'a socket the kernel does not name' : `socket:[${end.peer}]`}, which ${inTree ? 'no process of the tree holds' : 'the process does not hold'}`,
+  // Who holds the other end, and at which address: what an operator needs to decide what to stop or include.
+  const holders = end.peer === undefined ? [] : socketHolders(end.peer).filter((holder) => holder.pid !== pid)
+  const address = end.peer === undefined ? undefined : unixSocketName(end.peer)
+  const about = [holders.length > 0 ? `held by ${holders.map((holder) => `process ${holder.pid} (${holder.comm})`).join(', ')}` : '', address ? `at ${address}` : ''].filter(Boolean).join(', ')
+  throw new UnsupportedError('UNSUPPORTED_FD', `fd ${end.fd} of process ${pid} is a Unix socket connected to ${end.peer === undefined ? 'a socket the kernel does not name' : `socket:[${end.peer}]`}${about ? ` (${about})` : ''}, which ${inTree ? 'no process of the tree holds' : 'the process does not hold'}`,
     inTree ? 'cxlfork carries Unix socketpairs and connections whose ends are held within the checkpointed tree; the other end is outside it.'
       : 'cxlfork carries Unix socketpairs and connections whose both ends the process holds (or, with --tree, its tree holds); checkpoint the tree that holds both ends with --tree, or close the end shared with another process first.')
 }

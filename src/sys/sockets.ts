@@ -4,6 +4,8 @@
  * stopped): family, type, listening or connected, local address, the
  * options programs set. Addresses are kept as the raw sockaddr bytes.
  */
+import {readFileSync, readdirSync, readlinkSync} from 'node:fs'
+
 import {UnsupportedError} from '../errors.js'
 import {close} from './file-io.js'
 import {SYS, syscallRaw} from './syscall.js'
@@ -184,6 +186,40 @@ const TCP_INFO = 11
 export function unixPeer(inode: number): number | undefined {
   const attribute = unixDiag(inode, UDIAG_SHOW_PEER, UNIX_DIAG_PEER)
   return attribute && attribute.byteLength >= 4 ? attribute.getUint32(0, true) : undefined
+}
+
+const UDIAG_SHOW_NAME = 0x1
+const UNIX_DIAG_NAME = 0
+
+/** The address Unix socket `inode` is bound to (an accepted connection has its listener's), as unixName shows it; undefined when unbound. */
+export function unixSocketName(inode: number): string | undefined {
+  const attribute = unixDiag(inode, UDIAG_SHOW_NAME, UNIX_DIAG_NAME)
+  if (!attribute || attribute.byteLength === 0) return undefined
+  // sun_path alone (a leading NUL: abstract), without sockaddr_un's family.
+  const path = new Uint8Array(attribute.buffer, attribute.byteOffset, attribute.byteLength)
+  const text = Buffer.from(path.subarray(path[0] === 0 ? 1 : 0)).toString('latin1').replace(/\0+$/, '')
+  return path[0] === 0 ? `@${text}` : text
+}
+
+/**
+ * Processes holding socket `inode` (found through /proc/PID/fd, as `ss -p` finds them), at most
+ * `limit`, this process left out: for naming the other end of a connection in an error.
+ */
+export function socketHolders(inode: number, limit = 3): {pid: number; comm: string}[] {
+  const link = `socket:[${inode}]`
+  const holders: {pid: number; comm: string}[] = []
+  for (const entry of readdirSync('/proc')) {
+    if (holders.length >= limit) break
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue
+    try {
+      if (readdirSync(`/proc/${entry}/fd`).some((fd) => readlinkSync(`/proc/${entry}/fd/${fd}`) === link)) {
+        holders.push({pid: Number(entry), comm: readFileSync(`/proc/${entry}/comm`, 'utf8').trim()})
+      }
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  return holders
 }
 
 /** One attribute of sock_diag's answer about Unix socket `inode` (asked with `show`), or undefined. */

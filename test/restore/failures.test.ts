@@ -166,7 +166,9 @@ describe('restore: failures are clean', function () {
       trackPid(client.pid!)
       try {
         await until(() => existsSync(join(dir, 'fd')) && readFileSync(join(dir, 'fd'), 'utf8') !== '', 'the client is connected')
-        const error = await expectCheckpointRefused(pool, client.pid!, {status: 5, codes: ['UNSUPPORTED_FD'], mentions: [new RegExp(`\\b${client.pid}\\b`), /Unix socket connected to socket:\[\d+\], which the process does not hold/]})
+        const error = await expectCheckpointRefused(pool, client.pid!, {status: 5, codes: ['UNSUPPORTED_FD'], mentions: [new RegExp(`\\b${client.pid}\\b`), /Unix socket connected to socket:\[\d+\] \(held by process \d+ \(python3\), at [^)]+\), which the process does not hold/]})
+        // The other end is named: the server holding it, and the address it listens at.
+        assert.ok(error.message.includes(`held by process ${server.pid} (python3), at ${path})`), error.message)
         assert.equal(Number(/fd (\d+)/.exec(error.message)?.[1]), Number(readFileSync(join(dir, 'fd'), 'utf8')), `the message names the connection's fd: ${error.message}`)
         // Human output: the reason on stderr, nothing on stdout, same exit status.
         const human = await cli(['checkpoint', String(client.pid), '--name', 'human', '--pool', pool])
