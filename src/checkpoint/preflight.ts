@@ -73,6 +73,9 @@ function loneUnixEnds(pid: number, fds: readonly {info: FdInfo; kind: FdKind}[])
   return lone
 }
 
+/** How many PID namespaces this process is nested in (NSpid's length): it never changes, read once. */
+let ownPidNamespaceDepth: number | undefined
+
 /** A lone socketpair end is refused by name: outside a tree always, in a tree when no member holds its peer (tree.ts). */
 export function refuseLoneUnixEnd(pid: number, end: {fd: number; peer: number | undefined}, inTree: boolean): never {
   // Who holds the other end, and at which address: what an operator needs to decide what to stop or include.
@@ -244,8 +247,8 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
   }
   // A process of a PID namespace below ours (a clone cxlfork built in one, a container's process) has
   // other pids inside it than here: the snapshot's and its threads' ids would not match (wait4 ECHILD).
-  const ownDepth = readStatus(process.pid).nspid.length
-  if (status.nspid.length > ownDepth) {
+  ownPidNamespaceDepth ??= readStatus(process.pid).nspid.length
+  if (status.nspid.length > ownPidNamespaceDepth) {
     throw new UnsupportedError('OTHER_PID_NAMESPACE', `process ${pid} (${stat.comm}) runs in a PID namespace below cxlfork's (its pid there is ${status.nspid.at(-1)})`,
       'cxlfork checkpoints processes of its own PID namespace: checkpoint the original process, or a clone restored with --pidns host (single-threaded clones only), or run cxlfork inside that namespace.')
   }

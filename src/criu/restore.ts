@@ -18,7 +18,7 @@ import {type CriuShmem, readCriuImages, writeRestoreStats} from './images.js'
 import {type SharedObject} from '../image/shared-memory.js'
 import {memfdCreate, sendfileAt} from '../sys/file-io.js'
 import {type StoreFileSpan} from '../restore/page-copy.js'
-import {type StdioOnDevNull, stdioOnDevNull} from '../restore/descriptors.js'
+import {type StdioOnDevNull} from '../restore/descriptors.js'
 
 export interface CriuRestoreResult {
   pid: number
@@ -153,9 +153,8 @@ export function criuRestore(request: {images: string; wait: boolean; pidns?: Pid
   let tDecoded: number
   let pagesRestored = 0
   let sharedFd: number | undefined
-  let plans: MemberPlan[] = []
   try {
-    plans = set.members.map((member) => {
+    const plans: MemberPlan[] = set.members.map((member) => {
       const shape = {pid: member.pid, ppid: member.ppid, pgid: member.pgid, sid: member.sid}
       if (!member.image) return {...shape, zombieStatus: member.zombieStatus ?? 0, ...(member.comm === undefined ? {} : {comm: member.comm})}
       const base = pages.add(member.pagesPath!)
@@ -186,7 +185,7 @@ export function criuRestore(request: {images: string; wait: boolean; pidns?: Pid
   }
   writeRestoreStats(request.images, {restoreTime: stats.restore_time, pagesRestored: stats.pages_restored, forkingTime: stats.forking_time})
   const result: CriuRestoreResult = {pid: built.pid, threads: built.threads, processes: built.members, netns: request.netns ?? 'host', pidNamespace: built.namespace ?? null, images: request.images,
-    stdioOnDevNull: stdioOnDevNull(plans, request.stdio ?? (request.wait ? undefined : [null, null, null])), stats}
+    stdioOnDevNull: built.stdioOnDevNull, stats}
   if (request.wait) {
     result.exit = built.wait()
   }

@@ -65,17 +65,29 @@ const NR_restart_syscall = 219n
 const NR_poll = 7n
 
 /**
+ * How a new process (a restore) resumes a thread stopped inside system call `orig` with
+ * rax = `ax`: the kernel's restart logic does not run for it, so an interrupted call would
+ * return the kernel-internal -ERESTART* code to the program.
+ * - -ERESTARTSYS/NOINTR/NOHAND: run it again (rax = orig, rip -= 2).
+ * - -ERESTART_RESTARTBLOCK: EINTR, as its kernel restart block does not survive (CRIU's
+ *   choice too); except poll(2), run again with its own arguments (still in rdi, rsi,
+ *   rdx): a poll(-1) waits on exactly as it did, a finite timeout starts over. Programs
+ *   that take EINTR from poll as fatal (tail -f) then run on.
+ * - anything else: as it is.
+ */
+export function restoredCallResumes(orig: bigint, ax: bigint): 'again' | 'eintr' | 'as-is' {
+  if (ax === -ERESTARTSYS || ax === -ERESTARTNOINTR || ax === -ERESTARTNOHAND) return 'again'
+  if (ax === -ERESTART_RESTARTBLOCK) return orig === NR_poll ? 'again' : 'eintr'
+  return 'as-is'
+}
+
+/**
  * Syscall-restart fix-up of registers taken while stopped inside a system call
  * (orig_rax >= 0 and rax = -ERESTART*), for resuming WITHOUT the kernel's
- * restart logic (after injections, or in a restored process): resuming from a
- * syscall-exit stop does not re-run it, so an interrupted call would return
- * the kernel-internal -ERESTART* code to the program.
- * - -ERESTARTSYS/NOINTR/NOHAND: re-run the call (rax = orig_rax, rip -= 2).
- * - -ERESTART_RESTARTBLOCK: 'live' (same process, its restart_block intact):
- *   rax = restart_syscall, rip -= 2; 'restore' (new process): rax = -EINTR,
- *   except poll(2), which is run again with its own arguments (still in rdi,
- *   rsi, rdx): a poll(-1) waits on exactly as it did, a finite timeout starts
- *   over. Programs that take EINTR from poll as fatal (tail -f) then run on.
+ * restart logic: resuming from a syscall-exit stop does not re-run it.
+ * 'restore' (new process): restoredCallResumes. 'live' (same process, after
+ * injections): the same, but -ERESTART_RESTARTBLOCK goes through
+ * restart_syscall, its restart_block being intact.
  * orig_rax becomes -1 in every case. Returns a new array; input untouched.
  */
 export function restartFixup(regs: BigUint64Array, mode: 'live' | 'restore'): BigUint64Array {
@@ -83,17 +95,15 @@ export function restartFixup(regs: BigUint64Array, mode: 'live' | 'restore'): Bi
   const orig = signed(r[REG.orig_rax]!)
   if (orig >= 0n) {
     const ax = signed(r[REG.rax]!)
-    if (ax === -ERESTARTSYS || ax === -ERESTARTNOINTR || ax === -ERESTARTNOHAND) {
-      r[REG.rax] = BigInt(orig)
+    if (mode === 'live' && ax === -ERESTART_RESTARTBLOCK) {
+      r[REG.rax] = NR_restart_syscall
       r[REG.rip] = r[REG.rip]! - 2n
-    } else if (ax === -ERESTART_RESTARTBLOCK) {
-      if (mode === 'live') {
-        r[REG.rax] = NR_restart_syscall
+    } else {
+      const resumes = restoredCallResumes(orig, ax)
+      if (resumes === 'again') {
+        r[REG.rax] = BigInt(orig)
         r[REG.rip] = r[REG.rip]! - 2n
-      } else if (BigInt(orig) === NR_poll) {
-        r[REG.rax] = NR_poll
-        r[REG.rip] = r[REG.rip]! - 2n
-      } else {
+      } else if (resumes === 'eintr') {
         r[REG.rax] = BigInt.asUintN(64, -EINTR)
       }
     }

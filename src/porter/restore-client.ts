@@ -66,7 +66,6 @@ export async function restoreThroughPorter(poolPath: string, request: PorterRest
   return await askPorter(poolPath, '/v1/restore', request, 'restore') as PorterRestoreResult | undefined
 }
 
-/** The restore command's human line for a result, whoever served it. */
 const STDIO_NAMES = ['stdin', 'stdout', 'stderr']
 
 /** A clone whose stdin was a pipe reads end of input at once: said where an operator sees it ('' when nothing was left on /dev/null). */
@@ -77,6 +76,7 @@ export function stdioNote(restored: {stdioOnDevNull?: {fd: number; was: string}[
   return `\nNote: the original had ${what}${(restored.processes ?? 1) > 1 ? ' (in the tree)' : ''}; the clone has /dev/null there${devNull.some(({fd}) => fd === 0) ? ': reading stdin, it sees end of input at once' : ''}. Run restore with --wait to give it this command's stdio.`
 }
 
+/** The restore command's human line for a result, whoever served it. */
 export function restoreSummary(restored: object): string {
   const result = restored as Record<string, any>
   const stats = result.stats

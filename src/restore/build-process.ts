@@ -19,7 +19,7 @@ import {close, fcntl, pipe2, read} from '../sys/file-io.js'
 import {decodeWaitStatus, wait4} from '../sys/ptrace.js'
 import {O, PR, SIG, SYS} from '../sys/syscall.js'
 import {CpuPlacement, currentCpu} from '../sys/affinity.js'
-import {CrossMemberPairs} from './descriptors.js'
+import {CrossMemberPairs, type StdioOnDevNull, stdioOnDevNull} from './descriptors.js'
 import {type NetworkMode, enterNetwork} from './network.js'
 import {FaultServerClient, type LazyOptions} from './lazy.js'
 import {type RestorePlan} from './plan.js'
@@ -146,6 +146,8 @@ export interface BuiltProcess {
   faultServerPid?: number
   /** With --record: whether fault-around is off on the clone's pool mappings (the recording will be exact). */
   recordingExact?: boolean
+  /** fds 0-2 the originals had on a terminal or a pipe to outside, which the clones have on /dev/null (BuildOptions.stdio). */
+  stdioOnDevNull: StdioOnDevNull[]
   timings: BuildTimings
   /** Wait for the clone to end (only when built with `wait`). */
   wait(): CloneExit
@@ -342,7 +344,7 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
     const pid = rootStub.pid
     return {
       pid, threads: root.image.threads.length, members: members.length, ...(faultServer ? {faultServerPid: faultServer.pid} : {}), ...(options.record ? {recordingExact} : {}),
-      ...(initPid === undefined ? {} : {namespace: {pid: nsPid, initPid}}),
+      ...(initPid === undefined ? {} : {namespace: {pid: nsPid, initPid}}), stdioOnDevNull: stdioOnDevNull(members, stdio),
       timings: {
         spawnUs: Math.round((tSpawned - t0) * 1000), memoryUs: Math.round((tMapped - tSpawned) * 1000),
         stateUs: Math.round((tDone - tMapped) * 1000), injectedSyscalls, pagesReadByProcess: tally.pagesReadByProcess,

@@ -537,10 +537,9 @@ export interface StdioOnDevNull {
 /**
  * Which fds 0-2 of the members end on /dev/null: a terminal or a pipe to outside is not
  * carried (BuildOptions.stdio says what the clone gets), and a program reading its stdin then
- * sees end of input at once. `stdio`: our fds given for 0-2 (null: /dev/null); undefined with --wait.
+ * sees end of input at once. `stdio`: our fds given for 0-2 (null: /dev/null).
  */
-export function stdioOnDevNull(members: readonly {pid: number; image?: ProcessImage}[], stdio: readonly (number | null)[] | undefined): StdioOnDevNull[] {
-  if (stdio === undefined) return []
+export function stdioOnDevNull(members: readonly {pid: number; image?: ProcessImage}[], stdio: readonly (number | null)[]): StdioOnDevNull[] {
   return members.flatMap((member) => (member.image?.fds ?? [])
     .filter((fd) => isOutsideStdio(fd) && stdio[fd.fd] === null && fd.sharedFrom === undefined)
     .map((fd) => ({originalPid: member.pid, fd: fd.fd, was: fd.kind as 'tty' | 'pipe', path: fd.path})))

@@ -19,7 +19,7 @@ import {CorruptError, UnsupportedError, UsageError} from '../errors.js'
 import {faultPoint} from '../fault.js'
 import {type Policy, type StoredRun, planRestore} from './plan.js'
 import {type StoreFileSpan} from './page-copy.js'
-import {type StdioOnDevNull, stdioOnDevNull} from './descriptors.js'
+import {type StdioOnDevNull} from './descriptors.js'
 
 /** Restore statistics; names follow CRIU's where they mean the same (µs). */
 export interface PoolRestoreStats {
@@ -253,7 +253,7 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
   const tDone = performance.now()
   const result: RestoreResult = {
     name: request.name, pid: built.pid, policy: request.policy, threads: built.threads, processes: built.members, netns: request.netns ?? 'host', pidNamespace: built.namespace ?? null,
-    verified: loaded.verifyUs !== undefined, stdioOnDevNull: stdioOnDevNull(plans, request.stdio ?? (request.wait ? undefined : [null, null, null])),
+    verified: loaded.verifyUs !== undefined, stdioOnDevNull: built.stdioOnDevNull,
     ...(built.faultServerPid === undefined ? {} : {faultServerPid: built.faultServerPid}),
     tiering: {recordedBy: recorded?.recordings ?? 0, pagesDirty: recorded?.dirty ?? 0, pagesAccessed: recorded?.accessed ?? 0, effectivePolicy,
       ...(built.recordingExact === undefined ? {} : {recording: {exact: built.recordingExact}})},

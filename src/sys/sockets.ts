@@ -195,10 +195,11 @@ const UNIX_DIAG_NAME = 0
 export function unixSocketName(inode: number): string | undefined {
   const attribute = unixDiag(inode, UDIAG_SHOW_NAME, UNIX_DIAG_NAME)
   if (!attribute || attribute.byteLength === 0) return undefined
-  // sun_path alone (a leading NUL: abstract), without sockaddr_un's family.
-  const path = new Uint8Array(attribute.buffer, attribute.byteOffset, attribute.byteLength)
-  const text = Buffer.from(path.subarray(path[0] === 0 ? 1 : 0)).toString('latin1').replace(/\0+$/, '')
-  return path[0] === 0 ? `@${text}` : text
+  // sock_diag gives sun_path alone: put sockaddr_un's family in front of it.
+  const address = new Uint8Array(2 + attribute.byteLength)
+  new DataView(address.buffer).setUint16(0, AF.UNIX, true)
+  address.set(new Uint8Array(attribute.buffer, attribute.byteOffset, attribute.byteLength), 2)
+  return unixName(address)
 }
 
 /**

@@ -8,6 +8,7 @@ import {UnsupportedError} from '../../errors.js'
 import {
   type CredentialsImage, type ProcessImage, type Rlimit, type SigAction, type ThreadImage, USER_REGS_NAMES, type UserRegs,
 } from '../../image/process-image.js'
+import {restoredCallResumes} from '../../inject/regs.js'
 import {RLIM_INFINITY, SIG} from '../../sys/syscall.js'
 import {CRIU_REG_NAMES, MARCH_X86_64, REGS_MODE_NATIVE, RLIM_NLIMITS, SIGMAX, SS_DISABLE, TASK_ALIVE, TASK_DEAD} from '../constants.js'
 import {encodeMessage, readImage} from '../image-file.js'
@@ -21,27 +22,20 @@ function siginfos(list: readonly Uint8Array[]): Obj {
   return {signals: list.map((siginfo) => ({siginfo}))}
 }
 
-const ERESTARTSYS = 512n
-const ERESTARTNOINTR = 513n
-const ERESTARTNOHAND = 514n
-const ERESTART_RESTARTBLOCK = 516n
 const EINTR = 4n
-const NR_POLL = 7n
 
 /**
  * The registers CRIU's dump stores for a thread stopped inside a system call (compel's
- * get_task_regs, x86): an interrupted call that the kernel would restart is set up to run
- * again (rax = orig_rax, rip back over the 2-byte syscall instruction); one restarted
- * through restart_syscall (-ERESTART_RESTARTBLOCK) returns -EINTR instead, as its restart
- * block does not survive (CRIU's choice too), but for poll(2), which runs again. CRIU's restore resumes a thread with these registers as they are:
- * left raw, the process would see -ERESTART* (e.g. errno 514 from a sleep).
+ * get_task_regs, x86): set up as a restored process resumes the call (restoredCallResumes:
+ * run again, or EINTR where its restart block does not survive). CRIU's restore resumes a
+ * thread with these registers as they are: left raw, the process would see -ERESTART*
+ * (e.g. errno 514 from a sleep).
  */
 export function criuRestartRegs(regs: UserRegs): UserRegs {
   if (BigInt.asIntN(64, regs.orig_rax) < 0n) return regs
-  const ax = BigInt.asIntN(64, regs.rax)
-  if (ax === -ERESTARTSYS || ax === -ERESTARTNOINTR || ax === -ERESTARTNOHAND) return {...regs, rax: regs.orig_rax, rip: u64(regs.rip - 2n)}
-  // poll(2) is the exception, as in restartFixup (inject/regs.ts): run again with its own arguments, not failed with EINTR.
-  if (ax === -ERESTART_RESTARTBLOCK) return regs.orig_rax === NR_POLL ? {...regs, rax: regs.orig_rax, rip: u64(regs.rip - 2n)} : {...regs, rax: u64(-EINTR)}
+  const resumes = restoredCallResumes(BigInt.asIntN(64, regs.orig_rax), BigInt.asIntN(64, regs.rax))
+  if (resumes === 'again') return {...regs, rax: regs.orig_rax, rip: u64(regs.rip - 2n)}
+  if (resumes === 'eintr') return {...regs, rax: u64(-EINTR)}
   return regs
 }
 
