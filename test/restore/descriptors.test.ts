@@ -11,7 +11,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {procStat, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
-import {CLI, cli, comm, describeRun, installCleanupHooks, note, poolPath, until} from './helpers.js'
+import {CLI, childPids, cli, comm, describeRun, fdTarget, installCleanupHooks, note, poolPath, until} from './helpers.js'
 
 describe('restore: pipes, eventfds, epoll and shared descriptions', function () {
   this.timeout(120_000)
@@ -52,11 +52,8 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
     const shell = spawn('bash', ['-c', `sleep 600 | cat > ${join(dir, 'out')}`], {stdio: 'ignore'})
     trackPid(shell.pid!)
     try {
-      const cat = await until(() => {
-        const children = readFileSync(`/proc/${shell.pid}/task/${shell.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)
-        return children.find((pid) => comm(pid) === 'cat' && readlinkSync(`/proc/${pid}/fd/1`) === join(dir, 'out'))
-      }, 'cat runs with its output redirected')
-      for (const pid of readFileSync(`/proc/${shell.pid}/task/${shell.pid}/children`, 'utf8').trim().split(/\s+/).map(Number)) trackPid(pid)
+      const cat = await until(() => childPids(shell.pid!).find((pid) => comm(pid) === 'cat' && fdTarget(pid, 1) === join(dir, 'out')), 'cat runs with its output redirected')
+      for (const pid of childPids(shell.pid!)) trackPid(pid)
       const stdin = readlinkSync(`/proc/${cat}/fd/0`)
       assert.match(stdin, /^pipe:\[\d+\]$/)
       const ck = await cli(['checkpoint', String(cat), '--name', 'piped', '--json', '--pool', pool])
@@ -99,16 +96,7 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
     const script = spawn('script', ['-qfc', `python3 ${join(dir, 'prog.py')}`, '/dev/null'], {stdio: 'ignore'})
     trackPid(script.pid!)
     try {
-      const python = await until(() => {
-        const children = readFileSync(`/proc/${script.pid}/task/${script.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)
-        return children.find((pid) => {
-          try {
-            return readlinkSync(`/proc/${pid}/fd/1`).startsWith('/dev/pts/')
-          } catch {
-            return false
-          }
-        })
-      }, 'the program runs on a terminal')
+      const python = await until(() => childPids(script.pid!).find((pid) => fdTarget(pid, 1)?.startsWith('/dev/pts/')), 'the program runs on a terminal')
       trackPid(python)
       await until(() => existsSync(log) && readFileSync(log, 'utf8').split('\n').length > 3, 'the program ticks')
       const ck = await cli(['checkpoint', String(python), '--name', 'tty', '--json', '--pool', pool])
@@ -144,16 +132,9 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
     writeFileSync(join(dir, 'prog.py'), program)
     const script = spawn('script', ['-qfc', `python3 ${join(dir, 'prog.py')}`, '/dev/null'], {stdio: 'ignore'})
     trackPid(script.pid!)
-    const childrenOf = (pid: number): number[] => {
-      try {
-        return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)
-      } catch {
-        return []
-      }
-    }
     try {
-      const parent = await until(() => childrenOf(script.pid!).find((pid) => comm(pid)?.startsWith('python3') && childrenOf(pid).length === 1), 'the parent runs with its child')
-      const child = childrenOf(parent)[0]!
+      const parent = await until(() => childPids(script.pid!).find((pid) => comm(pid)?.startsWith('python3') && childPids(pid).length === 1), 'the parent runs with its child')
+      const child = childPids(parent)[0]!
       trackPid(parent)
       trackPid(child)
       const ticks = (who: string): number => (existsSync(log(who)) ? readFileSync(log(who), 'utf8').split('\n').length : 0)
@@ -220,14 +201,7 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
     trackPid(child.pid!)
     try {
       // fds come and go while Python starts: a link that vanished is simply not the file yet.
-      const opened = (fd: string): boolean => {
-        try {
-          return readlinkSync(`/proc/${child.pid}/fd/${fd}`) === path
-        } catch {
-          return false
-        }
-      }
-      await until(() => readdirSync(`/proc/${child.pid}/fd`).some(opened), 'the file is open')
+      await until(() => readdirSync(`/proc/${child.pid}/fd`).some((fd) => fdTarget(child.pid!, fd) === path), 'the file is open')
       const ck = await cli(['checkpoint', String(child.pid), '--name', 'replaced', '--json', '--pool', pool])
       assert.equal(ck.status, 0, describeRun(ck))
       rmSync(path)

@@ -11,7 +11,7 @@ import {join} from 'node:path'
 
 import {type Fixture, holdersOf, procStat, processExists, readLog, startFixture, trackPid, waitForLine, waitForTicks} from '../helpers/fixtures.js'
 import {seeded} from '../helpers/seeded.js'
-import {allProcesses, cli, type CliResult, describeRun, installCleanupHooks, note, poolPath, sleep, startCli, until} from './helpers.js'
+import {allProcesses, childPids, cli, type CliResult, describeRun, installCleanupHooks, note, poolPath, sleep, startCli, until} from './helpers.js'
 
 const STUB_COMM = 'cxlfork-stub'
 
@@ -137,13 +137,7 @@ describe('restore: failures are clean', function () {
       const pool = poolPath('fail')
       const unshare = spawn('unshare', ['--pid', '--fork', 'sleep', '600'], {stdio: 'ignore'})
       trackPid(unshare.pid!)
-      const inner = await until(() => {
-        try {
-          return readFileSync(`/proc/${unshare.pid}/task/${unshare.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)[0]
-        } catch {
-          return undefined
-        }
-      }, 'sleep runs in its PID namespace')
+      const inner = await until(() => childPids(unshare.pid!)[0], 'sleep runs in its PID namespace')
       trackPid(inner)
       assert.match(readFileSync(`/proc/${inner}/status`, 'utf8'), new RegExp(`^NSpid:\\s+${inner}\\s+1$`, 'm'))
       await expectCheckpointRefused(pool, inner, {status: 5, codes: ['OTHER_PID_NAMESPACE'], mentions: [new RegExp(`\\b${inner}\\b`), /PID namespace below cxlfork's \(its pid there is 1\)/]})

@@ -4,7 +4,7 @@
  * per-file pool paths on /dev/shm, /proc readings.
  */
 import assert from 'node:assert/strict'
-import {readdirSync, readFileSync, rmSync} from 'node:fs'
+import {readdirSync, readFileSync, readlinkSync, rmSync} from 'node:fs'
 
 import {type LogEvent, procStat, readLog} from '../helpers/fixtures.js'
 import {printMeasurements} from '../helpers/measurements.js'
@@ -50,6 +50,24 @@ export function statusBytes(pid: number, field: string): number | undefined {
   }
   const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)
   return m ? Number(m[1]) * 1024 : undefined
+}
+
+/** The pids of `pid`'s children (of its main thread), [] once it is gone. */
+export function childPids(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)
+  } catch {
+    return []
+  }
+}
+
+/** Where fd `fd` of `pid` points (/proc/PID/fd), undefined once it is closed or the process gone. */
+export function fdTarget(pid: number, fd: number | string): string | undefined {
+  try {
+    return readlinkSync(`/proc/${pid}/fd/${fd}`)
+  } catch {
+    return undefined
+  }
 }
 
 export function comm(pid: number): string | undefined {
