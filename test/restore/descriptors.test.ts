@@ -91,9 +91,10 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
     const dir = mkdtempSync(join(tmpdir(), 'cxlfork-tty-'))
     const log = join(dir, 'ticks')
     // script(1) gives the program a pseudo-terminal on fds 0-2 (one open file description, dup'd), as a shell in a terminal does.
+    // exec: script runs $SHELL -c, and dash (SHELL=/bin/sh, as under CI) forks the command rather than replacing itself.
     const program = `import sys, time\nn = 0\nwhile True:\n    n += 1\n    print('tick', n, flush=True)\n    print('err', n, file=sys.stderr, flush=True)\n    open(${JSON.stringify(log)}, 'a').write(f'{n}\\n')\n    time.sleep(0.05)\n`
     writeFileSync(join(dir, 'prog.py'), program)
-    const script = spawn('script', ['-qfc', `python3 ${join(dir, 'prog.py')}`, '/dev/null'], {stdio: 'ignore'})
+    const script = spawn('script', ['-qfc', `exec python3 ${join(dir, 'prog.py')}`, '/dev/null'], {stdio: 'ignore'})
     trackPid(script.pid!)
     try {
       const python = await until(() => childPids(script.pid!).find((pid) => fdTarget(pid, 1)?.startsWith('/dev/pts/')), 'the program runs on a terminal')
@@ -130,7 +131,7 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
     // The child inherits the pty on fds 0-2 from its parent: in the checkpoint its fds are the parent's, shared.
     const program = `import os, sys, time\nwho = 'child' if os.fork() == 0 else 'parent'\nn = 0\nwhile True:\n    n += 1\n    print(who, n, flush=True)\n    print(who, n, file=sys.stderr, flush=True)\n    open(os.path.join(${JSON.stringify(dir)}, who), 'a').write(f'{n}\\n')\n    time.sleep(0.05)\n`
     writeFileSync(join(dir, 'prog.py'), program)
-    const script = spawn('script', ['-qfc', `python3 ${join(dir, 'prog.py')}`, '/dev/null'], {stdio: 'ignore'})
+    const script = spawn('script', ['-qfc', `exec python3 ${join(dir, 'prog.py')}`, '/dev/null'], {stdio: 'ignore'})
     trackPid(script.pid!)
     try {
       const parent = await until(() => childPids(script.pid!).find((pid) => comm(pid)?.startsWith('python3') && childPids(pid).length === 1), 'the parent runs with its child')
