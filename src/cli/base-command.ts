@@ -39,9 +39,17 @@ export abstract class BaseCommand extends Command {
     return Pool.open(path)
   }
 
-  /** Human output goes to stderr so stdout stays clean for pipes and --json. */
+  /**
+   * What a command did, and notes beside its result, go to stderr: stdout stays for the data a
+   * script pipes on (a clone's own output under --wait, a function's result, --json).
+   */
   protected say(line: string): void {
     if (!this.jsonEnabled()) process.stderr.write(line + '\n')
+  }
+
+  /** What a command was asked to show (a listing, an inspection, a check's findings) goes to stdout, so `cxlfork ls | grep` works. */
+  protected show(line: string): void {
+    if (!this.jsonEnabled()) process.stdout.write(line + '\n')
   }
 
   /**

@@ -150,7 +150,7 @@ Progress goes to stderr, one line per step (also under --json). Without --pool t
       writeFileSync(join(flags.out, 'bench.json'), JSON.stringify(result, null, 2) + '\n')
       this.say(`Wrote ${join(flags.out, 'index.html')} and bench.json`)
     }
-    for (const target of result.targets) this.say(`${target.pass ? 'PASS' : 'FAIL'}  ${target.description}: ${target.measured} ${target.unit} (limit ${target.limit})`)
+    for (const target of result.targets) this.show(`${target.pass ? 'PASS' : 'FAIL'}  ${target.description}: ${target.measured} ${target.unit} (limit ${target.limit})`)
     return result
   }
 }

@@ -20,7 +20,7 @@ export default class CheckCommand extends BaseCommand {
     const {flags} = await this.parse(CheckCommand)
     const {checkHost} = await import('../check/host-check.js')
     const result: CheckCommandResult = checkHost(flags.pool)
-    for (const item of result.items) this.say(`${item.ok ? 'ok  ' : 'FAIL'} ${item.name}: ${item.detail}`)
+    for (const item of result.items) this.show(`${item.ok ? 'ok  ' : 'FAIL'} ${item.name}: ${item.detail}`)
     if (flags.checkpoint !== undefined) {
       const {checkCheckpointCpu} = await import('../check/cpu-check.js')
       const pool = await this.openPool(flags.pool)
@@ -30,12 +30,12 @@ export default class CheckCommand extends BaseCommand {
         pool.close()
       }
       const cpu = result.checkpoint
-      this.say(`${cpu.ok ? 'ok  ' : 'FAIL'} CPU state of checkpoint ${cpu.checkpoint}: ${cpu.detail}`)
-      if (cpu.error) this.say(`${cpu.error.code}: ${cpu.error.message}${cpu.error.hint ? `\n  ${cpu.error.hint}` : ''}`)
+      this.show(`${cpu.ok ? 'ok  ' : 'FAIL'} CPU state of checkpoint ${cpu.checkpoint}: ${cpu.detail}`)
+      if (cpu.error) this.show(`${cpu.error.code}: ${cpu.error.message}${cpu.error.hint ? `\n  ${cpu.error.hint}` : ''}`)
     }
     if (result.checkpoint && !result.checkpoint.ok) process.exitCode = ExitCode.unsupported
     else if (!result.ok) process.exitCode = ExitCode.failure
-    else this.say('Looks good.')
+    else this.show('Looks good.')
     return result
   }
 }

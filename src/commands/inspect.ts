@@ -31,40 +31,40 @@ export default class Inspect extends BaseCommand {
       const details: InspectResult = pool.inspect(args.name, {uid, verifyData: flags.verify})
       const {checkpointContents} = await import('../image/details.js')
       Object.assign(details, checkpointContents(pool.openCheckpoint(args.name, {uid})))
-      this.say(`${details.name}: serial ${details.serial}, uid ${details.uid}, created ${details.createdAt}, ${details.state}`)
-      this.say(`data ${formatSize(details.dataBytes)} in ${details.dataExtents.length} extent(s); metadata ${formatSize(details.metadataBytes)}`)
-      for (const section of details.sections) this.say(`  section type ${section.type}: ${section.length} bytes at ${section.poolOffset} crc32 ${section.crc32}`)
+      this.show(`${details.name}: serial ${details.serial}, uid ${details.uid}, created ${details.createdAt}, ${details.state}`)
+      this.show(`data ${formatSize(details.dataBytes)} in ${details.dataExtents.length} extent(s); metadata ${formatSize(details.metadataBytes)}`)
+      for (const section of details.sections) this.show(`  section type ${section.type}: ${section.length} bytes at ${section.poolOffset} crc32 ${section.crc32}`)
       const data = details.pageData
-      if (!details.pageChecksums) this.say('page data: no page checksums (taken before cxlfork wrote them)')
-      else if (data?.state === 'verified') this.say(`page data: ${formatSize(data.bytes)} verified, ${data.chunks} chunks match their CRC-32C (${(data.timeUs / 1000).toFixed(1)} ms)`)
+      if (!details.pageChecksums) this.show('page data: no page checksums (taken before cxlfork wrote them)')
+      else if (data?.state === 'verified') this.show(`page data: ${formatSize(data.bytes)} verified, ${data.chunks} chunks match their CRC-32C (${(data.timeUs / 1000).toFixed(1)} ms)`)
       else if (data?.state === 'damaged') {
-        this.say(`page data: DAMAGED: ${data.damagedChunks} of ${data.chunks} chunks fail their CRC-32C check`)
-        for (const chunk of data.damaged) this.say(`  ${chunk.length} bytes at pool offset ${chunk.poolOffset}`)
+        this.show(`page data: DAMAGED: ${data.damagedChunks} of ${data.chunks} chunks fail their CRC-32C check`)
+        for (const chunk of data.damaged) this.show(`  ${chunk.length} bytes at pool offset ${chunk.poolOffset}`)
         process.exitCode = ExitCode.corrupt
-      } else this.say('page data: checksummed (--verify checks it)')
+      } else this.show('page data: checksummed (--verify checks it)')
       const proc = details.process
       if (proc) {
-        this.say(`process ${proc.pid} (${proc.comm}) uid ${proc.uid}, kernel ${proc.kernel} on ${proc.host}, ${proc.threads} thread(s), ${proc.signalHandlers} signal handler(s)`)
-        this.say(`memory ${proc.storedPages} pages stored (${formatSize(proc.storedBytes)}) in ${proc.pageRuns} run(s) over ${proc.vmas.length} VMAs`)
+        this.show(`process ${proc.pid} (${proc.comm}) uid ${proc.uid}, kernel ${proc.kernel} on ${proc.host}, ${proc.threads} thread(s), ${proc.signalHandlers} signal handler(s)`)
+        this.show(`memory ${proc.storedPages} pages stored (${formatSize(proc.storedBytes)}) in ${proc.pageRuns} run(s) over ${proc.vmas.length} VMAs`)
         for (const thread of proc.threadStates) {
-          this.say(`  thread ${thread.tid} ${thread.comm.padEnd(15)} mask ${thread.sigmask}${thread.syscall === null ? '' : `, stopped in syscall ${thread.syscall}`}`)
+          this.show(`  thread ${thread.tid} ${thread.comm.padEnd(15)} mask ${thread.sigmask}${thread.syscall === null ? '' : `, stopped in syscall ${thread.syscall}`}`)
         }
-        for (const vma of proc.vmas) this.say(`  ${vma.start}-${vma.end} ${vma.perms} ${vma.kind.padEnd(6)} ${String(vma.storedPages).padStart(7)} pages ${vma.path ?? ''}`)
-        for (const fd of proc.fds) this.say(`  fd ${fd.fd} ${fd.kind} ${fd.path}${fd.detail ? `: ${fd.detail}` : ''}`)
+        for (const vma of proc.vmas) this.show(`  ${vma.start}-${vma.end} ${vma.perms} ${vma.kind.padEnd(6)} ${String(vma.storedPages).padStart(7)} pages ${vma.path ?? ''}`)
+        for (const fd of proc.fds) this.show(`  fd ${fd.fd} ${fd.kind} ${fd.path}${fd.detail ? `: ${fd.detail}` : ''}`)
       }
-      if (details.sharedMemory) this.say(`shared anonymous memory: ${details.sharedMemory.objects} object(s), ${formatSize(BigInt(details.sharedMemory.storedBytes))} stored (restored local, shared by the clone's processes)`)
-      for (const memfd of details.sharedMemory?.memfds ?? []) this.say(`  memfd ${memfd.name}: ${memfd.size} bytes, seals ${memfd.seals} (made again as a memfd)`)
+      if (details.sharedMemory) this.show(`shared anonymous memory: ${details.sharedMemory.objects} object(s), ${formatSize(BigInt(details.sharedMemory.storedBytes))} stored (restored local, shared by the clone's processes)`)
+      for (const memfd of details.sharedMemory?.memfds ?? []) this.show(`  memfd ${memfd.name}: ${memfd.size} bytes, seals ${memfd.seals} (made again as a memfd)`)
       const access = details.accessRecord
       if (access) {
-        this.say(access.recordings === 0 ? 'access record: nothing recorded (cxlfork record, restore --record)'
+        this.show(access.recordings === 0 ? 'access record: nothing recorded (cxlfork record, restore --record)'
           : `access record: ${access.hot} hot and ${access.dirty} dirty of ${access.pages} pages, from ${access.recordings} clone(s), ${access.firstRecordedAt} to ${access.lastRecordedAt}`)
       }
       if (details.tree) {
-        this.say(`tree of ${details.tree.length} processes:`)
-        for (const member of details.tree) this.say(`  pid ${member.pid} ppid ${member.ppid} pgid ${member.pgid} sid ${member.sid} ${member.comm}${member.zombie ? ' (zombie)' : `, ${member.threads} thread(s)`}`)
+        this.show(`tree of ${details.tree.length} processes:`)
+        for (const member of details.tree) this.show(`  pid ${member.pid} ppid ${member.ppid} pgid ${member.pgid} sid ${member.sid} ${member.comm}${member.zombie ? ' (zombie)' : `, ${member.threads} thread(s)`}`)
       }
       for (const reference of details.references) {
-        this.say(`  clone pid ${reference.pid} on ${reference.hostname}: ${reference.alive ? 'alive' : 'gone'}`)
+        this.show(`  clone pid ${reference.pid} on ${reference.hostname}: ${reference.alive ? 'alive' : 'gone'}`)
       }
       return details
     } finally {

@@ -59,6 +59,18 @@ describe('pool commands: --json results and error envelopes', () => {
     assert.equal(fsck.json.clean, true)
     assert.deepEqual(fsck.json.problems, [])
 
+    // Without --json, what these commands show is on stdout, so that a pipe gets it (cxlfork ls | grep web).
+    const shown = (args: string[]): string => {
+      const run = runCli([...args, '--pool', path])
+      assert.equal(run.status, 0, run.stderr)
+      assert.equal(run.stderr, '', `${args.join(' ')} shows nothing on stderr`)
+      return run.stdout
+    }
+    assert.match(shown(['ls']), /^web-1\s+.*published/m)
+    assert.match(shown(['pool', 'info']), new RegExp(`^pool\\s+${path}`, 'm'))
+    assert.match(shown(['inspect', 'web-1']), /^web-1: serial \d+, uid 0/m)
+    assert.match(shown(['pool', 'fsck']), /no corruption/)
+
     const gc = runCli(['pool', 'gc', '--pool', path, '--json'])
     assert.equal(gc.status, 0)
     assert.deepEqual(Object.keys(gc.json).sort(), ['buildsReleased', 'bytesFreed', 'cgroupsRemoved', 'checkpointsRemoved', 'directoryWordsFreed', 'pagesFreed', 'referencesReleased', 'segmentsFreed'])

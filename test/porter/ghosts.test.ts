@@ -301,7 +301,7 @@ describe('porter: ghosts of every namespace shape, each in a cgroup of its own (
       assert.equal(body.cgroups.memory, null, JSON.stringify(body.cgroups))
       assert.match(body.cgroups.notes.join(' '), /not a cgroup directory of uid/)
       const human = await cli(['porter', 'status', '--socket', socket, '--pool', pool])
-      assert.match(human.stderr, /memory not limited/, describeRun(human))
+      assert.match(human.stdout, /memory not limited/, describeRun(human))
       const refused = await porterRequest(socket, 'POST', '/v1/restore', {name: 'web', memoryMax: 64 << 20})
       assert.equal(refused.body.error?.code, 'CGROUP_UNAVAILABLE', JSON.stringify(refused.body))
       assert.deepEqual(readdirSync(planted).filter((entry) => /^c\d+-\d+$/.test(entry)), [], 'nothing created in the planted directory')

@@ -15,9 +15,9 @@ export default class FnLs extends BaseCommand {
     const {flags} = await this.parse(FnLs)
     const {functionsRequest} = await import('../../porter/functions/client.js')
     const {functions} = await functionsRequest(flags.pool, flags.socket, 'GET', '/v1/functions') as {functions: FunctionInfo[]}
-    if (functions.length === 0) this.say('no functions')
+    if (functions.length === 0) this.show('no functions')
     for (const fn of functions) {
-      this.say(`${fn.name.padEnd(16)} ${fn.policy.padEnd(6)} instances ${String(fn.instances.length).padStart(3)}/${fn.maxInstances}  invocations ${fn.invocations} (cold ${fn.starts.cold}, warm ${fn.starts.warm}, restored ${fn.starts.restored})  checkpoint ${fn.checkpoint ?? (fn.checkpointError ? `failed: ${fn.checkpointError}` : `after ${fn.checkpointAfter}`)}  ${fn.argv.join(' ')}`)
+      this.show(`${fn.name.padEnd(16)} ${fn.policy.padEnd(6)} instances ${String(fn.instances.length).padStart(3)}/${fn.maxInstances}  invocations ${fn.invocations} (cold ${fn.starts.cold}, warm ${fn.starts.warm}, restored ${fn.starts.restored})  checkpoint ${fn.checkpoint ?? (fn.checkpointError ? `failed: ${fn.checkpointError}` : `after ${fn.checkpointAfter}`)}  ${fn.argv.join(' ')}`)
     }
     return {functions}
   }

@@ -25,10 +25,10 @@ and clears impossible table entries.`
     try {
       const report = pool.fsck({repair: flags.repair})
       for (const problem of report.problems) {
-        this.say(`${problem.severity.padEnd(7)} ${problem.kind} ${problem.where}: ${problem.message}${problem.repaired ? ' (repaired)' : ''}`)
+        this.show(`${problem.severity.padEnd(7)} ${problem.kind} ${problem.where}: ${problem.message}${problem.repaired ? ' (repaired)' : ''}`)
       }
-      for (const name of report.noPageChecksums) this.say(`note    checkpoint ${name}: no page checksums (taken before cxlfork wrote them); its page data is not checked`)
-      this.say(report.clean ? `pool ${report.path}: no corruption (${report.checked.checkpoints} checkpoints checked, page data of ${report.checked.pageDataCheckpoints} read: ${formatSize(report.checked.pageDataBytes)})`
+      for (const name of report.noPageChecksums) this.show(`note    checkpoint ${name}: no page checksums (taken before cxlfork wrote them); its page data is not checked`)
+      this.show(report.clean ? `pool ${report.path}: no corruption (${report.checked.checkpoints} checkpoints checked, page data of ${report.checked.pageDataCheckpoints} read: ${formatSize(report.checked.pageDataBytes)})`
         : `pool ${report.path}: ${report.corruptionFound - report.corruptionRepaired} corruption(s) left; run with --repair`)
       if (!report.clean) process.exitCode = ExitCode.corrupt
       return report

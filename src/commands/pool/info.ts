@@ -11,15 +11,15 @@ export default class PoolInfoCommand extends BaseCommand {
     const pool = await this.openPool(flags.pool)
     try {
       const info = pool.info()
-      this.say(`pool        ${info.path} (${info.fileSystem}, uuid ${info.uuid})`)
-      this.say(`size        ${formatSize(info.size)}: used ${formatSize(info.used)}, free ${formatSize(info.free)}`)
-      this.say(`memory      ${formatSize(info.residentBytes)} resident, ${info.provisioned ? 'provisioned (kept when checkpoints are removed)' : 'sparse (given back when checkpoints are removed)'}`)
-      this.say(`data        ${info.data.segmentsUsed}/${info.data.segments} segments of ${formatSize(info.data.segmentSize)}`)
-      this.say(`metadata    ${info.metadata.pagesUsed}/${info.metadata.pages} pages of ${formatSize(info.metadata.pageSize)}`)
-      this.say(`checkpoints ${info.checkpoints}${info.deleting ? ` (+${info.deleting} awaiting deletion)` : ''}, builds in progress ${info.buildsInProgress}, live clones ${info.liveClones}`)
-      if (info.deadBuilds.count > 0) this.say(`dead builds ${info.deadBuilds.count} holding ${formatSize(info.deadBuilds.bytes)} (checkpoints killed half-way): \`cxlfork pool gc\` frees them`)
+      this.show(`pool        ${info.path} (${info.fileSystem}, uuid ${info.uuid})`)
+      this.show(`size        ${formatSize(info.size)}: used ${formatSize(info.used)}, free ${formatSize(info.free)}`)
+      this.show(`memory      ${formatSize(info.residentBytes)} resident, ${info.provisioned ? 'provisioned (kept when checkpoints are removed)' : 'sparse (given back when checkpoints are removed)'}`)
+      this.show(`data        ${info.data.segmentsUsed}/${info.data.segments} segments of ${formatSize(info.data.segmentSize)}`)
+      this.show(`metadata    ${info.metadata.pagesUsed}/${info.metadata.pages} pages of ${formatSize(info.metadata.pageSize)}`)
+      this.show(`checkpoints ${info.checkpoints}${info.deleting ? ` (+${info.deleting} awaiting deletion)` : ''}, builds in progress ${info.buildsInProgress}, live clones ${info.liveClones}`)
+      if (info.deadBuilds.count > 0) this.show(`dead builds ${info.deadBuilds.count} holding ${formatSize(info.deadBuilds.bytes)} (checkpoints killed half-way): \`cxlfork pool gc\` frees them`)
       for (const host of info.hostsSeen) {
-        this.say(`host        #${host.index} ${host.hostname} boot ${host.bootId.slice(0, 8)} lease ${host.leaseLive ? 'until' : 'expired'} ${host.leaseExpiresAt}${host.self ? ' (this host)' : ''}`)
+        this.show(`host        #${host.index} ${host.hostname} boot ${host.bootId.slice(0, 8)} lease ${host.leaseLive ? 'until' : 'expired'} ${host.leaseExpiresAt}${host.self ? ' (this host)' : ''}`)
       }
       return info
     } finally {

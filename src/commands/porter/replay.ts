@@ -61,19 +61,19 @@ Reports, per policy, invocation latency p50/p99/p99.9 (from the scheduled instan
         checkpointAfter: flags['checkpoint-after'], maxInstances: flags['max-instances'], seed: flags.seed,
         command: ['cxlfork', 'porter', 'replay', ...this.argv].join(' '), traceName: args.trace === 'synthetic' ? `synthetic (seed ${flags.seed})` : resolve(args.trace), progress: (line) => this.say(line),
       })
-      this.say(`${report.invocations} invocations of ${report.deployed} functions (${report.functions} in the trace), ${report.minutes} minutes at x${report.speedup}`)
-      this.say('policy     p50 ms   p99 ms  p99.9 ms   cold   warm  restored  failed   GB·s(trace)  peak GB')
+      this.show(`${report.invocations} invocations of ${report.deployed} functions (${report.functions} in the trace), ${report.minutes} minutes at x${report.speedup}`)
+      this.show('policy     p50 ms   p99 ms  p99.9 ms   cold   warm  restored  failed   GB·s(trace)  peak GB')
       for (const p of report.policies) {
-        for (const error of p.checkpointErrors ?? []) this.say(`${p.policy}: ${error}`)
+        for (const error of p.checkpointErrors ?? []) this.show(`${p.policy}: ${error}`)
         if (p.skipped) {
-          this.say(`${p.policy.padEnd(9)}  not run: ${p.skipped}`)
+          this.show(`${p.policy.padEnd(9)}  not run: ${p.skipped}`)
           continue
         }
         const ms = (v: number | null): string => (v === null ? '-' : v.toFixed(1)).padStart(8)
-        this.say(`${p.policy.padEnd(9)} ${ms(p.latencyMs.p50)} ${ms(p.latencyMs.p99)} ${ms(p.latencyMs.p999)}  ${String(p.starts.cold).padStart(5)}  ${String(p.starts.warm).padStart(5)}  ${String(p.starts.restored).padStart(8)}  ${String(p.failures).padStart(6)}  ${p.memory.traceGbSeconds.toFixed(2).padStart(12)}  ${p.memory.peakGB.toFixed(3).padStart(7)}`)
+        this.show(`${p.policy.padEnd(9)} ${ms(p.latencyMs.p50)} ${ms(p.latencyMs.p99)} ${ms(p.latencyMs.p999)}  ${String(p.starts.cold).padStart(5)}  ${String(p.starts.warm).padStart(5)}  ${String(p.starts.restored).padStart(8)}  ${String(p.failures).padStart(6)}  ${p.memory.traceGbSeconds.toFixed(2).padStart(12)}  ${p.memory.peakGB.toFixed(3).padStart(7)}`)
       }
       for (const c of report.comparisons) {
-        this.say(`mow vs ${c.against} on ${c.figure}: ${c.mow} against ${c.other} (${c.ratio}x): mow ${c.mowBetter ? 'better' : 'not better'}`)
+        this.show(`mow vs ${c.against} on ${c.figure}: ${c.mow} against ${c.other} (${c.ratio}x): mow ${c.mowBetter ? 'better' : 'not better'}`)
       }
       if (flags.out) {
         const {renderReplayReport} = await import('../../porter/replay/html-report.js')

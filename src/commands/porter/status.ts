@@ -17,9 +17,9 @@ export default class PorterStatusCommand extends BaseCommand {
     const {flags} = await this.parse(PorterStatusCommand)
     const {porterStatus, socketFor} = await import('../../porter/control.js')
     const status = await porterStatus(socketFor(resolve(flags.pool), flags.socket).socket)
-    this.say(`porter ${status.pid} (uid ${status.uid}) serves ${status.pool} on ${status.socket}, up ${(status.uptimeMs / 1000).toFixed(1)} s; ghosts ${status.ghosts.ready} ready (${status.ghosts.target} per kind: ${status.ghosts.kinds.join(', ')}), ${status.ghosts.used} used`)
+    this.show(`porter ${status.pid} (uid ${status.uid}) serves ${status.pool} on ${status.socket}, up ${(status.uptimeMs / 1000).toFixed(1)} s; ghosts ${status.ghosts.ready} ready (${status.ghosts.target} per kind: ${status.ghosts.kinds.join(', ')}), ${status.ghosts.used} used`)
     // Said, never silent: what the porter can limit per clone.
-    this.say(status.cgroups.enabled ? `cgroups per clone: memory ${status.cgroups.memory ?? 'not limited'}, cpu ${status.cgroups.cpu ?? 'not limited'}${status.cgroups.notes.length > 0 ? ` (${status.cgroups.notes.join('; ')})` : ''}` : `no cgroups per clone, limits refused: ${status.cgroups.notes.join('; ')}`)
+    this.show(status.cgroups.enabled ? `cgroups per clone: memory ${status.cgroups.memory ?? 'not limited'}, cpu ${status.cgroups.cpu ?? 'not limited'}${status.cgroups.notes.length > 0 ? ` (${status.cgroups.notes.join('; ')})` : ''}` : `no cgroups per clone, limits refused: ${status.cgroups.notes.join('; ')}`)
     return status
   }
 }
