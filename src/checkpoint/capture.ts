@@ -10,7 +10,7 @@ import {hostname} from 'node:os'
 import {recordLayout} from '../image/cpu-state.js'
 import {readCredentials} from './credentials.js'
 import {UnsupportedError} from '../errors.js'
-import {type FdImage, type FdKind, type FileIdentity, IMAGE_VERSION, type MmImage, type PageRun, type ProcessImage, type SigAction, type TaskImage, type ThreadImage, type VmaImage, type VmaKind} from '../image/process-image.js'
+import {type FdImage, type FdKind, type FileIdentity, IMAGE_VERSION, type MmImage, type PageRun, type ProcessImage, type SigAction, type TaskImage, type ThreadImage, type TimersImage, type VmaImage, type VmaKind} from '../image/process-image.js'
 import {PAGE_SIZE} from '../sys/page.js'
 import {bootId, kernelRelease} from '../sys/host.js'
 import {Pagemap} from '../sys/pagemap.js'
@@ -156,6 +156,8 @@ export interface TracerState {
   brk: bigint
   /** From injected prctl(PR_GET_SECUREBITS) and prctl(PR_GET_DUMPABLE). */
   asked: {securebits: number; dumpable: number}
+  /** From /proc/PID/timers and injected getitimer/timer_gettime; absent when there are none. */
+  timers?: TimersImage | undefined
 }
 
 /** The snapshot's memory: what its page write needs, known as soon as the target runs again. */
@@ -204,6 +206,7 @@ export function captureImage(target: number, snapshot: number, memory: SnapshotM
     sigactions: tracer.sigactions, sharedPendingSignals: tracer.sharedPendingSignals, cmdline: readCmdline(target),
     // The snapshot's: fork copied the target's credentials at the instant of the snapshot.
     credentials: readCredentials(snapshot, tracer.asked),
+    ...(tracer.timers ? {timers: tracer.timers} : {}),
   }
   const vdso = vdsoLayout([...layout])
   const fdImages = captureFds(target, fds, files)

@@ -182,7 +182,8 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
         const m = /\((\d+),\s*(\d+)\)/.exec(text ?? '')
         return m ? [Number(m[1]), Number(m[2])] : [0, 0]
       }
-      set(info.fd, {timerfd: {clockid: Number(info.raw['clockid'] ?? 1), value: pair(info.raw['it_value']), interval: pair(info.raw['it_interval'])}})
+      const ticks = Number(info.raw['ticks'] ?? 0)
+      set(info.fd, {timerfd: {clockid: Number(info.raw['clockid'] ?? 1), value: pair(info.raw['it_value']), interval: pair(info.raw['it_interval']), ...(ticks > 0 ? {ticks} : {})}})
     } else if (kind === 'signalfd') {
       set(info.fd, {signalfd: {mask: BigInt('0x' + (info.raw['sigmask'] ?? '0'))}})
     } else if (kind === 'socket') {

@@ -10,6 +10,8 @@ import {requireMapFilesAccess} from '../sys/capabilities.js'
 import {SYS, getuid, syscallRaw} from '../sys/syscall.js'
 import {isSharedAnonymous, isSharedMemoryFd, isSharedMemoryObject} from './shared-memory.js'
 import {refuseUnsupportedCredentials} from './credentials.js'
+import {listTids} from './threads.js'
+import {listPosixTimers} from './timers.js'
 import {AF, SOCK, describeAddress, readSocket, socketHolders, unixName, unixPeer, unixSocketName} from '../sys/sockets.js'
 import {type FdInfo, type SmapsVma, type Vma, listFds, readSmaps, readStat, readStatus} from '../sys/proc.js'
 
@@ -210,6 +212,20 @@ export interface PreflightResult {
   smaps: SmapsVma[] | null
 }
 
+const LOCK_KINDS: Record<string, string> = {POSIX: 'a POSIX record lock (fcntl F_SETLK, lockf)', FLOCK: 'a flock() lock', OFDLCK: 'an open file description lock (fcntl F_OFD_SETLK)', LEASE: 'a lease (F_SETLEASE)', DELEG: 'a lease (F_SETLEASE)'}
+
+/**
+ * Throws FILE_LOCK for an fd through which the process holds a lock: a clone would believe it
+ * holds the lock while another process can take it (a database's clone would write outside
+ * its lock), and beside its original it could not hold it at all.
+ */
+export function refuseFileLock(pid: number, comm: string, info: FdInfo): never {
+  // '1: POSIX  ADVISORY  WRITE 42 fe:00:123 0 EOF': id, kind, mode, access, holder, device:inode, start, end.
+  const [, kind = '?', , access = '?', , , start = '0', end = 'EOF'] = info.locks[0]!.split(/\s+/)
+  throw new UnsupportedError('FILE_LOCK', `fd ${info.fd} of process ${pid} (${comm}) holds ${LOCK_KINDS[kind] ?? `a ${kind} lock`} for ${access.toLowerCase()} on ${info.target} (bytes ${start} to ${end}${info.locks.length > 1 ? `, and ${info.locks.length - 1} more lock(s)` : ''}): cxlfork does not carry file locks, and a clone would run without it`,
+    'Checkpoint the process once it has released the lock (a database: outside a transaction).')
+}
+
 /** Throws UNSUPPORTED_MEMORY naming the first VMA a checkpoint cannot carry. */
 export function refuseUnsupportedMemory(pid: number, vmas: readonly (Vma & {vmFlags: ReadonlySet<string>})[]): void {
   for (const vma of vmas) {
@@ -289,10 +305,13 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
     if (typeof kind === 'object') {
       throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, 'cxlfork restores regular files, directories, /dev/null-style devices, pipes, FIFOs, eventfds, epoll instances, timerfds, signalfds, TCP listeners, UDP sockets, Unix socketpairs, and a tty on fds 0-2. Close the fd before checkpointing.')
     }
+    if (info.locks.length > 0) refuseFileLock(pid, stat.comm, info)
     fds.push({info, kind})
   }
   const lone = loneUnixEnds(pid, fds)
   if (lone.length > 0 && options.children !== 'allow') refuseLoneUnixEnd(pid, lone[0]!, false)
+  // A timer that cannot be re-created is refused now, before the target is stopped (read again, with its time left, then).
+  listPosixTimers(pid, stat.comm, listTids(pid))
   const loneEnds = lone.length > 0 ? {loneUnixEnds: lone} : {}
   if (options.memory === false) return {uid: status.uid[0], inTree: options.children === 'allow', tcpClose: options.tcpClose ?? false, fds, ...loneEnds, smaps: null}
   const smaps = readSmaps(pid)

@@ -5,7 +5,7 @@
  * Shared by the pool path and the CRIU path, which differ only in where the
  * snapshot's pages are written.
  */
-import {type FdKind, type ProcessImage, type SigAction, type ThreadImage} from '../image/process-image.js'
+import {type FdKind, type ProcessImage, type SigAction, type ThreadImage, type TimersImage} from '../image/process-image.js'
 import {findSigreturnGadget} from '../inject/sigframe.js'
 import {Tracee} from '../inject/tracee.js'
 import {type FdInfo, type Vma, listFds, readMaps, readSmaps} from '../sys/proc.js'
@@ -14,11 +14,12 @@ import {PTRACE_O} from '../sys/ptrace.js'
 import {MADV, MAP, SIG, SYS, killQuiet} from '../sys/syscall.js'
 import {CpuPlacement, lastCpu} from '../sys/affinity.js'
 import {type FlaggedVma, type SnapshotMemory, captureImage, captureMemory, decodeSigaction} from './capture.js'
-import {type PreflightResult, preflight, refuseUnsupportedMemory} from './preflight.js'
+import {type PreflightResult, preflight, refuseFileLock, refuseUnsupportedMemory} from './preflight.js'
 import {faultPoint} from '../fault.js'
 import {type SharedObjectCapture, readSharedObjects, releaseSharedObjects} from './shared-memory.js'
 import {type FdExtras, describeFds} from './descriptors.js'
 import {decodeAltStack, detachQuietly, readAltStacks, readThreadState, seizeOtherThreads, threadComm} from './threads.js'
+import {readTimers} from './timers.js'
 
 export interface SnapshotTimings {
   /** µs to seize and stop the target (CRIU: freezing_time). */
@@ -141,6 +142,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
   let parentMaps: Vma[] = []
   let dontfork: {start: bigint; end: bigint}[] = []
   let sharedMemory: SharedObjectCapture[] = []
+  let timers: TimersImage | undefined
   try {
     // Every thread stops before any state is read: the snapshot sees one instant of the whole process.
     faultPoint('snapshot-seized')
@@ -159,6 +161,8 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     readAltStacks(others, parentMaps).forEach((altStack, i) => {
       otherThreads[i]!.altStack = altStack
     })
+    // A fork inherits no timer: they are read from the target itself while it is stopped.
+    timers = readTimers(target, pid, threadComm(pid, pid), [pid, ...others.map((other) => other.pid)], parentMaps)
     faultPoint('snapshot-threads-read')
     // fd offsets are shared with the running target: read them while it is stopped.
     const byFd = new Map(checked.fds.map((entry) => [entry.info.fd, entry.kind]))
@@ -167,6 +171,9 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
       // An fd appeared after preflight: classify it the careful way.
       fds = preflight(pid, {memory: false, children: checked.inTree ? 'allow' : 'refuse', tcpClose: checked.tcpClose}).fds
     }
+    // A lock taken since preflight: refused as there (the target is let go running).
+    const locked = fds.find((entry) => entry.info.locks.length > 0)
+    if (locked) refuseFileLock(pid, threadComm(pid, pid), locked.info)
     // Pipe contents, eventfd counters, epoll interest lists and shared descriptions: as of this stop.
     const extras = describeFds(pid, fds, checked.internalPipes, checked.treeSockets)
     fds = fds.map((entry) => ({...entry, extras: extras.get(entry.info.fd)}))
@@ -249,7 +256,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
       memory, sharedMemory, snapshotPid: snap.pid, snapshotTracee: snap, ownerUid: checked.uid, release, checkMemory,
       captureImage: () => {
         checkMemory()
-        return (image ??= captureImage(pid, snap.pid, memory, layout, fds, {threads: [thread, ...otherThreads], sharedPendingSignals: sharedPending, sigactions: state.sigactions, brk: state.brk, asked: state.asked}))
+        return (image ??= captureImage(pid, snap.pid, memory, layout, fds, {threads: [thread, ...otherThreads], sharedPendingSignals: sharedPending, sigactions: state.sigactions, brk: state.brk, asked: state.asked, timers}))
       },
       timings: {freezingUs: Math.round((tStopped - t0) * 1000), frozenUs: Math.round((tResumed - t0) * 1000), captureUs: Math.round((tCaptured - tResumed) * 1000)},
     }

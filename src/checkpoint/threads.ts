@@ -27,18 +27,24 @@ export function toUserRegs(regs: ReturnType<typeof regsFromArray>): UserRegs {
 /** glibc keeps the thread id at THREAD_SELF->tid and registers that address with set_tid_address (x86_64: fs_base + 0x2d0 since glibc 2.26). */
 const GLIBC_TCB_TID_OFFSET = 0x2d0n
 
-/** Run `query` injected into `thread` with an 8-to-256-byte slot of its stack; the slot's bytes are put back. */
-function injectQuery(thread: Tracee, maps: readonly Vma[] | undefined, length: number, query: (slot: bigint) => bigint): {result: bigint; bytes: Uint8Array} {
-  // Self-healing: the registers the kernel holds lead back to the program at every instant.
+/**
+ * Run `use` with an 8-to-256-byte slot of `thread`'s stack for the calls it injects; the slot's bytes are put back.
+ * Self-healing: the registers the kernel holds lead back to the program at every instant.
+ */
+export function withStackSlot<T>(thread: Tracee, maps: readonly Vma[] | undefined, length: number, use: (slot: bigint) => T): T {
   thread.enterSelfHealing(maps)
   const slot = thread.stackSlot(length)
   const saved = thread.readMemory(slot, length)
   try {
-    const result = query(slot)
-    return {result, bytes: thread.readMemory(slot, length)}
+    return use(slot)
   } finally {
     thread.writeMemory(slot, saved)
   }
+}
+
+/** Run `query` injected into `thread` with a slot of its stack: its result and the slot's bytes after it. */
+function injectQuery(thread: Tracee, maps: readonly Vma[] | undefined, length: number, query: (slot: bigint) => bigint): {result: bigint; bytes: Uint8Array} {
+  return withStackSlot(thread, maps, length, (slot) => ({result: query(slot), bytes: thread.readMemory(slot, length)}))
 }
 
 /**
@@ -129,7 +135,7 @@ export function threadComm(pid: number, tid: number): string {
   }
 }
 
-function listTids(pid: number): number[] {
+export function listTids(pid: number): number[] {
   try {
     return readdirSync(`/proc/${pid}/task`).map(Number).filter((tid) => Number.isInteger(tid) && tid > 0)
   } catch {

@@ -24,6 +24,7 @@ import {type FlaggedVma, captureImage, captureMemory, decodeSigaction, type Snap
 import {describeFds} from './descriptors.js'
 import {type PreflightResult, type TreeSocket, childrenOf, preflight, refuseLoneUnixEnd} from './preflight.js'
 import {detachQuietly, readAltStacks, readThreadState, seizeOtherThreads, threadComm} from './threads.js'
+import {readTimers} from './timers.js'
 import {type SharedObjectCapture, readSharedObjects} from './shared-memory.js'
 
 /** One process of a checkpointed tree, in the order the restore creates them (parents first). */
@@ -352,13 +353,14 @@ export function captureStoppedMember(member: FrozenMember, checked: PreflightRes
     if (i > 0) state.comm = threadComm(pid, state.tid)
   })
   const {brk, sigactions, asked, pdeathSignal} = readDispositionsAndBrk(member.leader)
+  const timers = readTimers(member.leader, pid, threadComm(pid, pid), threads.map((thread) => thread.pid), maps)
   const byFd = new Map(checked.fds.map((entry) => [entry.info.fd, entry.kind]))
   // Offsets as of now (it is stopped); an fd opened since preflight is classified anew.
   let fds: {info: ReturnType<typeof listFds>[number]; kind: FdKind}[] = listFds(pid).map((info) => ({info, kind: byFd.get(info.fd) ?? 'regular'}))
   if (fds.some((entry) => !byFd.has(entry.info.fd))) fds = preflight(pid, {memory: false, children: 'allow', tcpClose: checked.tcpClose}).fds
   const extras = describeFds(pid, fds, checked.internalPipes, checked.treeSockets)
   const memory = captureMemory(pid, maps)
-  const image = captureImage(pid, pid, memory, maps, fds.map((entry) => ({...entry, extras: extras.get(entry.info.fd)})), {threads: states, sharedPendingSignals: leader.sharedPending, sigactions, brk, asked})
+  const image = captureImage(pid, pid, memory, maps, fds.map((entry) => ({...entry, extras: extras.get(entry.info.fd)})), {threads: states, sharedPendingSignals: leader.sharedPending, sigactions, brk, asked, timers})
   if (pdeathSignal !== 0) image.task.pdeathSignal = pdeathSignal
   // Last (nothing after it can fail and leak its memfds). Objects the root (or an earlier member) maps were
   // read already, at the root's stop, when every member was stopped too.

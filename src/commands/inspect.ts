@@ -46,6 +46,7 @@ export default class Inspect extends BaseCommand {
       if (proc) {
         this.show(`process ${proc.pid} (${proc.comm}) uid ${proc.uid}, kernel ${proc.kernel} on ${proc.host}, ${proc.threads} thread(s), ${proc.signalHandlers} signal handler(s)`)
         this.show(`memory ${proc.storedPages} pages stored (${formatSize(proc.storedBytes)}) in ${proc.pageRuns} run(s) over ${proc.vmas.length} VMAs`)
+        for (const timer of proc.timers) this.show(`  timer ${timer}`)
         for (const thread of proc.threadStates) {
           this.show(`  thread ${thread.tid} ${thread.comm.padEnd(15)} mask ${thread.sigmask}${thread.syscall === null ? '' : `, stopped in syscall ${thread.syscall}`}`)
         }

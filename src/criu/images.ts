@@ -21,7 +21,7 @@ import type {TreeMember} from '../checkpoint/tree.js'
 import {KID, PAGES_ID} from './constants.js'
 import {writeImage} from './image-file.js'
 import {type ImagePath, type Msg, type PutImage, corrupt} from './kinds/common.js'
-import {credentialsFrom, readCores, readPdeathSignal, readCreds, readTaskLimits, readThreads, readZombie, writeCores, writeZombieCore} from './kinds/core.js'
+import {credentialsFrom, readCores, readPdeathSignal, readCreds, readTaskLimits, readThreads, readZombie, timersFrom, writeCores, writeZombieCore} from './kinds/core.js'
 import {FileEntries, FileImagesWriter, FileTable, type ReadFd, linkDescriptors, readFds} from './kinds/files.js'
 import {readFs, writeFs} from './kinds/fs.js'
 import {readIds, writeIds} from './kinds/ids.js'
@@ -208,7 +208,7 @@ function writeMemberImages(image: ProcessImage, kid: number, pagesId: number, ru
  * memory), capturedAt (0), kernel release/hostname/boot id (''), vdsoLayout (derived
  * from the [vvar]/[vvar_vclock]/[vdso] VMAs, offsets relative to the first of them),
  * sigactions (only non-default ones), fd paths of regular files (CRIU's file name),
- * EFD_SEMAPHORE (off), timerfd expirations not yet read (none).
+ * EFD_SEMAPHORE (off).
  */
 export function readCriuImages(dir: string): CriuImageSet {
   try {
@@ -287,6 +287,7 @@ function readMember(at: ImagePath, dir: string, pid: number, tids: number[], {en
     : {release: '', hostname: '', bootId: '', vdsoLayout: vdsoAreas.map((vma) => ({name: `[${vma.kind}]`, offset: vma.start - vdsoBase, size: vma.end - vma.start}))}
 
   const pdeathSignal = readPdeathSignal(cores, ours, table.isRoot)
+  const timers = timersFrom(has(tc, 'timers') ? tc['timers'] as Msg : undefined)
   const credentials = credentialsFrom(creds, has(mm, 'dumpable') ? mm['dumpable'] as number : undefined, ours ? Boolean(taskExt && has(taskExt, 'credentials') && taskExt['credentials']) : true)
   const image: ProcessImage = {
     version: IMAGE_VERSION,
@@ -307,6 +308,7 @@ function readMember(at: ImagePath, dir: string, pid: number, tids: number[], {en
       cmdline: taskExt ? ((taskExt['cmdline'] ?? []) as Uint8Array[]).map((arg) => Buffer.from(arg).toString('utf8')) : [],
       ...(credentials ? {credentials} : {}),
       ...(pdeathSignal === undefined ? {} : {pdeathSignal}),
+      ...(timers === undefined ? {} : {timers}),
     },
     threads,
     mm: {

@@ -47,7 +47,12 @@ export function describeFdImage(fd: FdImage): string {
   if (fd.timerfd) {
     const [sec, nsec] = fd.timerfd.value
     const [isec, insec] = fd.timerfd.interval
-    parts.push(sec === 0 && nsec === 0 ? 'disarmed' : `fires in ${(sec + nsec / 1e9).toFixed(3)} s${isec === 0 && insec === 0 ? '' : `, every ${(isec + insec / 1e9).toFixed(3)} s`} (clock ${fd.timerfd.clockid})`)
+    const ticks = fd.timerfd.ticks ?? 0
+    const every = isec === 0 && insec === 0 ? '' : `, every ${(isec + insec / 1e9).toFixed(3)} s`
+    const unread = ticks > 0 ? `${ticks} expiration(s) unread` : ''
+    if (sec !== 0 || nsec !== 0) parts.push(`fires in ${(sec + nsec / 1e9).toFixed(3)} s${every}${unread ? `; ${unread}` : ''} (clock ${fd.timerfd.clockid})`)
+    else if (ticks > 0) parts.push(`${unread}${every ? `, fires again${every}` : ''} (clock ${fd.timerfd.clockid})`)
+    else parts.push('disarmed')
   }
   if (fd.signalfd) parts.push(`signals 0x${fd.signalfd.mask.toString(16)}`)
   if (fd.inotify) parts.push(`${fd.inotify.watches.length} watch${fd.inotify.watches.length === 1 ? '' : 'es'}${fd.inotify.watches.length > 0 ? `: ${fd.inotify.watches.map((watch) => watch.path).join(', ')}` : ''}`)

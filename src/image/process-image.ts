@@ -173,8 +173,12 @@ export interface FdImage {
   ghost?: {path: string; mode: number; uid: number; gid: number; data: Uint8Array}
   /** An inotify instance: its watches, each with the watch descriptor the program knows it by, the path and the mask. */
   inotify?: {watches: {wd: number; path: string; mask: number}[]}
-  /** A timerfd: its clock, and the time left and interval (seconds, nanoseconds) as of the checkpoint. */
-  timerfd?: {clockid: number; value: [number, number]; interval: [number, number]}
+  /**
+   * A timerfd: its clock, the time left and interval (seconds, nanoseconds) as of the checkpoint, and the
+   * expirations not yet read (absent: none). A periodic timer that fired and was not read shows no time left
+   * (the kernel re-arms it when it is read): ticks > 0 with an interval is still a running timer.
+   */
+  timerfd?: {clockid: number; value: [number, number]; interval: [number, number]; ticks?: number}
   /** A signalfd: the signals it reads. */
   signalfd?: {mask: bigint}
   epoll?: {targets: EpollTargetImage[]}
@@ -233,6 +237,46 @@ export interface CredentialsImage {
   dumpable: number
 }
 
+/**
+ * An interval timer (setitimer, alarm): the time left and the interval, each [seconds, microseconds].
+ * A periodic ITIMER_REAL whose SIGALRM is pending shows no time left: the kernel re-arms it when
+ * the signal is delivered (intervalTimerFirstExpiry).
+ */
+export interface IntervalTimerImage {
+  value: [number, number]
+  interval: [number, number]
+}
+
+/** A POSIX timer (timer_create), re-created under its own id. */
+export interface PosixTimerImage {
+  /** The kernel's timer id, which the program holds as its timer_t. */
+  id: number
+  clockid: number
+  /** sigev_notify: SIGEV_SIGNAL (0) or SIGEV_NONE (1), with SIGEV_THREAD_ID (4) when it signals one thread. */
+  notify: number
+  signo: number
+  /** sigev_value: what the signal carries in si_value. */
+  sigval: bigint
+  /** SIGEV_THREAD_ID: the thread it signals, by its tid in the checkpoint. */
+  tid?: number
+  /**
+   * A CPU-time clock of the process itself or one of its threads (clock_getcpuclockid, pthread_getcpuclockid:
+   * a negative clockid that encodes that pid or tid): the id it names, which the restore encodes anew.
+   */
+  clockOf?: number
+  /** Time left and interval, each [seconds, nanoseconds]; [0, 0] left: disarmed. */
+  value: [number, number]
+  interval: [number, number]
+}
+
+/** The timers of a process: those armed of its three interval timers, and every POSIX timer. */
+export interface TimersImage {
+  real?: IntervalTimerImage
+  virtual?: IntervalTimerImage
+  prof?: IntervalTimerImage
+  posix: PosixTimerImage[]
+}
+
 export interface TaskImage {
   pid: number
   ppid: number
@@ -257,6 +301,8 @@ export interface TaskImage {
    * master). Not recorded for the root: its parent is not restored with it.
    */
   pdeathSignal?: number
+  /** Absent when no timer was armed or created (and in checkpoints taken before timers were carried). */
+  timers?: TimersImage
 }
 
 export interface KernelIdentity {
@@ -288,6 +334,32 @@ export function totalPages(runs: readonly PageRun[]): number {
   let pages = 0
   for (const run of runs) pages += run.nrPages
   return pages
+}
+
+/**
+ * When a restored timerfd first fires: the time it had left, or, for a periodic timer that
+ * fired and whose expirations were not read yet (no time left, ticks pending), one interval
+ * from now, as the kernel would have re-armed it; [0, 0] for a disarmed one.
+ */
+export function timerfdFirstExpiry(timer: NonNullable<FdImage['timerfd']>): [number, number] {
+  if (timer.value[0] !== 0 || timer.value[1] !== 0) return timer.value
+  return (timer.ticks ?? 0) > 0 ? timer.interval : [0, 0]
+}
+
+/** When a restored interval timer first fires: the time it had left, else (its signal pending) one interval from now. */
+export function intervalTimerFirstExpiry(timer: IntervalTimerImage): [number, number] {
+  return timer.value[0] !== 0 || timer.value[1] !== 0 ? timer.value : timer.interval
+}
+
+/** The pid or tid a CPU-time clock id names (0: the caller), or undefined for a clock that is not one (an fd's clock: low bits 3). */
+export function cpuClockOwner(clockid: number): number | undefined {
+  if (clockid >= 0 || (clockid & 7) === 3) return undefined
+  return ~(clockid >> 3)
+}
+
+/** The CPU-time clock id of `owner` (pid or tid) of the same kind (process or thread; scheduler, virtual or profiling time) as `clockid`. */
+export function cpuClockOf(owner: number, clockid: number): number {
+  return (~owner << 3) | (clockid & 7)
 }
 
 export function emptyRegs(): UserRegs {

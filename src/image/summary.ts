@@ -5,7 +5,7 @@
  */
 import {type PageMapView} from './page-map.js'
 import {describeFdImage} from './fd-detail.js'
-import {type ProcessImage} from './process-image.js'
+import {type ProcessImage, type TimersImage} from './process-image.js'
 import {PAGE_SIZE} from '../sys/page.js'
 
 export interface VmaSummary {
@@ -37,6 +37,27 @@ export interface ProcessSummary {
   storedBytes: number
   pageRuns: number
   signalHandlers: number
+  /** Each interval timer armed and each POSIX timer, said in a line ('ITIMER_REAL: fires in 0.012 s, every 0.020 s'). */
+  timers: string[]
+}
+
+const seconds = ([s, fraction]: [number, number], perSecond: number): string => (s + fraction / perSecond).toFixed(3)
+
+/** The timers of a process, a line each. */
+export function describeTimers(timers: TimersImage | undefined): string[] {
+  if (!timers) return []
+  const when = (value: [number, number], interval: [number, number], perSecond: number): string =>
+    `${value[0] === 0 && value[1] === 0 ? 'disarmed' : `fires in ${seconds(value, perSecond)} s`}${interval[0] === 0 && interval[1] === 0 ? '' : `, every ${seconds(interval, perSecond)} s`}`
+  const lines: string[] = []
+  for (const which of ['real', 'virtual', 'prof'] as const) {
+    const timer = timers[which]
+    if (timer) lines.push(`ITIMER_${which.toUpperCase()}: ${when(timer.value, timer.interval, 1e6)}`)
+  }
+  for (const timer of timers.posix) {
+    const notify = (timer.notify & 1) !== 0 ? 'no signal' : `signal ${timer.signo}${timer.tid === undefined ? '' : ` to thread ${timer.tid}`}`
+    lines.push(`POSIX timer ${timer.id} (clock ${timer.clockid}, ${notify}): ${when(timer.value, timer.interval, 1e9)}`)
+  }
+  return lines
 }
 
 export function summarizeImage(image: ProcessImage, pageMap: PageMapView): ProcessSummary {
@@ -59,5 +80,6 @@ export function summarizeImage(image: ProcessImage, pageMap: PageMapView): Proce
     fds: image.fds.map((fd) => ({fd: fd.fd, kind: fd.kind, path: fd.path, flags: fd.flags, offset: Number(fd.offset), detail: describeFdImage(fd)})),
     storedPages: pageMap.totalPages, storedBytes: pageMap.totalPages * PAGE_SIZE, pageRuns: pageMap.entryCount,
     signalHandlers: image.task.sigactions.length,
+    timers: describeTimers(image.task.timers),
   }
 }

@@ -28,6 +28,7 @@ import {createWithId, namespacedStubsFrom, releaseInit, spawnNamespacedStubs} fr
 import {setThreadCpuState} from './threads.js'
 
 import {checkFiles, checkKernel} from './host-checks.js'
+import {requireTimerIds} from './timers.js'
 import {buildMember, findFreeRange, type PageStore} from './member.js'
 /** This process's fds 0-2, /dev/null, or three fds of ours (null: /dev/null) to become the clone's 0-2 (the porter's pipes to a function). */
 export type StdioTarget = 'inherit' | 'null' | readonly [number | null, number | null, number | null]
@@ -237,6 +238,7 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
   for (const image of images) {
     checkKernel(image, local)
     checkFiles(image)
+    requireTimerIds(image.task.timers, `the checkpoint's process ${image.task.pid}`)
   }
   // Before anything is spawned: refuses (CPU_MISMATCH) a state this CPU cannot hold, else lays each thread's out for this CPU.
   const xstates = new Map<ThreadImage, Uint8Array>()

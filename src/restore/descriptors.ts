@@ -15,7 +15,7 @@
 import {dirname} from 'node:path'
 import {chmodSync, lchownSync, lstatSync, readdirSync, rmSync, statSync} from 'node:fs'
 
-import {type FdImage, type ProcessImage} from '../image/process-image.js'
+import {type FdImage, type ProcessImage, timerfdFirstExpiry} from '../image/process-image.js'
 import {ConflictError, NotFoundError, SyscallError, UnsupportedError} from '../errors.js'
 import {O, SYS} from '../sys/syscall.js'
 import {AF, describeAddress, unixAddressLive, unixName} from '../sys/sockets.js'
@@ -30,6 +30,8 @@ const F_SETFD = 2
 const F_SETFL = 4
 const F_SETPIPE_SZ = 1031
 const EFD_SEMAPHORE = 1
+/** _IOW('T', 0, u64): sets a timerfd's count of unread expirations (CONFIG_CHECKPOINT_RESTORE). */
+const TFD_IOC_SET_TICKS = 0x40085400
 const EPOLL_CTL_ADD = 1
 /** Largest piece of pipe data written per call (it goes through the restore's scratch area). */
 const WRITE_PIECE = 256 * 1024
@@ -129,7 +131,7 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
       place(stage(Number(inject.call('epoll_create1', SYS.epoll_create1, O.CLOEXEC))), fd)
     } else if (fd.timerfd) {
       const timer = stage(Number(inject.call('timerfd_create', SYS.timerfd_create, fd.timerfd.clockid, O.CLOEXEC | (fd.flags & O.NONBLOCK))))
-      const [valueSec, valueNsec] = fd.timerfd.value
+      const [valueSec, valueNsec] = timerfdFirstExpiry(fd.timerfd)
       if (valueSec !== 0 || valueNsec !== 0) {
         // Relative to now: what was left of it at the checkpoint, then its interval.
         const spec = new Uint8Array(32)
@@ -139,6 +141,12 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
         view.setBigInt64(16, BigInt(valueSec), true)
         view.setBigInt64(24, BigInt(valueNsec), true)
         inject.call('timerfd_settime', SYS.timerfd_settime, timer, 0, inject.put(spec), 0)
+      }
+      if ((fd.timerfd.ticks ?? 0) > 0) {
+        // The expirations the program had not read yet: read(2) returns them at once, as it would have.
+        const count = new Uint8Array(8)
+        new DataView(count.buffer).setBigUint64(0, BigInt(fd.timerfd.ticks!), true)
+        inject.call('ioctl(TFD_IOC_SET_TICKS)', SYS.ioctl, timer, TFD_IOC_SET_TICKS, inject.put(count))
       }
       place(timer, fd)
     } else if (fd.signalfd) {

@@ -21,6 +21,7 @@ import {type PageCopy, type StoreFileSpan, copyPages} from './page-copy.js'
 import {type MapOp, type RestorePlan, needsProtectFixup} from './plan.js'
 import {SharedMemoryBuilder} from './shared-memory.js'
 import {createThreads, requeueThreadSignals, restoreThreadKernelState} from './threads.js'
+import {restoreTimers} from './timers.js'
 
 
 const PR_SET_PDEATHSIG = 1
@@ -276,6 +277,9 @@ export function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, 
       requeueThreadSignals(inject, nsPid, state.tid, state.pendingSignals)
       inject.reset()
     })
+    // Once its threads exist (a timer may signal one): threads beyond the first keep their tids.
+    if (image.task.timers) restoreTimers(inject, image.task.timers, (tid) => (tid === image.threads[0]!.tid ? nsPid : tid))
+    inject.reset()
     // Last: from here on the member may no longer be privileged.
     if (image.task.credentials) restoreCredentials(inject, [tracee, ...threads], stub.pid, image.task.credentials)
     // After the credentials: changing them clears the parent-death signal. Its parent here is the member

@@ -380,19 +380,25 @@ export interface FdInfo {
   flags: number
   mntId: number
   ino: bigint
-  /** All fdinfo lines. */
+  /** All fdinfo lines (of lines that repeat, the last). */
   raw: Record<string, string>
+  /** File locks held through this open file description, as fdinfo's 'lock:' lines show them ('1: POSIX  ADVISORY  WRITE 42 fe:00:123 0 EOF'). */
+  locks: string[]
 }
 
-export function parseFdinfo(text: string): {pos: bigint; flags: number; mntId: number; ino: bigint; raw: Record<string, string>} {
+export function parseFdinfo(text: string): {pos: bigint; flags: number; mntId: number; ino: bigint; raw: Record<string, string>; locks: string[]} {
   const raw: Record<string, string> = {}
+  const locks: string[] = []
   for (const line of text.split('\n')) {
     const c = line.indexOf(':')
-    if (c > 0) raw[line.slice(0, c)] = line.slice(c + 1).trim()
+    if (c <= 0) continue
+    const key = line.slice(0, c)
+    raw[key] = line.slice(c + 1).trim()
+    if (key === 'lock') locks.push(raw[key])
   }
   return {
     pos: BigInt(raw['pos'] ?? '0'), flags: parseInt(raw['flags'] ?? '0', 8), mntId: Number(raw['mnt_id'] ?? 0),
-    ino: BigInt(raw['ino'] ?? '0'), raw,
+    ino: BigInt(raw['ino'] ?? '0'), raw, locks,
   }
 }
 

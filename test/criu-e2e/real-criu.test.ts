@@ -40,7 +40,7 @@ interface Case {
   mib?: number
 }
 
-const CASES: Case[] = [{fixture: 'memtouch', mib: 16}, {fixture: 'sighandler'}, {fixture: 'pyheap', mib: 16}]
+const CASES: Case[] = [{fixture: 'memtouch', mib: 16}, {fixture: 'sighandler'}, {fixture: 'timers'}, {fixture: 'pyheap', mib: 16}]
 
 const label = (c: Case) => `${c.fixture}${c.mib ? ` --mib ${c.mib}` : ''}`
 const start = (c: Case) => startFixture(c.fixture, c.mib === undefined ? {} : {mib: c.mib})

@@ -30,6 +30,8 @@ const CASES: Case[] = [
   {fixture: 'memtouch', mib: 16, mowMaxFraction: 0.1},
   // sighandler is tiny (a few hundred kB dumped); the copied stack pages dominate its RssAnon.
   {fixture: 'sighandler', mowMaxFraction: 0.5},
+  // Timers travel in core-PID.img's task_timers_entry, a timerfd's pending expirations in its ticks.
+  {fixture: 'timers', mowMaxFraction: 0.5},
   // CPython writes refcounts into what it touches: loose bound, as in test/restore/zdtm.test.ts.
   {fixture: 'pyheap', mib: 16, mowMaxFraction: 0.25},
 ]

@@ -156,22 +156,30 @@ describe('criu image set shaped like CRIU 4.x writes it', function () {
     expectUnsupported(() => readCriuImages(copy), 'CRIU_FILE_REMAP', /deleted.*ghost/)
   })
 
-  it('refuses an armed interval timer and POSIX timers', function () {
+  it('reads armed interval and POSIX timers into the model; refuses a POSIX timer on a clock that names a process', function () {
     const copy = copySet()
     const zero = {isec: '0', iusec: '0', vsec: '0', vusec: '0'}
+    const posix = {it_id: 3, clock_id: 1, si_signo: 34, it_sigev_notify: 4, sival_ptr: '65261', overrun: 0, isec: '0', insec: '30000000', vsec: '1', vnsec: '5', notify_thread_id: pid}
     rewrite(at(copy, `core-${pid}.img`), 'core', (records) => {
-      records[0]!['tc']['timers'] = {real: {isec: '1', iusec: '0', vsec: '0', vusec: '500000'}, virt: zero, prof: zero}
+      records[0]!['tc']['timers'] = {real: {isec: '1', iusec: '0', vsec: '0', vusec: '500000'}, virt: zero, prof: zero, posix: [posix]}
     })
-    expectUnsupported(() => readCriuImages(copy), 'CRIU_TIMERS', /ITIMER_REAL/)
+    const task = readCriuImages(copy).image.task
+    assert.deepEqual(task.timers, {
+      real: {interval: [1, 0], value: [0, 500000]},
+      posix: [{id: 3, clockid: 1, notify: 4, signo: 34, sigval: 65261n, tid: pid, interval: [0, 30000000], value: [1, 5]}],
+    })
+    // clock_getcpuclockid() of another process: a negative clock id that names it.
     rewrite(at(copy, `core-${pid}.img`), 'core', (records) => {
-      records[0]!['tc']['timers'] = {real: zero, virt: zero, prof: zero, posix: [{it_id: 0, clock_id: 1, si_signo: 14, it_sigev_notify: 0, sival_ptr: '0', overrun: 0, isec: '1', insec: '0', vsec: '1', vnsec: '0'}]}
+      records[0]!['tc']['timers'] = {real: zero, virt: zero, prof: zero, posix: [{...posix, clock_id: (-(4242 + 1) * 8 + 2) >>> 0}]}
     })
-    expectUnsupported(() => readCriuImages(copy), 'CRIU_TIMERS', /POSIX/)
-    // Disarmed timers, as CRIU writes them for every task, are fine.
+    expectUnsupported(() => readCriuImages(copy), 'CRIU_TIMERS', /clock -33942/)
+    // Disarmed timers, as CRIU writes them for every task: no timers in the model.
     rewrite(at(copy, `core-${pid}.img`), 'core', (records) => {
       records[0]!['tc']['timers'] = {real: zero, virt: zero, prof: zero}
     })
-    assert.equal(readCriuImages(copy).writtenBy, 'criu')
+    const plain = readCriuImages(copy)
+    assert.equal(plain.writtenBy, 'criu')
+    assert.equal(plain.image.task.timers, undefined)
   })
 
   it('refuses a stopped task and seccomp', function () {

@@ -116,7 +116,7 @@ export {note, printMeasurements} from '../helpers/measurements.js'
 // ---------------------------------------------------------------------------------------
 // Zombies of fork snapshots
 
-const FIXTURE_COMMS = /^(memtouch|sighandler|threads|tree|socket|zombie|python3?(\.\d+)?)$/
+const FIXTURE_COMMS = /^(memtouch|sighandler|timers|threads|tree|socket|zombie|python3?(\.\d+)?)$/
 
 /**
  * Zombie children of this (test) process that look like fixtures but are not the fixtures a

@@ -222,6 +222,56 @@ describe('restore: process trees keep their shape and their pids', function () {
     await until(() => child.exitCode !== null || child.signalCode !== null, 'the target ends when its stdin closes')
   })
 
+  it('a POSIX timer on another process\'s CPU clock (its parent\'s) is refused by name (UNSUPPORTED_TIMER) before anything is touched', async () => {
+    const pool = poolPath('tree')
+    // clock_getcpuclockid(parent) names the parent in the clock id: a clone could not re-create it.
+    const script = [
+      'import ctypes, os, struct, time',
+      'libc = ctypes.CDLL(None, use_errno=True)',
+      'clock, timer = ctypes.c_int(), ctypes.c_int()',
+      'assert libc.clock_getcpuclockid(os.getppid(), ctypes.byref(clock)) == 0',
+      'event = ctypes.create_string_buffer(struct.pack("<qii48x", 0, 0, 1))  # SIGEV_NONE',
+      'assert libc.syscall(222, clock, event, ctypes.byref(timer)) == 0, ctypes.get_errno()',
+      'time.sleep(600)',
+    ].join('\n')
+    const child = spawn('python3', ['-c', script], {stdio: 'ignore'})
+    trackPid(child.pid!)
+    await until(() => existsSync(`/proc/${child.pid}/timers`) && readFileSync(`/proc/${child.pid}/timers`, 'utf8').includes('ID: 0'), 'the timer exists')
+    const run = await cli(['checkpoint', String(child.pid), '--name', 'cpuclock', '--json', '--pool', pool])
+    assert.equal(run.status, 5, describeRun(run))
+    assert.equal(run.json.error.code, 'UNSUPPORTED_TIMER')
+    assert.match(run.json.error.message, new RegExp(`process ${child.pid} \\(python3\\) has POSIX timer 0 on the CPU-time clock of process or thread ${process.pid}, which is not one of its own`))
+    assert.equal(existsSync(pool), false, 'refused before the pool was created')
+    assert.equal(procStat(child.pid!)?.state, 'S', 'the target sleeps on, untraced')
+    child.kill('SIGKILL')
+  })
+
+  it('a file lock (lockf, flock) is refused by name (FILE_LOCK) before anything is touched: a clone would write outside the lock', async () => {
+    const pool = poolPath('tree')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-lock-'))
+    try {
+      for (const [call, words] of [['fcntl.lockf(f, fcntl.LOCK_EX)', /POSIX record lock \(fcntl F_SETLK, lockf\) for write/], ['fcntl.flock(f, fcntl.LOCK_SH)', /flock\(\) lock for read/]] as const) {
+        const path = join(dir, 'db')
+        const child = spawn('python3', ['-c', `import fcntl, time\nf = open(${JSON.stringify(path)}, "w")\n${call}\ntime.sleep(600)`], {stdio: 'ignore'})
+        trackPid(child.pid!)
+        await until(() => readFileSync('/proc/locks', 'utf8').includes(` ${child.pid} `), 'the lock is held')
+        const run = await cli(['checkpoint', String(child.pid), '--name', 'locked', '--json', '--pool', pool])
+        assert.equal(run.status, 5, describeRun(run))
+        assert.equal(run.json.error.code, 'FILE_LOCK')
+        assert.match(run.json.error.message, new RegExp(`^fd 3 of process ${child.pid} \\(python3\\) holds `))
+        assert.match(run.json.error.message, words)
+        assert.ok(run.json.error.message.includes(`on ${path}`), run.json.error.message)
+        assert.equal(existsSync(pool), false, 'refused before the pool was created')
+        assert.equal(procStat(child.pid!)?.state, 'S', 'the target sleeps on, untraced, its lock held')
+        assert.ok(readFileSync('/proc/locks', 'utf8').includes(` ${child.pid} `), 'the lock is still held')
+        child.kill('SIGKILL')
+        await until(() => child.exitCode !== null || child.signalCode !== null, 'the target ends')
+      }
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
   it('a grandchild that asked for a signal at its parent\'s death (PR_SET_PDEATHSIG) keeps asking in the clone: it ends when the clone of its parent dies', async () => {
     const pool = poolPath('tree')
     // root -> middle -> leaf; the leaf only sleeps: nothing but the parent-death signal (SIGTERM) ends it.

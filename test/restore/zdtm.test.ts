@@ -28,6 +28,8 @@ const CASES: Case[] = [
   // Measured: mow clone RssAnon ~32 kB of ~20 MB checkpointed (0.2%); 10% still proves zero-copy.
   {fixture: 'memtouch', mib: 16, mowMaxFraction: 0.1, moaMaxFraction: 0.1},
   {fixture: 'sighandler'},
+  // Interval and POSIX timers and a timerfd with expirations pending: its CHECK proves each still fires in the clone.
+  {fixture: 'timers'},
   // CPython writes refcounts into every object it touches: the clone
   // copies what it touches, so only a loose bound holds, measured right after restore.
   {fixture: 'pyheap', mib: 16, mowMaxFraction: 0.25},

@@ -6,7 +6,8 @@
  */
 import {UnsupportedError} from '../../errors.js'
 import {
-  type CredentialsImage, type ProcessImage, type Rlimit, type SigAction, type ThreadImage, USER_REGS_NAMES, type UserRegs,
+  type CredentialsImage, type IntervalTimerImage, type PosixTimerImage, type ProcessImage, type Rlimit, type SigAction, type ThreadImage, type TimersImage,
+  USER_REGS_NAMES, type UserRegs, cpuClockOwner, intervalTimerFirstExpiry,
 } from '../../image/process-image.js'
 import {restoredCallResumes} from '../../inject/regs.js'
 import {RLIM_INFINITY, SIG} from '../../sys/syscall.js'
@@ -110,7 +111,47 @@ export function credentialsFrom(creds: Msg | undefined, dumpable: number | undef
   }
 }
 
-const disarmed = () => ({isec: str64(0n), iusec: str64(0n), vsec: str64(0n), vusec: str64(0n)})
+const SIGEV_THREAD_ID = 4
+const DISARMED: IntervalTimerImage = {value: [0, 0], interval: [0, 0]}
+
+/** itimer_entry: interval (i*) and time left (v*), in seconds and microseconds; a timer whose signal is pending is due in one interval. */
+function itimerEntry(timer: IntervalTimerImage = DISARMED): Obj {
+  const [vsec, vusec] = intervalTimerFirstExpiry(timer)
+  return {isec: str64(BigInt(timer.interval[0])), iusec: str64(BigInt(timer.interval[1])), vsec: str64(BigInt(vsec)), vusec: str64(BigInt(vusec))}
+}
+
+/** posix_timer_entry: as itimer_entry with nanoseconds, plus the id, clock and signal the timer was created with. */
+function posixTimerEntry(timer: PosixTimerImage): Obj {
+  return {
+    it_id: timer.id >>> 0, clock_id: timer.clockid >>> 0, si_signo: timer.signo >>> 0, it_sigev_notify: timer.notify >>> 0, sival_ptr: str64(BigInt.asUintN(64, timer.sigval)), overrun: 0,
+    isec: str64(BigInt(timer.interval[0])), insec: str64(BigInt(timer.interval[1])), vsec: str64(BigInt(timer.value[0])), vnsec: str64(BigInt(timer.value[1])),
+    ...(timer.tid === undefined ? {} : {notify_thread_id: timer.tid}),
+  }
+}
+
+/** The model's timers from task_timers_entry: armed interval timers, and every POSIX timer; undefined when neither. */
+export function timersFrom(timers: Msg | undefined): TimersImage | undefined {
+  if (!timers) return undefined
+  const pair = (entry: Msg, seconds: string, fraction: string): [number, number] => [Number(big(entry[seconds])), Number(big(entry[fraction]))]
+  const out: TimersImage = {posix: []}
+  for (const [which, field] of [['real', 'real'], ['virtual', 'virt'], ['prof', 'prof']] as const) {
+    const entry = timers[field] as Msg | undefined
+    if (!entry) continue
+    const timer: IntervalTimerImage = {interval: pair(entry, 'isec', 'iusec'), value: pair(entry, 'vsec', 'vusec')}
+    if (timer.value[0] !== 0 || timer.value[1] !== 0 || timer.interval[0] !== 0 || timer.interval[1] !== 0) out[which] = timer
+  }
+  for (const entry of (timers['posix'] ?? []) as Msg[]) {
+    const notify = entry['it_sigev_notify'] as number
+    out.posix.push({
+      id: entry['it_id'] as number, clockid: (entry['clock_id'] as number) | 0, notify, signo: entry['si_signo'] as number, sigval: u64(big(entry['sival_ptr'])),
+      ...(has(entry, 'notify_thread_id') && (notify & SIGEV_THREAD_ID) !== 0 ? {tid: entry['notify_thread_id'] as number} : {}),
+      ...((cpuClockOwner((entry['clock_id'] as number) | 0) ?? 0) !== 0 ? {clockOf: cpuClockOwner((entry['clock_id'] as number) | 0)!} : {}),
+      interval: pair(entry, 'isec', 'insec'), value: pair(entry, 'vsec', 'vnsec'),
+    })
+  }
+  out.posix.sort((a, b) => a.id - b.id)
+  return out.real || out.virtual || out.prof || out.posix.length > 0 ? out : undefined
+}
 
 function taskCore(image: ProcessImage, leader: ThreadImage): Obj {
   const {task} = image
@@ -143,10 +184,10 @@ function taskCore(image: ProcessImage, leader: ThreadImage): Obj {
     flags: 0,
     blk_sigset: str64(u64(leader.sigmask)),
     comm: task.comm,
-    // Present even though the model holds no timers: CRIU 4.x reads a core without tc.timers as
-    // pre-1.x images and looks for the separate itimers/posix-timers images, which it refuses
-    // as deprecated ("Deprecated functionality (Posix timers) rejected").
-    timers: {real: disarmed(), virt: disarmed(), prof: disarmed(), posix: []},
+    // Always present: CRIU 4.x reads a core without tc.timers as pre-1.x images and looks for the
+    // separate itimers/posix-timers images, which it refuses as deprecated ("Deprecated functionality
+    // (Posix timers) rejected").
+    timers: {real: itimerEntry(task.timers?.real), virt: itimerEntry(task.timers?.virtual), prof: itimerEntry(task.timers?.prof), posix: (task.timers?.posix ?? []).map(posixTimerEntry)},
     rlimits: {rlimits: limits},
     signals_s: siginfos(task.sharedPendingSignals),
     sigactions: slots,
@@ -201,8 +242,8 @@ const SECCOMP_MODE_NAMES: Record<number, string> = {1: 'strict', 2: 'filter'}
 
 /**
  * Task state CRIU records and the model has no place for: refuse it by name rather than
- * restore a process silently without it (a stopped task, armed interval or POSIX timers,
- * seccomp).
+ * restore a process silently without it (a stopped task, POSIX timers on a clock that
+ * names another process, seccomp).
  */
 function checkTaskState(tc: Msg, cores: {tid: number; core: Msg}[], pid: number): void {
   const state = tc['task_state'] as number
@@ -210,19 +251,13 @@ function checkTaskState(tc: Msg, cores: {tid: number; core: Msg}[], pid: number)
     throw new UnsupportedError('CRIU_TASK_STATE', `core-${pid}.img: the task was ${TASK_STATE_NAMES[state] ?? `in state ${state}`} when dumped; only running (alive) tasks are restored`,
       'Dump the process while it is running.')
   }
-  if (has(tc, 'timers')) {
-    const timers = tc['timers'] as Msg
-    for (const which of ['real', 'virt', 'prof']) {
-      const timer = timers[which] as Msg | undefined
-      if (timer && ['isec', 'iusec', 'vsec', 'vusec'].some((field) => big(timer[field]) !== 0n)) {
-        throw new UnsupportedError('CRIU_TIMERS', `core-${pid}.img: the task has an armed ITIMER_${which.toUpperCase()} interval timer, which the CRIU-format path does not restore`,
-          'Dump a process without armed setitimer()/alarm() timers.')
-      }
-    }
-    const posix = (timers['posix'] ?? []) as Msg[]
-    if (posix.length > 0) {
-      throw new UnsupportedError('CRIU_TIMERS', `core-${pid}.img: the task has ${posix.length} POSIX timer(s), which the CRIU-format path does not restore`,
-        'Dump a process without timer_create() timers.')
+  for (const timer of (has(tc, 'timers') ? (tc['timers']['posix'] ?? []) : []) as Msg[]) {
+    const clock = (timer['clock_id'] as number) | 0
+    const owner = cpuClockOwner(clock)
+    // A CPU-time clock of the task or one of its threads is carried; one of another process, or an fd's clock, is not.
+    if (clock < 0 && (owner === undefined || (owner !== 0 && owner !== pid && !cores.some((core) => core.tid === owner)))) {
+      throw new UnsupportedError('CRIU_TIMERS', `core-${pid}.img: POSIX timer ${timer['it_id']} runs on clock ${clock}, a clock that names another process or an fd, which the CRIU-format path does not restore`,
+        'Dump a process whose timers use the standard clocks or its own CPU-time clocks.')
     }
   }
   const seccompModes = [has(tc, 'old_seccomp_mode') ? tc['old_seccomp_mode'] as number : 0]
