@@ -221,7 +221,8 @@ const LOCK_KINDS: Record<string, string> = {POSIX: 'a POSIX record lock (fcntl F
  */
 export function refuseFileLock(pid: number, comm: string, info: FdInfo): never {
   // '1: POSIX  ADVISORY  WRITE 42 fe:00:123 0 EOF': id, kind, mode, access, holder, device:inode, start, end.
-  const [, kind = '?', , access = '?', , , start = '0', end = 'EOF'] = info.locks[0]!.split(/\s+/)
+  const fields = info.locks[0]!.split(/\s+/)
+  const [kind = '?', access = '?', start = '0', end = 'EOF'] = [fields[1], fields[3], fields[6], fields[7]]
   throw new UnsupportedError('FILE_LOCK', `fd ${info.fd} of process ${pid} (${comm}) holds ${LOCK_KINDS[kind] ?? `a ${kind} lock`} for ${access.toLowerCase()} on ${info.target} (bytes ${start} to ${end}${info.locks.length > 1 ? `, and ${info.locks.length - 1} more lock(s)` : ''}): cxlfork does not carry file locks, and a clone would run without it`,
     'Checkpoint the process once it has released the lock (a database: outside a transaction).')
 }
