@@ -22,8 +22,8 @@ import {sendfileAt} from '../sys/file-io.js'
 import {vmReadv} from '../sys/vm-io.js'
 import {faultPoint} from '../fault.js'
 import {preflight} from './preflight.js'
-import {killTarget, takePlacedSnapshot} from './snapshot.js'
-import {type CheckedTree, type FrozenMember, type SharedFrom, type TreeRecord, captureStoppedMember, freezeDescendants, markInternalPipes, preflightTree, sharedAcrossMembers, thawMembers} from './tree.js'
+import {takePlacedSnapshot} from './snapshot.js'
+import {type CheckedTree, type FrozenMember, type SharedFrom, type TreeRecord, captureStoppedMember, freezeDescendants, killFrozenMembers, markInternalPipes, preflightTree, sharedAcrossMembers, thawMembers} from './tree.js'
 
 import {pagesScanned, runSegments, startPageWrite} from './page-write.js'
 
@@ -134,7 +134,8 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
   }
   let placed: ReturnType<typeof takePlacedSnapshot>
   try {
-    placed = takePlacedSnapshot(request.pid, checked)
+    // --kill: the target stays stopped until it is killed, as criu dump leaves it; a failure lets it run on.
+    placed = takePlacedSnapshot(request.pid, checked, {hold: request.kill})
   } catch (error) {
     thaw()
     throw error
@@ -204,7 +205,8 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
       faultPoint('tree-member-captured')
       request.stopPoint?.() // safe point: the root runs on, this member is captured
     }
-    thaw()
+    // With --kill every member stays stopped until it is killed: what it would do now would happen again in its clone.
+    if (!request.kill) thaw()
     if (tree) {
       const record: TreeRecord = {members: tree.members}
       builder.addSection(Section.tree, new TextEncoder().encode(JSON.stringify(record)))
@@ -236,9 +238,9 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
     builder.publish(request.name, {uid: snapshot.ownerUid, summary: {pid: request.pid, comm: image.task.comm, pages, vmas: image.vmas.length}})
     builder = undefined
     if (request.kill) {
-      // Children first, so that no parent sees a child die before it is itself gone.
-      for (const member of [...(tree?.members ?? [])].reverse()) if (member.pid !== request.pid && member.zombieStatus === undefined) killTarget(member.pid)
-      killTarget(request.pid)
+      // Held stopped since the snapshot: killed there, children first, the root last.
+      killFrozenMembers(frozen)
+      snapshot.killTarget()
     }
     const stats: CheckpointStats = {
       freezing_time: snapshot.timings.freezingUs,
@@ -270,6 +272,7 @@ export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: numbe
     throw error
   } finally {
     thaw()
+    snapshot.resumeTarget()
     snapshot.release()
     releaseSharedObjects(memberShared)
     placement?.release()

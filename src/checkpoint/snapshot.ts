@@ -54,6 +54,14 @@ export interface LiveSnapshot {
   timings: SnapshotTimings
   /** Kill and reap the snapshot child. Idempotent. */
   release(): void
+  /**
+   * With `hold`, the target stays stopped after the snapshot (a checkpoint with --kill: nothing it
+   * does after the checkpoint's instant may happen twice, once in it and once in its clone): let it
+   * run on as it was (a failed checkpoint). Idempotent; nothing to do without `hold` or once it was killed.
+   */
+  resumeTarget(): void
+  /** --kill: SIGKILL the target, reaped as its tracer when it was held (else only signalled, as a running process). */
+  killTarget(): void
 }
 
 const now = (): number => performance.now()
@@ -109,10 +117,10 @@ function readChildState(snapshot: Tracee): ChildState {
  * on, for the whole ptrace ping-pong (src/sys/affinity.ts). The caller
  * releases the placement when its operation ends; a failed snapshot releases it.
  */
-export function takePlacedSnapshot(pid: number, checked?: PreflightResult): {snapshot: LiveSnapshot; placement: CpuPlacement | undefined} {
+export function takePlacedSnapshot(pid: number, checked?: PreflightResult, options: {hold?: boolean} = {}): {snapshot: LiveSnapshot; placement: CpuPlacement | undefined} {
   const placement = CpuPlacement.pin(lastCpu(pid))
   try {
-    return {snapshot: takeLiveSnapshot(pid, checked ?? preflight(pid), placement), placement}
+    return {snapshot: takeLiveSnapshot(pid, checked ?? preflight(pid), placement, options), placement}
   } catch (error) {
     placement?.release()
     throw error
@@ -124,7 +132,7 @@ export function takePlacedSnapshot(pid: number, checked?: PreflightResult): {sna
  * On any failure the target is detached running as it was and the snapshot
  * child (if any) is killed.
  */
-export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflight(pid), placement?: CpuPlacement): LiveSnapshot {
+export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflight(pid), placement?: CpuPlacement, options: {hold?: boolean} = {}): LiveSnapshot {
   // Found while the target runs: lets every injected syscall return through rt_sigreturn.
   const gadget = findSigreturnGadget(pid)
   const t0 = now()
@@ -206,8 +214,10 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     transient = fork.transientRanges
     // The snapshot must not outlive us; the target must (no EXITKILL there).
     snapshot.setOptions(snapshot.options | PTRACE_O.EXITKILL)
-    for (const other of others) other.detach()
-    target.detach()
+    if (!options.hold) {
+      for (const other of others) other.detach()
+      target.detach()
+    }
     tResumed = now()
     // Names are read from /proc once the target runs again: a thread renaming itself in between is the one race accepted.
     for (const state of otherThreads) state.comm = threadComm(pid, state.tid)
@@ -219,9 +229,26 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     throw error
   }
   const snap = snapshot
+  let held = options.hold === true
+  const resumeTarget = (): void => {
+    if (!held) return
+    held = false
+    for (const other of others) detachQuietly(other)
+    detachQuietly(target)
+  }
   const release = (): void => {
     snap.kill()
     releaseSharedObjects(sharedMemory)
+  }
+  const killHeld = (): void => {
+    if (!held) {
+      killTarget(pid)
+      return
+    }
+    held = false
+    // As its tracer: each thread's exit is reported to us, and reaped here, before its parent can reap it.
+    for (const other of others) other.kill()
+    target.kill()
   }
   try {
     // /proc/PID/maps, not smaps: smaps walks every page table (ms per call). The only
@@ -253,7 +280,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     }
     let image: ProcessImage | undefined
     return {
-      memory, sharedMemory, snapshotPid: snap.pid, snapshotTracee: snap, ownerUid: checked.uid, release, checkMemory,
+      memory, sharedMemory, snapshotPid: snap.pid, snapshotTracee: snap, ownerUid: checked.uid, release, resumeTarget, killTarget: killHeld, checkMemory,
       captureImage: () => {
         checkMemory()
         return (image ??= captureImage(pid, snap.pid, memory, layout, fds, {threads: [thread, ...otherThreads], sharedPendingSignals: sharedPending, sigactions: state.sigactions, brk: state.brk, asked: state.asked, timers}))
@@ -262,6 +289,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
     }
   } catch (error) {
     release()
+    resumeTarget()
     throw error
   }
 }

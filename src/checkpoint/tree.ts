@@ -298,6 +298,14 @@ export function freezeDescendants(tree: CheckedTree): FrozenMember[] {
   }
 }
 
+/** --kill of a tree: every stopped member SIGKILLed and reaped as its tracer, children first (no parent sees a child die before it is gone). */
+export function killFrozenMembers(frozen: readonly FrozenMember[]): void {
+  for (const member of [...frozen].reverse()) {
+    for (const thread of member.others) thread.kill()
+    member.leader.kill()
+  }
+}
+
 export function thawMembers(frozen: readonly FrozenMember[]): void {
   for (const member of frozen) {
     for (const thread of member.others) detachQuietly(thread)

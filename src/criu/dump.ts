@@ -10,10 +10,10 @@ import {dirname, join, resolve} from 'node:path'
 
 import {type CheckpointStats as CheckpointDumpStats} from '../checkpoint/checkpoint.js'
 import {pagesScanned, runSegments, startSnapshotFileWrite} from '../checkpoint/page-write.js'
-import {type LiveSnapshot, killTarget, takePlacedSnapshot} from '../checkpoint/snapshot.js'
+import {type LiveSnapshot, takePlacedSnapshot} from '../checkpoint/snapshot.js'
 import {preflight} from '../checkpoint/preflight.js'
 import {type SharedObjectCapture, releaseSharedObjects} from '../checkpoint/shared-memory.js'
-import {type CheckedTree, type FrozenMember, type SharedFrom, captureStoppedMember, freezeDescendants, markInternalPipes, preflightTree, sharedAcrossMembers, thawMembers} from '../checkpoint/tree.js'
+import {type CheckedTree, type FrozenMember, type SharedFrom, captureStoppedMember, freezeDescendants, killFrozenMembers, markInternalPipes, preflightTree, sharedAcrossMembers, thawMembers} from '../checkpoint/tree.js'
 import {ConflictError, PermissionError, SyscallError, UsageError} from '../errors.js'
 import {type VmaImage, totalPages} from '../image/process-image.js'
 import {PAGE_SIZE} from '../sys/page.js'
@@ -186,7 +186,8 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
       sharing = sharedAcrossMembers(tree.members, tree.checks)
     }
     // Placed as a pool checkpoint is, so the two downtimes compare.
-    placed = takePlacedSnapshot(request.pid, checked)
+    // --kill: the target stays stopped until it is killed, as criu dump leaves it; a failure lets it run on.
+    placed = takePlacedSnapshot(request.pid, checked, {hold: request.kill})
   } catch (error) {
     thaw()
     throw error
@@ -236,12 +237,13 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
       },
       pagesScanned: scanned, pagesWritten,
     }, options, [...snapshot.sharedMemory, ...memberShared])
-    thaw()
+    // With --kill every member stays stopped until it is killed: what it would do now would happen again in its clone.
+    if (!request.kill) thaw()
     const tWritten = performance.now()
     if (request.kill) {
-      // Children first, so that no parent sees a child die before it is itself gone.
-      for (const member of [...(tree?.members ?? [])].reverse()) if (member.pid !== request.pid && member.zombieStatus === undefined) killTarget(member.pid)
-      killTarget(request.pid)
+      // Held stopped since the snapshot: killed there, children first, the root last.
+      killFrozenMembers(frozen)
+      snapshot.killTarget()
     }
     const result: CriuDumpResult = {
       pid: request.pid, images: dir, files: written.files, imageBytes: written.bytes, pages, killed: request.kill,
@@ -263,6 +265,7 @@ export async function criuDump(request: {pid: number; images: string; kill: bool
     throw error
   } finally {
     thaw()
+    snapshot.resumeTarget()
     const release = (): void => {
       snapshot.release()
       releaseSharedObjects(memberShared)

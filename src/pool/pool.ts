@@ -299,7 +299,7 @@ export class Pool {
         this.catalog.requireAccess(resolved.descriptor, uid, 'delete')
         const liveRefs = this.catalog.references.collect(resolved.entry.serial)
         if (liveRefs > 0 && !options.force) {
-          throw new ConflictError('CHECKPOINT_IN_USE', `checkpoint ${name} is mapped by ${liveRefs} running clone${liveRefs === 1 ? '' : 's'}`,
+          throw new ConflictError('CHECKPOINT_IN_USE', `checkpoint ${name} is in use by ${liveRefs} running clone${liveRefs === 1 ? '' : 's'} (mapping its pages, or holding its reference until it exits)`,
             'Stop the clones first, or pass --force to delete it once the last clone exits (`cxlfork pool gc` finishes it).')
         }
         let deletingWord = resolved.word

@@ -39,7 +39,7 @@ export function checkFiles(image: ProcessImage): void {
     try {
       st = statSync(file.path, {bigint: true})
     } catch {
-      throw new NotFoundError('BACKING_FILE_MISSING', `${file.path}, which the checkpoint ${mapped.has(index) ? 'maps' : 'has open'}, does not exist on this host`,
+      throw new NotFoundError('BACKING_FILE_MISSING', `${file.path}, which the checkpoint ${mapped.has(index) || sharedEnd.has(index) ? 'maps' : 'has open'}, does not exist on this host`,
         'Make the same file available at the same path (same mount) before restoring.')
     }
     const sameInode = deviceName(st.dev) === file.device && st.ino === file.inode
