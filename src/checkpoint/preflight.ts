@@ -12,7 +12,7 @@ import {isSharedAnonymous, isSharedMemoryFd, isSharedMemoryObject} from './share
 import {refuseUnsupportedCredentials} from './credentials.js'
 import {listTids} from './threads.js'
 import {listPosixTimers} from './timers.js'
-import {AF, SOCK, describeAddress, readSocket, socketHolders, unixName, unixPeer, unixSocketName} from '../sys/sockets.js'
+import {AF, SOCK, TCP_CLOSE, describeAddress, readSocket, socketHolders, unixName, unixPeer, unixSocketName} from '../sys/sockets.js'
 import {type FdInfo, type SmapsVma, type Vma, listFds, readSmaps, readStat, readStatus} from '../sys/proc.js'
 
 /** Character devices whose state is fully described by their path. */
@@ -54,7 +54,9 @@ function classifySocket(pid: number, fd: number, tcpClose: boolean): FdKind | {u
   if (socket.type === SOCK.DGRAM && !socket.connected) return 'socket'
   // Connected UDP: connect(2) only sets the default destination, so it is set again at restore.
   if (socket.type === SOCK.DGRAM) return 'socket'
-  if (socket.type === SOCK.STREAM) return {unsupported: `a TCP socket that is neither listening nor connected (${where})`}
+  // Created (perhaps bound) and never connected: a fresh socket, bound again to its address if it was (mosquitto keeps one spare).
+  if (socket.type === SOCK.STREAM && socket.tcpState === TCP_CLOSE) return 'socket'
+  if (socket.type === SOCK.STREAM) return {unsupported: `a TCP socket that is neither listening nor connected (${where}, TCP state ${socket.tcpState ?? 'unknown'}: a connection being set up or torn down)`}
   return {unsupported: `a socket of type ${socket.type} (${where})`}
 }
 
@@ -231,7 +233,7 @@ export function refuseFileLock(pid: number, comm: string, info: FdInfo): never {
 export function refuseUnsupportedMemory(pid: number, vmas: readonly (Vma & {vmFlags: ReadonlySet<string>})[]): void {
   for (const vma of vmas) {
     const reason = unsupportedVmaReason(vma, pid)
-    if (reason) throw new UnsupportedError('UNSUPPORTED_MEMORY', `process ${pid} uses ${reason}`, 'cxlfork checkpoints private memory and file mappings.')
+    if (reason) throw new UnsupportedError('UNSUPPORTED_MEMORY', `process ${pid} uses ${reason}`, 'cxlfork carries private memory, file mappings and shared memory made with mmap(MAP_SHARED|MAP_ANONYMOUS), memfd_create or a /dev/shm file; System V segments (shmget/shmat), hugetlb and MADV_WIPEONFORK memory are not carried (PostgreSQL always holds a System V segment).')
   }
 }
 
@@ -304,7 +306,11 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
   for (const info of listFds(pid)) {
     const kind = classifyFd(info, pid, options.tcpClose ?? false)
     if (typeof kind === 'object') {
-      throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, 'cxlfork restores regular files, directories, /dev/null-style devices, pipes, FIFOs, eventfds, epoll instances, timerfds, signalfds, TCP listeners, UDP sockets, Unix socketpairs, and a tty on fds 0-2. Close the fd before checkpointing.')
+      // An interactive shell (bash keeps its terminal as fd 255), less and top hold the terminal above stderr: closing it is not the user's to do.
+      const hint = kind.unsupported.startsWith('a terminal')
+        ? 'A clone gets a terminal only on fds 0-2 (this command\'s, with restore --wait). An interactive shell (bash keeps its terminal as fd 255) or a full-screen program holds one above them: checkpoint the program the shell runs instead (started with exec, or by bash -c / a script).'
+        : 'cxlfork restores regular files, directories, /dev/null-style devices, pipes, FIFOs, eventfds, epoll instances, timerfds, signalfds, TCP listeners and unconnected TCP sockets, UDP sockets, Unix sockets, and a tty on fds 0-2. Close the fd before checkpointing.'
+      throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, hint)
     }
     if (info.locks.length > 0) refuseFileLock(pid, stat.comm, info)
     fds.push({info, kind})

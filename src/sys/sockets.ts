@@ -39,8 +39,13 @@ export interface SocketState {
   peer?: Uint8Array
   /** A listener's backlog as the kernel keeps it (listen(2)'s argument capped at somaxconn), when it says. */
   backlog?: number
+  /** A TCP socket's state (tcp_info's tcpi_state: 1 established, 2 SYN sent, 7 closed, 10 listening, ...). */
+  tcpState?: number
   options: SocketOption[]
 }
+
+/** tcpi_state of a socket that was created, and perhaps bound, but never connected nor listening (or whose connection was reset). */
+export const TCP_CLOSE = 7
 
 function getInt(fd: number, level: number, name: number): number | undefined {
   const value = new Int32Array(1)
@@ -105,7 +110,15 @@ function socketState(copy: number): SocketState {
   if (family !== AF.UNIX && type === SOCK.STREAM) keep(IPPROTO_TCP, TCP_NODELAY)
   if (family === AF.INET6) keep(IPPROTO_IPV6, IPV6_V6ONLY)
   const backlog = listening ? listenBacklog(copy, family, type) : undefined
-  return {family, type, protocol, listening, connected, local, ...(peer ? {peer} : {}), ...(backlog === undefined ? {} : {backlog}), options}
+  const tcpState = (family === AF.INET || family === AF.INET6) && type === SOCK.STREAM ? tcpInfoState(copy) : undefined
+  return {family, type, protocol, listening, connected, local, ...(peer ? {peer} : {}), ...(backlog === undefined ? {} : {backlog}), ...(tcpState === undefined ? {} : {tcpState}), options}
+}
+
+/** tcp_info's first byte, the TCP state. */
+function tcpInfoState(fd: number): number | undefined {
+  const info = new Uint8Array(104)
+  const length = new Uint32Array([info.length])
+  return syscallRaw(SYS.getsockopt, fd, IPPROTO_TCP, TCP_INFO, info, length) < 0n || length[0]! < 1 ? undefined : info[0]!
 }
 
 /**

@@ -124,6 +124,24 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
     }
   })
 
+  it('an interactive bash (its terminal kept as fd 255) is refused by name, with a hint that says what to checkpoint instead', async () => {
+    const pool = poolPath('fds')
+    const script = spawn('script', ['-qfc', 'exec bash --norc -i', '/dev/null'], {stdio: ['pipe', 'ignore', 'ignore']})
+    trackPid(script.pid!)
+    try {
+      const bash = await until(() => childPids(script.pid!).find((pid) => comm(pid) === 'bash' && fdTarget(pid, 255)?.startsWith('/dev/pts/')), 'bash runs interactively on a terminal')
+      trackPid(bash)
+      const ck = await cli(['checkpoint', String(bash), '--name', 'shell', '--json', '--pool', pool])
+      assert.equal(ck.status, 5, describeRun(ck))
+      assert.equal(ck.json.error.code, 'UNSUPPORTED_FD')
+      assert.match(ck.json.error.message, new RegExp(`^fd 255 of process ${bash} is a terminal \\(/dev/pts/\\d+\\) above stderr`))
+      assert.match(ck.json.error.hint, /An interactive shell \(bash keeps its terminal as fd 255\).*checkpoint the program the shell runs instead/)
+      assert.equal(existsSync(pool), false, 'refused before the pool was created')
+    } finally {
+      script.stdin!.end()
+    }
+  })
+
   it('a parent and its forked child on one terminal (checkpoint --tree): both clones print to stdout and stderr and run on', async () => {
     const pool = poolPath('fds')
     const dir = mkdtempSync(join(tmpdir(), 'cxlfork-ttytree-'))

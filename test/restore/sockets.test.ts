@@ -42,6 +42,43 @@ describe('restore: servers with listening sockets', function () {
 
   installCleanupHooks('sockets')
 
+  it('TCP sockets created and never connected (mosquitto keeps a spare one; one bound and not listening): the clone gets them fresh, bound again, and uses them', async () => {
+    const pool = poolPath('sockets')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-spare-'))
+    const out = join(dir, 'out')
+    try {
+      // On SIGUSR1 the process uses both: the bound one listens, the spare one connects to it.
+      const script = [
+        'import signal, socket, sys, time',
+        'spare = socket.socket()',
+        'bound = socket.socket(socket.AF_INET6)',
+        'bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)',
+        'bound.bind(("::1", 0))',
+        'port = bound.getsockname()[1]',
+        'def use(*_):',
+        '    bound.listen()',
+        '    client = socket.socket(socket.AF_INET6); client.connect(("::1", port)); peer, _ = bound.accept()',
+        '    with open(sys.argv[1], "a") as f: f.write(f"{spare.getsockname()} {bound.getsockname()[1] == port} {peer.getpeername()[1] == client.getsockname()[1]}\\n")',
+        'signal.signal(signal.SIGUSR1, use)',
+        'open(sys.argv[1], "a").write(f"ready {port}\\n")',
+        'while True: time.sleep(1)',
+      ].join('\n')
+      const child = spawn('python3', ['-c', script, out], {stdio: 'ignore'})
+      trackPid(child.pid!)
+      await until(() => existsSync(out) && readFileSync(out, 'utf8').startsWith('ready'), 'the sockets exist')
+      const ck = await cli(['checkpoint', String(child.pid), '--name', 'spare', '--kill', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      const run = await cli(['restore', 'spare', '--json', '--pool', pool, '--no-porter'])
+      assert.equal(run.status, 0, describeRun(run))
+      trackPid(run.json.pid)
+      process.kill(run.json.pid, 'SIGUSR1')
+      await until(() => readFileSync(out, 'utf8').split('\n').length > 2, 'the clone used its sockets')
+      assert.equal(readFileSync(out, 'utf8').split('\n')[1], "('0.0.0.0', 0) True True", 'the spare one is unbound; the bound one keeps its port, listens and accepts')
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
   it('python3 -m http.server: a clone beside its original is ADDRESS_IN_USE; with --netns new (every policy) it answers HTTP inside its namespace', async () => {
     const pool = poolPath('sockets')
     const port = await freePort()
