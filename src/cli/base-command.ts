@@ -47,6 +47,24 @@ export abstract class BaseCommand extends Command {
     if (!this.jsonEnabled()) process.stderr.write(line + '\n')
   }
 
+  /**
+   * Run `work` (a restore --wait: build the clone, then wait for it) with SIGINT and SIGQUIT ignored, as
+   * system(3) ignores them while its command runs: the clone is in this command's process group, the
+   * terminal's foreground job, so Ctrl-C and Ctrl-\\ reach it, and this command stays to report how it ended.
+   */
+  protected ignoringTerminalSignals<T>(enabled: boolean, work: () => T): T {
+    if (!enabled) return work()
+    const ignore = (): void => {}
+    process.on('SIGINT', ignore)
+    process.on('SIGQUIT', ignore)
+    try {
+      return work()
+    } finally {
+      process.off('SIGINT', ignore)
+      process.off('SIGQUIT', ignore)
+    }
+  }
+
   /** What a command was asked to show (a listing, an inspection, a check's findings) goes to stdout, so `cxlfork ls | grep` works. */
   protected show(line: string): void {
     if (!this.jsonEnabled()) process.stdout.write(line + '\n')

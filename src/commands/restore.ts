@@ -66,11 +66,11 @@ A clone that listens where its original still listens needs --netns (else ADDRES
     const [{Pool}, {restoreFromPool}, {exitStatusOf}] = await Promise.all([import('../pool/index.js'), import('../restore/restore.js'), import('../restore/build-process.js')])
     const pool = Pool.open(flags.pool)
     try {
-      const result = restoreFromPool(pool, {
+      const result = this.ignoringTerminalSignals(flags.wait, () => restoreFromPool(pool, {
         name: args.name, policy: flags.policy, wait: flags.wait, verify: flags.verify, ...(flags.pidns === undefined ? {} : {pidns: flags.pidns}), ...(flags.netns === undefined ? {} : {netns: flags.netns}),
         ...(flags['fill-after'] === undefined ? {} : {fillAfterMs: flags['fill-after']}), ...(flags['fault-pages'] === undefined ? {} : {faultPages: flags['fault-pages']}),
         ...(flags.record ? {record: true} : {}),
-      })
+      }))
       this.say(restoreSummary(result))
       if (result.exit) {
         this.say(`Clone ${result.pid} ${result.exit.signal === null ? `exited with ${result.exit.code}` : `was killed by signal ${result.exit.signal}`}`)

@@ -295,7 +295,7 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
     options.onSpawn?.(rootStub.pid)
     // A ghost made for a new network namespace stands in it already (the root, cloned from its init, too).
     if (!(ready && ready.network === network)) enterNetwork(rootStub.tracee, network)
-    if (members.length > 1) shapeTree(members, stubs)
+    if (members.length > 1) shapeTree(members, stubs, options.wait === true)
     const tSpawned = performance.now()
     let tMapped = tSpawned
     const shared = new SharedMemoryBuilder(store.sharedObjects ?? new Map(), store.fd)
@@ -372,10 +372,14 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
  * formed, and zombies exit with their recorded status; the SIGCHLD each
  * zombie's parent gets is taken back (the original parent had it long ago).
  */
-function shapeTree(members: readonly MemberPlan[], stubs: Map<number, Stub>): void {
+function shapeTree(members: readonly MemberPlan[], stubs: Map<number, Stub>, foreground: boolean): void {
+  const root = members[0]!
+  // restore --wait: the root and its process group stay in this command's group, the terminal's foreground
+  // job, so that the terminal's Ctrl-C and Ctrl-\ reach them as they reached the original (not a session of their own).
+  const ownGroup = (member: MemberPlan): boolean => !(foreground && (member === root || member.pgid === root.pid))
   for (const member of members) {
     const stub = stubs.get(member.pid)!
-    if (member.zombieStatus === undefined && member.sid === member.pid) stub.tracee.syscallChecked('setsid', SYS.setsid)
+    if (member.zombieStatus === undefined && member.sid === member.pid && ownGroup(member)) stub.tracee.syscallChecked('setsid', SYS.setsid)
     for (const child of members.filter((m) => m.ppid === member.pid && m !== member)) {
       const tracee = createWithId(stub.tracee, 0, SIG.CHLD, child.pid)
       tracee.knowTrapIgnored(false)
@@ -385,10 +389,10 @@ function shapeTree(members: readonly MemberPlan[], stubs: Map<number, Stub>): vo
   }
   // Groups: leaders first, then members join a group led by a member of the tree (others stay in their parent's).
   for (const member of members) {
-    if (member.zombieStatus === undefined && member.pgid === member.pid && member.sid !== member.pid) stubs.get(member.pid)!.tracee.syscallChecked('setpgid', SYS.setpgid, 0, 0)
+    if (member.zombieStatus === undefined && member.pgid === member.pid && member.sid !== member.pid && ownGroup(member)) stubs.get(member.pid)!.tracee.syscallChecked('setpgid', SYS.setpgid, 0, 0)
   }
   for (const member of members) {
-    if (member.zombieStatus === undefined && member.pgid !== member.pid && stubs.has(member.pgid)) stubs.get(member.pid)!.tracee.syscallChecked(`setpgid(${member.pgid})`, SYS.setpgid, 0, member.pgid)
+    if (member.zombieStatus === undefined && member.pgid !== member.pid && stubs.has(member.pgid) && ownGroup(member)) stubs.get(member.pid)!.tracee.syscallChecked(`setpgid(${member.pgid})`, SYS.setpgid, 0, member.pgid)
   }
   for (const member of members) {
     if (member.zombieStatus === undefined) continue

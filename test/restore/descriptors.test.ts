@@ -11,7 +11,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {procStat, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
-import {CLI, childPids, cli, comm, describeRun, fdTarget, installCleanupHooks, note, poolPath, until} from './helpers.js'
+import {CLI, allProcesses, childPids, cli, comm, describeRun, fdTarget, installCleanupHooks, note, poolPath, until} from './helpers.js'
 
 describe('restore: pipes, eventfds, epoll and shared descriptions', function () {
   this.timeout(120_000)
@@ -141,6 +141,41 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
       script.stdin!.end()
     }
   })
+
+  for (const path of ['pool', 'criu'] as const) {
+    it(`${path === 'pool' ? 'restore' : 'criu restore'} --wait on a terminal: Ctrl-C reaches the clone (a tree whose root led its own session) and the command stays to exit 130 with it; nothing runs on`, async () => {
+      const pool = poolPath('fds')
+      const dir = mkdtempSync(join(tmpdir(), 'cxlfork-ctrlc-'))
+      const marker = `ctrlc-${path}-${process.pid}`
+      const clones = (): number[] => allProcesses().filter((p) => p.comm === 'bash' && readFileSync(`/proc/${p.pid}/cmdline`, 'utf8').includes(marker)).map((p) => p.pid)
+      // A shell loop with a child, leading a session of its own, as the program of a tmux pane does.
+      const loop = spawn('bash', ['-c', `: ${marker}; while true; do sleep 0.05; done`], {stdio: 'ignore', detached: true})
+      trackPid(loop.pid!)
+      try {
+        await until(() => childPids(loop.pid!).length > 0, 'the loop runs a child')
+        const dumped = path === 'pool'
+          ? await cli(['checkpoint', String(loop.pid), '--tree', '--kill', '--name', 'ctrlc', '--json', '--pool', pool])
+          : await cli(['criu', 'dump', String(loop.pid), '--tree', '--kill', '--images', join(dir, 'images'), '--json', '--no-porter'])
+        assert.equal(dumped.status, 0, describeRun(dumped))
+        await until(() => clones().length === 0, 'the original is gone')
+        const restore = path === 'pool' ? `restore ctrlc --pool ${pool}` : `criu restore --images ${join(dir, 'images')}`
+        const term = spawn('script', ['-qfc', `${process.execPath} ${CLI} ${restore} --wait --no-porter >/dev/null 2>&1; echo EXIT=$?`, '/dev/null'], {stdio: ['pipe', 'pipe', 'ignore']})
+        trackPid(term.pid!)
+        let out = ''
+        term.stdout!.on('data', (chunk: Buffer) => (out += chunk.toString()))
+        const running = await until(() => (clones().length > 0 ? clones() : undefined), 'the clone runs')
+        for (const pid of running) trackPid(pid)
+        await new Promise((resolve) => setTimeout(resolve, 300))
+        term.stdin!.write('\u0003')
+        await until(() => /EXIT=\d+/.test(out), 'the command ends')
+        assert.match(out, /EXIT=130/, `the clone was interrupted (128 + SIGINT), and the command reported it: ${out}`)
+        await until(() => clones().length === 0, 'no member of the clone runs on')
+        term.stdin!.end()
+      } finally {
+        rmSync(dir, {recursive: true, force: true})
+      }
+    })
+  }
 
   it('a parent and its forked child on one terminal (checkpoint --tree): both clones print to stdout and stderr and run on', async () => {
     const pool = poolPath('fds')

@@ -28,7 +28,7 @@ export default class CriuRestoreCommand extends BaseCommand {
       }
     }
     const [{criuRestore}, {exitStatusOf}] = await Promise.all([import('../../criu/restore.js'), import('../../restore/build-process.js')])
-    const result = criuRestore({images: flags.images, wait: flags.wait, ...(flags.pidns === undefined ? {} : {pidns: flags.pidns}), ...(flags.netns === undefined ? {} : {netns: flags.netns})})
+    const result = this.ignoringTerminalSignals(flags.wait, () => criuRestore({images: flags.images, wait: flags.wait, ...(flags.pidns === undefined ? {} : {pidns: flags.pidns}), ...(flags.netns === undefined ? {} : {netns: flags.netns})}))
     this.say(criuRestoreSummary(result))
     if (result.exit) process.exitCode = exitStatusOf(result.exit)
     return {...result, servedBy: 'cli'}
