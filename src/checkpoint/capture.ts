@@ -19,6 +19,7 @@ import {MAP} from '../sys/syscall.js'
 import {POOL_MAGIC} from '../pool/layout.js'
 import {isSharedMemoryObject, sharedObjectId, sharedObjectIdOfFd} from './shared-memory.js'
 import {type FdExtras} from './descriptors.js'
+import {readTermiosOf} from '../sys/terminal.js'
 
 /** Collects files once each and hands out their index. */
 export class FileTable {
@@ -132,6 +133,10 @@ export function captureFds(pid: number, fds: readonly {info: FdInfo; kind: FdKin
     if (kind === 'regular' || kind === 'directory') image.fileIndex = files.add(info.target, `/proc/${pid}/fd/${info.fd}`)
     if (kind === 'shmem') image.sharedId = sharedObjectIdOfFd(pid, info.fd)
     if (kind === 'tty' && !TTY_PATH.test(info.target)) image.kind = 'chardev'
+    if (image.kind === 'tty') {
+      const termios = readTermiosOf(pid, info.fd)
+      if (termios) image.termios = termios
+    }
     return image
   })
 }

@@ -179,6 +179,8 @@ export interface FdImage {
    * (the kernel re-arms it when it is read): ticks > 0 with an interval is still a running timer.
    */
   timerfd?: {clockid: number; value: [number, number]; interval: [number, number]; ticks?: number}
+  /** A terminal on fds 0-2: its modes (the kernel's struct termios), given to the terminal a clone gets under restore --wait. */
+  termios?: Uint8Array
   /** A signalfd: the signals it reads. */
   signalfd?: {mask: bigint}
   epoll?: {targets: EpollTargetImage[]}

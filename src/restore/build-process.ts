@@ -17,7 +17,8 @@ import {Tracee} from '../inject/tracee.js'
 import {readMaps, vdsoLayout} from '../sys/proc.js'
 import {close, fcntl, pipe2, read} from '../sys/file-io.js'
 import {decodeWaitStatus, wait4} from '../sys/ptrace.js'
-import {O, PR, SIG, SYS} from '../sys/syscall.js'
+import {O, PR, SIG, SYS, killQuiet} from '../sys/syscall.js'
+import {getTermios, setTermios} from '../sys/terminal.js'
 import {CpuPlacement, currentCpu} from '../sys/affinity.js'
 import {CrossMemberPairs, type StdioOnDevNull, stdioOnDevNull} from './descriptors.js'
 import {type NetworkMode, enterNetwork} from './network.js'
@@ -91,6 +92,22 @@ export interface BuildTimings {
   injectedSyscalls: number
   /** Of the pages copied, those each new process read from the store itself beside our copy (restore/page-copy.ts). */
   pagesReadByProcess: number
+}
+
+/**
+ * restore --wait: the terminal this command runs on, which the clone gets as its fds 0-2, is set to
+ * the modes the original's terminal had (a REPL or an editor in raw mode; otherwise the clone's input
+ * would be line-buffered and echoed twice). Returns how to put this terminal's own modes back once the
+ * clone ends, or undefined when the original had no terminal or this command has none.
+ */
+function lendTerminalModes(image: ProcessImage): (() => void) | undefined {
+  const tty = image.fds.find((fd) => fd.fd <= 2 && fd.kind === 'tty' && fd.termios)
+  if (!tty) return undefined
+  const ours = getTermios(tty.fd)
+  if (!ours || !setTermios(tty.fd, tty.termios!)) return undefined
+  return () => {
+    setTermios(tty.fd, ours)
+  }
 }
 
 /** How a clone ended (restore --wait). */
@@ -257,6 +274,7 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
   /** --record: every member process, its clone pid and its index in the checkpoint, each recorded at its own exit. */
   const recorded: {pid: number; member: number}[] = []
   let holds = 0
+  let restoreTerminal: (() => void) | undefined
   try {
     // Started first: the server's own start-up overlaps the spawn of the stubs.
     if (lazy || options.record) faultServer = FaultServerClient.start(store.mapPath!, {record: options.record !== undefined, ...(options.lazy?.faultPages === undefined ? {} : {faultPages: options.lazy.faultPages})})
@@ -328,6 +346,8 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
     }
     let injectedSyscalls = 0
     for (const {stub, threads} of built) injectedSyscalls += stub.tracee.injectedCount + threads.reduce((sum, t) => sum + t.injectedCount, 0)
+    // --wait on a terminal: the clone's terminal (ours) in the modes the original left its own in, ours back when it ends.
+    if (options.wait && options.stdio === 'inherit') restoreTerminal = lendTerminalModes(root.image)
     // Descendants first, the root last: a parent runs on only once its children are whole.
     for (const {stub, threads} of [...built].reverse()) {
       placement?.releaseSpawned(stub.pid)
@@ -335,6 +355,8 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
       stub.tracee.detach()
     }
     if (init) releaseInit(init, nsPid)
+    // A full-screen program asks the window size again on SIGWINCH (ignored by default): it redraws for this terminal.
+    if (restoreTerminal) killQuiet(rootStub.pid, SIG.WINCH)
     // If this fails, the catch below kills the init, and with it the released clone, before a fault waits on nobody.
     if (faultServer) {
       faultServer.arm(lazy ? init?.pid : undefined, options.lazy ?? {fillAfterMs: null},
@@ -351,9 +373,16 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
         spawnUs: Math.round((tSpawned - t0) * 1000), memoryUs: Math.round((tMapped - tSpawned) * 1000),
         stateUs: Math.round((tDone - tMapped) * 1000), injectedSyscalls, pagesReadByProcess: tally.pagesReadByProcess,
       },
-      wait: () => (initPid !== undefined && readEnd !== undefined ? waitForNamespacedClone(initPid, readEnd) : waitForClone(initPid ?? pid)),
+      wait: () => {
+        try {
+          return initPid !== undefined && readEnd !== undefined ? waitForNamespacedClone(initPid, readEnd) : waitForClone(initPid ?? pid)
+        } finally {
+          restoreTerminal?.()
+        }
+      },
     }
   } catch (error) {
+    restoreTerminal?.()
     for (const {threads} of built) for (const thread of threads) thread.kill()
     for (const stub of [...stubs.values()].reverse()) stub.kill()
     init?.kill()

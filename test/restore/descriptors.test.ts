@@ -177,6 +177,41 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
     })
   }
 
+  it('restore --wait on a terminal: the clone finds the terminal in the modes its original left its own in (raw), and the command puts the terminal\'s own modes back when the clone ends', async () => {
+    const pool = poolPath('fds')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-termios-'))
+    const log = join(dir, 'lflag')
+    try {
+      // A program that put its terminal in raw mode (a REPL with line editing, an editor) and reports the mode it finds.
+      const program = `import os, sys, termios, time, tty\ntty.setraw(0)\nwhile True:\n    open(${JSON.stringify(log)}, 'a').write(f"{os.getpid()} {termios.tcgetattr(0)[3] & termios.ICANON}\\n")\n    time.sleep(0.05)\n`
+      writeFileSync(join(dir, 'prog.py'), program)
+      const original = spawn('script', ['-qfc', `exec python3 ${join(dir, 'prog.py')}`, '/dev/null'], {stdio: ['pipe', 'ignore', 'ignore']})
+      trackPid(original.pid!)
+      const python = await until(() => childPids(original.pid!).find((pid) => comm(pid)?.startsWith('python3')), 'the program runs on its terminal')
+      trackPid(python)
+      await until(() => existsSync(log) && readFileSync(log, 'utf8').includes(`${python} 0`), 'the program is in raw mode')
+      const ck = await cli(['checkpoint', String(python), '--name', 'raw', '--kill', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      original.stdin!.end()
+      // Another terminal, in its default (canonical) modes: the command saves them first and compares after.
+      const shell = `stty -g > ${join(dir, 'before')}; ${process.execPath} ${CLI} restore raw --wait --pool ${pool} --no-porter >/dev/null 2>&1; stty -g > ${join(dir, 'after')}`
+      const term = spawn('script', ['-qfc', shell, '/dev/null'], {stdio: ['pipe', 'ignore', 'ignore']})
+      trackPid(term.pid!)
+      const seen = (): string[] => readFileSync(log, 'utf8').split('\n').filter((line) => line && !line.startsWith(`${python} `))
+      await until(() => seen().length > 2, 'the clone reports its terminal modes')
+      const clone = Number(seen()[0]!.split(' ')[0])
+      trackPid(clone)
+      assert.deepEqual([...new Set(seen().map((line) => line.split(' ')[1]))], ['0'], 'the clone finds its terminal raw (ICANON off), as its original left it')
+      process.kill(clone, 'SIGTERM')
+      await until(() => existsSync(join(dir, 'after')) && readFileSync(join(dir, 'after'), 'utf8').length > 0, 'the command ends')
+      assert.equal(readFileSync(join(dir, 'after'), 'utf8'), readFileSync(join(dir, 'before'), 'utf8'), 'the terminal has its own modes back')
+      assert.match(readFileSync(join(dir, 'before'), 'utf8'), /\S/)
+      term.stdin!.end()
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
   it('a parent and its forked child on one terminal (checkpoint --tree): both clones print to stdout and stderr and run on', async () => {
     const pool = poolPath('fds')
     const dir = mkdtempSync(join(tmpdir(), 'cxlfork-ttytree-'))
