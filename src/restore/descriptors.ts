@@ -18,7 +18,7 @@ import {chmodSync, lchownSync, lstatSync, readdirSync, rmSync, statSync} from 'n
 import {type FdImage, type ProcessImage, timerfdFirstExpiry} from '../image/process-image.js'
 import {ConflictError, NotFoundError, SyscallError, UnsupportedError} from '../errors.js'
 import {O, SYS} from '../sys/syscall.js'
-import {AF, describeAddress, unixAddressLive, unixName} from '../sys/sockets.js'
+import {AF, describeAddress, portHolders, unixAddressLive, unixName} from '../sys/sockets.js'
 import {type Tracee} from '../inject/tracee.js'
 import {type Injector} from './injector.js'
 import {type SharedMemoryBuilder} from './shared-memory.js'
@@ -248,7 +248,9 @@ function createSocket(inject: Injector, fd: FdImage, stage: (fd: number) => numb
   if (port !== 0) {
     const r = inject.tracee.syscall(SYS.bind, created, inject.put(socket.local), socket.local.length)
     if (r === -BigInt(EADDRINUSE)) {
-      throw new ConflictError('ADDRESS_IN_USE', `fd ${fd.fd} must listen on ${describeAddress(socket.local)}, which is in use here (by the original, most likely)`,
+      const holders = portHolders(port, socket.type)
+      const by = holders.length > 0 ? `held by ${holders.map((h) => `process ${h.pid} (${h.comm})`).join(', ')}` : 'by the original, most likely'
+      throw new ConflictError('ADDRESS_IN_USE', `fd ${fd.fd} must ${socket.listening ? 'listen on' : 'be bound to'} ${describeAddress(socket.local)}, which is in use here (${by})`,
         'Restore with --netns new (a network namespace of the clone\'s own), stop the original first (checkpoint --kill), or let the program set SO_REUSEPORT to share the port.')
     }
     if (r < 0n) throw new SyscallError(`bind(${describeAddress(socket.local)}) in the new process`, Number(-r))

@@ -236,6 +236,35 @@ export function socketHolders(inode: number, limit = 3): {pid: number; comm: str
   return holders
 }
 
+/**
+ * Processes holding a TCP listener or a UDP socket on `port` in this network namespace (from
+ * /proc/net/{tcp,tcp6,udp,udp6}, then their fds): for naming who has the port in an error.
+ */
+export function portHolders(port: number, type: number, limit = 3): {pid: number; comm: string}[] {
+  const inodes = new Set<number>()
+  for (const table of type === SOCK.DGRAM ? ['udp', 'udp6'] : ['tcp', 'tcp6']) {
+    let text: string
+    try {
+      text = readFileSync(`/proc/net/${table}`, 'utf8')
+    } catch {
+      continue
+    }
+    for (const line of text.split('\n').slice(1)) {
+      // sl local_address rem_address st ... inode: the port is the local address's hex after ':'; st 0A is LISTEN.
+      const fields = line.trim().split(/\s+/)
+      if (fields.length < 10 || Number.parseInt(fields[1]!.split(':')[1] ?? '', 16) !== port) continue
+      if (type !== SOCK.DGRAM && fields[3] !== '0A') continue
+      inodes.add(Number(fields[9]))
+    }
+  }
+  const holders: {pid: number; comm: string}[] = []
+  for (const inode of inodes) {
+    for (const holder of socketHolders(inode, limit - holders.length)) if (!holders.some((h) => h.pid === holder.pid)) holders.push(holder)
+    if (holders.length >= limit) break
+  }
+  return holders
+}
+
 /** One attribute of sock_diag's answer about Unix socket `inode` (asked with `show`), or undefined. */
 function unixDiag(inode: number, show: number, attributeType: number): DataView | undefined {
   const sock = Number(syscallRaw(SYS.socket, 16 /* AF_NETLINK */, 2 /* SOCK_DGRAM */ | 0o2000000, NETLINK_SOCK_DIAG))

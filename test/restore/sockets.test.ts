@@ -92,7 +92,7 @@ describe('restore: servers with listening sockets', function () {
     const clash = await cli(['restore', 'http', '--json', '--pool', pool])
     assert.equal(clash.status, 7, describeRun(clash))
     assert.equal(clash.json.error.code, 'ADDRESS_IN_USE')
-    assert.match(clash.json.error.message, new RegExp(`127\\.0\\.0\\.1:${port}`))
+    assert.match(clash.json.error.message, new RegExp(`127\\.0\\.0\\.1:${port}, which is in use here \\(held by process ${server.pid} \\(python3\\)\\)`))
     assert.match(clash.json.error.hint, /--netns new/)
     assert.deepEqual(allProcesses().filter((p) => p.comm.startsWith('cxlfork-') && !stubsBefore.includes(p.pid)), [], 'the failed restore left no stub')
     const ls = await cli(['ls', '--json', '--pool', pool])
