@@ -63,7 +63,7 @@ export const ERROR_CODES = {
   CRIU_FD_TYPE: ExitCode.unsupported, CRIU_FILE_REMAP: ExitCode.unsupported, CRIU_FILE_TYPE: ExitCode.unsupported,
   CRIU_IMAGE_VERSION: ExitCode.unsupported, CRIU_PAGEMAP_LAZY: ExitCode.unsupported, CRIU_PAGEMAP_PARENT: ExitCode.unsupported,
   CRIU_PROCESS_TREE: ExitCode.unsupported, CRIU_SECCOMP: ExitCode.unsupported, CRIU_SHARED_ANON: ExitCode.unsupported,
-  CRIU_TASK_STATE: ExitCode.unsupported, CRIU_TIMERS: ExitCode.unsupported, UNSUPPORTED_TIMER: ExitCode.unsupported, FILE_LOCK: ExitCode.unsupported, TIMER_IDS_UNSUPPORTED: ExitCode.unsupported, CRIU_VMA_UNSUPPORTED: ExitCode.unsupported,
+  CRIU_TASK_STATE: ExitCode.unsupported, CRIU_TIMERS: ExitCode.unsupported, UNSUPPORTED_TIMER: ExitCode.unsupported, FILE_LOCK: ExitCode.unsupported, SYSV_IPC: ExitCode.unsupported, TIMER_IDS_UNSUPPORTED: ExitCode.unsupported, CRIU_VMA_UNSUPPORTED: ExitCode.unsupported,
   FS_NOT_SHAREABLE: ExitCode.unsupported, HAS_CHILDREN: ExitCode.unsupported, KERNEL_MISMATCH: ExitCode.unsupported,
   KERNEL_THREAD: ExitCode.unsupported, MULTI_THREADED: ExitCode.unsupported, NO_SYSCALL_SITE: ExitCode.unsupported,
   NO_VDSO: ExitCode.unsupported, PROCESS_ZOMBIE: ExitCode.unsupported, PROVISION_UNSUPPORTED: ExitCode.unsupported,

@@ -13,7 +13,7 @@ import {type EpollTargetImage, type FdImage, type FdKind} from '../image/process
 import {close, fcntl, open, pipe2, read} from '../sys/file-io.js'
 import {O, SYS, syscallRaw} from '../sys/syscall.js'
 import {type FdInfo} from '../sys/proc.js'
-import {AF, SOCK, describeAddress, peekMessages, peekQueued, readSocket, unixName, unixPeer} from '../sys/sockets.js'
+import {AF, SOCK, describeAddress, peekMessages, peekQueued, readSocket, unixAddress, unixName, unixPeer, unixSocketFile} from '../sys/sockets.js'
 import {pathOfHandle} from '../sys/file-handle.js'
 import {GHOST_LIMIT, type TreeSocket} from './preflight.js'
 
@@ -195,8 +195,19 @@ export function describeFds(pid: number, fds: readonly {info: FdInfo; kind: FdKi
         if (socket.type === SOCK.DGRAM && peekQueued(pid, info.fd).length > 0) {
           throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix datagram socket at ${describeAddress(socket.local)} with messages queued`, 'Checkpoint it once its messages are read.')
         }
-        set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, local: socket.local,
-          ...(socket.backlog === undefined ? {} : {backlog: socket.backlog}), options: socket.options.filter((o) => o.level === 1), ...unixFile(socket.local)}})
+        // Bound to a path: re-created where its file is now (renamed into place since its bind, as supervisord does), else refused.
+        let local = socket.local
+        const name = unixName(socket.local)
+        if (name.startsWith('/')) {
+          const now = unixSocketFile(Number(/^socket:\[(\d+)\]$/.exec(info.target)?.[1] ?? -1), name)
+          if (now === undefined) {
+            throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is a Unix socket bound to ${name}, whose socket file is gone (removed, or moved out of its directory, since the bind): no client can reach it by name`,
+              'Checkpoint it with its socket file in place.')
+          }
+          if (now !== name) local = unixAddress(now)
+        }
+        set(info.fd, {socket: {family: socket.family, type: socket.type, protocol: socket.protocol, listening: socket.listening, local,
+          ...(socket.backlog === undefined ? {} : {backlog: socket.backlog}), options: socket.options.filter((o) => o.level === 1), ...unixFile(local)}})
       } else if (socket.family === AF.UNIX && socket.type === SOCK.DGRAM && (socket.peer?.length ?? 0) > 2) {
         // A client of a named datagram socket: connected again at restore; a datagram waiting for it would be lost.
         if (peekQueued(pid, info.fd).length > 0) {

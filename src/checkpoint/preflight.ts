@@ -2,7 +2,7 @@
  * Checks made before a target is touched, so that every refusal happens while
  * the target runs undisturbed and names the exact feature that is missing.
  */
-import {existsSync, readFileSync, readdirSync, statSync} from 'node:fs'
+import {existsSync, readFileSync, readdirSync, readlinkSync, statSync} from 'node:fs'
 
 import {NotFoundError, PermissionError, UnsupportedError} from '../errors.js'
 import {type FdKind} from '../image/process-image.js'
@@ -24,6 +24,9 @@ const ANON_INODE_NAMES: Record<string, string> = {
   'anon_inode:[io_uring]': 'an io_uring instance', 'anon_inode:[perf_event]': 'a perf event',
   'anon_inode:[pidfd]': 'a pidfd', 'anon_inode:bpf-map': 'a BPF map', 'anon_inode:bpf-prog': 'a BPF program',
 }
+
+const FAMILY_NAMES: Record<number, string> = {16: 'a netlink socket', 17: 'a packet socket (AF_PACKET)', 38: 'a kernel crypto socket (AF_ALG)', 40: 'a vsock socket'}
+const NETLINK_NAMES: Record<number, string> = {0: 'NETLINK_ROUTE', 2: 'NETLINK_USERSOCK', 4: 'NETLINK_SOCK_DIAG', 9: 'NETLINK_AUDIT', 15: 'NETLINK_KOBJECT_UEVENT', 16: 'NETLINK_GENERIC'}
 
 /** TCP listeners and UDP sockets are restored; anything else is named. */
 function classifySocket(pid: number, fd: number, tcpClose: boolean): FdKind | {unsupported: string} {
@@ -48,7 +51,7 @@ function classifySocket(pid: number, fd: number, tcpClose: boolean): FdKind | {u
     if (socket.listening || socket.type === SOCK.DGRAM) return 'socket'
     return {unsupported: `a Unix ${socket.type === SOCK.SEQPACKET ? 'seqpacket' : 'stream'} socket neither listening nor connected (${where || '(unbound)'})`}
   }
-  if (!inet) return {unsupported: `a socket of address family ${socket.family}`}
+  if (!inet) return {unsupported: `${FAMILY_NAMES[socket.family] ?? `a socket of address family ${socket.family}`}${socket.family === 16 ? ` (${NETLINK_NAMES[socket.protocol] ?? `protocol ${socket.protocol}`})` : ''}`}
   if (socket.type === SOCK.STREAM && socket.listening) return 'socket'
   if (socket.type === SOCK.STREAM && socket.connected) return tcpClose ? 'socket' : {unsupported: `an established TCP connection (local ${where}); cxlfork does not repair live connections (--tcp-close restores it closed)`}
   if (socket.type === SOCK.DGRAM && !socket.connected) return 'socket'
@@ -226,7 +229,54 @@ export function refuseFileLock(pid: number, comm: string, info: FdInfo): never {
   const fields = info.locks[0]!.split(/\s+/)
   const [kind = '?', access = '?', start = '0', end = 'EOF'] = [fields[1], fields[3], fields[6], fields[7]]
   throw new UnsupportedError('FILE_LOCK', `fd ${info.fd} of process ${pid} (${comm}) holds ${LOCK_KINDS[kind] ?? `a ${kind} lock`} for ${access.toLowerCase()} on ${info.target} (bytes ${start} to ${end}${info.locks.length > 1 ? `, and ${info.locks.length - 1} more lock(s)` : ''}): cxlfork does not carry file locks, and a clone would run without it`,
-    'Checkpoint the process once it has released the lock (a database: outside a transaction).')
+    'Checkpoint the process once it has released the lock. A lock held for the process\'s whole life (a pid file, SQLite in WAL mode, a database\'s control file, Apache\'s fcntl or flock accept mutex: use Mutex pthread) is never released: such a program cannot be checkpointed.')
+}
+
+const SYS_SEMCTL = 66
+const GETPID = 11
+
+/** The rows of /proc/sysvipc/NAME (semaphore sets, message queues) as column name -> value. */
+function sysvRows(name: 'sem' | 'msg'): Record<string, string>[] {
+  let text: string
+  try {
+    text = readFileSync(`/proc/sysvipc/${name}`, 'utf8')
+  } catch {
+    return []
+  }
+  const [header = '', ...lines] = text.split('\n')
+  const columns = header.trim().split(/\s+/)
+  return lines.filter((line) => line.trim()).map((line) => Object.fromEntries(line.trim().split(/\s+/).map((value, i) => [columns[i] ?? String(i), value])))
+}
+
+/**
+ * Throws SYSV_IPC for a process that operates on a System V semaphore set or message queue of
+ * its IPC namespace: cxlfork does not carry System V IPC, and its clone would keep using the
+ * original's set by id (and lose it when the original removes it: Apache's prefork accept mutex
+ * with Mutex sysvsem), or find none on another host. The kernel does not list a process's sets:
+ * a set whose semaphores it last operated on (semctl GETPID) or a queue it last sent to or
+ * received from names it. Best effort: a set it holds but has not touched yet is not seen.
+ */
+function refuseSysvIpc(pid: number, comm: string): void {
+  let sameNamespace = false
+  try {
+    sameNamespace = readlinkSync(`/proc/${pid}/ns/ipc`) === readlinkSync('/proc/self/ns/ipc')
+  } catch {
+    return
+  }
+  if (!sameNamespace) return
+  for (const set of sysvRows('sem')) {
+    const semid = Number(set['semid'])
+    for (let sem = 0; sem < Number(set['nsems'] ?? 0); sem++) {
+      if (syscallRaw(SYS_SEMCTL, semid, sem, GETPID, 0) !== BigInt(pid)) continue
+      throw new UnsupportedError('SYSV_IPC', `process ${pid} (${comm}) operates on the System V semaphore set ${semid} (key ${set['key']}, ${set['nsems']} semaphore(s)): cxlfork does not carry System V IPC, and a clone would go on using the original's set`,
+        'Use POSIX semaphores or pthread mutexes where the program lets you choose (Apache: Mutex pthread instead of sysvsem).')
+    }
+  }
+  for (const queue of sysvRows('msg')) {
+    if (Number(queue['lspid']) !== pid && Number(queue['lrpid']) !== pid) continue
+    throw new UnsupportedError('SYSV_IPC', `process ${pid} (${comm}) uses the System V message queue ${queue['msqid']} (key ${queue['key']}): cxlfork does not carry System V IPC, and a clone would go on using the original's queue`,
+      'cxlfork carries pipes and sockets, not System V queues.')
+  }
 }
 
 /** Throws UNSUPPORTED_MEMORY naming the first VMA a checkpoint cannot carry. */
@@ -307,7 +357,9 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
     const kind = classifyFd(info, pid, options.tcpClose ?? false)
     if (typeof kind === 'object') {
       // An interactive shell (bash keeps its terminal as fd 255), less and top hold the terminal above stderr: closing it is not the user's to do.
-      const hint = kind.unsupported.startsWith('a terminal')
+      const hint = kind.unsupported.startsWith('an established TCP connection')
+        ? 'Pass --tcp-close: the clone gets the connection closed (its peer outside cannot follow it to the clone), or checkpoint while no connection is open.'
+        : kind.unsupported.startsWith('a terminal')
         ? 'A clone gets a terminal only on fds 0-2 (this command\'s, with restore --wait). An interactive shell (bash keeps its terminal as fd 255) or a full-screen program holds one above them: checkpoint the program the shell runs instead (started with exec, or by bash -c / a script).'
         : 'cxlfork restores regular files, directories, /dev/null-style devices, pipes, FIFOs, eventfds, epoll instances, timerfds, signalfds, TCP listeners and unconnected TCP sockets, UDP sockets, Unix sockets, and a tty on fds 0-2. Close the fd before checkpointing.'
       throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, hint)
@@ -319,6 +371,7 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
   if (lone.length > 0 && options.children !== 'allow') refuseLoneUnixEnd(pid, lone[0]!, false)
   // A timer that cannot be re-created is refused now, before the target is stopped (read again, with its time left, then).
   listPosixTimers(pid, stat.comm, listTids(pid))
+  refuseSysvIpc(pid, stat.comm)
   const loneEnds = lone.length > 0 ? {loneUnixEnds: lone} : {}
   if (options.memory === false) return {uid: status.uid[0], inTree: options.children === 'allow', tcpClose: options.tcpClose ?? false, fds, ...loneEnds, smaps: null}
   const smaps = readSmaps(pid)

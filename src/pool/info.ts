@@ -2,7 +2,7 @@
 import {fstatSync} from 'node:fs'
 
 import type {PoolCatalog} from './catalog.js'
-import {EntryState} from './directory.js'
+import {EntryState, isLive} from './directory.js'
 import {classifyFileSystem} from './filesystem.js'
 import type {HostInfo, PoolInfo} from './types.js'
 
@@ -39,7 +39,10 @@ export function poolInfo(pool: PoolCatalog): PoolInfo {
     if (serials.size > 0) for (let unit = 0; unit < states.length; unit++) if (serials.has(Atomics.load(states, unit))) held++
     return held
   }
-  const deadBytes = heldBy(pool.regions.segmentStates, deadSerials) * header.segmentSize + heldBy(pool.regions.pageStates, deadSerials) * header.pageSize
+  // A builder killed after its publish, before it let go of its slot: the units are the checkpoint's now, not garbage (gc keeps them).
+  const garbageSerials = new Set(deadSerials)
+  for (const {entry} of pool.directory.occupied()) if (isLive(entry)) garbageSerials.delete(entry.serial)
+  const deadBytes = heldBy(pool.regions.segmentStates, garbageSerials) * header.segmentSize + heldBy(pool.regions.pageStates, garbageSerials) * header.pageSize
   let liveClones = 0
   for (const count of pool.references.liveCounts().values()) liveClones += count
   const now = Date.now()

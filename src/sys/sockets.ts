@@ -4,7 +4,8 @@
  * stopped): family, type, listening or connected, local address, the
  * options programs set. Addresses are kept as the raw sockaddr bytes.
  */
-import {readFileSync, readdirSync, readlinkSync} from 'node:fs'
+import {lstatSync, readFileSync, readdirSync, readlinkSync} from 'node:fs'
+import {dirname, join} from 'node:path'
 
 import {UnsupportedError} from '../errors.js'
 import {close} from './file-io.js'
@@ -203,6 +204,44 @@ export function unixPeer(inode: number): number | undefined {
 
 const UDIAG_SHOW_NAME = 0x1
 const UNIX_DIAG_NAME = 0
+const UDIAG_SHOW_VFS = 0x2
+const UNIX_DIAG_VFS = 1
+
+/**
+ * Where the file of Unix socket `inode` (bound to path `name`) is now: `name` itself, or the entry of
+ * its directory that is the same inode (a daemon that binds a temporary name and renames it into
+ * place, as supervisord does), or undefined when it is in neither (removed). The kernel keeps the
+ * bind-time name, which getsockname still returns; sock_diag's UNIX_DIAG_VFS gives the file's inode.
+ */
+export function unixSocketFile(inode: number, name: string): string | undefined {
+  const attribute = unixDiag(inode, UDIAG_SHOW_VFS, UNIX_DIAG_VFS)
+  if (!attribute || attribute.byteLength < 8) return name
+  const fileInode = attribute.getUint32(0, true)
+  const sameFile = (path: string): boolean => {
+    try {
+      const st = lstatSync(path)
+      return st.isSocket() && st.ino === fileInode
+    } catch {
+      return false
+    }
+  }
+  if (sameFile(name)) return name
+  const directory = dirname(name)
+  try {
+    return readdirSync(directory).map((entry) => join(directory, entry)).find(sameFile)
+  } catch {
+    return undefined
+  }
+}
+
+/** sockaddr_un bytes for a path. */
+export function unixAddress(path: string): Uint8Array {
+  const bytes = Buffer.from(path, 'utf8')
+  const address = new Uint8Array(2 + bytes.length + 1)
+  new DataView(address.buffer).setUint16(0, AF.UNIX, true)
+  address.set(bytes, 2)
+  return address
+}
 
 /** The address Unix socket `inode` is bound to (an accepted connection has its listener's), as unixName shows it; undefined when unbound. */
 export function unixSocketName(inode: number): string | undefined {

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict'
 import {spawn, spawnSync} from 'node:child_process'
 import {createConnection} from 'node:net'
-import {existsSync, mkdtempSync, readFileSync, rmSync, statSync} from 'node:fs'
+import {existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
@@ -41,6 +41,42 @@ describe('restore: servers with listening sockets', function () {
   this.timeout(180_000)
 
   installCleanupHooks('sockets')
+
+  it('a Unix listener whose socket file was renamed into place after its bind (supervisord): its clone listens where the file is now, with its mode', async () => {
+    const pool = poolPath('sockets')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-renamed-'))
+    const path = join(dir, 'control.sock')
+    try {
+      // Bound at a temporary name, then renamed over the final one: the kernel still reports the temporary name.
+      const script = [
+        'import os, socket, sys',
+        'path = sys.argv[1]',
+        'server = socket.socket(socket.AF_UNIX)',
+        'server.bind(f"{path}.{os.getpid()}")',
+        'os.chmod(f"{path}.{os.getpid()}", 0o700)',
+        'server.listen()',
+        'os.rename(f"{path}.{os.getpid()}", path)',
+        'while True:',
+        '    conn, _ = server.accept()',
+        '    conn.sendall(f"served by {os.getpid()}".encode()); conn.close()',
+      ].join('\n')
+      const server = spawn('python3', ['-c', script, path], {stdio: 'ignore'})
+      trackPid(server.pid!)
+      await until(() => existsSync(path), 'the socket file is in place')
+      const ck = await cli(['checkpoint', String(server.pid), '--name', 'renamed', '--kill', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      await until(() => !processExists(server.pid!), 'the original is gone')
+      const run = await cli(['restore', 'renamed', '--json', '--pool', pool, '--no-porter'])
+      assert.equal(run.status, 0, describeRun(run))
+      trackPid(run.json.pid)
+      const answer = spawnSync('python3', ['-c', 'import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print(s.recv(100).decode())', path], {encoding: 'utf8', timeout: 10_000})
+      assert.equal(answer.stdout.trim(), `served by ${run.json.pid}`, answer.stderr)
+      assert.equal(statSync(path).mode & 0o777, 0o700, 'the file keeps its mode')
+      assert.deepEqual(readdirSync(dir), ['control.sock'], 'no file at the stale bind name')
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
 
   it('TCP sockets created and never connected (mosquitto keeps a spare one; one bound and not listening): the clone gets them fresh, bound again, and uses them', async () => {
     const pool = poolPath('sockets')

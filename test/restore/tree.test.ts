@@ -6,7 +6,7 @@
  * waitpid(child) and its zombie's status still work, and children see their parent.
  */
 import assert from 'node:assert/strict'
-import {spawn} from 'node:child_process'
+import {spawn, spawnSync} from 'node:child_process'
 import {existsSync, mkdtempSync, readFileSync, readdirSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
@@ -268,6 +268,40 @@ describe('restore: process trees keep their shape and their pids', function () {
         await until(() => child.exitCode !== null || child.signalCode !== null, 'the target ends')
       }
     } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
+  it('a process operating on a System V semaphore set (Apache\'s sysvsem accept mutex) is refused by name (SYSV_IPC) before anything is touched', async () => {
+    const pool = poolPath('tree')
+    // semget(IPC_PRIVATE, 1, 0600), then semop +1 with SEM_UNDO: the kernel records this process as the semaphore's last user.
+    const script = [
+      'import ctypes, struct, sys, time',
+      'libc = ctypes.CDLL(None, use_errno=True)',
+      'semid = libc.semget(0, 1, 0o600)',
+      'assert semid >= 0, ctypes.get_errno()',
+      'op = ctypes.create_string_buffer(struct.pack("<HhH", 0, 1, 0x1000))',
+      'assert libc.semop(semid, op, 1) == 0, ctypes.get_errno()',
+      'open(sys.argv[1], "w").write(str(semid))',
+      'time.sleep(600)',
+    ].join('\n')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-sem-'))
+    const idFile = join(dir, 'semid')
+    const child = spawn('python3', ['-c', script, idFile], {stdio: 'ignore'})
+    trackPid(child.pid!)
+    let semid: string | undefined
+    try {
+      semid = await until(() => (existsSync(idFile) ? readFileSync(idFile, 'utf8') || undefined : undefined), 'the semaphore set exists')
+      const run = await cli(['checkpoint', String(child.pid), '--name', 'sem', '--json', '--pool', pool])
+      assert.equal(run.status, 5, describeRun(run))
+      assert.equal(run.json.error.code, 'SYSV_IPC')
+      assert.match(run.json.error.message, new RegExp(`^process ${child.pid} \\(python3\\) operates on the System V semaphore set ${semid} `))
+      assert.match(run.json.error.hint, /Mutex pthread/)
+      assert.equal(existsSync(pool), false, 'refused before the pool was created')
+      assert.equal(procStat(child.pid!)?.state, 'S', 'the target sleeps on, untraced')
+    } finally {
+      child.kill('SIGKILL')
+      if (semid) spawnSync('ipcrm', ['-s', semid])
       rmSync(dir, {recursive: true, force: true})
     }
   })
