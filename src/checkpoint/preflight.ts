@@ -225,10 +225,14 @@ const LOCK_KINDS: Record<string, string> = {POSIX: 'a POSIX record lock (fcntl F
  * its lock), and beside its original it could not hold it at all.
  */
 export function refuseFileLock(pid: number, comm: string, info: FdInfo): never {
+  throw fileLockError(pid, comm, info)
+}
+
+function fileLockError(pid: number, comm: string, info: FdInfo): UnsupportedError {
   // '1: POSIX  ADVISORY  WRITE 42 fe:00:123 0 EOF': id, kind, mode, access, holder, device:inode, start, end.
   const fields = info.locks[0]!.split(/\s+/)
   const [kind = '?', access = '?', start = '0', end = 'EOF'] = [fields[1], fields[3], fields[6], fields[7]]
-  throw new UnsupportedError('FILE_LOCK', `fd ${info.fd} of process ${pid} (${comm}) holds ${LOCK_KINDS[kind] ?? `a ${kind} lock`} for ${access.toLowerCase()} on ${info.target} (bytes ${start} to ${end}${info.locks.length > 1 ? `, and ${info.locks.length - 1} more lock(s)` : ''}): cxlfork does not carry file locks, and a clone would run without it`,
+  return new UnsupportedError('FILE_LOCK', `fd ${info.fd} of process ${pid} (${comm}) holds ${LOCK_KINDS[kind] ?? `a ${kind} lock`} for ${access.toLowerCase()} on ${info.target} (bytes ${start} to ${end}${info.locks.length > 1 ? `, and ${info.locks.length - 1} more lock(s)` : ''}): cxlfork does not carry file locks, and a clone would run without it`,
     'Checkpoint the process once it has released the lock. A lock held for the process\'s whole life (a pid file, SQLite in WAL mode, a database\'s control file, Apache\'s fcntl or flock accept mutex: use Mutex pthread) is never released: such a program cannot be checkpointed.')
 }
 
@@ -353,6 +357,8 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
       'Checkpoint the whole tree with --tree, or a process without children (a zombie child counts until it is reaped).')
   }
   const fds: PreflightResult['fds'] = []
+  // Every fd that is refused, so that one refusal names them all (mariadbd holds a lock and an io_uring: fixing one would only show the next).
+  const refused: UnsupportedError[] = []
   for (const info of listFds(pid)) {
     const kind = classifyFd(info, pid, options.tcpClose ?? false)
     if (typeof kind === 'object') {
@@ -362,10 +368,18 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
         : kind.unsupported.startsWith('a terminal')
         ? 'A clone gets a terminal only on fds 0-2 (this command\'s, with restore --wait). An interactive shell (bash keeps its terminal as fd 255) or a full-screen program holds one above them: checkpoint the program the shell runs instead (started with exec, or by bash -c / a script).'
         : 'cxlfork restores regular files, directories, /dev/null-style devices, pipes, FIFOs, eventfds, epoll instances, timerfds, signalfds, TCP listeners and unconnected TCP sockets, UDP sockets, Unix sockets, and a tty on fds 0-2. Close the fd before checkpointing.'
-      throw new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, hint)
+      refused.push(new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, hint))
+      continue
     }
-    if (info.locks.length > 0) refuseFileLock(pid, stat.comm, info)
+    if (info.locks.length > 0) refused.push(fileLockError(pid, stat.comm, info))
     fds.push({info, kind})
+  }
+  if (refused.length > 0) {
+    const first = refused[0]!
+    const more = refused.slice(1)
+    if (more.length === 0) throw first
+    const short = (error: UnsupportedError): string => error.message.replace(` of process ${pid} (${stat.comm})`, '').replace(` of process ${pid}`, '')
+    throw new UnsupportedError(first.code as 'UNSUPPORTED_FD', `${first.message}; and ${more.length} more: ${more.map(short).join('; ')}`, first.hint)
   }
   const lone = loneUnixEnds(pid, fds)
   if (lone.length > 0 && options.children !== 'allow') refuseLoneUnixEnd(pid, lone[0]!, false)

@@ -306,6 +306,24 @@ describe('restore: process trees keep their shape and their pids', function () {
     }
   })
 
+  it('every refused fd is named in one refusal: a lock and a netlink socket (dnsmasq holds one) together', async () => {
+    const pool = poolPath('tree')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-blockers-'))
+    try {
+      const script = `import fcntl, socket, time\nf = open(${JSON.stringify(join(dir, 'db'))}, "w")\nfcntl.lockf(f, fcntl.LOCK_EX)\nn = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)\ntime.sleep(600)`
+      const child = spawn('python3', ['-c', script], {stdio: 'ignore'})
+      trackPid(child.pid!)
+      await until(() => readFileSync('/proc/locks', 'utf8').includes(` ${child.pid} `) && readdirSync(`/proc/${child.pid}/fd`).length >= 5, 'the lock and the socket exist')
+      const run = await cli(['checkpoint', String(child.pid), '--name', 'blockers', '--json', '--pool', pool])
+      assert.equal(run.status, 5, describeRun(run))
+      assert.equal(run.json.error.code, 'FILE_LOCK', 'the first refused fd gives the code')
+      assert.match(run.json.error.message, new RegExp(`^fd 3 of process ${child.pid} \\(python3\\) holds a POSIX record lock .*; and 1 more: fd 4 is a netlink socket \\(NETLINK_ROUTE\\)$`))
+      child.kill('SIGKILL')
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
   it('a grandchild that asked for a signal at its parent\'s death (PR_SET_PDEATHSIG) keeps asking in the clone: it ends when the clone of its parent dies', async () => {
     const pool = poolPath('tree')
     // root -> middle -> leaf; the leaf only sleeps: nothing but the parent-death signal (SIGTERM) ends it.
