@@ -167,7 +167,7 @@ export function criuRestore(request: {images: string; wait: boolean; pidns?: Pid
     sharedFd = shared?.fd
     tDecoded = performance.now()
     built = buildTree(plans, {localAddress: (offset) => pages.localAddress(offset), fileSpan: (offset) => pages.fileSpan(offset), ...(shared ? {fd: shared.fd, sharedObjects: shared.objects} : {})},
-      {stdio: request.stdio ?? (request.wait ? 'inherit' : 'null'), ...(request.dieWithParent ? {dieWithParent: true} : {}), setsid: !request.wait, wait: request.wait, ...(request.pidns === undefined ? {} : {pidns: request.pidns}), ...(request.netns === undefined ? {} : {network: request.netns})})
+      {stdio: request.stdio ?? (request.wait ? 'inherit' : 'null'), ...(request.dieWithParent || request.wait ? {dieWithParent: true} : {}), setsid: !request.wait, wait: request.wait, ...(request.pidns === undefined ? {} : {pidns: request.pidns}), ...(request.netns === undefined ? {} : {network: request.netns})})
     // The clone runs from here on. Unmapping our view of the pages images (tearing down a page
     // table entry per page: ~30 ms at 256 MiB) is this process's own clean-up, after it.
     tDone = performance.now()

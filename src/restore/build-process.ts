@@ -354,7 +354,7 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
       for (const thread of threads) thread.detach()
       stub.tracee.detach()
     }
-    if (init) releaseInit(init, nsPid)
+    if (init) releaseInit(init, nsPid, options.dieWithParent === true)
     // A full-screen program asks the window size again on SIGWINCH (ignored by default): it redraws for this terminal.
     if (restoreTerminal) killQuiet(rootStub.pid, SIG.WINCH)
     // If this fails, the catch below kills the init, and with it the released clone, before a fault waits on nobody.

@@ -117,9 +117,9 @@ export function namespacedStubsFrom(init: Stub, nsPid: number): NamespacedStubs 
  * init is stopped in nanosleep(): its registers are set so that it leaves the
  * syscall and jumps there, with no restart.
  */
-export function releaseInit(init: Stub, nsPid: number): void {
-  // The stub asked for SIGKILL at its spawner's death (stubCode); the clone's init must outlive us.
-  init.tracee.syscallChecked('prctl(PR_SET_PDEATHSIG, 0)', SYS.prctl, 1, 0)
+export function releaseInit(init: Stub, nsPid: number, dieWithParent = false): void {
+  // The stub asked for SIGKILL at its spawner's death (stubCode); the clone's init must outlive us, unless the clone must die with us.
+  if (!dieWithParent) init.tracee.syscallChecked('prctl(PR_SET_PDEATHSIG, 0)', SYS.prctl, 1, 0)
   const regs = init.tracee.getRegs()
   regs.rip = init.initEntry
   regs.r12 = BigInt(nsPid)

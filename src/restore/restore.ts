@@ -232,7 +232,8 @@ export function restoreFromPool(pool: Pool, request: RestoreRequest): RestoreRes
     const fileSpan = (offset: bigint): StoreFileSpan => ({path: pool.path, offset, available: loaded.reader.bytesFrom(offset), dev: poolFile.dev, ino: poolFile.ino})
     built = buildTree(plans, {mapPath: pool.path, localAddress: address, fileSpan, fd: pool.fd, ...(loaded.sharedObjects ? {sharedObjects: loaded.sharedObjects} : {})}, {
       stdio: request.stdio ?? (request.wait ? 'inherit' : 'null'),
-      ...(request.dieWithParent ? {dieWithParent: true} : {}),
+      // --wait: the clone is this command's foreground job and lives no longer than the command (SIGKILLed at its death).
+      ...(request.dieWithParent || request.wait ? {dieWithParent: true} : {}),
       setsid: !request.wait,
       wait: request.wait,
       ...(request.pidns === undefined ? {} : {pidns: request.pidns}),

@@ -210,6 +210,25 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
     }
   })
 
+  it('restore --wait killed (SIGTERM, not from its terminal): its clone, a single process or a tree in its PID namespace, does not outlive it', async () => {
+    const pool = poolPath('fds')
+    for (const [name, args, tree] of [['waited-one', ['-c', 'import time\nwhile True: time.sleep(0.05)'], false], ['waited-tree', ['-c', 'import os, time\nos.fork()\nwhile True: time.sleep(0.05)'], true]] as const) {
+      const original = spawn('python3', [...args, name], {stdio: 'ignore'})
+      trackPid(original.pid!)
+      await until(() => comm(original.pid!) === 'python3' && (!tree || childPids(original.pid!).length > 0), 'the original runs (and forked)')
+      const ck = await cli(['checkpoint', String(original.pid), ...(tree ? ['--tree'] : []), '--kill', '--name', name, '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      const clones = (): number[] => allProcesses().filter((p) => p.comm.startsWith('python3') && readFileSync(`/proc/${p.pid}/cmdline`, 'utf8').includes(name)).map((p) => p.pid)
+      await until(() => clones().length === 0, 'the original is gone')
+      const waiting = spawn(process.execPath, [CLI, 'restore', name, '--wait', '--pool', pool, '--no-porter'], {stdio: 'ignore'})
+      trackPid(waiting.pid!)
+      const running = await until(() => (clones().length === (tree ? 2 : 1) ? clones() : undefined), 'the clone runs')
+      for (const pid of running) trackPid(pid)
+      waiting.kill('SIGTERM')
+      await until(() => clones().length === 0, `the ${tree ? 'tree' : 'process'} restored --wait ends with its command`)
+    }
+  })
+
   it('a parent and its forked child on one terminal (checkpoint --tree): both clones print to stdout and stderr and run on', async () => {
     const pool = poolPath('fds')
     const dir = mkdtempSync(join(tmpdir(), 'cxlfork-ttytree-'))
