@@ -78,7 +78,7 @@ export const ERROR_CODES = {
   PAGE_MAP_CORRUPT: ExitCode.corrupt, POOL_FOREIGN: ExitCode.corrupt, POOL_HEADER_CORRUPT: ExitCode.corrupt,
   POOL_SIZE_MISMATCH: ExitCode.corrupt, POOL_TRUNCATED: ExitCode.corrupt, POOL_VERSION: ExitCode.corrupt, PAGE_DATA_CORRUPT: ExitCode.corrupt,
   // exit conflict
-  ALREADY_TRACED: ExitCode.conflict, ADDRESS_IN_USE: ExitCode.conflict, BUILD_SLOTS_FULL: ExitCode.conflict, CHECKPOINT_IN_USE: ExitCode.conflict,
+  ALREADY_TRACED: ExitCode.conflict, ADDRESS_IN_USE: ExitCode.conflict, FILE_LOCK_HELD: ExitCode.conflict, BUILD_SLOTS_FULL: ExitCode.conflict, CHECKPOINT_IN_USE: ExitCode.conflict,
   DIRECTORY_FULL: ExitCode.conflict, HOST_TABLE_FULL: ExitCode.conflict, IMAGES_EXIST: ExitCode.conflict, NAME_TAKEN: ExitCode.conflict,
   POOL_BUSY: ExitCode.conflict, POOL_EXISTS: ExitCode.conflict, POOL_FULL: ExitCode.conflict, POOL_NO_SPACE: ExitCode.conflict, REFERENCES_FULL: ExitCode.conflict,
   SELF_HEALING: ExitCode.conflict, TREE_UNSTABLE: ExitCode.conflict,

@@ -126,6 +126,14 @@ export function capturePageRuns(pid: number, vmas: readonly VmaImage[], wholeVma
 
 const TTY_PATH = /^\/dev\/(pts\/\d+|tty\d*|console)$/
 
+const LOCK_KIND: Record<string, 'posix' | 'flock' | 'ofd'> = {POSIX: 'posix', FLOCK: 'flock', OFDLCK: 'ofd'}
+
+/** An fdinfo 'lock:' line ('1: POSIX  ADVISORY  WRITE 42 fe:00:123 0 EOF'), of a kind preflight let through. */
+function parseLock(line: string): NonNullable<FdImage['locks']>[number] {
+  const fields = line.split(/\s+/)
+  return {kind: LOCK_KIND[fields[1]!] ?? 'posix', write: fields[3] === 'WRITE', start: Number(fields[6]), end: fields[7] === 'EOF' ? null : Number(fields[7])}
+}
+
 export function captureFds(pid: number, fds: readonly {info: FdInfo; kind: FdKind; extras?: FdExtras | undefined}[], files: FileTable): FdImage[] {
   const O_CLOEXEC = 0o2000000
   return fds.map(({info, kind, extras}) => {
@@ -133,6 +141,7 @@ export function captureFds(pid: number, fds: readonly {info: FdInfo; kind: FdKin
     if (kind === 'regular' || kind === 'directory') image.fileIndex = files.add(info.target, `/proc/${pid}/fd/${info.fd}`)
     if (kind === 'shmem') image.sharedId = sharedObjectIdOfFd(pid, info.fd)
     if (kind === 'tty' && !TTY_PATH.test(info.target)) image.kind = 'chardev'
+    if (info.locks.length > 0) image.locks = info.locks.map(parseLock)
     if (image.kind === 'tty') {
       const termios = readTermiosOf(pid, info.fd)
       if (termios) image.termios = termios

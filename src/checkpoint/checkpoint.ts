@@ -102,8 +102,9 @@ function pageMapAt(runs: readonly PageRun[], poolOffset: bigint): Uint8Array {
 export function checkpointToPool(pool: Pool | (() => Pool), request: {pid: number; name: string; kill: boolean; tree?: boolean; tcpClose?: boolean; stopPoint?: () => void}): CheckpointResult {
   const t0 = performance.now()
   validateCheckpointName(request.name)
-  const tree: CheckedTree | undefined = request.tree ? preflightTree(request.pid, request.tcpClose) : undefined
-  const checked = tree ? tree.checks.get(request.pid)! : preflight(request.pid, {memory: typeof pool === 'function', tcpClose: request.tcpClose ?? false})
+  // File locks are taken again by the clone (restore/locks.ts).
+  const tree: CheckedTree | undefined = request.tree ? preflightTree(request.pid, request.tcpClose, true) : undefined
+  const checked = tree ? tree.checks.get(request.pid)! : preflight(request.pid, {memory: typeof pool === 'function', tcpClose: request.tcpClose ?? false, carryLocks: true})
   if (typeof pool === 'function') pool = pool()
   // Refuse a taken name before the target is touched; publish re-checks atomically.
   if (pool.has(request.name)) {

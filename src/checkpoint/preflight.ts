@@ -206,6 +206,8 @@ export interface PreflightResult {
   inTree: boolean
   /** Established TCP connections accepted, to be restored closed (--tcp-close). */
   tcpClose: boolean
+  /** Advisory record, flock and OFD locks accepted, to be taken again by the clone (the pool path; the CRIU format here carries none). */
+  carryLocks: boolean
   /** In a tree: pipes other members hold too ('pipe:[ino]'), carried as pipes even on fds 0-2. */
   internalPipes?: Set<string>
   /** In a tree: every member's sockets ('socket:[ino]'), each with one member fd holding it (a socketpair's other end may be any of them). */
@@ -224,6 +226,12 @@ const LOCK_KINDS: Record<string, string> = {POSIX: 'a POSIX record lock (fcntl F
  * holds the lock while another process can take it (a database's clone would write outside
  * its lock), and beside its original it could not hold it at all.
  */
+/** An advisory POSIX record lock, flock() lock or OFD lock (fdinfo 'lock:' line): a clone can take it again. Leases and mandatory locks cannot be. */
+export function carriableLock(line: string): boolean {
+  const [, kind, mode] = line.split(/\s+/)
+  return (kind === 'POSIX' || kind === 'FLOCK' || kind === 'OFDLCK') && mode === 'ADVISORY'
+}
+
 export function refuseFileLock(pid: number, comm: string, info: FdInfo): never {
   throw fileLockError(pid, comm, info)
 }
@@ -232,8 +240,11 @@ function fileLockError(pid: number, comm: string, info: FdInfo): UnsupportedErro
   // '1: POSIX  ADVISORY  WRITE 42 fe:00:123 0 EOF': id, kind, mode, access, holder, device:inode, start, end.
   const fields = info.locks[0]!.split(/\s+/)
   const [kind = '?', access = '?', start = '0', end = 'EOF'] = [fields[1], fields[3], fields[6], fields[7]]
-  return new UnsupportedError('FILE_LOCK', `fd ${info.fd} of process ${pid} (${comm}) holds ${LOCK_KINDS[kind] ?? `a ${kind} lock`} for ${access.toLowerCase()} on ${info.target} (bytes ${start} to ${end}${info.locks.length > 1 ? `, and ${info.locks.length - 1} more lock(s)` : ''}): cxlfork does not carry file locks, and a clone would run without it`,
-    'Checkpoint the process once it has released the lock. A lock held for the process\'s whole life (a pid file, SQLite in WAL mode, a database\'s control file, Apache\'s fcntl or flock accept mutex: use Mutex pthread) is never released: such a program cannot be checkpointed.')
+  // Advisory locks are refused only where the images carry none (criu dump); leases and mandatory locks everywhere.
+  const carriable = info.locks.every(carriableLock)
+  return new UnsupportedError('FILE_LOCK', `fd ${info.fd} of process ${pid} (${comm}) holds ${LOCK_KINDS[kind] ?? `a ${kind} lock`} for ${access.toLowerCase()} on ${info.target} (bytes ${start} to ${end}${info.locks.length > 1 ? `, and ${info.locks.length - 1} more lock(s)` : ''}): ${carriable ? 'CRIU-format images carry no file locks' : 'cxlfork does not carry leases or mandatory locks'}, and a clone would run without it`,
+    carriable ? 'Checkpoint it into a pool (cxlfork checkpoint): its clones take their advisory locks again.'
+      : 'Checkpoint the process once it has released the lease or lock.')
 }
 
 const SYS_SEMCTL = 66
@@ -298,7 +309,7 @@ export function refuseUnsupportedMemory(pid: number, vmas: readonly (Vma & {vmFl
  * here), so a checkpoint into an existing pool makes it on the snapshot
  * instead, while the snapshot writes its pages (LiveSnapshot.checkMemory).
  */
-export function preflight(pid: number, options: {memory?: boolean; children?: 'refuse' | 'allow'; tcpClose?: boolean} = {}): PreflightResult {
+export function preflight(pid: number, options: {memory?: boolean; children?: 'refuse' | 'allow'; tcpClose?: boolean; carryLocks?: boolean} = {}): PreflightResult {
   if (!Number.isInteger(pid) || pid <= 0) throw new NotFoundError('PROCESS_NOT_FOUND', `no such process: ${pid}`, 'Give the pid of a running process (see `ps`).')
   let stat
   try {
@@ -371,7 +382,7 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
       refused.push(new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, hint))
       continue
     }
-    if (info.locks.length > 0) refused.push(fileLockError(pid, stat.comm, info))
+    if (info.locks.length > 0 && !(options.carryLocks && info.locks.every(carriableLock))) refused.push(fileLockError(pid, stat.comm, info))
     fds.push({info, kind})
   }
   if (refused.length > 0) {
@@ -387,8 +398,9 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
   listPosixTimers(pid, stat.comm, listTids(pid))
   refuseSysvIpc(pid, stat.comm)
   const loneEnds = lone.length > 0 ? {loneUnixEnds: lone} : {}
-  if (options.memory === false) return {uid: status.uid[0], inTree: options.children === 'allow', tcpClose: options.tcpClose ?? false, fds, ...loneEnds, smaps: null}
+  const carryLocks = options.carryLocks ?? false
+  if (options.memory === false) return {uid: status.uid[0], inTree: options.children === 'allow', tcpClose: options.tcpClose ?? false, carryLocks, fds, ...loneEnds, smaps: null}
   const smaps = readSmaps(pid)
   refuseUnsupportedMemory(pid, smaps)
-  return {uid: status.uid[0], inTree: options.children === 'allow', tcpClose: options.tcpClose ?? false, fds, ...loneEnds, smaps}
+  return {uid: status.uid[0], inTree: options.children === 'allow', tcpClose: options.tcpClose ?? false, carryLocks, fds, ...loneEnds, smaps}
 }

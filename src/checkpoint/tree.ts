@@ -98,6 +98,7 @@ export interface CheckedTree {
   /** Preflight of each live member, by pid. */
   checks: Map<number, PreflightResult>
   tcpClose: boolean
+  carryLocks: boolean
 }
 
 /**
@@ -106,16 +107,16 @@ export interface CheckedTree {
  * killed by a signal other than SIGKILL, and whatever preflight refuses for
  * a single process.
  */
-export function preflightTree(root: number, tcpClose = false): CheckedTree {
+export function preflightTree(root: number, tcpClose = false, carryLocks = false): CheckedTree {
   const members = treeMembers(root)
   const checks = new Map<number, PreflightResult>()
   const rootNs = namespaceIds(root)
   const live: TreeMember[] = []
   for (const member of members) {
-    if (checkMember(root, rootNs, member, checks, tcpClose)) live.push(member)
+    if (checkMember(root, rootNs, member, checks, tcpClose, carryLocks)) live.push(member)
   }
   refuseLoneUnixEndsOfTree(checks)
-  return {members: live, checks, tcpClose}
+  return {members: live, checks, tcpClose, carryLocks}
 }
 
 /** Every socketpair end a member holds alone must have its other end in some member (nginx's master and workers, multiprocessing.Pipe). */
@@ -131,7 +132,7 @@ function refuseLoneUnixEndsOfTree(checks: ReadonlyMap<number, PreflightResult>):
  * The checks of one member; false when it is gone meanwhile (a descendant
  * that exits between the listing and the freeze is simply not part of the tree).
  */
-function checkMember(root: number, rootNs: Record<string, string>, member: TreeMember, checks: Map<number, PreflightResult>, tcpClose: boolean): boolean {
+function checkMember(root: number, rootNs: Record<string, string>, member: TreeMember, checks: Map<number, PreflightResult>, tcpClose: boolean, carryLocks: boolean): boolean {
   if (member.zombieStatus !== undefined) {
     const signal = member.zombieStatus & 0x7f
     if (signal !== 0 && signal !== SIG.KILL) {
@@ -152,7 +153,7 @@ function checkMember(root: number, rootNs: Record<string, string>, member: TreeM
     if (tracer !== 0) {
       throw new ConflictError('ALREADY_TRACED', `member ${member.pid} of the tree is traced by process ${tracer}`, 'Detach the debugger or strace first.')
     }
-    checks.set(member.pid, preflight(member.pid, {children: 'allow', tcpClose}))
+    checks.set(member.pid, preflight(member.pid, {children: 'allow', tcpClose, carryLocks}))
     return true
   } catch (error) {
     if (member.pid !== root && exitedMeanwhile(error)) return false
@@ -267,7 +268,7 @@ export function freezeDescendants(tree: CheckedTree): FrozenMember[] {
       let fresh = 0
       for (const member of members.slice(1)) {
         if (member.zombieStatus !== undefined || frozen.has(member.pid)) continue
-        if (!tree.checks.has(member.pid) && !checkMember(root, rootNs, member, tree.checks, tree.tcpClose)) continue
+        if (!tree.checks.has(member.pid) && !checkMember(root, rootNs, member, tree.checks, tree.tcpClose, tree.carryLocks)) continue
         let leader: Tracee
         try {
           leader = Tracee.seize(member.pid, {options: 0})
@@ -284,7 +285,7 @@ export function freezeDescendants(tree: CheckedTree): FrozenMember[] {
         // Stable: every live descendant listed now is stopped.
         tree.members = members.filter((member, i) => i === 0 || member.zombieStatus !== undefined || frozen.has(member.pid))
         for (const member of tree.members) {
-          if (member.zombieStatus !== undefined) checkMember(root, rootNs, member, tree.checks, tree.tcpClose)
+          if (member.zombieStatus !== undefined) checkMember(root, rootNs, member, tree.checks, tree.tcpClose, tree.carryLocks)
         }
         const kept = new Set(tree.members.map((member) => member.pid))
         thawMembers([...frozen.values()].filter((member) => !kept.has(member.pid))) // orphaned meanwhile: no longer in the tree
@@ -365,7 +366,7 @@ export function captureStoppedMember(member: FrozenMember, checked: PreflightRes
   const byFd = new Map(checked.fds.map((entry) => [entry.info.fd, entry.kind]))
   // Offsets as of now (it is stopped); an fd opened since preflight is classified anew.
   let fds: {info: ReturnType<typeof listFds>[number]; kind: FdKind}[] = listFds(pid).map((info) => ({info, kind: byFd.get(info.fd) ?? 'regular'}))
-  if (fds.some((entry) => !byFd.has(entry.info.fd))) fds = preflight(pid, {memory: false, children: 'allow', tcpClose: checked.tcpClose}).fds
+  if (fds.some((entry) => !byFd.has(entry.info.fd))) fds = preflight(pid, {memory: false, children: 'allow', tcpClose: checked.tcpClose, carryLocks: checked.carryLocks}).fds
   const extras = describeFds(pid, fds, checked.internalPipes, checked.treeSockets)
   const memory = captureMemory(pid, maps)
   const image = captureImage(pid, pid, memory, maps, fds.map((entry) => ({...entry, extras: extras.get(entry.info.fd)})), {threads: states, sharedPendingSignals: leader.sharedPending, sigactions, brk, asked, timers})

@@ -57,5 +57,6 @@ export function describeFdImage(fd: FdImage): string {
   if (fd.signalfd) parts.push(`signals 0x${fd.signalfd.mask.toString(16)}`)
   if (fd.inotify) parts.push(`${fd.inotify.watches.length} watch${fd.inotify.watches.length === 1 ? '' : 'es'}${fd.inotify.watches.length > 0 ? `: ${fd.inotify.watches.map((watch) => watch.path).join(', ')}` : ''}`)
   if (fd.ghost) parts.push(`deleted file ${fd.ghost.path}, ${bytes(fd.ghost.data.length)} carried`)
+  for (const lock of fd.locks ?? []) parts.push(`holds a ${lock.kind === 'flock' ? 'flock()' : lock.kind === 'ofd' ? 'OFD' : 'POSIX'} ${lock.write ? 'write' : 'read'} lock on bytes ${lock.start} to ${lock.end ?? 'EOF'}`)
   return parts.join('; ')
 }

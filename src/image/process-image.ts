@@ -179,6 +179,12 @@ export interface FdImage {
    * (the kernel re-arms it when it is read): ticks > 0 with an interval is still a running timer.
    */
   timerfd?: {clockid: number; value: [number, number]; interval: [number, number]; ticks?: number}
+  /**
+   * Advisory locks held through this open file description: POSIX record locks (fcntl F_SETLK, lockf),
+   * flock() locks and OFD locks, each with its byte range (end null: to the end of the file). The clone
+   * takes each again, or its restore is refused while another process holds a conflicting one.
+   */
+  locks?: {kind: 'posix' | 'flock' | 'ofd'; write: boolean; start: number; end: number | null}[]
   /** A terminal on fds 0-2: its modes (the kernel's struct termios), given to the terminal a clone gets under restore --wait. */
   termios?: Uint8Array
   /** A signalfd: the signals it reads. */

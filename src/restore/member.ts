@@ -22,6 +22,7 @@ import {type MapOp, type RestorePlan, needsProtectFixup} from './plan.js'
 import {SharedMemoryBuilder} from './shared-memory.js'
 import {createThreads, requeueThreadSignals, restoreThreadKernelState} from './threads.js'
 import {restoreTimers} from './timers.js'
+import {takeLocks} from './locks.js'
 
 
 const PR_SET_PDEATHSIG = 1
@@ -263,6 +264,9 @@ export function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, 
   mapped(inject)
   inject.reset()
   restoreFds(inject, image, hostPidOf, shared, crossPairs)
+  inject.reset()
+  // Its locks, once its fds are in place: the clone owns them (a conflict with the original is refused here).
+  takeLocks(inject, image, stub.pid)
   inject.reset()
   restoreMm(inject, image)
   restoreSignals(inject, image)

@@ -246,27 +246,39 @@ describe('restore: process trees keep their shape and their pids', function () {
     child.kill('SIGKILL')
   })
 
-  it('a file lock (lockf, flock) is refused by name (FILE_LOCK) before anything is touched: a clone would write outside the lock', async () => {
+  it('file locks (lockf, flock) are taken again by the clone: beside the original that holds them its restore is FILE_LOCK_HELD naming it; once it is gone the clone holds them; criu dump refuses them (FILE_LOCK)', async () => {
     const pool = poolPath('tree')
     const dir = mkdtempSync(join(tmpdir(), 'cxlfork-lock-'))
     try {
-      for (const [call, words] of [['fcntl.lockf(f, fcntl.LOCK_EX)', /POSIX record lock \(fcntl F_SETLK, lockf\) for write/], ['fcntl.flock(f, fcntl.LOCK_SH)', /flock\(\) lock for read/]] as const) {
-        const path = join(dir, 'db')
-        const child = spawn('python3', ['-c', `import fcntl, time\nf = open(${JSON.stringify(path)}, "w")\n${call}\ntime.sleep(600)`], {stdio: 'ignore'})
-        trackPid(child.pid!)
-        await until(() => readFileSync('/proc/locks', 'utf8').includes(` ${child.pid} `), 'the lock is held')
-        const run = await cli(['checkpoint', String(child.pid), '--name', 'locked', '--json', '--pool', pool])
-        assert.equal(run.status, 5, describeRun(run))
-        assert.equal(run.json.error.code, 'FILE_LOCK')
-        assert.match(run.json.error.message, new RegExp(`^fd 3 of process ${child.pid} \\(python3\\) holds `))
-        assert.match(run.json.error.message, words)
-        assert.ok(run.json.error.message.includes(`on ${path}`), run.json.error.message)
-        assert.equal(existsSync(pool), false, 'refused before the pool was created')
-        assert.equal(procStat(child.pid!)?.state, 'S', 'the target sleeps on, untraced, its lock held')
-        assert.ok(readFileSync('/proc/locks', 'utf8').includes(` ${child.pid} `), 'the lock is still held')
-        child.kill('SIGKILL')
-        await until(() => child.exitCode !== null || child.signalCode !== null, 'the target ends')
-      }
+      const posix = join(dir, 'db')
+      const whole = join(dir, 'pid')
+      const child = spawn('python3', ['-c', `import fcntl, time\nf = open(${JSON.stringify(posix)}, "w")\nfcntl.lockf(f, fcntl.LOCK_EX, 10, 100)\ng = open(${JSON.stringify(whole)}, "w")\nfcntl.flock(g, fcntl.LOCK_SH)\ntime.sleep(600)`], {stdio: 'ignore'})
+      trackPid(child.pid!)
+      const held = (pid: number): string[] => readFileSync('/proc/locks', 'utf8').split('\n').filter((line) => line.split(/\s+/)[4] === String(pid)).map((line) => line.split(/\s+/).slice(1, 4).concat(line.split(/\s+/).slice(6, 8)).join(' ')).sort()
+      await until(() => held(child.pid!).length === 2, 'both locks are held')
+      assert.deepEqual(held(child.pid!), ['FLOCK ADVISORY READ 0 EOF', 'POSIX ADVISORY WRITE 100 109'])
+      const dumped = await cli(['criu', 'dump', String(child.pid), '--images', join(dir, 'images'), '--json', '--no-porter'])
+      assert.equal(dumped.status, 5, describeRun(dumped))
+      assert.equal(dumped.json.error.code, 'FILE_LOCK', 'the CRIU format carries no locks: refused')
+      assert.match(dumped.json.error.message, new RegExp(`^fd 3 of process ${child.pid} \\(python3\\) holds a POSIX record lock \\(fcntl F_SETLK, lockf\\) for write on ${posix} \\(bytes 100 to 109\\)`))
+      const ck = await cli(['checkpoint', String(child.pid), '--name', 'locked', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      const inspected = await cli(['inspect', 'locked', '--pool', pool])
+      assert.match(inspected.stdout, /fd 3 regular .*holds a POSIX write lock on bytes 100 to 109/)
+      const beside = await cli(['restore', 'locked', '--json', '--pool', pool, '--no-porter'])
+      assert.equal(beside.status, 7, describeRun(beside))
+      assert.equal(beside.json.error.code, 'FILE_LOCK_HELD')
+      assert.match(beside.json.error.message, new RegExp(`^fd 3 must hold a POSIX record lock for write on ${posix} \\(bytes 100 to 109\\), which process ${child.pid} \\(python3\\) holds here`))
+      assert.equal((await cli(['ls', '--json', '--pool', pool])).json.checkpoints[0].liveRefs, 0, 'the refused restore left no reference')
+      child.kill('SIGKILL')
+      await until(() => held(child.pid!).length === 0, 'the original and its locks are gone')
+      const run = await cli(['restore', 'locked', '--json', '--pool', pool, '--no-porter'])
+      assert.equal(run.status, 0, describeRun(run))
+      trackPid(run.json.pid)
+      assert.deepEqual(held(run.json.pid), ['FLOCK ADVISORY READ 0 EOF', 'POSIX ADVISORY WRITE 100 109'], 'the clone holds both locks')
+      // Another process cannot take what the clone holds.
+      const other = spawnSync('python3', ['-c', `import fcntl\nf = open(${JSON.stringify(posix)}, "w")\ntry:\n    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 105)\n    print("taken")\nexcept OSError:\n    print("busy")`], {encoding: 'utf8'})
+      assert.equal(other.stdout.trim(), 'busy')
     } finally {
       rmSync(dir, {recursive: true, force: true})
     }
@@ -307,14 +319,14 @@ describe('restore: process trees keep their shape and their pids', function () {
   })
 
   it('every refused fd is named in one refusal: a lock and a netlink socket (dnsmasq holds one) together', async () => {
-    const pool = poolPath('tree')
     const dir = mkdtempSync(join(tmpdir(), 'cxlfork-blockers-'))
     try {
       const script = `import fcntl, socket, time\nf = open(${JSON.stringify(join(dir, 'db'))}, "w")\nfcntl.lockf(f, fcntl.LOCK_EX)\nn = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)\ntime.sleep(600)`
       const child = spawn('python3', ['-c', script], {stdio: 'ignore'})
       trackPid(child.pid!)
       await until(() => readFileSync('/proc/locks', 'utf8').includes(` ${child.pid} `) && readdirSync(`/proc/${child.pid}/fd`).length >= 5, 'the lock and the socket exist')
-      const run = await cli(['checkpoint', String(child.pid), '--name', 'blockers', '--json', '--pool', pool])
+      // criu dump: its format carries no locks, so both are refused.
+      const run = await cli(['criu', 'dump', String(child.pid), '--images', join(dir, 'images'), '--json', '--no-porter'])
       assert.equal(run.status, 5, describeRun(run))
       assert.equal(run.json.error.code, 'FILE_LOCK', 'the first refused fd gives the code')
       assert.match(run.json.error.message, new RegExp(`^fd 3 of process ${child.pid} \\(python3\\) holds a POSIX record lock .*; and 1 more: fd 4 is a netlink socket \\(NETLINK_ROUTE\\)$`))
