@@ -11,7 +11,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {procStat, requestCheck, startFixture, trackPid, waitForTicks} from '../helpers/fixtures.js'
-import {CLI, allProcesses, childPids, cli, comm, describeRun, fdTarget, installCleanupHooks, note, poolPath, until} from './helpers.js'
+import {CLI, allProcesses, childPids, cli, cmdline, comm, describeRun, fdTarget, installCleanupHooks, note, poolPath, until} from './helpers.js'
 
 describe('restore: pipes, eventfds, epoll and shared descriptions', function () {
   this.timeout(120_000)
@@ -147,7 +147,7 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
       const pool = poolPath('fds')
       const dir = mkdtempSync(join(tmpdir(), 'cxlfork-ctrlc-'))
       const marker = `ctrlc-${path}-${process.pid}`
-      const clones = (): number[] => allProcesses().filter((p) => p.comm === 'bash' && readFileSync(`/proc/${p.pid}/cmdline`, 'utf8').includes(marker)).map((p) => p.pid)
+      const clones = (): number[] => allProcesses().filter((p) => p.comm === 'bash' && cmdline(p.pid).includes(marker)).map((p) => p.pid)
       // A shell loop with a child, leading a session of its own, as the program of a tmux pane does.
       const loop = spawn('bash', ['-c', `: ${marker}; while true; do sleep 0.05; done`], {stdio: 'ignore', detached: true})
       trackPid(loop.pid!)
@@ -218,7 +218,7 @@ describe('restore: pipes, eventfds, epoll and shared descriptions', function () 
       await until(() => comm(original.pid!) === 'python3' && (!tree || childPids(original.pid!).length > 0), 'the original runs (and forked)')
       const ck = await cli(['checkpoint', String(original.pid), ...(tree ? ['--tree'] : []), '--kill', '--name', name, '--json', '--pool', pool])
       assert.equal(ck.status, 0, describeRun(ck))
-      const clones = (): number[] => allProcesses().filter((p) => p.comm.startsWith('python3') && readFileSync(`/proc/${p.pid}/cmdline`, 'utf8').includes(name)).map((p) => p.pid)
+      const clones = (): number[] => allProcesses().filter((p) => p.comm.startsWith('python3') && cmdline(p.pid).includes(name)).map((p) => p.pid)
       await until(() => clones().length === 0, 'the original is gone')
       const waiting = spawn(process.execPath, [CLI, 'restore', name, '--wait', '--pool', pool, '--no-porter'], {stdio: 'ignore'})
       trackPid(waiting.pid!)

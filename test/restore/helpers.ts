@@ -78,6 +78,15 @@ export function comm(pid: number): string | undefined {
   }
 }
 
+/** /proc/PID/cmdline, arguments joined by NUL; '' for a process gone meanwhile. */
+export function cmdline(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8')
+  } catch {
+    return ''
+  }
+}
+
 export interface ProcEntry {
   pid: number
   ppid: number

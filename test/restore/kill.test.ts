@@ -11,7 +11,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {procStat, trackPid} from '../helpers/fixtures.js'
-import {allProcesses, cli, describeRun, installCleanupHooks, poolPath, sleep, until} from './helpers.js'
+import {allProcesses, cli, cmdline, describeRun, installCleanupHooks, poolPath, sleep, until} from './helpers.js'
 
 const lines = (path: string): number => (existsSync(path) ? readFileSync(path, 'utf8').split('\n').length : 0)
 
@@ -75,7 +75,7 @@ describe('checkpoint --kill: the target never runs past the checkpoint', functio
       const ck = await cli(['checkpoint', String(loop.pid), '--tree', '--name', 'forker', '--kill', '--json', '--pool', pool])
       assert.equal(ck.status, 0, describeRun(ck))
       await sleep(200)
-      const strays = allProcesses().filter((p) => p.comm === 'bash' && readFileSync(`/proc/${p.pid}/cmdline`, 'utf8').includes(out))
+      const strays = allProcesses().filter((p) => p.comm === 'bash' && cmdline(p.pid).includes(out))
       assert.deepEqual(strays.map((p) => p.pid), [], 'no member of the tree runs on, and none was forked after the checkpoint')
       const before = assertCountsOnce(out, 'the original')
       const run = await cli(['restore', 'forker', '--json', '--pool', pool, '--no-porter'])
