@@ -64,6 +64,11 @@ export function listPosixTimers(pid: number, comm: string, tids: readonly number
     // CPU-time clocks of a pid or tid (clock_getcpuclockid, pthread_getcpuclockid: haproxy's watchdog) are negative
     // numbers that name it: carried when they name this process or one of its threads, re-encoded in the clone.
     const owner = cpuClockOwner(clockid)
+    // The calling thread's CPU clock (CLOCK_THREAD_CPUTIME_ID, glibc's -2): /proc does not say which thread created the timer.
+    if ((clockid === 3 || (owner === 0 && (clockid & 4) !== 0)) && tids.length > 1) {
+      throw new UnsupportedError('UNSUPPORTED_TIMER', `process ${pid} (${comm}) has POSIX timer ${id} on the CPU-time clock of the thread that created it (clock ${clockid}), and it has ${tids.length} threads: /proc does not say which one`,
+        'Timers on a thread\'s clock named by pthread_getcpuclockid are carried; so are all timers of a single-threaded process.')
+    }
     if (owner !== undefined && owner !== 0) {
       if (owner !== pid && !tids.includes(owner)) {
         throw new UnsupportedError('UNSUPPORTED_TIMER', `process ${pid} (${comm}) has POSIX timer ${id} on the CPU-time clock of process or thread ${owner}, which is not one of its own (clock ${clockid}); cxlfork cannot re-create it`,

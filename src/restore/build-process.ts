@@ -333,7 +333,8 @@ export function buildTree(members: readonly MemberPlan[], store: PageStore, opti
         }
         if (options.record) recorded.push({pid: stub.pid, member: members.indexOf(member)})
         if (member === root) tMapped = performance.now()
-      }, {dieWithParent: options.dieWithParent ?? false, tally, ...(placement ? {placement} : {})})
+      // Only the root dies with us (and the init, with its namespace): the other members keep the parent-death signal they had.
+      }, {dieWithParent: member === root && (options.dieWithParent ?? false), cloneHostPids: () => [...stubs.values()].map((s) => s.pid), tally, ...(placement ? {placement} : {})})
       built.push({member, stub, threads})
     }
     crossPairs.closeSpares()

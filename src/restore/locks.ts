@@ -34,20 +34,29 @@ function flockStruct(lock: NonNullable<FdImage['locks']>[number]): Uint8Array {
   return bytes
 }
 
-/** Who holds a lock on the file open as `fd` of process `pid` now (/proc/locks, by device and inode), for the refusal. */
-function holders(pid: number, fd: number): string {
+/** Pids holding a lock on the file open as `fd` of process `pid` now (/proc/locks, by inode); OFD locks show no pid (-1). */
+function holderPids(pid: number, fd: number): number[] {
   try {
-    const stat = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8')
-    const inode = /^ino:\s+(\d+)/m.exec(stat)?.[1]
-    if (!inode) return 'another process'
+    const inode = /^ino:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'))?.[1]
+    if (!inode) return []
     const pids = new Set<number>()
     for (const line of readFileSync('/proc/locks', 'utf8').split('\n')) {
       const fields = line.trim().split(/\s+/)
       // '1: POSIX  ADVISORY  WRITE 42 fe:00:123 0 EOF' ('->' marks a waiter)
       const offset = fields[1] === '->' ? 1 : 0
-      if (fields[5 + offset]?.split(':')[2] === inode && Number(fields[4 + offset]) !== pid) pids.add(Number(fields[4 + offset]))
+      const holder = Number(fields[4 + offset])
+      if (fields[5 + offset]?.split(':')[2] === inode && holder > 0 && holder !== pid) pids.add(holder)
     }
-    const named = [...pids].slice(0, 3).map((holder) => {
+    return [...pids]
+  } catch {
+    return []
+  }
+}
+
+/** Who holds a lock on that file, for the refusal. */
+function holders(pid: number, fd: number): string {
+  try {
+    const named = holderPids(pid, fd).slice(0, 3).map((holder) => {
       try {
         return `process ${holder} (${readFileSync(`/proc/${holder}/comm`, 'utf8').trim()})`
       } catch {
@@ -61,13 +70,17 @@ function holders(pid: number, fd: number): string {
 }
 
 /** Take every lock of the image's fds in the clone `inject` builds (its fds in place). `pid`: the clone's pid here. */
-export function takeLocks(inject: Injector, image: ProcessImage, pid: number): void {
+export function takeLocks(inject: Injector, image: ProcessImage, pid: number, clonePids: readonly number[] = []): void {
   for (const fd of image.fds) {
     for (const lock of fd.locks ?? []) {
       const r = lock.kind === 'flock'
         ? inject.tracee.syscall(SYS_FLOCK, fd.fd, (lock.write ? LOCK_EX : LOCK_SH) | LOCK_NB)
         : inject.tracee.syscall(SYS.fcntl, fd.fd, lock.kind === 'ofd' ? F_OFD_SETLK : F_SETLK, inject.put(flockStruct(lock)))
       if (r === -BigInt(EAGAIN) || r === -BigInt(EACCES)) {
+        // A flock or OFD lock belongs to an open file description that members of a tree shared (inherited by a fork);
+        // each clone member opens the file anew, and the member restored first took it already: the tree holds it.
+        const fromTree = holderPids(pid, fd.fd)
+        if (lock.kind !== 'posix' && fromTree.length > 0 && fromTree.every((holder) => clonePids.includes(holder))) continue
         const range = `bytes ${lock.start} to ${lock.end ?? 'EOF'}`
         throw new ConflictError('FILE_LOCK_HELD', `fd ${fd.fd} must hold ${lock.kind === 'flock' ? 'a flock() lock' : lock.kind === 'ofd' ? 'an OFD lock' : 'a POSIX record lock'} for ${lock.write ? 'write' : 'read'} on ${fd.path} (${range}), which ${holders(pid, fd.fd)} holds here`,
           'Restore once the original has ended (checkpoint --kill), or where the file is not the original\'s.')

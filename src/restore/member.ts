@@ -240,7 +240,7 @@ function restoreTaskState(inject: Injector, image: ProcessImage, pid: number, ns
  * Returns its threads beyond the first, created and stopped.
  */
 export function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, store: PageStore, shared: SharedMemoryBuilder, nsPid: number, rewriteTid: boolean, hostPidOf: HostPidOf, crossPairs: CrossMemberPairs, mapped: (inject: Injector) => void,
-  options: {dieWithParent?: boolean; placement?: CpuPlacement; tally?: {pagesReadByProcess: number}} = {}): Tracee[] {
+  options: {dieWithParent?: boolean; placement?: CpuPlacement; tally?: {pagesReadByProcess: number}; cloneHostPids?: () => number[]} = {}): Tracee[] {
   const tracee = stub.tracee
   const taken: [bigint, bigint][] = [
     ...image.vmas.map((v): [bigint, bigint] => [v.start, v.end]),
@@ -266,7 +266,7 @@ export function buildMember(stub: Stub, image: ProcessImage, plan: RestorePlan, 
   restoreFds(inject, image, hostPidOf, shared, crossPairs)
   inject.reset()
   // Its locks, once its fds are in place: the clone owns them (a conflict with the original is refused here).
-  takeLocks(inject, image, stub.pid)
+  takeLocks(inject, image, stub.pid, options.cloneHostPids?.() ?? [])
   inject.reset()
   restoreMm(inject, image)
   restoreSignals(inject, image)

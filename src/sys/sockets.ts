@@ -216,11 +216,12 @@ const UNIX_DIAG_VFS = 1
 export function unixSocketFile(inode: number, name: string): string | undefined {
   const attribute = unixDiag(inode, UDIAG_SHOW_VFS, UNIX_DIAG_VFS)
   if (!attribute || attribute.byteLength < 8) return name
-  const fileInode = attribute.getUint32(0, true)
+  // struct unix_diag_vfs keeps the inode number in 32 bits: compare the low 32 bits of the file's.
+  const fileInode = BigInt(attribute.getUint32(0, true))
   const sameFile = (path: string): boolean => {
     try {
-      const st = lstatSync(path)
-      return st.isSocket() && st.ino === fileInode
+      const st = lstatSync(path, {bigint: true})
+      return st.isSocket() && (st.ino & 0xffffffffn) === fileInode
     } catch {
       return false
     }

@@ -318,6 +318,28 @@ describe('restore: process trees keep their shape and their pids', function () {
     }
   })
 
+  it('a flock() lock on a description a parent and its forked child share: the tree\'s clone holds it once, not refused against itself', async () => {
+    const pool = poolPath('tree')
+    const dir = mkdtempSync(join(tmpdir(), 'cxlfork-treelock-'))
+    try {
+      const script = `import fcntl, os, time\nf = open(${JSON.stringify(join(dir, 'pid'))}, "w")\nfcntl.flock(f, fcntl.LOCK_EX)\nos.fork()\ntime.sleep(600)`
+      const root = spawn('python3', ['-c', script], {stdio: 'ignore'})
+      trackPid(root.pid!)
+      await until(() => readFileSync('/proc/locks', 'utf8').includes(` ${root.pid} `) && allProcesses().some((p) => p.ppid === root.pid), 'the lock is held and the child forked')
+      const ck = await cli(['checkpoint', String(root.pid), '--tree', '--kill', '--name', 'treelock', '--json', '--pool', pool])
+      assert.equal(ck.status, 0, describeRun(ck))
+      await until(() => !readFileSync('/proc/locks', 'utf8').includes(` ${root.pid} `), 'the original tree and its lock are gone')
+      const run = await cli(['restore', 'treelock', '--json', '--pool', pool, '--no-porter'])
+      assert.equal(run.status, 0, describeRun(run))
+      trackPid(run.json.pid)
+      if (run.json.pidNamespace) trackPid(run.json.pidNamespace.initPid)
+      assert.match(readFileSync('/proc/locks', 'utf8'), new RegExp(`FLOCK\\s+ADVISORY\\s+WRITE ${run.json.pid} `), 'the clone\'s root holds the lock')
+      process.kill(run.json.pidNamespace?.initPid ?? run.json.pid, 'SIGKILL')
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
   it('every refused fd is named in one refusal: a lock and a netlink socket (dnsmasq holds one) together', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'cxlfork-blockers-'))
     try {
