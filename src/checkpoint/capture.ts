@@ -14,7 +14,7 @@ import {type FdImage, type FdKind, type FileIdentity, IMAGE_VERSION, type MmImag
 import {PAGE_SIZE} from '../sys/page.js'
 import {bootId, kernelRelease} from '../sys/host.js'
 import {Pagemap} from '../sys/pagemap.js'
-import {type FdInfo, type Vma, deviceName, readAuxv, readCmdline, readCwd, readExe, readLimits, readProcText, readRoot, readStat, readStatus, vdsoLayout} from '../sys/proc.js'
+import {type FdInfo, type Vma, deviceName, parseLockLine, readAuxv, readCmdline, readCwd, readExe, readLimits, readProcText, readRoot, readStat, readStatus, vdsoLayout} from '../sys/proc.js'
 import {MAP} from '../sys/syscall.js'
 import {POOL_MAGIC} from '../pool/layout.js'
 import {isSharedMemoryObject, sharedObjectId, sharedObjectIdOfFd} from './shared-memory.js'
@@ -128,10 +128,10 @@ const TTY_PATH = /^\/dev\/(pts\/\d+|tty\d*|console)$/
 
 const LOCK_KIND: Record<string, 'posix' | 'flock' | 'ofd'> = {POSIX: 'posix', FLOCK: 'flock', OFDLCK: 'ofd'}
 
-/** An fdinfo 'lock:' line ('1: POSIX  ADVISORY  WRITE 42 fe:00:123 0 EOF'), of a kind preflight let through. */
-function parseLock(line: string): NonNullable<FdImage['locks']>[number] {
-  const fields = line.split(/\s+/)
-  return {kind: LOCK_KIND[fields[1]!] ?? 'posix', write: fields[3] === 'WRITE', start: Number(fields[6]), end: fields[7] === 'EOF' ? null : Number(fields[7])}
+/** An fdinfo 'lock:' line, of a kind preflight let through. */
+function lockImage(line: string): NonNullable<FdImage['locks']>[number] {
+  const {kind, access, start, end} = parseLockLine(line)
+  return {kind: LOCK_KIND[kind] ?? 'posix', write: access === 'WRITE', start: Number(start), end: end === 'EOF' ? null : Number(end)}
 }
 
 export function captureFds(pid: number, fds: readonly {info: FdInfo; kind: FdKind; extras?: FdExtras | undefined}[], files: FileTable): FdImage[] {
@@ -141,7 +141,7 @@ export function captureFds(pid: number, fds: readonly {info: FdInfo; kind: FdKin
     if (kind === 'regular' || kind === 'directory') image.fileIndex = files.add(info.target, `/proc/${pid}/fd/${info.fd}`)
     if (kind === 'shmem') image.sharedId = sharedObjectIdOfFd(pid, info.fd)
     if (kind === 'tty' && !TTY_PATH.test(info.target)) image.kind = 'chardev'
-    if (info.locks.length > 0) image.locks = info.locks.map(parseLock)
+    if (info.locks.length > 0) image.locks = info.locks.map(lockImage)
     if (image.kind === 'tty') {
       const termios = readTermiosOf(pid, info.fd)
       if (termios) image.termios = termios

@@ -13,7 +13,7 @@ import {refuseUnsupportedCredentials} from './credentials.js'
 import {listTids} from './threads.js'
 import {listPosixTimers} from './timers.js'
 import {AF, SOCK, TCP_CLOSE, describeAddress, readSocket, socketHolders, unixName, unixPeer, unixSocketName} from '../sys/sockets.js'
-import {type FdInfo, type SmapsVma, type Vma, listFds, readSmaps, readStat, readStatus} from '../sys/proc.js'
+import {type FdInfo, type SmapsVma, type Vma, listFds, parseLockLine, readSmaps, readStat, readStatus} from '../sys/proc.js'
 
 /** Character devices whose state is fully described by their path. */
 const STATELESS_CHARDEVS = new Set(['/dev/null', '/dev/zero', '/dev/full', '/dev/random', '/dev/urandom'])
@@ -227,9 +227,14 @@ const LOCK_KINDS: Record<string, string> = {POSIX: 'a POSIX record lock (fcntl F
  * its lock), and beside its original it could not hold it at all.
  */
 /** An advisory POSIX record lock, flock() lock or OFD lock (fdinfo 'lock:' line): a clone can take it again. Leases and mandatory locks cannot be. */
-export function carriableLock(line: string): boolean {
-  const [, kind, mode] = line.split(/\s+/)
+function carriableLock(line: string): boolean {
+  const {kind, mode} = parseLockLine(line)
   return (kind === 'POSIX' || kind === 'FLOCK' || kind === 'OFDLCK') && mode === 'ADVISORY'
+}
+
+/** Whether `info` holds a lock a checkpoint must refuse: any, unless advisory ones are carried (`carryLocks`, the pool path). */
+export function refusedLocks(info: FdInfo, carryLocks: boolean): boolean {
+  return info.locks.length > 0 && !(carryLocks && info.locks.every(carriableLock))
 }
 
 export function refuseFileLock(pid: number, comm: string, info: FdInfo): never {
@@ -237,9 +242,7 @@ export function refuseFileLock(pid: number, comm: string, info: FdInfo): never {
 }
 
 function fileLockError(pid: number, comm: string, info: FdInfo): UnsupportedError {
-  // '1: POSIX  ADVISORY  WRITE 42 fe:00:123 0 EOF': id, kind, mode, access, holder, device:inode, start, end.
-  const fields = info.locks[0]!.split(/\s+/)
-  const [kind = '?', access = '?', start = '0', end = 'EOF'] = [fields[1], fields[3], fields[6], fields[7]]
+  const {kind, access, start, end} = parseLockLine(info.locks[0]!)
   // Advisory locks are refused only where the images carry none (criu dump); leases and mandatory locks everywhere.
   const carriable = info.locks.every(carriableLock)
   return new UnsupportedError('FILE_LOCK', `fd ${info.fd} of process ${pid} (${comm}) holds ${LOCK_KINDS[kind] ?? `a ${kind} lock`} for ${access.toLowerCase()} on ${info.target} (bytes ${start} to ${end}${info.locks.length > 1 ? `, and ${info.locks.length - 1} more lock(s)` : ''}): ${carriable ? 'CRIU-format images carry no file locks' : 'cxlfork does not carry leases or mandatory locks'}, and a clone would run without it`,
@@ -382,7 +385,7 @@ export function preflight(pid: number, options: {memory?: boolean; children?: 'r
       refused.push(new UnsupportedError('UNSUPPORTED_FD', `fd ${info.fd} of process ${pid} is ${kind.unsupported}`, hint))
       continue
     }
-    if (info.locks.length > 0 && !(options.carryLocks && info.locks.every(carriableLock))) refused.push(fileLockError(pid, stat.comm, info))
+    if (refusedLocks(info, options.carryLocks ?? false)) refused.push(fileLockError(pid, stat.comm, info))
     fds.push({info, kind})
   }
   if (refused.length > 0) {

@@ -14,7 +14,7 @@ import {PTRACE_O} from '../sys/ptrace.js'
 import {MADV, MAP, SIG, SYS, killQuiet} from '../sys/syscall.js'
 import {CpuPlacement, lastCpu} from '../sys/affinity.js'
 import {type FlaggedVma, type SnapshotMemory, captureImage, captureMemory, decodeSigaction} from './capture.js'
-import {type PreflightResult, carriableLock, preflight, refuseFileLock, refuseUnsupportedMemory} from './preflight.js'
+import {type PreflightResult, preflight, refuseFileLock, refusedLocks, refuseUnsupportedMemory} from './preflight.js'
 import {faultPoint} from '../fault.js'
 import {type SharedObjectCapture, readSharedObjects, releaseSharedObjects} from './shared-memory.js'
 import {type FdExtras, describeFds} from './descriptors.js'
@@ -180,7 +180,7 @@ export function takeLiveSnapshot(pid: number, checked: PreflightResult = preflig
       fds = preflight(pid, {memory: false, children: checked.inTree ? 'allow' : 'refuse', tcpClose: checked.tcpClose, carryLocks: checked.carryLocks}).fds
     }
     // A lock taken since preflight that cannot be carried: refused as there (the target is let go running).
-    const locked = fds.find((entry) => entry.info.locks.length > 0 && !(checked.carryLocks && entry.info.locks.every(carriableLock)))
+    const locked = fds.find((entry) => refusedLocks(entry.info, checked.carryLocks))
     if (locked) refuseFileLock(pid, threadComm(pid, pid), locked.info)
     // Pipe contents, eventfd counters, epoll interest lists and shared descriptions: as of this stop.
     const extras = describeFds(pid, fds, checked.internalPipes, checked.treeSockets)

@@ -22,6 +22,7 @@ import {AF, describeAddress, portHolders, unixAddressLive, unixName} from '../sy
 import {type Tracee} from '../inject/tracee.js'
 import {type Injector} from './injector.js'
 import {type SharedMemoryBuilder} from './shared-memory.js'
+import {timerSpec} from './timers.js'
 
 const O_ACCMODE = 3
 
@@ -131,16 +132,10 @@ export function restoreFds(inject: Injector, image: ProcessImage, hostPidOf?: Ho
       place(stage(Number(inject.call('epoll_create1', SYS.epoll_create1, O.CLOEXEC))), fd)
     } else if (fd.timerfd) {
       const timer = stage(Number(inject.call('timerfd_create', SYS.timerfd_create, fd.timerfd.clockid, O.CLOEXEC | (fd.flags & O.NONBLOCK))))
-      const [valueSec, valueNsec] = timerfdFirstExpiry(fd.timerfd)
-      if (valueSec !== 0 || valueNsec !== 0) {
+      const first = timerfdFirstExpiry(fd.timerfd)
+      if (first[0] !== 0 || first[1] !== 0) {
         // Relative to now: what was left of it at the checkpoint, then its interval.
-        const spec = new Uint8Array(32)
-        const view = new DataView(spec.buffer)
-        view.setBigInt64(0, BigInt(fd.timerfd.interval[0]), true)
-        view.setBigInt64(8, BigInt(fd.timerfd.interval[1]), true)
-        view.setBigInt64(16, BigInt(valueSec), true)
-        view.setBigInt64(24, BigInt(valueNsec), true)
-        inject.call('timerfd_settime', SYS.timerfd_settime, timer, 0, inject.put(spec), 0)
+        inject.call('timerfd_settime', SYS.timerfd_settime, timer, 0, inject.put(timerSpec(fd.timerfd.interval, first)), 0)
       }
       if ((fd.timerfd.ticks ?? 0) > 0) {
         // The expirations the program had not read yet: read(2) returns them at once, as it would have.

@@ -9,6 +9,7 @@ import {readFileSync} from 'node:fs'
 
 import {ConflictError, SyscallError} from '../errors.js'
 import {type FdImage, type ProcessImage} from '../image/process-image.js'
+import {parseLockLine} from '../sys/proc.js'
 import {SYS} from '../sys/syscall.js'
 import {type Injector} from './injector.js'
 
@@ -41,11 +42,9 @@ function holderPids(pid: number, fd: number): number[] {
     if (!inode) return []
     const pids = new Set<number>()
     for (const line of readFileSync('/proc/locks', 'utf8').split('\n')) {
-      const fields = line.trim().split(/\s+/)
-      // '1: POSIX  ADVISORY  WRITE 42 fe:00:123 0 EOF' ('->' marks a waiter)
-      const offset = fields[1] === '->' ? 1 : 0
-      const holder = Number(fields[4 + offset])
-      if (fields[5 + offset]?.split(':')[2] === inode && holder > 0 && holder !== pid) pids.add(holder)
+      if (!line.trim()) continue
+      const lock = parseLockLine(line)
+      if (lock.inode === inode && lock.pid > 0 && lock.pid !== pid) pids.add(lock.pid)
     }
     return [...pids]
   } catch {
@@ -53,10 +52,10 @@ function holderPids(pid: number, fd: number): number[] {
   }
 }
 
-/** Who holds a lock on that file, for the refusal. */
-function holders(pid: number, fd: number): string {
+/** `pids`, named for the refusal. */
+function holders(pids: readonly number[]): string {
   try {
-    const named = holderPids(pid, fd).slice(0, 3).map((holder) => {
+    const named = pids.slice(0, 3).map((holder) => {
       try {
         return `process ${holder} (${readFileSync(`/proc/${holder}/comm`, 'utf8').trim()})`
       } catch {
@@ -79,10 +78,10 @@ export function takeLocks(inject: Injector, image: ProcessImage, pid: number, cl
       if (r === -BigInt(EAGAIN) || r === -BigInt(EACCES)) {
         // A flock or OFD lock belongs to an open file description that members of a tree shared (inherited by a fork);
         // each clone member opens the file anew, and the member restored first took it already: the tree holds it.
-        const fromTree = holderPids(pid, fd.fd)
-        if (lock.kind !== 'posix' && fromTree.length > 0 && fromTree.every((holder) => clonePids.includes(holder))) continue
+        const others = holderPids(pid, fd.fd)
+        if (lock.kind !== 'posix' && others.length > 0 && others.every((holder) => clonePids.includes(holder))) continue
         const range = `bytes ${lock.start} to ${lock.end ?? 'EOF'}`
-        throw new ConflictError('FILE_LOCK_HELD', `fd ${fd.fd} must hold ${lock.kind === 'flock' ? 'a flock() lock' : lock.kind === 'ofd' ? 'an OFD lock' : 'a POSIX record lock'} for ${lock.write ? 'write' : 'read'} on ${fd.path} (${range}), which ${holders(pid, fd.fd)} holds here`,
+        throw new ConflictError('FILE_LOCK_HELD', `fd ${fd.fd} must hold ${lock.kind === 'flock' ? 'a flock() lock' : lock.kind === 'ofd' ? 'an OFD lock' : 'a POSIX record lock'} for ${lock.write ? 'write' : 'read'} on ${fd.path} (${range}), which ${holders(others)} holds here`,
           'Restore once the original has ended (checkpoint --kill), or where the file is not the original\'s.')
       }
       if (r < 0n) throw new SyscallError(`lock of fd ${fd.fd} (${fd.path}) in the new process`, Number(-r))

@@ -25,8 +25,8 @@ export function requireTimerIds(timers: TimersImage | undefined, what: string): 
     'Restore it on Linux 6.17 or later (prctl PR_TIMER_CREATE_RESTORE_IDS).')
 }
 
-/** struct itimerval / itimerspec: the interval, then the time to the first expiry. */
-function timeval(interval: [number, number], value: [number, number]): Uint8Array {
+/** struct itimerval / itimerspec: the interval, then the time to the first expiry (each [seconds, µs or ns]). */
+export function timerSpec(interval: [number, number], value: [number, number]): Uint8Array {
   const bytes = new Uint8Array(32)
   const view = new DataView(bytes.buffer)
   view.setBigInt64(0, BigInt(interval[0]), true)
@@ -67,11 +67,11 @@ export function restoreTimers(inject: Injector, timers: TimersImage, tidInClone:
     for (const timer of timers.posix) {
       if (timer.value[0] === 0 && timer.value[1] === 0) continue
       // Relative to now: what it had left at the checkpoint, then its interval.
-      inject.call(`timer_settime(${timer.id})`, SYS_TIMER_SETTIME, timer.id, 0, inject.put(timeval(timer.interval, timer.value)), 0)
+      inject.call(`timer_settime(${timer.id})`, SYS_TIMER_SETTIME, timer.id, 0, inject.put(timerSpec(timer.interval, timer.value)), 0)
     }
   }
   for (const which of ['real', 'virtual', 'prof'] as const) {
     const timer = timers[which]
-    if (timer) inject.call(`setitimer(ITIMER_${which.toUpperCase()})`, SYS_SETITIMER, ITIMER[which], inject.put(timeval(timer.interval, intervalTimerFirstExpiry(timer))), 0)
+    if (timer) inject.call(`setitimer(ITIMER_${which.toUpperCase()})`, SYS_SETITIMER, ITIMER[which], inject.put(timerSpec(timer.interval, intervalTimerFirstExpiry(timer))), 0)
   }
 }

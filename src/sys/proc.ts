@@ -386,6 +386,30 @@ export interface FdInfo {
   locks: string[]
 }
 
+/** One file lock as /proc/locks and fdinfo's 'lock:' lines show it: '1: POSIX  ADVISORY  WRITE 42 fe:00:123 0 EOF' ('1: -> ...' for a waiter). */
+export interface LockLine {
+  /** POSIX, FLOCK, OFDLCK, LEASE, DELEG, ... */
+  kind: string
+  /** ADVISORY or MANDATORY. */
+  mode: string
+  /** READ or WRITE. */
+  access: string
+  /** The holder's pid (-1 for an OFD lock, which no process holds). */
+  pid: number
+  inode: string
+  start: string
+  /** A byte offset, or 'EOF'. */
+  end: string
+  waiter: boolean
+}
+
+export function parseLockLine(line: string): LockLine {
+  const fields = line.trim().split(/\s+/)
+  const waiter = fields[1] === '->'
+  const [kind = '?', mode = '?', access = '?', pid = '-1', device = '', start = '0', end = 'EOF'] = fields.slice(waiter ? 2 : 1)
+  return {kind, mode, access, pid: Number(pid), inode: device.split(':')[2] ?? '', start, end, waiter}
+}
+
 export function parseFdinfo(text: string): {pos: bigint; flags: number; mntId: number; ino: bigint; raw: Record<string, string>; locks: string[]} {
   const raw: Record<string, string> = {}
   const locks: string[] = []
